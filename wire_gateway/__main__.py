@@ -1,0 +1,3 @@
+from wire_gateway.cli import main
+
+raise SystemExit(main())

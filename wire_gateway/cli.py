@@ -1,0 +1,125 @@
+"""The `wire-gateway` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from wire_gateway import __version__
+from wire_gateway.config import SCHEMA_ID, Config, ConfigError, default_document, load_config
+from wire_gateway.telemetry.logs import setup_logging
+
+log = logging.getLogger("wire_gateway.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wire-gateway",
+        description="A streaming reverse proxy for the Model Context Protocol.")
+    parser.add_argument("--version", action="version", version=f"wire-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="PATH",
+                       help="config file (default: $WIRE_GATEWAY_CONFIG, else the built-in echo server)")
+
+    p = sub.add_parser("stdio", help="serve one MCP server over this process's stdin/stdout")
+    add_config(p)
+    p.add_argument("--server", metavar="NAME", help="which configured server to proxy")
+    p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    p = sub.add_parser("check", help="validate a config file; exit 0 if it is usable, 1 if not")
+    add_config(p)
+
+    p = sub.add_parser("init", help="write a starter config file")
+    p.add_argument("path", nargs="?", default="wire-gateway.json", metavar="PATH")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return cmd_check(args)
+    if args.command == "init":
+        return cmd_init(args)
+    return cmd_stdio(args)
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 1
+    problems = []
+    for spec in config.servers.values():
+        try:
+            spec.resolved()
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        print(ConfigError(problems, config.source).report(), file=sys.stderr)
+        return 1
+    names = ", ".join(config.servers)
+    print(f"{config.source}: OK ({len(config.servers)} server(s): {names})")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        print(f"{path}: already exists; not overwriting it (use --force)", file=sys.stderr)
+        return 1
+    doc = {"$schema": SCHEMA_ID, **default_document()}
+    doc["servers"]["echo"]["env"] = {}
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}: one server, 'echo' (the bundled demo server).\n"
+          f"Next: replace or add servers under \"servers\" (command, args, env, cwd); put secrets in env as\n"
+          f"\"${{VAR}}\" references rather than literal values; then run `wire-gateway check --config {path}`\n"
+          f"and point your MCP client at `wire-gateway stdio --config {path.resolve()} --server NAME`.")
+    return 0
+
+
+def cmd_stdio(args: argparse.Namespace) -> int:
+    import trio
+
+    from wire_gateway.proxy.stdio_front import serve_stdio
+    from wire_gateway.transport.stdio import claim_stdio
+
+    # Claim stdout first: from here on nothing but MCP frames may reach fd 1.
+    streams = claim_stdio()
+    config = _load(args)
+    if config is None:
+        return 1
+    setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns)
+    name = args.server
+    if name is None:
+        if len(config.servers) != 1:
+            print(f"wire-gateway stdio: the config has {len(config.servers)} servers "
+                  f"({', '.join(config.servers)}); choose one with --server NAME", file=sys.stderr)
+            return 2
+        name = next(iter(config.servers))
+    if name not in config.servers:
+        print(f"wire-gateway stdio: no server named {name!r} in {config.source}; "
+              f"configured: {', '.join(config.servers)}", file=sys.stderr)
+        return 2
+    try:
+        config.servers[name].resolved()
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return 1
+    log.info("wire-gateway %s (pid %d): stdio front for server %s from %s", __version__, os.getpid(), name,
+             config.source)
+    trio.run(serve_stdio, config, name, streams)
+    return 0

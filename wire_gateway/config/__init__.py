@@ -1,0 +1,14 @@
+"""Configuration: the JSON Schema shipped in the package, loading, validation, defaults."""
+from wire_gateway.config.loader import (  # noqa: F401
+    Config,
+    SCHEMA_ID,
+    ConfigError,
+    Limits,
+    RestartPolicy,
+    ServerSpec,
+    default_document,
+    find_config_path,
+    load_config,
+    parse_config,
+    validation_errors,
+)

@@ -1,0 +1,209 @@
+"""Find, read, validate and normalise the gateway's JSON config.
+
+Validation is done by jsonschema against the schema shipped beside this file;
+every error names the JSON path of the bad field and what was expected, because
+the person reading it is usually editing a desktop client's config at the time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+ENV_VAR = "WIRE_GATEWAY_CONFIG"
+SCHEMA_ID = "https://wire-gateway.dev/schema/config.json"
+
+# What a server inherits from the gateway's environment; everything else must be
+# given in its "env" (so secrets in the gateway's environment do not leak by default).
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LC_ALL",
+                 "LC_CTYPE", "TMPDIR", "TZ", "SYSTEMROOT", "PYTHONUNBUFFERED")
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message says where and why."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def report(self) -> str:
+        lines = [f"{self.source}: {len(self.problems)} problem(s)"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    initial_delay: float = 0.1
+    max_delay: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    reset_after: float = 30.0
+    crash_loop_exits: int = 5
+    crash_loop_window: float = 60.0
+    crash_loop_cooldown: float = 60.0
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    command: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    restart: RestartPolicy = RestartPolicy()
+    stdin_close_timeout: float = 2.0
+    sigterm_timeout: float = 2.0
+    handshake_timeout: float = 10.0
+
+    def argv(self) -> list[str]:
+        return [self.command, *self.args]
+
+    def resolved(self, environ: dict[str, str] | None = None) -> "ServerSpec":
+        """Expand ${VAR} in command, args, env and cwd, and merge env over the inherited minimum."""
+        environ = dict(os.environ if environ is None else environ)
+        where = f"servers.{self.name}"
+        merged = {k: environ[k] for k in INHERITED_ENV if k in environ}
+        for key, value in self.env.items():
+            merged[key] = expand(value, environ, f"{where}.env.{key}")
+        return ServerSpec(
+            name=self.name,
+            command=expand(self.command, environ, f"{where}.command"),
+            args=tuple(expand(a, environ, f"{where}.args[{i}]") for i, a in enumerate(self.args)),
+            env=merged,
+            cwd=expand(self.cwd, environ, f"{where}.cwd") if self.cwd else None,
+            restart=self.restart,
+            stdin_close_timeout=self.stdin_close_timeout,
+            sigterm_timeout=self.sigterm_timeout,
+            handshake_timeout=self.handshake_timeout,
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_frame_bytes: int = 16 * 1024 * 1024
+    max_in_flight: int = 4096
+    max_queued_frames: int = 4096
+
+
+@dataclass(frozen=True)
+class Config:
+    servers: dict[str, ServerSpec]
+    limits: Limits = Limits()
+    log_level: str = "info"
+    log_file: str | None = None
+    mask_patterns: tuple[str, ...] = ()
+    source: str = "<built-in default>"
+    document: dict[str, Any] = field(default_factory=dict)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand(value: str, environ: dict[str, str], where: str) -> str:
+    """Replace ${VAR} and ${VAR:-default}; an unset variable without a default is an error."""
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError([f"$.{where}: references ${{{name}}}, which is not set in the environment"])
+    return _VAR.sub(sub, value)
+
+
+def schema() -> dict[str, Any]:
+    return json.loads(resources.files("wire_gateway.config").joinpath("schema.json").read_text())
+
+
+def default_document() -> dict[str, Any]:
+    """The built-in default: the bundled echo server, nothing external."""
+    return {"servers": {"echo": {"command": sys.executable, "args": ["-m", "wire_gateway.demo.echo"]}}}
+
+
+def validation_errors(doc: Any) -> list[str]:
+    """Every schema violation as 'JSONPATH: what was expected', in document order."""
+    validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
+    problems = []
+    for err in sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]):
+        problems.append(f"{err.json_path}: {_describe(err)}")
+    return problems
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        if allowed:
+            return f"unknown key(s) {', '.join(map(repr, extra))}; expected one of: {', '.join(allowed)}"
+    if err.validator == "propertyNames":
+        return f"{err.message} (server names: letters, digits, '_', '.', '-'; at most 64 characters)"
+    return err.message
+
+
+def find_config_path(cli_path: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """--config, else $WIRE_GATEWAY_CONFIG, else None (the built-in default)."""
+    if cli_path:
+        return cli_path
+    environ = os.environ if environ is None else environ
+    return environ.get(ENV_VAR) or None
+
+
+def load_config(cli_path: str | None = None, environ: dict[str, str] | None = None) -> Config:
+    path = find_config_path(cli_path, environ)
+    if path is None:
+        return parse_config(default_document(), "<built-in default>")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(["file not found (run `wire-gateway init PATH` to write a starter config)"], str(p)) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read: {exc.strerror}"], str(p)) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"], str(p)) from None
+    return parse_config(doc, str(p), base_dir=p.resolve().parent)
+
+
+def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    problems = validation_errors(doc)
+    if problems:
+        raise ConfigError(problems, source)
+    servers = {}
+    for name, s in doc["servers"].items():
+        restart = RestartPolicy(**s.get("restart", {}))
+        shutdown = s.get("shutdown", {})
+        cwd = s.get("cwd")
+        if cwd and base_dir is not None and "${" not in cwd and not os.path.isabs(cwd):
+            cwd = str(base_dir / cwd)  # relative to the config file, not to wherever the client started us
+        servers[name] = ServerSpec(
+            name=name,
+            command=s["command"],
+            args=tuple(s.get("args", ())),
+            env=dict(s.get("env", {})),
+            cwd=cwd,
+            restart=restart,
+            stdin_close_timeout=shutdown.get("stdin_close_timeout", 2.0),
+            sigterm_timeout=shutdown.get("sigterm_timeout", 2.0),
+            handshake_timeout=s.get("handshake_timeout", 10.0),
+        )
+    logging_ = doc.get("logging", {})
+    return Config(
+        servers=servers,
+        limits=Limits(**doc.get("limits", {})),
+        log_level=logging_.get("level", "info"),
+        log_file=logging_.get("file"),
+        mask_patterns=tuple(logging_.get("mask_patterns", ())),
+        source=source,
+        document=doc,
+    )

@@ -1,0 +1,1 @@
+"""Sessions and routing: connects a client front to its upstream(s)."""

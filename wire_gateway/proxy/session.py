@@ -1,0 +1,115 @@
+"""A client talking to one server through the gateway, frame by frame.
+
+Client frames are checked (each bad one answered with a JSON-RPC error, the
+connection kept), batches are split and their answers reassembled, and
+everything else goes through as the exact bytes that arrived.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from wire_gateway.proxy.batch import BatchCollector
+from wire_gateway.transport.outbuffer import OutBuffer
+from wire_gateway.upstream.supervisor import SupervisedServer
+from wire_gateway.wire import errors, scan
+from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
+from wire_gateway.wire.framing import Oversize
+
+log = logging.getLogger("wire_gateway.session")
+
+
+class PassthroughSession:
+    """Implements the upstream Sink: server frames land in the client's OutBuffer."""
+
+    def __init__(self, client_out: OutBuffer, max_frame_bytes: int) -> None:
+        self.client_out = client_out
+        self.max_frame_bytes = max_frame_bytes
+        self.upstream: SupervisedServer | None = None
+        self.batches = BatchCollector()
+        self.frames_in = 0
+        self.frames_out = 0
+
+    # ---- client -> gateway --------------------------------------------------------------
+
+    def on_client_item(self, item: bytes | Oversize) -> None:
+        self.frames_in += 1
+        if isinstance(item, Oversize):
+            req_id = scan.recover_id(item.prefix)
+            log.warning("client sent a %d-byte frame, over the %d-byte limit; answered with an error",
+                        item.size, self.max_frame_bytes)
+            self._to_client(errors.error_frame(
+                req_id, errors.INVALID_REQUEST,
+                f"Invalid Request: frame of {item.size} bytes exceeds the gateway's limit of "
+                f"{self.max_frame_bytes} bytes (limits.max_frame_bytes)", {"frameBytes": item.size}))
+            return
+        decoded = decode(item)
+        if isinstance(decoded, Frame):
+            answer = self._from_client(decoded)
+            if answer is not None:
+                self._to_client(answer)
+        elif isinstance(decoded, Batch):
+            self._from_client_batch(decoded)
+        else:
+            self._reject(decoded)
+
+    def _from_client(self, frame: Frame) -> bytes | None:
+        """Route one client frame; returns an immediate answer if the gateway must give one."""
+        upstream = self.upstream
+        assert upstream is not None
+        kind = frame.kind
+        if kind is Kind.REQUEST:
+            return upstream.request(frame)
+        if kind is Kind.NOTIFICATION:
+            upstream.notify(frame)
+        else:
+            upstream.reply(frame)
+        return None
+
+    def _from_client_batch(self, batch: Batch) -> None:
+        waiting: list[Any] = []
+        answered: list[bytes] = []
+        for item in batch.items:
+            if isinstance(item, Invalid):
+                log.info("client batch member rejected: %s", item.message)
+                answered.append(item.error_frame())
+                continue
+            answer = self._from_client(item)
+            if answer is not None:
+                answered.append(answer)
+            elif item.kind is Kind.REQUEST:
+                waiting.append(item.id)
+        whole = self.batches.open(waiting, answered)
+        if whole is not None:
+            self._to_client(whole)
+
+    def _reject(self, bad: Invalid) -> None:
+        preview = bad.raw[:120].decode("utf-8", "replace")
+        log.warning("client sent an unusable frame (%s): %s", bad.message, preview)
+        self._to_client(bad.error_frame())
+
+    # ---- Sink: upstream -> client -----------------------------------------------------------
+
+    def server_frame(self, frame: Frame) -> None:
+        if self.batches and frame.kind is not Kind.REQUEST and frame.kind is not Kind.NOTIFICATION \
+                and self.batches.owns(frame.id):
+            whole = self.batches.deliver(frame.id, frame.raw)
+            if whole is not None:
+                self._to_client(whole)
+            return
+        self._to_client(frame.raw)
+
+    def gateway_reply(self, req_id: Any, data: bytes) -> None:
+        if self.batches and self.batches.owns(req_id):
+            whole = self.batches.deliver(req_id, data)
+            if whole is not None:
+                self._to_client(whole)
+            return
+        self._to_client(data)
+
+    async def wait_writable(self) -> None:
+        await self.client_out.wait_writable()
+
+    def _to_client(self, data: bytes) -> None:
+        self.frames_out += 1
+        self.client_out.put_line(data)

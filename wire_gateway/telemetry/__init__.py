@@ -1,0 +1,1 @@
+"""Logs (and, later, OpenTelemetry): how the gateway tells operators what happened."""

@@ -1,0 +1,1 @@
+"""Bytes on real pipes and sockets. Knows trio and the wire layer, nothing above."""

@@ -1,0 +1,51 @@
+"""The requests a client has in flight to one upstream, so that each gets exactly
+one answer even when the server dies before giving it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Pending:
+    method: str
+    generation: int | None          # the process it was written to; None while queued
+    started: float = field(default_factory=time.monotonic)
+
+
+class PendingTable:
+    __slots__ = ("_by_id",)
+
+    def __init__(self) -> None:
+        self._by_id: dict[Any, Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, req_id: Any) -> bool:
+        return req_id in self._by_id
+
+    def add(self, req_id: Any, method: str, generation: int | None) -> None:
+        self._by_id[req_id] = Pending(method, generation)
+
+    def mark_sent(self, req_id: Any, generation: int) -> None:
+        entry = self._by_id.get(req_id)
+        if entry is not None:
+            entry.generation = generation
+
+    def pop(self, req_id: Any) -> Pending | None:
+        return self._by_id.pop(req_id, None)
+
+    def take_generation(self, generation: int) -> list[tuple[Any, Pending]]:
+        """Remove and return the requests written to process `generation`."""
+        lost = [(k, v) for k, v in self._by_id.items() if v.generation == generation]
+        for k, _ in lost:
+            del self._by_id[k]
+        return lost
+
+    def take_all(self) -> list[tuple[Any, Pending]]:
+        lost = list(self._by_id.items())
+        self._by_id.clear()
+        return lost

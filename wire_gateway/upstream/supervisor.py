@@ -1,0 +1,347 @@
+"""A supervised upstream server: the gateway's client side of one server.
+
+It owns the process (and its successors after crashes), the requests in flight
+to it, and the legacy handshake to replay. Sessions hand it client frames and
+get back server frames through a sink; they never see a process die, only a
+well-formed error for each request the dead process owed.
+
+Lifecycle: starting -> running -> (exit) -> restarting -> starting ... ;
+too many exits in a window -> crash_loop (requests fail fast) for a cool-down;
+shutdown -> stopped. Everything runs in the nursery of the session that owns it.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+from wire_gateway.config import Limits, ServerSpec
+from wire_gateway.transport.outbuffer import OutBuffer
+from wire_gateway.upstream.backoff import Backoff
+from wire_gateway.upstream.handshake import Handshake
+from wire_gateway.upstream.pending import PendingTable
+from wire_gateway.upstream.process import ServerProcess, describe_status
+from wire_gateway.wire import errors, scan
+from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
+from wire_gateway.wire.framing import LineFramer, Oversize
+
+log = logging.getLogger("wire_gateway.upstream")
+
+READ_SIZE = 65536
+
+
+class Sink(Protocol):
+    """Where a supervised server delivers what the client must see."""
+
+    def server_frame(self, frame: Frame) -> None: ...
+    def gateway_reply(self, req_id: Any, data: bytes) -> None: ...
+    async def wait_writable(self) -> None: ...
+
+
+class SupervisedServer:
+    def __init__(self, spec: ServerSpec, limits: Limits, sink: Sink,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.limits = limits
+        self.sink = sink
+        self.state = "starting"
+        self.pending = PendingTable()
+        self.handshake = Handshake()
+        self.backoff = Backoff(spec.restart)
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self.process: ServerProcess | None = None
+        self._generation = 0
+        self._out: OutBuffer | None = None
+        self._queue: list[tuple[bytes, Any]] = []     # (raw, request id or None) while not running
+        self._server_requests: dict[Any, int] = {}     # server->client request id -> generation
+        self._replay_id: str | None = None
+        self._replay_done: trio.Event | None = None
+        self._replay_ok = False
+        self._closing = False
+        self._wake = trio.Event()                      # interrupts backoff sleeps on shutdown
+        self._stopped = trio.Event()
+        self._unavailable_reason = ""
+        self._last_stderr: list[str] = []
+        self._started_at = 0.0
+
+    # ---- called by the session (client -> server) ---------------------------------
+
+    def request(self, frame: Frame) -> bytes | None:
+        """Take a client request. Returns an error frame to answer at once, or None."""
+        if self.state in ("crash_loop", "stopped") or self._closing:
+            return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE, self._unavailable_message(),
+                                      self._error_data(frame.method))
+        if frame.id in self.pending:
+            return errors.error_frame(frame.id, errors.INVALID_REQUEST,
+                                      f"Invalid Request: id {frame.id!r} is already in flight; ids must be unique "
+                                      "among a client's outstanding requests")
+        if len(self.pending) >= self.limits.max_in_flight:
+            return errors.error_frame(frame.id, errors.GATEWAY_OVERLOADED,
+                                      f"too many requests in flight to server '{self.name}' "
+                                      f"(limit {self.limits.max_in_flight}); wait for answers before sending more")
+        if frame.method == "initialize":
+            self.handshake.on_client_request(frame)
+        if self._out is not None:
+            self.pending.add(frame.id, frame.method or "", self._generation)
+            self._out.put_line(frame.raw)
+            return None
+        if len(self._queue) >= self.limits.max_queued_frames:
+            return errors.error_frame(frame.id, errors.GATEWAY_OVERLOADED,
+                                      f"server '{self.name}' is restarting and {len(self._queue)} frames are "
+                                      "already waiting for it; try again shortly", self._error_data(frame.method))
+        self.pending.add(frame.id, frame.method or "", None)
+        self._queue.append((frame.raw, frame.id))
+        return None
+
+    def notify(self, frame: Frame) -> None:
+        """Take a client notification (cancellation drops the request from our books)."""
+        if frame.method == "notifications/initialized":
+            self.handshake.on_client_notification(frame)
+        elif frame.method == "notifications/cancelled":
+            params = frame.params
+            if isinstance(params, dict):
+                self.pending.pop(params.get("requestId"))
+        self._send_other(frame.raw)
+
+    def reply(self, frame: Frame) -> None:
+        """Take the client's answer to a server->client request (sampling, elicitation, roots)."""
+        gen = self._server_requests.pop(frame.id, None)
+        if gen is not None and gen != self._generation:
+            log.info("server %s: dropping the client's answer to request %r: the process that asked "
+                     "(generation %d) has exited", self.name, frame.id, gen)
+            return
+        self._send_other(frame.raw)
+
+    def _send_other(self, raw: bytes) -> None:
+        if self._out is not None:
+            self._out.put_line(raw)
+        elif self.state in ("starting", "restarting") and not self._closing:
+            if len(self._queue) < self.limits.max_queued_frames:
+                self._queue.append((raw, None))
+            else:
+                log.warning("server %s: restart queue full; dropping a notification", self.name)
+
+    async def wait_writable(self) -> None:
+        if self._out is not None:
+            await self._out.wait_writable()
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a process running until shutdown() is called."""
+        task_status.started()
+        try:
+            while not self._closing:
+                await self._run_one()
+                if self._closing:
+                    break
+                await self._pause_before_restart()
+        finally:
+            self.state = "stopped"
+            self._unavailable_reason = "the gateway is shutting down"
+            self._fail(self.pending.take_all(), errors.UPSTREAM_UNAVAILABLE,
+                       "the gateway is shutting down; request to server '{name}' was not answered")
+            self._queue.clear()
+            self._stopped.set()
+
+    async def shutdown(self) -> None:
+        """Spec shutdown: close the server's stdin, wait, SIGTERM, wait, SIGKILL."""
+        self._closing = True
+        self._wake.set()
+        if self._out is not None:
+            self._out.close()
+        await self._stopped.wait()
+
+    async def _run_one(self) -> None:
+        self._generation += 1
+        gen = self._generation
+        self.state = "starting"
+        try:
+            proc = await ServerProcess.spawn(self.spec, gen)
+        except OSError as exc:
+            self.last_exit = f"could not start {self.spec.command!r}: {exc.strerror or exc}"
+            self._last_stderr = []
+            self._started_at = trio.current_time()
+            log.error("server %s: %s", self.name, self.last_exit)
+            return
+        self.process = proc
+        self._started_at = proc.started
+        out = OutBuffer()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump_stdin, proc, out)
+            nursery.start_soon(proc.read_stderr)
+            nursery.start_soon(self._activate, proc, out)
+            nursery.start_soon(self._end_on_shutdown, proc, out)
+            await self._read_stdout(proc)
+            # stdout is closed: the process is ending. Bound the wait, then escalate.
+            out.close()
+            self._out = None
+            code = await proc.terminate()
+            with trio.move_on_after(1.0):
+                await proc.stderr_done.wait()
+            nursery.cancel_scope.cancel()
+        self._last_stderr = list(proc.stderr_tail)
+        self.last_exit = describe_status(code)
+        level = logging.INFO if self._closing else logging.WARNING
+        log.log(level, "server %s: pid %d ended (%s) after %.1fs", self.name, proc.pid, self.last_exit,
+                trio.current_time() - proc.started)
+        lost = self.pending.take_generation(gen)
+        if lost:
+            self._fail(lost, errors.UPSTREAM_EXITED,
+                       "server '{name}' " + f"exited ({self.last_exit}) before answering" + " {method}"
+                       + ("" if self._closing else "; it is being restarted, retry the request"))
+        for rid in [k for k, g in self._server_requests.items() if g == gen]:
+            del self._server_requests[rid]
+
+    async def _pause_before_restart(self) -> None:
+        now = trio.current_time()
+        decision = self.backoff.on_exit(now, now - self._started_at)
+        self.restarts += 1
+        if decision.crash_loop:
+            self.state = "crash_loop"
+            self._unavailable_reason = (
+                f"server '{self.name}' is crash-looping ({decision.exits_in_window} exits within "
+                f"{self.spec.restart.crash_loop_window:g}s, last: {self.last_exit}); the gateway will try "
+                f"again in {decision.delay:g}s")
+            log.error("%s%s", self._unavailable_reason,
+                      f"; last stderr: {' | '.join(self._last_stderr[-5:])}" if self._last_stderr else "")
+            lost = self.pending.take_all()
+            self._queue.clear()
+            self._fail(lost, errors.UPSTREAM_UNAVAILABLE, self._unavailable_reason + " ({method} not sent)")
+        else:
+            self.state = "restarting"
+            log.info("server %s: restarting in %.2fs", self.name, decision.delay)
+        with trio.move_on_after(decision.delay):
+            await self._wake.wait()
+
+    async def _end_on_shutdown(self, proc: ServerProcess, out: OutBuffer) -> None:
+        """On shutdown: flush, close the server's stdin, and bound its exit even if it ignores that."""
+        await self._wake.wait()
+        out.close()
+        await proc.terminate()
+
+    async def _activate(self, proc: ServerProcess, out: OutBuffer) -> None:
+        """Replay the legacy handshake if the session had one, then let queued frames through."""
+        if self.handshake.needs_replay and proc.generation > 1:
+            self._replay_id = f"wire-gateway/replay/{proc.generation}"
+            self._replay_done = trio.Event()
+            self._replay_ok = False
+            init, initialized = self.handshake.replay(self._replay_id)
+            out.put_line(init)
+            with trio.move_on_after(self.spec.handshake_timeout):
+                await self._replay_done.wait()
+            if not self._replay_ok:
+                log.error("server %s: restarted process did not accept the replayed initialize within %.1fs; "
+                          "stopping it", self.name, self.spec.handshake_timeout)
+                await proc.kill()
+                return
+            if initialized is not None:
+                out.put_line(initialized)
+            log.info("server %s: replayed the session's initialize to pid %d", self.name, proc.pid)
+        if self._closing or out.closed:
+            return
+        queue, self._queue = self._queue, []
+        for raw, req_id in queue:
+            if req_id is not None:
+                self.pending.mark_sent(req_id, proc.generation)
+            out.put_line(raw)
+        self._out = out
+        self.state = "running"
+
+    async def _pump_stdin(self, proc: ServerProcess, out: OutBuffer) -> None:
+        assert proc.proc.stdin is not None
+        try:
+            await out.pump(proc.proc.stdin)
+            await proc.proc.stdin.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("server %s: stdin closed under us (pid %d)", self.name, proc.pid)
+
+    # ---- server -> client -------------------------------------------------------------
+
+    async def _read_stdout(self, proc: ServerProcess) -> None:
+        framer = LineFramer(self.limits.max_frame_bytes)
+        stream = proc.proc.stdout
+        assert stream is not None
+        while True:
+            try:
+                chunk = await stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                chunk = b""
+            items = framer.feed(chunk) if chunk else framer.close()
+            for item in items:
+                if isinstance(item, Oversize):
+                    self._on_oversize(item)
+                else:
+                    self._on_line(item)
+            if not chunk:
+                return
+            await self.sink.wait_writable()
+
+    def _on_line(self, raw: bytes) -> None:
+        decoded = decode(raw)
+        if isinstance(decoded, Frame):
+            self._on_frame(decoded)
+        elif isinstance(decoded, Batch):
+            for item in decoded.items:
+                if isinstance(item, Frame):
+                    self._on_frame(item)
+                else:
+                    self._drop(item)
+        else:
+            self._drop(decoded)
+
+    def _on_frame(self, frame: Frame) -> None:
+        kind = frame.kind
+        if kind is Kind.RESPONSE or kind is Kind.ERROR:
+            if self._replay_id is not None and frame.id == self._replay_id:
+                self._replay_ok = kind is Kind.RESPONSE
+                self._replay_id = None
+                if self._replay_done is not None:
+                    self._replay_done.set()
+                return
+            self.pending.pop(frame.id)
+            self.handshake.on_server_reply(frame)
+        elif kind is Kind.REQUEST:
+            self._server_requests[frame.id] = self._generation
+        self.sink.server_frame(frame)
+
+    def _drop(self, bad: Invalid) -> None:
+        preview = bad.raw[:200].decode("utf-8", "replace")
+        log.warning("server %s: dropped a line on stdout that is not a JSON-RPC message (%s): %s",
+                    self.name, bad.message, preview)
+
+    def _on_oversize(self, over: Oversize) -> None:
+        req_id = scan.recover_id(over.prefix)
+        log.error("server %s: sent a %d-byte frame, over the %d-byte limit (limits.max_frame_bytes); dropped it%s",
+                  self.name, over.size, self.limits.max_frame_bytes,
+                  f" and answered request {req_id!r} with an error" if req_id is not None else "")
+        if req_id is not None and self.pending.pop(req_id) is not None:
+            self.sink.gateway_reply(req_id, errors.error_frame(
+                req_id, errors.UPSTREAM_BAD_FRAME,
+                f"server '{self.name}' answered with a {over.size}-byte frame, over the gateway's "
+                f"{self.limits.max_frame_bytes}-byte limit (limits.max_frame_bytes)",
+                {"server": self.name, "frameBytes": over.size}))
+
+    # ---- errors ---------------------------------------------------------------------------
+
+    def _fail(self, lost: list[tuple[Any, Any]], code: int, template: str) -> None:
+        for req_id, entry in lost:
+            message = template.format(name=self.name, method=entry.method or "the request")
+            self.sink.gateway_reply(req_id, errors.error_frame(req_id, code, message, self._error_data(entry.method)))
+
+    def _error_data(self, method: str | None) -> dict[str, Any]:
+        data: dict[str, Any] = {"server": self.name}
+        if method:
+            data["method"] = method
+        if self.last_exit:
+            data["lastExit"] = self.last_exit
+        if self._last_stderr:
+            data["stderrTail"] = self._last_stderr[-5:]
+        return data
+
+    def _unavailable_message(self) -> str:
+        return self._unavailable_reason or f"server '{self.name}' is not available"

@@ -1,0 +1,36 @@
+"""Which era of MCP a message belongs to.
+
+Legacy (2024-11-05 .. 2025-11-25) opens a session with `initialize`; modern
+(2026-07-28 and later) carries the protocol version in every request's `_meta`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+MODERN_VERSIONS = ("2026-07-28",)
+META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
+
+LEGACY = "legacy"
+MODERN = "modern"
+
+
+def request_version(msg: dict[str, Any]) -> str | None:
+    """The modern per-request protocol version, if the request carries one."""
+    params = msg.get("params")
+    if isinstance(params, dict):
+        meta = params.get("_meta")
+        if isinstance(meta, dict):
+            version = meta.get(META_PROTOCOL_VERSION)
+            if isinstance(version, str):
+                return version
+    return None
+
+
+def era_of_request(method: str | None, msg: dict[str, Any]) -> str | None:
+    """LEGACY for `initialize`, MODERN for a request with modern `_meta`, else None (unknown)."""
+    if method == "initialize":
+        return LEGACY
+    if request_version(msg) is not None:
+        return MODERN
+    return None

@@ -1,0 +1,37 @@
+"""JSON-RPC error codes the gateway emits, and the builders for error frames.
+
+Protocol errors use the JSON-RPC codes. Errors the gateway raises on its own
+behalf (an upstream died, is restarting, sent garbage) use codes outside the
+JSON-RPC reserved range (-32768..-32000), as the MCP spec asks of new
+implementation-defined codes, and carry `data.source = "wire-gateway"` so they
+can never be mistaken for an answer from the server.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from wire_gateway.wire import jsonfast
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+# Gateway-local codes (documented in docs/errors.md).
+UPSTREAM_EXITED = -31001        # the server process ended before answering
+UPSTREAM_UNAVAILABLE = -31002   # the server cannot take requests now (crash loop, queue full, shutting down)
+UPSTREAM_BAD_FRAME = -31003     # the server answered with a frame the gateway could not use
+GATEWAY_OVERLOADED = -31004     # a gateway limit (in-flight requests, queue) was reached
+
+SOURCE = "wire-gateway"
+
+
+def error_frame(req_id: Any, code: int, message: str, data: dict[str, Any] | None = None) -> bytes:
+    """One JSON-RPC error response as bytes (no trailing newline)."""
+    payload: dict[str, Any] = {"source": SOURCE}
+    if data:
+        payload.update(data)
+    return jsonfast.dumps(
+        {"jsonrpc": "2.0", "id": req_id, "error": {"code": code, "message": message, "data": payload}}
+    )

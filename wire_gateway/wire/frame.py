@@ -1,0 +1,128 @@
+"""Frame: the raw bytes of one JSON-RPC message plus a cheap parsed view.
+
+The raw bytes are what gets forwarded; the view (kind, method, id) is what routing
+and policies look at. Every frame is parsed fully (about a microsecond with
+orjson): deciding by peeking at bytes can be fooled by escapes, nesting and
+duplicate keys, and a proxy that can be fooled can be bypassed.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from wire_gateway.wire import errors, jsonfast, scan
+
+
+class Kind(enum.Enum):
+    REQUEST = "request"
+    NOTIFICATION = "notification"
+    RESPONSE = "response"
+    ERROR = "error"
+
+
+@dataclass(slots=True)
+class Frame:
+    raw: bytes
+    kind: Kind
+    msg: dict[str, Any]
+    method: str | None = None
+    id: Any = None
+
+    @property
+    def is_request(self) -> bool:
+        return self.kind is Kind.REQUEST
+
+    @property
+    def is_reply(self) -> bool:
+        return self.kind is Kind.RESPONSE or self.kind is Kind.ERROR
+
+    @property
+    def params(self) -> Any:
+        return self.msg.get("params")
+
+
+@dataclass(slots=True)
+class Invalid:
+    """A line that is not a usable JSON-RPC message, with the error to answer it with."""
+
+    raw: bytes
+    code: int
+    message: str
+    id: Any = None
+
+    def error_frame(self) -> bytes:
+        return errors.error_frame(self.id, self.code, self.message)
+
+
+@dataclass(slots=True)
+class Batch:
+    """A JSON array of messages (JSON-RPC batch, allowed by MCP 2025-03-26)."""
+
+    raw: bytes
+    items: list[Frame | Invalid]
+
+
+def valid_id(value: Any) -> bool:
+    """MCP ids are strings or integers (never null, never fractional)."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def decode(raw: bytes) -> Frame | Batch | Invalid:
+    """Decode one line of the wire."""
+    try:
+        obj = jsonfast.loads(raw)
+    except ValueError as exc:
+        return Invalid(raw, errors.PARSE_ERROR, f"Parse error: not valid JSON ({exc})", scan.recover_id(raw[:4096]))
+    if isinstance(obj, list):
+        if not obj:
+            return Invalid(raw, errors.INVALID_REQUEST, "Invalid Request: empty batch")
+        parts = scan.split_array(raw)
+        if len(parts) != len(obj):  # cannot happen for valid JSON; be safe rather than wrong
+            parts = [jsonfast.dumps(o) for o in obj]
+        return Batch(raw, [classify(_exact_id(o, p), p) for o, p in zip(obj, parts)])
+    return classify(_exact_id(obj, raw), raw)
+
+
+def _exact_id(obj: Any, raw: bytes) -> Any:
+    """orjson turns integers beyond 64 bits into floats; ids must stay exact."""
+    if isinstance(obj, dict) and type(obj.get("id")) is float:
+        return jsonfast.loads_exact(raw)
+    return obj
+
+
+def classify(obj: Any, raw: bytes) -> Frame | Invalid:
+    """Check the JSON-RPC 2.0 envelope and build the Frame view."""
+    if not isinstance(obj, dict):
+        return Invalid(raw, errors.INVALID_REQUEST, "Invalid Request: a JSON-RPC message must be a JSON object")
+    msg_id = obj.get("id")
+    rid = msg_id if valid_id(msg_id) else None
+    if obj.get("jsonrpc") != "2.0":
+        return Invalid(raw, errors.INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', rid)
+    method = obj.get("method")
+    if method is not None:
+        if not isinstance(method, str):
+            return Invalid(raw, errors.INVALID_REQUEST, 'Invalid Request: "method" must be a string', rid)
+        params = obj.get("params")
+        if params is not None and not isinstance(params, (dict, list)):
+            return Invalid(raw, errors.INVALID_REQUEST, 'Invalid Request: "params" must be an object', rid)
+        if "id" not in obj:
+            return Frame(raw, Kind.NOTIFICATION, obj, method)
+        if rid is None:
+            return Invalid(raw, errors.INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
+        return Frame(raw, Kind.REQUEST, obj, method, rid)
+    has_result = "result" in obj
+    has_error = "error" in obj
+    if has_result == has_error:
+        return Invalid(raw, errors.INVALID_REQUEST,
+                       'Invalid Request: a message needs "method", or exactly one of "result" and "error"', rid)
+    if has_error:
+        err = obj["error"]
+        if not isinstance(err, dict) or not isinstance(err.get("code"), int) or not isinstance(err.get("message"), str):
+            return Invalid(raw, errors.INVALID_REQUEST, 'Invalid Request: "error" needs an integer code and a message', rid)
+        if msg_id is not None and rid is None:
+            return Invalid(raw, errors.INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
+        return Frame(raw, Kind.ERROR, obj, None, rid)
+    if rid is None:
+        return Invalid(raw, errors.INVALID_REQUEST, 'Invalid Request: a response needs a string or integer "id"')
+    return Frame(raw, Kind.RESPONSE, obj, None, rid)

@@ -1,0 +1,47 @@
+"""JSON parsing and serialising: orjson first, the stdlib as a faithful fallback.
+
+orjson refuses some JSON that is valid (a lone surrogate escape such as "\\ud800",
+integers beyond 64 bits, numbers beyond double range such as 1e400). A proxy must
+still understand those frames, so we fall back to the stdlib parser, rejecting
+only what is not JSON at all (NaN/Infinity literals, bad UTF-8).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(raw: bytes | bytearray | memoryview | str) -> Any:
+    """Parse one JSON text; raise ValueError if it is not valid JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    return loads_exact(raw)
+
+
+def loads_exact(raw: bytes | bytearray | memoryview | str) -> Any:
+    """The stdlib parser: slower, but exact for big integers and lone surrogates."""
+    if not isinstance(raw, str):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8: {exc}") from None
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialise compactly; big integers and lone surrogates fall back to the stdlib."""
+    try:
+        return orjson.dumps(obj)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()

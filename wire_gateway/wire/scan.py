@@ -1,0 +1,97 @@
+"""A tiny tokenizer over raw JSON bytes, for the two jobs a full parse cannot do.
+
+1. Split a batch (a JSON array) into the exact bytes of each element, so batch
+   members are forwarded untouched like any other frame.
+2. Recover the top-level "id" from a frame we will not parse (too large, or
+   broken), so the error we answer with reaches the request that caused it.
+
+Strings are matched whole by the regex (C speed); only structure is walked in Python.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_TOKEN = re.compile(
+    rb'"(?:[^"\\]|\\.)*"'                 # a complete string
+    rb'|"'                                 # an unterminated string: stop here
+    rb'|[\[\]{},:]'                        # structure
+    rb'|-?[0-9][0-9.eE+\-]*'              # a number
+    rb'|true|false|null',
+    re.DOTALL,
+)
+
+_MISSING = object()
+
+
+def split_array(raw: bytes) -> list[bytes]:
+    """Exact bytes of each element of a JSON array that is known to be valid."""
+    parts: list[bytes] = []
+    depth = 0
+    start = -1
+    for m in _TOKEN.finditer(raw):
+        tok = m.group()
+        c = tok[:1]
+        if c in (b"[", b"{"):
+            depth += 1
+            if depth == 1:
+                start = m.end()
+                continue
+        elif c in (b"]", b"}"):
+            depth -= 1
+            if depth == 0:
+                elem = raw[start:m.start()].strip()
+                if elem:
+                    parts.append(elem)
+                break
+        elif c == b"," and depth == 1:
+            parts.append(raw[start:m.start()].strip())
+            start = m.end()
+    return parts
+
+
+def recover_id(prefix: bytes) -> Any:
+    """The value of the top-level "id" key if it appears in `prefix`, else None.
+
+    Only string and integer ids count (the MCP rule); anything doubtful gives None.
+    """
+    depth = 0
+    expect_key = False
+    key: Any = _MISSING
+    after_colon = False
+    for m in _TOKEN.finditer(prefix):
+        tok = m.group()
+        c = tok[:1]
+        if tok == b'"':
+            return None
+        if after_colon:
+            after_colon = False
+            if depth == 1 and key == "id" and c not in (b"[", b"{"):
+                return _scalar_id(tok)
+        if c in (b"[", b"{"):
+            depth += 1
+            expect_key = depth == 1 and c == b"{"
+        elif c in (b"]", b"}"):
+            depth -= 1
+        elif c == b",":
+            expect_key = depth == 1
+        elif c == b":":
+            after_colon = True
+        elif expect_key and c == b'"':
+            expect_key = False
+            try:
+                key = json.loads(tok)
+            except ValueError:
+                key = _MISSING
+    return None
+
+
+def _scalar_id(tok: bytes) -> Any:
+    try:
+        value = json.loads(tok)
+    except ValueError:
+        return None
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    return None
