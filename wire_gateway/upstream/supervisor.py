@@ -171,11 +171,12 @@ class SupervisedServer:
         self.process = proc
         self._started_at = proc.started
         out = OutBuffer()
+        activated = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump_stdin, proc, out)
             nursery.start_soon(proc.read_stderr)
-            nursery.start_soon(self._activate, proc, out)
-            nursery.start_soon(self._end_on_shutdown, proc, out)
+            nursery.start_soon(self._activate, proc, out, activated)
+            nursery.start_soon(self._end_on_shutdown, proc, out, activated)
             await self._read_stdout(proc)
             # stdout is closed: the process is ending. Bound the wait, then escalate.
             out.close()
@@ -218,14 +219,26 @@ class SupervisedServer:
         with trio.move_on_after(decision.delay):
             await self._wake.wait()
 
-    async def _end_on_shutdown(self, proc: ServerProcess, out: OutBuffer) -> None:
-        """On shutdown: flush, close the server's stdin, and bound its exit even if it ignores that."""
+    async def _end_on_shutdown(self, proc: ServerProcess, out: OutBuffer, activated: trio.Event) -> None:
+        """On shutdown: let what the client already sent reach the server, close its stdin,
+        and bound its exit even if it ignores that."""
         await self._wake.wait()
+        with trio.move_on_after(self.spec.handshake_timeout):
+            await activated.wait()
         out.close()
         await proc.terminate()
 
-    async def _activate(self, proc: ServerProcess, out: OutBuffer) -> None:
-        """Replay the legacy handshake if the session had one, then let queued frames through."""
+    async def _activate(self, proc: ServerProcess, out: OutBuffer, activated: trio.Event) -> None:
+        try:
+            await self._replay_and_flush(proc, out)
+        finally:
+            activated.set()
+
+    async def _replay_and_flush(self, proc: ServerProcess, out: OutBuffer) -> None:
+        """Replay the legacy handshake if the session had one, then let queued frames through.
+
+        Queued frames are flushed even during shutdown: a client that wrote a request and
+        closed its stdin expects the answer, as it would from the server itself."""
         if self.handshake.needs_replay and proc.generation > 1:
             self._replay_id = f"wire-gateway/replay/{proc.generation}"
             self._replay_done = trio.Event()
@@ -242,7 +255,7 @@ class SupervisedServer:
             if initialized is not None:
                 out.put_line(initialized)
             log.info("server %s: replayed the session's initialize to pid %d", self.name, proc.pid)
-        if self._closing or out.closed:
+        if out.closed:
             return
         queue, self._queue = self._queue, []
         for raw, req_id in queue:

@@ -1,0 +1,36 @@
+"""Entry point: ``python -m load SUBCOMMAND [options]``.
+
+Each subcommand lives in its own module, which provides
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit status), so that
+adding a tool means adding one line to ``SUBCOMMANDS``.
+"""
+import argparse
+import sys
+
+from load import fast_echo, stdio_bench, stdio_ceiling
+
+SUBCOMMANDS = {
+    "stdio-bench": (stdio_bench, "compare a stdio MCP server direct vs through the gateway"),
+    "stdio-ceiling": (stdio_ceiling, "measure the bench driver itself against fast-echo"),
+    "fast-echo": (fast_echo, "a minimal, fast echo MCP server (the ceiling's target)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One sub-parser per tool; the chosen module is stored in ``args.module``."""
+    parser = argparse.ArgumentParser(prog="python -m load", description="Load and benchmark tools for wire-gateway.")
+    subs = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub = subs.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(module=module)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.module.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1000 @@
+"""Measure a stdio MCP server directly and through the gateway, side by side.
+
+    python -m load stdio-bench [--direct CMD] [--gateway CMD] [-n 20000]
+                               [--concurrency 1,16] [--rounds 3] [--json]
+
+Each CMD is a shell-like command line (split with ``shlex.split``, not run by
+a shell) starting an MCP server that speaks newline-delimited JSON-RPC on its
+stdin/stdout.  By default the direct slot is the echo fixture and the gateway
+slot is ``python -m wire_gateway stdio`` proxying that same fixture, so the
+difference between the two columns is what the gateway costs.
+
+Per target and per round, one fresh process is started, initialized, warmed
+up (500 calls), then measured in every scenario:
+
+* ``sequential``: one ``tools/call`` at a time, N calls;
+* ``inflight_K`` (each K > 1 of --concurrency): exactly K requests
+  outstanding, pipelined over the one pipe with distinct ids, N calls.
+
+For each: throughput, latency percentiles, CPU of the target process itself
+(utime+stime from /proc/PID/stat, children excluded), CPU of the target's
+whole process tree, and the driver's own CPU.  Every answer is checked (its id
+must be outstanding, its content must be the echo of what was sent) and
+mismatches are counted, never ignored.  Targets alternate A B A B over the
+rounds so that drift on a noisy machine hits both alike; the summary is the
+median over rounds.
+
+Why the driver looks the way it does: the direct echo server does ~8k
+sequential and ~100k pipelined calls/s, so the client must cost a few
+microseconds per call.  Requests are pre-serialized bytes, written with
+os.write (batched when pipelining), answers are read in 64 KiB chunks and
+split by hand, and each answer is parsed once with orjson.  One thread does
+both sides: stdin is non-blocking, so a full pipe is waited on with select()
+while answers keep being drained (no deadlock, no thread handoff).  Use
+``python -m load stdio-ceiling`` to see how fast the driver itself goes.
+
+Where the processes run matters more than anything the driver does: on a
+small VM, waking a process that sleeps on a pipe from another CPU costs tens
+of microseconds on each side, and the scheduler decides per run whether
+driver and target share a CPU.  Hence ``--pin`` (default ``split``: driver
+on one CPU, target and its children on the others, for repeatable figures)
+and ``--spin`` (the driver polls instead of sleeping, which takes the
+client's wake-up cost out of the figures).  The defaults keep a plain
+sleeping client, which is what real MCP hosts are.
+
+Exit status: 0 all good, 1 some answers mismatched, 2 some run failed.
+"""
+import argparse
+import gc
+import json
+import os
+import select
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ECHO_FIXTURE = REPO_ROOT / "fixtures" / "servers" / "echo.py"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+WARMUP_CALLS = 500
+INIT_ID = 0
+FIRST_CALL_ID = 1
+PROTOCOL_VERSION = "2025-11-25"
+MAX_EXAMPLES = 5
+READ_SIZE = 65536
+
+
+class BenchError(Exception):
+    """A run could not complete (target died, timed out, broke protocol)."""
+
+
+# --------------------------------------------------------------------------
+# Wire format
+# --------------------------------------------------------------------------
+
+def request_bytes(call_id: int) -> bytes:
+    """One serialized ``tools/call`` of ``echo``; the text is unique per id.
+
+    The text embeds the id so that an answer that is well-formed but belongs
+    to another request (or is stale) fails the content check.
+    """
+    return (
+        b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":'
+        b'{"name":"echo","arguments":{"text":"t%d"}}}\n' % (call_id, call_id)
+    )
+
+
+def expected_content(call_id: int) -> list:
+    """The ``result.content`` an echo of ``request_bytes(call_id)`` must have."""
+    return [{"type": "text", "text": "t%d" % call_id}]
+
+
+def initialize_bytes() -> bytes:
+    params = {
+        "protocolVersion": PROTOCOL_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "bench", "version": "0"},
+    }
+    msg = {"jsonrpc": "2.0", "id": INIT_ID, "method": "initialize", "params": params}
+    return orjson.dumps(msg) + b"\n"
+
+
+INITIALIZED_BYTES = b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n'
+
+
+# --------------------------------------------------------------------------
+# /proc accounting
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The few /proc/PID/stat fields we need (ticks are clock ticks)."""
+
+    ppid: int
+    ticks: int  # utime + stime: this process only, children excluded
+    start: int  # start time, to tell a pid apart from a reused one
+
+
+def read_stat(pid: int):
+    """ProcStat of ``pid``, or None if it is gone.
+
+    Fields are counted from 1 as in proc(5): 4 ppid, 14 utime, 15 stime,
+    22 starttime.  The command name (field 2) may contain spaces and
+    parentheses, so we split after the last ')'.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rfind(b")") + 2:].split()
+    return ProcStat(ppid=int(rest[1]), ticks=int(rest[11]) + int(rest[12]), start=int(rest[19]))
+
+
+def scan_processes() -> dict:
+    """{pid: ProcStat} for every process we can see."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = read_stat(int(name))
+            if stat is not None:
+                table[int(name)] = stat
+    return table
+
+
+def descendants(table: dict, root: int) -> dict:
+    """{pid: ProcStat} of all descendants of ``root`` (not root itself)."""
+    children = {}
+    for pid, stat in table.items():
+        children.setdefault(stat.ppid, []).append(pid)
+    found, todo = {}, list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        found[pid] = table[pid]
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+@dataclass
+class CpuSample:
+    """CPU counters taken at one instant, to be subtracted pairwise."""
+
+    own_ticks: int
+    tree: dict  # {pid: ProcStat} of the target and all its descendants
+    driver_ns: int
+    driver_ticks: int  # the same, in ticks, to compare with the machine's
+    machine_ticks: int  # busy ticks of the whole machine, all CPUs
+
+    @classmethod
+    def take(cls, pid: int, driver_first: bool) -> "CpuSample":
+        """Sample now; the driver's clock is read on the window's side.
+
+        Scanning /proc costs the driver a few milliseconds; reading its clock
+        after the scan when opening the window (and before it when closing)
+        keeps that cost out of the driver's per-call figure.
+        """
+        if driver_first:
+            driver = driver_clocks()
+        table = scan_processes()
+        own = table.get(pid) or read_stat(pid)
+        tree = descendants(table, pid)
+        if own is not None:
+            tree[pid] = own
+        if not driver_first:
+            driver = driver_clocks()
+        return cls(own.ticks if own else 0, tree, *driver)
+
+
+def driver_clocks() -> tuple:
+    """(driver CPU ns, driver ticks, machine busy ticks), read together."""
+    return time.process_time_ns(), read_stat(os.getpid()).ticks, machine_busy_ticks()
+
+
+def machine_busy_ticks() -> int:
+    """Busy ticks of all CPUs so far: user+nice+system+irq+softirq of /proc/stat."""
+    with open("/proc/stat", "rb") as f:
+        fields = f.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[1:8])
+    return user + nice + system + irq + softirq
+
+
+def tree_ticks_between(before: dict, after: dict) -> int:
+    """Ticks spent by the tree between two samples.
+
+    A process present in both is counted by difference; one that appeared in
+    between is counted whole.  (One that exited in between is lost: the
+    targets we measure do not churn processes.)
+    """
+    total = 0
+    for pid, stat in after.items():
+        old = before.get(pid)
+        base = old.ticks if old is not None and old.start == stat.start else 0
+        total += stat.ticks - base
+    return total
+
+
+def ticks_to_us(ticks: int) -> float:
+    return ticks * 1e6 / CLK_TCK
+
+
+# --------------------------------------------------------------------------
+# Answer checking
+# --------------------------------------------------------------------------
+
+@dataclass
+class Mismatches:
+    """Counts of bad answers by kind, with a few examples to show."""
+
+    kinds: dict = field(default_factory=dict)
+    examples: list = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.kinds.values())
+
+    def add(self, kind: str, line: bytes) -> None:
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(f"{kind}: {line[:200].decode('utf-8', 'replace')}")
+
+
+class Checker:
+    """Matches answers to outstanding requests and checks their content.
+
+    ``feed`` returns how many request slots a line frees (0 or 1).  An
+    answer with an unknown id still frees one (the oldest outstanding
+    request is retired in its place): a server that mangles ids is then
+    reported, not waited on until the timeout.
+    """
+
+    def __init__(self):
+        self.pending = {}  # id -> send time (ns); dicts keep insertion order
+        self.latencies = []  # ns, only of answers that passed the check
+        self.bad = Mismatches()
+        self.notifications = 0
+
+    def expect(self, call_id: int, sent_at: int) -> None:
+        self.pending[call_id] = sent_at
+
+    def feed(self, line: bytes, now: int) -> int:
+        try:
+            msg = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return self._retire_oldest("unparseable", line) if line.strip() else 0
+        try:
+            call_id = msg["id"]
+        except (KeyError, TypeError):  # no id, or not even an object
+            if type(msg) is dict and "method" in msg:
+                self.notifications += 1  # e.g. logging or progress: allowed
+                return 0
+            return self._retire_oldest("malformed", line)
+        if "method" in msg:
+            self.bad.add("server_request", line)  # an echo server must not ask us things
+            return 0
+        sent_at = self.pending.pop(call_id, None) if type(call_id) is int else None
+        if sent_at is None:
+            return self._retire_oldest("unknown_id", line)
+        result = msg.get("result")
+        if (type(result) is dict and result.get("content") == expected_content(call_id)
+                and not result.get("isError")):
+            self.latencies.append(now - sent_at)
+        else:
+            self.bad.add("error" if "error" in msg else "wrong_content", line)
+        return 1
+
+    def _retire_oldest(self, kind: str, line: bytes) -> int:
+        """Count a bad answer; retire the oldest request it presumably answers."""
+        self.bad.add(kind, line)
+        if not self.pending:
+            return 0  # an answer nobody asked for: frees no slot
+        del self.pending[next(iter(self.pending))]
+        return 1
+
+
+@dataclass
+class DriveResult:
+    """Raw outcome of one measured window."""
+
+    calls: int
+    elapsed_ns: int
+    latencies_ns: list  # only of answers that passed the check
+    mismatches: Mismatches
+    notifications: int
+
+
+# --------------------------------------------------------------------------
+# The target process
+# --------------------------------------------------------------------------
+
+class Target:
+    """One server process on pipes, with a watchdog bounding its lifetime.
+
+    The process gets its own session (so its whole group can be signalled);
+    the watchdog kills that group when ``timeout`` expires, which turns any
+    blocked read into EOF and any blocked write into EPIPE, so nothing in the
+    driver can hang past the deadline.
+    """
+
+    def __init__(self, argv: list, timeout: float, cpus=None, spin: bool = False, grace: float = 5.0):
+        self.argv = argv
+        self.spin = spin
+        self.timeout = timeout
+        self.grace = grace
+        self.expired = False
+        self.buf = b""
+        self.known_descendants = {}
+        self.stderr = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                bufsize=0, cwd=REPO_ROOT, start_new_session=True,
+            )
+        except OSError as exc:
+            self.stderr.close()
+            raise BenchError(f"cannot start {shlex.join(argv)}: {exc}") from exc
+        self.pid = self.proc.pid
+        if cpus:
+            # Set right after the fork: the target's own children (the
+            # gateway's upstream) are started much later and inherit it.
+            try:
+                os.sched_setaffinity(self.pid, cpus)
+            except OSError as exc:
+                self.proc.kill()
+                self.proc.wait()
+                self.stderr.close()
+                raise BenchError(f"cannot pin target to CPUs {sorted(cpus)}: {exc}") from exc
+        self.rfd = self.proc.stdout.fileno()
+        self.wfd = self.proc.stdin.fileno()
+        os.set_blocking(self.wfd, False)
+        self.watchdog = threading.Timer(timeout, self._expire)
+        self.watchdog.daemon = True
+        self.watchdog.start()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    # -- failure reporting ------------------------------------------------
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        try:
+            self.stderr.flush()
+            size = self.stderr.seek(0, os.SEEK_END)
+            self.stderr.seek(max(0, size - limit))
+            return self.stderr.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+
+    def failure(self, what: str) -> BenchError:
+        """A BenchError explaining why the pipe broke, with stderr's tail."""
+        if self.expired:
+            what = f"timed out after {self.timeout:g}s ({what})"
+        try:
+            code = self.proc.wait(0.5)  # a dying target: give it time to say how
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is not None:
+            what += f"; target exited with {code}"
+        tail = self.stderr_tail().strip()
+        return BenchError(what + (f"\n--- target stderr (tail) ---\n{tail}" if tail else ""))
+
+    # -- raw I/O ----------------------------------------------------------
+
+    def write_all(self, data: bytes) -> None:
+        """Blocking-style write on the non-blocking pipe (handshake only)."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.wfd, view):]
+            except BlockingIOError:
+                select.select([], [self.wfd], [])
+            except BrokenPipeError:
+                raise self.failure("target closed its stdin") from None
+
+    def read_message(self) -> dict:
+        """Next JSON message (handshake only; the hot loop splits inline)."""
+        while b"\n" not in self.buf:
+            chunk = os.read(self.rfd, READ_SIZE)
+            if not chunk:
+                raise self.failure("target closed its stdout")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        if not line.strip():
+            return self.read_message()
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise self.failure(f"unparseable line from target: {line[:200]!r}") from None
+
+    def handshake(self) -> dict:
+        """initialize + notifications/initialized; returns the init result."""
+        self.write_all(initialize_bytes())
+        while True:
+            msg = self.read_message()
+            if isinstance(msg, dict) and msg.get("id") == INIT_ID and "method" not in msg:
+                break
+        if "result" not in msg:
+            raise self.failure(f"initialize failed: {msg}")
+        self.write_all(INITIALIZED_BYTES)
+        return msg["result"]
+
+    # -- the measured loop ------------------------------------------------
+
+    def drive(self, first_id: int, n: int, k: int) -> DriveResult:
+        """Run one window (see ``_drive``), with the read side set up for --spin."""
+        if not self.spin:
+            return self._drive(first_id, n, k)
+        os.set_blocking(self.rfd, False)
+        try:
+            return self._drive(first_id, n, k)
+        finally:
+            os.set_blocking(self.rfd, True)
+
+    def _drive(self, first_id: int, n: int, k: int) -> DriveResult:
+        """Send ``n`` calls keeping ``k`` outstanding; every answer is checked.
+
+        I/O only: the ``Checker`` judges each line.  Answers are consumed as
+        they arrive; the slots they free are refilled with one batched
+        write, so exactly ``k`` requests are outstanding until the tail.
+        """
+        requests = [request_bytes(first_id + i) for i in range(n)]
+        rfd, clock, spin = self.rfd, time.perf_counter_ns, self.spin
+        check = Checker()
+        feed, expect = check.feed, check.expect
+        answered, buf = 0, self.buf
+
+        now = start = clock()
+        sent = min(k, n)
+        for i in range(sent):
+            expect(first_id + i, start)
+        out = b"".join(requests[:sent])
+        while answered < n:
+            if out:
+                out = self._write_some(out)
+                if out and not self._wait_readable():
+                    continue  # pipe was full, now has room, nothing to read: write on
+            chunk = self._spin_read() if spin else os.read(rfd, READ_SIZE)
+            now = clock()
+            if not chunk:
+                raise self.failure(f"target closed its stdout after {answered} answers")
+            lines = (buf + chunk).split(b"\n") if buf else chunk.split(b"\n")
+            buf = lines.pop()
+            freed = 0
+            for line in lines:
+                freed += feed(line, now)
+            answered += freed
+            if freed and sent < n:
+                more = min(freed, n - sent)
+                stamp = clock()
+                for i in range(sent, sent + more):
+                    expect(first_id + i, stamp)
+                out += b"".join(requests[sent:sent + more])
+                sent += more
+        self.buf = buf
+        return DriveResult(answered, now - start, check.latencies, check.bad, check.notifications)
+
+    def _spin_read(self) -> bytes:
+        """Busy-poll the answer pipe instead of sleeping on it (--spin).
+
+        Why: a reader asleep on a pipe must be woken by the writer, and on a
+        VM a cross-CPU wake-up (an IPI, i.e. a VM exit) costs tens of
+        microseconds on each side, which caps a sleeping client at roughly
+        one round trip per ~100 us whatever the server does.  Spinning
+        removes the client's half of that cost, at the price of a CPU: only
+        use it with ``--pin split``.  Bounded like everything else: the
+        watchdog closes the pipe, and EOF ends the loop.
+        """
+        rfd = self.rfd  # made non-blocking by drive()
+        while True:
+            try:
+                return os.read(rfd, READ_SIZE)
+            except BlockingIOError:
+                pass
+
+    def _write_some(self, out: bytes) -> bytes:
+        """Write what the pipe takes now; return the rest."""
+        try:
+            return out[os.write(self.wfd, out):]
+        except BlockingIOError:
+            return out
+        except BrokenPipeError:
+            raise self.failure("target closed its stdin") from None
+
+    def _wait_readable(self) -> bool:
+        """Block until an answer can be read or the stdin pipe has room.
+
+        Both are watched so that a full stdin pipe never deadlocks against
+        a server blocked on writing answers we are not reading.
+        """
+        readable, _, _ = select.select([self.rfd], [self.wfd], [])
+        return bool(readable)
+
+    # -- shutdown ---------------------------------------------------------
+
+    def remember_descendants(self, sample: CpuSample) -> None:
+        """Keep track of children seen, to make sure they are gone at stop()."""
+        for pid, stat in sample.tree.items():
+            if pid != self.pid:
+                self.known_descendants[pid] = stat.start
+
+    def stop(self) -> dict:
+        """Close stdin and wait; then SIGTERM, then SIGKILL. Returns how it went.
+
+        Also reaps stragglers: descendants seen during the run (matched by
+        pid and start time, so a reused pid is never touched) that outlive
+        the target are reported and killed.
+        """
+        self.remember_descendants(CpuSample.take(self.pid, driver_first=True))
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        how = "stdin-eof"
+        for sig, wait in ((None, self.grace), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            if sig is not None:
+                how = sig.name
+                self._signal_group(sig)
+            try:
+                self.proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.watchdog.cancel()
+        if self.expired and how == "stdin-eof":
+            how = "watchdog"  # it was dead (killed at the deadline) before we asked
+        stragglers = self._reap_stragglers()
+        self.proc.stdout.close()
+        self.stderr.close()
+        return {"stopped_by": how, "exit_code": self.proc.returncode, "stragglers": stragglers}
+
+    def _reap_stragglers(self, patience: float = 2.0) -> list:
+        deadline = time.monotonic() + patience
+        while True:
+            alive = [pid for pid, start in self.known_descendants.items() if _alive(pid, start)]
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._signal_group(signal.SIGKILL)  # anything else left in its group
+        return alive
+
+
+def _alive(pid: int, start: int) -> bool:
+    stat = read_stat(pid)
+    return stat is not None and stat.start == start
+
+
+# --------------------------------------------------------------------------
+# CPU placement
+# --------------------------------------------------------------------------
+
+PIN_MODES = ("split", "same", "none")
+
+
+def add_pin_argument(parser) -> None:
+    """--pin and --spin: where the processes run and how the driver waits."""
+    parser.add_argument(
+        "--pin", choices=PIN_MODES, default="split",
+        help="CPU placement: split = driver on one CPU, target tree on the others "
+             "(default; stable figures); same = everything on one CPU; none = let the "
+             "scheduler decide (bimodal on small machines)")
+    parser.add_argument(
+        "--spin", action="store_true",
+        help="busy-poll answers instead of sleeping on the pipe: removes the client's "
+             "wake-up cost (burns the driver's CPU; use with --pin split)")
+
+
+def cpu_plan(mode: str) -> tuple:
+    """(driver CPUs, target CPUs) for a --pin mode; (None, None) = unpinned.
+
+    Why pin at all: on a 2-CPU machine the scheduler sometimes puts the
+    driver and the target on the same CPU (cheap hand-offs: fast sequential,
+    no parallelism: slow pipelined) and sometimes on different ones (the
+    reverse), and it may switch between runs, so unpinned rounds fall into
+    two clusters ~3x apart.  ``split`` keeps the client on its own CPU and
+    gives the server side (the gateway and its upstream, or the direct
+    server) the rest, which is also the fair way to charge the gateway for
+    the CPU it burns.  With a single usable CPU, split degrades to none.
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    if mode == "same":
+        return {allowed[0]}, {allowed[0]}
+    if mode == "split" and len(allowed) >= 2:
+        return {allowed[0]}, set(allowed[1:])
+    return None, None
+
+
+@contextmanager
+def pinned(cpus):
+    """Run the block with this process on ``cpus``; restore afterwards."""
+    if not cpus:
+        yield
+        return
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+# --------------------------------------------------------------------------
+# Scenarios and runs
+# --------------------------------------------------------------------------
+
+def scenarios(concurrency: list) -> list:
+    """[(name, k)]: sequential first, then each distinct K > 1 in order."""
+    out = [("sequential", 1)]
+    for k in concurrency:
+        if k > 1 and ("inflight_%d" % k, k) not in out:
+            out.append(("inflight_%d" % k, k))
+    return out
+
+
+def percentile(sorted_values: list, p: float):
+    """Nearest-rank percentile (p in 0..100) of an already sorted list."""
+    if not sorted_values:
+        return None
+    rank = max(1, -(-len(sorted_values) * p // 100))  # ceil without floats
+    return sorted_values[min(len(sorted_values), int(rank)) - 1]
+
+
+def measure(target: Target, first_id: int, n: int, k: int) -> dict:
+    """One measured window: drive, with CPU sampled just around it.
+
+    The garbage collector is paused inside the window: the driver allocates
+    one dict per answer and a collection pause would show up as latency.
+    """
+    gc.collect()
+    before = CpuSample.take(target.pid, driver_first=False)
+    gc.disable()
+    try:
+        result = target.drive(first_id, n, k)
+    finally:
+        gc.enable()
+    after = CpuSample.take(target.pid, driver_first=True)
+    target.remember_descendants(after)
+    return metrics(result, k, before, after)
+
+
+def metrics(result: DriveResult, k: int, before: CpuSample, after: CpuSample) -> dict:
+    """Turn raw counters into the figures we report (microseconds)."""
+    lat = sorted(result.latencies_ns)
+    calls = result.calls or 1
+
+    def us(ns):
+        return None if ns is None else round(ns / 1000, 1)
+
+    return {
+        "calls": result.calls,
+        "concurrency": k,
+        "seconds": round(result.elapsed_ns / 1e9, 4),
+        "calls_per_s": round(result.calls / (result.elapsed_ns / 1e9), 1) if result.elapsed_ns else None,
+        "p50_us": us(percentile(lat, 50)),
+        "p90_us": us(percentile(lat, 90)),
+        "p99_us": us(percentile(lat, 99)),
+        "max_us": us(lat[-1] if lat else None),
+        "target_cpu_us_per_call": round(ticks_to_us(after.own_ticks - before.own_ticks) / calls, 2),
+        "tree_cpu_us_per_call": round(ticks_to_us(tree_ticks_between(before.tree, after.tree)) / calls, 2),
+        "tree_processes": len(after.tree),
+        "driver_cpu_us_per_call": round((after.driver_ns - before.driver_ns) / 1000 / calls, 2),
+        "other_load_cpus": other_load(result, before, after),
+        "mismatches": result.mismatches.total,
+        "mismatch_kinds": dict(result.mismatches.kinds),
+        "mismatch_examples": list(result.mismatches.examples),
+        "notifications": result.notifications,
+    }
+
+
+def other_load(result: DriveResult, before: CpuSample, after: CpuSample):
+    """CPUs' worth of work done by the rest of the machine during the window.
+
+    Why: on a small shared machine the main source of noise is someone
+    else's work; 0.5 means half a CPU was busy with processes that are
+    neither the driver nor the target.  Tick-grained: a rough indicator.
+    """
+    window_ticks = result.elapsed_ns / 1e9 * CLK_TCK
+    if window_ticks <= 0:
+        return None
+    ours = tree_ticks_between(before.tree, after.tree) + after.driver_ticks - before.driver_ticks
+    other = after.machine_ticks - before.machine_ticks - ours
+    return round(max(other, 0) / window_ticks, 2)
+
+
+def run_target(argv: list, n: int, concurrency: list, timeout: float,
+               warmup: int = WARMUP_CALLS, cpus=None, spin: bool = False) -> dict:
+    """Start one target, warm it up, measure every scenario, stop it.
+
+    Never raises for a target's misbehaviour: failures are returned as
+    ``{"error": ...}`` next to whatever was measured before, so one bad
+    round does not lose the others.
+    """
+    run = {"scenarios": {}, "warmup_mismatches": 0}
+    target = None
+    try:
+        target = Target(argv, timeout, cpus, spin)
+        run["init"] = target.handshake()
+        call_id = FIRST_CALL_ID
+        warm = target.drive(call_id, warmup, 1)
+        run["warmup_mismatches"] = warm.mismatches.total
+        run["warmup_mismatch_examples"] = warm.mismatches.examples
+        call_id += warmup
+        for name, k in scenarios(concurrency):
+            run["scenarios"][name] = measure(target, call_id, n, k)
+            call_id += n
+    except BenchError as exc:
+        run["error"] = str(exc)
+    finally:
+        if target is not None:
+            run["shutdown"] = target.stop()
+    return run
+
+
+def run_mismatches(run: dict) -> int:
+    return run.get("warmup_mismatches", 0) + sum(
+        s["mismatches"] for s in run.get("scenarios", {}).values()
+    )
+
+
+# --------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------
+
+MEDIAN_FIELDS = (
+    "calls_per_s", "p50_us", "p90_us", "p99_us", "max_us",
+    "target_cpu_us_per_call", "tree_cpu_us_per_call", "driver_cpu_us_per_call", "other_load_cpus",
+)
+
+
+def median_figures(runs: list, scenario: str) -> dict:
+    """Median over rounds of each figure (mismatches are summed instead)."""
+    measured = [r["scenarios"][scenario] for r in runs if scenario in r.get("scenarios", {})]
+    if not measured:
+        return {}
+    out = {"rounds": len(measured)}
+    for key in MEDIAN_FIELDS:
+        values = [m[key] for m in measured if m[key] is not None]
+        out[key] = round(statistics.median(values), 2) if values else None
+    out["mismatches"] = sum(m["mismatches"] for m in measured)
+    return out
+
+
+def compare(direct: dict, gateway: dict) -> dict:
+    """Gateway relative to direct: ratios and added microseconds."""
+
+    def ratio(key):
+        a, b = direct.get(key), gateway.get(key)
+        return round(b / a, 3) if a and b is not None else None
+
+    def added(key):
+        a, b = direct.get(key), gateway.get(key)
+        return round(b - a, 1) if a is not None and b is not None else None
+
+    return {
+        "throughput_ratio": ratio("calls_per_s"),
+        "p50_ratio": ratio("p50_us"),
+        "added_p50_us": added("p50_us"),
+        "added_p99_us": added("p99_us"),
+        "gateway_cpu_us_per_call": gateway.get("target_cpu_us_per_call"),
+        "added_tree_cpu_us_per_call": added("tree_cpu_us_per_call"),
+    }
+
+
+def summarize(rounds: list, scenario_names: list) -> dict:
+    summary = {}
+    for name in scenario_names:
+        direct = median_figures([r["direct"] for r in rounds], name)
+        gateway = median_figures([r["gateway"] for r in rounds], name)
+        summary[name] = {"direct": direct, "gateway": gateway, "gateway_vs_direct": compare(direct, gateway)}
+    return summary
+
+
+# --------------------------------------------------------------------------
+# Text output
+# --------------------------------------------------------------------------
+
+ROWS = (
+    ("calls/s", "calls_per_s", "ratio"),
+    ("p50 us", "p50_us", "added"),
+    ("p90 us", "p90_us", "added"),
+    ("p99 us", "p99_us", "added"),
+    ("max us", "max_us", "added"),
+    ("own CPU us/call", "target_cpu_us_per_call", "added"),
+    ("tree CPU us/call", "tree_cpu_us_per_call", "added"),
+    ("driver CPU us/call", "driver_cpu_us_per_call", "added"),
+    ("other load (CPUs)", "other_load_cpus", "added"),
+    ("mismatches", "mismatches", None),
+)
+
+
+def fmt(value) -> str:
+    """Figures for humans: thousands grouped, one decimal where it matters."""
+    if value is None:
+        return "-"
+    if not isinstance(value, float):
+        return str(value)
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1 or value == 0:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def signed(value) -> str:
+    return "-" if value is None else f"{value:+.1f}"
+
+
+def render_scenario(name: str, entry: dict, rounds: list) -> list:
+    """Table lines for one scenario: medians, gateway-vs-direct, per round."""
+    direct, gateway = entry["direct"], entry["gateway"]
+    lines = [f"== {name} (median over {direct.get('rounds', 0)}/{gateway.get('rounds', 0)} rounds)",
+             f"{'':22}{'direct':>12}{'gateway':>12}{'gw vs direct':>16}"]
+    for label, key, how in ROWS:
+        a, b = direct.get(key), gateway.get(key)
+        delta = ""
+        if how == "ratio" and a and b is not None:
+            delta = f"x{b / a:.3f}"
+        elif how == "added" and a is not None and b is not None:
+            delta = signed(b - a)
+        lines.append(f"{label:22}{fmt(a):>12}{fmt(b):>12}{delta:>16}")
+    cmp = entry["gateway_vs_direct"]
+    ratio = cmp["throughput_ratio"]
+    lines.append(f"  gateway: x{'-' if ratio is None else f'{ratio:.3f}'} throughput, "
+                 f"{signed(cmp['added_p50_us'])} us p50, {signed(cmp['added_p99_us'])} us p99, "
+                 f"own CPU {fmt(cmp['gateway_cpu_us_per_call'])} us/call (children excluded), "
+                 f"{signed(cmp['added_tree_cpu_us_per_call'])} us/call tree CPU")
+    for slot in ("direct", "gateway"):
+        per_round = [r[slot].get("scenarios", {}).get(name, {}) for r in rounds]
+        shown = ", ".join(f"{fmt(m.get('calls_per_s'))}/s p50 {fmt(m.get('p50_us'))}" for m in per_round)
+        lines.append(f"  rounds {slot:8} {shown}")
+    return lines
+
+
+def render(result: dict) -> str:
+    cfg = result["config"]
+    lines = [
+        f"stdio-bench: n={cfg['n']} rounds={cfg['rounds']} warmup={cfg['warmup']} "
+        f"concurrency={cfg['concurrency']} pin={cfg['pin']} spin={cfg['spin']} "
+        f"(driver CPUs {cfg['driver_cpus'] or 'any'}, target CPUs {cfg['target_cpus'] or 'any'})",
+        f"  direct : {cfg['direct']}",
+        f"  gateway: {cfg['gateway']}",
+        "",
+    ]
+    for name, entry in result["summary"].items():
+        lines += render_scenario(name, entry, result["rounds"]) + [""]
+    for i, rnd in enumerate(result["rounds"], 1):
+        for slot in ("direct", "gateway"):
+            run = rnd[slot]
+            if "error" in run:
+                lines.append(f"round {i} {slot}: ERROR {run['error']}")
+            for s_name, s in run.get("scenarios", {}).items():
+                for example in s["mismatch_examples"]:
+                    lines.append(f"round {i} {slot} {s_name}: {example}")
+            stop = run.get("shutdown", {})
+            if stop.get("stragglers") or stop.get("stopped_by", "stdin-eof") != "stdin-eof":
+                lines.append(f"round {i} {slot}: shutdown {stop}")
+    lines.append(f"total mismatches: {result['mismatches']}   errors: {result['errors']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------
+
+def parse_concurrency(text: str) -> list:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("concurrency values must be >= 1")
+    return values
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--direct", help="command for the direct server (default: the echo fixture)")
+    parser.add_argument("--gateway", help="command for the gateway (default: wire_gateway stdio over the echo fixture)")
+    parser.add_argument("-n", type=positive_int, default=20000, help="calls per scenario (default 20000)")
+    parser.add_argument("--concurrency", type=parse_concurrency, default=[1, 16],
+                        help="comma-separated in-flight counts; sequential always runs (default 1,16)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="A/B rounds (default 3)")
+    parser.add_argument("--warmup", type=positive_int, default=WARMUP_CALLS, help="warm-up calls per process (default 500)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="hard limit per target run, seconds (default 120)")
+    add_pin_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
+
+
+def default_commands(tmpdir: str) -> tuple:
+    """(direct argv, gateway argv): the echo fixture, and the gateway over it.
+
+    The gateway's config is written to ``tmpdir`` so that the default run
+    needs nothing but the repository.
+    """
+    config = {"servers": {"echo": {"command": sys.executable, "args": [str(ECHO_FIXTURE)]}}}
+    config_path = Path(tmpdir) / "stdio-bench-gateway.json"
+    config_path.write_text(json.dumps(config))
+    direct = [sys.executable, str(ECHO_FIXTURE)]
+    gateway = [sys.executable, "-m", "wire_gateway", "stdio", "--server", "echo", "--config", str(config_path)]
+    return direct, gateway
+
+
+def run_bench(direct: list, gateway: list, n: int, concurrency: list, rounds: int,
+              warmup: int = WARMUP_CALLS, timeout: float = 120.0, pin: str = "split",
+              spin: bool = False) -> dict:
+    """All rounds, alternating direct and gateway; returns the full result."""
+    all_rounds = []
+    driver_cpus, target_cpus = cpu_plan(pin)
+    with pinned(driver_cpus):
+        for _ in range(rounds):
+            all_rounds.append({
+                "direct": run_target(direct, n, concurrency, timeout, warmup, target_cpus, spin),
+                "gateway": run_target(gateway, n, concurrency, timeout, warmup, target_cpus, spin),
+            })
+    names = [name for name, _ in scenarios(concurrency)]
+    runs = [r[slot] for r in all_rounds for slot in ("direct", "gateway")]
+    return {
+        "config": {
+            "direct": shlex.join(direct), "gateway": shlex.join(gateway), "n": n,
+            "concurrency": concurrency, "rounds": rounds, "warmup": warmup, "timeout_s": timeout,
+            "python": sys.version.split()[0], "cpus": os.cpu_count(), "clk_tck": CLK_TCK,
+            "pin": pin, "spin": spin, "driver_cpus": sorted(driver_cpus or ()), "target_cpus": sorted(target_cpus or ()),
+        },
+        "rounds": all_rounds,
+        "summary": summarize(all_rounds, names),
+        "mismatches": sum(run_mismatches(r) for r in runs),
+        "errors": sum(1 for r in runs if "error" in r),
+    }
+
+
+def exit_status(result: dict) -> int:
+    if result["errors"]:
+        return 2
+    return 1 if result["mismatches"] else 0
+
+
+def run(args) -> int:
+    with tempfile.TemporaryDirectory(prefix="stdio-bench-") as tmpdir:
+        default_direct, default_gateway = default_commands(tmpdir)
+        direct = shlex.split(args.direct) if args.direct else default_direct
+        gateway = shlex.split(args.gateway) if args.gateway else default_gateway
+        result = run_bench(direct, gateway, args.n, args.concurrency, args.rounds,
+                           args.warmup, args.timeout, args.pin, args.spin)
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return exit_status(result)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load stdio-bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Sans-IO pieces of the upstream layer: backoff pacing, crash-loop detection, handshake replay."""
+import json
+import random
+
+from wire_gateway.config import RestartPolicy
+from wire_gateway.proxy.batch import BatchCollector
+from wire_gateway.telemetry.masking import Masker
+from wire_gateway.upstream.backoff import Backoff
+from wire_gateway.upstream.handshake import Handshake
+from wire_gateway.wire.frame import decode
+
+
+def test_backoff_grows_with_jitter_and_is_capped():
+    b = Backoff(RestartPolicy(initial_delay=0.1, multiplier=2, max_delay=1.0, jitter=0.2,
+                              crash_loop_exits=100), random.Random(1))
+    delays = [b.on_exit(now=i * 100.0, lived=0.0).delay for i in range(8)]
+    for got, base in zip(delays, [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]):
+        assert base * 0.8 <= got <= base * 1.2
+
+
+def test_long_lived_process_resets_the_backoff():
+    b = Backoff(RestartPolicy(initial_delay=0.1, jitter=0, reset_after=10, crash_loop_exits=100))
+    for i in range(4):
+        b.on_exit(now=i * 100.0, lived=0.0)
+    assert b.on_exit(now=1000.0, lived=60.0).delay == 0.1
+
+
+def test_crash_loop_is_detected_in_the_window_and_cools_down():
+    b = Backoff(RestartPolicy(crash_loop_exits=3, crash_loop_window=10, crash_loop_cooldown=42))
+    assert not b.on_exit(0.0, 0.0).crash_loop
+    assert not b.on_exit(1.0, 0.0).crash_loop
+    decision = b.on_exit(2.0, 0.0)
+    assert decision.crash_loop and decision.delay == 42
+    # exits spread wider than the window are not a loop
+    b2 = Backoff(RestartPolicy(crash_loop_exits=3, crash_loop_window=10))
+    assert not any(b2.on_exit(t, 0.0).crash_loop for t in (0.0, 11.0, 22.0, 33.0))
+
+
+def test_handshake_replays_only_a_successful_initialize_under_the_gateway_id():
+    h = Handshake()
+    init = decode(b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}')
+    h.on_client_request(init)
+    assert not h.needs_replay
+    h.on_server_reply(decode(b'{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"no"}}'))
+    assert not h.needs_replay
+    h.on_client_request(init)
+    h.on_server_reply(decode(b'{"jsonrpc":"2.0","id":1,"result":{}}'))
+    h.on_client_notification(decode(b'{"jsonrpc":"2.0","method":"notifications/initialized"}'))
+    assert h.needs_replay
+    request, initialized = h.replay("gw-1")
+    assert json.loads(request) == {"jsonrpc": "2.0", "id": "gw-1", "method": "initialize",
+                                   "params": {"protocolVersion": "2025-11-25"}}
+    assert initialized == b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+
+
+def test_batch_collector_answers_once_everything_arrived():
+    c = BatchCollector()
+    assert c.open([], []) is None                  # notifications only: no answer
+    assert c.open([], [b"E"]) == b"[E]"            # only immediate errors
+    assert c.open([1, 2], [b"E"]) is None
+    assert c.owns(1) and c.owns(2)
+    assert c.deliver(2, b"B") is None
+    assert c.deliver(1, b"A") == b"[E,B,A]"
+    assert not c
+
+
+def test_masking_never_leaves_a_full_secret():
+    m = Masker([r"corp-[0-9]{6}"])
+    text = m('Authorization: Bearer sk-test-1234567890abcdef {"api_key": "k-123", "password":"p"} '
+             'GITHUB_TOKEN=ghp_abcdef id corp-123456')
+    for secret in ("1234567890abcdef", "k-123", '"p"', "ghp_abcdef", "corp-123456"):
+        assert secret not in text
+    assert "Bearer sk-t***" in text

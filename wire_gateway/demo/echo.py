@@ -1,0 +1,69 @@
+"""The bundled demo MCP server: echo and friends, both eras (also the benchmark server).
+
+Usage: python -m wire_gateway.demo.echo [--log PATH] [--name NAME]
+
+Tools:
+  echo {text}            -> text
+  add {a, b}             -> str(a + b)
+  pid {}                 -> str(os.getpid()), to observe restarts
+  sample {prompt?, timeout?}
+                         -> legacy only: sends sampling/createMessage (id "srv-N")
+                            to the client, returns the sampled text
+  big {size}             -> a text of `size` bytes, for large-frame tests
+  progress {steps}       -> one notifications/progress per step (if the request
+                            has params._meta.progressToken), then "done"
+Everything except `sample` runs inline on the read loop, so it stays fast.
+"""
+
+from wire_gateway.demo import rawmcp
+from wire_gateway.demo.rawmcp import ToolError, need
+
+
+def build(name, log=None):
+    server = rawmcp.Server(name, log)
+    rawmcp.add_echo_and_pid(server)
+
+    @server.tool("add", "Return str(a + b).", {"a": "number", "b": "number"})
+    def add(req, args):
+        return str(need(args, "a", (int, float)) + need(args, "b", (int, float)))
+
+    @server.tool("sample", "Ask the client to sample an LLM; return the text (legacy only).",
+                 {"prompt": "string", "timeout": "number"}, required=[], threaded=True)
+    def sample(req, args):
+        if req.modern:
+            raise ToolError("sample needs a legacy session: a modern server cannot send requests")
+        prompt = args.get("prompt", "Say hello")
+        message = {"role": "user", "content": {"type": "text", "text": prompt}}
+        resp = server.request("sampling/createMessage", {"messages": [message], "maxTokens": 100},
+                              timeout=float(args.get("timeout", 30)))
+        if "error" in resp:
+            raise ToolError(f"sampling failed: {resp['error'].get('message')}")
+        content = (resp.get("result") or {}).get("content")
+        items = content if isinstance(content, list) else [content]
+        return "".join(c.get("text", "") for c in items if isinstance(c, dict) and c.get("type") == "text")
+
+    @server.tool("big", "Return a text of `size` bytes (for large-frame tests).", {"size": "integer"})
+    def big(req, args):
+        return "x" * need(args, "size", int)
+
+    @server.tool("progress", "Send one progress notification per step, then return 'done'.",
+                 {"steps": "integer"})
+    def progress(req, args):
+        steps = need(args, "steps", int)
+        token = req.meta.get("progressToken")
+        if token is not None:
+            for i in range(1, steps + 1):
+                server.notify("notifications/progress", {
+                    "progressToken": token, "progress": i, "total": steps, "message": f"step {i}/{steps}"})
+        return "done"
+
+    return server
+
+
+def main():
+    opts = rawmcp.arg_parser(__doc__, "echo").parse_args()
+    build(opts.name, opts.log).run()
+
+
+if __name__ == "__main__":
+    main()
