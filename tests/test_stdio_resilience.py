@@ -242,3 +242,26 @@ def test_unknown_server_name_is_a_clear_error(tmp_path):
                         log_path=tmp_path / "err.log")
     assert result.close() == 2
     assert "no server named 'nope'" in result.log_text() and "echo, other" in result.log_text()
+
+
+def test_a_terminal_is_left_in_blocking_mode(tmp_path):
+    """Run interactively (README's first command), the gateway must hand the tty back intact."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        assert os.get_blocking(slave)
+        proc = subprocess.Popen([PY, "-m", "wire_gateway", "stdio"], stdin=slave, stdout=slave,
+                                stderr=subprocess.DEVNULL)
+        os.write(master, b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+        seen = b""
+        deadline = time.monotonic() + 15
+        while b'"result"' not in seen and time.monotonic() < deadline:
+            seen += os.read(master, 4096)
+        assert b'"id":1,"result":{}' in seen
+        os.write(master, b"\x04")  # Ctrl-D: end of input
+        assert proc.wait(timeout=15) == 0
+        assert os.get_blocking(slave), "the gateway left the terminal non-blocking"
+    finally:
+        os.close(master)
+        os.close(slave)

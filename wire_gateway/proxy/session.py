@@ -107,6 +107,9 @@ class PassthroughSession:
             return
         self._to_client(data)
 
+    def flush(self) -> None:
+        self.client_out.flush()
+
     async def wait_writable(self) -> None:
         await self.client_out.wait_writable()
 

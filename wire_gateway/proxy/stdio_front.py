@@ -13,7 +13,7 @@ import trio
 
 from wire_gateway.config import Config
 from wire_gateway.proxy.session import PassthroughSession
-from wire_gateway.transport.outbuffer import OutBuffer
+from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.transport.stdio import READ_SIZE, StdioStreams
 from wire_gateway.upstream.supervisor import SupervisedServer
 from wire_gateway.wire.framing import LineFramer
@@ -22,65 +22,80 @@ log = logging.getLogger("wire_gateway.stdio")
 
 
 async def serve_stdio(config: Config, server_name: str, streams: StdioStreams) -> None:
-    spec = config.servers[server_name].resolved()
-    client_out = OutBuffer()
-    session = PassthroughSession(client_out, config.limits.max_frame_bytes)
-    upstream = SupervisedServer(spec, config.limits, session)
-    session.upstream = upstream
-    done = trio.Event()
-    writer_done = trio.Event()
+    front = StdioFront(config, server_name, streams)
+    try:
+        await front.run()
+    finally:
+        with trio.CancelScope(shield=True):
+            await streams.aclose()   # also puts a terminal back into blocking mode
 
-    async def write_client() -> None:
+
+class StdioFront:
+    def __init__(self, config: Config, server_name: str, streams: StdioStreams) -> None:
+        self.config = config
+        self.spec = config.servers[server_name].resolved()
+        self.streams = streams
+        self.client_out = OutBuffer(streams.stdout.fileno())
+        self.session = PassthroughSession(self.client_out, config.limits.max_frame_bytes)
+        self.upstream = SupervisedServer(self.spec, config.limits, self.session)
+        self.session.upstream = self.upstream
+        self.done = trio.Event()          # set by whichever ending comes first
+        self.writer_done = trio.Event()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.upstream.run)
+            nursery.start_soon(self._write_client)
+            reader_scope = trio.CancelScope()
+
+            async def reader() -> None:
+                with reader_scope:
+                    await self._read_client()
+
+            nursery.start_soon(reader)
+            nursery.start_soon(self._watch_signals)
+            await self.done.wait()
+            reader_scope.cancel()
+            budget = self.spec.stdin_close_timeout + self.spec.sigterm_timeout + 5.0
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(budget):
+                    await self.upstream.shutdown()
+                self.client_out.flush()
+                self.client_out.close()
+                with trio.move_on_after(2.0):
+                    await self.writer_done.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _write_client(self) -> None:
         try:
-            await client_out.pump(streams.stdout)
+            await self.client_out.pump()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.info("client closed its end of our stdout; shutting down")
         finally:
-            writer_done.set()
-            done.set()
+            self.writer_done.set()
+            self.done.set()
 
-    async def read_client() -> None:
-        framer = LineFramer(config.limits.max_frame_bytes)
+    async def _read_client(self) -> None:
+        framer = LineFramer(self.config.limits.max_frame_bytes)
+        stdin_fd = self.streams.stdin.fileno()
+        session, upstream, client_out = self.session, self.upstream, self.client_out
         while True:
-            try:
-                chunk = await streams.stdin.receive_some(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                chunk = b""
+            chunk = await read_some(stdin_fd, READ_SIZE)
             items = framer.feed(chunk) if chunk else framer.close()
             for item in items:
                 session.on_client_item(item)
+            upstream.flush()
+            client_out.flush()
             if not chunk:
                 log.info("client closed stdin; shutting down")
-                done.set()
+                self.done.set()
                 return
             await upstream.wait_writable()
             await client_out.wait_writable()
 
-    async def watch_signals() -> None:
+    async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
-                done.set()
+                self.done.set()
                 return
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(upstream.run)
-        nursery.start_soon(write_client)
-        reader_scope = trio.CancelScope()
-
-        async def reader() -> None:
-            with reader_scope:
-                await read_client()
-
-        nursery.start_soon(reader)
-        nursery.start_soon(watch_signals)
-        await done.wait()
-        reader_scope.cancel()
-        budget = spec.stdin_close_timeout + spec.sigterm_timeout + 5.0
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(budget):
-                await upstream.shutdown()
-            client_out.close()
-            with trio.move_on_after(2.0):
-                await writer_done.wait()
-        nursery.cancel_scope.cancel()

@@ -17,8 +17,10 @@ READ_SIZE = 65536
 
 class StdioStreams:
     def __init__(self, stdin_fd: int, stdout_fd: int) -> None:
-        self._stdin_fd = stdin_fd
-        self._stdout_fd = stdout_fd
+        # On a terminal, stdin and stdout share one file description: the second
+        # FdStream would record "non-blocking" as the original mode. Keep our own
+        # copies and the true modes so the user's shell gets a blocking tty back.
+        self._restore = [(os.dup(fd), os.get_blocking(fd)) for fd in (stdin_fd, stdout_fd)]
         self.stdin = trio.lowlevel.FdStream(stdin_fd)
         self.stdout = trio.lowlevel.FdStream(stdout_fd)
 
@@ -28,6 +30,13 @@ class StdioStreams:
                 await stream.aclose()
             except trio.BrokenResourceError:
                 pass
+        for fd, blocking in self._restore:
+            try:
+                os.set_blocking(fd, blocking)
+            except OSError:
+                pass
+            os.close(fd)
+        self._restore = []
 
 
 def claim_stdio() -> StdioStreams:

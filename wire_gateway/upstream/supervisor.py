@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import trio
 
 from wire_gateway.config import Limits, ServerSpec
-from wire_gateway.transport.outbuffer import OutBuffer
+from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
@@ -37,6 +37,7 @@ class Sink(Protocol):
 
     def server_frame(self, frame: Frame) -> None: ...
     def gateway_reply(self, req_id: Any, data: bytes) -> None: ...
+    def flush(self) -> None: ...
     async def wait_writable(self) -> None: ...
 
 
@@ -125,6 +126,11 @@ class SupervisedServer:
             else:
                 log.warning("server %s: restart queue full; dropping a notification", self.name)
 
+    def flush(self) -> None:
+        """Write what the session queued for the server (call once per batch of client input)."""
+        if self._out is not None:
+            self._out.flush()
+
     async def wait_writable(self) -> None:
         if self._out is not None:
             await self._out.wait_writable()
@@ -146,6 +152,7 @@ class SupervisedServer:
             self._fail(self.pending.take_all(), errors.UPSTREAM_UNAVAILABLE,
                        "the gateway is shutting down; request to server '{name}' was not answered")
             self._queue.clear()
+            self.sink.flush()
             self._stopped.set()
 
     async def shutdown(self) -> None:
@@ -170,7 +177,8 @@ class SupervisedServer:
             return
         self.process = proc
         self._started_at = proc.started
-        out = OutBuffer()
+        assert proc.proc.stdin is not None
+        out = OutBuffer(proc.proc.stdin.fileno())
         activated = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump_stdin, proc, out)
@@ -195,6 +203,7 @@ class SupervisedServer:
             self._fail(lost, errors.UPSTREAM_EXITED,
                        "server '{name}' " + f"exited ({self.last_exit}) before answering" + " {method}"
                        + ("" if self._closing else "; it is being restarted, retry the request"))
+            self.sink.flush()
         for rid in [k for k, g in self._server_requests.items() if g == gen]:
             del self._server_requests[rid]
 
@@ -213,6 +222,7 @@ class SupervisedServer:
             lost = self.pending.take_all()
             self._queue.clear()
             self._fail(lost, errors.UPSTREAM_UNAVAILABLE, self._unavailable_reason + " ({method} not sent)")
+            self.sink.flush()
         else:
             self.state = "restarting"
             log.info("server %s: restarting in %.2fs", self.name, decision.delay)
@@ -245,6 +255,7 @@ class SupervisedServer:
             self._replay_ok = False
             init, initialized = self.handshake.replay(self._replay_id)
             out.put_line(init)
+            out.flush()
             with trio.move_on_after(self.spec.handshake_timeout):
                 await self._replay_done.wait()
             if not self._replay_ok:
@@ -254,6 +265,7 @@ class SupervisedServer:
                 return
             if initialized is not None:
                 out.put_line(initialized)
+                out.flush()
             log.info("server %s: replayed the session's initialize to pid %d", self.name, proc.pid)
         if out.closed:
             return
@@ -262,13 +274,14 @@ class SupervisedServer:
             if req_id is not None:
                 self.pending.mark_sent(req_id, proc.generation)
             out.put_line(raw)
+        out.flush()
         self._out = out
         self.state = "running"
 
     async def _pump_stdin(self, proc: ServerProcess, out: OutBuffer) -> None:
         assert proc.proc.stdin is not None
         try:
-            await out.pump(proc.proc.stdin)
+            await out.pump()
             await proc.proc.stdin.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("server %s: stdin closed under us (pid %d)", self.name, proc.pid)
@@ -277,19 +290,17 @@ class SupervisedServer:
 
     async def _read_stdout(self, proc: ServerProcess) -> None:
         framer = LineFramer(self.limits.max_frame_bytes)
-        stream = proc.proc.stdout
-        assert stream is not None
+        assert proc.proc.stdout is not None
+        fd = proc.proc.stdout.fileno()
         while True:
-            try:
-                chunk = await stream.receive_some(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                chunk = b""
+            chunk = await read_some(fd, READ_SIZE)
             items = framer.feed(chunk) if chunk else framer.close()
             for item in items:
                 if isinstance(item, Oversize):
                     self._on_oversize(item)
                 else:
                     self._on_line(item)
+            self.sink.flush()
             if not chunk:
                 return
             await self.sink.wait_writable()
