@@ -88,7 +88,8 @@ def test_init_writes_a_config_that_checks(tmp_path):
     result = run("init", str(path))
     assert result.returncode == 0 and "check" in result.stdout
     doc = json.loads(path.read_text())
-    assert doc["$schema"] and list(doc["servers"]) == ["echo"]
+    assert doc["$schema"].startswith("file://") and doc["$schema"].endswith("schema.json")
+    assert list(doc["servers"]) == ["echo"]
     assert run("check", "--config", str(path)).returncode == 0
     assert run("check", env={"WIRE_GATEWAY_CONFIG": str(path)}).returncode == 0
     assert run("init", str(path)).returncode == 1  # never overwrites silently

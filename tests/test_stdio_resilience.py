@@ -128,6 +128,21 @@ def test_bad_input_gets_errors_and_the_connection_survives(tmp_path):
         assert gw.close() == 0
 
 
+def test_in_flight_limit_answers_the_excess_at_once(tmp_path):
+    config = write_config(tmp_path, {"slow": fixture("slow")}, limits={"max_in_flight": 2})
+    gw = gateway(config, "slow", tmp_path)
+    try:
+        gw.initialize()
+        for i in (1, 2):
+            gw.send({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "sleep", "arguments": {"seconds": 0.5}}})
+        refused = gw.request("ping", req_id=3)
+        assert refused["error"]["code"] == -31004 and "limit 2" in refused["error"]["message"]
+        assert sorted(gw.recv()["id"] for _ in range(2)) == [1, 2]
+        assert gw.request("ping")["result"] == {}
+    finally:
+        gw.close()
+
+
 def test_noisy_server_stdout_junk_is_dropped_and_stderr_is_logged_masked(tmp_path):
     gw = gateway(write_config(tmp_path, {"noisy": fixture("noisy")}), "noisy", tmp_path)
     try:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from wire_gateway import __version__
-from wire_gateway.config import SCHEMA_ID, Config, ConfigError, default_document, load_config
+from wire_gateway.config import Config, ConfigError, default_document, load_config, schema_path
 from wire_gateway.telemetry.logs import setup_logging
 
 log = logging.getLogger("wire_gateway.cli")
@@ -81,7 +81,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if path.exists() and not args.force:
         print(f"{path}: already exists; not overwriting it (use --force)", file=sys.stderr)
         return 1
-    doc = {"$schema": SCHEMA_ID, **default_document()}
+    doc = {"$schema": schema_path().resolve().as_uri(), **default_document()}
     doc["servers"]["echo"]["env"] = {}
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}: one server, 'echo' (the bundled demo server).\n"

@@ -1,7 +1,6 @@
 """Configuration: the JSON Schema shipped in the package, loading, validation, defaults."""
 from wire_gateway.config.loader import (  # noqa: F401
     Config,
-    SCHEMA_ID,
     ConfigError,
     Limits,
     RestartPolicy,
@@ -10,5 +9,6 @@ from wire_gateway.config.loader import (  # noqa: F401
     find_config_path,
     load_config,
     parse_config,
+    schema_path,
     validation_errors,
 )

@@ -18,7 +18,6 @@ from typing import Any
 import jsonschema
 
 ENV_VAR = "WIRE_GATEWAY_CONFIG"
-SCHEMA_ID = "https://wire-gateway.dev/schema/config.json"
 
 # What a server inherits from the gateway's environment; everything else must be
 # given in its "env" (so secrets in the gateway's environment do not leak by default).
@@ -120,8 +119,12 @@ def expand(value: str, environ: dict[str, str], where: str) -> str:
     return _VAR.sub(sub, value)
 
 
+def schema_path() -> Path:
+    return Path(str(resources.files("wire_gateway.config").joinpath("schema.json")))
+
+
 def schema() -> dict[str, Any]:
-    return json.loads(resources.files("wire_gateway.config").joinpath("schema.json").read_text())
+    return json.loads(schema_path().read_text(encoding="utf-8"))
 
 
 def default_document() -> dict[str, Any]:
