@@ -22,6 +22,16 @@ MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                "io.modelcontextprotocol/clientCapabilities": {}}
 
 
+def fixture_module(name: str) -> Any:
+    """Import a fixture server as a module (for its templates and constants)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"fixture_{name}", SERVERS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def fixture(name: str, *args: str) -> dict[str, Any]:
     return {"command": PY, "args": [str(SERVERS / f"{name}.py"), *args]}
 

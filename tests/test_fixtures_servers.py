@@ -5,7 +5,6 @@ JSON-RPC to it, so the gateway tests can trust what the fixtures do.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import queue
 import subprocess
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from gateway import fixture_module
 
 SERVERS = Path(__file__).resolve().parent.parent / "fixtures" / "servers"
 MODERN = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
@@ -289,15 +289,8 @@ def test_noisy_junk_on_stdout_and_chatter_on_stderr(run):
 
 # ---- oddformat -------------------------------------------------------------
 
-def load_oddformat():
-    spec = importlib.util.spec_from_file_location("oddformat_fixture", SERVERS / "oddformat.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_oddformat_exact_bytes_and_valid_json(run):
-    odd = load_oddformat()
+    odd = fixture_module("oddformat")
     f = run("oddformat")
     requests = [(1, "initialize"), ("s-2", "server/discover"), (3, "tools/list"),
                 (4, "tools/call"), (5, "ping"), (6, "no/such")]

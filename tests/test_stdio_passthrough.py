@@ -1,20 +1,12 @@
 """The stdio front passes frames through byte for byte, in both directions and both eras."""
-import importlib.util
 import json
 import textwrap
 
-from gateway import MODERN_META, PY, SERVERS, fixture, gateway, text_of, write_config
-
-
-def load_oddformat():
-    spec = importlib.util.spec_from_file_location("oddformat", SERVERS / "oddformat.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from gateway import MODERN_META, PY, fixture, fixture_module, gateway, text_of, write_config
 
 
 def test_server_frames_arrive_byte_for_byte(tmp_path):
-    odd = load_oddformat()
+    odd = fixture_module("oddformat")
     gw = gateway(write_config(tmp_path, {"odd": fixture("oddformat")}), "odd", tmp_path)
     try:
         for method, rid in [("initialize", 1), ("server/discover", "d-1"), ("tools/list", 2), ("ping", 3),

@@ -280,3 +280,40 @@ def test_a_terminal_is_left_in_blocking_mode(tmp_path):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_answer_to_a_dead_process_request_is_not_given_to_its_successor(tmp_path):
+    """The server asks the client something (roots/list), then dies; the client's late answer
+    must not reach the restarted process, which never asked."""
+    received = tmp_path / "received.log"
+    script = tmp_path / "ask_and_die.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys
+        log = open({str(received)!r}, "a")
+        for line in sys.stdin:
+            log.write(line); log.flush()
+            msg = json.loads(line)
+            if msg.get("method") == "tools/call":
+                sys.stdout.write(json.dumps({{"jsonrpc": "2.0", "id": "s1", "method": "roots/list"}}) + "\\n")
+                sys.stdout.flush()
+                os._exit(5)
+            if "id" in msg and "method" in msg:
+                sys.stdout.write(json.dumps({{"jsonrpc": "2.0", "id": msg["id"], "result": {{}}}}) + "\\n")
+                sys.stdout.flush()
+    """))
+    server = {"command": PY, "args": [str(script)], "restart": FAST_RESTART}
+    gw = gateway(write_config(tmp_path, {"asker": server}), "asker", tmp_path)
+    try:
+        gw.initialize()
+        gw.send({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "x", "arguments": {}}})
+        ask = gw.recv()
+        assert ask["method"] == "roots/list"
+        assert gw.recv()["error"]["code"] == -31001
+        gw.send({"jsonrpc": "2.0", "id": "s1", "result": {"roots": []}})   # too late: its asker is gone
+        assert gw.request("ping")["result"] == {}                         # served by the successor
+    finally:
+        gw.close()
+    lines = [json.loads(line) for line in received.read_text().splitlines()]
+    assert [m.get("method") for m in lines].count("initialize") == 2       # the replay
+    assert not any(m.get("id") == "s1" for m in lines)
+    assert "dropping the client's answer" in gw.log_text()

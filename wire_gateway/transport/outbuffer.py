@@ -48,14 +48,8 @@ class OutBuffer:
         if not self._parts or self._pumping or self.broken is not None:
             return
         data = self._take()
-        try:
-            written = os.write(self.fd, data)
-        except BlockingIOError:
-            written = 0
-        except OSError as exc:
-            self._break(exc)
-            return
-        if written < len(data):
+        written = self._write_nowait(data)
+        if 0 <= written < len(data):
             self._parts.insert(0, data[written:])
             self._size += len(data) - written
             self._pumping = True
@@ -92,16 +86,22 @@ class OutBuffer:
             data = self._take()
             view = memoryview(data)
             while view:
-                try:
-                    n = os.write(self.fd, view)
-                except BlockingIOError:
-                    n = 0
-                except OSError as exc:
-                    self._break(exc)
+                n = self._write_nowait(view)
+                if n < 0:
                     break
                 view = view[n:]
                 if view:
                     await trio.lowlevel.wait_writable(self.fd)
+
+    def _write_nowait(self, data: bytes | memoryview) -> int:
+        """Bytes written without blocking: 0 if the pipe is full, -1 if the reader is gone."""
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self._break(exc)
+            return -1
 
     def _take(self) -> bytes:
         parts, self._parts = self._parts, []

@@ -59,6 +59,7 @@ class SupervisedServer:
         self._out: OutBuffer | None = None
         self._queue: list[tuple[bytes, Any]] = []     # (raw, request id or None) while not running
         self._server_requests: dict[Any, int] = {}     # server->client request id -> generation
+        self._live_generation: int | None = None       # the process whose stdout is still open
         self._replay_id: str | None = None
         self._replay_done: trio.Event | None = None
         self._replay_ok = False
@@ -111,7 +112,7 @@ class SupervisedServer:
     def reply(self, frame: Frame) -> None:
         """Take the client's answer to a server->client request (sampling, elicitation, roots)."""
         gen = self._server_requests.pop(frame.id, None)
-        if gen is not None and gen != self._generation:
+        if gen is not None and gen != self._live_generation:
             log.info("server %s: dropping the client's answer to request %r: the process that asked "
                      "(generation %d) has exited", self.name, frame.id, gen)
             return
@@ -176,6 +177,7 @@ class SupervisedServer:
             log.error("server %s: %s", self.name, self.last_exit)
             return
         self.process = proc
+        self._live_generation = gen
         self._started_at = proc.started
         assert proc.proc.stdin is not None
         out = OutBuffer(proc.proc.stdin.fileno())
@@ -187,6 +189,7 @@ class SupervisedServer:
             nursery.start_soon(self._end_on_shutdown, proc, out, activated)
             await self._read_stdout(proc)
             # stdout is closed: the process is ending. Bound the wait, then escalate.
+            self._live_generation = None
             out.close()
             self._out = None
             code = await proc.terminate()
@@ -204,8 +207,6 @@ class SupervisedServer:
                        "server '{name}' " + f"exited ({self.last_exit}) before answering" + " {method}"
                        + ("" if self._closing else "; it is being restarted, retry the request"))
             self.sink.flush()
-        for rid in [k for k, g in self._server_requests.items() if g == gen]:
-            del self._server_requests[rid]
 
     async def _pause_before_restart(self) -> None:
         now = trio.current_time()
@@ -330,6 +331,10 @@ class SupervisedServer:
             self.pending.pop(frame.id)
             self.handshake.on_server_reply(frame)
         elif kind is Kind.REQUEST:
+            # Kept past the process's death, so a late answer is not handed to its successor.
+            if len(self._server_requests) >= self.limits.max_in_flight:
+                del self._server_requests[next(iter(self._server_requests))]
+            self._server_requests.pop(frame.id, None)
             self._server_requests[frame.id] = self._generation
         self.sink.server_frame(frame)
 
