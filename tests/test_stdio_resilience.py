@@ -31,6 +31,7 @@ def test_crash_mid_call_gives_an_error_and_the_next_call_works_on_a_new_process(
         assert gw.close() == 0
     assert wait_gone(second_pid)
     assert "replayed the session's initialize" in gw.log_text()
+    assert "speaks the legacy era" in gw.log_text()
 
 
 def test_every_request_in_flight_to_a_dead_server_gets_exactly_one_error(tmp_path):

@@ -71,3 +71,17 @@ def test_masking_never_leaves_a_full_secret():
     for secret in ("1234567890abcdef", "k-123", '"p"', "ghp_abcdef", "corp-123456"):
         assert secret not in text
     assert "Bearer sk-t***" in text
+
+
+def test_era_detection():
+    from wire_gateway.wire.era import LEGACY, MODERN, era_of_request
+
+    def era(raw):
+        frame = decode(raw)
+        return era_of_request(frame.method, frame.msg)
+
+    assert era(b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}') == LEGACY
+    assert era(b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":'
+               b'{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}') == MODERN
+    assert era(b'{"jsonrpc":"2.0","id":1,"method":"ping"}') is None
+    assert era(b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"progressToken":1}}}') is None

@@ -39,10 +39,6 @@ class OutBuffer:
     def closed(self) -> bool:
         return self._closed
 
-    @property
-    def pending_bytes(self) -> int:
-        return self._size
-
     def flush(self) -> None:
         """Write what is queued now if the fd takes it; hand any remainder to the pump."""
         if not self._parts or self._pumping or self.broken is not None:

@@ -24,6 +24,7 @@ from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.process import ServerProcess, describe_status
 from wire_gateway.wire import errors, scan
+from wire_gateway.wire.era import era_of_request
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
 from wire_gateway.wire.framing import LineFramer, Oversize
 
@@ -53,6 +54,7 @@ class SupervisedServer:
         self.handshake = Handshake()
         self.backoff = Backoff(spec.restart)
         self.restarts = 0
+        self.era: str | None = None                    # "legacy" or "modern", once a request shows it
         self.last_exit: str | None = None
         self.process: ServerProcess | None = None
         self._generation = 0
@@ -87,6 +89,10 @@ class SupervisedServer:
                                       f"(limit {self.limits.max_in_flight}); wait for answers before sending more")
         if frame.method == "initialize":
             self.handshake.on_client_request(frame)
+        if self.era is None:
+            self.era = era_of_request(frame.method, frame.msg)
+            if self.era is not None:
+                log.info("server %s: the client speaks the %s era of MCP", self.name, self.era)
         if self._out is not None:
             self.pending.add(frame.id, frame.method or "", self._generation)
             self._out.put_line(frame.raw)

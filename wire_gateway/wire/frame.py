@@ -30,14 +30,6 @@ class Frame:
     id: Any = None
 
     @property
-    def is_request(self) -> bool:
-        return self.kind is Kind.REQUEST
-
-    @property
-    def is_reply(self) -> bool:
-        return self.kind is Kind.RESPONSE or self.kind is Kind.ERROR
-
-    @property
     def params(self) -> Any:
         return self.msg.get("params")
 
