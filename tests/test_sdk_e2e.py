@@ -105,9 +105,13 @@ async def step(name: str, awaitable: Awaitable[T], timeout: float = STEP_TIMEOUT
         raise TimeoutError(f"scenario step {name!r} did not finish within {timeout}s") from exc
 
 
-async def run_scenario(target: Target, mode: str, errlog: IO[str]) -> dict[str, Any]:
-    """Run the whole scenario against `target`; return everything observed as plain data."""
+def stdio_transport(target: Target, errlog: IO[str]) -> Any:
     command, args = target
+    return stdio_client(StdioServerParameters(command=command, args=args, cwd=str(REPO_ROOT)), errlog=errlog)
+
+
+async def run_scenario(transport: Any, mode: str) -> dict[str, Any]:
+    """Run the whole scenario over `transport` (an SDK client transport); return what was observed."""
     results: dict[str, Any] = {}
     sampling_requests: list[Any] = []
     elicitation_requests: list[Any] = []
@@ -127,10 +131,6 @@ async def run_scenario(target: Target, mode: str, errlog: IO[str]) -> dict[str, 
         elicitation_requests.append(plain(params))
         return ElicitResult(action="accept", content={"answer": ELICITED_ANSWER})
 
-    transport = stdio_client(
-        StdioServerParameters(command=command, args=args, cwd=str(REPO_ROOT)),
-        errlog=errlog,
-    )
     client = Client(
         transport,
         mode=mode,
@@ -274,7 +274,7 @@ async def run_logged(target: Target, mode: str, log_path: Path) -> dict[str, Any
     """`run_scenario` with the target's stderr captured to `log_path` (printed on failure)."""
     with log_path.open("w") as errlog:
         try:
-            return await run_scenario(target, mode, errlog)
+            return await run_scenario(stdio_transport(target, errlog), mode)
         except BaseException:
             errlog.flush()
             print(f"---- stderr of {target} ({log_path}) ----\n{log_path.read_text()}")

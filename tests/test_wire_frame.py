@@ -96,3 +96,19 @@ def test_split_array_matches_a_full_parse(values, sep):
 ])
 def test_recover_id(prefix, rid):
     assert scan.recover_id(prefix) == rid
+
+
+@pytest.mark.parametrize("raw, new, expected", [
+    (b'{"jsonrpc":"2.0","id":7,"method":"x"}', b"101", b'{"jsonrpc":"2.0","id":101,"method":"x"}'),
+    (b'{ "method" : "x", "params":{"id":1}, "id" :\t"a\\"b" , "jsonrpc":"2.0"}', b'"c"',
+     b'{ "method" : "x", "params":{"id":1}, "id" :\t"c" , "jsonrpc":"2.0"}'),
+    (b'{"result":{"n":1e400,"s":"\\ud800"},"jsonrpc":"2.0","id":123456789012345678901234567890}', b"5",
+     b'{"result":{"n":1e400,"s":"\\ud800"},"jsonrpc":"2.0","id":5}'),
+])
+def test_replace_id_touches_only_the_id(raw, new, expected):
+    assert scan.replace_id(raw, new) == expected
+
+
+def test_replace_id_refuses_a_frame_without_one():
+    with pytest.raises(ValueError):
+        scan.replace_id(b'{"jsonrpc":"2.0","method":"n","params":{"id":1}}', b"2")

@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
+    p = sub.add_parser("serve", help="serve the configured servers over Streamable HTTP")
+    add_config(p)
+    p.add_argument("--host", help="address to listen on (default: http.host, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default: http.port, else 8080; 0 picks one)")
+    p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
     p = sub.add_parser("check", help="validate a config file; exit 0 if it is usable, 1 if not")
     add_config(p)
 
@@ -47,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args)
     if args.command == "init":
         return cmd_init(args)
+    if args.command == "serve":
+        return cmd_serve(args)
     return cmd_stdio(args)
 
 
@@ -122,4 +131,55 @@ def cmd_stdio(args: argparse.Namespace) -> int:
     log.info("wire-gateway %s (pid %d): stdio front for server %s from %s", __version__, os.getpid(), name,
              config.source)
     trio.run(serve_stdio, config, name, streams)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+    import signal
+
+    import trio
+
+    from wire_gateway.proxy.http_front import HttpFront
+
+    config = _load(args)
+    if config is None:
+        return 1
+    setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns)
+    http = config.http
+    if args.host is not None:
+        http = dataclasses.replace(http, host=args.host)
+    if args.port is not None:
+        http = dataclasses.replace(http, port=args.port)
+    config = dataclasses.replace(config, http=http)
+    try:
+        for spec in config.servers.values():
+            spec.resolved()
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return 1
+
+    async def serve() -> None:
+        shutdown = trio.Event()
+
+        async def on_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("received %s; draining (up to %.0fs) and shutting down",
+                             signal.Signals(signum).name, config.http.drain_timeout)
+                    shutdown.set()
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(on_signals)
+            await HttpFront(config).run(shutdown)
+            nursery.cancel_scope.cancel()
+
+    log.info("wire-gateway %s (pid %d): HTTP front from %s", __version__, os.getpid(), config.source)
+    try:
+        trio.run(serve)
+    except OSError as exc:
+        print(f"wire-gateway serve: cannot listen on {config.http.host}:{config.http.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
     return 0

@@ -2,6 +2,7 @@
 from wire_gateway.config.loader import (  # noqa: F401
     Config,
     ConfigError,
+    HttpSettings,
     Limits,
     RestartPolicy,
     ServerSpec,

@@ -94,9 +94,23 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    session_idle_timeout: float = 1800.0
+    max_sessions: int = 10000
+    max_body_bytes: int = 4 * 1024 * 1024
+    drain_timeout: float = 10.0
+    stream_buffer_frames: int = 1000
+
+
+@dataclass(frozen=True)
 class Config:
     servers: dict[str, ServerSpec]
     limits: Limits = Limits()
+    http: HttpSettings = HttpSettings()
     log_level: str = "info"
     log_file: str | None = None
     mask_patterns: tuple[str, ...] = ()
@@ -201,9 +215,14 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
             handshake_timeout=s.get("handshake_timeout", 10.0),
         )
     logging_ = doc.get("logging", {})
+    http = dict(doc.get("http", {}))
+    for key in ("allowed_hosts", "allowed_origins"):
+        if key in http:
+            http[key] = tuple(http[key])
     return Config(
         servers=servers,
         limits=Limits(**doc.get("limits", {})),
+        http=HttpSettings(**http),
         log_level=logging_.get("level", "info"),
         log_file=logging_.get("file"),
         mask_patterns=tuple(logging_.get("mask_patterns", ())),

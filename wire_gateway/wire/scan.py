@@ -4,6 +4,8 @@
    members are forwarded untouched like any other frame.
 2. Recover the top-level "id" from a frame we will not parse (too large, or
    broken), so the error we answer with reaches the request that caused it.
+3. Replace the top-level "id" of a frame in place (a pooled upstream needs ids
+   remapped), leaving every other byte as it arrived.
 
 Strings are matched whole by the regex (C speed); only structure is walked in Python.
 """
@@ -56,11 +58,25 @@ def recover_id(prefix: bytes) -> Any:
 
     Only string and integer ids count (the MCP rule); anything doubtful gives None.
     """
+    span = id_span(prefix)
+    return None if span is None else _scalar_id(prefix[span[0]:span[1]])
+
+
+def replace_id(raw: bytes, new_id: bytes) -> bytes:
+    """`raw` with the JSON text of its top-level id replaced by `new_id` (JSON text)."""
+    span = id_span(raw)
+    if span is None:
+        raise ValueError("frame has no top-level scalar id")
+    return raw[:span[0]] + new_id + raw[span[1]:]
+
+
+def id_span(raw: bytes) -> tuple[int, int] | None:
+    """Byte offsets of the top-level "id" value (a scalar), or None."""
     depth = 0
     expect_key = False
     key: Any = _MISSING
     after_colon = False
-    for m in _TOKEN.finditer(prefix):
+    for m in _TOKEN.finditer(raw):
         tok = m.group()
         c = tok[:1]
         if tok == b'"':
@@ -68,7 +84,7 @@ def recover_id(prefix: bytes) -> Any:
         if after_colon:
             after_colon = False
             if depth == 1 and key == "id" and c not in (b"[", b"{"):
-                return _scalar_id(tok)
+                return m.start(), m.end()
         if c in (b"[", b"{"):
             depth += 1
             expect_key = depth == 1 and c == b"{"

@@ -1,0 +1,161 @@
+"""Protocol edges of the Streamable HTTP front, with a raw HTTP client (httpx)."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+import pytest
+from gateway import MODERN_META, fixture
+from http_gateway import HttpGateway
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
+ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+def modern(req_id, method, params=None, name=None):
+    body = {"jsonrpc": "2.0", "id": req_id, "method": method, "params": {**(params or {}), "_meta": MODERN_META}}
+    headers = {**ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": method}
+    if name is not None:
+        headers["mcp-name"] = name
+    return body, headers
+
+
+@pytest.fixture
+def gw(tmp_path):
+    log = tmp_path / "slow.log"
+    gateway = HttpGateway(tmp_path, {"echo": fixture("echo"), "slow": fixture("slow", "--log", str(log))},
+                          http={"max_body_bytes": 4096, "session_idle_timeout": 1.0})
+    gateway.slow_log = log
+    try:
+        yield gateway
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+
+
+def post(gw, server, body, headers=None, **kw):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(gw.url(server), content=data, headers=headers or ACCEPT, timeout=10, **kw)
+
+
+def test_health_and_readiness(gw):
+    assert httpx.get(gw.base + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(gw.base + "/readyz")
+    assert ready.status_code == 200 and ready.json()["servers"] == {"echo": "running", "slow": "running"}
+
+
+def test_legacy_session_lifecycle(gw):
+    opened = post(gw, "echo", INIT)
+    assert opened.status_code == 200
+    sid = opened.headers["mcp-session-id"]
+    assert len(sid) >= 32 and opened.json()["result"]["serverInfo"]["name"] == "echo"
+    h = {**ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
+    assert post(gw, "echo", {"jsonrpc": "2.0", "method": "notifications/initialized"}, h).status_code == 202
+    call = post(gw, "echo", {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                             "params": {"name": "echo", "arguments": {"text": "over http"}}}, h)
+    assert call.json()["result"]["content"][0]["text"] == "over http"
+    assert httpx.delete(gw.url("echo"), headers=h).status_code == 200
+    gone = post(gw, "echo", {"jsonrpc": "2.0", "id": 3, "method": "ping"}, h)
+    assert gone.status_code == 404 and "session not found" in gone.json()["error"]["message"]
+
+
+def test_idle_sessions_expire(gw):
+    sid = post(gw, "echo", INIT).headers["mcp-session-id"]
+    time.sleep(2.0)
+    expired = post(gw, "echo", {"jsonrpc": "2.0", "id": 2, "method": "ping"}, {**ACCEPT, "mcp-session-id": sid})
+    assert expired.status_code == 404
+
+
+def test_legacy_request_without_session_is_400(gw):
+    resp = post(gw, "echo", {"jsonrpc": "2.0", "id": 5, "method": "tools/list"})
+    assert resp.status_code == 400 and "Mcp-Session-Id" in resp.json()["error"]["message"]
+
+
+def test_progress_and_server_requests_stream_as_sse(gw):
+    sid = post(gw, "echo", INIT).headers["mcp-session-id"]
+    h = {**ACCEPT, "mcp-session-id": sid}
+    resp = post(gw, "echo", {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                             "params": {"name": "progress", "arguments": {"steps": 2}, "_meta": {"progressToken": "t"}}}, h)
+    assert resp.headers["content-type"] == "text/event-stream" and resp.headers["x-accel-buffering"] == "no"
+    events = [json.loads(line[5:]) for line in resp.text.splitlines() if line.startswith("data:")]
+    assert [e.get("method") for e in events] == ["notifications/progress", "notifications/progress", None]
+    assert events[-1]["id"] == 9
+
+
+def test_modern_request_and_header_rules(gw):
+    body, headers = modern(1, "tools/call", {"name": "echo", "arguments": {"text": "modern"}}, name="echo")
+    ok = post(gw, "echo", body, headers)
+    assert ok.status_code == 200 and ok.json()["result"]["content"][0]["text"] == "modern"
+    assert ok.json()["id"] == 1 and "mcp-session-id" not in ok.headers
+    body, headers = modern(2, "tools/call", {"name": "echo", "arguments": {"text": "x"}}, name="add")
+    bad = post(gw, "echo", body, headers)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == -32020 and bad.json()["id"] == 2
+    body, headers = modern(3, "tools/list")
+    headers["mcp-method"] = "tools/call"
+    assert post(gw, "echo", body, headers).json()["error"]["code"] == -32020
+    body, headers = modern(4, "no/such/method")
+    missing = post(gw, "echo", body, headers)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == -32601
+
+
+def test_concurrent_modern_clients_get_their_own_answers(gw):
+    with httpx.Client(timeout=10) as client:
+        bodies = [modern(1, "tools/call", {"name": "echo", "arguments": {"text": f"client-{i}"}}, name="echo")
+                  for i in range(30)]
+        # every client uses id 1: the gateway must remap
+        import concurrent.futures
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda bh: client.post(gw.url("echo"), content=json.dumps(bh[0]),
+                                                           headers=bh[1]).json(), bodies))
+    assert [a["result"]["content"][0]["text"] for a in answers] == [f"client-{i}" for i in range(30)]
+    assert all(a["id"] == 1 for a in answers)
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({"origin": "http://evil.example"}, 403),
+    ({"host": "evil.example"}, 403),
+    ({"content-type": "text/plain"}, 415),
+])
+def test_edge_refusals(gw, headers, status):
+    resp = post(gw, "echo", INIT, {**ACCEPT, **headers})
+    assert resp.status_code == status
+    assert "error" in resp.json()
+
+
+def test_loopback_origin_is_allowed(gw):
+    assert post(gw, "echo", INIT, {**ACCEPT, "origin": "http://localhost:3000"}).status_code == 200
+
+
+def test_oversize_body_and_garbage(gw):
+    big = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x" * 10000}}
+    assert post(gw, "echo", big).status_code == 413
+    garbage = post(gw, "echo", b"{not json")
+    assert garbage.status_code == 400 and garbage.json()["error"]["code"] == -32700
+
+
+def test_client_disconnect_cancels_a_modern_request_upstream(gw):
+    body, headers = modern(1, "tools/call", {"name": "sleep", "arguments": {"seconds": 30}}, name="sleep")
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", gw.port))
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock.sendall(f"POST /mcp/slow HTTP/1.1\r\nhost: 127.0.0.1\r\n{head}content-length: {len(data)}\r\n\r\n".encode()
+                 + data)
+    time.sleep(1.0)   # the call is running upstream
+    sock.close()      # the client goes away: in the modern era that is the cancellation
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        entries = [json.loads(line) for line in gw.slow_log.read_text().splitlines()] if gw.slow_log.exists() else []
+        if any("cancelled" in e for e in entries):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the upstream never saw notifications/cancelled:\n" + gw.log())
+
+
+def test_a_repeated_mcp_header_is_refused(gw):
+    body, headers = modern(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}}, name="echo")
+    raw = [(k, v) for k, v in headers.items()] + [("mcp-name", "add")]
+    resp = httpx.post(gw.url("echo"), content=json.dumps(body), headers=raw, timeout=10)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == -32020

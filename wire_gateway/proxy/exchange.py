@@ -1,0 +1,69 @@
+"""One client request in flight over HTTP, and the byte budget all of them share.
+
+The upstream reader pushes frames without awaiting (it must never block on one
+slow client); the HTTP handler pulls them. Memory is bounded by `Backlog`: the
+upstream reader waits in `Backlog.wait_below()` once too much is queued for
+clients that read slowly.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import trio
+
+
+class Backlog:
+    __slots__ = ("bytes", "high_water", "_drained")
+
+    def __init__(self, high_water: int = 8 << 20) -> None:
+        self.bytes = 0
+        self.high_water = high_water
+        self._drained = trio.Event()
+
+    def add(self, n: int) -> None:
+        self.bytes += n
+
+    def sub(self, n: int) -> None:
+        self.bytes -= n
+        if self.bytes <= self.high_water:
+            self._drained.set()
+            self._drained = trio.Event()
+
+    async def wait_below(self) -> None:
+        while self.bytes > self.high_water:
+            await self._drained.wait()
+
+
+class Exchange:
+    __slots__ = ("client_id", "backlog", "_frames", "_event", "done", "streamed")
+
+    def __init__(self, client_id: object, backlog: Backlog) -> None:
+        self.client_id = client_id
+        self.backlog = backlog
+        self._frames: deque[tuple[bytes, bool, int]] = deque()
+        self._event = trio.Event()
+        self.done = False            # the final answer has been pushed
+        self.streamed = False        # the handler has started an SSE response
+
+    def push(self, raw: bytes, final: bool = False, status: int = 200) -> None:
+        """Add a frame; `final` marks the answer itself; `status` is the HTTP status it implies."""
+        if self.done:
+            return
+        self._frames.append((raw, final, status))
+        self.backlog.add(len(raw))
+        self.done = final
+        self._event.set()
+
+    async def next(self) -> tuple[bytes, bool, int]:
+        while not self._frames:
+            await self._event.wait()
+            self._event = trio.Event()
+        raw, final, status = self._frames.popleft()
+        self.backlog.sub(len(raw))
+        return raw, final, status
+
+    def discard(self) -> None:
+        """The client is gone: release what was queued for it."""
+        while self._frames:
+            self.backlog.sub(len(self._frames.popleft()[0]))
+        self.done = True

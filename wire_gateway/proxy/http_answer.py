@@ -1,0 +1,28 @@
+"""Answering one HTTP request from its Exchange: one JSON body when the answer is
+all there is, an SSE stream when anything comes before it (progress, a
+server-to-client request), as Streamable HTTP lets the server choose.
+"""
+from __future__ import annotations
+
+from wire_gateway.proxy.exchange import Exchange
+from wire_gateway.transport.http_server import Responder
+from wire_gateway.wire.sse import encode_event
+
+JSON = ("content-type", "application/json")
+SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache, no-transform"),
+               ("x-accel-buffering", "no")]
+
+
+async def answer(ex: Exchange, responder: Responder, headers: list[tuple[str, str]]) -> None:
+    """Send everything the exchange yields until its final frame. Raises if the client goes."""
+    raw, final, status = await ex.next()
+    if final:
+        await responder.send(status, [JSON, *headers], raw)
+        return
+    ex.streamed = True
+    await responder.start_stream(200, [*SSE_HEADERS, *headers])
+    await responder.send_chunk(encode_event(raw))
+    while not final:
+        raw, final, _ = await ex.next()
+        await responder.send_chunk(encode_event(raw))
+    await responder.end_stream()

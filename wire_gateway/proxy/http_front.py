@@ -1,0 +1,236 @@
+"""`wire-gateway serve`: the Streamable HTTP data plane.
+
+Routes: `POST|GET|DELETE /mcp/{server}` (MCP, both eras), `GET /healthz` (alive),
+`GET /readyz` (every server able to serve). Each request is checked at the edge
+(Host and Origin against an allow-list: DNS-rebinding protection; content type;
+body size is the HTTP server's job) before its body is even decoded.
+
+Era dispatch for a POST: a `Mcp-Session-Id` header means a legacy session (404 if
+unknown or expired); an `initialize` request opens one; a request carrying the
+modern `_meta` protocol version is modern and stateless; anything else is a
+legacy request without its session (400).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+
+from wire_gateway.config import Config
+from wire_gateway.proxy.legacy_http import LegacySession
+from wire_gateway.proxy.modern_http import ModernPool
+from wire_gateway.transport.http_server import HttpLimits, Request, Responder, serve_http
+from wire_gateway.wire import errors
+from wire_gateway.wire.era import LEGACY_VERSIONS, MODERN_VERSIONS, request_version
+from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
+from wire_gateway.wire.headers import HeaderProblem, check_request_headers, header_mismatch_error
+
+log = logging.getLogger("wire_gateway.http")
+
+LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+JSON = [("content-type", "application/json")]
+KNOWN_VERSIONS = set(LEGACY_VERSIONS) | set(MODERN_VERSIONS)
+
+
+class HttpFront:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.settings = config.http
+        self.pools = {name: ModernPool(name, spec.resolved(), config.limits)
+                      for name, spec in config.servers.items()}
+        self.sessions: dict[str, LegacySession] = {}
+        self.port: int | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, shutdown: trio.Event, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until `shutdown` is set, then drain and stop every upstream."""
+        s = self.settings
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for pool in self.pools.values():
+                await nursery.start(pool.upstream.run)
+            nursery.start_soon(self._expire_sessions)
+            limits = HttpLimits(max_body_bytes=s.max_body_bytes)
+            self.port = await nursery.start(partial(
+                serve_http, self.handle, s.host, s.port, limits=limits, shutdown=shutdown,
+                drain_timeout=s.drain_timeout))
+            log.info("serving MCP over HTTP on http://%s:%d/mcp/{%s}", s.host, self.port,
+                     ",".join(self.config.servers))
+            task_status.started(self.port)
+            await shutdown.wait()
+            # serve_http drains in-flight requests itself; then end sessions and pools.
+            with trio.CancelScope(shield=True), trio.move_on_after(s.drain_timeout + 10):
+                await trio.sleep(0)  # let serve_http begin its drain
+                async with trio.open_nursery() as closer:
+                    for session in list(self.sessions.values()):
+                        closer.start_soon(self._end_session, session)
+                    for pool in self.pools.values():
+                        closer.start_soon(pool.upstream.shutdown)
+            nursery.cancel_scope.cancel()
+
+    async def _expire_sessions(self) -> None:
+        timeout = self.settings.session_idle_timeout
+        while True:
+            await trio.sleep(max(0.05, min(timeout / 4, 30.0)))
+            now = trio.current_time()
+            for session in [x for x in self.sessions.values() if x.idle_for(now) > timeout]:
+                log.info("session %s (%s): idle for %.0fs; expired", session.id[:8], session.server, timeout)
+                await self._end_session(session)
+
+    async def _end_session(self, session: LegacySession) -> None:
+        self.sessions.pop(session.id, None)
+        await session.close()
+
+    # ---- requests ------------------------------------------------------------------------------
+
+    async def handle(self, request: Request, responder: Responder) -> None:
+        refusal = self._check_edge(request)
+        if refusal is not None:
+            status, message = refusal
+            await responder.send(status, JSON, errors.error_frame(None, errors.INVALID_REQUEST, message))
+            return
+        path = request.path.rstrip("/") or "/"
+        if path == "/healthz":
+            await responder.send(200, JSON, b'{"status":"ok"}')
+        elif path == "/readyz":
+            await self._readyz(responder)
+        elif path.startswith("/mcp/") and path.count("/") == 2:
+            await self._mcp(path[5:], request, responder)
+        else:
+            await responder.send(404, JSON, errors.error_frame(
+                None, errors.INVALID_REQUEST,
+                f"no such route: {request.path}; MCP endpoints are /mcp/{{server}} "
+                f"(configured: {', '.join(self.config.servers)})"))
+
+    def _check_edge(self, request: Request) -> tuple[int, str] | None:
+        host = request.header("host") or ""
+        if not self._host_allowed(host):
+            return 403, (f"Host {host!r} is not allowed (DNS-rebinding protection); "
+                         "add it to http.allowed_hosts if this gateway is reached under that name")
+        origin = request.header("origin")
+        if origin is not None and not self._origin_allowed(origin):
+            return 403, (f"Origin {origin!r} is not allowed (DNS-rebinding protection); "
+                         "add it to http.allowed_origins to permit it")
+        return None
+
+    def _host_allowed(self, host: str) -> bool:
+        allowed = self.settings.allowed_hosts
+        if "*" in allowed or host in allowed:
+            return True
+        name = urlsplit(f"//{host}").hostname or ""
+        bound = self.settings.host
+        return name in LOOPBACK or f"[{name}]" in LOOPBACK or name in allowed or (
+            bound not in ("0.0.0.0", "::") and name == bound)
+
+    def _origin_allowed(self, origin: str) -> bool:
+        allowed = self.settings.allowed_origins
+        if "*" in allowed or origin in allowed:
+            return True
+        name = urlsplit(origin).hostname or ""
+        return name in LOOPBACK
+
+    async def _readyz(self, responder: Responder) -> None:
+        states = {name: pool.upstream.state for name, pool in self.pools.items()}
+        ready = all(state == "running" for state in states.values())
+        body = json.dumps({"ready": ready, "servers": states}).encode()
+        await responder.send(200 if ready else 503, JSON, body)
+
+    async def _mcp(self, server: str, request: Request, responder: Responder) -> None:
+        pool = self.pools.get(server)
+        if pool is None:
+            await responder.send(404, JSON, errors.error_frame(
+                None, errors.INVALID_REQUEST,
+                f"no server named {server!r}; configured: {', '.join(self.config.servers)}"))
+            return
+        session_id = request.header("mcp-session-id")
+        session = self.sessions.get(session_id) if session_id else None
+        if session_id and (session is None or session.server != server):
+            await responder.send(404, JSON, errors.error_frame(
+                None, errors.INVALID_REQUEST,
+                "session not found (it expired, was deleted, or never existed); start a new one with initialize"))
+            return
+        if request.method == "POST":
+            await self._post(server, pool, session, request, responder)
+        elif request.method == "GET":
+            if session is None:
+                await responder.send(400 if not session_id else 404, JSON, errors.error_frame(
+                    None, errors.INVALID_REQUEST, "GET opens a legacy session's stream: it needs Mcp-Session-Id"))
+                return
+            await session.get_stream(responder)
+        elif request.method == "DELETE":
+            if session is None:
+                await responder.send(400, JSON, errors.error_frame(
+                    None, errors.INVALID_REQUEST, "DELETE ends a legacy session: it needs Mcp-Session-Id"))
+                return
+            await self._end_session(session)
+            await responder.send(200, [])
+        else:
+            await responder.send(405, [("allow", "GET, POST, DELETE")] + JSON, errors.error_frame(
+                None, errors.INVALID_REQUEST, f"method {request.method} is not allowed on an MCP endpoint"))
+
+    async def _post(self, server: str, pool: ModernPool, session: LegacySession | None,
+                    request: Request, responder: Responder) -> None:
+        ctype = (request.header("content-type") or "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            await responder.send(415, JSON, errors.error_frame(
+                None, errors.INVALID_REQUEST, f"Content-Type must be application/json, not {ctype or 'missing'!r}"))
+            return
+        decoded = decode(request.body)
+        if isinstance(decoded, Invalid):
+            await responder.send(400, JSON, decoded.error_frame())
+            return
+        if session is not None:
+            version = request.header("mcp-protocol-version")
+            if version is not None and version not in KNOWN_VERSIONS:
+                await responder.send(400, JSON, errors.error_frame(
+                    None, errors.INVALID_REQUEST, f"unsupported MCP-Protocol-Version {version!r}; "
+                    f"supported: {', '.join(sorted(KNOWN_VERSIONS))}"))
+                return
+            await session.post(decoded, responder)
+            return
+        if isinstance(decoded, Batch):
+            await responder.send(400, JSON, errors.error_frame(
+                None, errors.INVALID_REQUEST, "a batch needs a legacy session (Mcp-Session-Id)"))
+            return
+        if decoded.kind is Kind.REQUEST and decoded.method == "initialize":
+            await self._open_session(server, decoded, responder)
+            return
+        if decoded.kind is Kind.REQUEST and request_version(decoded.msg) is not None:
+            headers: dict[str, str] = {}
+            problem = None
+            for name, value in request.headers:
+                if name in headers and (name.startswith("mcp-")):
+                    problem = HeaderProblem(f"Header mismatch: {name} appears more than once", name)
+                headers[name] = value
+            problem = problem or check_request_headers(headers, decoded.msg)
+            if problem is not None:
+                await responder.send(400, JSON, header_mismatch_error(decoded.id, problem))
+                return
+            await pool.post(decoded, responder)
+            return
+        await responder.send(400, JSON, errors.error_frame(
+            decoded.id if isinstance(decoded, Frame) else None, errors.INVALID_REQUEST,
+            "Bad Request: missing Mcp-Session-Id (legacy era: start with initialize; "
+            f"modern era: put the protocol version in params._meta[{'io.modelcontextprotocol/protocolVersion'!r}])"))
+
+    async def _open_session(self, server: str, init: Frame, responder: Responder) -> None:
+        if len(self.sessions) >= self.settings.max_sessions:
+            await responder.send(503, JSON, errors.error_frame(
+                init.id, errors.GATEWAY_OVERLOADED,
+                f"too many sessions ({self.settings.max_sessions}, http.max_sessions); try again later"))
+            return
+        assert self._nursery is not None
+        session = LegacySession(server, self.config.servers[server].resolved(), self.config.limits, self.settings)
+        self.sessions[session.id] = session
+        await self._nursery.start(session.upstream.run)
+        log.info("session %s (%s): opened", session.id[:8], server)
+        await session.post(init, responder)
+        if session.upstream.handshake.init_msg is not None and not session.upstream.handshake.completed:
+            log.info("session %s (%s): initialize failed; closed", session.id[:8], server)
+            await self._end_session(session)

@@ -1,0 +1,201 @@
+"""Modern-era (2026-07-28) requests over HTTP: stateless, so every POST stands
+alone and all of them share one supervised process per server.
+
+Ids are remapped so concurrent clients never see each other's answers: the
+gateway gives each request its own integer id on the way up and puts the
+client's id back on the way down, replacing only the id's bytes (the rest of the
+frame stays as it arrived). A progress token is remapped the same way, since two
+clients may both use "1". Closing the response stream cancels the request: the
+server gets `notifications/cancelled`.
+
+The first modern request probes the server with `server/discover`. A server that
+only speaks the legacy era gets no modern requests: the client is told so with a
+400 carrying a non-modern error, which is what makes a dual-era client fall back
+to `initialize`, as it would against such a server directly.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import trio
+
+from wire_gateway.config import Limits, ServerSpec
+from wire_gateway.proxy.exchange import Backlog, Exchange
+from wire_gateway.proxy.http_answer import answer
+from wire_gateway.transport.http_server import Responder
+from wire_gateway.upstream.supervisor import SupervisedServer
+from wire_gateway.wire import errors, jsonfast, scan
+from wire_gateway.wire.era import META_PROTOCOL_VERSION, MODERN_VERSIONS
+from wire_gateway.wire.frame import Frame, Kind, decode
+
+log = logging.getLogger("wire_gateway.http.modern")
+
+# JSON-RPC errors that carry an HTTP status of their own in the modern era.
+_STATUS_FOR_CODE = {-32601: 404, -32020: 400, -32021: 400, -32022: 400}
+PROBE_TIMEOUT = 10.0
+
+
+class ModernPool:
+    def __init__(self, server: str, spec: ServerSpec, limits: Limits) -> None:
+        self.server = server
+        self.upstream = SupervisedServer(spec, limits, self)
+        self.backlog = Backlog()
+        self._ids = itertools.count(1)
+        self.by_gw: dict[int, Exchange] = {}
+        self.tokens: dict[str, tuple[Exchange, Any]] = {}   # gateway token -> (exchange, client's token)
+        self.era: str | None = None                        # "modern" / "legacy" once probed
+        self._probed: trio.Event | None = None
+
+    # ---- HTTP side ------------------------------------------------------------------
+
+    async def post(self, frame: Frame, responder: Responder) -> None:
+        if frame.kind is not Kind.REQUEST:
+            # 2026-07-28 defines no client notifications over HTTP; accept and forward them.
+            if frame.kind is Kind.NOTIFICATION:
+                self.upstream.notify(frame)
+                self.upstream.flush()
+            await responder.send(202, [])
+            return
+        if not await self._speaks_modern():
+            await responder.send(400, [("content-type", "application/json")], errors.error_frame(
+                frame.id, errors.INVALID_REQUEST,
+                f"server '{self.server}' does not speak the modern era of MCP ({MODERN_VERSIONS[0]}); "
+                "open a legacy session with initialize", {"server": self.server}))
+            return
+        gw_id, ex = self._send(frame)
+        try:
+            await answer(ex, responder, [])
+        finally:
+            self._finish(gw_id, ex)
+
+    def _send(self, frame: Frame) -> tuple[int, Exchange]:
+        gw_id = next(self._ids)
+        ex = Exchange(frame.id, self.backlog)
+        self.by_gw[gw_id] = ex
+        raw = self._remap(frame, gw_id, ex)
+        refused = self.upstream.request(Frame(raw, Kind.REQUEST, frame.msg, frame.method, gw_id))
+        if refused is not None:
+            self.by_gw.pop(gw_id, None)
+            ex.push(scan.replace_id(refused, jsonfast.dumps(frame.id)), final=True)
+        self.upstream.flush()
+        return gw_id, ex
+
+    def _remap(self, frame: Frame, gw_id: int, ex: Exchange) -> bytes:
+        params = frame.params
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if token is None:
+            return scan.replace_id(frame.raw, str(gw_id).encode())
+        ours = f"wg-{gw_id}"
+        msg = {**frame.msg, "id": gw_id, "params": {**params, "_meta": {**meta, "progressToken": ours}}}
+        try:
+            raw = jsonfast.dumps(msg)
+        except ValueError:   # a value JSON cannot re-encode (1e400): keep the client's token as is
+            self.tokens[str(token)] = (ex, token)
+            return scan.replace_id(frame.raw, str(gw_id).encode())
+        self.tokens[ours] = (ex, token)
+        return raw
+
+    def _finish(self, gw_id: int, ex: Exchange) -> None:
+        self.by_gw.pop(gw_id, None)
+        for key in [k for k, (e, _) in self.tokens.items() if e is ex] if self.tokens else ():
+            del self.tokens[key]
+        if not ex.done:
+            # The client closed its response stream: in this era, that is the cancellation.
+            note = jsonfast.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                   "params": {"requestId": gw_id, "reason": "client closed the HTTP stream"}})
+            cancel = decode(note)
+            assert isinstance(cancel, Frame)
+            self.upstream.notify(cancel)
+            self.upstream.flush()
+            log.info("server %s: client closed its stream; cancelled request %r upstream", self.server, ex.client_id)
+        ex.discard()
+
+    async def _speaks_modern(self) -> bool:
+        if self.era is None:
+            if self._probed is None:
+                self._probed = trio.Event()
+                try:
+                    self.era = await self._probe()
+                finally:
+                    self._probed.set()
+                log.info("server %s: speaks the %s era", self.server, self.era)
+            else:
+                await self._probed.wait()
+        return self.era == "modern"
+
+    async def _probe(self) -> str:
+        gw_id = next(self._ids)
+        ex = Exchange("probe", self.backlog)
+        self.by_gw[gw_id] = ex
+        probe = {"jsonrpc": "2.0", "id": gw_id, "method": "server/discover",
+                 "params": {"_meta": {META_PROTOCOL_VERSION: MODERN_VERSIONS[0],
+                                      "io.modelcontextprotocol/clientInfo": {"name": "wire-gateway", "version": "0"},
+                                      "io.modelcontextprotocol/clientCapabilities": {}}}}
+        frame = decode(jsonfast.dumps(probe))
+        assert isinstance(frame, Frame)
+        refused = self.upstream.request(frame)
+        self.upstream.flush()
+        if refused is not None:
+            self.by_gw.pop(gw_id, None)
+            return "unknown"
+        answer_ = None
+        try:
+            with trio.move_on_after(PROBE_TIMEOUT):
+                final = False
+                while not final:
+                    raw, final, _ = await ex.next()
+                answer_ = decode(raw)
+        finally:
+            self._finish(gw_id, ex)   # cancels the probe upstream if it timed out
+        if isinstance(answer_, Frame) and answer_.kind is Kind.RESPONSE:
+            result = answer_.msg.get("result")
+            if isinstance(result, dict) and MODERN_VERSIONS[0] in (result.get("supportedVersions") or ()):
+                return "modern"
+        if isinstance(answer_, Frame) and answer_.kind is Kind.ERROR and answer_.msg["error"].get("code") == -32022:
+            return "modern"
+        return "legacy"
+
+    # ---- Sink: server -> clients ---------------------------------------------------------
+
+    def server_frame(self, frame: Frame) -> None:
+        kind = frame.kind
+        if kind is Kind.RESPONSE or kind is Kind.ERROR:
+            ex = self.by_gw.get(frame.id)
+            if ex is None:
+                log.debug("server %s: answer to %r arrived after its client left; dropped", self.server, frame.id)
+                return
+            status = 200
+            if kind is Kind.ERROR:
+                status = _STATUS_FOR_CODE.get(frame.msg["error"].get("code"), 200)
+            ex.push(scan.replace_id(frame.raw, jsonfast.dumps(ex.client_id)), final=True, status=status)
+            return
+        if kind is Kind.NOTIFICATION:
+            params = frame.params
+            if frame.method == "notifications/progress" and isinstance(params, dict):
+                entry = self.tokens.get(str(params.get("progressToken")))
+                if entry is not None:
+                    ex, client_token = entry
+                    ex.push(jsonfast.dumps({**frame.msg, "params": {**params, "progressToken": client_token}}))
+                    return
+            live = [ex for ex in self.by_gw.values() if not ex.done]
+            if len(live) == 1:
+                live[0].push(frame.raw)
+                return
+            log.debug("server %s: %s has no request to go with; dropped", self.server, frame.method)
+            return
+        log.warning("server %s: sent a %s request, which the modern era does not allow on stdio; dropped",
+                    self.server, frame.method)
+
+    def gateway_reply(self, req_id: Any, data: bytes) -> None:
+        ex = self.by_gw.get(req_id)
+        if ex is not None:
+            ex.push(scan.replace_id(data, jsonfast.dumps(ex.client_id)), final=True)
+
+    def flush(self) -> None:
+        """Nothing to do: handlers write as they pull."""
+
+    async def wait_writable(self) -> None:
+        await self.backlog.wait_below()
