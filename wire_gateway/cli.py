@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(p)
     p.add_argument("--host", help="address to listen on (default: http.host, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default: http.port, else 8080; 0 picks one)")
+    p.add_argument("--admin-port", type=int, help="serve the control plane (GET /status) on this port")
     p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -151,6 +152,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http = dataclasses.replace(http, host=args.host)
     if args.port is not None:
         http = dataclasses.replace(http, port=args.port)
+    if args.admin_port is not None:
+        http = dataclasses.replace(http, admin_port=args.admin_port)
     config = dataclasses.replace(config, http=http)
     try:
         for spec in config.servers.values():

@@ -104,6 +104,7 @@ class HttpSettings:
     max_body_bytes: int = 4 * 1024 * 1024
     drain_timeout: float = 10.0
     stream_buffer_frames: int = 1000
+    admin_port: int | None = None
 
 
 @dataclass(frozen=True)

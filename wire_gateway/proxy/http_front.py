@@ -62,6 +62,11 @@ class HttpFront:
                 drain_timeout=s.drain_timeout))
             log.info("serving MCP over HTTP on http://%s:%d/mcp/{%s}", s.host, self.port,
                      ",".join(self.config.servers))
+            if s.admin_port is not None:
+                from wire_gateway.admin.app import serve_admin
+
+                admin_port = await nursery.start(partial(serve_admin, self.status, s.host, s.admin_port, shutdown))
+                log.info("serving the control plane on http://%s:%d/status", s.host, admin_port)
             task_status.started(self.port)
             await shutdown.wait()
             # serve_http drains in-flight requests itself; then end sessions and pools.
@@ -73,6 +78,31 @@ class HttpFront:
                     for pool in self.pools.values():
                         closer.start_soon(pool.upstream.shutdown)
             nursery.cancel_scope.cancel()
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot for the control plane: servers, their processes, sessions, counters."""
+        now = trio.current_time()
+
+        def upstream_status(up: Any) -> dict[str, Any]:
+            proc = up.process
+            alive = proc is not None and proc.returncode is None
+            return {"state": up.state, "era": up.era, "pid": proc.pid if alive else None,
+                    "uptime": round(now - proc.started, 3) if alive else None,
+                    "restarts": up.restarts, "lastExit": up.last_exit,
+                    "inFlight": len(up.pending), "framesIn": up.frames_in, "framesOut": up.frames_out}
+
+        servers = {}
+        for name, pool in self.pools.items():
+            sessions = [s for s in self.sessions.values() if s.server == name]
+            servers[name] = {"shared": upstream_status(pool.upstream), "modernEra": pool.era,
+                             "sessionProcesses": [upstream_status(s.upstream) for s in sessions]}
+        return {
+            "listen": {"host": self.settings.host, "port": self.port},
+            "servers": servers,
+            "sessions": [{"id": s.id[:8] + "...", "server": s.server, "clientInfo": s.client_info,
+                          "idleSeconds": round(s.idle_for(now), 3), "inFlight": len(s.exchanges),
+                          "streamsOpen": s.streams_open} for s in self.sessions.values()],
+        }
 
     async def _expire_sessions(self) -> None:
         timeout = self.settings.session_idle_timeout

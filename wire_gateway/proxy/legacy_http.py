@@ -23,7 +23,7 @@ from wire_gateway.config import HttpSettings, Limits, ServerSpec
 from wire_gateway.proxy.exchange import Backlog, Exchange
 from wire_gateway.proxy.http_answer import SSE_HEADERS, answer
 from wire_gateway.transport.http_server import ClientGone, Responder
-from wire_gateway.upstream.supervisor import SupervisedServer
+from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.wire import errors
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind
 from wire_gateway.wire.sse import encode_event
@@ -49,7 +49,7 @@ class LegacySession:
         self.id = new_session_id()
         self.server = server
         self.settings = settings
-        self.upstream = SupervisedServer(spec, limits, self)
+        self.upstream = make_upstream(spec, limits, self)
         self.backlog = Backlog()
         self.exchanges: dict[Any, Exchange] = {}
         self.progress: dict[Any, Exchange] = {}

@@ -25,7 +25,7 @@ from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.proxy.exchange import Backlog, Exchange
 from wire_gateway.proxy.http_answer import answer
 from wire_gateway.transport.http_server import Responder
-from wire_gateway.upstream.supervisor import SupervisedServer
+from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import META_PROTOCOL_VERSION, MODERN_VERSIONS
 from wire_gateway.wire.frame import Frame, Kind, decode
@@ -40,7 +40,7 @@ PROBE_TIMEOUT = 10.0
 class ModernPool:
     def __init__(self, server: str, spec: ServerSpec, limits: Limits) -> None:
         self.server = server
-        self.upstream = SupervisedServer(spec, limits, self)
+        self.upstream = make_upstream(spec, limits, self)
         self.backlog = Backlog()
         self._ids = itertools.count(1)
         self.by_gw: dict[int, Exchange] = {}

@@ -27,13 +27,10 @@ class PassthroughSession:
         self.max_frame_bytes = max_frame_bytes
         self.upstream: SupervisedServer | None = None
         self.batches = BatchCollector()
-        self.frames_in = 0
-        self.frames_out = 0
 
     # ---- client -> gateway --------------------------------------------------------------
 
     def on_client_item(self, item: bytes | Oversize) -> None:
-        self.frames_in += 1
         if isinstance(item, Oversize):
             req_id = scan.recover_id(item.prefix)
             log.warning("client sent a %d-byte frame, over the %d-byte limit; answered with an error",
@@ -114,5 +111,4 @@ class PassthroughSession:
         await self.client_out.wait_writable()
 
     def _to_client(self, data: bytes) -> None:
-        self.frames_out += 1
         self.client_out.put_line(data)

@@ -15,7 +15,7 @@ from wire_gateway.config import Config
 from wire_gateway.proxy.session import PassthroughSession
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.transport.stdio import READ_SIZE, StdioStreams
-from wire_gateway.upstream.supervisor import SupervisedServer
+from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.wire.framing import LineFramer
 
 log = logging.getLogger("wire_gateway.stdio")
@@ -37,7 +37,7 @@ class StdioFront:
         self.streams = streams
         self.client_out = OutBuffer(streams.stdout.fileno())
         self.session = PassthroughSession(self.client_out, config.limits.max_frame_bytes)
-        self.upstream = SupervisedServer(self.spec, config.limits, self.session)
+        self.upstream = make_upstream(self.spec, config.limits, self.session)
         self.session.upstream = self.upstream
         self.done = trio.Event()          # set by whichever ending comes first
         self.writer_done = trio.Event()

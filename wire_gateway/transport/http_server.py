@@ -1,22 +1,31 @@
 """The data-plane HTTP/1.1 server: trio sockets, h11 parsing, nothing else.
 
-Hypercorn's trio worker spends ~550 us of CPU per request; this loop aims at the
-~130 us a bare trio + h11 loop costs. Per connection there is one task. While a
-handler runs, a watcher task reads the socket: peer EOF or reset sets
-`Responder.disconnected` and cancels the handler's scope at once (its `finally`
-runs), and bytes of a pipelined next request are kept for the next cycle, up to
-one request's worth (max_header_bytes + max_body_bytes), then it stops reading.
+Hypercorn's trio worker spends ~550 us of CPU per request; a bare trio + h11 loop
+~130 us. Trio's primitives are what cost here (measured on the 2-core box: a task
+spawn ~40 us, cancelling a task blocked on a socket ~50 us, a CancelScope ~10 us),
+so the hot path creates none of them per request:
 
-Bodies are read whole before the handler runs. Answers leave through the
-connection's stream; the kernel's send buffer (trio caps its unsent part at
-16 KiB) is the first buffer, and what concurrent senders add while a write is
-blocked is queued up to `write_high_water`, past which they wait too.
+- Each connection has two tasks for its whole life: the cycle task (parse, run the
+  handler, answer, next request) and a reader. The reader alone reads the socket and
+  feeds h11, so while a handler runs it notices peer EOF/reset at once: it sets
+  `Responder.disconnected` and cancels the connection's scope, which the handler
+  runs in (its `finally` runs). A per-request watcher task cost ~110 us a request.
+  Bytes of pipelined requests are kept, up to max_header_bytes + max_body_bytes
+  beyond what the cycle task has consumed; then the reader pauses.
+- Timeouts are deadlines stored on the connection; one timekeeper task per server
+  checks them a few times a second and cancels the connection's scope.
 
-Refusals (400/408/413/431/503, and 500 once a response was half sent) close the
-connection; a 500 from a handler that failed before answering keeps it.
+Bodies are read whole before the handler runs. Answers leave through the stream;
+the kernel's send buffer (trio caps its unsent part at 16 KiB) is the first buffer,
+and what concurrent senders add while a write is blocked is queued up to
+`write_high_water`, past which they wait too.
+
+Refusals (400/408/413/431/503) close the connection, after a short linger so the
+client can read them. A handler that fails before answering gets a 500 and the
+connection goes on; one that fails mid-response gets its connection closed.
 Beyond max_connections a connection is accepted, answered 503 and closed at once,
-without a task: the client learns it should go elsewhere instead of waiting in
-the listen backlog.
+without a task: the client learns to go elsewhere instead of waiting in the listen
+backlog for a slot.
 """
 from __future__ import annotations
 
@@ -39,28 +48,31 @@ __all__ = ["ClientGone", "Handler", "HttpLimits", "HttpServer", "Request", "Resp
 log = logging.getLogger("wire_gateway.http")
 
 READ_SIZE = 65536
-LINGER = 1.0          # seconds a refused client gets to read our answer before we close
-LINGER_BYTES = 1 << 20
-_ACCEPT_PAUSE = 0.1   # out of file descriptors: wait this long before accepting again
+LINGER = 1.0            # seconds a refused client gets to read our answer before we close
+LINGER_BYTES = 1 << 20  # ... and how much of what it still sends we read and drop meanwhile
+_ACCEPT_PAUSE = 0.1     # out of file descriptors: wait this long before accepting again
 _FRAMING = frozenset(("content-length", "transfer-encoding"))
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large",
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 _INF = math.inf
 
-# what a connection is doing; drain closes the idle ones, a timeout in HEAD/BODY answers 408
+# What a connection is doing: drain closes IDLE ones; a timeout in HEAD or BODY answers 408.
 _IDLE, _HEAD, _BODY, _HANDLER = range(4)
+# Where a response is.
+_NEW, _STREAMING, _DONE = range(3)
 
 
 @dataclass(slots=True)
 class Request:
-    method: str
-    target: str                         # raw path + query
+    method: str                         # "GET", "POST", ...
+    target: str                         # raw path + query, e.g. "/mcp/echo?x=1"
     path: str                           # path only, percent-decoded
-    headers: list[tuple[str, str]]      # names lowercased, values latin-1 decoded
+    headers: list[tuple[str, str]]      # names lowercased, values as received (latin-1 decoded)
     body: bytes
     client: tuple[str, int] | None
 
     def header(self, name: str) -> str | None:
+        """First value of a header, name case-insensitive."""
         name = name.lower()
         for key, value in self.headers:
             if key == name:
@@ -73,29 +85,23 @@ class Request:
 
 
 class ClientGone(Exception):
-    """The client disconnected (or the response was cut short): nothing more can be sent."""
-
-
-Handler = Callable[[Request, "Responder"], Awaitable[None]]
-
-_NEW, _STREAMING, _DONE = range(3)
+    """The client has disconnected (or its response was cut short): nothing more can be sent."""
 
 
 class Responder:
-    """Writes one response. `send` for a whole body, or start_stream/send_chunk/end_stream."""
+    """Writes one response: `send` for a whole body, or start_stream/send_chunk/end_stream."""
 
-    __slots__ = ("disconnected", "_conn", "_scope", "_state", "_gone", "_queue", "_queued", "_writing", "_progress")
+    __slots__ = ("disconnected", "_conn", "_state", "_gone", "_queue", "_queued", "_writing", "_progress")
 
-    def __init__(self, conn: _Conn, scope: trio.CancelScope) -> None:
-        self.disconnected = trio.Event()
+    def __init__(self, conn: _Conn) -> None:
+        self.disconnected = trio.Event()   # set as soon as the peer goes away, even mid-stream
         self._conn = conn
-        self._scope = scope        # the handler's: cancelled when the peer goes
         self._state = _NEW
         self._gone = False
-        self._queue: list[bytes] = []
+        self._queue: list[bytes] = []      # written by whoever holds the write (see _write)
         self._queued = 0
         self._writing = False
-        self._progress = trio.Event()
+        self._progress: trio.Event | None = None
 
     @property
     def started(self) -> bool:
@@ -103,11 +109,11 @@ class Responder:
 
     @property
     def buffered(self) -> int:
-        """Bytes queued here behind a blocked write (bounded by write_high_water plus one send)."""
+        """Bytes queued here behind a blocked write: at most write_high_water plus one send."""
         return self._queued
 
     async def send(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
-        """The whole response; Content-Length is set here (any given one is dropped)."""
+        """The whole response. Content-Length is set here; a given one is dropped."""
         conn = self._begin()
         h = conn.h11
         hs = [(k, v) for k, v in headers if k.lower() not in _FRAMING]
@@ -124,7 +130,7 @@ class Responder:
         await self._write(out)
 
     async def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
-        """Send the head of a body of unknown length (chunked; close-delimited for HTTP/1.0)."""
+        """The head of a body of unknown length: chunked (close-delimited to HTTP/1.0 clients)."""
         conn = self._begin()
         hs = [(k, v) for k, v in headers if k.lower() not in _FRAMING]
         if conn.server.draining:
@@ -134,11 +140,11 @@ class Responder:
         await self._write(head)
 
     async def send_chunk(self, data: bytes) -> None:
-        """Send part of the body; waits while the client reads slowly. Raises ClientGone."""
+        """Part of the body. Waits while the client reads slowly; raises ClientGone."""
         if self._gone:
             raise ClientGone("client disconnected")
         if self._state != _STREAMING:
-            raise RuntimeError("send_chunk() outside start_stream()/end_stream()")
+            raise RuntimeError("send_chunk() outside start_stream() ... end_stream()")
         if not data or self._conn.method == b"HEAD":
             return
         await self._write(b"".join(self._conn.h11.send_with_data_passthrough(h11.Data(data=data))))
@@ -159,12 +165,18 @@ class Responder:
         return self._conn
 
     async def _write(self, data: bytes) -> None:
-        """Write through if no write is in progress; else queue behind it (bounded)."""
+        """Write through if no write is in progress, else queue behind it (bounded).
+
+        Whoever finds the stream free writes, and keeps writing what others queue
+        meanwhile (one send for all of it) before returning.
+        """
         if self._writing:
             self._queue.append(data)
             self._queued += len(data)
             high = self._conn.server.limits.write_high_water
             while self._queued > high and not self._gone:
+                if self._progress is None:
+                    self._progress = trio.Event()
                 await self._progress.wait()
             if self._gone:
                 raise ClientGone("client disconnected")
@@ -180,6 +192,7 @@ class Responder:
                 self._wake()
                 await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._writing = False
             self._peer_gone()
             raise ClientGone("client disconnected") from exc
         except BaseException:
@@ -192,17 +205,23 @@ class Responder:
             self._wake()
 
     def _wake(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
 
     def _peer_gone(self) -> None:
+        """EOF or reset from the peer: cancel the handler unless its answer is already out."""
         self._conn.eof = True
         self._gone = True
         self._queue.clear()
         self._queued = 0
         self.disconnected.set()
-        self._scope.cancel()
+        if self._state != _DONE or self._writing:
+            self._conn.scope.cancel()
         self._wake()
+
+
+Handler = Callable[[Request, Responder], Awaitable[None]]
 
 
 class _Refuse(Exception):
@@ -212,44 +231,112 @@ class _Refuse(Exception):
         self.reason = reason
 
 
-class _Conn:
-    """One client connection: its h11 state, its timer and what it is doing."""
+class _Wakeup:
+    """Where the cycle task parks until the reader has fed h11 (a trio.Event costs more)."""
 
-    __slots__ = ("server", "stream", "client", "h11", "timer", "phase", "timed_phase", "eof", "broken", "method")
+    __slots__ = ("task",)
+
+    def __init__(self) -> None:
+        self.task = None
+
+    async def wait(self) -> None:
+        self.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _raise_cancel) -> trio.lowlevel.Abort:
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def notify(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
+
+
+class _Conn:
+    """One client connection: its h11 state, its scope, its deadline, what it is doing."""
+
+    __slots__ = ("server", "stream", "client", "h11", "scope", "phase", "deadline", "timed_out", "eof",
+                 "broken", "method", "responder", "arrived", "unread", "resume")
 
     def __init__(self, server: HttpServer, stream: trio.abc.Stream, client: tuple[str, int] | None) -> None:
         self.server = server
         self.stream = stream
         self.client = client
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=server.limits.max_header_bytes)
-        self.timer = trio.CancelScope()   # one deadline for whichever phase we wait in
+        self.scope = trio.CancelScope()   # cancelled by: timeout, drain while idle, peer gone mid-response
         self.phase = _IDLE
-        self.timed_phase = -1
-        self.eof = False       # the peer closed or reset
-        self.broken = False    # a response was cut short: the connection cannot go on
+        self.deadline = trio.current_time() + server.limits.header_timeout
+        self.timed_out = False
+        self.eof = False           # the peer closed or reset
+        self.broken = False        # a response was cut short: the connection cannot go on
         self.method = b""
+        self.responder: Responder | None = None   # while a handler runs
+        self.arrived = _Wakeup()   # the reader fed h11
+        self.unread = 0            # bytes fed since the cycle task last ran out
+        self.resume: trio.Event | None = None     # the reader waits here when `unread` is too much
+
+    def expire(self) -> None:
+        self.deadline = _INF
+        self.timed_out = True
+        self.scope.cancel()
 
     def on_drain(self) -> None:
         if self.phase == _IDLE:
-            self.timer.cancel()   # silent close, like an idle timeout
+            self.scope.cancel()   # silent close, as for an idle timeout
 
     async def run(self) -> None:
         refusal = None
-        timer = self.timer
-        with timer:
-            refusal = await self._cycles()
-        if timer.cancelled_caught and self.phase in (_HEAD, _BODY):
+        async with trio.open_nursery() as nursery:
+            try:
+                with self.scope:
+                    if isinstance(self.stream, trio.SSLStream):
+                        await self.stream.do_handshake()   # under header_timeout, silent if it expires
+                    nursery.start_soon(self._reader)
+                    refusal = await self._cycles()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.eof = True
+            finally:
+                nursery.cancel_scope.cancel()
+        if self.timed_out and self.phase in (_HEAD, _BODY):
             refusal = _Refuse(408, "request not received in time")
         if refusal is not None and not self.eof:
             await self._refuse(refusal)
 
+    async def _reader(self) -> None:
+        """The only reader of the socket: feeds h11, wakes the cycle task, spots the peer leaving."""
+        stream = self.stream
+        budget = self.server.pipeline_budget
+        while True:
+            if self.unread >= budget:   # a pipelining client is far ahead: wait for the cycle task
+                self.resume = trio.Event()
+                await self.resume.wait()
+                continue
+            try:
+                data = await stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            self.h11.receive_data(data)   # b"" tells h11 about the EOF
+            if not data:
+                self.eof = True
+                if self.responder is not None:
+                    self.responder._peer_gone()
+                self.arrived.notify()
+                return
+            self.unread += len(data)
+            self.arrived.notify()
+
+    async def _more(self) -> None:
+        """Wait until the reader has given h11 more bytes (h11 said NEED_DATA)."""
+        self.unread = 0
+        if self.resume is not None:
+            self.resume.set()
+            self.resume = None
+        await self.arrived.wait()
+
     async def _cycles(self) -> _Refuse | None:
-        limits = self.server.limits
         conn = self.h11
-        if isinstance(self.stream, trio.SSLStream):
-            self.phase = _HEAD
-            self.timer.deadline = trio.current_time() + limits.header_timeout
-            await self.stream.do_handshake()
         fresh = True
         while True:
             if self.server.draining:
@@ -271,31 +358,24 @@ class _Conn:
                 return None   # Connection: close, HTTP/1.0, ...
             conn.start_next_cycle()
 
-    async def _receive(self, timeout: float) -> None:
-        if self.timed_phase != self.phase:
-            self.timed_phase = self.phase
-            self.timer.deadline = trio.current_time() + timeout
-        try:
-            data = await self.stream.receive_some(READ_SIZE)
-        except trio.BrokenResourceError:
-            data = b""
-        if not data:
-            self.eof = True
-        self.h11.receive_data(data)
-
     async def _read_request(self, fresh: bool) -> Request | None:
         limits = self.server.limits
         conn = self.h11
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            self.phase = _HEAD if conn.trailing_data[0] else _IDLE
+            if conn.trailing_data[0]:   # part of a pipelined request is here already
+                self.phase = _HEAD
+                self.deadline = trio.current_time() + limits.header_timeout
+            else:   # a fresh connection gets header_timeout to say anything at all
+                self.phase = _IDLE
+                self.deadline = trio.current_time() + (limits.header_timeout if fresh else limits.idle_timeout)
+            await self._more()
+            event = conn.next_event()
             while event is h11.NEED_DATA:
                 if self.phase == _IDLE:
-                    # a fresh connection gets header_timeout to say anything at all
-                    await self._receive(limits.header_timeout if fresh else limits.idle_timeout)
                     self.phase = _HEAD
-                else:
-                    await self._receive(limits.header_timeout)
+                    self.deadline = trio.current_time() + limits.header_timeout
+                await self._more()
                 event = conn.next_event()
         if type(event) is not h11.Request:
             return None   # ConnectionClosed: the client left between requests
@@ -309,25 +389,28 @@ class _Conn:
             if name == b"content-length":
                 length = int(value)
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # h11 only limits heads that arrive in pieces; this catches one read's worth
         if size > limits.max_header_bytes:
             raise _Refuse(431, "request head too large")
         if length is not None and length > limits.max_body_bytes:
             raise _Refuse(413, f"body larger than {limits.max_body_bytes} bytes")
-        body = await self._read_body(length)
+        body = await self._read_body()
         target = event.target.decode("latin-1")
         if target.startswith("/"):
             path = target.partition("?")[0]
-        else:   # absolute-form or '*'
+        else:   # absolute-form, or "*"
             path = urlsplit(target).path if "://" in target else target
         if "%" in path:
             path = unquote(path)
         return Request(event.method.decode("ascii"), target, path, headers, body, self.client)
 
-    async def _read_body(self, length: int | None) -> bytes:
+    async def _read_body(self) -> bytes:
         conn = self.h11
-        limit = self.server.limits.max_body_bytes
+        limits = self.server.limits
+        limit = limits.max_body_bytes
         parts = []
         total = 0
+        timed = False
         while True:
             event = conn.next_event()
             kind = type(event)
@@ -339,43 +422,39 @@ class _Conn:
             elif kind is h11.EndOfMessage:
                 break
             elif event is h11.NEED_DATA:
+                if not timed:
+                    self.deadline = trio.current_time() + limits.body_timeout
+                    timed = True
                 if conn.they_are_waiting_for_100_continue:
                     await self.stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-                await self._receive(self.server.limits.body_timeout)
+                await self._more()
             else:
-                raise h11.RemoteProtocolError(f"unexpected {kind.__name__}")
+                raise h11.RemoteProtocolError(f"unexpected {kind.__name__} in a request body")
         if not parts:
             return b""
         return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     async def _respond(self, request: Request) -> None:
         self.phase = _HANDLER
-        self.timed_phase = _HANDLER
-        if self.timer.deadline != _INF:
-            self.timer.deadline = _INF
-        scope = trio.CancelScope()
-        responder = Responder(self, scope)
-        watch = trio.CancelScope()
+        self.deadline = _INF
+        responder = self.responder = Responder(self)
         failure = None
-        with scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch, watch, responder)
-                try:
-                    await self.server.handler(request, responder)
-                except ClientGone:
-                    pass
-                except Exception as exc:   # a handler bug must not take the server down
-                    if not _only_client_gone(exc):
-                        failure = exc
-                finally:
-                    watch.cancel()
+        try:
+            await self.server.handler(request, responder)
+        except ClientGone:
+            pass
+        except Exception as exc:   # a handler bug must not take the server down
+            if not _only_client_gone(exc):
+                failure = exc
+        finally:
+            self.responder = None
         if failure is not None:
             log.error("handler failed for %s %s", request.method, request.path, exc_info=failure)
         if self.eof or self.broken:
             return
         try:
             if failure is None and responder._state == _STREAMING:
-                await responder.end_stream()   # the handler returned with the stream open
+                await responder.end_stream()   # the handler returned with its stream open
             elif failure is not None or responder._state == _NEW:
                 if failure is None:
                     log.error("handler returned no response for %s %s", request.method, request.path)
@@ -393,21 +472,6 @@ class _Conn:
             self.broken = True
             await self._refuse(_Refuse(500, "internal error"))
 
-    async def _watch(self, scope: trio.CancelScope, responder: Responder) -> None:
-        """While the handler runs: keep pipelined bytes, notice the peer leaving."""
-        budget = self.server.pipeline_budget
-        with scope:
-            while budget > 0:
-                try:
-                    data = await self.stream.receive_some(min(READ_SIZE, budget))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    responder._peer_gone()
-                    return
-                self.h11.receive_data(data)
-                budget -= len(data)
-
     async def _refuse(self, refusal: _Refuse) -> None:
         """Answer with a short reason and close; linger so the client can read it."""
         body = refusal.reason.encode("utf-8", "replace") + b"\n"
@@ -420,20 +484,20 @@ class _Conn:
                 await stream.send_all(head + body)
                 if isinstance(stream, trio.SocketStream):
                     await stream.send_eof()
-                # read what the client still sends, so closing does not reset the
-                # connection before it has read the answer
+                # read what the client still sends, so that our close does not reset
+                # the connection before it has read the answer
                 left = LINGER_BYTES
                 while left > 0:
                     data = await stream.receive_some(READ_SIZE)
                     if not data:
                         break
                     left -= len(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
                 pass
 
 
 class HttpServer:
-    """Listeners, connection tasks, the connection limit and graceful drain."""
+    """Listeners, connection tasks, the connection limit, timeouts and graceful drain."""
 
     def __init__(self, handler: Handler, *, limits: HttpLimits = HttpLimits(),
                  ssl_context: ssl.SSLContext | None = None) -> None:
@@ -448,43 +512,60 @@ class HttpServer:
         self._accept_scope: trio.CancelScope | None = None
         self._conns_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
+        smallest = min(limits.header_timeout, limits.body_timeout, limits.idle_timeout)
+        self._tick = min(max(smallest / 8, 0.01), 0.5)   # timeouts fire up to one tick late
 
     @property
     def connections(self) -> int:
         return len(self._conns)
 
     async def serve(self, host: str | None, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Accept and serve until cancelled, or until drain() has finished."""
+        """Accept and serve until cancelled, or until drain() has finished. Starts with the bound port."""
         listeners = await trio.open_tcp_listeners(port, host=host)
         self._listeners = listeners
         try:
-            async with trio.open_nursery() as conns:
-                self._conns_scope = conns.cancel_scope
-                async with trio.open_nursery() as acceptors:
-                    self._accept_scope = acceptors.cancel_scope
-                    for listener in listeners:
-                        acceptors.start_soon(self._accept_loop, listener, conns)
-                    self.port = listeners[0].socket.getsockname()[1]
-                    task_status.started(self.port)
+            async with trio.open_nursery() as keeper:
+                keeper.start_soon(self._keep_time)
+                async with trio.open_nursery() as conns:
+                    self._conns_scope = conns.cancel_scope
+                    async with trio.open_nursery() as acceptors:
+                        self._accept_scope = acceptors.cancel_scope
+                        for listener in listeners:
+                            acceptors.start_soon(self._accept_loop, listener, conns)
+                        self.port = listeners[0].socket.getsockname()[1]
+                        task_status.started(self.port)
+                keeper.cancel_scope.cancel()
         finally:
             for listener in listeners:
                 listener.socket.close()
             self._stopped.set()
 
     async def drain(self, timeout: float) -> None:
-        """Stop accepting, close idle connections, give running requests `timeout`
-        seconds, cancel what is left; returns when serve() has returned."""
+        """Stop accepting (new connections are refused), close idle keep-alive
+        connections, let running requests finish for up to `timeout` seconds
+        (answered with Connection: close), cancel what is left. Returns when
+        serve() has returned."""
         if self._conns_scope is None:
-            raise RuntimeError("drain() before serve() started")
+            raise RuntimeError("drain() before serve() has started")
         if not self.draining:
             self.draining = True
             self._accept_scope.cancel()
             for listener in self._listeners:
-                listener.socket.close()    # new connections are refused from now on
+                listener.socket.close()
             for conn in list(self._conns):
                 conn.on_drain()
             self._conns_scope.deadline = min(self._conns_scope.deadline, trio.current_time() + timeout)
         await self._stopped.wait()
+
+    async def _keep_time(self) -> None:
+        """Every connection's deadline, checked a few times a second, costs less than
+        a deadline on a trio scope changed twice per request."""
+        while True:
+            await trio.sleep(self._tick)
+            now = trio.current_time()
+            for conn in self._conns:
+                if conn.deadline <= now:
+                    conn.expire()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         limit = self.limits.max_connections
@@ -503,22 +584,22 @@ class HttpServer:
                 _reject(stream)
                 continue
             try:
-                stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)   # trio does too; we rely on it
+                stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)   # trio's default too
                 peer = stream.socket.getpeername()
-            except OSError:   # already reset
+            except OSError:   # reset already
                 stream.socket.close()
                 continue
             transport: trio.abc.Stream = stream
             if self.ssl_context is not None:
                 transport = trio.SSLStream(stream, self.ssl_context, server_side=True, https_compatible=True)
             conn = _Conn(self, transport, (peer[0], peer[1]))
-            self._conns.add(conn)     # counted now, not when the task first runs
+            self._conns.add(conn)     # counted now, not when its task first runs
             nursery.start_soon(self._serve_connection, conn)
 
     async def _serve_connection(self, conn: _Conn) -> None:
         try:
             await conn.run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
             log.exception("connection from %s failed", conn.client)
@@ -534,8 +615,9 @@ def _only_client_gone(exc: BaseException) -> bool:
 
 
 def _reject(stream: trio.SocketStream) -> None:
-    """503 to a connection over the limit: written without waiting (a new socket's
-    buffer is empty), what the client sent already is read so close() sends FIN, not RST."""
+    """503 to a connection over the limit, without a task: a new socket's send buffer
+    is empty, so the write does not block; what the client sent already is read so
+    that close() sends FIN rather than RST."""
     sock = socket.socket(fileno=stream.socket.detach())
     try:
         sock.setblocking(False)
@@ -555,10 +637,10 @@ def _reject(stream: trio.SocketStream) -> None:
 async def serve_http(handler: Handler, host: str, port: int, *, limits: HttpLimits = HttpLimits(),
                      ssl_context: ssl.SSLContext | None = None, shutdown: trio.Event | None = None,
                      drain_timeout: float = 10.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve `handler` on host:port; task_status.started(bound_port).
+    """Serve `handler` on host:port; task_status.started(bound_port), so port=0 works.
 
-    Runs until cancelled, or, once `shutdown` is set, drains (see HttpServer.drain)
-    for up to `drain_timeout` seconds and returns.
+    Runs until cancelled; or, once `shutdown` is set, drains (HttpServer.drain) for
+    up to `drain_timeout` seconds and returns.
     """
     server = HttpServer(handler, limits=limits, ssl_context=ssl_context)
     async with trio.open_nursery() as nursery:

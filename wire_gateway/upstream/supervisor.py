@@ -54,6 +54,8 @@ class SupervisedServer:
         self.handshake = Handshake()
         self.backoff = Backoff(spec.restart)
         self.restarts = 0
+        self.frames_in = 0      # client -> server frames accepted
+        self.frames_out = 0     # server -> client frames delivered
         self.era: str | None = None                    # "legacy" or "modern", once a request shows it
         self.last_exit: str | None = None
         self.process: ServerProcess | None = None
@@ -93,6 +95,7 @@ class SupervisedServer:
             self.era = era_of_request(frame.method, frame.msg)
             if self.era is not None:
                 log.info("server %s: the client speaks the %s era of MCP", self.name, self.era)
+        self.frames_in += 1
         if self._out is not None:
             self.pending.add(frame.id, frame.method or "", self._generation)
             self._out.put_line(frame.raw)
@@ -125,6 +128,7 @@ class SupervisedServer:
         self._send_other(frame.raw)
 
     def _send_other(self, raw: bytes) -> None:
+        self.frames_in += 1
         if self._out is not None:
             self._out.put_line(raw)
         elif self.state in ("starting", "restarting") and not self._closing:
@@ -342,6 +346,7 @@ class SupervisedServer:
                 del self._server_requests[next(iter(self._server_requests))]
             self._server_requests.pop(frame.id, None)
             self._server_requests[frame.id] = self._generation
+        self.frames_out += 1
         self.sink.server_frame(frame)
 
     def _drop(self, bad: Invalid) -> None:
