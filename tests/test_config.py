@@ -31,7 +31,7 @@ def test_unknown_keys_are_named_with_the_allowed_ones():
 def test_missing_and_empty():
     assert problems_of({}) == ["$: 'servers' is a required property"]
     assert problems_of({"servers": {}})[0].startswith("$.servers:")
-    assert problems_of({"servers": {"a": {}}}) == ["$.servers.a: 'command' is a required property"]
+    assert problems_of({"servers": {"a": {}}})[0].startswith("$.servers.a: needs \"command\"")
 
 
 def test_lookup_order(tmp_path):
@@ -93,3 +93,13 @@ def test_init_writes_a_config_that_checks(tmp_path):
     assert run("check", "--config", str(path)).returncode == 0
     assert run("check", env={"WIRE_GATEWAY_CONFIG": str(path)}).returncode == 0
     assert run("init", str(path)).returncode == 1  # never overwrites silently
+
+
+def test_a_server_is_a_command_or_a_url():
+    assert problems_of({"servers": {"r": {}}}) == [
+        '$.servers.r: needs "command" (a process to run, with "args") or "url" (a remote Streamable HTTP server)']
+    assert "not both" in problems_of({"servers": {"r": {"url": "https://x", "command": "y"}}})[0]
+    assert problems_of({"servers": {"r": {"url": "ftp://x"}}}) == ["$.servers.r.url: 'ftp://x' does not match '^https?://'"]
+    spec = parse_config({"servers": {"r": {"url": "https://h/mcp", "headers": {"Authorization": "Bearer ${T}"}}}})
+    resolved = spec.servers["r"].resolved({"T": "tok"})
+    assert resolved.url == "https://h/mcp" and resolved.headers == {"Authorization": "Bearer tok"}

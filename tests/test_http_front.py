@@ -79,7 +79,7 @@ def test_progress_and_server_requests_stream_as_sse(gw):
     resp = post(gw, "echo", {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
                              "params": {"name": "progress", "arguments": {"steps": 2}, "_meta": {"progressToken": "t"}}}, h)
     assert resp.headers["content-type"] == "text/event-stream" and resp.headers["x-accel-buffering"] == "no"
-    events = [json.loads(line[5:]) for line in resp.text.splitlines() if line.startswith("data:")]
+    events = [json.loads(data) for _, data in sse_events(resp.text.splitlines())]
     assert [e.get("method") for e in events] == ["notifications/progress", "notifications/progress", None]
     assert events[-1]["id"] == 9
 
@@ -159,3 +159,72 @@ def test_a_repeated_mcp_header_is_refused(gw):
     raw = [(k, v) for k, v in headers.items()] + [("mcp-name", "add")]
     resp = httpx.post(gw.url("echo"), content=json.dumps(body), headers=raw, timeout=10)
     assert resp.status_code == 400 and resp.json()["error"]["code"] == -32020
+
+
+def sse_events(lines):
+    """(id, data) per SSE event from an iterator of lines."""
+    event_id, data = None, []
+    for line in lines:
+        if line == "":
+            if "".join(data).strip():   # an id-only event primes Last-Event-ID; it carries no message
+                yield event_id, "\n".join(data)
+            data = []
+        elif line.startswith("id:"):
+            event_id = line[3:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+
+
+def test_last_event_id_resume_delivers_exactly_the_missed_events(tmp_path):
+    import sys
+
+    from test_sdk_e2e import REPO_ROOT, SDK_SERVER
+
+    gateway = HttpGateway(tmp_path, {"sdk": {"command": sys.executable, "args": [str(SDK_SERVER)], "cwd": str(REPO_ROOT)}})
+    try:
+        sid = post(gateway, "sdk", INIT).headers["mcp-session-id"]
+        h = {**ACCEPT, "mcp-session-id": sid}
+        post(gateway, "sdk", {"jsonrpc": "2.0", "method": "notifications/initialized"}, h)
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                "params": {"name": "slow", "arguments": {"seconds": 1.5}, "_meta": {"progressToken": "tok"}}}
+        seen = []
+        with httpx.Client(timeout=20) as client:
+            with client.stream("POST", gateway.url("sdk"), content=json.dumps(call), headers=h) as resp:
+                assert resp.headers["content-type"] == "text/event-stream"
+                for event_id, data in sse_events(resp.iter_lines()):
+                    seen.append((event_id, json.loads(data)))
+                    if len(seen) == 3:
+                        break           # the client loses its connection mid-stream
+        last_id = seen[-1][0]
+        time.sleep(2.5)                 # the call finishes while nobody listens
+        with httpx.Client(timeout=20) as client:
+            resumed = client.get(gateway.url("sdk"), headers={**h, "last-event-id": last_id})
+        assert resumed.status_code == 200
+        missed = [(i, json.loads(d)) for i, d in sse_events(resumed.text.splitlines())]
+        stream = last_id.rsplit("-", 1)[0]
+        seqs = [int(i.rsplit("-", 1)[1]) for i, _ in seen + missed]
+        assert all(i.startswith(stream + "-") for i, _ in seen + missed)
+        assert seqs == list(range(1, len(seqs) + 1))      # nothing lost, nothing twice
+        assert missed[-1][1]["id"] == 7 and "result" in missed[-1][1]
+        assert all(m.get("method") == "notifications/progress" for _, m in seen + missed[:-1])
+        # the stream is finished: resuming it again is refused
+        again = httpx.get(gateway.url("sdk"), headers={**h, "last-event-id": last_id}, timeout=10)
+        assert again.status_code == 404
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    from gateway import ROOT
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "wire_gateway", "serve", "--port", str(port)],
+                                capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr and "Traceback" not in result.stderr

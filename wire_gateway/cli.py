@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default: http.host, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default: http.port, else 8080; 0 picks one)")
     p.add_argument("--admin-port", type=int, help="serve the control plane (GET /status) on this port")
+    p.add_argument("--admin-host", help="address of the control plane (default: http.admin_host, else 127.0.0.1)")
     p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -154,6 +155,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http = dataclasses.replace(http, port=args.port)
     if args.admin_port is not None:
         http = dataclasses.replace(http, admin_port=args.admin_port)
+    if args.admin_host is not None:
+        http = dataclasses.replace(http, admin_host=args.admin_host)
     config = dataclasses.replace(config, http=http)
     try:
         for spec in config.servers.values():
@@ -179,10 +182,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             nursery.cancel_scope.cancel()
 
     log.info("wire-gateway %s (pid %d): HTTP front from %s", __version__, os.getpid(), config.source)
+    failed = False
     try:
         trio.run(serve)
-    except OSError as exc:
-        print(f"wire-gateway serve: cannot listen on {config.http.host}:{config.http.port}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return 1
-    return 0
+    except* OSError as group:   # raised inside nurseries, so it arrives as a group
+        exc = group.exceptions[0]
+        print(f"wire-gateway serve: cannot listen (http.port {config.http.port}, http.admin_port "
+              f"{config.http.admin_port}): {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        failed = True
+    return 1 if failed else 0

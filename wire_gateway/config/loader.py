@@ -54,7 +54,10 @@ class RestartPolicy:
 @dataclass(frozen=True)
 class ServerSpec:
     name: str
-    command: str
+    command: str = ""                      # a process to spawn, or ...
+    url: str | None = None                 # ... a remote server over Streamable HTTP
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float = 30.0
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
@@ -76,6 +79,9 @@ class ServerSpec:
         return ServerSpec(
             name=self.name,
             command=expand(self.command, environ, f"{where}.command"),
+            url=expand(self.url, environ, f"{where}.url") if self.url else None,
+            headers={k: expand(v, environ, f"{where}.headers.{k}") for k, v in self.headers.items()},
+            timeout=self.timeout,
             args=tuple(expand(a, environ, f"{where}.args[{i}]") for i, a in enumerate(self.args)),
             env=merged,
             cwd=expand(self.cwd, environ, f"{where}.cwd") if self.cwd else None,
@@ -105,6 +111,7 @@ class HttpSettings:
     drain_timeout: float = 10.0
     stream_buffer_frames: int = 1000
     admin_port: int | None = None
+    admin_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,11 @@ def _describe(err: jsonschema.ValidationError) -> str:
         extra = sorted(set(err.instance) - set(allowed))
         if allowed:
             return f"unknown key(s) {', '.join(map(repr, extra))}; expected one of: {', '.join(allowed)}"
+    if err.validator == "oneOf" and isinstance(err.instance, dict) and "command" in err.schema.get("properties", {}):
+        both = "command" in err.instance and "url" in err.instance
+        return ('has both "command" and "url"; a server is either a process to run ("command") or a remote '
+                'server ("url"), not both') if both else \
+            'needs "command" (a process to run, with "args") or "url" (a remote Streamable HTTP server)'
     if err.validator == "propertyNames":
         return f"{err.message} (server names: letters, digits, '_', '.', '-'; at most 64 characters)"
     return err.message
@@ -206,7 +218,10 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
             cwd = str(base_dir / cwd)  # relative to the config file, not to wherever the client started us
         servers[name] = ServerSpec(
             name=name,
-            command=s["command"],
+            command=s.get("command", ""),
+            url=s.get("url"),
+            headers=dict(s.get("headers", {})),
+            timeout=s.get("timeout", 30.0),
             args=tuple(s.get("args", ())),
             env=dict(s.get("env", {})),
             cwd=cwd,

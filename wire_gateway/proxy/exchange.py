@@ -35,7 +35,7 @@ class Backlog:
 
 
 class Exchange:
-    __slots__ = ("client_id", "backlog", "_frames", "_event", "done", "streamed")
+    __slots__ = ("client_id", "backlog", "_frames", "_event", "done", "streamed", "queued", "attached")
 
     def __init__(self, client_id: object, backlog: Backlog) -> None:
         self.client_id = client_id
@@ -44,12 +44,15 @@ class Exchange:
         self._event = trio.Event()
         self.done = False            # the final answer has been pushed
         self.streamed = False        # the handler has started an SSE response
+        self.queued = 0              # bytes pushed and not yet taken
+        self.attached = True         # False while a resumable stream has lost its client
 
     def push(self, raw: bytes, final: bool = False, status: int = 200) -> None:
         """Add a frame; `final` marks the answer itself; `status` is the HTTP status it implies."""
         if self.done:
             return
         self._frames.append((raw, final, status))
+        self.queued += len(raw)
         self.backlog.add(len(raw))
         self.done = final
         self._event.set()
@@ -59,6 +62,7 @@ class Exchange:
             await self._event.wait()
             self._event = trio.Event()
         raw, final, status = self._frames.popleft()
+        self.queued -= len(raw)
         self.backlog.sub(len(raw))
         return raw, final, status
 
@@ -66,4 +70,37 @@ class Exchange:
         """The client is gone: release what was queued for it."""
         while self._frames:
             self.backlog.sub(len(self._frames.popleft()[0]))
+        self.queued = 0
         self.done = True
+
+
+class Replay:
+    """The events already written on one SSE stream, kept (bounded) so a client whose
+    connection broke can resume with Last-Event-ID (legacy era). An event is recorded
+    before it is written, so whatever the client may have missed is here."""
+
+    __slots__ = ("stream_id", "seq", "sent")
+
+    def __init__(self, stream_id: str, max_events: int) -> None:
+        self.stream_id = stream_id
+        self.seq = 0
+        self.sent: deque[tuple[int, bytes]] = deque(maxlen=max_events)
+
+    def event_id(self, seq: int) -> str:
+        return f"{self.stream_id}-{seq}"
+
+    def record(self, raw: bytes) -> str:
+        self.seq += 1
+        self.sent.append((self.seq, raw))
+        return self.event_id(self.seq)
+
+    def after(self, seq: int) -> list[tuple[str, bytes]]:
+        return [(self.event_id(n), raw) for n, raw in self.sent if n > seq]
+
+
+def parse_event_id(value: str) -> tuple[str, int] | None:
+    """'p7-12' -> ('p7', 12); None for anything we did not mint."""
+    stream_id, _, seq = value.strip().rpartition("-")
+    if not stream_id or not seq.isdigit():
+        return None
+    return stream_id, int(seq)

@@ -8,7 +8,7 @@ from wire_gateway.proxy.exchange import Exchange
 from wire_gateway.transport.http_server import Responder
 from wire_gateway.wire.sse import encode_event
 
-JSON = ("content-type", "application/json")
+JSON = ("content-type", "application/json")  # one header, for `[JSON, *headers]`
 SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache, no-transform"),
                ("x-accel-buffering", "no")]
 

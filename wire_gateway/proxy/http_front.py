@@ -36,6 +36,17 @@ JSON = [("content-type", "application/json")]
 KNOWN_VERSIONS = set(LEGACY_VERSIONS) | set(MODERN_VERSIONS)
 
 
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def client_label(info: Any) -> dict[str, str] | None:
+    """What a client says it is, cut short: it is client-controlled text shown to operators."""
+    if not isinstance(info, dict):
+        return None
+    return {k: str(info.get(k))[:64] for k in ("name", "version") if info.get(k) is not None}
+
+
 class HttpFront:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -60,13 +71,14 @@ class HttpFront:
             self.port = await nursery.start(partial(
                 serve_http, self.handle, s.host, s.port, limits=limits, shutdown=shutdown,
                 drain_timeout=s.drain_timeout))
-            log.info("serving MCP over HTTP on http://%s:%d/mcp/{%s}", s.host, self.port,
+            log.info("serving MCP over HTTP on http://%s:%d/mcp/{%s}", url_host(s.host), self.port,
                      ",".join(self.config.servers))
             if s.admin_port is not None:
                 from wire_gateway.admin.app import serve_admin
 
-                admin_port = await nursery.start(partial(serve_admin, self.status, s.host, s.admin_port, shutdown))
-                log.info("serving the control plane on http://%s:%d/status", s.host, admin_port)
+                admin_port = await nursery.start(partial(serve_admin, self.status, s.admin_host, s.admin_port,
+                                                         shutdown))
+                log.info("serving the control plane on http://%s:%d/status", url_host(s.admin_host), admin_port)
             task_status.started(self.port)
             await shutdown.wait()
             # serve_http drains in-flight requests itself; then end sessions and pools.
@@ -91,17 +103,16 @@ class HttpFront:
                     "restarts": up.restarts, "lastExit": up.last_exit,
                     "inFlight": len(up.pending), "framesIn": up.frames_in, "framesOut": up.frames_out}
 
-        servers = {}
-        for name, pool in self.pools.items():
-            sessions = [s for s in self.sessions.values() if s.server == name]
-            servers[name] = {"shared": upstream_status(pool.upstream), "modernEra": pool.era,
-                             "sessionProcesses": [upstream_status(s.upstream) for s in sessions]}
+        servers = {name: {"shared": upstream_status(pool.upstream), "modernEra": pool.era,
+                          "legacySessions": sum(1 for s in self.sessions.values() if s.server == name)}
+                   for name, pool in self.pools.items()}
         return {
             "listen": {"host": self.settings.host, "port": self.port},
             "servers": servers,
-            "sessions": [{"id": s.id[:8] + "...", "server": s.server, "clientInfo": s.client_info,
+            "sessions": [{"id": s.id[:8] + "...", "server": s.server, "clientInfo": client_label(s.client_info),
                           "idleSeconds": round(s.idle_for(now), 3), "inFlight": len(s.exchanges),
-                          "streamsOpen": s.streams_open} for s in self.sessions.values()],
+                          "streamsOpen": s.streams_open, "process": upstream_status(s.upstream)}
+                         for s in self.sessions.values()],
         }
 
     async def _expire_sessions(self) -> None:
@@ -192,7 +203,11 @@ class HttpFront:
                 await responder.send(400 if not session_id else 404, JSON, errors.error_frame(
                     None, errors.INVALID_REQUEST, "GET opens a legacy session's stream: it needs Mcp-Session-Id"))
                 return
-            await session.get_stream(responder)
+            last_event_id = request.header("last-event-id")
+            if last_event_id:
+                await session.resume(last_event_id, responder)
+            else:
+                await session.get_stream(responder)
         elif request.method == "DELETE":
             if session is None:
                 await responder.send(400, JSON, errors.error_frame(

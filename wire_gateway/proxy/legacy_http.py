@@ -9,6 +9,11 @@ notification to the POST whose progressToken it carries; anything else (logging,
 sampling/elicitation/roots requests) to the most recent POST still streaming,
 since over stdio the server cannot say which request it relates to, and else to
 the GET stream, buffered (bounded) while none is open.
+
+Resumption: every SSE event carries an id `<stream>-<n>`. A POST stream whose
+client vanished is kept (bounded) with the events already written; a GET with
+`Last-Event-ID` replays exactly the events after that id and then follows the
+stream live until its answer. A disconnect is not a cancellation in this era.
 """
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ from typing import Any
 import trio
 
 from wire_gateway.config import HttpSettings, Limits, ServerSpec
-from wire_gateway.proxy.exchange import Backlog, Exchange
-from wire_gateway.proxy.http_answer import SSE_HEADERS, answer
+from wire_gateway.proxy.exchange import Backlog, Exchange, Replay, parse_event_id
+from wire_gateway.proxy.http_answer import JSON, SSE_HEADERS
 from wire_gateway.transport.http_server import ClientGone, Responder
 from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.wire import errors
@@ -29,6 +34,19 @@ from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind
 from wire_gateway.wire.sse import encode_event
 
 log = logging.getLogger("wire_gateway.http.legacy")
+
+MAX_RESUMABLE = 64            # broken POST streams kept per session for Last-Event-ID
+MAX_DETACHED_BYTES = 1 << 20  # a broken stream nobody resumes may not hold more than this
+
+
+class _Resumable:
+    __slots__ = ("frame", "ex", "replay", "finished")
+
+    def __init__(self, frame: Frame, ex: Exchange, replay: Replay) -> None:
+        self.frame = frame
+        self.ex = ex
+        self.replay = replay
+        self.finished = False     # the answer has been recorded (and written, if the client was there)
 
 
 def new_session_id() -> str:
@@ -54,6 +72,9 @@ class LegacySession:
         self.exchanges: dict[Any, Exchange] = {}
         self.progress: dict[Any, Exchange] = {}
         self.get_buffer: deque[bytes] = deque()
+        self.get_replay = Replay("g", settings.stream_buffer_frames)
+        self.resumable: dict[str, _Resumable] = {}
+        self._stream_ids = 0
         self.get_event = trio.Event()
         self.get_generation = 0          # a newer GET stream ends the older one
         self.streams_open = 0
@@ -66,7 +87,7 @@ class LegacySession:
         return [("mcp-session-id", self.id)]
 
     def idle_for(self, now: float) -> float:
-        if self.exchanges or self.streams_open:
+        if self.streams_open or any(ex.attached for ex in self.exchanges.values()):
             return 0.0
         return now - self.last_active
 
@@ -122,10 +143,92 @@ class LegacySession:
     async def _request(self, frame: Frame, responder: Responder) -> None:
         ex = self._open(frame)
         self.upstream.flush()
+        entry: _Resumable | None = None
         try:
-            await answer(ex, responder, self.headers)
+            raw, final, status = await ex.next()
+            if final:
+                await responder.send(status, [JSON, *self.headers], raw)
+                return
+            entry = self._resumable(frame, ex)
+            await responder.start_stream(200, [*SSE_HEADERS, *self.headers])
+            await responder.send_chunk(encode_event(b"", entry.replay.event_id(0)))  # primes Last-Event-ID
+            await self._follow(entry, responder, first=(raw, final))
         finally:
-            self._close(frame, ex)
+            if entry is None or entry.finished:
+                self._forget(entry)
+                self._close(frame, ex)
+            else:
+                ex.attached = False
+                log.info("session %s: client lost the stream for request %r; kept for resumption as %s",
+                         self.id[:8], frame.id, entry.replay.stream_id)
+
+    def _resumable(self, frame: Frame, ex: Exchange) -> _Resumable:
+        self._stream_ids += 1
+        entry = _Resumable(frame, ex, Replay(f"p{self._stream_ids}", self.settings.stream_buffer_frames))
+        self.resumable[entry.replay.stream_id] = entry
+        while len(self.resumable) > MAX_RESUMABLE:
+            oldest = next(iter(self.resumable.values()))
+            if oldest.ex.attached:
+                break
+            self._drop_resumable(oldest, "too many broken streams")
+        return entry
+
+    async def _follow(self, entry: _Resumable, responder: Responder,
+                      first: tuple[bytes, bool] | None = None) -> None:
+        """Write the stream's events as they come, each recorded before it is written."""
+        if first is not None:
+            raw, final = first
+        else:
+            raw, final, _ = await entry.ex.next()
+        while True:
+            event_id = entry.replay.record(raw)
+            entry.finished = final
+            await responder.send_chunk(encode_event(raw, event_id))
+            if final:
+                break
+            raw, final, _ = await entry.ex.next()
+        await responder.end_stream()
+
+    def _forget(self, entry: _Resumable | None) -> None:
+        if entry is not None and self.resumable.get(entry.replay.stream_id) is entry:
+            del self.resumable[entry.replay.stream_id]
+
+    def _drop_resumable(self, entry: _Resumable, why: str) -> None:
+        log.info("session %s: dropped broken stream %s (%s)", self.id[:8], entry.replay.stream_id, why)
+        self._forget(entry)
+        self._close(entry.frame, entry.ex)
+
+    async def resume(self, last_event_id: str, responder: Responder) -> None:
+        """GET with Last-Event-ID: replay what was missed on that stream, then follow it."""
+        parsed = parse_event_id(last_event_id)
+        if parsed is not None and parsed[0] == self.get_replay.stream_id:
+            await self.get_stream(responder, after=parsed[1])
+            return
+        entry = self.resumable.get(parsed[0]) if parsed is not None else None
+        if entry is None or entry.ex.attached:
+            await responder.send(404, [JSON, *self.headers], errors.error_frame(
+                None, errors.INVALID_REQUEST,
+                f"cannot resume Last-Event-ID {last_event_id!r}: no such broken stream in this session "
+                "(it finished, was never broken, or fell out of the bounded replay window)"))
+            return
+        entry.ex.attached = True
+        self.streams_open += 1
+        try:
+            await responder.start_stream(200, [*SSE_HEADERS, *self.headers])
+            for event_id, raw in entry.replay.after(parsed[1]):
+                await responder.send_chunk(encode_event(raw, event_id))
+            if entry.finished:
+                await responder.end_stream()
+            else:
+                await self._follow(entry, responder)
+        finally:
+            self.streams_open -= 1
+            self.last_active = trio.current_time()
+            if entry.finished:
+                self._forget(entry)
+                self._close(entry.frame, entry.ex)
+            else:
+                entry.ex.attached = False
 
     async def _post_batch(self, batch: Batch, responder: Responder) -> None:
         opened: list[tuple[Frame, Exchange]] = []
@@ -155,18 +258,26 @@ class LegacySession:
         else:
             await responder.send(202, self.headers)
 
-    async def get_stream(self, responder: Responder) -> None:
-        """The stream for messages not tied to a request; a newer GET replaces an older one."""
+    async def get_stream(self, responder: Responder, after: int | None = None) -> None:
+        """The stream for messages not tied to a request; a newer GET replaces an older one.
+
+        `after`: resume from that event (Last-Event-ID), replaying what was written since."""
         self.get_generation += 1
         mine = self.get_generation
         self.get_event.set()             # wake an older stream so it sees it has been replaced
         self.get_event = trio.Event()
         self.streams_open += 1
+        replay = self.get_replay
         try:
             await responder.start_stream(200, [*SSE_HEADERS, *self.headers])
+            await responder.send_chunk(encode_event(b"", replay.event_id(replay.seq if after is None else after)))
+            if after is not None:
+                for event_id, raw in replay.after(after):
+                    await responder.send_chunk(encode_event(raw, event_id))
             while mine == self.get_generation and not self.closed:
                 while self.get_buffer and mine == self.get_generation:
-                    await responder.send_chunk(encode_event(self.get_buffer.popleft()))
+                    raw = self.get_buffer.popleft()
+                    await responder.send_chunk(encode_event(raw, replay.record(raw)))
                 if mine != self.get_generation or self.closed:
                     break
                 await self.get_event.wait()
@@ -195,6 +306,7 @@ class LegacySession:
             ex = self.exchanges.get(frame.id)
             if ex is not None:
                 ex.push(frame.raw, final=True)
+                self._check_detached(ex)
             else:
                 log.debug("session %s: answer to %r arrived after its client left; dropped", self.id[:8], frame.id)
             return
@@ -203,8 +315,16 @@ class LegacySession:
             ex = self.progress.get(params.get("progressToken")) if isinstance(params, dict) else None
             if ex is not None:
                 ex.push(frame.raw)
+                self._check_detached(ex)
                 return
         self._route_unrelated(frame.raw)
+
+    def _check_detached(self, ex: Exchange) -> None:
+        """A broken stream nobody resumes must not hold the upstream back (backpressure)."""
+        if not ex.attached and ex.queued > MAX_DETACHED_BYTES:
+            for entry in list(self.resumable.values()):
+                if entry.ex is ex:
+                    self._drop_resumable(entry, f"over {MAX_DETACHED_BYTES} bytes waiting, nobody resumed it")
 
     def gateway_reply(self, req_id: Any, data: bytes) -> None:
         ex = self.exchanges.get(req_id)
@@ -219,7 +339,7 @@ class LegacySession:
 
     def _route_unrelated(self, raw: bytes) -> None:
         for ex in reversed(self.exchanges.values()):
-            if not ex.done:
+            if not ex.done and ex.attached:
                 ex.push(raw)
                 return
         if len(self.get_buffer) >= self.settings.stream_buffer_frames:
