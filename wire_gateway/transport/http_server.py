@@ -1,17 +1,20 @@
-"""The data-plane HTTP/1.1 server: trio sockets, h11 parsing, nothing else.
+"""The data-plane HTTP/1.1 server: trio streams, h11 as the parser, nothing else.
 
-Hypercorn's trio worker spends ~550 us of CPU per request; a bare trio + h11 loop
-~130 us. Trio's primitives are what cost here (measured on the 2-core box: a task
-spawn ~40 us, cancelling a task blocked on a socket ~50 us, a CancelScope ~10 us),
-so the hot path creates none of them per request:
+Hypercorn's trio worker spends ~550 us of CPU per request, a bare trio + h11 loop
+~130 us. On the 2-core box trio's primitives are dear (a task spawn ~40 us,
+cancelling a task blocked on a socket ~50 us, a CancelScope ~10 us) and so is h11's
+writer (~40 us a response), so the hot path creates no task or scope per request
+and writes response heads itself; h11 only parses, a fresh parser (~2 us) per
+request taking over what the last one held of pipelined bytes.
 
 - Each connection has two tasks for its whole life: the cycle task (parse, run the
-  handler, answer, next request) and a reader. The reader alone reads the socket and
-  feeds h11, so while a handler runs it notices peer EOF/reset at once: it sets
-  `Responder.disconnected` and cancels the connection's scope, which the handler
-  runs in (its `finally` runs). A per-request watcher task cost ~110 us a request.
-  Bytes of pipelined requests are kept, up to max_header_bytes + max_body_bytes
-  beyond what the cycle task has consumed; then the reader pauses.
+  handler, answer, next request) and a reader, the only one to read the socket. So
+  while a handler runs, peer EOF or reset is noticed at once: `Responder.disconnected`
+  is set and the connection's scope, which the handler runs in, is cancelled (its
+  `finally` runs). A half-close counts as leaving. Bytes of pipelined requests are
+  kept, up to max_header_bytes + max_body_bytes beyond what the cycle task has
+  consumed; then the reader pauses (and watches for nothing) until that is used up.
+  A watcher task per request instead cost ~110 us a request.
 - Timeouts are deadlines stored on the connection; one timekeeper task per server
   checks them a few times a second and cancels the connection's scope.
 
@@ -22,20 +25,22 @@ and what concurrent senders add while a write is blocked is queued up to
 
 Refusals (400/408/413/431/503) close the connection, after a short linger so the
 client can read them. A handler that fails before answering gets a 500 and the
-connection goes on; one that fails mid-response gets its connection closed.
+connection goes on; one that fails mid-response has its connection closed.
 Beyond max_connections a connection is accepted, answered 503 and closed at once,
-without a task: the client learns to go elsewhere instead of waiting in the listen
-backlog for a slot.
+without a task (TLS ones are just closed): the client learns to go elsewhere instead
+of waiting in the listen backlog for a slot.
 """
 from __future__ import annotations
 
 import errno
 import logging
 import math
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from urllib.parse import unquote, urlsplit
 
 import h11
@@ -52,14 +57,17 @@ LINGER = 1.0            # seconds a refused client gets to read our answer befor
 LINGER_BYTES = 1 << 20  # ... and how much of what it still sends we read and drop meanwhile
 _ACCEPT_PAUSE = 0.1     # out of file descriptors: wait this long before accepting again
 _FRAMING = frozenset(("content-length", "transfer-encoding"))
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 _INF = math.inf
 
 # What a connection is doing: drain closes IDLE ones; a timeout in HEAD or BODY answers 408.
 _IDLE, _HEAD, _BODY, _HANDLER = range(4)
-# Where a response is.
+# Where a response is, and how a streamed body is framed.
 _NEW, _STREAMING, _DONE = range(3)
+_NO_BODY, _CHUNKED, _UNTIL_CLOSE = -1, -2, -3   # negative: never a Content-Length
+
+_STATUS_LINES = {int(s): f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
+_is_token = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+_bad_value = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]").search   # CR, LF, NUL, ...: header injection
 
 
 @dataclass(slots=True)
@@ -89,14 +97,20 @@ class ClientGone(Exception):
 
 
 class Responder:
-    """Writes one response: `send` for a whole body, or start_stream/send_chunk/end_stream."""
+    """Writes one response: `send` for a whole body, or start_stream/send_chunk/end_stream.
 
-    __slots__ = ("disconnected", "_conn", "_state", "_gone", "_queue", "_queued", "_writing", "_progress")
+    When the peer goes before the response is out, the handler is cancelled: awaits
+    in its `finally` raise Cancelled, so cleanup there should not block (queue a
+    frame) or shield itself. Concurrent senders are fine: they are written in call order.
+    """
+
+    __slots__ = ("disconnected", "_conn", "_state", "_framing", "_gone", "_queue", "_queued", "_writing", "_progress")
 
     def __init__(self, conn: _Conn) -> None:
         self.disconnected = trio.Event()   # set as soon as the peer goes away, even mid-stream
         self._conn = conn
         self._state = _NEW
+        self._framing = _NO_BODY
         self._gone = False
         self._queue: list[bytes] = []      # written by whoever holds the write (see _write)
         self._queued = 0
@@ -115,27 +129,24 @@ class Responder:
     async def send(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
         """The whole response. Content-Length is set here; a given one is dropped."""
         conn = self._begin()
-        h = conn.h11
-        hs = [(k, v) for k, v in headers if k.lower() not in _FRAMING]
-        if status >= 200 and status not in (204, 304):
-            hs.append(("content-length", str(len(body))))
-        if conn.server.draining:
-            hs.append(("connection", "close"))
-        # if h11 refuses the head, nothing was written: the connection answers 500 and closes
-        out = h.send(h11.Response(status_code=status, headers=hs))
-        if body and conn.method != b"HEAD":
-            out += h.send(h11.Data(data=body))
-        out += h.send(h11.EndOfMessage())
+        if status in (204, 304):
+            if body:
+                raise ValueError(f"a {status} response has no body")
+            head = conn.response_head(status, headers, None)
+        else:
+            head = conn.response_head(status, headers, len(body))
         self._state = _DONE
-        await self._write(out)
+        await self._write(head + body if body and conn.method != b"HEAD" else head)
 
     async def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
         """The head of a body of unknown length: chunked (close-delimited to HTTP/1.0 clients)."""
         conn = self._begin()
-        hs = [(k, v) for k, v in headers if k.lower() not in _FRAMING]
-        if conn.server.draining:
-            hs.append(("connection", "close"))
-        head = conn.h11.send(h11.Response(status_code=status, headers=hs))
+        if conn.method == b"HEAD" or status in (204, 304):
+            head = conn.response_head(status, headers, None)
+            self._framing = _NO_BODY
+        else:
+            head = conn.response_head(status, headers, _CHUNKED)
+            self._framing = _CHUNKED if conn.version == b"1.1" else _UNTIL_CLOSE
         self._state = _STREAMING
         await self._write(head)
 
@@ -145,9 +156,11 @@ class Responder:
             raise ClientGone("client disconnected")
         if self._state != _STREAMING:
             raise RuntimeError("send_chunk() outside start_stream() ... end_stream()")
-        if not data or self._conn.method == b"HEAD":
+        if not data or self._framing == _NO_BODY:
             return
-        await self._write(b"".join(self._conn.h11.send_with_data_passthrough(h11.Data(data=data))))
+        if self._framing == _CHUNKED:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        await self._write(data)
 
     async def end_stream(self) -> None:
         if self._gone:
@@ -155,7 +168,8 @@ class Responder:
         if self._state != _STREAMING:
             raise RuntimeError("end_stream() without start_stream()")
         self._state = _DONE
-        await self._write(self._conn.h11.send(h11.EndOfMessage()))
+        if self._framing == _CHUNKED:
+            await self._write(b"0\r\n\r\n")
 
     def _begin(self) -> _Conn:
         if self._gone:
@@ -192,7 +206,6 @@ class Responder:
                 self._wake()
                 await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._writing = False
             self._peer_gone()
             raise ClientGone("client disconnected") from exc
         except BaseException:
@@ -258,13 +271,13 @@ class _Conn:
     """One client connection: its h11 state, its scope, its deadline, what it is doing."""
 
     __slots__ = ("server", "stream", "client", "h11", "scope", "phase", "deadline", "timed_out", "eof",
-                 "broken", "method", "responder", "arrived", "unread", "resume")
+                 "broken", "method", "version", "keep_alive", "responder", "arrived", "unread", "resume")
 
     def __init__(self, server: HttpServer, stream: trio.abc.Stream, client: tuple[str, int] | None) -> None:
         self.server = server
         self.stream = stream
         self.client = client
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=server.limits.max_header_bytes)
+        self.h11 = self._parser()
         self.scope = trio.CancelScope()   # cancelled by: timeout, drain while idle, peer gone mid-response
         self.phase = _IDLE
         self.deadline = trio.current_time() + server.limits.header_timeout
@@ -272,10 +285,60 @@ class _Conn:
         self.eof = False           # the peer closed or reset
         self.broken = False        # a response was cut short: the connection cannot go on
         self.method = b""
+        self.version = b"1.1"
+        self.keep_alive = True     # this request/response cycle may be followed by another
         self.responder: Responder | None = None   # while a handler runs
         self.arrived = _Wakeup()   # the reader fed h11
         self.unread = 0            # bytes fed since the cycle task last ran out
         self.resume: trio.Event | None = None     # the reader waits here when `unread` is too much
+
+    def _parser(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.server.limits.max_header_bytes)
+
+    def _next_parser(self) -> None:
+        """h11 only parses here, and a new one per request costs ~2 us where driving its
+        writer cost ~40 us; what the old one holds of pipelined requests moves over."""
+        data, closed = self.h11.trailing_data
+        parser = self.h11 = self._parser()
+        if data:
+            parser.receive_data(data)
+        if closed:
+            parser.receive_data(b"")
+
+    def response_head(self, status: int, headers: list[tuple[str, str]], framing: int | None) -> bytes:
+        """Status line and headers; `framing` is a Content-Length, _CHUNKED, or None for no body.
+
+        Raises ValueError for a header that could split the response; nothing is sent then.
+        """
+        if not 200 <= status <= 999:
+            raise ValueError(f"status {status} is not a final status")
+        close = not self.keep_alive or self.server.draining
+        said_close = False
+        out = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n"]
+        for name, value in headers:
+            low = name.lower()
+            if low in _FRAMING:
+                continue
+            if not _is_token(name) or _bad_value(value):
+                raise ValueError(f"invalid response header {name!r}: {value!r}")
+            if low == "connection" and "close" in [t.strip() for t in value.lower().split(",")]:
+                close = said_close = True
+            out.append(f"{name}: {value}\r\n")
+        if framing is None:
+            pass
+        elif framing == _CHUNKED:
+            if self.version == b"1.1":
+                out.append("transfer-encoding: chunked\r\n")
+            else:
+                close = True   # an HTTP/1.0 client reads the body until we close
+        else:
+            out.append(f"content-length: {framing}\r\n")
+        if close:
+            self.keep_alive = False
+            if not said_close:
+                out.append("connection: close\r\n")
+        out.append("\r\n")
+        return "".join(out).encode("latin-1")
 
     def expire(self) -> None:
         self.deadline = _INF
@@ -336,7 +399,6 @@ class _Conn:
         await self.arrived.wait()
 
     async def _cycles(self) -> _Refuse | None:
-        conn = self.h11
         fresh = True
         while True:
             if self.server.draining:
@@ -352,11 +414,9 @@ class _Conn:
                 return None
             fresh = False
             await self._respond(request)
-            if self.eof or self.broken or self.server.draining:
+            if self.eof or self.broken or not self.keep_alive or self.server.draining:
                 return None
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                return None   # Connection: close, HTTP/1.0, ...
-            conn.start_next_cycle()
+            self._next_parser()
 
     async def _read_request(self, fresh: bool) -> Request | None:
         limits = self.server.limits
@@ -381,17 +441,26 @@ class _Conn:
             return None   # ConnectionClosed: the client left between requests
         self.phase = _BODY
         self.method = event.method
+        self.version = event.http_version
+        self.keep_alive = event.http_version == b"1.1"   # as h11: no keep-alive for HTTP/1.0
         size = len(event.target)
         headers = []
         length = None
+        chunked = False
         for name, value in event.headers:
             size += len(name) + len(value) + 4
             if name == b"content-length":
                 length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]:
+                self.keep_alive = False
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         # h11 only limits heads that arrive in pieces; this catches one read's worth
         if size > limits.max_header_bytes:
             raise _Refuse(431, "request head too large")
+        if chunked and length is not None:   # h11 would let Transfer-Encoding win; RFC 9112: a smuggling sign
+            raise _Refuse(400, "both Content-Length and Transfer-Encoding")
         if length is not None and length > limits.max_body_bytes:
             raise _Refuse(413, f"body larger than {limits.max_body_bytes} bytes")
         body = await self._read_body()
@@ -410,7 +479,7 @@ class _Conn:
         limit = limits.max_body_bytes
         parts = []
         total = 0
-        timed = False
+        timed = continued = False
         while True:
             event = conn.next_event()
             kind = type(event)
@@ -425,8 +494,9 @@ class _Conn:
                 if not timed:
                     self.deadline = trio.current_time() + limits.body_timeout
                     timed = True
-                if conn.they_are_waiting_for_100_continue:
-                    await self.stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+                if conn.they_are_waiting_for_100_continue and not continued:
+                    continued = True
+                    await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                 await self._more()
             else:
                 raise h11.RemoteProtocolError(f"unexpected {kind.__name__} in a request body")
@@ -466,18 +536,14 @@ class _Conn:
         """500 after a handler failure: keep-alive if nothing was sent yet, else cut."""
         if responder._state != _NEW:
             self.broken = True    # half a response went out: only closing tells the client
-        elif self.h11.our_state is h11.SEND_RESPONSE:
+        else:
             await responder.send(500, [("content-type", "text/plain; charset=utf-8")], b"internal error\n")
-        else:   # h11 refused the handler's response head
-            self.broken = True
-            await self._refuse(_Refuse(500, "internal error"))
 
     async def _refuse(self, refusal: _Refuse) -> None:
         """Answer with a short reason and close; linger so the client can read it."""
         body = refusal.reason.encode("utf-8", "replace") + b"\n"
-        head = (f"HTTP/1.1 {refusal.status} {_REASONS.get(refusal.status, 'Error')}\r\n"
-                f"content-type: text/plain; charset=utf-8\r\ncontent-length: {len(body)}\r\n"
-                "connection: close\r\n\r\n").encode("ascii")
+        head = (f"{_STATUS_LINES[refusal.status]}content-type: text/plain; charset=utf-8\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode("ascii")
         stream = self.stream
         with trio.move_on_after(LINGER):
             try:
@@ -544,7 +610,8 @@ class HttpServer:
         """Stop accepting (new connections are refused), close idle keep-alive
         connections, let running requests finish for up to `timeout` seconds
         (answered with Connection: close), cancel what is left. Returns when
-        serve() has returned."""
+        serve() has returned, so a handler must not await it (use serve_http's
+        `shutdown` event)."""
         if self._conns_scope is None:
             raise RuntimeError("drain() before serve() has started")
         if not self.draining:
@@ -581,7 +648,7 @@ class HttpServer:
                 await trio.sleep(_ACCEPT_PAUSE)
                 continue
             if len(self._conns) >= limit:
-                _reject(stream)
+                _reject(stream, plain=self.ssl_context is None)
                 continue
             try:
                 stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)   # trio's default too
@@ -614,12 +681,15 @@ def _only_client_gone(exc: BaseException) -> bool:
     return isinstance(exc, ClientGone)
 
 
-def _reject(stream: trio.SocketStream) -> None:
+def _reject(stream: trio.SocketStream, plain: bool) -> None:
     """503 to a connection over the limit, without a task: a new socket's send buffer
     is empty, so the write does not block; what the client sent already is read so
-    that close() sends FIN rather than RST."""
+    that close() sends FIN rather than RST. A TLS client is just closed on: answering
+    it would need a handshake, which is the work we are refusing."""
     sock = socket.socket(fileno=stream.socket.detach())
     try:
+        if not plain:
+            return
         sock.setblocking(False)
         body = b"too many connections\n"
         sock.send(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
