@@ -96,9 +96,9 @@ class HttpFront:
         now = trio.current_time()
 
         def upstream_status(up: Any) -> dict[str, Any]:
-            proc = up.process
+            proc = getattr(up, "process", None)
             alive = proc is not None and proc.returncode is None
-            return {"state": up.state, "era": up.era, "pid": proc.pid if alive else None,
+            return {"state": up.state, "era": up.era, "url": getattr(up, "url", None), "pid": proc.pid if alive else None,
                     "uptime": round(now - proc.started, 3) if alive else None,
                     "restarts": up.restarts, "lastExit": up.last_exit,
                     "inFlight": len(up.pending), "framesIn": up.frames_in, "framesOut": up.frames_out}

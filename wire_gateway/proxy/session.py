@@ -11,7 +11,7 @@ from typing import Any
 
 from wire_gateway.proxy.batch import BatchCollector
 from wire_gateway.transport.outbuffer import OutBuffer
-from wire_gateway.upstream.supervisor import SupervisedServer
+from wire_gateway.upstream.supervisor import Upstream
 from wire_gateway.wire import errors, scan
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
 from wire_gateway.wire.framing import Oversize
@@ -25,7 +25,7 @@ class PassthroughSession:
     def __init__(self, client_out: OutBuffer, max_frame_bytes: int) -> None:
         self.client_out = client_out
         self.max_frame_bytes = max_frame_bytes
-        self.upstream: SupervisedServer | None = None
+        self.upstream: Upstream | None = None
         self.batches = BatchCollector()
 
     # ---- client -> gateway --------------------------------------------------------------

@@ -42,6 +42,28 @@ class Sink(Protocol):
     async def wait_writable(self) -> None: ...
 
 
+class Upstream(Protocol):
+    """What a session may use of an upstream, whatever carries it (a process, HTTP)."""
+
+    name: str
+    state: str
+    era: str | None
+    restarts: int
+    last_exit: str | None
+    pending: PendingTable
+    handshake: Handshake
+    frames_in: int
+    frames_out: int
+
+    def request(self, frame: Frame) -> bytes | None: ...
+    def notify(self, frame: Frame) -> None: ...
+    def reply(self, frame: Frame) -> None: ...
+    def flush(self) -> None: ...
+    async def wait_writable(self) -> None: ...
+    async def run(self, *, task_status: Any = ...) -> None: ...
+    async def shutdown(self) -> None: ...
+
+
 class SupervisedServer:
     def __init__(self, spec: ServerSpec, limits: Limits, sink: Sink,
                  clock: Callable[[], float] | None = None) -> None:
