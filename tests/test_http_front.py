@@ -228,3 +228,63 @@ def test_a_busy_port_is_a_clear_error(tmp_path):
                                 capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert result.returncode == 1
     assert "cannot listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_subscriptions_listen_stream_with_keepalive(tmp_path):
+    """A modern listen stream stays open, gets the server's notifications with the client's own
+    subscription id (the gateway remapped it), keep-alive comments while quiet, and ends upstream
+    when the client closes it."""
+    import threading
+
+    log = tmp_path / "echo.log"
+    gateway = HttpGateway(tmp_path, {"echo": fixture("echo", "--log", str(log))}, http={"keepalive_interval": 0.3})
+    try:
+        listen, headers = modern("sub-1", "subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+        lines: list[str] = []
+        got_two = threading.Event()
+
+        def listen_for_events():
+            with httpx.Client(timeout=20) as client:
+                with client.stream("POST", gateway.url("echo"), content=json.dumps(listen), headers=headers) as resp:
+                    assert resp.headers["content-type"] == "text/event-stream"
+                    for line in resp.iter_lines():
+                        lines.append(line)
+                        if sum(1 for x in lines if x.startswith("data:")) >= 2 and any(x.startswith(":") for x in lines):
+                            got_two.set()
+                            return
+
+        reader = threading.Thread(target=listen_for_events, daemon=True)
+        reader.start()
+        time.sleep(1.0)   # acknowledged, then quiet: keep-alive comments
+        body, h = modern(2, "tools/call", {"name": "touch_tools", "arguments": {}}, name="touch_tools")
+        assert post(gateway, "echo", body, h).json()["result"]["content"][0]["text"] == "notified 1"
+        assert got_two.wait(10), lines
+        reader.join(5)
+        events = [json.loads(x[5:]) for x in lines if x.startswith("data:") and x[5:].strip()]
+        assert [e["method"] for e in events] == ["notifications/subscriptions/acknowledged",
+                                                 "notifications/tools/list_changed"]
+        assert all(e["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "sub-1" for e in events)
+        assert any(x.startswith(":") for x in lines)   # keep-alive comment while quiet
+        deadline = time.monotonic() + 10   # the client closed the stream: the subscription ends upstream
+        while time.monotonic() < deadline and "cancelled" not in log.read_text():
+            time.sleep(0.1)
+        assert "cancelled" in log.read_text()
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+
+
+def test_legacy_batch_is_answered_as_one_array(gw):
+    init = {**INIT, "params": {**INIT["params"], "protocolVersion": "2025-03-26"}}
+    sid = post(gw, "echo", init).headers["mcp-session-id"]
+    h = {**ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-03-26"}
+    batch = [{"jsonrpc": "2.0", "method": "notifications/initialized"},
+             {"jsonrpc": "2.0", "id": "a", "method": "ping"},
+             {"jsonrpc": "2.0", "id": "b", "method": "tools/call", "params": {"name": "add", "arguments": {"a": 2, "b": 3}}},
+             {"jsonrpc": "2.0", "id": 5}]
+    resp = post(gw, "echo", batch, h)
+    assert resp.status_code == 200
+    answers = {a.get("id"): a for a in resp.json()}
+    assert answers["a"]["result"] == {} and answers["b"]["result"]["content"][0]["text"] == "5"
+    assert answers[5]["error"]["code"] == -32600
+    only_notes = post(gw, "echo", [{"jsonrpc": "2.0", "method": "notifications/x"}], h)
+    assert only_notes.status_code == 202

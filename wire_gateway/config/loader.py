@@ -112,6 +112,7 @@ class HttpSettings:
     stream_buffer_frames: int = 1000
     admin_port: int | None = None
     admin_host: str = "127.0.0.1"
+    keepalive_interval: float = 15.0
 
 
 @dataclass(frozen=True)

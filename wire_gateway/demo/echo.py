@@ -9,6 +9,8 @@ Tools:
   sample {prompt?, timeout?}
                          -> legacy only: sends sampling/createMessage (id "srv-N")
                             to the client, returns the sampled text
+  touch_tools {}         -> sends notifications/tools/list_changed to every
+                            subscriptions/listen stream that asked for it
   big {size}             -> a text of `size` bytes, for large-frame tests
   progress {steps}       -> one notifications/progress per step (if the request
                             has params._meta.progressToken), then "done"
@@ -41,6 +43,10 @@ def build(name, log=None):
         content = (resp.get("result") or {}).get("content")
         items = content if isinstance(content, list) else [content]
         return "".join(c.get("text", "") for c in items if isinstance(c, dict) and c.get("type") == "text")
+
+    @server.tool("touch_tools", "Announce a tool-list change to subscriptions/listen streams.")
+    def touch_tools(req, args):
+        return f"notified {server.tools_changed()}"
 
     @server.tool("big", "Return a text of `size` bytes (for large-frame tests).", {"size": "integer"})
     def big(req, args):

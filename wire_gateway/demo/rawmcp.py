@@ -43,6 +43,7 @@ UNSUPPORTED_VERSION = -32022
 NOT_INITIALIZED = "server not initialized: send initialize first"
 PRE_INIT_METHODS = frozenset({"initialize", "ping", "server/discover"})
 
+SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
 DEFERRED = object()  # returned by a method handler that replies later (or never)
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # ASCII-only output
 _decode = json.JSONDecoder().decode
@@ -124,6 +125,7 @@ class Server:
         self._state_lock = threading.Lock()
         self._inflight = {}  # request id -> Request, for threaded (cancellable) tools
         self._pending = {}  # our own request id -> [Event, response message]
+        self._subscriptions = {}  # subscriptions/listen request id -> its notification filter
         self._next_id = 0
         self.methods = {
             "initialize": self.on_initialize,
@@ -143,6 +145,7 @@ class Server:
                 "name": "greet", "description": "Greet someone by name.",
                 "arguments": [{"name": "name", "description": "Who to greet", "required": True}]}]},
             "prompts/get": self.on_prompts_get,
+            "subscriptions/listen": self.on_listen,
         }
 
     # ---- registration -------------------------------------------------
@@ -251,6 +254,10 @@ class Server:
         if method == "notifications/cancelled":
             rid = params.get("requestId")
             with self._state_lock:
+                ended = isinstance(rid, (str, int)) and self._subscriptions.pop(rid, None) is not None
+                if ended:   # a subscription ends without a response
+                    self.log({"cancelled": rid})
+                    return
                 req = self._inflight.get(rid) if isinstance(rid, (str, int)) else None
                 if req is None:
                     return
@@ -289,6 +296,26 @@ class Server:
             "capabilities": CAPABILITIES,
             "serverInfo": {"name": self.name, "version": self.version},
         }
+
+    def on_listen(self, req):
+        """Modern subscriptions/listen: acknowledge (tools list changes only), then stay open."""
+        if not req.modern:
+            raise RpcError(METHOD_NOT_FOUND, "subscriptions/listen is a modern-era method")
+        wanted = req.params.get("notifications") or {}
+        agreed = {"toolsListChanged": True} if wanted.get("toolsListChanged") else {}
+        with self._state_lock:
+            self._subscriptions[req.id] = agreed
+        self.notify("notifications/subscriptions/acknowledged",
+                    {"_meta": {SUBSCRIPTION_KEY: req.id}, "notifications": agreed})
+        return DEFERRED
+
+    def tools_changed(self):
+        """Tell every subscription that asked for it that the tool list changed."""
+        with self._state_lock:
+            ids = [rid for rid, agreed in self._subscriptions.items() if agreed.get("toolsListChanged")]
+        for rid in ids:
+            self.notify("notifications/tools/list_changed", {"_meta": {SUBSCRIPTION_KEY: rid}})
+        return len(ids)
 
     def on_discover(self, req):
         return {

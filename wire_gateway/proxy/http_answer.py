@@ -4,17 +4,23 @@ server-to-client request), as Streamable HTTP lets the server choose.
 """
 from __future__ import annotations
 
+import trio
+
 from wire_gateway.proxy.exchange import Exchange
 from wire_gateway.transport.http_server import Responder
-from wire_gateway.wire.sse import encode_event
+from wire_gateway.wire.sse import encode_comment, encode_event
 
 JSON = ("content-type", "application/json")  # one header, for `[JSON, *headers]`
 SSE_HEADERS = [("content-type", "text/event-stream"), ("cache-control", "no-cache, no-transform"),
                ("x-accel-buffering", "no")]
 
 
-async def answer(ex: Exchange, responder: Responder, headers: list[tuple[str, str]]) -> None:
-    """Send everything the exchange yields until its final frame. Raises if the client goes."""
+async def answer(ex: Exchange, responder: Responder, headers: list[tuple[str, str]],
+                 keepalive: float = 15.0) -> None:
+    """Send everything the exchange yields until its final frame. Raises if the client goes.
+
+    A quiet stream (a `subscriptions/listen`, a slow tool) gets an SSE comment every
+    `keepalive` seconds so proxies and client idle timers do not cut it."""
     raw, final, status = await ex.next()
     if final:
         await responder.send(status, [JSON, *headers], raw)
@@ -23,6 +29,10 @@ async def answer(ex: Exchange, responder: Responder, headers: list[tuple[str, st
     await responder.start_stream(200, [*SSE_HEADERS, *headers])
     await responder.send_chunk(encode_event(raw))
     while not final:
-        raw, final, _ = await ex.next()
+        with trio.move_on_after(keepalive) as quiet:
+            raw, final, _ = await ex.next()
+        if quiet.cancelled_caught:
+            await responder.send_chunk(encode_comment())
+            continue
         await responder.send_chunk(encode_event(raw))
     await responder.end_stream()

@@ -51,7 +51,7 @@ class HttpFront:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.settings = config.http
-        self.pools = {name: ModernPool(name, spec.resolved(), config.limits)
+        self.pools = {name: ModernPool(name, spec.resolved(), config.limits, config.http.keepalive_interval)
                       for name, spec in config.servers.items()}
         self.sessions: dict[str, LegacySession] = {}
         self.port: int | None = None

@@ -27,7 +27,7 @@ from wire_gateway.proxy.http_answer import answer
 from wire_gateway.transport.http_server import Responder
 from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.wire import errors, jsonfast, scan
-from wire_gateway.wire.era import META_PROTOCOL_VERSION, MODERN_VERSIONS
+from wire_gateway.wire.era import META_PROTOCOL_VERSION, MODERN_VERSIONS, META_SUBSCRIPTION_ID
 from wire_gateway.wire.frame import Frame, Kind, decode
 
 log = logging.getLogger("wire_gateway.http.modern")
@@ -38,8 +38,9 @@ PROBE_TIMEOUT = 10.0
 
 
 class ModernPool:
-    def __init__(self, server: str, spec: ServerSpec, limits: Limits) -> None:
+    def __init__(self, server: str, spec: ServerSpec, limits: Limits, keepalive: float = 15.0) -> None:
         self.server = server
+        self.keepalive = keepalive
         self.upstream = make_upstream(spec, limits, self)
         self.backlog = Backlog()
         self._ids = itertools.count(1)
@@ -66,7 +67,7 @@ class ModernPool:
             return
         gw_id, ex = self._send(frame)
         try:
-            await answer(ex, responder, [])
+            await answer(ex, responder, [], self.keepalive)
         finally:
             self._finish(gw_id, ex)
 
@@ -174,6 +175,10 @@ class ModernPool:
             return
         if kind is Kind.NOTIFICATION:
             params = frame.params
+            meta = params.get("_meta") if isinstance(params, dict) else None
+            if isinstance(meta, dict) and META_SUBSCRIPTION_ID in meta:
+                self._to_subscription(frame, params, meta)
+                return
             if frame.method == "notifications/progress" and isinstance(params, dict):
                 entry = self.tokens.get(str(params.get("progressToken")))
                 if entry is not None:
@@ -188,6 +193,15 @@ class ModernPool:
             return
         log.warning("server %s: sent a %s request, which the modern era does not allow on stdio; dropped",
                     self.server, frame.method)
+
+    def _to_subscription(self, frame: Frame, params: dict, meta: dict) -> None:
+        """A subscriptions/listen stream's notification: its id is our remapped request id."""
+        ex = self.by_gw.get(meta[META_SUBSCRIPTION_ID])
+        if ex is None:
+            log.debug("server %s: %s for a subscription that has ended; dropped", self.server, frame.method)
+            return
+        restored = {**params, "_meta": {**meta, META_SUBSCRIPTION_ID: ex.client_id}}
+        ex.push(jsonfast.dumps({**frame.msg, "params": restored}))
 
     def gateway_reply(self, req_id: Any, data: bytes) -> None:
         ex = self.by_gw.get(req_id)

@@ -10,6 +10,7 @@ from typing import Any
 LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 MODERN_VERSIONS = ("2026-07-28",)
 META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 
 LEGACY = "legacy"
 MODERN = "modern"
