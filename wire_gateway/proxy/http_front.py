@@ -56,6 +56,7 @@ class HttpFront:
         self.sessions: dict[str, LegacySession] = {}
         self.port: int | None = None
         self._nursery: trio.Nursery | None = None
+        self._verdicts: dict[tuple[str, str], bool] = {}   # (kind, value) -> allowed; bounded
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -149,13 +150,23 @@ class HttpFront:
                 f"no such route: {request.path}; MCP endpoints are /mcp/{{server}} "
                 f"(configured: {', '.join(self.config.servers)})"))
 
+    def _allowed(self, kind: str, value: str) -> bool:
+        """Host/Origin verdicts, remembered: the same few values arrive on every request."""
+        key = (kind, value)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._host_allowed(value) if kind == "host" else self._origin_allowed(value)
+            if len(self._verdicts) < 1024:
+                self._verdicts[key] = verdict
+        return verdict
+
     def _check_edge(self, request: Request) -> tuple[int, str] | None:
         host = request.header("host") or ""
-        if not self._host_allowed(host):
+        if not self._allowed("host", host):
             return 403, (f"Host {host!r} is not allowed (DNS-rebinding protection); "
                          "add it to http.allowed_hosts if this gateway is reached under that name")
         origin = request.header("origin")
-        if origin is not None and not self._origin_allowed(origin):
+        if origin is not None and not self._allowed("origin", origin):
             return 403, (f"Origin {origin!r} is not allowed (DNS-rebinding protection); "
                          "add it to http.allowed_origins to permit it")
         return None

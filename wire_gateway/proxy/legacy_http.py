@@ -103,7 +103,7 @@ class LegacySession:
             await self._request(decoded, responder)
         else:
             self._one_way(decoded)
-            self.upstream.flush()
+            self.upstream.flush_soon()
             await responder.send(202, self.headers)
         self.last_active = trio.current_time()
 
@@ -142,7 +142,10 @@ class LegacySession:
 
     async def _request(self, frame: Frame, responder: Responder) -> None:
         ex = self._open(frame)
-        self.upstream.flush()
+        if len(self.exchanges) > 1:   # see ModernPool._send: coalesce only when not alone
+            self.upstream.flush_soon()
+        else:
+            self.upstream.flush()
         entry: _Resumable | None = None
         try:
             raw, final, status = await ex.next()
@@ -240,7 +243,7 @@ class LegacySession:
                 opened.append((item, self._open(item)))
             else:
                 self._one_way(item)
-        self.upstream.flush()
+        self.upstream.flush_soon()
         try:
             for frame, ex in opened:
                 while True:

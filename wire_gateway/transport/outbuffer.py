@@ -14,7 +14,7 @@ import trio
 
 
 class OutBuffer:
-    __slots__ = ("fd", "high_water", "_parts", "_size", "_wake", "_drained", "_closed", "_pumping", "broken")
+    __slots__ = ("fd", "high_water", "_parts", "_size", "_wake", "_drained", "_closed", "_pumping", "_soon", "broken")
 
     def __init__(self, fd: int, high_water: int = 1 << 20) -> None:
         self.fd = fd
@@ -25,6 +25,7 @@ class OutBuffer:
         self._drained = trio.Event()
         self._closed = False
         self._pumping = False   # the pump owns the fd while it waits for the pipe to drain
+        self._soon = False      # the pump should yield once before writing (see flush_soon)
         self.broken: OSError | None = None
 
     def put_line(self, data: bytes) -> None:
@@ -49,6 +50,16 @@ class OutBuffer:
             self._parts.insert(0, data[written:])
             self._size += len(data) - written
             self._pumping = True
+            self._wake.set()
+
+    def flush_soon(self) -> None:
+        """Write at the next scheduler pass, together with whatever other tasks queue meanwhile.
+
+        For many concurrent producers (HTTP requests sharing one server): one write, and one
+        wake-up of the reader, per batch instead of per frame."""
+        if self._parts and not self._pumping and self.broken is None:
+            self._pumping = True
+            self._soon = True
             self._wake.set()
 
     async def wait_writable(self) -> None:
@@ -79,6 +90,9 @@ class OutBuffer:
                 self._wake = trio.Event()
                 continue
             self._pumping = True
+            if self._soon:
+                self._soon = False
+                await trio.sleep(0)   # let the other tasks of this batch add their frames
             data = self._take()
             view = memoryview(data)
             while view:

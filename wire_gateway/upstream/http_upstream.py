@@ -196,6 +196,8 @@ class HttpUpstream:
     def flush(self) -> None:
         """Nothing to do: every message is its own POST, sent by its task."""
 
+    flush_soon = flush
+
     async def wait_writable(self) -> None:
         while len(self._oneway) >= MAX_ONEWAY_QUEUE and not self._closing:
             await self._oneway_progress.wait()
