@@ -974,7 +974,7 @@ class HttpTarget:
         except (ProcessLookupError, PermissionError):
             pass
         for pid, start in list(self.known_descendants.items()):
-            if _alive(pid, start):
+            if sb.still_running(pid, start):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -1032,28 +1032,9 @@ class HttpTarget:
         self.watchdog.cancel()
         if self.expired:
             how = "watchdog"
-        deadline = time.monotonic() + 3.0
-        while True:
-            alive = [pid for pid, start in self.known_descendants.items() if _alive(pid, start)]
-            if not alive or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        for pid in alive:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        alive = sb.reap_stragglers(self.known_descendants, self.pid, 3.0)
         self.stderr.close()
         return {"stopped_by": how, "exit_code": self.proc.returncode, "stragglers": alive}
-
-
-def _alive(pid: int, start: int) -> bool:
-    stat = sb.read_stat(pid)
-    return stat is not None and stat.start == start
 
 
 class ExternalTarget:

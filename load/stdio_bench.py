@@ -564,22 +564,31 @@ class Target:
         return {"stopped_by": how, "exit_code": self.proc.returncode, "stragglers": stragglers}
 
     def _reap_stragglers(self, patience: float = 2.0) -> list:
-        deadline = time.monotonic() + patience
-        while True:
-            alive = [pid for pid, start in self.known_descendants.items() if _alive(pid, start)]
-            if not alive or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        for pid in alive:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._signal_group(signal.SIGKILL)  # anything else left in its group
-        return alive
+        return reap_stragglers(self.known_descendants, self.pid, patience)
 
 
-def _alive(pid: int, start: int) -> bool:
+def reap_stragglers(known: dict, group: int, patience: float) -> list:
+    """Give a target's descendants `patience` seconds to exit, then SIGKILL them and its group."""
+    deadline = time.monotonic() + patience
+    while True:
+        alive = [pid for pid, start in known.items() if still_running(pid, start)]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(group, signal.SIGKILL)   # anything else left in its group
+    except (ProcessLookupError, PermissionError):
+        pass
+    return alive
+
+
+def still_running(pid: int, start: int) -> bool:
+    """The process with this pid is the one that started at `start` (not a reused pid)."""
     stat = read_stat(pid)
     return stat is not None and stat.start == start
 

@@ -139,14 +139,9 @@ class HttpUpstream:
             return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE,
                                       f"server '{self.name}' at {self.url} is not available: {reason}",
                                       self._data(frame.method))
-        if frame.id in self.pending:
-            return errors.error_frame(frame.id, errors.INVALID_REQUEST,
-                                      f"Invalid Request: id {frame.id!r} is already in flight; ids must be unique "
-                                      "among a client's outstanding requests")
-        if len(self.pending) >= self.limits.max_in_flight:
-            return errors.error_frame(frame.id, errors.GATEWAY_OVERLOADED,
-                                      f"too many requests in flight to server '{self.name}' "
-                                      f"(limit {self.limits.max_in_flight}); wait for answers before sending more")
+        refused = self.pending.refusal(frame.id, self.name, self.limits.max_in_flight)
+        if refused is not None:
+            return refused
         era = MODERN if request_version(frame.msg) is not None else LEGACY
         if era == MODERN:
             try:

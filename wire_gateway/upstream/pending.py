@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from wire_gateway.wire import errors
+
 
 @dataclass(slots=True)
 class Pending:
@@ -26,6 +28,18 @@ class PendingTable:
 
     def __contains__(self, req_id: Any) -> bool:
         return req_id in self._by_id
+
+    def refusal(self, req_id: Any, server: str, max_in_flight: int) -> bytes | None:
+        """The error to answer a new request with, if the table cannot take it, else None."""
+        if req_id in self._by_id:
+            return errors.error_frame(req_id, errors.INVALID_REQUEST,
+                                      f"Invalid Request: id {req_id!r} is already in flight; ids must be unique "
+                                      "among a client's outstanding requests")
+        if len(self._by_id) >= max_in_flight:
+            return errors.error_frame(req_id, errors.GATEWAY_OVERLOADED,
+                                      f"too many requests in flight to server '{server}' "
+                                      f"(limit {max_in_flight}); wait for answers before sending more")
+        return None
 
     def add(self, req_id: Any, method: str, generation: int | None) -> None:
         self._by_id[req_id] = Pending(method, generation)

@@ -104,14 +104,9 @@ class SupervisedServer:
         if self.state in ("crash_loop", "stopped") or self._closing:
             return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE, self._unavailable_message(),
                                       self._error_data(frame.method))
-        if frame.id in self.pending:
-            return errors.error_frame(frame.id, errors.INVALID_REQUEST,
-                                      f"Invalid Request: id {frame.id!r} is already in flight; ids must be unique "
-                                      "among a client's outstanding requests")
-        if len(self.pending) >= self.limits.max_in_flight:
-            return errors.error_frame(frame.id, errors.GATEWAY_OVERLOADED,
-                                      f"too many requests in flight to server '{self.name}' "
-                                      f"(limit {self.limits.max_in_flight}); wait for answers before sending more")
+        refused = self.pending.refusal(frame.id, self.name, self.limits.max_in_flight)
+        if refused is not None:
+            return refused
         if frame.method == "initialize":
             self.handshake.on_client_request(frame)
         if self.era is None:
