@@ -288,3 +288,18 @@ def test_legacy_batch_is_answered_as_one_array(gw):
     assert answers[5]["error"]["code"] == -32600
     only_notes = post(gw, "echo", [{"jsonrpc": "2.0", "method": "notifications/x"}], h)
     assert only_notes.status_code == 202
+
+
+def test_mcp_param_headers_are_checked_once_the_tool_is_known(gw):
+    body, headers = modern(1, "tools/list")
+    tools = {t["name"]: t for t in post(gw, "echo", body, headers).json()["result"]["tools"]}
+    assert tools["where"]["inputSchema"]["properties"]["region"]["x-mcp-header"] == "Region"
+    call, h = modern(2, "tools/call", {"name": "where", "arguments": {"region": "us-west1"}}, name="where")
+    ok = post(gw, "echo", call, {**h, "mcp-param-region": "us-west1"})
+    assert ok.status_code == 200 and ok.json()["result"]["content"][0]["text"] == "us-west1"
+    encoded = post(gw, "echo", call, {**h, "mcp-param-region": "=?base64?dXMtd2VzdDE=?="})
+    assert encoded.status_code == 200
+    wrong = post(gw, "echo", call, {**h, "mcp-param-region": "eu-north1"})
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == -32020
+    missing = post(gw, "echo", call, h)
+    assert missing.status_code == 400 and "Mcp-Param-Region" in missing.json()["error"]["message"]

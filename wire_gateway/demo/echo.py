@@ -9,6 +9,8 @@ Tools:
   sample {prompt?, timeout?}
                          -> legacy only: sends sampling/createMessage (id "srv-N")
                             to the client, returns the sampled text
+  where {region}         -> region; its inputSchema marks region with x-mcp-header
+                            (modern HTTP clients mirror it into Mcp-Param-Region)
   touch_tools {}         -> sends notifications/tools/list_changed to every
                             subscriptions/listen stream that asked for it
   big {size}             -> a text of `size` bytes, for large-frame tests
@@ -43,6 +45,13 @@ def build(name, log=None):
         content = (resp.get("result") or {}).get("content")
         items = content if isinstance(content, list) else [content]
         return "".join(c.get("text", "") for c in items if isinstance(c, dict) and c.get("type") == "text")
+
+    @server.tool("where", "Return the region argument (mirrored into the Mcp-Param-Region header).",
+                 {"region": "string"})
+    def where(req, args):
+        return need(args, "region", str)
+
+    server.tools["where"].schema["properties"]["region"]["x-mcp-header"] = "Region"
 
     @server.tool("touch_tools", "Announce a tool-list change to subscriptions/listen streams.")
     def touch_tools(req, args):

@@ -264,7 +264,7 @@ class HttpFront:
                 if name in headers and (name.startswith("mcp-")):
                     problem = HeaderProblem(f"Header mismatch: {name} appears more than once", name)
                 headers[name] = value
-            problem = problem or check_request_headers(headers, decoded.msg)
+            problem = problem or check_request_headers(headers, decoded.msg, pool.tools)
             if problem is not None:
                 await responder.send(400, JSON, header_mismatch_error(decoded.id, problem))
                 return

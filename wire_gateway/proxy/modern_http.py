@@ -47,6 +47,7 @@ class ModernPool:
         self.by_gw: dict[int, Exchange] = {}
         self.tokens: dict[str, tuple[Exchange, Any]] = {}   # gateway token -> (exchange, client's token)
         self.era: str | None = None                        # "modern" / "legacy" once probed
+        self.tools: dict[str, dict] = {}                   # tool name -> definition, from tools/list answers
         self._probed: trio.Event | None = None
 
     # ---- HTTP side ------------------------------------------------------------------
@@ -173,6 +174,8 @@ class ModernPool:
                 log.debug("server %s: answer to %r arrived after its client left; dropped", self.server, frame.id)
                 return
             status = 200
+            if kind is Kind.RESPONSE:
+                self._learn_tools(frame.msg.get("result"))
             if kind is Kind.ERROR:
                 status = _STATUS_FOR_CODE.get(frame.msg["error"].get("code"), 200)
             ex.push(scan.replace_id(frame.raw, jsonfast.dumps(ex.client_id)), final=True, status=status)
@@ -197,6 +200,15 @@ class ModernPool:
             return
         log.warning("server %s: sent a %s request, which the modern era does not allow on stdio; dropped",
                     self.server, frame.method)
+
+    def _learn_tools(self, result: Any) -> None:
+        """Remember tool definitions from tools/list answers: their x-mcp-header annotations say
+        which Mcp-Param-* headers a tools/call must carry (checked at the HTTP edge)."""
+        if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+            return
+        for tool in result["tools"]:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str) and len(self.tools) < 10000:
+                self.tools[tool["name"]] = tool
 
     def _to_subscription(self, frame: Frame, params: dict, meta: dict) -> None:
         """A subscriptions/listen stream's notification: its id is our remapped request id."""
