@@ -303,3 +303,32 @@ def test_mcp_param_headers_are_checked_once_the_tool_is_known(gw):
     assert wrong.status_code == 400 and wrong.json()["error"]["code"] == -32020
     missing = post(gw, "echo", call, h)
     assert missing.status_code == 400 and "Mcp-Param-Region" in missing.json()["error"]["message"]
+
+
+def test_sigterm_drains_in_flight_requests_then_stops(tmp_path):
+    import concurrent.futures
+
+    gateway = HttpGateway(tmp_path, {"slow": fixture("slow")}, http={"drain_timeout": 10})
+    sid = post(gateway, "slow", {**INIT}).headers["mcp-session-id"]
+    h = {**ACCEPT, "mcp-session-id": sid}
+    post(gateway, "slow", {"jsonrpc": "2.0", "method": "notifications/initialized"}, h)
+    body, mh = modern(1, "tools/call", {"name": "sleep", "arguments": {"seconds": 1.0}}, name="sleep")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        modern_call = pool.submit(post, gateway, "slow", body, mh)
+        legacy_call = pool.submit(post, gateway, "slow", {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                                                          "params": {"name": "sleep", "arguments": {"seconds": 1.0}}}, h)
+        stream = pool.submit(httpx.get, gateway.url("slow"), headers=h, timeout=20)   # an open GET stream
+        lbody, lh = modern("L", "subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+        listen = pool.submit(post, gateway, "slow", lbody, lh)                       # an open listen stream
+        time.sleep(0.4)
+        started = time.monotonic()
+        code = gateway.stop()
+        assert code == 0, gateway.log()
+        assert modern_call.result().json()["result"]["content"][0]["text"] == "slept 1.0"
+        assert legacy_call.result().json()["result"]["content"][0]["text"] == "slept 1.0"
+        assert stream.result().status_code == 200          # ended cleanly, not cut
+        events = [json.loads(d) for _, d in sse_events(listen.result().text.splitlines())]
+        assert events[-1] == {"jsonrpc": "2.0", "id": "L", "result": {"resultType": "complete"}}
+    assert time.monotonic() - started < 10
+    with pytest.raises(httpx.ConnectError):               # and it no longer listens
+        httpx.get(gateway.base + "/healthz", timeout=2)

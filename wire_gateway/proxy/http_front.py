@@ -69,9 +69,16 @@ class HttpFront:
                 await nursery.start(pool.upstream.run)
             nursery.start_soon(self._expire_sessions)
             limits = HttpLimits(max_body_bytes=s.max_body_bytes)
-            self.port = await nursery.start(partial(
-                serve_http, self.handle, s.host, s.port, limits=limits, shutdown=shutdown,
-                drain_timeout=s.drain_timeout))
+            drained = trio.Event()
+
+            async def serve(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    await serve_http(self.handle, s.host, s.port, limits=limits, shutdown=shutdown,
+                                     drain_timeout=s.drain_timeout, task_status=task_status)
+                finally:
+                    drained.set()
+
+            self.port = await nursery.start(serve)
             log.info("serving MCP over HTTP on http://%s:%d/mcp/{%s}", url_host(s.host), self.port,
                      ",".join(self.config.servers))
             if s.admin_port is not None:
@@ -82,9 +89,15 @@ class HttpFront:
                 log.info("serving the control plane on http://%s:%d/status", url_host(s.admin_host), admin_port)
             task_status.started(self.port)
             await shutdown.wait()
-            # serve_http drains in-flight requests itself; then end sessions and pools.
+            # Streams that never end by themselves are ended cleanly now, so the drain waits
+            # only for real requests; serve_http answers those (up to drain_timeout), and only
+            # then are sessions and upstreams stopped.
+            for session in self.sessions.values():
+                session.end_streams()
+            for pool in self.pools.values():
+                pool.end_subscriptions()
             with trio.CancelScope(shield=True), trio.move_on_after(s.drain_timeout + 10):
-                await trio.sleep(0)  # let serve_http begin its drain
+                await drained.wait()
                 async with trio.open_nursery() as closer:
                     for session in list(self.sessions.values()):
                         closer.start_soon(self._end_session, session)

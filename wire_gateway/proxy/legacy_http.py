@@ -80,6 +80,7 @@ class LegacySession:
         self.streams_open = 0
         self.last_active = trio.current_time()
         self.closed = False
+        self.draining = False
         self.client_info: Any = None
 
     @property
@@ -277,11 +278,11 @@ class LegacySession:
             if after is not None:
                 for event_id, raw in replay.after(after):
                     await responder.send_chunk(encode_event(raw, event_id))
-            while mine == self.get_generation and not self.closed:
+            while mine == self.get_generation and not self.closed and not self.draining:
                 while self.get_buffer and mine == self.get_generation:
                     raw = self.get_buffer.popleft()
                     await responder.send_chunk(encode_event(raw, replay.record(raw)))
-                if mine != self.get_generation or self.closed:
+                if mine != self.get_generation or self.closed or self.draining:
                     break
                 await self.get_event.wait()
                 if self.get_event.is_set():
@@ -292,6 +293,11 @@ class LegacySession:
         finally:
             self.streams_open -= 1
             self.last_active = trio.current_time()
+
+    def end_streams(self) -> None:
+        """The gateway is draining: end the GET stream cleanly (requests may still finish)."""
+        self.draining = True
+        self.get_event.set()
 
     async def close(self) -> None:
         """End the session: stop its streams, shut its server down the spec's way."""

@@ -48,6 +48,7 @@ class ModernPool:
         self.tokens: dict[str, tuple[Exchange, Any]] = {}   # gateway token -> (exchange, client's token)
         self.era: str | None = None                        # "modern" / "legacy" once probed
         self.tools: dict[str, dict] = {}                   # tool name -> definition, from tools/list answers
+        self.listens: set[int] = set()                     # gateway ids of open subscriptions/listen
         self._probed: trio.Event | None = None
 
     # ---- HTTP side ------------------------------------------------------------------
@@ -76,6 +77,8 @@ class ModernPool:
         gw_id = next(self._ids)
         ex = Exchange(frame.id, self.backlog)
         self.by_gw[gw_id] = ex
+        if frame.method == "subscriptions/listen":
+            self.listens.add(gw_id)
         raw = self._remap(frame, gw_id, ex)
         refused = self.upstream.request(Frame(raw, Kind.REQUEST, frame.msg, frame.method, gw_id))
         if refused is not None:
@@ -104,8 +107,18 @@ class ModernPool:
         self.tokens[ours] = (ex, token)
         return raw
 
+    def end_subscriptions(self) -> None:
+        """The gateway is draining: end each listen stream the spec's graceful way, with a
+        completion result, so clients know it was not a dropped connection."""
+        for gw_id in list(self.listens):
+            ex = self.by_gw.get(gw_id)
+            if ex is not None:
+                ex.push(jsonfast.dumps({"jsonrpc": "2.0", "id": ex.client_id,
+                                        "result": {"resultType": "complete"}}), final=True)
+
     def _finish(self, gw_id: int, ex: Exchange) -> None:
         self.by_gw.pop(gw_id, None)
+        self.listens.discard(gw_id)
         for key in [k for k, (e, _) in self.tokens.items() if e is ex] if self.tokens else ():
             del self.tokens[key]
         if not ex.done:
