@@ -1,8 +1,11 @@
-# wire-gateway: installs the package the same way the README does and runs the gateway.
-# Until the HTTP front lands, the image runs the stdio front on the built-in echo server:
-#   docker run -i --rm wire-gateway            (speak MCP on stdin/stdout)
-#   docker run -i --rm -v $PWD/gw.json:/etc/wire-gateway.json \
-#       -e WIRE_GATEWAY_CONFIG=/etc/wire-gateway.json wire-gateway stdio --server NAME
+# wire-gateway: installs the package the way the README does and serves MCP over HTTP.
+#   docker run --rm -p 8080:8080 wire-gateway                      # the built-in echo server
+#   docker run --rm -p 8080:8080 -v $PWD/gw.json:/etc/wire-gateway.json \
+#       -e WIRE_GATEWAY_CONFIG=/etc/wire-gateway.json wire-gateway
+# Inside the container the gateway listens on 0.0.0.0 (the port mapping is the boundary).
+# Requests must still name an allowed Host: loopback names work through a local port
+# mapping; behind a load balancer put its public name in http.allowed_hosts.
+# The stdio front works too: docker run -i --rm wire-gateway stdio
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/wire-gateway
@@ -10,5 +13,8 @@ COPY pyproject.toml README.md ./
 COPY wire_gateway ./wire_gateway
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 gateway
 USER gateway
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
 ENTRYPOINT ["wire-gateway"]
-CMD ["stdio"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]
