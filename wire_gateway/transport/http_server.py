@@ -47,6 +47,7 @@ import h11
 import trio
 
 from .http_limits import HttpLimits
+from .outbuffer import read_some
 
 __all__ = ["ClientGone", "Handler", "HttpLimits", "HttpServer", "Request", "Responder", "serve_http"]
 
@@ -371,13 +372,16 @@ class _Conn:
         """The only reader of the socket: feeds h11, wakes the cycle task, spots the peer leaving."""
         stream = self.stream
         budget = self.server.pipeline_budget
+        # Plain TCP: wait for readability, then read once (one scheduler pass and no failed
+        # recv per request, unlike receive_some); TLS goes through the stream.
+        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
         while True:
             if self.unread >= budget:   # a pipelining client is far ahead: wait for the cycle task
                 self.resume = trio.Event()
                 await self.resume.wait()
                 continue
             try:
-                data = await stream.receive_some(READ_SIZE)
+                data = await (read_some(fd, READ_SIZE) if fd is not None else stream.receive_some(READ_SIZE))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             self.h11.receive_data(data)   # b"" tells h11 about the EOF
