@@ -318,3 +318,47 @@ def test_answer_to_a_dead_process_request_is_not_given_to_its_successor(tmp_path
     assert [m.get("method") for m in lines].count("initialize") == 2       # the replay
     assert not any(m.get("id") == "s1" for m in lines)
     assert "dropping the client's answer" in gw.log_text()
+
+
+def test_a_restarted_server_reusing_a_request_id_gets_its_own_answer(tmp_path):
+    """Both processes ask the client something under the same id "s1"; the dead one's late
+    answer must not become the answer to its successor's question."""
+    starts = tmp_path / "starts"
+    script = tmp_path / "asker.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys
+        with open({str(starts)!r}, "a") as f:
+            f.write("x")
+        generation = len(open({str(starts)!r}).read())
+        def send(msg):
+            sys.stdout.write(json.dumps(msg) + "\\n"); sys.stdout.flush()
+        asking = None
+        for line in sys.stdin:
+            msg = json.loads(line)
+            if msg.get("method") == "tools/call":
+                send({{"jsonrpc": "2.0", "id": "s1", "method": "roots/list"}})
+                if generation == 1:
+                    os._exit(5)
+                asking = msg["id"]
+            elif msg.get("id") == "s1" and "result" in msg:
+                send({{"jsonrpc": "2.0", "id": asking, "result": {{"content": [
+                    {{"type": "text", "text": json.dumps(msg["result"])}}]}}}})
+            elif "method" in msg and "id" in msg:
+                send({{"jsonrpc": "2.0", "id": msg["id"], "result": {{}}}})
+    """))
+    server = {"command": PY, "args": [str(script)], "restart": FAST_RESTART}
+    gw = gateway(write_config(tmp_path, {"asker": server}), "asker", tmp_path)
+    try:
+        gw.initialize()
+        gw.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x", "arguments": {}}})
+        first = gw.recv()
+        assert first["id"] == "s1" and gw.recv()["error"]["code"] == -31001
+        gw.send({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "x", "arguments": {}}})
+        second = gw.recv()
+        assert second["method"] == "roots/list" and second["id"] != "s1"   # the successor's, told apart
+        gw.send({"jsonrpc": "2.0", "id": "s1", "result": {"roots": ["late, for the dead process"]}})
+        gw.send({"jsonrpc": "2.0", "id": second["id"], "result": {"roots": ["for the successor"]}})
+        answer = gw.recv()
+        assert answer["id"] == 2 and json.loads(answer["result"]["content"][0]["text"]) == {"roots": ["for the successor"]}
+    finally:
+        gw.close()

@@ -23,7 +23,7 @@ from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.process import ServerProcess, describe_status
-from wire_gateway.wire import errors, scan
+from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import era_of_request
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
 from wire_gateway.wire.framing import LineFramer, Oversize
@@ -85,7 +85,8 @@ class SupervisedServer:
         self._generation = 0
         self._out: OutBuffer | None = None
         self._queue: list[tuple[bytes, Any]] = []     # (raw, request id or None) while not running
-        self._server_requests: dict[Any, int] = {}     # server->client request id -> generation
+        # server->client requests by the id the client sees -> (generation, the server's own id)
+        self._server_requests: dict[Any, tuple[int, Any]] = {}
         self._live_generation: int | None = None       # the process whose stdout is still open
         self._replay_id: str | None = None
         self._replay_done: trio.Event | None = None
@@ -138,12 +139,16 @@ class SupervisedServer:
 
     def reply(self, frame: Frame) -> None:
         """Take the client's answer to a server->client request (sampling, elicitation, roots)."""
-        gen = self._server_requests.pop(frame.id, None)
-        if gen is not None and gen != self._live_generation:
+        asked = self._server_requests.pop(frame.id, None)
+        if asked is None:
+            self._send_other(frame.raw)
+            return
+        gen, server_id = asked
+        if gen != self._live_generation:
             log.info("server %s: dropping the client's answer to request %r: the process that asked "
                      "(generation %d) has exited", self.name, frame.id, gen)
             return
-        self._send_other(frame.raw)
+        self._send_other(frame.raw if server_id == frame.id else scan.replace_id(frame.raw, jsonfast.dumps(server_id)))
 
     def _send_other(self, raw: bytes) -> None:
         self.frames_in += 1
@@ -364,13 +369,24 @@ class SupervisedServer:
             self.pending.pop(frame.id)
             self.handshake.on_server_reply(frame)
         elif kind is Kind.REQUEST:
-            # Kept past the process's death, so a late answer is not handed to its successor.
-            if len(self._server_requests) >= self.limits.max_in_flight:
-                del self._server_requests[next(iter(self._server_requests))]
-            self._server_requests.pop(frame.id, None)
-            self._server_requests[frame.id] = self._generation
+            frame = self._track_server_request(frame)
         self.frames_out += 1
         self.sink.server_frame(frame)
+
+    def _track_server_request(self, frame: Frame) -> Frame:
+        """Remember who asked, past the process's death, so a late answer is never handed to its
+        successor. A restarted process may reuse its predecessor's ids, so from the second
+        generation on the client sees them prefixed with the generation (mapped back on reply)."""
+        gen = self._generation
+        seen_as = frame.id if gen == 1 else f"wire-gateway/{gen}/{jsonfast.dumps(frame.id).decode()}"
+        if len(self._server_requests) >= self.limits.max_in_flight:
+            del self._server_requests[next(iter(self._server_requests))]
+        self._server_requests.pop(seen_as, None)
+        self._server_requests[seen_as] = (gen, frame.id)
+        if seen_as == frame.id:
+            return frame
+        raw = scan.replace_id(frame.raw, jsonfast.dumps(seen_as))
+        return Frame(raw, frame.kind, frame.msg, frame.method, seen_as)
 
     def _drop(self, bad: Invalid) -> None:
         preview = bad.raw[:200].decode("utf-8", "replace")
