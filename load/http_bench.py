@@ -1107,10 +1107,6 @@ def run_target(spec: str, kind: str, tmpdir: str, n: int, concurrency: list, mod
     return run
 
 
-def run_mismatches(run: dict) -> int:
-    return run.get("warmup_mismatches", 0) + sum(s["mismatches"] for s in run.get("scenarios", {}).values())
-
-
 EXTRA_FIELDS = ("rss_kib", "tree_rss_kib")
 
 
@@ -1163,7 +1159,7 @@ def run_bench(direct: str, gateway: str, n: int, concurrency: list, rounds: int,
         },
         "rounds": all_rounds,
         "summary": summarize(all_rounds, names),
-        "mismatches": sum(run_mismatches(r) for r in runs),
+        "mismatches": sum(sb.run_mismatches(r) for r in runs),
         "errors": sum(1 for r in runs if "error" in r),
     }
 
@@ -1407,7 +1403,7 @@ def run_ceiling(n: int, concurrency: list, rounds: int, warmup: int, timeout: fl
                                        timeout, target_cpus, spin, workers))
             out["eras"][era] = {name: sb.median_figures(runs, name) for name in names}
             out["errors"] += [r["error"] for r in runs if "error" in r]
-            out["mismatches"] += sum(run_mismatches(r) for r in runs)
+            out["mismatches"] += sum(sb.run_mismatches(r) for r in runs)
     return out
 
 

@@ -1,6 +1,7 @@
 """Newline framing: chunking never changes the frames; limits hold without buffering whole lines."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from chunking import split
 
 from wire_gateway.wire.framing import LineFramer, Oversize
 
@@ -14,15 +15,6 @@ def frames_of(chunks, limit=LIMIT):
         out += framer.feed(chunk)
     out += framer.close()
     return out
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, prev = [], 0
-    for p in points + [len(data)]:
-        pieces.append(data[prev:p])
-        prev = p
-    return pieces
 
 
 lines = st.lists(st.binary(max_size=100).map(lambda b: b.replace(b"\n", b"x")), max_size=20)

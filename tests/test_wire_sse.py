@@ -2,6 +2,7 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from chunking import split
 
 from wire_gateway.wire.sse import (
     Event,
@@ -19,15 +20,6 @@ def decode(chunks, **kw):
     for chunk in chunks:
         out += dec.feed(chunk)
     return out
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, prev = [], 0
-    for p in points + [len(data)]:
-        pieces.append(data[prev:p])
-        prev = p
-    return pieces
 
 
 # -- parsing rules ------------------------------------------------------------------------

@@ -57,9 +57,9 @@ from wire_gateway.transport.http_client import (
 )
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
-from wire_gateway.upstream.supervisor import Sink
+from wire_gateway.upstream.supervisor import Sink, note_request
 from wire_gateway.wire import errors, jsonfast, scan
-from wire_gateway.wire.era import LEGACY, MODERN, MODERN_VERSIONS, era_of_request, request_version
+from wire_gateway.wire.era import LEGACY, MODERN, MODERN_VERSIONS, request_version
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
 from wire_gateway.wire.headers import (
     METHOD_HEADER,
@@ -150,13 +150,7 @@ class HttpUpstream:
                 return errors.error_frame(frame.id, errors.INVALID_PARAMS,
                                           f"Invalid params: cannot send this request to server '{self.name}' over "
                                           f"HTTP: {exc}", self._data(frame.method))
-        if frame.method == "initialize":
-            self.handshake.on_client_request(frame)
-        if self.era is None:
-            self.era = era_of_request(frame.method, frame.msg)
-            if self.era is not None:
-                log.info("server %s: the client speaks the %s era of MCP", self.name, self.era)
-        self.frames_in += 1
+        note_request(self, frame)
         self.pending.add(frame.id, frame.method or "", None)
         inflight = _Inflight(frame, era, self._oneway_queued)
         self._inflight[frame.id] = inflight

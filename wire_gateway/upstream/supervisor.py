@@ -65,6 +65,18 @@ class Upstream(Protocol):
     async def shutdown(self) -> None: ...
 
 
+def note_request(up: Upstream, frame: Frame) -> None:
+    """The books every upstream keeps on a client request it accepts: the handshake to
+    replay, the session's era (for logs and /status), the frame counter."""
+    if frame.method == "initialize":
+        up.handshake.on_client_request(frame)
+    if up.era is None:
+        up.era = era_of_request(frame.method, frame.msg)
+        if up.era is not None:
+            log.info("server %s: the client speaks the %s era of MCP", up.name, up.era)
+    up.frames_in += 1
+
+
 class SupervisedServer:
     def __init__(self, spec: ServerSpec, limits: Limits, sink: Sink,
                  clock: Callable[[], float] | None = None) -> None:
@@ -108,13 +120,7 @@ class SupervisedServer:
         refused = self.pending.refusal(frame.id, self.name, self.limits.max_in_flight)
         if refused is not None:
             return refused
-        if frame.method == "initialize":
-            self.handshake.on_client_request(frame)
-        if self.era is None:
-            self.era = era_of_request(frame.method, frame.msg)
-            if self.era is not None:
-                log.info("server %s: the client speaks the %s era of MCP", self.name, self.era)
-        self.frames_in += 1
+        note_request(self, frame)
         if self._out is not None:
             self.pending.add(frame.id, frame.method or "", self._generation)
             self._out.put_line(frame.raw)
