@@ -28,6 +28,8 @@ class Frame:
     msg: dict[str, Any]
     method: str | None = None
     id: Any = None
+    # Set by a policy that rewrote this frame (e.g. "filter"), so dumps and logs can say so.
+    note: str | None = None
 
     @property
     def params(self) -> Any:
