@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stdio", help="serve one MCP server over this process's stdin/stdout")
     add_config(p)
-    p.add_argument("--server", metavar="NAME", help="which configured server to proxy")
+    p.add_argument("--server", metavar="NAME",
+                   help="which configured server to proxy (default: the only one; with several, all of them "
+                        "as one aggregate server with namespaced tools)")
+    p.add_argument("--aggregate", action="store_true",
+                   help="serve the aggregate of all configured servers even when there is only one")
     p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -115,11 +119,21 @@ def cmd_stdio(args: argparse.Namespace) -> int:
         return 1
     setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns)
     name = args.server
+    if name is not None and args.aggregate:
+        print("wire-gateway stdio: --server and --aggregate exclude each other", file=sys.stderr)
+        return 2
+    if name is None and (args.aggregate or len(config.servers) > 1):
+        try:
+            for spec in config.servers.values():
+                spec.resolved()
+        except ConfigError as exc:
+            print(exc.report(), file=sys.stderr)
+            return 1
+        log.info("wire-gateway %s (pid %d): stdio front for the aggregate of %s from %s", __version__,
+                 os.getpid(), ", ".join(config.servers), config.source)
+        trio.run(serve_stdio, config, None, streams)
+        return 0
     if name is None:
-        if len(config.servers) != 1:
-            print(f"wire-gateway stdio: the config has {len(config.servers)} servers "
-                  f"({', '.join(config.servers)}); choose one with --server NAME", file=sys.stderr)
-            return 2
         name = next(iter(config.servers))
     if name not in config.servers:
         print(f"wire-gateway stdio: no server named {name!r} in {config.source}; "

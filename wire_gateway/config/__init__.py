@@ -1,5 +1,6 @@
 """Configuration: the JSON Schema shipped in the package, loading, validation, defaults."""
 from wire_gateway.config.loader import (  # noqa: F401
+    AggregateSettings,
     Config,
     ConfigError,
     HttpSettings,

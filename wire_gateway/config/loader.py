@@ -17,6 +17,8 @@ from typing import Any
 
 import jsonschema
 
+from wire_gateway.wire.namespacing import server_name_problem
+
 ENV_VAR = "WIRE_GATEWAY_CONFIG"
 
 # What a server inherits from the gateway's environment; everything else must be
@@ -116,10 +118,17 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class AggregateSettings:
+    separator: str = "__"
+    page_size: int | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     servers: dict[str, ServerSpec]
     limits: Limits = Limits()
     http: HttpSettings = HttpSettings()
+    aggregate: AggregateSettings = AggregateSettings()
     log_level: str = "info"
     log_file: str | None = None
     mask_patterns: tuple[str, ...] = ()
@@ -210,6 +219,11 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
     problems = validation_errors(doc)
     if problems:
         raise ConfigError(problems, source)
+    aggregate = AggregateSettings(**doc.get("aggregate", {}))
+    clashes = [f"$.servers.{name}: {why} (aggregate.separator; rename the server or choose another separator)"
+               for name in doc["servers"] if (why := server_name_problem(name, aggregate.separator))]
+    if clashes:
+        raise ConfigError(clashes, source)
     servers = {}
     for name, s in doc["servers"].items():
         restart = RestartPolicy(**s.get("restart", {}))
@@ -240,6 +254,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
         servers=servers,
         limits=Limits(**doc.get("limits", {})),
         http=HttpSettings(**http),
+        aggregate=aggregate,
         log_level=logging_.get("level", "info"),
         log_file=logging_.get("file"),
         mask_patterns=tuple(logging_.get("mask_patterns", ())),
