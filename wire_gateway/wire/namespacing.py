@@ -153,10 +153,12 @@ def with_modern_meta(params: Any, envelope: dict[str, Any]) -> dict[str, Any]:
 
 
 def result_for_legacy(result: Any) -> Any:
-    """A modern result as a legacy client expects it: no `resultType` (and no cache hints)."""
-    if isinstance(result, dict) and ("resultType" in result or "ttlMs" in result or "cacheScope" in result):
-        return {k: v for k, v in result.items() if k not in ("resultType", "ttlMs", "cacheScope")}
-    return result
+    """A modern result as a legacy client expects it: no `resultType`, no cache hints, no modern
+    `_meta` keys (a legacy client has no use for them and may not expect them)."""
+    if not isinstance(result, dict):
+        return result
+    out = strip_modern_meta({k: v for k, v in result.items() if k not in ("resultType", "ttlMs", "cacheScope")})
+    return out
 
 
 def result_for_modern(result: Any) -> Any:
