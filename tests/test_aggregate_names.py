@@ -122,6 +122,11 @@ def test_era_adaptation():
         {"tools": [], "_meta": {"k": 1}}
     assert ns.result_for_modern({"tools": []}) == {"tools": [], "resultType": "complete"}
     assert ns.result_for_modern({"resultType": "input_required"}) == {"resultType": "input_required"}
+    assert ns.result_for_modern({"tools": []}, cacheable=True) == \
+        {"tools": [], "resultType": "complete", "ttlMs": 0, "cacheScope": "private"}
+    kept = {"contents": [], "resultType": "complete", "ttlMs": 500, "cacheScope": "public"}
+    assert ns.result_for_modern(kept, cacheable=True) == kept
+    assert ns.result_for_modern({"resultType": "input_required"}, cacheable=True) == {"resultType": "input_required"}
 
 
 def test_merged_capabilities():

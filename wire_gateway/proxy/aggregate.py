@@ -61,6 +61,9 @@ LISTS = {
     "resources/list": ("resources", "uri"),
     "resources/templates/list": ("resourceTemplates", "uriTemplate"),
 }
+# Modern results that must say how long they may be cached (2026-07-28 CacheableResult).
+CACHEABLE = frozenset({"server/discover", "tools/list", "prompts/list", "resources/list",
+                       "resources/templates/list", "resources/read"})
 LIST_CHANGED = {"notifications/tools/list_changed": "toolsListChanged",
                 "notifications/prompts/list_changed": "promptsListChanged",
                 "notifications/resources/list_changed": "resourcesListChanged"}
@@ -435,11 +438,11 @@ class Aggregate:
             self.tasks.pop(req_id, None)
             owed = self.pending.pop(req_id) is not None
             if owed:                      # not owed: the client cancelled it
-                self._deliver(req_id, answer if answer is not None else _error_msg(
+                self._deliver(req_id, frame.method, answer if answer is not None else _error_msg(
                     req_id, errors.UPSTREAM_UNAVAILABLE,
                     f"the gateway is shutting down; {frame.method} was not answered"))
 
-    def _deliver(self, req_id: Any, answer: dict[str, Any]) -> None:
+    def _deliver(self, req_id: Any, method: str | None, answer: dict[str, Any]) -> None:
         if "result" in answer:
             result = answer["result"]
             if self.era == LEGACY:
@@ -451,7 +454,8 @@ class Aggregate:
                 else:
                     answer = {"jsonrpc": "2.0", "id": req_id, "result": ns.result_for_legacy(result)}
             else:
-                answer = {"jsonrpc": "2.0", "id": req_id, "result": ns.result_for_modern(result)}
+                answer = {"jsonrpc": "2.0", "id": req_id,
+                          "result": ns.result_for_modern(result, cacheable=method in CACHEABLE)}
         else:
             answer = {**answer, "id": req_id}
         raw = jsonfast.dumps(answer)
@@ -476,6 +480,7 @@ class Aggregate:
             self.handshake.on_client_request(frame)
             await self._members_tried()
             self.greeted = True
+            self.handshake.completed = True      # the gateway itself accepted it (the HTTP front checks)
             requested = params.get("protocolVersion")
             return self._result(frame.id, {
                 "protocolVersion": requested if requested in LEGACY_VERSIONS else LEGACY_VERSIONS[0],

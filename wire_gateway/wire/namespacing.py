@@ -161,11 +161,19 @@ def result_for_legacy(result: Any) -> Any:
     return out
 
 
-def result_for_modern(result: Any) -> Any:
-    """A legacy result as a modern client expects it: `resultType` says it is complete."""
-    if isinstance(result, dict) and "resultType" not in result:
-        return {**result, "resultType": "complete"}
-    return result
+def result_for_modern(result: Any, cacheable: bool = False) -> Any:
+    """A result as a modern client expects it: `resultType` says it is complete and, for a
+    cacheable result (lists, reads, discover), cache hints. The aggregate's own lists are
+    never fresh (members come and go) and never shared: ttlMs 0, cacheScope private. A
+    modern member's own hints on a forwarded read are kept."""
+    if not isinstance(result, dict):
+        return result
+    out = result if "resultType" in result else {**result, "resultType": "complete"}
+    if cacheable and out.get("resultType") == "complete":
+        if not isinstance(out.get("ttlMs"), int) or "cacheScope" not in out:
+            out = {**out, "ttlMs": out["ttlMs"] if isinstance(out.get("ttlMs"), int) else 0,
+                   "cacheScope": out.get("cacheScope", "private")}
+    return out
 
 
 def merge_capabilities(caps: list[dict[str, Any]]) -> dict[str, Any]:
