@@ -122,10 +122,13 @@ class HttpFront:
         def upstream_status(up: Any) -> dict[str, Any]:
             proc = getattr(up, "process", None)
             alive = proc is not None and proc.returncode is None
-            return {"state": up.state, "era": up.era, "url": getattr(up, "url", None), "pid": proc.pid if alive else None,
-                    "uptime": round(now - proc.started, 3) if alive else None,
-                    "restarts": up.restarts, "lastExit": up.last_exit,
-                    "inFlight": len(up.pending), "framesIn": up.frames_in, "framesOut": up.frames_out}
+            out = {"state": up.state, "era": up.era, "url": getattr(up, "url", None), "pid": proc.pid if alive else None,
+                   "uptime": round(now - proc.started, 3) if alive else None,
+                   "restarts": up.restarts, "lastExit": up.last_exit,
+                   "inFlight": len(up.pending), "framesIn": up.frames_in, "framesOut": up.frames_out}
+            if isinstance(up, Aggregate):     # an aggregate session: its member processes are its own
+                out["members"] = up.status()["members"]
+            return out
 
         servers = {name: {"shared": upstream_status(pool.upstream), "modernEra": pool.era,
                           "legacySessions": sum(1 for s in self.sessions.values() if s.server == name)}
