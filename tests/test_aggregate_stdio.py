@@ -271,3 +271,26 @@ def test_cancellation_reaches_the_member_under_its_own_id(tmp_path: Path) -> Non
         assert called and called[-1] != 42 and {"cancelled": called[-1]} in entries
     finally:
         close(client, tmp_path)
+
+
+def test_requests_written_before_stdin_closes_are_answered(tmp_path: Path) -> None:
+    """Like the one-server front: a client that writes its requests and closes stdin gets every answer."""
+    client = start(tmp_path, {"echo": echo(), "slowpoke": {"command": PY, "args": [
+        str(Path(__file__).resolve().parent.parent / "fixtures" / "servers" / "slow.py")]}})
+    try:
+        client.send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": LEGACY_INIT})
+        client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        client.send({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                     "params": {"name": "slowpoke__sleep", "arguments": {"seconds": 0.5}}})
+        client.send({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                     "params": {"name": "echo__echo", "arguments": {"text": "last"}}})
+        client.proc.stdin.close()
+        answers = {}
+        while len(answers) < 3:
+            msg = client.recv(15)
+            answers[msg["id"]] = msg
+        assert text(answers[2]) == "slept 0.5" and text(answers[3]) == "last"
+        assert client.proc.wait(20) == 0
+    finally:
+        if client.proc.poll() is None:
+            client.proc.kill()

@@ -52,6 +52,7 @@ META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 LIST_TIMEOUT = 10.0             # a member that does not list within this is skipped for that page
 RETRY_MAX = 30.0                # longest pause between attempts to (re)connect a failed member
 MAX_LEARN_PAGES = 20            # pages per member read when looking for an unlisted URI
+SHUTDOWN_GRACE = 5.0           # how long requests in flight may still finish once the client has gone
 ERA_MISMATCH = -31005           # docs/errors.md: a message that cannot cross between eras
 
 # Which list a method pages through, its items key, and how items are named.
@@ -302,6 +303,10 @@ class Aggregate:
                     nursery.start_soon(self._connect, member)
                 task_status.started()
                 await self._closing.wait()
+                # A client that wrote its requests and closed stdin still gets the answers (bounded).
+                with trio.move_on_after(SHUTDOWN_GRACE):
+                    while self.tasks:
+                        await trio.sleep(0.02)
                 for scope in list(self.tasks.values()):
                     scope.cancel()
                 with trio.CancelScope(shield=True):
@@ -475,10 +480,12 @@ class Aggregate:
     async def _dispatch(self, frame: Frame) -> dict[str, Any] | None:
         method = frame.method or ""
         params = frame.params if isinstance(frame.params, dict) else {}
+        # During start-up a request waits (bounded) for every member's first connection attempt,
+        # so it sees every server that can come up; afterwards this returns at once.
+        await self._members_tried()
         if method == "initialize":
             self.client_init = params
             self.handshake.on_client_request(frame)
-            await self._members_tried()
             self.greeted = True
             self.handshake.completed = True      # the gateway itself accepted it (the HTTP front checks)
             requested = params.get("protocolVersion")
@@ -487,7 +494,6 @@ class Aggregate:
                 "capabilities": self._capabilities(), "serverInfo": SERVER_INFO,
                 **self._instructions()})
         if method == "server/discover":
-            await self._members_tried()
             self.greeted = True
             return self._result(frame.id, {
                 "supportedVersions": [*MODERN_VERSIONS, *LEGACY_VERSIONS], "capabilities": self._capabilities(),
