@@ -36,10 +36,12 @@ LEGACY_ONLY = textwrap.dedent('''
             send({"jsonrpc": "2.0", "id": rid, "result": result})
         if method == "initialize":
             ready = True
-            answer({"protocolVersion": "2025-11-25", "capabilities": {"tools": {"listChanged": True}},
+            answer({"protocolVersion": "2025-11-25", "capabilities": {"tools": {"listChanged": True}, "prompts": {}},
                     "serverInfo": {"name": "old", "version": "1"}})
         elif not ready:
             send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32600, "message": "not initialized"}})
+        elif method == "prompts/list":
+            send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32603, "message": "prompts are broken today"}})
         elif method == "tools/list":
             answer({"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in ("pid", "ask", "changed")]})
         elif method == "tools/call" and msg["params"]["name"] == "pid":
@@ -136,6 +138,11 @@ def test_legacy_client_with_a_legacy_only_member_and_its_crash(tmp_path: Path) -
         assert nosep["error"]["code"] == -32602
         nomethod, _ = call(client, 6, "bogus/method", {})
         assert nomethod["error"]["code"] == -32601
+
+        # a member that fails to list is left out of the listing; the others are listed
+        prompts, _ = call(client, "pr", "prompts/list")
+        assert [p["name"] for p in prompts["result"]["prompts"]] == ["echo__greet"]
+        assert "nextCursor" not in prompts["result"]
 
         # a server->client request crosses with an id of the aggregate's own, and the answer goes back
         client.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "old__ask", "arguments": {}}})
@@ -294,3 +301,75 @@ def test_requests_written_before_stdin_closes_are_answered(tmp_path: Path) -> No
     finally:
         if client.proc.poll() is None:
             client.proc.kill()
+
+
+def test_a_legacy_only_http_member_and_its_lost_session(tmp_path: Path) -> None:
+    """An HTTP member without the modern era: the probe's 400 makes the aggregate do the legacy
+    handshake itself; when the server restarts (session lost), that handshake is replayed."""
+    from test_http_upstream import HTTP_ECHO, Upstream
+
+    def web(port: int = 0, tag: str = "web") -> Upstream:
+        port_file = tmp_path / f"{tag}.port"
+        return Upstream([PY, str(HTTP_ECHO), "--port", str(port), "--port-file", str(port_file), "--legacy-only"],
+                        port_file, tmp_path / f"{tag}.log")
+
+    server = web()
+    client = start(tmp_path, {"web": {"url": server.url, "timeout": 5}, "echo": echo()})
+    try:
+        disc, _ = call(client, 1, "server/discover", {"_meta": MODERN_META})
+        assert disc["result"]["resultType"] == "complete" and "tools" in disc["result"]["capabilities"]
+        first = text(call(client, 2, "tools/call", {"name": "web__pid", "arguments": {}, "_meta": MODERN_META})[0])
+        server.stop()
+        server = web(server.port, "web2")
+        for attempt in range(50):
+            again, _ = call(client, f"a{attempt}", "tools/call",
+                            {"name": "web__pid", "arguments": {}, "_meta": MODERN_META})
+            if "result" in again:
+                break
+            assert again["error"]["data"]["source"] == "wire-gateway"
+            time.sleep(0.1)
+        assert text(again) != first
+        echoed, _ = call(client, 3, "tools/call", {"name": "web__echo", "arguments": {"text": "back"},
+                                                  "_meta": MODERN_META})
+        assert text(echoed) == "back" and echoed["result"]["resultType"] == "complete"
+    finally:
+        close(client, tmp_path)
+        server.stop()
+    log = (tmp_path / "gateway.log").read_text()
+    assert "member web connected (legacy era)" in log
+    assert "replayed the client's initialize" in log
+
+
+def test_a_crash_looping_member_is_left_out_and_comes_back(tmp_path: Path) -> None:
+    gate = tmp_path / "crash-while-this-exists"
+    gate.write_text("")
+    crashy = {"command": PY, "args": [str(Path(__file__).resolve().parent.parent / "fixtures" / "servers" /
+                                          "crashing.py"), "--crash-on-start-file", str(gate)],
+              "restart": {"initial_delay": 0.01, "max_delay": 0.05, "crash_loop_exits": 2,
+                          "crash_loop_window": 30, "crash_loop_cooldown": 0.5},
+              "handshake_timeout": 2}
+    client = start(tmp_path, {"crashy": crashy, "echo": echo()})
+    try:
+        call(client, 1, "initialize", LEGACY_INIT)
+        client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        tools, _ = call(client, 2, "tools/list")    # crashy's page is skipped: echo's comes first
+        names = [t["name"] for t in tools["result"]["tools"]]
+        assert "echo__echo" in names and all(n.startswith("echo__") for n in names)
+        assert "nextCursor" not in tools["result"]
+        down, _ = call(client, 4, "tools/call", {"name": "crashy__echo", "arguments": {"text": "x"}})
+        assert down["error"]["code"] == -31002 and "crashy" in down["error"]["message"]
+        ok, _ = call(client, 5, "tools/call", {"name": "echo__echo", "arguments": {"text": "fine"}})
+        assert text(ok) == "fine"
+
+        gate.unlink()                     # the server starts cleanly from now on
+        deadline = time.monotonic() + 40
+        while True:
+            msg = client.recv(max(0.1, deadline - time.monotonic()))
+            if msg.get("method") == "notifications/tools/list_changed":
+                break
+        back, _ = call(client, 6, "tools/call", {"name": "crashy__echo", "arguments": {"text": "back"}})
+        assert text(back) == "back"
+    finally:
+        close(client, tmp_path)
+    log = (tmp_path / "gateway.log").read_text()
+    assert "member crashy is unavailable" in log and "member crashy connected" in log

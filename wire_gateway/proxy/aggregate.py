@@ -365,11 +365,8 @@ class Aggregate:
             member.instructions = result.get("instructions")
             self._start_listen(member)
             return True
-        error = probe.get("error")
-        data = error.get("data") if isinstance(error, dict) else None
-        if isinstance(data, dict) and data.get("source") == errors.SOURCE:
-            member.problem = str(error.get("message", "unavailable"))   # the gateway's own error: not reachable
-            return False
+        # Anything else (an error, a 4xx from an HTTP server that has no modern endpoint, no answer)
+        # may be a legacy-only server: try the legacy handshake; it fails fast if the member is down.
         init = await member.call("initialize", {
             "protocolVersion": LEGACY_VERSIONS[0],
             "capabilities": {"sampling": {}, "elicitation": {}, "roots": {"listChanged": True}},
@@ -377,7 +374,9 @@ class Aggregate:
         result = init.get("result")
         if not isinstance(result, dict):
             err = init.get("error") if isinstance(init.get("error"), dict) else {}
-            member.problem = f"initialize failed: {err.get('message', 'no result')}"
+            probe_err = probe.get("error") if isinstance(probe.get("error"), dict) else {}
+            member.problem = (f"server/discover failed ({probe_err.get('message', 'no usable answer')}) and so did "
+                              f"initialize ({err.get('message', 'no result')})")
             return False
         member.era = LEGACY
         member.upstream.era = LEGACY
