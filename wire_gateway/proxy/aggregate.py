@@ -103,7 +103,7 @@ class Member:
         self.tried = trio.Event()         # the first setup attempt has ended (either way)
         self.capabilities: dict[str, Any] = {}
         self.instructions: str | None = None
-        self.problem = "not connected yet"
+        self.problem = "not started yet (a lazy aggregate starts with its first request)"
         self.calls: dict[str, _Call] = {}
         self._ids = itertools.count(1)
 
@@ -195,8 +195,12 @@ def _error_msg(req_id: Any, code: int, message: str, data: dict[str, Any] | None
 class Aggregate:
     """The virtual server: an Upstream for one session, a client of every configured server."""
 
-    def __init__(self, config: Config, sink: Sink, factory: UpstreamFactory, client_era: str | None = None) -> None:
+    def __init__(self, config: Config, sink: Sink, factory: UpstreamFactory, client_era: str | None = None,
+                 lazy: bool = False) -> None:
+        """`lazy`: start the members only when the first request arrives (the HTTP front's shared
+        aggregate: a gateway nobody asks for /mcp runs no extra processes)."""
         self.config = config
+        self.lazy = lazy
         self.sink = sink
         self.name = AGGREGATE_NAME
         self.settings = config.aggregate
@@ -225,6 +229,8 @@ class Aggregate:
         self._tokens = itertools.count(1)
         self._asks = itertools.count(1)
         self._nursery: trio.Nursery | None = None
+        self._activated = trio.Event()
+        self._members_running = False
         self._closing = trio.Event()
         self._stopped = trio.Event()
 
@@ -237,6 +243,7 @@ class Aggregate:
             self.era = era_of_request(frame.method, frame.msg) or (MODERN if frame.method == "server/discover" else None)
         if frame.method == "ping":
             return self._result_bytes(frame.id, {})
+        self._activated.set()
         if self._nursery is None or self._closing.is_set():
             return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE,
                                       "the aggregate is not running (the gateway is starting or shutting down)")
@@ -296,12 +303,18 @@ class Aggregate:
         member must not hold the others back)."""
         try:
             async with trio.open_nursery() as nursery:
-                for member in self.members.values():
-                    await nursery.start(member.upstream.run)
                 self._nursery = nursery
-                for member in self.members.values():
-                    nursery.start_soon(self._connect, member)
-                task_status.started()
+                if self.lazy:
+                    task_status.started()
+                    await self._activated.wait()
+                if not self._closing.is_set():
+                    for member in self.members.values():
+                        await nursery.start(member.upstream.run)
+                    self._members_running = True
+                    for member in self.members.values():
+                        nursery.start_soon(self._connect, member)
+                if not self.lazy:
+                    task_status.started()
                 await self._closing.wait()
                 # A client that wrote its requests and closed stdin still gets the answers (bounded).
                 with trio.move_on_after(SHUTDOWN_GRACE):
@@ -311,7 +324,7 @@ class Aggregate:
                     scope.cancel()
                 with trio.CancelScope(shield=True):
                     async with trio.open_nursery() as closer:
-                        for member in self.members.values():
+                        for member in self.members.values() if self._members_running else ():
                             closer.start_soon(member.upstream.shutdown)
                 nursery.cancel_scope.cancel()
         finally:
@@ -325,6 +338,7 @@ class Aggregate:
 
     async def shutdown(self) -> None:
         self._closing.set()
+        self._activated.set()
         await self._stopped.wait()
 
     def status(self) -> dict[str, Any]:

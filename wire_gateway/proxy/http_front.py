@@ -61,7 +61,8 @@ class HttpFront:
                       for name, spec in config.servers.items()}
         # The aggregate (POST /mcp): modern requests share one Aggregate, like a server's shared process.
         self.aggregate_pool = ModernPool(AGGREGATE_NAME, AGGREGATE_SPEC, config.limits,
-                                         config.http.keepalive_interval, upstream_factory=self._aggregate(MODERN))
+                                         config.http.keepalive_interval,
+                                         upstream_factory=self._aggregate(MODERN, lazy=True))
         self.sessions: dict[str, LegacySession] = {}
         self.port: int | None = None
         self._nursery: trio.Nursery | None = None
@@ -307,10 +308,10 @@ class HttpFront:
             "Bad Request: missing Mcp-Session-Id (legacy era: start with initialize; "
             f"modern era: put the protocol version in params._meta[{'io.modelcontextprotocol/protocolVersion'!r}])"))
 
-    def _aggregate(self, client_era: str | None) -> Callable[..., Upstream]:
+    def _aggregate(self, client_era: str | None, lazy: bool = False) -> Callable[..., Upstream]:
         """An upstream factory for sessions of the aggregate; members come from make_upstream."""
         def factory(spec: ServerSpec, limits: Limits, sink: Sink) -> Upstream:
-            return Aggregate(self.config, sink, make_upstream, client_era=client_era)
+            return Aggregate(self.config, sink, make_upstream, client_era=client_era, lazy=lazy)
         return factory
 
     async def _open_session(self, server: str, init: Frame, responder: Responder) -> None:
