@@ -75,7 +75,6 @@ async def scenario(transport: Any, mode: str, kill: Any) -> dict[str, Any]:
             out["server_name"] = client.server_info.name
             tools, out["tool_pages"] = await all_pages(lambda c: client.list_tools(cursor=c), "tools")
             out["tools"] = [t.name for t in tools]
-            assert all(len(p) <= PAGE_SIZE for p in [out["tools"]]) or out["tool_pages"] > 1
 
             out["echo"] = text_of(await client.call_tool("echo__echo", {"text": "to echo"}))
             out["sdk"] = text_of(await client.call_tool("sdk__add", {"a": 2, "b": 40}))
