@@ -4,6 +4,8 @@ from wire_gateway.config.loader import (  # noqa: F401
     ConfigError,
     HttpSettings,
     Limits,
+    PolicySpec,
+    StoreSettings,
     RestartPolicy,
     ServerSpec,
     default_document,

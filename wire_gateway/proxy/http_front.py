@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import trio
 
 from wire_gateway.config import Config
+from wire_gateway.policy.services import Services
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
 from wire_gateway.transport.http_server import HttpLimits, Request, Responder, serve_http
@@ -48,10 +49,12 @@ def client_label(info: Any) -> dict[str, str] | None:
 
 
 class HttpFront:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, services: Services | None = None) -> None:
         self.config = config
+        self.services = services if services is not None else Services(config)
         self.settings = config.http
-        self.pools = {name: ModernPool(name, spec.resolved(), config.limits, config.http.keepalive_interval)
+        self.pools = {name: ModernPool(name, spec.resolved(), config, config.http.keepalive_interval,
+                                      self.services)
                       for name, spec in config.servers.items()}
         self.sessions: dict[str, LegacySession] = {}
         self.port: int | None = None
@@ -295,7 +298,8 @@ class HttpFront:
                 f"too many sessions ({self.settings.max_sessions}, http.max_sessions); try again later"))
             return
         assert self._nursery is not None
-        session = LegacySession(server, self.config.servers[server].resolved(), self.config.limits, self.settings)
+        session = LegacySession(server, self.config.servers[server].resolved(), self.config, self.settings,
+                                self.services)
         self.sessions[session.id] = session
         await self._nursery.start(session.upstream.run)
         log.info("session %s (%s): opened", session.id[:8], server)

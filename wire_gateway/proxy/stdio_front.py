@@ -15,14 +15,16 @@ from wire_gateway.config import Config
 from wire_gateway.proxy.session import PassthroughSession
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.transport.stdio import READ_SIZE, StdioStreams
-from wire_gateway.upstream.factory import make_upstream
+from wire_gateway.policy.services import Services
+from wire_gateway.proxy.route import open_upstream
 from wire_gateway.wire.framing import LineFramer
 
 log = logging.getLogger("wire_gateway.stdio")
 
 
-async def serve_stdio(config: Config, server_name: str, streams: StdioStreams) -> None:
-    front = StdioFront(config, server_name, streams)
+async def serve_stdio(config: Config, server_name: str, streams: StdioStreams,
+                      services: Services | None = None) -> None:
+    front = StdioFront(config, server_name, streams, services)
     try:
         await front.run()
     finally:
@@ -31,13 +33,15 @@ async def serve_stdio(config: Config, server_name: str, streams: StdioStreams) -
 
 
 class StdioFront:
-    def __init__(self, config: Config, server_name: str, streams: StdioStreams) -> None:
+    def __init__(self, config: Config, server_name: str, streams: StdioStreams,
+                 services: Services | None = None) -> None:
         self.config = config
         self.spec = config.servers[server_name].resolved()
         self.streams = streams
         self.client_out = OutBuffer(streams.stdout.fileno())
         self.session = PassthroughSession(self.client_out, config.limits.max_frame_bytes)
-        self.upstream = make_upstream(self.spec, config.limits, self.session)
+        self.services = services if services is not None else Services(config)
+        self.upstream = open_upstream(self.spec, config, self.session, self.services)
         self.session.upstream = self.upstream
         self.done = trio.Event()          # set by whichever ending comes first
         self.writer_done = trio.Event()
