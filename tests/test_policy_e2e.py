@@ -38,6 +38,20 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
     return False
 
 
+def notified(client: Any, method: str, timeout: float = 10.0) -> bool:
+    """True once `client` has received notification `method` (read from its stdout if need be)."""
+    deadline = time.monotonic() + timeout
+    while not any(isinstance(f, dict) and f.get("method") == method for f in client.other):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            client.other.append(client.recv(left))
+        except Exception:
+            return False
+    return True
+
+
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PY, "-m", "wire_gateway", *args, "--config", str(config)], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
@@ -99,8 +113,7 @@ def test_second_tools_list_is_served_from_cache_and_list_changed_invalidates(tmp
         assert second["id"] == "b" and second["result"] == first["result"]
         assert len(received(log, "tools/list")) == 1
         assert text_of(g.call("touch_tools")) == "notified 1"
-        assert wait_for(lambda: any(isinstance(f, dict) and f.get("method") == "notifications/tools/list_changed"
-                                    for f in g.other)), g.other      # still forwarded to the client
+        assert notified(g, "notifications/tools/list_changed"), g.other      # still forwarded to the client
         third = g.request("tools/list", req_id="c")
         assert third["result"] == first["result"] and len(received(log, "tools/list")) == 2
         g.request("tools/list", req_id="d")

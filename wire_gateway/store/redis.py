@@ -227,6 +227,8 @@ class RedisStore:
 
     async def _came_back(self) -> None:
         try:
+            # Connections pooled before the outage point at a dead server: drop them all first.
+            await self._aio(self._client.connection_pool.disconnect)
             stale = await self._keys("cache:")
             for i in range(0, len(stale), 500):
                 await self._aio(self._client.unlink, *stale[i:i + 500])
