@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import trio
 import trio_asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from wire_gateway.store.base import Listener
@@ -88,8 +90,11 @@ class RedisStore:
     async def connect(self) -> bool:
         """Open the client and check that Redis answers; False (with the one warning) if not."""
         if self._client is None:
+            # One immediate retry (a pooled connection may have died), no backoff: when Redis is
+            # gone, the gateway falls back to memory at once rather than waiting on it.
             self._client = aioredis.Redis.from_url(self.url, socket_timeout=self.op_timeout,
-                                                   socket_connect_timeout=self.op_timeout)
+                                                   socket_connect_timeout=self.op_timeout,
+                                                   retry=Retry(NoBackoff(), 1))
         try:
             await self._aio(self._client.ping)
         except FAILURES as exc:
