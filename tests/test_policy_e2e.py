@@ -296,3 +296,22 @@ def test_cli_check_shows_the_chain(tmp_path: Path) -> None:
     bad = write_config(tmp_path, {"p": {**fixture("policy"), "pinning": "sometimes", "cache": {"ttl": 1}}})
     out = cli(bad, "check")
     assert out.returncode == 1 and "$.servers.p.pinning" in out.stderr and "$.servers.p.cache" in out.stderr
+
+
+def test_guarded_server_frames_stay_byte_for_byte(tmp_path: Path) -> None:
+    """Through the runner, answers no interceptor changed (tool answers included) are the
+    server's exact bytes; so are client frames on their way to the server."""
+    from gateway import fixture_module
+
+    odd = fixture_module("oddformat")
+    config = write_config(tmp_path, {"odd": {**fixture("oddformat"), "pinning": "warn", "cache": {"tools_list_ttl": 0}}})
+    gw = gateway(config, "odd", tmp_path)
+    try:
+        for method, rid in [("initialize", 1), ("tools/list", 2), ("ping", 3), ("no/such", 4), ("tools/list", "again")]:
+            gw.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": {}})
+            assert gw.recv_raw() + b"\n" == odd.render(method, rid), method
+        gw.send({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "odd"}})
+        assert gw.recv_raw() + b"\n" == odd.NOTIFICATION
+        assert gw.recv_raw() + b"\n" == odd.render("tools/call", 5)
+    finally:
+        assert gw.close() == 0, gw.log_text()

@@ -73,7 +73,8 @@ class RedisStore:
                         self.safe_url, type(exc).__name__ + (f": {exc}" if str(exc) else ""))
             self._warned = True
         self.up = False
-        self._back = trio.Event()
+        if self._back.is_set():     # only on the way down: the pub/sub listener waits on this one
+            self._back = trio.Event()
         self._down.set()
 
     async def _op(self, remote: Callable[[], Awaitable[T]], local: Callable[[], T]) -> T:
