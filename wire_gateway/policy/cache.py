@@ -21,6 +21,7 @@ from typing import Any
 from wire_gateway.policy.chain import Call, Interceptor, Reply
 from wire_gateway.policy.tools import ToolIndex
 from wire_gateway.store.base import Store, part
+from wire_gateway.wire import jsonfast
 
 log = logging.getLogger("wire_gateway.policy.cache")
 
@@ -73,6 +74,20 @@ class ListCache(Interceptor):
         self.clock = clock
         self.hits = 0
         self.misses = 0
+        # key -> (the stored bytes, parsed entry, serialized result): a memory store hands back the
+        # same bytes object on every hit, so the entry is parsed and its result serialized once.
+        self._parsed: dict[str, tuple[bytes, dict[str, Any], bytes]] = {}
+
+    def _entry(self, key: str, raw: bytes) -> tuple[dict[str, Any], bytes]:
+        memo = self._parsed.get(key)
+        if memo is not None and memo[0] is raw:
+            return memo[1], memo[2]
+        entry = jsonfast.loads(raw)
+        result_raw = jsonfast.dumps(entry["result"])
+        if len(self._parsed) >= 1024:
+            self._parsed.clear()
+        self._parsed[key] = (raw, entry, result_raw)
+        return entry, result_raw
 
     def key(self, call: Call, scope: str) -> str:
         cursor = call.params.get("cursor")
@@ -83,15 +98,19 @@ class ListCache(Interceptor):
         if call.method != "tools/list":
             return None
         for scope in (auth_part(call.auth), PUBLIC):
-            raw = await self.store.get(self.key(call, scope))
+            key = self.key(call, scope)
+            raw = await self.store.get(key)
             if raw is not None:
-                entry = json.loads(raw)
+                entry, result_raw = self._entry(key, raw)
                 result = entry["result"]
+                self.hits += 1
                 if "ttlMs" in result:   # tell the client how fresh it still is
                     left = entry["stored"] + entry["ttl"] - self.clock()
-                    result = {**result, "ttlMs": max(0, int(left * 1000))}
-                self.hits += 1
-                return Reply.result(call, result, "cache")
+                    return Reply.result(call, {**result, "ttlMs": max(0, int(left * 1000))}, "cache")
+                reply = Reply.result(call, result, "cache")
+                reply.raw = b'{"jsonrpc":"2.0","id":' + jsonfast.dumps(call.frame.id) + b',"result":' + \
+                    result_raw + b"}"
+                return reply
         self.misses += 1
         call.state["list_gen"] = self.gens[self.server]
         return None
@@ -110,7 +129,7 @@ class ListCache(Interceptor):
             return reply
         scope = PUBLIC if result.get("cacheScope") == PUBLIC else auth_part(call.auth)
         entry = {"result": result, "stored": self.clock(), "ttl": ttl}
-        await self.store.set(self.key(call, scope), canonical(entry).encode(), ttl)
+        await self.store.set(self.key(call, scope), jsonfast.dumps(entry), ttl)
         return reply
 
 
@@ -147,7 +166,7 @@ class ResultCache(Interceptor):
         raw = await self.store.get(key)
         if raw is not None:
             self.hits += 1
-            return Reply.result(call, json.loads(raw), "cache")
+            return Reply.result(call, jsonfast.loads(raw), "cache")
         call.state["result_key"] = key
         call.state["result_gen"] = self.gens[self.server]
         return None
@@ -158,7 +177,7 @@ class ResultCache(Interceptor):
         if key is None or result is None or reply.gateway or result.get("isError") is True or not complete(result):
             return reply
         if call.state.get("result_gen") == self.gens[self.server]:
-            await self.store.set(key, canonical(result).encode(), self.ttl)
+            await self.store.set(key, jsonfast.dumps(result), self.ttl)
         return reply
 
 

@@ -109,11 +109,26 @@ class Interceptor:
 Forward = Callable[[Call], Awaitable[Reply]]
 
 
+def drive(coro: Any) -> tuple[bool, Any]:
+    """Run a coroutine that is expected never to suspend (the memory store never does) to its end,
+    synchronously: (True, its value). If it does suspend, it is closed: (False, None), and the
+    caller runs it again in a task. Why: a task hop per tool request costs more than the chain."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return True, done.value
+    coro.close()
+    return False, None
+
+
 class Chain:
-    """The interceptors one server runs, in ORDER, and what they share (the tool index)."""
+    """The interceptors one server runs, in ORDER, and what they share (the tool index).
+
+    `sync`: every await in the chain completes at once (memory store), so the runner may drive it
+    inline with `drive` instead of in a task."""
 
     def __init__(self, server: str, interceptors: list[Interceptor], index: ToolIndex | None = None,
-                 on_invalidate: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_invalidate: Callable[[], Awaitable[None]] | None = None, sync: bool = False) -> None:
         ranks = [ORDER.index(i.name) for i in interceptors]
         if ranks != sorted(ranks):
             raise ValueError(f"interceptors out of order: {[i.name for i in interceptors]}; order is {ORDER}")
@@ -121,21 +136,28 @@ class Chain:
         self.interceptors = interceptors
         self.index = index or ToolIndex()
         self._on_invalidate = on_invalidate
+        self.sync = sync
 
     @property
     def names(self) -> list[str]:
         return [i.name for i in self.interceptors]
 
     async def handle(self, call: Call, forward: Forward) -> Reply:
-        stop = len(self.interceptors)
-        reply: Reply | None = None
+        reply, stop = await self.down(call)
+        if reply is None:
+            reply = await forward(call)
+        return await self.up(call, reply, stop)
+
+    async def down(self, call: Call) -> tuple[Reply | None, int]:
+        """The request's way down: an answer and the index of who gave it, or (None, len)."""
         for i, interceptor in enumerate(self.interceptors):
             reply = await interceptor.on_request(call)
             if reply is not None:
-                stop = i
-                break
-        if reply is None:
-            reply = await forward(call)
+                return reply, i
+        return None, len(self.interceptors)
+
+    async def up(self, call: Call, reply: Reply, stop: int) -> Reply:
+        """The answer's way back, through the interceptors before `stop`, in reverse."""
         if call.method == "tools/list" and not reply.gateway:
             self.index.learn(reply.result_dict)
         for interceptor in reversed(self.interceptors[:stop]):

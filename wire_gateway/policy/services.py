@@ -84,4 +84,4 @@ class Services:
             dropped = await invalidate(self.store, spec.name, self.generations)
             log.info("server %s: tool list changed; dropped %d cached entries", spec.name, dropped)
 
-        return Chain(spec.name, chain, index, on_invalidate)
+        return Chain(spec.name, chain, index, on_invalidate, sync=self.store.backend == "memory")

@@ -14,10 +14,12 @@ MAX_TOOLS = 10000
 class ToolIndex:
     def __init__(self) -> None:
         self.tools: dict[str, dict[str, Any]] = {}
+        self._last: Any = None       # the result learnt last: a cache hit hands the same object again
 
     def learn(self, result: dict[str, Any] | None) -> None:
-        if result is None or not isinstance(result.get("tools"), list):
+        if result is None or result is self._last or not isinstance(result.get("tools"), list):
             return
+        self._last = result
         for tool in result["tools"]:
             if isinstance(tool, dict) and isinstance(tool.get("name"), str):
                 if tool["name"] in self.tools or len(self.tools) < MAX_TOOLS:

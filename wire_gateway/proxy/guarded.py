@@ -6,9 +6,13 @@ client, made by make_upstream) it is the Sink, through a small adapter because b
 protocols name a `flush` and a `wait_writable` that mean different things.
 
 Why tasks: the chain may wait on the store (Redis), which the synchronous `request()`
-cannot do. So the two tool methods run in a task in the runner's own nursery, and their
-answers reach the session through its sink. Other frames cost one set-membership test;
-other responses one dict lookup (only while a tool request is awaiting its answer).
+cannot do. So with Redis the two tool methods run in a task in the runner's own nursery,
+and their answers reach the session through its sink. With the memory store nothing in
+the chain ever waits, so it is driven inline (`chain.drive`): a cache hit is answered
+from `request()` itself, a miss is forwarded at once and its answer passed back through
+the chain as it arrives, with no task hop either way (a hop costs more than the chain).
+Other frames cost one set-membership test; other responses one dict lookup (only while a
+tool request is awaiting its answer).
 
 Exactly one answer per request: a chain answer, the server's (or inner upstream's)
 answer passed back through the chain, or, when the runner stops, the answer the inner
@@ -23,7 +27,7 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Limits, ServerSpec
-from wire_gateway.policy.chain import LIST_CHANGED, TOOL_METHODS, Call, Chain, Reply
+from wire_gateway.policy.chain import LIST_CHANGED, TOOL_METHODS, Call, Chain, Reply, drive
 from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
@@ -40,10 +44,12 @@ INVALIDATE_TIMEOUT = 5.0
 class _InChain:
     """One tool request the runner owes an answer to."""
 
-    __slots__ = ("frame", "scope", "done", "answer", "event")
+    __slots__ = ("frame", "scope", "done", "answer", "event", "call", "stop")
 
-    def __init__(self, frame: Frame) -> None:
+    def __init__(self, frame: Frame, call: Call | None = None, stop: int = 0) -> None:
         self.frame = frame
+        self.call = call              # set for a request driven inline: its answer is passed back inline
+        self.stop = stop
         self.scope = trio.CancelScope()
         self.done = False
         self.answer: Reply | None = None     # what the inner upstream answered, once it has
@@ -65,8 +71,7 @@ class _InnerSink:
             if runner._watch:
                 entry = runner._watch.pop(frame.id, None)
                 if entry is not None:
-                    entry.answer = Reply.of(frame)
-                    entry.event.set()
+                    runner._answered(entry, Reply.of(frame))
                     return
         elif kind is Kind.NOTIFICATION and frame.method == LIST_CHANGED:
             runner._list_changed(frame)
@@ -79,8 +84,7 @@ class _InnerSink:
         if entry is None:
             runner.sink.gateway_reply(req_id, data)
             return
-        entry.answer = Reply(jsonfast.loads(data), data, gateway=True)
-        entry.event.set()
+        runner._answered(entry, Reply(jsonfast.loads(data), data, gateway=True))
 
     def flush(self) -> None:
         self.runner.sink.flush()
@@ -159,10 +163,79 @@ class GuardedUpstream:
         refused = self.inner.pending.refusal(frame.id, self.name, self.limits.max_in_flight - len(self._calls))
         if refused is not None:
             return refused
+        if self.chain.sync:
+            return self._inline(frame)
         entry = _InChain(frame)
         self._calls[frame.id] = entry
         self._nursery.start_soon(self._run_call, entry)
         return None
+
+    def _inline(self, frame: Frame) -> bytes | None:
+        """The chain driven synchronously (memory store). Returns the answer when the chain gives
+        one at once (cache hit, refusal), else forwards the request and returns None."""
+        call = Call(self.name, frame, self.auth_context, self._version(frame))
+        try:
+            ok, down = drive(self.chain.down(call))
+            if not ok:          # something in the chain waited after all: run it in a task
+                entry = _InChain(frame)
+                self._calls[frame.id] = entry
+                self._nursery.start_soon(self._run_call, entry)   # type: ignore[union-attr]
+                return None
+            reply, stop = down
+            if reply is None:
+                refused = self.inner.request(call.frame)
+                if refused is None:
+                    entry = _InChain(frame, call, stop)
+                    self._calls[frame.id] = entry
+                    self._watch[frame.id] = entry
+                    return None
+                reply = Reply(jsonfast.loads(refused), refused, gateway=True)
+            ok, out = drive(self.chain.up(call, reply, stop))
+            if ok:
+                return out.raw if out.raw is not None else out.frame().raw
+        except Exception as exc:
+            return self._failed(call, exc).raw
+        entry = _InChain(frame, call, stop)
+        self._calls[frame.id] = entry
+        self._nursery.start_soon(self._pass_back, entry, reply)   # type: ignore[union-attr]
+        return None
+
+    def _failed(self, call: Call, exc: Exception) -> Reply:
+        log.error("server %s: the policy chain failed on %s %r", self.name, call.frame.method, call.frame.id,
+                  exc_info=exc)
+        return Reply.error(call, errors.INTERNAL_ERROR,
+                           f"the gateway's policy chain failed on {call.frame.method}: {type(exc).__name__}",
+                           {"server": self.name})
+
+    def _answered(self, entry: _InChain, reply: Reply) -> None:
+        """The inner upstream answered a forwarded tool request."""
+        if entry.call is None:                    # its task is waiting for it
+            entry.answer = reply
+            entry.event.set()
+            return
+        try:
+            ok, out = drive(self.chain.up(entry.call, reply, entry.stop))
+        except Exception as exc:
+            ok, out = True, self._failed(entry.call, exc)
+        if ok:
+            if self._calls.get(entry.frame.id) is entry:
+                del self._calls[entry.frame.id]
+            self._deliver(entry, out, flush=False)     # the inner upstream's reader flushes its batch
+        elif self._nursery is not None:
+            self._nursery.start_soon(self._pass_back, entry, reply)
+
+    async def _pass_back(self, entry: _InChain, reply: Reply) -> None:
+        assert entry.call is not None
+        try:
+            with entry.scope:
+                try:
+                    out = await self.chain.up(entry.call, reply, entry.stop)
+                except Exception as exc:
+                    out = self._failed(entry.call, exc)
+                self._deliver(entry, out)
+        finally:
+            if self._calls.get(entry.frame.id) is entry:
+                del self._calls[entry.frame.id]
 
     def notify(self, frame: Frame) -> None:
         if frame.method == "notifications/cancelled" and self._calls:
@@ -217,11 +290,7 @@ class GuardedUpstream:
                 try:
                     reply = await self.chain.handle(call, forward)
                 except Exception as exc:
-                    log.exception("server %s: the policy chain failed on %s %r", self.name, entry.frame.method,
-                                  entry.frame.id)
-                    reply = Reply.error(call, errors.INTERNAL_ERROR,
-                                        f"the gateway's policy chain failed on {entry.frame.method}: "
-                                        f"{type(exc).__name__}", {"server": self.name})
+                    reply = self._failed(call, exc)
                 self._deliver(entry, reply)
         finally:
             if self._calls.get(entry.frame.id) is entry:
@@ -229,7 +298,7 @@ class GuardedUpstream:
             if self._watch.get(entry.frame.id) is entry:
                 del self._watch[entry.frame.id]
 
-    def _deliver(self, entry: _InChain, reply: Reply) -> None:
+    def _deliver(self, entry: _InChain, reply: Reply, flush: bool = True) -> None:
         if entry.done:
             return
         entry.done = True
@@ -237,7 +306,8 @@ class GuardedUpstream:
             self.sink.gateway_reply(entry.frame.id, reply.raw)
         else:
             self.sink.server_frame(reply.frame())
-        self.sink.flush()
+        if flush:
+            self.sink.flush()
 
     def _list_changed(self, frame: Frame) -> None:
         """Invalidate first, then tell the client: a client that re-lists at once must miss."""
