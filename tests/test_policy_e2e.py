@@ -191,8 +191,13 @@ def test_changed_tool_is_quarantined_until_approved(tmp_path: Path) -> None:
 # ---- runner edge cases: cancellation, bad input, shutdown ---------------------------------------------------
 
 def test_cancelled_and_shutdown_requests_get_exactly_one_answer(tmp_path: Path) -> None:
+    cancel_and_shutdown_scenario(tmp_path)
+
+
+def cancel_and_shutdown_scenario(tmp_path: Path, **top: Any) -> None:
+    """Shared with the Redis tests, where the chain runs in tasks rather than inline."""
     log = tmp_path / "slow.log"
-    config = write_config(tmp_path, {"s": {**fixture("slow", "--log", str(log)), "pinning": "warn"}})
+    config = write_config(tmp_path, {"s": {**fixture("slow", "--log", str(log)), "pinning": "warn"}}, **top)
     g = gateway(config, "s", tmp_path)
     try:
         g.initialize()

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 from gateway import fixture, gateway, text_of, write_config
-from test_policy_e2e import cli, notified, received, wait_for
+from test_policy_e2e import cancel_and_shutdown_scenario, cli, notified, received, wait_for
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -159,3 +159,9 @@ def test_approval_reaches_a_running_gateway_through_pubsub(redis_server: RedisPr
     finally:
         assert g.close() == 0, g.log_text()
     assert "s3cret-pw" not in g.log_text() and "redis://:***@127.0.0.1" in g.log_text()
+
+
+def test_cancellation_and_shutdown_with_the_chain_in_tasks(redis_server: RedisProcess, tmp_path: Path) -> None:
+    """With Redis the chain runs in the runner's tasks: still one answer per request, none for
+    the cancelled one."""
+    cancel_and_shutdown_scenario(tmp_path, store=store(redis_server, f"wg-test-{uuid.uuid4().hex[:8]}:"))
