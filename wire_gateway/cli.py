@@ -105,6 +105,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             spec.resolved()
         except ConfigError as exc:
             problems += exc.problems
+    if config.store.backend == "redis":
+        from wire_gateway.config.loader import expand
+
+        try:
+            expand(config.store.url, dict(os.environ), "store.url")
+        except ConfigError as exc:
+            problems += exc.problems
     if problems:
         print(ConfigError(problems, config.source).report(), file=sys.stderr)
         return 1
@@ -170,7 +177,11 @@ def cmd_stdio(args: argparse.Namespace) -> int:
              config.source)
     from wire_gateway.policy.services import Services
 
-    services = Services(config)
+    try:
+        services = Services(config)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return 1
 
     async def main() -> None:
         async with running(services):
@@ -254,7 +265,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from wire_gateway.policy.services import Services
 
-    services = Services(config)
+    try:
+        services = Services(config)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return 1
     log.info("wire-gateway %s (pid %d): HTTP front from %s", __version__, os.getpid(), config.source)
     failed = False
     try:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from wire_gateway.config import Config
+from wire_gateway.config import Config, ConfigError
 from wire_gateway.policy.pinning import PinBook
 from wire_gateway.policy.services import make_store
 from wire_gateway.store.base import Store
@@ -23,7 +23,11 @@ MEMORY_NOTE = ("the memory store lives inside each running gateway process, so t
 
 
 def _run(fn: Any, config: Config) -> int:
-    store = make_store(config.store)
+    try:
+        store = make_store(config.store)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return 1
     if store.backend == "redis":
         import trio_asyncio
 
