@@ -3,7 +3,7 @@
     python -m load policy-bench [-n 500] [--rounds 20] [--redis-url URL] [--json]
 
 Two comparisons in one invocation, each pair of gateways running side by side and
-measured alternately (A B A B ...) so that drift on a noisy machine hits both alike:
+measured alternately (A B B A A B ...) so that drift on a noisy machine hits both alike:
 
 (a) ``tools/list`` against the bundled echo server: uncached (the chain without the
     list cache: every list reaches the server) vs cached (the second and later lists
@@ -14,7 +14,9 @@ measured alternately (A B A B ...) so that drift on a noisy machine hits both al
 
 With --redis-url, (a) is also run with the Redis store for the cached side.
 One request at a time (a client waiting on each answer), timed with perf_counter_ns;
-figures are the median and p90 round trip per side over all rounds, and the ratio of medians.
+figures are the median and p90 round trip per side over all rounds, the ratio of medians,
+and the gateway process's own CPU time per request (from /proc; steadier than latency on
+a shared machine, since it does not count time spent waiting for a CPU).
 """
 from __future__ import annotations
 
@@ -69,6 +71,12 @@ class Gateway:
                     raise RuntimeError(f"{self.label}: {method} failed: {answer['error']}")
                 return answer
 
+    def cpu_us(self) -> float:
+        """CPU time (user + system) the gateway process itself has used, in microseconds."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1e6 / os.sysconf("SC_CLK_TCK")
+
     def timed(self, method: str, n: int) -> list[int]:
         """n sequential round trips of `method`, in microseconds."""
         line_prefix = b'{"jsonrpc":"2.0","id":%d,"method":"' + method.encode() + b'"}\n'
@@ -103,13 +111,22 @@ def summary(samples: list[int]) -> dict:
 def compare(a: Gateway, b: Gateway, method: str, n: int, rounds: int, warmup: int = 200) -> dict:
     a.timed(method, warmup)
     b.timed(method, warmup)
-    sa: list[int] = []
-    sb: list[int] = []
-    for _ in range(rounds):
-        sa += a.timed(method, n)
-        sb += b.timed(method, n)
-    ra, rb = summary(sa), summary(sb)
-    return {a.label: ra, b.label: rb, "ratio_of_medians": round(rb["median_us"] / ra["median_us"], 3)}
+    samples: dict[str, list[int]] = {a.label: [], b.label: []}
+    cpu = {a.label: 0.0, b.label: 0.0}
+
+    def one(g: Gateway) -> None:
+        before = g.cpu_us()
+        samples[g.label] += g.timed(method, n)
+        cpu[g.label] += g.cpu_us() - before
+
+    for i in range(rounds):       # A B, then B A: neither side always runs first
+        for g in ((a, b) if i % 2 == 0 else (b, a)):
+            one(g)
+    out: dict = {}
+    for g in (a, b):
+        out[g.label] = {**summary(samples[g.label]), "gateway_cpu_us_per_request": round(cpu[g.label] / (n * rounds), 1)}
+    out["ratio_of_medians"] = round(out[b.label]["median_us"] / out[a.label]["median_us"], 3)
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
         if name == "config":
             continue
         sides = [k for k in figures if k != "ratio_of_medians"]
-        parts = [f"{side}: median {figures[side]['median_us']:.0f} us, p90 {figures[side]['p90_us']} us"
-                 for side in sides]
+        parts = [f"{side}: median {figures[side]['median_us']:.0f} us, p90 {figures[side]['p90_us']} us, "
+                 f"gateway CPU {figures[side]['gateway_cpu_us_per_request']} us/req" for side in sides]
         print(f"  {name:<17} " + " | ".join(parts) + f" | ratio {figures['ratio_of_medians']}")
     tl = results["tools_list"]
     print(f"  => cached tools/list is {1 / tl['ratio_of_medians']:.1f}x faster than uncached (target >= 3x); "
