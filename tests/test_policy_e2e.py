@@ -251,7 +251,7 @@ def modern_post(gw: HttpGateway, server: str, req_id: Any, method: str, params: 
 def test_http_front_filters_and_caches_modern_requests(tmp_path: Path) -> None:
     log = tmp_path / "policy.log"
     gw = HttpGateway(tmp_path, {"p": {**fixture("policy", "--log", str(log), "--ttl-ms", "60000",
-                                                "--cache-scope", "public"), **HIDE_ADMIN}})
+                                                "--cache-scope", "public"), **HIDE_ADMIN}}, http={"admin_port": 0})
     try:
         first = modern_post(gw, "p", 1, "tools/list")
         names = [t["name"] for t in first["result"]["tools"]]
@@ -267,6 +267,13 @@ def test_http_front_filters_and_caches_modern_requests(tmp_path: Path) -> None:
         assert ok["result"]["content"][0]["text"] == "x"
         status = httpx.get(gw.base + "/readyz", timeout=5).json()
         assert status["servers"] == {"p": "running"}
+        import re
+
+        admin = re.search(r"control plane on http://[^:]+:(\d+)/status", gw.log())
+        assert admin, gw.log()
+        shared = httpx.get(f"http://127.0.0.1:{admin.group(1)}/status", timeout=5).json()["servers"]["p"]["shared"]
+        assert shared["state"] == "running" and shared["pid"] > 0 and shared["era"] == "modern"
+        assert shared["framesIn"] >= 3 and shared["inFlight"] == 0     # /status reads through the runner
     finally:
         assert gw.stop() == 0, gw.log()
 
@@ -320,3 +327,44 @@ def test_guarded_server_frames_stay_byte_for_byte(tmp_path: Path) -> None:
         assert gw.recv_raw() + b"\n" == odd.render("tools/call", 5)
     finally:
         assert gw.close() == 0, gw.log_text()
+
+
+def test_modern_list_changed_on_a_listen_stream_invalidates_the_cache(tmp_path: Path) -> None:
+    """Modern era: the server announces the change on a subscriptions/listen stream; the gateway
+    drops its cached list first, then the client gets the notification under its own subscription id."""
+    import threading
+
+    from test_http_front import modern, post
+
+    log = tmp_path / "echo.log"
+    gw = HttpGateway(tmp_path, {"echo": {**fixture("echo", "--log", str(log)), "cache": {"tools_list_ttl": 300}}})
+    try:
+        listed = modern_post(gw, "echo", 1, "tools/list")
+        assert modern_post(gw, "echo", 2, "tools/list")["result"] == listed["result"]
+        assert len(received(log, "tools/list")) == 1
+        events: list[dict] = []
+        got = threading.Event()
+
+        def listen() -> None:
+            body, headers = modern("sub-9", "subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+            with httpx.Client(timeout=20) as client:
+                with client.stream("POST", gw.url("echo"), content=json.dumps(body), headers=headers) as resp:
+                    for line in resp.iter_lines():
+                        if line.startswith("data:") and line[5:].strip():
+                            events.append(json.loads(line[5:]))
+                            if events[-1].get("method") == "notifications/tools/list_changed":
+                                got.set()
+                                return
+
+        reader = threading.Thread(target=listen, daemon=True)
+        reader.start()
+        assert wait_for(lambda: bool(events))                   # acknowledged: the stream is open
+        body, headers = modern(3, "tools/call", {"name": "touch_tools", "arguments": {}}, name="touch_tools")
+        assert post(gw, "echo", body, headers).json()["result"]["content"][0]["text"] == "notified 1"
+        assert got.wait(10), events
+        assert events[-1]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "sub-9"
+        modern_post(gw, "echo", 4, "tools/list")
+        assert len(received(log, "tools/list")) == 2              # the cached list was dropped
+        reader.join(5)
+    finally:
+        assert gw.stop() == 0, gw.log()
