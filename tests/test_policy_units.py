@@ -329,3 +329,13 @@ def test_reply_frame_keeps_bytes_unless_changed():
     changed = Reply.of(frame).with_result({"tools": [1]}, "filter").frame()
     assert jsonfast.loads(changed.raw) == {"jsonrpc": "2.0", "id": 1, "result": {"tools": [1]}}
     assert changed.note == "filter"
+
+
+async def test_unwritable_pins_file_costs_persistence_not_service(tmp_path, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    store = MemoryStore(str(blocker / "pins.json"))
+    with caplog.at_level(logging.ERROR, "wire_gateway.store"):
+        assert await store.set("pins:srv:echo", b"abc")
+    assert await store.get("pins:srv:echo") == b"abc"
+    assert "cannot write pins file" in caplog.text

@@ -45,7 +45,7 @@ class MemoryStore:
         assert self.pins_file is not None
         try:
             mtime = os.stat(self.pins_file).st_mtime_ns
-        except FileNotFoundError:
+        except OSError:          # not there (yet), or not reachable: nothing to load
             mtime = None
         if mtime == self._pins_mtime:
             return
@@ -67,15 +67,20 @@ class MemoryStore:
             listener("pins:*")
 
     def _save_pins(self) -> None:
+        """Write the pins file atomically. A file that cannot be written costs persistence, never
+        service: the pins stay in memory and the error is logged."""
         assert self.pins_file is not None
         doc = {k: v.decode() for k, (v, _) in sorted(self._data.items()) if k.startswith(PERSISTED)}
         folder = os.path.dirname(os.path.abspath(self.pins_file))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".pins-", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.pins_file)    # atomic: a running gateway never reads half a file
-        self._pins_mtime = os.stat(self.pins_file).st_mtime_ns
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".pins-", dir=folder)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.pins_file)    # atomic: a running gateway never reads half a file
+            self._pins_mtime = os.stat(self.pins_file).st_mtime_ns
+        except OSError as exc:
+            log.error("store: cannot write pins file %s (%s); pins are kept in memory only", self.pins_file, exc)
 
     # ---- the interface ------------------------------------------------------------------------
 
