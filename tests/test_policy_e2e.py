@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from http_gateway import HttpGateway
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from test_sdk_e2e import SDK_SERVER, check_scenario, direct_target, run_logged, run_scenario
+from test_sdk_e2e import SDK_SERVER, check_scenario, direct_target, run_logged
 
 HIDE_ADMIN = {"tools": {"deny": ["admin_*"]}}
 
