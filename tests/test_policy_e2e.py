@@ -367,3 +367,24 @@ def test_modern_list_changed_on_a_listen_stream_invalidates_the_cache(tmp_path: 
         reader.join(5)
     finally:
         assert gw.stop() == 0, gw.log()
+
+
+def test_a_crash_answers_guarded_calls_once_and_the_session_goes_on(tmp_path: Path) -> None:
+    """The server dies under a tools/call: the client gets the gateway's -31001 once (passed back
+    through the chain), the server is restarted and the next calls work, from the cache too."""
+    config = write_config(tmp_path, {"c": {**fixture("crashing"), "pinning": "enforce",
+                                           "restart": {"initial_delay": 0.05}}})
+    g = gateway(config, "c", tmp_path)
+    try:
+        g.initialize()
+        names = [t["name"] for t in g.request("tools/list", req_id="l1")["result"]["tools"]]
+        assert "crash" in names
+        died = g.call("crash", req_id="boom")
+        assert died["id"] == "boom" and died["error"]["code"] == -31001
+        assert text_of(g.call("echo", {"text": "back"}, req_id="after")) == "back"
+        assert [t["name"] for t in g.request("tools/list", req_id="l2")["result"]["tools"]] == names
+        bad = g.call("echo", {"text": 5}, req_id="bad")
+        assert bad["error"]["code"] == -32602
+    finally:
+        assert g.close() == 0, g.log_text()
+    assert not [f for f in g.other if isinstance(f, dict) and f.get("id") in ("boom", "after", "l2", "bad")]
