@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway import MODERN_META, PY, ROOT, fixture, gateway, text_of, write_config
+from gateway import LEGACY_INIT, MODERN_META, PY, ROOT, fixture, gateway, text_of, write_config
 from http_gateway import HttpGateway
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -18,6 +18,13 @@ from mcp.client.streamable_http import streamable_http_client
 from test_sdk_e2e import SDK_SERVER, check_scenario, direct_target, run_logged
 
 HIDE_ADMIN = {"tools": {"deny": ["admin_*"]}}
+
+
+def start(client: Any) -> dict:
+    """The legacy handshake, with room for a slow start on a loaded machine (CI runs in parallel)."""
+    answer = client.request("initialize", LEGACY_INIT, timeout=30)
+    client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    return answer
 
 
 def received(log: Path, method: str | None = None, tool: str | None = None) -> list[dict[str, Any]]:
@@ -106,7 +113,7 @@ def test_second_tools_list_is_served_from_cache_and_list_changed_invalidates(tmp
     config = write_config(tmp_path, {"echo": {**fixture("echo", "--log", str(log)), "cache": {"tools_list_ttl": 300}}})
     g = gateway(config, "echo", tmp_path)
     try:
-        g.initialize()
+        start(g)
         first = g.request("tools/list", req_id="a")
         second = g.request("tools/list", req_id="b")
         assert second["id"] == "b" and second["result"] == first["result"]
@@ -130,7 +137,7 @@ def test_result_cache_and_schema_over_stdio(tmp_path: Path) -> None:
                                            "cache": {"results": True, "results_ttl": 60}}})
     g = gateway(config, "p", tmp_path)
     try:
-        g.initialize()
+        start(g)
         g.request("tools/list")
         assert text_of(g.call("counter", {"key": "k"})) == "k #1"
         assert text_of(g.call("counter", {"key": "k"})) == "k #1"          # cached: never reached the server
@@ -154,7 +161,7 @@ def test_changed_tool_is_quarantined_until_approved(tmp_path: Path) -> None:
                           store={"pins_file": str(pins)})
     g = gateway(config, "p", tmp_path)
     try:
-        g.initialize()
+        start(g)
         for _ in range(2):
             names = [t["name"] for t in g.request("tools/list")["result"]["tools"]]
             assert "echo" in names
@@ -181,7 +188,7 @@ def test_changed_tool_is_quarantined_until_approved(tmp_path: Path) -> None:
     # The pins outlive the process: a new gateway still knows the approved definition.
     g = gateway(config, "p", tmp_path)
     try:
-        g.initialize()
+        start(g)
         assert "echo" not in [t["name"] for t in g.request("tools/list")["result"]["tools"]]   # old one again
     finally:
         g.close()
@@ -199,7 +206,7 @@ def cancel_and_shutdown_scenario(tmp_path: Path, **top: Any) -> None:
     config = write_config(tmp_path, {"s": {**fixture("slow", "--log", str(log)), "pinning": "warn"}}, **top)
     g = gateway(config, "s", tmp_path)
     try:
-        g.initialize()
+        start(g)
         g.request("tools/list")
         g.send({"jsonrpc": "2.0", "id": "cancel-me", "method": "tools/call",
                 "params": {"name": "sleep", "arguments": {"seconds": 30}}})
@@ -376,7 +383,7 @@ def test_a_crash_answers_guarded_calls_once_and_the_session_goes_on(tmp_path: Pa
                                            "restart": {"initial_delay": 0.05}}})
     g = gateway(config, "c", tmp_path)
     try:
-        g.initialize()
+        start(g)
         names = [t["name"] for t in g.request("tools/list", req_id="l1")["result"]["tools"]]
         assert "crash" in names
         died = g.call("crash", req_id="boom")

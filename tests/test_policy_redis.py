@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 from gateway import fixture, gateway, text_of, write_config
-from test_policy_e2e import cancel_and_shutdown_scenario, cli, notified, received, wait_for
+from test_policy_e2e import cancel_and_shutdown_scenario, cli, notified, received, start, wait_for
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -90,8 +90,8 @@ def test_two_gateways_share_the_cache_and_its_invalidation(redis_server: RedisPr
     a = gateway(configs["a"], "echo", tmp_path / "a")
     b = gateway(configs["b"], "echo", tmp_path / "b")
     try:
-        a.initialize()
-        b.initialize()
+        start(a)
+        start(b)
         listed = a.request("tools/list", req_id="a1")
         assert len(received(logs["a"], "tools/list")) == 1
         shared = b.request("tools/list", req_id="b1")
@@ -145,7 +145,7 @@ def test_approval_reaches_a_running_gateway_through_pubsub(redis_server: RedisPr
     redis.Redis(port=redis_server.port).config_set("requirepass", "s3cret-pw")
     g = gateway(config, "p", tmp_path)
     try:
-        g.initialize()
+        start(g)
         assert "echo" in [t["name"] for t in g.request("tools/list")["result"]["tools"]]
         assert "echo" not in [t["name"] for t in g.request("tools/list")["result"]["tools"]]
         assert g.call("echo", {"text": "x"})["error"]["code"] == -31005   # remembered in the process
