@@ -5,6 +5,8 @@ from wire_gateway.config.loader import (  # noqa: F401
     ConfigError,
     HttpSettings,
     Limits,
+    PolicySpec,
+    StoreSettings,
     RestartPolicy,
     ServerSpec,
     default_document,

@@ -53,7 +53,7 @@ LIST_TIMEOUT = 10.0             # a member that does not list within this is ski
 RETRY_MAX = 30.0                # longest pause between attempts to (re)connect a failed member
 MAX_LEARN_PAGES = 20            # pages per member read when looking for an unlisted URI
 SHUTDOWN_GRACE = 5.0           # how long requests in flight may still finish once the client has gone
-ERA_MISMATCH = -31005           # docs/errors.md: a message that cannot cross between eras
+ERA_MISMATCH = errors.ERA_MISMATCH
 
 # Which list a method pages through, its items key, and how items are named.
 LISTS = {

@@ -23,11 +23,12 @@ from urllib.parse import urlsplit
 import trio
 
 from wire_gateway.config import Config, Limits, ServerSpec
+from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
+from wire_gateway.proxy.route import member_factory
 from wire_gateway.transport.http_server import HttpLimits, Request, Responder, serve_http
-from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.upstream.supervisor import Sink, Upstream
 from wire_gateway.wire import errors
 from wire_gateway.wire.era import LEGACY_VERSIONS, MODERN, MODERN_VERSIONS, request_version
@@ -54,13 +55,15 @@ def client_label(info: Any) -> dict[str, str] | None:
 
 
 class HttpFront:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, services: Services | None = None) -> None:
         self.config = config
+        self.services = services if services is not None else Services(config)
         self.settings = config.http
-        self.pools = {name: ModernPool(name, spec.resolved(), config.limits, config.http.keepalive_interval)
+        self.pools = {name: ModernPool(name, spec.resolved(), config, config.http.keepalive_interval,
+                                      self.services)
                       for name, spec in config.servers.items()}
         # The aggregate (POST /mcp): modern requests share one Aggregate, like a server's shared process.
-        self.aggregate_pool = ModernPool(AGGREGATE_NAME, AGGREGATE_SPEC, config.limits,
+        self.aggregate_pool = ModernPool(AGGREGATE_NAME, AGGREGATE_SPEC, config,
                                          config.http.keepalive_interval,
                                          upstream_factory=self._aggregate(MODERN, lazy=True))
         self.sessions: dict[str, LegacySession] = {}
@@ -309,9 +312,11 @@ class HttpFront:
             f"modern era: put the protocol version in params._meta[{'io.modelcontextprotocol/protocolVersion'!r}])"))
 
     def _aggregate(self, client_era: str | None, lazy: bool = False) -> Callable[..., Upstream]:
-        """An upstream factory for sessions of the aggregate; members come from make_upstream."""
+        """An upstream factory for sessions of the aggregate; each member gets its server's policy chain."""
+        members = member_factory(self.config, self.services)
+
         def factory(spec: ServerSpec, limits: Limits, sink: Sink) -> Upstream:
-            return Aggregate(self.config, sink, make_upstream, client_era=client_era, lazy=lazy)
+            return Aggregate(self.config, sink, members, client_era=client_era, lazy=lazy)
         return factory
 
     async def _open_session(self, server: str, init: Frame, responder: Responder) -> None:
@@ -322,11 +327,11 @@ class HttpFront:
             return
         assert self._nursery is not None
         if server == AGGREGATE_NAME:
-            session = LegacySession(server, AGGREGATE_SPEC, self.config.limits, self.settings,
+            session = LegacySession(server, AGGREGATE_SPEC, self.config, self.settings,
                                     upstream_factory=self._aggregate(None))
         else:
-            session = LegacySession(server, self.config.servers[server].resolved(), self.config.limits,
-                                    self.settings)
+            session = LegacySession(server, self.config.servers[server].resolved(), self.config,
+                                    self.settings, self.services)
         self.sessions[session.id] = session
         await self._nursery.start(session.upstream.run)
         log.info("session %s (%s): opened", session.id[:8], server)
