@@ -150,8 +150,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_stdio(args: argparse.Namespace) -> int:
-    import trio
-
     from wire_gateway.proxy.stdio_front import serve_stdio
     from wire_gateway.transport.stdio import claim_stdio
 
@@ -165,37 +163,28 @@ def cmd_stdio(args: argparse.Namespace) -> int:
     if name is not None and args.aggregate:
         print("wire-gateway stdio: --server and --aggregate exclude each other", file=sys.stderr)
         return 2
-    if name is None and (args.aggregate or len(config.servers) > 1):
-        try:
-            for spec in config.servers.values():
-                spec.resolved()
-        except ConfigError as exc:
-            print(exc.report(), file=sys.stderr)
-            return 1
-        log.info("wire-gateway %s (pid %d): stdio front for the aggregate of %s from %s", __version__,
-                 os.getpid(), ", ".join(config.servers), config.source)
-        trio.run(serve_stdio, config, None, streams)
-        return 0
-    if name is None:
+    aggregate = name is None and (args.aggregate or len(config.servers) > 1)
+    if name is None and not aggregate:
         name = next(iter(config.servers))
-    if name not in config.servers:
+    if name is not None and name not in config.servers:
         print(f"wire-gateway stdio: no server named {name!r} in {config.source}; "
               f"configured: {', '.join(config.servers)}", file=sys.stderr)
         return 2
-    try:
-        config.servers[name].resolved()
-    except ConfigError as exc:
-        print(exc.report(), file=sys.stderr)
-        return 1
-    log.info("wire-gateway %s (pid %d): stdio front for server %s from %s", __version__, os.getpid(), name,
-             config.source)
     from wire_gateway.policy.services import Services
 
     try:
+        for spec in (config.servers.values() if aggregate else [config.servers[name]]):
+            spec.resolved()
         services = Services(config)
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return 1
+    if aggregate:
+        log.info("wire-gateway %s (pid %d): stdio front for the aggregate of %s from %s", __version__,
+                 os.getpid(), ", ".join(config.servers), config.source)
+    else:
+        log.info("wire-gateway %s (pid %d): stdio front for server %s from %s", __version__, os.getpid(), name,
+                 config.source)
 
     async def main() -> None:
         async with running(services):
