@@ -1,0 +1,881 @@
+"""The replay engine of ``python -m load run``: a fixture as many virtual sessions, every answer checked.
+
+A fixture (``wire_gateway.dump.fixture`` format: a header line, then
+``{"t", "dir", "msg"}`` lines) becomes a ``Script``: the handshake (legacy:
+``initialize`` + ``notifications/initialized``), then the body: the client's
+requests and notifications in recorded order, each request with the answer
+that was recorded for it.  Server->client requests seen in the recording are
+answered, during replay, with the client's recorded reply (matched by method,
+in order, the live server's id put on it).
+
+Each virtual session replays the body again and again ("rounds") until the
+run's budget (``-n`` calls or ``--duration``) is spent.  Ids are rewritten:
+session ``s`` uses integer ids ``s * 10**9 + 1, + 2, ...``, so no two requests
+of a run (any session, any round) share one.  One request at a time per
+session: a session is one MCP client waiting for each answer.
+
+Checking (always, not only with ``--check``): an answer must carry the id of
+the request that asked, and must be consistent with that request.  A call is
+*echo-like* when one of its string arguments appears verbatim in its recorded
+result (``echo``'s text, say); the replay appends a tag unique to the
+session and call (``_v<session>_<seq>``) to that argument and requires the
+tagged string in the answer.  An answer swapped with another request's thus
+shows, even under the right id.  With ``--check`` the answer must also equal
+the recorded one after ``normalize`` (volatile fields dropped; see
+``VOLATILE_KEYS``; errors compare by code; handshake answers by protocol
+version only, since serverInfo/capabilities describe the implementation).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from array import array
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import orjson
+import trio
+
+from load.http_bench import ProtocolError, Url, parse_response, request_head
+from wire_gateway.wire.era import META_PROTOCOL_VERSION
+from wire_gateway.wire.headers import NAME_SOURCES, encode_header_value
+from wire_gateway.wire.sse import SSEDecoder
+
+try:
+    from wire_gateway.dump.fixture import FixtureError, read_fixture
+except ImportError:   # feat-dump not merged yet: the same format, read minimally (delete once merged)
+    class FixtureError(ValueError):
+        """A file that is not a fixture we can replay."""
+
+    def read_fixture(path):
+        """Header and (t, dir, msg) entries; the full checks live in wire_gateway.dump.fixture."""
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        if not lines:
+            raise FixtureError(f"{path}: empty file")
+        head = json.loads(lines[0])
+        if not isinstance(head, dict) or head.get("wire_gateway_fixture") != 1 or head.get("era") not in (
+                "legacy", "modern"):
+            raise FixtureError(f"{path}: not a wire-gateway fixture header")
+        entries = []
+        for n, line in enumerate(lines[1:], start=2):
+            obj = json.loads(line)
+            if obj.get("dir") not in ("send", "recv") or not isinstance(obj.get("msg"), dict):
+                raise FixtureError(f"{path}:{n}: expected {{t, dir, msg}}")
+            entries.append((float(obj["t"]), obj["dir"], obj["msg"]))
+        return SimpleNamespace(**{k: head.get(k, "") for k in (
+            "name", "era", "protocolVersion", "transport", "server", "recorded", "description")}), entries
+
+ID_STRIDE = 10 ** 9
+MAX_EXAMPLES = 5
+HANDSHAKE_METHODS = ("initialize", "server/discover")
+#: Keys dropped at any depth before --check compares an answer with the recording:
+#: they name a moment, a process or a session, not what was answered.
+VOLATILE_KEYS = frozenset({"_meta", "sessionId", "pid", "timestamp", "time", "date", "created", "createdAt",
+                           "updatedAt", "expiresAt", "requestId"})
+
+
+class ReplayError(Exception):
+    """The fixture cannot be replayed, or a session cannot start (the handshake failed)."""
+
+
+# --------------------------------------------------------------------------
+# The script: what each session sends and expects
+# --------------------------------------------------------------------------
+
+@dataclass
+class Call:
+    """One recorded client request and what answered it."""
+    t: float
+    msg: dict
+    method: str
+    expected: dict | None = None     # the recorded answer (None: none was recorded)
+    tag_key: str | None = None       # echo-like: the string argument that is tagged
+    name: str | None = None          # Mcp-Name value (tools/call name, resources/read uri, ...)
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.name}" if self.method == "tools/call" and self.name else self.method
+
+
+@dataclass
+class Script:
+    era: str
+    protocol_version: str
+    handshake: list                  # [Call | dict]: initialize (a Call), initialized (a notification)
+    body: list                       # [Call | dict]: requests and notifications, in order
+    replies: dict                    # server request method -> [recorded client reply, ...]
+    name: str = ""
+
+    @property
+    def calls_per_round(self) -> int:
+        return sum(1 for step in self.body if isinstance(step, Call))
+
+
+def contains_string(obj, text: str) -> bool:
+    """True if the string ``text`` is a value somewhere inside ``obj``."""
+    if isinstance(obj, str):
+        return obj == text
+    if isinstance(obj, dict):
+        return any(contains_string(v, text) for v in obj.values())
+    if isinstance(obj, list):
+        return any(contains_string(v, text) for v in obj)
+    return False
+
+
+def substitute(obj, old: str, new: str):
+    """``obj`` with every string equal to ``old`` replaced by ``new``."""
+    if isinstance(obj, str):
+        return new if obj == old else obj
+    if isinstance(obj, dict):
+        return {k: substitute(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [substitute(v, old, new) for v in obj]
+    return obj
+
+
+def normalize(obj):
+    """``obj`` without VOLATILE_KEYS, at any depth: what --check compares."""
+    if isinstance(obj, dict):
+        return {k: normalize(v) for k, v in obj.items() if k not in VOLATILE_KEYS}
+    if isinstance(obj, list):
+        return [normalize(v) for v in obj]
+    return obj
+
+
+def build_script(header, entries) -> Script:
+    """Turn fixture entries into a Script; refuses what cannot be replayed."""
+    calls_by_id: dict = {}
+    server_requests: dict = {}    # recorded server request id -> method
+    replies: dict = {}
+    steps: list = []
+    for _t, direction, msg in entries:
+        method = msg.get("method")
+        has_id = "id" in msg
+        if direction == "send":
+            if method is not None and has_id:
+                params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
+                source = NAME_SOURCES.get(method)
+                name = params.get(source) if source else None
+                call = Call(_t, msg, method, name=name if isinstance(name, str) else None)
+                calls_by_id[_key(msg["id"])] = call
+                steps.append(call)
+            elif method is not None:
+                steps.append(msg)
+            elif has_id:   # the client's reply to a server request
+                asked = server_requests.get(_key(msg["id"]))
+                if asked is not None:
+                    replies.setdefault(asked, []).append(msg)
+        else:
+            if method is not None and has_id:
+                server_requests[_key(msg["id"])] = method
+            elif method is None and has_id:
+                call = calls_by_id.get(_key(msg["id"]))
+                if call is not None and call.expected is None:
+                    call.expected = msg
+    for step in steps:
+        if isinstance(step, Call) and step.method == "tools/call" and step.expected and "result" in step.expected:
+            args = (step.msg.get("params") or {}).get("arguments")
+            if isinstance(args, dict):
+                for key, value in args.items():
+                    if isinstance(value, str) and value and contains_string(step.expected["result"], value):
+                        step.tag_key = key
+                        break
+    handshake: list = []
+    if header.era == "legacy":
+        if not steps or not isinstance(steps[0], Call) or steps[0].method != "initialize":
+            raise ReplayError("a legacy fixture must begin with initialize")
+        handshake.append(steps.pop(0))
+        if steps and isinstance(steps[0], dict) and steps[0].get("method") == "notifications/initialized":
+            handshake.append(steps.pop(0))
+        else:
+            handshake.append({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    if not any(isinstance(step, Call) for step in steps):
+        raise ReplayError("the fixture has no request to replay after its handshake")
+    return Script(header.era, header.protocolVersion, handshake, steps, replies, header.name)
+
+
+def _key(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def load_script(path) -> Script:
+    try:
+        header, entries = read_fixture(path)
+    except (OSError, ValueError) as exc:
+        raise ReplayError(f"cannot read fixture {path}: {exc}") from None
+    return build_script(header, entries)
+
+
+# --------------------------------------------------------------------------
+# Results of one process's sessions
+# --------------------------------------------------------------------------
+
+class Stats:
+    """Everything a run measures; merged across worker processes with ``merge``."""
+
+    def __init__(self):
+        self.latency: dict = {}          # label -> array('q') of ns
+        self.done_at = array("d")        # seconds since the run's start, per answered call
+        self.done_latency = array("q")   # ns, same order
+        self.errors: dict = {}           # kind -> count
+        self.mismatches: dict = {}       # kind -> count
+        self.examples: list = []
+        self.error_examples: list = []
+        self.calls = 0                   # requests sent (body calls)
+        self.answered = 0                # with a correct answer
+        self.notifications = 0           # server -> client notifications seen
+        self.server_requests = 0         # server -> client requests answered
+        self.sessions = 0                # sessions that completed their handshake
+        self.session_failures = 0
+        self.start = 0.0                 # time.time() at the start
+        self.first_call = None           # seconds after start when the first call went out
+        self.elapsed = 0.0
+
+    def error(self, kind: str, detail: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        if len(self.error_examples) < MAX_EXAMPLES:
+            self.error_examples.append(f"{kind}: {detail[:300]}")
+
+    def mismatch(self, kind: str, detail: str) -> None:
+        self.mismatches[kind] = self.mismatches.get(kind, 0) + 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(f"{kind}: {detail[:400]}")
+
+    def to_dict(self) -> dict:
+        return {"latency": {k: v.tobytes() for k, v in self.latency.items()}, "done_at": self.done_at.tobytes(),
+                "done_latency": self.done_latency.tobytes(), "errors": self.errors, "mismatches": self.mismatches,
+                "examples": self.examples, "error_examples": self.error_examples, "calls": self.calls,
+                "answered": self.answered, "notifications": self.notifications,
+                "server_requests": self.server_requests, "sessions": self.sessions,
+                "session_failures": self.session_failures, "start": self.start, "elapsed": self.elapsed,
+                "first_call": self.first_call}
+
+    def merge(self, part: dict) -> None:
+        """Add a worker's ``to_dict`` (its clock offset applied to the timeline)."""
+        for label, raw in part["latency"].items():
+            self.latency.setdefault(label, array("q")).frombytes(raw)
+        offset = part["start"] - self.start
+        self.done_at.extend(t + offset for t in array("d", part["done_at"]))
+        self.done_latency.frombytes(part["done_latency"])
+        for src, dst in ((part["errors"], self.errors), (part["mismatches"], self.mismatches)):
+            for kind, count in src.items():
+                dst[kind] = dst.get(kind, 0) + count
+        self.examples += part["examples"][:MAX_EXAMPLES - len(self.examples)]
+        self.error_examples += part["error_examples"][:MAX_EXAMPLES - len(self.error_examples)]
+        for name in ("calls", "answered", "notifications", "server_requests", "sessions", "session_failures"):
+            setattr(self, name, getattr(self, name) + part[name])
+        self.elapsed = max(self.elapsed, part["elapsed"] + offset)
+        if part["first_call"] is not None:
+            first = part["first_call"] + offset
+            self.first_call = first if self.first_call is None else min(self.first_call, first)
+
+    @property
+    def window(self) -> float:
+        """Seconds from the first call sent to the last answer: what throughput is over."""
+        if self.first_call is None or not self.done_at:
+            return 0.0
+        return max(1e-9, max(self.done_at) - self.first_call)
+
+
+# --------------------------------------------------------------------------
+# Budget and pacing
+# --------------------------------------------------------------------------
+
+class Budget:
+    """Calls left to send (-n) and/or a deadline (--duration); shared by one process's sessions."""
+
+    def __init__(self, calls: int | None, deadline: float | None):
+        self.left = calls
+        self.deadline = deadline   # trio.current_time() value
+
+    def take(self) -> bool:
+        if self.deadline is not None and trio.current_time() >= self.deadline:
+            return False
+        if self.left is None:
+            return True
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
+class Pacer:
+    """Open-loop pacing (--rate): call k of this process is due at start + k / rate.
+
+    Latency is measured from when a call was due, not when it went out, so a
+    server that falls behind is charged for the queueing it causes
+    (no coordinated omission).
+    """
+
+    def __init__(self, rate: float | None):
+        self.interval = 1.0 / rate if rate else 0.0
+        self.next = None
+
+    async def slot(self) -> float | None:
+        if not self.interval:
+            return None
+        now = trio.current_time()
+        if self.next is None:
+            self.next = now
+        due = self.next
+        self.next += self.interval
+        if due > now:
+            await trio.sleep_until(due)
+        return due
+
+
+@dataclass
+class Options:
+    check: bool = False
+    pace: str = "none"               # "recorded" | "none"
+    timeout: float = 30.0            # per answer
+    progress: list = field(default_factory=lambda: [0])   # [calls answered], read by the progress bar
+
+
+# --------------------------------------------------------------------------
+# Answer checking
+# --------------------------------------------------------------------------
+
+def show(msg) -> str:
+    try:
+        return orjson.dumps(msg).decode()[:400]
+    except TypeError:
+        return repr(msg)[:400]
+
+
+def judge(call: Call, live_id: int, tagged: str | None, answer, check: bool, stats: Stats) -> bool:
+    """Count what is wrong with ``answer`` to ``call`` (sent as ``live_id``); True if it is right."""
+    if not isinstance(answer, dict) or ("result" in answer) == ("error" in answer):
+        stats.mismatch("malformed", show(answer))
+        return False
+    if answer.get("id") != live_id or type(answer.get("id")) is not int:
+        stats.mismatch("wrong_id", f"sent id {live_id} ({call.label}), got {show(answer)}")
+        return False
+    expected = call.expected
+    if "error" in answer:
+        error = answer["error"] if isinstance(answer["error"], dict) else {}
+        code = error.get("code")
+        if expected is not None and isinstance(expected.get("error"), dict) and expected["error"].get("code") == code:
+            return True   # the recording has the same error: the expected answer
+        stats.error(f"rpc_{code}", f"{call.label}: {show(answer)}")
+        return False
+    result = answer["result"]
+    if tagged is not None and not contains_string(result, tagged):
+        stats.mismatch("not_this_request", f"sent {call.tag_key}={tagged!r} ({call.label}, id {live_id}), "
+                                           f"got {show(answer)}")
+        return False
+    if check and expected is not None:
+        if "result" not in expected:
+            stats.mismatch("check_differs", f"{call.label}: recorded {show(expected)}, got {show(answer)}")
+            return False
+        want = expected["result"]
+        if tagged is not None:
+            want = substitute(want, call.msg["params"]["arguments"][call.tag_key], tagged)
+        if call.method in HANDSHAKE_METHODS:
+            ok = _handshake_agrees(call.method, want, result)
+        else:
+            ok = normalize(want) == normalize(result)
+        if not ok:
+            stats.mismatch("check_differs", f"{call.label}: recorded {show(want)}, got {show(result)}")
+            return False
+    return True
+
+
+def _handshake_agrees(method: str, want, got) -> bool:
+    if not isinstance(got, dict) or not isinstance(want, dict):
+        return False
+    if method == "initialize":
+        return got.get("protocolVersion") == want.get("protocolVersion")
+    return set(want.get("supportedVersions") or ()) <= set(got.get("supportedVersions") or ())
+
+
+# --------------------------------------------------------------------------
+# Transports: one connection (or process) per virtual session
+# --------------------------------------------------------------------------
+
+class Disconnected(Exception):
+    """The peer closed the connection (or the process exited) before answering."""
+
+
+class HttpStatus(Exception):
+    def __init__(self, status: int, body: bytes):
+        super().__init__(f"HTTP {status}: {body[:200]!r}")
+        self.status = status
+        self.body = body
+
+
+class HttpConn:
+    """One keep-alive HTTP/1.1 connection on a raw trio socket, hand-framed."""
+
+    def __init__(self, url: Url):
+        self.url = url
+        self.sock = None
+        self.buf = b""
+
+    async def connect(self) -> None:
+        self.close()
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+        try:
+            await sock.connect((self.url.host, self.url.port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+        self.sock, self.buf = sock, b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    async def exchange(self, data: bytes, on_event=None):
+        """Send a request, return its Response; SSE events are given to ``on_event`` as they arrive.
+
+        A chunked event stream is decoded incrementally, so a server request
+        inside it can be answered (by ``on_event``) before the stream ends.
+        """
+        if self.sock is None:
+            await self.connect()
+        sock = self.sock
+        try:
+            await self._send_all(data)
+            buf = self.buf
+            while True:
+                parsed = parse_response(buf) if buf else None
+                if parsed is not None:
+                    resp, used = parsed
+                    self.buf = buf[used:]
+                    if resp.close:
+                        self.close()
+                    return resp
+                if on_event is not None and b"\r\n\r\n" in buf and _is_chunked_sse(buf):
+                    return await self._stream(buf, on_event)
+                chunk = await sock.recv(262144)
+                if not chunk:
+                    self.close()
+                    raise Disconnected(f"{self.url}: connection closed before the answer")
+                buf += chunk
+        except ProtocolError as exc:
+            self.close()
+            raise Disconnected(f"{self.url}: {exc}") from None
+        except OSError as exc:
+            self.close()
+            raise Disconnected(f"{self.url}: {exc}") from None
+
+    async def _send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            sent = await self.sock.send(view)
+            view = view[sent:]
+
+    async def _stream(self, buf: bytes, on_event):
+        """Read a chunked SSE body to its end, handing each event over as it completes."""
+        end = buf.find(b"\r\n\r\n")
+        head_resp = parse_response(buf[:end + 4] + b"0\r\n\r\n")[0]   # the head alone (an empty body)
+        pos, decoder, parts = end + 4, SSEDecoder(), []
+        while True:
+            while True:   # every whole chunk in buf
+                line_end = buf.find(b"\r\n", pos)
+                if line_end < 0:
+                    break
+                try:
+                    size = int(buf[pos:line_end].split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise ProtocolError(f"bad chunk size line: {buf[pos:line_end][:50]!r}") from None
+                if size == 0:
+                    stop = buf.find(b"\r\n\r\n", line_end)   # trailers end
+                    if stop < 0 and buf[line_end:line_end + 4] != b"\r\n\r\n":
+                        break
+                    stop = line_end + 4 if buf[line_end:line_end + 4] == b"\r\n\r\n" else stop + 4
+                    self.buf = buf[stop:]
+                    head_resp.body = b"".join(parts)
+                    if head_resp.close:
+                        self.close()
+                    return head_resp
+                if len(buf) < line_end + 2 + size + 2:
+                    break
+                data = buf[line_end + 2:line_end + 2 + size]
+                parts.append(data)
+                pos = line_end + 2 + size + 2
+                for event in decoder.feed(data):
+                    await on_event(event.data)
+            chunk = await self.sock.recv(262144)
+            if not chunk:
+                self.close()
+                raise Disconnected(f"{self.url}: connection closed inside an event stream")
+            buf += chunk
+
+
+def _is_chunked_sse(buf: bytes) -> bool:
+    head = buf[:buf.find(b"\r\n\r\n")].lower()
+    return b"text/event-stream" in head and b"chunked" in head
+
+
+def sse_datas(body: bytes) -> list:
+    return [event.data for event in SSEDecoder().feed(body + b"\n\n") if event.data]
+
+
+class Answer:
+    """What came back for one request: the answer message, and what came with it."""
+    __slots__ = ("msg", "notifications", "server_requests", "raw")
+
+    def __init__(self, msg, raw: bytes, notifications: int = 0, server_requests: int = 0):
+        self.msg, self.raw, self.notifications, self.server_requests = msg, raw, notifications, server_requests
+
+
+class Replier:
+    """Answers server->client requests with the client's recorded replies, in order per method."""
+
+    def __init__(self, replies: dict):
+        self.replies = replies
+        self.used: dict = {}
+
+    def reply_for(self, request: dict) -> dict:
+        method = request.get("method")
+        recorded = self.replies.get(method) or []
+        i = self.used.get(method, 0)
+        self.used[method] = i + 1
+        if recorded:
+            reply = dict(recorded[min(i, len(recorded) - 1)])
+            reply["id"] = request["id"]
+            return reply
+        return {"jsonrpc": "2.0", "id": request["id"],
+                "error": {"code": -32601, "message": f"load run: no recorded reply to {method}"}}
+
+
+class HttpSession:
+    """A virtual session over Streamable HTTP: one keep-alive connection (plus one for replies)."""
+
+    def __init__(self, url: Url, script: Script):
+        self.url = url
+        self.script = script
+        self.conn = HttpConn(url)
+        self.side = None            # a second connection, for replies sent while a stream is open
+        self.session_id = None
+        self.legacy = script.era == "legacy"
+        self.version = script.protocol_version
+        self.replier = Replier(script.replies)
+
+    def headers_for(self, msg: dict, name: str | None) -> list:
+        if self.legacy:
+            out = [("MCP-Protocol-Version", self.version)]
+            if self.session_id:
+                out.append(("Mcp-Session-Id", self.session_id))
+            return out
+        params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
+        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        out = [("MCP-Protocol-Version", meta.get(META_PROTOCOL_VERSION, self.version))]
+        if "method" in msg:
+            out.append(("Mcp-Method", msg["method"]))
+        if name is not None:
+            out.append(("Mcp-Name", encode_header_value(name)))
+        return out
+
+    def frame(self, msg: dict, body: bytes, name: str | None = None) -> bytes:
+        head = request_head(self.url, "POST", self.headers_for(msg, name))
+        return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def start(self, timeout: float) -> Answer | None:
+        await self.conn.connect()
+        return None
+
+    async def request(self, msg: dict, body: bytes, name: str | None) -> Answer:
+        counts = [0, 0]
+        answer = []
+
+        async def on_event(data: bytes) -> None:
+            await self._event(data, counts, answer)
+
+        resp = await self.conn.exchange(self.frame(msg, body, name), on_event)
+        if resp.status != 200:
+            raise HttpStatus(resp.status, resp.body)
+        ctype = resp.headers.get(b"content-type", b"")
+        if ctype.startswith(b"text/event-stream"):
+            if not answer:   # the stream came whole: its events were not handed over yet
+                for data in sse_datas(resp.body):
+                    await self._event(data, counts, answer)
+            if not answer:
+                raise Disconnected(f"{self.url}: event stream ended without an answer")
+            msg_out, raw = answer[0]
+        else:
+            raw = resp.body
+            try:
+                msg_out = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                msg_out = raw.decode("utf-8", "replace")
+        if self.legacy and msg.get("method") == "initialize":
+            self.session_id = resp.header(b"mcp-session-id")
+        return Answer(msg_out, raw, counts[0], counts[1])
+
+    async def _event(self, data: bytes, counts: list, answer: list) -> None:
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            answer.append((data.decode("utf-8", "replace"), data))
+            return
+        if isinstance(msg, dict) and "method" in msg:
+            if "id" in msg:
+                counts[1] += 1
+                await self._reply(self.replier.reply_for(msg))
+            else:
+                counts[0] += 1
+        elif not answer:
+            answer.append((msg, data))
+
+    async def _reply(self, reply: dict) -> None:
+        if self.side is None:
+            self.side = HttpConn(self.url)
+        body = orjson.dumps(reply)
+        resp = await self.side.exchange(self.frame(reply, body))
+        if resp.status not in (200, 202):
+            raise HttpStatus(resp.status, resp.body)
+
+    async def notify(self, msg: dict) -> None:
+        body = orjson.dumps(msg)
+        resp = await self.conn.exchange(self.frame(msg, body))
+        if resp.status not in (200, 202):
+            raise HttpStatus(resp.status, resp.body)
+
+    async def reconnect(self) -> None:
+        await self.conn.connect()
+
+    async def close(self) -> None:
+        try:
+            if self.legacy and self.session_id and self.conn.sock is not None:
+                head = request_head(self.url, "DELETE", (("Mcp-Session-Id", self.session_id),
+                                                         ("MCP-Protocol-Version", self.version)))
+                with trio.move_on_after(5):
+                    await self.conn.exchange(head + b"\r\n")
+        except (Disconnected, OSError):
+            pass
+        finally:
+            self.conn.close()
+            if self.side is not None:
+                self.side.close()
+
+
+class StdioSession:
+    """A virtual session over stdio: its own spawned process, newline-delimited JSON."""
+
+    def __init__(self, argv: list, script: Script):
+        self.argv = argv
+        self.script = script
+        self.proc = None
+        self.buf = b""
+        self.replier = Replier(script.replies)
+
+    async def start(self, timeout: float) -> None:
+        self.proc = await trio.lowlevel.open_process(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self.proc.stdin.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise Disconnected(f"process {self.proc.pid} stdin closed: {exc}") from None
+
+    async def request(self, msg: dict, body: bytes, name: str | None) -> Answer:
+        await self._write(body + b"\n")
+        want = msg["id"]
+        notes = asks = 0
+        while True:
+            line = await self._line()
+            try:
+                got = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                return Answer(line.decode("utf-8", "replace"), line, notes, asks)
+            if isinstance(got, dict) and "method" in got:
+                if "id" in got:
+                    asks += 1
+                    await self._write(orjson.dumps(self.replier.reply_for(got)) + b"\n")
+                else:
+                    notes += 1
+                continue
+            if isinstance(got, dict) and got.get("id") != want and type(got.get("id")) is int and \
+                    got.get("id") < want and got.get("id") // ID_STRIDE == want // ID_STRIDE:
+                continue   # a late answer to an earlier request of ours that timed out
+            return Answer(got, line, notes, asks)
+
+    async def _line(self) -> bytes:
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line, self.buf = self.buf[:nl], self.buf[nl + 1:]
+                if line.strip():
+                    return line
+                continue
+            chunk = await self.proc.stdout.receive_some(262144)
+            if not chunk:
+                raise Disconnected(f"process {self.proc.pid} exited (stdout closed) before the answer")
+            self.buf += chunk
+
+    async def notify(self, msg: dict) -> None:
+        await self._write(orjson.dumps(msg) + b"\n")
+
+    async def reconnect(self) -> None:
+        raise Disconnected("a stdio session cannot reconnect")
+
+    async def close(self) -> None:
+        """Close stdin (the spec's way to end), wait a little, then SIGKILL the group."""
+        proc = self.proc
+        if proc is None:
+            return
+        with trio.CancelScope(shield=True):
+            try:
+                await proc.stdin.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            with trio.move_on_after(3):
+                await proc.wait()
+            if proc.returncode is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    proc.kill()
+                await proc.wait()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)   # anything it left in its group
+            except (ProcessLookupError, PermissionError):
+                pass
+            await proc.stdout.aclose()
+
+
+# --------------------------------------------------------------------------
+# One virtual session's life
+# --------------------------------------------------------------------------
+
+def tagged_call(call: Call, live_id: int, tag: str | None):
+    """(message, body bytes, tagged string) for one live request."""
+    msg = dict(call.msg)
+    msg["id"] = live_id
+    tagged = None
+    if tag is not None and call.tag_key is not None:
+        params = dict(msg["params"])
+        args = dict(params["arguments"])
+        tagged = args[call.tag_key] + tag
+        args[call.tag_key] = tagged
+        params["arguments"] = args
+        msg["params"] = params
+    return msg, orjson.dumps(msg), tagged
+
+
+async def run_session(index: int, make, script: Script, budget: Budget, pacer: Pacer, opts: Options,
+                      stats: Stats, t0: float) -> None:
+    """Handshake, then rounds of the body until the budget is spent; never raises (counts instead)."""
+    session = make()
+    seq = 0
+    base = index * ID_STRIDE
+    clock = time.perf_counter_ns
+    try:
+        try:
+            with trio.fail_after(opts.timeout):
+                await session.start(opts.timeout)
+                for step in script.handshake:
+                    if isinstance(step, Call):
+                        seq += 1
+                        msg, body, _ = tagged_call(step, base + seq, None)
+                        answer = await session.request(msg, body, step.name)
+                        if not judge(step, base + seq, None, answer.msg, opts.check, stats):
+                            raise ReplayError(f"{step.method} failed: {show(answer.msg)}")
+                    else:
+                        await session.notify(step)
+        except (ReplayError, Disconnected, HttpStatus, OSError, trio.TooSlowError) as exc:
+            stats.session_failures += 1
+            kind = ("timeout" if isinstance(exc, trio.TooSlowError) else
+                    f"http_{exc.status}" if isinstance(exc, HttpStatus) else
+                    "disconnect" if isinstance(exc, (Disconnected, OSError)) else "handshake")
+            stats.error(kind, f"session {index} handshake: {exc or type(exc).__name__}")
+            return
+        stats.sessions += 1
+        recorded = opts.pace == "recorded"
+        while True:
+            round_start = trio.current_time()
+            body_t0 = script.body[0].t if isinstance(script.body[0], Call) else 0.0
+            for step in script.body:
+                if recorded and isinstance(step, Call):
+                    await trio.sleep_until(round_start + max(0.0, step.t - body_t0))
+                if not isinstance(step, Call):
+                    if budget.deadline is not None and trio.current_time() >= budget.deadline:
+                        return
+                    try:
+                        with trio.fail_after(opts.timeout):
+                            await session.notify(step)
+                    except (Disconnected, HttpStatus, OSError, trio.TooSlowError) as exc:
+                        if not await _count_failure(session, exc, step.get("method", "?"), stats):
+                            return
+                    continue
+                if not budget.take():
+                    return
+                due = await pacer.slot()
+                seq += 1
+                live_id = base + seq
+                msg, body, tagged = tagged_call(step, live_id, "_v%d_%d" % (index, seq))
+                stats.calls += 1
+                if stats.first_call is None:
+                    stats.first_call = time.time() - t0
+                sent = clock()
+                if due is not None:   # charge the wait for a late slot to the latency
+                    sent -= int(max(0.0, trio.current_time() - due) * 1e9)
+                try:
+                    with trio.fail_after(opts.timeout):
+                        answer = await session.request(msg, body, step.name)
+                except (Disconnected, HttpStatus, OSError, trio.TooSlowError) as exc:
+                    if not await _count_failure(session, exc, step.label, stats):
+                        return
+                    continue
+                took = clock() - sent
+                stats.notifications += answer.notifications
+                stats.server_requests += answer.server_requests
+                if judge(step, live_id, tagged, answer.msg, opts.check, stats):
+                    stats.answered += 1
+                    lat = stats.latency.get(step.label)
+                    if lat is None:
+                        lat = stats.latency[step.label] = array("q")
+                    lat.append(took)
+                    stats.done_at.append(time.time() - t0)
+                    stats.done_latency.append(took)
+                opts.progress[0] += 1
+    finally:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(10):
+                await session.close()
+
+
+async def _count_failure(session, exc, label: str, stats: Stats) -> bool:
+    """Count a failed exchange by kind; True if the session can go on (after a reconnect)."""
+    if isinstance(exc, trio.TooSlowError):
+        stats.error("timeout", f"{label}: no answer in time")
+    elif isinstance(exc, HttpStatus):
+        stats.error(f"http_{exc.status}", f"{label}: {exc}")
+        return True   # the connection is fine
+    else:
+        stats.error("disconnect", f"{label}: {exc or type(exc).__name__}")
+    try:
+        await session.reconnect()
+        return True
+    except (Disconnected, OSError):
+        return False
+
+
+async def run_sessions(target, script: Script, first_session: int, count: int, calls: int | None,
+                       duration: float | None, rate: float | None, opts: Options) -> Stats:
+    """Run ``count`` sessions (numbered from ``first_session``) in this process; their Stats."""
+    stats = Stats()
+    stats.start = t0 = time.time()
+    deadline = trio.current_time() + duration if duration else None
+    budget, pacer = Budget(calls, deadline), Pacer(rate)
+    if target.kind == "http":
+        def make():
+            return HttpSession(target.url, script)
+    else:
+        def make():
+            return StdioSession(target.argv, script)
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(run_session, first_session + i, make, script, budget, pacer, opts, stats, t0)
+    stats.elapsed = time.time() - t0
+    return stats
