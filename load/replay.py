@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import time
 from array import array
@@ -39,7 +41,7 @@ from types import SimpleNamespace
 import orjson
 import trio
 
-from load.http_bench import ProtocolError, Url, parse_response, request_head
+from load.http_bench import ProtocolError, Response, Url, parse_response, request_head
 from wire_gateway.wire.era import META_PROTOCOL_VERSION
 from wire_gateway.wire.headers import NAME_SOURCES, encode_header_value
 from wire_gateway.wire.sse import SSEDecoder
@@ -70,6 +72,9 @@ except ImportError:   # feat-dump not merged yet: the same format, read minimall
             "name", "era", "protocolVersion", "transport", "server", "recorded", "description")}), entries
 
 ID_STRIDE = 10 ** 9
+_ID_SENTINEL = 918273645506172839
+_TAG_SENTINEL = "~~load-run-tag~~"
+RECONNECT_TIMEOUT = 10.0
 MAX_EXAMPLES = 5
 HANDSHAKE_METHODS = ("initialize", "server/discover")
 #: Keys dropped at any depth before --check compares an answer with the recording:
@@ -96,9 +101,34 @@ class Call:
     tag_key: str | None = None       # echo-like: the string argument that is tagged
     name: str | None = None          # Mcp-Name value (tools/call name, resources/read uri, ...)
 
+    template: bytes | None = None    # the body with %d placeholders: see ``render``
+    order: tuple = ()
+
     @property
     def label(self) -> str:
         return f"{self.method} {self.name}" if self.method == "tools/call" and self.name else self.method
+
+    def prepare(self) -> None:
+        """Serialize once with sentinels, keep a bytes template: ``render`` is then one ``%``."""
+        msg, body, _ = tagged_call(self, _ID_SENTINEL, _TAG_SENTINEL)
+        id_bytes, tag_bytes = b"%d" % _ID_SENTINEL, _TAG_SENTINEL.encode()
+        if body.count(id_bytes) != 1 or body.count(tag_bytes) != (1 if self.tag_key else 0):
+            return   # a sentinel collides with the data: render the slow way
+        order = ("id", "tag") if not self.tag_key or body.index(id_bytes) < body.index(tag_bytes) else ("tag", "id")
+        self.template = body.replace(b"%", b"%%").replace(id_bytes, b"%d").replace(tag_bytes, b"_v%d_%d")
+        self.order = order if self.tag_key else ("id",)
+
+    def render(self, live_id: int, index: int, seq: int):
+        """(body bytes, tagged string or None) for one live request."""
+        if self.template is None:
+            _, body, tagged = tagged_call(self, live_id, "_v%d_%d" % (index, seq))
+            return body, tagged
+        if not self.tag_key:
+            return self.template % live_id, None
+        tagged = "%s_v%d_%d" % (self.msg["params"]["arguments"][self.tag_key], index, seq)
+        if self.order[0] == "id":
+            return self.template % (live_id, index, seq), tagged
+        return self.template % (index, seq, live_id), tagged
 
 
 @dataclass
@@ -193,6 +223,9 @@ def build_script(header, entries) -> Script:
             handshake.append(steps.pop(0))
         else:
             handshake.append({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    for step in steps + handshake:
+        if isinstance(step, Call):
+            step.prepare()
     if not any(isinstance(step, Call) for step in steps):
         raise ReplayError("the fixture has no request to replay after its handshake")
     return Script(header.era, header.protocolVersion, handshake, steps, replies, header.name)
@@ -219,7 +252,7 @@ class Stats:
 
     def __init__(self):
         self.latency: dict = {}          # label -> array('q') of ns
-        self.done_at = array("d")        # seconds since the run's start, per answered call
+        self.done_at = array("q")        # ns since the run's start (t0_ns), per answered call
         self.done_latency = array("q")   # ns, same order
         self.errors: dict = {}           # kind -> count
         self.mismatches: dict = {}       # kind -> count
@@ -231,7 +264,7 @@ class Stats:
         self.server_requests = 0         # server -> client requests answered
         self.sessions = 0                # sessions that completed their handshake
         self.session_failures = 0
-        self.start = 0.0                 # time.time() at the start
+        self.start = 0.0                 # time.time() at the start (t0_ns is the same moment)
         self.first_call = None           # seconds after start when the first call went out
         self.elapsed = 0.0
 
@@ -259,7 +292,8 @@ class Stats:
         for label, raw in part["latency"].items():
             self.latency.setdefault(label, array("q")).frombytes(raw)
         offset = part["start"] - self.start
-        self.done_at.extend(t + offset for t in array("d", part["done_at"]))
+        shift = int(offset * 1e9)
+        self.done_at.extend(t + shift for t in array("q", part["done_at"]))
         self.done_latency.frombytes(part["done_latency"])
         for src, dst in ((part["errors"], self.errors), (part["mismatches"], self.mismatches)):
             for kind, count in src.items():
@@ -278,7 +312,7 @@ class Stats:
         """Seconds from the first call sent to the last answer: what throughput is over."""
         if self.first_call is None or not self.done_at:
             return 0.0
-        return max(1e-9, max(self.done_at) - self.first_call)
+        return max(1e-9, max(self.done_at) / 1e9 - self.first_call)
 
 
 # --------------------------------------------------------------------------
@@ -347,7 +381,8 @@ def show(msg) -> str:
         return repr(msg)[:400]
 
 
-def judge(call: Call, live_id: int, tagged: str | None, answer, check: bool, stats: Stats) -> bool:
+def judge(call: Call, live_id: int, tagged: str | None, answer, check: bool, stats: Stats,
+          raw: bytes | None = None) -> bool:
     """Count what is wrong with ``answer`` to ``call`` (sent as ``live_id``); True if it is right."""
     if not isinstance(answer, dict) or ("result" in answer) == ("error" in answer):
         stats.mismatch("malformed", show(answer))
@@ -364,7 +399,7 @@ def judge(call: Call, live_id: int, tagged: str | None, answer, check: bool, sta
         stats.error(f"rpc_{code}", f"{call.label}: {show(answer)}")
         return False
     result = answer["result"]
-    if tagged is not None and not contains_string(result, tagged):
+    if tagged is not None and not _carries(raw, tagged, call, result):
         stats.mismatch("not_this_request", f"sent {call.tag_key}={tagged!r} ({call.label}, id {live_id}), "
                                            f"got {show(answer)}")
         return False
@@ -383,6 +418,13 @@ def judge(call: Call, live_id: int, tagged: str | None, answer, check: bool, sta
             stats.mismatch("check_differs", f"{call.label}: recorded {show(want)}, got {show(result)}")
             return False
     return True
+
+
+def _carries(raw: bytes | None, tagged: str, call: Call, result) -> bool:
+    """The answer carries the request's tag: quickly in its bytes (the tag, then the closing quote),
+    else anywhere in its parsed result (a server may escape differently)."""
+    tag = tagged[len(call.msg["params"]["arguments"][call.tag_key]):]
+    return (raw is not None and (tag.encode() + b'"') in raw) or contains_string(result, tagged)
 
 
 def _handshake_agrees(method: str, want, got) -> bool:
@@ -409,7 +451,11 @@ class HttpStatus(Exception):
 
 
 class HttpConn:
-    """One keep-alive HTTP/1.1 connection on a raw trio socket, hand-framed."""
+    """One keep-alive HTTP/1.1 connection, hand-framed on a non-blocking stdlib socket.
+
+    Waits with trio's ``wait_readable`` only when a read would block: one
+    scheduler pass per answer, where trio's socket wrapper costs two or three.
+    """
 
     def __init__(self, url: Url):
         self.url = url
@@ -418,13 +464,20 @@ class HttpConn:
 
     async def connect(self) -> None:
         self.close()
-        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            await sock.connect((self.url.host, self.url.port))
-        except OSError:
+            try:
+                sock.connect((self.url.host, self.url.port))
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, f"cannot connect to {self.url}: {os.strerror(err)}")
+        except BaseException:
             sock.close()
             raise
-        sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.buf = sock, b""
 
     def close(self) -> None:
@@ -432,7 +485,7 @@ class HttpConn:
             self.sock.close()
             self.sock = None
 
-    async def exchange(self, data: bytes, on_event=None):
+    async def exchange(self, data: bytes, on_event=None, fast: bool = False):
         """Send a request, return its Response; SSE events are given to ``on_event`` as they arrive.
 
         A chunked event stream is decoded incrementally, so a server request
@@ -442,19 +495,25 @@ class HttpConn:
             await self.connect()
         sock = self.sock
         try:
-            await self._send_all(data)
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                await self._send_rest(memoryview(data)[sent:])
             buf = self.buf
             while True:
-                parsed = parse_response(buf) if buf else None
-                if parsed is not None:
-                    resp, used = parsed
-                    self.buf = buf[used:]
-                    if resp.close:
-                        self.close()
-                    return resp
-                if on_event is not None and b"\r\n\r\n" in buf and _is_chunked_sse(buf):
-                    return await self._stream(buf, on_event)
-                chunk = await sock.recv(262144)
+                if buf:
+                    parsed = fast_response(buf) if fast else parse_response(buf)
+                    if parsed is not None:
+                        resp, used = parsed
+                        self.buf = buf[used:]
+                        if resp.close:
+                            self.close()
+                        return resp
+                    if on_event is not None and b"\r\n\r\n" in buf and _is_chunked_sse(buf):
+                        return await self._stream(buf, on_event)
+                chunk = await self._recv()
                 if not chunk:
                     self.close()
                     raise Disconnected(f"{self.url}: connection closed before the answer")
@@ -465,12 +524,25 @@ class HttpConn:
         except OSError as exc:
             self.close()
             raise Disconnected(f"{self.url}: {exc}") from None
+        except BaseException:   # cancelled (timeout) mid-exchange: the connection is out of step
+            self.close()
+            raise
 
-    async def _send_all(self, data: bytes) -> None:
-        view = memoryview(data)
+    async def _recv(self) -> bytes:
+        await trio.lowlevel.wait_readable(self.sock)
+        while True:
+            try:
+                return self.sock.recv(65536)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+
+    async def _send_rest(self, view) -> None:
         while view:
-            sent = await self.sock.send(view)
-            view = view[sent:]
+            await trio.lowlevel.wait_writable(self.sock)
+            try:
+                view = view[self.sock.send(view):]
+            except BlockingIOError:
+                pass
 
     async def _stream(self, buf: bytes, on_event):
         """Read a chunked SSE body to its end, handing each event over as it completes."""
@@ -487,10 +559,13 @@ class HttpConn:
                 except ValueError:
                     raise ProtocolError(f"bad chunk size line: {buf[pos:line_end][:50]!r}") from None
                 if size == 0:
-                    stop = buf.find(b"\r\n\r\n", line_end)   # trailers end
-                    if stop < 0 and buf[line_end:line_end + 4] != b"\r\n\r\n":
-                        break
-                    stop = line_end + 4 if buf[line_end:line_end + 4] == b"\r\n\r\n" else stop + 4
+                    if buf[line_end:line_end + 4] == b"\r\n\r\n":
+                        stop = line_end + 4
+                    else:   # trailers, then a blank line
+                        stop = buf.find(b"\r\n\r\n", line_end)
+                        if stop < 0:
+                            break
+                        stop += 4
                     self.buf = buf[stop:]
                     head_resp.body = b"".join(parts)
                     if head_resp.close:
@@ -503,11 +578,34 @@ class HttpConn:
                 pos = line_end + 2 + size + 2
                 for event in decoder.feed(data):
                     await on_event(event.data)
-            chunk = await self.sock.recv(262144)
+            chunk = await self._recv()
             if not chunk:
                 self.close()
                 raise Disconnected(f"{self.url}: connection closed inside an event stream")
             buf += chunk
+
+
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.I)
+_CONTENT_TYPE = re.compile(rb"\r\ncontent-type:[ \t]*([^\r]*)\r\n", re.I)
+_NEEDS_FULL_PARSE = re.compile(rb"\r\n(?:connection|transfer-encoding):", re.I)
+
+
+def fast_response(buf: bytes):
+    """``parse_response`` for the common answer (HTTP/1.1, Content-Length, kept alive), at a
+    fraction of its cost: only the headers the replay reads.  Anything else goes the full way."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buf[:end + 2]
+    length = _CONTENT_LENGTH.search(head)
+    if length is None or not head.startswith(b"HTTP/1.1 ") or head[9:10] == b"1" or _NEEDS_FULL_PARSE.search(head):
+        return parse_response(buf)
+    stop = end + 4 + int(length.group(1))
+    if len(buf) < stop:
+        return None
+    ctype = _CONTENT_TYPE.search(head)
+    headers = {b"content-type": ctype.group(1).strip()} if ctype else {}
+    return Response(int(head[9:12]), headers, buf[end + 4:stop], False), stop
 
 
 def _is_chunked_sse(buf: bytes) -> bool:
@@ -559,6 +657,7 @@ class HttpSession:
         self.legacy = script.era == "legacy"
         self.version = script.protocol_version
         self.replier = Replier(script.replies)
+        self.heads: dict = {}
 
     def headers_for(self, msg: dict, name: str | None) -> list:
         if self.legacy:
@@ -575,22 +674,28 @@ class HttpSession:
             out.append(("Mcp-Name", encode_header_value(name)))
         return out
 
-    def frame(self, msg: dict, body: bytes, name: str | None = None) -> bytes:
-        head = request_head(self.url, "POST", self.headers_for(msg, name))
+    def frame(self, msg: dict, body: bytes, name: str | None = None, key=None) -> bytes:
+        """The whole POST; heads are cached per step (``key``): only the body changes per round."""
+        head = self.heads.get(key) if key is not None else None
+        if head is None:
+            head = request_head(self.url, "POST", self.headers_for(msg, name))
+            if key is not None:
+                self.heads[key] = head
         return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
     async def start(self, timeout: float) -> Answer | None:
         await self.conn.connect()
         return None
 
-    async def request(self, msg: dict, body: bytes, name: str | None) -> Answer:
+    async def request(self, call: Call, live_id: int, body: bytes, key=None) -> Answer:
         counts = [0, 0]
         answer = []
 
         async def on_event(data: bytes) -> None:
             await self._event(data, counts, answer)
 
-        resp = await self.conn.exchange(self.frame(msg, body, name), on_event)
+        resp = await self.conn.exchange(self.frame(call.msg, body, call.name, key), on_event,
+                                        fast=call.method != "initialize")
         if resp.status != 200:
             raise HttpStatus(resp.status, resp.body)
         ctype = resp.headers.get(b"content-type", b"")
@@ -607,8 +712,9 @@ class HttpSession:
                 msg_out = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 msg_out = raw.decode("utf-8", "replace")
-        if self.legacy and msg.get("method") == "initialize":
+        if self.legacy and call.method == "initialize":
             self.session_id = resp.header(b"mcp-session-id")
+            self.heads.clear()
         return Answer(msg_out, raw, counts[0], counts[1])
 
     async def _event(self, data: bytes, counts: list, answer: list) -> None:
@@ -678,9 +784,9 @@ class StdioSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise Disconnected(f"process {self.proc.pid} stdin closed: {exc}") from None
 
-    async def request(self, msg: dict, body: bytes, name: str | None) -> Answer:
+    async def request(self, call: Call, live_id: int, body: bytes, key=None) -> Answer:
         await self._write(body + b"\n")
-        want = msg["id"]
+        want = live_id
         notes = asks = 0
         while True:
             line = await self._line()
@@ -708,7 +814,7 @@ class StdioSession:
                 if line.strip():
                     return line
                 continue
-            chunk = await self.proc.stdout.receive_some(262144)
+            chunk = await self.proc.stdout.receive_some(65536)
             if not chunk:
                 raise Disconnected(f"process {self.proc.pid} exited (stdout closed) before the answer")
             self.buf += chunk
@@ -763,86 +869,165 @@ def tagged_call(call: Call, live_id: int, tag: str | None):
     return msg, orjson.dumps(msg), tagged
 
 
-async def run_session(index: int, make, script: Script, budget: Budget, pacer: Pacer, opts: Options,
-                      stats: Stats, t0: float) -> None:
-    """Handshake, then rounds of the body until the budget is spent; never raises (counts instead)."""
-    session = make()
-    seq = 0
-    base = index * ID_STRIDE
-    clock = time.perf_counter_ns
-    try:
-        try:
-            with trio.fail_after(opts.timeout):
-                await session.start(opts.timeout)
-                for step in script.handshake:
-                    if isinstance(step, Call):
-                        seq += 1
-                        msg, body, _ = tagged_call(step, base + seq, None)
-                        answer = await session.request(msg, body, step.name)
-                        if not judge(step, base + seq, None, answer.msg, opts.check, stats):
-                            raise ReplayError(f"{step.method} failed: {show(answer.msg)}")
-                    else:
-                        await session.notify(step)
-        except (ReplayError, Disconnected, HttpStatus, OSError, trio.TooSlowError) as exc:
-            stats.session_failures += 1
-            kind = ("timeout" if isinstance(exc, trio.TooSlowError) else
-                    f"http_{exc.status}" if isinstance(exc, HttpStatus) else
-                    "disconnect" if isinstance(exc, (Disconnected, OSError)) else "handshake")
-            stats.error(kind, f"session {index} handshake: {exc or type(exc).__name__}")
-            return
-        stats.sessions += 1
-        recorded = opts.pace == "recorded"
+class Watch:
+    """A session's timeout without a cancel scope per call: a watchdog task checks, a few times a
+    second, how long the current exchange has been going, and cancels the session's scope past
+    ``timeout``; the session counts a timeout and carries on with its next step."""
+
+    def __init__(self, timeout: float):
+        self.timeout_ns = int(timeout * 1e9)
+        self.since = 0             # perf_counter_ns when the current exchange began, 0 when idle
+        self.scope = None
+
+    async def run(self) -> None:
+        period = min(0.25, self.timeout_ns / 4e9)
         while True:
-            round_start = trio.current_time()
-            body_t0 = script.body[0].t if isinstance(script.body[0], Call) else 0.0
-            for step in script.body:
-                if recorded and isinstance(step, Call):
-                    await trio.sleep_until(round_start + max(0.0, step.t - body_t0))
-                if not isinstance(step, Call):
-                    if budget.deadline is not None and trio.current_time() >= budget.deadline:
-                        return
-                    try:
-                        with trio.fail_after(opts.timeout):
-                            await session.notify(step)
-                    except (Disconnected, HttpStatus, OSError, trio.TooSlowError) as exc:
-                        if not await _count_failure(session, exc, step.get("method", "?"), stats):
-                            return
-                    continue
-                if not budget.take():
-                    return
-                due = await pacer.slot()
-                seq += 1
-                live_id = base + seq
-                msg, body, tagged = tagged_call(step, live_id, "_v%d_%d" % (index, seq))
-                stats.calls += 1
-                if stats.first_call is None:
-                    stats.first_call = time.time() - t0
-                sent = clock()
-                if due is not None:   # charge the wait for a late slot to the latency
-                    sent -= int(max(0.0, trio.current_time() - due) * 1e9)
-                try:
-                    with trio.fail_after(opts.timeout):
-                        answer = await session.request(msg, body, step.name)
-                except (Disconnected, HttpStatus, OSError, trio.TooSlowError) as exc:
-                    if not await _count_failure(session, exc, step.label, stats):
-                        return
-                    continue
-                took = clock() - sent
-                stats.notifications += answer.notifications
-                stats.server_requests += answer.server_requests
-                if judge(step, live_id, tagged, answer.msg, opts.check, stats):
-                    stats.answered += 1
-                    lat = stats.latency.get(step.label)
-                    if lat is None:
-                        lat = stats.latency[step.label] = array("q")
-                    lat.append(took)
-                    stats.done_at.append(time.time() - t0)
-                    stats.done_latency.append(took)
-                opts.progress[0] += 1
+            await trio.sleep(period)
+            since = self.since
+            if since and time.perf_counter_ns() - since > self.timeout_ns and self.scope is not None:
+                self.since = 0
+                self.scope.cancel()
+
+
+async def run_session(index: int, make, script: Script, budget: Budget, pacer: Pacer, opts: Options,
+                      stats: Stats, t0_ns: int) -> None:
+    """One virtual session with its watchdog; never raises (counts instead)."""
+    watch = Watch(opts.timeout)
+    session = make()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch.run)
+            try:
+                if await _handshake(index, session, script, opts, stats):
+                    stats.sessions += 1
+                    await _replay(index, session, script, budget, pacer, opts, stats, t0_ns, watch)
+            finally:
+                nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(10):
                 await session.close()
+
+
+async def _handshake(index, session, script, opts, stats) -> bool:
+    base = index * ID_STRIDE
+    try:
+        with trio.fail_after(opts.timeout):
+            await session.start(opts.timeout)
+            for seq, step in enumerate(script.handshake, start=1):
+                if isinstance(step, Call):
+                    body, _ = step.render(base + seq, index, seq)
+                    answer = await session.request(step, base + seq, body)
+                    if not judge(step, base + seq, None, answer.msg, opts.check, stats):
+                        raise ReplayError(f"{step.method} failed: {show(answer.msg)}")
+                else:
+                    await session.notify(step)
+        return True
+    except (ReplayError, Disconnected, HttpStatus, OSError, trio.TooSlowError) as exc:
+        stats.session_failures += 1
+        kind = ("timeout" if isinstance(exc, trio.TooSlowError) else
+                f"http_{exc.status}" if isinstance(exc, HttpStatus) else
+                "disconnect" if isinstance(exc, (Disconnected, OSError)) else "handshake")
+        stats.error(kind, f"session {index} handshake: {exc or type(exc).__name__}")
+        return False
+
+
+class _Place:
+    """Where a session is in its replay, kept across a timeout's cancellation."""
+    __slots__ = ("pos", "seq", "round_start", "label")
+
+    def __init__(self, seq: int):
+        self.pos, self.seq, self.round_start, self.label = 0, seq, None, "?"
+
+
+async def _replay(index, session, script, budget, pacer, opts, stats, t0_ns, watch) -> None:
+    """Rounds of the body until the budget is spent; a timed-out step is counted and skipped."""
+    place = _Place(len(script.handshake) + 1)
+    while True:
+        with trio.CancelScope() as scope:
+            watch.scope = scope
+            finished = await _steps(index, session, script, budget, pacer, opts, stats, t0_ns, watch, place)
+        if not scope.cancelled_caught:
+            return
+        watch.since = 0
+        opts.progress[0] += 1
+        place.pos += 1
+        if finished or not await _count_failure(session, trio.TooSlowError(), place.label, stats):
+            return
+
+
+async def _steps(index, session, script, budget, pacer, opts, stats, t0_ns, watch, place) -> bool:
+    """The hot loop: one step after another from ``place``; returns when the budget is spent."""
+    base = index * ID_STRIDE
+    clock = time.perf_counter_ns
+    recorded = opts.pace == "recorded"
+    paced = bool(pacer.interval)
+    progress = opts.progress
+    body = script.body
+    nsteps = len(body)
+    body_t0 = next(step.t for step in body if isinstance(step, Call))
+    latency, done_at, done_latency = stats.latency, stats.done_at, stats.done_latency
+    check = opts.check
+    while True:
+        if place.pos >= nsteps or place.round_start is None:
+            place.pos = 0
+            place.round_start = trio.current_time()
+        step = body[place.pos]
+        if type(step) is not Call:
+            if budget.deadline is not None and trio.current_time() >= budget.deadline:
+                return True
+            place.label = step.get("method", "?")
+            watch.since = clock()
+            try:
+                await session.notify(step)
+            except (Disconnected, HttpStatus, OSError) as exc:
+                if not await _count_failure(session, exc, place.label, stats):
+                    return True
+            watch.since = 0
+            place.pos += 1
+            continue
+        if recorded:
+            await trio.sleep_until(place.round_start + max(0.0, step.t - body_t0))
+        if not budget.take():
+            return True
+        due = await pacer.slot() if paced else None
+        place.seq = seq = place.seq + 1
+        place.label = step.label
+        live_id = base + seq
+        data, tagged = step.render(live_id, index, seq)
+        stats.calls += 1
+        sent = clock()
+        if stats.first_call is None:
+            stats.first_call = (sent - t0_ns) / 1e9
+        if due is not None:   # charge the wait for a late slot to the latency
+            sent -= int(max(0.0, trio.current_time() - due) * 1e9)
+        watch.since = sent or 1
+        try:
+            answer = await session.request(step, live_id, data, place.pos)
+        except (Disconnected, HttpStatus, OSError) as exc:
+            watch.since = 0
+            progress[0] += 1
+            place.pos += 1
+            if not await _count_failure(session, exc, step.label, stats):
+                return True
+            continue
+        now = clock()
+        watch.since = 0
+        progress[0] += 1
+        place.pos += 1
+        if answer.notifications:
+            stats.notifications += answer.notifications
+        if answer.server_requests:
+            stats.server_requests += answer.server_requests
+        if judge(step, live_id, tagged, answer.msg, check, stats, answer.raw):
+            stats.answered += 1
+            took = now - sent
+            values = latency.get(step.label)
+            if values is None:
+                values = latency[step.label] = array("q")
+            values.append(took)
+            done_at.append(now - t0_ns)
+            done_latency.append(took)
 
 
 async def _count_failure(session, exc, label: str, stats: Stats) -> bool:
@@ -855,17 +1040,20 @@ async def _count_failure(session, exc, label: str, stats: Stats) -> bool:
     else:
         stats.error("disconnect", f"{label}: {exc or type(exc).__name__}")
     try:
-        await session.reconnect()
+        with trio.fail_after(RECONNECT_TIMEOUT):
+            await session.reconnect()
         return True
-    except (Disconnected, OSError):
+    except (Disconnected, OSError, trio.TooSlowError):
         return False
+
 
 
 async def run_sessions(target, script: Script, first_session: int, count: int, calls: int | None,
                        duration: float | None, rate: float | None, opts: Options) -> Stats:
     """Run ``count`` sessions (numbered from ``first_session``) in this process; their Stats."""
     stats = Stats()
-    stats.start = t0 = time.time()
+    stats.start = time.time()
+    t0 = time.perf_counter_ns()
     deadline = trio.current_time() + duration if duration else None
     budget, pacer = Budget(calls, deadline), Pacer(rate)
     if target.kind == "http":
@@ -877,5 +1065,5 @@ async def run_sessions(target, script: Script, first_session: int, count: int, c
     async with trio.open_nursery() as nursery:
         for i in range(count):
             nursery.start_soon(run_session, first_session + i, make, script, budget, pacer, opts, stats, t0)
-    stats.elapsed = time.time() - t0
+    stats.elapsed = (time.perf_counter_ns() - t0) / 1e9
     return stats

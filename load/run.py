@@ -239,7 +239,7 @@ def timeline(stats: replay.Stats) -> dict:
     """Per-second buckets of throughput and latency percentiles, for the plot."""
     buckets: dict = {}
     for t, lat in zip(stats.done_at, stats.done_latency):
-        buckets.setdefault(int(t), []).append(lat)
+        buckets.setdefault(t // 1_000_000_000, []).append(lat)
     out = {"t": [], "calls_per_s": [], "p50_ms": [], "p90_ms": [], "p99_ms": []}
     for second in sorted(buckets):
         values = sorted(buckets[second])
