@@ -718,6 +718,8 @@ class HttpSession:
         return Answer(msg_out, raw, counts[0], counts[1])
 
     async def _event(self, data: bytes, counts: list, answer: list) -> None:
+        if not data.strip():
+            return   # the legacy era's priming event (empty data) carries no message
         try:
             msg = orjson.loads(data)
         except orjson.JSONDecodeError:
