@@ -973,6 +973,7 @@ async def _replay(index, session, script, budget, pacer, opts, stats, t0_ns, wat
     """Rounds of the body until the budget is spent; a timed-out step is counted and skipped."""
     place = _Place(len(script.handshake) + 1)
     while True:
+        finished = False
         with trio.CancelScope() as scope:
             watch.scope = scope
             finished = await _steps(index, session, script, budget, pacer, opts, stats, t0_ns, watch, place, lane)
