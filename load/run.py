@@ -16,7 +16,6 @@ import argparse
 import gc
 import json
 import multiprocessing
-import os
 import re
 import shlex
 import statistics
@@ -74,11 +73,10 @@ def run_once(target: Target, script: replay.Script, concurrency: int, calls: int
              rate: float | None, opts: replay.Options, workers: int = 1, progress: bool = False) -> replay.Stats:
     """One run against one target; the merged Stats of all its sessions."""
     workers = max(1, min(workers, concurrency))
-    total = calls if calls is not None else None
-    label = f"{target}"
+    label = str(target)
     if workers == 1:
         counter = opts.progress
-        bar = ProgressBar(label, total, duration, lambda: counter[0]) if progress else None
+        bar = ProgressBar(label, calls, duration, lambda: counter[0]) if progress else None
         try:
             if bar:
                 bar.start()
@@ -103,7 +101,7 @@ def run_once(target: Target, script: replay.Script, concurrency: int, calls: int
         child.close()
         procs.append(proc)
         pipes.append(parent)
-    bar = ProgressBar(label, total, duration, lambda: sum(shared)) if progress else None
+    bar = ProgressBar(label, calls, duration, lambda: sum(shared)) if progress else None
     if bar:
         bar.start()
     parts = []
