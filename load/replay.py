@@ -45,7 +45,7 @@ import trio
 
 from load.http_bench import ProtocolError, Response, Url, parse_response, request_head
 from wire_gateway.wire.era import META_PROTOCOL_VERSION
-from wire_gateway.wire.headers import NAME_SOURCES, encode_header_value
+from wire_gateway.wire.headers import NAME_SOURCES, HeaderError, encode_header_value, param_headers_for
 from wire_gateway.wire.sse import SSEDecoder
 
 try:
@@ -105,6 +105,8 @@ class Call:
 
     template: bytes | None = None    # the body with %d placeholders: see ``render``
     order: tuple = ()
+    param_headers: tuple = ()        # Mcp-Param-* (modern HTTP), from the recorded tools/list's x-mcp-header
+    cancel: dict | None = None       # the client cancelled it: its recorded notifications/cancelled
 
     @property
     def label(self) -> str:
@@ -216,6 +218,31 @@ def build_script(header, entries) -> Script:
                     if isinstance(value, str) and value and contains_string(step.expected["result"], value):
                         step.tag_key = key
                         break
+    tools: dict = {}
+    for _t, direction, msg in entries:   # a recorded tools/list tells which arguments go in headers
+        result = msg.get("result") if direction == "recv" else None
+        if isinstance(result, dict) and isinstance(result.get("tools"), list):
+            for tool in result["tools"]:
+                if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                    tools.setdefault(tool["name"], tool)
+    for step in steps:
+        if isinstance(step, Call) and step.method == "tools/call" and step.name in tools:
+            try:
+                step.param_headers = tuple(param_headers_for(tools[step.name], step.msg["params"].get("arguments")).items())
+            except (HeaderError, AttributeError):
+                step.param_headers = ()
+            schema = tools[step.name].get("inputSchema")
+            props = schema.get("properties") if isinstance(schema, dict) else None
+            prop = props.get(step.tag_key) if isinstance(props, dict) and step.tag_key else None
+            if isinstance(prop, dict) and "x-mcp-header" in prop:
+                step.tag_key = None   # a mirrored argument must stay as recorded (its header is cached)
+                step.template = None
+    for step in list(steps):
+        if isinstance(step, dict) and step.get("method") == "notifications/cancelled":
+            target = calls_by_id.get(_key((step.get("params") or {}).get("requestId")))
+            if target is not None and target.expected is None and target in steps:
+                target.cancel = step   # sent right after its request, with the live id
+                steps.remove(step)
     handshake: list = []
     if header.era == "legacy":
         if not steps or not isinstance(steps[0], Call) or steps[0].method != "initialize":
@@ -264,6 +291,7 @@ class Stats:
         self.answered = 0                # with a correct answer
         self.notifications = 0           # server -> client notifications seen
         self.server_requests = 0         # server -> client requests answered
+        self.cancelled = 0               # requests sent and cancelled, as recorded
         self.sessions = 0                # sessions that completed their handshake
         self.session_failures = 0
         self.start = 0.0                 # time.time() at the start (t0_ns is the same moment)
@@ -285,7 +313,7 @@ class Stats:
                 "done_latency": self.done_latency.tobytes(), "errors": self.errors, "mismatches": self.mismatches,
                 "examples": self.examples, "error_examples": self.error_examples, "calls": self.calls,
                 "answered": self.answered, "notifications": self.notifications,
-                "server_requests": self.server_requests, "sessions": self.sessions,
+                "server_requests": self.server_requests, "cancelled": self.cancelled, "sessions": self.sessions,
                 "session_failures": self.session_failures, "start": self.start, "elapsed": self.elapsed,
                 "first_call": self.first_call}
 
@@ -302,7 +330,8 @@ class Stats:
                 dst[kind] = dst.get(kind, 0) + count
         self.examples += part["examples"][:MAX_EXAMPLES - len(self.examples)]
         self.error_examples += part["error_examples"][:MAX_EXAMPLES - len(self.error_examples)]
-        for name in ("calls", "answered", "notifications", "server_requests", "sessions", "session_failures"):
+        for name in ("calls", "answered", "notifications", "server_requests", "cancelled", "sessions",
+                     "session_failures"):
             setattr(self, name, getattr(self, name) + part[name])
         self.elapsed = max(self.elapsed, part["elapsed"] + offset)
         if part["first_call"] is not None:
@@ -549,6 +578,16 @@ class HttpConn:
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
 
+    async def exchange_send_only(self, data: bytes) -> None:
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise Disconnected(f"{self.url}: {exc}") from None
+        if sent < len(data):
+            await self._send_rest(memoryview(data)[sent:])
+
     async def _send_rest(self, view) -> None:
         while view:
             await trio.lowlevel.wait_writable(self.sock)
@@ -687,11 +726,14 @@ class HttpSession:
             out.append(("Mcp-Name", encode_header_value(name)))
         return out
 
-    def frame(self, msg: dict, body: bytes, name: str | None = None, key=None) -> bytes:
+    def frame(self, msg: dict, body: bytes, name: str | None = None, key=None, extra: tuple = ()) -> bytes:
         """The whole POST; heads are cached per step (``key``): only the body changes per round."""
         head = self.heads.get(key) if key is not None else None
         if head is None:
-            head = request_head(self.url, "POST", self.headers_for(msg, name))
+            headers = self.headers_for(msg, name)
+            if not self.legacy:
+                headers += list(extra)
+            head = request_head(self.url, "POST", headers)
             if key is not None:
                 self.heads[key] = head
         return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
@@ -707,7 +749,7 @@ class HttpSession:
         async def on_event(data: bytes) -> None:
             await self._event(data, counts, answer)
 
-        resp = await self.conn.exchange(self.frame(call.msg, body, call.name, key), on_event,
+        resp = await self.conn.exchange(self.frame(call.msg, body, call.name, key, call.param_headers), on_event,
                                         fast=call.method != "initialize")
         return await self._answer(call, resp, counts, answer)
 
@@ -743,6 +785,20 @@ class HttpSession:
             self.session_id = resp.header(b"mcp-session-id")
             self.heads.clear()
         return Answer(msg_out, raw, counts[0], counts[1])
+
+    async def cancelled(self, call: Call, live_id: int, body: bytes, cancel: dict) -> None:
+        """A request the client cancelled: POST it on a connection of its own, send the recorded
+        cancellation (legacy: notifications/cancelled; modern: closing that connection is the
+        cancellation), and drop whatever answer may come."""
+        conn = HttpConn(self.url)
+        try:
+            await conn.connect()
+            data = self.frame(call.msg, body, call.name, None, call.param_headers)
+            await conn.exchange_send_only(data)
+            if self.legacy:
+                await self.notify(cancel)
+        finally:
+            conn.close()
 
     async def _event(self, data: bytes, counts: list, answer: list) -> None:
         if not data.strip():
@@ -834,6 +890,10 @@ class StdioSession:
                     got.get("id") < want and got.get("id") // ID_STRIDE == want // ID_STRIDE:
                 continue   # a late answer to an earlier request of ours that timed out
             return Answer(got, line, notes, asks)
+
+    async def cancelled(self, call: Call, live_id: int, body: bytes, cancel: dict) -> None:
+        """Send the request and its recorded cancellation; a late answer is skipped by ``request``."""
+        await self._write(body + b"\n" + orjson.dumps(cancel) + b"\n")
 
     async def _line(self) -> bytes:
         while True:
@@ -1091,7 +1151,7 @@ class FastLane:
             place.pos = 0
             place.round_start = trio.current_time()
         step = body[place.pos]
-        if type(step) is not Call:
+        if type(step) is not Call or step.cancel is not None:
             seat.result = _SLOW
             return False
         if not self.budget.take():
@@ -1103,7 +1163,7 @@ class FastLane:
         live_id = index * ID_STRIDE + seq
         data, tagged = step.render(live_id, index, seq)
         session = seat.session
-        frame = session.frame(step.msg, data, step.name, place.pos)
+        frame = session.frame(step.msg, data, step.name, place.pos, step.param_headers)
         stats = self.stats
         stats.calls += 1
         sent = time.perf_counter_ns()
@@ -1207,7 +1267,27 @@ async def _steps(index, session, script, budget, pacer, opts, stats, t0_ns, watc
             watch.since = 0
             place.pos += 1
             continue
-        if lane is not None and session.conn.sock is not None:
+        if step.cancel is not None:
+            if not budget.take():
+                return True
+            place.seq = seq = place.seq + 1
+            place.label = step.label
+            data, _ = step.render(base + seq, index, seq)
+            stats.calls += 1
+            cancel = dict(step.cancel)
+            cancel["params"] = dict(cancel.get("params") or {}, requestId=base + seq)
+            watch.since = clock()
+            try:
+                await session.cancelled(step, base + seq, data, cancel)
+                stats.cancelled += 1
+            except (Disconnected, HttpStatus, OSError) as exc:
+                if not await _count_failure(session, exc, step.label, stats):
+                    return True
+            watch.since = 0
+            progress[0] += 1
+            place.pos += 1
+            continue
+        if lane is not None and getattr(session, "conn", None) is not None and session.conn.sock is not None:
             handed = await lane.drive(session, index, place, watch)
             if handed is _DONE:
                 return True

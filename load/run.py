@@ -229,6 +229,7 @@ def summarize(target: Target, stats: replay.Stats, concurrency: int) -> dict:
         "mismatches": sum(stats.mismatches.values()), "mismatch_kinds": dict(sorted(stats.mismatches.items())),
         "mismatch_examples": stats.examples,
         "notifications": stats.notifications, "server_requests_answered": stats.server_requests,
+        "cancelled": stats.cancelled,
         "sessions": stats.sessions, "session_failures": stats.session_failures,
     }
 
@@ -274,7 +275,7 @@ def render_run(run: dict) -> list:
     for example in run["error_examples"]:
         lines.append(f"  error example: {example}")
     lines.append(f"server notifications {run['notifications']:,}, server requests answered "
-                 f"{run['server_requests_answered']:,}")
+                 f"{run['server_requests_answered']:,}, requests cancelled as recorded {run['cancelled']:,}")
     return lines
 
 

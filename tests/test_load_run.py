@@ -290,3 +290,22 @@ def test_silent_server_times_out_per_call_and_the_session_goes_on():
         assert time.monotonic() - started < 20
     finally:
         listener.close()
+
+
+def test_param_headers_progress_and_cancellation(gateway):
+    """Modern HTTP: `where` needs Mcp-Param-Region (from the recorded tools/list's x-mcp-header),
+    or the gateway answers 400; progress notifications are counted. stdio: a call the client
+    cancelled is sent with its cancellation and no answer awaited; the session goes on."""
+    code, doc = load_json("--target", gateway, "--fixture", str(DATA / "mixed_modern.jsonl"), "-c", "2", "-n", "12",
+                          "--check")
+    run = doc["runs"][0]
+    assert code == 0, run
+    assert_clean(run, 12, 2)
+    progress_calls = run["latency"]["tools/call progress"]["count"]
+    assert progress_calls >= 3 and run["notifications"] == 2 * progress_calls
+    code, doc = load_json("--stdio", f"{PY} -m wire_gateway stdio", "--fixture", str(DATA / "cancel_legacy.jsonl"),
+                          "-c", "2", "-n", "12", "--check")
+    run = doc["runs"][0]
+    assert code == 0, run
+    assert run["cancelled"] == 6 and run["answered_ok"] == 6
+    assert run["mismatches"] == 0 and run["errors"] == {}
