@@ -447,9 +447,28 @@ def judge(call: Call, live_id: int, tagged: str | None, answer, check: bool, sta
         else:
             ok = normalize(want) == normalize(result)
         if not ok:
-            stats.mismatch("check_differs", f"{call.label}: recorded {show(want)}, got {show(result)}")
+            where = first_difference(normalize(want), normalize(result))
+            stats.mismatch("check_differs", f"{call.label}: {where}")
             return False
     return True
+
+
+def first_difference(want, got, path: str = "$") -> str:
+    """Where two JSON values first differ, and how: what a check_differs example shows."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        for key in want:
+            if key not in got:
+                return f"{path}.{key}: recorded {show(want[key])[:150]}, missing in the answer"
+            if want[key] != got[key]:
+                return first_difference(want[key], got[key], f"{path}.{key}")
+        extra = [k for k in got if k not in want]
+        return f"{path}: the answer has keys the recording has not: {extra[:5]}"
+    if isinstance(want, list) and isinstance(got, list):
+        for i, (a, b) in enumerate(zip(want, got)):
+            if a != b:
+                return first_difference(a, b, f"{path}[{i}]")
+        return f"{path}: recorded {len(want)} items, got {len(got)}"
+    return f"{path}: recorded {show(want)[:150]}, got {show(got)[:150]}"
 
 
 def _carries(raw: bytes | None, tagged: str, call: Call, result) -> bool:
