@@ -309,3 +309,18 @@ def test_param_headers_progress_and_cancellation(gateway):
     assert code == 0, run
     assert run["cancelled"] == 6 and run["answered_ok"] == 6
     assert run["mismatches"] == 0 and run["errors"] == {}
+
+
+def test_pace_recorded_keeps_the_recorded_gaps(direct, tmp_path):
+    lines = Path(MODERN).read_text().splitlines()
+    slow = [lines[0]]
+    for line in lines[1:]:
+        entry = json.loads(line)
+        entry["t"] = entry["t"] * 30   # calls 0.3 s apart
+        slow.append(json.dumps(entry))
+    path = tmp_path / "slow.jsonl"
+    path.write_text("\n".join(slow) + "\n")
+    code, doc = load_json("--target", direct, "--fixture", str(path), "-c", "1", "-n", "4", "--pace", "recorded")
+    assert code == 0 and doc["runs"][0]["seconds"] >= 0.85   # the 4th call is due 0.9 s after the 1st
+    code, doc = load_json("--target", direct, "--fixture", str(path), "-c", "1", "-n", "4")
+    assert code == 0 and doc["runs"][0]["seconds"] < 0.5
