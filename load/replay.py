@@ -997,8 +997,25 @@ class Watch:
                 self.scope.cancel()
 
 
+class StartLine:
+    """Sessions start their rounds together, once every session of the process has done its
+    handshake (or failed it): spawning 64 processes must not count against the first ones' calls."""
+
+    def __init__(self, count: int, budget: "Budget", duration: float | None):
+        self.left = count
+        self.go = trio.Event()
+        self.budget, self.duration = budget, duration
+
+    def arrive(self) -> None:
+        self.left -= 1
+        if self.left <= 0 and not self.go.is_set():
+            if self.duration:   # --duration counts from the start line
+                self.budget.deadline = trio.current_time() + self.duration
+            self.go.set()
+
+
 async def run_session(index: int, make, script: Script, budget: Budget, pacer: Pacer, opts: Options,
-                      stats: Stats, t0_ns: int, lane: FastLane | None = None) -> None:
+                      stats: Stats, t0_ns: int, lane: FastLane | None = None, line: StartLine | None = None) -> None:
     """One virtual session with its watchdog; never raises (counts instead)."""
     watch = Watch(opts.timeout)
     session = make()
@@ -1006,7 +1023,11 @@ async def run_session(index: int, make, script: Script, budget: Budget, pacer: P
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch.run)
             try:
-                if await _handshake(index, session, script, opts, stats):
+                ready = await _handshake(index, session, script, opts, stats)
+                if line is not None:
+                    line.arrive()
+                    await line.go.wait()
+                if ready:
                     stats.sessions += 1
                     await _replay(index, session, script, budget, pacer, opts, stats, t0_ns, watch, lane)
             finally:
@@ -1383,8 +1404,7 @@ async def run_sessions(target, script: Script, first_session: int, count: int, c
     stats = Stats()
     stats.start = time.time()
     t0 = time.perf_counter_ns()
-    deadline = trio.current_time() + duration if duration else None
-    budget, pacer = Budget(calls, deadline), Pacer(rate)
+    budget, pacer = Budget(calls, None), Pacer(rate)
     if target.kind == "http":
         def make():
             return HttpSession(target.url, script)
@@ -1396,10 +1416,11 @@ async def run_sessions(target, script: Script, first_session: int, count: int, c
     async with trio.open_nursery() as outer:
         if lane is not None:
             outer.start_soon(lane.run)
+        line = StartLine(count, budget, duration)
         async with trio.open_nursery() as nursery:
             for i in range(count):
                 nursery.start_soon(run_session, first_session + i, make, script, budget, pacer, opts, stats, t0,
-                                   lane)
+                                   lane, line)
         outer.cancel_scope.cancel()
     stats.elapsed = (time.perf_counter_ns() - t0) / 1e9
     return stats
