@@ -105,6 +105,7 @@ class Call:
 
     template: bytes | None = None    # the body with %d placeholders: see ``render``
     order: tuple = ()
+    tag_orig: str = ""               # the tagged argument's recorded value
     param_headers: tuple = ()        # Mcp-Param-* (modern HTTP), from the recorded tools/list's x-mcp-header
     cancel: dict | None = None       # the client cancelled it: its recorded notifications/cancelled
 
@@ -121,6 +122,7 @@ class Call:
         order = ("id", "tag") if not self.tag_key or body.index(id_bytes) < body.index(tag_bytes) else ("tag", "id")
         self.template = body.replace(b"%", b"%%").replace(id_bytes, b"%d").replace(tag_bytes, b"_v%d_%d")
         self.order = order if self.tag_key else ("id",)
+        self.tag_orig = self.msg["params"]["arguments"][self.tag_key] if self.tag_key else ""
 
     def render(self, live_id: int, index: int, seq: int):
         """(body bytes, tagged string or None) for one live request."""
@@ -129,7 +131,7 @@ class Call:
             return body, tagged
         if not self.tag_key:
             return self.template % live_id, None
-        tagged = "%s_v%d_%d" % (self.msg["params"]["arguments"][self.tag_key], index, seq)
+        tagged = "%s_v%d_%d" % (self.tag_orig, index, seq)
         if self.order[0] == "id":
             return self.template % (live_id, index, seq), tagged
         return self.template % (index, seq, live_id), tagged
@@ -474,7 +476,8 @@ def first_difference(want, got, path: str = "$") -> str:
 def _carries(raw: bytes | None, tagged: str, call: Call, result) -> bool:
     """The answer carries the request's tag: quickly in its bytes (the tag, then the closing quote),
     else anywhere in its parsed result (a server may escape differently)."""
-    tag = tagged[len(call.msg["params"]["arguments"][call.tag_key]):]
+    tag = tagged[len(call.msg["params"]["arguments"][call.tag_key]):] if call.template is None else \
+        tagged[len(call.tag_orig):]
     return (raw is not None and (tag.encode() + b'"') in raw) or contains_string(result, tagged)
 
 
