@@ -109,9 +109,10 @@ class Call:
     param_headers: tuple = ()        # Mcp-Param-* (modern HTTP), from the recorded tools/list's x-mcp-header
     cancel: dict | None = None       # the client cancelled it: its recorded notifications/cancelled
 
-    @property
-    def label(self) -> str:
-        return f"{self.method} {self.name}" if self.method == "tools/call" and self.name else self.method
+    label: str = ""                  # what latencies are reported under: the method, and a tool's name
+
+    def __post_init__(self) -> None:
+        self.label = f"{self.method} {self.name}" if self.method == "tools/call" and self.name else self.method
 
     def prepare(self) -> None:
         """Serialize once with sentinels, keep a bytes template: ``render`` is then one ``%``."""
