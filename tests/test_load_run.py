@@ -296,8 +296,9 @@ def test_param_headers_progress_and_cancellation(gateway):
     """Modern HTTP: `where` needs Mcp-Param-Region (from the recorded tools/list's x-mcp-header),
     or the gateway answers 400; progress notifications are counted. stdio: a call the client
     cancelled is sent with its cancellation and no answer awaited; the session goes on."""
-    code, doc = load_json("--target", gateway, "--fixture", str(DATA / "mixed_modern.jsonl"), "-c", "2", "-n", "12",
-                          "--check")
+    # no --check here: the recorded tools/list is this branch's echo server's, and other branches
+    # add cache hints (ttlMs) to it; what matters is that `where` is not refused for a missing header
+    code, doc = load_json("--target", gateway, "--fixture", str(DATA / "mixed_modern.jsonl"), "-c", "2", "-n", "12")
     run = doc["runs"][0]
     assert code == 0, run
     assert_clean(run, 12, 2)
