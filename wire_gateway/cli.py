@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from wire_gateway import __version__
 from wire_gateway.config import Config, ConfigError, default_document, load_config, schema_path
@@ -28,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stdio", help="serve one MCP server over this process's stdin/stdout")
     add_config(p)
-    p.add_argument("--server", metavar="NAME", help="which configured server to proxy")
+    p.add_argument("--server", metavar="NAME",
+                   help="which configured server to proxy (default: the only one; with several, all of them "
+                        "as one aggregate server with namespaced tools)")
+    p.add_argument("--aggregate", action="store_true",
+                   help="serve the aggregate of all configured servers even when there is only one")
     p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -44,6 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config file; exit 0 if it is usable, 1 if not")
     add_config(p)
 
+    p = sub.add_parser("cache", help="inspect or clear the policy caches in the configured store")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    q = cache_sub.add_parser("status", help="backend, whether it is reachable, entries per server")
+    add_config(q)
+    q = cache_sub.add_parser("clear", help="drop cached tool lists and results (all servers, or one)")
+    add_config(q)
+    q.add_argument("--server", metavar="NAME")
+
+    p = sub.add_parser("tools", help="tool pinning: list quarantined tools, approve a changed definition")
+    tools_sub = p.add_subparsers(dest="tools_command", required=True, metavar="ACTION")
+    q = tools_sub.add_parser("approve", help="pin a quarantined tool's new definition, lifting the quarantine")
+    add_config(q)
+    q.add_argument("server", metavar="SERVER")
+    q.add_argument("tool", metavar="TOOL")
+    q = tools_sub.add_parser("pins", help="count pinned tools and list quarantined ones")
+    add_config(q)
+    q.add_argument("--server", metavar="NAME")
+
     p = sub.add_parser("init", help="write a starter config file")
     p.add_argument("path", nargs="?", default="wire-gateway.json", metavar="PATH")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -58,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_init(args)
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command in ("cache", "tools"):
+        from wire_gateway.cli_policy import cmd_cache, cmd_tools
+
+        config = _load(args)
+        if config is None:
+            return 1
+        return cmd_cache(args, config) if args.command == "cache" else cmd_tools(args, config)
     return cmd_stdio(args)
 
 
@@ -79,11 +109,28 @@ def cmd_check(args: argparse.Namespace) -> int:
             spec.resolved()
         except ConfigError as exc:
             problems += exc.problems
+    if config.store.backend == "redis":
+        from wire_gateway.config.loader import expand
+
+        try:
+            expand(config.store.url, dict(os.environ), "store.url")
+        except ConfigError as exc:
+            problems += exc.problems
     if problems:
         print(ConfigError(problems, config.source).report(), file=sys.stderr)
         return 1
     names = ", ".join(config.servers)
     print(f"{config.source}: OK ({len(config.servers)} server(s): {names})")
+    for name, spec in config.servers.items():
+        chain = spec.policy.interceptors()
+        print(f"  {name}: " + (" -> ".join([*chain, "upstream"]) if chain else "passthrough (no policy)"))
+    if any(spec.policy.interceptors() for spec in config.servers.values()):
+        from wire_gateway.store.redis import safe_url
+
+        st = config.store
+        where = f"redis {safe_url(st.url)} (prefix {st.prefix!r})" if st.backend == "redis" else \
+            "memory" + (f" (pins in {st.pins_file})" if st.pins_file else " (pins live only as long as the process)")
+        print(f"  store: {where}")
     return 0
 
 
@@ -115,11 +162,21 @@ def cmd_stdio(args: argparse.Namespace) -> int:
         return 1
     setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns)
     name = args.server
+    if name is not None and args.aggregate:
+        print("wire-gateway stdio: --server and --aggregate exclude each other", file=sys.stderr)
+        return 2
+    if name is None and (args.aggregate or len(config.servers) > 1):
+        try:
+            for spec in config.servers.values():
+                spec.resolved()
+        except ConfigError as exc:
+            print(exc.report(), file=sys.stderr)
+            return 1
+        log.info("wire-gateway %s (pid %d): stdio front for the aggregate of %s from %s", __version__,
+                 os.getpid(), ", ".join(config.servers), config.source)
+        trio.run(serve_stdio, config, None, streams)
+        return 0
     if name is None:
-        if len(config.servers) != 1:
-            print(f"wire-gateway stdio: the config has {len(config.servers)} servers "
-                  f"({', '.join(config.servers)}); choose one with --server NAME", file=sys.stderr)
-            return 2
         name = next(iter(config.servers))
     if name not in config.servers:
         print(f"wire-gateway stdio: no server named {name!r} in {config.source}; "
@@ -132,8 +189,47 @@ def cmd_stdio(args: argparse.Namespace) -> int:
         return 1
     log.info("wire-gateway %s (pid %d): stdio front for server %s from %s", __version__, os.getpid(), name,
              config.source)
-    trio.run(serve_stdio, config, name, streams)
+    from wire_gateway.policy.services import Services
+
+    try:
+        services = Services(config)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return 1
+
+    async def main() -> None:
+        async with running(services):
+            await serve_stdio(config, name, streams, services)
+
+    run_trio(main, services)
     return 0
+
+
+def running(services: Any) -> Any:
+    """The process's shared services (the store's background work) around a front."""
+    import contextlib
+
+    import trio
+
+    @contextlib.asynccontextmanager
+    async def scope() -> Any:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(services.run)
+            yield
+            nursery.cancel_scope.cancel()
+    return scope()
+
+
+def run_trio(main: Any, services: Any) -> None:
+    """trio.run, inside one asyncio loop (trio-asyncio) when the Redis store needs it."""
+    if services.needs_asyncio:
+        import trio_asyncio
+
+        trio_asyncio.run(main)
+    else:
+        import trio
+
+        trio.run(main)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -176,15 +272,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     shutdown.set()
                     return
 
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery, running(services):
             nursery.start_soon(on_signals)
-            await HttpFront(config).run(shutdown)
+            await HttpFront(config, services).run(shutdown)
             nursery.cancel_scope.cancel()
 
+    from wire_gateway.policy.services import Services
+
+    try:
+        services = Services(config)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return 1
     log.info("wire-gateway %s (pid %d): HTTP front from %s", __version__, os.getpid(), config.source)
     failed = False
     try:
-        trio.run(serve)
+        run_trio(serve, services)
     except* OSError as group:   # raised inside nurseries, so it arrives as a group
         exc = group.exceptions[0]
         print(f"wire-gateway serve: cannot listen (http.port {config.http.port}, http.admin_port "

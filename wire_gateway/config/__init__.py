@@ -1,9 +1,12 @@
 """Configuration: the JSON Schema shipped in the package, loading, validation, defaults."""
 from wire_gateway.config.loader import (  # noqa: F401
+    AggregateSettings,
     Config,
     ConfigError,
     HttpSettings,
     Limits,
+    PolicySpec,
+    StoreSettings,
     RestartPolicy,
     ServerSpec,
     default_document,

@@ -17,6 +17,8 @@ from typing import Any
 
 import jsonschema
 
+from wire_gateway.wire.namespacing import server_name_problem
+
 ENV_VAR = "WIRE_GATEWAY_CONFIG"
 
 # What a server inherits from the gateway's environment; everything else must be
@@ -52,6 +54,61 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True)
+class PolicySpec:
+    """The policy chain a server asked for. `enabled` is False when the server names none of
+    the policy keys (tools, pinning, schema, cache): it then gets the plain passthrough, at no cost."""
+    enabled: bool = False
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    pinning: str = "enforce"          # once enabled: a guarded server is protected against rug pulls
+    schema: bool = True
+    tools_list_ttl: float = 60.0
+    results: bool = False
+    results_ttl: float = 60.0
+
+    @property
+    def filtering(self) -> bool:
+        return bool(self.allow or self.deny)
+
+    def interceptors(self) -> list[str]:
+        """Names of the interceptors this server runs, in chain order."""
+        if not self.enabled:
+            return []
+        names = ["filter"] if self.filtering else []
+        if self.pinning != "off":
+            names.append("pinning")
+        if self.schema:
+            names.append("schema")
+        if self.tools_list_ttl > 0:
+            names.append("list_cache")
+        if self.results:
+            names.append("result_cache")
+        return names
+
+
+POLICY_KEYS = ("tools", "pinning", "schema", "cache")
+
+
+def parse_policy(s: dict[str, Any]) -> PolicySpec:
+    if not any(k in s for k in POLICY_KEYS):
+        return PolicySpec()
+    tools = s.get("tools", {})
+    cache = s.get("cache", {})
+    return PolicySpec(enabled=True, allow=tuple(tools.get("allow", ())), deny=tuple(tools.get("deny", ())),
+                      pinning=s.get("pinning", "enforce"), schema=s.get("schema", True),
+                      tools_list_ttl=cache.get("tools_list_ttl", 60.0), results=cache.get("results", False),
+                      results_ttl=cache.get("results_ttl", 60.0))
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    backend: str = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "wire-gateway:"
+    pins_file: str | None = None
+
+
+@dataclass(frozen=True)
 class ServerSpec:
     name: str
     command: str = ""                      # a process to spawn, or ...
@@ -65,6 +122,7 @@ class ServerSpec:
     stdin_close_timeout: float = 2.0
     sigterm_timeout: float = 2.0
     handshake_timeout: float = 10.0
+    policy: PolicySpec = PolicySpec()
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
@@ -89,6 +147,7 @@ class ServerSpec:
             stdin_close_timeout=self.stdin_close_timeout,
             sigterm_timeout=self.sigterm_timeout,
             handshake_timeout=self.handshake_timeout,
+            policy=self.policy,
         )
 
 
@@ -116,13 +175,21 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class AggregateSettings:
+    separator: str = "__"
+    page_size: int | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     servers: dict[str, ServerSpec]
     limits: Limits = Limits()
     http: HttpSettings = HttpSettings()
+    aggregate: AggregateSettings = AggregateSettings()
     log_level: str = "info"
     log_file: str | None = None
     mask_patterns: tuple[str, ...] = ()
+    store: StoreSettings = StoreSettings()
     source: str = "<built-in default>"
     document: dict[str, Any] = field(default_factory=dict)
 
@@ -210,6 +277,11 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
     problems = validation_errors(doc)
     if problems:
         raise ConfigError(problems, source)
+    aggregate = AggregateSettings(**doc.get("aggregate", {}))
+    clashes = [f"$.servers.{name}: {why} (aggregate.separator; rename the server or choose another separator)"
+               for name in doc["servers"] if (why := server_name_problem(name, aggregate.separator))]
+    if clashes:
+        raise ConfigError(clashes, source)
     servers = {}
     for name, s in doc["servers"].items():
         restart = RestartPolicy(**s.get("restart", {}))
@@ -230,16 +302,22 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
             stdin_close_timeout=shutdown.get("stdin_close_timeout", 2.0),
             sigterm_timeout=shutdown.get("sigterm_timeout", 2.0),
             handshake_timeout=s.get("handshake_timeout", 10.0),
+            policy=parse_policy(s),
         )
     logging_ = doc.get("logging", {})
     http = dict(doc.get("http", {}))
     for key in ("allowed_hosts", "allowed_origins"):
         if key in http:
             http[key] = tuple(http[key])
+    store = dict(doc.get("store", {}))
+    if store.get("pins_file") and base_dir is not None and not os.path.isabs(store["pins_file"]):
+        store["pins_file"] = str(base_dir / store["pins_file"])
     return Config(
         servers=servers,
+        store=StoreSettings(**store),
         limits=Limits(**doc.get("limits", {})),
         http=HttpSettings(**http),
+        aggregate=aggregate,
         log_level=logging_.get("level", "info"),
         log_file=logging_.get("file"),
         mask_patterns=tuple(logging_.get("mask_patterns", ())),

@@ -12,7 +12,8 @@ Tools:
   where {region}         -> region; its inputSchema marks region with x-mcp-header
                             (modern HTTP clients mirror it into Mcp-Param-Region)
   touch_tools {}         -> sends notifications/tools/list_changed to every
-                            subscriptions/listen stream that asked for it
+                            subscriptions/listen stream that asked for it, and
+                            (legacy sessions) to the client directly
   big {size}             -> a text of `size` bytes, for large-frame tests
   progress {steps}       -> one notifications/progress per step (if the request
                             has params._meta.progressToken), then "done"
@@ -55,7 +56,11 @@ def build(name, log=None):
 
     @server.tool("touch_tools", "Announce a tool-list change to subscriptions/listen streams.")
     def touch_tools(req, args):
-        return f"notified {server.tools_changed()}"
+        sent = server.tools_changed()
+        if not req.modern:   # a legacy session gets the notification on its one stream
+            server.notify("notifications/tools/list_changed", {})
+            sent += 1
+        return f"notified {sent}"
 
     @server.tool("big", "Return a text of `size` bytes (for large-frame tests).", {"size": "integer"})
     def big(req, args):

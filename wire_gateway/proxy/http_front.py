@@ -1,6 +1,7 @@
 """`wire-gateway serve`: the Streamable HTTP data plane.
 
-Routes: `POST|GET|DELETE /mcp/{server}` (MCP, both eras), `GET /healthz` (alive),
+Routes: `POST|GET|DELETE /mcp/{server}` (MCP, both eras), `POST|GET|DELETE /mcp` (the
+aggregate of all servers, docs/aggregate.md), `GET /healthz` (alive),
 `GET /readyz` (every server able to serve). Each request is checked at the edge
 (Host and Origin against an allow-list: DNS-rebinding protection; content type;
 body size is the HTTP server's job) before its body is even decoded.
@@ -14,18 +15,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 import trio
 
-from wire_gateway.config import Config
+from wire_gateway.config import Config, Limits, ServerSpec
+from wire_gateway.policy.services import Services
+from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
+from wire_gateway.proxy.route import member_factory
 from wire_gateway.transport.http_server import HttpLimits, Request, Responder, serve_http
+from wire_gateway.upstream.supervisor import Sink, Upstream
 from wire_gateway.wire import errors
-from wire_gateway.wire.era import LEGACY_VERSIONS, MODERN_VERSIONS, request_version
+from wire_gateway.wire.era import LEGACY_VERSIONS, MODERN, MODERN_VERSIONS, request_version
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
 from wire_gateway.wire.headers import HeaderProblem, check_request_headers, header_mismatch_error
 
@@ -34,6 +40,7 @@ log = logging.getLogger("wire_gateway.http")
 LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 JSON = [("content-type", "application/json")]
 KNOWN_VERSIONS = set(LEGACY_VERSIONS) | set(MODERN_VERSIONS)
+AGGREGATE_SPEC = ServerSpec(name=AGGREGATE_NAME)   # the aggregate has members, not a command of its own
 
 
 def url_host(host: str) -> str:
@@ -48,11 +55,17 @@ def client_label(info: Any) -> dict[str, str] | None:
 
 
 class HttpFront:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, services: Services | None = None) -> None:
         self.config = config
+        self.services = services if services is not None else Services(config)
         self.settings = config.http
-        self.pools = {name: ModernPool(name, spec.resolved(), config.limits, config.http.keepalive_interval)
+        self.pools = {name: ModernPool(name, spec.resolved(), config, config.http.keepalive_interval,
+                                      self.services)
                       for name, spec in config.servers.items()}
+        # The aggregate (POST /mcp): modern requests share one Aggregate, like a server's shared process.
+        self.aggregate_pool = ModernPool(AGGREGATE_NAME, AGGREGATE_SPEC, config,
+                                         config.http.keepalive_interval,
+                                         upstream_factory=self._aggregate(MODERN, lazy=True))
         self.sessions: dict[str, LegacySession] = {}
         self.port: int | None = None
         self._nursery: trio.Nursery | None = None
@@ -67,6 +80,7 @@ class HttpFront:
             self._nursery = nursery
             for pool in self.pools.values():
                 await nursery.start(pool.upstream.run)
+            await nursery.start(self.aggregate_pool.upstream.run)
             nursery.start_soon(self._expire_sessions)
             limits = HttpLimits(max_body_bytes=s.max_body_bytes)
             drained = trio.Event()
@@ -94,14 +108,14 @@ class HttpFront:
             # then are sessions and upstreams stopped.
             for session in self.sessions.values():
                 session.end_streams()
-            for pool in self.pools.values():
+            for pool in [*self.pools.values(), self.aggregate_pool]:
                 pool.end_subscriptions()
             with trio.CancelScope(shield=True), trio.move_on_after(s.drain_timeout + 10):
                 await drained.wait()
                 async with trio.open_nursery() as closer:
                     for session in list(self.sessions.values()):
                         closer.start_soon(self._end_session, session)
-                    for pool in self.pools.values():
+                    for pool in [*self.pools.values(), self.aggregate_pool]:
                         closer.start_soon(pool.upstream.shutdown)
             nursery.cancel_scope.cancel()
 
@@ -112,17 +126,24 @@ class HttpFront:
         def upstream_status(up: Any) -> dict[str, Any]:
             proc = getattr(up, "process", None)
             alive = proc is not None and proc.returncode is None
-            return {"state": up.state, "era": up.era, "url": getattr(up, "url", None), "pid": proc.pid if alive else None,
-                    "uptime": round(now - proc.started, 3) if alive else None,
-                    "restarts": up.restarts, "lastExit": up.last_exit,
-                    "inFlight": len(up.pending), "framesIn": up.frames_in, "framesOut": up.frames_out}
+            out = {"state": up.state, "era": up.era, "url": getattr(up, "url", None), "pid": proc.pid if alive else None,
+                   "uptime": round(now - proc.started, 3) if alive else None,
+                   "restarts": up.restarts, "lastExit": up.last_exit,
+                   "inFlight": len(up.pending), "framesIn": up.frames_in, "framesOut": up.frames_out}
+            if isinstance(up, Aggregate):     # an aggregate session: its member processes are its own
+                out["members"] = up.status()["members"]
+            return out
 
         servers = {name: {"shared": upstream_status(pool.upstream), "modernEra": pool.era,
                           "legacySessions": sum(1 for s in self.sessions.values() if s.server == name)}
                    for name, pool in self.pools.items()}
+        agg = self.aggregate_pool.upstream
+        assert isinstance(agg, Aggregate)
         return {
             "listen": {"host": self.settings.host, "port": self.port},
             "servers": servers,
+            "aggregate": {"route": "/mcp", "state": agg.state, **agg.status(),
+                          "legacySessions": sum(1 for s in self.sessions.values() if s.server == AGGREGATE_NAME)},
             "sessions": [{"id": s.id[:8] + "...", "server": s.server, "clientInfo": client_label(s.client_info),
                           "idleSeconds": round(s.idle_for(now), 3), "inFlight": len(s.exchanges),
                           "streamsOpen": s.streams_open, "process": upstream_status(s.upstream)}
@@ -157,10 +178,12 @@ class HttpFront:
             await self._readyz(responder)
         elif path.startswith("/mcp/") and path.count("/") == 2:
             await self._mcp(path[5:], request, responder)
+        elif path == "/mcp":
+            await self._mcp(AGGREGATE_NAME, request, responder)
         else:
             await responder.send(404, JSON, errors.error_frame(
                 None, errors.INVALID_REQUEST,
-                f"no such route: {request.path}; MCP endpoints are /mcp/{{server}} "
+                f"no such route: {request.path}; MCP endpoints are /mcp (all servers) and /mcp/{{server}} "
                 f"(configured: {', '.join(self.config.servers)})"))
 
     def _allowed(self, kind: str, value: str) -> bool:
@@ -207,7 +230,7 @@ class HttpFront:
         await responder.send(200 if ready else 503, JSON, body)
 
     async def _mcp(self, server: str, request: Request, responder: Responder) -> None:
-        pool = self.pools.get(server)
+        pool = self.aggregate_pool if server == AGGREGATE_NAME else self.pools.get(server)
         if pool is None:
             await responder.send(404, JSON, errors.error_frame(
                 None, errors.INVALID_REQUEST,
@@ -288,6 +311,14 @@ class HttpFront:
             "Bad Request: missing Mcp-Session-Id (legacy era: start with initialize; "
             f"modern era: put the protocol version in params._meta[{'io.modelcontextprotocol/protocolVersion'!r}])"))
 
+    def _aggregate(self, client_era: str | None, lazy: bool = False) -> Callable[..., Upstream]:
+        """An upstream factory for sessions of the aggregate; each member gets its server's policy chain."""
+        members = member_factory(self.config, self.services)
+
+        def factory(spec: ServerSpec, limits: Limits, sink: Sink) -> Upstream:
+            return Aggregate(self.config, sink, members, client_era=client_era, lazy=lazy)
+        return factory
+
     async def _open_session(self, server: str, init: Frame, responder: Responder) -> None:
         if len(self.sessions) >= self.settings.max_sessions:
             await responder.send(503, JSON, errors.error_frame(
@@ -295,7 +326,12 @@ class HttpFront:
                 f"too many sessions ({self.settings.max_sessions}, http.max_sessions); try again later"))
             return
         assert self._nursery is not None
-        session = LegacySession(server, self.config.servers[server].resolved(), self.config.limits, self.settings)
+        if server == AGGREGATE_NAME:
+            session = LegacySession(server, AGGREGATE_SPEC, self.config, self.settings,
+                                    upstream_factory=self._aggregate(None))
+        else:
+            session = LegacySession(server, self.config.servers[server].resolved(), self.config,
+                                    self.settings, self.services)
         self.sessions[session.id] = session
         await self._nursery.start(session.upstream.run)
         log.info("session %s (%s): opened", session.id[:8], server)

@@ -20,15 +20,17 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from wire_gateway.config import HttpSettings, Limits, ServerSpec
+from wire_gateway.config import Config, HttpSettings, ServerSpec
 from wire_gateway.proxy.exchange import Backlog, Exchange, Replay, parse_event_id
 from wire_gateway.proxy.http_answer import JSON, SSE_HEADERS
+from wire_gateway.proxy.route import open_upstream
 from wire_gateway.transport.http_server import ClientGone, Responder
-from wire_gateway.upstream.factory import make_upstream
+from wire_gateway.upstream.supervisor import Upstream
 from wire_gateway.wire import errors
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind
 from wire_gateway.wire.sse import encode_event
@@ -63,11 +65,13 @@ def progress_token(frame: Frame) -> Any:
 
 
 class LegacySession:
-    def __init__(self, server: str, spec: ServerSpec, limits: Limits, settings: HttpSettings) -> None:
+    def __init__(self, server: str, spec: ServerSpec, config: Config, settings: HttpSettings,
+                 services: Any = None, upstream_factory: Callable[..., Upstream] | None = None) -> None:
         self.id = new_session_id()
         self.server = server
         self.settings = settings
-        self.upstream = make_upstream(spec, limits, self)
+        self.upstream = (upstream_factory(spec, config.limits, self) if upstream_factory is not None
+                         else open_upstream(spec, config, self, services))
         self.backlog = Backlog()
         self.exchanges: dict[Any, Exchange] = {}
         self.progress: dict[Any, Exchange] = {}

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from wire_gateway.config import Limits, ServerSpec
+from wire_gateway.config import Config, ServerSpec
 from wire_gateway.proxy.exchange import Backlog, Exchange
 from wire_gateway.proxy.http_answer import answer
+from wire_gateway.proxy.route import open_upstream
 from wire_gateway.transport.http_server import Responder
-from wire_gateway.upstream.factory import make_upstream
+from wire_gateway.upstream.supervisor import Upstream
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import META_PROTOCOL_VERSION, MODERN_VERSIONS, META_SUBSCRIPTION_ID
 from wire_gateway.wire.frame import Frame, Kind, decode
@@ -38,10 +40,12 @@ PROBE_TIMEOUT = 10.0
 
 
 class ModernPool:
-    def __init__(self, server: str, spec: ServerSpec, limits: Limits, keepalive: float = 15.0) -> None:
+    def __init__(self, server: str, spec: ServerSpec, config: Config, keepalive: float = 15.0,
+                 services: Any = None, upstream_factory: Callable[..., Upstream] | None = None) -> None:
         self.server = server
         self.keepalive = keepalive
-        self.upstream = make_upstream(spec, limits, self)
+        self.upstream = (upstream_factory(spec, config.limits, self) if upstream_factory is not None
+                         else open_upstream(spec, config, self, services))
         self.backlog = Backlog()
         self._ids = itertools.count(1)
         self.by_gw: dict[int, Exchange] = {}

@@ -12,17 +12,22 @@ import signal
 import trio
 
 from wire_gateway.config import Config
+from wire_gateway.policy.services import Services
+from wire_gateway.proxy.aggregate import Aggregate
+from wire_gateway.proxy.route import member_factory, open_upstream
 from wire_gateway.proxy.session import PassthroughSession
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.transport.stdio import READ_SIZE, StdioStreams
-from wire_gateway.upstream.factory import make_upstream
+from wire_gateway.upstream.supervisor import Upstream
 from wire_gateway.wire.framing import LineFramer
 
 log = logging.getLogger("wire_gateway.stdio")
 
 
-async def serve_stdio(config: Config, server_name: str, streams: StdioStreams) -> None:
-    front = StdioFront(config, server_name, streams)
+async def serve_stdio(config: Config, server_name: str | None, streams: StdioStreams,
+                      services: Services | None = None) -> None:
+    """`server_name` None: serve the aggregate of all configured servers."""
+    front = StdioFront(config, server_name, streams, services)
     try:
         await front.run()
     finally:
@@ -31,13 +36,22 @@ async def serve_stdio(config: Config, server_name: str, streams: StdioStreams) -
 
 
 class StdioFront:
-    def __init__(self, config: Config, server_name: str, streams: StdioStreams) -> None:
+    def __init__(self, config: Config, server_name: str | None, streams: StdioStreams,
+                 services: Services | None = None) -> None:
         self.config = config
-        self.spec = config.servers[server_name].resolved()
         self.streams = streams
         self.client_out = OutBuffer(streams.stdout.fileno())
         self.session = PassthroughSession(self.client_out, config.limits.max_frame_bytes)
-        self.upstream = make_upstream(self.spec, config.limits, self.session)
+        self.services = services if services is not None else Services(config)
+        self.upstream: Upstream
+        if server_name is None:
+            specs = [spec.resolved() for spec in config.servers.values()]
+            self.shutdown_budget = max(s.stdin_close_timeout + s.sigterm_timeout for s in specs) + 5.0
+            self.upstream = Aggregate(config, self.session, member_factory(config, self.services))
+        else:
+            self.spec = config.servers[server_name].resolved()
+            self.shutdown_budget = self.spec.stdin_close_timeout + self.spec.sigterm_timeout + 5.0
+            self.upstream = open_upstream(self.spec, config, self.session, self.services)
         self.session.upstream = self.upstream
         self.done = trio.Event()          # set by whichever ending comes first
         self.writer_done = trio.Event()
@@ -56,9 +70,8 @@ class StdioFront:
             nursery.start_soon(self._watch_signals)
             await self.done.wait()
             reader_scope.cancel()
-            budget = self.spec.stdin_close_timeout + self.spec.sigterm_timeout + 5.0
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(budget):
+                with trio.move_on_after(self.shutdown_budget):
                     await self.upstream.shutdown()
                 self.client_out.flush()
                 self.client_out.close()

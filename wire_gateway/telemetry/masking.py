@@ -13,6 +13,8 @@ _SECRET_KEYS = r"(?:authorization|proxy-authorization|token|access_token|refresh
 _RULES: list[tuple[re.Pattern[str], str]] = [
     # "key": "value" in JSON text
     (re.compile(r'("[A-Za-z0-9_-]*' + _SECRET_KEYS + r'"\s*:\s*")((?:[^"\\]|\\.)*)(")', re.IGNORECASE), r"\1***\3"),
+    # the password in a URL's userinfo (redis://:secret@host, https://user:secret@host)
+    (re.compile(r"\b([a-z][a-z0-9+.-]*://[^\s/:@]*:)([^\s/@]+)(@)", re.IGNORECASE), r"\1***\3"),
     # Bearer / Basic credentials anywhere
     (re.compile(r"\b(Bearer|Basic)\s+([A-Za-z0-9._~+/=-]{4})[A-Za-z0-9._~+/=-]*", re.IGNORECASE), r"\1 \2***"),
     # key=value or key: value in plain text (headers, env dumps, argv)

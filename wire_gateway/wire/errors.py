@@ -23,6 +23,8 @@ UPSTREAM_EXITED = -31001        # the server process ended before answering
 UPSTREAM_UNAVAILABLE = -31002   # the server cannot take requests now (crash loop, queue full, shutting down)
 UPSTREAM_BAD_FRAME = -31003     # the server answered with a frame the gateway could not use
 GATEWAY_OVERLOADED = -31004     # a gateway limit (in-flight requests, queue) was reached
+ERA_MISMATCH = -31005           # aggregate: a message that cannot cross between the client's and a server's era
+TOOL_QUARANTINED = -31006       # the tool's definition changed since it was pinned; an operator must approve it
 
 SOURCE = "wire-gateway"
 

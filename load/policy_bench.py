@@ -1,0 +1,174 @@
+"""What the policy chain costs and what its cache saves, through `wire-gateway stdio`.
+
+    python -m load policy-bench [-n 500] [--rounds 20] [--redis-url URL] [--json]
+
+Two comparisons in one invocation, each pair of gateways running side by side and
+measured alternately (A B B A A B ...) so that drift on a noisy machine hits both alike:
+
+(a) ``tools/list`` against the bundled echo server: uncached (the chain without the
+    list cache: every list reaches the server) vs cached (the second and later lists
+    are answered by the gateway). Target: cached at least 3x faster.
+(b) ``ping`` with no policy (plain passthrough) vs five interceptors configured
+    (filter, pinning, schema, list cache, result cache): ping must bypass them all.
+    Target: ratio under 1.1.
+
+With --redis-url, (a) is also run with the Redis store for the cached side.
+One request at a time (a client waiting on each answer), timed with perf_counter_ns;
+figures are the median and p90 round trip per side over all rounds, the ratio of medians,
+and the gateway process's own CPU time per request (from /proc; steadier than latency on
+a shared machine, since it does not count time spent waiting for a CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ECHO = [sys.executable, "-m", "wire_gateway.demo.echo"]
+INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "policy-bench", "version": "0"}}
+FIVE = {"tools": {"deny": ["never_*"]}, "pinning": "enforce", "schema": True,
+        "cache": {"tools_list_ttl": 300, "results": True}}
+
+
+class Gateway:
+    """One `wire-gateway stdio` process with a one-server config, spoken to line by line."""
+
+    def __init__(self, folder: Path, label: str, policy: dict, store: dict | None = None) -> None:
+        doc: dict = {"servers": {"echo": {"command": ECHO[0], "args": ECHO[1:], **policy}}}
+        if store:
+            doc["store"] = store
+        config = folder / f"{label}.json"
+        config.write_text(json.dumps(doc))
+        self.label = label
+        self.stderr = open(folder / f"{label}.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "wire_gateway", "stdio", "--config", str(config)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
+        self.out = self.proc.stdout          # buffered: one read per answer, not one per byte
+        self.fd_in = self.proc.stdin.fileno()
+        self.next_id = 0
+        self.call("initialize", INIT)
+        os.write(self.fd_in, b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+
+    def call(self, method: str, params: dict | None = None) -> dict:
+        self.next_id += 1
+        msg = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        os.write(self.fd_in, json.dumps(msg).encode() + b"\n")
+        while True:
+            line = self.out.readline()
+            if not line:
+                raise RuntimeError(f"{self.label}: the gateway closed its stdout")
+            answer = json.loads(line)
+            if answer.get("id") == self.next_id and "method" not in answer:
+                if "error" in answer:
+                    raise RuntimeError(f"{self.label}: {method} failed: {answer['error']}")
+                return answer
+
+    def cpu_us(self) -> float:
+        """CPU time (user + system) the gateway process itself has used, in microseconds."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1e6 / os.sysconf("SC_CLK_TCK")
+
+    def timed(self, method: str, n: int) -> list[int]:
+        """n sequential round trips of `method`, in microseconds."""
+        line_prefix = b'{"jsonrpc":"2.0","id":%d,"method":"' + method.encode() + b'"}\n'
+        fd, readline = self.fd_in, self.out.readline
+        out = []
+        for _ in range(n):
+            self.next_id += 1
+            start = time.perf_counter_ns()
+            os.write(fd, line_prefix % self.next_id)
+            line = readline()
+            out.append((time.perf_counter_ns() - start) // 1000)
+            if not line or b'"id":%d' % self.next_id not in line.replace(b" ", b""):
+                raise RuntimeError(f"{self.label}: unexpected answer {line[:200]!r}")
+        return out
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.stderr.close()
+
+
+def summary(samples: list[int]) -> dict:
+    ordered = sorted(samples)
+    return {"median_us": statistics.median(ordered), "p90_us": ordered[int(len(ordered) * 0.9)],
+            "mean_us": round(statistics.fmean(ordered), 1), "n": len(ordered)}
+
+
+def compare(a: Gateway, b: Gateway, method: str, n: int, rounds: int, warmup: int = 200) -> dict:
+    a.timed(method, warmup)
+    b.timed(method, warmup)
+    samples: dict[str, list[int]] = {a.label: [], b.label: []}
+    cpu = {a.label: 0.0, b.label: 0.0}
+
+    def one(g: Gateway) -> None:
+        before = g.cpu_us()
+        samples[g.label] += g.timed(method, n)
+        cpu[g.label] += g.cpu_us() - before
+
+    for i in range(rounds):       # A B, then B A: neither side always runs first
+        for g in ((a, b) if i % 2 == 0 else (b, a)):
+            one(g)
+    out: dict = {}
+    for g in (a, b):
+        out[g.label] = {**summary(samples[g.label]), "gateway_cpu_us_per_request": round(cpu[g.label] / (n * rounds), 1)}
+    out["ratio_of_medians"] = round(out[b.label]["median_us"] / out[a.label]["median_us"], 3)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", type=int, default=500, help="round trips per side per round (default 500)")
+    parser.add_argument("--rounds", type=int, default=20, help="alternating rounds (default 20)")
+    parser.add_argument("--redis-url", help="also measure the cached tools/list with the Redis store")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    results: dict = {"config": {"n": args.n, "rounds": args.rounds, "cpus": os.cpu_count()}}
+    with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
+        folder = Path(tmp)
+        pairs = [("tools_list", "tools/list",
+                  ("uncached", {"pinning": "off", "cache": {"tools_list_ttl": 0}}),
+                  ("cached", {"pinning": "off", "cache": {"tools_list_ttl": 300}}), None),
+                 ("ping", "ping", ("no_policy", {}), ("five_interceptors", FIVE), None)]
+        if args.redis_url:
+            pairs.append(("tools_list_redis", "tools/list",
+                          ("uncached", {"pinning": "off", "cache": {"tools_list_ttl": 0}}),
+                          ("cached_redis", {"pinning": "off", "cache": {"tools_list_ttl": 300}}),
+                          {"backend": "redis", "url": args.redis_url, "prefix": f"policy-bench-{os.getpid()}:"}))
+        for name, method, (la, pa), (lb, pb), store in pairs:
+            a = Gateway(folder, la, pa)
+            b = Gateway(folder, lb, pb, store)
+            try:
+                results[name] = compare(a, b, method, args.n, args.rounds)
+            finally:
+                a.close()
+                b.close()
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"policy-bench: n={args.n} x {args.rounds} rounds per side, sequential, {os.cpu_count()} CPUs")
+    for name, figures in results.items():
+        if name == "config":
+            continue
+        sides = [k for k in figures if k != "ratio_of_medians"]
+        parts = [f"{side}: median {figures[side]['median_us']:.0f} us, p90 {figures[side]['p90_us']} us, "
+                 f"gateway CPU {figures[side]['gateway_cpu_us_per_request']} us/req" for side in sides]
+        print(f"  {name:<17} " + " | ".join(parts) + f" | ratio {figures['ratio_of_medians']}")
+    tl = results["tools_list"]
+    print(f"  => cached tools/list is {1 / tl['ratio_of_medians']:.1f}x faster than uncached (target >= 3x); "
+          f"ping with five interceptors / without: {results['ping']['ratio_of_medians']} (target < 1.1)")
+    return 0

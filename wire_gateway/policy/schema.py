@@ -1,0 +1,65 @@
+"""Argument validation: a tools/call whose arguments do not match the tool's last-seen
+inputSchema is answered -32602 with the failing path and reason, and never reaches the
+server. A tool the gateway has not seen listed (or a schema that is itself broken)
+passes: the server remains the judge of what it does not describe.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import SchemaError
+
+from wire_gateway.policy.chain import Call, Interceptor, Reply
+from wire_gateway.policy.tools import ToolIndex
+from wire_gateway.wire import errors
+
+log = logging.getLogger("wire_gateway.policy.schema")
+
+
+class SchemaGuard(Interceptor):
+    name = "schema"
+
+    def __init__(self, server: str, index: ToolIndex) -> None:
+        self.server = server
+        self.index = index
+        # tool name -> (the schema object it was built from, validator or None if the schema is broken)
+        self._validators: dict[str, tuple[Any, Any]] = {}
+
+    def _validator(self, tool: str, schema: Any) -> Any:
+        cached = self._validators.get(tool)
+        if cached is not None and cached[0] is schema:
+            return cached[1]
+        validator = None
+        if isinstance(schema, dict):
+            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+            try:
+                cls.check_schema(schema)
+                validator = cls(schema)
+            except SchemaError as exc:
+                log.warning("server %s: tool %r has an invalid inputSchema (%s); its arguments are not "
+                            "validated", self.server, tool, exc.message)
+        self._validators[tool] = (schema, validator)
+        return validator
+
+    async def on_request(self, call: Call) -> Reply | None:
+        if call.method != "tools/call":
+            return None
+        tool = call.tool
+        if tool is None:
+            return None
+        schema = self.index.input_schema(tool)
+        if schema is None:
+            return None
+        validator = self._validator(tool, schema)
+        if validator is None:
+            return None
+        arguments = call.params.get("arguments", {})
+        error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+        if error is None:
+            return None
+        where = error.json_path.replace("$", "arguments", 1)
+        return Reply.error(call, errors.INVALID_PARAMS,
+                           f"Invalid arguments for tool {tool}: {where}: {error.message}",
+                           {"tool": tool, "path": where, "reason": error.message}, note="schema")

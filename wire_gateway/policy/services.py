@@ -1,0 +1,87 @@
+"""What the policy chain shares across a whole gateway process: the store, the pins,
+one chain per server (its tool index and caches serve every session of that server).
+
+Created once per process (by the CLI) and handed to the fronts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import trio
+
+from wire_gateway.config import Config, ServerSpec, StoreSettings
+from wire_gateway.config.loader import expand
+from wire_gateway.policy.cache import Generations, ListCache, ResultCache, invalidate
+from wire_gateway.policy.chain import Chain, Interceptor
+from wire_gateway.policy.filter import ToolFilter
+from wire_gateway.policy.pinning import PinBook, Pinning
+from wire_gateway.policy.schema import SchemaGuard
+from wire_gateway.policy.tools import ToolIndex
+from wire_gateway.store.base import Store
+from wire_gateway.store.memory import MemoryStore
+
+log = logging.getLogger("wire_gateway.policy")
+
+
+def make_store(settings: StoreSettings) -> Store:
+    if settings.backend == "redis":
+        from wire_gateway.store.redis import RedisStore
+
+        return RedisStore(expand(settings.url, dict(os.environ), "store.url"), settings.prefix)
+    return MemoryStore(settings.pins_file)
+
+
+class Services:
+    def __init__(self, config: Config, store: Store | None = None) -> None:
+        self.config = config
+        self.store = store if store is not None else make_store(config.store)
+        self.pins = PinBook(self.store)
+        self.generations = Generations()
+        self.chains: dict[str, Chain | None] = {}
+        self.store.subscribe(self._on_event)
+
+    def _on_event(self, event: str) -> None:
+        if event.startswith("invalidate:"):
+            self.generations.bump(event[len("invalidate:"):])
+
+    @property
+    def needs_asyncio(self) -> bool:
+        return self.store.backend == "redis"
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The store's background work (Redis pub/sub and reconnection)."""
+        await self.store.run(task_status=task_status)
+
+    def chain_for(self, spec: ServerSpec) -> Chain | None:
+        """The server's chain, built once; None when it configures no interceptor."""
+        if spec.name not in self.chains:
+            self.chains[spec.name] = self._build(spec)
+        return self.chains[spec.name]
+
+    def _build(self, spec: ServerSpec) -> Chain | None:
+        policy = spec.policy
+        names = policy.interceptors()
+        if not names:
+            return None
+        index = ToolIndex()
+        chain: list[Interceptor] = []
+        for name in names:
+            if name == "filter":
+                chain.append(ToolFilter(policy.allow, policy.deny))
+            elif name == "pinning":
+                chain.append(Pinning(spec.name, self.pins, policy.pinning))
+            elif name == "schema":
+                chain.append(SchemaGuard(spec.name, index))
+            elif name == "list_cache":
+                chain.append(ListCache(spec.name, self.store, policy.tools_list_ttl, self.generations))
+            elif name == "result_cache":
+                chain.append(ResultCache(spec.name, self.store, policy.results_ttl, index, self.generations))
+        log.info("server %s: policy chain %s", spec.name, " -> ".join([*names, "upstream"]))
+
+        async def on_invalidate() -> None:
+            dropped = await invalidate(self.store, spec.name, self.generations)
+            log.info("server %s: tool list changed; dropped %d cached entries", spec.name, dropped)
+
+        return Chain(spec.name, chain, index, on_invalidate, sync=self.store.backend == "memory")

@@ -1,0 +1,366 @@
+"""The policy runner: an upstream that runs the server's policy chain on tools/list and
+tools/call, and is a plain passthrough for everything else.
+
+Towards the session it is an Upstream; towards the real upstream (a process or an HTTP
+client, made by make_upstream) it is the Sink, through a small adapter because both
+protocols name a `flush` and a `wait_writable` that mean different things.
+
+Why tasks: the chain may wait on the store (Redis), which the synchronous `request()`
+cannot do. So with Redis the two tool methods run in a task in the runner's own nursery,
+and their answers reach the session through its sink. With the memory store nothing in
+the chain ever waits, so it is driven inline (`chain.drive`): a cache hit is answered
+from `request()` itself, a miss is forwarded at once and its answer passed back through
+the chain as it arrives, with no task hop either way (a hop costs more than the chain).
+Other frames cost one set-membership test; other responses one dict lookup (only while a
+tool request is awaiting its answer).
+
+Exactly one answer per request: a chain answer, the server's (or inner upstream's)
+answer passed back through the chain, or, when the runner stops, the answer the inner
+upstream already gave or a shutting-down error. A request the client cancelled
+(`notifications/cancelled`) gets none, as the spec asks and as the rest of the gateway does.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from wire_gateway.config import Limits, ServerSpec
+from wire_gateway.policy.chain import LIST_CHANGED, TOOL_METHODS, Call, Chain, Reply, drive
+from wire_gateway.upstream.factory import make_upstream
+from wire_gateway.upstream.handshake import Handshake
+from wire_gateway.upstream.pending import PendingTable
+from wire_gateway.upstream.supervisor import Sink
+from wire_gateway.wire import errors, jsonfast
+from wire_gateway.wire.era import request_version
+from wire_gateway.wire.frame import Frame, Kind, valid_id
+
+log = logging.getLogger("wire_gateway.policy.runner")
+
+INVALIDATE_TIMEOUT = 5.0
+
+
+class _InChain:
+    """One tool request the runner owes an answer to."""
+
+    __slots__ = ("frame", "scope", "done", "answer", "event", "call", "stop")
+
+    def __init__(self, frame: Frame, call: Call | None = None, stop: int = 0) -> None:
+        self.frame = frame
+        self.call = call              # set for a request driven inline: its answer is passed back inline
+        self.stop = stop
+        self.scope = trio.CancelScope()
+        self.done = False
+        self.answer: Reply | None = None     # what the inner upstream answered, once it has
+        self.event = trio.Event()
+
+
+class _InnerSink:
+    """What the inner upstream sees as its sink: the runner's watch on tool answers."""
+
+    __slots__ = ("runner",)
+
+    def __init__(self, runner: "GuardedUpstream") -> None:
+        self.runner = runner
+
+    def server_frame(self, frame: Frame) -> None:
+        runner = self.runner
+        kind = frame.kind
+        if kind is Kind.RESPONSE or kind is Kind.ERROR:
+            if runner._watch:
+                entry = runner._watch.pop(frame.id, None)
+                if entry is not None:
+                    runner._answered(entry, Reply.of(frame))
+                    return
+        elif kind is Kind.NOTIFICATION and frame.method == LIST_CHANGED:
+            runner._list_changed(frame)
+            return
+        runner.sink.server_frame(frame)
+
+    def gateway_reply(self, req_id: Any, data: bytes) -> None:
+        runner = self.runner
+        entry = runner._watch.pop(req_id, None) if runner._watch else None
+        if entry is None:
+            runner.sink.gateway_reply(req_id, data)
+            return
+        runner._answered(entry, Reply(jsonfast.loads(data), data, gateway=True))
+
+    def flush(self) -> None:
+        self.runner.sink.flush()
+
+    async def wait_writable(self) -> None:
+        await self.runner.sink.wait_writable()
+
+
+class GuardedUpstream:
+    def __init__(self, spec: ServerSpec, limits: Limits, sink: Sink, chain: Chain, auth_context: str = "") -> None:
+        self.name = spec.name
+        self.limits = limits
+        self.sink = sink
+        self.chain = chain
+        self.auth_context = auth_context
+        self.inner = make_upstream(spec, limits, _InnerSink(self))
+        self._calls: dict[Any, _InChain] = {}     # every tool request not yet answered
+        self._watch: dict[Any, _InChain] = {}     # those forwarded, awaiting the inner upstream's answer
+        self._nursery: trio.Nursery | None = None
+        self._closing = False
+
+    # ---- what /status and the sessions read: the inner upstream's ------------------------------
+
+    @property
+    def state(self) -> str:
+        return self.inner.state
+
+    @property
+    def era(self) -> str | None:
+        return self.inner.era
+
+    @property
+    def restarts(self) -> int:
+        return self.inner.restarts
+
+    @property
+    def last_exit(self) -> str | None:
+        return self.inner.last_exit
+
+    @property
+    def pending(self) -> PendingTable:
+        return self.inner.pending
+
+    @property
+    def handshake(self) -> Handshake:
+        return self.inner.handshake
+
+    @property
+    def frames_in(self) -> int:
+        return self.inner.frames_in
+
+    @property
+    def frames_out(self) -> int:
+        return self.inner.frames_out
+
+    def __getattr__(self, name: str) -> Any:     # process, url, spec...: whatever the inner one has
+        return getattr(self.__dict__["inner"], name)
+
+    @property
+    def in_chain(self) -> int:
+        return len(self._calls)
+
+    # ---- client -> server --------------------------------------------------------------------
+
+    def request(self, frame: Frame) -> bytes | None:
+        if frame.method not in TOOL_METHODS:
+            return self.inner.request(frame)
+        if self._closing or self._nursery is None:
+            return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE,
+                                      f"server '{self.name}' is not available (the gateway is shutting down)",
+                                      {"server": self.name, "method": frame.method})
+        if frame.id in self._calls:
+            return errors.error_frame(frame.id, errors.INVALID_REQUEST,
+                                      f"Invalid Request: id {frame.id!r} is already in flight; ids must be unique "
+                                      "among a client's outstanding requests")
+        refused = self.inner.pending.refusal(frame.id, self.name, self.limits.max_in_flight - len(self._calls))
+        if refused is not None:
+            return refused
+        if self.chain.sync:
+            return self._inline(frame)
+        entry = _InChain(frame)
+        self._calls[frame.id] = entry
+        self._nursery.start_soon(self._run_call, entry)
+        return None
+
+    def _inline(self, frame: Frame) -> bytes | None:
+        """The chain driven synchronously (memory store). Returns the answer when the chain gives
+        one at once (cache hit, refusal), else forwards the request and returns None."""
+        call = Call(self.name, frame, self.auth_context, self._version(frame))
+        try:
+            ok, down = drive(self.chain.down(call))
+            if not ok:          # something in the chain waited after all: run it in a task
+                entry = _InChain(frame)
+                self._calls[frame.id] = entry
+                self._nursery.start_soon(self._run_call, entry)   # type: ignore[union-attr]
+                return None
+            reply, stop = down
+            if reply is None:
+                refused = self.inner.request(call.frame)
+                if refused is None:
+                    entry = _InChain(frame, call, stop)
+                    self._calls[frame.id] = entry
+                    self._watch[frame.id] = entry
+                    return None
+                reply = Reply(jsonfast.loads(refused), refused, gateway=True)
+            ok, out = drive(self.chain.up(call, reply, stop))
+            if ok:
+                return out.raw if out.raw is not None else out.frame().raw
+        except Exception as exc:
+            return self._failed(call, exc).raw
+        entry = _InChain(frame, call, stop)
+        self._calls[frame.id] = entry
+        self._nursery.start_soon(self._pass_back, entry, reply)   # type: ignore[union-attr]
+        return None
+
+    def _failed(self, call: Call, exc: Exception) -> Reply:
+        log.error("server %s: the policy chain failed on %s %r", self.name, call.frame.method, call.frame.id,
+                  exc_info=exc)
+        return Reply.error(call, errors.INTERNAL_ERROR,
+                           f"the gateway's policy chain failed on {call.frame.method}: {type(exc).__name__}",
+                           {"server": self.name})
+
+    def _answered(self, entry: _InChain, reply: Reply) -> None:
+        """The inner upstream answered a forwarded tool request."""
+        if entry.call is None:                    # its task is waiting for it
+            entry.answer = reply
+            entry.event.set()
+            return
+        try:
+            ok, out = drive(self.chain.up(entry.call, reply, entry.stop))
+        except Exception as exc:
+            ok, out = True, self._failed(entry.call, exc)
+        if ok:
+            if self._calls.get(entry.frame.id) is entry:
+                del self._calls[entry.frame.id]
+            self._deliver(entry, out, flush=False)     # the inner upstream's reader flushes its batch
+        elif self._nursery is not None:
+            self._nursery.start_soon(self._pass_back, entry, reply)
+
+    async def _pass_back(self, entry: _InChain, reply: Reply) -> None:
+        assert entry.call is not None
+        try:
+            with entry.scope:
+                try:
+                    out = await self.chain.up(entry.call, reply, entry.stop)
+                except Exception as exc:
+                    out = self._failed(entry.call, exc)
+                self._deliver(entry, out)
+        finally:
+            if self._calls.get(entry.frame.id) is entry:
+                del self._calls[entry.frame.id]
+
+    def notify(self, frame: Frame) -> None:
+        if frame.method == "notifications/cancelled" and self._calls:
+            params = frame.params
+            rid = params.get("requestId") if isinstance(params, dict) else None
+            entry = self._calls.pop(rid, None) if valid_id(rid) else None
+            if entry is not None:
+                self._watch.pop(rid, None)
+                entry.done = True          # the client gave up: no answer is owed
+                entry.scope.cancel()
+        self.inner.notify(frame)
+
+    def reply(self, frame: Frame) -> None:
+        self.inner.reply(frame)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def flush_soon(self) -> None:
+        self.inner.flush_soon()
+
+    async def wait_writable(self) -> None:
+        await self.inner.wait_writable()
+
+    # ---- the chain -----------------------------------------------------------------------------
+
+    def _version(self, frame: Frame) -> str:
+        version = request_version(frame.msg)
+        if version is not None:
+            return version
+        init = self.inner.handshake.init_msg
+        params = init.get("params") if init is not None else None
+        if isinstance(params, dict) and isinstance(params.get("protocolVersion"), str):
+            return "legacy-" + params["protocolVersion"]
+        return "unknown"
+
+    async def _run_call(self, entry: _InChain) -> None:
+        call = Call(self.name, entry.frame, self.auth_context, self._version(entry.frame))
+
+        async def forward(call: Call) -> Reply:
+            refused = self.inner.request(call.frame)
+            if refused is not None:
+                return Reply(jsonfast.loads(refused), refused, gateway=True)
+            self._watch[call.frame.id] = entry
+            self.inner.flush()
+            await entry.event.wait()
+            assert entry.answer is not None
+            return entry.answer
+
+        try:
+            with entry.scope:
+                try:
+                    reply = await self.chain.handle(call, forward)
+                except Exception as exc:
+                    reply = self._failed(call, exc)
+                self._deliver(entry, reply)
+        finally:
+            if self._calls.get(entry.frame.id) is entry:
+                del self._calls[entry.frame.id]
+            if self._watch.get(entry.frame.id) is entry:
+                del self._watch[entry.frame.id]
+
+    def _deliver(self, entry: _InChain, reply: Reply, flush: bool = True) -> None:
+        if entry.done:
+            return
+        entry.done = True
+        if reply.gateway and reply.raw is not None:
+            self.sink.gateway_reply(entry.frame.id, reply.raw)
+        else:
+            self.sink.server_frame(reply.frame())
+        if flush:
+            self.sink.flush()
+
+    def _list_changed(self, frame: Frame) -> None:
+        """Invalidate first, then tell the client: a client that re-lists at once must miss."""
+        if self._nursery is None:
+            self.sink.server_frame(frame)
+            return
+        self._nursery.start_soon(self._invalidate_then_forward, frame)
+
+    async def _invalidate_then_forward(self, frame: Frame) -> None:
+        try:
+            with trio.move_on_after(INVALIDATE_TIMEOUT):
+                await self.chain.invalidate()
+        except Exception:
+            log.exception("server %s: cache invalidation failed", self.name)
+        finally:
+            self.sink.server_frame(frame)
+            self.sink.flush()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self._run_inner)
+            task_status.started()
+
+    async def _run_inner(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self.inner.run(task_status=task_status)
+        finally:
+            self._closing = True
+            self._answer_leftovers()
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+
+    async def shutdown(self) -> None:
+        self._closing = True
+        await self.inner.shutdown()
+        self._answer_leftovers()
+
+    def _answer_leftovers(self) -> None:
+        """Every tool request still owed an answer gets one: what the inner upstream already said,
+        else a shutting-down error."""
+        for entry in list(self._calls.values()):
+            entry.scope.cancel()
+            if entry.done:
+                continue
+            if entry.answer is not None:
+                self._deliver(entry, entry.answer)
+                continue
+            self._deliver(entry, Reply.error(
+                Call(self.name, entry.frame), errors.UPSTREAM_UNAVAILABLE,
+                f"the gateway is shutting down; {entry.frame.method} to server '{self.name}' was not answered",
+                {"server": self.name, "method": entry.frame.method}))
+        self._calls.clear()
+        self._watch.clear()
