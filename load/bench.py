@@ -111,6 +111,8 @@ SCENARIOS = [
              note="modern; direct: fixtures/servers/http_echo.py; gateway: serve over the stdio echo server"),
     Scenario("http echo legacy sessions", "http", "legacy", echo_calls(), (1, 16),
              note="each legacy session: initialize, its own upstream process behind the gateway, DELETE"),
+    Scenario("tools/list", "http", "modern", [("tools/list", {}, None)] * 8, (1, 16),
+             note="modern; the gateway without a cache: every call goes to the server (compare with the next)"),
     Scenario("tools/list cached", "http", "modern", [("tools/list", {}, None)] * 8, (1, 16),
              gateway_config={"servers": {"echo": dict(ECHO_SERVER, cache={"tools_list_ttl": 60})}}, needs="cache",
              note='gateway config "cache": {"tools_list_ttl": 60}; direct answers every call itself'),
