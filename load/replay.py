@@ -231,7 +231,8 @@ def build_script(header, entries) -> Script:
     for step in steps:
         if isinstance(step, Call) and step.method == "tools/call" and step.name in tools:
             try:
-                step.param_headers = tuple(param_headers_for(tools[step.name], step.msg["params"].get("arguments")).items())
+                args = step.msg["params"].get("arguments")
+                step.param_headers = tuple(param_headers_for(tools[step.name], args).items())
             except (HeaderError, AttributeError):
                 step.param_headers = ()
             schema = tools[step.name].get("inputSchema")
