@@ -7,9 +7,11 @@ adding a tool means adding one line to ``SUBCOMMANDS``.
 import argparse
 import sys
 
-from load import fast_echo, http_bench, policy_bench, stdio_bench, stdio_ceiling
+from load import bench, fast_echo, http_bench, policy_bench, run, stdio_bench, stdio_ceiling
 
 SUBCOMMANDS = {
+    "run": (run, "replay a recorded fixture as concurrent virtual sessions, every answer checked"),
+    "bench": (bench, "the standard scenarios, gateway vs direct, alternating; writes docs/benchmarks.md"),
     "stdio-bench": (stdio_bench, "compare a stdio MCP server direct vs through the gateway"),
     "stdio-ceiling": (stdio_ceiling, "measure the bench driver itself against fast-echo"),
     "http-bench": (http_bench, "compare an MCP server over Streamable HTTP direct vs through the gateway"),

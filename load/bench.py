@@ -1,0 +1,388 @@
+"""The standard scenarios, gateway vs direct, alternating; writes docs/benchmarks.md.
+
+    python -m load bench [--quick] [--rounds 3] [-n 2000] [--only NAME[,NAME]] [--out docs/benchmarks.md]
+                         [--no-write] [--json]
+
+Each scenario is data (``SCENARIOS``): a fixture made on the fly, the
+concurrency levels, and how to start its direct and its gateway target.  Per
+scenario, level and round, direct and gateway run one after the other (A B A B),
+each on a fresh target process, with ``load run``'s engine (every answer
+checked); the table shows medians over rounds and the gateway/direct ratio.
+
+A scenario whose gateway feature is missing (the tools/list cache, frame
+dumps: built on other branches) is reported as "not available" with the
+reason, found by asking the gateway itself (``wire-gateway check`` on the
+config it needs; ``serve --help``), instead of failing the whole bench.
+
+``--quick`` (for tests): one round, a few calls, concurrency 1 and 2.
+The report goes into ``--out`` (default docs/benchmarks.md) between the
+``<!-- load-bench -->`` markers; the rest of the file is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from load import http_bench, replay, run as load_run
+from load.stdio_bench import BenchError
+
+REPO_ROOT = http_bench.REPO_ROOT
+PY = sys.executable
+ECHO = str(REPO_ROOT / "fixtures" / "servers" / "echo.py")
+HTTP_ECHO = str(http_bench.HTTP_ECHO)
+MODERN = http_bench.MODERN_VERSION
+LEGACY = http_bench.LEGACY_VERSION
+META = {"io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientInfo": {"name": "load-bench", "version": "0"},
+        "io.modelcontextprotocol/clientCapabilities": {}}
+BEGIN, END = "<!-- load-bench:begin -->", "<!-- load-bench:end -->"
+ONE_MIB = 1 << 20
+
+
+# --------------------------------------------------------------------------
+# Fixtures made on the fly (the recorded-session format, see load.replay)
+# --------------------------------------------------------------------------
+
+def write_fixture(path: Path, era: str, calls: list) -> str:
+    """A fixture of ``calls`` [(method, params, recorded result or None)], legacy with its handshake."""
+    header = {"wire_gateway_fixture": 1, "name": path.stem, "era": era,
+              "protocolVersion": MODERN if era == "modern" else LEGACY, "transport": "http", "server": "echo",
+              "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "description": "load bench scenario"}
+    frames, t = [], 0.0
+    if era == "legacy":
+        frames += [{"t": 0.0, "dir": "send", "msg": {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "load-bench", "version": "0"}}}},
+            {"t": 0.0, "dir": "recv", "msg": {"jsonrpc": "2.0", "id": 0, "result": {"protocolVersion": LEGACY}}},
+            {"t": 0.0, "dir": "send", "msg": {"jsonrpc": "2.0", "method": "notifications/initialized"}}]
+    for i, (method, params, result) in enumerate(calls, start=1):
+        params = dict(params)
+        if era == "modern":
+            params["_meta"] = META
+        t += 0.001
+        frames.append({"t": t, "dir": "send", "msg": {"jsonrpc": "2.0", "id": i, "method": method, "params": params}})
+        if result is not None:
+            frames.append({"t": t, "dir": "recv", "msg": {"jsonrpc": "2.0", "id": i, "result": result}})
+    path.write_text("\n".join(json.dumps(x, separators=(",", ":")) for x in [header, *frames]) + "\n")
+    return str(path)
+
+
+def echo_calls(k: int = 8) -> list:
+    return [("tools/call", {"name": "echo", "arguments": {"text": f"t{i}"}},
+             {"content": [{"type": "text", "text": f"t{i}"}], "isError": False}) for i in range(k)]
+
+
+# --------------------------------------------------------------------------
+# Scenarios as data
+# --------------------------------------------------------------------------
+
+@dataclass
+class Scenario:
+    name: str
+    transport: str                  # "stdio" | "http"
+    era: str
+    calls: list                     # fixture content, see write_fixture
+    levels: tuple                   # concurrency levels
+    gateway_config: dict | None = None
+    dump: bool = False
+    needs: str | None = None        # a gateway feature: "cache" | "dump"
+    note: str = ""
+    quick_levels: tuple = (1, 2)
+    calls_factor: float = 1.0       # scales -n (big answers: fewer calls)
+    direct_label: str = ""
+
+
+ECHO_SERVER = {"command": PY, "args": [ECHO]}
+SCENARIOS = [
+    Scenario("stdio echo", "stdio", "legacy", echo_calls(), (1, 16, 64),
+             note="legacy; each session is its own process (direct: echo.py; gateway: wire-gateway stdio over it)"),
+    Scenario("http echo", "http", "modern", echo_calls(), (1, 16, 64),
+             note="modern; direct: fixtures/servers/http_echo.py; gateway: serve over the stdio echo server"),
+    Scenario("http echo legacy sessions", "http", "legacy", echo_calls(), (1, 16),
+             note="each legacy session: initialize, its own upstream process behind the gateway, DELETE"),
+    Scenario("tools/list", "http", "modern", [("tools/list", {}, None)] * 8, (1, 16),
+             note="modern; the gateway without a cache: every call goes to the server (compare with the next)"),
+    Scenario("tools/list cached", "http", "modern", [("tools/list", {}, None)] * 8, (1, 16),
+             gateway_config={"servers": {"echo": dict(ECHO_SERVER, cache={"tools_list_ttl": 60})}}, needs="cache",
+             note='gateway config "cache": {"tools_list_ttl": 60}: only the first tools/list reaches the server '
+                  '(checked with the echo server\'s --log); a hit saves the upstream hop and the server\'s work, '
+                  'which for this trivially fast server is small next to the HTTP front\'s cost'),
+    Scenario("1 MiB result", "stdio", "legacy", [("tools/call", {"name": "big", "arguments": {"size": ONE_MIB}}, None)],
+             (1, 4), calls_factor=0.02, note="tools/call big {size: 1048576}; stdio (http_echo.py has no big tool)"),
+    Scenario("http echo dump on", "http", "modern", echo_calls(), (1, 16), dump=True, needs="dump",
+             note="gateway: serve --dump PATH (every frame recorded); compare with 'http echo' for dumps off"),
+]
+
+
+def feature_missing(needs: str | None, tmpdir: str) -> str | None:
+    """Why the gateway cannot run a scenario needing ``needs``, or None if it can."""
+    if needs is None:
+        return None
+    if needs == "cache":
+        config = Path(tmpdir) / "cache-probe.json"
+        config.write_text(json.dumps({"servers": {"echo": dict(ECHO_SERVER, cache={"tools_list_ttl": 60})}}))
+        proc = subprocess.run([PY, "-m", "wire_gateway", "check", "--config", str(config)], capture_output=True,
+                              text=True, timeout=60, cwd=REPO_ROOT)
+        if proc.returncode != 0:
+            first = (proc.stdout + proc.stderr).strip().splitlines()
+            return ("the gateway rejects a per-server cache config: "
+                    + (first[-1].strip(" -") if first else f"exit {proc.returncode}"))
+        return None
+    if needs == "dump":
+        proc = subprocess.run([PY, "-m", "wire_gateway", "serve", "--help"], capture_output=True, text=True,
+                              timeout=60, cwd=REPO_ROOT)
+        if "--dump" not in proc.stdout:
+            return "wire-gateway serve has no --dump option"
+        if "dump" not in inspect.signature(http_bench.HttpTarget).parameters:
+            return "load.http_bench.HttpTarget cannot start a gateway with --dump yet"
+        return None
+    return f"unknown feature {needs!r}"
+
+
+# --------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------
+
+class Started:
+    """A target for one run: a load_run.Target, and how to stop what was started for it."""
+
+    def __init__(self, target: load_run.Target, stop=None):
+        self.target, self._stop = target, stop
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop()
+
+
+def start(scenario: Scenario, slot: str, tmpdir: str, timeout: float) -> Started:
+    """Start the direct or gateway target of a scenario (stdio: only a command; sessions spawn it)."""
+    if scenario.transport == "stdio":
+        if slot == "direct":
+            return Started(load_run.Target("stdio:" + shlex.join([PY, ECHO])))
+        config = Path(tmpdir) / f"{slot}-stdio.json"
+        config.write_text(json.dumps(scenario.gateway_config or {"servers": {"echo": ECHO_SERVER}}))
+        return Started(load_run.Target("stdio:" + shlex.join([PY, "-m", "wire_gateway", "stdio", "--config",
+                                                              str(config), "--log-level", "warning"])))
+    own = tempfile.mkdtemp(dir=tmpdir)
+    if slot == "direct":
+        target = http_bench.HttpTarget("direct", own, timeout)
+    else:
+        if scenario.gateway_config is not None:   # HttpTarget uses this file when it exists
+            (Path(own) / "http-bench-gateway.json").write_text(json.dumps(scenario.gateway_config))
+        kwargs = {"dump": True} if scenario.dump else {}
+        target = http_bench.HttpTarget("gateway", own, timeout, **kwargs)
+    return Started(load_run.Target(str(target.url)), target.stop)
+
+
+# --------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------
+
+def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir: str, timeout: float) -> dict:
+    """Every level, ``rounds`` times direct then gateway; medians and ratios."""
+    fixture = write_fixture(Path(tmpdir) / (scenario.name.replace(" ", "_").replace("/", "_").replace(",", "")
+                                            + ".jsonl"), scenario.era, scenario.calls)
+    script = replay.load_script(fixture)
+    out = {"name": scenario.name, "note": scenario.note, "levels": {}}
+    for level in levels:
+        calls = max(level, int(n * scenario.calls_factor))
+        runs = {"direct": [], "gateway": []}
+        for _ in range(rounds):
+            for slot in ("direct", "gateway"):
+                started = start(scenario, slot, tmpdir, timeout)
+                try:
+                    if scenario.transport == "http":   # the first requests pay for connections and probes
+                        load_run.run_once(started.target, script, level, max(level, calls // 10), None, None,
+                                          replay.Options(timeout=min(timeout, 60.0)))
+                    opts = replay.Options(timeout=min(timeout, 60.0))
+                    stats = load_run.run_once(started.target, script, level, calls, None, None, opts)
+                finally:
+                    started.stop()
+                runs[slot].append(load_run.summarize(started.target, stats, level))
+        out["levels"][level] = {"runs": runs, **figures(runs)}
+    return out
+
+
+def figures(runs: dict) -> dict:
+    def med(slot, pick):
+        values = [pick(r) for r in runs[slot] if pick(r) is not None]
+        return statistics.median(values) if values else None
+
+    fig = {}
+    for slot in ("direct", "gateway"):
+        fig[slot] = {"calls_per_s": med(slot, lambda r: r["calls_per_s"]),
+                     "p50_ms": med(slot, lambda r: r["latency"]["all"]["p50_ms"]),
+                     "p99_ms": med(slot, lambda r: r["latency"]["all"]["p99_ms"])}
+    d, g = fig["direct"]["calls_per_s"], fig["gateway"]["calls_per_s"]
+    fig["ratio"] = round(g / d, 2) if d and g else None
+    fig["mismatches"] = sum(r["mismatches"] for slot in runs for r in runs[slot])
+    fig["errors"] = sum(sum(r["errors"].values()) + r["session_failures"] for slot in runs for r in runs[slot])
+    return fig
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in ("trio", "orjson", "h11", "wire-gateway"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    mem = None
+    try:
+        mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
+    except (ValueError, OSError):
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": mem, "python": platform.python_version(),
+            "kernel": platform.release(), "versions": versions, "gateway_source": http_bench.source_state(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_average_before": os.getloadavg()[0]}
+
+
+def bench(quick: bool, rounds: int, n: int, only: list | None, timeout: float) -> dict:
+    result = {"machine": machine(), "quick": quick, "rounds": rounds, "n": n, "scenarios": []}
+    with tempfile.TemporaryDirectory(prefix="load-bench-") as tmpdir:
+        for scenario in SCENARIOS:
+            if only and scenario.name not in only:
+                continue
+            missing = feature_missing(scenario.needs, tmpdir)
+            if missing:
+                result["scenarios"].append({"name": scenario.name, "note": scenario.note,
+                                            "not_available": missing})
+                continue
+            levels = scenario.quick_levels if quick else scenario.levels
+            try:
+                result["scenarios"].append(run_scenario(scenario, levels, n, rounds, tmpdir, timeout))
+            except (BenchError, replay.ReplayError) as exc:
+                result["scenarios"].append({"name": scenario.name, "note": scenario.note, "error": str(exc)})
+    result["mismatches"] = sum(lv["mismatches"] for s in result["scenarios"] for lv in s.get("levels", {}).values())
+    result["errors"] = (sum(lv["errors"] for s in result["scenarios"] for lv in s.get("levels", {}).values())
+                        + sum(1 for s in result["scenarios"] if "error" in s))
+    return result
+
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+
+def num(value, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def render_markdown(result: dict, command: str) -> str:
+    m = result["machine"]
+    v = m["versions"]
+    lines = [
+        BEGIN,
+        "## Standard scenarios (`python -m load bench`)",
+        "",
+        "Made by (the exact command):",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        f"Machine: {m['cpus']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}, trio {v['trio']}, orjson {v['orjson']}, h11 {v['h11']}; gateway at "
+        f"{m['gateway_source']}; {m['date']}; load average {m['load_average_before']:.2f} at the start "
+        "(other work on the machine shows in the figures).",
+        "",
+        f"Each cell is the median of {result['rounds']} rounds; direct and gateway alternate (A B A B), each on a "
+        "fresh target process; the load tool (`load run`'s engine, one connection or process per session, "
+        "one call at a time per session, every answer checked) runs in the same invocation. "
+        "Ratio = gateway calls/s / direct calls/s. "
+        "HTTP targets get a warm-up of a tenth of the calls first (not counted).",
+        "",
+        "| scenario | sessions | direct calls/s | gateway calls/s | ratio | direct p50 / p99 ms | "
+        "gateway p50 / p99 ms | mismatches | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for s in result["scenarios"]:
+        notes.append(f"- **{s['name']}**: {s['note']}")
+        if "not_available" in s:
+            lines.append(f"| {s['name']} | | not available: {s['not_available']} | | | | | | |")
+            continue
+        if "error" in s:
+            lines.append(f"| {s['name']} | | failed: {s['error'][:200]} | | | | | | |")
+            continue
+        for level, f in s["levels"].items():
+            d, g = f["direct"], f["gateway"]
+            lines.append(f"| {s['name']} | {level} | {num(d['calls_per_s'])} | {num(g['calls_per_s'])} | "
+                         f"{('x%.2f' % f['ratio']) if f['ratio'] else '-'} | {num(d['p50_ms'], 2)} / "
+                         f"{num(d['p99_ms'], 2)} | {num(g['p50_ms'], 2)} / {num(g['p99_ms'], 2)} | "
+                         f"{f['mismatches']} | {f['errors']} |")
+    lines += ["", "Scenarios:", "", *notes, "", END]
+    return "\n".join(lines)
+
+
+def write_report(path: Path, section: str) -> None:
+    """Put the section between the markers (replacing an older one), else after the first paragraph."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        marker = "\n## "
+        at = text.find(marker)
+        text = (text[:at] + "\n" + section + "\n" + text[at:]) if at >= 0 else (text.rstrip() + "\n\n" + section + "\n")
+    path.write_text(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="one round, few calls, concurrency 1 and 2 (tests)")
+    parser.add_argument("--rounds", type=int, help="A/B rounds (default 3; --quick: 1)")
+    parser.add_argument("-n", type=int, help="calls per run (default 2000; --quick: 30)")
+    parser.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                        help="comma-separated scenario names")
+    parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "benchmarks.md"),
+                        help="the report file (default docs/benchmarks.md)")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not write --out")
+    parser.add_argument("--timeout", type=float, default=300.0, help="hard limit per target process, s")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args) -> int:
+    rounds = args.rounds or (1 if args.quick else 3)
+    n = args.n or (30 if args.quick else 2000)
+    if rounds < 1 or n < 1:
+        print("load bench: --rounds and -n must be >= 1", file=sys.stderr)
+        return 2
+    result = bench(args.quick, rounds, n, args.only, args.timeout)
+    command = "python -m load bench " + shlex.join(a for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] \
+        else "python -m load bench"
+    section = render_markdown(result, command.strip())
+    if not args.no_write:
+        write_report(Path(args.out), section)
+    print(json.dumps(result, indent=2, default=str) if args.json else section)
+    return 1 if result["mismatches"] or result["errors"] else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""Replay a recorded fixture against a target as C concurrent virtual sessions, every answer checked.
+
+    python -m load run (--target URL | --stdio "CMD") --fixture FILE [-c 16] [-n CALLS | --duration 30s]
+                       [--rate R] [--pace recorded|none] [--check] [--compare URL|stdio:CMD [--rounds 3]]
+                       [--workers N] [--timeout S] [--json] [--plot FILE.png]
+
+The engine (sessions, id rewriting, checks) is ``load.replay``; this module is
+the command: targets, worker processes, the progress bar, the report, the
+comparison and the plot.  See docs/load.md.
+
+Exit status: 0 every answer right; 1 mismatches or errors; 2 the run could not be made.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import multiprocessing
+import re
+import shlex
+import statistics
+import sys
+import threading
+import time
+from array import array
+
+import trio
+
+from load import replay
+from load.http_bench import Url
+from load.stdio_bench import BenchError, percentile
+
+PERCENTILES = (50, 90, 99)
+
+
+class Target:
+    """Where a run goes: ``http`` (a URL) or ``stdio`` (a command; one process per session)."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        if spec.startswith("stdio:"):
+            self.kind, self.argv, self.url = "stdio", shlex.split(spec[len("stdio:"):]), None
+            if not self.argv:
+                raise BenchError(f"empty stdio command: {spec!r}")
+        else:
+            self.kind, self.argv, self.url = "http", None, Url(spec)
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+def parse_duration(text: str) -> float:
+    """``30``, ``30s``, ``2m``, ``500ms`` -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30s, 2m, 500ms)")
+    value = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be > 0: {text!r}")
+    return value
+
+
+def _split(total: int, parts: int) -> list:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+# --------------------------------------------------------------------------
+# Running: in this process, or in forked workers
+# --------------------------------------------------------------------------
+
+def run_once(target: Target, script: replay.Script, concurrency: int, calls: int | None, duration: float | None,
+             rate: float | None, opts: replay.Options, workers: int = 1, progress: bool = False) -> replay.Stats:
+    """One run against one target; the merged Stats of all its sessions."""
+    workers = max(1, min(workers, concurrency))
+    label = str(target)
+    if workers == 1:
+        counter = opts.progress
+        bar = ProgressBar(label, calls, duration, lambda: counter[0]) if progress else None
+        try:
+            if bar:
+                bar.start()
+            gc.collect()
+            return trio.run(replay.run_sessions, target, script, 0, concurrency, calls, duration, rate, opts)
+        finally:
+            if bar:
+                bar.stop()
+    ctx = multiprocessing.get_context("fork")
+    shared = ctx.Array("q", workers, lock=False)
+    ks = _split(concurrency, workers)
+    ns = _split(calls, workers) if calls is not None else [None] * workers
+    procs, pipes = [], []
+    first = 0
+    for i in range(workers):
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_worker, daemon=True, args=(
+            child, i, shared, target.spec, script, first, ks[i], ns[i], duration,
+            rate / workers if rate else None, opts.check, opts.pace, opts.timeout))
+        first += ks[i]
+        proc.start()
+        child.close()
+        procs.append(proc)
+        pipes.append(parent)
+    bar = ProgressBar(label, calls, duration, lambda: sum(shared)) if progress else None
+    if bar:
+        bar.start()
+    parts = []
+    try:
+        for pipe in pipes:
+            try:
+                tag, payload = pipe.recv()
+            except EOFError:
+                raise BenchError("a worker process died before sending its results") from None
+            if tag == "error":
+                raise BenchError(f"worker: {payload}")
+            parts.append(payload)
+    finally:
+        if bar:
+            bar.stop()
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        for pipe in pipes:
+            pipe.close()
+    stats = replay.Stats()
+    stats.start = min(p["start"] for p in parts)
+    for part in parts:
+        stats.merge(part)
+    return stats
+
+
+def _worker(pipe, index, shared, spec, script, first, count, calls, duration, rate, check, pace, timeout) -> None:
+    """A forked worker: its share of the sessions, its results sent back whole."""
+    try:
+        progress = _SharedCounter(shared, index)
+        opts = replay.Options(check=check, pace=pace, timeout=timeout, progress=progress)
+        stats = trio.run(replay.run_sessions, Target(spec), script, first, count, calls, duration, rate, opts)
+        pipe.send(("result", stats.to_dict()))
+    except BaseException as exc:   # report, never leave the parent waiting
+        try:
+            pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+    finally:
+        pipe.close()
+
+
+class _SharedCounter:
+    """Looks like ``[count]`` to the sessions; the parent's progress bar reads it across processes."""
+
+    def __init__(self, shared, index):
+        self.shared, self.index = shared, index
+
+    def __getitem__(self, _):
+        return self.shared[self.index]
+
+    def __setitem__(self, _, value):
+        self.shared[self.index] = value
+
+
+class ProgressBar:
+    """A one-line live progress report on stderr, redrawn a few times a second (TTY only)."""
+
+    def __init__(self, label: str, total: int | None, duration: float | None, count):
+        self.label, self.total, self.duration, self.count = label, total, duration, count
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(2)
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+    def _loop(self) -> None:
+        last_n, last_t = 0, self.t0
+        while not self.stop_event.wait(0.25):
+            now, n = time.monotonic(), self.count()
+            rate = (n - last_n) / max(1e-9, now - last_t)
+            last_n, last_t = n, now
+            if self.total:
+                frac = min(1.0, n / self.total)
+            elif self.duration:
+                frac = min(1.0, (now - self.t0) / self.duration)
+            else:
+                frac = 0.0
+            bar = "#" * int(frac * 30)
+            sys.stderr.write(f"\r\x1b[K{self.label[:40]} [{bar:<30}] {n:,} calls  {rate:,.0f}/s  "
+                             f"{now - self.t0:5.1f}s")
+            sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+
+def ms(ns) -> float | None:
+    return None if ns is None else round(ns / 1e6, 3)
+
+
+def latency_figures(values) -> dict:
+    ordered = sorted(values)
+    out = {"count": len(ordered)}
+    for p in PERCENTILES:
+        out[f"p{p}_ms"] = ms(percentile(ordered, p))
+    out["max_ms"] = ms(ordered[-1]) if ordered else None
+    return out
+
+
+def summarize(target: Target, stats: replay.Stats, concurrency: int) -> dict:
+    """The machine-readable result of one run (the --json schema's ``runs[]`` entry)."""
+    window = stats.window
+    every = array("q")
+    for values in stats.latency.values():
+        every.extend(values)
+    return {
+        "target": str(target), "transport": target.kind, "concurrency": concurrency,
+        "calls": stats.calls, "answered_ok": stats.answered,
+        "seconds": round(window, 3), "calls_per_s": round(stats.answered / window, 1) if window else 0.0,
+        "latency": {"all": latency_figures(every),
+                    **{label: latency_figures(values) for label, values in sorted(stats.latency.items())}},
+        "errors": dict(sorted(stats.errors.items())), "error_examples": stats.error_examples,
+        "mismatches": sum(stats.mismatches.values()), "mismatch_kinds": dict(sorted(stats.mismatches.items())),
+        "mismatch_examples": stats.examples,
+        "notifications": stats.notifications, "server_requests_answered": stats.server_requests,
+        "cancelled": stats.cancelled,
+        "sessions": stats.sessions, "session_failures": stats.session_failures,
+    }
+
+
+def timeline(stats: replay.Stats) -> dict:
+    """Per-second buckets of throughput and latency percentiles, for the plot."""
+    buckets: dict = {}
+    for t, lat in zip(stats.done_at, stats.done_latency):
+        buckets.setdefault(t // 1_000_000_000, []).append(lat)
+    out = {"t": [], "calls_per_s": [], "p50_ms": [], "p90_ms": [], "p99_ms": []}
+    for second in sorted(buckets):
+        values = sorted(buckets[second])
+        out["t"].append(second)
+        out["calls_per_s"].append(len(values))
+        for p in PERCENTILES:
+            out[f"p{p}_ms"].append(ms(percentile(values, p)))
+    return out
+
+
+def fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}{unit}" if value < 100 else f"{value:,.0f}{unit}"
+    return f"{value:,}{unit}"
+
+
+def render_run(run: dict) -> list:
+    lines = [f"== {run['target']}  ({run['transport']}, {run['concurrency']} sessions: {run['sessions']} started, "
+             f"{run['session_failures']} failed)",
+             f"calls {run['calls']:,}  answered right {run['answered_ok']:,}  in {run['seconds']:.2f}s  "
+             f"-> {run['calls_per_s']:,.0f} calls/s",
+             f"  {'method':32}{'count':>9}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}"]
+    for label, lat in run["latency"].items():
+        lines.append(f"  {label[:32]:32}{lat['count']:>9,}{fmt(lat['p50_ms']):>10}{fmt(lat['p90_ms']):>10}"
+                     f"{fmt(lat['p99_ms']):>10}{fmt(lat['max_ms']):>10}")
+    errors = ", ".join(f"{k} {v:,}" for k, v in run["errors"].items()) or "none"
+    kinds = ", ".join(f"{k} {v:,}" for k, v in run["mismatch_kinds"].items())
+    lines.append(f"errors: {errors}")
+    lines.append(f"mismatches: {run['mismatches']:,}" + (f" ({kinds})" if kinds else ""))
+    for example in run["mismatch_examples"]:
+        lines.append(f"  mismatch example: {example}")
+    for example in run["error_examples"]:
+        lines.append(f"  error example: {example}")
+    lines.append(f"server notifications {run['notifications']:,}, server requests answered "
+                 f"{run['server_requests_answered']:,}, requests cancelled as recorded {run['cancelled']:,}")
+    return lines
+
+
+def compare_summary(runs_a: list, runs_b: list) -> dict:
+    """Medians over rounds of each target, and B relative to A."""
+    def med(runs, pick):
+        values = [pick(r) for r in runs if pick(r) is not None]
+        return statistics.median(values) if values else None
+
+    out = {}
+    for name, pick in (("calls_per_s", lambda r: r["calls_per_s"]),
+                       ("p50_ms", lambda r: r["latency"]["all"]["p50_ms"]),
+                       ("p90_ms", lambda r: r["latency"]["all"]["p90_ms"]),
+                       ("p99_ms", lambda r: r["latency"]["all"]["p99_ms"])):
+        a, b = med(runs_a, pick), med(runs_b, pick)
+        out[name] = {"a": a, "b": b, "ratio_b_to_a": round(b / a, 3) if a and b is not None else None}
+    return out
+
+
+def render_compare(result: dict) -> list:
+    cmp = result["compare"]
+    a, b = result["config"]["target"], result["config"]["compare"]
+    lines = [f"== comparison over {result['config']['rounds']} rounds (A B A B ..., medians)",
+             f"  A = {a}", f"  B = {b}",
+             f"  {'figure':14}{'A':>12}{'B':>12}{'B / A':>10}"]
+    for name, row in cmp.items():
+        ratio = row["ratio_b_to_a"]
+        lines.append(f"  {name:14}{fmt(row['a']):>12}{fmt(row['b']):>12}{('x%.2f' % ratio) if ratio else '-':>10}")
+    return lines
+
+
+def plot(result: dict, path: str) -> None:
+    """Latency percentiles and throughput over time, one line per run (matplotlib, Agg)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise BenchError("--plot needs matplotlib: pip install matplotlib (it is in the 'test' extra)") from None
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for i, run in enumerate(result["runs"]):
+        line = run["timeline"]
+        name = f"{run['target']}" + (f" (round {run['round']})" if "round" in run else "")
+        top.plot(line["t"], line["calls_per_s"], marker=".", label=name)
+        for p, style in zip(PERCENTILES, ("-", "--", ":")):
+            bottom.plot(line["t"], line[f"p{p}_ms"], style, color=f"C{i}", label=f"{name} p{p}")
+    top.set_ylabel("calls/s (1 s buckets)")
+    top.set_title(f"load run: {result['config']['fixture']}, {result['config']['concurrency']} sessions")
+    top.legend(fontsize="small")
+    bottom.set_ylabel("latency, ms")
+    bottom.set_xlabel("seconds since start")
+    bottom.legend(fontsize="x-small", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--target", metavar="URL", help="an MCP endpoint over Streamable HTTP (http://...)")
+    where.add_argument("--stdio", metavar="CMD", help="a command speaking MCP on stdio; one process per session")
+    parser.add_argument("--fixture", required=True, help="the recorded session to replay (JSONL fixture)")
+    parser.add_argument("-c", "--concurrency", type=int, default=1, help="virtual sessions (default 1)")
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument("-n", "--calls", type=int, help="requests to send in all (default: one round per session)")
+    amount.add_argument("--duration", type=parse_duration, help="run this long (e.g. 30s, 2m)")
+    parser.add_argument("--rate", type=float, help="calls/s overall, open-loop (default: as fast as answered)")
+    parser.add_argument("--pace", choices=("recorded", "none"), default="none",
+                        help="recorded: keep the fixture's gaps between calls; none: back to back (default)")
+    parser.add_argument("--check", action="store_true", help="answers must equal the recorded ones (normalized)")
+    parser.add_argument("--compare", metavar="TARGET2",
+                        help="also run this target (URL or stdio:CMD), alternating A B A B, and print ratios")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per target with --compare (default 3)")
+    parser.add_argument("--workers", type=int, default=1, help="processes the sessions are split over (default 1)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one answer (default 30)")
+    parser.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw throughput and latency over time")
+
+
+def execute(args) -> dict:
+    """Run what the arguments ask; the JSON-able result."""
+    if args.concurrency < 1 or args.workers < 1 or (args.calls is not None and args.calls < 1):
+        raise BenchError("-c, -n and --workers must be >= 1")
+    if args.rate is not None and args.rate <= 0:
+        raise BenchError("--rate must be > 0")
+    script = replay.load_script(args.fixture)
+    first = Target(f"stdio:{args.stdio}" if args.stdio else args.target)
+    targets = [first]
+    if args.compare:
+        targets.append(Target(args.compare))
+    calls = args.calls
+    if calls is None and args.duration is None:
+        calls = script.calls_per_round * args.concurrency
+    rounds = args.rounds if args.compare else 1
+    progress = sys.stderr.isatty() and not args.json
+    runs = []
+    for rnd in range(1, rounds + 1):
+        for target in targets:
+            opts = replay.Options(check=args.check, pace=args.pace, timeout=args.timeout)
+            stats = run_once(target, script, args.concurrency, calls, args.duration, args.rate, opts,
+                             args.workers, progress)
+            run = summarize(target, stats, args.concurrency)
+            run["timeline"] = timeline(stats)
+            if args.compare:
+                run["round"] = rnd
+            runs.append(run)
+    result = {
+        "tool": "load run", "schema": 1,
+        "config": {"target": str(first), "compare": args.compare, "fixture": args.fixture, "era": script.era,
+                   "concurrency": args.concurrency, "calls": calls, "duration_s": args.duration, "rate": args.rate,
+                   "pace": args.pace, "check": args.check, "workers": args.workers, "rounds": rounds,
+                   "timeout_s": args.timeout, "calls_per_round": script.calls_per_round},
+        "runs": runs,
+        "mismatches": sum(r["mismatches"] for r in runs),
+        "errors": sum(sum(r["errors"].values()) for r in runs),
+    }
+    if args.compare:
+        result["compare"] = compare_summary([r for r in runs if r["target"] == str(first)],
+                                            [r for r in runs if r["target"] == args.compare])
+    return result
+
+
+def render(result: dict) -> str:
+    lines = []
+    for run in result["runs"]:
+        lines += ([f"-- round {run['round']}"] if "round" in run else []) + render_run(run) + [""]
+    if "compare" in result:
+        lines += render_compare(result) + [""]
+    lines.append(f"total mismatches: {result['mismatches']:,}   errors: {result['errors']:,}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    try:
+        result = execute(args)
+        if args.plot:
+            plot(result, args.plot)
+    except (BenchError, replay.ReplayError) as exc:
+        print(f"load run: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render(result))
+    return 1 if result["mismatches"] or result["errors"] else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load run", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
