@@ -308,7 +308,10 @@ def test_param_headers_progress_and_cancellation(gateway):
                           "-c", "2", "-n", "12", "--check")
     run = doc["runs"][0]
     assert code == 0, run
-    assert run["cancelled"] == 6 and run["answered_ok"] == 6
+    # two sessions draw on one budget of 12, each alternating cancel/echo: the split depends on
+    # which session takes the last call, never the total
+    assert run["calls"] == 12 and run["cancelled"] + run["answered_ok"] == 12
+    assert 5 <= run["cancelled"] <= 7
     assert run["mismatches"] == 0 and run["errors"] == {}
 
 
