@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", metavar="NAME", help="which configured server to proxy")
     p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--dump", metavar="PATH", help="dump every frame at every hop to this JSONL file (docs/dumps.md)")
 
     p = sub.add_parser("serve", help="serve the configured servers over Streamable HTTP")
     add_config(p)
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-host", help="address of the control plane (default: http.admin_host, else 127.0.0.1)")
     p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--dump", metavar="PATH", help="dump every frame at every hop to this JSONL file (docs/dumps.md)")
 
     p = sub.add_parser("check", help="validate a config file; exit 0 if it is usable, 1 if not")
     add_config(p)
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write a starter config file")
     p.add_argument("path", nargs="?", default="wire-gateway.json", metavar="PATH")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    from wire_gateway.dump.tools import add_dump_parser
+
+    add_dump_parser(sub)
     return parser
 
 
@@ -58,7 +64,27 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_init(args)
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command == "dump":
+        from wire_gateway.dump.tools import run_dump_command
+
+        return run_dump_command(args)
     return cmd_stdio(args)
+
+
+def _dumper(args: argparse.Namespace, config: Config):  # -> Dumper | None
+    """--dump PATH and/or the config's `dump` section; a config path is relative to the config file."""
+    from wire_gateway.dump.writer import Dumper, settings_from
+
+    section = dict(config.document.get("dump") or {})
+    path = section.get("path")
+    if path and not args.dump and not os.path.isabs(path) and os.path.isfile(config.source):
+        section["path"] = str(Path(config.source).resolve().parent / path)
+    settings = settings_from(section, args.dump, config.mask_patterns)
+    if settings is None:
+        return None
+    log.info("dumping frames to %s (rotating at %d bytes, %d backups)", settings.path, settings.max_bytes,
+             settings.backups)
+    return Dumper(settings)
 
 
 def _load(args: argparse.Namespace) -> Config | None:
@@ -132,7 +158,7 @@ def cmd_stdio(args: argparse.Namespace) -> int:
         return 1
     log.info("wire-gateway %s (pid %d): stdio front for server %s from %s", __version__, os.getpid(), name,
              config.source)
-    trio.run(serve_stdio, config, name, streams)
+    trio.run(serve_stdio, config, name, streams, _dumper(args, config))
     return 0
 
 
@@ -178,10 +204,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(on_signals)
-            await HttpFront(config).run(shutdown)
+            front = HttpFront(config)
+            if dumper is not None:
+                await nursery.start(dumper.run)
+                front.dumper = dumper
+            try:
+                await front.run(shutdown)
+            finally:
+                if dumper is not None:
+                    await dumper.aclose()
             nursery.cancel_scope.cancel()
 
     log.info("wire-gateway %s (pid %d): HTTP front from %s", __version__, os.getpid(), config.source)
+    dumper = _dumper(args, config)
     failed = False
     try:
         trio.run(serve)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import trio
 
 from wire_gateway.config import Config
+from wire_gateway.dump.writer import Dumper
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
 from wire_gateway.transport.http_server import HttpLimits, Request, Responder, serve_http
@@ -48,6 +49,8 @@ def client_label(info: Any) -> dict[str, str] | None:
 
 
 class HttpFront:
+    dumper: Dumper | None = None    # frame dumps: set after construction when --dump is on
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.settings = config.http
@@ -65,7 +68,9 @@ class HttpFront:
         s = self.settings
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for pool in self.pools.values():
+            for name, pool in self.pools.items():
+                if self.dumper is not None:
+                    pool.tap = pool.upstream.tap = self.dumper.tap(f"modern:{name}", name, "http", era="modern")
                 await nursery.start(pool.upstream.run)
             nursery.start_soon(self._expire_sessions)
             limits = HttpLimits(max_body_bytes=s.max_body_bytes)
@@ -297,6 +302,8 @@ class HttpFront:
         assert self._nursery is not None
         session = LegacySession(server, self.config.servers[server].resolved(), self.config.limits, self.settings)
         self.sessions[session.id] = session
+        if self.dumper is not None:   # never the whole Mcp-Session-Id: it is the session's only credential
+            session.tap = session.upstream.tap = self.dumper.tap(session.id[:12], server, "http", era="legacy")
         await self._nursery.start(session.upstream.run)
         log.info("session %s (%s): opened", session.id[:8], server)
         await session.post(init, responder)

@@ -7,11 +7,13 @@ server is shut down the spec's way and we exit, leaving no process behind.
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 
 import trio
 
 from wire_gateway.config import Config
+from wire_gateway.dump.writer import Dumper
 from wire_gateway.proxy.session import PassthroughSession
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.transport.stdio import READ_SIZE, StdioStreams
@@ -21,10 +23,20 @@ from wire_gateway.wire.framing import LineFramer
 log = logging.getLogger("wire_gateway.stdio")
 
 
-async def serve_stdio(config: Config, server_name: str, streams: StdioStreams) -> None:
+async def serve_stdio(config: Config, server_name: str, streams: StdioStreams,
+                      dumper: Dumper | None = None) -> None:
     front = StdioFront(config, server_name, streams)
     try:
-        await front.run()
+        async with trio.open_nursery() as nursery:
+            if dumper is not None:
+                await nursery.start(dumper.run)
+                tap = dumper.tap(secrets.token_hex(4), server_name, "stdio", upstream=front.upstream)
+                front.session.tap = front.upstream.tap = tap
+            try:
+                await front.run()
+            finally:
+                if dumper is not None:
+                    await dumper.aclose()
     finally:
         with trio.CancelScope(shield=True):
             await streams.aclose()   # also puts a terminal back into blocking mode
