@@ -130,7 +130,7 @@ def test_strict_legacy_gating(run):
     assert "supportedVersions" in f.call(4, "server/discover")["result"]  # dual era: no _meta needed
     f.initialize()
     names = [t["name"] for t in f.call(5, "tools/list")["result"]["tools"]]
-    assert names == ["echo", "pid", "add", "sample", "where", "touch_tools", "big", "progress"]
+    assert names == ["echo", "pid", "add", "sample", "where", "touch_tools", "big", "progress", "wait"]
 
 
 def test_modern_requests_are_stateless(run):

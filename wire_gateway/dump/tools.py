@@ -337,7 +337,7 @@ def make_fixture(records: list[dict[str, Any]], session: str | None, name: str,
             continue     # a frame the gateway could not parse either; the load tool cannot send it
         if start is None:
             start = float(rec["mono"])
-        entries.append((max(0.0, float(rec["mono"]) - start), SEND if rec["dir"] == C2G else RECV, msg))
+        entries.append((round(max(0.0, float(rec["mono"]) - start), 6), SEND if rec["dir"] == C2G else RECV, msg))
         version = version or _protocol_version(msg)
     if not entries:
         raise DumpError(f"session {session} has no client-side frames")
