@@ -42,6 +42,7 @@ def check_dump(path: Path, transport: str, era: str) -> list[dict[str, Any]]:
     raw = path.read_bytes()
     for secret in SECRETS:
         assert secret.encode() not in raw, f"{secret} reached the dump"
+    assert b"\n\n" not in raw and raw.endswith(b"\n")    # whole lines only, none empty
     records = list(iter_records(path))
     assert records and not any("dropped" in r for r in records)
     sessions = {r["session"] for r in records}

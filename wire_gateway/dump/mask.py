@@ -26,8 +26,9 @@ SECRET_KEY = re.compile(
 BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 # Anything that could make the exact-bytes shortcut unsafe: a secret-ish word, a credential
 # scheme, or any escape (a key spelled with \u escapes must not slip past the word test).
-_PRECHECK = re.compile(rb"authorization|cookie|passw|secret|token|api[_-]?key|bearer|basic|\\",
-                       re.IGNORECASE)
+# Matched on the lower-cased bytes: several times faster than a case-insensitive regex,
+# and this runs for every dumped frame.
+_PRECHECK = re.compile(rb"auth|token|key|secret|passw|cookie|bearer|basic|\\")
 
 
 class FrameMasker:
@@ -44,7 +45,7 @@ class FrameMasker:
                 self._text_patterns.append(p)
 
     def might_hold_secret(self, raw: bytes) -> bool:
-        if _PRECHECK.search(raw):
+        if _PRECHECK.search(raw.lower()):
             return True
         if any(p.search(raw) for p in self._bytes_patterns):
             return True
