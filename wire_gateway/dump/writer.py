@@ -104,6 +104,8 @@ class Dumper:
         self._asked: dict[tuple, float] = {}     # (tap, direction, id) of a request -> when it passed
         self._heads: dict[tuple, bytes] = {}     # (tap, era, direction) -> the record's fixed middle
         self._last_raw: bytes | None = None
+        self._sec = -1                   # the whole second whose RFC 3339 text is in _sec_text
+        self._sec_text = b""
         self._last_frame = b""
         self._file: Any = None
         self._size = 0
@@ -197,14 +199,18 @@ class Dumper:
             if isinstance(decoded, Frame):
                 kind, method, msg_id = decoded.kind, decoded.method, decoded.id
         era = tap.era if tap.era is not None else getattr(tap.upstream, "era", None)
-        head = self._heads.get((tap, era, direction))
+        key = (tap, era, direction)
+        head = self._heads.get(key)
         if head is None:
             if len(self._heads) > 10_000:
                 self._heads.clear()
-            head = self._heads[(tap, era, direction)] = b'"session":%s,"server":%s,"transport":%s,"era":%s,"dir":%s' % (
+            head = self._heads[key] = b'"session":%s,"server":%s,"transport":%s,"era":%s,"dir":%s' % (
                 _json(tap.session), _json(tap.server), _json(tap.transport), _json(era), _json(direction))
         latency = b""
-        if msg_id is not None:
+        if msg_id is None:
+            id_json = b"null"
+        else:
+            id_json = _json(msg_id)
             if kind is _REQUEST:
                 asked = self._asked
                 if len(asked) >= _MAX_OPEN_REQUESTS:   # unanswered requests pile up: forget them all
@@ -223,9 +229,21 @@ class Dumper:
             except UnicodeDecodeError:
                 frame = b'"frame_b64":"' + base64.b64encode(masked) + b'"'
             self._last_raw, self._last_frame = raw, frame
-        return b'{"ts":"%s","mono":%.6f,%s,"kind":"%s","method":%s,"id":%s,"bytes":%d%s,"policy":%s,%s}' % (
-            rfc3339(wall).encode(), mono, head, _KIND_NAME[kind] if kind is not None else b"invalid",
-            _json(method), _json(msg_id), len(raw), latency, _json(policy), frame)
+        method_json = _METHODS.get(method)
+        if method_json is None:
+            method_json = _json(method)
+            if len(_METHODS) < 1000:
+                _METHODS[method] = method_json
+        sec = int(wall)
+        if sec != self._sec:
+            self._sec, self._sec_text = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
+        return b'{"ts":"%s.%06dZ","mono":%.6f,%s,"kind":"%s","method":%s,"id":%s,"bytes":%d%s,"policy":%s,%s}' % (
+            self._sec_text, int((wall - sec) * 1e6), mono, head,
+            _KIND_NAME[kind] if kind is not None else b"invalid", method_json, id_json, len(raw), latency,
+            b"null" if policy is None else _json(policy), frame)
+
+
+_METHODS: dict[Any, bytes] = {None: b"null"}   # method name -> its JSON (a handful of names recur)
 
 
 def _json(value: Any) -> bytes:
