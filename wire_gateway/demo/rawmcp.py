@@ -331,6 +331,9 @@ class Server:
 
     def on_resources_read(self, req):
         uri = req.params.get("uri")
+        if isinstance(uri, str) and uri.startswith("echo://text/"):
+            # Unlisted, and the same on every run: what recorded sessions read (echo://info has a pid).
+            return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": uri[len("echo://text/"):]}]}
         if uri != "echo://info":
             raise RpcError(RESOURCE_NOT_FOUND, f"resource not found: {uri}")
         text = f"{self.name} fixture server, pid {os.getpid()}"

@@ -9,6 +9,7 @@ every other frame is dumped as the exact bytes that travelled.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +30,7 @@ BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 # Matched on the lower-cased bytes: several times faster than a case-insensitive regex,
 # and this runs for every dumped frame.
 _PRECHECK = re.compile(rb"auth|token|key|secret|passw|cookie|bearer|basic|\\")
+_WORDS = (b"auth", b"token", b"key", b"secret", b"passw", b"cookie", b"bearer", b"basic", b"\\")
 
 
 class FrameMasker:
@@ -53,6 +55,37 @@ class FrameMasker:
             text = raw.decode("utf-8", "replace")
             return any(p.search(text) for p in self._text_patterns)
         return False
+
+    def suspects(self, raws: list[bytes]) -> set[int]:
+        """Which of a batch of frames might hold a secret (the others are written as they are).
+
+        Same test as might_hold_secret, but on the whole batch at once: a few substring
+        scans in C over the joined frames instead of a regex per frame, which was the
+        largest single cost of a dump record."""
+        if self._text_patterns:
+            return set(range(len(raws)))
+        starts = []
+        pos = 0
+        for raw in raws:
+            starts.append(pos)
+            pos += len(raw) + 1
+        joined = b"\0".join(raws)          # no word spans two frames: none contains a NUL
+        low = joined.lower()
+        found: set[int] = set()
+        last = len(raws) - 1
+        for word in _WORDS:
+            i = low.find(word)
+            while i >= 0:
+                n = bisect_right(starts, i) - 1
+                found.add(n)
+                if n == last:
+                    break
+                i = low.find(word, starts[n + 1])   # the rest of that frame is settled
+        if self._bytes_patterns:   # per frame: a configured pattern may be anchored (^, $)
+            for n, raw in enumerate(raws):
+                if n not in found and any(p.search(raw) for p in self._bytes_patterns):
+                    found.add(n)
+        return found
 
     def mask_raw(self, raw: bytes) -> tuple[bytes, bool]:
         """The frame to dump and whether anything was masked. Unparseable frames that

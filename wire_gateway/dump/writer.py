@@ -165,7 +165,8 @@ class Dumper:
         self._size = self._file.tell()
 
     def _write_batch(self, batch: list[tuple], dropped: int) -> None:
-        lines = [self._record(item) for item in batch]
+        suspects = self.masker.suspects([item[4] for item in batch])
+        lines = [self._record(item, n in suspects) for n, item in enumerate(batch)]
         if dropped:
             self.dropped_total += dropped
             now = time.time()
@@ -190,7 +191,7 @@ class Dumper:
         self._file = open(self.path, "wb", buffering=0)
         self._size = 0
 
-    def _record(self, item: tuple) -> bytes:
+    def _record(self, item: tuple, suspect: bool = True) -> bytes:
         """One JSON line, assembled from pre-encoded pieces: this runs for every frame, so it
         avoids building a dict per record (key order is fixed: see docs/dumps.md)."""
         wall, mono, tap, direction, raw, kind, method, msg_id, policy = item
@@ -223,7 +224,7 @@ class Dumper:
         if raw is self._last_raw:      # the same bytes at the next hop (passthrough): encoded already
             frame = self._last_frame
         else:
-            masked, _ = self.masker.mask_raw(raw)
+            masked = self.masker.mask_raw(raw)[0] if suspect else raw
             try:
                 frame = b'"frame":' + orjson.dumps(masked.decode("utf-8"))
             except UnicodeDecodeError:
