@@ -133,3 +133,31 @@ async def test_http_session_dump(era: str, tmp_path: Path) -> None:
     else:
         assert len(sid) == 12
     fixture_roundtrip(dump, tmp_path, sid, era)
+
+
+def test_remote_http_upstream_dump(tmp_path: Path) -> None:
+    """A `{"url": ...}` server: the HttpUpstream hops are dumped too (stdio client side)."""
+    from gateway import LineClient
+    from test_http_upstream import http_echo, remote_config
+
+    upstream = http_echo(tmp_path)
+    dump = tmp_path / "remote.jsonl"
+    config = remote_config(tmp_path, upstream.url)
+    gw = LineClient([sys.executable, "-m", "wire_gateway", "stdio", "--config", str(config), "--dump", str(dump)],
+                    log_path=tmp_path / "gw.log")
+    try:
+        assert gw.initialize()["result"]["protocolVersion"] == "2025-11-25"
+        assert gw.call("echo", {"text": "over http", "password": "sEcReT-plain-token-1"})["result"]
+        gw.proc.stdin.close()
+        assert gw.proc.wait(20) == 0
+    finally:
+        upstream.stop()
+    assert b"sEcReT" not in dump.read_bytes()
+    records = list(iter_records(dump))
+    hops = [(r["dir"], r["kind"], r["method"]) for r in records]
+    for direction in (C2G, G2S):
+        assert (direction, "request", "initialize") in hops and (direction, "request", "tools/call") in hops
+        assert (direction, "notification", "notifications/initialized") in hops
+    answers = [r for r in records if r["kind"] == "response"]
+    assert [r["dir"] for r in answers].count(S2G) == 2 and [r["dir"] for r in answers].count(G2C) == 2
+    assert all(r["transport"] == "stdio" and r["server"] == "remote" and "latency_ms" in r for r in answers)
