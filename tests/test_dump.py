@@ -299,3 +299,42 @@ def test_follow_survives_rotation(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+# ---- the recorded library ----------------------------------------------------------------------------
+
+LIBRARY = ROOT / "fixtures" / "sessions"
+
+
+@pytest.mark.parametrize("name", ["echo-small", "tools-list", "big-result", "mixed"])
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+def test_recorded_library(name: str, era: str) -> None:
+    header, entries = read_fixture(LIBRARY / f"{name}-{era}.jsonl")
+    assert (header.name, header.era, header.server, header.transport) == (f"{name}-{era}", era, "echo", "stdio")
+    assert header.protocolVersion == ("2025-11-25" if era == "legacy" else "2026-07-28")
+    sends = [m for _, d, m in entries if d == "send"]
+    recvs = [m for _, d, m in entries if d == "recv"]
+    if era == "legacy":
+        assert [m.get("method") for m in sends[:2]] == ["initialize", "notifications/initialized"]
+    else:
+        assert all(m["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"
+                   for m in sends if "id" in m)
+    answered = {m["id"] for m in recvs if "id" in m}
+    asked = [m["id"] for m in sends if "id" in m and "method" in m]
+    text = (LIBRARY / f"{name}-{era}.jsonl").read_text()
+    assert "fixture server, pid" not in text         # nothing that differs between runs of the server
+    if name == "mixed":
+        cancelled = [m for m in sends if m.get("method") == "notifications/cancelled"]
+        assert len(cancelled) == 1 and set(asked) - answered == {cancelled[0]["params"]["requestId"]}
+        assert sum(m.get("method") == "notifications/progress" for m in recvs) == 4
+        assert {m["method"] for m in sends if "method" in m} >= {
+            "resources/list", "resources/read", "prompts/list", "prompts/get", "tools/list", "tools/call"}
+    else:
+        assert set(asked) == answered
+    if name == "big-result":
+        big = [m for m in recvs if "result" in m and len(json.dumps(m)) > 1 << 20]
+        assert len(big) == 1 and big[0]["result"]["content"][0]["text"] == "x" * (1 << 20)
+    if name == "tools-list":
+        assert sum(m.get("method") == "tools/list" for m in sends) == 25
+    if name == "echo-small":
+        assert sends[-1]["params"]["arguments"]["api_key"] == "***" and "sk-recorded" not in text
