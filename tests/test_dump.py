@@ -338,3 +338,11 @@ def test_recorded_library(name: str, era: str) -> None:
         assert sum(m.get("method") == "tools/list" for m in sends) == 25
     if name == "echo-small":
         assert sends[-1]["params"]["arguments"]["api_key"] == "***" and "sk-recorded" not in text
+
+
+@pytest.mark.parametrize("command", ["stdio", "serve"])
+def test_unwritable_dump_path_is_a_plain_error(command: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "wire_gateway", command, "--dump", "/proc/no-such-dir/d.jsonl"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=30, stdin=subprocess.DEVNULL)
+    assert res.returncode == 1
+    assert "cannot write the dump file /proc/no-such-dir/d.jsonl" in res.stderr and "Traceback" not in res.stderr

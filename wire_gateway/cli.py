@@ -82,6 +82,13 @@ def _dumper(args: argparse.Namespace, config: Config):  # -> Dumper | None
     settings = settings_from(section, args.dump, config.mask_patterns)
     if settings is None:
         return None
+    try:   # fail now, plainly, rather than from inside the event loop
+        Path(settings.path).parent.mkdir(parents=True, exist_ok=True)
+        open(settings.path, "ab").close()
+    except OSError as exc:
+        print(f"wire-gateway {args.command}: cannot write the dump file {settings.path}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     log.info("dumping frames to %s (rotating at %d bytes, %d backups)", settings.path, settings.max_bytes,
              settings.backups)
     return Dumper(settings)
