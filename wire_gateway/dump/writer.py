@@ -4,7 +4,7 @@ A hook (`Tap.frame` / `Tap.put`) only stamps the time and appends a tuple to a
 bounded list; it never encodes, masks or writes, and never waits. When the list is
 full the frame is counted as dropped instead (a `{"dropped": N}` record says so
 later): a dump must never slow or block the proxy. One writer task (`Dumper.run`,
-in the top-level nursery of serve/stdio) lets frames collect for 20 ms, masks and
+in the top-level nursery of serve/stdio) lets frames collect for 50 ms, masks and
 encodes them in chunks with a checkpoint after each (so the proxy runs in between),
 and hands the bytes to a worker thread, which rotates and writes them; while it
 works, the next batch collects. Encoding in the worker thread instead was measured
@@ -39,7 +39,7 @@ DIRECTIONS = (C2G, G2S, S2G, G2C)
 GATEWAY = "gateway"          # policy of a frame the gateway wrote itself (an error, a replay)
 # After a wake-up the writer lets frames collect this long before it takes them: one thread
 # hand-off per batch instead of per frame (a hand-off costs far more than a record).
-BATCH_WINDOW = 0.02
+BATCH_WINDOW = 0.05
 CHUNK = 128                  # frames encoded between two checkpoints of the writer task
 
 # A response at one hop is timed from its request at the same hop pair.
