@@ -40,13 +40,14 @@ GATEWAY = "gateway"          # policy of a frame the gateway wrote itself (an er
 # After a wake-up the writer lets frames collect this long before it takes them: one thread
 # hand-off per batch instead of per frame (a hand-off costs far more than a record).
 BATCH_WINDOW = 0.05
-CHUNK = 128                  # frames encoded between two checkpoints of the writer task
+CHUNK = 32                   # frames encoded between two checkpoints of the writer task
 
 # A response at one hop is timed from its request at the same hop pair.
 _ASKED_AT = {G2C: C2G, C2G: G2C, S2G: G2S, G2S: S2G}
 _MAX_OPEN_REQUESTS = 100_000
 _REQUEST, _RESPONSE, _ERROR = Kind.REQUEST, Kind.RESPONSE, Kind.ERROR
-_KIND_NAME = {k: k.value.encode() for k in Kind}   # Enum .value is a slow descriptor; this is per record
+# Per record: Enum .value is a slow descriptor and an Enum key hashes in Python, so by _value_.
+_KIND_NAME = {k._value_: k._value_.encode() for k in Kind}
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,10 @@ class Dumper:
         if msg_id is None:
             id_json = b"null"
         else:
-            id_json = _json(msg_id)
+            try:
+                id_json = orjson.dumps(msg_id)
+            except (TypeError, orjson.JSONEncodeError):   # an id beyond 64 bits
+                id_json = jsonfast.dumps(msg_id)
             if kind is _REQUEST:
                 asked = self._asked
                 if len(asked) >= _MAX_OPEN_REQUESTS:   # unanswered requests pile up: forget them all
@@ -267,7 +271,7 @@ class Dumper:
             self._sec, self._sec_text = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
         return b'{"ts":"%s.%06dZ","mono":%.6f,%s,"kind":"%s","method":%s,"id":%s,"bytes":%d%s,"policy":%s,%s}' % (
             self._sec_text, int((wall - sec) * 1e6), mono, head,
-            _KIND_NAME[kind] if kind is not None else b"invalid", method_json, id_json, len(raw), latency,
+            _KIND_NAME[kind._value_] if kind is not None else b"invalid", method_json, id_json, len(raw), latency,
             b"null" if policy is None else _json(policy), frame)
 
 
