@@ -2,7 +2,7 @@
 
     python -m load http-bench [--direct URL|auto] [--gateway URL|auto] [-n 10000]
                               [--concurrency 1,16] [--rounds 3] [--era modern|legacy]
-                              [--workers 1] [--idle-sessions N[,N...]] [--ceiling] [--json]
+                              [--workers 1] [--idle-sessions N[,N...]] [--ceiling] [--dump] [--json]
 
 With ``auto`` (the default) the bench starts its targets itself, one fresh
 process per target and round: direct = ``fixtures/servers/http_echo.py`` (a
@@ -43,6 +43,11 @@ connections of a process; ``--workers W`` splits the virtual clients over W
 forked processes (results merged) for machines with CPUs to spare.
 ``--ceiling`` drives a minimal in-module HTTP echo (regex, canned answers)
 instead of the two targets: what the driver reaches there is its own ceiling.
+
+``--dump``: measure what frame dumps cost instead: both targets are the
+gateway (``auto``), A without dumps (shown as "direct"), B with ``--dump`` to a
+file in the temporary directory; the ratio is B's throughput over A's.  Each
+B run also reports its dump's records, bytes and frames dropped.
 
 ``--idle-sessions 200,1000``: after the runs, start a fresh gateway (or use
 --gateway URL), record its RSS idle, open legacy sessions (initialize +
@@ -892,8 +897,10 @@ class HttpTarget:
     SIGKILLs what is left, including descendants in other process groups.
     """
 
-    def __init__(self, kind: str, tmpdir: str, timeout: float, cpus=None, path: str = "/mcp/echo"):
+    def __init__(self, kind: str, tmpdir: str, timeout: float, cpus=None, path: str = "/mcp/echo",
+                 dump: bool = False):
         self.kind = kind
+        self.dump_file = None
         self.timeout = timeout
         self.expired = False
         self.known_descendants = {}
@@ -914,6 +921,9 @@ class HttpTarget:
                                                                    "args": [str(ECHO_FIXTURE)]}}}))
             argv = [sys.executable, "-m", "wire_gateway", "serve", "--config", str(config), "--port", "0",
                     "--log-file", str(self.log_file)]
+            if dump:
+                self.dump_file = Path(tmpdir) / f"{tag}.dump.jsonl"
+                argv += ["--dump", str(self.dump_file)]
             self.path = path
         self.argv = argv
         try:
@@ -1056,8 +1066,20 @@ class ExternalTarget:
         return {"stopped_by": "external (left running)", "exit_code": None, "stragglers": []}
 
 
-def start_target(spec: str, kind: str, tmpdir: str, timeout: float, cpus=None):
-    return HttpTarget(kind, tmpdir, timeout, cpus) if spec == "auto" else ExternalTarget(spec)
+def start_target(spec: str, kind: str, tmpdir: str, timeout: float, cpus=None, dump: bool = False):
+    return HttpTarget(kind, tmpdir, timeout, cpus, dump=dump) if spec == "auto" else ExternalTarget(spec)
+
+
+def dump_figures(path) -> dict:
+    """What a --dump run wrote: records (frames), bytes, frames the dump dropped."""
+    records = dropped = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.startswith(b'{"ts"') and b'"dropped":' in line[:80]:
+                dropped += json.loads(line)["dropped"]
+            else:
+                records += 1
+    return {"records": records, "bytes": os.path.getsize(path), "dropped": dropped}
 
 
 # --------------------------------------------------------------------------
@@ -1074,12 +1096,12 @@ def scenarios(concurrency: list) -> list:
 
 
 def run_target(spec: str, kind: str, tmpdir: str, n: int, concurrency: list, modern: bool, warmup: int,
-               timeout: float, cpus=None, spin: bool = False, workers: int = 1) -> dict:
+               timeout: float, cpus=None, spin: bool = False, workers: int = 1, dump: bool = False) -> dict:
     """Start (or attach to) one target, measure every scenario, stop it; never raises BenchError."""
     run = {"scenarios": {}, "warmup_mismatches": 0}
     target = None
     try:
-        target = start_target(spec, kind, tmpdir, timeout, cpus)
+        target = start_target(spec, kind, tmpdir, timeout, cpus, dump)
         run["url"] = str(target.url)
         run["pid"] = target.pid
         deadline = time.monotonic() + timeout
@@ -1104,6 +1126,8 @@ def run_target(spec: str, kind: str, tmpdir: str, n: int, concurrency: list, mod
     finally:
         if target is not None:
             run["shutdown"] = target.stop()
+            if getattr(target, "dump_file", None) is not None and target.dump_file.exists():
+                run["dump"] = dump_figures(target.dump_file)
     return run
 
 
@@ -1136,23 +1160,26 @@ def source_state() -> str:
 
 def run_bench(direct: str, gateway: str, n: int, concurrency: list, rounds: int, era: str = "modern",
               warmup: int = WARMUP_CALLS, timeout: float = 120.0, pin: str = "split", spin: bool = False,
-              workers: int = 1) -> dict:
+              workers: int = 1, dump: bool = False) -> dict:
     """All rounds, alternating direct and gateway; returns the full result."""
     modern = era == "modern"
     driver_cpus, target_cpus = sb.cpu_plan(pin)
     all_rounds = []
     with tempfile.TemporaryDirectory(prefix="http-bench-") as tmpdir, sb.pinned(driver_cpus):
         for _ in range(rounds):
+            # --dump: A is the gateway without dumps (in the "direct" slot), B the gateway with them.
+            plan = ((("direct", gateway, "gateway", False), ("gateway", gateway, "gateway", True)) if dump else
+                    (("direct", direct, "direct", False), ("gateway", gateway, "gateway", False)))
             all_rounds.append({
-                slot: run_target(spec, slot, tmpdir, n, concurrency, modern, warmup, timeout,
-                                 target_cpus, spin, workers)
-                for slot, spec in (("direct", direct), ("gateway", gateway))
+                slot: run_target(spec, kind, tmpdir, n, concurrency, modern, warmup, timeout,
+                                 target_cpus, spin, workers, with_dump)
+                for slot, spec, kind, with_dump in plan
             })
     names = [name for name, _ in scenarios(concurrency)]
     runs = [r[slot] for r in all_rounds for slot in ("direct", "gateway")]
     return {
         "config": {
-            "direct": direct, "gateway": gateway, "gateway_source": source_state(), "era": era, "n": n, "concurrency": concurrency,
+            "direct": direct, "gateway": gateway, "dump": dump, "gateway_source": source_state(), "era": era, "n": n, "concurrency": concurrency,
             "rounds": rounds, "warmup": warmup, "timeout_s": timeout, "workers": workers,
             "python": sys.version.split()[0], "cpus": os.cpu_count(), "clk_tck": sb.CLK_TCK,
             "pin": pin, "spin": spin, "driver_cpus": sorted(driver_cpus or ()), "target_cpus": sorted(target_cpus or ()),
@@ -1434,6 +1461,21 @@ def mib(kib) -> str:
 
 def render(result: dict) -> str:
     cfg = result["config"]
+    if cfg.get("dump"):
+        lines = [f"http-bench --dump: era={cfg['era']} n={cfg['n']} rounds={cfg['rounds']} warmup={cfg['warmup']} "
+                 f"concurrency={cfg['concurrency']}",
+                 '  "direct" below = the gateway WITHOUT dumps; "gateway" = the gateway WITH --dump',
+                 f"  gateway source: {cfg['gateway_source']}", ""]
+        for name, entry in result["summary"].items():
+            lines += sb.render_scenario(name, entry, result["rounds"]) + [""]
+        for i, rnd in enumerate(result["rounds"], 1):
+            if "dump" in rnd["gateway"]:
+                lines.append(f"round {i} dump: {rnd['gateway']['dump']}")
+            for slot in ("direct", "gateway"):
+                if "error" in rnd[slot]:
+                    lines.append(f"round {i} {slot}: ERROR {rnd[slot]['error']}")
+        lines.append(f"total mismatches: {result['mismatches']}   errors: {result['errors']}")
+        return "\n".join(lines)
     lines = [
         f"http-bench: era={cfg['era']} n={cfg['n']} rounds={cfg['rounds']} warmup={cfg['warmup']} "
         f"concurrency={cfg['concurrency']} workers={cfg['workers']} pin={cfg['pin']} spin={cfg['spin']} "
@@ -1543,6 +1585,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hard limit for the idle-session measurement, seconds (default 900)")
     parser.add_argument("--mem-reserve", type=int, default=2048, metavar="MIB",
                         help="idle sessions: stop when less than this would stay available (default 2048)")
+    parser.add_argument("--dump", action="store_true",
+                        help="measure frame dumps: the gateway without (A) and with --dump (B), same invocation")
     parser.add_argument("--ceiling", action="store_true",
                         help="measure the driver itself against a minimal in-module echo, both eras, instead")
     sb.add_pin_argument(parser)
@@ -1563,8 +1607,11 @@ def run(args) -> int:
                              args.spin, args.workers)
         print(json.dumps(result, indent=2) if args.json else render_ceiling(result))
         return exit_status(result)
+    if args.dump and args.gateway != "auto":
+        print("http-bench --dump starts its own gateways: leave --gateway at auto", file=sys.stderr)
+        return 2
     result = run_bench(args.direct, args.gateway, args.n, args.concurrency, args.rounds, args.era, args.warmup,
-                       args.timeout, args.pin, args.spin, args.workers)
+                       args.timeout, args.pin, args.spin, args.workers, args.dump)
     if args.idle_sessions:
         with tempfile.TemporaryDirectory(prefix="http-bench-idle-") as tmpdir:
             result["idle_sessions"] = idle_sessions(args.gateway, args.idle_sessions, tmpdir, args.idle_timeout,

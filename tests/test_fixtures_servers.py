@@ -130,7 +130,7 @@ def test_strict_legacy_gating(run):
     assert "supportedVersions" in f.call(4, "server/discover")["result"]  # dual era: no _meta needed
     f.initialize()
     names = [t["name"] for t in f.call(5, "tools/list")["result"]["tools"]]
-    assert names == ["echo", "pid", "add", "sample", "where", "touch_tools", "big", "progress"]
+    assert names == ["echo", "pid", "add", "sample", "where", "touch_tools", "big", "progress", "wait"]
 
 
 def test_modern_requests_are_stateless(run):
@@ -146,6 +146,9 @@ def test_modern_requests_are_stateless(run):
     err = f.call(3, "tools/list", {"_meta": {"io.modelcontextprotocol/protocolVersion": "1900-01-01"}})["error"]
     assert err["code"] == -32022 and err["data"]["requested"] == "1900-01-01"
     assert f.call(4, "tools/list")["error"]["code"] == -32600  # legacy still needs initialize
+    listed = f.call(5, "tools/list", {"_meta": MODERN})["result"]   # cacheable: 2026-07-28 wants these
+    assert (listed["ttlMs"], listed["cacheScope"], listed["resultType"]) == (0, "private", "complete")
+    assert "ttlMs" not in f.call(6, "ping", {"_meta": MODERN})["result"]
 
 
 def test_echo_tools_errors_resources_prompts(run, tmp_path):
@@ -161,6 +164,7 @@ def test_echo_tools_errors_resources_prompts(run, tmp_path):
     assert f.call(7, "ping")["result"] == {}
     assert f.call(8, "resources/list")["result"]["resources"][0]["uri"] == "echo://info"
     assert "pid" in f.call(9, "resources/read", {"uri": "echo://info"})["result"]["contents"][0]["text"]
+    assert f.call(90, "resources/read", {"uri": "echo://text/abc"})["result"]["contents"][0]["text"] == "abc"
     assert f.call(10, "prompts/list")["result"]["prompts"][0]["name"] == "greet"
     got = f.call(11, "prompts/get", {"name": "greet", "arguments": {"name": "Ada"}})["result"]
     assert got["messages"][0]["content"]["text"] == "Hello, Ada!"

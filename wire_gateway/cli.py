@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve the aggregate of all configured servers even when there is only one")
     p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--dump", metavar="PATH", help="dump every frame at every hop to this JSONL file (docs/dumps.md)")
 
     p = sub.add_parser("serve", help="serve the configured servers over Streamable HTTP")
     add_config(p)
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-host", help="address of the control plane (default: http.admin_host, else 127.0.0.1)")
     p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--dump", metavar="PATH", help="dump every frame at every hop to this JSONL file (docs/dumps.md)")
 
     p = sub.add_parser("check", help="validate a config file; exit 0 if it is usable, 1 if not")
     add_config(p)
@@ -70,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write a starter config file")
     p.add_argument("path", nargs="?", default="wire-gateway.json", metavar="PATH")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    from wire_gateway.dump.tools import add_dump_parser
+
+    add_dump_parser(sub)
     return parser
 
 
@@ -88,7 +94,34 @@ def main(argv: list[str] | None = None) -> int:
         if config is None:
             return 1
         return cmd_cache(args, config) if args.command == "cache" else cmd_tools(args, config)
+    if args.command == "dump":
+        from wire_gateway.dump.tools import run_dump_command
+
+        return run_dump_command(args)
     return cmd_stdio(args)
+
+
+def _dumper(args: argparse.Namespace, config: Config):  # -> Dumper | None
+    """--dump PATH and/or the config's `dump` section; a config path is relative to the config file."""
+    from wire_gateway.dump.writer import Dumper, settings_from
+
+    section = dict(config.document.get("dump") or {})
+    path = section.get("path")
+    if path and not args.dump and not os.path.isabs(path) and os.path.isfile(config.source):
+        section["path"] = str(Path(config.source).resolve().parent / path)
+    settings = settings_from(section, args.dump, config.mask_patterns)
+    if settings is None:
+        return None
+    try:   # fail now, plainly, rather than from inside the event loop
+        Path(settings.path).parent.mkdir(parents=True, exist_ok=True)
+        open(settings.path, "ab").close()
+    except OSError as exc:
+        print(f"wire-gateway {args.command}: cannot write the dump file {settings.path}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    log.info("dumping frames to %s (rotating at %d bytes, %d backups)", settings.path, settings.max_bytes,
+             settings.backups)
+    return Dumper(settings)
 
 
 def _load(args: argparse.Namespace) -> Config | None:
@@ -186,9 +219,11 @@ def cmd_stdio(args: argparse.Namespace) -> int:
         log.info("wire-gateway %s (pid %d): stdio front for server %s from %s", __version__, os.getpid(), name,
                  config.source)
 
+    dumper = _dumper(args, config)
+
     async def main() -> None:
         async with running(services):
-            await serve_stdio(config, name, streams, services)
+            await serve_stdio(config, name, streams, services, dumper)
 
     run_trio(main, services)
     return 0
@@ -263,7 +298,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         async with trio.open_nursery() as nursery, running(services):
             nursery.start_soon(on_signals)
-            await HttpFront(config, services).run(shutdown)
+            front = HttpFront(config, services)
+            if dumper is not None:
+                await nursery.start(dumper.run)
+                front.dumper = dumper
+            try:
+                await front.run(shutdown)
+            finally:
+                if dumper is not None:
+                    await dumper.aclose()
             nursery.cancel_scope.cancel()
 
     from wire_gateway.policy.services import Services
@@ -274,6 +317,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(exc.report(), file=sys.stderr)
         return 1
     log.info("wire-gateway %s (pid %d): HTTP front from %s", __version__, os.getpid(), config.source)
+    dumper = _dumper(args, config)
     failed = False
     try:
         run_trio(serve, services)

@@ -17,6 +17,9 @@ Tools:
   big {size}             -> a text of `size` bytes, for large-frame tests
   progress {steps}       -> one notifications/progress per step (if the request
                             has params._meta.progressToken), then "done"
+  wait {seconds}         -> one progress notification (if asked for), then waits;
+                            "waited Ns", or no answer at all once cancelled
+                            (for recorded sessions with a cancellation)
 Everything except `sample` runs inline on the read loop, so it stays fast.
 """
 
@@ -76,6 +79,17 @@ def build(name, log=None):
                 server.notify("notifications/progress", {
                     "progressToken": token, "progress": i, "total": steps, "message": f"step {i}/{steps}"})
         return "done"
+
+    @server.tool("wait", "Send one progress notification, then wait `seconds` (cancellable).",
+                 {"seconds": "number"}, threaded=True)
+    def wait(req, args):
+        seconds = need(args, "seconds", (int, float))
+        token = req.meta.get("progressToken")
+        if token is not None:
+            server.notify("notifications/progress", {"progressToken": token, "progress": 0, "total": 1,
+                                                     "message": "waiting"})
+        req.cancelled.wait(seconds)
+        return f"waited {seconds}s"
 
     return server
 

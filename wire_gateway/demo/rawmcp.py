@@ -31,6 +31,8 @@ SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
 MODERN_VERSIONS = ["2026-07-28"]
 LEGACY_VERSIONS = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"]
 SUPPORTED_VERSIONS = MODERN_VERSIONS + LEGACY_VERSIONS
+CACHEABLE = frozenset({"prompts/list", "resources/list", "resources/read", "resources/templates/list",
+                       "server/discover", "tools/list"})
 CAPABILITIES = {"tools": {"listChanged": True}, "resources": {}, "prompts": {}, "logging": {}}
 
 PARSE_ERROR = -32700
@@ -100,6 +102,8 @@ class Request:
     def reply(self, result):
         if self.modern:
             result = {**result, "resultType": "complete"}
+            if self.method in CACHEABLE:   # 2026-07-28 requires these on cacheable results (the SDK checks)
+                result = {"ttlMs": 0, "cacheScope": "private", **result}
         self.server.send({"jsonrpc": "2.0", "id": self.id, "result": result})
 
     def fail(self, code, message, data=None):
@@ -327,6 +331,9 @@ class Server:
 
     def on_resources_read(self, req):
         uri = req.params.get("uri")
+        if isinstance(uri, str) and uri.startswith("echo://text/"):
+            # Unlisted, and the same on every run: what recorded sessions read (echo://info has a pid).
+            return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": uri[len("echo://text/"):]}]}
         if uri != "echo://info":
             raise RpcError(RESOURCE_NOT_FOUND, f"resource not found: {uri}")
         text = f"{self.name} fixture server, pid {os.getpid()}"

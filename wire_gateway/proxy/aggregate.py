@@ -203,6 +203,7 @@ class Aggregate:
         self.lazy = lazy
         self.sink = sink
         self.name = AGGREGATE_NAME
+        self._tap: Any = None
         self.settings = config.aggregate
         self.sep = self.settings.separator
         self.limits = config.limits
@@ -236,6 +237,18 @@ class Aggregate:
 
     # ---- Upstream: client -> aggregate ---------------------------------------------------------
 
+
+    @property
+    def tap(self) -> Any:
+        return self._tap
+
+    @tap.setter
+    def tap(self, tap: Any) -> None:
+        """Frame dumps: the client-side hops are the session's; each member records its own
+        server-side hops under its server's name."""
+        self._tap = tap
+        for member in self.members.values():
+            member.upstream.tap = tap.for_server(member.name, member.upstream) if tap is not None else None
     def request(self, frame: Frame) -> bytes | None:
         """Take a client request; answer `ping` at once, serve the rest in a task."""
         self.frames_in += 1

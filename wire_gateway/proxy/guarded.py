@@ -113,6 +113,15 @@ class GuardedUpstream:
         return self.inner.state
 
     @property
+    def tap(self) -> Any:
+        return self.inner.tap
+
+    @tap.setter
+    def tap(self, tap: Any) -> None:
+        """Frame dumps record the server-side hops where they happen: in the inner upstream."""
+        self.inner.tap = tap
+
+    @property
     def era(self) -> str | None:
         return self.inner.era
 

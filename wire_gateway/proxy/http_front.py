@@ -25,6 +25,7 @@ import trio
 from wire_gateway.config import Config, Limits, ServerSpec
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
+from wire_gateway.dump.writer import Dumper
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
 from wire_gateway.proxy.route import member_factory
@@ -55,6 +56,8 @@ def client_label(info: Any) -> dict[str, str] | None:
 
 
 class HttpFront:
+    dumper: Dumper | None = None    # frame dumps: set after construction when --dump is on
+
     def __init__(self, config: Config, services: Services | None = None) -> None:
         self.config = config
         self.services = services if services is not None else Services(config)
@@ -78,8 +81,14 @@ class HttpFront:
         s = self.settings
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for pool in self.pools.values():
+            for name, pool in self.pools.items():
+                if self.dumper is not None:
+                    pool.tap = pool.upstream.tap = self.dumper.tap(f"modern:{name}", name, "http", era="modern")
                 await nursery.start(pool.upstream.run)
+            if self.dumper is not None:
+                agg = self.aggregate_pool
+                agg.tap = agg.upstream.tap = self.dumper.tap(f"modern:{AGGREGATE_NAME}", AGGREGATE_NAME, "http",
+                                                             era="modern")
             await nursery.start(self.aggregate_pool.upstream.run)
             nursery.start_soon(self._expire_sessions)
             limits = HttpLimits(max_body_bytes=s.max_body_bytes)
@@ -333,6 +342,8 @@ class HttpFront:
             session = LegacySession(server, self.config.servers[server].resolved(), self.config,
                                     self.settings, self.services)
         self.sessions[session.id] = session
+        if self.dumper is not None:   # never the whole Mcp-Session-Id: it is the session's only credential
+            session.tap = session.upstream.tap = self.dumper.tap(session.id[:12], server, "http", era="legacy")
         await self._nursery.start(session.upstream.run)
         log.info("session %s (%s): opened", session.id[:8], server)
         await session.post(init, responder)

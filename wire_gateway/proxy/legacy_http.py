@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Config, HttpSettings, ServerSpec
+from wire_gateway.dump.writer import C2G, G2C, Tap
 from wire_gateway.proxy.exchange import Backlog, Exchange, Replay, parse_event_id
 from wire_gateway.proxy.http_answer import JSON, SSE_HEADERS
 from wire_gateway.proxy.route import open_upstream
@@ -65,6 +66,8 @@ def progress_token(frame: Frame) -> Any:
 
 
 class LegacySession:
+    tap: Tap | None = None     # frame dumps: set after construction when --dump is on
+
     def __init__(self, server: str, spec: ServerSpec, config: Config, settings: HttpSettings,
                  services: Any = None, upstream_factory: Callable[..., Upstream] | None = None) -> None:
         self.id = new_session_id()
@@ -100,6 +103,10 @@ class LegacySession:
 
     async def post(self, decoded: Frame | Batch, responder: Responder) -> None:
         self.last_active = trio.current_time()
+        if self.tap is not None:
+            for item in decoded.items if isinstance(decoded, Batch) else (decoded,):
+                if isinstance(item, Frame):
+                    self.tap.frame(C2G, item)
         if isinstance(decoded, Batch):
             await self._post_batch(decoded, responder)
         elif decoded.kind is Kind.REQUEST:
@@ -121,9 +128,11 @@ class LegacySession:
     def _open(self, frame: Frame) -> Exchange:
         ex = Exchange(frame.id, self.backlog)
         if frame.id in self.exchanges:
-            ex.push(errors.error_frame(frame.id, errors.INVALID_REQUEST,
-                                       f"Invalid Request: id {frame.id!r} is already in flight in this session"),
-                    final=True)
+            duplicate = errors.error_frame(frame.id, errors.INVALID_REQUEST,
+                                           f"Invalid Request: id {frame.id!r} is already in flight in this session")
+            if self.tap is not None:
+                self.tap.gateway(G2C, duplicate)
+            ex.push(duplicate, final=True)
             return ex
         self.exchanges[frame.id] = ex
         token = progress_token(frame)
@@ -131,6 +140,8 @@ class LegacySession:
             self.progress[token] = ex
         refused = self.upstream.request(frame)
         if refused is not None:
+            if self.tap is not None:
+                self.tap.gateway(G2C, refused)
             ex.push(refused, final=True)
         return ex
 
@@ -244,6 +255,8 @@ class LegacySession:
         for item in batch.items:
             if isinstance(item, Invalid):
                 answers.append(item.error_frame())
+                if self.tap is not None:
+                    self.tap.gateway(G2C, answers[-1])
             elif item.kind is Kind.REQUEST:
                 opened.append((item, self._open(item)))
             else:
@@ -314,6 +327,8 @@ class LegacySession:
     # ---- Sink: server -> client -----------------------------------------------------
 
     def server_frame(self, frame: Frame) -> None:
+        if self.tap is not None:
+            self.tap.frame(G2C, frame)
         kind = frame.kind
         if kind is Kind.RESPONSE or kind is Kind.ERROR:
             ex = self.exchanges.get(frame.id)
@@ -342,6 +357,8 @@ class LegacySession:
     def gateway_reply(self, req_id: Any, data: bytes) -> None:
         ex = self.exchanges.get(req_id)
         if ex is not None:
+            if self.tap is not None:
+                self.tap.gateway(G2C, data)
             ex.push(data, final=True)
 
     def flush(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Config, ServerSpec
+from wire_gateway.dump.writer import C2G, G2C, Tap
 from wire_gateway.proxy.exchange import Backlog, Exchange
 from wire_gateway.proxy.http_answer import answer
 from wire_gateway.proxy.route import open_upstream
@@ -40,6 +41,9 @@ PROBE_TIMEOUT = 10.0
 
 
 class ModernPool:
+    tap: Tap | None = None     # frame dumps: set after construction when --dump is on
+    _probe_ex: Exchange | None = None   # the server/discover probe's exchange: no client sees it
+
     def __init__(self, server: str, spec: ServerSpec, config: Config, keepalive: float = 15.0,
                  services: Any = None, upstream_factory: Callable[..., Upstream] | None = None) -> None:
         self.server = server
@@ -58,6 +62,8 @@ class ModernPool:
     # ---- HTTP side ------------------------------------------------------------------
 
     async def post(self, frame: Frame, responder: Responder) -> None:
+        if self.tap is not None:
+            self.tap.frame(C2G, frame)
         if frame.kind is not Kind.REQUEST:
             # 2026-07-28 defines no client notifications over HTTP; accept and forward them.
             if frame.kind is Kind.NOTIFICATION:
@@ -66,10 +72,13 @@ class ModernPool:
             await responder.send(202, [])
             return
         if not await self._speaks_modern():
-            await responder.send(400, [("content-type", "application/json")], errors.error_frame(
+            refusal = errors.error_frame(
                 frame.id, errors.INVALID_REQUEST,
                 f"server '{self.server}' does not speak the modern era of MCP ({MODERN_VERSIONS[0]}); "
-                "open a legacy session with initialize", {"server": self.server}))
+                "open a legacy session with initialize", {"server": self.server})
+            if self.tap is not None:
+                self.tap.gateway(G2C, refusal)
+            await responder.send(400, [("content-type", "application/json")], refusal)
             return
         gw_id, ex = self._send(frame)
         try:
@@ -87,7 +96,10 @@ class ModernPool:
         refused = self.upstream.request(Frame(raw, Kind.REQUEST, frame.msg, frame.method, gw_id))
         if refused is not None:
             self.by_gw.pop(gw_id, None)
-            ex.push(scan.replace_id(refused, jsonfast.dumps(frame.id)), final=True)
+            refused = scan.replace_id(refused, jsonfast.dumps(frame.id))
+            if self.tap is not None:
+                self.tap.gateway(G2C, refused)
+            ex.push(refused, final=True)
         # Alone: write now (latency). With company: one write for the whole batch (throughput).
         if len(self.by_gw) > 1:
             self.upstream.flush_soon()
@@ -117,8 +129,10 @@ class ModernPool:
         for gw_id in list(self.listens):
             ex = self.by_gw.get(gw_id)
             if ex is not None:
-                ex.push(jsonfast.dumps({"jsonrpc": "2.0", "id": ex.client_id,
-                                        "result": {"resultType": "complete"}}), final=True)
+                done = jsonfast.dumps({"jsonrpc": "2.0", "id": ex.client_id, "result": {"resultType": "complete"}})
+                if self.tap is not None:
+                    self.tap.gateway(G2C, done)
+                ex.push(done, final=True)
 
     def _finish(self, gw_id: int, ex: Exchange) -> None:
         self.by_gw.pop(gw_id, None)
@@ -152,6 +166,7 @@ class ModernPool:
     async def _probe(self) -> str:
         gw_id = next(self._ids)
         ex = Exchange("probe", self.backlog)
+        self._probe_ex = ex
         self.by_gw[gw_id] = ex
         probe = {"jsonrpc": "2.0", "id": gw_id, "method": "server/discover",
                  "params": {"_meta": {META_PROTOCOL_VERSION: MODERN_VERSIONS[0],
@@ -195,7 +210,10 @@ class ModernPool:
                 self._learn_tools(frame.msg.get("result"))
             if kind is Kind.ERROR:
                 status = _STATUS_FOR_CODE.get(frame.msg["error"].get("code"), 200)
-            ex.push(scan.replace_id(frame.raw, jsonfast.dumps(ex.client_id)), final=True, status=status)
+            raw = scan.replace_id(frame.raw, jsonfast.dumps(ex.client_id))
+            if self.tap is not None and ex is not self._probe_ex:
+                self.tap.put(G2C, raw, kind, None, ex.client_id, frame.note)
+            ex.push(raw, final=True, status=status)
             return
         if kind is Kind.NOTIFICATION:
             params = frame.params
@@ -207,10 +225,15 @@ class ModernPool:
                 entry = self.tokens.get(str(params.get("progressToken")))
                 if entry is not None:
                     ex, client_token = entry
-                    ex.push(jsonfast.dumps({**frame.msg, "params": {**params, "progressToken": client_token}}))
+                    raw = jsonfast.dumps({**frame.msg, "params": {**params, "progressToken": client_token}})
+                    if self.tap is not None:
+                        self.tap.put(G2C, raw, kind, frame.method, None, frame.note)
+                    ex.push(raw)
                     return
             live = [ex for ex in self.by_gw.values() if not ex.done]
             if len(live) == 1:
+                if self.tap is not None:
+                    self.tap.frame(G2C, frame)
                 live[0].push(frame.raw)
                 return
             log.debug("server %s: %s has no request to go with; dropped", self.server, frame.method)
@@ -234,12 +257,18 @@ class ModernPool:
             log.debug("server %s: %s for a subscription that has ended; dropped", self.server, frame.method)
             return
         restored = {**params, "_meta": {**meta, META_SUBSCRIPTION_ID: ex.client_id}}
-        ex.push(jsonfast.dumps({**frame.msg, "params": restored}))
+        raw = jsonfast.dumps({**frame.msg, "params": restored})
+        if self.tap is not None:
+            self.tap.put(G2C, raw, frame.kind, frame.method, None, frame.note)
+        ex.push(raw)
 
     def gateway_reply(self, req_id: Any, data: bytes) -> None:
         ex = self.by_gw.get(req_id)
         if ex is not None:
-            ex.push(scan.replace_id(data, jsonfast.dumps(ex.client_id)), final=True)
+            data = scan.replace_id(data, jsonfast.dumps(ex.client_id))
+            if self.tap is not None and ex is not self._probe_ex:
+                self.tap.gateway(G2C, data)
+            ex.push(data, final=True)
 
     def flush(self) -> None:
         """Nothing to do: handlers write as they pull."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from wire_gateway.dump.writer import C2G, G2C, Tap
 from wire_gateway.proxy.batch import BatchCollector
 from wire_gateway.transport.outbuffer import OutBuffer
 from wire_gateway.upstream.supervisor import Upstream
@@ -21,6 +22,8 @@ log = logging.getLogger("wire_gateway.session")
 
 class PassthroughSession:
     """Implements the upstream Sink: server frames land in the client's OutBuffer."""
+
+    tap: Tap | None = None     # frame dumps: set after construction when --dump is on
 
     def __init__(self, client_out: OutBuffer, max_frame_bytes: int) -> None:
         self.client_out = client_out
@@ -35,7 +38,7 @@ class PassthroughSession:
             req_id = scan.recover_id(item.prefix)
             log.warning("client sent a %d-byte frame, over the %d-byte limit; answered with an error",
                         item.size, self.max_frame_bytes)
-            self._to_client(errors.error_frame(
+            self._answer(errors.error_frame(
                 req_id, errors.INVALID_REQUEST,
                 f"Invalid Request: frame of {item.size} bytes exceeds the gateway's limit of "
                 f"{self.max_frame_bytes} bytes (limits.max_frame_bytes)", {"frameBytes": item.size}))
@@ -44,7 +47,7 @@ class PassthroughSession:
         if isinstance(decoded, Frame):
             answer = self._from_client(decoded)
             if answer is not None:
-                self._to_client(answer)
+                self._answer(answer)
         elif isinstance(decoded, Batch):
             self._from_client_batch(decoded)
         else:
@@ -54,6 +57,8 @@ class PassthroughSession:
         """Route one client frame; returns an immediate answer if the gateway must give one."""
         upstream = self.upstream
         assert upstream is not None
+        if self.tap is not None:
+            self.tap.frame(C2G, frame)
         kind = frame.kind
         if kind is Kind.REQUEST:
             return upstream.request(frame)
@@ -70,10 +75,14 @@ class PassthroughSession:
             if isinstance(item, Invalid):
                 log.info("client batch member rejected: %s", item.message)
                 answered.append(item.error_frame())
+                if self.tap is not None:
+                    self.tap.gateway(G2C, answered[-1])
                 continue
             answer = self._from_client(item)
             if answer is not None:
                 answered.append(answer)
+                if self.tap is not None:
+                    self.tap.gateway(G2C, answer)
             elif item.kind is Kind.REQUEST:
                 waiting.append(item.id)
         whole = self.batches.open(waiting, answered)
@@ -83,11 +92,13 @@ class PassthroughSession:
     def _reject(self, bad: Invalid) -> None:
         preview = bad.raw[:120].decode("utf-8", "replace")
         log.warning("client sent an unusable frame (%s): %s", bad.message, preview)
-        self._to_client(bad.error_frame())
+        self._answer(bad.error_frame())
 
     # ---- Sink: upstream -> client -----------------------------------------------------------
 
     def server_frame(self, frame: Frame) -> None:
+        if self.tap is not None:
+            self.tap.frame(G2C, frame)
         if self.batches and frame.kind is not Kind.REQUEST and frame.kind is not Kind.NOTIFICATION \
                 and self.batches.owns(frame.id):
             whole = self.batches.deliver(frame.id, frame.raw)
@@ -97,6 +108,8 @@ class PassthroughSession:
         self._to_client(frame.raw)
 
     def gateway_reply(self, req_id: Any, data: bytes) -> None:
+        if self.tap is not None:
+            self.tap.gateway(G2C, data)
         if self.batches and self.batches.owns(req_id):
             whole = self.batches.deliver(req_id, data)
             if whole is not None:
@@ -109,6 +122,12 @@ class PassthroughSession:
 
     async def wait_writable(self) -> None:
         await self.client_out.wait_writable()
+
+    def _answer(self, data: bytes) -> None:
+        """An answer the gateway gives itself (an error), not one from the server."""
+        if self.tap is not None:
+            self.tap.gateway(G2C, data)
+        self._to_client(data)
 
     def _to_client(self, data: bytes) -> None:
         self.client_out.put_line(data)

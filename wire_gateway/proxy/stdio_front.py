@@ -7,13 +7,15 @@ server is shut down the spec's way and we exit, leaving no process behind.
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 
 import trio
 
 from wire_gateway.config import Config
+from wire_gateway.dump.writer import Dumper
 from wire_gateway.policy.services import Services
-from wire_gateway.proxy.aggregate import Aggregate
+from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
 from wire_gateway.proxy.route import member_factory, open_upstream
 from wire_gateway.proxy.session import PassthroughSession
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
@@ -25,11 +27,20 @@ log = logging.getLogger("wire_gateway.stdio")
 
 
 async def serve_stdio(config: Config, server_name: str | None, streams: StdioStreams,
-                      services: Services | None = None) -> None:
+                      services: Services | None = None, dumper: Dumper | None = None) -> None:
     """`server_name` None: serve the aggregate of all configured servers."""
     front = StdioFront(config, server_name, streams, services)
     try:
-        await front.run()
+        async with trio.open_nursery() as nursery:
+            if dumper is not None:
+                await nursery.start(dumper.run)
+                tap = dumper.tap(secrets.token_hex(4), server_name or AGGREGATE_NAME, "stdio", upstream=front.upstream)
+                front.session.tap = front.upstream.tap = tap
+            try:
+                await front.run()
+            finally:
+                if dumper is not None:
+                    await dumper.aclose()
     finally:
         with trio.CancelScope(shield=True):
             await streams.aclose()   # also puts a terminal back into blocking mode

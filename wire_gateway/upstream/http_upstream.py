@@ -45,6 +45,7 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Limits, ServerSpec
+from wire_gateway.dump.writer import G2S, S2G, Tap
 from wire_gateway.transport.http_client import (
     BadBody,
     HttpClientError,
@@ -92,6 +93,8 @@ class _Inflight:
 
 
 class HttpUpstream:
+    tap: Tap | None = None     # frame dumps: set after construction when --dump is on
+
     def __init__(self, spec: ServerSpec, limits: Limits, sink: Sink) -> None:
         if not spec.url:
             raise ValueError(f"server {spec.name!r} has no url")
@@ -151,6 +154,8 @@ class HttpUpstream:
                                           f"Invalid params: cannot send this request to server '{self.name}' over "
                                           f"HTTP: {exc}", self._data(frame.method))
         note_request(self, frame)
+        if self.tap is not None:
+            self.tap.frame(G2S, frame)
         self.pending.add(frame.id, frame.method or "", None)
         inflight = _Inflight(frame, era, self._oneway_queued)
         self._inflight[frame.id] = inflight
@@ -515,6 +520,8 @@ class HttpUpstream:
         if isinstance(decoded, Frame) and decoded.kind in (Kind.RESPONSE, Kind.ERROR) and decoded.id == replay_id:
             return decoded
         if isinstance(decoded, Frame) and decoded.kind is Kind.NOTIFICATION:
+            if self.tap is not None:
+                self.tap.frame(S2G, decoded)
             self.frames_out += 1
             self.sink.server_frame(decoded)
         return None
@@ -571,6 +578,8 @@ class HttpUpstream:
         return decoded.message
 
     def _on_frame(self, frame: Frame) -> None:
+        if self.tap is not None:
+            self.tap.frame(S2G, frame)
         kind = frame.kind
         if kind is Kind.RESPONSE or kind is Kind.ERROR:
             entry = self.pending.pop(frame.id)
@@ -687,6 +696,8 @@ class HttpUpstream:
         if self._closing and self._nursery is None:
             log.info("server %s: dropped a %s sent after shutdown", self.name, frame.method or "response")
             return
+        if self.tap is not None:
+            self.tap.frame(G2S, frame)
         self._oneway.append((frame, self._era_of_oneway(frame)))
         self._oneway_queued += 1
         self._oneway_wake.set()

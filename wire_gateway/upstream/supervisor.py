@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import trio
 
 from wire_gateway.config import Limits, ServerSpec
+from wire_gateway.dump.writer import G2S, S2G, Tap
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.handshake import Handshake
@@ -78,6 +79,8 @@ def note_request(up: Upstream, frame: Frame) -> None:
 
 
 class SupervisedServer:
+    tap: Tap | None = None     # frame dumps: set after construction when --dump is on
+
     def __init__(self, spec: ServerSpec, limits: Limits, sink: Sink,
                  clock: Callable[[], float] | None = None) -> None:
         self.spec = spec
@@ -121,6 +124,8 @@ class SupervisedServer:
         if refused is not None:
             return refused
         note_request(self, frame)
+        if self.tap is not None:
+            self.tap.frame(G2S, frame)
         if self._out is not None:
             self.pending.add(frame.id, frame.method or "", self._generation)
             self._out.put_line(frame.raw)
@@ -141,12 +146,16 @@ class SupervisedServer:
             params = frame.params
             if isinstance(params, dict):
                 self.pending.pop(params.get("requestId"))
+        if self.tap is not None:
+            self.tap.frame(G2S, frame)
         self._send_other(frame.raw)
 
     def reply(self, frame: Frame) -> None:
         """Take the client's answer to a server->client request (sampling, elicitation, roots)."""
         asked = self._server_requests.pop(frame.id, None)
         if asked is None:
+            if self.tap is not None:
+                self.tap.frame(G2S, frame)
             self._send_other(frame.raw)
             return
         gen, server_id = asked
@@ -154,7 +163,10 @@ class SupervisedServer:
             log.info("server %s: dropping the client's answer to request %r: the process that asked "
                      "(generation %d) has exited", self.name, frame.id, gen)
             return
-        self._send_other(frame.raw if server_id == frame.id else scan.replace_id(frame.raw, jsonfast.dumps(server_id)))
+        raw = frame.raw if server_id == frame.id else scan.replace_id(frame.raw, jsonfast.dumps(server_id))
+        if self.tap is not None:
+            self.tap.put(G2S, raw, frame.kind, None, server_id, frame.note)
+        self._send_other(raw)
 
     def _send_other(self, raw: bytes) -> None:
         self.frames_in += 1
@@ -299,6 +311,8 @@ class SupervisedServer:
             self._replay_done = trio.Event()
             self._replay_ok = False
             init, initialized = self.handshake.replay(self._replay_id)
+            if self.tap is not None:
+                self.tap.gateway(G2S, init)
             out.put_line(init)
             out.flush()
             with trio.move_on_after(self.spec.handshake_timeout):
@@ -309,6 +323,8 @@ class SupervisedServer:
                 await proc.kill()
                 return
             if initialized is not None:
+                if self.tap is not None:
+                    self.tap.gateway(G2S, initialized)
                 out.put_line(initialized)
                 out.flush()
             log.info("server %s: replayed the session's initialize to pid %d", self.name, proc.pid)
@@ -364,6 +380,8 @@ class SupervisedServer:
             self._drop(decoded)
 
     def _on_frame(self, frame: Frame) -> None:
+        if self.tap is not None:
+            self.tap.frame(S2G, frame)
         kind = frame.kind
         if kind is Kind.RESPONSE or kind is Kind.ERROR:
             if self._replay_id is not None and frame.id == self._replay_id:

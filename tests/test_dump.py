@@ -1,0 +1,348 @@
+"""Frame dumps: masking, the writer (drops instead of blocking, rotation, flush on close),
+and the tools (`dump show`, `dump stats`, `dump fixture`) on a small recorded dump."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from gateway import LineClient, write_config
+
+from wire_gateway.dump.fixture import FixtureError, read_fixture
+from wire_gateway.dump.mask import FrameMasker
+from wire_gateway.dump.tools import iter_records, percentile
+from wire_gateway.dump.writer import C2G, G2C, Dumper, DumpSettings
+from wire_gateway.wire.frame import decode
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+SMALL = DATA / "dump-small.jsonl"   # a real stdio session through the gateway, 10 client frames
+ECHO = {"command": sys.executable, "args": ["-m", "wire_gateway.demo.echo"], "cwd": str(ROOT)}
+
+
+def dump_cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wire_gateway", "dump", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=30, **kw)
+
+
+# ---- masking ------------------------------------------------------------------------------
+
+def test_masking_keys_bearer_and_patterns() -> None:
+    m = FrameMasker(["sk-live-[0-9]+"])
+    raw = (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{'
+           b'"Authorization":"Bearer abc.def","nested":[{"X-Api-Key":"k1","client_secret":"s"}],'
+           b'"note":"use Bearer zzz9 or sk-live-42","Password":{"deep":1},"github_token":"g",'
+           b'"accessToken":"a","cookie":"c=1"},"_meta":{"progressToken":"p1"}}}')
+    masked, changed = m.mask_raw(raw)
+    assert changed
+    args = json.loads(masked)["params"]["arguments"]
+    assert args == {"Authorization": "***", "nested": [{"X-Api-Key": "***", "client_secret": "***"}],
+                    "note": "use Bearer *** or ***", "Password": "***", "github_token": "***",
+                    "accessToken": "***", "cookie": "***"}
+    assert json.loads(masked)["params"]["_meta"] == {"progressToken": "p1"}   # not a secret
+
+
+def test_masking_leaves_other_frames_byte_for_byte() -> None:
+    m = FrameMasker()
+    for raw in (b'{"jsonrpc":"2.0","id":1,"result":{"n":123456789012345678901234567890, "x" : 1e400}}',
+                b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":7,"progress":1}}',
+                b'{"jsonrpc":"2.0","id":2,"result":{"text":"line\\nbreak"}}'):
+        assert m.mask_raw(raw) == (raw, False)
+
+
+def test_masking_sees_through_escapes() -> None:
+    masked, changed = FrameMasker().mask_raw(b'{"jsonrpc":"2.0","id":1,"result":{"tok\\u0065n":"hunter2"}}')
+    assert changed and b"hunter2" not in masked and json.loads(masked)["result"] == {"token": "***"}
+
+
+# ---- the writer ---------------------------------------------------------------------------------
+
+FRAME = decode(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}')
+
+
+def test_flood_with_a_tiny_queue_drops_and_counts(tmp_path: Path) -> None:
+    path = tmp_path / "flood.jsonl"
+
+    async def main() -> float:
+        dumper = Dumper(DumpSettings(path=str(path), queue=8))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dumper.run)
+            tap = dumper.tap("s1", "echo", "stdio", era="legacy")
+            start = time.perf_counter()
+            for _ in range(5000):        # no checkpoint: the writer cannot run in between
+                tap.frame(C2G, FRAME)
+            elapsed = time.perf_counter() - start
+            await dumper.aclose()
+        return elapsed
+
+    elapsed = trio.run(main)
+    assert elapsed < 0.5, f"5000 hooks took {elapsed:.3f}s: the hook must not block"
+    records = list(iter_records(path))
+    frames = [r for r in records if "dropped" not in r]
+    drops = [r for r in records if "dropped" in r]
+    assert len(frames) == 8
+    assert [d["dropped"] for d in drops] == [4992] and drops[0]["dropped_total"] == 4992
+
+
+def test_gateway_flood_drops_but_answers_everything(tmp_path: Path) -> None:
+    """A real stdio gateway with a one-frame dump queue: every request is still answered,
+    and written + dropped add up to every frame at every hop."""
+    dump = tmp_path / "dump.jsonl"
+    config = write_config(tmp_path, {"echo": ECHO}, dump={"path": str(dump), "queue": 1})
+    client = LineClient([sys.executable, "-m", "wire_gateway", "stdio", "--config", str(config)],
+                        log_path=tmp_path / "gw.log")
+    n = 300
+    burst = b"".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": "ping"}).encode() + b"\n" for i in range(n))
+    client.proc.stdin.write(burst)
+    client.proc.stdin.flush()
+    ids = {client.recv(timeout=20)["id"] for _ in range(n)}
+    assert ids == set(range(n))
+    client.proc.stdin.close()
+    assert client.proc.wait(20) == 0
+    records = list(iter_records(dump))
+    dropped = sum(r["dropped"] for r in records if "dropped" in r)
+    written = [r for r in records if "dropped" not in r]
+    assert dropped > 0
+    assert len(written) + dropped == 4 * n
+
+
+def test_rotation_keeps_n_backups(tmp_path: Path) -> None:
+    path = tmp_path / "rot.jsonl"
+
+    async def main() -> None:
+        dumper = Dumper(DumpSettings(path=str(path), max_bytes=1500, backups=2))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dumper.run)
+            tap = dumper.tap("s1", "echo", "stdio", era="legacy")
+            for _ in range(12):
+                for _ in range(2):
+                    tap.frame(C2G, FRAME)
+                await trio.sleep(0.05)      # one batch each
+            await dumper.aclose()
+
+    trio.run(main)
+    files = [path, Path(f"{path}.1"), Path(f"{path}.2")]
+    assert all(f.exists() for f in files) and not Path(f"{path}.3").exists()
+    assert all(f.stat().st_size <= 1500 for f in files)
+    monos = [r["mono"] for f in reversed(files) for r in iter_records(f)]
+    assert monos == sorted(monos) and len(monos) < 24    # oldest files gone, order kept
+
+
+def test_close_flushes_everything_queued(tmp_path: Path) -> None:
+    path = tmp_path / "flush.jsonl"
+
+    async def main() -> None:
+        dumper = Dumper(DumpSettings(path=str(path)))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dumper.run)
+            tap = dumper.tap("s1", "echo", "stdio", era="legacy")
+            for _ in range(300):
+                tap.frame(C2G, FRAME)
+            tap.gateway(G2C, b'{"jsonrpc":"2.0","id":1,"error":{"code":-31001,"message":"gone"}}')
+            await dumper.aclose()
+
+    trio.run(main)
+    records = list(iter_records(path))
+    assert len(records) == 301
+    assert records[-1]["policy"] == "gateway" and records[-1]["kind"] == "error" and records[-1]["id"] == 1
+    assert records[-1]["latency_ms"] >= 0
+
+
+# ---- dump show / stats (golden, on a committed recorded dump) ------------------------------------
+
+def test_show_golden() -> None:
+    out = dump_cli("show", str(SMALL.relative_to(ROOT)), "--no-color")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (DATA / "dump-small.show.txt").read_text()
+    lines = out.stdout.splitlines()
+    assert len(lines) == 42 and "\x1b[" not in out.stdout
+    assert sum("C ─▶ G" in line for line in lines) == 10 and sum("C ◀─ G" in line for line in lines) == 11
+
+
+def test_show_filters_and_full() -> None:
+    rel = str(SMALL.relative_to(ROOT))
+    calls = dump_cli("show", rel, "--method", "tools/*").stdout.splitlines()
+    assert len(calls) == 24      # 6 requests (5 calls + 1 list) and their answers, at 4 hops
+    errors = dump_cli("show", rel, "--errors").stdout.splitlines()
+    assert len(errors) == 4 and all("error" in line for line in errors)
+    assert "#6" in errors[0] and "#8" in errors[2]
+    mine = dump_cli("show", rel, "--session", "103e", "--server", "echo").stdout.splitlines()
+    assert len(mine) == 42
+    assert dump_cli("show", rel, "--server", "other").stdout == ""
+    full = dump_cli("show", rel, "--full", "--method", "tools/call").stdout
+    assert '"api_key":"***"' in full and "sk-live" not in full
+
+
+def test_show_colours_on_a_terminal_only() -> None:
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "wire_gateway", "dump", "show", str(SMALL)],
+                                stdout=slave, stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, "TERM": "xterm"})
+        os.close(slave)
+        data = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        assert proc.wait(30) == 0
+    finally:
+        os.close(master)
+    assert b"\x1b[36m" in data and b"\x1b[31m" in data      # directions, and errors in red
+    no_colour = subprocess.run([sys.executable, "-m", "wire_gateway", "dump", "show", str(SMALL), "--no-color"],
+                               capture_output=True, cwd=ROOT, timeout=30)
+    assert b"\x1b[" not in no_colour.stdout
+
+
+def test_stats_golden() -> None:
+    out = dump_cli("stats", str(SMALL.relative_to(ROOT)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (DATA / "dump-small.stats.txt").read_text()
+    data = json.loads(dump_cli("stats", str(SMALL), "--json").stdout)
+    calls = data["methods"]["tools/call"]
+    assert (calls["count"], calls["errors"], calls["bytes_in"], calls["bytes_out"]) == (5, 1, 598, 490)
+    assert calls["latency_ms"]["n"] == 5 and calls["latency_ms"]["max"] == 0.967
+    assert data["methods"]["no/such/method"]["errors"] == 1
+    assert data["methods"]["notifications/initialized"] == {"count": 1, "errors": 0, "bytes_in": 57,
+                                                            "bytes_out": 0, "latency_ms": None}
+    assert data["hops"]["server->gateway"] == {"frames": 11, "bytes": 2716}
+    assert data["sessions"] == 1 and data["dropped"] == 0
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 90), percentile(values, 99)) == (50.0, 90.0, 99.0)
+    assert percentile([3.0], 99) == 3.0
+
+
+# ---- dump fixture --------------------------------------------------------------------------------
+
+def test_fixture_from_dump_reads_back(tmp_path: Path) -> None:
+    out = tmp_path / "fixtures" / "small.jsonl"
+    res = dump_cli("fixture", str(SMALL), "--out", str(out), "--description", "golden session")
+    assert res.returncode == 0, res.stderr
+    header, entries = read_fixture(out)
+    assert (header.name, header.era, header.protocolVersion, header.transport, header.server) == (
+        "small", "legacy", "2025-11-25", "stdio", "echo")
+    assert header.description == "golden session" and header.recorded.endswith("Z")
+    sends = [m for _, d, m in entries if d == "send"]
+    recvs = [m for _, d, m in entries if d == "recv"]
+    assert len(sends) == 10 and len(recvs) == 11
+    assert [m.get("method") for m in sends[:2]] == ["initialize", "notifications/initialized"]
+    assert sends[4]["params"]["arguments"]["api_key"] == "***"      # masked stays masked
+    assert entries[0][0] == 0.0 and [t for t, _, _ in entries] == sorted(t for t, _, _ in entries)
+
+
+def test_fixture_refuses_to_guess_a_session(tmp_path: Path) -> None:
+    two = tmp_path / "two.jsonl"
+    lines = SMALL.read_text().splitlines()
+    other = [json.dumps({**json.loads(line), "session": "ffff0000"}) for line in lines]
+    two.write_text("\n".join(lines + other) + "\n")
+    res = dump_cli("fixture", str(two), "--out", str(tmp_path / "x.jsonl"))
+    assert res.returncode == 1 and not (tmp_path / "x.jsonl").exists()
+    assert "2 sessions" in res.stderr and "103edd04" in res.stderr and "ffff0000" in res.stderr
+    res = dump_cli("fixture", str(two), "--session", "ffff", "--out", str(tmp_path / "x.jsonl"))
+    assert res.returncode == 0, res.stderr
+    assert len(read_fixture(tmp_path / "x.jsonl")[1]) == 21
+
+
+def test_read_fixture_rejects_bad_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"wire_gateway_fixture": 1, "name": "x", "era": "legacy", "protocolVersion": "v", '
+                   '"transport": "stdio", "server": "s", "recorded": "r"}\n{"t": 1, "dir": "send", "msg": {}}\n'
+                   '{"t": 0.5, "dir": "recv", "msg": {}}\n')
+    with pytest.raises(FixtureError, match=":3: t=0.5 goes back in time"):
+        read_fixture(bad)
+
+
+# ---- dump show --follow ------------------------------------------------------------------------------
+
+def test_follow_survives_rotation(tmp_path: Path) -> None:
+    live = tmp_path / "live.jsonl"
+    lines = SMALL.read_text().splitlines(keepends=True)
+    live.write_text("".join(lines[:5]))
+    proc = subprocess.Popen([sys.executable, "-m", "wire_gateway", "dump", "show", str(live), "--follow",
+                             "--no-color"], stdout=subprocess.PIPE, cwd=ROOT)
+    got: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [got.put(line) for line in proc.stdout], daemon=True).start()
+
+    def read(n: int) -> list[bytes]:
+        return [got.get(timeout=10) for _ in range(n)]
+
+    expected_file = tmp_path / "expected.jsonl"
+    expected_file.write_text("".join(lines[:20]))
+    expected = dump_cli("show", str(expected_file), "--no-color").stdout.encode().splitlines(keepends=True)
+    try:
+        seen = read(5)
+        with open(live, "a") as f:
+            f.write("".join(lines[5:10]))
+        seen += read(5)
+        with open(live, "a") as f:          # written just before the rotation: must not be lost
+            f.write(lines[10])
+        os.replace(live, f"{live}.1")
+        live.write_text("".join(lines[11:20]))
+        seen += read(10)
+        assert seen == expected
+        time.sleep(0.5)
+        assert got.empty()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+# ---- the recorded library ----------------------------------------------------------------------------
+
+LIBRARY = ROOT / "fixtures" / "sessions"
+
+
+@pytest.mark.parametrize("name", ["echo-small", "tools-list", "big-result", "mixed"])
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+def test_recorded_library(name: str, era: str) -> None:
+    header, entries = read_fixture(LIBRARY / f"{name}-{era}.jsonl")
+    assert (header.name, header.era, header.server, header.transport) == (f"{name}-{era}", era, "echo", "stdio")
+    assert header.protocolVersion == ("2025-11-25" if era == "legacy" else "2026-07-28")
+    sends = [m for _, d, m in entries if d == "send"]
+    recvs = [m for _, d, m in entries if d == "recv"]
+    if era == "legacy":
+        assert [m.get("method") for m in sends[:2]] == ["initialize", "notifications/initialized"]
+    else:
+        assert all(m["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"
+                   for m in sends if "id" in m)
+    answered = {m["id"] for m in recvs if "id" in m}
+    asked = [m["id"] for m in sends if "id" in m and "method" in m]
+    text = (LIBRARY / f"{name}-{era}.jsonl").read_text()
+    assert "fixture server, pid" not in text         # nothing that differs between runs of the server
+    if name == "mixed":
+        cancelled = [m for m in sends if m.get("method") == "notifications/cancelled"]
+        assert len(cancelled) == 1 and set(asked) - answered == {cancelled[0]["params"]["requestId"]}
+        assert sum(m.get("method") == "notifications/progress" for m in recvs) == 4
+        assert {m["method"] for m in sends if "method" in m} >= {
+            "resources/list", "resources/read", "prompts/list", "prompts/get", "tools/list", "tools/call"}
+    else:
+        assert set(asked) == answered
+    if name == "big-result":
+        big = [m for m in recvs if "result" in m and len(json.dumps(m)) > 1 << 20]
+        assert len(big) == 1 and big[0]["result"]["content"][0]["text"] == "x" * (1 << 20)
+    if name == "tools-list":
+        assert sum(m.get("method") == "tools/list" for m in sends) == 25
+    if name == "echo-small":
+        assert sends[-1]["params"]["arguments"]["api_key"] == "***" and "sk-recorded" not in text
+
+
+@pytest.mark.parametrize("command", ["stdio", "serve"])
+def test_unwritable_dump_path_is_a_plain_error(command: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "wire_gateway", command, "--dump", "/proc/no-such-dir/d.jsonl"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=30, stdin=subprocess.DEVNULL)
+    assert res.returncode == 1
+    assert "cannot write the dump file /proc/no-such-dir/d.jsonl" in res.stderr and "Traceback" not in res.stderr
