@@ -128,7 +128,7 @@ def test_legacy_client_with_a_legacy_only_member_and_its_crash(tmp_path: Path) -
             if cursor is None:
                 break
         assert names[:3] == ["old__pid", "old__ask", "old__changed"] and "echo__echo" in names
-        assert len(names) == 11 and pages == 4
+        assert len(names) == 12 and pages == 4
 
         bad, _ = call(client, 3, "tools/list", {"cursor": "not-ours"})
         assert bad["error"]["code"] == -32602 and "cursor" in bad["error"]["message"]

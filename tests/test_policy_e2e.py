@@ -343,10 +343,14 @@ def test_modern_list_changed_on_a_listen_stream_invalidates_the_cache(tmp_path: 
     from test_http_front import modern, post
 
     log = tmp_path / "echo.log"
-    gw = HttpGateway(tmp_path, {"echo": {**fixture("echo", "--log", str(log)), "cache": {"tools_list_ttl": 300}}})
+    # the server says its list stays fresh for a minute (ttlMs): only list_changed may end that early
+    gw = HttpGateway(tmp_path, {"echo": {**fixture("echo", "--log", str(log), "--ttl-ms", "60000"),
+                                         "cache": {"tools_list_ttl": 300}}})
     try:
-        listed = modern_post(gw, "echo", 1, "tools/list")
-        assert modern_post(gw, "echo", 2, "tools/list")["result"] == listed["result"]
+        listed = modern_post(gw, "echo", 1, "tools/list")["result"]
+        cached = modern_post(gw, "echo", 2, "tools/list")["result"]
+        # a cached answer says how much freshness is left, never more than the server gave
+        assert 0 < cached.pop("ttlMs") <= listed.pop("ttlMs") == 60000 and cached == listed
         assert len(received(log, "tools/list")) == 1
         events: list[dict] = []
         got = threading.Event()

@@ -27,8 +27,8 @@ from wire_gateway.demo import rawmcp
 from wire_gateway.demo.rawmcp import ToolError, need
 
 
-def build(name, log=None):
-    server = rawmcp.Server(name, log)
+def build(name, log=None, ttl_ms=0):
+    server = rawmcp.Server(name, log, ttl_ms=ttl_ms)
     rawmcp.add_echo_and_pid(server)
 
     @server.tool("add", "Return str(a + b).", {"a": "number", "b": "number"})
@@ -96,7 +96,7 @@ def build(name, log=None):
 
 def main():
     opts = rawmcp.arg_parser(__doc__, "echo").parse_args()
-    build(opts.name, opts.log).run()
+    build(opts.name, opts.log, opts.ttl_ms).run()
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ def arg_parser(doc, default_name=None):
     """An argparse parser with the common flags (--name only if default_name)."""
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     parser.add_argument("--log", metavar="PATH", help="append one JSON line per received message")
+    parser.add_argument("--ttl-ms", type=int, default=0, metavar="MS",
+                        help="ttlMs on modern list and read results (default 0: immediately stale)")
     if default_name is not None:
         parser.add_argument("--name", default=default_name, help="serverInfo name")
     return parser
@@ -103,7 +105,7 @@ class Request:
         if self.modern:
             result = {**result, "resultType": "complete"}
             if self.method in CACHEABLE:   # 2026-07-28 requires these on cacheable results (the SDK checks)
-                result = {"ttlMs": 0, "cacheScope": "private", **result}
+                result = {"ttlMs": self.server.ttl_ms, "cacheScope": "private", **result}
         self.server.send({"jsonrpc": "2.0", "id": self.id, "result": result})
 
     def fail(self, code, message, data=None):
@@ -119,8 +121,9 @@ class Tool:
 
 
 class Server:
-    def __init__(self, name, log=None, version="1.0.0"):
+    def __init__(self, name, log=None, version="1.0.0", ttl_ms=0):
         self.name, self.version = name, version
+        self.ttl_ms = ttl_ms   # the cache hint on modern cacheable results
         self.tools = {}
         self.initialized = False
         self.log_file = open(log, "a", encoding="utf-8") if log else None
