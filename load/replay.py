@@ -37,41 +37,16 @@ import subprocess
 import time
 from array import array
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import orjson
 import outcome
 import trio
 
 from load.http_bench import ProtocolError, Response, Url, parse_response, request_head
+from wire_gateway.dump.fixture import read_fixture
 from wire_gateway.wire.era import META_PROTOCOL_VERSION
 from wire_gateway.wire.headers import NAME_SOURCES, HeaderError, encode_header_value, param_headers_for
 from wire_gateway.wire.sse import SSEDecoder
-
-try:
-    from wire_gateway.dump.fixture import FixtureError, read_fixture
-except ImportError:   # feat-dump not merged yet: the same format, read minimally (delete once merged)
-    class FixtureError(ValueError):
-        """A file that is not a fixture we can replay."""
-
-    def read_fixture(path):
-        """Header and (t, dir, msg) entries; the full checks live in wire_gateway.dump.fixture."""
-        with open(path, encoding="utf-8") as f:
-            lines = [line for line in f if line.strip()]
-        if not lines:
-            raise FixtureError(f"{path}: empty file")
-        head = json.loads(lines[0])
-        if not isinstance(head, dict) or head.get("wire_gateway_fixture") != 1 or head.get("era") not in (
-                "legacy", "modern"):
-            raise FixtureError(f"{path}: not a wire-gateway fixture header")
-        entries = []
-        for n, line in enumerate(lines[1:], start=2):
-            obj = json.loads(line)
-            if obj.get("dir") not in ("send", "recv") or not isinstance(obj.get("msg"), dict):
-                raise FixtureError(f"{path}:{n}: expected {{t, dir, msg}}")
-            entries.append((float(obj["t"]), obj["dir"], obj["msg"]))
-        return SimpleNamespace(**{k: head.get(k, "") for k in (
-            "name", "era", "protocolVersion", "transport", "server", "recorded", "description")}), entries
 
 ID_STRIDE = 10 ** 9
 _ID_SENTINEL = 918273645506172839
