@@ -11,6 +11,7 @@ gateway sharing the store (pub/sub).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=4096)   # one per live auth context; the digest runs once per context
 def auth_part(auth: str) -> str:
     return "anon" if not auth else "auth-" + digest(auth)   # never the credential itself
 

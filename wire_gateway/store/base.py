@@ -6,6 +6,7 @@ published to every gateway sharing the store, including the publisher itself.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -28,6 +29,7 @@ class Store(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+@functools.lru_cache(maxsize=4096)   # a handful of versions and tool names recur on every call
 def part(text: str) -> str:
     """One key component: anything a server or client sends is quoted, so ':' cannot forge a prefix."""
     return quote(text, safe="")
