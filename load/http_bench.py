@@ -659,6 +659,17 @@ def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, s
     return _window_workers(url, modern, k, first_id, n, warmup, spin, deadline, pid, workers)
 
 
+def reap_workers(procs: list, pipes: list, grace: float = 5.0) -> None:
+    """End worker processes (joined, killed past `grace`) and close their pipes."""
+    for proc in procs:
+        proc.join(grace)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+    for pipe in pipes:
+        pipe.close()
+
+
 def _sample(pid, driver_first: bool) -> CpuSample:
     if pid is None:
         return CpuSample(0, {}, *sb.driver_clocks())
@@ -775,13 +786,7 @@ def _window_workers(url, modern, k, first_id, n, warmup, spin, deadline, pid, wo
         parts = [receive(pipe, "result") for pipe in pipes]
         after = _sample(pid, driver_first=True)
     finally:
-        for proc in procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
-        for pipe in pipes:
-            pipe.close()
+        reap_workers(procs, pipes)
     bad = Mismatches()
     latencies = array("q")
     for part in parts:

@@ -27,7 +27,7 @@ from array import array
 import trio
 
 from load import replay
-from load.http_bench import Url
+from load.http_bench import Url, reap_workers
 from load.stdio_bench import BenchError, percentile
 
 PERCENTILES = (50, 90, 99)
@@ -117,13 +117,7 @@ def run_once(target: Target, script: replay.Script, concurrency: int, calls: int
     finally:
         if bar:
             bar.stop()
-        for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
-        for pipe in pipes:
-            pipe.close()
+        reap_workers(procs, pipes, grace=10.0)
     stats = replay.Stats()
     stats.start = min(p["start"] for p in parts)
     for part in parts:

@@ -11,20 +11,12 @@ import time
 from pathlib import Path
 
 import httpx
-from gateway import MODERN_META, fixture
+from gateway import fixture
+from test_http_front import ACCEPT, modern
 
 ROOT = Path(__file__).resolve().parent.parent
-ACCEPT = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "agg-http", "version": "1"}}}
-
-
-def modern(req_id, method, params=None, name=None):
-    body = {"jsonrpc": "2.0", "id": req_id, "method": method, "params": {**(params or {}), "_meta": MODERN_META}}
-    headers = {**ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": method}
-    if name is not None:
-        headers["mcp-name"] = name
-    return body, headers
 
 
 def body_of(response: httpx.Response) -> dict:
