@@ -63,6 +63,19 @@ def test_masking_sees_through_escapes() -> None:
     assert changed and b"hunter2" not in masked and json.loads(masked)["result"] == {"token": "***"}
 
 
+def test_escapes_alone_take_the_short_way_but_hide_nothing() -> None:
+    """A backslash sends a frame to the careful path; when resolving its escapes shows no secret
+    word and no configured pattern, it is written as it travelled, without the walk."""
+    m = FrameMasker(["sk-live-[0-9]+"])
+    plain = b'{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"a \\"quoted\\"\\nline\\u00e9"}]}}'
+    assert m.mask_raw(plain) == (plain, False)
+    for raw, secret in [(b'{"id":1,"result":{"text":"\\u0042earer abc123","k":"x\\n"}}', b"abc123"),
+                        (b'{"id":1,"result":{"text":"sk-live-\\u0031234"}}', b"1234"),
+                        (b'{"id":1,"result":{"text":"x\\n","api_key":"zz9"}}', b"zz9")]:
+        masked, changed = m.mask_raw(raw)
+        assert changed and secret not in masked, raw
+
+
 # ---- the writer ---------------------------------------------------------------------------------
 
 FRAME = decode(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}')

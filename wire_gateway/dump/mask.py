@@ -13,6 +13,8 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
+
 from wire_gateway.telemetry.masking import Masker
 from wire_gateway.wire import jsonfast
 
@@ -31,6 +33,12 @@ BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 # and this runs for every dumped frame.
 _PRECHECK = re.compile(rb"auth|token|key|secret|passw|cookie|bearer|basic|\\")
 _WORDS = (b"auth", b"token", b"key", b"secret", b"passw", b"cookie", b"bearer", b"basic", b"\\")
+_PLAIN_WORDS = _WORDS[:-1]   # without the backslash
+
+
+def _has_word(low: bytes) -> bool:
+    """Substring tests in C: far faster than one alternation regex when nothing matches."""
+    return any(word in low for word in _PLAIN_WORDS)
 
 
 class FrameMasker:
@@ -98,10 +106,28 @@ class FrameMasker:
             text = raw.decode("utf-8", "replace")
             masked = self._text_masker(self._mask_text(text))
             return masked.encode("utf-8"), masked != text
+        if self._only_escapes(obj):
+            return raw, False
         masked_obj, changed = self.mask_obj(obj)
         if not changed:
             return raw, False
         return jsonfast.dumps(masked_obj), True
+
+    def _only_escapes(self, obj: Any) -> bool:
+        """True when the pre-check fired only for a backslash and the message, with its escapes
+        resolved, holds nothing the words or the configured patterns could match. Most tool
+        results carry `\\n` or `\\"` in their text; walking each of them costs about twice as much."""
+        if self._text_patterns:
+            return False
+        try:
+            # Escapes resolved (only quote, backslash and control characters stay escaped): every
+            # word the raw bytes hold is here too, and so is every word an escape spelled out.
+            plain = orjson.dumps(obj)
+        except (TypeError, orjson.JSONEncodeError):   # an integer beyond 64 bits: take the long way
+            return False
+        if _has_word(plain.lower()):
+            return False
+        return not any(p.search(plain) for p in self._bytes_patterns)
 
     def mask_obj(self, obj: Any) -> tuple[Any, bool]:
         if isinstance(obj, dict):
