@@ -1,11 +1,13 @@
-"""The data-plane HTTP/1.1 server: trio streams, h11 as the parser, nothing else.
+"""The data-plane HTTP/1.1 server: trio streams, h11 as the parser of record.
 
 Hypercorn's trio worker spends ~550 us of CPU per request, a bare trio + h11 loop
 ~130 us. On the 2-core box trio's primitives are dear (a task spawn ~40 us,
-cancelling a task blocked on a socket ~50 us, a CancelScope ~10 us) and so is h11's
-writer (~40 us a response), so the hot path creates no task or scope per request
-and writes response heads itself; h11 only parses, a fresh parser (~2 us) per
-request taking over what the last one held of pipelined bytes.
+cancelling a task blocked on a socket ~50 us, a CancelScope ~10 us) and so is h11
+(~40 us to write a response, ~60 us to parse a small request), so the hot path
+creates no task or scope per request and writes response heads itself. The usual
+request head (one shape, checked by one regex: see http_head) is parsed without
+h11; every other head, chunked bodies and `Expect: 100-continue` go to a fresh h11
+parser, which accepts or refuses them by the RFC.
 
 - Each connection has two tasks for its whole life: the cycle task (parse, run the
   handler, answer, next request) and a reader, the only one to read the socket. So
@@ -46,6 +48,7 @@ from urllib.parse import unquote, urlsplit
 import h11
 import trio
 
+from .http_head import find_head_end, parse_head
 from .http_limits import HttpLimits
 from .outbuffer import read_some
 
@@ -137,17 +140,17 @@ class Responder:
         else:
             head = conn.response_head(status, headers, len(body))
         self._state = _DONE
-        await self._write(head + body if body and conn.method != b"HEAD" else head)
+        await self._write(head + body if body and conn.method != "HEAD" else head)
 
     async def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
         """The head of a body of unknown length: chunked (close-delimited to HTTP/1.0 clients)."""
         conn = self._begin()
-        if conn.method == b"HEAD" or status in (204, 304):
+        if conn.method == "HEAD" or status in (204, 304):
             head = conn.response_head(status, headers, None)
             self._framing = _NO_BODY
         else:
             head = conn.response_head(status, headers, _CHUNKED)
-            self._framing = _CHUNKED if conn.version == b"1.1" else _UNTIL_CLOSE
+            self._framing = _CHUNKED if conn.version == "1.1" else _UNTIL_CLOSE
         self._state = _STREAMING
         await self._write(head)
 
@@ -246,7 +249,7 @@ class _Refuse(Exception):
 
 
 class _Wakeup:
-    """Where the cycle task parks until the reader has fed h11 (a trio.Event costs more)."""
+    """Where the cycle task parks until the reader has read more (a trio.Event costs more)."""
 
     __slots__ = ("task",)
 
@@ -269,42 +272,28 @@ class _Wakeup:
 
 
 class _Conn:
-    """One client connection: its h11 state, its scope, its deadline, what it is doing."""
+    """One client connection: what it has read, its scope, its deadline, what it is doing."""
 
-    __slots__ = ("server", "stream", "client", "h11", "scope", "phase", "deadline", "timed_out", "eof",
-                 "broken", "method", "version", "keep_alive", "responder", "arrived", "unread", "resume")
+    __slots__ = ("server", "stream", "client", "buf", "scope", "phase", "deadline", "timed_out", "eof",
+                 "broken", "method", "version", "keep_alive", "responder", "arrived", "resume")
 
     def __init__(self, server: HttpServer, stream: trio.abc.Stream, client: tuple[str, int] | None) -> None:
         self.server = server
         self.stream = stream
         self.client = client
-        self.h11 = self._parser()
+        self.buf = bytearray()     # read and not yet parsed: the next request(s), in part or whole
         self.scope = trio.CancelScope()   # cancelled by: timeout, drain while idle, peer gone mid-response
         self.phase = _IDLE
         self.deadline = trio.current_time() + server.limits.header_timeout
         self.timed_out = False
         self.eof = False           # the peer closed or reset
         self.broken = False        # a response was cut short: the connection cannot go on
-        self.method = b""
-        self.version = b"1.1"
+        self.method = ""
+        self.version = "1.1"
         self.keep_alive = True     # this request/response cycle may be followed by another
         self.responder: Responder | None = None   # while a handler runs
-        self.arrived = _Wakeup()   # the reader fed h11
-        self.unread = 0            # bytes fed since the cycle task last ran out
-        self.resume: trio.Event | None = None     # the reader waits here when `unread` is too much
-
-    def _parser(self) -> h11.Connection:
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.server.limits.max_header_bytes)
-
-    def _next_parser(self) -> None:
-        """h11 only parses here, and a new one per request costs ~2 us where driving its
-        writer cost ~40 us; what the old one holds of pipelined requests moves over."""
-        data, closed = self.h11.trailing_data
-        parser = self.h11 = self._parser()
-        if data:
-            parser.receive_data(data)
-        if closed:
-            parser.receive_data(b"")
+        self.arrived = _Wakeup()   # the reader added to `buf` or saw the end
+        self.resume: trio.Event | None = None     # the reader waits here while `buf` is too full
 
     def response_head(self, status: int, headers: list[tuple[str, str]], framing: int | None) -> bytes:
         """Status line and headers; `framing` is a Content-Length, _CHUNKED, or None for no body.
@@ -328,7 +317,7 @@ class _Conn:
         if framing is None:
             pass
         elif framing == _CHUNKED:
-            if self.version == b"1.1":
+            if self.version == "1.1":
                 out.append("transfer-encoding: chunked\r\n")
             else:
                 close = True   # an HTTP/1.0 client reads the body until we close
@@ -369,14 +358,15 @@ class _Conn:
             await self._refuse(refusal)
 
     async def _reader(self) -> None:
-        """The only reader of the socket: feeds h11, wakes the cycle task, spots the peer leaving."""
+        """The only reader of the socket: fills `buf`, wakes the cycle task, spots the peer leaving."""
         stream = self.stream
+        buf = self.buf
         budget = self.server.pipeline_budget
         # Plain TCP: wait for readability, then read once (one scheduler pass and no failed
         # recv per request, unlike receive_some); TLS goes through the stream.
         fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
         while True:
-            if self.unread >= budget:   # a pipelining client is far ahead: wait for the cycle task
+            if len(buf) >= budget:   # a pipelining client is far ahead: wait for the cycle task
                 self.resume = trio.Event()
                 await self.resume.wait()
                 continue
@@ -384,19 +374,17 @@ class _Conn:
                 data = await (read_some(fd, READ_SIZE) if fd is not None else stream.receive_some(READ_SIZE))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
-            self.h11.receive_data(data)   # b"" tells h11 about the EOF
             if not data:
                 self.eof = True
                 if self.responder is not None:
                     self.responder._peer_gone()
                 self.arrived.notify()
                 return
-            self.unread += len(data)
+            buf += data
             self.arrived.notify()
 
     async def _more(self) -> None:
-        """Wait until the reader has given h11 more bytes (h11 said NEED_DATA)."""
-        self.unread = 0
+        """Wait until the reader has added to `buf` (or seen the end: check `eof` first)."""
         if self.resume is not None:
             self.resume.set()
             self.resume = None
@@ -420,32 +408,74 @@ class _Conn:
             await self._respond(request)
             if self.eof or self.broken or not self.keep_alive or self.server.draining:
                 return None
-            self._next_parser()
 
     async def _read_request(self, fresh: bool) -> Request | None:
+        """The next request, whole; None if the client left between requests.
+
+        The usual head is parsed by http_head (a few us); any other goes to h11 (~60 us).
+        """
         limits = self.server.limits
-        conn = self.h11
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            if conn.trailing_data[0]:   # part of a pipelined request is here already
+        buf = self.buf
+        ends = find_head_end(buf)
+        if ends is None:
+            if buf:   # part of a pipelined request is here already
                 self.phase = _HEAD
                 self.deadline = trio.current_time() + limits.header_timeout
             else:   # a fresh connection gets header_timeout to say anything at all
                 self.phase = _IDLE
                 self.deadline = trio.current_time() + (limits.header_timeout if fresh else limits.idle_timeout)
-            await self._more()
-            event = conn.next_event()
-            while event is h11.NEED_DATA:
-                if self.phase == _IDLE:
+            while ends is None:
+                if len(buf) > limits.max_header_bytes:
+                    raise _Refuse(431, "request head too large")
+                if self.eof:
+                    if buf:   # the client left halfway through a head: h11 says what was wrong
+                        return await self._read_request_h11()
+                    return None
+                await self._more()
+                if self.phase == _IDLE and buf:
                     self.phase = _HEAD
                     self.deadline = trio.current_time() + limits.header_timeout
+                ends = find_head_end(buf)
+        head_stop, body_start = ends
+        if head_stop > limits.max_header_bytes:
+            raise _Refuse(431, "request head too large")
+        head = parse_head(buf[:head_stop].decode("latin-1"))
+        if head is None:
+            return await self._read_request_h11()
+        self.phase = _BODY
+        self.method = head.method
+        self.version = head.version
+        self.keep_alive = head.version == "1.1" and not head.close
+        length = head.length
+        if length > limits.max_body_bytes:
+            raise _Refuse(413, f"body larger than {limits.max_body_bytes} bytes")
+        stop = body_start + length
+        if len(buf) < stop:
+            self.deadline = trio.current_time() + limits.body_timeout
+            while len(buf) < stop:
+                if self.eof:
+                    return None   # gone mid-body: nobody to answer
                 await self._more()
-                event = conn.next_event()
+        body = bytes(buf[body_start:stop]) if length else b""
+        del buf[:stop]
+        return _request(head.method, head.target, head.headers, body, self.client)
+
+    async def _read_request_h11(self) -> Request | None:
+        """h11 parses a head that http_head declined (and reads its body): it accepts
+        what the RFC allows and refuses the rest with the right status."""
+        limits = self.server.limits
+        buf = self.buf
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        await self._feed(conn, wait=False)
+        event = conn.next_event()
+        while event is h11.NEED_DATA:
+            await self._feed(conn)
+            event = conn.next_event()
         if type(event) is not h11.Request:
             return None   # ConnectionClosed: the client left between requests
         self.phase = _BODY
-        self.method = event.method
-        self.version = event.http_version
+        self.method = event.method.decode("ascii")
+        self.version = event.http_version.decode("ascii")
         self.keep_alive = event.http_version == b"1.1"   # as h11: no keep-alive for HTTP/1.0
         size = len(event.target)
         headers = []
@@ -467,18 +497,23 @@ class _Conn:
             raise _Refuse(400, "both Content-Length and Transfer-Encoding")
         if length is not None and length > limits.max_body_bytes:
             raise _Refuse(413, f"body larger than {limits.max_body_bytes} bytes")
-        body = await self._read_body()
-        target = event.target.decode("latin-1")
-        if target.startswith("/"):
-            path = target.partition("?")[0]
-        else:   # absolute-form, or "*"
-            path = urlsplit(target).path if "://" in target else target
-        if "%" in path:
-            path = unquote(path)
-        return Request(event.method.decode("ascii"), target, path, headers, body, self.client)
+        body = await self._read_body_h11(conn)
+        data, closed = conn.trailing_data   # what follows (pipelined requests) goes back to `buf`
+        buf[:0] = data
+        return _request(self.method, event.target.decode("latin-1"), headers, body, self.client)
 
-    async def _read_body(self) -> bytes:
-        conn = self.h11
+    async def _feed(self, conn: h11.Connection, wait: bool = True) -> None:
+        """Give h11 what the reader has read, waiting for more first if `wait`."""
+        buf = self.buf
+        if wait and not buf and not self.eof:
+            await self._more()
+        if buf:
+            conn.receive_data(bytes(buf))
+            buf.clear()
+        if self.eof:
+            conn.receive_data(b"")   # h11 ends with ConnectionClosed or an error, never NEED_DATA
+
+    async def _read_body_h11(self, conn: h11.Connection) -> bytes:
         limits = self.server.limits
         limit = limits.max_body_bytes
         parts = []
@@ -501,7 +536,7 @@ class _Conn:
                 if conn.they_are_waiting_for_100_continue and not continued:
                     continued = True
                     await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                await self._more()
+                await self._feed(conn)
             else:
                 raise h11.RemoteProtocolError(f"unexpected {kind.__name__} in a request body")
         if not parts:
@@ -677,6 +712,17 @@ class HttpServer:
         finally:
             self._conns.discard(conn)
             await trio.aclose_forcefully(conn.stream)
+
+
+def _request(method: str, target: str, headers: list[tuple[str, str]], body: bytes,
+             client: tuple[str, int] | None) -> Request:
+    if target.startswith("/"):
+        path = target.partition("?")[0]
+    else:   # absolute-form, or "*"
+        path = urlsplit(target).path if "://" in target else target
+    if "%" in path:
+        path = unquote(path)
+    return Request(method, target, path, headers, body, client)
 
 
 def _only_client_gone(exc: BaseException) -> bool:
