@@ -24,10 +24,12 @@ from dataclasses import dataclass
 __all__ = ["Head", "find_head_end", "parse_head"]
 
 _TOKEN = r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
-_VALUE_CHAR = r"[\x21-\x7e\x80-\xff]"   # h11 allows more (control characters): those go to h11
-_HEADER = rf"{_TOKEN}:[ \t]*(?:{_VALUE_CHAR}+(?:[ \t]+{_VALUE_CHAR}+)*)?[ \t]*"
+# A value of printable characters, spaces and tabs: h11 reads any such as OWS value OWS.
+# (h11 also takes control characters other than NUL, CR, LF: those heads go to h11.)
+_VALUE = r"[\t\x20-\x7e\x80-\xff]*"
 # The whole head (without its final blank line) as one latin-1 string.
-_HEAD = re.compile(rf"({_TOKEN}) (/[\x21-\x7e]*) HTTP/1\.([01])(?:\r\n{_HEADER})*")
+_HEAD = re.compile(rf"({_TOKEN}) (/[\x21-\x7e]*) HTTP/1\.([01])(?:\r\n{_TOKEN}:{_VALUE})*")
+_FIELDS = re.compile(r"\r\n([^:]+):[ \t]*([^\r]*)")   # on a head _HEAD has matched
 _LENGTH = re.compile(r"[0-9]{1,18}")
 _BLANK_LINE = re.compile(rb"\n\r?\n")    # where h11 ends a head
 
@@ -58,27 +60,26 @@ def parse_head(text: str) -> Head | None:
     match = _HEAD.fullmatch(text)
     if match is None:
         return None
+    headers = [(name.lower(), value.rstrip(" \t")) for name, value in _FIELDS.findall(text)]
+    names = [name for name, _ in headers]
+    if "transfer-encoding" in names or "expect" in names:
+        return None
     version = "1.1" if match.group(3) == "1" else "1.0"
-    lines = text.split("\r\n")
-    headers = []
-    hosts = 0
-    length = None
-    close = False
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        name = name.lower()
-        value = value.strip(" \t")
-        if name == "content-length":
-            if length is not None or not _LENGTH.fullmatch(value):
-                return None
-            length = int(value)
-        elif name == "host":
-            hosts += 1
-        elif name == "transfer-encoding" or name == "expect":
-            return None
-        elif name == "connection" and "close" in [t.strip(" \t") for t in value.lower().split(",")]:
-            close = True
-        headers.append((name, value))
+    hosts = names.count("host")
     if hosts > 1 or (hosts == 0 and version == "1.1"):
         return None
-    return Head(match.group(1), match.group(2), version, headers, length or 0, close)
+    length = 0
+    lengths = names.count("content-length")
+    if lengths:
+        if lengths > 1:
+            return None
+        value = headers[names.index("content-length")][1]
+        if not _LENGTH.fullmatch(value):
+            return None
+        length = int(value)
+    close = False
+    if "connection" in names:
+        for name, value in headers:
+            if name == "connection" and "close" in [t.strip(" \t") for t in value.lower().split(",")]:
+                close = True
+    return Head(match.group(1), match.group(2), version, headers, length, close)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import re
 import socket
 import ssl
@@ -200,15 +201,15 @@ class Responder:
                 raise ClientGone("client disconnected")
             return
         self._writing = True
-        stream = self._conn.stream
+        conn = self._conn
         try:
-            await stream.send_all(data)
+            await conn.send_all(data)
             while self._queue:
                 data = b"".join(self._queue)
                 self._queue.clear()
                 self._queued = 0
                 self._wake()
-                await stream.send_all(data)
+                await conn.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._peer_gone()
             raise ClientGone("client disconnected") from exc
@@ -274,12 +275,14 @@ class _Wakeup:
 class _Conn:
     """One client connection: what it has read, its scope, its deadline, what it is doing."""
 
-    __slots__ = ("server", "stream", "client", "buf", "scope", "phase", "deadline", "timed_out", "eof",
+    __slots__ = ("server", "stream", "fd", "client", "buf", "scope", "phase", "deadline", "timed_out", "eof",
                  "broken", "method", "version", "keep_alive", "responder", "arrived", "resume")
 
     def __init__(self, server: HttpServer, stream: trio.abc.Stream, client: tuple[str, int] | None) -> None:
         self.server = server
         self.stream = stream
+        # Plain TCP is read and written on its fd directly (TLS goes through the stream).
+        self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
         self.client = client
         self.buf = bytearray()     # read and not yet parsed: the next request(s), in part or whole
         self.scope = trio.CancelScope()   # cancelled by: timeout, drain while idle, peer gone mid-response
@@ -363,8 +366,8 @@ class _Conn:
         buf = self.buf
         budget = self.server.pipeline_budget
         # Plain TCP: wait for readability, then read once (one scheduler pass and no failed
-        # recv per request, unlike receive_some); TLS goes through the stream.
-        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        # recv per request, unlike receive_some).
+        fd = self.fd
         while True:
             if len(buf) >= budget:   # a pipelining client is far ahead: wait for the cycle task
                 self.resume = trio.Event()
@@ -382,6 +385,32 @@ class _Conn:
                 return
             buf += data
             self.arrived.notify()
+
+    async def send_all(self, data: bytes) -> None:
+        """Write all of `data`. On plain TCP straight to the socket: a response that fits the
+        send buffer (nearly all) costs one write and no scheduler pass, where
+        SocketStream.send_all always yields once (~15 us a response here)."""
+        fd = self.fd
+        if fd is None:
+            await self.stream.send_all(data)
+            return
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:   # reset, broken pipe, closed
+            raise trio.BrokenResourceError(f"send failed: {exc}") from exc
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        while view:
+            await trio.lowlevel.wait_writable(fd)
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"send failed: {exc}") from exc
 
     async def _more(self) -> None:
         """Wait until the reader has added to `buf` (or seen the end: check `eof` first)."""
