@@ -451,6 +451,44 @@ async def test_client_disconnect_mid_stream_cancels_the_handler_promptly():
             assert record["at"] - left < 0.5
 
 
+async def test_client_disconnect_during_a_slow_json_handler_cancels_it():
+    """No stream started: the timekeeper notices the handler is slow and has the
+    connection watched, so the client leaving still cancels the handler."""
+    record = {}
+    done = trio.Event()
+
+    async def handler(req, resp):
+        if req.path == "/quick":
+            await resp.send(200, [], b"ok")
+            return
+        try:
+            await trio.sleep_forever()
+        finally:
+            record["at"] = trio.current_time()
+            record["disconnected"] = resp.disconnected.is_set()
+            done.set()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            server = HttpServer(handler)
+            port = await nursery.start(server.serve, "127.0.0.1", 0)
+            c = await Client.connect(port)
+            for _ in range(3):
+                await c.request("GET", "/quick")
+                assert (await c.response()).body == b"ok"
+            (conn,) = server._conns
+            assert not conn.watched, "quick requests need no reader task"
+            await c.request("GET", "/slow")
+            await trio.sleep(0.3)
+            assert conn.watched
+            left = trio.current_time()
+            await c.aclose()
+            await done.wait()
+            assert record["disconnected"]
+            assert record["at"] - left < 0.5
+            nursery.cancel_scope.cancel()
+
+
 async def test_send_after_disconnect_raises_client_gone():
     outcome = {}
     done = trio.Event()
