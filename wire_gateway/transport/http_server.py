@@ -115,10 +115,11 @@ class Responder:
     frame) or shield itself. Concurrent senders are fine: they are written in call order.
     """
 
-    __slots__ = ("disconnected", "_conn", "_state", "_framing", "_gone", "_queue", "_queued", "_writing", "_progress")
+    __slots__ = ("_disconnected", "_conn", "_state", "_framing", "_gone", "_queue", "_queued", "_writing",
+                 "_progress")
 
     def __init__(self, conn: _Conn) -> None:
-        self.disconnected = trio.Event()   # set as soon as the peer goes away, even mid-stream
+        self._disconnected: trio.Event | None = None   # made when asked for: most responses never are
         self._conn = conn
         self._state = _NEW
         self._framing = _NO_BODY
@@ -127,6 +128,15 @@ class Responder:
         self._queued = 0
         self._writing = False
         self._progress: trio.Event | None = None
+
+    @property
+    def disconnected(self) -> trio.Event:
+        """Set as soon as the peer goes away, even mid-stream."""
+        if self._disconnected is None:
+            self._disconnected = trio.Event()
+            if self._gone and self._conn.eof:
+                self._disconnected.set()
+        return self._disconnected
 
     @property
     def started(self) -> bool:
@@ -240,7 +250,8 @@ class Responder:
         self._gone = True
         self._queue.clear()
         self._queued = 0
-        self.disconnected.set()
+        if self._disconnected is not None:
+            self._disconnected.set()
         if self._state != _DONE or self._writing:
             self._conn.scope.cancel()
         self._wake()
@@ -279,6 +290,29 @@ class _Wakeup:
             trio.lowlevel.reschedule(task)
 
 
+_HEADS: dict[tuple, tuple[str, bool]] = {}   # (status, *headers) -> (head lines, says close)
+_HEADS_MAX = 512     # the same few heads recur; per-session ones (mcp-session-id) stop being kept
+
+
+def _head_lines(status: int, headers: list[tuple[str, str]]) -> tuple[str, bool]:
+    """The status line and the caller's headers (framing ones dropped), checked; and
+    whether they say Connection: close."""
+    if not 200 <= status <= 999:
+        raise ValueError(f"status {status} is not a final status")
+    said_close = False
+    out = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n"]
+    for name, value in headers:
+        low = name.lower()
+        if low in _FRAMING:
+            continue
+        if not _is_token(name) or _bad_value(value):
+            raise ValueError(f"invalid response header {name!r}: {value!r}")
+        if low == "connection" and "close" in [t.strip() for t in value.lower().split(",")]:
+            said_close = True
+        out.append(f"{name}: {value}\r\n")
+    return "".join(out), said_close
+
+
 class _Conn:
     """One client connection: what it has read, its scope, its deadline, what it is doing."""
 
@@ -315,35 +349,32 @@ class _Conn:
 
         Raises ValueError for a header that could split the response; nothing is sent then.
         """
-        if not 200 <= status <= 999:
-            raise ValueError(f"status {status} is not a final status")
-        close = not self.keep_alive or self.server.draining
-        said_close = False
-        out = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n"]
-        for name, value in headers:
-            low = name.lower()
-            if low in _FRAMING:
-                continue
-            if not _is_token(name) or _bad_value(value):
-                raise ValueError(f"invalid response header {name!r}: {value!r}")
-            if low == "connection" and "close" in [t.strip() for t in value.lower().split(",")]:
-                close = said_close = True
-            out.append(f"{name}: {value}\r\n")
+        key = (status, *headers)
+        try:
+            cached = _HEADS.get(key)
+        except TypeError:   # a header given as a list: fine, just not kept
+            cached = key = None
+        if cached is None:
+            cached = _head_lines(status, headers)
+            if key is not None and len(_HEADS) < _HEADS_MAX:
+                _HEADS[key] = cached
+        lines, close = cached
+        close = close or not self.keep_alive or self.server.draining
         if framing is None:
-            pass
+            tail = ""
         elif framing == _CHUNKED:
             if self.version == "1.1":
-                out.append("transfer-encoding: chunked\r\n")
+                tail = "transfer-encoding: chunked\r\n"
             else:
+                tail = ""
                 close = True   # an HTTP/1.0 client reads the body until we close
         else:
-            out.append(f"content-length: {framing}\r\n")
+            tail = f"content-length: {framing}\r\n"
         if close:
             self.keep_alive = False
-            if not said_close:
-                out.append("connection: close\r\n")
-        out.append("\r\n")
-        return "".join(out).encode("latin-1")
+            if not cached[1]:
+                tail += "connection: close\r\n"
+        return (lines + tail + "\r\n").encode("latin-1")
 
     def expire(self) -> None:
         self.deadline = _INF
