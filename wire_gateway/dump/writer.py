@@ -1,7 +1,7 @@
 """Frame dumps: one JSON line per frame at each hop, written off the hot path.
 
-A hook (`Tap.frame` / `Tap.put`) only stamps the time and appends a tuple to a
-bounded list; it never encodes, masks or writes, and never waits. When the list is
+A hook (`Tap.frame` / `Tap.put`) only reads the monotonic clock and appends a tuple
+to a bounded list; it never encodes, masks or writes, and never waits. When the list is
 full the frame is counted as dropped instead (a `{"dropped": N}` record says so
 later): a dump must never slow or block the proxy. One writer task (`Dumper.run`,
 in the top-level nursery of serve/stdio) lets frames collect for 50 ms, masks and
@@ -45,9 +45,12 @@ CHUNK = 32                   # frames encoded between two checkpoints of the wri
 # A response at one hop is timed from its request at the same hop pair.
 _ASKED_AT = {G2C: C2G, C2G: G2C, S2G: G2S, G2S: S2G}
 _MAX_OPEN_REQUESTS = 100_000
-_REQUEST, _RESPONSE, _ERROR = Kind.REQUEST, Kind.RESPONSE, Kind.ERROR
-# Per record: Enum .value is a slow descriptor and an Enum key hashes in Python, so by _value_.
-_KIND_NAME = {k._value_: k._value_.encode() for k in Kind}
+_REQUEST, _RESPONSE, _ERROR, _NOTIFICATION = Kind.REQUEST, Kind.RESPONSE, Kind.ERROR, Kind.NOTIFICATION
+_monotonic = time.monotonic
+# One record; the `%s` after mono is the tap's head (",session .. dir, kind":"), then the kind.
+_RECORD = b'{"ts":"%s.%06dZ","mono":%.6f%s%s","method":%s,"id":%s,"bytes":%d,"policy":%s,%s%s}\n'
+_RECORD_LATENCY = (b'{"ts":"%s.%06dZ","mono":%.6f%s%s","method":%s,"id":%s,"bytes":%d,"latency_ms":%.3f,'
+                   b'"policy":%s,%s%s}\n')
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,13 @@ class DumpSettings:
 
 
 class Tap:
-    """One hook site's context (session, server, transport, era) and its way into the queue."""
+    """One hook site's context (session, server, transport, era) and its way into the queue.
 
-    __slots__ = ("dumper", "session", "server", "transport", "era", "upstream")
+    The hook runs on the proxy's hot path: one clock read (the monotonic one; the writer derives
+    the wall-clock time from it), one tuple, one append to the dumper's queue, which the tap
+    holds itself (the writer empties that list in place, it never replaces it)."""
+
+    __slots__ = ("dumper", "session", "server", "transport", "era", "upstream", "queue", "limit", "heads")
 
     def __init__(self, dumper: Dumper, session: str, server: str, transport: str,
                  era: str | None = None, upstream: Any = None) -> None:
@@ -72,6 +79,10 @@ class Tap:
         self.transport = transport
         self.era = era               # fixed era, or None to read `upstream.era` when written
         self.upstream = upstream
+        self.queue = dumper.queue
+        self.limit = dumper.limit
+        # The record's fixed middle (session .. dir), by direction (fixed era) or (era, direction).
+        self.heads: dict[Any, bytes] = {}
 
     def for_server(self, server: str, upstream: Any) -> "Tap":
         """The same session seen at one of its servers (the aggregate's members): that server's
@@ -79,23 +90,37 @@ class Tap:
         return Tap(self.dumper, self.session, server, self.transport, None, upstream)
 
     def frame(self, direction: str, frame: Frame, policy: str | None = None) -> None:
-        self.put(direction, frame.raw, frame.kind, frame.method, frame.id, policy or frame.note)
+        queue = self.queue
+        if len(queue) < self.limit:
+            queue.append((_monotonic(), self, direction, frame.raw, frame.kind, frame.method, frame.id,
+                          policy or frame.note))
+            if self.dumper.idle:
+                self.dumper.wake_up()
+        else:
+            self.dumper.dropped += 1
 
     def put(self, direction: str, raw: bytes, kind: Kind | None = None, method: str | None = None,
             msg_id: Any = None, policy: str | None = None) -> None:
         """kind None: the writer decodes `raw` to find kind, method and id (gateway replies)."""
-        d = self.dumper
-        if len(d.queue) >= d.limit:
-            d.dropped += 1
-            return
-        d.queue.append((time.time(), time.monotonic(), self, direction, raw, kind, method, msg_id, policy))
-        if d.idle:
-            d.idle = False
-            d.wake.set()
+        queue = self.queue
+        if len(queue) < self.limit:
+            queue.append((_monotonic(), self, direction, raw, kind, method, msg_id, policy))
+            if self.dumper.idle:
+                self.dumper.wake_up()
+        else:
+            self.dumper.dropped += 1
 
     def gateway(self, direction: str, raw: bytes) -> None:
         """A frame the gateway wrote itself (an error answer, a replayed handshake)."""
         self.put(direction, raw, None, None, None, GATEWAY)
+
+    def head(self, key: Any, era: str | None, direction: str) -> bytes:
+        heads = self.heads
+        if len(heads) > 64:          # eras come and go only with a dynamic era: a handful at most
+            heads.clear()
+        head = heads[key] = b',"session":%s,"server":%s,"transport":%s,"era":%s,"dir":%s,"kind":"' % (
+            _json(self.session), _json(self.server), _json(self.transport), _json(era), _json(direction))
+        return head
 
 
 class Dumper:
@@ -107,17 +132,16 @@ class Dumper:
         self.dropped = 0
         self.dropped_total = 0
         self.written = 0
-        self.cpu_seconds = 0.0           # the writer's own CPU (masking, encoding, writing)
+        self.cpu_seconds = 0.0           # the writer's time masking and encoding (no checkpoint in there)
         self.idle = True
         self.wake = trio.Event()
         self.masker = FrameMasker(settings.mask_patterns)
         self._closing = False
         self._asked: dict[tuple, float] = {}     # (tap, direction, id) of a request -> when it passed
-        self._heads: dict[tuple, bytes] = {}     # (tap, era, direction) -> the record's fixed middle
         self._last_raw: bytes | None = None
+        self._last_frame: tuple[bytes, bytes] = (b"", b"")
         self._sec = -1                   # the whole second whose RFC 3339 text is in _sec_text
         self._sec_text = b""
-        self._last_frame = b""
         self._file: Any = None
         self._size = 0
         self.finished = trio.Event()     # set once the writer has written everything and closed
@@ -126,6 +150,11 @@ class Dumper:
     def tap(self, session: str, server: str, transport: str, era: str | None = None,
             upstream: Any = None) -> Tap:
         return Tap(self, session, server, transport, era, upstream)
+
+    def wake_up(self) -> None:
+        """The first frame after the writer went idle."""
+        self.idle = False
+        self.wake.set()
 
     # ---- the writer task -------------------------------------------------------------------
 
@@ -143,7 +172,8 @@ class Dumper:
                     self.wake = trio.Event()
                     if not self._closing:
                         await trio.sleep(BATCH_WINDOW)
-                batch, self.queue = self.queue, []
+                batch = self.queue.copy()   # emptied in place: the taps hold this list
+                self.queue.clear()
                 dropped, self.dropped = self.dropped, 0
                 if not batch and not dropped:
                     continue
@@ -158,7 +188,8 @@ class Dumper:
                 await trio.to_thread.run_sync(self._write, b"".join(chunks))
         finally:
             # Cancelled or closed: write the rest synchronously, then close the file.
-            rest, self._pending, self.queue = self._pending + self.queue, [], []
+            rest, self._pending = self._pending + self.queue, []
+            self.queue.clear()
             dropped, self.dropped = self.dropped, 0
             if rest or dropped:
                 self._write(self._encode(rest) + self._dropped_record(dropped))
@@ -166,7 +197,7 @@ class Dumper:
             if self._file is not None:
                 self._file.close()
                 self._file = None
-            log.info("dump %s: %d frames written, %d dropped; %.1f us CPU per frame to mask and encode",
+            log.info("dump %s: %d frames written, %d dropped; %.1f us per frame to mask and encode",
                      self.path, self.written, self.dropped_total, 1e6 * self.cpu_seconds / max(1, self.written))
             self.finished.set()
 
@@ -189,13 +220,106 @@ class Dumper:
         self._size = self._file.tell()
 
     def _encode(self, batch: list[tuple]) -> bytes:
-        """Mask and encode frames (in the trio thread: see docs/dumps.md for why)."""
+        """Mask and encode frames (in the trio thread: see docs/dumps.md for why).
+
+        This runs for every frame, so it is one loop with everything in locals, and it builds no
+        dict and formats no record on its own: each record adds its format (with or without
+        `latency_ms`) and its values to two lists, and a single `bytes %` formats the lot
+        (key order is fixed: see docs/dumps.md)."""
         if not batch:
             return b""
-        started = time.thread_time()
-        suspects = self.masker.suspects([item[4] for item in batch])
-        data = b"\n".join([self._record(item, n in suspects) for n, item in enumerate(batch)]) + b"\n"
-        self.cpu_seconds += time.thread_time() - started
+        started = time.perf_counter()   # no checkpoint in here: wall time is this task's CPU time
+        masker = self.masker
+        suspects = masker.suspects([item[3] for item in batch])
+        # The hooks read only the monotonic clock; the wall-clock time is derived from it, with the
+        # offset between the two clocks read once per chunk. `second_at` is the monotonic time at
+        # which the wall-clock second `sec` (RFC 3339 text in `sec_text`) began.
+        offset = time.time() - _monotonic()
+        sec, sec_text = self._sec, self._sec_text
+        second_at = sec - offset
+        asked = self._asked
+        if len(asked) >= _MAX_OPEN_REQUESTS:   # unanswered requests pile up: forget them all
+            asked.clear()
+        last_raw, last_frame = self._last_raw, self._last_frame
+        fmts: list[bytes] = []
+        args: list[Any] = []
+        n = -1
+        for mono, tap, direction, raw, kind, method, msg_id, policy in batch:
+            n += 1
+            suspect = n in suspects
+            if kind is None:          # a frame the gateway wrote: decode it; mask it the careful way
+                suspect = True
+                decoded = decode(raw)
+                if isinstance(decoded, Frame):
+                    kind, method, msg_id = decoded.kind, decoded.method, decoded.id
+            frac = mono - second_at
+            if frac >= 1.0 or frac < 0.0:
+                sec = int(mono + offset)
+                sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
+                second_at = sec - offset
+                frac = mono - second_at
+                if not 0.0 <= frac < 1.0:     # rounding at the very edge of a second
+                    frac = 0.0 if frac < 0.0 else 0.999999
+            era = tap.era
+            if era is None:
+                era = getattr(tap.upstream, "era", None)
+                key: Any = (era, direction)
+            else:
+                key = direction
+            head = tap.heads.get(key)
+            if head is None:
+                head = tap.head(key, era, direction)
+            if msg_id is None:
+                id_json = b"null"
+            else:
+                try:
+                    id_json = orjson.dumps(msg_id)
+                except (TypeError, orjson.JSONEncodeError):   # an id beyond 64 bits
+                    id_json = jsonfast.dumps(msg_id)
+            start = None
+            if kind is _REQUEST:
+                kind_name = b"request"
+                if msg_id is not None:
+                    asked[(tap, direction, msg_id)] = mono
+            elif kind is _RESPONSE:
+                kind_name = b"response"
+                if msg_id is not None:
+                    start = asked.pop((tap, _ASKED_AT[direction], msg_id), None)
+            elif kind is _NOTIFICATION:
+                kind_name = b"notification"
+            elif kind is _ERROR:
+                kind_name = b"error"
+                if msg_id is not None:
+                    start = asked.pop((tap, _ASKED_AT[direction], msg_id), None)
+            else:
+                kind_name = b"invalid"
+            if raw is last_raw:      # the same bytes at the next hop (passthrough): encoded already
+                frame_key, frame_json = last_frame
+            else:
+                masked = masker.mask_raw(raw)[0] if suspect else raw
+                try:
+                    frame_key, frame_json = b'"frame":', orjson.dumps(masked.decode("utf-8"))
+                except UnicodeDecodeError:
+                    frame_key, frame_json = b'"frame_b64":', b'"' + base64.b64encode(masked) + b'"'
+                last_raw, last_frame = raw, (frame_key, frame_json)
+            method_json = _METHODS.get(method)
+            if method_json is None:
+                method_json = _json(method)
+                if len(_METHODS) < 1000:
+                    _METHODS[method] = method_json
+            if start is None:
+                fmts.append(_RECORD)
+                args += (sec_text, frac * 1e6, mono, head, kind_name, method_json, id_json, len(raw),
+                         b"null" if policy is None else _json(policy), frame_key, frame_json)
+            else:
+                fmts.append(_RECORD_LATENCY)
+                args += (sec_text, frac * 1e6, mono, head, kind_name, method_json, id_json, len(raw),
+                         (mono - start) * 1000, b"null" if policy is None else _json(policy),
+                         frame_key, frame_json)
+        self._last_raw, self._last_frame = last_raw, last_frame
+        self._sec, self._sec_text = sec, sec_text
+        data = b"".join(fmts) % tuple(args)
+        self.cpu_seconds += time.perf_counter() - started
         return data
 
     def _dropped_record(self, dropped: int) -> bytes:
@@ -223,61 +347,6 @@ class Dumper:
             os.replace(self.path, f"{self.path}.1")
         self._file = open(self.path, "wb", buffering=0)
         self._size = 0
-
-    def _record(self, item: tuple, suspect: bool = True) -> bytes:
-        """One JSON line, assembled from pre-encoded pieces: this runs for every frame, so it
-        avoids building a dict per record (key order is fixed: see docs/dumps.md)."""
-        wall, mono, tap, direction, raw, kind, method, msg_id, policy = item
-        if kind is None:
-            decoded = decode(raw)
-            if isinstance(decoded, Frame):
-                kind, method, msg_id = decoded.kind, decoded.method, decoded.id
-        era = tap.era if tap.era is not None else getattr(tap.upstream, "era", None)
-        key = (tap, era, direction)
-        head = self._heads.get(key)
-        if head is None:
-            if len(self._heads) > 10_000:
-                self._heads.clear()
-            head = self._heads[key] = b'"session":%s,"server":%s,"transport":%s,"era":%s,"dir":%s' % (
-                _json(tap.session), _json(tap.server), _json(tap.transport), _json(era), _json(direction))
-        latency = b""
-        if msg_id is None:
-            id_json = b"null"
-        else:
-            try:
-                id_json = orjson.dumps(msg_id)
-            except (TypeError, orjson.JSONEncodeError):   # an id beyond 64 bits
-                id_json = jsonfast.dumps(msg_id)
-            if kind is _REQUEST:
-                asked = self._asked
-                if len(asked) >= _MAX_OPEN_REQUESTS:   # unanswered requests pile up: forget them all
-                    asked.clear()
-                asked[(tap, direction, msg_id)] = mono
-            elif kind is _RESPONSE or kind is _ERROR:
-                start = self._asked.pop((tap, _ASKED_AT[direction], msg_id), None)
-                if start is not None:
-                    latency = b',"latency_ms":%.3f' % ((mono - start) * 1000)
-        if raw is self._last_raw:      # the same bytes at the next hop (passthrough): encoded already
-            frame = self._last_frame
-        else:
-            masked = self.masker.mask_raw(raw)[0] if suspect else raw
-            try:
-                frame = b'"frame":' + orjson.dumps(masked.decode("utf-8"))
-            except UnicodeDecodeError:
-                frame = b'"frame_b64":"' + base64.b64encode(masked) + b'"'
-            self._last_raw, self._last_frame = raw, frame
-        method_json = _METHODS.get(method)
-        if method_json is None:
-            method_json = _json(method)
-            if len(_METHODS) < 1000:
-                _METHODS[method] = method_json
-        sec = int(wall)
-        if sec != self._sec:
-            self._sec, self._sec_text = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
-        return b'{"ts":"%s.%06dZ","mono":%.6f,%s,"kind":"%s","method":%s,"id":%s,"bytes":%d%s,"policy":%s,%s}' % (
-            self._sec_text, int((wall - sec) * 1e6), mono, head,
-            _KIND_NAME[kind._value_] if kind is not None else b"invalid", method_json, id_json, len(raw), latency,
-            b"null" if policy is None else _json(policy), frame)
 
 
 _METHODS: dict[Any, bytes] = {None: b"null"}   # method name -> its JSON (a handful of names recur)
