@@ -21,7 +21,7 @@ from gateway import LineClient, write_config
 from wire_gateway.dump.fixture import FixtureError, read_fixture
 from wire_gateway.dump.mask import FrameMasker
 from wire_gateway.dump.tools import iter_records, percentile
-from wire_gateway.dump.writer import C2G, G2C, Dumper, DumpSettings
+from wire_gateway.dump.writer import C2G, G2C, UNWRITTEN_BATCHES, Dumper, DumpSettings
 from wire_gateway.wire.frame import decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,6 +233,67 @@ def test_gateway_flood_drops_but_answers_everything(tmp_path: Path) -> None:
     written = [r for r in records if "dropped" not in r]
     assert dropped > 0
     assert len(written) + dropped == 4 * n
+
+
+def test_a_slow_disk_costs_frames_not_the_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes taking 0.2 s each: the writing thread falls behind, the writer task waits for it,
+    frames pile up and are dropped and counted; the hooks never wait; close writes the rest."""
+    path = tmp_path / "slow.jsonl"
+    real_write = Dumper._write
+
+    def slow_write(self: Dumper, data: bytes) -> None:
+        time.sleep(0.2)
+        real_write(self, data)
+
+    monkeypatch.setattr(Dumper, "_write", slow_write)
+
+    async def main() -> tuple[float, int, int]:
+        dumper = Dumper(DumpSettings(path=str(path), queue=50))
+        hooked, slowest = 0, 0.0
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dumper.run)
+            tap = dumper.tap("s1", "echo", "stdio", era="legacy")
+            end = trio.current_time() + 1.5
+            while trio.current_time() < end:
+                for _ in range(20):
+                    start = time.perf_counter()
+                    tap.frame(C2G, FRAME)
+                    slowest = max(slowest, time.perf_counter() - start)
+                    hooked += 1
+                await trio.sleep(0.005)
+            await dumper.aclose()
+        return slowest, hooked, dumper.batches
+
+    slowest, hooked, batches = trio.run(main)
+    assert slowest < 0.05
+    # One batch per 50 ms would be 30; the writer waited for the disk (0.2 s a write, 4 queued).
+    assert batches <= 1.5 / 0.2 + UNWRITTEN_BATCHES + 2
+    records = list(iter_records(path))
+    written = [r for r in records if "dropped" not in r]
+    dropped = sum(r["dropped"] for r in records if "dropped" in r)
+    assert dropped > 0 and len(written) + dropped == hooked
+
+
+def test_a_failing_disk_ends_the_writer_with_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_write(self: Dumper, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Dumper, "_write", failing_write)
+
+    async def main() -> None:
+        dumper = Dumper(DumpSettings(path=str(tmp_path / "full.jsonl")))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dumper.run)
+            tap = dumper.tap("s1", "echo", "stdio", era="legacy")
+            for _ in range(3):
+                tap.frame(C2G, FRAME)
+                await trio.sleep(0.2)
+            await trio.sleep_forever()
+
+    with pytest.raises(BaseException) as info:
+        trio.run(main)
+    assert "No space left" in repr(info.value) or any(
+        "No space left" in repr(e) for e in getattr(info.value, "exceptions", ()))
 
 
 def test_rotation_keeps_n_backups(tmp_path: Path) -> None:

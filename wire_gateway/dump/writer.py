@@ -16,6 +16,8 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,7 +42,9 @@ GATEWAY = "gateway"          # policy of a frame the gateway wrote itself (an er
 # After a wake-up the writer lets frames collect this long before it takes them: one thread
 # hand-off per batch instead of per frame (a hand-off costs far more than a record).
 BATCH_WINDOW = 0.05
-CHUNK = 32                   # frames encoded between two checkpoints of the writer task
+CHUNK = 64                   # frames encoded between two checkpoints of the writer task
+UNWRITTEN_BATCHES = 4        # batches handed to the writing thread and not written yet, at most
+CLOSE_TIMEOUT = 10.0         # on close, how long the last frames may take to reach the disk
 
 # A response at one hop is timed from its request at the same hop pair.
 _ASKED_AT = {G2C: C2G, C2G: G2C, S2G: G2S, G2S: S2G}
@@ -132,6 +136,7 @@ class Dumper:
         self.dropped = 0
         self.dropped_total = 0
         self.written = 0
+        self.batches = 0
         self.cpu_seconds = 0.0           # the writer's time masking and encoding (no checkpoint in there)
         self.idle = True
         self.wake = trio.Event()
@@ -144,6 +149,12 @@ class Dumper:
         self._sec_text = b""
         self._file: Any = None
         self._size = 0
+        # The writing thread: batches in `_outbox` (None: close the file and stop); `_room` counts
+        # the batches it may still be handed before the writer task waits for it (a slow disk).
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._room = threading.Semaphore(UNWRITTEN_BATCHES)
+        self._thread: threading.Thread | None = None
+        self._write_error: BaseException | None = None
         self.finished = trio.Event()     # set once the writer has written everything and closed
         self._pending: list[tuple] = []  # the batch being encoded/written (written on cancellation)
 
@@ -161,7 +172,10 @@ class Dumper:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drain the queue until close(); whatever is queued at the end is written too."""
         self._open()
+        self._thread = threading.Thread(target=self._write_loop, name="wire-gateway dump writer", daemon=True)
+        self._thread.start()
         task_status.started()
+        taken = trio.current_time()      # when the last batch was taken
         try:
             while True:
                 if not self.queue and not self.dropped:
@@ -170,14 +184,19 @@ class Dumper:
                     self.idle = True
                     await self.wake.wait()
                     self.wake = trio.Event()
-                    if not self._closing:
-                        await trio.sleep(BATCH_WINDOW)
+                    taken = trio.current_time()   # a full window from the first frame
+                # One batch per window, under steady traffic too: taking what piled up while the
+                # last one was written (a few calls' worth) made a thread hand-off every few ms.
+                if not self._closing:
+                    await trio.sleep_until(taken + BATCH_WINDOW)
+                taken = trio.current_time()
                 batch = self.queue.copy()   # emptied in place: the taps hold this list
                 self.queue.clear()
                 dropped, self.dropped = self.dropped, 0
                 if not batch and not dropped:
                     continue
                 self._pending = batch
+                self.batches += 1
                 chunks = []
                 for start in range(0, len(batch), CHUNK):
                     chunks.append(self._encode(batch[start:start + CHUNK]))
@@ -185,20 +204,24 @@ class Dumper:
                 chunks.append(self._dropped_record(dropped))
                 self._pending = []           # from here on the write happens, cancelled or not
                 self.written += len(batch)
-                await trio.to_thread.run_sync(self._write, b"".join(chunks))
+                await self._hand_over(b"".join(chunks))
         finally:
-            # Cancelled or closed: write the rest synchronously, then close the file.
+            # Cancelled or closed: hand over the rest, then wait (bounded) for the thread to write
+            # everything and close the file.
             rest, self._pending = self._pending + self.queue, []
             self.queue.clear()
             dropped, self.dropped = self.dropped, 0
             if rest or dropped:
-                self._write(self._encode(rest) + self._dropped_record(dropped))
+                self._outbox.put(self._encode(rest) + self._dropped_record(dropped))
                 self.written += len(rest)
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-            log.info("dump %s: %d frames written, %d dropped; %.1f us per frame to mask and encode",
-                     self.path, self.written, self.dropped_total, 1e6 * self.cpu_seconds / max(1, self.written))
+            self._outbox.put(None)
+            self._thread.join(CLOSE_TIMEOUT)
+            if self._thread.is_alive():
+                log.warning("dump %s: the disk has not taken the last frames in %.0f s; giving up on them",
+                            self.path, CLOSE_TIMEOUT)
+            log.info("dump %s: %d frames written in %d batches, %d dropped; %.1f us per frame to mask and encode",
+                     self.path, self.written, self.batches, self.dropped_total,
+                     1e6 * self.cpu_seconds / max(1, self.written))
             self.finished.set()
 
     def close(self) -> None:
@@ -206,13 +229,45 @@ class Dumper:
         self._closing = True
         self.wake.set()
 
-    async def aclose(self, timeout: float = 10.0) -> None:
+    async def aclose(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """close() and wait (bounded, shielded) until the file is complete."""
         self.close()
         with trio.CancelScope(shield=True), trio.move_on_after(timeout):
             await self.finished.wait()
 
-    # ---- mask and encode (trio thread, in chunks), rotate and write (worker thread) -----------
+    # ---- mask and encode (trio thread, in chunks), rotate and write (writing thread) ----------
+
+    async def _hand_over(self, data: bytes) -> None:
+        """Queue a batch's bytes for the writing thread. No thread hand-off round trip (a
+        `trio.to_thread` call per batch cost hundreds of us of CPU): the thread just takes it.
+        Only when the disk is so slow that UNWRITTEN_BATCHES batches wait does the writer task
+        wait too (meanwhile frames collect in the queue, then are dropped and counted)."""
+        try:
+            while self._write_error is None and not self._room.acquire(blocking=False):
+                await trio.sleep(BATCH_WINDOW / 5)
+        finally:
+            self._outbox.put(data)     # cancelled or not: written before the file is closed
+        if self._write_error is not None:
+            raise self._write_error
+
+    def _write_loop(self) -> None:
+        """The writing thread: write (rotating as needed) until told to stop, then close the file."""
+        try:
+            while True:
+                data = self._outbox.get()
+                if data is None:
+                    break
+                try:
+                    if self._write_error is None:
+                        self._write(data)
+                except BaseException as exc:   # the writer task raises it at its next batch
+                    self._write_error = exc
+                finally:
+                    self._room.release()
+        finally:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
