@@ -19,6 +19,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +52,11 @@ _ASKED_AT = {G2C: C2G, C2G: G2C, S2G: G2S, G2S: S2G}
 _MAX_OPEN_REQUESTS = 100_000
 _REQUEST, _RESPONSE, _ERROR, _NOTIFICATION = Kind.REQUEST, Kind.RESPONSE, Kind.ERROR, Kind.NOTIFICATION
 _monotonic = time.monotonic
-# One record; the `%s` after mono is the tap's head (",session .. dir, kind":"), then the kind.
-_RECORD = b'{"ts":"%s.%06dZ","mono":%.6f%s%s","method":%s,"id":%s,"bytes":%d,"policy":%s,%s%s}\n'
-_RECORD_LATENCY = (b'{"ts":"%s.%06dZ","mono":%.6f%s%s","method":%s,"id":%s,"bytes":%d,"latency_ms":%.3f,'
-                   b'"policy":%s,%s%s}\n')
+# One record: after mono, the tap's head (,"session" .. "kind"); after bytes, `,"latency_ms":..` or
+# nothing; after "policy":, the policy and the frame's key, then the frame.
+_RECORD = b'{"ts":"%s.%06dZ","mono":%.6f%s,"method":%s,"id":%s,"bytes":%d%s,"policy":%s%s}\n'
+_FORMATS: dict[int, bytes] = {}       # _RECORD times n, for a chunk of n records
+_KINDS = ("request", "notification", "response", "error", "invalid")   # the heads' order
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,8 @@ class Tap:
     the wall-clock time from it), one tuple, one append to the dumper's queue, which the tap
     holds itself (the writer empties that list in place, it never replaces it)."""
 
-    __slots__ = ("dumper", "session", "server", "transport", "era", "upstream", "queue", "limit", "heads")
+    __slots__ = ("dumper", "session", "server", "transport", "era", "upstream", "queue", "limit", "heads",
+                 "heads_era", "__weakref__")
 
     def __init__(self, dumper: Dumper, session: str, server: str, transport: str,
                  era: str | None = None, upstream: Any = None) -> None:
@@ -85,8 +88,12 @@ class Tap:
         self.upstream = upstream
         self.queue = dumper.queue
         self.limit = dumper.limit
-        # The record's fixed middle (session .. dir), by direction (fixed era) or (era, direction).
-        self.heads: dict[Any, bytes] = {}
+        # The record's fixed middle, from "session" to "kind", by direction then kind (_KINDS).
+        self.heads: dict[str, tuple[bytes, ...]] = {}
+        self.heads_era: str | None = None
+        self._make_heads(era)
+        if era is None:
+            dumper.dynamic_taps.add(self)
 
     def for_server(self, server: str, upstream: Any) -> "Tap":
         """The same session seen at one of its servers (the aggregate's members): that server's
@@ -118,13 +125,21 @@ class Tap:
         """A frame the gateway wrote itself (an error answer, a replayed handshake)."""
         self.put(direction, raw, None, None, None, GATEWAY)
 
-    def head(self, key: Any, era: str | None, direction: str) -> bytes:
-        heads = self.heads
-        if len(heads) > 64:          # eras come and go only with a dynamic era: a handful at most
-            heads.clear()
-        head = heads[key] = b',"session":%s,"server":%s,"transport":%s,"era":%s,"dir":%s,"kind":"' % (
-            _json(self.session), _json(self.server), _json(self.transport), _json(era), _json(direction))
-        return head
+    def sync_era(self) -> None:
+        """A tap without a fixed era: the heads follow its upstream's era (once per chunk)."""
+        era = getattr(self.upstream, "era", None)
+        if era != self.heads_era:
+            self._make_heads(era)
+
+    def _make_heads(self, era: str | None) -> None:
+        self.heads_era = era
+        self.heads = {direction: self._heads_for(direction) for direction in DIRECTIONS}
+
+    def _heads_for(self, direction: str) -> tuple[bytes, ...]:
+        head = b',"session":%s,"server":%s,"transport":%s,"era":%s,"dir":%s,"kind":' % (
+            _json(self.session), _json(self.server), _json(self.transport), _json(self.heads_era),
+            _json(direction))
+        return tuple(head + _json(kind) for kind in _KINDS)
 
 
 class Dumper:
@@ -133,6 +148,7 @@ class Dumper:
         self.path = Path(settings.path)
         self.limit = max(1, settings.queue)
         self.queue: list[tuple] = []
+        self.dynamic_taps: weakref.WeakSet[Tap] = weakref.WeakSet()   # taps whose era is not fixed
         self.dropped = 0
         self.dropped_total = 0
         self.written = 0
@@ -144,7 +160,7 @@ class Dumper:
         self._closing = False
         self._asked: dict[tuple, float] = {}     # (tap, direction, id) of a request -> when it passed
         self._last_raw: bytes | None = None
-        self._last_frame: tuple[bytes, bytes] = (b"", b"")
+        self._last_frame: tuple[bool, bytes] = (True, b"")
         self._sec = -1                   # the whole second whose RFC 3339 text is in _sec_text
         self._sec_text = b""
         self._file: Any = None
@@ -277,15 +293,16 @@ class Dumper:
     def _encode(self, batch: list[tuple]) -> bytes:
         """Mask and encode frames (in the trio thread: see docs/dumps.md for why).
 
-        This runs for every frame, so it is one loop with everything in locals, and it builds no
-        dict and formats no record on its own: each record adds its format (with or without
-        `latency_ms`) and its values to two lists, and a single `bytes %` formats the lot
-        (key order is fixed: see docs/dumps.md)."""
+        This runs for every frame, so it is one loop with everything in locals; it builds no
+        dict and formats no record on its own: each record adds its ten values to one list, and a
+        single `bytes %` formats the lot (key order is fixed: see docs/dumps.md)."""
         if not batch:
             return b""
         started = time.perf_counter()   # no checkpoint in here: wall time is this task's CPU time
         masker = self.masker
         suspects = masker.suspects([item[3] for item in batch])
+        for tap in self.dynamic_taps:
+            tap.sync_era()
         # The hooks read only the monotonic clock; the wall-clock time is derived from it, with the
         # offset between the two clocks read once per chunk. `second_at` is the monotonic time at
         # which the wall-clock second `sec` (RFC 3339 text in `sec_text`) began.
@@ -296,11 +313,8 @@ class Dumper:
         if len(asked) >= _MAX_OPEN_REQUESTS:   # unanswered requests pile up: forget them all
             asked.clear()
         last_raw, last_frame = self._last_raw, self._last_frame
-        fmts: list[bytes] = []
         args: list[Any] = []
-        n = -1
-        for mono, tap, direction, raw, kind, method, msg_id, policy in batch:
-            n += 1
+        for n, (mono, tap, direction, raw, kind, method, msg_id, policy) in enumerate(batch):
             suspect = n in suspects
             if kind is None:          # a frame the gateway wrote: decode it; mask it the careful way
                 suspect = True
@@ -315,15 +329,10 @@ class Dumper:
                 frac = mono - second_at
                 if not 0.0 <= frac < 1.0:     # rounding at the very edge of a second
                     frac = 0.0 if frac < 0.0 else 0.999999
-            era = tap.era
-            if era is None:
-                era = getattr(tap.upstream, "era", None)
-                key: Any = (era, direction)
-            else:
-                key = direction
-            head = tap.heads.get(key)
-            if head is None:
-                head = tap.head(key, era, direction)
+            try:
+                heads = tap.heads[direction]
+            except KeyError:          # not one of the four hops: made once, kept
+                heads = tap.heads[direction] = tap._heads_for(direction)
             if msg_id is None:
                 id_json = b"null"
             else:
@@ -331,49 +340,50 @@ class Dumper:
                     id_json = orjson.dumps(msg_id)
                 except (TypeError, orjson.JSONEncodeError):   # an id beyond 64 bits
                     id_json = jsonfast.dumps(msg_id)
-            start = None
+            latency = b""
             if kind is _REQUEST:
-                kind_name = b"request"
+                head = heads[0]
                 if msg_id is not None:
                     asked[(tap, direction, msg_id)] = mono
             elif kind is _RESPONSE:
-                kind_name = b"response"
+                head = heads[2]
                 if msg_id is not None:
                     start = asked.pop((tap, _ASKED_AT[direction], msg_id), None)
+                    if start is not None:
+                        latency = b',"latency_ms":%.3f' % ((mono - start) * 1000)
             elif kind is _NOTIFICATION:
-                kind_name = b"notification"
+                head = heads[1]
             elif kind is _ERROR:
-                kind_name = b"error"
+                head = heads[3]
                 if msg_id is not None:
                     start = asked.pop((tap, _ASKED_AT[direction], msg_id), None)
+                    if start is not None:
+                        latency = b',"latency_ms":%.3f' % ((mono - start) * 1000)
             else:
-                kind_name = b"invalid"
+                head = heads[4]
             if raw is last_raw:      # the same bytes at the next hop (passthrough): encoded already
-                frame_key, frame_json = last_frame
+                text, frame_json = last_frame
             else:
                 masked = masker.mask_raw(raw)[0] if suspect else raw
                 try:
-                    frame_key, frame_json = b'"frame":', orjson.dumps(masked.decode("utf-8"))
+                    text, frame_json = True, orjson.dumps(masked.decode("utf-8"))
                 except UnicodeDecodeError:
-                    frame_key, frame_json = b'"frame_b64":', b'"' + base64.b64encode(masked) + b'"'
-                last_raw, last_frame = raw, (frame_key, frame_json)
+                    text, frame_json = False, b'"' + base64.b64encode(masked) + b'"'
+                last_raw, last_frame = raw, (text, frame_json)
+            if policy is None and text:
+                tail = b'null,"frame":'
+            else:
+                tail = (b"null" if policy is None else _json(policy)) + (b',"frame":' if text else b',"frame_b64":')
             method_json = _METHODS.get(method)
             if method_json is None:
-                method_json = _json(method)
-                if len(_METHODS) < 1000:
-                    _METHODS[method] = method_json
-            if start is None:
-                fmts.append(_RECORD)
-                args += (sec_text, frac * 1e6, mono, head, kind_name, method_json, id_json, len(raw),
-                         b"null" if policy is None else _json(policy), frame_key, frame_json)
-            else:
-                fmts.append(_RECORD_LATENCY)
-                args += (sec_text, frac * 1e6, mono, head, kind_name, method_json, id_json, len(raw),
-                         (mono - start) * 1000, b"null" if policy is None else _json(policy),
-                         frame_key, frame_json)
+                method_json = _method_json(method)
+            args += (sec_text, frac * 1e6, mono, head, method_json, id_json, len(raw), latency, tail, frame_json)
         self._last_raw, self._last_frame = last_raw, last_frame
         self._sec, self._sec_text = sec, sec_text
-        data = b"".join(fmts) % tuple(args)
+        fmt = _FORMATS.get(len(batch))
+        if fmt is None:
+            fmt = _FORMATS[len(batch)] = _RECORD * len(batch)
+        data = fmt % tuple(args)
         self.cpu_seconds += time.perf_counter() - started
         return data
 
@@ -405,6 +415,13 @@ class Dumper:
 
 
 _METHODS: dict[Any, bytes] = {None: b"null"}   # method name -> its JSON (a handful of names recur)
+
+
+def _method_json(method: Any) -> bytes:
+    encoded = _json(method)
+    if len(_METHODS) < 1000:
+        _METHODS[method] = encoded
+    return encoded
 
 
 def _json(value: Any) -> bytes:
