@@ -157,7 +157,8 @@ def test_the_batch_test_agrees_with_the_full_walk_on_random_frames() -> None:
              "password", "passwd", "cookie", "set-cookie", "authorization", "x-authorization", "progressToken",
              "keys", "tokens", "name", "text", "b", "Bearer", "basic", "auth", "monkey", "api_\u212aey",
              "pa\u017fsword", "cook\u0131e", "caf\u00e9", "sk-live-99", "Bearer x", "Basic\u00a0y", "\u00e9t\u00e9",
-             "idtoken", "SessionToken", "client-secret", "clientSecret", "apiKey", "my_cookie", "x_passwd", "\u0131dtoken"]
+             "idtoken", "SessionToken", "client-secret", "clientSecret", "apiKey", "my_cookie", "x_passwd",
+             "\u0131dtoken"]
     cases = [str.lower, str.upper, str.title, str.swapcase, lambda w: w]
 
     def value(depth: int) -> object:

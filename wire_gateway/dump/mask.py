@@ -3,8 +3,9 @@
 Masking works on the parsed message, not on the text: a key-based rule must see keys
 as JSON sees them (escapes, nesting), and the frame must stay valid JSON so the
 dump tools and fixtures can read it. Only frames that might hold something to mask
-are parsed and re-serialised (`might_hold_secret` is a cheap test on the raw bytes);
-every other frame is dumped as the exact bytes that travelled.
+are parsed and re-serialised (`FrameMasker.suspects` is a cheap test on a batch of JSON
+frames, `might_hold_secret` a broader one on any bytes); every other frame is dumped as
+the exact bytes that travelled.
 """
 from __future__ import annotations
 

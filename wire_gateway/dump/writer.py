@@ -4,11 +4,12 @@ A hook (`Tap.frame` / `Tap.put`) only reads the monotonic clock and appends a tu
 to a bounded list; it never encodes, masks or writes, and never waits. When the list is
 full the frame is counted as dropped instead (a `{"dropped": N}` record says so
 later): a dump must never slow or block the proxy. One writer task (`Dumper.run`,
-in the top-level nursery of serve/stdio) lets frames collect for 50 ms, masks and
-encodes them in chunks with a checkpoint after each (so the proxy runs in between),
-and hands the bytes to a worker thread, which rotates and writes them; while it
-works, the next batch collects. Encoding in the worker thread instead was measured
-at about twice the CPU per frame (the GIL makes the two threads take turns anyway).
+in the top-level nursery of serve/stdio) takes one batch per 50 ms window, masks and
+encodes it in chunks with a checkpoint after each (so the proxy runs in between),
+and queues the bytes for a long-lived writing thread, which rotates and writes them;
+while it works, the next batch collects. Encoding in a worker thread instead was measured
+at about twice the CPU per frame (the GIL makes the two threads take turns anyway), and a
+`trio.to_thread` round trip per batch at hundreds of microseconds of CPU.
 With dumps off, a hook costs one `is not None`.
 """
 from __future__ import annotations
@@ -395,7 +396,7 @@ class Dumper:
                              "dropped": dropped, "dropped_total": self.dropped_total}) + b"\n"
 
     def _write(self, data: bytes) -> None:
-        """Rotate if needed and write (in a worker thread: a slow disk must not stall the proxy)."""
+        """Rotate if needed and write (in the writing thread: a slow disk must not stall the proxy)."""
         if self._size and self._size + len(data) > self.settings.max_bytes:
             self._rotate()
         self._file.write(data)
