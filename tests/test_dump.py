@@ -2,10 +2,12 @@
 and the tools (`dump show`, `dump stats`, `dump fixture`) on a small recorded dump."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pty
 import queue
+import random
 import subprocess
 import sys
 import threading
@@ -19,7 +21,7 @@ from gateway import LineClient, write_config
 from wire_gateway.dump.fixture import FixtureError, read_fixture
 from wire_gateway.dump.mask import FrameMasker
 from wire_gateway.dump.tools import iter_records, percentile
-from wire_gateway.dump.writer import C2G, G2C, Dumper, DumpSettings
+from wire_gateway.dump.writer import C2G, G2C, UNWRITTEN_BATCHES, Dumper, DumpSettings
 from wire_gateway.wire.frame import decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +78,113 @@ def test_escapes_alone_take_the_short_way_but_hide_nothing() -> None:
         assert changed and secret not in masked, raw
 
 
+# A frame with something to mask, in odd places: key names in any case, with prefixes, spelled with
+# escapes or with non-ASCII letters that case-insensitive matching folds to ASCII (KELVIN SIGN,
+# LONG S, dotless i), pretty-printed, in arrays, credentials after any whitespace, configured patterns.
+SECRET_FRAMES = [
+    b'{"jsonrpc":"2.0","id":1,"result":{"token":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"a":[{"b":[{"TOKEN":"s1"}]}]}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"X-API-KEY":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"apikey":7}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"Api-Key":{"deep":"s1"}}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"Proxy-Authorization":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"client_secret":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"SECRET":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"PassWord":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"my-passwd":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"Set-Cookie":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"refresh_token":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"accessToken":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"tok\\u0065n":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"api_k\\u0065y":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"\\u0070assword":"s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"x\\"y_token":"s1"}}',
+    '{"jsonrpc":"2.0","id":1,"result":{"api_\u212aey":"s1"}}'.encode(),
+    '{"jsonrpc":"2.0","id":1,"result":{"pa\u017f\u017fword":"s1"}}'.encode(),
+    '{"jsonrpc":"2.0","id":1,"result":{"cook\u0131e":"s1"}}'.encode(),
+    '{"jsonrpc":"2.0","id":1,"result":{"AUTHORIZAT\u0130ON":"s1"}}'.encode(),
+    b'{ "jsonrpc" : "2.0" , "id" : 1 , "result" : { "token" : "s1" } }',
+    b'{\n  "jsonrpc": "2.0",\n  "id": 1,\n  "result": {\n    "Authorization": "s1"\n  }\n}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"text":"Bearer s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"text":"use BASIC s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"text":"bearer\\ts1"}}',
+    '{"jsonrpc":"2.0","id":1,"result":{"text":"Bearer\u00a0s1"}}'.encode(),
+    '{"jsonrpc":"2.0","id":1,"result":{"text":"Ba\u017fic s1"}}'.encode(),
+    '{"jsonrpc":"2.0","id":1,"result":{"text":"caf\u00e9 Bearer s1"}}'.encode(),
+    b'{"jsonrpc":"2.0","id":1,"result":{"text":"\\u0042earer s1"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":["a","b",{"c":["Bearer s1"]}]}',
+    b'{"jsonrpc":"2.0","id":"Bearer s1","result":{}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"text":"key sk-live-1234 here"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":{"text":"sk-live-\\u00312"}}',
+]
+CLEAN_FRAMES = [
+    b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"text":"t5"}}}',
+    b'{"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"t5"}],"isError":false}}',
+    b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p","progress":1}}',
+    b'{"jsonrpc":"2.0","id":6,"result":{"text":"a token, a key, a secret and a cookie: basic."}}',
+    b'{"jsonrpc":"2.0","id":7,"result":{"tokens":3,"keys":["token","api_key"],"bearer":null,"secret":""}}',
+    '{"jsonrpc":"2.0","id":8,"result":{"text":"caf\u00e9 \u00fcber"}}'.encode(),
+]
+PATTERNS = ["sk-live-[0-9]+"]
+
+
+def truly_masked(m: FrameMasker, raw: bytes) -> bool:
+    """What the full walk says, with no shortcut: the reference for every shortcut."""
+    return m.mask_obj(json.loads(raw))[1]
+
+
+def test_the_batch_test_never_skips_a_secret() -> None:
+    m = FrameMasker(PATTERNS)
+    for raw in SECRET_FRAMES:
+        assert truly_masked(m, raw), raw                       # the examples are meaningful
+        for before in ([], CLEAN_FRAMES[:1], CLEAN_FRAMES):    # alone, second, last of a batch
+            batch = before + [raw] + CLEAN_FRAMES[:2]
+            assert len(before) in m.suspects(batch), raw
+        masked, changed = m.mask_raw(raw)
+        assert changed and b"s1" not in masked and b"1234" not in masked and b"\\u00312" not in masked, raw
+    for raw in CLEAN_FRAMES:
+        assert not truly_masked(m, raw)
+    # Compact frames with no trigger word are not suspects (the point of the shortcut), nor are
+    # secret-ish words where no key SECRET_KEY matches could end (progressToken).
+    assert m.suspects([CLEAN_FRAMES[i] for i in (0, 1, 2, 5)] * 10) == set()
+
+
+def test_the_batch_test_agrees_with_the_full_walk_on_random_frames() -> None:
+    """Random messages built from secret-ish and harmless pieces, serialised compactly, pretty,
+    ASCII-escaped or not: whenever the full walk masks something, the batch test flagged it."""
+    rng = random.Random(20261121)
+    words = ["token", "Token", "TOKEN", "key", "api_key", "Api-Key", "apikey", "secret", "client_secret",
+             "password", "passwd", "cookie", "set-cookie", "authorization", "x-authorization", "progressToken",
+             "keys", "tokens", "name", "text", "b", "Bearer", "basic", "auth", "monkey", "api_\u212aey",
+             "pa\u017fsword", "cook\u0131e", "caf\u00e9", "sk-live-99", "Bearer x", "Basic\u00a0y", "\u00e9t\u00e9",
+             "idtoken", "SessionToken", "client-secret", "clientSecret", "apiKey", "my_cookie", "x_passwd",
+             "\u0131dtoken"]
+    cases = [str.lower, str.upper, str.title, str.swapcase, lambda w: w]
+
+    def value(depth: int) -> object:
+        r = rng.random()
+        if depth > 3 or r < 0.35:
+            return rng.choice([None, "", 1, 2.5, True, rng.choice(words), " ".join(rng.sample(words, 3))])
+        if r < 0.6:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(cases)(rng.choice(words)): value(depth + 1) for _ in range(rng.randint(0, 4))}
+
+    m = FrameMasker(PATTERNS)
+    dumpers = [lambda o: json.dumps(o, separators=(",", ":"), ensure_ascii=False),
+               lambda o: json.dumps(o, ensure_ascii=False), lambda o: json.dumps(o),
+               lambda o: json.dumps(o, indent=1, ensure_ascii=False)]
+    flagged = 0
+    for _ in range(300):
+        batch = [rng.choice(dumpers)({"jsonrpc": "2.0", "id": 1, "result": value(0)}).encode() for _ in range(8)]
+        suspects = m.suspects(batch)
+        for n, raw in enumerate(batch):
+            if truly_masked(m, raw):
+                flagged += 1
+                assert n in suspects, raw
+                assert m.mask_raw(raw)[1], raw
+    assert flagged > 100
+
+
 # ---- the writer ---------------------------------------------------------------------------------
 
 FRAME = decode(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}')
@@ -127,6 +236,67 @@ def test_gateway_flood_drops_but_answers_everything(tmp_path: Path) -> None:
     assert len(written) + dropped == 4 * n
 
 
+def test_a_slow_disk_costs_frames_not_the_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes taking 0.2 s each: the writing thread falls behind, the writer task waits for it,
+    frames pile up and are dropped and counted; the hooks never wait; close writes the rest."""
+    path = tmp_path / "slow.jsonl"
+    real_write = Dumper._write
+
+    def slow_write(self: Dumper, data: bytes) -> None:
+        time.sleep(0.2)
+        real_write(self, data)
+
+    monkeypatch.setattr(Dumper, "_write", slow_write)
+
+    async def main() -> tuple[float, int, int]:
+        dumper = Dumper(DumpSettings(path=str(path), queue=50))
+        hooked, slowest = 0, 0.0
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dumper.run)
+            tap = dumper.tap("s1", "echo", "stdio", era="legacy")
+            end = trio.current_time() + 1.5
+            while trio.current_time() < end:
+                for _ in range(20):
+                    start = time.perf_counter()
+                    tap.frame(C2G, FRAME)
+                    slowest = max(slowest, time.perf_counter() - start)
+                    hooked += 1
+                await trio.sleep(0.005)
+            await dumper.aclose()
+        return slowest, hooked, dumper.batches
+
+    slowest, hooked, batches = trio.run(main)
+    assert slowest < 0.05
+    # One batch per 50 ms would be 30; the writer waited for the disk (0.2 s a write, 4 queued).
+    assert batches <= 1.5 / 0.2 + UNWRITTEN_BATCHES + 2
+    records = list(iter_records(path))
+    written = [r for r in records if "dropped" not in r]
+    dropped = sum(r["dropped"] for r in records if "dropped" in r)
+    assert dropped > 0 and len(written) + dropped == hooked
+
+
+def test_a_failing_disk_ends_the_writer_with_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_write(self: Dumper, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Dumper, "_write", failing_write)
+
+    async def main() -> None:
+        dumper = Dumper(DumpSettings(path=str(tmp_path / "full.jsonl")))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dumper.run)
+            tap = dumper.tap("s1", "echo", "stdio", era="legacy")
+            for _ in range(3):
+                tap.frame(C2G, FRAME)
+                await trio.sleep(0.2)
+            await trio.sleep_forever()
+
+    with pytest.raises(BaseException) as info:
+        trio.run(main)
+    assert "No space left" in repr(info.value) or any(
+        "No space left" in repr(e) for e in getattr(info.value, "exceptions", ()))
+
+
 def test_rotation_keeps_n_backups(tmp_path: Path) -> None:
     path = tmp_path / "rot.jsonl"
 
@@ -167,6 +337,64 @@ def test_close_flushes_everything_queued(tmp_path: Path) -> None:
     assert len(records) == 301
     assert records[-1]["policy"] == "gateway" and records[-1]["kind"] == "error" and records[-1]["id"] == 1
     assert records[-1]["latency_ms"] >= 0
+
+
+def test_records_follow_the_documented_format(tmp_path: Path) -> None:
+    """Key order, the wall-clock time derived from the hook's monotonic stamp, latency at the
+    right pair of hops, an era read from the upstream when written, masking, base64."""
+    from datetime import datetime
+
+    from wire_gateway.dump.writer import G2S, S2G
+    path = tmp_path / "format.jsonl"
+
+    class Upstream:
+        era = None
+
+    upstream = Upstream()
+    answered_kind = decode(b'{"jsonrpc":"2.0","id":1,"result":{}}').kind
+
+    async def main() -> tuple[float, float]:
+        dumper = Dumper(DumpSettings(path=str(path)))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dumper.run)
+            tap = dumper.tap("s1", "echo", "stdio", era="legacy")
+            member = tap.for_server("other", upstream)
+            wall_before = time.time()
+            tap.frame(C2G, FRAME)
+            member.frame(G2S, decode(b'{"jsonrpc":"2.0","id":"a\\u00e9","method":"ping"}'))
+            await trio.sleep(0.01)
+            upstream.era = "modern"
+            member.put(S2G, b'{"jsonrpc":"2.0","id":"a\\u00e9","result":{"api_key":"k9"}}', answered_kind,
+                       None, "a\u00e9", "filter")
+            tap.put(G2C, b'{"jsonrpc":"2.0","id":1,"result":{"bin":"\xff"}}', answered_kind, None, 1)
+            tap.gateway(G2C, b'{"jsonrpc":"2.0","id":123456789012345678901234567890,"error":{"code":1,"message":"m"}}')
+            wall_after = time.time()
+            await dumper.aclose()
+        return wall_before, wall_after
+
+    wall_before, wall_after = trio.run(main)
+    lines = path.read_bytes().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 5
+    keys = ["ts", "mono", "session", "server", "transport", "era", "dir", "kind", "method", "id", "bytes"]
+    for r in records:
+        assert list(r)[:len(keys)] == keys
+        assert list(r)[-2:] in (["policy", "frame"], ["policy", "frame_b64"])
+        assert r["ts"].endswith("Z") and len(r["ts"]) == len("2026-11-21T12:45:43.914564Z")
+        wall = datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
+        assert wall_before - 0.01 <= wall <= wall_after + 0.01
+    first, asked, answered, binary, error = records
+    assert (first["era"], first["kind"], first["method"], first["id"], first["policy"]) == \
+        ("legacy", "request", "tools/call", 1, None)
+    assert first["bytes"] == len(FRAME.raw) and first["frame"] == FRAME.raw.decode()
+    assert (asked["server"], asked["era"], answered["era"]) == ("other", "modern", "modern")   # when written
+    assert answered["id"] == "a\u00e9" and answered["policy"] == "filter" and answered["kind"] == "response"
+    assert answered["latency_ms"] >= 10 and json.loads(answered["frame"])["result"] == {"api_key": "***"}
+    assert binary["latency_ms"] >= 10 and "frame" not in binary
+    assert base64.b64decode(binary["frame_b64"]) == b'{"jsonrpc":"2.0","id":1,"result":{"bin":"\xff"}}'
+    assert (error["kind"], error["id"], error["policy"]) == ("error", 123456789012345678901234567890, "gateway")
+    monos = [r["mono"] for r in records]
+    assert monos == sorted(monos)
 
 
 # ---- dump show / stats (golden, on a committed recorded dump) ------------------------------------

@@ -3,8 +3,9 @@
 Masking works on the parsed message, not on the text: a key-based rule must see keys
 as JSON sees them (escapes, nesting), and the frame must stay valid JSON so the
 dump tools and fixtures can read it. Only frames that might hold something to mask
-are parsed and re-serialised (`might_hold_secret` is a cheap test on the raw bytes);
-every other frame is dumped as the exact bytes that travelled.
+are parsed and re-serialised (`FrameMasker.suspects` is a cheap test on a batch of JSON
+frames, `might_hold_secret` a broader one on any bytes); every other frame is dumped as
+the exact bytes that travelled.
 """
 from __future__ import annotations
 
@@ -29,16 +30,76 @@ SECRET_KEY = re.compile(
 BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 # Anything that could make the exact-bytes shortcut unsafe: a secret-ish word, a credential
 # scheme, or any escape (a key spelled with \u escapes must not slip past the word test).
-# Matched on the lower-cased bytes: several times faster than a case-insensitive regex,
-# and this runs for every dumped frame.
-_PRECHECK = re.compile(rb"auth|token|key|secret|passw|cookie|bearer|basic|\\")
-_WORDS = (b"auth", b"token", b"key", b"secret", b"passw", b"cookie", b"bearer", b"basic", b"\\")
-_PLAIN_WORDS = _WORDS[:-1]   # without the backslash
+# Matched on the lower-cased bytes, as substring tests in C: several times faster than a
+# case-insensitive regex. This broad test is for any text (a frame that is not JSON is masked
+# as text, by rules that look for these words anywhere); JSON texts take the narrower test below.
+# Non-ASCII letters that re.IGNORECASE matches to an ASCII letter of the words above (KELVIN
+# SIGN -> k, LONG S -> s, dotted and dotless I -> i), UTF-8 encoded: `bytes.lower()` leaves them
+# as they are, so a key such as "api_\u212aey" written unescaped would pass a plain word test.
+_FOLDS = ("\u212a".encode(), "\u017f".encode(), "\u0130".encode(), "\u0131".encode())
+_WORDS = (b"auth", b"token", b"key", b"secret", b"passw", b"cookie", b"bearer", b"basic")
+
+# The narrow test, for JSON texts only (frames that parsed). A key that SECRET_KEY matches in
+# full ends with one of these words, and in JSON its closing quote follows the last letter at
+# once; what may come before the word is just as fixed (the key's opening quote, a "_" or "-",
+# or one of the prefixes SECRET_KEY allows without one), which a hit is checked against, so that
+# progressToken or "key" do not send a frame the slow way. An escape anywhere is a backslash,
+# a trigger of its own. BEARER needs its scheme word, anywhere in a string.
+_QUOTE_OR_SEP = (b'"', b"_", b"-")
+_KEY_WORDS = {
+    b'token"': _QUOTE_OR_SEP + (b"access", b"refresh", b"id", b"auth", b"bearer", b"session"),
+    b'key"': (b"api", b"api_", b"api-"),
+    b'cookie"': _QUOTE_OR_SEP,
+    b'authorization"': _QUOTE_OR_SEP,
+    b'password"': _QUOTE_OR_SEP,
+    b'passwd"': _QUOTE_OR_SEP,
+    b'secret"': _QUOTE_OR_SEP + (b"client",),
+}
+# Each group of words comes with a letter they all contain that is rare in protocol frames: a
+# one-byte search (memchr) for it decides whether the words' own, much slower, searches are
+# worth running at all.
+_JSON_WORDS = ((b"k", (b'token"', b'key"', b'cookie"')), (b"z", (b'authorization"',)),
+               (b"w", (b'password"', b'passwd"')))
+_JSON_ALWAYS = (b'secret"', b"\\")   # no rare letter in "secret"; a backslash is one byte anyway
+# BEARER needs whitespace after the scheme. Inside a JSON string in ASCII text, whitespace is a
+# space or an escape (JSON forbids raw control characters): compact frames, with no space at
+# all, skip the scheme words.
+_SCHEMES = (b"bearer", b"basic")
 
 
 def _has_word(low: bytes) -> bool:
-    """Substring tests in C: far faster than one alternation regex when nothing matches."""
-    return any(word in low for word in _PLAIN_WORDS)
+    """The broad test on lower-cased bytes (without the backslash)."""
+    return any(word in low for word in _WORDS) or (not low.isascii() and any(f in low for f in _FOLDS))
+
+
+def json_triggers(low: bytes, backslash: bool = True) -> list[bytes]:
+    """The words worth searching for in lower-cased JSON text `low` (with `json_find`): a JSON
+    text holding none of them cannot hold anything for `FrameMasker.mask_obj` to mask, apart
+    from the configured patterns, which are checked separately. backslash=False: without the
+    backslash, for a text whose escapes do not matter (then an escaped tab may be the whitespace
+    after a scheme)."""
+    words = list(_JSON_ALWAYS) if backslash else [b'secret"']
+    for rare, group in _JSON_WORDS:
+        if rare in low:
+            words += group
+    if low.isascii():
+        if b"b" in low and (b" " in low or not backslash):
+            words += _SCHEMES
+    else:                    # non-ASCII whitespace, and letters that IGNORECASE folds to ASCII ones
+        words += _SCHEMES
+        words += _FOLDS
+    return words
+
+
+def json_find(low: bytes, word: bytes, start: int = 0) -> int:
+    """The first place from `start` where a trigger word occurs in `low` (-1: nowhere): for a
+    key's word, only where the right thing comes before it."""
+    i = low.find(word, start)
+    before = _KEY_WORDS.get(word)
+    if before is not None:
+        while i >= 0 and not low.endswith(before, 0, i):
+            i = low.find(word, i + 1)
+    return i
 
 
 class FrameMasker:
@@ -55,7 +116,9 @@ class FrameMasker:
                 self._text_patterns.append(p)
 
     def might_hold_secret(self, raw: bytes) -> bool:
-        if _PRECHECK.search(raw.lower()):
+        """The broad test, for any text."""
+        low = raw.lower()
+        if b"\\" in low or _has_word(low):
             return True
         if any(p.search(raw) for p in self._bytes_patterns):
             return True
@@ -65,30 +128,32 @@ class FrameMasker:
         return False
 
     def suspects(self, raws: list[bytes]) -> set[int]:
-        """Which of a batch of frames might hold a secret (the others are written as they are).
+        """Which of a batch of JSON texts (frames that parsed) might hold a secret; the others
+        are written as they are. A frame that may not be JSON must go through `mask_raw`.
 
-        Same test as might_hold_secret, but on the whole batch at once: a few substring
-        scans in C over the joined frames instead of a regex per frame, which was the
-        largest single cost of a dump record."""
+        One pass over the joined, lower-cased frames per trigger word, and only for the words
+        whose rare letter occurs in the batch at all (`json_triggers`): a regex per frame, and
+        later every word searched for, was the largest single cost of a dump record."""
         if self._text_patterns:
             return set(range(len(raws)))
-        starts = []
-        pos = 0
-        for raw in raws:
-            starts.append(pos)
-            pos += len(raw) + 1
         joined = b"\0".join(raws)          # no word spans two frames: none contains a NUL
         low = joined.lower()
         found: set[int] = set()
+        starts: list[int] = []
         last = len(raws) - 1
-        for word in _WORDS:
-            i = low.find(word)
+        for word in json_triggers(low):
+            i = json_find(low, word)
+            if i >= 0 and not starts:     # where each frame starts: only once something is found
+                pos = 0
+                for raw in raws:
+                    starts.append(pos)
+                    pos += len(raw) + 1
             while i >= 0:
                 n = bisect_right(starts, i) - 1
                 found.add(n)
                 if n == last:
                     break
-                i = low.find(word, starts[n + 1])   # the rest of that frame is settled
+                i = json_find(low, word, starts[n + 1])   # the rest of that frame is settled
         if self._bytes_patterns:   # per frame: a configured pattern may be anchored (^, $)
             for n, raw in enumerate(raws):
                 if n not in found and any(p.search(raw) for p in self._bytes_patterns):
@@ -125,7 +190,10 @@ class FrameMasker:
             plain = orjson.dumps(obj)
         except (TypeError, orjson.JSONEncodeError):   # an integer beyond 64 bits: take the long way
             return False
-        if _has_word(plain.lower()):
+        low = plain.lower()
+        # JSON text: the narrow words, without the backslash (the escapes left are \\" \\\\ and
+        # control characters, which spell no letter).
+        if any(json_find(low, word) >= 0 for word in json_triggers(low, backslash=False)):
             return False
         return not any(p.search(plain) for p in self._bytes_patterns)
 
