@@ -100,7 +100,7 @@ class Scenario:
     note: str = ""
     quick_levels: tuple = (1, 2)
     calls_factor: float = 1.0       # scales -n (big answers: fewer calls)
-    direct_label: str = ""
+    baseline: str = "direct"        # what runs in the "direct" (A) slot: "direct", or "gateway" without dumps
 
 
 ECHO_SERVER = {"command": PY, "args": [ECHO]}
@@ -121,7 +121,10 @@ SCENARIOS = [
     Scenario("1 MiB result", "stdio", "legacy", [("tools/call", {"name": "big", "arguments": {"size": ONE_MIB}}, None)],
              (1, 4), calls_factor=0.02, note="tools/call big {size: 1048576}; stdio (http_echo.py has no big tool)"),
     Scenario("http echo dump on", "http", "modern", echo_calls(), (1, 16), dump=True, needs="dump",
-             note="gateway: serve --dump PATH (every frame recorded); compare with 'http echo' for dumps off"),
+             baseline="gateway",
+             note="A/B of the gateway itself: the \"direct\" columns are the gateway with dumps off, the "
+                  "\"gateway\" columns serve --dump PATH (every frame at every hop recorded); ratio = the "
+                  "throughput kept with dumps on"),
 ]
 
 
@@ -175,12 +178,12 @@ def start(scenario: Scenario, slot: str, tmpdir: str, timeout: float) -> Started
         return Started(load_run.Target("stdio:" + shlex.join([PY, "-m", "wire_gateway", "stdio", "--config",
                                                               str(config), "--log-level", "warning"])))
     own = tempfile.mkdtemp(dir=tmpdir)
-    if slot == "direct":
+    if slot == "direct" and scenario.baseline == "direct":
         target = http_bench.HttpTarget("direct", own, timeout)
     else:
         if scenario.gateway_config is not None:   # HttpTarget uses this file when it exists
             (Path(own) / "http-bench-gateway.json").write_text(json.dumps(scenario.gateway_config))
-        kwargs = {"dump": True} if scenario.dump else {}
+        kwargs = {"dump": True} if scenario.dump and slot == "gateway" else {}
         target = http_bench.HttpTarget("gateway", own, timeout, **kwargs)
     return Started(load_run.Target(str(target.url)), target.stop)
 
