@@ -170,3 +170,11 @@ async def test_a_head_the_fast_path_declines_is_refused_by_h11():
             out = await _exchange(port, b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5, 6\r\n\r\nhello")
             nursery.cancel_scope.cancel()
     assert out.startswith(b"HTTP/1.1 400 "), out
+
+
+def test_find_head_end_resumes_where_it_stopped():
+    head = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"
+    for cut in range(1, len(head)):
+        looked = cut
+        assert find_head_end(head[:cut]) is None or head[:cut].endswith(b"\r\n\r\n")
+        assert find_head_end(head, max(0, looked - 2)) == (23, 27)

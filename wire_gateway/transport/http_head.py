@@ -44,9 +44,12 @@ class Head:
     close: bool                         # the client said Connection: close
 
 
-def find_head_end(buf: bytes | bytearray) -> tuple[int, int] | None:
-    """(end of the head's last line, start of the body) once a blank line has arrived."""
-    found = _BLANK_LINE.search(buf)
+def find_head_end(buf: bytes | bytearray, start: int = 0) -> tuple[int, int] | None:
+    """(end of the head's last line, start of the body) once a blank line has arrived.
+
+    `start`: where to look from; a caller that had looked before passes how far it got
+    minus 2, so a head that trickles in byte by byte costs linear time, not quadratic."""
+    found = _BLANK_LINE.search(buf, start)
     if found is None:
         return None
     start = found.start()

@@ -527,11 +527,12 @@ class _Conn:
                     if buf:   # the client left halfway through a head: h11 says what was wrong
                         return await self._read_request_h11()
                     return None
+                looked = len(buf)
                 await self._more()
                 if self.phase == _IDLE and buf:
                     self.phase = _HEAD
                     self.deadline = trio.current_time() + limits.header_timeout
-                ends = find_head_end(buf)
+                ends = find_head_end(buf, max(0, looked - 2))
         head_stop, body_start = ends
         if head_stop > limits.max_header_bytes:
             raise _Refuse(431, "request head too large")
