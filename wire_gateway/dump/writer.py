@@ -346,20 +346,14 @@ class Dumper:
                 head = heads[0]
                 if msg_id is not None:
                     asked[(tap, direction, msg_id)] = mono
-            elif kind is _RESPONSE:
-                head = heads[2]
+            elif kind is _RESPONSE or kind is _ERROR:
+                head = heads[2] if kind is _RESPONSE else heads[3]
                 if msg_id is not None:
                     start = asked.pop((tap, _ASKED_AT[direction], msg_id), None)
                     if start is not None:
                         latency = b',"latency_ms":%.3f' % ((mono - start) * 1000)
             elif kind is _NOTIFICATION:
                 head = heads[1]
-            elif kind is _ERROR:
-                head = heads[3]
-                if msg_id is not None:
-                    start = asked.pop((tap, _ASKED_AT[direction], msg_id), None)
-                    if start is not None:
-                        latency = b',"latency_ms":%.3f' % ((mono - start) * 1000)
             else:
                 head = heads[4]
             if raw is last_raw:      # the same bytes at the next hop (passthrough): encoded already
