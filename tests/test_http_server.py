@@ -489,6 +489,39 @@ async def test_client_disconnect_during_a_slow_json_handler_cancels_it():
             nursery.cancel_scope.cancel()
 
 
+async def test_send_now_writes_from_another_task_and_finish_writes_the_rest():
+    """send_now is how an upstream's reader answers a waiting handler at once; a body larger
+    than the socket takes is completed by finish() in the handler."""
+    big = b"x" * (8 << 20)
+
+    async def handler(req, resp):
+        body = big if req.path == "/big" else b"small"
+        done = trio.Event()
+        outcome = {}
+
+        def other_task():
+            outcome["written"] = resp.send_now(200, [("content-type", "text/plain")], body)
+            outcome["left"] = resp.buffered
+            done.set()
+        trio.lowlevel.current_trio_token().run_sync_soon(other_task)
+        await done.wait()
+        assert outcome["written"]
+        assert (outcome["left"] > 0) == (body is big)   # the socket cannot take 8 MiB at once
+        assert not resp.send_now(200, [], b"again"), "a response goes out once"
+        await resp.finish()
+
+    with trio.fail_after(10):
+        async with running(handler) as port:
+            c = await Client.connect(port)
+            await c.request("GET", "/small")
+            assert (await c.response()).body == b"small"
+            await c.request("GET", "/big")
+            answer = await c.response()
+            assert len(answer.body) == len(big)
+            await c.request("GET", "/small")   # the connection goes on after a finished remainder
+            assert (await c.response()).body == b"small"
+
+
 async def test_send_after_disconnect_raises_client_gone():
     outcome = {}
     done = trio.Event()

@@ -9,7 +9,20 @@ from __future__ import annotations
 
 from collections import deque
 
+import logging
+from collections.abc import Callable
+
 import trio
+
+log = logging.getLogger("wire_gateway.http")
+
+
+class _Written(bytes):
+    """The type of WRITTEN."""
+
+
+# What `Exchange.next` returns in place of a final answer that `direct` has written already.
+WRITTEN = _Written()
 
 
 class Backlog:
@@ -43,7 +56,7 @@ class Exchange:
     woken once per request, where a trio.Event (made, waited on, set, made again)
     cost several times as much."""
 
-    __slots__ = ("client_id", "backlog", "_frames", "_waiting", "done", "streamed", "queued", "attached")
+    __slots__ = ("client_id", "backlog", "_frames", "_waiting", "done", "streamed", "queued", "attached", "direct")
 
     def __init__(self, client_id: object, backlog: Backlog) -> None:
         self.client_id = client_id
@@ -54,11 +67,21 @@ class Exchange:
         self.streamed = False        # the handler has started an SSE response
         self.queued = 0              # bytes pushed and not yet taken
         self.attached = True         # False while a resumable stream has lost its client
+        # Set by a handler waiting for its answer: writes a final answer to the client at once,
+        # from the pushing task (the upstream's reader), one scheduler pass sooner; False if it
+        # cannot (then the answer is queued as usual).
+        self.direct: Callable[[bytes, int], bool] | None = None
 
     def push(self, raw: bytes, final: bool = False, status: int = 200) -> None:
         """Add a frame; `final` marks the answer itself; `status` is the HTTP status it implies."""
         if self.done:
             return
+        if final and self.direct is not None and not self._frames:
+            try:
+                if self.direct(raw, status):
+                    raw = WRITTEN
+            except Exception:   # never let one client's write take the upstream's reader down
+                log.exception("writing an answer at once failed; it goes the usual way")
         self._frames.append((raw, final, status))
         self.queued += len(raw)
         self.backlog.add(len(raw))

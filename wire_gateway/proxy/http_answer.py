@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import trio
 
-from wire_gateway.proxy.exchange import Exchange
+from wire_gateway.proxy.exchange import WRITTEN, Exchange
 from wire_gateway.transport.http_server import Responder
 from wire_gateway.wire.sse import encode_comment, encode_event
 
@@ -21,7 +21,10 @@ async def answer(ex: Exchange, responder: Responder, headers: list[tuple[str, st
 
     A quiet stream (a `subscriptions/listen`, a slow tool) gets an SSE comment every
     `keepalive` seconds so proxies and client idle timers do not cut it."""
-    raw, final, status = await ex.next()
+    first = await first_answer(ex, responder, [JSON, *headers])
+    if first is None:
+        return
+    raw, final, status = first
     if final:
         await responder.send(status, [JSON, *headers], raw)
         return
@@ -36,3 +39,19 @@ async def answer(ex: Exchange, responder: Responder, headers: list[tuple[str, st
             continue
         await responder.send_chunk(encode_event(raw))
     await responder.end_stream()
+
+
+async def first_answer(ex: Exchange, responder: Responder,
+                       headers: list[tuple[str, str]]) -> tuple[bytes, bool, int] | None:
+    """The exchange's first frame; or None when it was the final answer and went out as JSON
+    (with `headers`) straight from the task that pushed it, which saves the handler's
+    wake-up before the write (latency; the CPU is the same)."""
+    ex.direct = lambda raw, status: responder.send_now(status, headers, raw)
+    try:
+        first = await ex.next()
+    finally:
+        ex.direct = None
+    if first[0] is WRITTEN:
+        await responder.finish()
+        return None
+    return first

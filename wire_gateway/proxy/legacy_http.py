@@ -28,7 +28,7 @@ import trio
 from wire_gateway.config import Config, HttpSettings, ServerSpec
 from wire_gateway.dump.writer import C2G, G2C, Tap
 from wire_gateway.proxy.exchange import Backlog, Exchange, Replay, parse_event_id
-from wire_gateway.proxy.http_answer import JSON, SSE_HEADERS
+from wire_gateway.proxy.http_answer import JSON, SSE_HEADERS, first_answer
 from wire_gateway.proxy.route import open_upstream
 from wire_gateway.transport.http_server import ClientGone, Responder
 from wire_gateway.upstream.supervisor import Upstream
@@ -164,7 +164,10 @@ class LegacySession:
             self.upstream.flush()
         entry: _Resumable | None = None
         try:
-            raw, final, status = await ex.next()
+            first = await first_answer(ex, responder, [JSON, *self.headers])
+            if first is None:
+                return
+            raw, final, status = first
             if final:
                 await responder.send(status, [JSON, *self.headers], raw)
                 return

@@ -159,6 +159,35 @@ class Responder:
         self._state = _DONE
         await self._write(head + body if body and conn.method != "HEAD" else head)
 
+    def send_now(self, status: int, headers: list[tuple[str, str]], body: bytes) -> bool:
+        """The whole response, written at once from whatever task calls (no await), if the
+        socket takes it; False if it cannot be (TLS, a write in progress, a full send
+        buffer, a bad header, HEAD): then use `send`. What the socket took only in part
+        is written by `finish()`, which the handler must await after a True."""
+        conn = self._conn
+        fd = conn.fd
+        if (self._state != _NEW or self._writing or self._gone or fd is None or conn.method == "HEAD"
+                or status in (204, 304)):
+            return False
+        try:
+            data = conn.response_head(status, headers, len(body)) + body
+            sent = os.write(fd, data)
+        except (ValueError, OSError):   # `send` will say what is wrong, or find the client gone
+            return False
+        self._state = _DONE
+        if sent < len(data):
+            self._queue.append(data[sent:])
+            self._queued = len(data) - sent
+        return True
+
+    async def finish(self) -> None:
+        """After `send_now`: write what the socket did not take at once."""
+        if self._queue and not self._writing:
+            data = b"".join(self._queue)
+            self._queue.clear()
+            self._queued = 0
+            await self._write(data)
+
     async def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
         """The head of a body of unknown length: chunked (close-delimited to HTTP/1.0 clients)."""
         conn = self._begin()
@@ -661,6 +690,8 @@ class _Conn:
             running.discard(self)
         if failure is not None:
             log.error("handler failed for %s %s", request.method, request.path, exc_info=failure)
+        if responder._queue and not responder._writing:   # send_now's remainder was never finished
+            self.broken = True
         if self.eof or self.broken:
             return
         try:
