@@ -178,3 +178,25 @@ def test_find_head_end_resumes_where_it_stopped():
         looked = cut
         assert find_head_end(head[:cut]) is None or head[:cut].endswith(b"\r\n\r\n")
         assert find_head_end(head, max(0, looked - 2)) == (23, 27)
+
+
+@pytest.mark.anyio
+async def test_a_head_that_arrives_byte_by_byte_is_read_whole():
+    """The head-end search resumes between reads; a blank line split across reads is still found."""
+    async def handler(req, resp):
+        await resp.send(200, [], req.body)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = HttpServer(handler, limits=HttpLimits())
+            port = await nursery.start(server.serve, "127.0.0.1", 0)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                for byte in b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nok":
+                    await stream.send_all(bytes([byte]))
+                    await trio.sleep(0.002)
+                out = b""
+                while not out.endswith(b"ok"):
+                    out += await stream.receive_some(65536)
+            nursery.cancel_scope.cancel()
+    assert out.startswith(b"HTTP/1.1 200 ")

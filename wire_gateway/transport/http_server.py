@@ -624,7 +624,7 @@ class _Conn:
         if length is not None and length > limits.max_body_bytes:
             raise _Refuse(413, f"body larger than {limits.max_body_bytes} bytes")
         body = await self._read_body_h11(conn)
-        data, closed = conn.trailing_data   # what follows (pipelined requests) goes back to `buf`
+        data, _ = conn.trailing_data   # what follows (pipelined requests) goes back to `buf`; EOF is in `eof`
         buf[:0] = data
         return _request(self.method, event.target.decode("latin-1"), headers, body, self.client)
 
