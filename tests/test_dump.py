@@ -52,6 +52,23 @@ def test_masking_keys_bearer_and_patterns() -> None:
     assert json.loads(masked)["params"]["_meta"] == {"progressToken": "p1"}   # not a secret
 
 
+def test_masking_walks_strings_only_when_a_credential_could_be_in_one() -> None:
+    """A frame with a secret key but no scheme word, escape or pattern has only its keys looked at
+    (the cheap walk); a scheme word in any spelling that parses to one still gets its strings masked."""
+    m = FrameMasker()
+    plain = b'{"jsonrpc":"2.0","id":1,"result":{"api_key":"k1","text":"nothing here","n":[1,"two"]}}'
+    assert not m._strings_may_match(plain)
+    masked, changed = m.mask_raw(plain)
+    assert changed and json.loads(masked)["result"] == {"api_key": "***", "text": "nothing here", "n": [1, "two"]}
+    for note in (b'"BEARER abc"', b'"\\u0042earer abc"', b'"b\\u0061sic abc"', b'"Bearer\\tabc"'):
+        raw = b'{"jsonrpc":"2.0","id":1,"result":{"api_key":"k1","note":' + note + b'}}'
+        assert m._strings_may_match(raw), raw
+        result = json.loads(m.mask_raw(raw)[0])["result"]
+        assert result["api_key"] == "***" and result["note"].endswith(" ***") and "abc" not in result["note"], raw
+    assert m.is_secret_key("X-Api-Key") and m.is_secret_key("X-Api-Key")   # remembered, same answer
+    assert not m.is_secret_key("progressToken")
+
+
 def test_masking_leaves_other_frames_byte_for_byte() -> None:
     m = FrameMasker()
     for raw in (b'{"jsonrpc":"2.0","id":1,"result":{"n":123456789012345678901234567890, "x" : 1e400}}',

@@ -114,6 +114,9 @@ class FrameMasker:
                 self._bytes_patterns.append(re.compile(p.pattern.encode("utf-8")))
             except (re.error, UnicodeEncodeError):
                 self._text_patterns.append(p)
+        # SECRET_KEY's verdict per key name: the same few dozen keys recur in every frame, and the
+        # regex (a leading `.*` that backtracks) costs 0.5-2 us a key.
+        self._secret_keys: dict[str, bool] = {}
 
     def might_hold_secret(self, raw: bytes) -> bool:
         """The broad test, for any text."""
@@ -160,10 +163,11 @@ class FrameMasker:
                     found.add(n)
         return found
 
-    def mask_raw(self, raw: bytes) -> tuple[bytes, bool]:
+    def mask_raw(self, raw: bytes, suspect: bool = False) -> tuple[bytes, bool]:
         """The frame to dump and whether anything was masked. Unparseable frames that
-        might hold a secret are masked as text, never written as they are."""
-        if not self.might_hold_secret(raw):
+        might hold a secret are masked as text, never written as they are. suspect=True: a
+        pre-check (`suspects`) has already said this frame might hold one."""
+        if not suspect and not self.might_hold_secret(raw):
             return raw, False
         try:
             obj = jsonfast.loads(raw)
@@ -171,9 +175,10 @@ class FrameMasker:
             text = raw.decode("utf-8", "replace")
             masked = self._text_masker(self._mask_text(text))
             return masked.encode("utf-8"), masked != text
-        if self._only_escapes(obj):
+        # Without a backslash the pre-check fired for a word, not an escape: no need to look again.
+        if b"\\" in raw and self._only_escapes(obj):
             return raw, False
-        masked_obj, changed = self.mask_obj(obj)
+        masked_obj, changed = self.mask_obj(obj, self._strings_may_match(raw))
         if not changed:
             return raw, False
         return jsonfast.dumps(masked_obj), True
@@ -197,28 +202,51 @@ class FrameMasker:
             return False
         return not any(p.search(plain) for p in self._bytes_patterns)
 
-    def mask_obj(self, obj: Any) -> tuple[Any, bool]:
+    def _strings_may_match(self, raw: bytes) -> bool:
+        """Whether any string value in this frame could need `_mask_text`: it has configured
+        patterns to apply, a credential scheme word, or something that could spell one in the
+        parsed text without spelling it in the bytes (an escape, or a non-ASCII letter that
+        IGNORECASE folds to an ASCII one). Otherwise only keys are looked at, which halves the walk."""
+        if self.patterns or b"\\" in raw or not raw.isascii():
+            return True
+        low = raw.lower()
+        return b"bearer" in low or b"basic" in low
+
+    def is_secret_key(self, key: str) -> bool:
+        verdict = self._secret_keys.get(key)
+        if verdict is None:
+            verdict = SECRET_KEY.fullmatch(key) is not None
+            if len(self._secret_keys) < 4096:   # bounded: key names a client invents are not kept
+                self._secret_keys[key] = verdict
+        return verdict
+
+    def mask_obj(self, obj: Any, strings: bool = True) -> tuple[Any, bool]:
+        """The message with secret keys' values and (strings=True) credentials in strings masked,
+        and whether anything changed."""
         if isinstance(obj, dict):
             changed = False
             out = {}
             for key, value in obj.items():
-                if isinstance(key, str) and SECRET_KEY.fullmatch(key) and value not in (None, "", MASK):
+                if isinstance(key, str) and self.is_secret_key(key) and value not in (None, "", MASK):
                     out[key] = MASK
                     changed = True
                     continue
-                new, did = self.mask_obj(value)
-                out[key] = new
-                changed |= did
+                if isinstance(value, (dict, list)) or (strings and isinstance(value, str)):
+                    new, did = self.mask_obj(value, strings)
+                    out[key] = new
+                    changed |= did
+                else:
+                    out[key] = value
             return (out, True) if changed else (obj, False)
         if isinstance(obj, list):
             changed = False
             items = []
             for value in obj:
-                new, did = self.mask_obj(value)
+                new, did = self.mask_obj(value, strings)
                 items.append(new)
                 changed |= did
             return (items, True) if changed else (obj, False)
-        if isinstance(obj, str):
+        if strings and isinstance(obj, str):
             masked = self._mask_text(obj)
             return masked, masked != obj
         return obj, False
