@@ -414,6 +414,52 @@ def test_records_follow_the_documented_format(tmp_path: Path) -> None:
     assert monos == sorted(monos)
 
 
+def test_the_encoder_takes_the_slow_way_for_what_is_unusual(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder formats most columns a chunk at a time; these are the cases that leave that path
+    for one column: a chunk across a wall-clock second, mixed and huge ids, a large frame seen at two
+    hops, a direction beyond the four, and the bound on requests never answered."""
+    import math
+    from datetime import datetime
+
+    import wire_gateway.dump.writer as writer
+    from wire_gateway.dump.writer import G2S, S2G
+    dumper = Dumper(DumpSettings(path=str(tmp_path / "unused.jsonl")))
+    tap = dumper.tap("s1", "echo", "stdio", era="legacy")
+    kinds = {"request": FRAME.kind, "response": decode(b'{"jsonrpc":"2.0","id":1,"result":{}}').kind}
+
+    def records(items: list[tuple]) -> list[dict]:
+        return [json.loads(line) for line in dumper._encode(items).splitlines()]
+
+    # Across a second's edge (0.2 s either side: far beyond the clocks' drift between two reads).
+    edge = math.ceil(time.time()) + 1 - (time.time() - time.monotonic())
+    raw = FRAME.raw
+    before, after = records([(edge - 0.2, tap.hops[C2G], raw, kinds["request"], "tools/call", 1, None),
+                             (edge + 0.2, tap.hops[G2C], raw, kinds["response"], None, 1, None)])
+    walls = [datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp() for r in (before, after)]
+    assert int(walls[1]) == int(walls[0]) + 1 and abs(walls[1] - walls[0] - 0.4) < 0.01
+    assert after["latency_ms"] == pytest.approx(400, abs=0.01)
+
+    # Ids of every shape in one chunk; a large frame at two hops; a direction of its own.
+    big = b'{"jsonrpc":"2.0","id":7,"result":{"text":"' + b"\\\\x" * 50_000 + b'"}}'   # escapes: masked the careful way
+    huge_id = 123456789012345678901234567890
+    out = records([(time.monotonic(), tap.hops[C2G], raw, kinds["request"], "tools/call", "a,b\"c", None),
+                   (time.monotonic(), tap.hops[G2S], raw, kinds["request"], "tools/call", huge_id, "filter"),
+                   (time.monotonic(), tap.hops[S2G], big, kinds["response"], None, 7, None),
+                   (time.monotonic(), tap.hops[G2C], big, kinds["response"], None, None, None),
+                   (time.monotonic(), tap.hops["gateway->audit"], raw, kinds["request"], "tools/call", 3, None)])
+    assert [r["id"] for r in out] == ["a,b\"c", huge_id, 7, None, 3]
+    assert out[1]["policy"] == "filter" and out[0]["policy"] is None
+    assert out[2]["frame"] == out[3]["frame"] == big.decode() and "latency_ms" not in out[2]
+    assert out[4]["dir"] == "gateway->audit" and out[4]["frame"] == raw.decode()
+
+    # Requests that are never answered are forgotten past the bound, and then get no latency.
+    monkeypatch.setattr(writer, "_MAX_OPEN_REQUESTS", 3)
+    records([(time.monotonic(), tap.hops[G2S], raw, kinds["request"], "tools/call", n, None) for n in range(100, 105)])
+    assert dumper.unanswered >= 3
+    (answer,) = records([(time.monotonic(), tap.hops[S2G], raw, kinds["response"], None, 100, None)])
+    assert "latency_ms" not in answer and dumper.unanswered == 0
+
+
 # ---- dump show / stats (golden, on a committed recorded dump) ------------------------------------
 
 def test_show_golden() -> None:

@@ -23,6 +23,8 @@ import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import mul, sub
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,9 @@ _monotonic = time.monotonic
 # One record: after mono, the tap's head (,"session" .. "kind"); after bytes, `,"latency_ms":..` or
 # nothing; after "policy":, the policy and the frame's key, then the frame.
 _RECORD = b'{"ts":"%s.%06dZ","mono":%.6f%s,"method":%s,"id":%s,"bytes":%d%s,"policy":%s%s}\n'
-_FORMATS: dict[int, bytes] = {}       # _RECORD times n, for a chunk of n records
+_RECORD_INT_ID = _RECORD.replace(b'"id":%s', b'"id":%d')   # for a chunk whose ids are all integers
+_INT = {int}
+_FORMATS: dict[tuple[int, bool], bytes] = {}   # _RECORD (or _RECORD_INT_ID) times n, for a chunk of n records
 _KINDS = ("request", "notification", "response", "error", "invalid")   # the heads' order
 
 
@@ -69,15 +73,26 @@ class DumpSettings:
     mask_patterns: tuple[str, ...] = field(default_factory=tuple)
 
 
+class _Hops(dict):
+    """A tap's hops by direction (`Tap.hop`), made on first use for a direction beyond the four."""
+
+    __slots__ = ("tap",)
+
+    def __missing__(self, direction: str) -> list:
+        hop = self[direction] = self.tap.hop(direction)
+        return hop
+
+
 class Tap:
     """One hook site's context (session, server, transport, era) and its way into the queue.
 
     The hook runs on the proxy's hot path: one clock read (the monotonic one; the writer derives
     the wall-clock time from it), one tuple, one append to the dumper's queue, which the tap
-    holds itself (the writer empties that list in place, it never replaces it)."""
+    holds itself (the writer empties that list in place, it never replaces it). The tuple holds
+    the direction's hop (`hop`): what the writer needs of the tap, without a lookup per record."""
 
-    __slots__ = ("dumper", "session", "server", "transport", "era", "upstream", "queue", "limit", "heads",
-                 "heads_era", "__weakref__")
+    __slots__ = ("dumper", "session", "server", "transport", "era", "upstream", "queue", "limit", "hops",
+                 "unanswered", "heads_era", "__weakref__")
 
     def __init__(self, dumper: Dumper, session: str, server: str, transport: str,
                  era: str | None = None, upstream: Any = None) -> None:
@@ -89,10 +104,14 @@ class Tap:
         self.upstream = upstream
         self.queue = dumper.queue
         self.limit = dumper.limit
-        # The record's fixed middle, from "session" to "kind", by direction then kind (_KINDS).
-        self.heads: dict[str, tuple[bytes, ...]] = {}
-        self.heads_era: str | None = None
-        self._make_heads(era)
+        self.heads_era = era
+        # Requests seen at each direction and not answered yet: id -> when (for latency_ms).
+        self.unanswered: dict[str, dict[Any, float]] = {direction: {} for direction in DIRECTIONS}
+        self.hops = _Hops()
+        self.hops.tap = self
+        for direction in DIRECTIONS:
+            self.hops[direction] = self.hop(direction)
+        dumper.taps.add(self)
         if era is None:
             dumper.dynamic_taps.add(self)
 
@@ -104,7 +123,7 @@ class Tap:
     def frame(self, direction: str, frame: Frame, policy: str | None = None) -> None:
         queue = self.queue
         if len(queue) < self.limit:
-            queue.append((_monotonic(), self, direction, frame.raw, frame.kind, frame.method, frame.id,
+            queue.append((_monotonic(), self.hops[direction], frame.raw, frame.kind, frame.method, frame.id,
                           policy or frame.note))
             if self.dumper.idle:
                 self.dumper.wake_up()
@@ -116,7 +135,7 @@ class Tap:
         """kind None: the writer decodes `raw` to find kind, method and id (gateway replies)."""
         queue = self.queue
         if len(queue) < self.limit:
-            queue.append((_monotonic(), self, direction, raw, kind, method, msg_id, policy))
+            queue.append((_monotonic(), self.hops[direction], raw, kind, method, msg_id, policy))
             if self.dumper.idle:
                 self.dumper.wake_up()
         else:
@@ -126,15 +145,24 @@ class Tap:
         """A frame the gateway wrote itself (an error answer, a replayed handshake)."""
         self.put(direction, raw, None, None, None, GATEWAY)
 
+    def hop(self, direction: str) -> list:
+        """What the writer needs for a frame at this tap and direction: the record's fixed middle
+        (from "session" to "kind") for each kind in _KINDS' order, then the open requests seen at
+        this direction, then those whose answers pass here (the opposite direction's)."""
+        asked = self.unanswered.setdefault(direction, {})
+        partner = _ASKED_AT.get(direction)
+        answered = self.unanswered.setdefault(partner, {}) if partner else {}
+        return [*self._heads_for(direction), asked, answered]
+
     def sync_era(self) -> None:
-        """A tap without a fixed era: the heads follow its upstream's era (once per chunk)."""
+        """A tap without a fixed era: the heads follow its upstream's era (once per chunk). The
+        hops are changed in place: frames queued already are written with the era of their
+        writing, as the docs say."""
         era = getattr(self.upstream, "era", None)
         if era != self.heads_era:
-            self._make_heads(era)
-
-    def _make_heads(self, era: str | None) -> None:
-        self.heads_era = era
-        self.heads = {direction: self._heads_for(direction) for direction in DIRECTIONS}
+            self.heads_era = era
+            for direction, hop in self.hops.items():
+                hop[:len(_KINDS)] = self._heads_for(direction)
 
     def _heads_for(self, direction: str) -> tuple[bytes, ...]:
         head = b',"session":%s,"server":%s,"transport":%s,"era":%s,"dir":%s,"kind":' % (
@@ -149,7 +177,9 @@ class Dumper:
         self.path = Path(settings.path)
         self.limit = max(1, settings.queue)
         self.queue: list[tuple] = []
+        self.taps: weakref.WeakSet[Tap] = weakref.WeakSet()
         self.dynamic_taps: weakref.WeakSet[Tap] = weakref.WeakSet()   # taps whose era is not fixed
+        self.unanswered = 0              # requests in the taps' `unanswered`, about (bounded)
         self.dropped = 0
         self.dropped_total = 0
         self.written = 0
@@ -159,9 +189,6 @@ class Dumper:
         self.wake = trio.Event()
         self.masker = FrameMasker(settings.mask_patterns)
         self._closing = False
-        self._asked: dict[tuple, float] = {}     # (tap, direction, id) of a request -> when it passed
-        self._last_raw: bytes | None = None
-        self._last_frame: tuple[bool, bytes] = (True, b"")
         self._sec = -1                   # the whole second whose RFC 3339 text is in _sec_text
         self._sec_text = b""
         self._file: Any = None
@@ -294,93 +321,147 @@ class Dumper:
     def _encode(self, batch: list[tuple]) -> bytes:
         """Mask and encode frames (in the trio thread: see docs/dumps.md for why).
 
-        This runs for every frame, so it is one loop with everything in locals; it builds no
-        dict and formats no record on its own: each record adds its ten values to one list, and a
-        single `bytes %` formats the lot (key order is fixed: see docs/dumps.md)."""
+        This runs for every frame. The work per record that needs no decision (the frame's JSON
+        text, the id's, the method's, the size, the time) is done a column at a time by C loops
+        (`map` over orjson and bytes methods); one Python loop picks each record's head and
+        latency; a single `bytes %` formats the lot (key order is fixed: see docs/dumps.md).
+        Whatever is unusual (a frame the gateway wrote, one that is not UTF-8, a large one seen
+        at two hops, a chunk across a second's edge) takes a slower way for that column only."""
         if not batch:
             return b""
         started = time.thread_time()   # this thread's CPU time (the wall time would count preemptions)
+        if self.dynamic_taps:
+            for tap in self.dynamic_taps:
+                tap.sync_era()
+        if self.unanswered >= _MAX_OPEN_REQUESTS:   # unanswered requests pile up: forget them all
+            for tap in self.taps:
+                for waiting in tap.unanswered.values():
+                    waiting.clear()
+            self.unanswered = 0
+        monos, hops, raws, kinds, methods, ids, policies = zip(*batch)
+        careful: set[int] = set()
+        if None in kinds:            # frames the gateway wrote: decode them; mask them the careful way
+            kinds, methods, ids = list(kinds), list(methods), list(ids)
+            for n, kind in enumerate(kinds):
+                if kind is None:
+                    careful.add(n)
+                    decoded = decode(raws[n])
+                    if isinstance(decoded, Frame):
+                        kinds[n], methods[n], ids[n] = decoded.kind, decoded.method, decoded.id
+        frames, binary = self._frame_texts(raws, careful)
+        int_ids = set(map(type, ids)) == _INT   # the usual chunk: `%d` formats them, no JSON call each
+        if int_ids:
+            id_jsons: Iterable[Any] = ids
+        else:
+            try:
+                id_jsons = list(map(orjson.dumps, ids))
+            except (TypeError, orjson.JSONEncodeError):   # an id beyond 64 bits
+                id_jsons = list(map(_json, ids))
+        method_jsons = list(map(_METHODS.get, methods))
+        if None in method_jsons:
+            method_jsons = [known or _method_json(method) for known, method in zip(method_jsons, methods)]
+        sec_texts, fracs = self._times(monos)
+        if binary or policies.count(None) != len(policies):
+            tails: Iterable[bytes] = [_tail(policy, n not in binary) for n, policy in enumerate(policies)]
+        else:
+            tails = repeat(_TEXT_TAIL)
+        args: list[Any] = []
+        opened = 0
+        for mono, hop, kind, msg_id, sec_text, frac, method_json, id_json, size, tail, frame_json in zip(
+                monos, hops, kinds, ids, sec_texts, fracs, method_jsons, id_jsons, map(len, raws), tails, frames):
+            latency = b""
+            if kind is _REQUEST:
+                head = hop[0]
+                if msg_id is not None:
+                    hop[5][msg_id] = mono
+                    opened += 1
+            elif kind is _RESPONSE or kind is _ERROR:
+                head = hop[2] if kind is _RESPONSE else hop[3]
+                if msg_id is not None:
+                    start = hop[6].pop(msg_id, None)
+                    if start is not None:
+                        opened -= 1
+                        latency = b',"latency_ms":%.3f' % ((mono - start) * 1000)
+            elif kind is _NOTIFICATION:
+                head = hop[1]
+            else:
+                head = hop[4]
+            args += (sec_text, frac, mono, head, method_json, id_json, size, latency, tail, frame_json)
+        self.unanswered += opened
+        fmt = _FORMATS.get((len(batch), int_ids))
+        if fmt is None:
+            fmt = _FORMATS[len(batch), int_ids] = (_RECORD_INT_ID if int_ids else _RECORD) * len(batch)
+        data = fmt % tuple(args)
+        self.cpu_seconds += time.thread_time() - started
+        return data
+
+    def _frame_texts(self, raws: tuple[bytes, ...], careful: set[int]) -> tuple[list[bytes], set[int]]:
+        """Each frame's JSON string (masked where it may hold a secret), and which are base64
+        (not UTF-8). `careful`: frames the gateway wrote, masked after the broad test."""
         masker = self.masker
-        suspects = masker.suspects([item[3] for item in batch])
-        for tap in self.dynamic_taps:
-            tap.sync_era()
-        # The hooks read only the monotonic clock; the wall-clock time is derived from it, with the
-        # offset between the two clocks read once per chunk. `second_at` is the monotonic time at
-        # which the wall-clock second `sec` (RFC 3339 text in `sec_text`) began.
+        suspects = masker.suspects(raws)
+        if not careful and max(map(len, raws)) <= _LARGE:
+            try:
+                frames = list(map(orjson.dumps, map(bytes.decode, raws)))
+            except UnicodeDecodeError:
+                pass
+            else:
+                for n in suspects:   # a masked JSON text is UTF-8, as the frame was
+                    frames[n] = _frame_json(masker.mask_raw(raws[n], True)[0])[1]
+                return frames, set()
+        return self._frame_texts_one_by_one(raws, suspects, careful)
+
+    def _frame_texts_one_by_one(self, raws: tuple[bytes, ...], suspects: set[int],
+                                careful: set[int]) -> tuple[list[bytes], set[int]]:
+        """The slower way, a frame at a time: the same bytes at two hops (a passthrough) are
+        encoded once, which matters for large frames."""
+        masker = self.masker
+        frames: list[bytes] = []
+        binary: set[int] = set()
+        done: dict[tuple[int, bool | None], tuple[bool, bytes]] = {}
+        for n, raw in enumerate(raws):
+            suspect = True if n in suspects else None if n in careful else False
+            key = (id(raw), suspect)
+            known = done.get(key)
+            if known is None:
+                masked = raw if suspect is False else masker.mask_raw(raw, suspect is True)[0]
+                known = done[key] = _frame_json(masked)
+            if not known[0]:
+                binary.add(n)
+            frames.append(known[1])
+        return frames, binary
+
+    def _times(self, monos: tuple[float, ...]) -> tuple[Iterable[bytes], Iterable[float]]:
+        """Each record's RFC 3339 second and its microseconds (as a float: `%06d` truncates it).
+
+        The hooks read only the monotonic clock; the wall-clock time is derived from it, with the
+        offset between the two clocks read once per chunk. `second_at` is the monotonic time at
+        which the wall-clock second `sec` (its text in `sec_text`) began."""
         offset = time.time() - _monotonic()
         sec, sec_text = self._sec, self._sec_text
         second_at = sec - offset
-        asked = self._asked
-        if len(asked) >= _MAX_OPEN_REQUESTS:   # unanswered requests pile up: forget them all
-            asked.clear()
-        last_raw, last_frame = self._last_raw, self._last_frame
-        args: list[Any] = []
-        for n, (mono, tap, direction, raw, kind, method, msg_id, policy) in enumerate(batch):
-            suspect = n in suspects   # True: the pre-check fired; None (below): use the broad check
-            if kind is None:          # a frame the gateway wrote: decode it; mask it the careful way
-                suspect = None
-                decoded = decode(raw)
-                if isinstance(decoded, Frame):
-                    kind, method, msg_id = decoded.kind, decoded.method, decoded.id
+        lo, hi = min(monos), max(monos)
+        if not 0.0 <= lo - second_at < 1.0:
+            sec = int(lo + offset)
+            sec_text = _second_text(sec)
+            second_at = sec - offset
+        if 0.0 <= lo - second_at and hi - second_at < 1.0:   # the usual chunk: all in one second
+            self._sec, self._sec_text = sec, sec_text
+            return repeat(sec_text), map(mul, map(sub, monos, repeat(second_at)), repeat(1e6))
+        sec_texts, fracs = [], []
+        for mono in monos:
             frac = mono - second_at
             if frac >= 1.0 or frac < 0.0:
                 sec = int(mono + offset)
-                sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
+                sec_text = _second_text(sec)
                 second_at = sec - offset
                 frac = mono - second_at
                 if not 0.0 <= frac < 1.0:     # rounding at the very edge of a second
                     frac = 0.0 if frac < 0.0 else 0.999999
-            try:
-                heads = tap.heads[direction]
-            except KeyError:          # not one of the four hops: made once, kept
-                heads = tap.heads[direction] = tap._heads_for(direction)
-            if msg_id is None:
-                id_json = b"null"
-            else:
-                try:
-                    id_json = orjson.dumps(msg_id)
-                except (TypeError, orjson.JSONEncodeError):   # an id beyond 64 bits
-                    id_json = jsonfast.dumps(msg_id)
-            latency = b""
-            if kind is _REQUEST:
-                head = heads[0]
-                if msg_id is not None:
-                    asked[(tap, direction, msg_id)] = mono
-            elif kind is _RESPONSE or kind is _ERROR:
-                head = heads[2] if kind is _RESPONSE else heads[3]
-                if msg_id is not None:
-                    start = asked.pop((tap, _ASKED_AT[direction], msg_id), None)
-                    if start is not None:
-                        latency = b',"latency_ms":%.3f' % ((mono - start) * 1000)
-            elif kind is _NOTIFICATION:
-                head = heads[1]
-            else:
-                head = heads[4]
-            if raw is last_raw:      # the same bytes at the next hop (passthrough): encoded already
-                text, frame_json = last_frame
-            else:
-                masked = raw if suspect is False else masker.mask_raw(raw, suspect is True)[0]
-                try:
-                    text, frame_json = True, orjson.dumps(masked.decode("utf-8"))
-                except UnicodeDecodeError:
-                    text, frame_json = False, b'"' + base64.b64encode(masked) + b'"'
-                last_raw, last_frame = raw, (text, frame_json)
-            if policy is None and text:
-                tail = b'null,"frame":'
-            else:
-                tail = (b"null" if policy is None else _json(policy)) + (b',"frame":' if text else b',"frame_b64":')
-            method_json = _METHODS.get(method)
-            if method_json is None:
-                method_json = _method_json(method)
-            args += (sec_text, frac * 1e6, mono, head, method_json, id_json, len(raw), latency, tail, frame_json)
-        self._last_raw, self._last_frame = last_raw, last_frame
+            sec_texts.append(sec_text)
+            fracs.append(frac * 1e6)
         self._sec, self._sec_text = sec, sec_text
-        fmt = _FORMATS.get(len(batch))
-        if fmt is None:
-            fmt = _FORMATS[len(batch)] = _RECORD * len(batch)
-        data = fmt % tuple(args)
-        self.cpu_seconds += time.thread_time() - started
-        return data
+        return sec_texts, fracs
 
     def _dropped_record(self, dropped: int) -> bytes:
         if not dropped:
@@ -410,6 +491,24 @@ class Dumper:
 
 
 _METHODS: dict[Any, bytes] = {None: b"null"}   # method name -> its JSON (a handful of names recur)
+_TEXT_TAIL = b'null,"frame":'                 # after "policy": for the usual frame (no policy, UTF-8)
+_LARGE = 64 << 10                              # frames beyond this are encoded once for two hops
+
+
+def _frame_json(raw: bytes) -> tuple[bool, bytes]:
+    """(True, the frame as a JSON string) or, when it is not UTF-8, (False, its base64 as one)."""
+    try:
+        return True, orjson.dumps(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return False, b'"' + base64.b64encode(raw) + b'"'
+
+
+def _tail(policy: str | None, text: bool) -> bytes:
+    return (b"null" if policy is None else _json(policy)) + (b',"frame":' if text else b',"frame_b64":')
+
+
+def _second_text(sec: int) -> bytes:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
 
 
 def _method_json(method: Any) -> bytes:
