@@ -67,6 +67,11 @@ def test_masking_walks_strings_only_when_a_credential_could_be_in_one() -> None:
         assert result["api_key"] == "***" and result["note"].endswith(" ***") and "abc" not in result["note"], raw
     assert m.is_secret_key("X-Api-Key") and m.is_secret_key("X-Api-Key")   # remembered, same answer
     assert not m.is_secret_key("progressToken")
+    huge = "x" * 1_000_000 + "_token"     # a hostile key: judged, never kept
+    assert m.is_secret_key(huge) and huge not in m._secret_keys
+    for n in range(10_000):               # invented names: the memo stops growing
+        m.is_secret_key(f"k{n}")
+    assert len(m._secret_keys) <= 4096
 
 
 def test_masking_leaves_other_frames_byte_for_byte() -> None:

@@ -20,6 +20,8 @@ from wire_gateway.telemetry.masking import Masker
 from wire_gateway.wire import jsonfast
 
 MASK = "***"
+_KEY_MEMO_SIZE = 4096      # key names whose SECRET_KEY verdict is remembered, at most
+_KEY_MEMO_LENGTH = 128     # and only names this short
 
 # Whole key names (case-insensitive), optionally after a "something_" / "something-" prefix
 # ("github_token", "x-api-key"). camelCase compounds such as progressToken are NOT secrets.
@@ -216,7 +218,9 @@ class FrameMasker:
         verdict = self._secret_keys.get(key)
         if verdict is None:
             verdict = SECRET_KEY.fullmatch(key) is not None
-            if len(self._secret_keys) < 4096:   # bounded: key names a client invents are not kept
+            # Bounded in count and in size: key names a client invents, or sends by the megabyte,
+            # are not kept.
+            if len(key) <= _KEY_MEMO_LENGTH and len(self._secret_keys) < _KEY_MEMO_SIZE:
                 self._secret_keys[key] = verdict
         return verdict
 
