@@ -91,7 +91,7 @@ class Tap:
     holds itself (the writer empties that list in place, it never replaces it). The tuple holds
     the direction's hop (`hop`): what the writer needs of the tap, without a lookup per record."""
 
-    __slots__ = ("dumper", "session", "server", "transport", "era", "upstream", "queue", "limit", "hops",
+    __slots__ = ("dumper", "session", "server", "transport", "upstream", "queue", "limit", "hops",
                  "unanswered", "heads_era", "__weakref__")
 
     def __init__(self, dumper: Dumper, session: str, server: str, transport: str,
@@ -100,11 +100,10 @@ class Tap:
         self.session = session
         self.server = server
         self.transport = transport
-        self.era = era               # fixed era, or None to read `upstream.era` when written
         self.upstream = upstream
         self.queue = dumper.queue
         self.limit = dumper.limit
-        self.heads_era = era
+        self.heads_era = era         # fixed, or (era None) read from `upstream.era` when written
         # Requests seen at each direction and not answered yet: id -> when (for latency_ms).
         self.unanswered: dict[str, dict[Any, float]] = {direction: {} for direction in DIRECTIONS}
         self.hops = _Hops()
@@ -491,7 +490,6 @@ class Dumper:
 
 
 _METHODS: dict[Any, bytes] = {None: b"null"}   # method name -> its JSON (a handful of names recur)
-_TEXT_TAIL = b'null,"frame":'                 # after "policy": for the usual frame (no policy, UTF-8)
 _LARGE = 64 << 10                              # frames beyond this are encoded once for two hops
 
 
@@ -505,6 +503,9 @@ def _frame_json(raw: bytes) -> tuple[bool, bytes]:
 
 def _tail(policy: str | None, text: bool) -> bytes:
     return (b"null" if policy is None else _json(policy)) + (b',"frame":' if text else b',"frame_b64":')
+
+
+_TEXT_TAIL = _tail(None, True)   # after "policy": for the usual frame (no policy, UTF-8)
 
 
 def _second_text(sec: int) -> bytes:
@@ -525,15 +526,10 @@ def _json(value: Any) -> bytes:
         return jsonfast.dumps(value)
 
 
-_second: list = [None, ""]    # the last whole second formatted, reused within that second
-
-
 def rfc3339(wall: float) -> str:
-    """UTC, microseconds, 'Z' (formatting the date part once per second: this runs per record)."""
+    """UTC, microseconds, 'Z' (for the rare record not made by `_encode`: a drop count)."""
     sec = int(wall)
-    if _second[0] != sec:
-        _second[0], _second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{_second[1]}.{int((wall - sec) * 1e6):06d}Z"
+    return f"{_second_text(sec).decode()}.{int((wall - sec) * 1e6):06d}Z"
 
 
 def settings_from(doc: dict[str, Any] | None, path: str | None,
