@@ -21,7 +21,7 @@ from gateway import LineClient, write_config
 from wire_gateway.dump.fixture import FixtureError, read_fixture
 from wire_gateway.dump.mask import FrameMasker
 from wire_gateway.dump.tools import iter_records, percentile
-from wire_gateway.dump.writer import C2G, G2C, UNWRITTEN_BATCHES, Dumper, DumpSettings
+from wire_gateway.dump.writer import C2G, DIRECTIONS as DIRECTIONS_ALL, G2C, UNWRITTEN_BATCHES, Dumper, DumpSettings
 from wire_gateway.wire.frame import decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,8 +155,24 @@ def truly_masked(m: FrameMasker, raw: bytes) -> bool:
     return m.mask_obj(json.loads(raw))[1]
 
 
-def test_the_batch_test_never_skips_a_secret() -> None:
-    m = FrameMasker(PATTERNS)
+@pytest.fixture(params=["C", "Python"])
+def word_test(request: pytest.FixtureRequest) -> str:
+    """Which word test `FrameMasker.suspects` uses: C (where built) or Python."""
+    from wire_gateway.dump import mask
+    if request.param == "C" and mask._c_word_suspects is None:
+        pytest.skip("the C record encoder is not built (no C compiler at install time)")
+    return request.param
+
+
+def masker(word_test: str, patterns: list[str] = PATTERNS) -> FrameMasker:
+    m = FrameMasker(patterns)
+    if word_test == "Python":
+        m.word_suspects = None
+    return m
+
+
+def test_the_batch_test_never_skips_a_secret(word_test: str) -> None:
+    m = masker(word_test)
     for raw in SECRET_FRAMES:
         assert truly_masked(m, raw), raw                       # the examples are meaningful
         for before in ([], CLEAN_FRAMES[:1], CLEAN_FRAMES):    # alone, second, last of a batch
@@ -171,7 +187,7 @@ def test_the_batch_test_never_skips_a_secret() -> None:
     assert m.suspects([CLEAN_FRAMES[i] for i in (0, 1, 2, 5)] * 10) == set()
 
 
-def test_the_batch_test_agrees_with_the_full_walk_on_random_frames() -> None:
+def test_the_batch_test_agrees_with_the_full_walk_on_random_frames(word_test: str) -> None:
     """Random messages built from secret-ish and harmless pieces, serialised compactly, pretty,
     ASCII-escaped or not: whenever the full walk masks something, the batch test flagged it."""
     rng = random.Random(20261121)
@@ -191,7 +207,7 @@ def test_the_batch_test_agrees_with_the_full_walk_on_random_frames() -> None:
             return [value(depth + 1) for _ in range(rng.randint(0, 3))]
         return {rng.choice(cases)(rng.choice(words)): value(depth + 1) for _ in range(rng.randint(0, 4))}
 
-    m = FrameMasker(PATTERNS)
+    m = masker(word_test)
     dumpers = [lambda o: json.dumps(o, separators=(",", ":"), ensure_ascii=False),
                lambda o: json.dumps(o, ensure_ascii=False), lambda o: json.dumps(o),
                lambda o: json.dumps(o, indent=1, ensure_ascii=False)]
@@ -200,6 +216,8 @@ def test_the_batch_test_agrees_with_the_full_walk_on_random_frames() -> None:
         batch = [rng.choice(dumpers)({"jsonrpc": "2.0", "id": 1, "result": value(0)}).encode() for _ in range(8)]
         suspects = m.suspects(batch)
         for n, raw in enumerate(batch):
+            if word_test == "C":   # per frame, the two word tests are the same test
+                assert bool(m.word_suspects([raw])) == bool(m._word_suspects([raw])), raw
             if truly_masked(m, raw):
                 flagged += 1
                 assert n in suspects, raw
@@ -361,7 +379,23 @@ def test_close_flushes_everything_queued(tmp_path: Path) -> None:
     assert records[-1]["latency_ms"] >= 0
 
 
-def test_records_follow_the_documented_format(tmp_path: Path) -> None:
+ENCODERS = ["C", "Python"]
+
+
+@pytest.fixture(params=ENCODERS)
+def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Dumpers made in the test use this encoder: the C one (where built) or the Python one."""
+    import wire_gateway.dump.writer as writer
+    if request.param == "C":
+        if writer._native is None:
+            pytest.skip("the C record encoder is not built (no C compiler at install time)")
+        monkeypatch.setattr(writer, "NATIVE", writer._native)
+    else:
+        monkeypatch.setattr(writer, "NATIVE", None)
+    return request.param
+
+
+def test_records_follow_the_documented_format(tmp_path: Path, encoder: str) -> None:
     """Key order, the wall-clock time derived from the hook's monotonic stamp, latency at the
     right pair of hops, an era read from the upstream when written, masking, base64."""
     from datetime import datetime
@@ -419,7 +453,8 @@ def test_records_follow_the_documented_format(tmp_path: Path) -> None:
     assert monos == sorted(monos)
 
 
-def test_the_encoder_takes_the_slow_way_for_what_is_unusual(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_encoder_takes_the_slow_way_for_what_is_unusual(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            encoder: str) -> None:
     """The encoder formats most columns a chunk at a time; these are the cases that leave that path
     for one column: a chunk across a wall-clock second, mixed and huge ids, a large frame seen at two
     hops, a direction beyond the four, and the bound on requests never answered."""
@@ -463,6 +498,81 @@ def test_the_encoder_takes_the_slow_way_for_what_is_unusual(tmp_path: Path, monk
     assert dumper.unanswered >= 3
     (answer,) = records([(time.monotonic(), tap.hops[S2G], raw, kinds["response"], None, 100, None)])
     assert "latency_ms" not in answer and dumper.unanswered == 0
+
+
+def test_the_c_encoder_is_built_where_ci_requires_it() -> None:
+    """CI has a compiler: there a missing C encoder is a broken build, not a slower dump."""
+    import wire_gateway.dump.writer as writer
+    if writer._native is None:
+        assert not os.environ.get("WIRE_GATEWAY_REQUIRE_C_ENCODER"), "the C record encoder did not build"
+        pytest.skip("the C record encoder is not built (no C compiler at install time)")
+    assert writer.NATIVE is writer._native or os.environ.get("WIRE_GATEWAY_DUMP_ENCODER") == "python"
+
+
+def _random_batch(rng: random.Random, taps: list, kinds: dict, start: float) -> list[list[tuple]]:
+    """The same random hook tuples for each of `taps` (one list each): every shape a frame, id,
+    method, policy, kind and time can take, answers to earlier requests, seconds' edges."""
+    pieces = ["plain", "\\n", "\\\"", "\\u00e9", "é", "\U0001f600", "\x00", "\x1f\x7f", "\t\r\n\b\f",
+              '"api_key":"sk-1"', "Bearer abc.def", "token", "\u2028"]
+    batches: list[list[tuple]] = [[] for _ in taps]
+    mono = start
+    asked: list = []
+    for _ in range(rng.randint(1, 150)):
+        mono += rng.choice([0.0, 1e-7, 3e-6, 0.001, 0.137, 0.5000005])
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"text": text}}, ensure_ascii=rng.random() < 0.3)
+        raw = body.encode()
+        if rng.random() < 0.05:
+            raw = raw[:-3] + b"\xff\xfe" + raw[-3:]          # not UTF-8
+        elif rng.random() < 0.03:
+            raw = raw[:-3] + "\ud800".encode("utf-8", "surrogatepass") + raw[-3:]   # a surrogate: not UTF-8 either
+        elif rng.random() < 0.02:
+            raw = b"x" * rng.randint(70_000, 90_000)              # large (and not JSON)
+        kind = rng.choice(["request", "request", "response", "error", "notification", None])
+        if kind in ("response", "error") and asked and rng.random() < 0.7:
+            msg_id = asked.pop(rng.randrange(len(asked)))
+        else:
+            msg_id = rng.choice([None, rng.randint(-5, 50), rng.randint(0, 1 << 70), "s-" + str(rng.randint(0, 9)),
+                                 "q\"\u00e9\x01", True, 2.5, 10**19])
+            if kind == "request" and msg_id is not None:
+                asked.append(msg_id)
+        method = rng.choice([None, "tools/call", "tools/list", "x/" + str(rng.randint(0, 3)), "m\"\u00e9"])
+        policy = rng.choice([None, None, None, "filter", "cache", 'p"q'])
+        direction = rng.choice([*DIRECTIONS_ALL, "gateway->audit"])
+        for batch, tap in zip(batches, taps):
+            batch.append((mono, tap.hops[direction], raw, kinds.get(kind), method, msg_id, policy))
+    return batches
+
+
+def test_the_c_and_python_encoders_write_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C encoder is an optimisation only: on random chunks (every kind of record it leaves to
+    Python among them) it writes exactly what the Python encoder writes, and leaves the same
+    open requests behind."""
+    import wire_gateway.dump.writer as writer
+    if writer._native is None:
+        pytest.skip("the C record encoder is not built (no C compiler at install time)")
+    monkeypatch.setattr(writer, "_clock_offset", lambda: 1_700_000_000.25)
+    kinds = {"request": FRAME.kind, "notification": decode(b'{"jsonrpc":"2.0","method":"n"}').kind,
+             "response": decode(b'{"jsonrpc":"2.0","id":1,"result":{}}').kind,
+             "error": decode(b'{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"m"}}').kind}
+    dumpers = [Dumper(DumpSettings(path=str(tmp_path / f"{n}.jsonl"), mask_patterns=("sk-[0-9]+",)))
+               for n in range(2)]
+    dumpers[0].native, dumpers[1].native = writer._native, None
+    taps = [d.tap("s\u00e9", "echo", "http", era="modern") for d in dumpers]
+    rng = random.Random(5)
+    mono = 123_456.75
+    for _ in range(300):
+        native_batch, python_batch = _random_batch(rng, taps, kinds, mono)
+        mono = native_batch[-1][0]
+        native, python = dumpers[0]._encode(native_batch), dumpers[1]._encode(python_batch)
+        assert native == python
+        assert taps[0].unanswered == taps[1].unanswered and dumpers[0].unanswered == dumpers[1].unanswered
+        for line in native.splitlines():
+            json.loads(line)
+    # Times the integer shortcut cannot decide (within an ulp of a half) go Python's way.
+    for mono in (0.0000005, 1.0000005, 2.5e-7, 123_456.0000015, 7.0, 1e9 + 0.5e-6):
+        assert dumpers[0]._encode([(mono, taps[0].hops[C2G], FRAME.raw, FRAME.kind, None, None, None)]) == \
+            dumpers[1]._encode([(mono, taps[1].hops[C2G], FRAME.raw, FRAME.kind, None, None, None)])
 
 
 # ---- dump show / stats (golden, on a committed recorded dump) ------------------------------------

@@ -19,6 +19,11 @@ import orjson
 from wire_gateway.telemetry.masking import Masker
 from wire_gateway.wire import jsonfast
 
+try:   # the word test in C (an optional part of the build): one pass per frame
+    from wire_gateway.dump._records import suspects as _c_word_suspects
+except ImportError:
+    _c_word_suspects = None
+
 MASK = "***"
 _KEY_MEMO_SIZE = 4096      # key names whose SECRET_KEY verdict is remembered, at most
 _KEY_MEMO_LENGTH = 128     # and only names this short
@@ -119,6 +124,7 @@ class FrameMasker:
         # SECRET_KEY's verdict per key name: the same few dozen keys recur in every frame, and the
         # regex (a leading `.*` that backtracks) costs 0.5-2 us a key.
         self._secret_keys: dict[str, bool] = {}
+        self.word_suspects = _c_word_suspects   # None: `_word_suspects`, the same test in Python
 
     def might_hold_secret(self, raw: bytes) -> bool:
         """The broad test, for any text."""
@@ -136,11 +142,24 @@ class FrameMasker:
         """Which of a batch of JSON texts (frames that parsed) might hold a secret; the others
         are written as they are. A frame that may not be JSON must go through `mask_raw`.
 
-        One pass over the joined, lower-cased frames per trigger word, and only for the words
-        whose rare letter occurs in the batch at all (`json_triggers`): a regex per frame, and
-        later every word searched for, was the largest single cost of a dump record."""
+        The word test is C (`_records.suspects`: one pass per frame and a look back from each
+        quote) where it is built, else `_word_suspects`; the configured patterns are Python's."""
         if self._text_patterns:
             return set(range(len(raws)))
+        found = set(self.word_suspects(raws)) if self.word_suspects else self._word_suspects(raws)
+        if self._bytes_patterns:   # per frame: a configured pattern may be anchored (^, $)
+            for n, raw in enumerate(raws):
+                if n not in found and any(p.search(raw) for p in self._bytes_patterns):
+                    found.add(n)
+        return found
+
+    def _word_suspects(self, raws: list[bytes]) -> set[int]:
+        """The word test in Python (where the C one is not built): the same rules, a batch at a time.
+
+        One pass over the joined, lower-cased frames per trigger word, and only for the words
+        whose rare letter occurs in the batch at all (`json_triggers`): a regex per frame, and
+        later every word searched for, was the largest single cost of a dump record (and in the
+        end the pre-check still cost more than the C encoder: hence the C word test)."""
         joined = b"\0".join(raws)          # no word spans two frames: none contains a NUL
         low = joined.lower()
         found: set[int] = set()
@@ -159,10 +178,6 @@ class FrameMasker:
                 if n == last:
                     break
                 i = json_find(low, word, starts[n + 1])   # the rest of that frame is settled
-        if self._bytes_patterns:   # per frame: a configured pattern may be anchored (^, $)
-            for n, raw in enumerate(raws):
-                if n not in found and any(p.search(raw) for p in self._bytes_patterns):
-                    found.add(n)
         return found
 
     def mask_raw(self, raw: bytes, suspect: bool = False) -> tuple[bytes, bool]:

@@ -55,6 +55,13 @@ _ASKED_AT = {G2C: C2G, C2G: G2C, S2G: G2S, G2S: S2G}
 _MAX_OPEN_REQUESTS = 100_000
 _REQUEST, _RESPONSE, _ERROR, _NOTIFICATION = Kind.REQUEST, Kind.RESPONSE, Kind.ERROR, Kind.NOTIFICATION
 _monotonic = time.monotonic
+_KIND_ORDER = (_REQUEST, _NOTIFICATION, _RESPONSE, _ERROR)   # the heads' order (_KINDS), for the C encoder
+try:
+    from wire_gateway.dump import _records as _native   # the C encoder: an optional part of the build
+except ImportError:
+    _native = None
+# WIRE_GATEWAY_DUMP_ENCODER=python: the Python encoder even where the C one is built.
+NATIVE = None if os.environ.get("WIRE_GATEWAY_DUMP_ENCODER") == "python" else _native
 # One record: after mono, the tap's head (,"session" .. "kind"); after bytes, `,"latency_ms":..` or
 # nothing; after "policy":, the policy and the frame's key, then the frame.
 _RECORD = b'{"ts":"%s.%06dZ","mono":%.6f%s,"method":%s,"id":%s,"bytes":%d%s,"policy":%s%s}\n'
@@ -187,6 +194,9 @@ class Dumper:
         self.idle = True
         self.wake = trio.Event()
         self.masker = FrameMasker(settings.mask_patterns)
+        self.native = NATIVE             # the C record encoder, or None: the Python one
+        if NATIVE is None:               # and the masking pre-check's words in Python too
+            self.masker.word_suspects = None
         self._closing = False
         self._sec = -1                   # the whole second whose RFC 3339 text is in _sec_text
         self._sec_text = b""
@@ -215,6 +225,9 @@ class Dumper:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drain the queue until close(); whatever is queued at the end is written too."""
         self._open()
+        log.info("dump %s: records encoded by the %s", self.path,
+                 "C encoder" if self.native else "Python encoder (the C one is not built: no C compiler at install?)"
+                 if _native is None else "Python encoder (WIRE_GATEWAY_DUMP_ENCODER=python)")
         self._thread = threading.Thread(target=self._write_loop, name="wire-gateway dump writer", daemon=True)
         self._thread.start()
         task_status.started()
@@ -262,9 +275,9 @@ class Dumper:
             if self._thread.is_alive():
                 log.warning("dump %s: the disk has not taken the last frames in %.0f s; giving up on them",
                             self.path, CLOSE_TIMEOUT)
-            log.info("dump %s: %d frames written in %d batches, %d dropped; %.1f us per frame to mask and encode",
-                     self.path, self.written, self.batches, self.dropped_total,
-                     1e6 * self.cpu_seconds / max(1, self.written))
+            log.info("dump %s: %d frames written in %d batches, %d dropped; %.1f us per frame to mask and "
+                     "encode (%s encoder)", self.path, self.written, self.batches, self.dropped_total,
+                     1e6 * self.cpu_seconds / max(1, self.written), "C" if self.native else "Python")
             self.finished.set()
 
     def close(self) -> None:
@@ -320,12 +333,8 @@ class Dumper:
     def _encode(self, batch: list[tuple]) -> bytes:
         """Mask and encode frames (in the trio thread: see docs/dumps.md for why).
 
-        This runs for every frame. The work per record that needs no decision (the frame's JSON
-        text, the id's, the method's, the size, the time) is done a column at a time by C loops
-        (`map` over orjson and bytes methods); one Python loop picks each record's head and
-        latency; a single `bytes %` formats the lot (key order is fixed: see docs/dumps.md).
-        Whatever is unusual (a frame the gateway wrote, one that is not UTF-8, a large one seen
-        at two hops, a chunk across a second's edge) takes a slower way for that column only."""
+        This runs for every frame: by the C encoder (`_records`) where it is built, else by
+        `_encode_python`; both write the same bytes."""
         if not batch:
             return b""
         started = time.thread_time()   # this thread's CPU time (the wall time would count preemptions)
@@ -337,6 +346,57 @@ class Dumper:
                 for waiting in tap.unanswered.values():
                     waiting.clear()
             self.unanswered = 0
+        data = self._encode_native(batch) if self.native is not None else self._encode_python(batch)
+        self.cpu_seconds += time.thread_time() - started
+        return data
+
+    def _encode_native(self, batch: list[tuple]) -> bytes:
+        """The C encoder for the usual records; where it stops (a record it leaves to Python, or
+        the next second), one record in Python or a new call for the new second."""
+        masker = self.masker
+        raws = [record[2] for record in batch]
+        overrides = None
+        suspects = masker.suspects(raws)
+        if suspects:
+            overrides = [None] * len(batch)
+            for n in suspects:
+                text, overrides[n] = _frame_json(masker.mask_raw(raws[n], True)[0])
+                if not text:      # masked into something that is not UTF-8: all the careful way
+                    return self._encode_python(batch)
+        parts = []
+        opened = 0
+        pos, end = 0, len(batch)
+        while pos < end:
+            sec_text, second_at = self._second_of(batch[pos][0])
+            data, more, stop = self.native.encode(batch, pos, sec_text, second_at, overrides, _KIND_ORDER,
+                                                  _METHODS, _method_json, _json, _tail)
+            parts.append(data)
+            opened += more
+            if stop == pos:
+                parts.append(self._encode_python(batch[pos:pos + 1]))
+                stop += 1
+            pos = stop
+        self.unanswered += opened
+        return b"".join(parts)
+
+    def _second_of(self, mono: float) -> tuple[bytes, float]:
+        """The RFC 3339 text of the wall-clock second holding monotonic time `mono`, and the
+        monotonic time at which that second began (see `_times`)."""
+        offset = _clock_offset()
+        second_at = self._sec - offset
+        if not 0.0 <= mono - second_at < 1.0:
+            self._sec = int(mono + offset)
+            self._sec_text = _second_text(self._sec)
+            second_at = self._sec - offset
+        return self._sec_text, second_at
+
+    def _encode_python(self, batch: list[tuple]) -> bytes:
+        """The encoder in Python: the work per record that needs no decision (the frame's JSON
+        text, the id's, the method's, the size, the time) is done a column at a time by C loops
+        (`map` over orjson and bytes methods); one Python loop picks each record's head and
+        latency; a single `bytes %` formats the lot (key order is fixed: see docs/dumps.md).
+        Whatever is unusual (a frame the gateway wrote, one that is not UTF-8, a large one seen
+        at two hops, a chunk across a second's edge) takes a slower way for that column only."""
         monos, hops, raws, kinds, methods, ids, policies = zip(*batch)
         careful: set[int] = set()
         if None in kinds:            # frames the gateway wrote: decode them; mask them the careful way
@@ -390,9 +450,7 @@ class Dumper:
         fmt = _FORMATS.get((len(batch), int_ids))
         if fmt is None:
             fmt = _FORMATS[len(batch), int_ids] = (_RECORD_INT_ID if int_ids else _RECORD) * len(batch)
-        data = fmt % tuple(args)
-        self.cpu_seconds += time.thread_time() - started
-        return data
+        return fmt % tuple(args)
 
     def _frame_texts(self, raws: tuple[bytes, ...], careful: set[int]) -> tuple[list[bytes], set[int]]:
         """Each frame's JSON string (masked where it may hold a secret), and which are base64
@@ -436,7 +494,7 @@ class Dumper:
         The hooks read only the monotonic clock; the wall-clock time is derived from it, with the
         offset between the two clocks read once per chunk. `second_at` is the monotonic time at
         which the wall-clock second `sec` (its text in `sec_text`) began."""
-        offset = time.time() - _monotonic()
+        offset = _clock_offset()
         sec, sec_text = self._sec, self._sec_text
         second_at = sec - offset
         lo, hi = min(monos), max(monos)
@@ -506,6 +564,11 @@ def _tail(policy: str | None, text: bool) -> bytes:
 
 
 _TEXT_TAIL = _tail(None, True)   # after "policy": for the usual frame (no policy, UTF-8)
+
+
+def _clock_offset() -> float:
+    """Wall-clock time minus monotonic time, now (the hooks read only the monotonic clock)."""
+    return time.time() - _monotonic()
 
 
 def _second_text(sec: int) -> bytes:

@@ -1,0 +1,685 @@
+/* The dump's record encoder, in C: the usual records of a chunk in one call.
+ *
+ * Why C: a dump record costs about 15,000 interpreter instructions in the best Python we found
+ * (docs/dumps.md), and four records per proxied call put dumps over their 10% budget. This
+ * module does the same work without the interpreter: the record's fixed parts, the numbers,
+ * the frame as a JSON string (UTF-8 checked, escaped exactly as orjson escapes it), and the
+ * latency bookkeeping in the hop's open-request maps.
+ *
+ * It only does the usual: wherever a record is anything else (a frame the gateway wrote, a
+ * frame that is not UTF-8, a time outside the given second, a malformed tuple) it stops, and
+ * returns how far it got; writer.py encodes from there on in Python. Decisions that need
+ * Python (masking, an unknown method's JSON, an unusual id, a policy) are made by writer.py,
+ * before the call (`overrides`: the masked frames' JSON texts) or through its callables.
+ *
+ * encode(batch, start, sec_text, second_at, overrides, kinds, methods, method_json, to_json,
+ *        tail_of) -> (bytes, opened, stop)
+ *   batch      list of hook tuples (mono, hop, raw, kind, method, id, policy)
+ *   sec_text   b"YYYY-MM-DDTHH:MM:SS" of the second that began at monotonic time second_at
+ *   overrides  None, or a list (as long as batch) of None or a frame's JSON text (masked)
+ *   kinds      (REQUEST, NOTIFICATION, RESPONSE, ERROR): the heads' order in a hop
+ *   methods    dict method -> its JSON; method_json(method), to_json(id), tail_of(policy, True)
+ *   opened     requests added to the open-request maps, less those answered
+ *   stop       the first record not encoded (len(batch) when all were)
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE     /* memmem */
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* The output, written straight into a bytes object (resized as it grows, and to its length at
+ * the end): no copy of the records once they are made. */
+typedef struct {
+    PyObject *bytes;
+    char *p;
+    Py_ssize_t len, cap;
+} Buf;
+
+static int
+reserve(Buf *b, Py_ssize_t need)
+{
+    if (need <= b->cap - b->len)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap - b->len < need) {
+        if (cap > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cap *= 2;
+    }
+    if (b->bytes == NULL) {
+        if ((b->bytes = PyBytes_FromStringAndSize(NULL, cap)) == NULL)
+            return -1;
+    }
+    else if (_PyBytes_Resize(&b->bytes, cap) < 0) {   /* frees the object when it fails */
+        b->bytes = NULL;
+        return -1;
+    }
+    b->p = PyBytes_AS_STRING(b->bytes);
+    b->cap = cap;
+    return 0;
+}
+
+/* The bytes written (a new reference), or NULL; the buffer is left empty either way. */
+static PyObject *
+finish(Buf *b)
+{
+    PyObject *out = b->bytes;
+    b->bytes = NULL;
+    if (out == NULL)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    if (_PyBytes_Resize(&out, b->len) < 0)
+        return NULL;
+    return out;
+}
+
+/* The callers reserve room first; these only copy. */
+static inline void
+put(Buf *b, const char *s, Py_ssize_t n)
+{
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+#define PUT_LITERAL(b, lit) put((b), (lit), (Py_ssize_t)sizeof(lit) - 1)
+
+static inline void
+put_bytes(Buf *b, PyObject *bytes)
+{
+    put(b, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+}
+
+static void
+put_u64(Buf *b, unsigned long long n, int width)
+{
+    char tmp[24];
+    int i = 24;
+    do {
+        tmp[--i] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    while (24 - i < width)
+        tmp[--i] = '0';
+    put(b, tmp + i, 24 - i);
+}
+
+static void
+put_i64(Buf *b, long long n)
+{
+    if (n < 0) {
+        PUT_LITERAL(b, "-");
+        put_u64(b, 0ULL - (unsigned long long)n, 0);
+    }
+    else {
+        put_u64(b, (unsigned long long)n, 0);
+    }
+}
+
+/* x as Python's "%.<digits>f" writes it (correctly rounded). The integer way is taken when it
+ * cannot differ: x * 10^digits is off the exact product by at most half an ulp, so unless the
+ * fraction lies within an ulp of one half, both round the same way; otherwise Python's own
+ * formatting decides. At most 40 characters. */
+static int
+put_fixed(Buf *b, double x, int digits)
+{
+    static const double scales[] = {1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6};
+    static const unsigned long long iscales[] = {1, 10, 100, 1000, 10000, 100000, 1000000};
+    double v = x * scales[digits];
+    if (v >= 0.0 && v < 4503599627370496.0) {          /* 2^52: the ulp is below one half */
+        double whole = floor(v);
+        double rest = v - whole;                         /* exact */
+        double ulp = nextafter(v, INFINITY) - v;
+        if (fabs(rest - 0.5) > ulp) {
+            unsigned long long n = (unsigned long long)whole + (rest > 0.5);
+            put_u64(b, n / iscales[digits], 0);
+            PUT_LITERAL(b, ".");
+            put_u64(b, n % iscales[digits], digits);
+            return 0;
+        }
+    }
+    char *s = PyOS_double_to_string(x, 'f', digits, 0, NULL);
+    if (s == NULL)
+        return -1;
+    size_t n = strlen(s);
+    if (n > 40) {                                        /* a huge or odd number: not from a clock */
+        PyMem_Free(s);
+        PyErr_SetString(PyExc_ValueError, "time out of range");
+        return -1;
+    }
+    put(b, s, (Py_ssize_t)n);
+    PyMem_Free(s);
+    return 0;
+}
+
+/* 0: copied as it is; 1: an ASCII byte JSON escapes; 2: the lead of a multi-byte character. */
+static unsigned char byte_class[256];
+static const char hex_digits[] = "0123456789abcdef";
+
+static void
+init_byte_class(void)
+{
+    for (int c = 0; c < 256; c++)
+        byte_class[c] = c < 0x20 || c == '"' || c == '\\' ? 1 : c >= 0x80 ? 2 : 0;
+}
+
+/* The length of the UTF-8 character at s (at most n bytes left), or 0 when it is not one
+ * (overlong forms, surrogates and code points past U+10FFFF are not: Python's strict decoder). */
+static inline int
+utf8_length(const unsigned char *s, Py_ssize_t n)
+{
+    unsigned char c = s[0];
+#define CONT(i) (n > (i) && (s[i] & 0xC0) == 0x80)
+    if (c >= 0xC2 && c <= 0xDF)
+        return CONT(1) ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (!CONT(1) || !CONT(2))
+            return 0;
+        if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F))
+            return 0;
+        return 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (!CONT(1) || !CONT(2) || !CONT(3))
+            return 0;
+        if ((c == 0xF0 && s[1] < 0x90) || (c == 0xF4 && s[1] > 0x8F))
+            return 0;
+        return 4;
+    }
+    return 0;
+#undef CONT
+}
+
+/* Whether the n bytes at s are all ASCII (eight at a time). */
+static int
+all_ascii(const unsigned char *s, Py_ssize_t n)
+{
+    uint64_t high = 0;
+    Py_ssize_t i = 0;
+    for (; n - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        high |= w;
+    }
+    for (; i < n; i++)
+        high |= s[i];
+    return (high & 0x8080808080808080ULL) == 0;
+}
+
+/* Whether s is UTF-8 (Python's strict decoder's rules). Checked before a record is started, so
+ * that a frame that is not UTF-8 leaves nothing behind (no bytes, no open request changed). */
+static int
+utf8_valid(const unsigned char *s, Py_ssize_t n)
+{
+    if (all_ascii(s, n))
+        return 1;
+    for (Py_ssize_t i = 0; i < n;) {
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        int len = utf8_length(s + i, n - i);
+        if (len == 0)
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define WORDS 1
+/* The high bit of each of the 8 bytes in w that JSON escapes (below 0x20, '"', '\\') or that is
+ * not ASCII, by the usual word-at-a-time test for a byte below n, (w - n * 0x01..) & ~w. Bytes
+ * after the first such byte may be flagged wrongly (borrows), never bytes before it. */
+static inline uint64_t
+special_bytes(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ULL;
+    uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
+    return (((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash) | w) &
+           (ones * 0x80);
+}
+#endif
+
+/* UTF-8 bytes as a JSON string, escaped as orjson escapes a str (the short escapes \b \t \n \f
+ * \r, \u00XX in lower case for the other control characters, nothing else). Needs 6n+2 bytes
+ * reserved. Returns 0, or 1 (nothing written) when the bytes are not UTF-8. Plain bytes go
+ * eight at a time where the machine allows. */
+static int
+put_json_string(Buf *b, const unsigned char *s, Py_ssize_t n)
+{
+    char *start = b->p + b->len;
+    char *o = start;
+    Py_ssize_t i = 0;
+    *o++ = '"';
+    while (i < n) {
+#ifdef WORDS
+        if (n - i >= 8) {          /* 8 bytes at a time up to the first one to look at */
+            uint64_t w, special;
+            memcpy(&w, s + i, 8);
+            special = special_bytes(w);
+            memcpy(o, &w, 8);      /* room: 6 * (n - i) >= 8 */
+            if (!special) {
+                o += 8;
+                i += 8;
+                continue;
+            }
+            int plain = __builtin_ctzll(special) >> 3;
+            o += plain;
+            i += plain;
+        }
+#endif
+        unsigned char c = s[i];
+        switch (byte_class[c]) {
+        case 0:
+            *o++ = (char)c;
+            i++;
+            break;
+        case 1:
+            *o++ = '\\';
+            switch (c) {
+            case '"': *o++ = '"'; break;
+            case '\\': *o++ = '\\'; break;
+            case '\b': *o++ = 'b'; break;
+            case '\t': *o++ = 't'; break;
+            case '\n': *o++ = 'n'; break;
+            case '\f': *o++ = 'f'; break;
+            case '\r': *o++ = 'r'; break;
+            default:
+                *o++ = 'u';
+                *o++ = '0';
+                *o++ = '0';
+                *o++ = hex_digits[c >> 4];
+                *o++ = hex_digits[c & 15];
+            }
+            i++;
+            break;
+        default: {
+            int len = utf8_length(s + i, n - i);
+            if (len == 0)
+                return 1;
+            memcpy(o, s + i, len);
+            o += len;
+            i += len;
+        }
+        }
+    }
+    *o++ = '"';
+    b->len += o - start;
+    return 0;
+}
+
+/* A Python callable's answer, which must be bytes (a new reference, or NULL with an error). */
+static PyObject *
+call_for_bytes(PyObject *func, PyObject *arg, PyObject *arg2)
+{
+    PyObject *out = arg2 ? PyObject_CallFunctionObjArgs(func, arg, arg2, NULL)
+                         : PyObject_CallOneArg(func, arg);
+    if (out != NULL && !PyBytes_Check(out)) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_TypeError, "a dump encoder callable must return bytes");
+        return NULL;
+    }
+    return out;
+}
+
+enum { HOP_ASKED = 5, HOP_ANSWERED = 6, HOP_SIZE = 7 };
+
+static PyObject *
+encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "encode() takes 10 arguments");
+        return NULL;
+    }
+    PyObject *batch = args[0], *sec_text = args[2], *overrides = args[4], *kinds = args[5];
+    PyObject *methods = args[6], *method_json = args[7], *to_json = args[8], *tail_of = args[9];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    double second_at = PyFloat_AsDouble(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!PyList_CheckExact(batch) || !PyBytes_Check(sec_text) || !PyDict_CheckExact(methods) ||
+        !PyTuple_CheckExact(kinds) || PyTuple_GET_SIZE(kinds) != 4 ||
+        (overrides != Py_None && !PyList_CheckExact(overrides))) {
+        PyErr_SetString(PyExc_TypeError, "encode(): unexpected argument types");
+        return NULL;
+    }
+    PyObject *request = PyTuple_GET_ITEM(kinds, 0), *notification = PyTuple_GET_ITEM(kinds, 1);
+    PyObject *response = PyTuple_GET_ITEM(kinds, 2), *error = PyTuple_GET_ITEM(kinds, 3);
+    if (start < 0)
+        start = 0;
+    Buf out = {NULL, NULL, 0, 0};
+    Py_ssize_t opened = 0, i;
+    /* Room for the whole chunk at once (each frame escaped at worst, and its record's other
+     * parts), up to 4 MiB: growing the output copies it. */
+    Py_ssize_t room = 0;
+    for (i = start; i < PyList_GET_SIZE(batch) && room < (4 << 20); i++) {
+        PyObject *item = PyList_GET_ITEM(batch, i);
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 7 && PyBytes_CheckExact(PyTuple_GET_ITEM(item, 2)))
+            room += 6 * Py_MIN(PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 2)), 4 << 20) + 512;
+    }
+    if (reserve(&out, Py_MIN(room, 4 << 20)) < 0)
+        return NULL;
+    PyObject *record = NULL, *method = NULL, *id = NULL, *tail = NULL;
+    for (i = start; i < PyList_GET_SIZE(batch); i++) {
+        record = PyList_GET_ITEM(batch, i);
+        Py_INCREF(record);                 /* the callables below run Python code */
+        if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 7)
+            break;
+        PyObject *mono_obj = PyTuple_GET_ITEM(record, 0), *hop = PyTuple_GET_ITEM(record, 1);
+        PyObject *raw = PyTuple_GET_ITEM(record, 2), *kind = PyTuple_GET_ITEM(record, 3);
+        PyObject *method_obj = PyTuple_GET_ITEM(record, 4), *id_obj = PyTuple_GET_ITEM(record, 5);
+        PyObject *policy = PyTuple_GET_ITEM(record, 6);
+        if (!PyFloat_CheckExact(mono_obj) || !PyBytes_CheckExact(raw) || !PyList_CheckExact(hop) ||
+            PyList_GET_SIZE(hop) < HOP_SIZE)
+            break;
+        int head_index = kind == request ? 0 : kind == notification ? 1 : kind == response ? 2
+                       : kind == error ? 3 : -1;
+        if (head_index < 0)                /* a frame the gateway wrote (kind None): Python's */
+            break;
+        double mono = PyFloat_AS_DOUBLE(mono_obj);
+        double frac = (mono - second_at) * 1e6;
+        if (!(frac >= 0.0 && frac < 1e6))  /* another second: the caller starts a new call */
+            break;
+        if (!(id_obj == Py_None || PyLong_CheckExact(id_obj) || PyUnicode_CheckExact(id_obj)))
+            break;                         /* not a JSON-RPC id; nor safe as a dict key here */
+        /* The frame: a masked text from the caller, or the bytes (which must be UTF-8). */
+        PyObject *override = overrides == Py_None || i >= PyList_GET_SIZE(overrides)
+                           ? Py_None : PyList_GET_ITEM(overrides, i);
+        const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(raw);
+        Py_ssize_t size = PyBytes_GET_SIZE(raw);
+        if (override != Py_None ? !PyBytes_Check(override) : !utf8_valid(text, size))
+            break;
+
+        /* The parts Python decides (rare for all but the method, which is usually known). */
+        method = PyDict_GetItemWithError(methods, method_obj);   /* borrowed */
+        if (method != NULL)
+            Py_INCREF(method);
+        else if (PyErr_Occurred() || (method = call_for_bytes(method_json, method_obj, NULL)) == NULL)
+            goto fail;
+        long long id_value = 0;
+        int id_is_int = 0;
+        if (PyLong_CheckExact(id_obj)) {
+            int overflow;
+            id_value = PyLong_AsLongLongAndOverflow(id_obj, &overflow);
+            if (id_value == -1 && PyErr_Occurred())
+                goto fail;
+            id_is_int = !overflow;
+        }
+        if (!id_is_int && id_obj != Py_None && (id = call_for_bytes(to_json, id_obj, NULL)) == NULL)
+            goto fail;
+        if (policy != Py_None && (tail = call_for_bytes(tail_of, policy, Py_True)) == NULL)
+            goto fail;
+
+        /* From here on nothing calls back into Python: the hop's items are used as they are. */
+        PyObject *head = PyList_GET_ITEM(hop, head_index);
+        PyObject *asked = PyList_GET_ITEM(hop, HOP_ASKED), *answered = PyList_GET_ITEM(hop, HOP_ANSWERED);
+        if (!PyBytes_Check(head) || !PyDict_CheckExact(asked) || !PyDict_CheckExact(answered)) {
+            Py_CLEAR(method);
+            Py_CLEAR(id);
+            Py_CLEAR(tail);
+            break;
+        }
+        if (override == Py_None && size > (PY_SSIZE_T_MAX / 2 - 4096) / 6) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        Py_ssize_t need = 200 + PyBytes_GET_SIZE(sec_text) + PyBytes_GET_SIZE(head) +
+                          PyBytes_GET_SIZE(method) + (id ? PyBytes_GET_SIZE(id) : 0) +
+                          (tail ? PyBytes_GET_SIZE(tail) : 0) +
+                          (override != Py_None ? PyBytes_GET_SIZE(override) : 6 * size + 2);
+        if (reserve(&out, need) < 0)
+            goto fail;
+        double latency = 0.0;
+        int has_latency = 0;
+        if (id_obj != Py_None) {           /* int and str keys: hashing runs no Python code */
+            if (kind == request) {
+                if (PyDict_SetItem(asked, id_obj, mono_obj) < 0)
+                    goto fail;
+                opened++;
+            }
+            else if (kind == response || kind == error) {
+                PyObject *since = PyDict_GetItemWithError(answered, id_obj);
+                if (since == NULL && PyErr_Occurred())
+                    goto fail;
+                if (since != NULL) {
+                    if (PyFloat_Check(since)) {
+                        latency = (mono - PyFloat_AS_DOUBLE(since)) * 1000.0;
+                        has_latency = 1;
+                    }
+                    if (PyDict_DelItem(answered, id_obj) < 0)
+                        goto fail;
+                    opened--;
+                }
+            }
+        }
+
+        PUT_LITERAL(&out, "{\"ts\":\"");
+        put_bytes(&out, sec_text);
+        PUT_LITERAL(&out, ".");
+        put_u64(&out, (unsigned long long)frac, 6);
+        PUT_LITERAL(&out, "Z\",\"mono\":");
+        if (put_fixed(&out, mono, 6) < 0)
+            goto fail;
+        put_bytes(&out, head);
+        PUT_LITERAL(&out, ",\"method\":");
+        put_bytes(&out, method);
+        PUT_LITERAL(&out, ",\"id\":");
+        if (id_is_int)
+            put_i64(&out, id_value);
+        else if (id != NULL)
+            put_bytes(&out, id);
+        else
+            PUT_LITERAL(&out, "null");
+        PUT_LITERAL(&out, ",\"bytes\":");
+        put_i64(&out, size);
+        if (has_latency) {
+            PUT_LITERAL(&out, ",\"latency_ms\":");
+            if (put_fixed(&out, latency, 3) < 0)
+                goto fail;
+        }
+        PUT_LITERAL(&out, ",\"policy\":");
+        if (tail != NULL)
+            put_bytes(&out, tail);
+        else
+            PUT_LITERAL(&out, "null,\"frame\":");
+        if (override != Py_None)
+            put_bytes(&out, override);
+        else if (put_json_string(&out, text, size)) {   /* checked above: cannot happen */
+            PyErr_SetString(PyExc_SystemError, "dump encoder: a frame stopped being UTF-8");
+            goto fail;
+        }
+        PUT_LITERAL(&out, "}\n");
+        Py_CLEAR(method);
+        Py_CLEAR(id);
+        Py_CLEAR(tail);
+        Py_CLEAR(record);
+    }
+    Py_CLEAR(record);
+    PyObject *data = finish(&out);
+    if (data == NULL)
+        return NULL;
+    return Py_BuildValue("(Nnn)", data, opened, i);
+
+fail:
+    Py_XDECREF(record);
+    Py_XDECREF(method);
+    Py_XDECREF(id);
+    Py_XDECREF(tail);
+    Py_XDECREF(out.bytes);
+    return NULL;
+}
+
+/* ---- the masking pre-check's word test (mask.py: json_triggers, json_find) ------------------
+ *
+ * A frame (a JSON text) is a suspect when it holds a backslash, the end of a key that SECRET_KEY
+ * could match ("token", "key", ... right before a closing quote, with the right thing before the
+ * word), or a credential scheme word ("bearer", "basic") where a string could hold whitespace
+ * after it (a space or control byte in the frame, or any non-ASCII byte); a non-ASCII frame
+ * also when it holds a letter that IGNORECASE folds to an ASCII one. The same rules as mask.py's,
+ * per frame, found by memchr: a look back from each quote, a look ahead from each 'b'. */
+
+static inline unsigned char
+lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+}
+
+/* Whether s[0:end] ends with word (n bytes, lower case), case-insensitively. */
+static int
+ends_with(const unsigned char *s, Py_ssize_t end, const char *word, Py_ssize_t n)
+{
+    if (end < n)
+        return 0;
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (lower(s[end - n + k]) != (unsigned char)word[k])
+            return 0;
+    return 1;
+}
+
+#define ENDS_WITH(s, end, lit) ends_with((s), (end), (lit), (Py_ssize_t)sizeof(lit) - 1)
+
+static int
+quote_or_sep_before(const unsigned char *s, Py_ssize_t at)
+{
+    return at > 0 && (s[at - 1] == '"' || s[at - 1] == '_' || s[at - 1] == '-');
+}
+
+/* Whether the quote at s[q] closes a key SECRET_KEY could match (mask.py's _KEY_WORDS), by the
+ * letter before it. */
+static int
+secret_key_ends(const unsigned char *s, Py_ssize_t q)
+{
+    if (q < 1)
+        return 0;
+    switch (lower(s[q - 1])) {
+    case 'n':
+        if (ENDS_WITH(s, q, "token")) {
+            Py_ssize_t at = q - 5;
+            return quote_or_sep_before(s, at) || ENDS_WITH(s, at, "access") || ENDS_WITH(s, at, "refresh") ||
+                   ENDS_WITH(s, at, "id") || ENDS_WITH(s, at, "auth") || ENDS_WITH(s, at, "bearer") ||
+                   ENDS_WITH(s, at, "session");
+        }
+        return ENDS_WITH(s, q, "authorization") && quote_or_sep_before(s, q - 13);
+    case 'y':
+        return ENDS_WITH(s, q, "key") &&
+               (ENDS_WITH(s, q - 3, "api") || ENDS_WITH(s, q - 3, "api_") || ENDS_WITH(s, q - 3, "api-"));
+    case 't':
+        return ENDS_WITH(s, q, "secret") && (quote_or_sep_before(s, q - 6) || ENDS_WITH(s, q - 6, "client"));
+    case 'e':
+        return ENDS_WITH(s, q, "cookie") && quote_or_sep_before(s, q - 6);
+    case 'd':
+        return (ENDS_WITH(s, q, "password") && quote_or_sep_before(s, q - 8)) ||
+               (ENDS_WITH(s, q, "passwd") && quote_or_sep_before(s, q - 6));
+    }
+    return 0;
+}
+
+/* Whether a scheme word ("bearer", "basic") starts at some `first` byte ('b' or 'B') of s. */
+static int
+scheme_from(const unsigned char *s, Py_ssize_t n, unsigned char first)
+{
+    const unsigned char *p = s, *end = s + n;
+    while ((p = memchr(p, first, end - p)) != NULL) {
+        Py_ssize_t at = p - s + 1;     /* the word's rest, "earer" or "asic", ends at at + len */
+        if ((n - at >= 5 && ENDS_WITH(s, at + 5, "earer")) || (n - at >= 4 && ENDS_WITH(s, at + 4, "asic")))
+            return 1;
+        p++;
+    }
+    return 0;
+}
+
+static int
+space_or_control(const unsigned char *s, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] <= ' ')
+            return 1;
+    return 0;
+}
+
+static int
+suspect(const unsigned char *s, Py_ssize_t n)
+{
+    if (memchr(s, '\\', n) != NULL)
+        return 1;
+    const unsigned char *q = s, *end = s + n;
+    while ((q = memchr(q, '"', end - q)) != NULL) {
+        if (secret_key_ends(s, q - s))
+            return 1;
+        q++;
+    }
+    int ascii = all_ascii(s, n);
+    /* A scheme word needs whitespace after it, in a string: in an ASCII text without escapes
+     * that is a space (raw control characters are not JSON, but count them anyway). */
+    if ((scheme_from(s, n, 'b') || scheme_from(s, n, 'B')) && (!ascii || space_or_control(s, n)))
+        return 1;
+    if (!ascii) {   /* KELVIN SIGN, LONG S, I WITH DOT ABOVE, DOTLESS I (mask.py's _FOLDS) */
+        static const char *const folds[] = {"\xe2\x84\xaa", "\xc5\xbf", "\xc4\xb0", "\xc4\xb1", NULL};
+        for (int k = 0; folds[k]; k++)
+            if (memmem(s, n, folds[k], strlen(folds[k])) != NULL)
+                return 1;
+    }
+    return 0;
+}
+
+static PyObject *
+suspects(PyObject *module, PyObject *raws)
+{
+    (void)module;
+    PyObject *seq = PySequence_Fast(raws, "suspects() takes a sequence of bytes");
+    if (seq == NULL)
+        return NULL;
+    PyObject *found = PyList_New(0);
+    if (found == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *raw = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(raw)) {
+            PyErr_SetString(PyExc_TypeError, "suspects() takes a sequence of bytes");
+            goto fail;
+        }
+        if (suspect((const unsigned char *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (index == NULL || PyList_Append(found, index) < 0) {
+                Py_XDECREF(index);
+                goto fail;
+            }
+            Py_DECREF(index);
+        }
+    }
+    Py_DECREF(seq);
+    return found;
+fail:
+    Py_DECREF(seq);
+    Py_DECREF(found);
+    return NULL;
+}
+
+static PyMethodDef records_methods[] = {
+    {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
+     "encode(batch, start, sec_text, second_at, overrides, kinds, methods, method_json, to_json, "
+     "tail_of) -> (bytes, opened, stop): the usual records of a dump chunk (see writer.py)."},
+    {"suspects", suspects, METH_O,
+     "suspects(raws) -> [index]: the JSON frames the masking pre-check's words flag (see mask.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef records_module = {
+    PyModuleDef_HEAD_INIT, "_records",
+    "The dump's record encoder in C (optional: writer.py has the same in Python).",
+    -1, records_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__records(void)
+{
+    init_byte_class();
+    return PyModule_Create(&records_module);
+}
