@@ -11,6 +11,7 @@
  * returns how far it got; writer.py encodes from there on in Python. Decisions that need
  * Python (masking, an unknown method's JSON, an unusual id, a policy) are made by writer.py,
  * before the call (`overrides`: the masked frames' JSON texts) or through its callables.
+ * suspects() is the masking pre-check's word test (mask.py), one frame at a time.
  *
  * encode(batch, start, sec_text, second_at, overrides, kinds, methods, method_json, to_json,
  *        tail_of) -> (bytes, opened, stop)
