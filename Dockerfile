@@ -13,7 +13,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY wire_gateway ./wire_gateway
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
-    && python -m zipfile -l /wheels/*.whl | grep -q "wire_gateway/dump/_records"
+    && python -m zipfile -l /wheels/*.whl | grep -q "wire_gateway/dump/_records.*\.so"
 
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
