@@ -7,7 +7,7 @@ adding a tool means adding one line to ``SUBCOMMANDS``.
 import argparse
 import sys
 
-from load import bench, fast_echo, http_bench, policy_bench, run, stdio_bench, stdio_ceiling
+from load import bench, dump_cost, fast_echo, http_bench, policy_bench, run, stdio_bench, stdio_ceiling
 
 SUBCOMMANDS = {
     "run": (run, "replay a recorded fixture as concurrent virtual sessions, every answer checked"),
@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "stdio-bench": (stdio_bench, "compare a stdio MCP server direct vs through the gateway"),
     "stdio-ceiling": (stdio_ceiling, "measure the bench driver itself against fast-echo"),
     "http-bench": (http_bench, "compare an MCP server over Streamable HTTP direct vs through the gateway"),
+    "dump-cost": (dump_cost, "what frame dumps cost: the gateway without and with --dump, at the same time"),
     "policy-bench": (policy_bench, "what the policy chain costs (ping) and what its tools/list cache saves"),
     "fast-echo": (fast_echo, "a minimal, fast echo MCP server (the ceiling's target)"),
 }
