@@ -379,10 +379,12 @@ class Dumper:
         self.unanswered += opened
         return b"".join(parts)
 
-    def _second_of(self, mono: float) -> tuple[bytes, float]:
+    def _second_of(self, mono: float, offset: float | None = None) -> tuple[bytes, float]:
         """The RFC 3339 text of the wall-clock second holding monotonic time `mono`, and the
-        monotonic time at which that second began (see `_times`)."""
-        offset = _clock_offset()
+        monotonic time at which that second began; the last one is remembered (`_sec`).
+        `offset`: wall-clock time minus monotonic time (read now when not given)."""
+        if offset is None:
+            offset = _clock_offset()
         second_at = self._sec - offset
         if not 0.0 <= mono - second_at < 1.0:
             self._sec = int(mono + offset)
@@ -492,32 +494,22 @@ class Dumper:
         """Each record's RFC 3339 second and its microseconds (as a float: `%06d` truncates it).
 
         The hooks read only the monotonic clock; the wall-clock time is derived from it, with the
-        offset between the two clocks read once per chunk. `second_at` is the monotonic time at
-        which the wall-clock second `sec` (its text in `sec_text`) began."""
+        offset between the two clocks read once per chunk (`_second_of`)."""
         offset = _clock_offset()
-        sec, sec_text = self._sec, self._sec_text
-        second_at = sec - offset
         lo, hi = min(monos), max(monos)
-        if not 0.0 <= lo - second_at < 1.0:
-            sec = int(lo + offset)
-            sec_text = _second_text(sec)
-            second_at = sec - offset
+        sec_text, second_at = self._second_of(lo, offset)
         if 0.0 <= lo - second_at and hi - second_at < 1.0:   # the usual chunk: all in one second
-            self._sec, self._sec_text = sec, sec_text
             return repeat(sec_text), map(mul, map(sub, monos, repeat(second_at)), repeat(1e6))
         sec_texts, fracs = [], []
         for mono in monos:
             frac = mono - second_at
             if frac >= 1.0 or frac < 0.0:
-                sec = int(mono + offset)
-                sec_text = _second_text(sec)
-                second_at = sec - offset
+                sec_text, second_at = self._second_of(mono, offset)
                 frac = mono - second_at
                 if not 0.0 <= frac < 1.0:     # rounding at the very edge of a second
                     frac = 0.0 if frac < 0.0 else 0.999999
             sec_texts.append(sec_text)
             fracs.append(frac * 1e6)
-        self._sec, self._sec_text = sec, sec_text
         return sec_texts, fracs
 
     def _dropped_record(self, dropped: int) -> bytes:
