@@ -312,6 +312,21 @@ put_json_string(Buf *b, const unsigned char *s, Py_ssize_t n)
     return 0;
 }
 
+/* The exact length of put_json_string's output for n UTF-8 bytes: reserved for large frames,
+ * whose worst case (6 bytes per byte) would be a needless burst of memory (16 MiB frames are
+ * allowed). */
+static Py_ssize_t
+json_string_length(const unsigned char *s, Py_ssize_t n)
+{
+    Py_ssize_t len = n + 2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (byte_class[c] == 1)
+            len += c == '"' || c == '\\' || c == '\b' || c == '\t' || c == '\n' || c == '\f' || c == '\r' ? 1 : 5;
+    }
+    return len;
+}
+
 /* A Python callable's answer, which must be bytes (a new reference, or NULL with an error). */
 static PyObject *
 call_for_bytes(PyObject *func, PyObject *arg, PyObject *arg2)
@@ -327,6 +342,7 @@ call_for_bytes(PyObject *func, PyObject *arg, PyObject *arg2)
 }
 
 enum { HOP_ASKED = 5, HOP_ANSWERED = 6, HOP_SIZE = 7 };
+#define LARGE_FRAME (64 << 10)   /* frames past this get an exact reservation */
 
 static PyObject *
 encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -360,7 +376,7 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     for (i = start; i < PyList_GET_SIZE(batch) && room < (4 << 20); i++) {
         PyObject *item = PyList_GET_ITEM(batch, i);
         if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 7 && PyBytes_CheckExact(PyTuple_GET_ITEM(item, 2)))
-            room += 6 * Py_MIN(PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 2)), 4 << 20) + 512;
+            room += Py_MIN(PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 2)), LARGE_FRAME) * 6 + 512;
     }
     if (reserve(&out, Py_MIN(room, 4 << 20)) < 0)
         return NULL;
@@ -431,7 +447,8 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_ssize_t need = 200 + PyBytes_GET_SIZE(sec_text) + PyBytes_GET_SIZE(head) +
                           PyBytes_GET_SIZE(method) + (id ? PyBytes_GET_SIZE(id) : 0) +
                           (tail ? PyBytes_GET_SIZE(tail) : 0) +
-                          (override != Py_None ? PyBytes_GET_SIZE(override) : 6 * size + 2);
+                          (override != Py_None ? PyBytes_GET_SIZE(override)
+                           : size > LARGE_FRAME ? json_string_length(text, size) : 6 * size + 2);
         if (reserve(&out, need) < 0)
             goto fail;
         double latency = 0.0;
