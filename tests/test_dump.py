@@ -25,6 +25,8 @@ from wire_gateway.dump.writer import C2G, DIRECTIONS as DIRECTIONS_ALL, G2C, UNW
 from wire_gateway.wire.frame import decode
 
 ROOT = Path(__file__).resolve().parent.parent
+# Why the C encoder's tests skip where it is absent; CI requires it (WIRE_GATEWAY_REQUIRE_C_ENCODER).
+NO_C_ENCODER = "the C record encoder is not built (no C compiler at install time)"
 DATA = Path(__file__).resolve().parent / "data"
 SMALL = DATA / "dump-small.jsonl"   # a real stdio session through the gateway, 10 client frames
 ECHO = {"command": sys.executable, "args": ["-m", "wire_gateway.demo.echo"], "cwd": str(ROOT)}
@@ -160,7 +162,7 @@ def word_test(request: pytest.FixtureRequest) -> str:
     """Which word test `FrameMasker.suspects` uses: C (where built) or Python."""
     from wire_gateway.dump import mask
     if request.param == "C" and mask._c_word_suspects is None:
-        pytest.skip("the C record encoder is not built (no C compiler at install time)")
+        pytest.skip(NO_C_ENCODER)
     return request.param
 
 
@@ -388,7 +390,7 @@ def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     import wire_gateway.dump.writer as writer
     if request.param == "C":
         if writer._native is None:
-            pytest.skip("the C record encoder is not built (no C compiler at install time)")
+            pytest.skip(NO_C_ENCODER)
         monkeypatch.setattr(writer, "NATIVE", writer._native)
     else:
         monkeypatch.setattr(writer, "NATIVE", None)
@@ -505,7 +507,7 @@ def test_the_c_encoder_is_built_where_ci_requires_it() -> None:
     import wire_gateway.dump.writer as writer
     if writer._native is None:
         assert not os.environ.get("WIRE_GATEWAY_REQUIRE_C_ENCODER"), "the C record encoder did not build"
-        pytest.skip("the C record encoder is not built (no C compiler at install time)")
+        pytest.skip(NO_C_ENCODER)
     assert writer.NATIVE is writer._native or os.environ.get("WIRE_GATEWAY_DUMP_ENCODER") == "python"
 
 
@@ -550,7 +552,7 @@ def test_the_c_and_python_encoders_write_the_same_bytes(tmp_path: Path, monkeypa
     open requests behind."""
     import wire_gateway.dump.writer as writer
     if writer._native is None:
-        pytest.skip("the C record encoder is not built (no C compiler at install time)")
+        pytest.skip(NO_C_ENCODER)
     monkeypatch.setattr(writer, "_clock_offset", lambda: 1_700_000_000.25)
     kinds = {"request": FRAME.kind, "notification": decode(b'{"jsonrpc":"2.0","method":"n"}').kind,
              "response": decode(b'{"jsonrpc":"2.0","id":1,"result":{}}').kind,
