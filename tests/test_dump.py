@@ -166,6 +166,18 @@ def word_test(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+def encoder_flags(raw: bytes) -> bool:
+    """Whether the C record encoder's own word test (the one it runs while escaping a frame, when
+    no patterns are configured) stops at this frame as a suspect."""
+    from wire_gateway.dump import writer
+    tap = Dumper(DumpSettings(path=os.devnull)).tap("s", "echo", "http", era="modern")
+    record = (1.5, tap.hops[C2G], raw, FRAME.kind, "tools/call", 1, None)
+    data, _, stop, suspect = writer._native.encode([record], 0, b"2026-11-21T00:00:00", 1.0, None, writer._KIND_ORDER,
+                                                   {}, writer._method_json, writer._json, writer._tail, True)
+    assert (stop, bool(data)) == ((0, False) if suspect else (1, True)), raw
+    return bool(suspect)
+
+
 def masker(word_test: str, patterns: list[str] = PATTERNS) -> FrameMasker:
     m = FrameMasker(patterns)
     if word_test == "Python":
@@ -182,8 +194,15 @@ def test_the_batch_test_never_skips_a_secret(word_test: str) -> None:
             assert len(before) in m.suspects(batch), raw
         masked, changed = m.mask_raw(raw)
         assert changed and b"s1" not in masked and b"1234" not in masked and b"\\u00312" not in masked, raw
+        if word_test == "C":       # the encoder's own word test: the same verdict as suspects()
+            assert encoder_flags(raw) == bool(m.word_suspects([raw])), raw
     for raw in CLEAN_FRAMES:
         assert not truly_masked(m, raw)
+        if word_test == "C":
+            assert encoder_flags(raw) == bool(m.word_suspects([raw])), raw
+    if word_test == "C":   # raw control bytes (not JSON, but the rule counts them as whitespace)
+        for raw in (b'{"a":"Bearer\x01x"}', b'{"a":"basic\x1fx"}', b'{"a":"bearer\x7fx"}'):
+            assert encoder_flags(raw) == bool(m.word_suspects([raw])), raw
     # Compact frames with no trigger word are not suspects (the point of the shortcut), nor are
     # secret-ish words where no key SECRET_KEY matches could end (progressToken).
     assert m.suspects([CLEAN_FRAMES[i] for i in (0, 1, 2, 5)] * 10) == set()
@@ -218,8 +237,8 @@ def test_the_batch_test_agrees_with_the_full_walk_on_random_frames(word_test: st
         batch = [rng.choice(dumpers)({"jsonrpc": "2.0", "id": 1, "result": value(0)}).encode() for _ in range(8)]
         suspects = m.suspects(batch)
         for n, raw in enumerate(batch):
-            if word_test == "C":   # per frame, the two word tests are the same test
-                assert bool(m.word_suspects([raw])) == bool(m._word_suspects([raw])), raw
+            if word_test == "C":   # per frame, the three word tests are the same test
+                assert bool(m.word_suspects([raw])) == bool(m._word_suspects([raw])) == encoder_flags(raw), raw
             if truly_masked(m, raw):
                 flagged += 1
                 assert n in suspects, raw
@@ -522,7 +541,9 @@ def _random_batch(rng: random.Random, taps: list, kinds: dict, start: float) -> 
     for _ in range(rng.randint(1, 150)):
         mono += rng.choice([0.0, 1e-7, 3e-6, 0.001, 0.137, 0.5000005])
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"text": text}}, ensure_ascii=rng.random() < 0.3)
+        key = rng.choice(["text", "text", "text", "token", "x-api-key", "Authorization", "progressToken", "bytes"])
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {key: text, "n": 1}}, ensure_ascii=rng.random() < 0.3,
+                          separators=rng.choice([(",", ":"), (", ", ": ")]))
         raw = body.encode()
         if rng.random() < 0.05:
             raw = raw[:-3] + b"\xff\xfe" + raw[-3:]          # not UTF-8
@@ -546,10 +567,13 @@ def _random_batch(rng: random.Random, taps: list, kinds: dict, start: float) -> 
     return batches
 
 
-def test_the_c_and_python_encoders_write_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("patterns", [(), ("sk-[0-9]+",)], ids=["word test in C encoder", "patterns"])
+def test_the_c_and_python_encoders_write_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        patterns: tuple[str, ...]) -> None:
     """The C encoder is an optimisation only: on random chunks (every kind of record it leaves to
-    Python among them) it writes exactly what the Python encoder writes, and leaves the same
-    open requests behind."""
+    Python among them, frames to mask among them) it writes exactly what the Python encoder
+    writes, and leaves the same open requests behind. Without configured patterns the C encoder
+    runs the masking word test itself; with them, writer.py tests every frame first."""
     import wire_gateway.dump.writer as writer
     if writer._native is None:
         pytest.skip(NO_C_ENCODER)
@@ -557,20 +581,22 @@ def test_the_c_and_python_encoders_write_the_same_bytes(tmp_path: Path, monkeypa
     kinds = {"request": FRAME.kind, "notification": decode(b'{"jsonrpc":"2.0","method":"n"}').kind,
              "response": decode(b'{"jsonrpc":"2.0","id":1,"result":{}}').kind,
              "error": decode(b'{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"m"}}').kind}
-    dumpers = [Dumper(DumpSettings(path=str(tmp_path / f"{n}.jsonl"), mask_patterns=("sk-[0-9]+",)))
-               for n in range(2)]
+    dumpers = [Dumper(DumpSettings(path=str(tmp_path / f"{n}.jsonl"), mask_patterns=patterns)) for n in range(2)]
     dumpers[0].native, dumpers[1].native = writer._native, None
     taps = [d.tap("s\u00e9", "echo", "http", era="modern") for d in dumpers]
     rng = random.Random(5)
     mono = 123_456.75
+    masked = 0
     for _ in range(300):
         native_batch, python_batch = _random_batch(rng, taps, kinds, mono)
         mono = native_batch[-1][0]
         native, python = dumpers[0]._encode(native_batch), dumpers[1]._encode(python_batch)
         assert native == python
+        masked += native.count(b"***")
         assert taps[0].unanswered == taps[1].unanswered and dumpers[0].unanswered == dumpers[1].unanswered
         for line in native.splitlines():
             json.loads(line)
+    assert masked > 300          # frames with secrets were among them, masked the same way
     # Times the integer shortcut cannot decide (within an ulp of a half) go Python's way.
     for mono in (0.0000005, 1.0000005, 2.5e-7, 123_456.0000015, 7.0, 1e9 + 0.5e-6):
         assert dumpers[0]._encode([(mono, taps[0].hops[C2G], FRAME.raw, FRAME.kind, None, None, None)]) == \

@@ -11,21 +11,26 @@
  * returns how far it got; writer.py encodes from there on in Python. Decisions that need
  * Python (masking, an unknown method's JSON, an unusual id, a policy) are made by writer.py,
  * before the call (`overrides`: the masked frames' JSON texts) or through its callables.
- * suspects() is the masking pre-check's word test (mask.py), one frame at a time.
+ * suspects() is the masking pre-check's word test (mask.py), one frame at a time; with
+ * `word_test` encode() runs the same test itself, in its one pass over each frame, and stops at
+ * a suspect (writer.py masks that frame and calls again with its text in `overrides`).
  *
  * encode(batch, start, sec_text, second_at, overrides, kinds, methods, method_json, to_json,
- *        tail_of) -> (bytes, opened, stop)
+ *        tail_of, word_test) -> (bytes, opened, stop, suspect)
  *   batch      list of hook tuples (mono, hop, raw, kind, method, id, policy)
  *   sec_text   b"YYYY-MM-DDTHH:MM:SS" of the second that began at monotonic time second_at
  *   overrides  None, or a list (as long as batch) of None or a frame's JSON text (masked)
  *   kinds      (REQUEST, NOTIFICATION, RESPONSE, ERROR): the heads' order in a hop
  *   methods    dict method -> its JSON; method_json(method), to_json(id), tail_of(policy, True)
  *   opened     requests added to the open-request maps, less those answered
+ *   word_test  whether to run the word test on the frames without an override
  *   stop       the first record not encoded (len(batch) when all were)
+ *   suspect    1 when it stopped there because the word test flagged that record's frame
  */
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE     /* memmem */
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -93,15 +98,26 @@ put_bytes(Buf *b, PyObject *bytes)
     put(b, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
 }
 
+static char digit_pairs[200];      /* "00" "01" .. "99" (init_tables) */
+
 static void
 put_u64(Buf *b, unsigned long long n, int width)
 {
     char tmp[24];
     int i = 24;
-    do {
-        tmp[--i] = (char)('0' + n % 10);
-        n /= 10;
-    } while (n);
+    while (n >= 100) {               /* two digits at a time */
+        unsigned r = (unsigned)(n % 100);
+        n /= 100;
+        i -= 2;
+        memcpy(tmp + i, digit_pairs + 2 * r, 2);
+    }
+    if (n >= 10) {
+        i -= 2;
+        memcpy(tmp + i, digit_pairs + 2 * n, 2);
+    }
+    else {
+        tmp[--i] = (char)('0' + n);
+    }
     while (24 - i < width)
         tmp[--i] = '0';
     put(b, tmp + i, 24 - i);
@@ -132,8 +148,7 @@ put_fixed(Buf *b, double x, int digits)
     if (v >= 0.0 && v < 4503599627370496.0) {          /* 2^52: the ulp is below one half */
         double whole = floor(v);
         double rest = v - whole;                         /* exact */
-        double ulp = nextafter(v, INFINITY) - v;
-        if (fabs(rest - 0.5) > ulp) {
+        if (fabs(rest - 0.5) > v * DBL_EPSILON) {      /* v's ulp is at most v * 2^-52 */
             unsigned long long n = (unsigned long long)whole + (rest > 0.5);
             put_u64(b, n / iscales[digits], 0);
             PUT_LITERAL(b, ".");
@@ -155,15 +170,20 @@ put_fixed(Buf *b, double x, int digits)
     return 0;
 }
 
-/* 0: copied as it is; 1: an ASCII byte JSON escapes; 2: the lead of a multi-byte character. */
+/* 0: copied as it is; 1: an ASCII byte JSON escapes; 2: the lead of a multi-byte character;
+ * 3: 'b' or 'B', copied as it is (where a credential scheme word may start: the word test). */
 static unsigned char byte_class[256];
 static const char hex_digits[] = "0123456789abcdef";
 
 static void
-init_byte_class(void)
+init_tables(void)
 {
+    for (int d = 0; d < 100; d++) {
+        digit_pairs[2 * d] = (char)('0' + d / 10);
+        digit_pairs[2 * d + 1] = (char)('0' + d % 10);
+    }
     for (int c = 0; c < 256; c++)
-        byte_class[c] = c < 0x20 || c == '"' || c == '\\' ? 1 : c >= 0x80 ? 2 : 0;
+        byte_class[c] = c < 0x20 || c == '"' || c == '\\' ? 1 : c >= 0x80 ? 2 : c == 'b' || c == 'B' ? 3 : 0;
 }
 
 /* The length of the UTF-8 character at s (at most n bytes left), or 0 when it is not one
@@ -209,328 +229,6 @@ all_ascii(const unsigned char *s, Py_ssize_t n)
     return (high & 0x8080808080808080ULL) == 0;
 }
 
-/* Whether s is UTF-8 (Python's strict decoder's rules). Checked before a record is started, so
- * that a frame that is not UTF-8 leaves nothing behind (no bytes, no open request changed). */
-static int
-utf8_valid(const unsigned char *s, Py_ssize_t n)
-{
-    if (all_ascii(s, n))
-        return 1;
-    for (Py_ssize_t i = 0; i < n;) {
-        if (s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        int len = utf8_length(s + i, n - i);
-        if (len == 0)
-            return 0;
-        i += len;
-    }
-    return 1;
-}
-
-#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define WORDS 1
-/* The high bit of each of the 8 bytes in w that JSON escapes (below 0x20, '"', '\\') or that is
- * not ASCII, by the usual word-at-a-time test for a byte below n, (w - n * 0x01..) & ~w. Bytes
- * after the first such byte may be flagged wrongly (borrows), never bytes before it. */
-static inline uint64_t
-special_bytes(uint64_t w)
-{
-    const uint64_t ones = 0x0101010101010101ULL;
-    uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
-    return (((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash) | w) &
-           (ones * 0x80);
-}
-#endif
-
-/* UTF-8 bytes as a JSON string, escaped as orjson escapes a str (the short escapes \b \t \n \f
- * \r, \u00XX in lower case for the other control characters, nothing else). Needs 6n+2 bytes
- * reserved. Returns 0, or 1 (nothing written) when the bytes are not UTF-8. Plain bytes go
- * eight at a time where the machine allows. */
-static int
-put_json_string(Buf *b, const unsigned char *s, Py_ssize_t n)
-{
-    char *start = b->p + b->len;
-    char *o = start;
-    Py_ssize_t i = 0;
-    *o++ = '"';
-    while (i < n) {
-#ifdef WORDS
-        if (n - i >= 8) {          /* 8 bytes at a time up to the first one to look at */
-            uint64_t w, special;
-            memcpy(&w, s + i, 8);
-            special = special_bytes(w);
-            memcpy(o, &w, 8);      /* room: 6 * (n - i) >= 8 */
-            if (!special) {
-                o += 8;
-                i += 8;
-                continue;
-            }
-            int plain = __builtin_ctzll(special) >> 3;
-            o += plain;
-            i += plain;
-        }
-#endif
-        unsigned char c = s[i];
-        switch (byte_class[c]) {
-        case 0:
-            *o++ = (char)c;
-            i++;
-            break;
-        case 1:
-            *o++ = '\\';
-            switch (c) {
-            case '"': *o++ = '"'; break;
-            case '\\': *o++ = '\\'; break;
-            case '\b': *o++ = 'b'; break;
-            case '\t': *o++ = 't'; break;
-            case '\n': *o++ = 'n'; break;
-            case '\f': *o++ = 'f'; break;
-            case '\r': *o++ = 'r'; break;
-            default:
-                *o++ = 'u';
-                *o++ = '0';
-                *o++ = '0';
-                *o++ = hex_digits[c >> 4];
-                *o++ = hex_digits[c & 15];
-            }
-            i++;
-            break;
-        default: {
-            int len = utf8_length(s + i, n - i);
-            if (len == 0)
-                return 1;
-            memcpy(o, s + i, len);
-            o += len;
-            i += len;
-        }
-        }
-    }
-    *o++ = '"';
-    b->len += o - start;
-    return 0;
-}
-
-/* The exact length of put_json_string's output for n UTF-8 bytes: reserved for large frames,
- * whose worst case (6 bytes per byte) would be a needless burst of memory (16 MiB frames are
- * allowed). */
-static Py_ssize_t
-json_string_length(const unsigned char *s, Py_ssize_t n)
-{
-    Py_ssize_t len = n + 2;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = s[i];
-        if (byte_class[c] == 1)
-            len += c == '"' || c == '\\' || c == '\b' || c == '\t' || c == '\n' || c == '\f' || c == '\r' ? 1 : 5;
-    }
-    return len;
-}
-
-/* A Python callable's answer, which must be bytes (a new reference, or NULL with an error). */
-static PyObject *
-call_for_bytes(PyObject *func, PyObject *arg, PyObject *arg2)
-{
-    PyObject *out = arg2 ? PyObject_CallFunctionObjArgs(func, arg, arg2, NULL)
-                         : PyObject_CallOneArg(func, arg);
-    if (out != NULL && !PyBytes_Check(out)) {
-        Py_DECREF(out);
-        PyErr_SetString(PyExc_TypeError, "a dump encoder callable must return bytes");
-        return NULL;
-    }
-    return out;
-}
-
-enum { HOP_ASKED = 5, HOP_ANSWERED = 6, HOP_SIZE = 7 };
-#define LARGE_FRAME (64 << 10)   /* frames past this get an exact reservation */
-
-static PyObject *
-encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)module;
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "encode() takes 10 arguments");
-        return NULL;
-    }
-    PyObject *batch = args[0], *sec_text = args[2], *overrides = args[4], *kinds = args[5];
-    PyObject *methods = args[6], *method_json = args[7], *to_json = args[8], *tail_of = args[9];
-    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
-    double second_at = PyFloat_AsDouble(args[3]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (!PyList_CheckExact(batch) || !PyBytes_Check(sec_text) || !PyDict_CheckExact(methods) ||
-        !PyTuple_CheckExact(kinds) || PyTuple_GET_SIZE(kinds) != 4 ||
-        (overrides != Py_None && !PyList_CheckExact(overrides))) {
-        PyErr_SetString(PyExc_TypeError, "encode(): unexpected argument types");
-        return NULL;
-    }
-    PyObject *request = PyTuple_GET_ITEM(kinds, 0), *notification = PyTuple_GET_ITEM(kinds, 1);
-    PyObject *response = PyTuple_GET_ITEM(kinds, 2), *error = PyTuple_GET_ITEM(kinds, 3);
-    if (start < 0)
-        start = 0;
-    Buf out = {NULL, NULL, 0, 0};
-    Py_ssize_t opened = 0, i;
-    /* Room for the whole chunk at once (each frame escaped at worst, and its record's other
-     * parts), up to 4 MiB: growing the output copies it. */
-    Py_ssize_t room = 0;
-    for (i = start; i < PyList_GET_SIZE(batch) && room < (4 << 20); i++) {
-        PyObject *item = PyList_GET_ITEM(batch, i);
-        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 7 && PyBytes_CheckExact(PyTuple_GET_ITEM(item, 2)))
-            room += Py_MIN(PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 2)), LARGE_FRAME) * 6 + 512;
-    }
-    if (reserve(&out, Py_MIN(room, 4 << 20)) < 0)
-        return NULL;
-    PyObject *record = NULL, *method = NULL, *id = NULL, *tail = NULL;
-    for (i = start; i < PyList_GET_SIZE(batch); i++) {
-        record = PyList_GET_ITEM(batch, i);
-        Py_INCREF(record);                 /* the callables below run Python code */
-        if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 7)
-            break;
-        PyObject *mono_obj = PyTuple_GET_ITEM(record, 0), *hop = PyTuple_GET_ITEM(record, 1);
-        PyObject *raw = PyTuple_GET_ITEM(record, 2), *kind = PyTuple_GET_ITEM(record, 3);
-        PyObject *method_obj = PyTuple_GET_ITEM(record, 4), *id_obj = PyTuple_GET_ITEM(record, 5);
-        PyObject *policy = PyTuple_GET_ITEM(record, 6);
-        if (!PyFloat_CheckExact(mono_obj) || !PyBytes_CheckExact(raw) || !PyList_CheckExact(hop) ||
-            PyList_GET_SIZE(hop) < HOP_SIZE)
-            break;
-        int head_index = kind == request ? 0 : kind == notification ? 1 : kind == response ? 2
-                       : kind == error ? 3 : -1;
-        if (head_index < 0)                /* a frame the gateway wrote (kind None): Python's */
-            break;
-        double mono = PyFloat_AS_DOUBLE(mono_obj);
-        double frac = (mono - second_at) * 1e6;
-        if (!(frac >= 0.0 && frac < 1e6))  /* another second: the caller starts a new call */
-            break;
-        if (!(id_obj == Py_None || PyLong_CheckExact(id_obj) || PyUnicode_CheckExact(id_obj)))
-            break;                         /* not a JSON-RPC id; nor safe as a dict key here */
-        /* The frame: a masked text from the caller, or the bytes (which must be UTF-8). */
-        PyObject *override = overrides == Py_None || i >= PyList_GET_SIZE(overrides)
-                           ? Py_None : PyList_GET_ITEM(overrides, i);
-        const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(raw);
-        Py_ssize_t size = PyBytes_GET_SIZE(raw);
-        if (override != Py_None ? !PyBytes_Check(override) : !utf8_valid(text, size))
-            break;
-
-        /* The parts Python decides (rare for all but the method, which is usually known). */
-        method = PyDict_GetItemWithError(methods, method_obj);   /* borrowed */
-        if (method != NULL)
-            Py_INCREF(method);
-        else if (PyErr_Occurred() || (method = call_for_bytes(method_json, method_obj, NULL)) == NULL)
-            goto fail;
-        long long id_value = 0;
-        int id_is_int = 0;
-        if (PyLong_CheckExact(id_obj)) {
-            int overflow;
-            id_value = PyLong_AsLongLongAndOverflow(id_obj, &overflow);
-            if (id_value == -1 && PyErr_Occurred())
-                goto fail;
-            id_is_int = !overflow;
-        }
-        if (!id_is_int && id_obj != Py_None && (id = call_for_bytes(to_json, id_obj, NULL)) == NULL)
-            goto fail;
-        if (policy != Py_None && (tail = call_for_bytes(tail_of, policy, Py_True)) == NULL)
-            goto fail;
-
-        /* From here on nothing calls back into Python: the hop's items are used as they are. */
-        PyObject *head = PyList_GET_ITEM(hop, head_index);
-        PyObject *asked = PyList_GET_ITEM(hop, HOP_ASKED), *answered = PyList_GET_ITEM(hop, HOP_ANSWERED);
-        if (!PyBytes_Check(head) || !PyDict_CheckExact(asked) || !PyDict_CheckExact(answered)) {
-            Py_CLEAR(method);
-            Py_CLEAR(id);
-            Py_CLEAR(tail);
-            break;
-        }
-        if (override == Py_None && size > (PY_SSIZE_T_MAX / 2 - 4096) / 6) {
-            PyErr_NoMemory();
-            goto fail;
-        }
-        Py_ssize_t need = 200 + PyBytes_GET_SIZE(sec_text) + PyBytes_GET_SIZE(head) +
-                          PyBytes_GET_SIZE(method) + (id ? PyBytes_GET_SIZE(id) : 0) +
-                          (tail ? PyBytes_GET_SIZE(tail) : 0) +
-                          (override != Py_None ? PyBytes_GET_SIZE(override)
-                           : size > LARGE_FRAME ? json_string_length(text, size) : 6 * size + 2);
-        if (reserve(&out, need) < 0)
-            goto fail;
-        double latency = 0.0;
-        int has_latency = 0;
-        if (id_obj != Py_None) {           /* int and str keys: hashing runs no Python code */
-            if (kind == request) {
-                if (PyDict_SetItem(asked, id_obj, mono_obj) < 0)
-                    goto fail;
-                opened++;
-            }
-            else if (kind == response || kind == error) {
-                PyObject *since = PyDict_GetItemWithError(answered, id_obj);
-                if (since == NULL && PyErr_Occurred())
-                    goto fail;
-                if (since != NULL) {
-                    if (PyFloat_Check(since)) {
-                        latency = (mono - PyFloat_AS_DOUBLE(since)) * 1000.0;
-                        has_latency = 1;
-                    }
-                    if (PyDict_DelItem(answered, id_obj) < 0)
-                        goto fail;
-                    opened--;
-                }
-            }
-        }
-
-        PUT_LITERAL(&out, "{\"ts\":\"");
-        put_bytes(&out, sec_text);
-        PUT_LITERAL(&out, ".");
-        put_u64(&out, (unsigned long long)frac, 6);
-        PUT_LITERAL(&out, "Z\",\"mono\":");
-        if (put_fixed(&out, mono, 6) < 0)
-            goto fail;
-        put_bytes(&out, head);
-        PUT_LITERAL(&out, ",\"method\":");
-        put_bytes(&out, method);
-        PUT_LITERAL(&out, ",\"id\":");
-        if (id_is_int)
-            put_i64(&out, id_value);
-        else if (id != NULL)
-            put_bytes(&out, id);
-        else
-            PUT_LITERAL(&out, "null");
-        PUT_LITERAL(&out, ",\"bytes\":");
-        put_i64(&out, size);
-        if (has_latency) {
-            PUT_LITERAL(&out, ",\"latency_ms\":");
-            if (put_fixed(&out, latency, 3) < 0)
-                goto fail;
-        }
-        PUT_LITERAL(&out, ",\"policy\":");
-        if (tail != NULL)
-            put_bytes(&out, tail);
-        else
-            PUT_LITERAL(&out, "null,\"frame\":");
-        if (override != Py_None)
-            put_bytes(&out, override);
-        else if (put_json_string(&out, text, size)) {   /* checked above: cannot happen */
-            PyErr_SetString(PyExc_SystemError, "dump encoder: a frame stopped being UTF-8");
-            goto fail;
-        }
-        PUT_LITERAL(&out, "}\n");
-        Py_CLEAR(method);
-        Py_CLEAR(id);
-        Py_CLEAR(tail);
-        Py_CLEAR(record);
-    }
-    Py_CLEAR(record);
-    PyObject *data = finish(&out);
-    if (data == NULL)
-        return NULL;
-    return Py_BuildValue("(Nnn)", data, opened, i);
-
-fail:
-    Py_XDECREF(record);
-    Py_XDECREF(method);
-    Py_XDECREF(id);
-    Py_XDECREF(tail);
-    Py_XDECREF(out.bytes);
-    return NULL;
-}
-
 /* ---- the masking pre-check's word test (mask.py: json_triggers, json_find) ------------------
  *
  * A frame (a JSON text) is a suspect when it holds a backslash, the end of a key that SECRET_KEY
@@ -538,7 +236,8 @@ fail:
  * word), or a credential scheme word ("bearer", "basic") where a string could hold whitespace
  * after it (a space or control byte in the frame, or any non-ASCII byte); a non-ASCII frame
  * also when it holds a letter that IGNORECASE folds to an ASCII one. The same rules as mask.py's,
- * per frame, found by memchr: a look back from each quote, a look ahead from each 'b'. */
+ * per frame, found by memchr: a look back from each quote, a look ahead from each 'b'.
+ * escape_json() runs the same rules in its escaping pass (encode()'s `word_test`). */
 
 static inline unsigned char
 lower(unsigned char c)
@@ -596,17 +295,54 @@ secret_key_ends(const unsigned char *s, Py_ssize_t q)
     return 0;
 }
 
-/* Whether a scheme word ("bearer", "basic") starts at some `first` byte ('b' or 'B') of s. */
+/* Whether the quote at s[q] may close such a key, by the two letters before it ("..en", "..on",
+ * "..ey", "..et", "..ie", "..rd", "..wd"; b | 0x20 folds only the letters' cases onto these): most
+ * quotes end no such word, and this is all they cost. */
+static inline int
+may_end_secret_key(const unsigned char *s, Py_ssize_t q)
+{
+    if (q < 3)
+        return 0;
+    unsigned char last = s[q - 1] | 0x20, before = s[q - 2] | 0x20;
+    switch (last) {
+    case 'n': return before == 'e' || before == 'o';
+    case 'y': case 't': return before == 'e';
+    case 'e': return before == 'i';
+    case 'd': return before == 'r' || before == 'w';
+    }
+    return 0;
+}
+
+/* Whether a scheme word ("bearer", "basic") starts at s[at] (a 'b' or 'B'). */
+static inline int
+scheme_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t at)
+{
+    at++;                            /* the word's rest, "earer" or "asic", ends at at + len */
+    return (n - at >= 5 && ENDS_WITH(s, at + 5, "earer")) || (n - at >= 4 && ENDS_WITH(s, at + 4, "asic"));
+}
+
+/* Whether a scheme word starts at some `first` byte ('b' or 'B') of s. */
 static int
 scheme_from(const unsigned char *s, Py_ssize_t n, unsigned char first)
 {
     const unsigned char *p = s, *end = s + n;
     while ((p = memchr(p, first, end - p)) != NULL) {
-        Py_ssize_t at = p - s + 1;     /* the word's rest, "earer" or "asic", ends at at + len */
-        if ((n - at >= 5 && ENDS_WITH(s, at + 5, "earer")) || (n - at >= 4 && ENDS_WITH(s, at + 4, "asic")))
+        if (scheme_at(s, n, p - s))
             return 1;
         p++;
     }
+    return 0;
+}
+
+/* Whether s holds a non-ASCII letter that IGNORECASE folds to an ASCII one of the words: KELVIN
+ * SIGN, LONG S, I WITH DOT ABOVE, DOTLESS I (mask.py's _FOLDS). */
+static int
+has_fold(const unsigned char *s, Py_ssize_t n)
+{
+    static const char *const folds[] = {"\xe2\x84\xaa", "\xc5\xbf", "\xc4\xb0", "\xc4\xb1", NULL};
+    for (int k = 0; folds[k]; k++)
+        if (memmem(s, n, folds[k], strlen(folds[k])) != NULL)
+            return 1;
     return 0;
 }
 
@@ -635,13 +371,363 @@ suspect(const unsigned char *s, Py_ssize_t n)
      * that is a space (raw control characters are not JSON, but count them anyway). */
     if ((scheme_from(s, n, 'b') || scheme_from(s, n, 'B')) && (!ascii || space_or_control(s, n)))
         return 1;
-    if (!ascii) {   /* KELVIN SIGN, LONG S, I WITH DOT ABOVE, DOTLESS I (mask.py's _FOLDS) */
-        static const char *const folds[] = {"\xe2\x84\xaa", "\xc5\xbf", "\xc4\xb0", "\xc4\xb1", NULL};
-        for (int k = 0; folds[k]; k++)
-            if (memmem(s, n, folds[k], strlen(folds[k])) != NULL)
-                return 1;
+    return !ascii && has_fold(s, n);
+}
+
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define WORDS 1
+/* The high bit of each of the 8 bytes in w that JSON escapes (below 0x20, '"', '\\') or that is
+ * not ASCII, by the usual word-at-a-time test for a byte below n, (w - n * 0x01..) & ~w. Bytes
+ * after the first such byte may be flagged wrongly (borrows), never bytes before it. */
+static inline uint64_t
+special_bytes(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ULL;
+    uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
+    return (((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash) | w) &
+           (ones * 0x80);
+}
+
+/* 'b' or 'B' among the 8 bytes of w (flagged like special_bytes: exact up to the first). */
+static inline uint64_t
+b_bytes(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ULL;
+    uint64_t x = (w | ones * 0x20) ^ (ones * 'b');      /* zero where the byte is 'b' or 'B' */
+    return (x - ones) & ~x & (ones * 0x80);
+}
+#endif
+
+enum { ESCAPED = 0, NOT_UTF8 = 1, SUSPECT = 2 };
+
+/* UTF-8 bytes s[0:n] as a JSON string at o, escaped as orjson escapes a str (the short escapes
+ * \b \t \n \f \r, \u00XX in lower case for the other control characters, nothing else); needs
+ * 6n+2 bytes of room. *end is set past the string. Plain bytes go eight at a time where the
+ * machine allows.
+ *
+ * With `test`, the masking pre-check's word test (suspect(), above) runs in the same pass: it
+ * looks at the bytes the escaping stops at anyway (quotes, backslashes, non-ASCII) and at 'b's.
+ * One pass instead of six (suspect()'s and the UTF-8 check's) was a fifth of a record's cost.
+ * Returns ESCAPED, NOT_UTF8 or SUSPECT; after the last two the output is to be dropped. */
+static int
+escape_json(char *o, const unsigned char *s, Py_ssize_t n, int test, char **end)
+{
+    Py_ssize_t i = 0;
+    int scheme = 0, ascii = 1;
+    *o++ = '"';
+    while (i < n) {
+#ifdef WORDS
+        if (n - i >= 8) {          /* 8 bytes at a time up to the first one to look at */
+            uint64_t w, special;
+            memcpy(&w, s + i, 8);
+            special = special_bytes(w) | (test ? b_bytes(w) : 0);
+            memcpy(o, &w, 8);      /* room: 6 * (n - i) >= 8 */
+            if (!special) {
+                o += 8;
+                i += 8;
+                continue;
+            }
+            int plain = __builtin_ctzll(special) >> 3;
+            o += plain;
+            i += plain;
+        }
+#endif
+        unsigned char c = s[i];
+        switch (byte_class[c]) {
+        case 0:
+            *o++ = (char)c;
+            i++;
+            break;
+        case 3:                    /* 'b' or 'B': does "bearer" or "basic" start here? */
+            if (test && !scheme && scheme_at(s, n, i))
+                scheme = 1;
+            *o++ = (char)c;
+            i++;
+            break;
+        case 1:
+            if (test && (c == '\\' || (c == '"' && may_end_secret_key(s, i) && secret_key_ends(s, i))))
+                return SUSPECT;
+            *o++ = '\\';
+            switch (c) {
+            case '"': *o++ = '"'; break;
+            case '\\': *o++ = '\\'; break;
+            case '\b': *o++ = 'b'; break;
+            case '\t': *o++ = 't'; break;
+            case '\n': *o++ = 'n'; break;
+            case '\f': *o++ = 'f'; break;
+            case '\r': *o++ = 'r'; break;
+            default:
+                *o++ = 'u';
+                *o++ = '0';
+                *o++ = '0';
+                *o++ = hex_digits[c >> 4];
+                *o++ = hex_digits[c & 15];
+            }
+            i++;
+            break;
+        default: {
+            int len = utf8_length(s + i, n - i);
+            if (len == 0)
+                return NOT_UTF8;
+            ascii = 0;
+            memcpy(o, s + i, len);
+            o += len;
+            i += len;
+        }
+        }
     }
-    return 0;
+    *o++ = '"';
+    *end = o;
+    if (test && ((scheme && (!ascii || space_or_control(s, n))) || (!ascii && has_fold(s, n))))
+        return SUSPECT;
+    return ESCAPED;
+}
+
+/* The exact length of escape_json's output for n UTF-8 bytes: reserved for large frames,
+ * whose worst case (6 bytes per byte) would be a needless burst of memory (16 MiB frames are
+ * allowed). */
+static Py_ssize_t
+json_string_length(const unsigned char *s, Py_ssize_t n)
+{
+    Py_ssize_t len = n + 2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (byte_class[c] == 1)
+            len += c == '"' || c == '\\' || c == '\b' || c == '\t' || c == '\n' || c == '\f' || c == '\r' ? 1 : 5;
+    }
+    return len;
+}
+
+/* A Python callable's answer, which must be bytes (a new reference, or NULL with an error). */
+static PyObject *
+call_for_bytes(PyObject *func, PyObject *arg, PyObject *arg2)
+{
+    PyObject *out = arg2 ? PyObject_CallFunctionObjArgs(func, arg, arg2, NULL)
+                         : PyObject_CallOneArg(func, arg);
+    if (out != NULL && !PyBytes_Check(out)) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_TypeError, "a dump encoder callable must return bytes");
+        return NULL;
+    }
+    return out;
+}
+
+enum { HOP_ASKED = 5, HOP_ANSWERED = 6, HOP_SIZE = 7 };
+#define LARGE_FRAME (64 << 10)   /* frames past this get an exact reservation */
+
+static PyObject *
+encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "encode() takes 11 arguments");
+        return NULL;
+    }
+    PyObject *batch = args[0], *sec_text = args[2], *overrides = args[4], *kinds = args[5];
+    PyObject *methods = args[6], *method_json = args[7], *to_json = args[8], *tail_of = args[9];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    double second_at = PyFloat_AsDouble(args[3]);
+    int word_test = PyObject_IsTrue(args[10]);
+    if (word_test < 0 || PyErr_Occurred())
+        return NULL;
+    if (!PyList_CheckExact(batch) || !PyBytes_Check(sec_text) || !PyDict_CheckExact(methods) ||
+        !PyTuple_CheckExact(kinds) || PyTuple_GET_SIZE(kinds) != 4 ||
+        (overrides != Py_None && !PyList_CheckExact(overrides))) {
+        PyErr_SetString(PyExc_TypeError, "encode(): unexpected argument types");
+        return NULL;
+    }
+    PyObject *request = PyTuple_GET_ITEM(kinds, 0), *notification = PyTuple_GET_ITEM(kinds, 1);
+    PyObject *response = PyTuple_GET_ITEM(kinds, 2), *error = PyTuple_GET_ITEM(kinds, 3);
+    if (start < 0)
+        start = 0;
+    Buf out = {NULL, NULL, 0, 0};
+    Py_ssize_t opened = 0, i;
+    /* Room for the whole chunk at once, as JSON frames usually need it (escaped quotes), up to
+     * 4 MiB: growing the output may copy it. Each record reserves exactly what it needs too. */
+    Py_ssize_t room = 0;
+    for (i = start; i < PyList_GET_SIZE(batch) && room < (4 << 20); i++) {
+        PyObject *item = PyList_GET_ITEM(batch, i);
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 7 && PyBytes_CheckExact(PyTuple_GET_ITEM(item, 2)))
+            room += Py_MIN(PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 2)), LARGE_FRAME) * 3 / 2 + 400;
+    }
+    if (reserve(&out, Py_MIN(room, 4 << 20)) < 0)
+        return NULL;
+    /* Each frame's JSON text is made first, here: escaping checks UTF-8 and runs the word test,
+     * so a record is started only once its frame is known to be usable. */
+    char *text_buf = NULL;
+    Py_ssize_t text_cap = 0;
+    int stopped_at_suspect = 0;
+    PyObject *record = NULL, *method = NULL, *id = NULL, *tail = NULL;
+    for (i = start; i < PyList_GET_SIZE(batch); i++) {
+        record = PyList_GET_ITEM(batch, i);
+        Py_INCREF(record);                 /* the callables below run Python code */
+        if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 7)
+            break;
+        PyObject *mono_obj = PyTuple_GET_ITEM(record, 0), *hop = PyTuple_GET_ITEM(record, 1);
+        PyObject *raw = PyTuple_GET_ITEM(record, 2), *kind = PyTuple_GET_ITEM(record, 3);
+        PyObject *method_obj = PyTuple_GET_ITEM(record, 4), *id_obj = PyTuple_GET_ITEM(record, 5);
+        PyObject *policy = PyTuple_GET_ITEM(record, 6);
+        if (!PyFloat_CheckExact(mono_obj) || !PyBytes_CheckExact(raw) || !PyList_CheckExact(hop) ||
+            PyList_GET_SIZE(hop) < HOP_SIZE)
+            break;
+        int head_index = kind == request ? 0 : kind == notification ? 1 : kind == response ? 2
+                       : kind == error ? 3 : -1;
+        if (head_index < 0)                /* a frame the gateway wrote (kind None): Python's */
+            break;
+        double mono = PyFloat_AS_DOUBLE(mono_obj);
+        double frac = (mono - second_at) * 1e6;
+        if (!(frac >= 0.0 && frac < 1e6))  /* another second: the caller starts a new call */
+            break;
+        if (!(id_obj == Py_None || PyLong_CheckExact(id_obj) || PyUnicode_CheckExact(id_obj)))
+            break;                         /* not a JSON-RPC id; nor safe as a dict key here */
+        /* The frame: a masked text from the caller, or the bytes (which must be UTF-8 and, with
+         * the word test, not a suspect) escaped into text_buf. */
+        PyObject *override = overrides == Py_None || i >= PyList_GET_SIZE(overrides)
+                           ? Py_None : PyList_GET_ITEM(overrides, i);
+        const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(raw);
+        Py_ssize_t size = PyBytes_GET_SIZE(raw);
+        const char *frame_json;
+        Py_ssize_t frame_len;
+        if (override != Py_None) {
+            if (!PyBytes_Check(override))
+                break;
+            frame_json = PyBytes_AS_STRING(override);
+            frame_len = PyBytes_GET_SIZE(override);
+        }
+        else {
+            if (size > (PY_SSIZE_T_MAX / 2 - 4096) / 6) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            Py_ssize_t cap = size > LARGE_FRAME ? json_string_length(text, size) : 6 * size + 2;
+            if (cap > text_cap) {
+                char *grown = PyMem_Realloc(text_buf, (size_t)Py_MAX(cap, 4096));
+                if (grown == NULL) {
+                    PyErr_NoMemory();
+                    goto fail;
+                }
+                text_buf = grown;
+                text_cap = Py_MAX(cap, 4096);
+            }
+            char *end = NULL;
+            int verdict = escape_json(text_buf, text, size, word_test, &end);
+            if (verdict == SUSPECT)
+                stopped_at_suspect = 1;
+            if (verdict != ESCAPED)
+                break;
+            frame_json = text_buf;
+            frame_len = end - text_buf;
+        }
+
+        /* The parts Python decides (rare for all but the method, which is usually known). */
+        method = PyDict_GetItemWithError(methods, method_obj);   /* borrowed */
+        if (method != NULL)
+            Py_INCREF(method);
+        else if (PyErr_Occurred() || (method = call_for_bytes(method_json, method_obj, NULL)) == NULL)
+            goto fail;
+        long long id_value = 0;
+        int id_is_int = 0;
+        if (PyLong_CheckExact(id_obj)) {
+            int overflow;
+            id_value = PyLong_AsLongLongAndOverflow(id_obj, &overflow);
+            if (id_value == -1 && PyErr_Occurred())
+                goto fail;
+            id_is_int = !overflow;
+        }
+        if (!id_is_int && id_obj != Py_None && (id = call_for_bytes(to_json, id_obj, NULL)) == NULL)
+            goto fail;
+        if (policy != Py_None && (tail = call_for_bytes(tail_of, policy, Py_True)) == NULL)
+            goto fail;
+
+        /* From here on nothing calls back into Python: the hop's items are used as they are. */
+        PyObject *head = PyList_GET_ITEM(hop, head_index);
+        PyObject *asked = PyList_GET_ITEM(hop, HOP_ASKED), *answered = PyList_GET_ITEM(hop, HOP_ANSWERED);
+        if (!PyBytes_Check(head) || !PyDict_CheckExact(asked) || !PyDict_CheckExact(answered)) {
+            Py_CLEAR(method);
+            Py_CLEAR(id);
+            Py_CLEAR(tail);
+            break;
+        }
+        Py_ssize_t need = 200 + PyBytes_GET_SIZE(sec_text) + PyBytes_GET_SIZE(head) +
+                          PyBytes_GET_SIZE(method) + (id ? PyBytes_GET_SIZE(id) : 0) +
+                          (tail ? PyBytes_GET_SIZE(tail) : 0) + frame_len;
+        if (reserve(&out, need) < 0)
+            goto fail;
+        double latency = 0.0;
+        int has_latency = 0;
+        if (id_obj != Py_None) {           /* int and str keys: hashing runs no Python code */
+            if (kind == request) {
+                if (PyDict_SetItem(asked, id_obj, mono_obj) < 0)
+                    goto fail;
+                opened++;
+            }
+            else if (kind == response || kind == error) {
+                PyObject *since = PyDict_GetItemWithError(answered, id_obj);
+                if (since == NULL && PyErr_Occurred())
+                    goto fail;
+                if (since != NULL) {
+                    if (PyFloat_Check(since)) {
+                        latency = (mono - PyFloat_AS_DOUBLE(since)) * 1000.0;
+                        has_latency = 1;
+                    }
+                    if (PyDict_DelItem(answered, id_obj) < 0)
+                        goto fail;
+                    opened--;
+                }
+            }
+        }
+
+        PUT_LITERAL(&out, "{\"ts\":\"");
+        put_bytes(&out, sec_text);
+        PUT_LITERAL(&out, ".");
+        put_u64(&out, (unsigned long long)frac, 6);
+        PUT_LITERAL(&out, "Z\",\"mono\":");
+        if (put_fixed(&out, mono, 6) < 0)
+            goto fail;
+        put_bytes(&out, head);
+        PUT_LITERAL(&out, ",\"method\":");
+        put_bytes(&out, method);
+        PUT_LITERAL(&out, ",\"id\":");
+        if (id_is_int)
+            put_i64(&out, id_value);
+        else if (id != NULL)
+            put_bytes(&out, id);
+        else
+            PUT_LITERAL(&out, "null");
+        PUT_LITERAL(&out, ",\"bytes\":");
+        put_i64(&out, size);
+        if (has_latency) {
+            PUT_LITERAL(&out, ",\"latency_ms\":");
+            if (put_fixed(&out, latency, 3) < 0)
+                goto fail;
+        }
+        PUT_LITERAL(&out, ",\"policy\":");
+        if (tail != NULL)
+            put_bytes(&out, tail);
+        else
+            PUT_LITERAL(&out, "null,\"frame\":");
+        put(&out, frame_json, frame_len);
+        PUT_LITERAL(&out, "}\n");
+        Py_CLEAR(method);
+        Py_CLEAR(id);
+        Py_CLEAR(tail);
+        Py_CLEAR(record);
+    }
+    Py_CLEAR(record);
+    PyMem_Free(text_buf);
+    PyObject *data = finish(&out);
+    if (data == NULL)
+        return NULL;
+    return Py_BuildValue("(Nnni)", data, opened, i, stopped_at_suspect);
+
+fail:
+    PyMem_Free(text_buf);
+    Py_XDECREF(record);
+    Py_XDECREF(method);
+    Py_XDECREF(id);
+    Py_XDECREF(tail);
+    Py_XDECREF(out.bytes);
+    return NULL;
 }
 
 static PyObject *
@@ -698,6 +784,6 @@ static struct PyModuleDef records_module = {
 PyMODINIT_FUNC
 PyInit__records(void)
 {
-    init_byte_class();
+    init_tables();
     return PyModule_Create(&records_module);
 }

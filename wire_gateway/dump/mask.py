@@ -126,6 +126,12 @@ class FrameMasker:
         self._secret_keys: dict[str, bool] = {}
         self.word_suspects = _c_word_suspects   # None: `_word_suspects`, the same test in Python
 
+    @property
+    def has_patterns(self) -> bool:
+        """Whether patterns were configured: without any, the word test alone decides (and the
+        C record encoder can run it in its own pass over a frame)."""
+        return bool(self.patterns)
+
     def might_hold_secret(self, raw: bytes) -> bool:
         """The broad test, for any text."""
         low = raw.lower()

@@ -352,28 +352,42 @@ class Dumper:
 
     def _encode_native(self, batch: list[tuple]) -> bytes:
         """The C encoder for the usual records; where it stops (a record it leaves to Python, or
-        the next second), one record in Python or a new call for the new second."""
+        the next second), one record in Python or a new call for the new second.
+
+        Masking: with no configured patterns the C encoder runs the word test itself, in its one
+        pass over each frame, and stops at a suspect frame; that frame is masked here and the
+        call goes on from it with the masked text. With patterns, all frames are tested first."""
         masker = self.masker
-        raws = [record[2] for record in batch]
         overrides = None
-        suspects = masker.suspects(raws)
-        if suspects:
-            overrides = [None] * len(batch)
-            for n in suspects:
-                text, overrides[n] = _frame_json(masker.mask_raw(raws[n], True)[0])
-                if not text:      # masked into something that is not UTF-8: all the careful way
-                    return self._encode_python(batch)
+        word_test = not masker.has_patterns
+        if not word_test:
+            raws = [record[2] for record in batch]
+            suspects = masker.suspects(raws)
+            if suspects:
+                overrides = [None] * len(batch)
+                for n in suspects:
+                    text, overrides[n] = _frame_json(masker.mask_raw(raws[n], True)[0])
+                    if not text:      # masked into something that is not UTF-8: all the careful way
+                        return self._encode_python(batch)
         parts = []
         opened = 0
         pos, end = 0, len(batch)
         while pos < end:
             sec_text, second_at = self._second_of(batch[pos][0])
-            data, more, stop = self.native.encode(batch, pos, sec_text, second_at, overrides, _KIND_ORDER,
-                                                  _METHODS, _method_json, _json, _tail)
+            data, more, stop, suspect = self.native.encode(batch, pos, sec_text, second_at, overrides, _KIND_ORDER,
+                                                           _METHODS, _method_json, _json, _tail, word_test)
             parts.append(data)
             opened += more
-            if stop == pos:
-                parts.append(self._encode_python(batch[pos:pos + 1]))
+            if suspect:
+                text, masked = _frame_json(masker.mask_raw(batch[stop][2], True)[0])
+                if text:              # go on from it, with its masked text
+                    if overrides is None:
+                        overrides = [None] * len(batch)
+                    overrides[stop] = masked
+                    pos = stop
+                    continue
+            if stop == pos or suspect:
+                parts.append(self._encode_python(batch[stop:stop + 1]))
                 stop += 1
             pos = stop
         self.unanswered += opened
