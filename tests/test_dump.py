@@ -567,6 +567,34 @@ def _random_batch(rng: random.Random, taps: list, kinds: dict, start: float) -> 
     return batches
 
 
+def test_the_c_escaping_matches_orjson_at_every_alignment() -> None:
+    """The C encoder escapes 16 bytes at a time: specials, multi-byte characters and the frame's
+    end at every offset of a block escape exactly as orjson escapes the text; bytes that are not
+    UTF-8 at any offset stop it (Python's encoder writes those as base64)."""
+    import orjson
+
+    from wire_gateway.dump import writer
+    if writer._native is None:
+        pytest.skip(NO_C_ENCODER)
+    tap = Dumper(DumpSettings(path=os.devnull)).tap("s", "echo", "http", era="modern")
+    pieces = ["a", "xyz", "\u00e9", "\u20ac", "\U0001f600", '"', "\\", "\n", "\x01", "\x1f", "\x7f", "b", "/"]
+    rng = random.Random(16)
+    for n in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        raw = text.encode()
+        broken = n % 7 == 0 and raw
+        if broken:                 # a byte that cannot be UTF-8 at a random offset
+            at = rng.randrange(len(raw))
+            raw = raw[:at] + b"\xff" + raw[at + 1:]
+        record = (1.5, tap.hops[C2G], raw, FRAME.kind, "tools/call", 1, None)
+        data, _, stop, _ = writer._native.encode([record], 0, b"2026-11-21T00:00:00", 1.0, None, writer._KIND_ORDER,
+                                                 {}, writer._method_json, writer._json, writer._tail, False)
+        if broken:
+            assert (stop, data) == (0, b""), raw
+        else:
+            assert stop == 1 and data.endswith(b',"frame":' + orjson.dumps(text) + b"}\n"), raw
+
+
 @pytest.mark.parametrize("patterns", [(), ("sk-[0-9]+",)], ids=["word test in C encoder", "patterns"])
 def test_the_c_and_python_encoders_write_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         patterns: tuple[str, ...]) -> None:

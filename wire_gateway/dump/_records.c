@@ -30,6 +30,11 @@
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE     /* memmem */
 #include <Python.h>
+#include <structmember.h>
+#include <time.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -400,28 +405,136 @@ b_bytes(uint64_t w)
 
 enum { ESCAPED = 0, NOT_UTF8 = 1, SUSPECT = 2 };
 
+/* The byte at s[*pi], one escape_json stops at: copied or escaped (a whole character when it
+ * starts a multi-byte one) at *po, with the word test's part for it. Advances both. */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
+static ALWAYS_INLINE int
+escape_byte(const unsigned char *s, Py_ssize_t n, Py_ssize_t *pi, char **po, int test, int *scheme, int *ascii)
+{
+    Py_ssize_t i = *pi;
+    char *o = *po;
+    unsigned char c = s[i];
+    switch (byte_class[c]) {
+    case 0:
+        *o++ = (char)c;
+        i++;
+        break;
+    case 3:                    /* 'b' or 'B': does "bearer" or "basic" start here? */
+        if (test && !*scheme && scheme_at(s, n, i))
+            *scheme = 1;
+        *o++ = (char)c;
+        i++;
+        break;
+    case 1:
+        if (test && (c == '\\' || (c == '"' && may_end_secret_key(s, i) && secret_key_ends(s, i))))
+            return SUSPECT;
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\t': *o++ = 't'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\f': *o++ = 'f'; break;
+        case '\r': *o++ = 'r'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex_digits[c >> 4];
+            *o++ = hex_digits[c & 15];
+        }
+        i++;
+        break;
+    default: {
+        int len = utf8_length(s + i, n - i);
+        if (len == 0)
+            return NOT_UTF8;
+        *ascii = 0;
+        memcpy(o, s + i, len);
+        o += len;
+        i += len;
+    }
+    }
+    *pi = i;
+    *po = o;
+    return ESCAPED;
+}
+
+#ifdef __SSE2__
+/* The bytes of a 16-byte block escape_json must look at, as a bit mask: below 0x20 or not ASCII
+ * (one signed comparison), '"', '\\', and with the word test 'b' or 'B'. */
+static inline unsigned
+specials16(__m128i v, int test)
+{
+    __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)),
+                             _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))));
+    if (test)
+        m = _mm_or_si128(m, _mm_cmpeq_epi8(_mm_or_si128(v, _mm_set1_epi8(0x20)), _mm_set1_epi8('b')));
+    return (unsigned)_mm_movemask_epi8(m);
+}
+#endif
+
 /* UTF-8 bytes s[0:n] as a JSON string at o, escaped as orjson escapes a str (the short escapes
  * \b \t \n \f \r, \u00XX in lower case for the other control characters, nothing else); needs
- * 6n+2 bytes of room. *end is set past the string. Plain bytes go eight at a time where the
- * machine allows.
+ * 6n+2 bytes of room, or the exact length (json_string_length). *end is set past the string.
+ *
+ * Plain bytes go 16 at a time (SSE2; 8 at a time elsewhere): a block is stored as it is, then
+ * each byte to look at in it (from the block's bit mask) is handled in place, and the rest of
+ * the block stored again after it. JSON frames have a quote every few bytes: reloading the block
+ * after each was most of a record's cost. Every store stays inside the room: at least as many
+ * output bytes remain as input bytes.
  *
  * With `test`, the masking pre-check's word test (suspect(), above) runs in the same pass: it
  * looks at the bytes the escaping stops at anyway (quotes, backslashes, non-ASCII) and at 'b's.
- * One pass instead of six (suspect()'s and the UTF-8 check's) was a fifth of a record's cost.
  * Returns ESCAPED, NOT_UTF8 or SUSPECT; after the last two the output is to be dropped. */
 static int
 escape_json(char *o, const unsigned char *s, Py_ssize_t n, int test, char **end)
 {
     Py_ssize_t i = 0;
-    int scheme = 0, ascii = 1;
+    int scheme = 0, ascii = 1, r;
     *o++ = '"';
     while (i < n) {
-#ifdef WORDS
+#if defined(__SSE2__)
+        if (n - i >= 16) {
+            Py_ssize_t base = i;
+            __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+            _mm_storeu_si128((__m128i *)o, v);
+            unsigned m = specials16(v, test);
+            if (!m) {
+                o += 16;
+                i += 16;
+                continue;
+            }
+            for (;;) {
+                Py_ssize_t at = base + __builtin_ctz(m);
+                o += at - i;           /* the plain bytes before it are stored already */
+                i = at;
+                if ((r = escape_byte(s, n, &i, &o, test, &scheme, &ascii)) != ESCAPED)
+                    return r;
+                if (i - base >= 16 || n - i < 16)   /* past the block, or too near the end: go on */
+                    break;
+                _mm_storeu_si128((__m128i *)o, _mm_loadu_si128((const __m128i *)(s + i)));
+                m &= ~0u << (i - base);             /* the bytes handled (a character's too) */
+                if (!m) {              /* the rest of the block is plain, and stored */
+                    o += base + 16 - i;
+                    i = base + 16;
+                    break;
+                }
+            }
+            continue;
+        }
+#elif defined(WORDS)
         if (n - i >= 8) {          /* 8 bytes at a time up to the first one to look at */
             uint64_t w, special;
             memcpy(&w, s + i, 8);
             special = special_bytes(w) | (test ? b_bytes(w) : 0);
-            memcpy(o, &w, 8);      /* room: 6 * (n - i) >= 8 */
+            memcpy(o, &w, 8);
             if (!special) {
                 o += 8;
                 i += 8;
@@ -432,49 +545,8 @@ escape_json(char *o, const unsigned char *s, Py_ssize_t n, int test, char **end)
             i += plain;
         }
 #endif
-        unsigned char c = s[i];
-        switch (byte_class[c]) {
-        case 0:
-            *o++ = (char)c;
-            i++;
-            break;
-        case 3:                    /* 'b' or 'B': does "bearer" or "basic" start here? */
-            if (test && !scheme && scheme_at(s, n, i))
-                scheme = 1;
-            *o++ = (char)c;
-            i++;
-            break;
-        case 1:
-            if (test && (c == '\\' || (c == '"' && may_end_secret_key(s, i) && secret_key_ends(s, i))))
-                return SUSPECT;
-            *o++ = '\\';
-            switch (c) {
-            case '"': *o++ = '"'; break;
-            case '\\': *o++ = '\\'; break;
-            case '\b': *o++ = 'b'; break;
-            case '\t': *o++ = 't'; break;
-            case '\n': *o++ = 'n'; break;
-            case '\f': *o++ = 'f'; break;
-            case '\r': *o++ = 'r'; break;
-            default:
-                *o++ = 'u';
-                *o++ = '0';
-                *o++ = '0';
-                *o++ = hex_digits[c >> 4];
-                *o++ = hex_digits[c & 15];
-            }
-            i++;
-            break;
-        default: {
-            int len = utf8_length(s + i, n - i);
-            if (len == 0)
-                return NOT_UTF8;
-            ascii = 0;
-            memcpy(o, s + i, len);
-            o += len;
-            i += len;
-        }
-        }
+        if ((r = escape_byte(s, n, &i, &o, test, &scheme, &ascii)) != ESCAPED)
+            return r;
     }
     *o++ = '"';
     *end = o;
@@ -766,6 +838,238 @@ fail:
     return NULL;
 }
 
+/* ---- the hooks (writer.py's Tap.frame and Tap.put) ---------------------------------------------
+ *
+ * A hook runs on the proxy's hot path for every frame at every hop. In Python it cost about as
+ * much as encoding the record later (a bound-method call and some forty bytecodes); here it is one
+ * C call: the monotonic clock, the hop, one tuple appended to the dumper's queue. The same rules
+ * as writer.py's _PyTapCore: when the queue is full the frame is only counted (`dumper.dropped`);
+ * the frame that makes the queue non-empty calls `dumper.wake_up()`. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *queue;     /* the dumper's list of hook tuples (emptied in place by the writer) */
+    PyObject *hops;      /* direction -> hop (a dict; its subclass's __missing__ makes new ones) */
+    PyObject *dumper;
+    Py_ssize_t limit;    /* frames the queue may hold */
+} TapCore;
+
+static PyObject *str_raw, *str_kind, *str_method, *str_id, *str_note, *str_wake_up, *str_dropped, *int_one;
+
+static int
+tapcore_traverse(TapCore *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->queue);
+    Py_VISIT(self->hops);
+    Py_VISIT(self->dumper);
+    return 0;
+}
+
+static int
+tapcore_clear(TapCore *self)
+{
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->hops);
+    Py_CLEAR(self->dumper);
+    return 0;
+}
+
+static void
+tapcore_dealloc(TapCore *self)
+{
+    PyObject_GC_UnTrack(self);
+    tapcore_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* time.monotonic(), as CPython computes it (nanoseconds, then seconds as a double). */
+static double
+monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    return ns % 1000000000LL == 0 ? (double)(ns / 1000000000LL) : (double)ns / 1e9;
+}
+
+/* Queue one hook tuple (mono, hop, raw, kind, method, id, policy); arguments borrowed. */
+static PyObject *
+tap_hook(TapCore *self, PyObject *direction, PyObject *raw, PyObject *kind, PyObject *method, PyObject *id,
+         PyObject *policy)
+{
+    if (self->queue == NULL || !PyList_CheckExact(self->queue) || self->hops == NULL || self->dumper == NULL) {
+        PyErr_SetString(PyExc_TypeError, "a dump tap without its queue, hops or dumper");
+        return NULL;
+    }
+    if (PyList_GET_SIZE(self->queue) >= self->limit) {      /* full: count it, never wait */
+        PyObject *dropped = PyObject_GetAttr(self->dumper, str_dropped);
+        if (dropped == NULL)
+            return NULL;
+        PyObject *more = PyNumber_Add(dropped, int_one);
+        Py_DECREF(dropped);
+        if (more == NULL)
+            return NULL;
+        int failed = PyObject_SetAttr(self->dumper, str_dropped, more);
+        Py_DECREF(more);
+        if (failed < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *mono = PyFloat_FromDouble(monotonic());
+    if (mono == NULL)
+        return NULL;
+    PyObject *hop = NULL;
+    if (PyDict_Check(self->hops)) {
+        hop = PyDict_GetItemWithError(self->hops, direction);   /* borrowed */
+        Py_XINCREF(hop);
+    }
+    if (hop == NULL && (PyErr_Occurred() || (hop = PyObject_GetItem(self->hops, direction)) == NULL)) {
+        Py_DECREF(mono);
+        return NULL;
+    }
+    PyObject *record = PyTuple_New(7);
+    if (record == NULL) {
+        Py_DECREF(mono);
+        Py_DECREF(hop);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(record, 0, mono);
+    PyTuple_SET_ITEM(record, 1, hop);
+    PyObject *rest[5] = {raw, kind, method, id, policy};
+    for (int k = 0; k < 5; k++) {
+        Py_INCREF(rest[k]);
+        PyTuple_SET_ITEM(record, 2 + k, rest[k]);
+    }
+    int failed = PyList_Append(self->queue, record);
+    Py_DECREF(record);
+    if (failed < 0)
+        return NULL;
+    if (PyList_GET_SIZE(self->queue) == 1) {                 /* the writer may be idle */
+        PyObject *done = PyObject_CallMethodNoArgs(self->dumper, str_wake_up);
+        if (done == NULL)
+            return NULL;
+        Py_DECREF(done);
+    }
+    Py_RETURN_NONE;
+}
+
+/* The slots of wire.frame.Frame (a slotted dataclass) read at their offsets: five attribute
+ * lookups were most of a hook's cost. Learnt from the first frame whose type has member
+ * descriptors for all five; frames of any other type take PyObject_GetAttr. */
+enum { F_RAW, F_KIND, F_METHOD, F_ID, F_NOTE, F_COUNT };
+static PyTypeObject *slots_type;
+static Py_ssize_t slot_offset[F_COUNT];
+
+static int
+learn_slots(PyTypeObject *type)
+{
+    PyObject *names[F_COUNT] = {str_raw, str_kind, str_method, str_id, str_note};
+    Py_ssize_t offsets[F_COUNT];
+    for (int k = 0; k < F_COUNT; k++) {
+        PyObject *descr = _PyType_Lookup(type, names[k]);   /* borrowed */
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type))
+            return 0;
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type != T_OBJECT_EX || (member->flags & READONLY))
+            return 0;
+        offsets[k] = member->offset;
+    }
+    memcpy(slot_offset, offsets, sizeof offsets);
+    Py_INCREF(type);
+    slots_type = type;
+    return 1;
+}
+
+/* frame.<slot k>, a new reference (or NULL with AttributeError, as getattr would). */
+static inline PyObject *
+frame_slot(PyObject *frame, int k, PyObject *name)
+{
+    if (Py_TYPE(frame) == slots_type) {
+        PyObject *value = *(PyObject **)((char *)frame + slot_offset[k]);
+        if (value != NULL) {
+            Py_INCREF(value);
+            return value;
+        }
+    }
+    return PyObject_GetAttr(frame, name);
+}
+
+/* frame(direction, frame, policy=None): a decoded frame (its raw, kind, method and id; the policy,
+ * else the frame's note). */
+static PyObject *
+tap_frame(TapCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "frame() takes direction, frame and an optional policy");
+        return NULL;
+    }
+    PyObject *frame = args[1], *policy = nargs > 2 ? args[2] : Py_None;
+    PyObject *raw = NULL, *kind = NULL, *method = NULL, *id = NULL, *note = NULL, *done = NULL;
+    if (slots_type == NULL)
+        learn_slots(Py_TYPE(frame));
+    if ((raw = frame_slot(frame, F_RAW, str_raw)) == NULL || (kind = frame_slot(frame, F_KIND, str_kind)) == NULL ||
+        (method = frame_slot(frame, F_METHOD, str_method)) == NULL || (id = frame_slot(frame, F_ID, str_id)) == NULL)
+        goto done;
+    int given = policy == Py_None ? 0 : PyObject_IsTrue(policy);   /* `policy or frame.note` */
+    if (given < 0)
+        goto done;
+    if (!given && (note = frame_slot(frame, F_NOTE, str_note)) == NULL)
+        goto done;
+    done = tap_hook(self, args[0], raw, kind, method, id, given ? policy : note);
+done:
+    Py_XDECREF(raw);
+    Py_XDECREF(kind);
+    Py_XDECREF(method);
+    Py_XDECREF(id);
+    Py_XDECREF(note);
+    return done;
+}
+
+/* put(direction, raw, kind=None, method=None, msg_id=None, policy=None): the parts given. */
+static PyObject *
+tap_put(TapCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 2 || nargs > 6) {
+        PyErr_SetString(PyExc_TypeError, "put() takes direction, raw, and optional kind, method, msg_id, policy");
+        return NULL;
+    }
+    PyObject *part[4];
+    for (int k = 0; k < 4; k++)
+        part[k] = nargs > 2 + k ? args[2 + k] : Py_None;
+    return tap_hook(self, args[0], args[1], part[0], part[1], part[2], part[3]);
+}
+
+static PyMethodDef tapcore_methods[] = {
+    {"frame", (PyCFunction)(void (*)(void))tap_frame, METH_FASTCALL,
+     "frame(direction, frame, policy=None): queue a decoded frame seen at this tap (see writer.Tap)."},
+    {"put", (PyCFunction)(void (*)(void))tap_put, METH_FASTCALL,
+     "put(direction, raw, kind=None, method=None, msg_id=None, policy=None): queue a frame's parts "
+     "(kind None: the writer decodes raw)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef tapcore_members[] = {
+    {"queue", T_OBJECT_EX, offsetof(TapCore, queue), 0, "the dumper's queue"},
+    {"hops", T_OBJECT_EX, offsetof(TapCore, hops), 0, "direction -> hop"},
+    {"dumper", T_OBJECT_EX, offsetof(TapCore, dumper), 0, "the dumper"},
+    {"limit", T_PYSSIZET, offsetof(TapCore, limit), 0, "frames the queue may hold"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject TapCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "wire_gateway.dump._records.TapCore",
+    .tp_basicsize = sizeof(TapCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The hooks of a dump tap in C: frame() and put() (writer.py's Tap is built on it).",
+    .tp_traverse = (traverseproc)tapcore_traverse,
+    .tp_clear = (inquiry)tapcore_clear,
+    .tp_dealloc = (destructor)tapcore_dealloc,
+    .tp_methods = tapcore_methods,
+    .tp_members = tapcore_members,
+    .tp_new = PyType_GenericNew,
+};
+
 static PyMethodDef records_methods[] = {
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
      "encode(batch, start, sec_text, second_at, overrides, kinds, methods, method_json, to_json, "
@@ -785,5 +1089,24 @@ PyMODINIT_FUNC
 PyInit__records(void)
 {
     init_tables();
-    return PyModule_Create(&records_module);
+    if ((str_raw = PyUnicode_InternFromString("raw")) == NULL ||
+        (str_kind = PyUnicode_InternFromString("kind")) == NULL ||
+        (str_method = PyUnicode_InternFromString("method")) == NULL ||
+        (str_id = PyUnicode_InternFromString("id")) == NULL ||
+        (str_note = PyUnicode_InternFromString("note")) == NULL ||
+        (str_wake_up = PyUnicode_InternFromString("wake_up")) == NULL ||
+        (str_dropped = PyUnicode_InternFromString("dropped")) == NULL || (int_one = PyLong_FromLong(1)) == NULL)
+        return NULL;
+    if (PyType_Ready(&TapCoreType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&records_module);
+    if (module == NULL)
+        return NULL;
+    Py_INCREF(&TapCoreType);
+    if (PyModule_AddObject(module, "TapCore", (PyObject *)&TapCoreType) < 0) {
+        Py_DECREF(&TapCoreType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -5,7 +5,7 @@ to a bounded list; it never encodes, masks or writes, and never waits. When the 
 full the frame is counted as dropped instead (a `{"dropped": N}` record says so
 later): a dump must never slow or block the proxy. One writer task (`Dumper.run`,
 in the top-level nursery of serve/stdio) takes one batch per 50 ms window, masks and
-encodes it in chunks with a checkpoint after each (so the proxy runs in between),
+encodes it in chunks with a checkpoint after each half millisecond (so the proxy runs in between),
 and queues the bytes for a long-lived writing thread, which rotates and writes them;
 while it works, the next batch collects. Encoding in a worker thread instead was measured
 at about twice the CPU per frame (the GIL makes the two threads take turns anyway), and a
@@ -46,7 +46,11 @@ GATEWAY = "gateway"          # policy of a frame the gateway wrote itself (an er
 # After a wake-up the writer lets frames collect this long before it takes them: one thread
 # hand-off per batch instead of per frame (a hand-off costs far more than a record).
 BATCH_WINDOW = 0.05
-CHUNK = 64                   # frames encoded between two checkpoints of the writer task
+CHUNK = 64                   # frames encoded per call of the encoder
+# The writer task lets the proxy run (a checkpoint) once it has encoded for this long: the longest
+# it holds the event loop. A checkpoint costs about 10 us of the scheduler's time, so one per chunk
+# was a measurable part of a dump's cost with the C encoder (about 64 records in 100 us).
+CHECKPOINT_CPU = 0.0005
 UNWRITTEN_BATCHES = 4        # batches handed to the writing thread and not written yet, at most
 CLOSE_TIMEOUT = 10.0         # on close, how long the last frames may take to reach the disk
 
@@ -90,16 +94,46 @@ class _Hops(dict):
         return hop
 
 
+class _PyTapCore:
+    """The hooks in Python (where the C encoder is not built, or WIRE_GATEWAY_DUMP_ENCODER=python);
+    `_records.TapCore` is the same in C. A hook runs on the proxy's hot path: one clock read (the
+    monotonic one; the writer derives the wall-clock time from it), one tuple appended to the
+    dumper's queue, which the tap holds itself (the writer empties that list in place, it never
+    replaces it). The tuple holds the direction's hop (`hop`): what the writer needs of the tap,
+    without a lookup per record. When the queue is full the frame is only counted; the frame that
+    makes the queue non-empty wakes the writer (`Dumper.wake_up`: it may be idle)."""
+
+    __slots__ = ("queue", "hops", "dumper", "limit")
+
+    def frame(self, direction: str, frame: Frame, policy: str | None = None) -> None:
+        queue = self.queue
+        if len(queue) < self.limit:
+            queue.append((_monotonic(), self.hops[direction], frame.raw, frame.kind, frame.method, frame.id,
+                          policy or frame.note))
+            if len(queue) == 1:
+                self.dumper.wake_up()
+        else:
+            self.dumper.dropped += 1
+
+    def put(self, direction: str, raw: bytes, kind: Kind | None = None, method: str | None = None,
+            msg_id: Any = None, policy: str | None = None) -> None:
+        """kind None: the writer decodes `raw` to find kind, method and id (gateway replies)."""
+        queue = self.queue
+        if len(queue) < self.limit:
+            queue.append((_monotonic(), self.hops[direction], raw, kind, method, msg_id, policy))
+            if len(queue) == 1:
+                self.dumper.wake_up()
+        else:
+            self.dumper.dropped += 1
+
+
 class Tap:
-    """One hook site's context (session, server, transport, era) and its way into the queue.
+    """One hook site's context (session, server, transport, era) and its way into the queue:
+    `frame(direction, frame, policy=None)` and `put(direction, raw, kind, method, msg_id, policy)`
+    (from `_records.TapCore` where the C encoder is built, else `_PyTapCore`; `Dumper.tap` picks)."""
 
-    The hook runs on the proxy's hot path: one clock read (the monotonic one; the writer derives
-    the wall-clock time from it), one tuple, one append to the dumper's queue, which the tap
-    holds itself (the writer empties that list in place, it never replaces it). The tuple holds
-    the direction's hop (`hop`): what the writer needs of the tap, without a lookup per record."""
-
-    __slots__ = ("dumper", "session", "server", "transport", "upstream", "queue", "limit", "hops",
-                 "unanswered", "heads_era", "__weakref__")
+    __slots__ = ()
+    _TAP_SLOTS = ("session", "server", "transport", "upstream", "unanswered", "heads_era", "__weakref__")
 
     def __init__(self, dumper: Dumper, session: str, server: str, transport: str,
                  era: str | None = None, upstream: Any = None) -> None:
@@ -113,10 +147,11 @@ class Tap:
         self.heads_era = era         # fixed, or (era None) read from `upstream.era` when written
         # Requests seen at each direction and not answered yet: id -> when (for latency_ms).
         self.unanswered: dict[str, dict[Any, float]] = {direction: {} for direction in DIRECTIONS}
-        self.hops = _Hops()
-        self.hops.tap = self
+        hops = _Hops()
+        hops.tap = self
         for direction in DIRECTIONS:
-            self.hops[direction] = self.hop(direction)
+            hops[direction] = self.hop(direction)
+        self.hops = hops
         dumper.taps.add(self)
         if era is None:
             dumper.dynamic_taps.add(self)
@@ -124,28 +159,7 @@ class Tap:
     def for_server(self, server: str, upstream: Any) -> "Tap":
         """The same session seen at one of its servers (the aggregate's members): that server's
         name, and its own era, read from its upstream."""
-        return Tap(self.dumper, self.session, server, self.transport, None, upstream)
-
-    def frame(self, direction: str, frame: Frame, policy: str | None = None) -> None:
-        queue = self.queue
-        if len(queue) < self.limit:
-            queue.append((_monotonic(), self.hops[direction], frame.raw, frame.kind, frame.method, frame.id,
-                          policy or frame.note))
-            if self.dumper.idle:
-                self.dumper.wake_up()
-        else:
-            self.dumper.dropped += 1
-
-    def put(self, direction: str, raw: bytes, kind: Kind | None = None, method: str | None = None,
-            msg_id: Any = None, policy: str | None = None) -> None:
-        """kind None: the writer decodes `raw` to find kind, method and id (gateway replies)."""
-        queue = self.queue
-        if len(queue) < self.limit:
-            queue.append((_monotonic(), self.hops[direction], raw, kind, method, msg_id, policy))
-            if self.dumper.idle:
-                self.dumper.wake_up()
-        else:
-            self.dumper.dropped += 1
+        return type(self)(self.dumper, self.session, server, self.transport, None, upstream)
 
     def gateway(self, direction: str, raw: bytes) -> None:
         """A frame the gateway wrote itself (an error answer, a replayed handshake)."""
@@ -175,6 +189,16 @@ class Tap:
             _json(self.session), _json(self.server), _json(self.transport), _json(self.heads_era),
             _json(direction))
         return tuple(head + _json(kind) for kind in _KINDS)
+
+
+class _PyTap(_PyTapCore, Tap):
+    __slots__ = Tap._TAP_SLOTS
+
+
+_CTap: type[Tap] | None = None
+if _native is not None:
+    class _CTap(_native.TapCore, Tap):   # type: ignore[no-redef]
+        __slots__ = Tap._TAP_SLOTS
 
 
 class Dumper:
@@ -213,12 +237,15 @@ class Dumper:
 
     def tap(self, session: str, server: str, transport: str, era: str | None = None,
             upstream: Any = None) -> Tap:
-        return Tap(self, session, server, transport, era, upstream)
+        """A hook site's tap: its hooks in C with the C encoder, else in Python."""
+        cls = _CTap if self.native is not None and _CTap is not None else _PyTap
+        return cls(self, session, server, transport, era, upstream)
 
     def wake_up(self) -> None:
-        """The first frame after the writer went idle."""
-        self.idle = False
-        self.wake.set()
+        """A frame made the queue non-empty: wake the writer if it is idle."""
+        if self.idle:
+            self.idle = False
+            self.wake.set()
 
     # ---- the writer task -------------------------------------------------------------------
 
@@ -254,9 +281,12 @@ class Dumper:
                 self._pending = batch
                 self.batches += 1
                 chunks = []
+                yielded_at = self.cpu_seconds
                 for start in range(0, len(batch), CHUNK):
                     chunks.append(self._encode(batch[start:start + CHUNK]))
-                    await trio.sleep(0)     # let the proxy run between chunks
+                    if self.cpu_seconds - yielded_at >= CHECKPOINT_CPU:
+                        await trio.sleep(0)     # let the proxy run
+                        yielded_at = self.cpu_seconds
                 chunks.append(self._dropped_record(dropped))
                 self._pending = []           # from here on the write happens, cancelled or not
                 self.written += len(batch)
