@@ -251,7 +251,7 @@ def test_the_batch_test_agrees_with_the_full_walk_on_random_frames(word_test: st
 FRAME = decode(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}')
 
 
-def test_flood_with_a_tiny_queue_drops_and_counts(tmp_path: Path) -> None:
+def test_flood_with_a_tiny_queue_drops_and_counts(tmp_path: Path, encoder: str) -> None:
     path = tmp_path / "flood.jsonl"
 
     async def main() -> float:
@@ -273,6 +273,48 @@ def test_flood_with_a_tiny_queue_drops_and_counts(tmp_path: Path) -> None:
     drops = [r for r in records if "dropped" in r]
     assert len(frames) == 8
     assert [d["dropped"] for d in drops] == [4992] and drops[0]["dropped_total"] == 4992
+
+
+def test_the_c_and_python_hooks_queue_the_same_tuples() -> None:
+    """The hooks in C (`_records.TapCore`) follow the Python ones' rules: the same tuple per frame
+    (a policy given, else the frame's note; put()'s defaults; a hop made for a new direction),
+    the writer woken by the frame that makes the queue non-empty, drops counted when full."""
+    from wire_gateway.dump import writer
+    if writer._native is None:
+        pytest.skip(NO_C_ENCODER)
+    noted = decode(b'{"jsonrpc":"2.0","id":2,"result":{"tools":[]}}')
+    noted.note = "filter"
+    seen = []
+    for native in (writer._native, None):
+        dumper = Dumper(DumpSettings(path=os.devnull, queue=6))
+        dumper.native = native
+        woken: list[int] = []
+        dumper.wake_up = lambda woken=woken, dumper=dumper: woken.append(len(dumper.queue))
+        tap = dumper.tap("s", "echo", "stdio", era="legacy")
+        assert isinstance(tap, writer.Tap)
+        before = time.monotonic()
+        tap.frame(C2G, FRAME)
+        tap.frame(G2C, noted)
+        tap.frame(G2C, noted, "cache")
+        tap.put(C2G, b"x")
+        tap.put(G2C, b'{"id":7}', noted.kind, "m", 7, "p")
+        tap.gateway("gateway->audit", b"{}")
+        tap.frame(C2G, FRAME)               # the queue holds 6: dropped, counted
+        after = time.monotonic()
+        direction_of = {id(hop): direction for direction, hop in tap.hops.items()}
+        assert all(before <= record[0] <= after for record in dumper.queue)
+        seen.append(([(direction_of[id(record[1])], *record[2:]) for record in dumper.queue], dumper.dropped, woken))
+        dumper.queue.clear()
+        tap.frame(C2G, FRAME)               # the first frame of the next batch wakes the writer again
+        assert woken == [1, 1]
+    assert seen[0] == seen[1]
+    assert seen[0][0] == [(C2G, FRAME.raw, FRAME.kind, "tools/call", 1, None),
+                          (G2C, noted.raw, noted.kind, None, 2, "filter"),
+                          (G2C, noted.raw, noted.kind, None, 2, "cache"),
+                          (C2G, b"x", None, None, None, None),
+                          (G2C, b'{"id":7}', noted.kind, "m", 7, "p"),
+                          ("gateway->audit", b"{}", None, None, None, "gateway")]
+    assert seen[0][1] == 1
 
 
 def test_gateway_flood_drops_but_answers_everything(tmp_path: Path) -> None:
