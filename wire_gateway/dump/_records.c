@@ -624,10 +624,6 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (reserve(&out, Py_MIN(room, 4 << 20)) < 0)
         return NULL;
-    /* Each frame's JSON text is made first, here: escaping checks UTF-8 and runs the word test,
-     * so a record is started only once its frame is known to be usable. */
-    char *text_buf = NULL;
-    Py_ssize_t text_cap = 0;
     int stopped_at_suspect = 0;
     PyObject *record = NULL, *method = NULL, *id = NULL, *tail = NULL;
     for (i = start; i < PyList_GET_SIZE(batch); i++) {
@@ -653,42 +649,16 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (!(id_obj == Py_None || PyLong_CheckExact(id_obj) || PyUnicode_CheckExact(id_obj)))
             break;                         /* not a JSON-RPC id; nor safe as a dict key here */
         /* The frame: a masked text from the caller, or the bytes (which must be UTF-8 and, with
-         * the word test, not a suspect) escaped into text_buf. */
+         * the word test, not a suspect: escape_json tells, below). */
         PyObject *override = overrides == Py_None || i >= PyList_GET_SIZE(overrides)
                            ? Py_None : PyList_GET_ITEM(overrides, i);
         const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(raw);
         Py_ssize_t size = PyBytes_GET_SIZE(raw);
-        const char *frame_json;
-        Py_ssize_t frame_len;
-        if (override != Py_None) {
-            if (!PyBytes_Check(override))
-                break;
-            frame_json = PyBytes_AS_STRING(override);
-            frame_len = PyBytes_GET_SIZE(override);
-        }
-        else {
-            if (size > (PY_SSIZE_T_MAX / 2 - 4096) / 6) {
-                PyErr_NoMemory();
-                goto fail;
-            }
-            Py_ssize_t cap = size > LARGE_FRAME ? json_string_length(text, size) : 6 * size + 2;
-            if (cap > text_cap) {
-                char *grown = PyMem_Realloc(text_buf, (size_t)Py_MAX(cap, 4096));
-                if (grown == NULL) {
-                    PyErr_NoMemory();
-                    goto fail;
-                }
-                text_buf = grown;
-                text_cap = Py_MAX(cap, 4096);
-            }
-            char *end = NULL;
-            int verdict = escape_json(text_buf, text, size, word_test, &end);
-            if (verdict == SUSPECT)
-                stopped_at_suspect = 1;
-            if (verdict != ESCAPED)
-                break;
-            frame_json = text_buf;
-            frame_len = end - text_buf;
+        if (override != Py_None && !PyBytes_Check(override))
+            break;
+        if (override == Py_None && size > (PY_SSIZE_T_MAX / 2 - 4096) / 6) {
+            PyErr_NoMemory();
+            goto fail;
         }
 
         /* The parts Python decides (rare for all but the method, which is usually known). */
@@ -722,33 +692,29 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         Py_ssize_t need = 200 + PyBytes_GET_SIZE(sec_text) + PyBytes_GET_SIZE(head) +
                           PyBytes_GET_SIZE(method) + (id ? PyBytes_GET_SIZE(id) : 0) +
-                          (tail ? PyBytes_GET_SIZE(tail) : 0) + frame_len;
+                          (tail ? PyBytes_GET_SIZE(tail) : 0) +
+                          (override != Py_None ? PyBytes_GET_SIZE(override)
+                           : size > LARGE_FRAME ? json_string_length(text, size) : 6 * size + 2);
         if (reserve(&out, need) < 0)
             goto fail;
+        /* The request this answers, looked up only: the open-request maps change once the
+         * record is complete (a frame escape_json refuses leaves nothing behind). */
         double latency = 0.0;
-        int has_latency = 0;
-        if (id_obj != Py_None) {           /* int and str keys: hashing runs no Python code */
-            if (kind == request) {
-                if (PyDict_SetItem(asked, id_obj, mono_obj) < 0)
-                    goto fail;
-                opened++;
-            }
-            else if (kind == response || kind == error) {
-                PyObject *since = PyDict_GetItemWithError(answered, id_obj);
-                if (since == NULL && PyErr_Occurred())
-                    goto fail;
-                if (since != NULL) {
-                    if (PyFloat_Check(since)) {
-                        latency = (mono - PyFloat_AS_DOUBLE(since)) * 1000.0;
-                        has_latency = 1;
-                    }
-                    if (PyDict_DelItem(answered, id_obj) < 0)
-                        goto fail;
-                    opened--;
+        int has_latency = 0, answers = 0;  /* int and str keys: hashing runs no Python code */
+        if (id_obj != Py_None && (kind == response || kind == error)) {
+            PyObject *since = PyDict_GetItemWithError(answered, id_obj);   /* borrowed */
+            if (since == NULL && PyErr_Occurred())
+                goto fail;
+            if (since != NULL) {
+                answers = 1;
+                if (PyFloat_Check(since)) {
+                    latency = (mono - PyFloat_AS_DOUBLE(since)) * 1000.0;
+                    has_latency = 1;
                 }
             }
         }
 
+        Py_ssize_t record_start = out.len;
         PUT_LITERAL(&out, "{\"ts\":\"");
         put_bytes(&out, sec_text);
         PUT_LITERAL(&out, ".");
@@ -778,22 +744,45 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             put_bytes(&out, tail);
         else
             PUT_LITERAL(&out, "null,\"frame\":");
-        put(&out, frame_json, frame_len);
+        if (override != Py_None) {
+            put_bytes(&out, override);
+        }
+        else {                             /* escaped in place: no copy of the frame's text */
+            char *end = NULL;
+            int verdict = escape_json(out.p + out.len, text, size, word_test, &end);
+            if (verdict != ESCAPED) {      /* not UTF-8, or a suspect: the record is dropped */
+                out.len = record_start;
+                stopped_at_suspect = verdict == SUSPECT;
+                Py_CLEAR(method);
+                Py_CLEAR(id);
+                Py_CLEAR(tail);
+                break;
+            }
+            out.len = end - out.p;
+        }
         PUT_LITERAL(&out, "}\n");
+        if (id_obj != Py_None && kind == request) {
+            if (PyDict_SetItem(asked, id_obj, mono_obj) < 0)
+                goto fail;
+            opened++;
+        }
+        else if (answers) {
+            if (PyDict_DelItem(answered, id_obj) < 0)
+                goto fail;
+            opened--;
+        }
         Py_CLEAR(method);
         Py_CLEAR(id);
         Py_CLEAR(tail);
         Py_CLEAR(record);
     }
     Py_CLEAR(record);
-    PyMem_Free(text_buf);
     PyObject *data = finish(&out);
     if (data == NULL)
         return NULL;
     return Py_BuildValue("(Nnni)", data, opened, i, stopped_at_suspect);
 
 fail:
-    PyMem_Free(text_buf);
     Py_XDECREF(record);
     Py_XDECREF(method);
     Py_XDECREF(id);
