@@ -366,8 +366,16 @@ class Aggregate:
         while not self._closing.is_set():
             try:
                 member.ok = await self._setup(member)
-            except Exception as exc:   # a member must never take the aggregate down
-                member.ok, member.problem = False, f"setup failed: {exc!r}"
+            except Exception as exc:
+                # Upstream faults arrive as error answers, never as exceptions: an exception here is
+                # a bug in the gateway. It is reported as one (an ERROR with its traceback, which the
+                # tests fail on) and not retried as if the server were down; the other members go on.
+                log.error("aggregate: setting up member %s failed inside the gateway (a bug, not the server's "
+                          "fault); the member stays unavailable", member.name, exc_info=exc)
+                member.ok, member.problem = False, f"the gateway failed to set it up: {type(exc).__name__}"
+                member.tried.set()
+                self._update_state()
+                return
             member.tried.set()
             self._update_state()
             if member.ok:

@@ -125,6 +125,11 @@ class GuardedUpstream:
     def era(self) -> str | None:
         return self.inner.era
 
+    @era.setter
+    def era(self, era: str | None) -> None:
+        """The aggregate tells a member which era it speaks: the inner upstream keeps it."""
+        self.inner.era = era
+
     @property
     def restarts(self) -> int:
         return self.inner.restarts
