@@ -14,13 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class HttpGateway:
-    def __init__(self, tmp_path: Path, servers: dict[str, Any], **top: Any) -> None:
+    def __init__(self, tmp_path: Path, servers: dict[str, Any], *, extra_args: tuple[str, ...] | list[str] = (),
+                 **top: Any) -> None:
         self.config = tmp_path / "http-gateway.json"
         self.config.write_text(json.dumps({"servers": servers, **top}))
         self.log_path = tmp_path / "http-gateway.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wire_gateway", "serve", "--config", str(self.config), "--port", "0",
-             "--log-file", str(self.log_path)],
+             "--log-file", str(self.log_path), *extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
         self.port = self._wait_for_port()
         self.base = f"http://127.0.0.1:{self.port}"

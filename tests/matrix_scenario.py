@@ -1,0 +1,293 @@
+"""The combination matrix's one canonical scenario, and the clients it drives each front with.
+
+A cell is (front, policy, upstream kind, dumps). Its gateway serves two servers: `s`, the one
+under test (a `command` echo server or a `url` one, with the cell's policy), and `p`, a plain
+echo server with no policy, so that the aggregate always combines a guarded member with a
+plain one. The scenario: handshake; `tools/list` (every page) with exactly the expected names;
+a call that works; a call the policy refuses (policies that refuse nothing: none, cache); an
+unknown method passed through (its answer is the server's own, for a single-server front);
+four hops of the working call in the dump when dumps are on; and a log in which every member
+connected and nothing failed inside the gateway.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from gateway import LEGACY_INIT, MODERN_META, PY, SERVERS, LineClient, fixture_module
+from http_gateway import HttpGateway
+
+from wire_gateway.demo.echo import build as build_echo
+
+FRONTS = ("stdio", "stdio-aggregate", "http-legacy", "http-modern", "http-aggregate-legacy",
+          "http-aggregate-modern")
+POLICIES = ("none", "filter", "pinning", "schema", "cache")
+UPSTREAMS = ("command", "url")
+DUMPS = ("off", "on")
+AXES = (FRONTS, POLICIES, UPSTREAMS, DUMPS)
+
+SEP = "__"
+ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+COMMAND_TOOLS = frozenset(build_echo("matrix").tools)
+URL_TOOLS = frozenset(t["name"] for t in fixture_module("http_echo").TOOLS)
+HELLO = "matrix-hello-7d1f"          # the working call's text: found again at every hop of the dump
+
+
+def pairwise(axes: tuple[tuple[str, ...], ...]) -> list[tuple[str, ...]]:
+    """A small set of cells that contains every pair of values of every two axes (greedy,
+    deterministic): the default run. The whole product runs under the `slow` marker."""
+    import itertools
+
+    uncovered = {((i, a), (j, b)) for i, j in itertools.combinations(range(len(axes)), 2)
+                 for a in axes[i] for b in axes[j]}
+    chosen: list[tuple[str, ...]] = []
+    candidates = list(itertools.product(*axes))
+    while uncovered:
+        def gain(cell: tuple[str, ...]) -> int:
+            return sum(((i, cell[i]), (j, cell[j])) in uncovered
+                       for i, j in itertools.combinations(range(len(cell)), 2))
+        best = max(candidates, key=gain)
+        chosen.append(best)
+        uncovered -= {((i, best[i]), (j, best[j])) for i, j in itertools.combinations(range(len(best)), 2)}
+    return chosen
+
+
+# ---- the gateway a cell runs ------------------------------------------------------------------
+
+@dataclass
+class Cell:
+    front: str
+    policy: str
+    upstream: str
+    dumps: str
+    tmp: Path
+    url_server: str = ""           # the url upstream's endpoint, when upstream == "url"
+    dump_path: Path | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.tmp / "gateway.log"
+        if self.dumps == "on":
+            self.dump_path = self.tmp / "frames.jsonl"
+
+    @property
+    def aggregate(self) -> bool:
+        return "aggregate" in self.front
+
+    @property
+    def modern(self) -> bool:
+        return self.front.endswith("modern")
+
+    def config(self) -> dict[str, Any]:
+        s: dict[str, Any] = ({"url": self.url_server} if self.upstream == "url"
+                             else {"command": PY, "args": [str(SERVERS / "echo.py")]})
+        top: dict[str, Any] = {}
+        if self.policy == "filter":
+            s["tools"] = {"deny": ["pid"]}
+        elif self.policy == "pinning":
+            s["pinning"] = "enforce"
+            pins = self.tmp / "pins.json"       # a pin that pid's definition does not match: a rug pull
+            pins.write_text(json.dumps({"pins:s:pid": "0" * 64}))
+            top["store"] = {"backend": "memory", "pins_file": str(pins)}
+        elif self.policy == "schema":
+            s["schema"] = True
+        elif self.policy == "cache":
+            s["cache"] = {"tools_list_ttl": 60}
+        servers = {"s": s, "p": {"command": PY, "args": [str(SERVERS / "echo.py")]}}
+        return {"servers": servers, "aggregate": {"separator": SEP}, **top}
+
+    def expected_names(self) -> set[str]:
+        own = set(URL_TOOLS if self.upstream == "url" else COMMAND_TOOLS)
+        if self.policy in ("filter", "pinning"):
+            own.discard("pid")
+        if not self.aggregate:
+            return own
+        return {f"s{SEP}{n}" for n in own} | {f"p{SEP}{n}" for n in COMMAND_TOOLS}
+
+    def tool(self, name: str) -> str:
+        return f"s{SEP}{name}" if self.aggregate else name
+
+
+# ---- clients: one request/answer surface over every front ---------------------------------------
+
+class StdioFront:
+    def __init__(self, cell: Cell) -> None:
+        cfg = cell.tmp / "gateway.json"
+        cfg.write_text(json.dumps(cell.config()))
+        argv = [PY, "-m", "wire_gateway", "stdio", "--config", str(cfg)]
+        if not cell.aggregate:
+            argv += ["--server", "s"]
+        if cell.dump_path is not None:
+            argv += ["--dump", str(cell.dump_path)]
+        self.client = LineClient(argv, log_path=cell.log_path)
+        self.client.other = []
+
+    def handshake(self) -> None:
+        answer = self.client.initialize()
+        assert "result" in answer, answer
+
+    def request(self, req_id: Any, method: str, params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        return 200, self.client.request(method, params, req_id=req_id, timeout=20)
+
+    def close(self) -> None:
+        assert self.client.close() == 0, self.client.log_text()
+
+
+class HttpFront:
+    def __init__(self, cell: Cell) -> None:
+        self.modern = cell.modern
+        extra = ["--dump", str(cell.dump_path)] if cell.dump_path is not None else []
+        self.gw = HttpGateway(cell.tmp, cell.config()["servers"], extra_args=extra,
+                              **{k: v for k, v in cell.config().items() if k != "servers"})
+        cell.log_path = self.gw.log_path
+        self.url = f"{self.gw.base}/mcp" if cell.aggregate else self.gw.url("s")
+        self.http = httpx.Client(timeout=20)
+        self.sid: str | None = None
+
+    def handshake(self) -> None:
+        if self.modern:
+            return
+        opened = self.http.post(self.url, headers=ACCEPT,
+                                json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": LEGACY_INIT})
+        assert opened.status_code == 200, opened.text
+        assert "result" in body_of(opened)
+        self.sid = opened.headers["mcp-session-id"]
+        sent = self.http.post(self.url, headers=self._headers(),
+                              json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert sent.status_code == 202, sent.text
+
+    def _headers(self, method: str | None = None, name: str | None = None) -> dict[str, str]:
+        if not self.modern:
+            return {**ACCEPT, "mcp-session-id": self.sid or "", "mcp-protocol-version": LEGACY_INIT["protocolVersion"]}
+        headers = {**ACCEPT, "mcp-protocol-version": MODERN_META["io.modelcontextprotocol/protocolVersion"]}
+        if method is not None:
+            headers["mcp-method"] = method
+        if name is not None:
+            headers["mcp-name"] = name
+        return headers
+
+    def request(self, req_id: Any, method: str, params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        params = dict(params or {})
+        if self.modern:
+            params["_meta"] = MODERN_META
+        body = {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params}
+        name = params.get("name") if method == "tools/call" else None
+        answer = self.http.post(self.url, json=body, headers=self._headers(method, name))
+        return answer.status_code, body_of(answer)
+
+    def close(self) -> None:
+        if self.sid is not None:
+            self.http.delete(self.url, headers=self._headers())
+        self.http.close()
+        assert self.gw.stop() == 0, self.gw.log()
+
+
+def body_of(response: httpx.Response) -> dict[str, Any]:
+    """A JSON body, or the last data event of an SSE stream."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:") and line[5:].strip()]
+        return json.loads(data[-1])
+    return response.json()
+
+
+# ---- the scenario --------------------------------------------------------------------------------
+
+def run_cell(cell: Cell) -> None:
+    front = StdioFront(cell) if cell.front.startswith("stdio") else HttpFront(cell)
+    try:
+        front.handshake()
+
+        # tools/list, every page: exactly the names the policy lets through (twice with a cache)
+        for _ in range(2 if cell.policy == "cache" else 1):
+            names: list[str] = []
+            cursor = None
+            for page in range(20):
+                status, listed = front.request(f"list-{page}", "tools/list", {"cursor": cursor} if cursor else None)
+                assert status == 200 and "result" in listed, listed
+                names += [t["name"] for t in listed["result"]["tools"]]
+                cursor = listed["result"].get("nextCursor")
+                if not cursor:
+                    break
+            assert sorted(names) == sorted(cell.expected_names()), (names, cell.expected_names())
+
+        # a call that works
+        status, called = front.request("call-ok", "tools/call", {"name": cell.tool("echo"), "arguments": {"text": HELLO}})
+        assert status == 200 and called.get("id") == "call-ok", called
+        assert called["result"]["content"][0]["text"] == HELLO, called
+
+        # a call the policy refuses: it never reaches the server
+        refused = {"filter": ("pid", {}, -32602, "Unknown tool"),
+                   "pinning": ("pid", {}, -31006, "quarantined"),
+                   "schema": ("echo", {"text": 5}, -32602, "Invalid arguments")}.get(cell.policy)
+        if refused is not None:
+            tool, args, code, words = refused
+            status, answer = front.request("call-refused", "tools/call", {"name": cell.tool(tool), "arguments": args})
+            assert answer.get("id") == "call-refused" and answer.get("error", {}).get("code") == code, answer
+            assert words in answer["error"]["message"], answer
+
+        # an unknown method: the server's own answer through a single-server front, the aggregate's own otherwise
+        status, unknown = front.request("unknown", "wg/no-such-method", {"x": [1, 2]})
+        assert unknown.get("id") == "unknown" and unknown["error"]["code"] == -32601, unknown
+        if not cell.aggregate:
+            assert "wire-gateway" not in json.dumps(unknown["error"]), unknown    # the server said it
+        if cell.modern:
+            assert status == 404, (status, unknown)
+    finally:
+        front.close()
+    check_log(cell)
+    if cell.dump_path is not None:
+        check_dump(cell)
+
+
+def check_log(cell: Cell) -> None:
+    text = cell.log_path.read_text(errors="replace")
+    assert "setup failed" not in text and "Traceback" not in text, text
+    assert not [line for line in text.splitlines() if " ERROR " in line or " CRITICAL " in line], text
+    if cell.aggregate:
+        for member in ("s", "p"):
+            assert f"member {member} connected" in text, text
+
+
+def check_dump(cell: Cell) -> None:
+    from wire_gateway.dump.tools import iter_records
+    from wire_gateway.dump.writer import C2G, G2C, G2S, S2G
+
+    assert cell.dump_path is not None
+    records = list(iter_records(cell.dump_path))
+    hello = [r for r in records if HELLO in (r.get("frame") or "")]
+    dirs = [r["dir"] for r in hello]
+    for hop in (C2G, G2S, S2G, G2C):
+        assert hop in dirs, (hop, dirs)
+    server_side = [r for r in hello if r["dir"] in (G2S, S2G)]
+    assert {r["server"] for r in server_side} == {"s"}, server_side
+    assert dirs.index(C2G) < dirs.index(G2S) < dirs.index(S2G) < dirs.index(G2C), dirs
+
+
+# ---- the url upstream ------------------------------------------------------------------------------
+
+class UrlServer:
+    """The HTTP echo fixture on a free port, for `url` cells (one per test module)."""
+
+    def __init__(self, tmp: Path) -> None:
+        port_file = tmp / "http-echo.port"
+        self.proc = subprocess.Popen([sys.executable, str(SERVERS / "http_echo.py"), "--port", "0",
+                                      "--port-file", str(port_file)], stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert time.monotonic() < deadline and self.proc.poll() is None, "http_echo did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{int(port_file.read_text())}/mcp"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()

@@ -1,0 +1,39 @@
+"""The combination matrix: front x policy x upstream kind x dumps, one canonical scenario per cell
+(tests/matrix_scenario.py). Every pair of axis values runs by default; the whole product runs under
+the `slow` marker, which .ci/run runs too. A new feature adds its axis here."""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from matrix_scenario import AXES, Cell, UrlServer, pairwise, run_cell
+
+PAIRWISE = pairwise(AXES)
+REST = [cell for cell in itertools.product(*AXES) if cell not in PAIRWISE]
+
+
+@pytest.fixture(scope="module")
+def url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = UrlServer(tmp_path_factory.mktemp("url-upstream"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _run(cell: tuple[str, ...], tmp_path: Path, url_server: str) -> None:
+    front, policy, upstream, dumps = cell
+    run_cell(Cell(front, policy, upstream, dumps, tmp_path, url_server=url_server))
+
+
+@pytest.mark.parametrize("cell", PAIRWISE, ids=["-".join(c) for c in PAIRWISE])
+def test_pairwise(cell: tuple[str, ...], tmp_path: Path, url_server: str) -> None:
+    _run(cell, tmp_path, url_server)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", REST, ids=["-".join(c) for c in REST])
+def test_rest_of_the_matrix(cell: tuple[str, ...], tmp_path: Path, url_server: str) -> None:
+    _run(cell, tmp_path, url_server)
