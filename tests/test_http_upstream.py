@@ -195,7 +195,7 @@ def test_http_echo_both_eras_and_a_lost_session(tmp_path: Path) -> None:
         # legacy: a session opened by initialize, carried on every later POST
         init = gw.initialize()
         assert init["result"]["protocolVersion"] == "2025-11-25"
-        assert {t["name"] for t in gw.request("tools/list")["result"]["tools"]} == {"echo", "pid"}
+        assert {t["name"] for t in gw.request("tools/list")["result"]["tools"]} == {"echo", "pid", "wait"}
         text = "héllo \"wire\" ✓"
         assert gw.call("echo", {"text": text})["result"]["content"][0]["text"] == text
         assert gw.call("pid")["result"]["content"][0]["text"] == str(upstream.proc.pid)

@@ -1,0 +1,250 @@
+"""The `Upstream` contract: one suite that every implementation passes, the way every trio stream
+passes trio.testing's stream checks.
+
+Implementations: the supervised process (`command` server), the HTTP upstream (`url` server), the
+policy runner around each, and the aggregate with a member of each kind. They run in this test's
+own trio loop with a recording Sink standing in for the session; only the MCP servers behind them
+are real (the bundled echo server as a subprocess, the HTTP echo fixture on a free port).
+
+The contract, as sessions rely on it:
+- every request gets exactly one answer: the bytes `request()` returns, or one frame through the sink;
+- `era` and `tap` can be set (the aggregate sets a member's era; dumps set taps), and a set tap
+  sees the request's server-side hops;
+- `shutdown()` answers every request still pending;
+- a request the client cancelled (`notifications/cancelled`) is not answered at all, so never twice;
+- a second request with an id already in flight is refused at once, and the first still gets its one answer.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from gateway import MODERN_META, PY, SERVERS
+from matrix_scenario import UrlServer
+
+from wire_gateway.config import Config, parse_config
+from wire_gateway.dump.writer import G2S, S2G
+from wire_gateway.policy.services import Services
+from wire_gateway.proxy.aggregate import Aggregate
+from wire_gateway.proxy.route import member_factory, open_upstream
+from wire_gateway.upstream.supervisor import Upstream
+from wire_gateway.wire import jsonfast
+from wire_gateway.wire.frame import Frame, Kind, decode
+
+KINDS = ("command", "url", "policy-command", "policy-url", "aggregate-command", "aggregate-url")
+ANSWER_TIMEOUT = 15.0
+
+
+class RecordingSink:
+    """The session's side of an upstream: every answer kept by id, in arrival order."""
+
+    def __init__(self) -> None:
+        self.answers: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+        self.others: list[Frame] = []
+
+    def server_frame(self, frame: Frame) -> None:
+        if frame.kind is Kind.RESPONSE or frame.kind is Kind.ERROR:
+            self.answers[frame.id].append(frame.msg)
+        else:
+            self.others.append(frame)
+
+    def gateway_reply(self, req_id: Any, data: bytes) -> None:
+        self.answers[req_id].append(jsonfast.loads(data))
+
+    def flush(self) -> None:
+        """Answers are recorded as they arrive."""
+
+    async def wait_writable(self) -> None:
+        """A test sink is never full."""
+
+    async def answer(self, req_id: Any, timeout: float = ANSWER_TIMEOUT) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while not self.answers.get(req_id):
+                await trio.sleep(0.01)
+        return self.answers[req_id][0]
+
+
+class RecordingTap:
+    """A dump tap that keeps (server, direction, id) for every hook call."""
+
+    def __init__(self, server: str = "", seen: list[tuple[str, str, Any]] | None = None) -> None:
+        self.server = server
+        self.seen: list[tuple[str, str, Any]] = [] if seen is None else seen
+
+    def frame(self, direction: str, frame: Frame, policy: str | None = None) -> None:
+        self.seen.append((self.server, direction, frame.id))
+
+    def put(self, direction: str, raw: bytes, kind: Any = None, method: str | None = None, msg_id: Any = None,
+            policy: str | None = None) -> None:
+        self.seen.append((self.server, direction, msg_id))
+
+    def gateway(self, direction: str, raw: bytes) -> None:
+        self.seen.append((self.server, direction, None))
+
+    def for_server(self, server: str, upstream: Any) -> RecordingTap:
+        return RecordingTap(server, self.seen)
+
+
+@pytest.fixture(scope="module")
+def url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = UrlServer(tmp_path_factory.mktemp("contract-url"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+class Subject:
+    """One implementation under test, with the way to name a tool through it."""
+
+    def __init__(self, kind: str, url: str, sink: RecordingSink) -> None:
+        self.kind = kind
+        command = {"command": PY, "args": [str(SERVERS / "echo.py")]}
+        server = {"url": url} if kind.endswith("url") else command
+        if kind.startswith("policy"):
+            server = {**server, "tools": {"deny": ["add"]}}
+        doc: dict[str, Any] = {"servers": {"s": server}}
+        if kind.startswith("aggregate"):
+            doc = {"servers": {"s": {**server, "tools": {"deny": ["add"]}}, "p": command},
+                   "aggregate": {"separator": "__"}}
+        self.config: Config = parse_config(json.loads(json.dumps(doc)), base_dir=Path.cwd())
+        self.services = Services(self.config)
+        if kind.startswith("aggregate"):
+            self.upstream: Upstream = Aggregate(self.config, sink, member_factory(self.config, self.services))
+        else:
+            self.upstream = open_upstream(self.config.servers["s"].resolved(), self.config, sink, self.services)
+
+    def tool(self, name: str) -> str:
+        return f"s__{name}" if self.kind.startswith("aggregate") else name
+
+
+def frame(req_id: Any, method: str, params: dict[str, Any] | None = None) -> Frame:
+    msg = {"jsonrpc": "2.0", "id": req_id, "method": method, "params": {**(params or {}), "_meta": MODERN_META}}
+    decoded = decode(jsonfast.dumps(msg))
+    assert isinstance(decoded, Frame)
+    return decoded
+
+
+def notification(method: str, params: dict[str, Any]) -> Frame:
+    decoded = decode(jsonfast.dumps({"jsonrpc": "2.0", "method": method, "params": params}))
+    assert isinstance(decoded, Frame)
+    return decoded
+
+
+def send(up: Upstream, sink: RecordingSink, f: Frame) -> None:
+    """What a session does with a request: hand it over, deliver an immediate answer, flush."""
+    refused = up.request(f)
+    if refused is not None:
+        sink.gateway_reply(f.id, refused)
+    up.flush()
+
+
+def run(kind: str, url: str, body: Callable[[Subject, RecordingSink], Any]) -> None:
+    async def main() -> None:
+        sink = RecordingSink()
+        subject = Subject(kind, url, sink)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(subject.upstream.run)
+                try:
+                    await body(subject, sink)
+                finally:
+                    await subject.upstream.shutdown()
+                nursery.cancel_scope.cancel()
+        for req_id, answers in sink.answers.items():
+            assert len(answers) == 1, f"{req_id!r} was answered {len(answers)} times: {answers}"
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_request_gets_exactly_one_answer(kind: str, url_server: str) -> None:
+    async def body(subject: Subject, sink: RecordingSink) -> None:
+        up = subject.upstream
+        send(up, sink, frame("list", "tools/list"))
+        send(up, sink, frame("call", "tools/call", {"name": subject.tool("echo"), "arguments": {"text": "hi"}}))
+        send(up, sink, frame("hidden", "tools/call", {"name": subject.tool("add"), "arguments": {"a": 1, "b": 2}}))
+        send(up, sink, frame("unknown", "wg/no-such-method"))
+        send(up, sink, frame(7, "ping"))
+        for req_id in ("list", "call", "hidden", "unknown", 7):
+            await sink.answer(req_id)
+        assert sink.answers["call"][0]["result"]["content"][0]["text"] == "hi"
+        assert "error" in sink.answers["unknown"][0]
+        if kind != "command" and kind != "url":     # a policy member hides `add`
+            assert sink.answers["hidden"][0]["error"]["code"] == -32602
+        await trio.sleep(0.3)                         # nothing more arrives for any of them
+
+    run(kind, url_server, body)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_era_and_tap_can_be_set_and_the_tap_sees_the_server_hops(kind: str, url_server: str) -> None:
+    async def body(subject: Subject, sink: RecordingSink) -> None:
+        up = subject.upstream
+        tap = RecordingTap("s")
+        up.tap = tap
+        assert up.tap is tap
+        if not kind.startswith("aggregate"):       # the aggregate's era is its client's (it sets its members')
+            up.era = "modern"
+            assert up.era == "modern"
+        send(up, sink, frame("call", "tools/call", {"name": subject.tool("echo"), "arguments": {"text": "tapped"}}))
+        await sink.answer("call")
+        directions = {direction for server, direction, _ in tap.seen if server == "s"}
+        assert {G2S, S2G} <= directions, tap.seen
+        up.tap = None
+        assert up.tap is None
+
+    run(kind, url_server, body)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shutdown_answers_what_is_pending(kind: str, url_server: str) -> None:
+    async def body(subject: Subject, sink: RecordingSink) -> None:
+        up = subject.upstream
+        send(up, sink, frame("slow", "tools/call", {"name": subject.tool("wait"), "arguments": {"seconds": 30}}))
+        await trio.sleep(0.5)
+        assert not sink.answers.get("slow")
+        with trio.fail_after(ANSWER_TIMEOUT):
+            await up.shutdown()
+        answer = await sink.answer("slow", 1.0)
+        assert "error" in answer, answer
+
+    run(kind, url_server, body)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_cancelled_request_is_not_answered(kind: str, url_server: str) -> None:
+    async def body(subject: Subject, sink: RecordingSink) -> None:
+        up = subject.upstream
+        send(up, sink, frame("gone", "tools/call", {"name": subject.tool("wait"), "arguments": {"seconds": 30}}))
+        await trio.sleep(0.3)
+        up.notify(notification("notifications/cancelled", {"requestId": "gone", "reason": "test"}))
+        up.flush()
+        send(up, sink, frame("after", "tools/call", {"name": subject.tool("echo"), "arguments": {"text": "x"}}))
+        await sink.answer("after")
+        await trio.sleep(0.3)
+        with trio.fail_after(ANSWER_TIMEOUT):
+            await up.shutdown()
+        assert not sink.answers.get("gone"), sink.answers["gone"]
+
+    run(kind, url_server, body)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_id_already_in_flight_is_refused_and_the_first_still_answered(kind: str, url_server: str) -> None:
+    async def body(subject: Subject, sink: RecordingSink) -> None:
+        up = subject.upstream
+        send(up, sink, frame(5, "tools/call", {"name": subject.tool("wait"), "arguments": {"seconds": 0.5}}))
+        await trio.sleep(0.1)
+        second = up.request(frame(5, "tools/call", {"name": subject.tool("echo"), "arguments": {"text": "dup"}}))
+        assert second is not None and jsonfast.loads(second)["error"]["code"] == -32600, second
+        answer = await sink.answer(5)
+        assert "waited" in answer["result"]["content"][0]["text"], answer
+        await trio.sleep(0.2)
+
+    run(kind, url_server, body)
