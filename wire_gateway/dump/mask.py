@@ -109,10 +109,28 @@ def json_find(low: bytes, word: bytes, start: int = 0) -> int:
     return i
 
 
+def literal_patterns(values: Iterable[str]) -> list[str]:
+    """Configured secret values (telemetry.masking.SECRETS) as patterns that match them literally:
+    they then take the configured patterns' exact path. A value with a character JSON escapes
+    (a quote, a backslash, a control character) is also matched as the frame's bytes spell it, so
+    that the pre-check on the raw bytes sees it too."""
+    found = []
+    for value in values:
+        found.append(re.escape(value))
+        escaped = orjson.dumps(value).decode()[1:-1]
+        if escaped != value:
+            found.append(re.escape(escaped))
+    return found
+
+
 class FrameMasker:
-    def __init__(self, patterns: Iterable[str] = ()) -> None:
-        self.patterns = [re.compile(p) for p in patterns]
-        self._text_masker = Masker(p.pattern for p in self.patterns)   # for frames that are not JSON
+    def __init__(self, patterns: Iterable[str] = (), secret_values: Iterable[str] = ()) -> None:
+        """`patterns`: configured regular expressions; `secret_values`: configured secrets' values,
+        masked wherever they occur. Either makes every frame take the exact path (see docs/dumps.md):
+        without them the word test alone decides, in the C encoder's own pass."""
+        self.patterns = [re.compile(p) for p in [*patterns, *literal_patterns(secret_values)]]
+        # For frames that are not JSON: the values are among the patterns, not the process's registry.
+        self._text_masker = Masker((p.pattern for p in self.patterns), secrets=None)
         # Configured patterns are matched on the decoded text too, so the pre-check stays exact.
         self._bytes_patterns = []
         self._text_patterns = []
