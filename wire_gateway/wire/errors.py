@@ -33,11 +33,11 @@ SOURCE = "wire-gateway"
 # masker (`telemetry.masking.configure` installs it; this layer must not know what a secret is).
 # These texts quote servers (their stderr, an upstream's error page) and configs; none of them is
 # forwarded data, which never comes here.
-_text_filter: Callable[[Any], Any] | None = None
+_text_filter: Callable[[str, dict[str, Any]], tuple[str, Any]] | None = None
 
 
-def set_text_filter(fn: Callable[[Any], Any] | None) -> None:
-    """Install `fn` (a JSON-able value -> the same, masked) for every error frame built from now on."""
+def set_text_filter(fn: Callable[[str, dict[str, Any]], tuple[str, Any]] | None) -> None:
+    """Install `fn` ((message, data) -> the same, masked) for every error frame built from now on."""
     global _text_filter
     _text_filter = fn
 
@@ -48,8 +48,7 @@ def error_frame(req_id: Any, code: int, message: str, data: dict[str, Any] | Non
     if data:
         payload.update(data)
     if _text_filter is not None:
-        message = _text_filter(message)
-        payload = _text_filter(payload)
+        message, payload = _text_filter(message, payload)
     return jsonfast.dumps(
         {"jsonrpc": "2.0", "id": req_id, "error": {"code": code, "message": message, "data": payload}}
     )
