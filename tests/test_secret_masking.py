@@ -95,6 +95,12 @@ def test_error_frames_go_through_the_process_masker() -> None:
         "leaky: config api_key=*** region=eu-west-1", "leaky: db ready, password: ***",
         "leaky: upstream said Authorization: Bearer eyJh***", "leaky: vault session *** opened",
         "leaky: crashing on purpose"]
+    # The id is the client's, and must come back as it was sent; nothing suspect: the same objects.
+    assert json.loads(errors.error_frame(f"password={ENV_SECRET}", errors.INVALID_REQUEST, "m"))["id"] == \
+        f"password={ENV_SECRET}"
+    data = {"server": "echo", "stderrTail": ["ready"]}
+    masking.mask.set_patterns(())                 # (a configured pattern makes every error suspect)
+    assert masking.mask.error("plain", data)[1] is data
 
 
 def test_register_secrets_takes_env_expansions_and_headers() -> None:
