@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 import trio
-
 from gateway import MODERN_META, SERVERS, fixture_module, gateway, write_config
 from http_gateway import HttpGateway
+
 from wire_gateway.admin.app import serve_admin
 from wire_gateway.config import parse_config, register_secrets
 from wire_gateway.dump.mask import FrameMasker
@@ -175,7 +175,7 @@ class ErrorPage(ThreadingHTTPServer):
 
 
 class ErrorPageHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
         body = (f"db down; password: {UPSTREAM_PASSWORD}; you sent {self.headers.get('authorization')}; "
                 f"vault {ENV_SECRET}").encode()

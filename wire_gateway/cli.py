@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from wire_gateway import __version__
-from wire_gateway.config import Config, ConfigError, default_document, load_config, register_secrets, schema_path
+from wire_gateway.config import (
+    Config,
+    ConfigError,
+    default_document,
+    load_config,
+    register_secrets,
+    schema_path,
+)
 from wire_gateway.telemetry.logs import setup_logging
 
 log = logging.getLogger("wire_gateway.cli")

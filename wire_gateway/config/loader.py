@@ -10,10 +10,10 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 import jsonschema

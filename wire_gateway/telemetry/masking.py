@@ -72,7 +72,7 @@ class SecretValues:
         """A header value: the whole value and, for `Scheme credentials` values (Authorization:
         Bearer ...), the credentials alone (a peer may quote just those)."""
         self.add(value)
-        scheme, _, credentials = value.strip().partition(" ")
+        credentials = value.strip().partition(" ")[2]
         if credentials:
             self.add(credentials)
 
