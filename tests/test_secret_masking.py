@@ -132,6 +132,10 @@ def test_dump_masker_masks_secret_values_in_any_spelling() -> None:
             json.loads(masked)
     clean = b'{"jsonrpc":"2.0","id":3,"result":{"text":"nothing to see"}}'
     assert m.suspects([clean]) == set() and m.mask_raw(clean) == (clean, False)
+    # A batch: each value found in whichever frames hold it (twice in one, in the last one).
+    holds = json.dumps({"jsonrpc": "2.0", "id": 4, "result": {"a": ENV_SECRET, "b": ENV_SECRET}}).encode()
+    batch = [holds, clean, clean, json.dumps({"jsonrpc": "2.0", "id": 5, "result": quoted}).encode(), clean, holds]
+    assert m.suspects(batch) == {0, 3, 5}
     assert not FrameMasker().has_patterns         # no secrets configured: the default (C) path
 
 
