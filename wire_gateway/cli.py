@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from wire_gateway import __version__
-from wire_gateway.config import Config, ConfigError, default_document, load_config, schema_path
+from wire_gateway.config import (
+    Config,
+    ConfigError,
+    default_document,
+    load_config,
+    register_secrets,
+    schema_path,
+)
 from wire_gateway.telemetry.logs import setup_logging
 
 log = logging.getLogger("wire_gateway.cli")
@@ -205,9 +212,8 @@ def cmd_stdio(args: argparse.Namespace) -> int:
         return 2
     from wire_gateway.policy.services import Services
 
-    try:
-        for spec in (config.servers.values() if aggregate else [config.servers[name]]):
-            spec.resolved()
+    try:   # resolves each server (a missing ${VAR} is a config error) and registers its secrets
+        register_secrets(config.servers.values() if aggregate else [config.servers[name]])
         services = Services(config)
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
@@ -278,9 +284,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.admin_host is not None:
         http = dataclasses.replace(http, admin_host=args.admin_host)
     config = dataclasses.replace(config, http=http)
-    try:
-        for spec in config.servers.values():
-            spec.resolved()
+    try:   # resolves each server (a missing ${VAR} is a config error) and registers its secrets
+        register_secrets(config.servers.values())
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """The control plane: a tiny read-only HTTP API, served by hypercorn's trio worker.
 
-Routes: `GET /status` (the gateway's `status()` snapshot as JSON) and `GET /healthz`.
+Routes: `GET /status` (the gateway's `status()` snapshot as JSON, every string in it through
+the process's secret masker: a last exit or a member's problem can quote a server) and `GET /healthz`.
 Any other path is 404, another method on a known path is 405; every answer is JSON.
 Each request is first checked at the edge like the data plane's: a Host that is not a
 loopback name (or the bound address), or an Origin that is present and not loopback,
@@ -25,6 +26,8 @@ import orjson
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+
+from wire_gateway.telemetry.masking import mask
 
 log = logging.getLogger("wire_gateway.admin")
 
@@ -99,7 +102,7 @@ def make_app(status: Callable[[], dict], bound_host: str) -> Callable[..., Any]:
             await respond(200, b'{"status":"ok"}')
         else:
             try:
-                body = _dumps(status())
+                body = _dumps(mask.data(status()))
             except Exception:
                 log.exception("GET /status: the status snapshot failed")
                 await respond(500, {"error": "the status snapshot failed; see the gateway's log"})

@@ -13,6 +13,7 @@ from wire_gateway.config.loader import (  # noqa: F401
     find_config_path,
     load_config,
     parse_config,
+    register_secrets,
     schema_path,
     validation_errors,
 )

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import jsonschema
 
+from wire_gateway.telemetry.masking import SECRETS
 from wire_gateway.wire.namespacing import server_name_problem
 
 ENV_VAR = "WIRE_GATEWAY_CONFIG"
@@ -207,6 +209,24 @@ def expand(value: str, environ: dict[str, str], where: str) -> str:
             return default
         raise ConfigError([f"$.{where}: references ${{{name}}}, which is not set in the environment"])
     return _VAR.sub(sub, value)
+
+
+def register_secrets(specs: Iterable[ServerSpec], environ: dict[str, str] | None = None) -> None:
+    """Resolve each server (raising ConfigError as `resolved` does) and put the values of its
+    configured secrets in the process-wide registry, which masks them in everything the gateway
+    writes (logs, its error answers, /status, dumps): every value an `env` entry took from a
+    `${VAR}` (not a `:-default`, which is written in the config for all to read), and every
+    `headers` value. Literal `env` values and other fields (`args`, `cwd`) are not registered:
+    `${HOME}` in a path is not a secret, and masking it would hide every path in the log."""
+    environ = dict(os.environ if environ is None else environ)
+    for spec in specs:
+        resolved = spec.resolved(environ)
+        for value in spec.env.values():
+            for m in _VAR.finditer(value):
+                if m.group(1) in environ:
+                    SECRETS.add(environ[m.group(1)])
+        for value in resolved.headers.values():
+            SECRETS.add_credential(value)
 
 
 def schema_path() -> Path:

@@ -109,14 +109,59 @@ def json_find(low: bytes, word: bytes, start: int = 0) -> int:
     return i
 
 
+def _spellings(values: Iterable[str]) -> list[str]:
+    """Configured secret values (telemetry.masking.SECRETS) as a frame's bytes may spell them: as
+    they are and, for a value with a character JSON escapes (a quote, a backslash, a control
+    character), escaped as the encoder writes them, so that the pre-check on the raw bytes sees
+    it too. (Other spellings, \\u escapes, are backslashes: the pre-check's own trigger.)"""
+    found = []
+    for value in values:
+        found.append(value)
+        escaped = orjson.dumps(value).decode()[1:-1]
+        if escaped != value:
+            found.append(escaped)
+    return found
+
+
+def _find_in_batch(raws: list[bytes], words: list[bytes]) -> set[int]:
+    """Which frames of a batch hold any of `words` (exact bytes): one search of the joined batch
+    per word, then only from the next frame on after each hit."""
+    joined = b"\0".join(raws)     # a hit that spans two frames (a word with a NUL) only adds a suspect
+    found: set[int] = set()
+    starts: list[int] = []
+    for word in words:
+        i = joined.find(word)
+        if i >= 0 and not starts:
+            pos = 0
+            for raw in raws:
+                starts.append(pos)
+                pos += len(raw) + 1
+        while i >= 0:
+            n = bisect_right(starts, i) - 1
+            found.add(n)
+            if n == len(raws) - 1:
+                break
+            i = joined.find(word, starts[n + 1])
+    return found
+
+
 class FrameMasker:
-    def __init__(self, patterns: Iterable[str] = ()) -> None:
-        self.patterns = [re.compile(p) for p in patterns]
-        self._text_masker = Masker(p.pattern for p in self.patterns)   # for frames that are not JSON
+    def __init__(self, patterns: Iterable[str] = (), secret_values: Iterable[str] = ()) -> None:
+        """`patterns`: configured regular expressions; `secret_values`: configured secrets' values,
+        masked wherever they occur, as literal patterns. Either makes every frame take the exact
+        path (see docs/dumps.md): without them the word test alone decides, in the C encoder's
+        own pass."""
+        spellings = _spellings(secret_values)
+        self.patterns = [re.compile(p) for p in [*patterns, *map(re.escape, spellings)]]
+        # For frames that are not JSON: the values are among the patterns, not the process's registry.
+        self._text_masker = Masker((p.pattern for p in self.patterns), secrets=None)
         # Configured patterns are matched on the decoded text too, so the pre-check stays exact.
+        # Secret values are found by substring search instead, a batch at a time (a regex per
+        # frame cost several times the word test).
+        self._literals = [v.encode("utf-8", "surrogatepass") for v in spellings]
         self._bytes_patterns = []
         self._text_patterns = []
-        for p in self.patterns:
+        for p in self.patterns[:len(self.patterns) - len(spellings)]:
             try:
                 self._bytes_patterns.append(re.compile(p.pattern.encode("utf-8")))
             except (re.error, UnicodeEncodeError):
@@ -137,7 +182,7 @@ class FrameMasker:
         low = raw.lower()
         if b"\\" in low or _has_word(low):
             return True
-        if any(p.search(raw) for p in self._bytes_patterns):
+        if any(p.search(raw) for p in self._bytes_patterns) or any(v in raw for v in self._literals):
             return True
         if self._text_patterns:
             text = raw.decode("utf-8", "replace")
@@ -157,6 +202,8 @@ class FrameMasker:
             for n, raw in enumerate(raws):
                 if n not in found and any(p.search(raw) for p in self._bytes_patterns):
                     found.add(n)
+        if self._literals:
+            found |= _find_in_batch(raws, self._literals)
         return found
 
     def _word_suspects(self, raws: list[bytes]) -> set[int]:
@@ -223,7 +270,7 @@ class FrameMasker:
         # control characters, which spell no letter).
         if any(json_find(low, word) >= 0 for word in json_triggers(low, backslash=False)):
             return False
-        return not any(p.search(plain) for p in self._bytes_patterns)
+        return not any(p.search(plain) for p in self._bytes_patterns) and not any(v in plain for v in self._literals)
 
     def _strings_may_match(self, raw: bytes) -> bool:
         """Whether any string value in this frame could need `_mask_text`: it has configured

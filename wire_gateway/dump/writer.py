@@ -32,6 +32,7 @@ import orjson
 import trio
 
 from wire_gateway.dump.mask import FrameMasker
+from wire_gateway.telemetry.masking import SECRETS
 from wire_gateway.wire import jsonfast
 from wire_gateway.wire.frame import Frame, Kind, decode
 
@@ -82,6 +83,7 @@ class DumpSettings:
     backups: int = 3                 # PATH.1 .. PATH.N kept
     queue: int = 10_000              # frames waiting for the writer before new ones are dropped
     mask_patterns: tuple[str, ...] = field(default_factory=tuple)
+    secret_values: tuple[str, ...] = field(default_factory=tuple)   # masked wherever they occur
 
 
 class _Hops(dict):
@@ -217,7 +219,7 @@ class Dumper:
         self.cpu_seconds = 0.0           # the writer's time masking and encoding (no checkpoint in there)
         self.idle = True
         self.wake = trio.Event()
-        self.masker = FrameMasker(settings.mask_patterns)
+        self.masker = FrameMasker(settings.mask_patterns, settings.secret_values)
         self.native = NATIVE             # the C record encoder, or None: the Python one
         if NATIVE is None:               # and the masking pre-check's words in Python too
             self.masker.word_suspects = None
@@ -632,8 +634,9 @@ def rfc3339(wall: float) -> str:
 
 
 def settings_from(doc: dict[str, Any] | None, path: str | None,
-                  mask_patterns: Iterable[str] = ()) -> DumpSettings | None:
-    """Config `dump` section and/or `--dump PATH` (the flag wins for the path)."""
+                  mask_patterns: Iterable[str] = (), secret_values: Iterable[str] = SECRETS) -> DumpSettings | None:
+    """Config `dump` section and/or `--dump PATH` (the flag wins for the path). The secret values
+    are the process's registry as it is now: the CLI has registered the config's by then."""
     doc = doc or {}
     chosen = path or doc.get("path")
     if not chosen:
@@ -641,4 +644,5 @@ def settings_from(doc: dict[str, Any] | None, path: str | None,
     return DumpSettings(path=chosen, max_bytes=int(doc.get("max_bytes", DumpSettings.max_bytes)),
                         backups=int(doc.get("backups", DumpSettings.backups)),
                         queue=int(doc.get("queue", DumpSettings.queue)),
-                        mask_patterns=tuple(doc.get("mask_patterns", ())) + tuple(mask_patterns))
+                        mask_patterns=tuple(doc.get("mask_patterns", ())) + tuple(mask_patterns),
+                        secret_values=tuple(secret_values))

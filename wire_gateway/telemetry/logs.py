@@ -5,6 +5,7 @@ import logging
 import sys
 from collections.abc import Iterable
 
+from wire_gateway.telemetry import masking
 from wire_gateway.telemetry.masking import Masker
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -20,9 +21,12 @@ class MaskingFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info", file: str | None = None, mask_patterns: Iterable[str] = ()) -> None:
+    """Log through the process-wide masker, which `mask_patterns` configure for every other output
+    the gateway writes (its error answers, /status) as well."""
+    masking.configure(mask_patterns)
     handler: logging.Handler
     handler = logging.FileHandler(file, encoding="utf-8") if file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(MaskingFormatter(Masker(mask_patterns)))
+    handler.setFormatter(MaskingFormatter(masking.mask))
     root = logging.getLogger("wire_gateway")
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level, logging.INFO))

@@ -17,8 +17,8 @@ the fifth request fail in a measurement). POSTs share a pool without a
 connection limit: the caller bounds how many requests are in flight.
 
 Errors are mapped to the exceptions below; their text names the URL (without
-userinfo or query string) and never a header: configured header values are
-masked in anything quoted from the peer.
+userinfo or query string) and never a header: configured header values, and what the
+process-wide masker masks (telemetry.masking), are masked in anything quoted from the peer.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import trio
 
+from wire_gateway.telemetry.masking import SecretValues, mask
 from wire_gateway.wire.sse import Event, SSEDecoder, SSEError
 
 ACCEPT_POST = "application/json, text/event-stream"
@@ -180,7 +181,11 @@ class StreamableHttpClient:
         self.shown_url = display_url(url)
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
-        self._secrets = _secrets_of(headers or {})
+        # The process-wide registry has these already when the config was loaded by the CLI; a client
+        # built any other way still masks its own headers.
+        self._secrets = SecretValues()
+        for value in (headers or {}).values():
+            self._secrets.add_credential(value)
         http_timeout = httpx.Timeout(timeout, read=None)
         common: dict[str, Any] = dict(headers=dict(headers or {}), timeout=http_timeout, verify=verify,
                                       follow_redirects=False)
@@ -192,11 +197,9 @@ class StreamableHttpClient:
                                           **common)
 
     def redact(self, text: str) -> str:
-        """Mask configured header values (tokens) in text quoted from the peer or from errors."""
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
+        """Mask configured header values (tokens), and whatever else the process masks (secret
+        values, `password: ...`), in text quoted from the peer or from errors."""
+        return mask(self._secrets.mask(text))
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
@@ -354,20 +357,6 @@ class StreamableHttpClient:
         text = " ".join(data[:4 * EXCERPT_CHARS].decode("utf-8", "replace").split())
         text = self.redact(text)
         return text[:EXCERPT_CHARS] + ("..." if len(text) > EXCERPT_CHARS else "")
-
-
-def _secrets_of(headers: Mapping[str, str]) -> list[str]:
-    """Header values to mask: each whole value and, for `Scheme credentials` values
-    (Authorization: Bearer ...), the credentials alone. Longest first."""
-    found: set[str] = set()
-    for value in headers.values():
-        value = value.strip()
-        if len(value) >= 4:
-            found.add(value)
-        scheme, _, credentials = value.partition(" ")
-        if credentials.strip() and len(credentials.strip()) >= 4:
-            found.add(credentials.strip())
-    return sorted(found, key=len, reverse=True)
 
 
 def _content_type(response: httpx.Response) -> str:

@@ -8,6 +8,7 @@ can never be mistaken for an answer from the server.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from wire_gateway.wire import jsonfast
@@ -28,12 +29,26 @@ TOOL_QUARANTINED = -31006       # the tool's definition changed since it was pin
 
 SOURCE = "wire-gateway"
 
+# What every error answer's message and data go through before they leave: the process's secret
+# masker (`telemetry.masking.configure` installs it; this layer must not know what a secret is).
+# These texts quote servers (their stderr, an upstream's error page) and configs; none of them is
+# forwarded data, which never comes here.
+_text_filter: Callable[[str, dict[str, Any]], tuple[str, Any]] | None = None
+
+
+def set_text_filter(fn: Callable[[str, dict[str, Any]], tuple[str, Any]] | None) -> None:
+    """Install `fn` ((message, data) -> the same, masked) for every error frame built from now on."""
+    global _text_filter
+    _text_filter = fn
+
 
 def error_frame(req_id: Any, code: int, message: str, data: dict[str, Any] | None = None) -> bytes:
-    """One JSON-RPC error response as bytes (no trailing newline)."""
+    """One JSON-RPC error response as bytes (no trailing newline); message and data masked."""
     payload: dict[str, Any] = {"source": SOURCE}
     if data:
         payload.update(data)
+    if _text_filter is not None:
+        message, payload = _text_filter(message, payload)
     return jsonfast.dumps(
         {"jsonrpc": "2.0", "id": req_id, "error": {"code": code, "message": message, "data": payload}}
     )
