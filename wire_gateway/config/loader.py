@@ -17,6 +17,7 @@ from typing import Any
 
 import jsonschema
 
+from wire_gateway.wire.authority import AuthorityError, parse_host, parse_origins
 from wire_gateway.wire.namespacing import server_name_problem
 
 ENV_VAR = "WIRE_GATEWAY_CONFIG"
@@ -247,6 +248,22 @@ def _describe(err: jsonschema.ValidationError) -> str:
     return err.message
 
 
+def allow_list_problems(http: dict[str, Any]) -> list[str]:
+    """Entries of http.allowed_hosts / allowed_origins that no request could match: each is
+    compared with what a request sends after both are parsed (wire/authority.py)."""
+    problems = []
+    for key, parse, shape in (("allowed_hosts", parse_host, "host[:port]"),
+                              ("allowed_origins", parse_origins, "scheme://host[:port] or null")):
+        for i, entry in enumerate(http.get(key, ())):
+            if entry == "*":
+                continue
+            try:
+                parse(entry)
+            except AuthorityError as exc:
+                problems.append(f"$.http.{key}[{i}]: {entry!r} is not {shape}: {exc}")
+    return problems
+
+
 def find_config_path(cli_path: str | None, environ: dict[str, str] | None = None) -> str | None:
     """--config, else $WIRE_GATEWAY_CONFIG, else None (the built-in default)."""
     if cli_path:
@@ -282,6 +299,9 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
                for name in doc["servers"] if (why := server_name_problem(name, aggregate.separator))]
     if clashes:
         raise ConfigError(clashes, source)
+    allow_list = allow_list_problems(doc.get("http", {}))
+    if allow_list:
+        raise ConfigError(allow_list, source)
     servers = {}
     for name, s in doc["servers"].items():
         restart = RestartPolicy(**s.get("restart", {}))
