@@ -22,10 +22,20 @@ from wire_gateway.wire.namespacing import server_name_problem
 
 ENV_VAR = "WIRE_GATEWAY_CONFIG"
 
-# What a server inherits from the gateway's environment; everything else must be
-# given in its "env" (so secrets in the gateway's environment do not leak by default).
-INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LC_ALL",
-                 "LC_CTYPE", "TMPDIR", "TZ", "SYSTEMROOT", "PYTHONUNBUFFERED")
+# What a server inherits from the gateway's environment (README, "Configuration"); everything
+# else must be given in its "env", so secrets in the gateway's environment do not leak
+# by default. What a server needs to behave like one started from a shell: where
+# programs are, who and where it is (npx keeps its cache under HOME), its terminal type,
+# the locale (every POSIX and glibc category, named: a prefix match on LC_ would pass on
+# any variable so named, and ssh forwards LC_* from remote clients), its temp directory
+# and time zone, and PYTHONUNBUFFERED (set in the container image so that a Python
+# server's prints reach the pipe at once). SYSTEMROOT is for Windows, where the gateway
+# does not run (process groups).
+LOCALE_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_ADDRESS", "LC_COLLATE", "LC_CTYPE", "LC_IDENTIFICATION",
+              "LC_MEASUREMENT", "LC_MESSAGES", "LC_MONETARY", "LC_NAME", "LC_NUMERIC", "LC_PAPER",
+              "LC_TELEPHONE", "LC_TIME")
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", *LOCALE_ENV, "TMPDIR", "TZ",
+                 "PYTHONUNBUFFERED")
 
 
 class ConfigError(Exception):
