@@ -194,6 +194,11 @@ def test_a_body_not_declared_utf8_json_is_refused_with_415(gw, content_type, enc
     refused(*raw(gw, headers, body)[::2], 415, "Content-Type", why)
 
 
+def test_two_content_types_are_refused(gw):
+    headers = [*modern_headers(f"127.0.0.1:{gw.port}"), ("Content-Type", "application/json; charset=utf-16")]
+    refused(*raw(gw, headers, echo_call())[::2], 415, "not a media type")
+
+
 @pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", 'Application/JSON;charset="UTF-8"',
                                           "application/json;charset=Utf-8 ;foo=bar"])
 def test_utf8_json_content_types_are_served(gw, content_type):
