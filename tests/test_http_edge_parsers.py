@@ -7,9 +7,21 @@ import pytest
 from wire_gateway.config import ConfigError, HttpSettings, parse_config
 from wire_gateway.proxy.http_edge import EdgeCheck
 from wire_gateway.transport.http_server import Request
-from wire_gateway.wire.authority import (Authority, AuthorityError, parse_absolute_target, parse_host,
-                                         parse_origins)
-from wire_gateway.wire.media import JSON_TYPE, SSE_TYPE, accept_problem, json_content_type_problem, quality
+from wire_gateway.wire.authority import (
+    Authority,
+    AuthorityError,
+    parse_absolute_target,
+    parse_host,
+    parse_origins,
+)
+from wire_gateway.wire.media import (
+    JSON_TYPE,
+    SSE_TYPE,
+    _ranges,
+    accept_problem,
+    json_content_type_problem,
+    quality,
+)
 
 # ---- Host ------------------------------------------------------------------------------------
 
@@ -199,7 +211,6 @@ def test_accept_refused(value, why):
 
 def test_the_most_specific_range_decides():
     ranges = [("*", "*", 1.0), ("application", "*", 0.0), ("application", "json", 0.5)]
-    from wire_gateway.wire.media import _ranges
     assert quality(ranges, "application/json") == 0.5
     assert quality(ranges, "application/xml") == 0.0
     assert quality(ranges, "text/event-stream") == 1.0

@@ -17,7 +17,7 @@
 The same few header values arrive on every request, so verdicts are remembered per
 (Host, Origin) and per (Accept, Content-Type) pair, 1,024 of each at most: the usual
 request pays one pass over its headers and a dict lookup per check, as before these
-checks parsed anything (measured: ~1.3 us per POST either way).
+checks parsed anything (measured: about 1 us per POST for both, old and new).
 """
 from __future__ import annotations
 
@@ -26,9 +26,20 @@ import ipaddress
 from wire_gateway.config import ConfigError, HttpSettings
 from wire_gateway.config.loader import allow_list_problems
 from wire_gateway.transport.http_server import Request
-from wire_gateway.wire.authority import (Authority, AuthorityError, parse_absolute_target, parse_host,
-                                         parse_origins, show)
-from wire_gateway.wire.media import JSON_TYPE, SSE_TYPE, accept_problem, json_content_type_problem
+from wire_gateway.wire.authority import (
+    Authority,
+    AuthorityError,
+    parse_absolute_target,
+    parse_host,
+    parse_origins,
+    show,
+)
+from wire_gateway.wire.media import (
+    JSON_TYPE,
+    SSE_TYPE,
+    accept_problem,
+    json_content_type_problem,
+)
 
 Refusal = tuple[int, str]   # (HTTP status, what a person should read)
 

@@ -26,8 +26,16 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-__all__ = ["AuthorityError", "Authority", "Origin", "DEFAULT_PORTS", "parse_host", "parse_origins",
-           "parse_absolute_target", "show"]
+__all__ = [
+    "DEFAULT_PORTS",
+    "Authority",
+    "AuthorityError",
+    "Origin",
+    "parse_absolute_target",
+    "parse_host",
+    "parse_origins",
+    "show",
+]
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
