@@ -37,6 +37,10 @@ FAKE_STATUS = {"servers": {"x": {"shared": {"state": "running", "pid": 1}}}, "se
     (None, None, "127.0.0.1", False),                  # no Host at all
     ("127.0.0.1", "http://evil.example", "127.0.0.1", False),
     ("127.0.0.1", "null", "127.0.0.1", False),         # sandboxed frames and file:// pages
+    ("127.0.0.1", "//localhost", "127.0.0.1", False),  # not an origin: no scheme (parsed as RFC 6454 says)
+    ("127.0.0.1", "http://evil.example@localhost", "127.0.0.1", False),
+    ("127.0.0.1#evil.example", None, "127.0.0.1", False),
+    ("localhost:99999", None, "127.0.0.1", False),
 ])
 def test_edge_refusal(host, origin, bound, allowed):
     assert (edge_refusal(host, origin, bound) is None) is allowed

@@ -28,6 +28,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from wire_gateway.telemetry.masking import mask
+from wire_gateway.wire.authority import AuthorityError, parse_host, parse_origins
 
 log = logging.getLogger("wire_gateway.admin")
 
@@ -37,26 +38,25 @@ ROUTES = ("/status", "/healthz")
 GRACEFUL_TIMEOUT = 1.0  # every answer is immediate; this only bounds a stuck client at shutdown
 
 
-def _hostname(authority: str) -> str | None:
-    """The host name in a Host value or an origin's authority; None if it does not parse."""
-    try:
-        parts = urlsplit(authority if "//" in authority else f"//{authority}")
-        parts.port  # raises ValueError for a port that is not a number
-    except ValueError:
-        return None
-    if "@" in parts.netloc or parts.path not in ("", "/") or parts.query or parts.fragment:
-        return None
-    return parts.hostname
-
-
 def edge_refusal(host: str | None, origin: str | None, bound: str) -> str | None:
-    """Why a request must be refused (DNS-rebinding protection), or None if it may pass."""
-    name = _hostname(host or "")
+    """Why a request must be refused (DNS-rebinding protection), or None if it may pass.
+
+    Host and Origin are parsed as their RFCs define them (wire/authority.py), as on the
+    data plane: a value that does not parse is refused."""
+    try:
+        name = parse_host(host or "").host
+    except AuthorityError:
+        name = None
     bound = bound.strip("[]").lower()
     if name is None or not (name in LOOPBACK or (bound not in WILDCARD and name == bound)):
         return f"Host {host!r} is not allowed (DNS-rebinding protection): use a loopback name"
-    if origin is not None and _hostname(origin) not in LOOPBACK:
-        return f"Origin {origin!r} is not allowed (DNS-rebinding protection): only loopback origins are"
+    if origin is not None:
+        try:
+            origins = parse_origins(origin)
+        except AuthorityError:
+            origins = None
+        if not origins or any(o.authority.host not in LOOPBACK for o in origins):
+            return f"Origin {origin!r} is not allowed (DNS-rebinding protection): only loopback origins are"
     return None
 
 

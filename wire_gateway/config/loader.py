@@ -19,14 +19,25 @@ from typing import Any
 import jsonschema
 
 from wire_gateway.telemetry.masking import SECRETS
+from wire_gateway.wire.authority import AuthorityError, parse_host, parse_origins
 from wire_gateway.wire.namespacing import server_name_problem
 
 ENV_VAR = "WIRE_GATEWAY_CONFIG"
 
-# What a server inherits from the gateway's environment; everything else must be
-# given in its "env" (so secrets in the gateway's environment do not leak by default).
-INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LC_ALL",
-                 "LC_CTYPE", "TMPDIR", "TZ", "SYSTEMROOT", "PYTHONUNBUFFERED")
+# What a server inherits from the gateway's environment (README, "Configuration"); everything
+# else must be given in its "env", so secrets in the gateway's environment do not leak
+# by default. What a server needs to behave like one started from a shell: where
+# programs are, who and where it is (npx keeps its cache under HOME), its terminal type,
+# the locale (every POSIX and glibc category, named: a prefix match on LC_ would pass on
+# any variable so named, and ssh forwards LC_* from remote clients), its temp directory
+# and time zone, and PYTHONUNBUFFERED (set in the container image so that a Python
+# server's prints reach the pipe at once). SYSTEMROOT is for Windows, where the gateway
+# does not run (process groups).
+LOCALE_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_ADDRESS", "LC_COLLATE", "LC_CTYPE", "LC_IDENTIFICATION",
+              "LC_MEASUREMENT", "LC_MESSAGES", "LC_MONETARY", "LC_NAME", "LC_NUMERIC", "LC_PAPER",
+              "LC_TELEPHONE", "LC_TIME")
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", *LOCALE_ENV, "TMPDIR", "TZ",
+                 "PYTHONUNBUFFERED")
 
 
 class ConfigError(Exception):
@@ -267,6 +278,22 @@ def _describe(err: jsonschema.ValidationError) -> str:
     return err.message
 
 
+def allow_list_problems(http: dict[str, Any]) -> list[str]:
+    """Entries of http.allowed_hosts / allowed_origins that no request could match: each is
+    compared with what a request sends after both are parsed (wire/authority.py)."""
+    problems = []
+    for key, parse, shape in (("allowed_hosts", parse_host, "host[:port]"),
+                              ("allowed_origins", parse_origins, "scheme://host[:port] or null")):
+        for i, entry in enumerate(http.get(key, ())):
+            if entry == "*":
+                continue
+            try:
+                parse(entry)
+            except AuthorityError as exc:
+                problems.append(f"$.http.{key}[{i}]: {entry!r} is not {shape}: {exc}")
+    return problems
+
+
 def find_config_path(cli_path: str | None, environ: dict[str, str] | None = None) -> str | None:
     """--config, else $WIRE_GATEWAY_CONFIG, else None (the built-in default)."""
     if cli_path:
@@ -302,6 +329,9 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
                for name in doc["servers"] if (why := server_name_problem(name, aggregate.separator))]
     if clashes:
         raise ConfigError(clashes, source)
+    allow_list = allow_list_problems(doc.get("http", {}))
+    if allow_list:
+        raise ConfigError(allow_list, source)
     servers = {}
     for name, s in doc["servers"].items():
         restart = RestartPolicy(**s.get("restart", {}))

@@ -3,8 +3,9 @@
 Routes: `POST|GET|DELETE /mcp/{server}` (MCP, both eras), `POST|GET|DELETE /mcp` (the
 aggregate of all servers, docs/aggregate.md), `GET /healthz` (alive),
 `GET /readyz` (every server able to serve). Each request is checked at the edge
-(Host and Origin against an allow-list: DNS-rebinding protection; content type;
-body size is the HTTP server's job) before its body is even decoded.
+(http_edge: Host, target and Origin against allow-lists for DNS-rebinding protection;
+Accept and Content-Type; body size is the HTTP server's job) before its body is even
+decoded.
 
 Era dispatch for a POST: a `Mcp-Session-Id` header means a legacy session (404 if
 unknown or expired); an `initialize` request opens one; a request carrying the
@@ -18,13 +19,13 @@ import logging
 from collections.abc import Callable
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 
 from wire_gateway.config import Config, Limits, ServerSpec
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
+from wire_gateway.proxy.http_edge import EdgeCheck
 from wire_gateway.dump.writer import Dumper
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
@@ -38,7 +39,6 @@ from wire_gateway.wire.headers import HeaderProblem, check_request_headers, head
 
 log = logging.getLogger("wire_gateway.http")
 
-LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 JSON = [("content-type", "application/json")]
 KNOWN_VERSIONS = set(LEGACY_VERSIONS) | set(MODERN_VERSIONS)
 AGGREGATE_SPEC = ServerSpec(name=AGGREGATE_NAME)   # the aggregate has members, not a command of its own
@@ -72,7 +72,7 @@ class HttpFront:
         self.sessions: dict[str, LegacySession] = {}
         self.port: int | None = None
         self._nursery: trio.Nursery | None = None
-        self._verdicts: dict[tuple[str, str], bool] = {}   # (kind, value) -> allowed; bounded
+        self.edge = EdgeCheck(config.http)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -175,7 +175,7 @@ class HttpFront:
     # ---- requests ------------------------------------------------------------------------------
 
     async def handle(self, request: Request, responder: Responder) -> None:
-        refusal = self._check_edge(request)
+        refusal = self.edge.refusal(request)
         if refusal is not None:
             status, message = refusal
             await responder.send(status, JSON, errors.error_frame(None, errors.INVALID_REQUEST, message))
@@ -194,43 +194,6 @@ class HttpFront:
                 None, errors.INVALID_REQUEST,
                 f"no such route: {request.path}; MCP endpoints are /mcp (all servers) and /mcp/{{server}} "
                 f"(configured: {', '.join(self.config.servers)})"))
-
-    def _allowed(self, kind: str, value: str) -> bool:
-        """Host/Origin verdicts, remembered: the same few values arrive on every request."""
-        key = (kind, value)
-        verdict = self._verdicts.get(key)
-        if verdict is None:
-            verdict = self._host_allowed(value) if kind == "host" else self._origin_allowed(value)
-            if len(self._verdicts) < 1024:
-                self._verdicts[key] = verdict
-        return verdict
-
-    def _check_edge(self, request: Request) -> tuple[int, str] | None:
-        host = request.header("host") or ""
-        if not self._allowed("host", host):
-            return 403, (f"Host {host!r} is not allowed (DNS-rebinding protection); "
-                         "add it to http.allowed_hosts if this gateway is reached under that name")
-        origin = request.header("origin")
-        if origin is not None and not self._allowed("origin", origin):
-            return 403, (f"Origin {origin!r} is not allowed (DNS-rebinding protection); "
-                         "add it to http.allowed_origins to permit it")
-        return None
-
-    def _host_allowed(self, host: str) -> bool:
-        allowed = self.settings.allowed_hosts
-        if "*" in allowed or host in allowed:
-            return True
-        name = urlsplit(f"//{host}").hostname or ""
-        bound = self.settings.host
-        return name in LOOPBACK or f"[{name}]" in LOOPBACK or name in allowed or (
-            bound not in ("0.0.0.0", "::") and name == bound)
-
-    def _origin_allowed(self, origin: str) -> bool:
-        allowed = self.settings.allowed_origins
-        if "*" in allowed or origin in allowed:
-            return True
-        name = urlsplit(origin).hostname or ""
-        return name in LOOPBACK
 
     async def _readyz(self, responder: Responder) -> None:
         states = {name: pool.upstream.state for name, pool in self.pools.items()}
@@ -252,9 +215,16 @@ class HttpFront:
                 None, errors.INVALID_REQUEST,
                 "session not found (it expired, was deleted, or never existed); start a new one with initialize"))
             return
-        if request.method == "POST":
+        method = request.method
+        refusal = (self.edge.post_refusal(request) if method == "POST"
+                   else self.edge.get_refusal(request) if method == "GET" else None)
+        if refusal is not None:
+            status, message = refusal
+            await responder.send(status, JSON, errors.error_frame(None, errors.INVALID_REQUEST, message))
+            return
+        if method == "POST":
             await self._post(server, pool, session, request, responder)
-        elif request.method == "GET":
+        elif method == "GET":
             if session is None:
                 await responder.send(400 if not session_id else 404, JSON, errors.error_frame(
                     None, errors.INVALID_REQUEST, "GET opens a legacy session's stream: it needs Mcp-Session-Id"))
@@ -264,7 +234,7 @@ class HttpFront:
                 await session.resume(last_event_id, responder)
             else:
                 await session.get_stream(responder)
-        elif request.method == "DELETE":
+        elif method == "DELETE":
             if session is None:
                 await responder.send(400, JSON, errors.error_frame(
                     None, errors.INVALID_REQUEST, "DELETE ends a legacy session: it needs Mcp-Session-Id"))
@@ -277,11 +247,6 @@ class HttpFront:
 
     async def _post(self, server: str, pool: ModernPool, session: LegacySession | None,
                     request: Request, responder: Responder) -> None:
-        ctype = (request.header("content-type") or "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            await responder.send(415, JSON, errors.error_frame(
-                None, errors.INVALID_REQUEST, f"Content-Type must be application/json, not {ctype or 'missing'!r}"))
-            return
         decoded = decode(request.body)
         if isinstance(decoded, Invalid):
             await responder.send(400, JSON, decoded.error_frame())
