@@ -22,7 +22,7 @@ from wire_gateway.dump.writer import G2S, S2G, Tap
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.handshake import Handshake
-from wire_gateway.upstream.pending import PendingTable
+from wire_gateway.upstream.pending import PendingTable, as_asked
 from wire_gateway.upstream.process import ServerProcess, describe_status
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import era_of_request
@@ -390,7 +390,7 @@ class SupervisedServer:
                 if self._replay_done is not None:
                     self._replay_done.set()
                 return
-            self.pending.pop(frame.id)
+            frame = as_asked(frame, self.pending.pop(frame.id))
             self.handshake.on_server_reply(frame)
         elif kind is Kind.REQUEST:
             frame = self._track_server_request(frame)

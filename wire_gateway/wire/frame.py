@@ -104,6 +104,16 @@ def repeated_member(raw: bytes, key: str) -> Invalid:
                    "JSON-RPC messages must name each member once", scan.recover_id(raw[:4096]))
 
 
+def repeated_param(frame: Frame, key: str) -> bytes:
+    """The answer to a tools/list or tools/call whose params name a key twice at some depth: a
+    policy (or the aggregate's routing by tool name) would judge one reading of them while the
+    server may act on the other."""
+    shown = key if len(key) <= 64 else key[:64] + "..."
+    return errors.error_frame(frame.id, errors.INVALID_PARAMS,
+                              f"Invalid params: the key {shown!r} appears more than once in an object of the "
+                              f"{frame.method} request; name each key once", {"key": shown})
+
+
 def _exact_id(obj: Any, raw: bytes) -> Any:
     """orjson turns integers beyond 64 bits into floats; ids must stay exact."""
     if isinstance(obj, dict) and type(obj.get("id")) is float:

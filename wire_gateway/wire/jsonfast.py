@@ -44,7 +44,7 @@ def loads_exact(raw: bytes | bytearray | memoryview | str) -> Any:
 _SUBCLASSES = orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
-def _default(obj: Any) -> Any:
+def default(obj: Any) -> Any:
     """A spelled id (wire.ids) is written as the client wrote it; other subclasses of the
     builtins as their base type, as orjson would without OPT_PASSTHROUGH_SUBCLASS."""
     if type(obj) in SPELLED:
@@ -58,6 +58,6 @@ def _default(obj: Any) -> Any:
 def dumps(obj: Any) -> bytes:
     """Serialise compactly; big integers and lone surrogates fall back to the stdlib."""
     try:
-        return orjson.dumps(obj, default=_default, option=_SUBCLASSES)
+        return orjson.dumps(obj, default=default, option=_SUBCLASSES)
     except (TypeError, orjson.JSONEncodeError):
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()

@@ -179,11 +179,17 @@ def _exact(raw: bytes) -> str | None:
     return None
 
 
-def nested_repeat(raw: bytes) -> str | None:
-    """The first key repeated inside any object at any depth of `raw`, or None.
+def nested_repeat(raw: bytes, msg: Any = None) -> str | None:
+    """The first key repeated inside any object at any depth of `raw` (which parses to `msg`), or None.
 
     For what a policy reads (a tools/call's name and arguments): the gateway must not judge
     one reading of them while the server acts on another."""
+    if msg is not None:
+        try:
+            if orjson.dumps(msg, default=jsonfast.default, option=orjson.OPT_PASSTHROUGH_SUBCLASS) == raw:
+                return None          # written as orjson writes it: nothing was dropped, at any depth
+        except (TypeError, orjson.JSONEncodeError):
+            pass
     found: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> None:
