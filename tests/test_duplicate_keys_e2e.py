@@ -151,13 +151,13 @@ def test_modern_http_another_clients_gateway_id_cannot_be_hijacked(http):
     while not logged(http.echo_log, tool="wait") and time.monotonic() < deadline:
         time.sleep(0.02)
     gw_id_b = logged(http.echo_log, tool="wait")[0]["id"]
-    assert isinstance(gw_id_b, int) and gw_id_b > 1000    # a random 48-bit start, not 1, 2, 3...
     resp = httpx.post(url, content=DUP_ID % (str(gw_id_b).encode(), modern_meta()),
                       headers={**MODERN_HEADERS, "mcp-name": "echo"}, timeout=10)
     t.join(20)
     assert resp.status_code == 400 and resp.json()["id"] == "x" and resp.json()["error"]["code"] == -32600
     assert answer_b["id"] == 1 and answer_b["result"]["content"][0]["text"] == "waited 1.5s", answer_b
     assert not logged(http.echo_log, id="x") and len(logged(http.echo_log, tool="echo")) == 0
+    assert isinstance(gw_id_b, int) and gw_id_b > 1000    # a random 48-bit start, not 1, 2, 3...
 
 
 @pytest.mark.parametrize("server", ["echo", "*"])
