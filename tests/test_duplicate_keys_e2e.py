@@ -194,3 +194,30 @@ def test_http_legacy_refuses_repeats_and_keeps_exact_ids(http, server):
         resp = httpx.post(url, content=DUP_NAME % (name, b"pid" if server == "guarded" else b"echo__pid", b""),
                           headers={**headers, "accept": "application/json"}, timeout=10)
         assert b'"code":-32602' in resp.content and b"'name' appears more than once" in resp.content
+
+
+def test_an_http_upstream_answer_repeating_its_id_is_dropped(tmp_path):
+    """Over a url server: the body repeating its id (`"id":7,"id":8`) reaches neither request 7
+    nor 8; 7 gets -31003 (a body that is no usable answer), 8 its own answer."""
+    from test_http_upstream import http_echo, remote_config, stdio_gateway
+
+    upstream = http_echo(tmp_path)
+    client = None
+    try:
+        client = stdio_gateway(remote_config(tmp_path, upstream.url), tmp_path)
+        client.initialize()
+        client.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                     "params": {"name": "dupid", "arguments": {"also": 8}}})
+        client.send({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                     "params": {"name": "echo", "arguments": {"text": "mine"}}})
+        answers = {}
+        while len(answers) < 2:
+            frame = client.recv(timeout=15)
+            answers[frame["id"]] = frame
+        assert answers[7]["error"]["code"] == -31003 and "appears more than once" in answers[7]["error"]["message"]
+        assert answers[8]["result"]["content"][0]["text"] == "mine"
+        assert "INJECTED" not in json.dumps(answers)
+    finally:
+        if client is not None:
+            client.close()
+        upstream.stop()
