@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Self
 
 import orjson
 
@@ -27,7 +27,7 @@ class SpelledInt(int):
 
     spelling: bytes
 
-    def __new__(cls, value: int, spelling: bytes) -> "SpelledInt":
+    def __new__(cls, value: int, spelling: bytes) -> Self:
         self = super().__new__(cls, value)
         self.spelling = spelling
         return self
@@ -38,7 +38,7 @@ class SpelledStr(str):
 
     spelling: bytes
 
-    def __new__(cls, value: str, spelling: bytes) -> "SpelledStr":
+    def __new__(cls, value: str, spelling: bytes) -> Self:
         self = super().__new__(cls, value)
         self.spelling = spelling
         return self

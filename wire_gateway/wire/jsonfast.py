@@ -49,9 +49,14 @@ def default(obj: Any) -> Any:
     builtins as their base type, as orjson would without OPT_PASSTHROUGH_SUBCLASS."""
     if type(obj) in SPELLED:
         return orjson.Fragment(obj.spelling)
-    for base in (str, int, dict, list):
-        if isinstance(obj, base):
-            return base(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, list):
+        return list(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON")
 
 
