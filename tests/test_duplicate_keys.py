@@ -120,13 +120,15 @@ _value = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.text(m
                       | st.dictionaries(st.sampled_from(["id", "a"]), inner, max_size=2), max_leaves=6)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(_key, _value), min_size=1, max_size=6), st.booleans(), st.integers(0, 3))
-def test_the_verdict_matches_a_parser_that_keeps_every_pair(pairs, pad, big_at):
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_key, _value), min_size=1, max_size=6), st.booleans(), st.integers(0, 3),
+       st.sampled_from([b"", b" ", b"\n  ", b"\t"]))
+def test_the_verdict_matches_a_parser_that_keeps_every_pair(pairs, pad, big_at, ws):
     if pad:    # make it large, in one member, so the split path runs
         pairs = list(pairs)
         pairs.insert(big_at % (len(pairs) + 1), ("big", {"t": "z" * 5000}))
-    raw = b"{" + b",".join(orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in pairs) + b"}"
+    raw = ws + b"{" + (b"," + ws).join(ws + orjson.dumps(k) + ws + b":" + ws + orjson.dumps(v) + ws
+                                       for k, v in pairs) + b"}" + ws
     keys = [k for k, _ in pairs]
     dup = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
     obj, found = members.loads(raw)
