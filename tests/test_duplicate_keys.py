@@ -182,3 +182,24 @@ def test_a_spelled_id_is_found_where_the_typescript_sdk_writes_it():
 
 def test_recovered_ids_keep_their_spelling():
     assert jsonfast.dumps(scan.recover_id(b'{"jsonrpc":"2.0","id":-0,"method":')) == b"-0"
+
+
+def test_params_nested_beyond_what_can_be_checked_are_refused_too():
+    from wire_gateway.wire.frame import repeated_params
+
+    deep = b'{"a":' * 1010 + b"1" + b"}" * 1010
+    frame = decode(b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"t","arguments":' + deep + b"}}")
+    if isinstance(frame, Invalid):        # this orjson refuses that depth itself: nothing reaches a policy
+        assert frame.code in (errors.PARSE_ERROR, errors.INVALID_REQUEST)
+        return
+    answer = json.loads(repeated_params(frame))
+    assert answer["id"] == 4 and answer["error"]["code"] == errors.INVALID_PARAMS
+
+
+def test_repeated_params_names_the_key():
+    from wire_gateway.wire.frame import repeated_params
+
+    frame = decode(b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"a","name":"b"}}')
+    answer = json.loads(repeated_params(frame))
+    assert answer["id"] == 4 and answer["error"]["code"] == -32602 and answer["error"]["data"]["key"] == "name"
+    assert repeated_params(decode(b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"a"}}')) is None

@@ -27,7 +27,7 @@ from wire_gateway.config import Config, Limits, ServerSpec
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.supervisor import Sink, Upstream
-from wire_gateway.wire import errors, jsonfast, members, namespacing as ns
+from wire_gateway.wire import errors, jsonfast, namespacing as ns
 from wire_gateway.wire.era import (
     LEGACY,
     LEGACY_VERSIONS,
@@ -37,7 +37,7 @@ from wire_gateway.wire.era import (
     MODERN_VERSIONS,
     era_of_request,
 )
-from wire_gateway.wire.frame import Frame, Kind, decode, repeated_param
+from wire_gateway.wire.frame import Frame, Kind, decode, repeated_params
 
 log = logging.getLogger("wire_gateway.aggregate")
 
@@ -256,9 +256,9 @@ class Aggregate:
             self.era = era_of_request(frame.method, frame.msg) or (MODERN if frame.method == "server/discover" else None)
         if frame.method == "ping":
             return self._result_bytes(frame.id, {})
-        repeated = members.nested_repeat(frame.raw, frame.msg)
-        if repeated is not None:          # routing (by tool name, URI) must read what the member would
-            return repeated_param(frame, repeated)
+        refused = repeated_params(frame)      # routing (by tool name, URI) must read what the member would
+        if refused is not None:
+            return refused
         self._activated.set()
         if self._nursery is None or self._closing.is_set():
             return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE,

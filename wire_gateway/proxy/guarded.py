@@ -32,9 +32,9 @@ from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.supervisor import Sink
-from wire_gateway.wire import errors, jsonfast, members, scan
+from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import request_version
-from wire_gateway.wire.frame import Frame, Kind, repeated_param, valid_id
+from wire_gateway.wire.frame import Frame, Kind, repeated_params, valid_id
 from wire_gateway.wire.ids import SPELLED
 
 log = logging.getLogger("wire_gateway.policy.runner")
@@ -167,9 +167,9 @@ class GuardedUpstream:
     def request(self, frame: Frame) -> bytes | None:
         if frame.method not in TOOL_METHODS:
             return self.inner.request(frame)
-        repeated = members.nested_repeat(frame.raw, frame.msg)
-        if repeated is not None:
-            return repeated_param(frame, repeated)
+        refused = repeated_params(frame)      # the chain must read the params the server will
+        if refused is not None:
+            return refused
         if self._closing or self._nursery is None:
             return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE,
                                       f"server '{self.name}' is not available (the gateway is shutting down)",

@@ -104,10 +104,17 @@ def repeated_member(raw: bytes, key: str) -> Invalid:
                    "JSON-RPC messages must name each member once", scan.recover_id(raw[:4096]))
 
 
-def repeated_param(frame: Frame, key: str) -> bytes:
-    """The answer to a tools/list or tools/call whose params name a key twice at some depth: a
-    policy (or the aggregate's routing by tool name) would judge one reading of them while the
+def repeated_params(frame: Frame) -> bytes | None:
+    """The answer to a request whose params name a key twice in some object, at any depth; None
+    if they do not. For tools/list and tools/call through a policy, and every request the aggregate
+    routes: a policy (or the routing by tool name) would judge one reading of the params while the
     server may act on the other."""
+    try:
+        key = members.nested_repeat(frame.raw, frame.msg)
+    except members.Unverifiable as exc:
+        return errors.error_frame(frame.id, errors.INVALID_PARAMS, f"Invalid params: {exc}")
+    if key is None:
+        return None
     shown = key if len(key) <= 64 else key[:64] + "..."
     return errors.error_frame(frame.id, errors.INVALID_PARAMS,
                               f"Invalid params: the key {shown!r} appears more than once in an object of the "

@@ -203,6 +203,8 @@ def nested_repeat(raw: bytes, msg: Any = None) -> str | None:
 
     try:
         json.loads(raw.decode("utf-8"), object_pairs_hook=pairs)
-    except (ValueError, RecursionError):
-        return None          # the frame was decoded already; nothing more to say here
+    except RecursionError:
+        raise Unverifiable("nested too deeply for the gateway to check it for repeated keys") from None
+    except ValueError:
+        raise Unverifiable("the gateway could not check it for repeated keys") from None
     return found[0] if found else None
