@@ -60,7 +60,7 @@ class Unverifiable(ValueError):
 def loads(raw: bytes) -> tuple[Any, str | None]:
     """Parse one frame: (its value, the first top-level key it repeats, or None).
 
-    Raises ValueError if it is not JSON."""
+    Raises ValueError if it is not JSON, Unverifiable (a ValueError) if it cannot be checked."""
     if len(raw) <= SMALL:
         try:
             obj = orjson.loads(raw)
