@@ -37,7 +37,7 @@ from wire_gateway.wire.era import (
     MODERN_VERSIONS,
     era_of_request,
 )
-from wire_gateway.wire.frame import Frame, Kind, decode
+from wire_gateway.wire.frame import Frame, Kind, decode, repeated_params
 
 log = logging.getLogger("wire_gateway.aggregate")
 
@@ -256,6 +256,9 @@ class Aggregate:
             self.era = era_of_request(frame.method, frame.msg) or (MODERN if frame.method == "server/discover" else None)
         if frame.method == "ping":
             return self._result_bytes(frame.id, {})
+        refused = repeated_params(frame)      # routing (by tool name, URI) must read what the member would
+        if refused is not None:
+            return refused
         self._activated.set()
         if self._nursery is None or self._closing.is_set():
             return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE,

@@ -32,9 +32,10 @@ from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.supervisor import Sink
-from wire_gateway.wire import errors, jsonfast
+from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import request_version
-from wire_gateway.wire.frame import Frame, Kind, valid_id
+from wire_gateway.wire.frame import Frame, Kind, repeated_params, valid_id
+from wire_gateway.wire.ids import SPELLED
 
 log = logging.getLogger("wire_gateway.policy.runner")
 
@@ -166,6 +167,9 @@ class GuardedUpstream:
     def request(self, frame: Frame) -> bytes | None:
         if frame.method not in TOOL_METHODS:
             return self.inner.request(frame)
+        refused = repeated_params(frame)      # the chain must read the params the server will
+        if refused is not None:
+            return refused
         if self._closing or self._nursery is None:
             return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE,
                                       f"server '{self.name}' is not available (the gateway is shutting down)",
@@ -319,7 +323,11 @@ class GuardedUpstream:
         if reply.gateway and reply.raw is not None:
             self.sink.gateway_reply(entry.frame.id, reply.raw)
         else:
-            self.sink.server_frame(reply.frame())
+            frame = reply.frame()
+            if type(entry.frame.id) in SPELLED and frame.raw is not reply.raw:   # rewritten: the id too
+                frame = Frame(scan.replace_id(frame.raw, jsonfast.dumps(entry.frame.id)), frame.kind,
+                              frame.msg, None, entry.frame.id, frame.note)
+            self.sink.server_frame(frame)
         if flush:
             self.sink.flush()
 

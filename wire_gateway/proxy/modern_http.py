@@ -2,9 +2,11 @@
 alone and all of them share one supervised process per server.
 
 Ids are remapped so concurrent clients never see each other's answers: the
-gateway gives each request its own integer id on the way up and puts the
-client's id back on the way down, replacing only the id's bytes (the rest of the
-frame stays as it arrived). A progress token is remapped the same way, since two
+gateway gives each request its own integer id on the way up (counting from a
+random 48-bit start per server, so nobody can guess another client's) and puts
+the client's id back on the way down, replacing only the id's bytes with the
+bytes the client wrote (`-0` stays `-0`; see wire.ids), the rest of the frame as
+it arrived. A progress token is remapped the same way, since two
 clients may both use "1". Closing the response stream cancels the request: the
 server gets `notifications/cancelled`.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +54,9 @@ class ModernPool:
         self.upstream = (upstream_factory(spec, config.limits, self) if upstream_factory is not None
                          else open_upstream(spec, config, self, services))
         self.backlog = Backlog()
-        self._ids = itertools.count(1)
+        # Unpredictable per server (a client must not guess another client's gateway id), and below
+        # 2**53 for the next 2**52 requests, so a JavaScript server keeps every id exact.
+        self._ids = itertools.count(secrets.randbits(48) + 1)
         self.by_gw: dict[int, Exchange] = {}
         self.tokens: dict[str, tuple[Exchange, Any]] = {}   # gateway token -> (exchange, client's token)
         self.era: str | None = None                        # "modern" / "legacy" once probed

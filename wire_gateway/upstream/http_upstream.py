@@ -57,7 +57,7 @@ from wire_gateway.transport.http_client import (
     Unreachable,
 )
 from wire_gateway.upstream.handshake import Handshake
-from wire_gateway.upstream.pending import PendingTable
+from wire_gateway.upstream.pending import PendingTable, as_asked
 from wire_gateway.upstream.supervisor import Sink, note_request
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import LEGACY, MODERN, MODERN_VERSIONS, request_version
@@ -586,6 +586,7 @@ class HttpUpstream:
             if entry is None:
                 log.debug("server %s: answer to %r that nobody is waiting for; dropped", self.name, frame.id)
                 return
+            frame = as_asked(frame, entry)
             self.handshake.on_server_reply(frame)
             if kind is Kind.RESPONSE:
                 if entry.method == "initialize":

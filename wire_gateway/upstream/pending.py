@@ -7,7 +7,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from wire_gateway.wire import errors
+from wire_gateway.wire import errors, jsonfast, scan
+from wire_gateway.wire.frame import Frame
+from wire_gateway.wire.ids import SPELLED, plain
 
 
 @dataclass(slots=True)
@@ -15,6 +17,7 @@ class Pending:
     method: str
     generation: int | None          # the process it was written to; None while queued
     started: float = field(default_factory=time.monotonic)
+    asked: Any = None               # the request's id if the client spelled it unusually (wire.ids)
 
 
 class PendingTable:
@@ -42,7 +45,10 @@ class PendingTable:
         return None
 
     def add(self, req_id: Any, method: str, generation: int | None) -> None:
-        self._by_id[req_id] = Pending(method, generation)
+        entry = Pending(method, generation)
+        if type(req_id) in SPELLED:
+            entry.asked = req_id
+        self._by_id[req_id] = entry
 
     def mark_sent(self, req_id: Any, generation: int) -> None:
         entry = self._by_id.get(req_id)
@@ -63,3 +69,13 @@ class PendingTable:
         lost = list(self._by_id.items())
         self._by_id.clear()
         return lost
+
+
+def as_asked(frame: Frame, entry: Pending | None) -> Frame:
+    """The answer `frame` with its id written as the request wrote it (`-0` stays `-0`, whatever
+    the server wrote). Costs nothing unless one of the two was spelled unusually."""
+    if entry is None or (entry.asked is None and type(frame.id) not in SPELLED):
+        return frame
+    asked = entry.asked if entry.asked is not None else plain(frame.id)
+    raw = scan.replace_id(frame.raw, jsonfast.dumps(asked))
+    return Frame(raw, frame.kind, frame.msg, frame.method, asked, frame.note)

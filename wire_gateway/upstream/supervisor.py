@@ -22,11 +22,12 @@ from wire_gateway.dump.writer import G2S, S2G, Tap
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.handshake import Handshake
-from wire_gateway.upstream.pending import PendingTable
+from wire_gateway.upstream.pending import PendingTable, as_asked
 from wire_gateway.upstream.process import ServerProcess, describe_status
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import era_of_request
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
+from wire_gateway.wire.ids import SPELLED
 from wire_gateway.wire.framing import LineFramer, Oversize
 
 log = logging.getLogger("wire_gateway.upstream")
@@ -390,7 +391,9 @@ class SupervisedServer:
                 if self._replay_done is not None:
                     self._replay_done.set()
                 return
-            self.pending.pop(frame.id)
+            entry = self.pending.pop(frame.id)
+            if entry is not None and (entry.asked is not None or type(frame.id) in SPELLED):
+                frame = as_asked(frame, entry)       # the id as the client wrote it (wire.ids)
             self.handshake.on_server_reply(frame)
         elif kind is Kind.REQUEST:
             frame = self._track_server_request(frame)

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from wire_gateway.wire.ids import SPELLED
+
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
@@ -39,9 +41,28 @@ def loads_exact(raw: bytes | bytearray | memoryview | str) -> Any:
         raise ValueError(str(exc)) from None
 
 
+_SUBCLASSES = orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def default(obj: Any) -> Any:
+    """A spelled id (wire.ids) is written as the client wrote it; other subclasses of the
+    builtins as their base type, as orjson would without OPT_PASSTHROUGH_SUBCLASS."""
+    if type(obj) in SPELLED:
+        return orjson.Fragment(obj.spelling)
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, list):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON")
+
+
 def dumps(obj: Any) -> bytes:
     """Serialise compactly; big integers and lone surrogates fall back to the stdlib."""
     try:
-        return orjson.dumps(obj)
+        return orjson.dumps(obj, default=default, option=_SUBCLASSES)
     except (TypeError, orjson.JSONEncodeError):
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()

@@ -15,6 +15,8 @@ import json
 import re
 from typing import Any
 
+from wire_gateway.wire import ids
+
 _TOKEN = re.compile(
     rb'"[^"\\]*(?:\\.[^"\\]*)*"'          # a complete string (unrolled: no per-character alternation)
     rb'|"'                                 # an unterminated string: stop here
@@ -25,6 +27,14 @@ _TOKEN = re.compile(
 )
 
 _MISSING = object()
+ID_WALK_LIMIT = 65536
+
+# `,"id":<id>}` ending a valid frame: the "}" that ends the text closes the top-level object, so the
+# member just before it is a top-level member (a nested object would need another "}" after it).
+_TAIL_ID = re.compile(
+    rb',\s*"id"\s*:\s*(-?[0-9][0-9.eE+\-]*|"[^"\\]*(?:\\.[^"\\]*)*")\s*\}\s*\Z',
+    re.DOTALL,
+)
 
 # The head nearly every implementation writes: {"jsonrpc":"2.0","id":<id>, ... or {"id":<id>, ...
 _HEAD_ID = re.compile(
@@ -63,10 +73,27 @@ def split_array(raw: bytes) -> list[bytes]:
 def recover_id(prefix: bytes) -> Any:
     """The value of the top-level "id" key if it appears in `prefix`, else None.
 
-    Only string and integer ids count (the MCP rule); anything doubtful gives None.
+    Only string and integer ids count (the MCP rule); anything doubtful gives None. The
+    first "id" counts if a (refused) frame repeats it: that is the one its writer means.
     """
     span = id_span(prefix)
-    return None if span is None else _scalar_id(prefix[span[0]:span[1]])
+    return None if span is None else ids.id_from_token(prefix[span[0]:span[1]])
+
+
+def id_token(raw: bytes) -> bytes | None:
+    """The JSON text of the top-level id, where it is cheap to find: at the head, at the end
+    (`..."jsonrpc":"2.0","id":0}`, as the TypeScript SDK writes answers), or anywhere in a
+    frame of at most ID_WALK_LIMIT bytes."""
+    head = _HEAD_ID.match(raw)
+    if head is not None:
+        return head.group(1)
+    tail = _TAIL_ID.search(raw, max(0, len(raw) - 512))
+    if tail is not None:
+        return tail.group(1)
+    if len(raw) > ID_WALK_LIMIT:
+        return None
+    span = id_span(raw)
+    return None if span is None else raw[span[0]:span[1]]
 
 
 def replace_id(raw: bytes, new_id: bytes) -> bytes:
@@ -116,11 +143,3 @@ def id_span(raw: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _scalar_id(tok: bytes) -> Any:
-    try:
-        value = json.loads(tok)
-    except ValueError:
-        return None
-    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
-    return None
