@@ -188,11 +188,11 @@ def test_http_legacy_refuses_repeats_and_keeps_exact_ids(http, server):
     resp = httpx.post(url, content=DUP_ID % (b"4", b""), headers=headers, timeout=10)
     assert resp.status_code == 400 and resp.json()["id"] == "x" and resp.json()["error"]["code"] == -32600
     body = b'{"jsonrpc":"2.0","id":-0,"method":"tools/call","params":{"name":"%s","arguments":{"text":"hi"}}}' % name
-    resp = httpx.post(url, content=body, headers={**headers, "accept": "application/json"}, timeout=10)
+    resp = httpx.post(url, content=body, headers=headers, timeout=10)
     assert b'"id":-0,' in resp.content, resp.content
     if server != "echo":
         resp = httpx.post(url, content=DUP_NAME % (name, b"pid" if server == "guarded" else b"echo__pid", b""),
-                          headers={**headers, "accept": "application/json"}, timeout=10)
+                          headers=headers, timeout=10)
         assert b'"code":-32602' in resp.content and b"'name' appears more than once" in resp.content
 
 
