@@ -19,6 +19,7 @@ import trio
 
 from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.dump.writer import G2S, S2G, Tap
+from wire_gateway.telemetry.throttle import Throttle
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.handshake import Handshake
@@ -32,6 +33,9 @@ from wire_gateway.wire.framing import LineFramer, Oversize
 log = logging.getLogger("wire_gateway.upstream")
 
 READ_SIZE = 65536
+# The bytes a JSON-RPC line can start with: an object, a batch, or whitespace before one. The
+# framer never emits empty lines, so raw[0] exists; anything else is junk without parsing it.
+_FRAME_START = frozenset(b"{[ \t\r")
 
 
 class Sink(Protocol):
@@ -112,6 +116,7 @@ class SupervisedServer:
         self._unavailable_reason = ""
         self._last_stderr: list[str] = []
         self._started_at = 0.0
+        self._junk = Throttle()                        # junk lines on stdout: a few in full, then counts
 
     # ---- called by the session (client -> server) ---------------------------------
 
@@ -355,6 +360,8 @@ class SupervisedServer:
         fd = proc.proc.stdout.fileno()
         while True:
             chunk = await read_some(fd, READ_SIZE)
+            if self._junk.suppressed:       # a summary first, so a line after a quiet second shows in full
+                self._report_junk(self._junk.due(trio.current_time()))
             items = framer.feed(chunk) if chunk else framer.close()
             for item in items:
                 if isinstance(item, Oversize):
@@ -363,10 +370,15 @@ class SupervisedServer:
                     self._on_line(item)
             self.sink.flush()
             if not chunk:
+                self._report_junk(self._junk.take(trio.current_time()))
                 return
             await self.sink.wait_writable()
 
     def _on_line(self, raw: bytes) -> None:
+        if raw[0] not in _FRAME_START:      # a banner, a print(): skip it for what reading it cost
+            if self._junk.event(trio.current_time()):
+                self._log_junk(raw, "not JSON")
+            return
         decoded = decode(raw)
         if isinstance(decoded, Frame):
             self._on_frame(decoded)
@@ -413,9 +425,18 @@ class SupervisedServer:
         return Frame(raw, frame.kind, frame.msg, frame.method, seen_as)
 
     def _drop(self, bad: Invalid) -> None:
-        preview = bad.raw[:200].decode("utf-8", "replace")
+        if self._junk.event(trio.current_time()):
+            self._log_junk(bad.raw, bad.message)
+
+    def _log_junk(self, raw: bytes, why: str) -> None:
         log.warning("server %s: dropped a line on stdout that is not a JSON-RPC message (%s): %s",
-                    self.name, bad.message, preview)
+                    self.name, why, raw[:200].decode("utf-8", "replace"))
+
+    def _report_junk(self, summary: tuple[int, float] | None) -> None:
+        if summary is not None:
+            log.warning("server %s: dropped %d more lines on stdout that are not JSON-RPC messages over the last "
+                        "%.2fs (the first lines of a burst are logged in full, then only counted)",
+                        self.name, *summary)
 
     def _on_oversize(self, over: Oversize) -> None:
         req_id = scan.recover_id(over.prefix)

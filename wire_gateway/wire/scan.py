@@ -25,6 +25,7 @@ _TOKEN = re.compile(
 )
 
 _MISSING = object()
+_OBJECT_START = re.compile(rb'\s*\{')
 
 # The head nearly every implementation writes: {"jsonrpc":"2.0","id":<id>, ... or {"id":<id>, ...
 _HEAD_ID = re.compile(
@@ -82,6 +83,8 @@ def id_span(raw: bytes) -> tuple[int, int] | None:
     head = _HEAD_ID.match(raw)
     if head is not None:
         return head.start(1), head.end(1)
+    if _OBJECT_START.match(raw) is None:
+        return None         # no top-level object, so no top-level id (and junk text costs no token walk)
     depth = 0
     expect_key = False
     key: Any = _MISSING
