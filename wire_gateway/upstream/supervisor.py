@@ -23,8 +23,9 @@ from wire_gateway.telemetry.throttle import Throttle
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.handshake import Handshake
-from wire_gateway.upstream.pending import PendingTable
+from wire_gateway.upstream.pending import NEVER, Pending, PendingTable
 from wire_gateway.upstream.process import ServerProcess, describe_status
+from wire_gateway.upstream.timeouts import UNTIMED_METHODS, expire_requests, progress_of, progress_token
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import era_of_request
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
@@ -117,6 +118,8 @@ class SupervisedServer:
         self._last_stderr: list[str] = []
         self._started_at = 0.0
         self._junk = Throttle()                        # junk lines on stdout: a few in full, then counts
+        self.timeout = spec.timeout                    # seconds without an answer or progress; None: no limit
+        self._timeouts_log = Throttle()
 
     # ---- called by the session (client -> server) ---------------------------------
 
@@ -131,15 +134,19 @@ class SupervisedServer:
         note_request(self, frame)
         if self.tap is not None:
             self.tap.frame(G2S, frame)
+        if self.timeout is None or frame.method in UNTIMED_METHODS:
+            deadline, token = NEVER, None
+        else:
+            deadline, token = trio.current_time() + self.timeout, progress_token(frame)
         if self._out is not None:
-            self.pending.add(frame.id, frame.method or "", self._generation)
+            self.pending.add(frame.id, frame.method or "", self._generation, deadline, token)
             self._out.put_line(frame.raw)
             return None
         if len(self._queue) >= self.limits.max_queued_frames:
             return errors.error_frame(frame.id, errors.GATEWAY_OVERLOADED,
                                       f"server '{self.name}' is restarting and {len(self._queue)} frames are "
                                       "already waiting for it; try again shortly", self._error_data(frame.method))
-        self.pending.add(frame.id, frame.method or "", None)
+        self.pending.add(frame.id, frame.method or "", None, deadline, token)
         self._queue.append((frame.raw, frame.id))
         return None
 
@@ -202,20 +209,25 @@ class SupervisedServer:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a process running until shutdown() is called."""
         task_status.started()
-        try:
-            while not self._closing:
-                await self._run_one()
-                if self._closing:
-                    break
-                await self._pause_before_restart()
-        finally:
-            self.state = "stopped"
-            self._unavailable_reason = "the gateway is shutting down"
-            self._fail(self.pending.take_all(), errors.UPSTREAM_UNAVAILABLE,
-                       "the gateway is shutting down; request to server '{name}' was not answered")
-            self._queue.clear()
-            self.sink.flush()
-            self._stopped.set()
+        async with trio.open_nursery() as timers:
+            if self.timeout is not None:
+                timers.start_soon(expire_requests, self.pending, self.timeout, self._time_out)
+            try:
+                while not self._closing:
+                    await self._run_one()
+                    if self._closing:
+                        break
+                    await self._pause_before_restart()
+            finally:
+                self.state = "stopped"
+                self._unavailable_reason = "the gateway is shutting down"
+                self._fail(self.pending.take_all(), errors.UPSTREAM_UNAVAILABLE,
+                           "the gateway is shutting down; request to server '{name}' was not answered")
+                self._queue.clear()
+                self.sink.flush()
+                self._report_timeouts(self._timeouts_log.take(trio.current_time()))
+                self._stopped.set()
+                timers.cancel_scope.cancel()
 
     async def shutdown(self) -> None:
         """Spec shutdown: close the server's stdin, wait, SIGTERM, wait, SIGKILL."""
@@ -402,10 +414,17 @@ class SupervisedServer:
                 if self._replay_done is not None:
                     self._replay_done.set()
                 return
-            self.pending.pop(frame.id)
+            if self.pending.pop(frame.id) is None and frame.id is not None:
+                log.debug("server %s: answer to %r, which nobody waits for any more (timed out or cancelled); "
+                          "dropped", self.name, frame.id)
+                return
             self.handshake.on_server_reply(frame)
         elif kind is Kind.REQUEST:
             frame = self._track_server_request(frame)
+        elif frame.method == "notifications/progress" and self.timeout is not None:
+            token = progress_of(frame)
+            if token is not None:
+                self.pending.extend(token, trio.current_time() + self.timeout)
         self.frames_out += 1
         self.sink.server_frame(frame)
 
@@ -449,6 +468,48 @@ class SupervisedServer:
                 f"server '{self.name}' answered with a {over.size}-byte frame, over the gateway's "
                 f"{self.limits.max_frame_bytes}-byte limit (limits.max_frame_bytes)",
                 {"server": self.name, "frameBytes": over.size}))
+
+    # ---- timeouts ---------------------------------------------------------------------------
+
+    def _time_out(self, expired: list[tuple[Any, Pending]]) -> None:
+        """Requests with no answer (or progress) for `timeout` seconds: the caller gets an error,
+        the server notifications/cancelled (a request still queued for a restarting server is
+        simply not sent)."""
+        assert self.timeout is not None
+        now = trio.current_time()
+        if self._timeouts_log.suppressed:
+            self._report_timeouts(self._timeouts_log.due(now))
+        for req_id, entry in expired:
+            method = entry.method or "the request"
+            if entry.generation is None:
+                self._queue = [item for item in self._queue if item[1] != req_id]
+                sent = False
+            else:
+                sent = self._out is not None and entry.generation == self._live_generation
+            if sent:
+                assert self._out is not None
+                cancel = jsonfast.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {
+                    "requestId": req_id, "reason": f"wire-gateway: no answer within {self.timeout:g}s (timeout)"}})
+                if self.tap is not None:
+                    self.tap.gateway(G2S, cancel)
+                self._out.put_line(cancel)
+            if self._timeouts_log.event(now):
+                log.warning("server %s: request %r (%s) got no answer within %gs (timeout); %s", self.name, req_id,
+                            method, self.timeout, "cancelled it" if sent else "it was never sent (the server was "
+                            "not running)")
+            self.sink.gateway_reply(req_id, errors.error_frame(
+                req_id, errors.UPSTREAM_UNAVAILABLE,
+                f"server '{self.name}' did not answer {method} within {self.timeout:g}s (its timeout); "
+                "the gateway cancelled the request",
+                {"server": self.name, "method": entry.method, "timeout": self.timeout}))
+        if self._out is not None:
+            self._out.flush()
+        self.sink.flush()
+
+    def _report_timeouts(self, summary: tuple[int, float] | None) -> None:
+        if summary is not None:
+            log.warning("server %s: %d more requests got no answer within %gs (timeout) over the last %.2fs",
+                        self.name, summary[0], self.timeout, summary[1])
 
     # ---- errors ---------------------------------------------------------------------------
 
