@@ -38,6 +38,7 @@ delivered as that error (its id set to the request's if the server left it null)
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,7 +241,7 @@ class HttpUpstream:
                 await trio.sleep(0.02)
         self._fail_all("the gateway is shutting down; {method} to server '{name}' at {url} was not answered")
         self.sink.flush()
-        self._report_junk(self._junk.take(trio.current_time()))
+        self._report_junk(self._junk.take(time.monotonic()))
         for inflight in list(self._inflight.values()):
             inflight.scope.cancel()
         if self._listener is not None:
@@ -599,7 +600,7 @@ class HttpUpstream:
         self.sink.server_frame(frame)
 
     def _drop(self, bad: Invalid) -> None:
-        now = trio.current_time()
+        now = time.monotonic()
         if self._junk.suppressed:           # a summary first, so a message after a quiet second shows in full
             self._report_junk(self._junk.due(now))
         if self._junk.event(now):

@@ -21,7 +21,7 @@ NEVER = float("inf")
 class Pending:
     method: str
     generation: int | None          # the process it was written to; None while queued
-    deadline: float = NEVER         # when it times out (the trio clock); NEVER: no timeout
+    deadline: float = NEVER         # when it times out (time.monotonic()); NEVER: no timeout
     token: Any = None               # its progressToken, if it has one and a deadline
 
 

@@ -12,6 +12,7 @@ shutdown -> stopped. Everything runs in the nursery of the session that owns it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -137,7 +138,7 @@ class SupervisedServer:
         if self.timeout is None or frame.method in UNTIMED_METHODS:
             deadline, token = NEVER, None
         else:
-            deadline, token = trio.current_time() + self.timeout, progress_token(frame)
+            deadline, token = time.monotonic() + self.timeout, progress_token(frame)
         if self._out is not None:
             self.pending.add(frame.id, frame.method or "", self._generation, deadline, token)
             self._out.put_line(frame.raw)
@@ -225,7 +226,7 @@ class SupervisedServer:
                            "the gateway is shutting down; request to server '{name}' was not answered")
                 self._queue.clear()
                 self.sink.flush()
-                self._report_timeouts(self._timeouts_log.take(trio.current_time()))
+                self._report_timeouts(self._timeouts_log.take(time.monotonic()))
                 self._stopped.set()
                 timers.cancel_scope.cancel()
 
@@ -373,7 +374,7 @@ class SupervisedServer:
         while True:
             chunk = await read_some(fd, READ_SIZE)
             if self._junk.suppressed:       # a summary first, so a line after a quiet second shows in full
-                self._report_junk(self._junk.due(trio.current_time()))
+                self._report_junk(self._junk.due(time.monotonic()))
             items = framer.feed(chunk) if chunk else framer.close()
             for item in items:
                 if isinstance(item, Oversize):
@@ -382,13 +383,13 @@ class SupervisedServer:
                     self._on_line(item)
             self.sink.flush()
             if not chunk:
-                self._report_junk(self._junk.take(trio.current_time()))
+                self._report_junk(self._junk.take(time.monotonic()))
                 return
             await self.sink.wait_writable()
 
     def _on_line(self, raw: bytes) -> None:
         if raw[0] not in _FRAME_START:      # a banner, a print(): skip it for what reading it cost
-            if self._junk.event(trio.current_time()):
+            if self._junk.event(time.monotonic()):
                 self._log_junk(raw, "not JSON")
             return
         decoded = decode(raw)
@@ -424,7 +425,7 @@ class SupervisedServer:
         elif frame.method == "notifications/progress" and self.timeout is not None:
             token = progress_of(frame)
             if token is not None:
-                self.pending.extend(token, trio.current_time() + self.timeout)
+                self.pending.extend(token, time.monotonic() + self.timeout)
         self.frames_out += 1
         self.sink.server_frame(frame)
 
@@ -444,7 +445,7 @@ class SupervisedServer:
         return Frame(raw, frame.kind, frame.msg, frame.method, seen_as)
 
     def _drop(self, bad: Invalid) -> None:
-        if self._junk.event(trio.current_time()):
+        if self._junk.event(time.monotonic()):
             self._log_junk(bad.raw, bad.message)
 
     def _log_junk(self, raw: bytes, why: str) -> None:
@@ -476,7 +477,7 @@ class SupervisedServer:
         the server notifications/cancelled (a request still queued for a restarting server is
         simply not sent)."""
         assert self.timeout is not None
-        now = trio.current_time()
+        now = time.monotonic()
         if self._timeouts_log.suppressed:
             self._report_timeouts(self._timeouts_log.due(now))
         for req_id, entry in expired:

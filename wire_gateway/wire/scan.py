@@ -24,8 +24,11 @@ _TOKEN = re.compile(
     re.DOTALL,
 )
 
+# One token after optional whitespace, matched where the last one ended: JSON has nothing else
+# between tokens, so text that is not JSON stops the walk at once instead of being searched.
+_NEXT_TOKEN = re.compile(rb'[ \t\r\n]*(' + _TOKEN.pattern + rb')', re.DOTALL)
+
 _MISSING = object()
-_OBJECT_START = re.compile(rb'\s*\{')
 
 # The head nearly every implementation writes: {"jsonrpc":"2.0","id":<id>, ... or {"id":<id>, ...
 _HEAD_ID = re.compile(
@@ -83,21 +86,21 @@ def id_span(raw: bytes) -> tuple[int, int] | None:
     head = _HEAD_ID.match(raw)
     if head is not None:
         return head.start(1), head.end(1)
-    if _OBJECT_START.match(raw) is None:
-        return None         # no top-level object, so no top-level id (and junk text costs no token walk)
     depth = 0
     expect_key = False
     key: Any = _MISSING
     after_colon = False
-    for m in _TOKEN.finditer(raw):
-        tok = m.group()
+    pos = 0
+    while (m := _NEXT_TOKEN.match(raw, pos)) is not None:
+        pos = m.end()
+        tok = m.group(1)
         c = tok[:1]
-        if tok == b'"':
-            return None
+        if tok == b'"' or (depth == 0 and c != b"{"):
+            return None     # a string cut short, or no top-level object (so no top-level id)
         if after_colon:
             after_colon = False
             if depth == 1 and key == "id" and c not in (b"[", b"{"):
-                return m.start(), m.end()
+                return m.start(1), m.end(1)
         if c in (b"[", b"{"):
             depth += 1
             expect_key = depth == 1 and c == b"{"
