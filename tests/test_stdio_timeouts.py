@@ -23,6 +23,9 @@ from test_http_front import ACCEPT, INIT, modern, sse_events
 from wire_gateway.upstream.pending import NEVER, PendingTable
 
 UPSTREAM_UNAVAILABLE = -31002
+# Short enough to keep the tests quick, long enough that a server starting up or a plain call on
+# a busy machine does not time out by accident.
+T = 1.5
 
 
 def slow_gateway(tmp_path: Path, timeout: Any, *extra: str) -> tuple[LineClient, Path]:
@@ -58,7 +61,7 @@ def call(name: str, req_id: Any, token: Any = None, **args: Any) -> dict[str, An
 def check_timeout_error(answer: dict[str, Any], timeout: float) -> None:
     error = answer["error"]
     assert error["code"] == UPSTREAM_UNAVAILABLE
-    assert f"did not answer tools/call within {timeout:g}s" in error["message"]
+    assert f"did not answer tools/call within {timeout:g}s (its timeout); " in error["message"]
     assert error["data"] == {"source": "wire-gateway", "server": "slow", "method": "tools/call", "timeout": timeout}
 
 
@@ -93,29 +96,30 @@ def test_a_reused_progress_token_stays_with_the_newer_request() -> None:
 
 
 def test_a_request_with_no_answer_times_out_and_the_server_is_cancelled(tmp_path: Path) -> None:
-    gw, log = slow_gateway(tmp_path, 1)
+    gw, log = slow_gateway(tmp_path, T)
     try:
         gw.initialize()
         started = time.monotonic()
         answer = gw.request("tools/call", {"name": "sleep", "arguments": {"seconds": 30}}, req_id="hung", timeout=15)
         took = time.monotonic() - started
-        check_timeout_error(answer, 1)
-        assert 0.9 <= took < 5, took
+        check_timeout_error(answer, T)
+        assert answer["error"]["message"].endswith("; the gateway cancelled it")
+        assert T - 0.1 <= took < T + 4, took
         assert wait_for(lambda: {"cancelled": "hung"} in server_log(log))
         assert text_of(gw.call("echo", {"text": "still here"})) == "still here"
     finally:
         gw.close()
-    assert "request 'hung' (tools/call) got no answer within 1s (timeout); cancelled it" in gw.log_text()
+    assert f"request 'hung' (tools/call) got no answer within {T:g}s (timeout); the gateway cancelled it" in gw.log_text()
 
 
 def test_progress_keeps_a_request_alive_past_its_timeout(tmp_path: Path) -> None:
     """Progress for one request restarts its clock only: the request beside it, without a token,
     still times out."""
-    gw, log = slow_gateway(tmp_path, 1)
+    gw, log = slow_gateway(tmp_path, T)
     try:
         gw.initialize()
-        gw.send(call("progress", "busy", token="tok", seconds=3, every=0.3))
-        gw.send(call("progress", "quiet", seconds=3, every=0.3))
+        gw.send(call("progress", "busy", token="tok", seconds=2 * T + 1, every=0.3))
+        gw.send(call("progress", "quiet", seconds=2 * T + 1, every=0.3))
         answers: dict[Any, Any] = {}
         progress = 0
         deadline = time.monotonic() + 15
@@ -125,8 +129,8 @@ def test_progress_keeps_a_request_alive_past_its_timeout(tmp_path: Path) -> None
                 progress += frame["params"]["progressToken"] == "tok"
             elif "id" in frame:
                 answers[frame["id"]] = (frame, time.monotonic())
-        assert text_of(answers["busy"][0]) == "worked 3" and progress >= 5
-        check_timeout_error(answers["quiet"][0], 1)
+        assert text_of(answers["busy"][0]) == f"worked {2 * T + 1}" and progress >= 5
+        check_timeout_error(answers["quiet"][0], T)
         assert answers["quiet"][1] < answers["busy"][1]
     finally:
         gw.close()
@@ -157,14 +161,14 @@ def test_the_default_timeout_is_60s_for_a_command_server_and_30s_for_a_url_serve
 
 def test_a_late_answer_after_the_timeout_is_dropped(tmp_path: Path) -> None:
     """`stubborn` answers even though it was cancelled: the caller already has its one answer."""
-    gw, _ = slow_gateway(tmp_path, 0.5, "--log-level", "debug")
+    gw, _ = slow_gateway(tmp_path, T, "--log-level", "debug")
     try:
         gw.initialize()
-        gw.send(call("stubborn", "late", seconds=1.5))
+        gw.send(call("stubborn", "late", seconds=T + 1))
         seen: list[dict[str, Any]] = []
         first = gw.recv(timeout=10)
         seen.append(first)
-        check_timeout_error(first, 0.5)
+        check_timeout_error(first, T)
         assert wait_for(lambda: "answer to 'late', which nobody waits for any more" in gw.log_text())
         gw.send(call("echo", "next", text="after"))      # answered after anything the server sent before
         while True:
@@ -179,12 +183,12 @@ def test_a_late_answer_after_the_timeout_is_dropped(tmp_path: Path) -> None:
 
 
 def test_a_cancelled_request_is_not_timed_out_later(tmp_path: Path) -> None:
-    gw, log = slow_gateway(tmp_path, 0.5)
+    gw, log = slow_gateway(tmp_path, T)
     try:
         gw.initialize()
         gw.send(call("sleep", "gone", seconds=30))
         gw.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "gone"}})
-        time.sleep(1.5)
+        time.sleep(T + 1)
         assert text_of(gw.call("echo", {"text": "x"})) == "x"
         assert all(f.get("id") != "gone" for f in gw.other)
     finally:
@@ -194,11 +198,11 @@ def test_a_cancelled_request_is_not_timed_out_later(tmp_path: Path) -> None:
 
 
 def test_a_subscription_is_never_timed_out(tmp_path: Path) -> None:
-    gw, log = slow_gateway(tmp_path, 0.5)
+    gw, log = slow_gateway(tmp_path, T)
     try:
         gw.send({"jsonrpc": "2.0", "id": "sub", "method": "subscriptions/listen",
                  "params": {"_meta": MODERN_META, "notifications": {"toolsListChanged": True}}})
-        time.sleep(1.5)
+        time.sleep(T + 1)
         answer = gw.request("tools/call", {"name": "echo", "arguments": {"text": "m"}, "_meta": MODERN_META})
         assert text_of(answer) == "m"
         assert all(f.get("id") != "sub" or "error" not in f for f in gw.other), gw.other
@@ -207,13 +211,36 @@ def test_a_subscription_is_never_timed_out(tmp_path: Path) -> None:
     assert "no answer within" not in gw.log_text()
 
 
+def test_a_request_queued_for_a_restarting_server_times_out_and_is_never_sent(tmp_path: Path) -> None:
+    log = tmp_path / "crashing.log"
+    spec = {**fixture("crashing", "--log", str(log)), "timeout": T,
+            "restart": {"initial_delay": T + 3, "max_delay": T + 3, "jitter": 0}}
+    gw = gateway(write_config(tmp_path, {"crashing": spec}), "crashing", tmp_path)
+
+    def modern_call(tool: str, req_id: str, **args: Any) -> dict[str, Any]:
+        return gw.request("tools/call", {"name": tool, "arguments": args, "_meta": MODERN_META}, req_id=req_id,
+                          timeout=15)
+    try:
+        assert modern_call("crash", "boom")["error"]["code"] == -31001
+        started = time.monotonic()
+        queued = modern_call("echo", "queued", text="never sent")          # the server is restarting
+        assert time.monotonic() - started < T + 2.5
+        assert queued["error"]["code"] == UPSTREAM_UNAVAILABLE and queued["error"]["data"]["timeout"] == T
+        assert wait_for(lambda: sum("started" in e for e in server_log(log)) == 2)
+        assert text_of(modern_call("echo", "later", text="sent")) == "sent"
+    finally:
+        gw.close()
+    assert [e.get("id") for e in server_log(log) if e.get("tool") == "echo"] == ["later"]
+    assert "it was not sent (the server was restarting)" in queued["error"]["message"]
+
+
 # ---- over HTTP, with a command server ------------------------------------------------------------------
 
 
 @pytest.fixture
 def http_gw(tmp_path: Path):
     log = tmp_path / "slow.log"
-    gateway_ = HttpGateway(tmp_path, {"slow": {**fixture("slow", "--log", str(log)), "timeout": 1}})
+    gateway_ = HttpGateway(tmp_path, {"slow": {**fixture("slow", "--log", str(log)), "timeout": T}})
     gateway_.slow_log = log
     try:
         yield gateway_
@@ -233,10 +260,10 @@ def test_a_legacy_http_session_gets_the_timeout_error(http_gw: HttpGateway) -> N
     httpx.post(http_gw.url("slow"), json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h, timeout=10)
     started = time.monotonic()
     resp = httpx.post(http_gw.url("slow"), json=call("sleep", 7, seconds=30), headers=h, timeout=15)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < T + 4
     answer = answer_of(resp)
     assert answer["id"] == 7
-    check_timeout_error(answer, 1)
+    check_timeout_error(answer, T)
     assert wait_for(lambda: any("cancelled" in e for e in server_log(http_gw.slow_log)))
 
 
@@ -244,10 +271,10 @@ def test_a_modern_http_request_gets_the_timeout_error(http_gw: HttpGateway) -> N
     body, headers = modern("m-1", "tools/call", {"name": "sleep", "arguments": {"seconds": 30}}, name="sleep")
     started = time.monotonic()
     resp = httpx.post(http_gw.url("slow"), json=body, headers=headers, timeout=15)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < T + 4
     answer = answer_of(resp)
     assert answer["id"] == "m-1"
-    check_timeout_error(answer, 1)
+    check_timeout_error(answer, T)
     assert wait_for(lambda: any("cancelled" in e for e in server_log(http_gw.slow_log)))
     body, headers = modern("m-2", "tools/call", {"name": "echo", "arguments": {"text": "ok"}}, name="echo")
     assert text_of(answer_of(httpx.post(http_gw.url("slow"), json=body, headers=headers, timeout=10))) == "ok"

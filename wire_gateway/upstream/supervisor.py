@@ -482,26 +482,24 @@ class SupervisedServer:
             self._report_timeouts(self._timeouts_log.due(now))
         for req_id, entry in expired:
             method = entry.method or "the request"
-            if entry.generation is None:
+            if entry.generation is None:        # still queued for a restarting server: just not sent
                 self._queue = [item for item in self._queue if item[1] != req_id]
-                sent = False
-            else:
-                sent = self._out is not None and entry.generation == self._live_generation
-            if sent:
-                assert self._out is not None
+                done = "it was not sent (the server was restarting)"
+            elif self._out is not None and entry.generation == self._live_generation:
                 cancel = jsonfast.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {
                     "requestId": req_id, "reason": f"wire-gateway: no answer within {self.timeout:g}s (timeout)"}})
                 if self.tap is not None:
                     self.tap.gateway(G2S, cancel)
                 self._out.put_line(cancel)
+                done = "the gateway cancelled it"
+            else:                               # its process is ending: its exit would answer it later
+                done = "its server process is ending"
             if self._timeouts_log.event(now):
                 log.warning("server %s: request %r (%s) got no answer within %gs (timeout); %s", self.name, req_id,
-                            method, self.timeout, "cancelled it" if sent else "it was never sent (the server was "
-                            "not running)")
+                            method, self.timeout, done)
             self.sink.gateway_reply(req_id, errors.error_frame(
                 req_id, errors.UPSTREAM_UNAVAILABLE,
-                f"server '{self.name}' did not answer {method} within {self.timeout:g}s (its timeout); "
-                "the gateway cancelled the request",
+                f"server '{self.name}' did not answer {method} within {self.timeout:g}s (its timeout); {done}",
                 {"server": self.name, "method": entry.method, "timeout": self.timeout}))
         if self._out is not None:
             self._out.flush()
