@@ -10,6 +10,7 @@ stream ends), and a line that cannot start a JSON-RPC message is skipped without
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -21,12 +22,12 @@ import pytest
 from gateway import MODERN_META, fixture, fixture_module, gateway, write_config
 from test_http_upstream import remote_config, stdio_gateway
 
-from wire_gateway.telemetry.throttle import Throttle
+from wire_gateway.telemetry.throttle import Throttle, ThrottledLog
 
 FULL = "dropped a line on stdout that is not a JSON-RPC message"
 SUMMARY = re.compile(r"dropped (\d+) more lines on stdout that are not JSON-RPC messages over the last")
 HTTP_FULL = "that is not JSON-RPC ("
-HTTP_SUMMARY = re.compile(r"dropped (\d+) more messages from \S+ that are not JSON-RPC over the last")
+HTTP_SUMMARY = re.compile(r"at \S+: dropped (\d+) more messages that are not JSON-RPC over the last")
 
 
 def text_of(answer: dict[str, Any]) -> str:
@@ -57,6 +58,22 @@ def test_throttle_gives_a_fresh_burst_after_a_quiet_interval() -> None:
     assert t.event(5.0) is False                    # an unreported count holds the burst back ...
     assert t.take(5.0) == (2, pytest.approx(4.8))
     assert t.event(6.5) is True and t.event(6.6) is True and t.event(6.7) is False   # ... then a fresh one
+
+
+def test_throttled_log_writes_its_summary_before_the_next_burst(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("wire_gateway.test_throttle")
+    junk = ThrottledLog(logger, "%s: %d more over %.1fs", "src", burst=1)
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        for now in (0.0, 0.1, 0.2):
+            if junk.event(now):
+                logger.warning("in full at %.1f", now)
+        junk.tick(0.5)                    # not due yet
+        assert junk.event(3.0) is True    # due: the summary first, then a fresh burst
+        logger.warning("in full at 3.0")
+        junk.event(3.1)
+        junk.close(3.5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "in full at 0.0", "src: 2 more over 2.9s", "in full at 3.0", "src: 1 more over 0.4s"]
 
 
 # ---- a stdio server's junk ---------------------------------------------------------------------------

@@ -5,22 +5,21 @@ grows without bound, and formatting, masking and writing each one costs far more
 dropping the line did, so the junk also delays the answers queued behind it. A
 `Throttle` lets the first few occurrences through in full (they show what the junk
 looks like), then only counts, and says how many it counted at most once per
-`interval`:
+`interval`. `ThrottledLog` does the bookkeeping for a logger:
 
-    if throttle.suppressed:          # cheap: check once per batch of events, before them
-        due = throttle.due(now)
-        if due is not None:
-            log.warning("dropped %d more in the last %.1fs", *due)
-    if throttle.event(now):
-        log.warning("... the event in full ...")
-    ...
-    at the end of the stream: report throttle.take(now) the same way
+    junk = ThrottledLog(log, "server %s: dropped %d more lines over the last %.2fs", name)
+    if junk.event(now):          # writes the summary first when one is due
+        log.warning("server %s: dropped a line: %s", name, line)
+    junk.tick(now)               # after a batch: a summary if one is due
+    junk.close(now)              # at the end of the stream: whatever was counted
 
 One instance per kind of event and source (e.g. junk lines from one server). After a
 quiet `interval` with nothing left to report, the next event is shown in full again, so
 an occasional stray line is never hidden.
 """
 from __future__ import annotations
+
+import logging
 
 
 class Throttle:
@@ -67,3 +66,37 @@ class Throttle:
         self._suppressed = 0
         self._since = now
         return summary
+
+
+class ThrottledLog:
+    """A Throttle that writes its own summaries: `summary` is a %-format for a logger, given
+    `args` then the count and the seconds it covers (e.g. "server %s: dropped %d more lines
+    over the last %.2fs")."""
+
+    __slots__ = ("throttle", "logger", "summary", "args")
+
+    def __init__(self, logger: logging.Logger, summary: str, *args: object, burst: int = 5,
+                 interval: float = 1.0) -> None:
+        self.throttle = Throttle(burst, interval)
+        self.logger = logger
+        self.summary = summary
+        self.args = args
+
+    def event(self, now: float) -> bool:
+        """Record one event (after the summary of earlier ones, if due). True: log it in full."""
+        if self.throttle.suppressed:
+            self._write(self.throttle.due(now))
+        return self.throttle.event(now)
+
+    def tick(self, now: float) -> None:
+        """Write the summary if one is due (call it when a batch of events may have ended)."""
+        if self.throttle.suppressed:
+            self._write(self.throttle.due(now))
+
+    def close(self, now: float) -> None:
+        """The end of the stream: write whatever was counted."""
+        self._write(self.throttle.take(now))
+
+    def _write(self, summary: tuple[int, float] | None) -> None:
+        if summary is not None:
+            self.logger.warning(self.summary, *self.args, *summary)

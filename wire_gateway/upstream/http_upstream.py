@@ -47,7 +47,7 @@ import trio
 
 from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.dump.writer import G2S, S2G, Tap
-from wire_gateway.telemetry.throttle import Throttle
+from wire_gateway.telemetry.throttle import ThrottledLog
 from wire_gateway.transport.http_client import (
     BadBody,
     HttpClientError,
@@ -131,7 +131,10 @@ class HttpUpstream:
         self._oneway_done = 0
         self._oneway_progress = trio.Event()
         self._tools: dict[str, dict[str, Any]] = {}
-        self._junk = Throttle()                # messages that are not JSON-RPC: a few in full, then counts
+        # messages that are not JSON-RPC: a few logged in full, then counted
+        self._junk = ThrottledLog(log, "server %s at %s: dropped %d more messages that are not JSON-RPC over the "
+                                  "last %.2fs (the first messages of a burst are logged in full, then only counted)",
+                                  self.name, self.url)
         self._closing = False
         self._wake = trio.Event()
         self._stopped = trio.Event()
@@ -241,7 +244,7 @@ class HttpUpstream:
                 await trio.sleep(0.02)
         self._fail_all("the gateway is shutting down; {method} to server '{name}' at {url} was not answered")
         self.sink.flush()
-        self._report_junk(self._junk.take(time.monotonic()))
+        self._junk.close(time.monotonic())
         for inflight in list(self._inflight.values()):
             inflight.scope.cancel()
         if self._listener is not None:
@@ -600,19 +603,11 @@ class HttpUpstream:
         self.sink.server_frame(frame)
 
     def _drop(self, bad: Invalid) -> None:
-        now = time.monotonic()
-        if self._junk.suppressed:           # a summary first, so a message after a quiet second shows in full
-            self._report_junk(self._junk.due(now))
-        if self._junk.event(now):
+        if self._junk.event(time.monotonic()):
             preview = self.client.redact(bad.raw[:200].decode("utf-8", "replace"))
             log.warning("server %s: dropped a message from %s that is not JSON-RPC (%s): %s",
                         self.name, self.url, bad.message, preview)
 
-    def _report_junk(self, summary: tuple[int, float] | None) -> None:
-        if summary is not None:
-            log.warning("server %s: dropped %d more messages from %s that are not JSON-RPC over the last %.2fs "
-                        "(the first messages of a burst are logged in full, then only counted)",
-                        self.name, summary[0], self.url, summary[1])
 
     def _note_version(self, frame: Frame) -> None:
         result = frame.msg.get("result")

@@ -20,7 +20,7 @@ import trio
 
 from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.dump.writer import G2S, S2G, Tap
-from wire_gateway.telemetry.throttle import Throttle
+from wire_gateway.telemetry.throttle import ThrottledLog
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.handshake import Handshake
@@ -118,9 +118,13 @@ class SupervisedServer:
         self._unavailable_reason = ""
         self._last_stderr: list[str] = []
         self._started_at = 0.0
-        self._junk = Throttle()                        # junk lines on stdout: a few in full, then counts
+        # junk lines on stdout, requests timed out: a few logged in full, then counted
+        self._junk = ThrottledLog(log, "server %s: dropped %d more lines on stdout that are not JSON-RPC messages "
+                                  "over the last %.2fs (the first lines of a burst are logged in full, then only "
+                                  "counted)", self.name)
         self.timeout = spec.timeout                    # seconds without an answer or progress; None: no limit
-        self._timeouts_log = Throttle()
+        self._timeouts_log = ThrottledLog(log, "server %s: %d more requests got no answer within their timeout "
+                                          "over the last %.2fs", self.name)
 
     # ---- called by the session (client -> server) ---------------------------------
 
@@ -226,7 +230,7 @@ class SupervisedServer:
                            "the gateway is shutting down; request to server '{name}' was not answered")
                 self._queue.clear()
                 self.sink.flush()
-                self._report_timeouts(self._timeouts_log.take(time.monotonic()))
+                self._timeouts_log.close(time.monotonic())
                 self._stopped.set()
                 timers.cancel_scope.cancel()
 
@@ -373,8 +377,8 @@ class SupervisedServer:
         fd = proc.proc.stdout.fileno()
         while True:
             chunk = await read_some(fd, READ_SIZE)
-            if self._junk.suppressed:       # a summary first, so a line after a quiet second shows in full
-                self._report_junk(self._junk.due(time.monotonic()))
+            if self._junk.throttle.suppressed:   # a summary first, so a line after a quiet second shows in full
+                self._junk.tick(time.monotonic())
             items = framer.feed(chunk) if chunk else framer.close()
             for item in items:
                 if isinstance(item, Oversize):
@@ -383,7 +387,7 @@ class SupervisedServer:
                     self._on_line(item)
             self.sink.flush()
             if not chunk:
-                self._report_junk(self._junk.take(time.monotonic()))
+                self._junk.close(time.monotonic())
                 return
             await self.sink.wait_writable()
 
@@ -452,12 +456,6 @@ class SupervisedServer:
         log.warning("server %s: dropped a line on stdout that is not a JSON-RPC message (%s): %s",
                     self.name, why, raw[:200].decode("utf-8", "replace"))
 
-    def _report_junk(self, summary: tuple[int, float] | None) -> None:
-        if summary is not None:
-            log.warning("server %s: dropped %d more lines on stdout that are not JSON-RPC messages over the last "
-                        "%.2fs (the first lines of a burst are logged in full, then only counted)",
-                        self.name, *summary)
-
     def _on_oversize(self, over: Oversize) -> None:
         req_id = scan.recover_id(over.prefix)
         log.error("server %s: sent a %d-byte frame, over the %d-byte limit (limits.max_frame_bytes); dropped it%s",
@@ -478,8 +476,6 @@ class SupervisedServer:
         simply not sent)."""
         assert self.timeout is not None
         now = time.monotonic()
-        if self._timeouts_log.suppressed:
-            self._report_timeouts(self._timeouts_log.due(now))
         for req_id, entry in expired:
             method = entry.method or "the request"
             if entry.generation is None:        # still queued for a restarting server: just not sent
@@ -504,11 +500,6 @@ class SupervisedServer:
         if self._out is not None:
             self._out.flush()
         self.sink.flush()
-
-    def _report_timeouts(self, summary: tuple[int, float] | None) -> None:
-        if summary is not None:
-            log.warning("server %s: %d more requests got no answer within %gs (timeout) over the last %.2fs",
-                        self.name, summary[0], self.timeout, summary[1])
 
     # ---- errors ---------------------------------------------------------------------------
 
