@@ -76,6 +76,18 @@ def test_throttled_log_writes_its_summary_before_the_next_burst(caplog: pytest.L
         "in full at 0.0", "src: 2 more over 2.9s", "in full at 3.0", "src: 1 more over 0.4s"]
 
 
+@pytest.mark.parametrize("line, rid", [
+    (b'{"jsonrpc":"2.0","method":"x","params":{"a":[1,2]},"id":7,"extra":', 7),   # cut short: still found
+    (b'noisy: {"jsonrpc":"2.0","id":5}', None),          # no top-level object: no top-level id
+    (b'{not json ' + b"x" * 4000, None),                  # text, not JSON: the walk stops at once
+    (b'{"method":"x","params":{oops},"id":9}', None),    # anything after text that is not JSON is doubtful
+])
+def test_id_recovery_walks_json_tokens_only(line: bytes, rid: Any) -> None:
+    from wire_gateway.wire import scan
+
+    assert scan.recover_id(line) == rid
+
+
 # ---- a stdio server's junk ---------------------------------------------------------------------------
 
 

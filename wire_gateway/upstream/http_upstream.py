@@ -608,7 +608,6 @@ class HttpUpstream:
             log.warning("server %s: dropped a message from %s that is not JSON-RPC (%s): %s",
                         self.name, self.url, bad.message, preview)
 
-
     def _note_version(self, frame: Frame) -> None:
         result = frame.msg.get("result")
         version = result.get("protocolVersion") if isinstance(result, dict) else None
