@@ -23,6 +23,8 @@ from wire_gateway.wire.authority import AuthorityError, parse_host, parse_origin
 from wire_gateway.wire.namespacing import server_name_problem
 
 ENV_VAR = "WIRE_GATEWAY_CONFIG"
+DEFAULT_URL_TIMEOUT = 30.0        # a url server: connecting, and each answer
+DEFAULT_COMMAND_TIMEOUT = 60.0    # a command server: no answer or progress for this long (the TS SDK's default)
 
 # What a server inherits from the gateway's environment (README, "Configuration"); everything
 # else must be given in its "env", so secrets in the gateway's environment do not leak
@@ -127,7 +129,9 @@ class ServerSpec:
     command: str = ""                      # a process to spawn, or ...
     url: str | None = None                 # ... a remote server over Streamable HTTP
     headers: dict[str, str] = field(default_factory=dict)
-    timeout: float = 30.0
+    # url: bounds connecting and each answer. command: seconds a request may go without an answer
+    # or a progress notification (None: no limit). parse_config picks the default by kind.
+    timeout: float | None = 30.0
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
@@ -327,6 +331,9 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
     aggregate = AggregateSettings(**doc.get("aggregate", {}))
     clashes = [f"$.servers.{name}: {why} (aggregate.separator; rename the server or choose another separator)"
                for name in doc["servers"] if (why := server_name_problem(name, aggregate.separator))]
+    clashes += [f"$.servers.{name}.timeout: null (no timeout) is only for a command server; a url server needs "
+                "a number of seconds" for name, s in doc["servers"].items() if "url" in s and
+                "timeout" in s and s["timeout"] is None]
     if clashes:
         raise ConfigError(clashes, source)
     allow_list = allow_list_problems(doc.get("http", {}))
@@ -344,7 +351,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
             command=s.get("command", ""),
             url=s.get("url"),
             headers=dict(s.get("headers", {})),
-            timeout=s.get("timeout", 30.0),
+            timeout=s.get("timeout", DEFAULT_URL_TIMEOUT if "url" in s else DEFAULT_COMMAND_TIMEOUT),
             args=tuple(s.get("args", ())),
             env=dict(s.get("env", {})),
             cwd=cwd,

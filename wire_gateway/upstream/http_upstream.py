@@ -38,6 +38,7 @@ delivered as that error (its id set to the request's if the server left it null)
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ import trio
 
 from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.dump.writer import G2S, S2G, Tap
+from wire_gateway.telemetry.throttle import ThrottledLog
 from wire_gateway.transport.http_client import (
     BadBody,
     HttpClientError,
@@ -129,6 +131,10 @@ class HttpUpstream:
         self._oneway_done = 0
         self._oneway_progress = trio.Event()
         self._tools: dict[str, dict[str, Any]] = {}
+        # messages that are not JSON-RPC: a few logged in full, then counted
+        self._junk = ThrottledLog(log, "server %s at %s: dropped %d more messages that are not JSON-RPC over the "
+                                  "last %.2fs (the first messages of a burst are logged in full, then only counted)",
+                                  self.name, self.url)
         self._closing = False
         self._wake = trio.Event()
         self._stopped = trio.Event()
@@ -238,6 +244,7 @@ class HttpUpstream:
                 await trio.sleep(0.02)
         self._fail_all("the gateway is shutting down; {method} to server '{name}' at {url} was not answered")
         self.sink.flush()
+        self._junk.close(time.monotonic())
         for inflight in list(self._inflight.values()):
             inflight.scope.cancel()
         if self._listener is not None:
@@ -597,9 +604,10 @@ class HttpUpstream:
         self.sink.server_frame(frame)
 
     def _drop(self, bad: Invalid) -> None:
-        preview = self.client.redact(bad.raw[:200].decode("utf-8", "replace"))
-        log.warning("server %s: dropped a message from %s that is not JSON-RPC (%s): %s",
-                    self.name, self.url, bad.message, preview)
+        if self._junk.event(time.monotonic()):
+            preview = self.client.redact(bad.raw[:200].decode("utf-8", "replace"))
+            log.warning("server %s: dropped a message from %s that is not JSON-RPC (%s): %s",
+                        self.name, self.url, bad.message, preview)
 
     def _note_version(self, frame: Frame) -> None:
         result = frame.msg.get("result")

@@ -12,6 +12,7 @@ shutdown -> stopped. Everything runs in the nursery of the session that owns it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -19,11 +20,13 @@ import trio
 
 from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.dump.writer import G2S, S2G, Tap
+from wire_gateway.telemetry.throttle import ThrottledLog
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.handshake import Handshake
-from wire_gateway.upstream.pending import PendingTable, as_asked
+from wire_gateway.upstream.pending import NEVER, Pending, PendingTable, as_asked
 from wire_gateway.upstream.process import ServerProcess, describe_status
+from wire_gateway.upstream.timeouts import UNTIMED_METHODS, expire_requests, progress_of, progress_token
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import era_of_request
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
@@ -33,6 +36,9 @@ from wire_gateway.wire.framing import LineFramer, Oversize
 log = logging.getLogger("wire_gateway.upstream")
 
 READ_SIZE = 65536
+# The bytes a JSON-RPC line can start with: an object, a batch, or whitespace before one. The
+# framer never emits empty lines, so raw[0] exists; anything else is junk without parsing it.
+_FRAME_START = frozenset(b"{[ \t\r")
 
 
 class Sink(Protocol):
@@ -113,6 +119,13 @@ class SupervisedServer:
         self._unavailable_reason = ""
         self._last_stderr: list[str] = []
         self._started_at = 0.0
+        # junk lines on stdout, requests timed out: a few logged in full, then counted
+        self._junk = ThrottledLog(log, "server %s: dropped %d more lines on stdout that are not JSON-RPC messages "
+                                  "over the last %.2fs (the first lines of a burst are logged in full, then only "
+                                  "counted)", self.name)
+        self.timeout = spec.timeout                    # seconds without an answer or progress; None: no limit
+        self._timeouts_log = ThrottledLog(log, "server %s: %d more requests got no answer within their timeout "
+                                          "over the last %.2fs", self.name)
 
     # ---- called by the session (client -> server) ---------------------------------
 
@@ -127,15 +140,19 @@ class SupervisedServer:
         note_request(self, frame)
         if self.tap is not None:
             self.tap.frame(G2S, frame)
+        if self.timeout is None or frame.method in UNTIMED_METHODS:
+            deadline, token = NEVER, None
+        else:
+            deadline, token = time.monotonic() + self.timeout, progress_token(frame)
         if self._out is not None:
-            self.pending.add(frame.id, frame.method or "", self._generation)
+            self.pending.add(frame.id, frame.method or "", self._generation, deadline, token)
             self._out.put_line(frame.raw)
             return None
         if len(self._queue) >= self.limits.max_queued_frames:
             return errors.error_frame(frame.id, errors.GATEWAY_OVERLOADED,
                                       f"server '{self.name}' is restarting and {len(self._queue)} frames are "
                                       "already waiting for it; try again shortly", self._error_data(frame.method))
-        self.pending.add(frame.id, frame.method or "", None)
+        self.pending.add(frame.id, frame.method or "", None, deadline, token)
         self._queue.append((frame.raw, frame.id))
         return None
 
@@ -198,20 +215,25 @@ class SupervisedServer:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a process running until shutdown() is called."""
         task_status.started()
-        try:
-            while not self._closing:
-                await self._run_one()
-                if self._closing:
-                    break
-                await self._pause_before_restart()
-        finally:
-            self.state = "stopped"
-            self._unavailable_reason = "the gateway is shutting down"
-            self._fail(self.pending.take_all(), errors.UPSTREAM_UNAVAILABLE,
-                       "the gateway is shutting down; request to server '{name}' was not answered")
-            self._queue.clear()
-            self.sink.flush()
-            self._stopped.set()
+        async with trio.open_nursery() as timers:
+            if self.timeout is not None:
+                timers.start_soon(expire_requests, self.pending, self.timeout, self._time_out)
+            try:
+                while not self._closing:
+                    await self._run_one()
+                    if self._closing:
+                        break
+                    await self._pause_before_restart()
+            finally:
+                self.state = "stopped"
+                self._unavailable_reason = "the gateway is shutting down"
+                self._fail(self.pending.take_all(), errors.UPSTREAM_UNAVAILABLE,
+                           "the gateway is shutting down; request to server '{name}' was not answered")
+                self._queue.clear()
+                self.sink.flush()
+                self._timeouts_log.close(time.monotonic())
+                self._stopped.set()
+                timers.cancel_scope.cancel()
 
     async def shutdown(self) -> None:
         """Spec shutdown: close the server's stdin, wait, SIGTERM, wait, SIGKILL."""
@@ -356,6 +378,8 @@ class SupervisedServer:
         fd = proc.proc.stdout.fileno()
         while True:
             chunk = await read_some(fd, READ_SIZE)
+            if self._junk.throttle.suppressed:   # a summary first, so a line after a quiet second shows in full
+                self._junk.tick(time.monotonic())
             items = framer.feed(chunk) if chunk else framer.close()
             for item in items:
                 if isinstance(item, Oversize):
@@ -364,10 +388,15 @@ class SupervisedServer:
                     self._on_line(item)
             self.sink.flush()
             if not chunk:
+                self._junk.close(time.monotonic())
                 return
             await self.sink.wait_writable()
 
     def _on_line(self, raw: bytes) -> None:
+        if raw[0] not in _FRAME_START:      # a banner, a print(): skip it for what reading it cost
+            if self._junk.event(time.monotonic()):
+                self._log_junk(raw, "not JSON")
+            return
         decoded = decode(raw)
         if isinstance(decoded, Frame):
             self._on_frame(decoded)
@@ -392,11 +421,19 @@ class SupervisedServer:
                     self._replay_done.set()
                 return
             entry = self.pending.pop(frame.id)
+            if entry is None and frame.id is not None:
+                log.debug("server %s: answer to %r, which nobody waits for any more (timed out or cancelled); "
+                          "dropped", self.name, frame.id)
+                return
             if entry is not None and (entry.asked is not None or type(frame.id) in SPELLED):
                 frame = as_asked(frame, entry)       # the id as the client wrote it (wire.ids)
             self.handshake.on_server_reply(frame)
         elif kind is Kind.REQUEST:
             frame = self._track_server_request(frame)
+        elif frame.method == "notifications/progress" and self.timeout is not None:
+            token = progress_of(frame)
+            if token is not None:
+                self.pending.extend(token, time.monotonic() + self.timeout)
         self.frames_out += 1
         self.sink.server_frame(frame)
 
@@ -416,9 +453,12 @@ class SupervisedServer:
         return Frame(raw, frame.kind, frame.msg, frame.method, seen_as)
 
     def _drop(self, bad: Invalid) -> None:
-        preview = bad.raw[:200].decode("utf-8", "replace")
+        if self._junk.event(time.monotonic()):
+            self._log_junk(bad.raw, bad.message)
+
+    def _log_junk(self, raw: bytes, why: str) -> None:
         log.warning("server %s: dropped a line on stdout that is not a JSON-RPC message (%s): %s",
-                    self.name, bad.message, preview)
+                    self.name, why, raw[:200].decode("utf-8", "replace"))
 
     def _on_oversize(self, over: Oversize) -> None:
         req_id = scan.recover_id(over.prefix)
@@ -431,6 +471,39 @@ class SupervisedServer:
                 f"server '{self.name}' answered with a {over.size}-byte frame, over the gateway's "
                 f"{self.limits.max_frame_bytes}-byte limit (limits.max_frame_bytes)",
                 {"server": self.name, "frameBytes": over.size}))
+
+    # ---- timeouts ---------------------------------------------------------------------------
+
+    def _time_out(self, expired: list[tuple[Any, Pending]]) -> None:
+        """Requests with no answer (or progress) for `timeout` seconds: the caller gets an error,
+        the server notifications/cancelled (a request still queued for a restarting server is
+        simply not sent)."""
+        assert self.timeout is not None
+        now = time.monotonic()
+        for req_id, entry in expired:
+            method = entry.method or "the request"
+            if entry.generation is None:        # still queued for a restarting server: just not sent
+                self._queue = [item for item in self._queue if item[1] != req_id]
+                done = "it was not sent (the server was restarting)"
+            elif self._out is not None and entry.generation == self._live_generation:
+                cancel = jsonfast.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {
+                    "requestId": req_id, "reason": f"wire-gateway: no answer within {self.timeout:g}s (timeout)"}})
+                if self.tap is not None:
+                    self.tap.gateway(G2S, cancel)
+                self._out.put_line(cancel)
+                done = "the gateway cancelled it"
+            else:                               # its process is ending: its exit would answer it later
+                done = "its server process is ending"
+            if self._timeouts_log.event(now):
+                log.warning("server %s: request %r (%s) got no answer within %gs (timeout); %s", self.name, req_id,
+                            method, self.timeout, done)
+            self.sink.gateway_reply(req_id, errors.error_frame(
+                req_id, errors.UPSTREAM_UNAVAILABLE,
+                f"server '{self.name}' did not answer {method} within {self.timeout:g}s (its timeout); {done}",
+                {"server": self.name, "method": entry.method, "timeout": self.timeout}))
+        if self._out is not None:
+            self._out.flush()
+        self.sink.flush()
 
     # ---- errors ---------------------------------------------------------------------------
 

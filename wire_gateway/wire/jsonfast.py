@@ -8,11 +8,15 @@ only what is not JSON at all (NaN/Infinity literals, bad UTF-8).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
 
 from wire_gateway.wire.ids import SPELLED
+# What a JSON text can start with (after whitespace). A line that starts otherwise (a banner, a
+# log line) is not JSON for any parser: no need to ask the slow one too.
+_NOT_JSON = re.compile(rb'[ \t\r\n]*[^ \t\r\n{\["\-0-9tfn]')
 
 
 def _reject_constant(name: str) -> Any:
@@ -23,8 +27,9 @@ def loads(raw: bytes | bytearray | memoryview | str) -> Any:
     """Parse one JSON text; raise ValueError if it is not valid JSON."""
     try:
         return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as exc:
+        if isinstance(raw, bytes) and _NOT_JSON.match(raw) is not None:
+            raise ValueError(str(exc)) from None
     return loads_exact(raw)
 
 

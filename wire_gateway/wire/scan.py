@@ -26,6 +26,10 @@ _TOKEN = re.compile(
     re.DOTALL,
 )
 
+# One token after optional whitespace, matched where the last one ended: JSON has nothing else
+# between tokens, so text that is not JSON stops the walk at once instead of being searched.
+_NEXT_TOKEN = re.compile(rb'[ \t\r\n]*(' + _TOKEN.pattern + rb')', re.DOTALL)
+
 _MISSING = object()
 ID_WALK_LIMIT = 65536
 
@@ -113,15 +117,17 @@ def id_span(raw: bytes) -> tuple[int, int] | None:
     expect_key = False
     key: Any = _MISSING
     after_colon = False
-    for m in _TOKEN.finditer(raw):
-        tok = m.group()
+    pos = 0
+    while (m := _NEXT_TOKEN.match(raw, pos)) is not None:
+        pos = m.end()
+        tok = m.group(1)
         c = tok[:1]
-        if tok == b'"':
-            return None
+        if tok == b'"' or (depth == 0 and c != b"{"):
+            return None     # a string cut short, or no top-level object (so no top-level id)
         if after_colon:
             after_colon = False
             if depth == 1 and key == "id" and c not in (b"[", b"{"):
-                return m.start(), m.end()
+                return m.start(1), m.end(1)
         if c in (b"[", b"{"):
             depth += 1
             expect_key = depth == 1 and c == b"{"
