@@ -132,7 +132,7 @@ def check(out: dict[str, Any], mode: str) -> None:
     assert out["server_name"] == "wire-gateway-aggregate"
     tools = out["tools"]
     assert {"echo__echo", "echo__touch_tools", "sdk__add", "sdk__ask_llm", "web__echo", "web__pid"} <= set(tools)
-    assert len(tools) == len(set(tools)) == 9 + 6 + 2
+    assert len(tools) == len(set(tools)) == 9 + 6 + 3
     assert out["tool_pages"] == 3 + 2 + 1            # pages of 4: echo 9, sdk 6, web 2
     assert out["echo"] == "to echo" and out["sdk"] == "42" and out["web"] == "to web"
     assert {"echo://info", "info://server", "http-echo://info"} <= set(out["resources"])
