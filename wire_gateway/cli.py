@@ -269,7 +269,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import trio
 
-    memtrace.start()   # a debug hook, off unless WIRE_GATEWAY_TRACEMALLOC is set
     from wire_gateway.proxy.http_front import HttpFront
 
     config = _load(args)
@@ -305,7 +304,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         async with trio.open_nursery() as nursery, running(services):
             nursery.start_soon(on_signals)
-            if memtrace.prefix() is not None:
+            if memtrace.prefix() is not None:   # a debug hook, off unless WIRE_GATEWAY_TRACEMALLOC is set
+                memtrace.start()
                 nursery.start_soon(memtrace.serve_snapshots, memtrace.prefix())
             front = HttpFront(config, services)
             if dumper is not None:

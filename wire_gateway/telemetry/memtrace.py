@@ -1,15 +1,23 @@
 """A hidden debug hook: where does the gateway's memory go?
 
-Off unless `WIRE_GATEWAY_TRACEMALLOC` names a path prefix. Then `tracemalloc` runs
-from start-up (it slows allocation down, so never in production), and each SIGUSR1
-collects garbage, takes a snapshot and writes `<prefix>.<n>.snap` (for
-`tracemalloc.Snapshot.load` and `compare_to`) and `<prefix>.<n>.json` (traced bytes,
-live objects, RSS and the top allocation sites), the JSON last, so a reader that
-sees it can read both. The memory tests (tests/test_memory.py) use it to tell Python
-objects that stay (true retention) from RSS the allocator keeps (a high-water mark).
+Off unless `WIRE_GATEWAY_TRACEMALLOC` names a path prefix. Then `serve` starts
+`tracemalloc` before its first request (not before its imports: tracing those cost
+seconds of CPU, and what matters is growth while serving; tracing slows every
+allocation, so never in production), and each SIGUSR1 collects garbage and writes
+`<prefix>.<n>.snap` (for `tracemalloc.Snapshot.load` and `compare_to`) and then
+`<prefix>.<n>.json` (traced bytes, gc-tracked objects, RSS, the top allocation
+sites), the JSON last, so a reader that sees it can read both.
+`WIRE_GATEWAY_TRACEMALLOC_FRAMES=0` leaves tracemalloc off (RSS as in production).
+
+The report also gives RSS after glibc's `malloc_trim(0)`: what that gives back was
+free memory the allocator kept (a high-water mark), not memory anything still uses.
+tests/test_memory.py uses the hook to tell the two apart.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 import json
 import os
@@ -18,7 +26,7 @@ import tracemalloc
 from typing import Any
 
 ENV = "WIRE_GATEWAY_TRACEMALLOC"
-FRAMES = 12
+FRAMES_ENV = "WIRE_GATEWAY_TRACEMALLOC_FRAMES"
 
 
 def prefix() -> str | None:
@@ -26,9 +34,10 @@ def prefix() -> str | None:
 
 
 def start() -> None:
-    """Start tracing as early as possible, so start-up allocations are accounted for."""
-    if prefix() is not None and not tracemalloc.is_tracing():
-        tracemalloc.start(FRAMES)
+    """Start tracing (if asked for), before the first request."""
+    frames = int(os.environ.get(FRAMES_ENV) or 12)
+    if prefix() is not None and frames > 0 and not tracemalloc.is_tracing():
+        tracemalloc.start(frames)
 
 
 def rss_bytes() -> int:
@@ -39,18 +48,33 @@ def rss_bytes() -> int:
         return 0
 
 
+@functools.cache
+def _libc() -> Any:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def malloc_trim() -> bool:
+    """Hand the C allocator's free memory back to the system (glibc only)."""
+    try:
+        return bool(_libc().malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def write(path_prefix: str, n: int) -> dict[str, Any]:
     gc.collect()
-    snapshot = tracemalloc.take_snapshot().filter_traces(
-        (tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap>")))
-    snapshot.dump(f"{path_prefix}.{n}.snap")
-    current, peak = tracemalloc.get_traced_memory()
-    stats = snapshot.statistics("lineno")
-    report = {
-        "n": n, "traced": sum(s.size for s in stats), "tracedPeak": peak, "tracedCurrent": current,
-        "objects": len(gc.get_objects()), "rss": rss_bytes(),
-        "top": [{"where": str(s.traceback), "size": s.size, "count": s.count} for s in stats[:25]],
-    }
+    report: dict[str, Any] = {"n": n, "traced": 0, "objects": len(gc.get_objects()), "top": []}
+    if tracemalloc.is_tracing():
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            (tracemalloc.Filter(False, tracemalloc.__file__),
+             tracemalloc.Filter(False, "<frozen importlib._bootstrap>")))
+        snapshot.dump(f"{path_prefix}.{n}.snap")
+        stats = snapshot.statistics("lineno")
+        report["traced"] = sum(s.size for s in stats)
+        report["top"] = [{"where": str(s.traceback), "size": s.size, "count": s.count} for s in stats[:25]]
+    report["rss"] = rss_bytes()
+    report["trimmed"] = malloc_trim()
+    report["rssAfterTrim"] = rss_bytes()
     tmp = f"{path_prefix}.{n}.json.tmp"
     with open(tmp, "w") as f:
         json.dump(report, f, indent=1)
