@@ -337,8 +337,30 @@ _HEADS: dict[tuple, tuple[str, bool]] = {}   # (status, *headers) -> (head lines
 _HEADS_MAX = 512     # the same few heads recur; a bound for whatever else comes
 # Headers whose value names one session: a head carrying one never recurs once its
 # session ends, so keeping it would only hold the session's id after it is gone (and
-# fill the cache with heads nobody asks for again). Checked on a miss only.
+# fill the cache with heads nobody asks for again). Looked for on a miss only.
 _PER_SESSION = frozenset({"mcp-session-id"})
+
+
+def _head(status: int, headers: list[tuple[str, str]]) -> tuple[str, bool]:
+    """`_head_lines`, remembered. A per-session header is not part of what is kept: the
+    head is the shared one with that header's line added after it."""
+    key = (status, *headers)
+    try:
+        cached = _HEADS.get(key)
+    except TypeError:   # a header given as a list: fine, just not kept
+        return _head_lines(status, headers)
+    if cached is not None:
+        return cached
+    for i, (name, value) in enumerate(headers):
+        if name.lower() in _PER_SESSION:
+            lines, close = _head(status, headers[:i] + headers[i + 1:])
+            if _bad_value(value):
+                raise ValueError(f"invalid response header {name!r}: {value!r}")
+            return f"{lines}{name}: {value}\r\n", close
+    cached = _head_lines(status, headers)
+    if len(_HEADS) < _HEADS_MAX:
+        _HEADS[key] = cached
+    return cached
 
 
 def _head_lines(status: int, headers: list[tuple[str, str]]) -> tuple[str, bool]:
@@ -396,17 +418,7 @@ class _Conn:
 
         Raises ValueError for a header that could split the response; nothing is sent then.
         """
-        key = (status, *headers)
-        try:
-            cached = _HEADS.get(key)
-        except TypeError:   # a header given as a list: fine, just not kept
-            cached = key = None
-        if cached is None:
-            cached = _head_lines(status, headers)
-            if key is not None and len(_HEADS) < _HEADS_MAX and not any(
-                    name.lower() in _PER_SESSION for name, _ in headers):
-                _HEADS[key] = cached
-        lines, close = cached
+        lines, close = cached = _head(status, headers)
         close = close or not self.keep_alive or self.server.draining
         if framing is None:
             tail = ""
