@@ -55,6 +55,15 @@ class TracedGateway(HttpGateway):
         return json.loads(report.read_text()), tracemalloc.Snapshot.load(f"{self.prefix}.{self.snapshots}.snap")
 
 
+# Formatting a log line leaves a few small strings whose number levels off (seen alike
+# before and after the fixes); they are not what a session leaves behind.
+NOT_SESSIONS = (tracemalloc.Filter(False, "*/logging/__init__.py", all_frames=True),)
+
+
+def retained(snapshot: tracemalloc.Snapshot) -> int:
+    return sum(stat.size for stat in snapshot.filter_traces(NOT_SESSIONS).statistics("filename"))
+
+
 def growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: int = 6) -> str:
     """Where retained memory grew: the allocation sites, for the failure message."""
     lines = []
@@ -110,7 +119,7 @@ def test_abandoned_legacy_sessions_leave_no_memory_behind(traced):
     (It did: ~650 B a session, the response heads naming each session, kept in the HTTP
     server's head cache with the session's id long after the session ended.)"""
     gw = traced({"minimal": MINIMAL}, http={"session_idle_timeout": IDLE_TIMEOUT})
-    per_cycle, cycles = 25, 3
+    per_cycle, cycles = 30, 3
     total = 0
     figures = []
     with httpx.Client(timeout=30) as client:
@@ -119,12 +128,14 @@ def test_abandoned_legacy_sessions_leave_no_memory_behind(traced):
             total += per_cycle
             wait_expired(gw, total)
             figures.append(gw.snapshot())
-    status = [f"{r['traced']} B traced, {r['rss'] >> 10} KiB RSS" for r, _ in figures]
+    status = [f"{retained(snap)} B retained, {r['rss'] >> 10} KiB RSS" for r, snap in figures]
     # From the end of the first measured cycle: before it, caches that are bounded
-    # (trio's, logging's, the head cache's few shared heads) are still filling up.
-    grown = figures[-1][0]["traced"] - figures[1][0]["traced"]
+    # (trio's, the head cache's few shared heads) are still filling up. What remains is
+    # noise from sets and dicts that resize (a few KiB either way); a session's heads
+    # kept with its id were ~600 B each.
+    grown = retained(figures[-1][1]) - retained(figures[1][1])
     per_session = grown / (per_cycle * (cycles - 1))
-    assert per_session < 200, (
+    assert per_session < 300, (
         f"{per_session:.0f} B retained per expired session ({grown} B over {per_cycle * (cycles - 1)} "
         f"sessions); cycles: {status}\n{growth(figures[1][1], figures[-1][1])}")
 
