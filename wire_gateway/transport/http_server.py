@@ -178,15 +178,20 @@ class Responder:
             return False
         try:
             head = conn.response_head(status, headers, len(body))
-            # Head and body in one system call without joining them: a large answer to a
-            # slow reader would otherwise be held twice (the join, then what is left of it).
-            sent = os.writev(fd, (head, body))
+            if len(body) < _JOIN_MAX:   # the common small answer: joined, one plain write
+                data = head + body
+                sent = os.write(fd, data)
+            else:   # head and body in one call without joining them: a large answer to a
+                # slow reader would otherwise be held twice (the join, then what is left of it)
+                sent = os.writev(fd, (head, body))
         except (ValueError, OSError):   # `send` will say what is wrong, or find the client gone
             return False
         self._state = _DONE
         total = len(head) + len(body)
         if sent < total:
-            if sent < len(head):
+            if len(body) < _JOIN_MAX:
+                self._queue.append(data[sent:])
+            elif sent < len(head):
                 self._queue += (head[sent:], body)
             else:   # a view, not a copy, of what the socket did not take
                 self._queue.append(memoryview(body)[sent - len(head):])
