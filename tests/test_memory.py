@@ -28,7 +28,7 @@ INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
 # Fast-starting servers (python -I -S, stdlib only), short timeouts: a cycle of sessions
 # costs little more than the processes it starts.
 MINIMAL = {"command": PY, "args": ["-I", "-S", str(SERVERS / "minimal.py")],
-           "handshake_timeout": 2.0, "shutdown": {"stdin_close_timeout": 0.5}}
+           "handshake_timeout": 2.0, "timeout": 2.0, "shutdown": {"stdin_close_timeout": 0.5}}
 IDLE_TIMEOUT = 1.5   # short, yet longer than a loaded machine takes between two requests
 
 
@@ -104,12 +104,13 @@ def abandon_sessions(gw: TracedGateway, client: httpx.Client, n: int) -> None:
 
 def wait_expired(gw: TracedGateway, total: int) -> None:
     """Until the gateway has expired every session so far, and the timers of their
-    shutdown (trio keeps an ended cancel scope until its deadline passes) have run out."""
+    shutdown and of their request timeouts have run out (trio keeps an ended cancel scope
+    in its deadline heap until the deadline passes, or until it prunes the heap)."""
     deadline = time.monotonic() + 60
     while gw.log().count("; expired") < total:
         assert time.monotonic() < deadline, f"sessions did not expire\n{gw.log()[-3000:]}"
         time.sleep(0.1)
-    time.sleep(MINIMAL["handshake_timeout"] + 0.5)
+    time.sleep(max(MINIMAL["handshake_timeout"], MINIMAL["timeout"]) + 0.5)
 
 
 @pytest.mark.slow   # ~25 s, ~50 s on a loaded machine: a hundred sessions, each its own process
