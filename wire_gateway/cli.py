@@ -18,6 +18,7 @@ from wire_gateway.config import (
     register_secrets,
     schema_path,
 )
+from wire_gateway.telemetry import memtrace
 from wire_gateway.telemetry.logs import setup_logging
 
 log = logging.getLogger("wire_gateway.cli")
@@ -303,6 +304,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         async with trio.open_nursery() as nursery, running(services):
             nursery.start_soon(on_signals)
+            if memtrace.prefix() is not None:   # a debug hook, off unless WIRE_GATEWAY_TRACEMALLOC is set
+                memtrace.start()
+                nursery.start_soon(memtrace.serve_snapshots, memtrace.prefix())
             front = HttpFront(config, services)
             if dumper is not None:
                 await nursery.start(dumper.run)

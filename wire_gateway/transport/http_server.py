@@ -63,6 +63,7 @@ __all__ = ["ClientGone", "Handler", "HttpLimits", "HttpServer", "Request", "Resp
 log = logging.getLogger("wire_gateway.http")
 
 READ_SIZE = 65536
+_JOIN_MAX = 65536       # bodies below this are joined to their head for one write; above, written after it
 WATCH_TICK = 0.05       # seconds: a handler running this long (up to twice) gets a reader watching its client
 LINGER = 1.0            # seconds a refused client gets to read our answer before we close
 LINGER_BYTES = 1 << 20  # ... and how much of what it still sends we read and drop meanwhile
@@ -124,7 +125,7 @@ class Responder:
         self._state = _NEW
         self._framing = _NO_BODY
         self._gone = False
-        self._queue: list[bytes] = []      # written by whoever holds the write (see _write)
+        self._queue: list[bytes | memoryview] = []   # written by whoever holds the write (see _write)
         self._queued = 0
         self._writing = False
         self._progress: trio.Event | None = None
@@ -157,7 +158,13 @@ class Responder:
         else:
             head = conn.response_head(status, headers, len(body))
         self._state = _DONE
-        await self._write(head + body if body and conn.method != "HEAD" else head)
+        if not body or conn.method == "HEAD":
+            await self._write(head)
+        elif len(body) < _JOIN_MAX:
+            await self._write(head + body)   # one write for the common small answer
+        else:   # a large body is not copied just to put the head in front of it
+            await self._write(head)
+            await self._write(body)
 
     def send_now(self, status: int, headers: list[tuple[str, str]], body: bytes) -> bool:
         """The whole response, written at once from whatever task calls (no await), if the
@@ -170,23 +177,35 @@ class Responder:
                 or status in (204, 304)):
             return False
         try:
-            data = conn.response_head(status, headers, len(body)) + body
-            sent = os.write(fd, data)
+            head = conn.response_head(status, headers, len(body))
+            if len(body) < _JOIN_MAX:   # the common small answer: joined, one plain write
+                data = head + body
+                sent = os.write(fd, data)
+            else:   # head and body in one call without joining them: a large answer to a
+                # slow reader would otherwise be held twice (the join, then what is left of it)
+                sent = os.writev(fd, (head, body))
         except (ValueError, OSError):   # `send` will say what is wrong, or find the client gone
             return False
         self._state = _DONE
-        if sent < len(data):
-            self._queue.append(data[sent:])
-            self._queued = len(data) - sent
+        total = len(head) + len(body)
+        if sent < total:
+            if len(body) < _JOIN_MAX:
+                self._queue.append(data[sent:])
+            elif sent < len(head):
+                self._queue += (head[sent:], body)
+            else:   # a view, not a copy, of what the socket did not take
+                self._queue.append(memoryview(body)[sent - len(head):])
+            self._queued = total - sent
         return True
 
     async def finish(self) -> None:
-        """After `send_now`: write what the socket did not take at once."""
+        """After `send_now`: write what the socket did not take at once (no copy of it)."""
         if self._queue and not self._writing:
-            data = b"".join(self._queue)
+            parts = self._queue[:]
             self._queue.clear()
             self._queued = 0
-            await self._write(data)
+            for part in parts:
+                await self._write(part)
 
     async def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
         """The head of a body of unknown length: chunked (close-delimited to HTTP/1.0 clients)."""
@@ -229,7 +248,7 @@ class Responder:
             raise RuntimeError("response already started")
         return self._conn
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes | memoryview) -> None:
         """Write through if no write is in progress, else queue behind it (bounded).
 
         Whoever finds the stream free writes, and keeps writing what others queue
@@ -320,7 +339,33 @@ class _Wakeup:
 
 
 _HEADS: dict[tuple, tuple[str, bool]] = {}   # (status, *headers) -> (head lines, says close)
-_HEADS_MAX = 512     # the same few heads recur; per-session ones (mcp-session-id) stop being kept
+_HEADS_MAX = 512     # the same few heads recur; a bound for whatever else comes
+# Headers whose value names one session: a head carrying one never recurs once its
+# session ends, so keeping it would only hold the session's id after it is gone (and
+# fill the cache with heads nobody asks for again). Looked for on a miss only.
+_PER_SESSION = frozenset({"mcp-session-id"})
+
+
+def _head(status: int, headers: list[tuple[str, str]]) -> tuple[str, bool]:
+    """`_head_lines`, remembered. A per-session header is not part of what is kept: the
+    head is the shared one with that header's line added after it."""
+    key = (status, *headers)
+    try:
+        cached = _HEADS.get(key)
+    except TypeError:   # a header given as a list: fine, just not kept
+        return _head_lines(status, headers)
+    if cached is not None:
+        return cached
+    for i, (name, value) in enumerate(headers):
+        if name.lower() in _PER_SESSION:
+            lines, close = _head(status, headers[:i] + headers[i + 1:])
+            if _bad_value(value):
+                raise ValueError(f"invalid response header {name!r}: {value!r}")
+            return f"{lines}{name}: {value}\r\n", close
+    cached = _head_lines(status, headers)
+    if len(_HEADS) < _HEADS_MAX:
+        _HEADS[key] = cached
+    return cached
 
 
 def _head_lines(status: int, headers: list[tuple[str, str]]) -> tuple[str, bool]:
@@ -378,16 +423,7 @@ class _Conn:
 
         Raises ValueError for a header that could split the response; nothing is sent then.
         """
-        key = (status, *headers)
-        try:
-            cached = _HEADS.get(key)
-        except TypeError:   # a header given as a list: fine, just not kept
-            cached = key = None
-        if cached is None:
-            cached = _head_lines(status, headers)
-            if key is not None and len(_HEADS) < _HEADS_MAX:
-                _HEADS[key] = cached
-        lines, close = cached
+        lines, close = cached = _head(status, headers)
         close = close or not self.keep_alive or self.server.draining
         if framing is None:
             tail = ""
@@ -692,6 +728,7 @@ class _Conn:
             log.error("handler failed for %s %s", request.method, request.path, exc_info=failure)
         if responder._queue and not responder._writing:   # send_now's remainder was never finished
             self.broken = True
+            responder._queue.clear()   # and will never be: release it now, not with the connection
         if self.eof or self.broken:
             return
         try:

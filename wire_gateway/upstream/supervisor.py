@@ -380,17 +380,24 @@ class SupervisedServer:
             chunk = await read_some(fd, READ_SIZE)
             if self._junk.throttle.suppressed:   # a summary first, so a line after a quiet second shows in full
                 self._junk.tick(time.monotonic())
-            items = framer.feed(chunk) if chunk else framer.close()
-            for item in items:
-                if isinstance(item, Oversize):
-                    self._on_oversize(item)
-                else:
-                    self._on_line(item)
-            self.sink.flush()
+            self._take(framer, chunk)
             if not chunk:
                 self._junk.close(time.monotonic())
                 return
+            # Nothing read stays referenced while this waits (for a slow client, then for the
+            # server's next line, maybe as long as the session idles): the last answer,
+            # megabytes perhaps, would otherwise live on with no one left to give it to.
+            del chunk
             await self.sink.wait_writable()
+
+    def _take(self, framer: LineFramer, chunk: bytes) -> None:
+        """The frames in what was read (the end of the stream if empty), each to the sink."""
+        for item in framer.feed(chunk) if chunk else framer.close():
+            if isinstance(item, Oversize):
+                self._on_oversize(item)
+            else:
+                self._on_line(item)
+        self.sink.flush()
 
     def _on_line(self, raw: bytes) -> None:
         if raw[0] not in _FRAME_START:      # a banner, a print(): skip it for what reading it cost
