@@ -5,7 +5,8 @@ under test (a `command` echo server or a `url` one, with the cell's policy), and
 echo server with no policy, so that the aggregate always combines a guarded member with a
 plain one. The scenario: handshake; `tools/list` (every page) with exactly the expected names;
 a call that works; a call the policy refuses (policies that refuse nothing: none, cache); an
-unknown method passed through (its answer is the server's own, for a single-server front);
+unknown method passed through (its answer is the server's own, for a single-server front); a
+hostile request that names its id twice, refused under its first id without reaching the server;
 four hops of the working call in the dump when dumps are on; and a log in which every member
 connected and nothing failed inside the gateway.
 """
@@ -128,12 +129,24 @@ class StdioFront:
         self.client = LineClient(argv, log_path=cell.log_path)
         self.client.other = []
 
+    def body(self, req_id: Any, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params or {}}
+
     def handshake(self) -> None:
         answer = self.client.initialize()
         assert "result" in answer, answer
 
     def request(self, req_id: Any, method: str, params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         return 200, self.client.request(method, params, req_id=req_id, timeout=20)
+
+    def send_raw(self, req_id: Any, body: bytes) -> tuple[int, dict[str, Any]]:
+        self.client.send(body)
+        deadline = time.monotonic() + 20
+        while True:
+            frame = self.client.recv(max(0.01, deadline - time.monotonic()))
+            if isinstance(frame, dict) and frame.get("id") == req_id and "method" not in frame:
+                return 200, frame
+            self.client.other.append(frame)
 
     def close(self) -> None:
         assert self.client.close() == 0, self.client.log_text()
@@ -173,12 +186,19 @@ class HttpFront:
         return headers
 
     def request(self, req_id: Any, method: str, params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        return self.send_raw(req_id, json.dumps(self.body(req_id, method, params)).encode())
+
+    def body(self, req_id: Any, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         params = dict(params or {})
         if self.modern:
             params["_meta"] = MODERN_META
-        body = {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params}
-        name = params.get("name") if method == "tools/call" else None
-        answer = self.http.post(self.url, json=body, headers=self._headers(method, name))
+        return {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params}
+
+    def send_raw(self, req_id: Any, body: bytes) -> tuple[int, dict[str, Any]]:
+        msg = json.loads(body)     # the last of a repeated key: the headers follow what a server would read
+        method = msg.get("method")
+        name = msg["params"].get("name") if method == "tools/call" else None
+        answer = self.http.post(self.url, content=body, headers=self._headers(method, name))
         return answer.status_code, body_of(answer)
 
     def close(self) -> None:
@@ -238,11 +258,20 @@ def run_cell(cell: Cell) -> None:
             assert "wire-gateway" not in json.dumps(unknown["error"]), unknown    # the server said it
         if cell.modern:
             assert status == 404, (status, unknown)
+
+        # hostile: a request that names its id twice (the second: an id a server could answer another
+        # request under) is refused under its first id, and never reaches the server
+        body = json.dumps(front.body("dup-first", "tools/call", {"name": cell.tool("echo"),
+                                                                "arguments": {"text": "dup-" + HELLO}}))
+        body = body.replace('"id": "dup-first",', '"id": "dup-first", "id": "call-ok",', 1)
+        status, dup = front.send_raw("dup-first", body.encode())
+        assert dup.get("id") == "dup-first" and dup["error"]["code"] == -32600, dup
     finally:
         front.close()
     check_log(cell)
     if cell.dump_path is not None:
         check_dump(cell)
+        assert not [r for r in records_of(cell) if r["dir"] == "gateway->server" and "dup-" + HELLO in r["frame"]]
 
 
 def check_log(cell: Cell) -> None:
@@ -254,12 +283,17 @@ def check_log(cell: Cell) -> None:
             assert f"member {member} connected" in text, text
 
 
-def check_dump(cell: Cell) -> None:
+def records_of(cell: Cell) -> list[dict[str, Any]]:
     from wire_gateway.dump.tools import iter_records
-    from wire_gateway.dump.writer import C2G, G2C, G2S, S2G
 
     assert cell.dump_path is not None
-    records = list(iter_records(cell.dump_path))
+    return list(iter_records(cell.dump_path))
+
+
+def check_dump(cell: Cell) -> None:
+    from wire_gateway.dump.writer import C2G, G2C, G2S, S2G
+
+    records = records_of(cell)
     hello = [r for r in records if HELLO in (r.get("frame") or "")]
     dirs = [r["dir"] for r in hello]
     for hop in (C2G, G2S, S2G, G2C):
