@@ -12,6 +12,7 @@ import jsonschema
 from jsonschema.exceptions import SchemaError
 
 from wire_gateway.policy.chain import Call, Interceptor, Reply
+from wire_gateway.policy.fastcheck import Check, compile_check
 from wire_gateway.policy.tools import ToolIndex
 from wire_gateway.wire import errors
 
@@ -24,13 +25,14 @@ class SchemaGuard(Interceptor):
     def __init__(self, server: str, index: ToolIndex) -> None:
         self.server = server
         self.index = index
-        # tool name -> (the schema object it was built from, validator or None if the schema is broken)
-        self._validators: dict[str, tuple[Any, Any]] = {}
+        # tool name -> (the schema object it was built from, validator or None if the schema is broken,
+        # the fast "certainly valid" test or None: see fastcheck)
+        self._validators: dict[str, tuple[Any, Any, Check | None]] = {}
 
-    def _validator(self, tool: str, schema: Any) -> Any:
+    def _validator(self, tool: str, schema: Any) -> tuple[Any, Check | None]:
         cached = self._validators.get(tool)
         if cached is not None and cached[0] is schema:
-            return cached[1]
+            return cached[1], cached[2]
         validator = None
         if isinstance(schema, dict):
             cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
@@ -40,8 +42,9 @@ class SchemaGuard(Interceptor):
             except SchemaError as exc:
                 log.warning("server %s: tool %r has an invalid inputSchema (%s); its arguments are not "
                             "validated", self.server, tool, exc.message)
-        self._validators[tool] = (schema, validator)
-        return validator
+        fast = compile_check(schema) if validator is not None else None
+        self._validators[tool] = (schema, validator, fast)
+        return validator, fast
 
     async def on_request(self, call: Call) -> Reply | None:
         if call.method != "tools/call":
@@ -52,10 +55,12 @@ class SchemaGuard(Interceptor):
         schema = self.index.input_schema(tool)
         if schema is None:
             return None
-        validator = self._validator(tool, schema)
+        validator, fast = self._validator(tool, schema)
         if validator is None:
             return None
         arguments = call.params.get("arguments", {})
+        if fast is not None and fast(arguments):
+            return None
         error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
         if error is None:
             return None
