@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from wire_gateway.policy.cache import Generations, ListCache
+from wire_gateway.policy.cache import Generations, ListCache, ResultCache
 from wire_gateway.policy.chain import Call, Reply
 from wire_gateway.policy.fastcheck import compile_check
 from wire_gateway.policy.pinning import PinBook, Pinning
@@ -165,3 +165,47 @@ async def test_a_hit_with_ttl_ms_is_written_as_bytes_equal_to_its_message():
         hit = await cache.on_request(call("tools/list", req_id="h", version=str(len(result))))
         assert hit is not None and hit.raw is not None
         assert jsonfast.loads(hit.raw) == hit.msg == {"jsonrpc": "2.0", "id": "h", "result": {**result, "ttlMs": 3000}}
+
+
+async def test_a_relisted_schema_keeps_its_validator_and_a_changed_one_gets_a_new_one():
+    index = ToolIndex()
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    index.learn({"tools": [{"name": "t", "inputSchema": schema}]})
+    guard = SchemaGuard("srv", index)
+
+    async def validator_after(arguments: dict) -> Any:
+        await guard.on_request(call("tools/call", {"name": "t", "arguments": arguments}))
+        return guard._validators["t"][1]
+
+    first = await validator_after({"n": 1})
+    index.learn({"tools": [{"name": "t", "inputSchema": json.loads(json.dumps(schema))}]})   # listed again: equal
+    assert await validator_after({"n": 1}) is first
+    index.learn({"tools": [{"name": "t", "inputSchema": {**schema, "required": []}}]})      # changed
+    assert await guard.on_request(call("tools/call", {"name": "t", "arguments": {}})) is None
+    changed = guard._validators["t"][1]
+    assert changed is not first
+    index.learn({"tools": [{"name": "t", "inputSchema": {**schema, "properties": {"n": {"type": "number"}}}}]})
+    assert await guard.on_request(call("tools/call", {"name": "t", "arguments": {"n": 1.5}})) is None
+    assert guard._validators["t"][1] is not changed
+
+
+async def test_the_chain_decides_the_same_without_coroutines_and_skips_what_does_not_act():
+    from wire_gateway.policy.chain import Chain, drive
+    from wire_gateway.policy.filter import ToolFilter
+
+    index = ToolIndex()
+    index.learn({"tools": [{"name": "add", "inputSchema": {"type": "object", "properties": {"a": {"type": "number"}}}}]})
+    chain = Chain("srv", [ToolFilter(deny=("admin_*",)), SchemaGuard("srv", index),
+                          ListCache("srv", MemoryStore(), 30, Generations())], index)
+    for params in ({"name": "add", "arguments": {"a": 1}}, {"name": "admin_x"}, {"name": "add", "arguments": {"a": "x"}}):
+        now = chain.down_now(call("tools/call", params))
+        ok, later = drive(chain.down(call("tools/call", params)))
+        assert ok and now is not None and now[1] == later[1]
+        assert (now[0] is None) == (later[0] is None) and (now[0] is None or now[0].msg == later[0].msg)
+    assert chain.passes_up("tools/call", 3) and not chain.passes_up("tools/list", 3)
+    assert chain.down_now(call("tools/list")) is None          # the list cache reads the store: a coroutine
+    pinned = Chain("srv", [Pinning("srv", PinBook(MemoryStore()))])
+    assert pinned.down_now(call("tools/call", {"name": "add"})) is None
+    results = ResultCache("srv", MemoryStore(), 30, ToolIndex(), Generations())
+    assert Chain("srv", [results]).passes_up("tools/call", 1) is False
+

@@ -66,6 +66,8 @@ class Generations:
 
 class ListCache(Interceptor):
     name = "list_cache"
+    request_methods = frozenset({"tools/list"})
+    response_methods = frozenset({"tools/list"})
 
     def __init__(self, server: str, store: Store, ttl: float, generations: Generations,
                  clock: Callable[[], float] = time.time) -> None:
@@ -142,6 +144,8 @@ class ListCache(Interceptor):
 
 class ResultCache(Interceptor):
     name = "result_cache"
+    request_methods = frozenset({"tools/call"})
+    response_methods = frozenset({"tools/call"})
 
     def __init__(self, server: str, store: Store, ttl: float, index: ToolIndex, generations: Generations) -> None:
         self.server = server

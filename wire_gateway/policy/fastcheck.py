@@ -84,6 +84,9 @@ def compile_check(schema: Any, depth: int = 0) -> Check | None:
         return lambda v: True
     if len(tests) == 1:
         return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda v: first(v) and second(v)
     return lambda v: all(t(v) for t in tests)
 
 

@@ -167,6 +167,8 @@ class PinBook:
 
 class Pinning(Interceptor):
     name = "pinning"
+    request_methods = frozenset({"tools/call"})
+    response_methods = frozenset({"tools/list"})
 
     def __init__(self, server: str, book: PinBook, mode: str = "enforce") -> None:
         self.server = server

@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import jsonschema
+import orjson
 from jsonschema.exceptions import SchemaError
 
 from wire_gateway.policy.chain import Call, Interceptor, Reply
@@ -19,8 +20,19 @@ from wire_gateway.wire import errors
 log = logging.getLogger("wire_gateway.policy.schema")
 
 
+def canonical(schema: Any) -> bytes | None:
+    """The schema as JSON with sorted keys (equal bytes: the same schema, 1 and 1.0 and true kept
+    apart); None for what orjson cannot write (then nothing is reused)."""
+    try:
+        return orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+
+
 class SchemaGuard(Interceptor):
     name = "schema"
+    request_methods = frozenset({"tools/call"})
+    response_methods: frozenset[str] = frozenset()
 
     def __init__(self, server: str, index: ToolIndex) -> None:
         self.server = server
@@ -31,8 +43,15 @@ class SchemaGuard(Interceptor):
 
     def _validator(self, tool: str, schema: Any) -> tuple[Any, Check | None]:
         cached = self._validators.get(tool)
-        if cached is not None and cached[0] is schema:
-            return cached[1], cached[2]
+        if cached is not None:
+            if cached[0] is schema:
+                return cached[1], cached[2]
+            # Every tools/list from the server brings new objects, mostly for the same schemas:
+            # building a validator costs milliseconds, comparing canonical bytes microseconds.
+            same = canonical(cached[0])
+            if same is not None and same == canonical(schema):
+                self._validators[tool] = (schema, cached[1], cached[2])
+                return cached[1], cached[2]
         validator = None
         if isinstance(schema, dict):
             cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
@@ -47,6 +66,10 @@ class SchemaGuard(Interceptor):
         return validator, fast
 
     async def on_request(self, call: Call) -> Reply | None:
+        return self.check(call)
+
+    def check(self, call: Call) -> Reply | None:
+        """on_request, which never waits (see Interceptor.check)."""
         if call.method != "tools/call":
             return None
         tool = call.tool
