@@ -15,7 +15,7 @@ from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.wire import jsonfast
 from wire_gateway.wire.era import MODERN_VERSIONS
-from wire_gateway.wire.frame import Frame, Kind, decode
+from wire_gateway.wire.frame import Frame, decode
 
 pytestmark = pytest.mark.anyio
 
@@ -181,7 +181,7 @@ async def test_a_call_the_member_never_answers_times_out_once() -> None:
 
 async def test_shutdown_answers_what_is_still_owed_exactly_once() -> None:
     async with trio.open_nursery() as nursery:
-        agg, client, members = await running(nursery)
+        agg, client, _members = await running(nursery)
         agg.request(tools_call("left"))
         with trio.fail_after(15):
             await agg.shutdown()

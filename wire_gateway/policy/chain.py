@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from wire_gateway.policy.tools import ToolIndex
 from wire_gateway.wire import errors, jsonfast
@@ -150,8 +150,9 @@ class Chain:
                       for m in TOOL_METHODS}
         self._up = {m: [(i, x) for i, x in reversed(list(enumerate(interceptors))) if m in x.response_methods]
                     for m in TOOL_METHODS}
-        self._checks = {m: [(i, x.check) for i, x in self._down[m]] if all(x.check is not None for _, x in self._down[m])
-                        else None for m in TOOL_METHODS}
+        self._checks: dict[str, list[tuple[int, Callable[[Call], Reply | None]]] | None] = {
+            m: [(i, cast(Callable[[Call], "Reply | None"], x.check)) for i, x in self._down[m]]
+            if all(x.check is not None for _, x in self._down[m]) else None for m in TOOL_METHODS}
         # per method: the position of the first interceptor acting on its answers (a list: 0, the index learns)
         self._up_from = {m: min((i for i, _ in self._up[m]), default=len(interceptors)) for m in TOOL_METHODS}
         self._up_from["tools/list"] = 0

@@ -63,15 +63,16 @@ def compile_check(schema: Any, depth: int = 0) -> Check | None:
         names = [kind] if isinstance(kind, str) else kind
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             return None
-        alternatives = [_is_type(n) for n in names]
-        if any(a is None for a in alternatives):
+        found = [_is_type(n) for n in names]
+        alternatives = [a for a in found if a is not None]
+        if len(alternatives) != len(found):
             return None
         if len(alternatives) == 1:
-            tests.append(alternatives[0])   # type: ignore[arg-type]
+            tests.append(alternatives[0])
         else:
-            tests.append(lambda v, alts=alternatives: any(a(v) for a in alts))   # type: ignore[misc]
-    object_test = _object_check(schema, depth)
-    if object_test is False:
+            tests.append(lambda v: any(a(v) for a in alternatives))
+    supported, object_test = _object_check(schema, depth)
+    if not supported:
         return None
     if object_test is not None:
         tests.append(object_test)
@@ -79,7 +80,8 @@ def compile_check(schema: Any, depth: int = 0) -> Check | None:
         item = compile_check(schema["items"], depth + 1)
         if item is None:
             return None
-        tests.append(lambda v, item=item: type(v) is not list or all(item(x) for x in v))
+        each: Check = item
+        tests.append(lambda v: type(v) is not list or all(each(x) for x in v))
     if not tests:
         return lambda v: True
     if len(tests) == 1:
@@ -90,32 +92,32 @@ def compile_check(schema: Any, depth: int = 0) -> Check | None:
     return lambda v: all(t(v) for t in tests)
 
 
-def _object_check(schema: dict[str, Any], depth: int) -> Check | None | bool:
-    """The object keywords' test (they apply to objects only); None if there are none,
-    False if they use something not handled."""
+def _object_check(schema: dict[str, Any], depth: int) -> tuple[bool, Check | None]:
+    """(handled, the object keywords' test): they apply to objects only; the test is None if
+    there are none, and handled is False if they use something this module does not handle."""
     if not any(k in schema for k in ("properties", "required", "additionalProperties")):
-        return None
+        return True, None
     props = schema.get("properties", {})
     required = schema.get("required", [])
     extra = schema.get("additionalProperties", True)
     if not isinstance(props, dict) or not isinstance(required, list) \
             or not all(isinstance(r, str) for r in required):
-        return False
+        return False, None
     checks: dict[str, Check] = {}
     for name, sub in props.items():
         check = compile_check(sub, depth + 1)
         if check is None:
-            return False
+            return False, None
         checks[name] = check
     extra_check: Check | None
     if extra is True:
         extra_check = None
     elif extra is False:
-        extra_check = lambda v: False   # noqa: E731  (a key not in properties: not sure, ask jsonschema)
+        extra_check = _never            # a key not in properties: not sure, ask jsonschema
     else:
         extra_check = compile_check(extra, depth + 1)
         if extra_check is None:
-            return False
+            return False, None
     needed = tuple(required)
 
     def test(value: Any) -> bool:
@@ -133,4 +135,8 @@ def _object_check(schema: dict[str, Any], depth: int) -> Check | None | bool:
                 return False
         return True
 
-    return test
+    return True, test
+
+
+def _never(value: Any) -> bool:
+    return False

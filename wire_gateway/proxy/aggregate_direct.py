@@ -40,9 +40,9 @@ MODERN_RESULT_KEYS = ("resultType", "ttlMs", "cacheScope")
 class Direct:
     """One forwarded call: the client's id, and the member and id it went to."""
 
-    __slots__ = ("client_id", "member", "our_id", "deadline")
+    __slots__ = ("client_id", "deadline", "member", "our_id")
 
-    def __init__(self, client_id: Any, member: "Member", our_id: str, deadline: float) -> None:
+    def __init__(self, client_id: Any, member: Member, our_id: str, deadline: float) -> None:
         self.client_id = client_id
         self.member = member
         self.our_id = our_id
@@ -50,12 +50,12 @@ class Direct:
 
 
 class DirectCalls:
-    def __init__(self, agg: "Aggregate") -> None:
+    def __init__(self, agg: Aggregate) -> None:
         self.agg = agg
         self.by_client: dict[Any, Direct] = {}
         self.ready = False                       # every member has had its first chance to connect
         self._watch: trio.CancelScope | None = None   # the watchdog's sleep; None while it is not running
-        self._unflushed: set["Member"] = set()
+        self._unflushed: set[Member] = set()
 
     # ---- client -> member ---------------------------------------------------------------------------
 
@@ -98,8 +98,7 @@ class DirectCalls:
             return jsonfast.dumps({**jsonfast.loads(refused), "id": frame.id})
         self._unflushed.add(member)
         watch = self._watch
-        if deadline < watch.deadline:
-            watch.deadline = deadline
+        watch.deadline = min(watch.deadline, deadline)
         return None
 
     @staticmethod

@@ -190,10 +190,8 @@ class GuardedUpstream:
         one at once (cache hit, refusal), else forwards the request and returns None."""
         call = Call(self.name, frame, self.auth_context, self._version(frame))
         try:
-            down = self.chain.down_now(call)
-            ok = down is not None
-            if not ok:
-                ok, down = drive(self.chain.down(call))
+            now = self.chain.down_now(call)
+            ok, down = (True, now) if now is not None else drive(self.chain.down(call))
             if not ok:          # something in the chain waited after all: run it in a task
                 entry = _InChain(frame)
                 self._calls[frame.id] = entry
