@@ -206,3 +206,45 @@ async def test_a_progress_token_or_an_unknown_name_takes_the_general_path() -> N
                 await trio.sleep(0.01)
         assert "unknown tool" in client.to("u")[0]["error"]["message"]
         await agg.shutdown()
+
+
+def test_through_http_a_policy_member_still_filters_and_validates_on_the_fast_path(tmp_path) -> None:
+    """/mcp over modern HTTP with a member behind filter + schema: allowed calls come back,
+    a hidden tool and bad arguments are refused by the member's chain, as on /mcp/echo."""
+    import json
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from http_gateway import HttpGateway
+
+    gateway = HttpGateway(tmp_path, {"echo": {"command": sys.executable, "args": ["-m", "wire_gateway.demo.echo"],
+                                              "tools": {"deny": ["add"]}, "pinning": "off", "schema": True}})
+
+    def post(req_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method, "params": {**params, "_meta": META}})
+        headers = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+                   "mcp-protocol-version": MODERN_VERSIONS[0], "mcp-method": method}
+        if method == "tools/call":
+            headers["mcp-name"] = params["name"]
+        req = urllib.request.Request(gateway.base + "/mcp", body.encode(), method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=15) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())
+
+    try:
+        listed = post(1, "tools/list", {})
+        names = [t["name"] for t in listed["result"]["tools"]]
+        assert "echo__echo" in names and "echo__add" not in names
+        for i in range(3):
+            ok = post(10 + i, "tools/call", {"name": "echo__echo", "arguments": {"text": f"hi{i}"}})
+            assert ok["id"] == 10 + i and ok["result"]["content"][0]["text"] == f"hi{i}"
+        hidden = post(20, "tools/call", {"name": "echo__add", "arguments": {"a": 1, "b": 2}})
+        assert hidden["id"] == 20 and hidden["error"]["message"] == "Unknown tool: add"
+        bad = post(21, "tools/call", {"name": "echo__echo", "arguments": {"text": 5}})
+        assert bad["id"] == 21 and bad["error"]["code"] == -32602 and "arguments.text" in bad["error"]["message"]
+    finally:
+        gateway.stop()
+    assert "Traceback" not in gateway.log()
