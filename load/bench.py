@@ -100,10 +100,26 @@ class Scenario:
     note: str = ""
     quick_levels: tuple = (1, 2)
     calls_factor: float = 1.0       # scales -n (big answers: fewer calls)
-    baseline: str = "direct"        # what runs in the "direct" (A) slot: "direct", or "gateway" without dumps
+    # What runs in the "direct" (A) slot: "direct" (the server itself), or "gateway": the gateway
+    # too, with `baseline_config` (default: `gateway_config`, without dumps) at `baseline_path`.
+    baseline: str = "direct"
+    baseline_config: dict | None = None
+    baseline_path: str = "/mcp/echo"
+    path: str = "/mcp/echo"         # the gateway (B) slot's endpoint
+    gateway_calls: list | None = None   # the B slot's fixture when it names things differently (aggregate)
+    warmup_calls: list | None = None    # the warm-up's fixture (default: the scenario's own)
+
+
+def echo_server(*args: str, **policy) -> dict:
+    """A gateway config of the bundled echo server under the name "echo", with `policy` keys."""
+    return {"servers": {"echo": {"command": PY, "args": [ECHO, *args], **policy}}}
 
 
 ECHO_SERVER = {"command": PY, "args": [ECHO]}
+# The echo server says its lists may be cached for a minute (a modern result's ttlMs; it says 0 by
+# default, and a gateway honours that by not caching): both tools/list scenarios run it so.
+LISTABLE = echo_server("--ttl-ms", "60000")
+FILTER_SCHEMA = {"tools": {"deny": ["never_*"]}, "pinning": "off", "schema": True}
 SCENARIOS = [
     Scenario("stdio echo", "stdio", "legacy", echo_calls(), (1, 16, 64),
              note="legacy; each session is its own process (direct: echo.py; gateway: wire-gateway stdio over it)"),
@@ -111,13 +127,28 @@ SCENARIOS = [
              note="modern; direct: fixtures/servers/http_echo.py; gateway: serve over the stdio echo server"),
     Scenario("http echo legacy sessions", "http", "legacy", echo_calls(), (1, 16),
              note="each legacy session: initialize, its own upstream process behind the gateway, DELETE"),
-    Scenario("tools/list", "http", "modern", [("tools/list", {}, None)] * 8, (1, 16),
-             note="modern; the gateway without a cache: every call goes to the server (compare with the next)"),
+    Scenario("tools/list", "http", "modern", [("tools/list", {}, None)] * 8, (1, 16), gateway_config=LISTABLE,
+             note="modern; the gateway without a cache: every call goes to the server (echo.py --ttl-ms 60000)"),
     Scenario("tools/list cached", "http", "modern", [("tools/list", {}, None)] * 8, (1, 16),
-             gateway_config={"servers": {"echo": dict(ECHO_SERVER, cache={"tools_list_ttl": 60})}}, needs="cache",
-             note='gateway config "cache": {"tools_list_ttl": 60}: only the first tools/list reaches the server '
-                  '(checked with the echo server\'s --log); a hit saves the upstream hop and the server\'s work, '
-                  'which for this trivially fast server is small next to the HTTP front\'s cost'),
+             gateway_config=echo_server("--ttl-ms", "60000", cache={"tools_list_ttl": 60}), needs="cache",
+             baseline="gateway", baseline_config=LISTABLE,
+             note='A/B of the gateway itself: the "direct" columns are the gateway without policy, the "gateway" '
+                  'columns config "cache": {"tools_list_ttl": 60} (with the default pinning and schema); the '
+                  'server is echo.py --ttl-ms 60000 in both, so only the first tools/list reaches it; '
+                  'ratio = what the cache gains over HTTP'),
+    Scenario("tools/call filter+schema", "http", "modern", echo_calls(), (1, 16),
+             gateway_config=echo_server(**FILTER_SCHEMA), baseline="gateway",
+             warmup_calls=[("tools/list", {}, None), *echo_calls(1)],
+             note='A/B of the gateway itself: the "direct" columns are the gateway without policy, the "gateway" '
+                  f'columns the same server with {json.dumps(FILTER_SCHEMA)} (the warm-up lists the tools, so '
+                  'every call is checked against the filter and validated against echo\'s inputSchema); '
+                  'ratio = the throughput kept with the policy on'),
+    Scenario("aggregate echo", "http", "modern", echo_calls(), (1, 16), baseline="gateway", path="/mcp",
+             gateway_calls=[("tools/call", {**params, "name": "echo__echo"}, result)
+                            for _, params, result in echo_calls()],
+             note='A/B on the same gateway config: the "direct" columns call tool echo at /mcp/echo, the "gateway" '
+                  'columns tool echo__echo through the aggregate at /mcp; ratio = the throughput kept through '
+                  'the aggregate'),
     Scenario("1 MiB result", "stdio", "legacy", [("tools/call", {"name": "big", "arguments": {"size": ONE_MIB}}, None)],
              (1, 4), calls_factor=0.02, note="tools/call big {size: 1048576}; stdio (http_echo.py has no big tool)"),
     Scenario("http echo dump on", "http", "modern", echo_calls(), (1, 16), dump=True, needs="dump",
@@ -181,10 +212,14 @@ def start(scenario: Scenario, slot: str, tmpdir: str, timeout: float) -> Started
     if slot == "direct" and scenario.baseline == "direct":
         target = http_bench.HttpTarget("direct", own, timeout)
     else:
-        if scenario.gateway_config is not None:   # HttpTarget uses this file when it exists
-            (Path(own) / "http-bench-gateway.json").write_text(json.dumps(scenario.gateway_config))
-        kwargs = {"dump": True} if scenario.dump and slot == "gateway" else {}
-        target = http_bench.HttpTarget("gateway", own, timeout, **kwargs)
+        baseline = slot == "direct"
+        config = scenario.baseline_config if baseline and scenario.baseline_config is not None \
+            else scenario.gateway_config
+        if config is not None:   # HttpTarget uses this file when it exists
+            (Path(own) / "http-bench-gateway.json").write_text(json.dumps(config))
+        kwargs = {"dump": True} if scenario.dump and not baseline else {}
+        target = http_bench.HttpTarget("gateway", own, timeout, path=scenario.baseline_path if baseline
+                                       else scenario.path, **kwargs)
     return Started(load_run.Target(str(target.url)), target.stop)
 
 
@@ -194,9 +229,14 @@ def start(scenario: Scenario, slot: str, tmpdir: str, timeout: float) -> Started
 
 def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir: str, timeout: float) -> dict:
     """Every level, ``rounds`` times direct then gateway; medians and ratios."""
-    fixture = write_fixture(Path(tmpdir) / (scenario.name.replace(" ", "_").replace("/", "_").replace(",", "")
-                                            + ".jsonl"), scenario.era, scenario.calls)
-    script = replay.load_script(fixture)
+    stem = scenario.name.replace(" ", "_").replace("/", "_").replace(",", "").replace("+", "_")
+
+    def script(suffix: str, calls: list):
+        return replay.load_script(write_fixture(Path(tmpdir) / f"{stem}{suffix}.jsonl", scenario.era, calls))
+
+    scripts = {"direct": script("", scenario.calls)}
+    scripts["gateway"] = script("-gateway", scenario.gateway_calls) if scenario.gateway_calls else scripts["direct"]
+    warmup = script("-warmup", scenario.warmup_calls) if scenario.warmup_calls else None
     out = {"name": scenario.name, "note": scenario.note, "levels": {}}
     for level in levels:
         calls = max(level, int(n * scenario.calls_factor))
@@ -206,10 +246,10 @@ def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir:
                 started = start(scenario, slot, tmpdir, timeout)
                 try:
                     if scenario.transport == "http":   # the first requests pay for connections and probes
-                        load_run.run_once(started.target, script, level, max(level, calls // 10), None, None,
-                                          replay.Options(timeout=min(timeout, 60.0)))
+                        load_run.run_once(started.target, warmup or scripts[slot], level, max(level, calls // 10),
+                                          None, None, replay.Options(timeout=min(timeout, 60.0)))
                     opts = replay.Options(timeout=min(timeout, 60.0))
-                    stats = load_run.run_once(started.target, script, level, calls, None, None, opts)
+                    stats = load_run.run_once(started.target, scripts[slot], level, calls, None, None, opts)
                 finally:
                     started.stop()
                 runs[slot].append(load_run.summarize(started.target, stats, level))

@@ -1,8 +1,10 @@
-"""What the policy chain costs and what its cache saves, through `wire-gateway stdio`.
+"""What the policy chain costs and what its cache saves, through `wire-gateway stdio` and over HTTP.
 
-    python -m load policy-bench [-n 500] [--rounds 20] [--redis-url URL] [--json]
+    python -m load policy-bench [-n 500] [--rounds 20] [--redis-url URL] [--transport stdio,http]
+                                [--eras modern,legacy] [--pairs NAME,...] [--http-rounds 3]
+                                [--duration 5] [-c 16] [--json]
 
-Two comparisons in one invocation, each pair of gateways running side by side and
+Over stdio, two comparisons, each pair of gateways running side by side and
 measured alternately (A B B A A B ...) so that drift on a noisy machine hits both alike:
 
 (a) ``tools/list`` against the bundled echo server: uncached (the chain without the
@@ -17,6 +19,10 @@ One request at a time (a client waiting on each answer), timed with perf_counter
 figures are the median and p90 round trip per side over all rounds, the ratio of medians,
 and the gateway process's own CPU time per request (from /proc; steadier than latency on
 a shared machine, since it does not count time spent waiting for a CPU).
+
+Over HTTP (load/policy_http.py): the cached tools/list, a tools/call through the filter
+and the schema guard, and the aggregate, each against the gateway without policy, both
+gateways driven at the same time on one CPU, in both eras.
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from load import policy_http
 
 ECHO = [sys.executable, "-m", "wire_gateway.demo.echo"]
 INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "policy-bench", "version": "0"}}
@@ -133,11 +141,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=int, default=500, help="round trips per side per round (default 500)")
     parser.add_argument("--rounds", type=int, default=20, help="alternating rounds (default 20)")
     parser.add_argument("--redis-url", help="also measure the cached tools/list with the Redis store")
+    parser.add_argument("--transport", default="stdio,http",
+                        help="comma-separated: stdio, http (default both)")
+    parser.add_argument("--eras", default="modern,legacy", help="HTTP eras (default modern,legacy)")
+    parser.add_argument("--pairs", help="HTTP pairs to run: tools_list, tools_call, aggregate (default all)")
+    parser.add_argument("--http-rounds", type=int, default=3, help="HTTP rounds per pair (default 3)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds each HTTP round drives (default 5)")
+    parser.add_argument("-c", "--concurrency", type=int, default=16, help="HTTP sessions per gateway (default 16)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    transports = {t.strip() for t in args.transport.split(",") if t.strip()}
     results: dict = {"config": {"n": args.n, "rounds": args.rounds, "cpus": os.cpu_count()}}
+    if "stdio" in transports:
+        results.update(run_stdio(args))
+    http: dict = {}
+    if "http" in transports:
+        eras = tuple(e.strip() for e in args.eras.split(",") if e.strip())
+        only = [p.strip() for p in args.pairs.split(",")] if args.pairs else None
+        results["config"].update(http_rounds=args.http_rounds, duration_s=args.duration, concurrency=args.concurrency)
+        http = policy_http.run_pairs(eras, args.http_rounds, args.concurrency, args.duration, only)
+        results.update(http)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"policy-bench: {os.cpu_count()} CPUs")
+        if "tools_list" in results:
+            print(f"  over stdio: n={args.n} x {args.rounds} rounds per side, sequential")
+            for name in ("tools_list", "ping", "tools_list_redis"):
+                if name not in results:
+                    continue
+                figures = results[name]
+                sides = [k for k in figures if k != "ratio_of_medians"]
+                parts = [f"{side}: median {figures[side]['median_us']:.0f} us, p90 {figures[side]['p90_us']} us, "
+                         f"gateway CPU {figures[side]['gateway_cpu_us_per_request']} us/req" for side in sides]
+                print(f"  {name:<17} " + " | ".join(parts) + f" | ratio {figures['ratio_of_medians']}")
+            tl = results["tools_list"]
+            print(f"  => cached tools/list is {1 / tl['ratio_of_medians']:.1f}x faster than uncached (target >= 3x); "
+                  f"ping with five interceptors / without: {results['ping']['ratio_of_medians']} (target < 1.1)")
+        if http:
+            print("\n".join(policy_http.render(http, args.concurrency, args.duration)))
+    failed = any(r["errors"] or r["mismatches"] for r in http.values())
+    return 1 if failed else 0
+
+
+def run_stdio(args: argparse.Namespace) -> dict:
+    results: dict = {}
     with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
         folder = Path(tmp)
         pairs = [("tools_list", "tools/list",
@@ -157,18 +207,4 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 a.close()
                 b.close()
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    print(f"policy-bench: n={args.n} x {args.rounds} rounds per side, sequential, {os.cpu_count()} CPUs")
-    for name, figures in results.items():
-        if name == "config":
-            continue
-        sides = [k for k in figures if k != "ratio_of_medians"]
-        parts = [f"{side}: median {figures[side]['median_us']:.0f} us, p90 {figures[side]['p90_us']} us, "
-                 f"gateway CPU {figures[side]['gateway_cpu_us_per_request']} us/req" for side in sides]
-        print(f"  {name:<17} " + " | ".join(parts) + f" | ratio {figures['ratio_of_medians']}")
-    tl = results["tools_list"]
-    print(f"  => cached tools/list is {1 / tl['ratio_of_medians']:.1f}x faster than uncached (target >= 3x); "
-          f"ping with five interceptors / without: {results['ping']['ratio_of_medians']} (target < 1.1)")
-    return 0
+    return results

@@ -54,3 +54,29 @@ def test_quick_bench_json_and_no_write(tmp_path):
         assert fig["direct"]["calls_per_s"] > 0 and fig["gateway"]["calls_per_s"] > 0
         assert len(fig["runs"]["direct"]) == len(fig["runs"]["gateway"]) == 1
     assert doc["machine"]["cpus"] and doc["machine"]["python"]
+
+
+def test_the_cached_tools_list_scenario_is_answered_by_the_cache(tmp_path):
+    """The echo server says its lists go stale at once unless told otherwise (ttlMs 0), and the
+    gateway honours that: the scenario's server must allow caching, or it measures misses."""
+    import urllib.request
+
+    from http_gateway import HttpGateway
+
+    scenario = next(s for s in bench.SCENARIOS if s.name == "tools/list cached")
+    server_log = tmp_path / "echo.jsonl"
+    servers = json.loads(json.dumps(scenario.gateway_config["servers"]))
+    servers["echo"]["args"] += ["--log", str(server_log)]
+    gateway = HttpGateway(tmp_path, servers)
+    try:
+        for i in range(3):
+            body = json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/list", "params": {"_meta": bench.META}})
+            req = urllib.request.Request(gateway.url("echo"), body.encode(), method="POST", headers={
+                "content-type": "application/json", "accept": "application/json, text/event-stream",
+                "mcp-protocol-version": bench.MODERN, "mcp-method": "tools/list"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert json.loads(resp.read())["result"]["tools"]
+    finally:
+        gateway.stop()
+    listed = [line for line in server_log.read_text().splitlines() if '"tools/list"' in line]
+    assert len(listed) == 1, listed

@@ -1,5 +1,5 @@
-"""The policy benchmark runs end to end and reports both comparisons (figures are
-measured, not asserted: the machine is shared)."""
+"""The policy benchmark runs end to end and reports its comparisons, over stdio and over HTTP
+in both eras (figures are measured, not asserted: the machine is shared)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ from gateway import ROOT
 
 
 def test_policy_bench_reports_both_comparisons():
-    out = subprocess.run([sys.executable, "-m", "load", "policy-bench", "-n", "30", "--rounds", "2", "--json"],
+    out = subprocess.run([sys.executable, "-m", "load", "policy-bench", "-n", "30", "--rounds", "2", "--json",
+                          "--transport", "stdio"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -20,3 +21,20 @@ def test_policy_bench_reports_both_comparisons():
         for side, figures in result[pair].items():
             if side != "ratio_of_medians":
                 assert figures["n"] == 60 and figures["median_us"] > 0
+
+
+def test_policy_bench_over_http_runs_each_pair_in_both_eras():
+    out = subprocess.run([sys.executable, "-m", "load", "policy-bench", "--transport", "http", "--eras",
+                          "modern,legacy", "--pairs", "tools_list,tools_call,aggregate", "--http-rounds", "1",
+                          "--duration", "1", "-c", "2", "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    names = {k for k in result if k != "config"}
+    assert names == {"http_tools_list_modern", "http_tools_list_legacy", "http_tools_call_modern",
+                     "http_tools_call_legacy", "http_aggregate_modern"}
+    for name in names:
+        (one,) = result[name]["rounds"]
+        assert "error" not in one, one
+        assert one["a"]["calls_per_s"] > 0 and one["b"]["calls_per_s"] > 0 and one["ratio"] > 0
+        assert result[name]["mismatches"] == 0 and result[name]["errors"] == 0

@@ -66,6 +66,8 @@ class Generations:
 
 class ListCache(Interceptor):
     name = "list_cache"
+    request_methods = frozenset({"tools/list"})
+    response_methods = frozenset({"tools/list"})
 
     def __init__(self, server: str, store: Store, ttl: float, generations: Generations,
                  clock: Callable[[], float] = time.time) -> None:
@@ -77,7 +79,8 @@ class ListCache(Interceptor):
         self.hits = 0
         self.misses = 0
         # key -> (the stored bytes, parsed entry, serialized result): a memory store hands back the
-        # same bytes object on every hit, so the entry is parsed and its result serialized once.
+        # same bytes object on every hit, so the entry is parsed and its result serialized once
+        # (without its ttlMs, which each hit writes afresh).
         self._parsed: dict[str, tuple[bytes, dict[str, Any], bytes]] = {}
 
     def _entry(self, key: str, raw: bytes) -> tuple[dict[str, Any], bytes]:
@@ -85,7 +88,8 @@ class ListCache(Interceptor):
         if memo is not None and memo[0] is raw:
             return memo[1], memo[2]
         entry = jsonfast.loads(raw)
-        result_raw = jsonfast.dumps(entry["result"])
+        result = entry["result"]
+        result_raw = jsonfast.dumps({k: v for k, v in result.items() if k != "ttlMs"} if "ttlMs" in result else result)
         if len(self._parsed) >= 1024:
             self._parsed.clear()
         self._parsed[key] = (raw, entry, result_raw)
@@ -106,12 +110,15 @@ class ListCache(Interceptor):
                 entry, result_raw = self._entry(key, raw)
                 result = entry["result"]
                 self.hits += 1
+                head = b'{"jsonrpc":"2.0","id":' + jsonfast.dumps(call.frame.id) + b',"result":'
                 if "ttlMs" in result:   # tell the client how fresh it still is
-                    left = entry["stored"] + entry["ttl"] - self.clock()
-                    return Reply.result(call, {**result, "ttlMs": max(0, int(left * 1000))}, "cache")
+                    left = max(0, int((entry["stored"] + entry["ttl"] - self.clock()) * 1000))
+                    reply = Reply.result(call, {**result, "ttlMs": left}, "cache")
+                    rest = b"}" if result_raw == b"{}" else b"," + result_raw[1:]
+                    reply.raw = head + b'{"ttlMs":%d' % left + rest + b"}"
+                    return reply
                 reply = Reply.result(call, result, "cache")
-                reply.raw = b'{"jsonrpc":"2.0","id":' + jsonfast.dumps(call.frame.id) + b',"result":' + \
-                    result_raw + b"}"
+                reply.raw = head + result_raw + b"}"
                 return reply
         self.misses += 1
         call.state["list_gen"] = self.gens[self.server]
@@ -137,6 +144,8 @@ class ListCache(Interceptor):
 
 class ResultCache(Interceptor):
     name = "result_cache"
+    request_methods = frozenset({"tools/call"})
+    response_methods = frozenset({"tools/call"})
 
     def __init__(self, server: str, store: Store, ttl: float, index: ToolIndex, generations: Generations) -> None:
         self.server = server

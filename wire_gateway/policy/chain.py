@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from wire_gateway.policy.tools import ToolIndex
 from wire_gateway.wire import errors, jsonfast
@@ -95,9 +95,17 @@ class Reply:
 
 
 class Interceptor:
-    """Base: pass everything. Subclasses override what they need."""
+    """Base: pass everything. Subclasses override what they need, and say for which methods
+    their hooks do anything (the chain skips them for the others: a tools/call answer through
+    filter, pinning and the list cache then costs nothing at all on its way back)."""
 
     name = "pass"
+    request_methods: frozenset[str] = TOOL_METHODS
+    response_methods: frozenset[str] = TOOL_METHODS
+    # An interceptor whose on_request never waits (it reads no store) also defines
+    # `check(call) -> Reply | None`, the same decision as a plain call: the chain then
+    # runs it without a coroutine when every interceptor on the way down has one.
+    check: Callable[[Call], Reply | None] | None = None
 
     async def on_request(self, call: Call) -> Reply | None:
         return None
@@ -137,6 +145,22 @@ class Chain:
         self.index = index or ToolIndex()
         self._on_invalidate = on_invalidate
         self.sync = sync
+        # per method: (index in the chain, interceptor) of those whose hooks act on it
+        self._down = {m: [(i, x) for i, x in enumerate(interceptors) if m in x.request_methods]
+                      for m in TOOL_METHODS}
+        self._up = {m: [(i, x) for i, x in reversed(list(enumerate(interceptors))) if m in x.response_methods]
+                    for m in TOOL_METHODS}
+        self._checks: dict[str, list[tuple[int, Callable[[Call], Reply | None]]] | None] = {
+            m: [(i, cast(Callable[[Call], "Reply | None"], x.check)) for i, x in self._down[m]]
+            if all(x.check is not None for _, x in self._down[m]) else None for m in TOOL_METHODS}
+        # per method: the position of the first interceptor acting on its answers (a list: 0, the index learns)
+        self._up_from = {m: min((i for i, _ in self._up[m]), default=len(interceptors)) for m in TOOL_METHODS}
+        self._up_from["tools/list"] = 0
+
+    def passes_up(self, method: str | None, stop: int) -> bool:
+        """Whether an answer to `method` comes back through the interceptors before `stop`
+        unchanged (none of them acts on it, and it is not a list the index learns from)."""
+        return stop <= self._up_from.get(method or "", 0)
 
     @property
     def names(self) -> list[str]:
@@ -148,9 +172,20 @@ class Chain:
             reply = await forward(call)
         return await self.up(call, reply, stop)
 
+    def down_now(self, call: Call) -> tuple[Reply | None, int] | None:
+        """`down` without a coroutine, when every interceptor on the way has a `check`; else None."""
+        checks = self._checks.get(call.method or "")
+        if checks is None:
+            return None
+        for i, check in checks:
+            reply = check(call)
+            if reply is not None:
+                return reply, i
+        return None, len(self.interceptors)
+
     async def down(self, call: Call) -> tuple[Reply | None, int]:
         """The request's way down: an answer and the index of who gave it, or (None, len)."""
-        for i, interceptor in enumerate(self.interceptors):
+        for i, interceptor in self._down.get(call.method or "", ()):
             reply = await interceptor.on_request(call)
             if reply is not None:
                 return reply, i
@@ -160,8 +195,9 @@ class Chain:
         """The answer's way back, through the interceptors before `stop`, in reverse."""
         if call.method == "tools/list" and not reply.gateway:
             self.index.learn(reply.result_dict)
-        for interceptor in reversed(self.interceptors[:stop]):
-            reply = await interceptor.on_response(call, reply)
+        for i, interceptor in self._up.get(call.method or "", ()):
+            if i < stop:
+                reply = await interceptor.on_response(call, reply)
         return reply
 
     async def invalidate(self) -> None:

@@ -21,22 +21,33 @@ def _compile(globs: tuple[str, ...]) -> re.Pattern[str] | None:
 
 class ToolFilter(Interceptor):
     name = "filter"
+    request_methods = frozenset({"tools/call"})
+    response_methods = frozenset({"tools/list"})
 
     def __init__(self, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()) -> None:
         self._allow = _compile(allow)
         self._deny = _compile(deny)
+        self._verdicts: dict[str, bool] = {}     # the same few names come on every call
 
     def allowed(self, tool: str) -> bool:
-        if self._deny is not None and self._deny.match(tool):
-            return False
-        return self._allow is None or self._allow.match(tool) is not None
+        verdict = self._verdicts.get(tool)
+        if verdict is None:
+            verdict = not (self._deny is not None and self._deny.match(tool)) and (
+                self._allow is None or self._allow.match(tool) is not None)
+            if len(self._verdicts) < 4096:
+                self._verdicts[tool] = verdict
+        return verdict
 
-    async def on_request(self, call: Call) -> Reply | None:
+    def check(self, call: Call) -> Reply | None:
+        """on_request, which never waits (see Interceptor.check)."""
         if call.method == "tools/call":
             tool = call.tool
             if tool is not None and not self.allowed(tool):
                 return Reply.error(call, errors.INVALID_PARAMS, f"Unknown tool: {tool}", note="filter")
         return None
+
+    async def on_request(self, call: Call) -> Reply | None:
+        return self.check(call)
 
     async def on_response(self, call: Call, reply: Reply) -> Reply:
         result = reply.result_dict

@@ -41,11 +41,23 @@ class PinBook:
         self._pins: dict[tuple[str, str], str] = {}
         self._quarantined: dict[tuple[str, str], bool] = {}
         self._warned: set[tuple[str, str, str]] = set()
+        self._version = 0        # bumped by every change to pins or quarantines this book hears of
         store.subscribe(self._on_event)
+
+    @property
+    def version(self) -> int:
+        """Changes whenever a verdict of `check` may have: a pin set, a quarantine, an approval,
+        here or (through the store's events) in another process. A pins file edited by the CLI
+        is looked at first (one stat), so a verdict memo keyed on this sees its approvals."""
+        refresh = getattr(self.store, "refresh_pins", None)
+        if refresh is not None:
+            refresh()
+        return self._version
 
     def _on_event(self, event: str) -> None:
         if not event.startswith("pins:"):
             return
+        self._version += 1
         server = event[5:]
         if server == "*":
             self._pins.clear()
@@ -80,6 +92,7 @@ class PinBook:
         pin = await self.pin_of(server, name)
         if pin is None:
             if await self.store.set(self.pin_key(server, name), digest.encode(), only_new=True):
+                self._version += 1
                 log.info("server %s: pinned tool %r (%s)", server, name, digest[:12])
                 return True
             pin = await self.pin_of(server, name)   # another gateway pinned it first
@@ -111,6 +124,7 @@ class PinBook:
         record = {"server": server, "tool": name, "pinned": pin, "seen": digest, "since": time.time(),
                   "description": description[:500] if isinstance(description, str) else None}
         await self.store.set(key, json.dumps(record).encode())
+        self._version += 1
         self._quarantined[(server, name)] = True
         log.warning("server %s: tool %r changed its definition since it was pinned; quarantined it (hidden, "
                     "calls refused). Review the new definition, then run `%s`", server, name,
@@ -153,11 +167,17 @@ class PinBook:
 
 class Pinning(Interceptor):
     name = "pinning"
+    request_methods = frozenset({"tools/call"})
+    response_methods = frozenset({"tools/list"})
 
     def __init__(self, server: str, book: PinBook, mode: str = "enforce") -> None:
         self.server = server
         self.book = book
         self.mode = mode
+        # (tools list, book version, what was kept or None for all): a cache hit hands back the
+        # same list object, and while no pin changed its verdict is the same, so a hit costs an
+        # identity test here instead of a hash and a store read per tool.
+        self._memo: tuple[list[Any], int, list[Any] | None] | None = None
 
     async def on_request(self, call: Call) -> Reply | None:
         if call.method != "tools/call" or self.mode != "enforce":
@@ -175,12 +195,19 @@ class Pinning(Interceptor):
         result = reply.result_dict
         if call.method != "tools/list" or result is None or not isinstance(result.get("tools"), list):
             return reply
-        kept = []
-        for tool in result["tools"]:
-            if not (isinstance(tool, dict) and isinstance(tool.get("name"), str)):
-                kept.append(tool)
-            elif await self.book.check(self.server, tool, self.mode) or self.mode != "enforce":
-                kept.append(tool)
-        if len(kept) == len(result["tools"]):
+        tools = result["tools"]
+        memo = self._memo
+        if memo is not None and memo[0] is tools and memo[1] == self.book.version:
+            shown = memo[2]
+        else:
+            kept = []
+            for tool in tools:
+                if not (isinstance(tool, dict) and isinstance(tool.get("name"), str)):
+                    kept.append(tool)
+                elif await self.book.check(self.server, tool, self.mode) or self.mode != "enforce":
+                    kept.append(tool)
+            shown = None if len(kept) == len(tools) else kept
+            self._memo = (tools, self.book.version, shown)
+        if shown is None:
             return reply
-        return reply.with_result({**result, "tools": kept}, "pinning")
+        return reply.with_result({**result, "tools": shown}, "pinning")

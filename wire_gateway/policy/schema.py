@@ -9,28 +9,49 @@ import logging
 from typing import Any
 
 import jsonschema
+import orjson
 from jsonschema.exceptions import SchemaError
 
 from wire_gateway.policy.chain import Call, Interceptor, Reply
+from wire_gateway.policy.fastcheck import Check, compile_check
 from wire_gateway.policy.tools import ToolIndex
 from wire_gateway.wire import errors
 
 log = logging.getLogger("wire_gateway.policy.schema")
 
 
+def canonical(schema: Any) -> bytes | None:
+    """The schema as JSON with sorted keys (equal bytes: the same schema, 1 and 1.0 and true kept
+    apart); None for what orjson cannot write (then nothing is reused)."""
+    try:
+        return orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+
+
 class SchemaGuard(Interceptor):
     name = "schema"
+    request_methods = frozenset({"tools/call"})
+    response_methods: frozenset[str] = frozenset()
 
     def __init__(self, server: str, index: ToolIndex) -> None:
         self.server = server
         self.index = index
-        # tool name -> (the schema object it was built from, validator or None if the schema is broken)
-        self._validators: dict[str, tuple[Any, Any]] = {}
+        # tool name -> (the schema object it was built from, validator or None if the schema is broken,
+        # the fast "certainly valid" test or None: see fastcheck)
+        self._validators: dict[str, tuple[Any, Any, Check | None]] = {}
 
-    def _validator(self, tool: str, schema: Any) -> Any:
+    def _validator(self, tool: str, schema: Any) -> tuple[Any, Check | None]:
         cached = self._validators.get(tool)
-        if cached is not None and cached[0] is schema:
-            return cached[1]
+        if cached is not None:
+            if cached[0] is schema:
+                return cached[1], cached[2]
+            # Every tools/list from the server brings new objects, mostly for the same schemas:
+            # building a validator costs milliseconds, comparing canonical bytes microseconds.
+            same = canonical(cached[0])
+            if same is not None and same == canonical(schema):
+                self._validators[tool] = (schema, cached[1], cached[2])
+                return cached[1], cached[2]
         validator = None
         if isinstance(schema, dict):
             cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
@@ -40,10 +61,15 @@ class SchemaGuard(Interceptor):
             except SchemaError as exc:
                 log.warning("server %s: tool %r has an invalid inputSchema (%s); its arguments are not "
                             "validated", self.server, tool, exc.message)
-        self._validators[tool] = (schema, validator)
-        return validator
+        fast = compile_check(schema) if validator is not None else None
+        self._validators[tool] = (schema, validator, fast)
+        return validator, fast
 
     async def on_request(self, call: Call) -> Reply | None:
+        return self.check(call)
+
+    def check(self, call: Call) -> Reply | None:
+        """on_request, which never waits (see Interceptor.check)."""
         if call.method != "tools/call":
             return None
         tool = call.tool
@@ -52,10 +78,12 @@ class SchemaGuard(Interceptor):
         schema = self.index.input_schema(tool)
         if schema is None:
             return None
-        validator = self._validator(tool, schema)
+        validator, fast = self._validator(tool, schema)
         if validator is None:
             return None
         arguments = call.params.get("arguments", {})
+        if fast is not None and fast(arguments):
+            return None
         error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
         if error is None:
             return None

@@ -14,13 +14,16 @@ MAX_TOOLS = 10000
 class ToolIndex:
     def __init__(self) -> None:
         self.tools: dict[str, dict[str, Any]] = {}
-        self._last: Any = None       # the result learnt last: a cache hit hands the same object again
+        # the tools list learnt last: a cache hit hands the same list again (in a fresh result
+        # when it carries a ttlMs of its own)
+        self._last: Any = None
 
     def learn(self, result: dict[str, Any] | None) -> None:
-        if result is None or result is self._last or not isinstance(result.get("tools"), list):
+        tools = result.get("tools") if result is not None else None
+        if tools is self._last or not isinstance(tools, list):
             return
-        self._last = result
-        for tool in result["tools"]:
+        self._last = tools
+        for tool in tools:
             if isinstance(tool, dict) and isinstance(tool.get("name"), str):
                 if tool["name"] in self.tools or len(self.tools) < MAX_TOOLS:
                     self.tools[tool["name"]] = tool

@@ -24,6 +24,7 @@ import trio
 
 from wire_gateway import __version__
 from wire_gateway.config import Config, Limits, ServerSpec
+from wire_gateway.proxy.aggregate_direct import Direct, DirectCalls
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.supervisor import Sink, Upstream
@@ -37,7 +38,7 @@ from wire_gateway.wire.era import (
     MODERN_VERSIONS,
     era_of_request,
 )
-from wire_gateway.wire.frame import Frame, Kind, decode, repeated_params
+from wire_gateway.wire.frame import Frame, Kind, decode, repeated_params, valid_id
 
 log = logging.getLogger("wire_gateway.aggregate")
 
@@ -105,6 +106,7 @@ class Member:
         self.instructions: str | None = None
         self.problem = "not started yet (a lazy aggregate starts with its first request)"
         self.calls: dict[str, _Call] = {}
+        self.direct: dict[str, Direct] = {}     # tools/calls forwarded without a task (aggregate_direct)
         self._ids = itertools.count(1)
 
     # ---- calls to the member --------------------------------------------------------------
@@ -155,6 +157,11 @@ class Member:
 
     def server_frame(self, frame: Frame) -> None:
         if frame.kind is Kind.RESPONSE or frame.kind is Kind.ERROR:
+            if self.direct:
+                entry = self.direct.pop(frame.id, None)
+                if entry is not None:
+                    self.agg.direct.answered(entry, frame.msg, frame)
+                    return
             call = self.calls.get(frame.id)
             if call is not None and not call.done.is_set():
                 call.msg = frame.msg
@@ -168,6 +175,11 @@ class Member:
             self.agg.on_member_notification(self, frame)
 
     def gateway_reply(self, req_id: Any, data: bytes) -> None:
+        if self.direct:
+            entry = self.direct.pop(req_id, None)
+            if entry is not None:
+                self.agg.direct.answered(entry, jsonfast.loads(data), None)
+                return
         call = self.calls.get(req_id)
         if call is not None and not call.done.is_set():
             call.msg = jsonfast.loads(data)
@@ -220,6 +232,7 @@ class Aggregate:
         self.order = list(self.members)
         self.client_init: dict[str, Any] = {}          # the legacy client's initialize params
         self.tasks: dict[Any, trio.CancelScope] = {}                  # client request id -> its task
+        self.direct = DirectCalls(self)                                # tools/calls served without a task
         self.greeted = False                                           # the client's handshake is answered
         self.names: dict[tuple[str, str], tuple[Member, str]] = {}   # (list key, public name) -> origin
         self.uris: dict[str, Member] = {}
@@ -266,6 +279,10 @@ class Aggregate:
         refused = self.pending.refusal(frame.id, "aggregate", self.limits.max_in_flight)
         if refused is not None:
             return refused
+        if frame.method == "tools/call":
+            direct = self.direct.start(frame)
+            if direct is not False:
+                return direct        # type: ignore[return-value]
         self.pending.add(frame.id, frame.method or "", None)
         scope = trio.CancelScope()
         self.tasks[frame.id] = scope
@@ -277,6 +294,9 @@ class Aggregate:
         method = frame.method
         params = frame.params if isinstance(frame.params, dict) else {}
         if method == "notifications/cancelled":
+            if self.direct.by_client and valid_id(params.get("requestId")) \
+                    and self.direct.cancel(params.get("requestId")):
+                return
             task = self.tasks.get(params.get("requestId"))
             if task is not None:
                 self.pending.pop(params.get("requestId"))
@@ -303,10 +323,12 @@ class Aggregate:
         member.upstream.flush()
 
     def flush(self) -> None:
-        """Member calls are written as they are made; nothing is held back here."""
+        """Calls the general path makes are written as they are made; the fast path's wait for this."""
+        self.direct.flush(soon=False)
 
     def flush_soon(self) -> None:
         """See flush."""
+        self.direct.flush(soon=True)
 
     async def wait_writable(self) -> None:
         for member in self.members.values():
@@ -329,12 +351,13 @@ class Aggregate:
                     self._members_running = True
                     for member in self.members.values():
                         nursery.start_soon(self._connect, member)
+                    nursery.start_soon(self.direct.watch)
                 if not self.lazy:
                     task_status.started()
                 await self._closing.wait()
                 # A client that wrote its requests and closed stdin still gets the answers (bounded).
                 with trio.move_on_after(SHUTDOWN_GRACE):
-                    while self.tasks:
+                    while self.tasks or self.direct.by_client:
                         await trio.sleep(0.02)
                 for scope in list(self.tasks.values()):
                     scope.cancel()
@@ -568,6 +591,13 @@ class Aggregate:
         return {"instructions": "\n".join(parts)} if parts else {}
 
     # ---- routing ---------------------------------------------------------------------------------------
+
+    def route_tool(self, public: str) -> tuple[Member, str] | None:
+        """Where a tools/call goes, as `_by_name` says; None where it would refuse."""
+        try:
+            return self._by_name("tools", public)
+        except RouteError:
+            return None
 
     def _by_name(self, key: str, public: Any) -> tuple[Member, str]:
         what = "tool" if key == "tools" else "prompt"

@@ -105,6 +105,17 @@ class Exchange:
         self.backlog.sub(len(raw))
         return raw, final, status
 
+    def take_final(self) -> tuple[bytes, int] | None:
+        """The final answer and its status when it is all there is and already here (an upstream
+        answered from `request()` itself: a cache hit, a refusal), so the handler can write it
+        without the waiting machinery; else None."""
+        if not self.done or len(self._frames) != 1:
+            return None
+        raw, _, status = self._frames.popleft()
+        self.queued -= len(raw)
+        self.backlog.sub(len(raw))
+        return raw, status
+
     def discard(self) -> None:
         """The client is gone: release what was queued for it."""
         while self._frames:

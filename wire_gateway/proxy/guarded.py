@@ -51,10 +51,11 @@ class _InChain:
         self.frame = frame
         self.call = call              # set for a request driven inline: its answer is passed back inline
         self.stop = stop
-        self.scope = trio.CancelScope()
+        # A task's (made when one runs for this request: an inline request usually needs none)
+        self.scope: trio.CancelScope | None = trio.CancelScope() if call is None else None
         self.done = False
         self.answer: Reply | None = None     # what the inner upstream answered, once it has
-        self.event = trio.Event()
+        self.event: trio.Event | None = trio.Event() if call is None else None
 
 
 class _InnerSink:
@@ -72,7 +73,7 @@ class _InnerSink:
             if runner._watch:
                 entry = runner._watch.pop(frame.id, None)
                 if entry is not None:
-                    runner._answered(entry, Reply.of(frame))
+                    runner._answered(entry, Reply.of(frame), frame)
                     return
         elif kind is Kind.NOTIFICATION and frame.method == LIST_CHANGED:
             runner._list_changed(frame)
@@ -193,13 +194,18 @@ class GuardedUpstream:
         one at once (cache hit, refusal), else forwards the request and returns None."""
         call = Call(self.name, frame, self.auth_context, self._version(frame))
         try:
-            ok, down = drive(self.chain.down(call))
+            now = self.chain.down_now(call)
+            ok, down = (True, now) if now is not None else drive(self.chain.down(call))
             if not ok:          # something in the chain waited after all: run it in a task
                 entry = _InChain(frame)
                 self._calls[frame.id] = entry
                 self._nursery.start_soon(self._run_call, entry)   # type: ignore[union-attr]
                 return None
             reply, stop = down
+            if reply is None and self.chain.passes_up(frame.method, stop):
+                # Nothing on the way back acts on the answer: the inner upstream owes it and
+                # delivers it (or its error, or a shutdown error) like any passthrough answer.
+                return self.inner.request(call.frame)
             if reply is None:
                 refused = self.inner.request(call.frame)
                 if refused is None:
@@ -225,11 +231,19 @@ class GuardedUpstream:
                            f"the gateway's policy chain failed on {call.frame.method}: {type(exc).__name__}",
                            {"server": self.name})
 
-    def _answered(self, entry: _InChain, reply: Reply) -> None:
-        """The inner upstream answered a forwarded tool request."""
+    def _answered(self, entry: _InChain, reply: Reply, frame: Frame | None = None) -> None:
+        """The inner upstream answered a forwarded tool request (`frame`: the server's answer)."""
         if entry.call is None:                    # its task is waiting for it
             entry.answer = reply
+            assert entry.event is not None
             entry.event.set()
+            return
+        if frame is not None and self.chain.passes_up(entry.call.method, entry.stop):
+            if self._calls.get(entry.frame.id) is entry:     # nothing on the way back acts on it
+                del self._calls[entry.frame.id]
+            if not entry.done:
+                entry.done = True
+                self.sink.server_frame(frame)
             return
         try:
             ok, out = drive(self.chain.up(entry.call, reply, entry.stop))
@@ -244,8 +258,11 @@ class GuardedUpstream:
 
     async def _pass_back(self, entry: _InChain, reply: Reply) -> None:
         assert entry.call is not None
+        scope = entry.scope = trio.CancelScope()
+        if entry.done:            # cancelled before this task ran
+            scope.cancel()
         try:
-            with entry.scope:
+            with scope:
                 try:
                     out = await self.chain.up(entry.call, reply, entry.stop)
                 except Exception as exc:
@@ -263,7 +280,8 @@ class GuardedUpstream:
             if entry is not None:
                 self._watch.pop(rid, None)
                 entry.done = True          # the client gave up: no answer is owed
-                entry.scope.cancel()
+                if entry.scope is not None:
+                    entry.scope.cancel()
         self.inner.notify(frame)
 
     def reply(self, frame: Frame) -> None:
@@ -299,11 +317,13 @@ class GuardedUpstream:
                 return Reply(jsonfast.loads(refused), refused, gateway=True)
             self._watch[call.frame.id] = entry
             self.inner.flush()
+            assert entry.event is not None
             await entry.event.wait()
             assert entry.answer is not None
             return entry.answer
 
         try:
+            assert entry.scope is not None
             with entry.scope:
                 try:
                     reply = await self.chain.handle(call, forward)
@@ -374,7 +394,8 @@ class GuardedUpstream:
         """Every tool request still owed an answer gets one: what the inner upstream already said,
         else a shutting-down error."""
         for entry in list(self._calls.values()):
-            entry.scope.cancel()
+            if entry.scope is not None:
+                entry.scope.cancel()
             if entry.done:
                 continue
             if entry.answer is not None:

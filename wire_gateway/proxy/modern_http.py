@@ -28,7 +28,7 @@ import trio
 from wire_gateway.config import Config, ServerSpec
 from wire_gateway.dump.writer import C2G, G2C, Tap
 from wire_gateway.proxy.exchange import Backlog, Exchange
-from wire_gateway.proxy.http_answer import answer
+from wire_gateway.proxy.http_answer import JSON, answer
 from wire_gateway.proxy.route import open_upstream
 from wire_gateway.transport.http_server import Responder
 from wire_gateway.upstream.supervisor import Upstream
@@ -87,7 +87,11 @@ class ModernPool:
             return
         gw_id, ex = self._send(frame)
         try:
-            await answer(ex, responder, [], self.keepalive)
+            now = ex.take_final()
+            if now is not None:
+                await responder.send(now[1], [JSON], now[0])
+            else:
+                await answer(ex, responder, [], self.keepalive)
         finally:
             self._finish(gw_id, ex)
 

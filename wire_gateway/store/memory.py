@@ -41,6 +41,11 @@ class MemoryStore:
     def _persisted(self, key: str) -> bool:
         return self.pins_file is not None and key.startswith(PERSISTED)
 
+    def refresh_pins(self) -> None:
+        """Notice an edit of the pins file now (listeners hear "pins:*" if it changed)."""
+        if self.pins_file is not None:
+            self._reload_pins()
+
     def _reload_pins(self) -> None:
         assert self.pins_file is not None
         try:

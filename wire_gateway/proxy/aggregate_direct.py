@@ -1,0 +1,212 @@
+"""The aggregate's fast path for `tools/call`: no task per request.
+
+A call the aggregate can pass on as it is, except for its id and the tool's name, is
+forwarded from `Aggregate.request` itself, and the member's answer goes back to the
+client from the member's reader, with only the id changed in its bytes when the
+client's era needs nothing else changed. The general path (a task per request,
+`Aggregate._serve`) costs a task start, an event and two wake-ups per call, more than
+the routing itself; it still serves everything this path declines: a name it cannot
+route (its error comes from there), a progress token (remapped there), `_meta` the
+member's era needs adapted, a member or client whose era differs, start-up.
+
+What the general path guarantees holds here too:
+- exactly one answer per request, settled by the aggregate's `pending` table: whoever
+  pops the client's id first (the answer, a cancellation, the timeout, shutdown) decides;
+- a request the client cancelled gets no answer, and the member gets `notifications/cancelled`;
+- a member that does not answer within its `timeout` is sent `notifications/cancelled` and
+  the client gets the same error as from the general path, from one watchdog task whose
+  deadline is the oldest call's (a member's calls expire in the order they were made).
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from wire_gateway.wire import errors, jsonfast, scan
+from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN
+from wire_gateway.wire.frame import Frame, Kind
+
+if TYPE_CHECKING:
+    from wire_gateway.proxy.aggregate import Aggregate, Member
+
+META_PREFIX = "io.modelcontextprotocol/"
+ENVELOPE = (META_PROTOCOL_VERSION, "io.modelcontextprotocol/clientInfo", "io.modelcontextprotocol/clientCapabilities")
+# Keys a legacy client's result loses (namespacing.result_for_legacy): an answer with any of them is remade.
+MODERN_RESULT_KEYS = ("resultType", "ttlMs", "cacheScope")
+
+
+class Direct:
+    """One forwarded call: the client's id, and the member and id it went to."""
+
+    __slots__ = ("client_id", "deadline", "member", "our_id")
+
+    def __init__(self, client_id: Any, member: Member, our_id: str, deadline: float) -> None:
+        self.client_id = client_id
+        self.member = member
+        self.our_id = our_id
+        self.deadline = deadline
+
+
+class DirectCalls:
+    def __init__(self, agg: Aggregate) -> None:
+        self.agg = agg
+        self.by_client: dict[Any, Direct] = {}
+        self.ready = False                       # every member has had its first chance to connect
+        self._watch: trio.CancelScope | None = None   # the watchdog's sleep; None while it is not running
+        self._unflushed: set[Member] = set()
+
+    # ---- client -> member ---------------------------------------------------------------------------
+
+    def start(self, frame: Frame) -> bytes | None | bool:
+        """Forward a tools/call at once: None (forwarded), bytes (the answer now), or False
+        when the general path must serve it."""
+        agg = self.agg
+        if self._watch is None or agg._closing.is_set():
+            return False
+        if not self.ready:
+            self.ready = all(m.tried.is_set() for m in agg.members.values())
+            if not self.ready:
+                return False
+        params = frame.params
+        if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+            return False
+        routed = agg.route_tool(params["name"])
+        if routed is None:
+            return False         # the general path answers why it cannot route it
+        member, original = routed
+        if member.era != agg.era or not self._meta_fits(agg.era, params):
+            return False
+        our_id = f"agg-{next(member._ids)}"
+        msg = {"jsonrpc": "2.0", "id": our_id, "method": "tools/call", "params": {**params, "name": original}}
+        try:
+            raw = jsonfast.dumps(msg)
+        except ValueError:
+            return False
+        timeout = member.spec.timeout
+        deadline = trio.current_time() + timeout if timeout != math.inf else math.inf
+        entry = Direct(frame.id, member, our_id, deadline)
+        agg.pending.add(frame.id, "tools/call", None)
+        member.direct[our_id] = entry
+        self.by_client[frame.id] = entry
+        refused = member.upstream.request(Frame(raw, Kind.REQUEST, msg, "tools/call", our_id))
+        if refused is not None:
+            self._forget(entry)
+            agg.pending.pop(frame.id)
+            agg.frames_out += 1
+            return jsonfast.dumps({**jsonfast.loads(refused), "id": frame.id})
+        self._unflushed.add(member)
+        watch = self._watch
+        watch.deadline = min(watch.deadline, deadline)
+        return None
+
+    @staticmethod
+    def _meta_fits(era: str | None, params: dict[str, Any]) -> bool:
+        """Whether the member may get the client's `_meta` as it is (Aggregate._params_for would
+        leave it unchanged) and it names no progress token (remapped by the general path)."""
+        meta = params.get("_meta")
+        if era == MODERN:
+            return isinstance(meta, dict) and "progressToken" not in meta and all(k in meta for k in ENVELOPE)
+        if era == LEGACY:
+            if "_meta" not in params:
+                return True
+            return isinstance(meta, dict) and bool(meta) and "progressToken" not in meta \
+                and not any(k.startswith(META_PREFIX) for k in meta)
+        return False
+
+    def flush(self, soon: bool) -> None:
+        """Write what the calls just made queued for their members (the front calls this once
+        per batch of client input, as for any upstream)."""
+        if self._unflushed:
+            members, self._unflushed = self._unflushed, set()
+            for member in members:
+                if soon:
+                    member.upstream.flush_soon()
+                else:
+                    member.upstream.flush()
+
+    def cancel(self, client_id: Any) -> bool:
+        """The client cancelled: no answer is owed, the member is told. False if not ours."""
+        entry = self.by_client.get(client_id)
+        if entry is None:
+            return False
+        self._forget(entry)
+        self.agg.pending.pop(client_id)
+        entry.member._cancel(entry.our_id, "the client cancelled the request")
+        return True
+
+    def _forget(self, entry: Direct) -> None:
+        self.by_client.pop(entry.client_id, None)
+        entry.member.direct.pop(entry.our_id, None)
+
+    # ---- member -> client -------------------------------------------------------------------------
+
+    def answered(self, entry: Direct, msg: dict[str, Any], frame: Frame | None) -> None:
+        """The member's answer (`frame`; None for an error the gateway made) reaches the client."""
+        agg = self.agg
+        self.by_client.pop(entry.client_id, None)
+        if agg.pending.pop(entry.client_id) is None:
+            return                      # cancelled, timed out or answered at shutdown already
+        client_id = entry.client_id
+        if frame is not None and self._unchanged(msg):
+            try:
+                raw = scan.replace_id(frame.raw, jsonfast.dumps(client_id))
+            except ValueError:
+                raw = None
+            if raw is not None:
+                agg.frames_out += 1
+                agg.sink.server_frame(Frame(raw, frame.kind, {**msg, "id": client_id}, None, client_id, frame.note))
+                return                  # the member's reader flushes the sink after its batch
+        agg._deliver(client_id, "tools/call", msg)
+
+    def _unchanged(self, msg: dict[str, Any]) -> bool:
+        """Whether Aggregate._deliver would send this answer as it is, but for its id."""
+        if "result" not in msg:
+            return "error" in msg
+        result = msg["result"]
+        if not isinstance(result, dict):
+            return False
+        if self.agg.era == MODERN:
+            return "resultType" in result
+        if any(k in result for k in MODERN_RESULT_KEYS):
+            return False
+        meta = result.get("_meta")
+        return meta is None and "_meta" not in result or (
+            isinstance(meta, dict) and bool(meta) and not any(k.startswith(META_PREFIX) for k in meta))
+
+    # ---- timeouts ---------------------------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Expire calls whose member did not answer within its timeout."""
+        try:
+            while True:
+                with trio.CancelScope(deadline=self._soonest()) as scope:
+                    self._watch = scope
+                    await trio.sleep_forever()
+                self._watch = None
+                self._expire(trio.current_time())
+        finally:
+            self._watch = None
+
+    def _soonest(self) -> float:
+        soonest = math.inf
+        for member in self.agg.members.values():
+            if member.direct:
+                first = next(iter(member.direct.values()))
+                soonest = min(soonest, first.deadline)
+        return soonest
+
+    def _expire(self, now: float) -> None:
+        for member in self.agg.members.values():
+            while member.direct:
+                entry = next(iter(member.direct.values()))
+                if entry.deadline > now:
+                    break
+                self._forget(entry)
+                timeout = member.spec.timeout
+                member._cancel(entry.our_id, f"no answer within {timeout:g}s")
+                self.answered(entry, jsonfast.loads(errors.error_frame(
+                    entry.our_id, errors.UPSTREAM_UNAVAILABLE,
+                    f"server '{member.name}' did not answer tools/call within {timeout:g}s",
+                    {"server": member.name, "method": "tools/call"})), None)
