@@ -2,7 +2,7 @@
 
 A cell is (front, policy, upstream kind, dumps). Its gateway serves two servers: `s`, the one
 under test (a `command` echo server or a `url` one, with the cell's policy), and `p`, a plain
-echo server with no policy, so that the aggregate always combines a guarded member with a
+echo server with no policy and no request timeout, so that the aggregate always combines a guarded member with a
 plain one. The scenario: handshake; `tools/list` (every page) with exactly the expected names;
 a call that works; a call the policy refuses (policies that refuse nothing: none, cache); an
 unknown method passed through (its answer is the server's own, for a single-server front); a
@@ -100,7 +100,8 @@ class Cell:
             s["schema"] = True
         elif self.policy == "cache":
             s["cache"] = {"tools_list_ttl": 60}
-        servers = {"s": s, "p": {"command": PY, "args": [str(SERVERS / "echo.py")]}}
+        # `p` waits for its answers with no time limit (`timeout: null`): the aggregate meets both kinds
+        servers = {"s": s, "p": {"command": PY, "args": [str(SERVERS / "echo.py")], "timeout": None}}
         return {"servers": servers, "aggregate": {"separator": SEP}, **top}
 
     def expected_names(self) -> set[str]:

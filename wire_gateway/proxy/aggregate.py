@@ -109,6 +109,11 @@ class Member:
         self.direct: dict[str, Direct] = {}     # tools/calls forwarded without a task (aggregate_direct)
         self._ids = itertools.count(1)
 
+    @property
+    def timeout(self) -> float:
+        """How long a call to this member may wait for its answer (`timeout: null`: no limit)."""
+        return math.inf if self.spec.timeout is None else self.spec.timeout
+
     # ---- calls to the member --------------------------------------------------------------
 
     async def call(self, method: str, params: Any, timeout: float = math.inf) -> dict[str, Any]:
@@ -686,7 +691,7 @@ class Aggregate:
         else:
             ours = None
         try:
-            return await member.call(frame.method or "", self._params_for(member, params), member.spec.timeout)
+            return await member.call(frame.method or "", self._params_for(member, params), member.timeout)
         finally:
             if ours is not None:
                 self.tokens.pop(ours, None)
@@ -745,7 +750,7 @@ class Aggregate:
         asked = {k: v for k, v in params.items() if k != "cursor"}
         if cursor is not None:
             asked["cursor"] = cursor
-        answer = await member.call(method, self._params_for(member, asked), min(member.spec.timeout, LIST_TIMEOUT))
+        answer = await member.call(method, self._params_for(member, asked), min(member.timeout, LIST_TIMEOUT))
         result = answer.get("result")
         items = result.get(items_key) if isinstance(result, dict) else None
         if not isinstance(items, list):

@@ -84,7 +84,7 @@ class DirectCalls:
             raw = jsonfast.dumps(msg)
         except ValueError:
             return False
-        timeout = member.spec.timeout
+        timeout = member.timeout
         deadline = trio.current_time() + timeout if timeout != math.inf else math.inf
         entry = Direct(frame.id, member, our_id, deadline)
         agg.pending.add(frame.id, "tools/call", None)
@@ -204,7 +204,7 @@ class DirectCalls:
                 if entry.deadline > now:
                     break
                 self._forget(entry)
-                timeout = member.spec.timeout
+                timeout = member.timeout
                 member._cancel(entry.our_id, f"no answer within {timeout:g}s")
                 self.answered(entry, jsonfast.loads(errors.error_frame(
                     entry.our_id, errors.UPSTREAM_UNAVAILABLE,
