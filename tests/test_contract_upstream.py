@@ -12,6 +12,7 @@ The contract, as sessions rely on it:
   sees the request's server-side hops;
 - `shutdown()` answers every request still pending;
 - a request the client cancelled (`notifications/cancelled`) is not answered at all, so never twice;
+- a request the server does not answer within the server's `timeout` gets an error, once;
 - a second request with an id already in flight is refused at once, and the first still gets its one answer.
 """
 from __future__ import annotations
@@ -102,10 +103,12 @@ def url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class Subject:
     """One implementation under test, with the way to name a tool through it."""
 
-    def __init__(self, kind: str, url: str, sink: RecordingSink) -> None:
+    def __init__(self, kind: str, url: str, sink: RecordingSink, timeout: float | None = None) -> None:
         self.kind = kind
         command = {"command": PY, "args": [str(SERVERS / "echo.py")]}
-        server = {"url": url} if kind.endswith("url") else command
+        server: dict[str, Any] = {"url": url} if kind.endswith("url") else dict(command)
+        if timeout is not None:
+            server["timeout"] = timeout
         if kind.startswith("policy"):
             server = {**server, "tools": {"deny": ["add"]}}
         doc: dict[str, Any] = {"servers": {"s": server}}
@@ -144,10 +147,10 @@ def send(up: Upstream, sink: RecordingSink, f: Frame) -> None:
     up.flush()
 
 
-def run(kind: str, url: str, body: Callable[[Subject, RecordingSink], Any]) -> None:
+def run(kind: str, url: str, body: Callable[[Subject, RecordingSink], Any], timeout: float | None = None) -> None:
     async def main() -> None:
         sink = RecordingSink()
-        subject = Subject(kind, url, sink)
+        subject = Subject(kind, url, sink, timeout)
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 await nursery.start(subject.upstream.run)
@@ -248,3 +251,15 @@ def test_an_id_already_in_flight_is_refused_and_the_first_still_answered(kind: s
         await trio.sleep(0.2)
 
     run(kind, url_server, body)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_request_the_server_does_not_answer_in_time_gets_one_error(kind: str, url_server: str) -> None:
+    async def body(subject: Subject, sink: RecordingSink) -> None:
+        up = subject.upstream
+        send(up, sink, frame("late", "tools/call", {"name": subject.tool("wait"), "arguments": {"seconds": 20}}))
+        answer = await sink.answer("late", 10.0)
+        assert "error" in answer and "1" in answer["error"]["message"], answer
+        await trio.sleep(0.5)
+
+    run(kind, url_server, body, timeout=1.0)
