@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -123,14 +123,18 @@ def _spellings(values: Iterable[str]) -> list[str]:
     return found
 
 
-def _find_in_batch(raws: list[bytes], words: list[bytes]) -> set[int]:
-    """Which frames of a batch hold any of `words` (exact bytes): one search of the joined batch
-    per word, then only from the next frame on after each hit."""
-    joined = b"\0".join(raws)     # a hit that spans two frames (a word with a NUL) only adds a suspect
+def _find_in_batch(raws: list[bytes], joined: bytes, words: Iterable[bytes],
+                   find: Callable[..., int] | None = None) -> set[int]:
+    """Which frames of a batch hold any of `words`: `joined` is the frames joined by NUL (or a
+    form of it of the same length, e.g. lower-cased); one search of it per word (`find(joined,
+    word, start)`, bytes.find by default), then only from the next frame on after each hit.
+    Where each frame starts is worked out once something is found."""
+    find = find or bytes.find
     found: set[int] = set()
     starts: list[int] = []
+    last = len(raws) - 1
     for word in words:
-        i = joined.find(word)
+        i = find(joined, word)
         if i >= 0 and not starts:
             pos = 0
             for raw in raws:
@@ -139,9 +143,9 @@ def _find_in_batch(raws: list[bytes], words: list[bytes]) -> set[int]:
         while i >= 0:
             n = bisect_right(starts, i) - 1
             found.add(n)
-            if n == len(raws) - 1:
+            if n == last:
                 break
-            i = joined.find(word, starts[n + 1])
+            i = find(joined, word, starts[n + 1])   # the rest of that frame is settled
     return found
 
 
@@ -203,7 +207,8 @@ class FrameMasker:
                 if n not in found and any(p.search(raw) for p in self._bytes_patterns):
                     found.add(n)
         if self._literals:
-            found |= _find_in_batch(raws, self._literals)
+            # a hit that spans two frames (a value with a NUL) only adds a suspect
+            found |= _find_in_batch(raws, b"\0".join(raws), self._literals)
         return found
 
     def _word_suspects(self, raws: list[bytes]) -> set[int]:
@@ -213,25 +218,8 @@ class FrameMasker:
         whose rare letter occurs in the batch at all (`json_triggers`): a regex per frame, and
         later every word searched for, was the largest single cost of a dump record (and in the
         end the pre-check still cost more than the C encoder: hence the C word test)."""
-        joined = b"\0".join(raws)          # no word spans two frames: none contains a NUL
-        low = joined.lower()
-        found: set[int] = set()
-        starts: list[int] = []
-        last = len(raws) - 1
-        for word in json_triggers(low):
-            i = json_find(low, word)
-            if i >= 0 and not starts:     # where each frame starts: only once something is found
-                pos = 0
-                for raw in raws:
-                    starts.append(pos)
-                    pos += len(raw) + 1
-            while i >= 0:
-                n = bisect_right(starts, i) - 1
-                found.add(n)
-                if n == last:
-                    break
-                i = json_find(low, word, starts[n + 1])   # the rest of that frame is settled
-        return found
+        low = b"\0".join(raws).lower()     # no word spans two frames: none contains a NUL
+        return _find_in_batch(raws, low, json_triggers(low), json_find)
 
     def mask_raw(self, raw: bytes, suspect: bool = False) -> tuple[bytes, bool]:
         """The frame to dump and whether anything was masked. Unparseable frames that
