@@ -144,6 +144,45 @@ def test_nested_repeats_are_found_at_any_depth():
     assert members.nested_repeat(b'{"params":{"n\\u0061me":"a","name":"b"}}') == "name"
 
 
+_nested_text = st.text(alphabet=st.sampled_from(list('ab:"\\ {}[],')), max_size=6)
+
+
+def _write(node: object, ws: bytes, escape_colons: bool) -> bytes:
+    """A JSON text for a tree whose objects are lists of (key, value) pairs (repeats allowed)."""
+    if isinstance(node, tuple):      # ("obj", pairs)
+        return b"{" + b",".join(ws + _write(k, ws, escape_colons) + ws + b":" + ws + _write(v, ws, escape_colons)
+                               for k, v in node[1]) + b"}"
+    if isinstance(node, list):
+        return b"[" + (b"," + ws).join(_write(v, ws, escape_colons) for v in node) + b"]"
+    text = orjson.dumps(node)
+    return text.replace(b":", b"\\u003a") if escape_colons and isinstance(node, str) else text
+
+
+_tree = st.recursive(st.none() | st.integers(-3, 3) | _nested_text,
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.tuples(st.just("obj"), st.lists(st.tuples(st.sampled_from(["k", "a:b", 'q"'])
+                                                                      | _nested_text, inner), max_size=3)),
+                     max_leaves=8)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_tree, st.sampled_from([b"", b" ", b"\n"]), st.booleans())
+def test_the_nested_verdict_matches_a_parser_that_keeps_every_pair(tree, ws, escape_colons):
+    """nested_repeat with the parsed message (its fast colon count) agrees with the stdlib parser
+    that sees every pair, whatever the spacing, colons in strings and escaped colons."""
+    raw = b'{"params":' + _write(("obj", [("arguments", tree)]), ws, escape_colons) + b"}"
+    repeats: list[str] = []
+
+    def pairs(items: list) -> dict:
+        keys = [k for k, _ in items]
+        repeats.extend(k for i, k in enumerate(keys) if k in keys[:i])
+        return dict(items)
+
+    json.loads(raw, object_pairs_hook=pairs)
+    found = members.nested_repeat(raw, jsonfast.loads(raw))
+    assert (found is None) == (not repeats), (raw, found, repeats)
+
+
 # ---- ids exactly as written ------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, value", [
