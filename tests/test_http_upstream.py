@@ -285,7 +285,7 @@ class OddServer(ThreadingHTTPServer):
 class OddHandler(BaseHTTPRequestHandler):
     server: OddServer
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
         auth = self.headers.get("authorization")
         self.server.seen.append(auth)
@@ -314,7 +314,7 @@ class OddHandler(BaseHTTPRequestHandler):
                                                                    "capabilities": {}, "serverInfo": {
                                                                        "name": "odd", "version": "0"}}}).encode())
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         last = self.headers.get("last-event-id")
         self.server.requests.append(("GET", self.headers.get("mcp-session-id"), last))
         if self.path.strip("/") != "sse":
@@ -339,7 +339,7 @@ class OddHandler(BaseHTTPRequestHandler):
             self._event("p-3", {"jsonrpc": "2.0", "id": self.server.call_id,
                                 "result": {"content": [{"type": "text", "text": "answered after resuming"}]}})
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self.server.requests.append(("DELETE", self.headers.get("mcp-session-id"), None))
         self._send(200, "text/plain", b"")
 

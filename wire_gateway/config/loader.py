@@ -144,7 +144,7 @@ class ServerSpec:
     def argv(self) -> list[str]:
         return [self.command, *self.args]
 
-    def resolved(self, environ: dict[str, str] | None = None) -> "ServerSpec":
+    def resolved(self, environ: dict[str, str] | None = None) -> ServerSpec:
         """Expand ${VAR} in command, args, env and cwd, and merge env over the inherited minimum."""
         environ = dict(os.environ if environ is None else environ)
         where = f"servers.{self.name}"

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 import trio
+import trio.lowlevel
 
 from wire_gateway.dump.mask import FrameMasker
 from wire_gateway.telemetry.masking import SECRETS
@@ -62,7 +63,7 @@ _REQUEST, _RESPONSE, _ERROR, _NOTIFICATION = Kind.REQUEST, Kind.RESPONSE, Kind.E
 _monotonic = time.monotonic
 _KIND_ORDER = (_REQUEST, _NOTIFICATION, _RESPONSE, _ERROR)   # the heads' order (_KINDS), for the C encoder
 try:
-    from wire_gateway.dump import _records as _native   # the C encoder: an optional part of the build
+    from wire_gateway.dump import _records as _native  # the C encoder: an optional part of the build
 except ImportError:
     _native = None
 # WIRE_GATEWAY_DUMP_ENCODER=python: the Python encoder even where the C one is built.
@@ -158,7 +159,7 @@ class Tap:
         if era is None:
             dumper.dynamic_taps.add(self)
 
-    def for_server(self, server: str, upstream: Any) -> "Tap":
+    def for_server(self, server: str, upstream: Any) -> Tap:
         """The same session seen at one of its servers (the aggregate's members): that server's
         name, and its own era, read from its upstream."""
         return type(self)(self.dumper, self.session, server, self.transport, None, upstream)
@@ -287,7 +288,7 @@ class Dumper:
                 for start in range(0, len(batch), CHUNK):
                     chunks.append(self._encode(batch[start:start + CHUNK]))
                     if self.cpu_seconds - yielded_at >= CHECKPOINT_CPU:
-                        await trio.sleep(0)     # let the proxy run
+                        await trio.lowlevel.checkpoint()     # let the proxy run
                         yielded_at = self.cpu_seconds
                 chunks.append(self._dropped_record(dropped))
                 self._pending = []           # from here on the write happens, cancelled or not
@@ -544,7 +545,7 @@ class Dumper:
         offset = _clock_offset()
         lo, hi = min(monos), max(monos)
         sec_text, second_at = self._second_of(lo, offset)
-        if 0.0 <= lo - second_at and hi - second_at < 1.0:   # the usual chunk: all in one second
+        if lo - second_at >= 0.0 and hi - second_at < 1.0:   # the usual chunk: all in one second
             return repeat(sec_text), map(mul, map(sub, monos, repeat(second_at)), repeat(1e6))
         sec_texts, fracs = [], []
         for mono in monos:

@@ -23,10 +23,10 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Config, Limits, ServerSpec
+from wire_gateway.dump.writer import Dumper
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
 from wire_gateway.proxy.http_edge import EdgeCheck
-from wire_gateway.dump.writer import Dumper
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
 from wire_gateway.proxy.route import member_factory

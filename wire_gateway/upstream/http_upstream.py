@@ -52,9 +52,9 @@ from wire_gateway.transport.http_client import (
     BadBody,
     HttpClientError,
     HttpStatus,
+    SSEStream,
     StreamableHttpClient,
     StreamBroken,
-    SSEStream,
     Timeout,
     Unreachable,
 )

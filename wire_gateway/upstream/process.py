@@ -42,7 +42,7 @@ class ServerProcess:
         self.server_log = logging.getLogger(f"wire_gateway.server.{spec.name}")
 
     @classmethod
-    async def spawn(cls, spec: ServerSpec, generation: int) -> "ServerProcess":
+    async def spawn(cls, spec: ServerSpec, generation: int) -> ServerProcess:
         """Start the process; raises OSError if it cannot be started at all."""
         proc = await trio.lowlevel.open_process(
             spec.argv(),

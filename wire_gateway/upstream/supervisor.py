@@ -30,8 +30,8 @@ from wire_gateway.upstream.timeouts import UNTIMED_METHODS, expire_requests, pro
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import era_of_request
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
-from wire_gateway.wire.ids import SPELLED
 from wire_gateway.wire.framing import LineFramer, Oversize
+from wire_gateway.wire.ids import SPELLED
 
 log = logging.getLogger("wire_gateway.upstream")
 
