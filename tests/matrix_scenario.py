@@ -49,10 +49,12 @@ def pairwise(axes: tuple[tuple[str, ...], ...]) -> list[tuple[str, ...]]:
                  for a in axes[i] for b in axes[j]}
     chosen: list[tuple[str, ...]] = []
     candidates = list(itertools.product(*axes))
+
+    def gain(cell: tuple[str, ...]) -> int:
+        return sum(((i, cell[i]), (j, cell[j])) in uncovered
+                   for i, j in itertools.combinations(range(len(cell)), 2))
+
     while uncovered:
-        def gain(cell: tuple[str, ...]) -> int:
-            return sum(((i, cell[i]), (j, cell[j])) in uncovered
-                       for i, j in itertools.combinations(range(len(cell)), 2))
         best = max(candidates, key=gain)
         chosen.append(best)
         uncovered -= {((i, best[i]), (j, best[j])) for i, j in itertools.combinations(range(len(best)), 2)}

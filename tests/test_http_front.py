@@ -188,13 +188,13 @@ def test_last_event_id_resume_delivers_exactly_the_missed_events(tmp_path):
         call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                 "params": {"name": "slow", "arguments": {"seconds": 1.5}, "_meta": {"progressToken": "tok"}}}
         seen = []
-        with httpx.Client(timeout=20) as client:
-            with client.stream("POST", gateway.url("sdk"), content=json.dumps(call), headers=h) as resp:
-                assert resp.headers["content-type"] == "text/event-stream"
-                for event_id, data in sse_events(resp.iter_lines()):
-                    seen.append((event_id, json.loads(data)))
-                    if len(seen) == 3:
-                        break           # the client loses its connection mid-stream
+        with httpx.Client(timeout=20) as client, \
+                client.stream("POST", gateway.url("sdk"), content=json.dumps(call), headers=h) as resp:
+            assert resp.headers["content-type"] == "text/event-stream"
+            for event_id, data in sse_events(resp.iter_lines()):
+                seen.append((event_id, json.loads(data)))
+                if len(seen) == 3:
+                    break           # the client loses its connection mid-stream
         last_id = seen[-1][0]
         time.sleep(2.5)                 # the call finishes while nobody listens
         with httpx.Client(timeout=20) as client:
@@ -244,14 +244,14 @@ def test_subscriptions_listen_stream_with_keepalive(tmp_path):
         got_two = threading.Event()
 
         def listen_for_events():
-            with httpx.Client(timeout=20) as client:
-                with client.stream("POST", gateway.url("echo"), content=json.dumps(listen), headers=headers) as resp:
-                    assert resp.headers["content-type"] == "text/event-stream"
-                    for line in resp.iter_lines():
-                        lines.append(line)
-                        if sum(1 for x in lines if x.startswith("data:")) >= 2 and any(x.startswith(":") for x in lines):
-                            got_two.set()
-                            return
+            with httpx.Client(timeout=20) as client, \
+                    client.stream("POST", gateway.url("echo"), content=json.dumps(listen), headers=headers) as resp:
+                assert resp.headers["content-type"] == "text/event-stream"
+                for line in resp.iter_lines():
+                    lines.append(line)
+                    if sum(1 for x in lines if x.startswith("data:")) >= 2 and any(x.startswith(":") for x in lines):
+                        got_two.set()
+                        return
 
         reader = threading.Thread(target=listen_for_events, daemon=True)
         reader.start()

@@ -588,7 +588,7 @@ async def test_concurrent_senders_queue_at_most_write_high_water():
         await resp.start_stream(200, [])
 
         async def producer(tag: bytes):
-            for i in range(48):
+            for _i in range(48):
                 await resp.send_chunk(tag * chunk)
 
         async def watch():

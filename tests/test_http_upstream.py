@@ -76,7 +76,7 @@ class Upstream:
     def __init__(self, argv: list[str], port_file: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.port_file = port_file
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")   # noqa: SIM115 - the child's log, closed in close()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
                                      cwd=REPO_ROOT, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 20

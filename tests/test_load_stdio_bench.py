@@ -84,7 +84,7 @@ def test_echo_fixture_in_both_slots_measures_everything(capsys, placement):
             assert figures["calls"] == 300 and figures["mismatches"] == 0
             assert figures["calls_per_s"] > 0
             assert 0 < figures["p50_us"] <= figures["p90_us"] <= figures["p99_us"] <= figures["max_us"]
-    for name, entry in result["summary"].items():
+    for entry in result["summary"].values():
         assert entry["direct"]["rounds"] == entry["gateway"]["rounds"] == 1
         comparison = entry["gateway_vs_direct"]
         assert comparison["throughput_ratio"] > 0

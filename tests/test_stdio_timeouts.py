@@ -198,7 +198,7 @@ def test_a_cancelled_request_is_not_timed_out_later(tmp_path: Path) -> None:
 
 
 def test_a_subscription_is_never_timed_out(tmp_path: Path) -> None:
-    gw, log = slow_gateway(tmp_path, T)
+    gw, _log = slow_gateway(tmp_path, T)
     try:
         gw.send({"jsonrpc": "2.0", "id": "sub", "method": "subscriptions/listen",
                  "params": {"_meta": MODERN_META, "notifications": {"toolsListChanged": True}}})

@@ -126,7 +126,7 @@ class Server:
         self.ttl_ms = ttl_ms   # the cache hint on modern cacheable results
         self.tools = {}
         self.initialized = False
-        self.log_file = open(log, "a", encoding="utf-8") if log else None
+        self.log_file = open(log, "a", encoding="utf-8") if log else None   # noqa: SIM115 - for the process's life
         self._out = sys.stdout.buffer
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()

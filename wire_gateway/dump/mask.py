@@ -54,13 +54,13 @@ _WORDS = (b"auth", b"token", b"key", b"secret", b"passw", b"cookie", b"bearer", 
 # a trigger of its own. BEARER needs its scheme word, anywhere in a string.
 _QUOTE_OR_SEP = (b'"', b"_", b"-")
 _KEY_WORDS = {
-    b'token"': _QUOTE_OR_SEP + (b"access", b"refresh", b"id", b"auth", b"bearer", b"session"),
+    b'token"': (*_QUOTE_OR_SEP, b"access", b"refresh", b"id", b"auth", b"bearer", b"session"),
     b'key"': (b"api", b"api_", b"api-"),
     b'cookie"': _QUOTE_OR_SEP,
     b'authorization"': _QUOTE_OR_SEP,
     b'password"': _QUOTE_OR_SEP,
     b'passwd"': _QUOTE_OR_SEP,
-    b'secret"': _QUOTE_OR_SEP + (b"client",),
+    b'secret"': (*_QUOTE_OR_SEP, b"client"),
 }
 # Each group of words comes with a letter they all contain that is rare in protocol frames: a
 # one-byte search (memchr) for it decides whether the words' own, much slower, searches are

@@ -63,7 +63,7 @@ def follow_records(path: str | Path, poll: float = 0.2) -> Iterator[dict[str, An
     while True:
         if f is None:
             try:
-                f = open(path, "rb")
+                f = open(path, "rb")   # noqa: SIM115 - reopened at each rotation, so no `with`
                 ino = os.fstat(f.fileno()).st_ino
                 partial = b""
             except FileNotFoundError:
@@ -161,9 +161,7 @@ class Filter:
             method = self._asked.get(_key(rec, _PARTNER[direction]), method)
         if self.method and not fnmatch.fnmatchcase(method or "", self.method):
             return False
-        if self.errors and not _is_error(rec):
-            return False
-        return True
+        return not (self.errors and not _is_error(rec))
 
 
 def _paint(text: str, code: str | None, colour: bool) -> str:
@@ -384,7 +382,8 @@ def add_dump_parser(sub: Any) -> None:
     s = tools.add_parser("fixture", help="turn one dumped session into a load fixture (docs/fixtures.md)")
     s.add_argument("file")
     s.add_argument("--session", help="which session (required when the dump has several)")
-    s.add_argument("--out", required=True, metavar="PATH", help="the fixture to write, e.g. fixtures/sessions/NAME.jsonl")
+    s.add_argument("--out", required=True, metavar="PATH",
+                   help="the fixture to write, e.g. fixtures/sessions/NAME.jsonl")
     s.add_argument("--name", help="fixture name (default: the file name without .jsonl)")
     s.add_argument("--description", default="", help="what the session exercises")
 

@@ -332,7 +332,7 @@ class Dumper:
         Only when the disk is so slow that UNWRITTEN_BATCHES batches wait does the writer task
         wait too (meanwhile frames collect in the queue, then are dropped and counted)."""
         try:
-            while self._write_error is None and not self._room.acquire(blocking=False):
+            while self._write_error is None and not self._room.acquire(blocking=False):  # noqa: ASYNC110 - a threading semaphore has no trio event
                 await trio.sleep(BATCH_WINDOW / 5)
         finally:
             self._outbox.put(data)     # cancelled or not: written before the file is closed
@@ -360,7 +360,7 @@ class Dumper:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab", buffering=0)
+        self._file = open(self.path, "ab", buffering=0)   # noqa: SIM115 - open until closed or rotated
         self._size = self._file.tell()
 
     def _encode(self, batch: list[tuple]) -> bytes:
@@ -582,7 +582,7 @@ class Dumper:
                 if older.exists():
                     os.replace(older, f"{self.path}.{n + 1}")
             os.replace(self.path, f"{self.path}.1")
-        self._file = open(self.path, "wb", buffering=0)
+        self._file = open(self.path, "wb", buffering=0)   # noqa: SIM115 - open until closed or rotated
         self._size = 0
 
 

@@ -271,7 +271,8 @@ class Aggregate:
         """Take a client request; answer `ping` at once, serve the rest in a task."""
         self.frames_in += 1
         if self.era is None:
-            self.era = era_of_request(frame.method, frame.msg) or (MODERN if frame.method == "server/discover" else None)
+            self.era = era_of_request(frame.method, frame.msg) or (
+                MODERN if frame.method == "server/discover" else None)
         if frame.method == "ping":
             return self._result_bytes(frame.id, {})
         refused = repeated_params(frame)      # routing (by tool name, URI) must read what the member would
@@ -362,7 +363,7 @@ class Aggregate:
                 await self._closing.wait()
                 # A client that wrote its requests and closed stdin still gets the answers (bounded).
                 with trio.move_on_after(SHUTDOWN_GRACE):
-                    while self.tasks or self.direct.by_client:
+                    while self.tasks or self.direct.by_client:  # noqa: ASYNC110 - once, at shutdown: not worth an event per task
                         await trio.sleep(0.02)
                 for scope in list(self.tasks.values()):
                     scope.cancel()
@@ -661,7 +662,8 @@ class Aggregate:
                     if not isinstance(result, dict):
                         break
                     items_key, _ = LISTS[method]
-                    self._learn(member, method, result.get(items_key) if isinstance(result.get(items_key), list) else [])
+                    items = result.get(items_key)
+                    self._learn(member, method, items if isinstance(items, list) else [])
                     cursor = result.get("nextCursor")
                     if not isinstance(cursor, str) or not cursor:
                         break
@@ -836,7 +838,8 @@ class Aggregate:
         if method == "notifications/subscriptions/acknowledged":
             return                         # the ack of the aggregate's own listen stream
         if method == "notifications/progress":
-            entry = self.tokens.get(params.get("progressToken")) if isinstance(params.get("progressToken"), str) else None
+            token = params.get("progressToken")
+            entry = self.tokens.get(token) if isinstance(token, str) else None
             if entry is None:
                 log.debug("aggregate: progress from %s for an unknown token; dropped", member.name)
                 return

@@ -135,8 +135,8 @@ class HttpFront:
         def upstream_status(up: Any) -> dict[str, Any]:
             proc = getattr(up, "process", None)
             alive = proc is not None and proc.returncode is None
-            out = {"state": up.state, "era": up.era, "url": getattr(up, "url", None), "pid": proc.pid if alive else None,
-                   "uptime": round(now - proc.started, 3) if alive else None,
+            out = {"state": up.state, "era": up.era, "url": getattr(up, "url", None),
+                   "pid": proc.pid if alive else None, "uptime": round(now - proc.started, 3) if alive else None,
                    "restarts": up.restarts, "lastExit": up.last_exit,
                    "inFlight": len(up.pending), "framesIn": up.frames_in, "framesOut": up.frames_out}
             if isinstance(up, Aggregate):     # an aggregate session: its member processes are its own
@@ -242,7 +242,7 @@ class HttpFront:
             await self._end_session(session)
             await responder.send(200, [])
         else:
-            await responder.send(405, [("allow", "GET, POST, DELETE")] + JSON, errors.error_frame(
+            await responder.send(405, [("allow", "GET, POST, DELETE"), *JSON], errors.error_frame(
                 None, errors.INVALID_REQUEST, f"method {request.method} is not allowed on an MCP endpoint"))
 
     async def _post(self, server: str, pool: ModernPool, session: LegacySession | None,

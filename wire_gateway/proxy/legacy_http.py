@@ -266,7 +266,7 @@ class LegacySession:
                 self._one_way(item)
         self.upstream.flush_soon()
         try:
-            for frame, ex in opened:
+            for _frame, ex in opened:
                 while True:
                     raw, final, _ = await ex.next()
                     if final:

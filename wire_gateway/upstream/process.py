@@ -128,7 +128,7 @@ class ServerProcess:
             return
         self.signal_group(signal.SIGTERM)
         with trio.move_on_after(0.5):
-            while self.signal_group(0):
+            while self.signal_group(0):  # noqa: ASYNC110 - a process group's end has no event to wait on
                 await trio.sleep(0.02)
             return
         self.signal_group(signal.SIGKILL)
