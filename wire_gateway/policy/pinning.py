@@ -145,7 +145,7 @@ class PinBook:
         raw = await self.store.get(self.quarantine_key(server, tool))
         if raw is None:
             return None
-        record = json.loads(raw)
+        record: dict[str, Any] = json.loads(raw)
         await self.store.set(self.pin_key(server, tool), str(record["seen"]).encode())
         await self.store.delete(self.quarantine_key(server, tool))
         await self.store.publish(f"pins:{server}")

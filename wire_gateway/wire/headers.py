@@ -291,7 +291,7 @@ def check_request_headers(
     if method != body_method:
         return _mismatch(METHOD_HEADER, method, body_method, "method")
 
-    field = NAME_SOURCES.get(body_method)  # type: ignore[arg-type]
+    field = NAME_SOURCES.get(body_method)
     if field is None:
         return None
     raw_name = headers.get("mcp-name")

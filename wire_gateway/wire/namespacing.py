@@ -145,12 +145,12 @@ def strip_modern_meta(params: Any) -> Any:
 
 def with_modern_meta(params: Any, envelope: dict[str, Any]) -> dict[str, Any]:
     """Params for a modern server: the client's own `_meta` with the envelope keys it lacks."""
-    params = dict(params) if isinstance(params, dict) else {}
-    meta = dict(params.get("_meta") or {}) if isinstance(params.get("_meta"), dict) else {}
+    out: dict[str, Any] = dict(params) if isinstance(params, dict) else {}
+    meta = dict(out.get("_meta") or {}) if isinstance(out.get("_meta"), dict) else {}
     for key, value in envelope.items():
         meta.setdefault(key, value)
-    params["_meta"] = meta
-    return params
+    out["_meta"] = meta
+    return out
 
 
 def result_for_legacy(result: Any) -> Any:

@@ -57,7 +57,7 @@ def encode_comment(text: str = "") -> bytes:
     return b"".join(b": " + line.encode() + b"\n" if line else b":\n" for line in lines)
 
 
-def encode_retry(ms: int) -> bytes:
+def encode_retry(ms: object) -> bytes:
     """A `retry:` field. It takes effect when read, so it needs no blank line of its own."""
     if not isinstance(ms, int) or isinstance(ms, bool) or ms < 0:
         raise ValueError(f"retry must be a non-negative integer of milliseconds, not {ms!r}")
