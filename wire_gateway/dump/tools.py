@@ -120,7 +120,7 @@ def frame_msg(rec: dict[str, Any]) -> Any:
         return None
 
 
-def _key(rec: dict[str, Any], direction: str) -> tuple:
+def _key(rec: dict[str, Any], direction: str | None) -> tuple[Any, ...]:
     msg_id = rec.get("id")
     return rec.get("session"), rec.get("server"), direction, type(msg_id).__name__, json.dumps(msg_id)
 
@@ -142,7 +142,7 @@ class Filter:
 
     def __init__(self, session: str | None, server: str | None, method: str | None, errors: bool) -> None:
         self.session, self.server, self.method, self.errors = session, server, method, errors
-        self._asked: dict[tuple, str] = {}
+        self._asked: dict[tuple[Any, ...], str | None] = {}
 
     def __call__(self, rec: dict[str, Any]) -> bool:
         if "dropped" in rec:
@@ -405,9 +405,9 @@ def run_dump_command(args: argparse.Namespace) -> int:
             result = stats(iter_records(args.file))
             print(json.dumps(result, indent=2) if args.json else render_stats(result))
             return 0
-        records = list(iter_records(args.file))
+        recorded = list(iter_records(args.file))
         name = args.name or Path(args.out).name.removesuffix(".jsonl")
-        header, entries = make_fixture(records, args.session, name, args.description)
+        header, entries = make_fixture(recorded, args.session, name, args.description)
         write_fixture(args.out, header, entries)
         print(f"wrote {args.out}: {len(entries)} frames of session from {args.file} "
               f"({header.era}, {header.transport}, server {header.server})")
