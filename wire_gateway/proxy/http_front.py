@@ -136,7 +136,8 @@ class HttpFront:
             proc = getattr(up, "process", None)
             alive = proc is not None and proc.returncode is None
             out = {"state": up.state, "era": up.era, "url": getattr(up, "url", None),
-                   "pid": proc.pid if alive else None, "uptime": round(now - proc.started, 3) if alive else None,
+                   "pid": proc.pid if proc is not None and alive else None,
+                   "uptime": round(now - proc.started, 3) if proc is not None and alive else None,
                    "restarts": up.restarts, "lastExit": up.last_exit,
                    "inFlight": len(up.pending), "framesIn": up.frames_in, "framesOut": up.frames_out}
             if isinstance(up, Aggregate):     # an aggregate session: its member processes are its own
@@ -281,7 +282,7 @@ class HttpFront:
             await pool.post(decoded, responder)
             return
         await responder.send(400, JSON, errors.error_frame(
-            decoded.id if isinstance(decoded, Frame) else None, errors.INVALID_REQUEST,
+            decoded.id, errors.INVALID_REQUEST,
             "Bad Request: missing Mcp-Session-Id (legacy era: start with initialize; "
             f"modern era: put the protocol version in params._meta[{'io.modelcontextprotocol/protocolVersion'!r}])"))
 

@@ -120,7 +120,7 @@ class ModernPool:
         params = frame.params
         meta = params.get("_meta") if isinstance(params, dict) else None
         token = meta.get("progressToken") if isinstance(meta, dict) else None
-        if token is None:
+        if token is None or not isinstance(params, dict) or not isinstance(meta, dict):   # (a token: both are objects)
             return scan.replace_id(frame.raw, str(gw_id).encode())
         ours = f"wg-{gw_id}"
         msg = {**frame.msg, "id": gw_id, "params": {**params, "_meta": {**meta, "progressToken": ours}}}
