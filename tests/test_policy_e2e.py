@@ -322,7 +322,8 @@ def test_guarded_server_frames_stay_byte_for_byte(tmp_path: Path) -> None:
     from gateway import fixture_module
 
     odd = fixture_module("oddformat")
-    config = write_config(tmp_path, {"odd": {**fixture("oddformat"), "pinning": "warn", "cache": {"tools_list_ttl": 0}}})
+    config = write_config(tmp_path, {"odd": {**fixture("oddformat"), "pinning": "warn",
+                                             "cache": {"tools_list_ttl": 0}}})
     gw = gateway(config, "odd", tmp_path)
     try:
         for method, rid in [("initialize", 1), ("tools/list", 2), ("ping", 3), ("no/such", 4), ("tools/list", "again")]:
