@@ -47,13 +47,14 @@ class LineClient:
 
     def __init__(self, argv: list[str], log_path: Path | None = None, env: dict[str, str] | None = None):
         self.log_path = log_path
-        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL   # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                      env={**os.environ, **(env or {})}, cwd=ROOT)
         self.lines: queue.Queue[bytes | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._next_id = 1000
+        self.other: list[Any] = []      # frames `request` saw while it waited for its answer
 
     def _read(self) -> None:
         try:
@@ -92,8 +93,6 @@ class LineClient:
             if isinstance(frame, dict) and frame.get("id") == req_id and "method" not in frame:
                 return frame
             self.other.append(frame)
-
-    other: list[Any] = []
 
     def initialize(self) -> Any:
         answer = self.request("initialize", LEGACY_INIT)

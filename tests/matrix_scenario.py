@@ -49,10 +49,12 @@ def pairwise(axes: tuple[tuple[str, ...], ...]) -> list[tuple[str, ...]]:
                  for a in axes[i] for b in axes[j]}
     chosen: list[tuple[str, ...]] = []
     candidates = list(itertools.product(*axes))
+
+    def gain(cell: tuple[str, ...]) -> int:
+        return sum(((i, cell[i]), (j, cell[j])) in uncovered
+                   for i, j in itertools.combinations(range(len(cell)), 2))
+
     while uncovered:
-        def gain(cell: tuple[str, ...]) -> int:
-            return sum(((i, cell[i]), (j, cell[j])) in uncovered
-                       for i, j in itertools.combinations(range(len(cell)), 2))
         best = max(candidates, key=gain)
         chosen.append(best)
         uncovered -= {((i, best[i]), (j, best[j])) for i, j in itertools.combinations(range(len(best)), 2)}
@@ -212,7 +214,8 @@ class HttpFront:
 def body_of(response: httpx.Response) -> dict[str, Any]:
     """A JSON body, or the last data event of an SSE stream."""
     if response.headers.get("content-type", "").startswith("text/event-stream"):
-        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:") and line[5:].strip()]
+        data = [line[5:].strip() for line in response.text.splitlines()
+                if line.startswith("data:") and line[5:].strip()]
         return json.loads(data[-1])
     return response.json()
 
@@ -238,7 +241,8 @@ def run_cell(cell: Cell) -> None:
             assert sorted(names) == sorted(cell.expected_names()), (names, cell.expected_names())
 
         # a call that works
-        status, called = front.request("call-ok", "tools/call", {"name": cell.tool("echo"), "arguments": {"text": HELLO}})
+        status, called = front.request("call-ok", "tools/call",
+                                       {"name": cell.tool("echo"), "arguments": {"text": HELLO}})
         assert status == 200 and called.get("id") == "call-ok", called
         assert called["result"]["content"][0]["text"] == HELLO, called
 

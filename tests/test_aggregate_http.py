@@ -16,13 +16,15 @@ from test_http_front import ACCEPT, modern
 
 ROOT = Path(__file__).resolve().parent.parent
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "agg-http", "version": "1"}}}
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": "agg-http", "version": "1"}}}
 
 
 def body_of(response: httpx.Response) -> dict:
     """A JSON body, or the last data event of an SSE stream."""
     if response.headers.get("content-type", "").startswith("text/event-stream"):
-        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:") and line[5:].strip()]
+        data = [line[5:].strip() for line in response.text.splitlines()
+                if line.startswith("data:") and line[5:].strip()]
         return json.loads(data[-1])
     return response.json()
 
@@ -55,7 +57,8 @@ def test_post_mcp_legacy_and_modern_and_status(tmp_path: Path) -> None:
             headers = {**ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
             assert client.post(mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
                                headers=headers).status_code == 202
-            listed = body_of(client.post(mcp, headers=headers, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+            listed = body_of(client.post(mcp, headers=headers,
+                                         json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
             names = [t["name"] for t in listed["result"]["tools"]]
             assert "echo.echo" in names and not [n for n in names if not n.startswith("echo.")]
             assert listed["result"]["nextCursor"]
@@ -85,7 +88,8 @@ def test_post_mcp_legacy_and_modern_and_status(tmp_path: Path) -> None:
             [session] = status["sessions"]
             assert session["server"] == "*" and set(session["process"]["members"]) == {"echo", "slow"}
             assert client.delete(mcp, headers=headers).status_code == 200
-            assert client.post(mcp, headers=headers, json={"jsonrpc": "2.0", "id": 9, "method": "ping"}).status_code == 404
+            ping = {"jsonrpc": "2.0", "id": 9, "method": "ping"}
+            assert client.post(mcp, headers=headers, json=ping).status_code == 404
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err.decode(errors="replace")

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from wire_gateway.config import ConfigError, parse_config
 from wire_gateway.wire import namespacing as ns

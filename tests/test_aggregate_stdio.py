@@ -27,7 +27,8 @@ LEGACY_ONLY = textwrap.dedent('''
         if method is None:
             call = asked.pop(rid, None)
             if call is not None:
-                text = msg.get("result", {}).get("content", {}).get("text") if "result" in msg else "error: " + msg["error"]["message"]
+                text = msg.get("result", {}).get("content", {}).get("text") if "result" in msg \
+                    else "error: " + msg["error"]["message"]
                 send({"jsonrpc": "2.0", "id": call, "result": {"content": [{"type": "text", "text": text}]}})
             continue
         if rid is None:
@@ -145,7 +146,8 @@ def test_legacy_client_with_a_legacy_only_member_and_its_crash(tmp_path: Path) -
         assert "nextCursor" not in prompts["result"]
 
         # a server->client request crosses with an id of the aggregate's own, and the answer goes back
-        client.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "old__ask", "arguments": {}}})
+        client.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                     "params": {"name": "old__ask", "arguments": {}}})
         ask = client.recv(10)
         assert ask["method"] == "sampling/createMessage" and ask["id"] != 7 and "old" in ask["id"]
         client.send({"jsonrpc": "2.0", "id": ask["id"], "result": {"role": "assistant", "model": "m",

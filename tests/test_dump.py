@@ -190,7 +190,7 @@ def test_the_batch_test_never_skips_a_secret(word_test: str) -> None:
     for raw in SECRET_FRAMES:
         assert truly_masked(m, raw), raw                       # the examples are meaningful
         for before in ([], CLEAN_FRAMES[:1], CLEAN_FRAMES):    # alone, second, last of a batch
-            batch = before + [raw] + CLEAN_FRAMES[:2]
+            batch = [*before, raw, *CLEAN_FRAMES[:2]]
             assert len(before) in m.suspects(batch), raw
         masked, changed = m.mask_raw(raw)
         assert changed and b"s1" not in masked and b"1234" not in masked and b"\\u00312" not in masked, raw
@@ -779,7 +779,7 @@ def test_read_fixture_rejects_bad_files(tmp_path: Path) -> None:
     bad.write_text('{"wire_gateway_fixture": 1, "name": "x", "era": "legacy", "protocolVersion": "v", '
                    '"transport": "stdio", "server": "s", "recorded": "r"}\n{"t": 1, "dir": "send", "msg": {}}\n'
                    '{"t": 0.5, "dir": "recv", "msg": {}}\n')
-    with pytest.raises(FixtureError, match=":3: t=0.5 goes back in time"):
+    with pytest.raises(FixtureError, match=r":3: t=0\.5 goes back in time"):
         read_fixture(bad)
 
 

@@ -117,7 +117,8 @@ async def test_stdio_session_dump(era: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("era", list(MODES))
 async def test_http_session_dump(era: str, tmp_path: Path) -> None:
     dump = tmp_path / "http-dump.jsonl"
-    gateway = HttpGateway(tmp_path, {"echo": ECHO}, dump={"path": str(dump), "mask_patterns": ["never-matches-\\d{40}"]})
+    gateway = HttpGateway(tmp_path, {"echo": ECHO},
+                          dump={"path": str(dump), "mask_patterns": ["never-matches-\\d{40}"]})
     try:
         await session(streamable_http_client(gateway.url("echo")), MODES[era])
     finally:

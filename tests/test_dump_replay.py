@@ -49,7 +49,7 @@ def written_sessions(dump: Path, era: str) -> set[str]:
         records = [r for r in iter_records(dump) if r.get("era") == era] if dump.exists() else []
         asked = sum(r["dir"] == C2G and r["kind"] == "request" for r in records)
         answered = sum(r["dir"] == G2C and r["kind"] in ("response", "error") for r in records)
-        if asked >= 3 and answered >= asked or time.monotonic() > deadline:
+        if (asked >= 3 and answered >= asked) or time.monotonic() > deadline:
             return {r["session"] for r in records}
         time.sleep(0.05)
 

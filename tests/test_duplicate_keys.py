@@ -6,8 +6,7 @@ import json
 
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from wire_gateway.wire import errors, ids, jsonfast, members, scan
 from wire_gateway.wire.frame import Batch, Frame, Invalid, decode

@@ -179,7 +179,8 @@ def test_http_modern_ids_come_back_as_written(http, server):
 def test_http_legacy_refuses_repeats_and_keeps_exact_ids(http, server):
     url = http.url(server) if server != "*" else http.base + "/mcp"
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "0"}}}
     opened = httpx.post(url, json=init, headers=ACCEPT, timeout=10)
     sid = opened.headers["mcp-session-id"]
     headers = {**ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}

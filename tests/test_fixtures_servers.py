@@ -281,7 +281,8 @@ def test_noisy_junk_on_stdout_and_chatter_on_stderr(run):
     f.send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}})
     assert f.raw() == b'noisy: about to answer id=0 {not json\n'
     assert f.recv()["result"]["serverInfo"]["name"] == "noisy"
-    f.send({"jsonrpc": "2.0", "id": "e", "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "hi"}}})
+    f.send({"jsonrpc": "2.0", "id": "e", "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "hi"}}})
     junk = f.raw()
     with pytest.raises(ValueError):
         json.loads(junk)

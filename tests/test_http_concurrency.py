@@ -41,7 +41,8 @@ async def test_hundred_sessions_get_their_own_answers(tmp_path):
                     if answer.get("id") != i or got != text:
                         mismatches.append(f"session {n} call {i}: {answer}")
                 pid = (await client.post(gateway.url("echo"), headers=headers, content=json.dumps(
-                    {"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {"name": "pid", "arguments": {}}}))).json()
+                    {"jsonrpc": "2.0", "id": 99, "method": "tools/call",
+                     "params": {"name": "pid", "arguments": {}}}))).json()
                 pids.add(pid["result"]["content"][0]["text"])
                 assert (await client.delete(gateway.url("echo"), headers=headers)).status_code == 200
 

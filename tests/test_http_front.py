@@ -77,7 +77,8 @@ def test_progress_and_server_requests_stream_as_sse(gw):
     sid = post(gw, "echo", INIT).headers["mcp-session-id"]
     h = {**ACCEPT, "mcp-session-id": sid}
     resp = post(gw, "echo", {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
-                             "params": {"name": "progress", "arguments": {"steps": 2}, "_meta": {"progressToken": "t"}}}, h)
+                             "params": {"name": "progress", "arguments": {"steps": 2},
+                                        "_meta": {"progressToken": "t"}}}, h)
     assert resp.headers["content-type"] == "text/event-stream" and resp.headers["x-accel-buffering"] == "no"
     events = [json.loads(data) for _, data in sse_events(resp.text.splitlines())]
     assert [e.get("method") for e in events] == ["notifications/progress", "notifications/progress", None]
@@ -180,7 +181,8 @@ def test_last_event_id_resume_delivers_exactly_the_missed_events(tmp_path):
 
     from test_sdk_e2e import REPO_ROOT, SDK_SERVER
 
-    gateway = HttpGateway(tmp_path, {"sdk": {"command": sys.executable, "args": [str(SDK_SERVER)], "cwd": str(REPO_ROOT)}})
+    gateway = HttpGateway(tmp_path, {"sdk": {"command": sys.executable, "args": [str(SDK_SERVER)],
+                                             "cwd": str(REPO_ROOT)}})
     try:
         sid = post(gateway, "sdk", INIT).headers["mcp-session-id"]
         h = {**ACCEPT, "mcp-session-id": sid}
@@ -188,13 +190,13 @@ def test_last_event_id_resume_delivers_exactly_the_missed_events(tmp_path):
         call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                 "params": {"name": "slow", "arguments": {"seconds": 1.5}, "_meta": {"progressToken": "tok"}}}
         seen = []
-        with httpx.Client(timeout=20) as client:
-            with client.stream("POST", gateway.url("sdk"), content=json.dumps(call), headers=h) as resp:
-                assert resp.headers["content-type"] == "text/event-stream"
-                for event_id, data in sse_events(resp.iter_lines()):
-                    seen.append((event_id, json.loads(data)))
-                    if len(seen) == 3:
-                        break           # the client loses its connection mid-stream
+        with httpx.Client(timeout=20) as client, \
+                client.stream("POST", gateway.url("sdk"), content=json.dumps(call), headers=h) as resp:
+            assert resp.headers["content-type"] == "text/event-stream"
+            for event_id, data in sse_events(resp.iter_lines()):
+                seen.append((event_id, json.loads(data)))
+                if len(seen) == 3:
+                    break           # the client loses its connection mid-stream
         last_id = seen[-1][0]
         time.sleep(2.5)                 # the call finishes while nobody listens
         with httpx.Client(timeout=20) as client:
@@ -244,14 +246,14 @@ def test_subscriptions_listen_stream_with_keepalive(tmp_path):
         got_two = threading.Event()
 
         def listen_for_events():
-            with httpx.Client(timeout=20) as client:
-                with client.stream("POST", gateway.url("echo"), content=json.dumps(listen), headers=headers) as resp:
-                    assert resp.headers["content-type"] == "text/event-stream"
-                    for line in resp.iter_lines():
-                        lines.append(line)
-                        if sum(1 for x in lines if x.startswith("data:")) >= 2 and any(x.startswith(":") for x in lines):
-                            got_two.set()
-                            return
+            with httpx.Client(timeout=20) as client, \
+                    client.stream("POST", gateway.url("echo"), content=json.dumps(listen), headers=headers) as resp:
+                assert resp.headers["content-type"] == "text/event-stream"
+                for line in resp.iter_lines():
+                    lines.append(line)
+                    if sum(1 for x in lines if x.startswith("data:")) >= 2 and any(x.startswith(":") for x in lines):
+                        got_two.set()
+                        return
 
         reader = threading.Thread(target=listen_for_events, daemon=True)
         reader.start()
@@ -279,7 +281,8 @@ def test_legacy_batch_is_answered_as_one_array(gw):
     h = {**ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-03-26"}
     batch = [{"jsonrpc": "2.0", "method": "notifications/initialized"},
              {"jsonrpc": "2.0", "id": "a", "method": "ping"},
-             {"jsonrpc": "2.0", "id": "b", "method": "tools/call", "params": {"name": "add", "arguments": {"a": 2, "b": 3}}},
+             {"jsonrpc": "2.0", "id": "b", "method": "tools/call",
+              "params": {"name": "add", "arguments": {"a": 2, "b": 3}}},
              {"jsonrpc": "2.0", "id": 5}]
     resp = post(gw, "echo", batch, h)
     assert resp.status_code == 200
@@ -315,8 +318,9 @@ def test_sigterm_drains_in_flight_requests_then_stops(tmp_path):
     body, mh = modern(1, "tools/call", {"name": "sleep", "arguments": {"seconds": 1.0}}, name="sleep")
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         modern_call = pool.submit(post, gateway, "slow", body, mh)
-        legacy_call = pool.submit(post, gateway, "slow", {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                                                          "params": {"name": "sleep", "arguments": {"seconds": 1.0}}}, h)
+        sleep = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                 "params": {"name": "sleep", "arguments": {"seconds": 1.0}}}
+        legacy_call = pool.submit(post, gateway, "slow", sleep, h)
         stream = pool.submit(httpx.get, gateway.url("slow"), headers=h, timeout=20)   # an open GET stream
         lbody, lh = modern("L", "subscriptions/listen", {"notifications": {"toolsListChanged": True}})
         listen = pool.submit(post, gateway, "slow", lbody, lh)                       # an open listen stream

@@ -100,7 +100,7 @@ def test_random_mutations_never_break_the_subset_rule():
                 "/", "?", "%", "(", "\"", "content-length: 3", "transfer-encoding: chunked", "host: b",
                 "\r\n ", "HTTP/1.0", "-"]
     taken = 0
-    for i in range(6000):
+    for _i in range(6000):
         head = rng.choice([MCP_POST, MCP_GET, SDK_DELETE])
         for _ in range(rng.randint(1, 3)):
             pos = rng.randrange(len(head) + 1)

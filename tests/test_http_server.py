@@ -56,7 +56,8 @@ class Client:
         await self.stream.send_all(data)
 
     async def request(self, method: str = "GET", path: str = "/", body: bytes = b"", headers: str = "") -> None:
-        await self.send(f"{method} {path} HTTP/1.1\r\nhost: t\r\ncontent-length: {len(body)}\r\n{headers}\r\n".encode() + body)
+        head = f"{method} {path} HTTP/1.1\r\nhost: t\r\ncontent-length: {len(body)}\r\n{headers}\r\n"
+        await self.send(head.encode() + body)
 
     async def _fill(self) -> None:
         data = await self.stream.receive_some(65536)
@@ -147,7 +148,8 @@ async def test_request_fields_and_keep_alive_reuse():
             assert first.header("content-length") == "28" and first.header("connection") is None
             assert second.status == 200 and b"/second" in second.body
             req = seen[0]
-            assert (req.method, req.target, req.path, req.body) == ("POST", "/mcp/a%20b?x=1&y=%20", "/mcp/a b", b"hello")
+            assert (req.method, req.target, req.path, req.body) == (
+                "POST", "/mcp/a%20b?x=1&y=%20", "/mcp/a b", b"hello")
             assert req.header("X-MULTI") == "one" and req.header_all("x-multi") == ["one", "two"]
             assert req.header("absent") is None and ("host", "t") in req.headers
             # same connection: the client address did not change
@@ -304,7 +306,8 @@ async def test_chunked_body_over_the_limit_is_413():
             assert await c.closed_by_server()
             # at the limit exactly is fine
             c = await Client.connect(port)
-            await c.send(b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n3e8\r\n" + b"a" * 1000 + b"\r\n0\r\n\r\n")
+            await c.send(b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+                         b"3e8\r\n" + b"a" * 1000 + b"\r\n0\r\n\r\n")
             assert (await c.response()).body == b'{"path": "/", "n": 1000}'
 
 
@@ -330,7 +333,8 @@ async def test_request_head_over_the_limit_is_431(pieces):
 
 @pytest.mark.parametrize("raw", [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
                                  b"GET / HTTP/1.1\r\nhost: t\r\ncontent-length: x\r\n\r\n",
-                                 b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"
+                                 b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\n"
+                                 b"transfer-encoding: chunked\r\n\r\n"
                                  b"3\r\nabc\r\n0\r\n\r\n"])
 async def test_malformed_request_is_400_with_a_reason_then_close(raw):
     calls = []
@@ -588,7 +592,7 @@ async def test_concurrent_senders_queue_at_most_write_high_water():
         await resp.start_stream(200, [])
 
         async def producer(tag: bytes):
-            for i in range(48):
+            for _i in range(48):
                 await resp.send_chunk(tag * chunk)
 
         async def watch():

@@ -76,7 +76,7 @@ class Upstream:
     def __init__(self, argv: list[str], port_file: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.port_file = port_file
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")   # noqa: SIM115 - the child's log, closed in close()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
                                      cwd=REPO_ROOT, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 20
@@ -285,7 +285,7 @@ class OddServer(ThreadingHTTPServer):
 class OddHandler(BaseHTTPRequestHandler):
     server: OddServer
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
         auth = self.headers.get("authorization")
         self.server.seen.append(auth)
@@ -314,7 +314,7 @@ class OddHandler(BaseHTTPRequestHandler):
                                                                    "capabilities": {}, "serverInfo": {
                                                                        "name": "odd", "version": "0"}}}).encode())
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         last = self.headers.get("last-event-id")
         self.server.requests.append(("GET", self.headers.get("mcp-session-id"), last))
         if self.path.strip("/") != "sse":
@@ -339,7 +339,7 @@ class OddHandler(BaseHTTPRequestHandler):
             self._event("p-3", {"jsonrpc": "2.0", "id": self.server.call_id,
                                 "result": {"content": [{"type": "text", "text": "answered after resuming"}]}})
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self.server.requests.append(("DELETE", self.headers.get("mcp-session-id"), None))
         self._send(200, "text/plain", b"")
 

@@ -175,7 +175,7 @@ class JunkServer(ThreadingHTTPServer):
 
 
 class JunkHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         msg = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
         if "id" not in msg:
             self.send_response(202)
@@ -191,7 +191,7 @@ class JunkHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.send_response(405)
         self.send_header("content-length", "0")
         self.end_headers()

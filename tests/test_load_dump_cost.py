@@ -4,8 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from load import __main__ as load_main
-from load import dump_cost, stdio_bench
+from load import __main__ as load_main, dump_cost, stdio_bench
 
 
 def children() -> list:

@@ -227,7 +227,7 @@ def test_compare_alternates_and_prints_ratios(direct, gateway):
     assert "B / A" in proc.stdout
     ratio_rows = [line for line in proc.stdout.splitlines() if line.strip().startswith(("calls_per_s", "p50_ms"))]
     assert len(ratio_rows) == 2 and all(" x" in row for row in ratio_rows)
-    code, doc = load_json("--target", direct, "--fixture", MODERN, "-c", "2", "-n", "20", "--compare", gateway,
+    _code, doc = load_json("--target", direct, "--fixture", MODERN, "-c", "2", "-n", "20", "--compare", gateway,
                           "--rounds", "2")
     assert [r["target"] for r in doc["runs"]] == [direct, gateway, direct, gateway]
     assert doc["compare"]["calls_per_s"]["ratio_b_to_a"] > 0

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from load import __main__ as load_main
-from load import stdio_bench
+from load import __main__ as load_main, stdio_bench
 
 ECHO = Path(__file__).resolve().parent.parent / "fixtures" / "servers" / "echo.py"
 FIGURES = {
@@ -81,11 +80,11 @@ def test_echo_fixture_in_both_slots_measures_everything(capsys, placement):
         assert run["shutdown"]["stopped_by"] == "stdin-eof" and run["shutdown"]["stragglers"] == []
         assert set(run["scenarios"]) == {"sequential", "inflight_8"}
         for name, figures in run["scenarios"].items():
-            assert FIGURES <= set(figures), name
+            assert set(figures) >= FIGURES, name
             assert figures["calls"] == 300 and figures["mismatches"] == 0
             assert figures["calls_per_s"] > 0
             assert 0 < figures["p50_us"] <= figures["p90_us"] <= figures["p99_us"] <= figures["max_us"]
-    for name, entry in result["summary"].items():
+    for entry in result["summary"].values():
         assert entry["direct"]["rounds"] == entry["gateway"]["rounds"] == 1
         comparison = entry["gateway_vs_direct"]
         assert comparison["throughput_ratio"] > 0

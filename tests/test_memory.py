@@ -124,7 +124,7 @@ def test_abandoned_legacy_sessions_leave_no_memory_behind(traced):
     total = 0
     figures = []
     with httpx.Client(timeout=30) as client:
-        for cycle in range(cycles + 1):   # cycle 0 warms up: first-use caches, imports, code paths
+        for _cycle in range(cycles + 1):   # cycle 0 warms up: first-use caches, imports, code paths
             abandon_sessions(gw, client, per_cycle)
             total += per_cycle
             wait_expired(gw, total)

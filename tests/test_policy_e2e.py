@@ -322,7 +322,8 @@ def test_guarded_server_frames_stay_byte_for_byte(tmp_path: Path) -> None:
     from gateway import fixture_module
 
     odd = fixture_module("oddformat")
-    config = write_config(tmp_path, {"odd": {**fixture("oddformat"), "pinning": "warn", "cache": {"tools_list_ttl": 0}}})
+    config = write_config(tmp_path, {"odd": {**fixture("oddformat"), "pinning": "warn",
+                                             "cache": {"tools_list_ttl": 0}}})
     gw = gateway(config, "odd", tmp_path)
     try:
         for method, rid in [("initialize", 1), ("tools/list", 2), ("ping", 3), ("no/such", 4), ("tools/list", "again")]:
@@ -357,14 +358,14 @@ def test_modern_list_changed_on_a_listen_stream_invalidates_the_cache(tmp_path: 
 
         def listen() -> None:
             body, headers = modern("sub-9", "subscriptions/listen", {"notifications": {"toolsListChanged": True}})
-            with httpx.Client(timeout=20) as client:
-                with client.stream("POST", gw.url("echo"), content=json.dumps(body), headers=headers) as resp:
-                    for line in resp.iter_lines():
-                        if line.startswith("data:") and line[5:].strip():
-                            events.append(json.loads(line[5:]))
-                            if events[-1].get("method") == "notifications/tools/list_changed":
-                                got.set()
-                                return
+            with httpx.Client(timeout=20) as client, \
+                    client.stream("POST", gw.url("echo"), content=json.dumps(body), headers=headers) as resp:
+                for line in resp.iter_lines():
+                    if line.startswith("data:") and line[5:].strip():
+                        events.append(json.loads(line[5:]))
+                        if events[-1].get("method") == "notifications/tools/list_changed":
+                            got.set()
+                            return
 
         reader = threading.Thread(target=listen, daemon=True)
         reader.start()

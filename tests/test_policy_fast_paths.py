@@ -194,10 +194,12 @@ async def test_the_chain_decides_the_same_without_coroutines_and_skips_what_does
     from wire_gateway.policy.filter import ToolFilter
 
     index = ToolIndex()
-    index.learn({"tools": [{"name": "add", "inputSchema": {"type": "object", "properties": {"a": {"type": "number"}}}}]})
+    index.learn({"tools": [{"name": "add",
+                            "inputSchema": {"type": "object", "properties": {"a": {"type": "number"}}}}]})
     chain = Chain("srv", [ToolFilter(deny=("admin_*",)), SchemaGuard("srv", index),
                           ListCache("srv", MemoryStore(), 30, Generations())], index)
-    for params in ({"name": "add", "arguments": {"a": 1}}, {"name": "admin_x"}, {"name": "add", "arguments": {"a": "x"}}):
+    for params in ({"name": "add", "arguments": {"a": 1}}, {"name": "admin_x"},
+                   {"name": "add", "arguments": {"a": "x"}}):
         now = chain.down_now(call("tools/call", params))
         ok, later = drive(chain.down(call("tools/call", params)))
         assert ok and now is not None and now[1] == later[1]

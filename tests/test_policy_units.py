@@ -289,7 +289,8 @@ async def test_a_cache_hit_is_still_filtered_and_an_early_answer_skips_the_rest(
     one = await chain.handle(call("tools/list", req_id=1), upstream)
     two = await chain.handle(call("tools/list", req_id=2), upstream)
     assert calls == [1]
-    assert [t["name"] for t in two.msg["result"]["tools"]] == ["echo"] == [t["name"] for t in one.msg["result"]["tools"]]
+    assert [t["name"] for t in two.msg["result"]["tools"]] == ["echo"] \
+        == [t["name"] for t in one.msg["result"]["tools"]]
     assert two.msg["id"] == 2
     refused = await chain.handle(call("tools/call", {"name": "admin_x"}, req_id=3), upstream)
     assert calls == [1] and refused.msg["error"]["message"] == "Unknown tool: admin_x"

@@ -245,7 +245,8 @@ def test_http_gateway_masks_stderr_and_secret_values(tmp_path: Path, monkeypatch
 
             def call(req_id: int, tool: str, args: dict[str, Any]) -> dict[str, Any]:
                 r = client.post(gw.url("leaky"), headers=headers, json={
-                    "jsonrpc": "2.0", "id": req_id, "method": "tools/call", "params": {"name": tool, "arguments": args}})
+                    "jsonrpc": "2.0", "id": req_id, "method": "tools/call",
+                    "params": {"name": tool, "arguments": args}})
                 assert r.status_code == 200, r.text
                 return r.json()
 

@@ -31,12 +31,14 @@ def test_client_frames_reach_the_server_byte_for_byte(tmp_path):
                 out.write(line); out.flush()
                 msg = json.loads(line)
                 if isinstance(msg, dict) and "id" in msg and "method" in msg:
-                    sys.stdout.buffer.write(b'{{"jsonrpc":"2.0","id":' + json.dumps(msg["id"]).encode() + b',"result":{{}}}}\\n')
+                    sys.stdout.buffer.write(b'{{"jsonrpc":"2.0","id":' + json.dumps(msg["id"]).encode()
+                                            + b',"result":{{}}}}\\n')
                     sys.stdout.flush()
     """))
     config = write_config(tmp_path, {"rec": {"command": PY, "args": [str(recorder)]}})
     sent = [
-        b'{ "id" : 1 ,\t"method" : "tools\\/call", "jsonrpc":"2.0", "params":{"name":"caf\\u00e9","arguments":{"n":1e400,"s":"\\ud800","big":123456789012345678901234567890,"z":-0.0}} }',
+        b'{ "id" : 1 ,\t"method" : "tools\\/call", "jsonrpc":"2.0", "params":{"name":"caf\\u00e9",'
+        b'"arguments":{"n":1e400,"s":"\\ud800","big":123456789012345678901234567890,"z":-0.0}} }',
         '{"jsonrpc":"2.0","method":"notifications/message","params":{"text":"raw ☃ 𝄞"}}'.encode(),
         b'{"jsonrpc":"2.0","id":"x","result":{"a":[1, 2 ,3]}}  ',
     ]
@@ -66,7 +68,8 @@ def test_server_to_client_request_progress_and_batches(tmp_path):
     try:
         gw.initialize()
         # a server->client sampling request travels to us while our tools/call is open
-        gw.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "sample", "arguments": {"prompt": "hi"}}})
+        gw.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                 "params": {"name": "sample", "arguments": {"prompt": "hi"}}})
         ask = gw.recv()
         assert ask["method"] == "sampling/createMessage"
         gw.send({"jsonrpc": "2.0", "id": ask["id"], "result": {"role": "assistant", "model": "m",
@@ -96,7 +99,8 @@ def test_cancellation_is_forwarded_and_the_session_goes_on(tmp_path):
     gw = gateway(write_config(tmp_path, {"slow": fixture("slow", "--log", str(log))}), "slow", tmp_path)
     try:
         gw.initialize()
-        gw.send({"jsonrpc": "2.0", "id": 50, "method": "tools/call", "params": {"name": "sleep", "arguments": {"seconds": 30}}})
+        gw.send({"jsonrpc": "2.0", "id": 50, "method": "tools/call",
+                 "params": {"name": "sleep", "arguments": {"seconds": 30}}})
         gw.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 50, "reason": "test"}})
         assert text_of(gw.call("echo", {"text": "after"})) == "after"
     finally:

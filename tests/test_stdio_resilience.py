@@ -40,10 +40,12 @@ def test_every_request_in_flight_to_a_dead_server_gets_exactly_one_error(tmp_pat
     try:
         gw.initialize()
         for i in range(1, 4):  # three calls answered, then the 4th kills the process with 3 more behind it
-            gw.send({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": str(i)}}})
+            gw.send({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                     "params": {"name": "echo", "arguments": {"text": str(i)}}})
         answers = {}
         for i in range(4, 8):
-            gw.send({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": str(i)}}})
+            gw.send({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                     "params": {"name": "echo", "arguments": {"text": str(i)}}})
         while len(answers) < 7:
             frame = gw.recv()
             assert frame["id"] not in answers
@@ -117,7 +119,8 @@ def test_bad_input_gets_errors_and_the_connection_survives(tmp_path):
         long_id = "i" * 3000
         assert gw.request("ping", req_id=long_id)["result"] == {}
         # A call that is still running when its id comes again (an echo could be answered first).
-        gw.send({"jsonrpc": "2.0", "id": 34, "method": "tools/call", "params": {"name": "wait", "arguments": {"seconds": 0.5}}})
+        gw.send({"jsonrpc": "2.0", "id": 34, "method": "tools/call",
+                 "params": {"name": "wait", "arguments": {"seconds": 0.5}}})
         gw.send({"jsonrpc": "2.0", "id": 34, "method": "ping"})  # duplicate id in flight
         replies = {json.dumps(gw.recv(), sort_keys=True) for _ in range(2)}
         codes = sorted(json.loads(r).get("error", {}).get("code", 0) for r in replies)
@@ -136,7 +139,8 @@ def test_in_flight_limit_answers_the_excess_at_once(tmp_path):
     try:
         gw.initialize()
         for i in (1, 2):
-            gw.send({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "sleep", "arguments": {"seconds": 0.5}}})
+            gw.send({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                     "params": {"name": "sleep", "arguments": {"seconds": 0.5}}})
         refused = gw.request("ping", req_id=3)
         assert refused["error"]["code"] == -31004 and "limit 2" in refused["error"]["message"]
         assert sorted(gw.recv()["id"] for _ in range(2)) == [1, 2]
@@ -186,7 +190,8 @@ def test_client_vanishing_mid_call_ends_everything(tmp_path):
         send({{"jsonrpc": "2.0", "method": "notifications/initialized"}})
         send({{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {{"name": "pid", "arguments": {{}}}}}})
         server_pid = json.loads(gw.stdout.readline())["result"]["content"][0]["text"]
-        send({{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {{"name": "sleep", "arguments": {{"seconds": 60}}}}}})
+        send({{"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+              "params": {{"name": "sleep", "arguments": {{"seconds": 60}}}}}})
         print(gw.pid, server_pid, flush=True)
         time.sleep(600)
     """))
@@ -217,11 +222,13 @@ def test_stubborn_server_and_its_children_are_killed_within_bounds(tmp_path):
     stubborn.write_text(textwrap.dedent(f"""
         import json, os, signal, subprocess, sys, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        child = subprocess.Popen([sys.executable, "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
         open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{child.pid}}")
         for line in sys.stdin:
             msg = json.loads(line)
-            sys.stdout.write(json.dumps({{"jsonrpc": "2.0", "id": msg["id"], "result": {{}}}}) + "\\n"); sys.stdout.flush()
+            sys.stdout.write(json.dumps({{"jsonrpc": "2.0", "id": msg["id"], "result": {{}}}}) + "\\n")
+            sys.stdout.flush()
         time.sleep(600)   # ignores EOF too
     """))
     server = {"command": PY, "args": [str(stubborn)], "shutdown": {"stdin_close_timeout": 0.3, "sigterm_timeout": 0.3}}
@@ -360,6 +367,7 @@ def test_a_restarted_server_reusing_a_request_id_gets_its_own_answer(tmp_path):
         gw.send({"jsonrpc": "2.0", "id": "s1", "result": {"roots": ["late, for the dead process"]}})
         gw.send({"jsonrpc": "2.0", "id": second["id"], "result": {"roots": ["for the successor"]}})
         answer = gw.recv()
-        assert answer["id"] == 2 and json.loads(answer["result"]["content"][0]["text"]) == {"roots": ["for the successor"]}
+        assert answer["id"] == 2
+        assert json.loads(answer["result"]["content"][0]["text"]) == {"roots": ["for the successor"]}
     finally:
         gw.close()

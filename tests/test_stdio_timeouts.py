@@ -109,7 +109,8 @@ def test_a_request_with_no_answer_times_out_and_the_server_is_cancelled(tmp_path
         assert text_of(gw.call("echo", {"text": "still here"})) == "still here"
     finally:
         gw.close()
-    assert f"request 'hung' (tools/call) got no answer within {T:g}s (timeout); the gateway cancelled it" in gw.log_text()
+    assert (f"request 'hung' (tools/call) got no answer within {T:g}s (timeout); the gateway cancelled it"
+            in gw.log_text())
 
 
 def test_progress_keeps_a_request_alive_past_its_timeout(tmp_path: Path) -> None:
@@ -198,7 +199,7 @@ def test_a_cancelled_request_is_not_timed_out_later(tmp_path: Path) -> None:
 
 
 def test_a_subscription_is_never_timed_out(tmp_path: Path) -> None:
-    gw, log = slow_gateway(tmp_path, T)
+    gw, _log = slow_gateway(tmp_path, T)
     try:
         gw.send({"jsonrpc": "2.0", "id": "sub", "method": "subscriptions/listen",
                  "params": {"_meta": MODERN_META, "notifications": {"toolsListChanged": True}}})
@@ -257,7 +258,8 @@ def answer_of(resp: httpx.Response) -> dict[str, Any]:
 def test_a_legacy_http_session_gets_the_timeout_error(http_gw: HttpGateway) -> None:
     opened = httpx.post(http_gw.url("slow"), json=INIT, headers=ACCEPT, timeout=10)
     h = {**ACCEPT, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-    httpx.post(http_gw.url("slow"), json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h, timeout=10)
+    httpx.post(http_gw.url("slow"), json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h,
+               timeout=10)
     started = time.monotonic()
     resp = httpx.post(http_gw.url("slow"), json=call("sleep", 7, seconds=30), headers=h, timeout=15)
     assert time.monotonic() - started < T + 4

@@ -2,8 +2,7 @@
 import json
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from wire_gateway.wire import errors, scan
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode

@@ -1,7 +1,6 @@
 """Newline framing: chunking never changes the frames; limits hold without buffering whole lines."""
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from chunking import split
+from hypothesis import given, settings, strategies as st
 
 from wire_gateway.wire.framing import LineFramer, Oversize
 

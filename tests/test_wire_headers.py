@@ -3,8 +3,7 @@ import copy
 
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from wire_gateway.wire.headers import (
     HEADER_MISMATCH,

@@ -1,8 +1,7 @@
 """SSE codec: WHATWG parsing rules, chunking never changes the events, encode/decode round-trips."""
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from chunking import split
+from hypothesis import given, settings, strategies as st
 
 from wire_gateway.wire.sse import (
     Event,

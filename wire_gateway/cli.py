@@ -304,9 +304,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         async with trio.open_nursery() as nursery, running(services):
             nursery.start_soon(on_signals)
-            if memtrace.prefix() is not None:   # a debug hook, off unless WIRE_GATEWAY_TRACEMALLOC is set
+            prefix = memtrace.prefix()
+            if prefix is not None:   # a debug hook, off unless WIRE_GATEWAY_TRACEMALLOC is set
                 memtrace.start()
-                nursery.start_soon(memtrace.serve_snapshots, memtrace.prefix())
+                nursery.start_soon(memtrace.serve_snapshots, prefix)
             front = HttpFront(config, services)
             if dumper is not None:
                 await nursery.start(dumper.run)
@@ -331,8 +332,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         run_trio(serve, services)
     except* OSError as group:   # raised inside nurseries, so it arrives as a group
-        exc = group.exceptions[0]
+        first = group.exceptions[0]
         print(f"wire-gateway serve: cannot listen (http.port {config.http.port}, http.admin_port "
-              f"{config.http.admin_port}): {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+              f"{config.http.admin_port}): {getattr(first, 'strerror', None) or first}", file=sys.stderr)
         failed = True
     return 1 if failed else 0

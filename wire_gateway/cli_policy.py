@@ -31,14 +31,18 @@ def _run(fn: Any, config: Config) -> int:
     if store.backend == "redis":
         import trio_asyncio
 
+        from wire_gateway.store.redis import RedisStore
+        redis = store
+        assert isinstance(redis, RedisStore)    # what make_store builds for the redis backend
+
         async def main() -> int:
             try:
-                if not await store.connect():   # type: ignore[attr-defined]
-                    print(f"store: Redis at {store.safe_url} is not reachable", file=sys.stderr)  # type: ignore
+                if not await redis.connect():
+                    print(f"store: Redis at {redis.safe_url} is not reachable", file=sys.stderr)
                     return 1
-                return await fn(store)
+                return await fn(redis)
             finally:
-                await store.aclose()   # type: ignore[attr-defined]
+                await redis.aclose()
         return trio_asyncio.run(main)
     import trio
 

@@ -10,7 +10,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -144,7 +144,7 @@ class ServerSpec:
     def argv(self) -> list[str]:
         return [self.command, *self.args]
 
-    def resolved(self, environ: dict[str, str] | None = None) -> "ServerSpec":
+    def resolved(self, environ: dict[str, str] | None = None) -> ServerSpec:
         """Expand ${VAR} in command, args, env and cwd, and merge env over the inherited minimum."""
         environ = dict(os.environ if environ is None else environ)
         where = f"servers.{self.name}"
@@ -267,12 +267,13 @@ def validation_errors(doc: Any) -> list[str]:
 
 
 def _describe(err: jsonschema.ValidationError) -> str:
+    schema = err.schema if isinstance(err.schema, Mapping) else {}
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-        allowed = sorted(err.schema.get("properties", {}))
+        allowed = sorted(schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(allowed))
         if allowed:
             return f"unknown key(s) {', '.join(map(repr, extra))}; expected one of: {', '.join(allowed)}"
-    if err.validator == "oneOf" and isinstance(err.instance, dict) and "command" in err.schema.get("properties", {}):
+    if err.validator == "oneOf" and isinstance(err.instance, dict) and "command" in schema.get("properties", {}):
         both = "command" in err.instance and "url" in err.instance
         return ('has both "command" and "url"; a server is either a process to run ("command") or a remote '
                 'server ("url"), not both') if both else \
@@ -298,12 +299,12 @@ def allow_list_problems(http: dict[str, Any]) -> list[str]:
     return problems
 
 
-def find_config_path(cli_path: str | None, environ: dict[str, str] | None = None) -> str | None:
+def find_config_path(cli_path: str | None, environ: Mapping[str, str] | None = None) -> str | None:
     """--config, else $WIRE_GATEWAY_CONFIG, else None (the built-in default)."""
     if cli_path:
         return cli_path
-    environ = os.environ if environ is None else environ
-    return environ.get(ENV_VAR) or None
+    env = os.environ if environ is None else environ
+    return env.get(ENV_VAR) or None
 
 
 def load_config(cli_path: str | None = None, environ: dict[str, str] | None = None) -> Config:

@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import threading
+from typing import Any
 
 VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
@@ -124,9 +125,9 @@ class Server:
     def __init__(self, name, log=None, version="1.0.0", ttl_ms=0):
         self.name, self.version = name, version
         self.ttl_ms = ttl_ms   # the cache hint on modern cacheable results
-        self.tools = {}
+        self.tools: dict[str, Tool] = {}
         self.initialized = False
-        self.log_file = open(log, "a", encoding="utf-8") if log else None
+        self.log_file = open(log, "a", encoding="utf-8") if log else None   # noqa: SIM115 - for the process's life
         self._out = sys.stdout.buffer
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -198,7 +199,7 @@ class Server:
     def request(self, method, params, timeout=30.0):
         """Send a server-to-client request and block until its response
         (call from a threaded tool only). Returns the response message."""
-        slot = [threading.Event(), None]
+        slot: list[Any] = [threading.Event(), None]    # the event, then the response
         with self._state_lock:
             self._next_id += 1
             rid = f"srv-{self._next_id}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -19,6 +19,7 @@ import orjson
 from wire_gateway.telemetry.masking import Masker
 from wire_gateway.wire import jsonfast
 
+_c_word_suspects: Callable[[Iterable[bytes]], list[int]] | None
 try:   # the word test in C (an optional part of the build): one pass per frame
     from wire_gateway.dump._records import suspects as _c_word_suspects
 except ImportError:
@@ -54,13 +55,13 @@ _WORDS = (b"auth", b"token", b"key", b"secret", b"passw", b"cookie", b"bearer", 
 # a trigger of its own. BEARER needs its scheme word, anywhere in a string.
 _QUOTE_OR_SEP = (b'"', b"_", b"-")
 _KEY_WORDS = {
-    b'token"': _QUOTE_OR_SEP + (b"access", b"refresh", b"id", b"auth", b"bearer", b"session"),
+    b'token"': (*_QUOTE_OR_SEP, b"access", b"refresh", b"id", b"auth", b"bearer", b"session"),
     b'key"': (b"api", b"api_", b"api-"),
     b'cookie"': _QUOTE_OR_SEP,
     b'authorization"': _QUOTE_OR_SEP,
     b'password"': _QUOTE_OR_SEP,
     b'passwd"': _QUOTE_OR_SEP,
-    b'secret"': _QUOTE_OR_SEP + (b"client",),
+    b'secret"': (*_QUOTE_OR_SEP, b"client"),
 }
 # Each group of words comes with a letter they all contain that is rare in protocol frames: a
 # one-byte search (memchr) for it decides whether the words' own, much slower, searches are
@@ -123,7 +124,7 @@ def _spellings(values: Iterable[str]) -> list[str]:
     return found
 
 
-def _find_in_batch(raws: list[bytes], joined: bytes, words: Iterable[bytes],
+def _find_in_batch(raws: Sequence[bytes], joined: bytes, words: Iterable[bytes],
                    find: Callable[..., int] | None = None) -> set[int]:
     """Which frames of a batch hold any of `words`: `joined` is the frames joined by NUL (or a
     form of it of the same length, e.g. lower-cased); one search of it per word (`find(joined,
@@ -193,7 +194,7 @@ class FrameMasker:
             return any(p.search(text) for p in self._text_patterns)
         return False
 
-    def suspects(self, raws: list[bytes]) -> set[int]:
+    def suspects(self, raws: Sequence[bytes]) -> set[int]:
         """Which of a batch of JSON texts (frames that parsed) might hold a secret; the others
         are written as they are. A frame that may not be JSON must go through `mask_raw`.
 
@@ -211,7 +212,7 @@ class FrameMasker:
             found |= _find_in_batch(raws, b"\0".join(raws), self._literals)
         return found
 
-    def _word_suspects(self, raws: list[bytes]) -> set[int]:
+    def _word_suspects(self, raws: Sequence[bytes]) -> set[int]:
         """The word test in Python (where the C one is not built): the same rules, a batch at a time.
 
         One pass over the joined, lower-cased frames per trigger word, and only for the words

@@ -63,7 +63,7 @@ def follow_records(path: str | Path, poll: float = 0.2) -> Iterator[dict[str, An
     while True:
         if f is None:
             try:
-                f = open(path, "rb")
+                f = open(path, "rb")   # noqa: SIM115 - reopened at each rotation, so no `with`
                 ino = os.fstat(f.fileno()).st_ino
                 partial = b""
             except FileNotFoundError:
@@ -120,7 +120,7 @@ def frame_msg(rec: dict[str, Any]) -> Any:
         return None
 
 
-def _key(rec: dict[str, Any], direction: str) -> tuple:
+def _key(rec: dict[str, Any], direction: str | None) -> tuple[Any, ...]:
     msg_id = rec.get("id")
     return rec.get("session"), rec.get("server"), direction, type(msg_id).__name__, json.dumps(msg_id)
 
@@ -142,7 +142,7 @@ class Filter:
 
     def __init__(self, session: str | None, server: str | None, method: str | None, errors: bool) -> None:
         self.session, self.server, self.method, self.errors = session, server, method, errors
-        self._asked: dict[tuple, str] = {}
+        self._asked: dict[tuple[Any, ...], str | None] = {}
 
     def __call__(self, rec: dict[str, Any]) -> bool:
         if "dropped" in rec:
@@ -161,9 +161,7 @@ class Filter:
             method = self._asked.get(_key(rec, _PARTNER[direction]), method)
         if self.method and not fnmatch.fnmatchcase(method or "", self.method):
             return False
-        if self.errors and not _is_error(rec):
-            return False
-        return True
+        return not (self.errors and not _is_error(rec))
 
 
 def _paint(text: str, code: str | None, colour: bool) -> str:
@@ -384,7 +382,8 @@ def add_dump_parser(sub: Any) -> None:
     s = tools.add_parser("fixture", help="turn one dumped session into a load fixture (docs/fixtures.md)")
     s.add_argument("file")
     s.add_argument("--session", help="which session (required when the dump has several)")
-    s.add_argument("--out", required=True, metavar="PATH", help="the fixture to write, e.g. fixtures/sessions/NAME.jsonl")
+    s.add_argument("--out", required=True, metavar="PATH",
+                   help="the fixture to write, e.g. fixtures/sessions/NAME.jsonl")
     s.add_argument("--name", help="fixture name (default: the file name without .jsonl)")
     s.add_argument("--description", default="", help="what the session exercises")
 
@@ -406,9 +405,9 @@ def run_dump_command(args: argparse.Namespace) -> int:
             result = stats(iter_records(args.file))
             print(json.dumps(result, indent=2) if args.json else render_stats(result))
             return 0
-        records = list(iter_records(args.file))
+        recorded = list(iter_records(args.file))
         name = args.name or Path(args.out).name.removesuffix(".jsonl")
-        header, entries = make_fixture(records, args.session, name, args.description)
+        header, entries = make_fixture(recorded, args.session, name, args.description)
         write_fixture(args.out, header, entries)
         print(f"wrote {args.out}: {len(entries)} frames of session from {args.file} "
               f"({header.era}, {header.transport}, server {header.server})")

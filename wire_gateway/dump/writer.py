@@ -21,15 +21,17 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import mul, sub
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
+import trio.lowlevel
 
 from wire_gateway.dump.mask import FrameMasker
 from wire_gateway.telemetry.masking import SECRETS
@@ -61,8 +63,9 @@ _MAX_OPEN_REQUESTS = 100_000
 _REQUEST, _RESPONSE, _ERROR, _NOTIFICATION = Kind.REQUEST, Kind.RESPONSE, Kind.ERROR, Kind.NOTIFICATION
 _monotonic = time.monotonic
 _KIND_ORDER = (_REQUEST, _NOTIFICATION, _RESPONSE, _ERROR)   # the heads' order (_KINDS), for the C encoder
+_native: ModuleType | None
 try:
-    from wire_gateway.dump import _records as _native   # the C encoder: an optional part of the build
+    from wire_gateway.dump import _records as _native  # the C encoder: an optional part of the build
 except ImportError:
     _native = None
 # WIRE_GATEWAY_DUMP_ENCODER=python: the Python encoder even where the C one is built.
@@ -86,12 +89,13 @@ class DumpSettings:
     secret_values: tuple[str, ...] = field(default_factory=tuple)   # masked wherever they occur
 
 
-class _Hops(dict):
+class _Hops(dict[str, list[Any]]):
     """A tap's hops by direction (`Tap.hop`), made on first use for a direction beyond the four."""
 
     __slots__ = ("tap",)
+    tap: Tap
 
-    def __missing__(self, direction: str) -> list:
+    def __missing__(self, direction: str) -> list[Any]:
         hop = self[direction] = self.tap.hop(direction)
         return hop
 
@@ -106,6 +110,10 @@ class _PyTapCore:
     makes the queue non-empty wakes the writer (`Dumper.wake_up`: it may be idle)."""
 
     __slots__ = ("queue", "hops", "dumper", "limit")
+    queue: list[tuple[Any, ...]]
+    hops: _Hops
+    dumper: Dumper
+    limit: int
 
     def frame(self, direction: str, frame: Frame, policy: str | None = None) -> None:
         queue = self.queue
@@ -134,7 +142,20 @@ class Tap:
     `frame(direction, frame, policy=None)` and `put(direction, raw, kind, method, msg_id, policy)`
     (from `_records.TapCore` where the C encoder is built, else `_PyTapCore`; `Dumper.tap` picks)."""
 
-    __slots__ = ()
+    # The slots are the concrete class's (_TAP_SLOTS beside its core's: two bases with slots of
+    # their own cannot be combined). A type checker would read `__slots__ = ()` as "no attributes",
+    # so it is shown the attributes and the hooks that the core brings instead.
+    if not TYPE_CHECKING:
+        __slots__ = ()
+    else:
+        dumper: Dumper
+        queue: list[tuple[Any, ...]]
+        limit: int
+        hops: _Hops
+
+        def frame(self, direction: str, frame: Frame, policy: str | None = None) -> None: ...
+        def put(self, direction: str, raw: bytes, kind: Kind | None = None, method: str | None = None,
+                msg_id: Any = None, policy: str | None = None) -> None: ...
     _TAP_SLOTS = ("session", "server", "transport", "upstream", "unanswered", "heads_era", "__weakref__")
 
     def __init__(self, dumper: Dumper, session: str, server: str, transport: str,
@@ -158,7 +179,7 @@ class Tap:
         if era is None:
             dumper.dynamic_taps.add(self)
 
-    def for_server(self, server: str, upstream: Any) -> "Tap":
+    def for_server(self, server: str, upstream: Any) -> Tap:
         """The same session seen at one of its servers (the aggregate's members): that server's
         name, and its own era, read from its upstream."""
         return type(self)(self.dumper, self.session, server, self.transport, None, upstream)
@@ -199,8 +220,11 @@ class _PyTap(_PyTapCore, Tap):
 
 _CTap: type[Tap] | None = None
 if _native is not None:
-    class _CTap(_native.TapCore, Tap):   # type: ignore[no-redef]
+    from wire_gateway.dump._records import TapCore
+
+    class _NativeTap(TapCore, Tap):
         __slots__ = Tap._TAP_SLOTS
+    _CTap = _NativeTap
 
 
 class Dumper:
@@ -287,7 +311,7 @@ class Dumper:
                 for start in range(0, len(batch), CHUNK):
                     chunks.append(self._encode(batch[start:start + CHUNK]))
                     if self.cpu_seconds - yielded_at >= CHECKPOINT_CPU:
-                        await trio.sleep(0)     # let the proxy run
+                        await trio.lowlevel.checkpoint()     # let the proxy run
                         yielded_at = self.cpu_seconds
                 chunks.append(self._dropped_record(dropped))
                 self._pending = []           # from here on the write happens, cancelled or not
@@ -331,7 +355,7 @@ class Dumper:
         Only when the disk is so slow that UNWRITTEN_BATCHES batches wait does the writer task
         wait too (meanwhile frames collect in the queue, then are dropped and counted)."""
         try:
-            while self._write_error is None and not self._room.acquire(blocking=False):
+            while self._write_error is None and not self._room.acquire(blocking=False):  # noqa: ASYNC110 - a threading semaphore has no trio event
                 await trio.sleep(BATCH_WINDOW / 5)
         finally:
             self._outbox.put(data)     # cancelled or not: written before the file is closed
@@ -359,7 +383,7 @@ class Dumper:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab", buffering=0)
+        self._file = open(self.path, "ab", buffering=0)   # noqa: SIM115 - open until closed or rotated
         self._size = self._file.tell()
 
     def _encode(self, batch: list[tuple]) -> bytes:
@@ -378,11 +402,12 @@ class Dumper:
                 for waiting in tap.unanswered.values():
                     waiting.clear()
             self.unanswered = 0
-        data = self._encode_native(batch) if self.native is not None else self._encode_python(batch)
+        native = self.native
+        data = self._encode_native(native, batch) if native is not None else self._encode_python(batch)
         self.cpu_seconds += time.thread_time() - started
         return data
 
-    def _encode_native(self, batch: list[tuple]) -> bytes:
+    def _encode_native(self, native: ModuleType, batch: list[tuple[Any, ...]]) -> bytes:
         """The C encoder for the usual records; where it stops (a record it leaves to Python, or
         the next second), one record in Python or a new call for the new second.
 
@@ -390,7 +415,7 @@ class Dumper:
         pass over each frame, and stops at a suspect frame; that frame is masked here and the
         call goes on from it with the masked text. With patterns, all frames are tested first."""
         masker = self.masker
-        overrides = None
+        overrides: list[bytes | None] | None = None
         word_test = not masker.has_patterns
         if not word_test:
             raws = [record[2] for record in batch]
@@ -406,7 +431,7 @@ class Dumper:
         pos, end = 0, len(batch)
         while pos < end:
             sec_text, second_at = self._second_of(batch[pos][0])
-            data, more, stop, suspect = self.native.encode(batch, pos, sec_text, second_at, overrides, _KIND_ORDER,
+            data, more, stop, suspect = native.encode(batch, pos, sec_text, second_at, overrides, _KIND_ORDER,
                                                            _METHODS, _method_json, _json, _tail, word_test)
             parts.append(data)
             opened += more
@@ -445,6 +470,9 @@ class Dumper:
         latency; a single `bytes %` formats the lot (key order is fixed: see docs/dumps.md).
         Whatever is unusual (a frame the gateway wrote, one that is not UTF-8, a large one seen
         at two hops, a chunk across a second's edge) takes a slower way for that column only."""
+        kinds: Sequence[Any]          # tuples, or lists where frames the gateway wrote are decoded
+        methods: Sequence[Any]
+        ids: Sequence[Any]
         monos, hops, raws, kinds, methods, ids, policies = zip(*batch)
         careful: set[int] = set()
         if None in kinds:            # frames the gateway wrote: decode them; mask them the careful way
@@ -544,7 +572,7 @@ class Dumper:
         offset = _clock_offset()
         lo, hi = min(monos), max(monos)
         sec_text, second_at = self._second_of(lo, offset)
-        if 0.0 <= lo - second_at and hi - second_at < 1.0:   # the usual chunk: all in one second
+        if lo - second_at >= 0.0 and hi - second_at < 1.0:   # the usual chunk: all in one second
             return repeat(sec_text), map(mul, map(sub, monos, repeat(second_at)), repeat(1e6))
         sec_texts, fracs = [], []
         for mono in monos:
@@ -581,7 +609,7 @@ class Dumper:
                 if older.exists():
                     os.replace(older, f"{self.path}.{n + 1}")
             os.replace(self.path, f"{self.path}.1")
-        self._file = open(self.path, "wb", buffering=0)
+        self._file = open(self.path, "wb", buffering=0)   # noqa: SIM115 - open until closed or rotated
         self._size = 0
 
 

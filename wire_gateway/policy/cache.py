@@ -44,7 +44,8 @@ def canonical(value: Any) -> str:
 
 def complete(result: dict[str, Any]) -> bool:
     """Interim (input_required) results are not cacheable; legacy results have no resultType."""
-    return result.get("resultType", "complete") == "complete"
+    kind: object = result.get("resultType", "complete")
+    return kind == "complete"
 
 
 class Generations:

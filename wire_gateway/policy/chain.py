@@ -62,17 +62,17 @@ class Reply:
     note: str | None = None
 
     @classmethod
-    def of(cls, frame: Frame) -> "Reply":
+    def of(cls, frame: Frame) -> Reply:
         return cls(frame.msg, frame.raw)
 
     @classmethod
-    def result(cls, call: Call, result: Any, note: str) -> "Reply":
+    def result(cls, call: Call, result: Any, note: str) -> Reply:
         """An answer made by the gateway in the server's name (a cache hit), under the requester's id."""
         return cls({"jsonrpc": "2.0", "id": call.frame.id, "result": result}, None, note=note)
 
     @classmethod
     def error(cls, call: Call, code: int, message: str, data: dict[str, Any] | None = None,
-              note: str | None = None) -> "Reply":
+              note: str | None = None) -> Reply:
         raw = errors.error_frame(call.frame.id, code, message, data)
         return cls(jsonfast.loads(raw), raw, gateway=True, note=note)
 
@@ -85,7 +85,7 @@ class Reply:
         result = self.msg.get("result")
         return result if isinstance(result, dict) else None
 
-    def with_result(self, result: dict[str, Any], note: str) -> "Reply":
+    def with_result(self, result: dict[str, Any], note: str) -> Reply:
         return Reply({**self.msg, "result": result}, None, self.gateway, note)
 
     def frame(self) -> Frame:

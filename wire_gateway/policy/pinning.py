@@ -145,7 +145,7 @@ class PinBook:
         raw = await self.store.get(self.quarantine_key(server, tool))
         if raw is None:
             return None
-        record = json.loads(raw)
+        record: dict[str, Any] = json.loads(raw)
         await self.store.set(self.pin_key(server, tool), str(record["seen"]).encode())
         await self.store.delete(self.quarantine_key(server, tool))
         await self.store.publish(f"pins:{server}")
@@ -202,9 +202,8 @@ class Pinning(Interceptor):
         else:
             kept = []
             for tool in tools:
-                if not (isinstance(tool, dict) and isinstance(tool.get("name"), str)):
-                    kept.append(tool)
-                elif await self.book.check(self.server, tool, self.mode) or self.mode != "enforce":
+                named = isinstance(tool, dict) and isinstance(tool.get("name"), str)
+                if not named or await self.book.check(self.server, tool, self.mode) or self.mode != "enforce":
                     kept.append(tool)
             shown = None if len(kept) == len(tools) else kept
             self._memo = (tools, self.book.version, shown)

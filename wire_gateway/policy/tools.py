@@ -24,9 +24,9 @@ class ToolIndex:
             return
         self._last = tools
         for tool in tools:
-            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-                if tool["name"] in self.tools or len(self.tools) < MAX_TOOLS:
-                    self.tools[tool["name"]] = tool
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str) and (
+                    tool["name"] in self.tools or len(self.tools) < MAX_TOOLS):
+                self.tools[tool["name"]] = tool
 
     def get(self, name: str) -> dict[str, Any] | None:
         return self.tools.get(name)

@@ -205,6 +205,12 @@ class Member:
                 "restarts": up.restarts, "lastExit": up.last_exit}
 
 
+def _dict_at(msg: dict[str, Any], key: str) -> dict[str, Any]:
+    """The object at `key` of a peer's message, or {} when it is anything else."""
+    value = msg.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _error_msg(req_id: Any, code: int, message: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
     return jsonfast.loads(errors.error_frame(req_id, code, message, data))
 
@@ -271,7 +277,8 @@ class Aggregate:
         """Take a client request; answer `ping` at once, serve the rest in a task."""
         self.frames_in += 1
         if self.era is None:
-            self.era = era_of_request(frame.method, frame.msg) or (MODERN if frame.method == "server/discover" else None)
+            self.era = era_of_request(frame.method, frame.msg) or (
+                MODERN if frame.method == "server/discover" else None)
         if frame.method == "ping":
             return self._result_bytes(frame.id, {})
         refused = repeated_params(frame)      # routing (by tool name, URI) must read what the member would
@@ -362,7 +369,7 @@ class Aggregate:
                 await self._closing.wait()
                 # A client that wrote its requests and closed stdin still gets the answers (bounded).
                 with trio.move_on_after(SHUTDOWN_GRACE):
-                    while self.tasks or self.direct.by_client:
+                    while self.tasks or self.direct.by_client:  # noqa: ASYNC110 - once, at shutdown: not worth an event per task
                         await trio.sleep(0.02)
                 for scope in list(self.tasks.values()):
                     scope.cancel()
@@ -422,13 +429,13 @@ class Aggregate:
     async def _setup(self, member: Member) -> bool:
         timeout = member.spec.handshake_timeout
         probe = await member.call("server/discover", {"_meta": self._modern_envelope(for_client_era=None)}, timeout)
-        result = probe.get("result")
-        versions = result.get("supportedVersions") if isinstance(result, dict) else None
+        discovered = _dict_at(probe, "result")
+        versions = discovered.get("supportedVersions")
         if isinstance(versions, list) and MODERN_VERSIONS[0] in versions:
             member.era = MODERN
             member.upstream.era = MODERN
-            member.capabilities = result.get("capabilities") if isinstance(result.get("capabilities"), dict) else {}
-            member.instructions = result.get("instructions")
+            member.capabilities = _dict_at(discovered, "capabilities")
+            member.instructions = discovered.get("instructions")
             self._start_listen(member)
             return True
         # Anything else (an error, a 4xx from an HTTP server that has no modern endpoint, no answer)
@@ -439,14 +446,14 @@ class Aggregate:
             "clientInfo": CLIENT_INFO}, timeout)
         result = init.get("result")
         if not isinstance(result, dict):
-            err = init.get("error") if isinstance(init.get("error"), dict) else {}
-            probe_err = probe.get("error") if isinstance(probe.get("error"), dict) else {}
+            err = _dict_at(init, "error")
+            probe_err = _dict_at(probe, "error")
             member.problem = (f"server/discover failed ({probe_err.get('message', 'no usable answer')}) and so did "
                               f"initialize ({err.get('message', 'no result')})")
             return False
         member.era = LEGACY
         member.upstream.era = LEGACY
-        member.capabilities = result.get("capabilities") if isinstance(result.get("capabilities"), dict) else {}
+        member.capabilities = _dict_at(result, "capabilities")
         member.instructions = result.get("instructions")
         member.send_notification("notifications/initialized", None)
         return True
@@ -661,7 +668,8 @@ class Aggregate:
                     if not isinstance(result, dict):
                         break
                     items_key, _ = LISTS[method]
-                    self._learn(member, method, result.get(items_key) if isinstance(result.get(items_key), list) else [])
+                    items = result.get(items_key)
+                    self._learn(member, method, items if isinstance(items, list) else [])
                     cursor = result.get("nextCursor")
                     if not isinstance(cursor, str) or not cursor:
                         break
@@ -751,10 +759,10 @@ class Aggregate:
         if cursor is not None:
             asked["cursor"] = cursor
         answer = await member.call(method, self._params_for(member, asked), min(member.timeout, LIST_TIMEOUT))
-        result = answer.get("result")
-        items = result.get(items_key) if isinstance(result, dict) else None
+        result = _dict_at(answer, "result")
+        items = result.get(items_key)
         if not isinstance(items, list):
-            err = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+            err = _dict_at(answer, "error")
             log.warning("aggregate: member %s failed %s (%s); its entries are left out of this page",
                         member.name, method, err.get("message", "no list in the answer"))
             return None
@@ -786,7 +794,7 @@ class Aggregate:
 
     async def _listen(self, frame: Frame, params: dict[str, Any]) -> dict[str, Any] | None:
         """A modern client's subscriptions/listen: acknowledged at once, open until it is cancelled."""
-        wanted = params.get("notifications") if isinstance(params.get("notifications"), dict) else {}
+        wanted = _dict_at(params, "notifications")
         agreed = {flag: True for flag in LIST_CHANGED.values() if wanted.get(flag)}
         self.listens[frame.id] = agreed
         try:
@@ -836,7 +844,8 @@ class Aggregate:
         if method == "notifications/subscriptions/acknowledged":
             return                         # the ack of the aggregate's own listen stream
         if method == "notifications/progress":
-            entry = self.tokens.get(params.get("progressToken")) if isinstance(params.get("progressToken"), str) else None
+            token = params.get("progressToken")
+            entry = self.tokens.get(token) if isinstance(token, str) else None
             if entry is None:
                 log.debug("aggregate: progress from %s for an unknown token; dropped", member.name)
                 return

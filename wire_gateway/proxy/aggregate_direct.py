@@ -59,7 +59,7 @@ class DirectCalls:
 
     # ---- client -> member ---------------------------------------------------------------------------
 
-    def start(self, frame: Frame) -> bytes | None | bool:
+    def start(self, frame: Frame) -> bytes | bool | None:
         """Forward a tools/call at once: None (forwarded), bytes (the answer now), or False
         when the general path must serve it."""
         agg = self.agg
@@ -172,7 +172,7 @@ class DirectCalls:
         if any(k in result for k in MODERN_RESULT_KEYS):
             return False
         meta = result.get("_meta")
-        return meta is None and "_meta" not in result or (
+        return (meta is None and "_meta" not in result) or (
             isinstance(meta, dict) and bool(meta) and not any(k.startswith(META_PREFIX) for k in meta))
 
     # ---- timeouts ---------------------------------------------------------------------------------------

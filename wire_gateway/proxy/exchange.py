@@ -7,9 +7,8 @@ clients that read slowly.
 """
 from __future__ import annotations
 
-from collections import deque
-
 import logging
+from collections import deque
 from collections.abc import Callable
 
 import trio

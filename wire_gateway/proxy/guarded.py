@@ -63,7 +63,7 @@ class _InnerSink:
 
     __slots__ = ("runner",)
 
-    def __init__(self, runner: "GuardedUpstream") -> None:
+    def __init__(self, runner: GuardedUpstream) -> None:
         self.runner = runner
 
     def server_frame(self, frame: Frame) -> None:

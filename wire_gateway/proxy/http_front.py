@@ -23,10 +23,10 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Config, Limits, ServerSpec
+from wire_gateway.dump.writer import Dumper
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
 from wire_gateway.proxy.http_edge import EdgeCheck
-from wire_gateway.dump.writer import Dumper
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
 from wire_gateway.proxy.route import member_factory
@@ -135,8 +135,9 @@ class HttpFront:
         def upstream_status(up: Any) -> dict[str, Any]:
             proc = getattr(up, "process", None)
             alive = proc is not None and proc.returncode is None
-            out = {"state": up.state, "era": up.era, "url": getattr(up, "url", None), "pid": proc.pid if alive else None,
-                   "uptime": round(now - proc.started, 3) if alive else None,
+            out = {"state": up.state, "era": up.era, "url": getattr(up, "url", None),
+                   "pid": proc.pid if proc is not None and alive else None,
+                   "uptime": round(now - proc.started, 3) if proc is not None and alive else None,
                    "restarts": up.restarts, "lastExit": up.last_exit,
                    "inFlight": len(up.pending), "framesIn": up.frames_in, "framesOut": up.frames_out}
             if isinstance(up, Aggregate):     # an aggregate session: its member processes are its own
@@ -242,7 +243,7 @@ class HttpFront:
             await self._end_session(session)
             await responder.send(200, [])
         else:
-            await responder.send(405, [("allow", "GET, POST, DELETE")] + JSON, errors.error_frame(
+            await responder.send(405, [("allow", "GET, POST, DELETE"), *JSON], errors.error_frame(
                 None, errors.INVALID_REQUEST, f"method {request.method} is not allowed on an MCP endpoint"))
 
     async def _post(self, server: str, pool: ModernPool, session: LegacySession | None,
@@ -281,7 +282,7 @@ class HttpFront:
             await pool.post(decoded, responder)
             return
         await responder.send(400, JSON, errors.error_frame(
-            decoded.id if isinstance(decoded, Frame) else None, errors.INVALID_REQUEST,
+            decoded.id, errors.INVALID_REQUEST,
             "Bad Request: missing Mcp-Session-Id (legacy era: start with initialize; "
             f"modern era: put the protocol version in params._meta[{'io.modelcontextprotocol/protocolVersion'!r}])"))
 

@@ -227,7 +227,7 @@ class LegacySession:
             await self.get_stream(responder, after=parsed[1])
             return
         entry = self.resumable.get(parsed[0]) if parsed is not None else None
-        if entry is None or entry.ex.attached:
+        if parsed is None or entry is None or entry.ex.attached:
             await responder.send(404, [JSON, *self.headers], errors.error_frame(
                 None, errors.INVALID_REQUEST,
                 f"cannot resume Last-Event-ID {last_event_id!r}: no such broken stream in this session "
@@ -266,7 +266,7 @@ class LegacySession:
                 self._one_way(item)
         self.upstream.flush_soon()
         try:
-            for frame, ex in opened:
+            for _frame, ex in opened:
                 while True:
                     raw, final, _ = await ex.next()
                     if final:
@@ -302,7 +302,8 @@ class LegacySession:
                 while self.get_buffer and mine == self.get_generation:
                     raw = self.get_buffer.popleft()
                     await responder.send_chunk(encode_event(raw, replay.record(raw)))
-                if mine != self.get_generation or self.closed or self.draining:
+                # (mypy keeps the outer loop's narrowing of get_generation across the awaits above)
+                if mine != self.get_generation or self.closed or self.draining:  # type: ignore[redundant-expr]
                     break
                 await self.get_event.wait()
                 if self.get_event.is_set():

@@ -33,7 +33,7 @@ from wire_gateway.proxy.route import open_upstream
 from wire_gateway.transport.http_server import Responder
 from wire_gateway.upstream.supervisor import Upstream
 from wire_gateway.wire import errors, jsonfast, scan
-from wire_gateway.wire.era import META_PROTOCOL_VERSION, MODERN_VERSIONS, META_SUBSCRIPTION_ID
+from wire_gateway.wire.era import META_PROTOCOL_VERSION, META_SUBSCRIPTION_ID, MODERN_VERSIONS
 from wire_gateway.wire.frame import Frame, Kind, decode
 
 log = logging.getLogger("wire_gateway.http.modern")
@@ -120,7 +120,7 @@ class ModernPool:
         params = frame.params
         meta = params.get("_meta") if isinstance(params, dict) else None
         token = meta.get("progressToken") if isinstance(meta, dict) else None
-        if token is None:
+        if token is None or not isinstance(params, dict) or not isinstance(meta, dict):   # (a token: both are objects)
             return scan.replace_id(frame.raw, str(gw_id).encode())
         ours = f"wg-{gw_id}"
         msg = {**frame.msg, "id": gw_id, "params": {**params, "_meta": {**meta, "progressToken": ours}}}

@@ -31,7 +31,7 @@ MIN_SECRET_LENGTH = 6
 """Registered values shorter than this are ignored: masking `dev`, `1` or `true` everywhere would
 mask half the log and protect nothing (such a value is guessable anyway)."""
 
-_SECRET_KEYS = r"(?:authorization|proxy-authorization|token|access_token|refresh_token|id_token|api[_-]?key|apikey|password|passwd|secret|client_secret|cookie|set-cookie|x-api-key)"
+_SECRET_KEYS = r"(?:authorization|proxy-authorization|token|access_token|refresh_token|id_token|api[_-]?key|apikey|password|passwd|secret|client_secret|cookie|set-cookie|x-api-key)"  # noqa: E501 - one alternation
 
 _RULES: list[tuple[re.Pattern[str], str]] = [
     # "key": "value" in JSON text
@@ -41,7 +41,7 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     # Bearer / Basic credentials anywhere
     (re.compile(r"\b(Bearer|Basic)\s+([A-Za-z0-9._~+/=-]{4})[A-Za-z0-9._~+/=-]*", re.IGNORECASE), r"\1 \2***"),
     # key=value or key: value in plain text (headers, env dumps, argv)
-    (re.compile(r"\b([A-Za-z0-9_-]*" + _SECRET_KEYS + r")(\s*[=:]\s*)(?!Bearer\b|Basic\b|\*\*\*)([^\s,;\"'&]+)", re.IGNORECASE), r"\1\2***"),
+    (re.compile(r"\b([A-Za-z0-9_-]*" + _SECRET_KEYS + r")(\s*[=:]\s*)(?!Bearer\b|Basic\b|\*\*\*)([^\s,;\"'&]+)", re.IGNORECASE), r"\1\2***"),  # noqa: E501 - one rule a line
 ]
 # Lower-cased ASCII text holding none of these cannot match a rule: every key of _SECRET_KEYS
 # contains one of the words, a URL's userinfo needs "@", and the schemes are words of their own.

@@ -321,7 +321,7 @@ class _Wakeup:
     __slots__ = ("task",)
 
     def __init__(self) -> None:
-        self.task = None
+        self.task: trio.lowlevel.Task | None = None
 
     async def wait(self) -> None:
         self.task = trio.lowlevel.current_task()
@@ -504,7 +504,7 @@ class _Conn:
             buf += data
             self.arrived.notify()
 
-    async def send_all(self, data: bytes) -> None:
+    async def send_all(self, data: bytes | memoryview) -> None:
         """Write all of `data`. On plain TCP straight to the socket: a response that fits the
         send buffer (nearly all) costs one write and no scheduler pass, where
         SocketStream.send_all always yields once (~15 us a response here)."""
@@ -684,7 +684,7 @@ class _Conn:
         while True:
             event = conn.next_event()
             kind = type(event)
-            if kind is h11.Data:
+            if isinstance(event, h11.Data):
                 total += len(event.data)
                 if total > limit:
                     raise _Refuse(413, f"body larger than {limit} bytes")
@@ -822,7 +822,7 @@ class HttpServer:
         (answered with Connection: close), cancel what is left. Returns when
         serve() has returned, so a handler must not await it (use serve_http's
         `shutdown` event)."""
-        if self._conns_scope is None:
+        if self._conns_scope is None or self._accept_scope is None:   # (both are set together)
             raise RuntimeError("drain() before serve() has started")
         if not self.draining:
             self.draining = True

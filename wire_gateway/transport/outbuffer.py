@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import trio
+import trio.lowlevel
 
 
 class OutBuffer:
@@ -92,7 +93,7 @@ class OutBuffer:
             self._pumping = True
             if self._soon:
                 self._soon = False
-                await trio.sleep(0)   # let the other tasks of this batch add their frames
+                await trio.lowlevel.checkpoint()   # let the other tasks of this batch add their frames
             data = self._take()
             view = memoryview(data)
             while view:

@@ -52,9 +52,9 @@ from wire_gateway.transport.http_client import (
     BadBody,
     HttpClientError,
     HttpStatus,
+    SSEStream,
     StreamableHttpClient,
     StreamBroken,
-    SSEStream,
     Timeout,
     Unreachable,
 )
@@ -100,11 +100,14 @@ class HttpUpstream:
     def __init__(self, spec: ServerSpec, limits: Limits, sink: Sink) -> None:
         if not spec.url:
             raise ValueError(f"server {spec.name!r} has no url")
+        if spec.timeout is None:        # the config refuses `timeout: null` for a url server
+            raise ValueError(f"server {spec.name!r}: a url server needs a timeout")
+        self.timeout: float = spec.timeout
         self.spec = spec
         self.name = spec.name
         self.limits = limits
         self.sink = sink
-        self.client = StreamableHttpClient(spec.url, spec.headers, spec.timeout,
+        self.client = StreamableHttpClient(spec.url, spec.headers, self.timeout,
                                            max_body_bytes=limits.max_frame_bytes)
         self.url = self.client.shown_url
         self.state = "starting"
@@ -240,7 +243,7 @@ class HttpUpstream:
 
     async def _drain(self) -> None:
         with trio.move_on_after(self.spec.stdin_close_timeout):
-            while self.pending or self._oneway_done < self._oneway_queued:
+            while self.pending or self._oneway_done < self._oneway_queued:  # noqa: ASYNC110 - once, at shutdown: not worth an event per answer
                 await trio.sleep(0.02)
         self._fail_all("the gateway is shutting down; {method} to server '{name}' at {url} was not answered")
         self.sink.flush()
@@ -373,7 +376,7 @@ class HttpUpstream:
 
     async def _delete_session(self, sid: str) -> None:
         """DELETE a legacy upstream session, bounded; a failure only costs the server an idle session."""
-        with trio.move_on_after(min(self.spec.timeout, DELETE_TIMEOUT)) as scope:
+        with trio.move_on_after(min(self.timeout, DELETE_TIMEOUT)) as scope:
             try:
                 status = await self.client.delete(self._legacy_headers(sid))
                 log.info("server %s: ended an upstream session (DELETE: HTTP %d)", self.name, status)

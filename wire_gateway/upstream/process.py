@@ -42,7 +42,7 @@ class ServerProcess:
         self.server_log = logging.getLogger(f"wire_gateway.server.{spec.name}")
 
     @classmethod
-    async def spawn(cls, spec: ServerSpec, generation: int) -> "ServerProcess":
+    async def spawn(cls, spec: ServerSpec, generation: int) -> ServerProcess:
         """Start the process; raises OSError if it cannot be started at all."""
         proc = await trio.lowlevel.open_process(
             spec.argv(),
@@ -128,7 +128,7 @@ class ServerProcess:
             return
         self.signal_group(signal.SIGTERM)
         with trio.move_on_after(0.5):
-            while self.signal_group(0):
+            while self.signal_group(0):  # noqa: ASYNC110 - a process group's end has no event to wait on
                 await trio.sleep(0.02)
             return
         self.signal_group(signal.SIGKILL)

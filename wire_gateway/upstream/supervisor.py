@@ -30,8 +30,8 @@ from wire_gateway.upstream.timeouts import UNTIMED_METHODS, expire_requests, pro
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import era_of_request
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
-from wire_gateway.wire.ids import SPELLED
 from wire_gateway.wire.framing import LineFramer, Oversize
+from wire_gateway.wire.ids import SPELLED
 
 log = logging.getLogger("wire_gateway.upstream")
 
@@ -51,17 +51,28 @@ class Sink(Protocol):
 
 
 class Upstream(Protocol):
-    """What a session may use of an upstream, whatever carries it (a process, HTTP)."""
+    """What a session may use of an upstream, whatever carries it (a process, HTTP). The era and
+    the dump tap are set from outside (a session learns the era; --dump sets the tap after
+    construction); the rest is only read (the policy runner passes it through as properties)."""
 
     name: str
-    state: str
     era: str | None
-    restarts: int
-    last_exit: str | None
-    pending: PendingTable
-    handshake: Handshake
-    frames_in: int
-    frames_out: int
+    tap: Tap | None
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def last_exit(self) -> str | None: ...
+    @property
+    def pending(self) -> PendingTable: ...
+    @property
+    def handshake(self) -> Handshake: ...
+    @property
+    def frames_in(self) -> int: ...
+    @property
+    def frames_out(self) -> int: ...
 
     def request(self, frame: Frame) -> bytes | None: ...
     def notify(self, frame: Frame) -> None: ...
@@ -73,7 +84,16 @@ class Upstream(Protocol):
     async def shutdown(self) -> None: ...
 
 
-def note_request(up: Upstream, frame: Frame) -> None:
+class _Books(Protocol):
+    """The part of an upstream that `note_request` keeps up to date."""
+
+    name: str
+    era: str | None
+    handshake: Handshake
+    frames_in: int
+
+
+def note_request(up: _Books, frame: Frame) -> None:
     """The books every upstream keeps on a client request it accepts: the handshake to
     replay, the session's era (for logs and /status), the frame counter."""
     if frame.method == "initialize":
@@ -258,7 +278,7 @@ class SupervisedServer:
         self.process = proc
         self._live_generation = gen
         self._started_at = proc.started
-        assert proc.proc.stdin is not None
+        assert isinstance(proc.proc.stdin, trio.lowlevel.FdStream)   # a pipe (POSIX): written by its fd
         out = OutBuffer(proc.proc.stdin.fileno())
         activated = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -374,7 +394,7 @@ class SupervisedServer:
 
     async def _read_stdout(self, proc: ServerProcess) -> None:
         framer = LineFramer(self.limits.max_frame_bytes)
-        assert proc.proc.stdout is not None
+        assert isinstance(proc.proc.stdout, trio.lowlevel.FdStream)  # a pipe (POSIX): read by its fd
         fd = proc.proc.stdout.fileno()
         while True:
             chunk = await read_some(fd, READ_SIZE)

@@ -179,7 +179,8 @@ def classify(obj: Any, raw: bytes) -> Frame | Invalid:
     if has_error:
         err = obj["error"]
         if not isinstance(err, dict) or not isinstance(err.get("code"), int) or not isinstance(err.get("message"), str):
-            return Invalid(raw, errors.INVALID_REQUEST, 'Invalid Request: "error" needs an integer code and a message', rid)
+            return Invalid(raw, errors.INVALID_REQUEST,
+                           'Invalid Request: "error" needs an integer code and a message', rid)
         if msg_id is not None and rid is None:
             return Invalid(raw, errors.INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
         return Frame(raw, Kind.ERROR, obj, None, rid)

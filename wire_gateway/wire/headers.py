@@ -149,7 +149,7 @@ def header_params(tool: Mapping[str, Any]) -> list[HeaderParam]:
             if key in _SCHEMA_MAPS and isinstance(value, dict):
                 for name, sub in value.items():
                     if isinstance(sub, dict):
-                        sub_path = path + (name,) if key == "properties" and path is not None else None
+                        sub_path = (*path, name) if key == "properties" and path is not None else None
                         stack.append((sub, sub_path, f"{where}.{key}.{name}"))
             elif isinstance(value, dict):
                 stack.append((value, None, f"{where}.{key}"))
@@ -291,7 +291,7 @@ def check_request_headers(
     if method != body_method:
         return _mismatch(METHOD_HEADER, method, body_method, "method")
 
-    field = NAME_SOURCES.get(body_method)  # type: ignore[arg-type]
+    field = NAME_SOURCES.get(body_method)
     if field is None:
         return None
     raw_name = headers.get("mcp-name")

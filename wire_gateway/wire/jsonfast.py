@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from wire_gateway.wire.ids import SPELLED
+
 # What a JSON text can start with (after whitespace). A line that starts otherwise (a banner, a
 # log line) is not JSON for any parser: no need to ask the slow one too.
 _NOT_JSON = re.compile(rb'[ \t\r\n]*[^ \t\r\n{\["\-0-9tfn]')

@@ -166,7 +166,7 @@ def _assemble(head: list[tuple[bytes, bytes]], big_key: bytes | None, big_value:
 def _exact(raw: bytes) -> str | None:
     """The precise check: the stdlib parser keeps every pair when asked to."""
     try:
-        pairs = json.loads(raw.decode("utf-8"), object_pairs_hook=list)
+        pairs: list[tuple[str, Any]] = json.loads(raw.decode("utf-8"), object_pairs_hook=list)
     except RecursionError:
         raise Unverifiable("nested too deeply for the gateway to check it for repeated members") from None
     except ValueError:       # orjson accepted it, the stdlib did not: nothing to compare, so no verdict

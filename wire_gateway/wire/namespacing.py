@@ -66,7 +66,7 @@ def split_name(public: str, sep: str) -> tuple[str, str] | None:
 def is_shortened(server: str, rest: str, sep: str, max_len: int = MAX_NAME) -> bool:
     """Whether a public name is at the length where `join_name` may have hashed it, so its
     `rest` cannot be taken as the server's own name without the table learned from a list."""
-    return len(server) + len(sep) + len(rest) == max_len and re.search(r"-[0-9a-f]{%d}$" % HASH_CHARS, rest) is not None
+    return len(server) + len(sep) + len(rest) == max_len and re.search(rf"-[0-9a-f]{{{HASH_CHARS}}}$", rest) is not None
 
 
 # ---- cursors ------------------------------------------------------------------------------
@@ -87,7 +87,8 @@ def read_cursor(token: Any) -> tuple[str, str | None, int] | None:
         tag, server, member_cursor, offset = json.loads(body)
     except (ValueError, TypeError):
         return None
-    if tag != _CURSOR_TAG or not isinstance(server, str) or not (member_cursor is None or isinstance(member_cursor, str)) \
+    if tag != _CURSOR_TAG or not isinstance(server, str) \
+            or not (member_cursor is None or isinstance(member_cursor, str)) \
             or not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         return None
     return server, member_cursor, offset
@@ -144,12 +145,12 @@ def strip_modern_meta(params: Any) -> Any:
 
 def with_modern_meta(params: Any, envelope: dict[str, Any]) -> dict[str, Any]:
     """Params for a modern server: the client's own `_meta` with the envelope keys it lacks."""
-    params = dict(params) if isinstance(params, dict) else {}
-    meta = dict(params.get("_meta") or {}) if isinstance(params.get("_meta"), dict) else {}
+    out: dict[str, Any] = dict(params) if isinstance(params, dict) else {}
+    meta = dict(out.get("_meta") or {}) if isinstance(out.get("_meta"), dict) else {}
     for key, value in envelope.items():
         meta.setdefault(key, value)
-    params["_meta"] = meta
-    return params
+    out["_meta"] = meta
+    return out
 
 
 def result_for_legacy(result: Any) -> Any:
@@ -169,10 +170,10 @@ def result_for_modern(result: Any, cacheable: bool = False) -> Any:
     if not isinstance(result, dict):
         return result
     out = result if "resultType" in result else {**result, "resultType": "complete"}
-    if cacheable and out.get("resultType") == "complete":
-        if not isinstance(out.get("ttlMs"), int) or "cacheScope" not in out:
-            out = {**out, "ttlMs": out["ttlMs"] if isinstance(out.get("ttlMs"), int) else 0,
-                   "cacheScope": out.get("cacheScope", "private")}
+    if cacheable and out.get("resultType") == "complete" and (
+            not isinstance(out.get("ttlMs"), int) or "cacheScope" not in out):
+        out = {**out, "ttlMs": out["ttlMs"] if isinstance(out.get("ttlMs"), int) else 0,
+               "cacheScope": out.get("cacheScope", "private")}
     return out
 
 

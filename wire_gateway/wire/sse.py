@@ -57,7 +57,7 @@ def encode_comment(text: str = "") -> bytes:
     return b"".join(b": " + line.encode() + b"\n" if line else b":\n" for line in lines)
 
 
-def encode_retry(ms: int) -> bytes:
+def encode_retry(ms: object) -> bytes:
     """A `retry:` field. It takes effect when read, so it needs no blank line of its own."""
     if not isinstance(ms, int) or isinstance(ms, bool) or ms < 0:
         raise ValueError(f"retry must be a non-negative integer of milliseconds, not {ms!r}")
@@ -159,10 +159,9 @@ class SSEDecoder:
                 self._id = value.decode("utf-8", "replace") or None
         elif name == b"event":
             self._event = value
-        elif name == b"retry":
+        elif name == b"retry" and value.isdigit() and len(value) <= _MAX_RETRY_DIGITS:
             # ASCII digits only, not empty; absurd lengths are ignored (int() refuses > 4300 digits)
-            if value.isdigit() and len(value) <= _MAX_RETRY_DIGITS:
-                self.retry = self._event_retry = int(value)
+            self.retry = self._event_retry = int(value)
         # an empty name is a comment; unknown fields are ignored
 
     def _dispatch(self, out: list[Event]) -> None:
