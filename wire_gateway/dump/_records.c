@@ -1069,9 +1069,11 @@ static PyMethodDef records_methods[] = {
 };
 
 static struct PyModuleDef records_module = {
-    PyModuleDef_HEAD_INIT, "_records",
-    "The dump's record encoder in C (optional: writer.py has the same in Python).",
-    -1, records_methods,
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "_records",
+    .m_doc = "The dump's record encoder in C (optional: writer.py has the same in Python).",
+    .m_size = -1,
+    .m_methods = records_methods,
 };
 
 PyMODINIT_FUNC
