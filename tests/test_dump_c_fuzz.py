@@ -85,7 +85,10 @@ def long_frames(draw: st.DrawFn) -> bytes:
 
 
 frames = st.one_of(json_frames(), json_frames(), spliced(), st.binary(max_size=64), long_frames())
-ids = st.one_of(st.none(), *[st.sampled_from([1, 2, 3, "a", "b"])] * 4, st.integers(), st.text(max_size=6),
+# Integers at the edges of the C encoder's digit pairs and of 64 bits, besides any.
+EDGE_INTS = [0, 9, 10, 99, 100, 101, 9999, 10_000, 10_099, 1_000_000, -1, -100, 2**63 - 1, -2**63, 2**63, 2**64]
+ids = st.one_of(st.none(), *[st.sampled_from([1, 2, 3, "a", "b"])] * 4, st.sampled_from(EDGE_INTS), st.integers(),
+                st.text(max_size=6),
                 st.booleans(), st.floats(allow_nan=False, allow_infinity=False))
 methods = st.one_of(st.none(), st.sampled_from(["tools/call", "tools/list", "initialize"]), st.text(max_size=8))
 policies = st.one_of(st.none(), st.none(), st.sampled_from(["filter", "cache", "gateway"]), st.text(max_size=6))
