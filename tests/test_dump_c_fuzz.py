@@ -84,7 +84,10 @@ def long_frames(draw: st.DrawFn) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": 1, "result": {key: body}}, ensure_ascii=False).encode()
 
 
-frames = st.one_of(json_frames(), json_frames(), spliced(), st.binary(max_size=64), long_frames())
+# Plain text of every length: the escaping's 16-byte blocks end at every offset of a frame.
+plain = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e, exclude_characters='"\\'), max_size=48)
+frames = st.one_of(json_frames(), json_frames(), spliced(), st.binary(max_size=64), plain.map(str.encode),
+                   long_frames())
 # Integers at the edges of the C encoder's digit pairs and of 64 bits, besides any.
 EDGE_INTS = [0, 9, 10, 99, 100, 101, 9999, 10_000, 10_099, 1_000_000, -1, -100, 2**63 - 1, -2**63, 2**63, 2**64]
 ids = st.one_of(st.none(), *[st.sampled_from([1, 2, 3, "a", "b"])] * 4, st.sampled_from(EDGE_INTS), st.integers(),
