@@ -17,8 +17,7 @@ import os
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from wire_gateway.dump import writer
 from wire_gateway.dump.writer import DIRECTIONS, Dumper, DumpSettings
@@ -112,7 +111,8 @@ def outcome(dumper: Dumper, batch: list[tuple]) -> tuple:
 
 @pytest.mark.slow   # ~3-6 s a masking setting
 @pytest.mark.parametrize("masking", list(MASKING))
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(chunks=batches, start=st.floats(0.0, 1e6))
 def test_the_c_encoder_writes_what_the_python_encoder_writes(masking: str, chunks: list[list[tuple]],
                                                              start: float) -> None:
