@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 
@@ -12,3 +14,16 @@ def anyio_backend() -> str:
     The `mcp` SDK (client and stdio transport) is pure anyio and runs under trio.
     """
     return "trio"
+
+
+@pytest.fixture(scope="module")
+def url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The HTTP echo fixture on a free port (one per test module): the `url` upstream of the
+    contract suite and the combination matrix."""
+    from matrix_scenario import UrlServer
+
+    server = UrlServer(tmp_path_factory.mktemp("url-upstream"))
+    try:
+        yield server.url
+    finally:
+        server.stop()

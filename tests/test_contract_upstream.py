@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from gateway import MODERN_META, PY, SERVERS
-from matrix_scenario import UrlServer
 
 from wire_gateway.config import Config, parse_config
 from wire_gateway.dump.writer import G2S, S2G
@@ -90,14 +89,6 @@ class RecordingTap:
     def for_server(self, server: str, upstream: Any) -> RecordingTap:
         return RecordingTap(server, self.seen)
 
-
-@pytest.fixture(scope="module")
-def url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = UrlServer(tmp_path_factory.mktemp("contract-url"))
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 class Subject:

@@ -4,23 +4,14 @@ the `slow` marker, which .ci/run runs too. A new feature adds its axis here."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from matrix_scenario import AXES, Cell, UrlServer, pairwise, run_cell
+from matrix_scenario import AXES, Cell, pairwise, run_cell
 
 PAIRWISE = pairwise(AXES)
 REST = [cell for cell in itertools.product(*AXES) if cell not in PAIRWISE]
 
-
-@pytest.fixture(scope="module")
-def url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = UrlServer(tmp_path_factory.mktemp("url-upstream"))
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def _run(cell: tuple[str, ...], tmp_path: Path, url_server: str) -> None:
