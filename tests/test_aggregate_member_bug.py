@@ -17,7 +17,7 @@ from wire_gateway.config import Limits, ServerSpec, parse_config
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import Aggregate
 from wire_gateway.proxy.route import member_factory
-from wire_gateway.upstream.supervisor import Sink, Upstream
+from wire_gateway.upstream.protocol import Sink, Upstream
 
 
 class Broken:

@@ -32,7 +32,7 @@ from wire_gateway.dump.writer import G2S, S2G
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import Aggregate
 from wire_gateway.proxy.route import member_factory, open_upstream
-from wire_gateway.upstream.supervisor import Upstream
+from wire_gateway.upstream.protocol import Upstream
 from wire_gateway.wire import jsonfast
 from wire_gateway.wire.frame import Frame, Kind, decode
 

@@ -27,7 +27,7 @@ from wire_gateway.config import Config, Limits, ServerSpec
 from wire_gateway.proxy.aggregate_direct import Direct, DirectCalls
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
-from wire_gateway.upstream.supervisor import Sink, Upstream
+from wire_gateway.upstream.protocol import Sink, Upstream
 from wire_gateway.wire import errors, jsonfast, namespacing as ns
 from wire_gateway.wire.era import (
     LEGACY,

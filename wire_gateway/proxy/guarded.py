@@ -31,7 +31,7 @@ from wire_gateway.policy.chain import LIST_CHANGED, TOOL_METHODS, Call, Chain, R
 from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
-from wire_gateway.upstream.supervisor import Sink
+from wire_gateway.upstream.protocol import Sink
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import request_version
 from wire_gateway.wire.frame import Frame, Kind, repeated_params, valid_id

@@ -31,7 +31,7 @@ from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
 from wire_gateway.proxy.route import member_factory
 from wire_gateway.transport.http_server import HttpLimits, Request, Responder, serve_http
-from wire_gateway.upstream.supervisor import Sink, Upstream
+from wire_gateway.upstream.protocol import Sink, Upstream
 from wire_gateway.wire import errors
 from wire_gateway.wire.era import LEGACY_VERSIONS, MODERN, MODERN_VERSIONS, request_version
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode

@@ -31,7 +31,7 @@ from wire_gateway.proxy.exchange import Backlog, Exchange, Replay, parse_event_i
 from wire_gateway.proxy.http_answer import JSON, SSE_HEADERS, first_answer
 from wire_gateway.proxy.route import open_upstream
 from wire_gateway.transport.http_server import ClientGone, Responder
-from wire_gateway.upstream.supervisor import Upstream
+from wire_gateway.upstream.protocol import Upstream
 from wire_gateway.wire import errors
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind
 from wire_gateway.wire.sse import encode_event

@@ -31,7 +31,7 @@ from wire_gateway.proxy.exchange import Backlog, Exchange
 from wire_gateway.proxy.http_answer import JSON, answer
 from wire_gateway.proxy.route import open_upstream
 from wire_gateway.transport.http_server import Responder
-from wire_gateway.upstream.supervisor import Upstream
+from wire_gateway.upstream.protocol import Upstream
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import META_PROTOCOL_VERSION, META_SUBSCRIPTION_ID, MODERN_VERSIONS
 from wire_gateway.wire.frame import Frame, Kind, decode

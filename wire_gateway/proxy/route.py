@@ -11,7 +11,7 @@ from typing import Any
 from wire_gateway.config import Config, ServerSpec
 from wire_gateway.proxy.guarded import GuardedUpstream
 from wire_gateway.upstream.factory import make_upstream
-from wire_gateway.upstream.supervisor import Sink, Upstream
+from wire_gateway.upstream.protocol import Sink, Upstream
 
 
 def open_upstream(spec: ServerSpec, config: Config, sink: Sink, services: Any, auth_context: str = "") -> Upstream:

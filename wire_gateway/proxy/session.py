@@ -12,7 +12,7 @@ from typing import Any
 from wire_gateway.dump.writer import C2G, G2C, Tap
 from wire_gateway.proxy.batch import BatchCollector
 from wire_gateway.transport.outbuffer import OutBuffer
-from wire_gateway.upstream.supervisor import Upstream
+from wire_gateway.upstream.protocol import Upstream
 from wire_gateway.wire import errors, scan
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
 from wire_gateway.wire.framing import Oversize

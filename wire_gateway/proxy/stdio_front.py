@@ -20,7 +20,7 @@ from wire_gateway.proxy.route import member_factory, open_upstream
 from wire_gateway.proxy.session import PassthroughSession
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.transport.stdio import READ_SIZE, StdioStreams
-from wire_gateway.upstream.supervisor import Upstream
+from wire_gateway.upstream.protocol import Upstream
 from wire_gateway.wire.framing import LineFramer
 
 log = logging.getLogger("wire_gateway.stdio")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.upstream.http_upstream import HttpUpstream
-from wire_gateway.upstream.supervisor import Sink, SupervisedServer, Upstream
+from wire_gateway.upstream.protocol import Sink, Upstream
+from wire_gateway.upstream.supervisor import SupervisedServer
 
 
 def make_upstream(spec: ServerSpec, limits: Limits, sink: Sink) -> Upstream:

@@ -60,7 +60,8 @@ from wire_gateway.transport.http_client import (
 )
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable, as_asked
-from wire_gateway.upstream.supervisor import Sink, note_request
+from wire_gateway.upstream.protocol import Sink
+from wire_gateway.upstream.supervisor import note_request
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import LEGACY, MODERN, MODERN_VERSIONS, request_version
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
