@@ -2,11 +2,22 @@
 import json
 import random
 
+import orjson
+import pytest
+
 from wire_gateway.config import RestartPolicy
 from wire_gateway.proxy.batch import BatchCollector
 from wire_gateway.telemetry.masking import Masker
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.handshake import Handshake
+from wire_gateway.upstream.states import (
+    REMOTE_TRANSITIONS,
+    SUPERVISOR_TRANSITIONS,
+    BadTransition,
+    RemoteState,
+    SupervisorState,
+    check_transition,
+)
 from wire_gateway.wire.frame import decode
 
 
@@ -85,3 +96,20 @@ def test_era_detection():
                b'{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}') == MODERN
     assert era(b'{"jsonrpc":"2.0","id":1,"method":"ping"}') is None
     assert era(b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"progressToken":1}}}') is None
+
+
+def test_state_tables_allow_only_the_lifecycle_and_show_plain_strings():
+    """A transition the table does not list raises (a bug, not a state); every state can stop, and
+    nothing leaves stopped. The states read as the plain strings /status and logs always showed."""
+    assert check_transition(SUPERVISOR_TRANSITIONS, "x", SupervisorState.RESTARTING,
+                            SupervisorState.STARTING) == "starting"
+    with pytest.raises(BadTransition, match="from state 'crash_loop' to 'running'"):
+        check_transition(SUPERVISOR_TRANSITIONS, "x", SupervisorState.CRASH_LOOP, SupervisorState.RUNNING)
+    with pytest.raises(BadTransition):
+        check_transition(REMOTE_TRANSITIONS, "x", RemoteState.STARTING, RemoteState.UNREACHABLE)
+    for table in (SUPERVISOR_TRANSITIONS, REMOTE_TRANSITIONS):
+        stopped = next(state for state in table if state == "stopped")
+        assert table[stopped] == frozenset()
+        assert all(stopped in allowed for state, allowed in table.items() if state != stopped)
+    assert orjson.loads(orjson.dumps({"state": SupervisorState.CRASH_LOOP})) == {"state": "crash_loop"}
+    assert json.dumps(RemoteState.UNREACHABLE) == '"unreachable"' and f"{SupervisorState.RUNNING}" == "running"

@@ -61,6 +61,7 @@ from wire_gateway.transport.http_client import (
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable, as_asked
 from wire_gateway.upstream.protocol import Sink
+from wire_gateway.upstream.states import REMOTE_TRANSITIONS, RemoteState, check_transition
 from wire_gateway.upstream.supervisor import note_request
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import LEGACY, MODERN, MODERN_VERSIONS, request_version
@@ -111,7 +112,7 @@ class HttpUpstream:
         self.client = StreamableHttpClient(spec.url, spec.headers, self.timeout,
                                            max_body_bytes=limits.max_frame_bytes)
         self.url = self.client.shown_url
-        self.state = "starting"
+        self.state = RemoteState.STARTING         # changed only by _set_state (states.py has the table)
         self.era: str | None = None
         self.process = None                    # no process: a remote server
         self.restarts = 0                      # upstream sessions re-established after a 404
@@ -148,7 +149,8 @@ class HttpUpstream:
     def request(self, frame: Frame) -> bytes | None:
         """Take a client request. Returns an error frame to answer at once, or None."""
         if self._closing or self._nursery is None:
-            reason = "the gateway is shutting down" if self._closing or self.state == "stopped" else "not started"
+            stopped = self._closing or self.state == RemoteState.STOPPED
+            reason = "the gateway is shutting down" if stopped else "not started"
             return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE,
                                       f"server '{self.name}' at {self.url} is not available: {reason}",
                                       self._data(frame.method))
@@ -213,7 +215,7 @@ class HttpUpstream:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.state = "running"
+                self._set_state(RemoteState.RUNNING)
                 nursery.start_soon(self._send_oneways)
                 task_status.started()
                 log.info("server %s: remote MCP server at %s (Streamable HTTP)", self.name, self.url)
@@ -224,11 +226,15 @@ class HttpUpstream:
             self._nursery = None
             self._closing = True
             self._wake_writers()
-            self.state = "stopped"
+            self._set_state(RemoteState.STOPPED)
             self._fail_all("the gateway is shutting down; {method} to server '{name}' at {url} was not answered")
             self.sink.flush()
             await self.client.aclose()
             self._stopped.set()
+
+    def _set_state(self, new: RemoteState) -> None:
+        """The one place the state changes: a transition the table does not list is a bug."""
+        self.state = check_transition(REMOTE_TRANSITIONS, self.name, self.state, new)
 
     async def shutdown(self) -> None:
         """Let requests in flight finish (up to shutdown.stdin_close_timeout), answer the rest with
@@ -432,8 +438,8 @@ class HttpUpstream:
                     return
             if 400 <= exc.status < 500 and self._deliver_error_body(exc.body, req_id):
                 return
-        if isinstance(exc, Unreachable):
-            self.state = "unreachable" if self.state == "running" else self.state
+        if isinstance(exc, Unreachable) and self.state == RemoteState.RUNNING:
+            self._set_state(RemoteState.UNREACHABLE)
         self.last_exit = str(exc)
         code = errors.UPSTREAM_BAD_FRAME if isinstance(exc, BadBody) else errors.UPSTREAM_UNAVAILABLE
         self._answer(req_id, code, f"server '{self.name}' at {self.url} {exc.phrase}; " + "{method} was not answered")
@@ -561,8 +567,8 @@ class HttpUpstream:
         return data
 
     def _reachable(self) -> None:
-        if self.state == "unreachable":
-            self.state = "running"
+        if self.state == RemoteState.UNREACHABLE:
+            self._set_state(RemoteState.RUNNING)
             log.info("server %s: %s is reachable again", self.name, self.url)
 
     # ---- server -> client ----------------------------------------------------------------------

@@ -5,9 +5,9 @@ to it, and the legacy handshake to replay. Sessions hand it client frames and
 get back server frames through a sink; they never see a process die, only a
 well-formed error for each request the dead process owed.
 
-Lifecycle: starting -> running -> (exit) -> restarting -> starting ... ;
-too many exits in a window -> crash_loop (requests fail fast) for a cool-down;
-shutdown -> stopped. Everything runs in the nursery of the session that owns it.
+Lifecycle (the table is `states.SUPERVISOR_TRANSITIONS`): starting -> running -> (exit) ->
+restarting -> starting ... ; too many exits in a window -> crash_loop (requests fail fast) for a
+cool-down; shutdown -> stopped. Everything runs in the nursery of the session that owns it.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import NEVER, Pending, PendingTable, as_asked
 from wire_gateway.upstream.process import ServerProcess, describe_status
 from wire_gateway.upstream.protocol import Sink
+from wire_gateway.upstream.states import SUPERVISOR_TRANSITIONS, SupervisorState, check_transition
 from wire_gateway.upstream.timeouts import UNTIMED_METHODS, expire_requests, progress_of, progress_token
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import era_of_request
@@ -40,6 +41,10 @@ READ_SIZE = 65536
 # The bytes a JSON-RPC line can start with: an object, a batch, or whitespace before one. The
 # framer never emits empty lines, so raw[0] exists; anything else is junk without parsing it.
 _FRAME_START = frozenset(b"{[ \t\r")
+# The states in which a request is answered at once with an error, and those in which frames wait
+# for the next process (module constants: request() checks on every frame).
+_REFUSING = frozenset({SupervisorState.CRASH_LOOP, SupervisorState.STOPPED})
+_QUEUEING = frozenset({SupervisorState.STARTING, SupervisorState.RESTARTING})
 
 
 class _Books(Protocol):
@@ -72,7 +77,7 @@ class SupervisedServer:
         self.name = spec.name
         self.limits = limits
         self.sink = sink
-        self.state = "starting"
+        self.state = SupervisorState.STARTING     # changed only by _set_state (states.py has the table)
         self.pending = PendingTable()
         self.handshake = Handshake()
         self.backoff = Backoff(spec.restart)
@@ -109,7 +114,7 @@ class SupervisedServer:
 
     def request(self, frame: Frame) -> bytes | None:
         """Take a client request. Returns an error frame to answer at once, or None."""
-        if self.state in ("crash_loop", "stopped") or self._closing:
+        if self.state in _REFUSING or self._closing:
             return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE, self._unavailable_message(),
                                       self._error_data(frame.method))
         refused = self.pending.refusal(frame.id, self.name, self.limits.max_in_flight)
@@ -168,7 +173,7 @@ class SupervisedServer:
         self.frames_in += 1
         if self._out is not None:
             self._out.put_line(raw)
-        elif self.state in ("starting", "restarting") and not self._closing:
+        elif self.state in _QUEUEING and not self._closing:
             if len(self._queue) < self.limits.max_queued_frames:
                 self._queue.append((raw, None))
             else:
@@ -203,7 +208,7 @@ class SupervisedServer:
                         break
                     await self._pause_before_restart()
             finally:
-                self.state = "stopped"
+                self._set_state(SupervisorState.STOPPED)
                 self._unavailable_reason = "the gateway is shutting down"
                 self._fail(self.pending.take_all(), errors.UPSTREAM_UNAVAILABLE,
                            "the gateway is shutting down; request to server '{name}' was not answered")
@@ -212,6 +217,10 @@ class SupervisedServer:
                 self._timeouts_log.close(time.monotonic())
                 self._stopped.set()
                 timers.cancel_scope.cancel()
+
+    def _set_state(self, new: SupervisorState) -> None:
+        """The one place the state changes: a transition the table does not list is a bug."""
+        self.state = check_transition(SUPERVISOR_TRANSITIONS, self.name, self.state, new)
 
     async def shutdown(self) -> None:
         """Spec shutdown: close the server's stdin, wait, SIGTERM, wait, SIGKILL."""
@@ -224,7 +233,7 @@ class SupervisedServer:
     async def _run_one(self) -> None:
         self._generation += 1
         gen = self._generation
-        self.state = "starting"
+        self._set_state(SupervisorState.STARTING)
         try:
             proc = await ServerProcess.spawn(self.spec, gen)
         except OSError as exc:
@@ -270,7 +279,7 @@ class SupervisedServer:
         decision = self.backoff.on_exit(now, now - self._started_at)
         self.restarts += 1
         if decision.crash_loop:
-            self.state = "crash_loop"
+            self._set_state(SupervisorState.CRASH_LOOP)
             self._unavailable_reason = (
                 f"server '{self.name}' is crash-looping ({decision.exits_in_window} exits within "
                 f"{self.spec.restart.crash_loop_window:g}s, last: {self.last_exit}); the gateway will try "
@@ -282,7 +291,7 @@ class SupervisedServer:
             self._fail(lost, errors.UPSTREAM_UNAVAILABLE, self._unavailable_reason + " ({method} not sent)")
             self.sink.flush()
         else:
-            self.state = "restarting"
+            self._set_state(SupervisorState.RESTARTING)
             log.info("server %s: restarting in %.2fs", self.name, decision.delay)
         with trio.move_on_after(decision.delay):
             await self._wake.wait()
@@ -338,7 +347,7 @@ class SupervisedServer:
             out.put_line(raw)
         out.flush()
         self._out = out
-        self.state = "running"
+        self._set_state(SupervisorState.RUNNING)
 
     async def _pump_stdin(self, proc: ServerProcess, out: OutBuffer) -> None:
         assert proc.proc.stdin is not None
