@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 from gateway import LEGACY_INIT, MODERN_META, PY, SERVERS, LineClient, fixture_module
 from http_gateway import HttpGateway
+from test_aggregate_http import body_of
 
 from wire_gateway.demo.echo import build as build_echo
 
@@ -209,15 +210,6 @@ class HttpFront:
             self.http.delete(self.url, headers=self._headers())
         self.http.close()
         assert self.gw.stop() == 0, self.gw.log()
-
-
-def body_of(response: httpx.Response) -> dict[str, Any]:
-    """A JSON body, or the last data event of an SSE stream."""
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
-        data = [line[5:].strip() for line in response.text.splitlines()
-                if line.startswith("data:") and line[5:].strip()]
-        return json.loads(data[-1])
-    return response.json()
 
 
 # ---- the scenario --------------------------------------------------------------------------------
