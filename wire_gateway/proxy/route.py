@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from wire_gateway.config import Config, ServerSpec
-from wire_gateway.proxy.guarded import GuardedUpstream
+from wire_gateway.proxy.policy_runner import PolicyRunner
 from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.upstream.protocol import Sink, Upstream
 
@@ -19,7 +19,7 @@ def open_upstream(spec: ServerSpec, config: Config, sink: Sink, services: Any, a
     chain = services.chain_for(spec) if services is not None else None
     if chain is None:
         return make_upstream(spec, config.limits, sink)
-    return GuardedUpstream(spec, config.limits, sink, chain, auth_context)
+    return PolicyRunner(spec, config.limits, sink, chain, auth_context)
 
 
 def member_factory(config: Config, services: Any) -> Callable[[ServerSpec, Any, Sink], Upstream]:

@@ -63,7 +63,7 @@ class _InnerSink:
 
     __slots__ = ("runner",)
 
-    def __init__(self, runner: GuardedUpstream) -> None:
+    def __init__(self, runner: PolicyRunner) -> None:
         self.runner = runner
 
     def server_frame(self, frame: Frame) -> None:
@@ -95,7 +95,7 @@ class _InnerSink:
         await self.runner.sink.wait_writable()
 
 
-class GuardedUpstream:
+class PolicyRunner:
     def __init__(self, spec: ServerSpec, limits: Limits, sink: Sink, chain: Chain, auth_context: str = "") -> None:
         self.name = spec.name
         self.limits = limits
