@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(q)
     q.add_argument("--server", metavar="NAME")
 
+    from wire_gateway.cli_auth import add_auth_parsers
+
+    add_auth_parsers(sub, add_config)
+
     p = sub.add_parser("init", help="write a starter config file")
     p.add_argument("path", nargs="?", default="wire-gateway.json", metavar="PATH")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -102,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         if config is None:
             return 1
         return cmd_cache(args, config) if args.command == "cache" else cmd_tools(args, config)
+    if args.command in ("projects", "users", "keys"):
+        from wire_gateway.cli_auth import run_auth_command
+
+        config = _load(args)
+        return 1 if config is None else run_auth_command(args, config)
     if args.command == "dump":
         from wire_gateway.dump.tools import run_dump_command
 

@@ -198,6 +198,30 @@ class AggregateSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """The `auth` section; `present` is False when the config has none (today's open behaviour)."""
+    mode: str = "none"
+    present: bool = False
+    file: str | None = None                      # resolved against the config's folder
+    resource: str | None = None
+    audit: str = "failures"
+    rate_limit: tuple[float, int] | None = None  # (rate per second, burst)
+    failed_attempts: tuple[float, int] = (1.0, 20)
+
+    @property
+    def keys(self) -> bool:
+        return self.mode in ("keys", "keys+jwt")
+
+    @property
+    def jwt(self) -> bool:
+        return self.mode in ("jwt", "keys+jwt")
+
+    @property
+    def enforced(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(frozen=True)
 class Config:
     servers: dict[str, ServerSpec]
     limits: Limits = Limits()
@@ -207,6 +231,7 @@ class Config:
     log_file: str | None = None
     mask_patterns: tuple[str, ...] = ()
     store: StoreSettings = StoreSettings()
+    auth: AuthSettings = AuthSettings()
     source: str = "<built-in default>"
     document: dict[str, Any] = field(default_factory=dict)
 
@@ -299,6 +324,19 @@ def allow_list_problems(http: dict[str, Any]) -> list[str]:
     return problems
 
 
+def parse_auth(section: dict[str, Any] | None, base_dir: Path | None) -> AuthSettings:
+    if section is None:
+        return AuthSettings()
+    file = section.get("file", "auth.sqlite3")
+    if base_dir is not None and not os.path.isabs(file):
+        file = str(base_dir / file)
+    rl, fa = section.get("rate_limit"), section.get("failed_attempts", {"rate": 1.0, "burst": 20})
+    return AuthSettings(mode=section["mode"], present=True, file=file, resource=section.get("resource"),
+                        audit=section.get("audit", "failures"),
+                        rate_limit=(float(rl["rate"]), int(rl["burst"])) if rl else None,
+                        failed_attempts=(float(fa["rate"]), int(fa["burst"])))
+
+
 def find_config_path(cli_path: str | None, environ: Mapping[str, str] | None = None) -> str | None:
     """--config, else $WIRE_GATEWAY_CONFIG, else None (the built-in default)."""
     if cli_path:
@@ -373,6 +411,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
     return Config(
         servers=servers,
         store=StoreSettings(**store),
+        auth=parse_auth(doc.get("auth"), base_dir),
         limits=Limits(**doc.get("limits", {})),
         http=HttpSettings(**http),
         aggregate=aggregate,
