@@ -1,0 +1,209 @@
+"""The gate: proves who a request is and applies the limits that follow from it. The thin trio
+part of auth beside the sans-IO snapshot (directory.py) and buckets (buckets.py).
+
+It keeps the snapshot fresh: it polls the store's revision every POLL seconds (one tiny read
+in a worker thread) and, with Redis, also reloads at once when the store announces a change.
+A key id it has never seen triggers one immediate reload (at most one every RELOAD_GAP
+seconds, shared by every request waiting), so a key works the moment `keys create` returns.
+When the store cannot be read the last snapshot keeps serving and one warning is logged;
+a key the snapshot does not know is then refused with 503 (the store is down), not 401.
+Failed attempts are counted per client address: over `auth.failed_attempts` an address gets
+429 for anything that would cost more than the in-memory check (see `authenticate`).
+
+Every refusal, and with `auth.audit: "all"` every decision, is one line on the
+`wire_gateway.audit` logger: principal (never a secret), project, server, tool, decision,
+reason and client address.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from wire_gateway.auth import keys
+from wire_gateway.auth.backends import CHANGED_EVENT, KINDS, Backend, BackendError
+from wire_gateway.auth.buckets import Buckets
+from wire_gateway.auth.directory import NO_CREDENTIALS, UNKNOWN_KEY, Principal, Refusal, Snapshot
+from wire_gateway.config import AuthSettings
+
+log = logging.getLogger("wire_gateway.auth")
+audit_log = logging.getLogger("wire_gateway.audit")
+
+POLL = 0.25
+RELOAD_GAP = 0.1
+LAST_USED_EVERY = 30.0
+
+
+def credential_of(headers: list[tuple[str, str]]) -> str | None:
+    """The caller's credential: `Authorization: Bearer X`, or (clients configured the Enkrypt
+    way) `X-API-Key: X` / `apikey: X`. Header names arrive lower-cased."""
+    for name, value in headers:
+        if name == "authorization":
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name in ("x-api-key", "apikey") and value.strip():
+            return value.strip()
+    return None
+
+
+class Gate:
+    def __init__(self, settings: AuthSettings, open_backend: Callable[[], Backend]) -> None:
+        self.settings = settings
+        self._open = open_backend
+        self._backend: Backend | None = None
+        self.snapshot = Snapshot({}, -1)
+        self.store_down = False
+        self._wake = trio.Event()
+        self._reloaded = trio.Event()
+        self._last_reload = -1e9
+        self._failures = Buckets(*settings.failed_attempts)
+        rl = settings.rate_limit
+        self._default_limit = Buckets(*rl) if rl else None
+        self._project_limits: dict[tuple[float, int], Buckets] = {}
+        self._used: dict[str, float] = {}
+        self.refused = 0
+
+    # ---- keeping the snapshot fresh ------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await self._reload()
+        task_status.started()
+        flushed = trio.current_time()
+        while True:
+            with trio.move_on_after(POLL):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            try:
+                backend = await self._backend_now()
+                revision = await trio.to_thread.run_sync(backend.revision)
+                if revision != self.snapshot.revision:
+                    await self._reload()
+                if trio.current_time() - flushed >= LAST_USED_EVERY:
+                    flushed = trio.current_time()
+                    await self._flush_last_used()
+            except BackendError as exc:
+                self._went_down(exc)
+
+    def on_store_event(self, event: str) -> None:
+        """The store's listener (Redis pub/sub): another process changed the tenancy records."""
+        if event == CHANGED_EVENT:
+            self._wake.set()
+
+    async def _backend_now(self) -> Backend:
+        if self._backend is None:
+            self._backend = await trio.to_thread.run_sync(self._open)
+        return self._backend
+
+    async def _reload(self) -> None:
+        self._last_reload = trio.current_time()
+        try:
+            backend = await self._backend_now()
+
+            def load() -> Snapshot:
+                revision = backend.revision()
+                return Snapshot({kind: backend.all(kind) for kind in KINDS}, revision)
+            self.snapshot = await trio.to_thread.run_sync(load)
+            if self.store_down:
+                log.info("auth: the store at %s is readable again", backend.where)
+            self.store_down = False
+        except BackendError as exc:
+            self._went_down(exc)
+        finally:
+            self._reloaded.set()
+            self._reloaded = trio.Event()
+
+    def _went_down(self, exc: BackendError) -> None:
+        if not self.store_down:
+            log.warning("auth: %s; serving the keys known until now (new keys are refused with 503 "
+                        "until the store is back)", exc)
+        self.store_down = True
+
+    async def _reload_for_unknown(self) -> None:
+        """One reload for a key id the snapshot lacks; concurrent callers share it."""
+        waited = trio.current_time() - self._last_reload
+        if waited < RELOAD_GAP:
+            with trio.move_on_after(RELOAD_GAP - waited + POLL):
+                await self._reloaded.wait()
+            return
+        await self._reload()
+
+    async def _flush_last_used(self) -> None:
+        used, self._used = self._used, {}
+        if not used or self._backend is None:
+            return
+        backend = self._backend
+
+        def write() -> None:
+            items = []
+            for key_id, when in used.items():
+                record = backend.get("key", key_id)
+                if record is not None and (record.get("last_used") or 0) < when:
+                    items.append(("key", key_id, {**record, "last_used": when}))
+            if items:
+                backend.put(items)
+        await trio.to_thread.run_sync(write)
+
+    # ---- per request ---------------------------------------------------------------------------
+
+    async def authenticate(self, credential: str | None, address: str) -> Principal | Refusal:
+        """Who this is, or why not. Rate limits on failures (per address) and on the principal apply."""
+        now = trio.current_time()
+        if credential is None:
+            return self._refuse(NO_CREDENTIALS, None, address)
+        result = self.snapshot.check_key(credential, time.time()) if self.settings.keys else UNKNOWN_KEY
+        blocked = self._failures.wait(address, now) if isinstance(result, Refusal) else 0.0
+        if blocked:
+            # An address over its failure budget gets only the cheap check above: no reload for an
+            # unknown key id, no token verification. A good key from it (a user behind the same
+            # NAT as whoever is guessing) still works.
+            return self._refuse(Refusal(429, "too many failed authentications from this address", None, blocked),
+                                None, address)
+        if result is UNKNOWN_KEY and self.settings.keys:
+            key_id = keys.key_id_of(credential)
+            if key_id is not None and not self.snapshot.knows(key_id):
+                await self._reload_for_unknown()
+                result = self.snapshot.check_key(credential, time.time())
+                if result is UNKNOWN_KEY and self.store_down:
+                    result = Refusal(503, "the key store is unreachable; try again shortly", None, 5.0)
+        if isinstance(result, Refusal):
+            if result.status == 401:
+                self._failures.take(address, now)
+            return self._refuse(result, None, address)
+        wait = self._limit(result, now)
+        if wait:
+            return self._refuse(Refusal(429, f"rate limit of {result.id} exceeded", None, wait), result, address)
+        if result.kind == "key":
+            self._used[result.id[len(keys.PREFIX):]] = time.time()
+        if self.settings.audit == "all":
+            self.audit("allowed", result, None, None, "authenticated", address)
+        return result
+
+    def _limit(self, principal: Principal, now: float) -> float:
+        rl = principal.rate_limit
+        if rl is None:
+            buckets = self._default_limit
+        else:
+            buckets = self._project_limits.get((rl.rate, rl.burst))
+            if buckets is None:
+                buckets = self._project_limits[(rl.rate, rl.burst)] = Buckets(rl.rate, rl.burst)
+        return buckets.take(principal.id, now) if buckets is not None else 0.0
+
+    def _refuse(self, refusal: Refusal, principal: Principal | None, address: str,
+                server: str | None = None, tool: str | None = None) -> Refusal:
+        self.refused += 1
+        self.audit("refused", principal, server, tool, refusal.reason, address, refusal.who)
+        return refusal
+
+    def forbid(self, principal: Principal, server: str, tool: str | None, reason: str, address: str) -> Refusal:
+        """A proven caller asking for what its project does not include: 403, audited."""
+        return self._refuse(Refusal(403, reason, "insufficient_scope"), principal, address, server, tool)
+
+    def audit(self, decision: str, principal: Principal | None, server: str | None, tool: str | None,
+              reason: str, address: str, who: str | None = None) -> None:
+        audit_log.info("auth %s: principal=%s project=%s server=%s tool=%s reason=%r address=%s", decision,
+                       principal.id if principal else who or "-", principal.project.name if principal else "-",
+                       server or "-", tool or "-", reason, address)
