@@ -272,6 +272,17 @@ def run_trio(main: Any, services: Any) -> None:
         trio.run(main)
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False        # a name other than localhost may resolve to anything
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import dataclasses
     import signal
@@ -294,6 +305,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.admin_host is not None:
         http = dataclasses.replace(http, admin_host=args.admin_host)
     config = dataclasses.replace(config, http=http)
+    if not config.auth.present and not is_loopback(http.host):
+        print(f"wire-gateway serve: refusing to listen on {http.host} without auth: anyone who can reach "
+              "it could call every tool of every server. Add an \"auth\" section to the config (\"mode\": "
+              "\"keys\" or \"jwt\"; docs/auth.md), or write \"auth\": {\"mode\": \"none\"} to serve it "
+              "open on purpose.", file=sys.stderr)
+        return 1
     try:   # resolves each server (a missing ${VAR} is a config error) and registers its secrets
         register_secrets(config.servers.values())
     except ConfigError as exc:

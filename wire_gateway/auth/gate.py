@@ -17,6 +17,7 @@ reason and client address.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,10 +25,10 @@ from typing import Any
 import trio
 
 from wire_gateway.auth import keys
-from wire_gateway.auth.backends import CHANGED_EVENT, KINDS, Backend, BackendError
+from wire_gateway.auth.backends import CHANGED_EVENT, KINDS, Backend, BackendError, open_backend
 from wire_gateway.auth.buckets import Buckets
 from wire_gateway.auth.directory import NO_CREDENTIALS, UNKNOWN_KEY, Principal, Refusal, Snapshot
-from wire_gateway.config import AuthSettings
+from wire_gateway.config import AuthSettings, Config
 
 log = logging.getLogger("wire_gateway.auth")
 audit_log = logging.getLogger("wire_gateway.audit")
@@ -207,3 +208,13 @@ class Gate:
         audit_log.info("auth %s: principal=%s project=%s server=%s tool=%s reason=%r address=%s", decision,
                        principal.id if principal else who or "-", principal.project.name if principal else "-",
                        server or "-", tool or "-", reason, address)
+
+
+def gate_for(config: Config) -> Gate:
+    """The gate for a config whose auth is on: its records in Redis when the store is Redis,
+    else in the SQLite file beside the config."""
+    from wire_gateway.config.loader import expand
+
+    store = config.store
+    url = expand(store.url, dict(os.environ), "store.url") if store.backend == "redis" else ""
+    return Gate(config.auth, lambda: open_backend(config.auth.file, store.backend, url, store.prefix))
