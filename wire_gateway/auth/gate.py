@@ -152,26 +152,39 @@ class Gate:
 
     async def authenticate(self, credential: str | None, address: str) -> Principal | Refusal:
         """Who this is, or why not. Rate limits on failures (per address) and on the principal apply."""
-        now = trio.current_time()
-        if credential is None:
-            return self._refuse(NO_CREDENTIALS, None, address)
-        result = self.snapshot.check_key(credential, time.time()) if self.settings.keys else UNKNOWN_KEY
-        blocked = self._failures.wait(address, now) if isinstance(result, Refusal) else 0.0
-        if blocked:
-            # An address over its failure budget gets only the cheap check above: no reload for an
-            # unknown key id, no token verification. A good key from it (a user behind the same
-            # NAT as whoever is guessing) still works.
-            return self._refuse(Refusal(429, "too many failed authentications from this address", None, blocked),
-                                None, address)
-        if result is UNKNOWN_KEY and self.settings.keys:
+        result = self._check(credential)
+        if result is UNKNOWN_KEY and credential is not None and not self._blocked(address):
             key_id = keys.key_id_of(credential)
             if key_id is not None and not self.snapshot.knows(key_id):
-                await self._reload_for_unknown()
-                result = self.snapshot.check_key(credential, time.time())
+                await self._reload_for_unknown()        # a key made since the last reload
+                result = self._check(credential)
                 if result is UNKNOWN_KEY and self.store_down:
                     result = Refusal(503, "the key store is unreachable; try again shortly", None, 5.0)
+        return self._decide(result, address)
+
+    def check_now(self, credential: str | None, address: str) -> Principal | Refusal:
+        """`authenticate` without waiting: against the snapshot as it is (the stdio front, which
+        made its first check with `authenticate`)."""
+        return self._decide(self._check(credential), address)
+
+    def _check(self, credential: str | None) -> Principal | Refusal:
+        if credential is None:
+            return NO_CREDENTIALS
+        return self.snapshot.check_key(credential, time.time()) if self.settings.keys else UNKNOWN_KEY
+
+    def _blocked(self, address: str) -> float:
+        return self._failures.wait(address, trio.current_time())
+
+    def _decide(self, result: Principal | Refusal, address: str) -> Principal | Refusal:
+        now = trio.current_time()
         if isinstance(result, Refusal):
-            if result.status == 401:
+            blocked = self._failures.wait(address, now) if result is not NO_CREDENTIALS else 0.0
+            if blocked:
+                # An address over its failure budget gets only the cheap check: no reload for an
+                # unknown key id, no token verification. A good key from it (a user behind the
+                # same NAT as whoever is guessing) still works.
+                result = Refusal(429, "too many failed authentications from this address", None, blocked)
+            elif result.status == 401 and result is not NO_CREDENTIALS:
                 self._failures.take(address, now)
             return self._refuse(result, None, address)
         wait = self._limit(result, now)
