@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -67,6 +67,9 @@ class Gate:
         self._project_limits: dict[tuple[float, int], Buckets] = {}
         self._used: dict[str, float] = {}
         self.refused = 0
+        # With Redis, rate limits are one budget for every gateway: the front sets this to the
+        # store's `take_token` (one round trip per request that has a limit).
+        self.shared_bucket: Callable[[str, float, int], Awaitable[float | None]] | None = None
 
     # ---- keeping the snapshot fresh ------------------------------------------------------------
 
@@ -160,7 +163,16 @@ class Gate:
                 result = self._check(credential)
                 if result is UNKNOWN_KEY and self.store_down:
                     result = Refusal(503, "the key store is unreachable; try again shortly", None, 5.0)
-        return self._decide(result, address)
+        got = self._decide(result, address, local_limit=self.shared_bucket is None)
+        if isinstance(got, Principal) and self.shared_bucket is not None:
+            limit = self._rate_of(got)
+            if limit is not None:
+                wait = await self.shared_bucket("ratelimit:" + got.id, *limit)
+                if wait is None:         # Redis is unreachable: count here meanwhile
+                    wait = self._limit(got, trio.current_time())
+                if wait:
+                    return self._refuse(Refusal(429, f"rate limit of {got.id} exceeded", None, wait), got, address)
+        return got
 
     def check_now(self, credential: str | None, address: str) -> Principal | Refusal:
         """`authenticate` without waiting: against the snapshot as it is (the stdio front, which
@@ -175,7 +187,7 @@ class Gate:
     def _blocked(self, address: str) -> float:
         return self._failures.wait(address, trio.current_time())
 
-    def _decide(self, result: Principal | Refusal, address: str) -> Principal | Refusal:
+    def _decide(self, result: Principal | Refusal, address: str, local_limit: bool = True) -> Principal | Refusal:
         now = trio.current_time()
         if isinstance(result, Refusal):
             blocked = self._failures.wait(address, now) if result is not NO_CREDENTIALS else 0.0
@@ -187,7 +199,7 @@ class Gate:
             elif result.status == 401 and result is not NO_CREDENTIALS:
                 self._failures.take(address, now)
             return self._refuse(result, None, address)
-        wait = self._limit(result, now)
+        wait = self._limit(result, now) if local_limit else 0.0
         if wait:
             return self._refuse(Refusal(429, f"rate limit of {result.id} exceeded", None, wait), result, address)
         if result.kind == "key":
@@ -195,6 +207,10 @@ class Gate:
         if self.settings.audit == "all":
             self.audit("allowed", result, None, None, "authenticated", address)
         return result
+
+    def _rate_of(self, principal: Principal) -> tuple[float, int] | None:
+        rl = principal.rate_limit
+        return (rl.rate, rl.burst) if rl is not None else self.settings.rate_limit
 
     def _limit(self, principal: Principal, now: float) -> float:
         rl = principal.rate_limit

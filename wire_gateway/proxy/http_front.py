@@ -104,6 +104,9 @@ class HttpFront:
                 await nursery.start(self.aggregate_pool.upstream.run)
             else:   # the shared aggregate serves no one: each project has its own
                 self.services.store.subscribe(self.gate.on_store_event)
+                take_token = getattr(self.services.store, "take_token", None)   # Redis: shared budgets
+                if take_token is not None:
+                    self.gate.shared_bucket = take_token
                 await nursery.start(self.gate.run)
             nursery.start_soon(self._expire_sessions)
             limits = HttpLimits(max_body_bytes=s.max_body_bytes)
