@@ -22,6 +22,16 @@ class Principal:
     project: Project
     kind: str = "key"                  # "key" | "jwt"
     rate_limit: RateLimit | None = None
+    audiences: tuple[str, ...] = ()    # a token's `aud`: which of the gateway's endpoints it is for
+
+    def serves(self, base: str, resource: str) -> bool:
+        """Whether this caller may use `resource`: a key, everywhere in its project; a token made for
+        the gateway as a whole (or an extra configured audience), every route; one made for a
+        single endpoint, only that one (RFC 8707)."""
+        if self.kind != "jwt":
+            return True
+        return base in self.audiences or resource in self.audiences or not any(
+            a == base or a.startswith(base + "/mcp") for a in self.audiences)
 
     @property
     def context(self) -> str:

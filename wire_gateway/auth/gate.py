@@ -28,6 +28,8 @@ from wire_gateway.auth import keys
 from wire_gateway.auth.backends import CHANGED_EVENT, KINDS, Backend, BackendError, open_backend
 from wire_gateway.auth.buckets import Buckets
 from wire_gateway.auth.directory import NO_CREDENTIALS, UNKNOWN_KEY, Principal, Refusal, Snapshot
+from wire_gateway.auth.jwks import JwksError, fetch_jwks
+from wire_gateway.auth.tokens import NeedKeys, TokenVerifier
 from wire_gateway.config import AuthSettings, Config
 
 log = logging.getLogger("wire_gateway.auth")
@@ -70,6 +72,9 @@ class Gate:
         # With Redis, rate limits are one budget for every gateway: the front sets this to the
         # store's `take_token` (one round trip per request that has a limit).
         self.shared_bucket: Callable[[str, float, int], Awaitable[float | None]] | None = None
+        self.tokens: TokenVerifier | None = None
+        self._jwks_fetch: trio.Event | None = None
+        self._jwks_at = -1e9
 
     # ---- keeping the snapshot fresh ------------------------------------------------------------
 
@@ -153,8 +158,54 @@ class Gate:
 
     # ---- per request ---------------------------------------------------------------------------
 
+    # ---- tokens (auth.mode jwt) -------------------------------------------------------------------
+
+    def enable_tokens(self, base: str, servers: list[str]) -> None:
+        """Once the front knows its own URL: the audiences a token may name are the gateway and each
+        of its MCP endpoints."""
+        jwt = self.settings.jwt
+        assert jwt is not None
+        self.tokens = TokenVerifier(jwt, {base, base + "/mcp", *(f"{base}/mcp/{n}" for n in servers)})
+
+    async def _token(self, credential: str, address: str) -> Principal | Refusal:
+        assert self.tokens is not None
+        got = self.tokens.verify(credential, time.time(), self.snapshot)
+        if isinstance(got, NeedKeys):
+            if self._blocked(address):
+                return UNKNOWN_KEY
+            await self._refresh_keys()
+            got = self.tokens.verify(credential, time.time(), self.snapshot)
+        if isinstance(got, NeedKeys):
+            if self.tokens.keys is None:
+                return Refusal(503, "the issuer's signing keys cannot be fetched; try again shortly", None, 5.0)
+            return Refusal(401, f"the token is signed by a key the issuer does not publish (kid {got.kid!r})")
+        return got
+
+    async def _refresh_keys(self) -> None:
+        """Fetch the JWKS, at most once per jwks_refresh_min; concurrent callers share a fetch."""
+        jwt = self.settings.jwt
+        assert jwt is not None and self.tokens is not None
+        if self._jwks_fetch is not None:
+            await self._jwks_fetch.wait()
+            return
+        if trio.current_time() - self._jwks_at < jwt.jwks_refresh_min and self.tokens.keys is not None:
+            return
+        self._jwks_fetch = done = trio.Event()
+        self._jwks_at = trio.current_time()
+        try:
+            self.tokens.install(await fetch_jwks(jwt.issuer, jwt.jwks_url))
+            log.info("auth: fetched the signing keys of %s", jwt.issuer)
+        except JwksError as exc:
+            log.warning("auth: %s", exc)
+        finally:
+            self._jwks_fetch = None
+            done.set()
+
     async def authenticate(self, credential: str | None, address: str) -> Principal | Refusal:
         """Who this is, or why not. Rate limits on failures (per address) and on the principal apply."""
+        if self.tokens is not None and credential is not None and not credential.startswith(keys.PREFIX):
+            return await self._limited(self._decide(await self._token(credential, address), address,
+                                                     local_limit=self.shared_bucket is None), address)
         result = self._check(credential)
         if result is UNKNOWN_KEY and credential is not None and not self._blocked(address):
             key_id = keys.key_id_of(credential)
@@ -163,7 +214,10 @@ class Gate:
                 result = self._check(credential)
                 if result is UNKNOWN_KEY and self.store_down:
                     result = Refusal(503, "the key store is unreachable; try again shortly", None, 5.0)
-        got = self._decide(result, address, local_limit=self.shared_bucket is None)
+        return await self._limited(self._decide(result, address, local_limit=self.shared_bucket is None), address)
+
+    async def _limited(self, got: Principal | Refusal, address: str) -> Principal | Refusal:
+        """The shared (Redis) rate limit, for a caller `_decide` let in."""
         if isinstance(got, Principal) and self.shared_bucket is not None:
             limit = self._rate_of(got)
             if limit is not None:
@@ -171,7 +225,7 @@ class Gate:
                 if wait is None:         # Redis is unreachable: count here meanwhile
                     wait = self._limit(got, trio.current_time())
                 if wait:
-                    return self._refuse(Refusal(429, f"rate limit of {got.id} exceeded", None, wait), got, address)
+                    return self.refuse(Refusal(429, f"rate limit of {got.id} exceeded", None, wait), got, address)
         return got
 
     def check_now(self, credential: str | None, address: str) -> Principal | Refusal:
@@ -198,10 +252,10 @@ class Gate:
                 result = Refusal(429, "too many failed authentications from this address", None, blocked)
             elif result.status == 401 and result is not NO_CREDENTIALS:
                 self._failures.take(address, now)
-            return self._refuse(result, None, address)
+            return self.refuse(result, None, address)
         wait = self._limit(result, now) if local_limit else 0.0
         if wait:
-            return self._refuse(Refusal(429, f"rate limit of {result.id} exceeded", None, wait), result, address)
+            return self.refuse(Refusal(429, f"rate limit of {result.id} exceeded", None, wait), result, address)
         if result.kind == "key":
             self._used[result.id[len(keys.PREFIX):]] = time.time()
         if self.settings.audit == "all":
@@ -222,7 +276,7 @@ class Gate:
                 buckets = self._project_limits[(rl.rate, rl.burst)] = Buckets(rl.rate, rl.burst)
         return buckets.take(principal.id, now) if buckets is not None else 0.0
 
-    def _refuse(self, refusal: Refusal, principal: Principal | None, address: str,
+    def refuse(self, refusal: Refusal, principal: Principal | None, address: str,
                 server: str | None = None, tool: str | None = None) -> Refusal:
         self.refused += 1
         self.audit("refused", principal, server, tool, refusal.reason, address, refusal.who)
@@ -230,7 +284,7 @@ class Gate:
 
     def forbid(self, principal: Principal, server: str, tool: str | None, reason: str, address: str) -> Refusal:
         """A proven caller asking for what its project does not include: 403, audited."""
-        return self._refuse(Refusal(403, reason, "insufficient_scope"), principal, address, server, tool)
+        return self.refuse(Refusal(403, reason, "insufficient_scope"), principal, address, server, tool)
 
     def audit(self, decision: str, principal: Principal | None, server: str | None, tool: str | None,
               reason: str, address: str, who: str | None = None) -> None:

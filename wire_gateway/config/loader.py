@@ -198,6 +198,20 @@ class AggregateSettings:
 
 
 @dataclass(frozen=True)
+class JwtSettings:
+    issuer: str
+    jwks_url: str | None = None
+    keys: dict[str, Any] | None = None
+    audience: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+    leeway: float = 60.0
+    jwks_refresh_min: float = 10.0
+    project_claim: str | None = None
+    default_project: str | None = None
+    required_scopes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     """The `auth` section; `present` is False when the config has none (today's open behaviour)."""
     mode: str = "none"
@@ -207,13 +221,14 @@ class AuthSettings:
     audit: str = "failures"
     rate_limit: tuple[float, int] | None = None  # (rate per second, burst)
     failed_attempts: tuple[float, int] = (1.0, 20)
+    jwt: JwtSettings | None = None
 
     @property
     def keys(self) -> bool:
         return self.mode in ("keys", "keys+jwt")
 
     @property
-    def jwt(self) -> bool:
+    def tokens(self) -> bool:
         return self.mode in ("jwt", "keys+jwt")
 
     @property
@@ -324,14 +339,20 @@ def allow_list_problems(http: dict[str, Any]) -> list[str]:
     return problems
 
 
-def parse_auth(section: dict[str, Any] | None, base_dir: Path | None) -> AuthSettings:
+def parse_auth(section: dict[str, Any] | None, base_dir: Path | None, source: str = "config") -> AuthSettings:
     if section is None:
         return AuthSettings()
     file = section.get("file", "auth.sqlite3")
     if base_dir is not None and not os.path.isabs(file):
         file = str(base_dir / file)
     rl, fa = section.get("rate_limit"), section.get("failed_attempts", {"rate": 1.0, "burst": 20})
-    return AuthSettings(mode=section["mode"], present=True, file=file, resource=section.get("resource"),
+    j = section.get("jwt")
+    jwt = None if j is None else JwtSettings(**{**j, **{k: tuple(j[k]) for k in ("audience", "algorithms",
+                                                                              "required_scopes") if k in j}})
+    if section["mode"] in ("jwt", "keys+jwt") and jwt is None:
+        raise ConfigError([f'$.auth.jwt: auth.mode "{section["mode"]}" needs a "jwt" section (at least "issuer")'],
+                          source)
+    return AuthSettings(mode=section["mode"], present=True, file=file, resource=section.get("resource"), jwt=jwt,
                         audit=section.get("audit", "failures"),
                         rate_limit=(float(rl["rate"]), int(rl["burst"])) if rl else None,
                         failed_attempts=(float(fa["rate"]), int(fa["burst"])))
@@ -411,7 +432,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
     return Config(
         servers=servers,
         store=StoreSettings(**store),
-        auth=parse_auth(doc.get("auth"), base_dir),
+        auth=parse_auth(doc.get("auth"), base_dir, source),
         limits=Limits(**doc.get("limits", {})),
         http=HttpSettings(**http),
         aggregate=aggregate,

@@ -121,8 +121,13 @@ class HttpFront:
 
             self.port = await nursery.start(serve)
             if self.gate is not None:
-                base = self.config.auth.resource or f"http://{url_host(s.host)}:{self.port}"
-                self.resource = ResourceMetadata(base, [])
+                auth = self.config.auth
+                base = (auth.resource or f"http://{url_host(s.host)}:{self.port}").rstrip("/")
+                issuers = [auth.jwt.issuer] if auth.jwt is not None and auth.tokens else []
+                self.resource = ResourceMetadata(base, issuers, list(auth.jwt.required_scopes)
+                                                 if auth.jwt is not None and auth.tokens else None)
+                if auth.tokens:
+                    self.gate.enable_tokens(base, list(self.config.servers))
             log.info("serving MCP over HTTP on http://%s:%d/mcp/{%s}", url_host(s.host), self.port,
                      ",".join(self.config.servers))
             if s.admin_port is not None:
@@ -387,6 +392,10 @@ class HttpFront:
         assert self.gate is not None
         address = self._address(request)
         got = await self.gate.authenticate(credential_of(request.headers), address)
+        if isinstance(got, Principal) and not got.serves(self._meta().base, self._meta().base + self._mcp_path(server)):
+            return self.gate.refuse(Refusal(
+                401, f"the token is for another resource ({', '.join(got.audiences)}); ask for one with "
+                f"resource={self._meta().base + self._mcp_path(server)}"), got, address, server)
         if isinstance(got, Principal) and server != AGGREGATE_NAME and not got.project.may_use(server):
             return self.gate.forbid(got, server, None, f"project {got.project.name!r} does not include "
                                     f"server {server!r}", address)
