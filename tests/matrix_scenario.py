@@ -305,10 +305,10 @@ def check_dump(cell: Cell) -> None:
 class UrlServer:
     """The HTTP echo fixture on a free port, for `url` cells (one per test module)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *extra: str) -> None:
         port_file = tmp / "http-echo.port"
         self.proc = subprocess.Popen([sys.executable, str(SERVERS / "http_echo.py"), "--port", "0",
-                                      "--port-file", str(port_file)], stdin=subprocess.DEVNULL)
+                                      "--port-file", str(port_file), *extra], stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not (port_file.exists() and port_file.read_text().strip()):
             assert time.monotonic() < deadline and self.proc.poll() is None, "http_echo did not start"
