@@ -24,6 +24,11 @@ from mcp.client.streamable_http import streamable_http_client
 from test_aggregate_http import body_of
 from test_http_front import ACCEPT, modern
 from test_sdk_e2e import REPO_ROOT, SDK_SERVER, check_scenario, era_params, run_scenario
+from test_ts_sdk import (
+    check_results,
+    node as _node,  # noqa: F401  (the `node` fixture, by its own name)
+    run_client,
+)
 
 from wire_gateway.auth.backends import SqliteBackend
 from wire_gateway.auth.model import ToolRule
@@ -42,11 +47,13 @@ class World:
         self.tenancy = Tenancy(SqliteBackend(str(tmp_path / "auth.sqlite3")), servers)
         self.tenancy.create_project("team", ["echo", "sdk"], {"echo": ToolRule(deny=("add",))})
         self.tenancy.create_project("others", ["other"])
+        self.tenancy.create_project("full", ["echo"])
         self.tenancy.create_user("alice")
         self.tenancy.create_user("bob")
         self.key = self.tenancy.create_key("team", "alice")[1]
         self.key2 = self.tenancy.create_key("team", "alice")[1]
         self.other_key = self.tenancy.create_key("others", "bob")[1]
+        self.full_key = self.tenancy.create_key("full", "bob")[1]
         self.gateway = HttpGateway(tmp_path, servers, auth={"mode": "keys", **auth})
 
     def post(self, path: str, body: Any, key: str | None = None, headers: dict[str, str] | None = None,
@@ -182,6 +189,19 @@ async def test_sdk_client_with_a_key(mode: str, tmp_path: Path) -> None:
     finally:
         world.gateway.stop()
     assert world.key not in world.gateway.log()
+
+
+def test_typescript_sdk_client_with_a_key(node: str, tmp_path: Path) -> None:
+    world = World(tmp_path)
+    try:
+        results = run_client(node, "http", world.gateway.url("echo"), {"Authorization": f"Bearer {world.full_key}"})
+        with pytest.raises(AssertionError) as refused:
+            run_client(node, "http", world.gateway.url("echo"))
+    finally:
+        world.gateway.stop()
+    check_results(results)
+    assert "Unauthorized: no credentials" in str(refused.value)
+    assert world.full_key not in world.gateway.log()
 
 
 def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:

@@ -70,8 +70,8 @@ def node() -> str:
     return node
 
 
-def run_client(node: str, kind: str, target: str) -> dict[str, Any]:
-    env = {**os.environ, "TS_CLIENT_TIMEOUT_MS": str(CLIENT_TIMEOUT_MS)}
+def run_client(node: str, kind: str, target: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    env = {**os.environ, "TS_CLIENT_TIMEOUT_MS": str(CLIENT_TIMEOUT_MS), "TS_CLIENT_HEADERS": json.dumps(headers or {})}
     try:
         done = subprocess.run([node, str(CLIENT), kind, target], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=RUN_TIMEOUT)
