@@ -24,11 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from test_aggregate_http import body_of
 from test_http_front import ACCEPT, modern
 from test_sdk_e2e import REPO_ROOT, SDK_SERVER, check_scenario, era_params, run_scenario
-from test_ts_sdk import (
-    check_results,
-    node as _node,  # noqa: F401  (the `node` fixture, by its own name)
-    run_client,
-)
+from test_ts_sdk import check_results, run_client
 
 from wire_gateway.auth.backends import SqliteBackend
 from wire_gateway.auth.model import ToolRule

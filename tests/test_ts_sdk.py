@@ -47,9 +47,9 @@ def _installed_sdk_version() -> str | None:
         return None
 
 
-@pytest.fixture(scope="session")
-def node() -> str:
-    """The `node` binary, with tests/ts_client/node_modules installed (npm ci once)."""
+def find_node() -> str:
+    """The `node` binary, with tests/ts_client/node_modules installed (npm ci if needed): the
+    session-wide `node` fixture (conftest.py), which the auth tests use too."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not on PATH: the TypeScript SDK client cannot run (install node >= 20)")
