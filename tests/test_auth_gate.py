@@ -43,8 +43,22 @@ def world(tmp_path: Path) -> tuple[Tenancy, str, str]:
     t = Tenancy(SqliteBackend(str(tmp_path / "a.sqlite3")), ["echo", "other"])
     t.create_project("team", ["echo"])
     t.create_project("slow", ["echo"], rate_limit=RateLimit(1, 2))
+    t.create_project("shared", ["echo"], project_limit=RateLimit(0.001, 3))
     t.create_user("alice")
     return t, t.create_key("team", "alice")[1], t.create_key("slow", "alice")[1]
+
+
+@pytest.mark.anyio
+async def test_a_project_budget_is_shared_by_its_keys(tmp_path: Path) -> None:
+    t, _, _ = world(tmp_path)
+    keys = [t.create_key("shared", "alice")[1] for _ in range(2)]
+    gate = gate_for(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gate.run)
+        got = [await gate.authenticate(keys[i % 2], "e") for i in range(4)]
+        assert [isinstance(g, Principal) for g in got] == [True, True, True, False]
+        assert isinstance(got[3], Refusal) and got[3].status == 429 and "project 'shared'" in got[3].reason
+        nursery.cancel_scope.cancel()
 
 
 def gate_for(tmp_path: Path, **settings: object) -> Gate:

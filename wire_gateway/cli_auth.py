@@ -37,6 +37,8 @@ def add_auth_parsers(sub: Any, add_config: Any) -> None:
     q.add_argument("--deny", action="append", default=[], metavar="SERVER:GLOB", help="hide these tools of SERVER")
     q.add_argument("--rate", type=float, help="requests per second per key (with --burst)")
     q.add_argument("--burst", type=int, help="burst size per key (with --rate)")
+    q.add_argument("--project-rate", type=float, help="requests per second, whole project (with --project-burst)")
+    q.add_argument("--project-burst", type=int, help="burst size for the whole project (with --project-rate)")
     leaf(g, "list", "list projects")
     leaf(g, "show", "show one project and its keys").add_argument("name")
     leaf(g, "delete", "delete a project and revoke its keys").add_argument("name")
@@ -133,11 +135,13 @@ def _user_row(u: User) -> dict[str, Any]:
 
 
 def _projects_create(t: Tenancy, a: argparse.Namespace) -> Any:
-    if (a.rate is None) != (a.burst is None):
-        raise TenancyError("give --rate and --burst together")
+    if (a.rate is None) != (a.burst is None) or (a.project_rate is None) != (a.project_burst is None):
+        raise TenancyError("give --rate with --burst, and --project-rate with --project-burst")
     rl = RateLimit(a.rate, a.burst) if a.rate is not None and a.burst is not None else None
+    pl = RateLimit(a.project_rate, a.project_burst) if a.project_rate is not None and a.project_burst is not None \
+        else None
     servers = [s.strip() for s in a.servers.split(",") if s.strip()]
-    return {"created": _project_row(t.create_project(a.name, servers, _rules(a.allow, a.deny), rl))}
+    return {"created": _project_row(t.create_project(a.name, servers, _rules(a.allow, a.deny), rl, pl))}
 
 
 def _projects_show(t: Tenancy, a: argparse.Namespace) -> Any:

@@ -64,9 +64,7 @@ class Gate:
         self._reloaded = trio.Event()
         self._last_reload = -1e9
         self._failures = Buckets(*settings.failed_attempts)
-        rl = settings.rate_limit
-        self._default_limit = Buckets(*rl) if rl else None
-        self._project_limits: dict[tuple[float, int], Buckets] = {}
+        self._limits: dict[tuple[float, int], Buckets] = {}
         self._used: dict[str, float] = {}
         self.refused = 0
         # With Redis, rate limits are one budget for every gateway: the front sets this to the
@@ -219,13 +217,12 @@ class Gate:
     async def _limited(self, got: Principal | Refusal, address: str) -> Principal | Refusal:
         """The shared (Redis) rate limit, for a caller `_decide` let in."""
         if isinstance(got, Principal) and self.shared_bucket is not None:
-            limit = self._rate_of(got)
-            if limit is not None:
-                wait = await self.shared_bucket("ratelimit:" + got.id, *limit)
+            for name, rate, burst, whose in self._budgets(got):
+                wait = await self.shared_bucket("ratelimit:" + name, rate, burst)
                 if wait is None:         # Redis is unreachable: count here meanwhile
-                    wait = self._limit(got, trio.current_time())
+                    wait = self._buckets(rate, burst).take(name, trio.current_time())
                 if wait:
-                    return self.refuse(Refusal(429, f"rate limit of {got.id} exceeded", None, wait), got, address)
+                    return self.refuse(Refusal(429, f"rate limit of {whose} exceeded", None, wait), got, address)
         return got
 
     def check_now(self, credential: str | None, address: str) -> Principal | Refusal:
@@ -253,28 +250,39 @@ class Gate:
             elif result.status == 401 and result is not NO_CREDENTIALS:
                 self._failures.take(address, now)
             return self.refuse(result, None, address)
-        wait = self._limit(result, now) if local_limit else 0.0
-        if wait:
-            return self.refuse(Refusal(429, f"rate limit of {result.id} exceeded", None, wait), result, address)
+        if local_limit:
+            budgets = self._budgets(result)
+            for name, rate, burst, whose in budgets:      # all must have a token, or none is taken
+                wait = self._buckets(rate, burst).wait(name, now)
+                if wait:
+                    return self.refuse(Refusal(429, f"rate limit of {whose} exceeded", None, wait), result, address)
+            for name, rate, burst, _ in budgets:
+                self._buckets(rate, burst).take(name, now)
         if result.kind == "key":
             self._used[result.id[len(keys.PREFIX):]] = time.time()
         if self.settings.audit == "all":
             self.audit("allowed", result, None, None, "authenticated", address)
         return result
 
-    def _rate_of(self, principal: Principal) -> tuple[float, int] | None:
+    def _budgets(self, principal: Principal) -> list[tuple[str, float, int, str]]:
+        """The token buckets a request of `principal` draws from: (bucket, rate, burst, whose) for
+        its key (the project's per-key limit, else the config's default) and its whole project."""
+        out = []
         rl = principal.rate_limit
-        return (rl.rate, rl.burst) if rl is not None else self.settings.rate_limit
+        per_key = (rl.rate, rl.burst) if rl is not None else self.settings.rate_limit
+        if per_key is not None:
+            out.append(("key:" + principal.id, *per_key, principal.id))
+        pl = principal.project.project_limit
+        if pl is not None:
+            out.append(("project:" + principal.project.name, pl.rate, pl.burst, f"project {principal.project.name!r}"))
+        return out
 
-    def _limit(self, principal: Principal, now: float) -> float:
-        rl = principal.rate_limit
-        if rl is None:
-            buckets = self._default_limit
-        else:
-            buckets = self._project_limits.get((rl.rate, rl.burst))
-            if buckets is None:
-                buckets = self._project_limits[(rl.rate, rl.burst)] = Buckets(rl.rate, rl.burst)
-        return buckets.take(principal.id, now) if buckets is not None else 0.0
+    def _buckets(self, rate: float, burst: int) -> Buckets:
+        """Buckets are kept per (rate, burst): each limit counts its own names."""
+        buckets = self._limits.get((rate, burst))
+        if buckets is None:
+            buckets = self._limits[(rate, burst)] = Buckets(rate, burst)
+        return buckets
 
     def refuse(self, refusal: Refusal, principal: Principal | None, address: str,
                 server: str | None = None, tool: str | None = None) -> Refusal:

@@ -35,6 +35,7 @@ class Project:
     tools: dict[str, ToolRule] = field(default_factory=dict)
     rate_limit: RateLimit | None = None          # per key of this project; None: the config's default
     created: float = 0.0
+    project_limit: RateLimit | None = None       # one budget shared by every key of the project
 
     def may_use(self, server: str) -> bool:
         return "*" in self.servers or server in self.servers
@@ -42,15 +43,17 @@ class Project:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "servers": list(self.servers), "created": self.created,
                 "tools": {s: {"allow": list(r.allow), "deny": list(r.deny)} for s, r in self.tools.items()},
-                "rate_limit": asdict(self.rate_limit) if self.rate_limit else None}
+                "rate_limit": asdict(self.rate_limit) if self.rate_limit else None,
+                "project_limit": asdict(self.project_limit) if self.project_limit else None}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Project:
-        rl = d.get("rate_limit")
+        rl, pl = d.get("rate_limit"), d.get("project_limit")
         return cls(name=d["name"], servers=tuple(d["servers"]), created=d.get("created", 0.0),
                    tools={s: ToolRule(tuple(r.get("allow", ())), tuple(r.get("deny", ())))
                           for s, r in d.get("tools", {}).items()},
-                   rate_limit=RateLimit(float(rl["rate"]), int(rl["burst"])) if rl else None)
+                   rate_limit=RateLimit(float(rl["rate"]), int(rl["burst"])) if rl else None,
+                   project_limit=RateLimit(float(pl["rate"]), int(pl["burst"])) if pl else None)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ class Tenancy:
     # ---- projects ----------------------------------------------------------------------------
 
     def create_project(self, name: str, servers: Iterable[str], tools: dict[str, ToolRule] | None = None,
-                       rate_limit: RateLimit | None = None) -> Project:
+                       rate_limit: RateLimit | None = None, project_limit: RateLimit | None = None) -> Project:
         if not NAME.match(name):
             raise TenancyError(f"project name {name!r}: use letters, digits, '_', '.', '-' (at most 64)")
         if self.backend.get("project", name) is not None:
@@ -51,9 +51,10 @@ class Tenancy:
         if unknown:
             raise TenancyError(f"unknown server(s) {', '.join(map(repr, unknown))}; the config has: "
                                f"{', '.join(self.servers) or '(none)'}")
-        if rate_limit is not None and (rate_limit.rate <= 0 or rate_limit.burst < 1):
-            raise TenancyError("a rate limit needs a rate above 0 and a burst of at least 1")
-        project = Project(name, wanted, dict(tools or {}), rate_limit, created=self._now())
+        for rl in (rate_limit, project_limit):
+            if rl is not None and (rl.rate <= 0 or rl.burst < 1):
+                raise TenancyError("a rate limit needs a rate above 0 and a burst of at least 1")
+        project = Project(name, wanted, dict(tools or {}), rate_limit, created=self._now(), project_limit=project_limit)
         self.backend.put([("project", name, project.to_json())])
         return project
 
