@@ -29,7 +29,7 @@ from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN
 from wire_gateway.wire.frame import Frame, Kind
 
 if TYPE_CHECKING:
-    from wire_gateway.proxy.aggregate import Aggregate, Member
+    from wire_gateway.proxy.aggregate.endpoint import Aggregate, Member
 
 META_PREFIX = "io.modelcontextprotocol/"
 ENVELOPE = (META_PROTOCOL_VERSION, "io.modelcontextprotocol/clientInfo", "io.modelcontextprotocol/clientCapabilities")

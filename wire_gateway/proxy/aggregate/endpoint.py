@@ -24,7 +24,7 @@ import trio
 
 from wire_gateway import __version__
 from wire_gateway.config import Config, Limits, ServerSpec
-from wire_gateway.proxy.aggregate_direct import Direct, DirectCalls
+from wire_gateway.proxy.aggregate.direct import Direct, DirectCalls
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.protocol import Sink, Upstream
