@@ -203,8 +203,11 @@ class Cycle:
         return refusal
 
     def close(self) -> None:
+        """No request will be read again (the IO loop is done with the connection)."""
         if self.state is not CLOSED:
             self._to(CLOSED)
+        self._waiting = None
+        self._h11 = None
 
     def response_head(self, status: int, headers: list[tuple[str, str]], framing: int | None,
                       draining: bool) -> bytes:
@@ -238,6 +241,7 @@ class Cycle:
 
     def _refuse(self, status: int, reason: str) -> Refusal:
         self._to(CLOSED)
+        self._h11 = None
         return Refusal(status, reason)
 
     def _head_event(self) -> Event:
@@ -251,6 +255,8 @@ class Cycle:
                 return NEED_DATA
             self._to(HEAD)
             self.timer = limits.header_timeout
+        elif self.state is not HEAD:   # HANDLING before end_exchange, or CLOSED
+            raise BadTransition(f"connection is '{self.state}': it reads no request now")
         ends = find_head_end(buf, self._looked)
         if ends is None:
             if len(buf) > limits.max_header_bytes:
@@ -286,6 +292,7 @@ class Cycle:
         if len(self.buf) < stop:
             if self.eof:   # gone mid-body: nobody to answer
                 self._to(CLOSED)
+                self._waiting = None
                 return CLOSE
             return NEED_DATA
         self._waiting = None
