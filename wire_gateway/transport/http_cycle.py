@@ -36,7 +36,8 @@ from .http_limits import HttpLimits
 from .http_response_head import STATUS_LINES, head_lines
 
 __all__ = ["CONN_TRANSITIONS", "CONTINUE_BYTES", "RESPONSE_TRANSITIONS", "BadTransition", "ConnState",
-           "Cycle", "Refusal", "Request", "ResponseState", "Signal", "check_transition"]
+           "Cycle", "Refusal", "Request", "ResponseState", "Signal", "check_transition",
+           "pipeline_budget"]
 
 CHUNKED = -2            # `response_head` framing: a body of unknown length (a Content-Length is >= 0)
 CONTINUE_BYTES = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -91,6 +92,8 @@ def check_transition(table: Mapping, old: StrEnum, new: StrEnum, what: str) -> N
 
 
 class Signal(Enum):
+    """What `next_event` asks of the IO loop when it has no Request or Refusal to give."""
+
     NEED_DATA = "need data"          # read more, then ask again
     SEND_CONTINUE = "send continue"  # the client waits for 100 Continue before sending its body
     CLOSE = "close"                  # close without answering
@@ -136,6 +139,13 @@ class Refusal:
 
 
 Event = Request | Refusal | Signal
+
+
+def pipeline_budget(limits: HttpLimits) -> int:
+    """Bytes a pipelining client may send beyond the request being handled (one whole request
+    more) before its connection stops reading: enough never to stall a client that waits for
+    each answer, bounded for one that does not."""
+    return limits.max_header_bytes + limits.max_body_bytes
 
 
 class Cycle:
@@ -235,6 +245,7 @@ class Cycle:
         return (lines + tail + "\r\n").encode("latin-1")
 
     def _to(self, new: ConnState) -> None:
+        # check_transition, inlined: it runs four times a request
         if new not in CONN_TRANSITIONS[self.state]:
             raise BadTransition(f"connection is '{self.state}': it cannot become '{new}'")
         self.state = new

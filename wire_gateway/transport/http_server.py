@@ -27,7 +27,7 @@ import ssl
 import trio
 
 from .http_connection import READ_SIZE, WATCH_TICK, Connection, Handler
-from .http_cycle import Request
+from .http_cycle import Request, pipeline_budget
 from .http_limits import HttpLimits
 from .http_responder import ClientGone, Responder
 
@@ -46,7 +46,7 @@ class HttpServer:
         self.handler = handler
         self.limits = limits
         self.ssl_context = ssl_context
-        self.pipeline_budget = limits.max_header_bytes + limits.max_body_bytes
+        self.pipeline_budget = pipeline_budget(limits)   # per connection, read ahead of its handler
         self.draining = False
         self.port: int | None = None
         self._conns: set[Connection] = set()
