@@ -27,12 +27,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from urllib.parse import unquote, urlsplit
 
 import h11
 
 from .http_head import Head, find_head_end, parse_head
 from .http_limits import HttpLimits
+from .http_request import Request, make_request
 from .http_response_head import STATUS_LINES, head_lines
 
 __all__ = ["CONN_TRANSITIONS", "CONTINUE_BYTES", "RESPONSE_TRANSITIONS", "BadTransition", "ConnState",
@@ -100,28 +100,6 @@ class Signal(Enum):
 
 
 NEED_DATA, SEND_CONTINUE, CLOSE = Signal
-
-
-@dataclass(slots=True)
-class Request:
-    method: str                         # "GET", "POST", ...
-    target: str                         # raw path + query, e.g. "/mcp/echo?x=1"
-    path: str                           # path only, percent-decoded
-    headers: list[tuple[str, str]]      # names lowercased, values as received (latin-1 decoded)
-    body: bytes
-    client: tuple[str, int] | None
-
-    def header(self, name: str) -> str | None:
-        """First value of a header, name case-insensitive."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def header_all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [value for key, value in self.headers if key == name]
 
 
 @dataclass(slots=True)
@@ -314,7 +292,7 @@ class Cycle:
         body = bytes(buf[body_start:stop]) if head.length else b""
         del buf[:stop]   # what follows is the next (pipelined) request
         self._to(HANDLING)
-        return _make_request(head.method, head.target, head.headers, body, self.client)
+        return make_request(head.method, head.target, head.headers, body, self.client)
 
     def _start_h11(self) -> Event:
         """h11 parses a head that http_head declined (and reads its body): it accepts what
@@ -372,7 +350,7 @@ class Cycle:
         self._h11 = None
         self._to(HANDLING)
         target, headers = self._h11_head
-        return _make_request(self.method, target, headers, body, self.client)
+        return make_request(self.method, target, headers, body, self.client)
 
     def _h11_head_read(self, event: h11.Request) -> Refusal | None:
         limits = self.limits
@@ -403,14 +381,3 @@ class Cycle:
             return self._refuse(413, f"body larger than {limits.max_body_bytes} bytes")
         self._h11_head = (event.target.decode("latin-1"), headers)
         return None
-
-
-def _make_request(method: str, target: str, headers: list[tuple[str, str]], body: bytes,
-                  client: tuple[str, int] | None) -> Request:
-    if target.startswith("/"):
-        path = target.partition("?")[0]
-    else:   # absolute-form, or "*"
-        path = urlsplit(target).path if "://" in target else target
-    if "%" in path:
-        path = unquote(path)
-    return Request(method, target, path, headers, body, client)

@@ -27,8 +27,9 @@ import ssl
 import trio
 
 from .http_connection import READ_SIZE, WATCH_TICK, Connection, Handler
-from .http_cycle import Request, pipeline_budget
+from .http_cycle import pipeline_budget
 from .http_limits import HttpLimits
+from .http_request import Request
 from .http_responder import ClientGone, Responder
 
 __all__ = ["ClientGone", "Handler", "HttpLimits", "HttpServer", "Request", "Responder", "serve_http"]
