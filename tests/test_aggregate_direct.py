@@ -1,4 +1,4 @@
-"""The aggregate's task-free path for tools/call (proxy/aggregate_direct.py), in process against
+"""The aggregate's task-free path for tools/call (proxy/aggregate/direct.py), in process against
 fake members: it is taken for a plain call, it keeps exactly one answer per request through
 answers, cancellations, timeouts and shutdown, and it declines what the general path must adapt
 (a progress token, a member of another era)."""

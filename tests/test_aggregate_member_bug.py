@@ -58,10 +58,12 @@ def test_a_member_setup_bug_is_an_error_not_a_degraded_member(caplog: pytest.Log
             await trio.sleep(1.5)               # a degraded member would be retried after 1 s
             send(agg, sink, frame(2, "tools/call", {"name": "bad__echo", "arguments": {"text": "x"}}))
             answer = await sink.answer(2)
+            states = {name: m.state for name, m in agg.members.items()}, agg.state
             await agg.shutdown()
             nursery.cancel_scope.cancel()
         assert answer["error"]["code"] == -31002 and "gateway failed to set it up" in answer["error"]["message"]
         assert made["bad"].requests == 1, "a gateway bug was retried as if the server were down"
+        assert states == ({"bad": "broken", "good": "connected"}, "degraded") and agg.state == "stopped"
 
     with caplog.at_level(logging.INFO, logger="wire_gateway"):
         trio.run(main)

@@ -60,7 +60,7 @@ class BadTransition(AssertionError):
     """A state change the table does not allow: a bug in the upstream's code, not in its input."""
 
 
-S = TypeVar("S", SupervisorState, RemoteState)
+S = TypeVar("S", bound=StrEnum)     # these tables, and the aggregate's (proxy/aggregate/states.py)
 
 
 def check_transition(table: Mapping[S, frozenset[S]], name: str, old: S, new: S) -> S:

@@ -4,7 +4,7 @@ A call the aggregate can pass on as it is, except for its id and the tool's name
 forwarded from `Aggregate.request` itself, and the member's answer goes back to the
 client from the member's reader, with only the id changed in its bytes when the
 client's era needs nothing else changed. The general path (a task per request,
-`Aggregate._serve`) costs a task start, an event and two wake-ups per call, more than
+`Aggregate._serve` in endpoint.py) costs a task start, an event and two wake-ups per call, more than
 the routing itself; it still serves everything this path declines: a name it cannot
 route (its error comes from there), a progress token (remapped there), `_meta` the
 member's era needs adapted, a member or client whose era differs, start-up.
@@ -24,15 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from wire_gateway.proxy.aggregate.messages import META_CLIENT_CAPS, META_CLIENT_INFO
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN
 from wire_gateway.wire.frame import Frame, Kind
 
 if TYPE_CHECKING:
-    from wire_gateway.proxy.aggregate import Aggregate, Member
+    from wire_gateway.proxy.aggregate.endpoint import Aggregate
+    from wire_gateway.proxy.aggregate.members import Member
 
 META_PREFIX = "io.modelcontextprotocol/"
-ENVELOPE = (META_PROTOCOL_VERSION, "io.modelcontextprotocol/clientInfo", "io.modelcontextprotocol/clientCapabilities")
+ENVELOPE = (META_PROTOCOL_VERSION, META_CLIENT_INFO, META_CLIENT_CAPS)
 # Keys a legacy client's result loses (namespacing.result_for_legacy): an answer with any of them is remade.
 MODERN_RESULT_KEYS = ("resultType", "ttlMs", "cacheScope")
 
@@ -50,8 +52,11 @@ class Direct:
 
 
 class DirectCalls:
+    """The calls on the fast path, by the client's id, and the watchdog that times them out."""
+
     def __init__(self, agg: Aggregate) -> None:
         self.agg = agg
+        self.route_tool = agg.directory.route_tool     # bound once: every call is routed
         self.by_client: dict[Any, Direct] = {}
         self.ready = False                       # every member has had its first chance to connect
         self._watch: trio.CancelScope | None = None   # the watchdog's sleep; None while it is not running
@@ -63,7 +68,7 @@ class DirectCalls:
         """Forward a tools/call at once: None (forwarded), bytes (the answer now), or False
         when the general path must serve it."""
         agg = self.agg
-        if self._watch is None or agg._closing.is_set():
+        if self._watch is None or agg.closing.is_set():
             return False
         if not self.ready:
             self.ready = all(m.tried.is_set() for m in agg.members.values())
@@ -72,13 +77,13 @@ class DirectCalls:
         params = frame.params
         if not isinstance(params, dict) or not isinstance(params.get("name"), str):
             return False
-        routed = agg.route_tool(params["name"])
+        routed = self.route_tool(params["name"])
         if routed is None:
             return False         # the general path answers why it cannot route it
         member, original = routed
         if member.era != agg.era or not self._meta_fits(agg.era, params):
             return False
-        our_id = f"agg-{next(member._ids)}"
+        our_id = f"agg-{next(member.ids)}"
         msg = {"jsonrpc": "2.0", "id": our_id, "method": "tools/call", "params": {**params, "name": original}}
         try:
             raw = jsonfast.dumps(msg)
@@ -103,7 +108,7 @@ class DirectCalls:
 
     @staticmethod
     def _meta_fits(era: str | None, params: dict[str, Any]) -> bool:
-        """Whether the member may get the client's `_meta` as it is (Aggregate._params_for would
+        """Whether the member may get the client's `_meta` as it is (Aggregate.params_for would
         leave it unchanged) and it names no progress token (remapped by the general path)."""
         meta = params.get("_meta")
         if era == MODERN:
@@ -133,7 +138,7 @@ class DirectCalls:
             return False
         self._forget(entry)
         self.agg.pending.pop(client_id)
-        entry.member._cancel(entry.our_id, "the client cancelled the request")
+        entry.member.cancel(entry.our_id, "the client cancelled the request")
         return True
 
     def _forget(self, entry: Direct) -> None:
@@ -158,10 +163,10 @@ class DirectCalls:
                 agg.frames_out += 1
                 agg.sink.server_frame(Frame(raw, frame.kind, {**msg, "id": client_id}, None, client_id, frame.note))
                 return                  # the member's reader flushes the sink after its batch
-        agg._deliver(client_id, "tools/call", msg)
+        agg.deliver(client_id, "tools/call", msg)
 
     def _unchanged(self, msg: dict[str, Any]) -> bool:
-        """Whether Aggregate._deliver would send this answer as it is, but for its id."""
+        """Whether Aggregate.deliver would send this answer as it is, but for its id."""
         if "result" not in msg:
             return "error" in msg
         result = msg["result"]
@@ -205,7 +210,7 @@ class DirectCalls:
                     break
                 self._forget(entry)
                 timeout = member.timeout
-                member._cancel(entry.our_id, f"no answer within {timeout:g}s")
+                member.cancel(entry.our_id, f"no answer within {timeout:g}s")
                 self.answered(entry, jsonfast.loads(errors.error_frame(
                     entry.our_id, errors.UPSTREAM_UNAVAILABLE,
                     f"server '{member.name}' did not answer tools/call within {timeout:g}s",

@@ -1,0 +1,260 @@
+"""The aggregate's members: one configured server each, its upstream, its era and its handshake.
+
+The aggregate is every member's client. A member probes its server's era with `server/discover`,
+else does the legacy handshake the gateway does itself, and retries with backoff while the server
+cannot be reached: a server that is down is left out of the aggregate, not fatal to it. An
+exception while setting a member up is different: upstream faults arrive as error answers, never
+as exceptions, so an exception is a bug in the gateway. It is logged as an ERROR with its
+traceback (which the tests fail on) and the member stays BROKEN instead of being retried as if the
+server were down (tests/test_aggregate_member_bug.py); the other members go on.
+
+A member is also its upstream's Sink, so nothing a server sends reaches the client without the
+aggregate's routing: answers settle the member's calls (or the fast path's, `direct`), requests
+and notifications go to the relay.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from wire_gateway.config import Limits, ServerSpec
+from wire_gateway.proxy.aggregate.messages import CLIENT_INFO, dict_at, error_msg, modern_envelope
+from wire_gateway.proxy.aggregate.states import MEMBER_TRANSITIONS, MemberState
+from wire_gateway.upstream.protocol import Sink, Upstream
+from wire_gateway.upstream.states import check_transition
+from wire_gateway.wire import errors, jsonfast
+from wire_gateway.wire.era import LEGACY, LEGACY_VERSIONS, MODERN, MODERN_VERSIONS
+from wire_gateway.wire.frame import Frame, Kind
+
+if TYPE_CHECKING:
+    from wire_gateway.proxy.aggregate.direct import Direct
+    from wire_gateway.proxy.aggregate.endpoint import Aggregate
+
+log = logging.getLogger("wire_gateway.aggregate")
+
+UpstreamFactory = Callable[[ServerSpec, Limits, Sink], Upstream]
+
+RETRY_MAX = 30.0                # longest pause between attempts to (re)connect a failed member
+
+
+class _Call:
+    __slots__ = ("done", "msg")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.msg: dict[str, Any] | None = None
+
+
+class Member:
+    """One configured server inside the aggregate: its upstream, its era, its calls in flight."""
+
+    def __init__(self, agg: Aggregate, spec: ServerSpec, limits: Limits, factory: UpstreamFactory) -> None:
+        self.agg = agg
+        self.name = spec.name
+        self.spec = spec
+        # The one call site that creates member upstreams: the policy chain plugs in here.
+        self.upstream = factory(spec, limits, self)
+        self.era: str | None = None
+        self.state = MemberState.WAITING
+        # `state is CONNECTED`, kept as a plain attribute: every routed request reads it (the fast path too).
+        self.ok = False
+        self.tried = trio.Event()         # the first setup attempt has ended (either way)
+        self.capabilities: dict[str, Any] = {}
+        self.instructions: str | None = None
+        self.problem = "not started yet (a lazy aggregate starts with its first request)"
+        self.calls: dict[str, _Call] = {}
+        self.direct: dict[str, Direct] = {}     # tools/calls forwarded without a task (direct.py)
+        self.ids = itertools.count(1)
+
+    @property
+    def timeout(self) -> float:
+        """How long a call to this member may wait for its answer (`timeout: null`: no limit)."""
+        return math.inf if self.spec.timeout is None else self.spec.timeout
+
+    def _become(self, state: MemberState) -> None:
+        self.state = check_transition(MEMBER_TRANSITIONS, self.name, self.state, state)
+        self.ok = state is MemberState.CONNECTED
+        self.tried.set()
+
+    # ---- connecting: era and handshake ------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Probe the member's era and do the handshake its era needs; retry with backoff while it fails."""
+        agg = self.agg
+        delay = 1.0
+        while not agg.closing.is_set():
+            try:
+                problem = await self._setup()
+            except Exception as exc:
+                log.error("aggregate: setting up member %s failed inside the gateway (a bug, not the server's "
+                          "fault); the member stays unavailable", self.name, exc_info=exc)
+                self.problem = f"the gateway failed to set it up: {type(exc).__name__}"
+                self._become(MemberState.BROKEN)
+                agg.update_state()
+                return
+            if problem is not None:
+                self.problem = problem
+            self._become(MemberState.UNAVAILABLE if problem is not None else MemberState.CONNECTED)
+            agg.update_state()
+            if problem is None:
+                log.info("aggregate: member %s connected (%s era)", self.name, self.era)
+                agg.relay.announce_all_lists()
+                return
+            log.warning("aggregate: member %s is unavailable (%s); its tools are left out, retrying in %.0fs",
+                        self.name, self.problem, delay)
+            with trio.move_on_after(delay):
+                await agg.closing.wait()
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def _setup(self) -> str | None:
+        """One attempt: None when the member is connected, else what went wrong."""
+        timeout = self.spec.handshake_timeout
+        probe = await self.call("server/discover", {"_meta": modern_envelope(None, {})}, timeout)
+        discovered = dict_at(probe, "result")
+        versions = discovered.get("supportedVersions")
+        if isinstance(versions, list) and MODERN_VERSIONS[0] in versions:
+            self.era = MODERN
+            self.upstream.era = MODERN
+            self.capabilities = dict_at(discovered, "capabilities")
+            self.instructions = discovered.get("instructions")
+            self._start_listen()
+            return None
+        # Anything else (an error, a 4xx from an HTTP server that has no modern endpoint, no answer)
+        # may be a legacy-only server: try the legacy handshake; it fails fast if the member is down.
+        init = await self.call("initialize", {
+            "protocolVersion": LEGACY_VERSIONS[0],
+            "capabilities": {"sampling": {}, "elicitation": {}, "roots": {"listChanged": True}},
+            "clientInfo": CLIENT_INFO}, timeout)
+        result = init.get("result")
+        if not isinstance(result, dict):
+            err = dict_at(init, "error")
+            probe_err = dict_at(probe, "error")
+            return (f"server/discover failed ({probe_err.get('message', 'no usable answer')}) and so did "
+                    f"initialize ({err.get('message', 'no result')})")
+        self.era = LEGACY
+        self.upstream.era = LEGACY
+        self.capabilities = dict_at(result, "capabilities")
+        self.instructions = result.get("instructions")
+        self.send_notification("notifications/initialized", None)
+        return None
+
+    def _start_listen(self) -> None:
+        """Modern members announce list changes only on a subscriptions/listen stream: keep one open."""
+        agg = self.agg
+        caps = self.capabilities
+        wanted = {flag: True for key, flag in (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
+                                               ("resources", "resourcesListChanged"))
+                  if isinstance(caps.get(key), dict) and caps[key].get("listChanged")}
+        if not wanted or agg.nursery is None:
+            return
+
+        async def listen() -> None:
+            while not agg.closing.is_set():
+                answer = await self.call("subscriptions/listen",
+                                         {"notifications": wanted, "_meta": modern_envelope(None, {})})
+                error = answer.get("error") if isinstance(answer.get("error"), dict) else None
+                log.info("aggregate: member %s ended its subscriptions/listen stream: %s", self.name,
+                         error.get("message") if error else "completed")
+                if error is None or not isinstance(error.get("data"), dict) \
+                        or error["data"].get("source") != errors.SOURCE:
+                    return                 # the server's own answer: it will not take one
+                with trio.move_on_after(1.0):   # the member restarted: listen again once it is back
+                    await agg.closing.wait()
+
+        agg.nursery.start_soon(listen)
+
+    # ---- calls to the member --------------------------------------------------------------
+
+    async def call(self, method: str, params: Any, timeout: float = math.inf) -> dict[str, Any]:
+        """Send one request to the member and wait for its answer (a result or error message).
+
+        Cancelled (the client gave up): the member gets `notifications/cancelled`."""
+        our_id = f"agg-{next(self.ids)}"
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": our_id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        raw = jsonfast.dumps(msg)
+        call = _Call()
+        self.calls[our_id] = call
+        try:
+            refused = self.upstream.request(Frame(raw, Kind.REQUEST, msg, method, our_id))
+            self.upstream.flush()
+            if refused is not None:
+                return jsonfast.loads(refused)
+            with trio.move_on_after(timeout) as scope:
+                await call.done.wait()
+            if scope.cancelled_caught:
+                self.cancel(our_id, f"no answer within {timeout:g}s")
+                return error_msg(our_id, errors.UPSTREAM_UNAVAILABLE,
+                                 f"server '{self.name}' did not answer {method} within {timeout:g}s",
+                                 {"server": self.name, "method": method})
+            assert call.msg is not None
+            return call.msg
+        except trio.Cancelled:
+            if not call.done.is_set():
+                self.cancel(our_id, "the client cancelled the request")
+            raise
+        finally:
+            self.calls.pop(our_id, None)
+
+    def send_notification(self, method: str, params: Any) -> None:
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.upstream.notify(Frame(jsonfast.dumps(msg), Kind.NOTIFICATION, msg, method))
+        self.upstream.flush()
+
+    def cancel(self, our_id: str, reason: str) -> None:
+        """Tell the member that nobody waits for its answer to `our_id` any more."""
+        self.send_notification("notifications/cancelled", {"requestId": our_id, "reason": reason})
+
+    # ---- Sink: what the member sends --------------------------------------------------------
+
+    def server_frame(self, frame: Frame) -> None:
+        if frame.kind is Kind.RESPONSE or frame.kind is Kind.ERROR:
+            if self.direct:
+                entry = self.direct.pop(frame.id, None)
+                if entry is not None:
+                    self.agg.direct.answered(entry, frame.msg, frame)
+                    return
+            call = self.calls.get(frame.id)
+            if call is not None and not call.done.is_set():
+                call.msg = frame.msg
+                call.done.set()
+            else:
+                log.debug("aggregate: %s answered %r, which nobody waits for any more", self.name, frame.id)
+            return
+        if frame.kind is Kind.REQUEST:
+            self.agg.relay.on_member_request(self, frame)
+        else:
+            self.agg.relay.on_member_notification(self, frame)
+
+    def gateway_reply(self, req_id: Any, data: bytes) -> None:
+        if self.direct:
+            entry = self.direct.pop(req_id, None)
+            if entry is not None:
+                self.agg.direct.answered(entry, jsonfast.loads(data), None)
+                return
+        call = self.calls.get(req_id)
+        if call is not None and not call.done.is_set():
+            call.msg = jsonfast.loads(data)
+            call.done.set()
+
+    def flush(self) -> None:
+        self.agg.sink.flush()
+
+    async def wait_writable(self) -> None:
+        await self.agg.sink.wait_writable()
+
+    def status(self) -> dict[str, Any]:
+        up = self.upstream
+        proc = getattr(up, "process", None)
+        return {"ok": self.ok, "era": self.era, "state": up.state, "problem": None if self.ok else self.problem,
+                "url": getattr(up, "url", None),
+                "pid": proc.pid if proc is not None and proc.returncode is None else None,
+                "restarts": up.restarts, "lastExit": up.last_exit}

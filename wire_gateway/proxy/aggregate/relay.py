@@ -1,0 +1,171 @@
+"""What crosses the aggregate besides requests and their answers: progress, cancellations, the
+members' own requests to the client, and list changes.
+
+Every member numbers its requests and progress tokens on its own, and the client numbers its, so
+nothing can cross as it is: a progress token the client chose is replaced by one of the
+aggregate's for the member (and put back on each progress notification), and a request a member
+sends the client (sampling, elicitation, roots) gets an id of the aggregate's, mapped back to the
+member's own when the client answers, or when the member cancels it. A modern client cannot take
+requests from a server at all; the member gets an error instead. List changes are announced the
+way the client's era hears them: as plain notifications to a legacy client, on each
+`subscriptions/listen` stream that asked for them to a modern one.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from wire_gateway.proxy.aggregate.messages import dict_at, error_msg, result_msg
+from wire_gateway.wire import errors, jsonfast
+from wire_gateway.wire.era import LEGACY, META_SUBSCRIPTION_ID
+from wire_gateway.wire.frame import Frame, Kind, decode
+
+if TYPE_CHECKING:
+    from wire_gateway.proxy.aggregate.endpoint import Aggregate
+    from wire_gateway.proxy.aggregate.members import Member
+
+log = logging.getLogger("wire_gateway.aggregate")
+
+LIST_CHANGED = {"notifications/tools/list_changed": "toolsListChanged",
+                "notifications/prompts/list_changed": "promptsListChanged",
+                "notifications/resources/list_changed": "resourcesListChanged"}
+
+
+class Relay:
+    """The id and token maps between the client and the members, and the client's listen streams."""
+
+    def __init__(self, agg: Aggregate) -> None:
+        self.agg = agg
+        self.tokens: dict[str, tuple[Any, Any]] = {}                   # our progress token -> (client id, token)
+        self.server_requests: dict[str, tuple[Member, Any]] = {}       # client-facing id -> (member, its id)
+        self.listens: dict[Any, dict[str, Any]] = {}                   # client's listen id -> its filter
+        self._tokens = itertools.count(1)
+        self._asks = itertools.count(1)
+
+    # ---- client -> member ---------------------------------------------------------------------------
+
+    async def forward(self, frame: Frame, member: Member, params: dict[str, Any]) -> dict[str, Any]:
+        """One request to one member, with its progress token and `_meta` adapted; the answer comes back
+        with the client's id (set by Aggregate.deliver)."""
+        params = dict(params)
+        meta = params.get("_meta")
+        if isinstance(meta, dict) and "progressToken" in meta:
+            ours = f"agg-p{next(self._tokens)}"
+            self.tokens[ours] = (frame.id, meta["progressToken"])
+            params["_meta"] = {**meta, "progressToken": ours}
+        else:
+            ours = None
+        try:
+            return await member.call(frame.method or "", self.agg.params_for(member, params), member.timeout)
+        finally:
+            if ours is not None:
+                self.tokens.pop(ours, None)
+
+    def client_answered(self, frame: Frame) -> None:
+        """The client's answer to a member's request (sampling, elicitation, roots)."""
+        asked = self.server_requests.pop(frame.id, None) if isinstance(frame.id, str) else None
+        if asked is None:
+            log.info("aggregate: the client answered %r, which no member asked; dropped", frame.id)
+            return
+        member, member_id = asked
+        msg = {**frame.msg, "id": member_id}
+        member.upstream.reply(Frame(jsonfast.dumps(msg), frame.kind, msg, None, member_id))
+        member.upstream.flush()
+
+    # ---- member -> client ---------------------------------------------------------------------------
+
+    def on_member_request(self, member: Member, frame: Frame) -> None:
+        """A member asks the client something (sampling, elicitation, roots): pass it on under an id
+        of the aggregate's own, unless the client's era cannot take a server request."""
+        agg = self.agg
+        if agg.era != LEGACY:
+            msg = error_msg(frame.id, errors.ERA_MISMATCH,
+                            f"the client reached '{member.name}' through the wire-gateway aggregate in the modern "
+                            f"era, which has no server-to-client requests; {frame.method} cannot be delivered",
+                            {"reason": "era", "method": frame.method})
+            member.upstream.reply(Frame(jsonfast.dumps(msg), Kind.ERROR, msg, None, frame.id))
+            member.upstream.flush()
+            log.warning("aggregate: %s sent %s, which cannot cross to a %s client; answered with an error",
+                        member.name, frame.method, agg.era or "not yet known")
+            return
+        cid = f"wire-gateway/{member.name}/{next(self._asks)}"
+        if len(self.server_requests) >= agg.limits.max_in_flight:
+            del self.server_requests[next(iter(self.server_requests))]
+        self.server_requests[cid] = (member, frame.id)
+        self.to_client({**frame.msg, "id": cid})
+
+    def on_member_notification(self, member: Member, frame: Frame) -> None:
+        method = frame.method or ""
+        params = frame.params if isinstance(frame.params, dict) else {}
+        if method in LIST_CHANGED:
+            if method == "notifications/tools/list_changed":
+                self.agg.directory.forget_names(member, "tools")
+            elif method == "notifications/prompts/list_changed":
+                self.agg.directory.forget_names(member, "prompts")
+            self.list_changed(method)
+            return
+        if method == "notifications/subscriptions/acknowledged":
+            return                         # the ack of the aggregate's own listen stream
+        if method == "notifications/progress":
+            token = params.get("progressToken")
+            entry = self.tokens.get(token) if isinstance(token, str) else None
+            if entry is None:
+                log.debug("aggregate: progress from %s for an unknown token; dropped", member.name)
+                return
+            self.to_client({**frame.msg, "params": {**params, "progressToken": entry[1]}})
+            return
+        if method == "notifications/cancelled":
+            cid = next((c for c, (m, mid) in self.server_requests.items() if m is member
+                        and mid == params.get("requestId")), None)
+            if cid is not None:
+                self.server_requests.pop(cid, None)
+                self.to_client({**frame.msg, "params": {**params, "requestId": cid}})
+            return
+        if method == "notifications/resources/updated" or method == "notifications/message":
+            agg = self.agg
+            agg.frames_out += 1
+            agg.sink.server_frame(frame)
+            agg.sink.flush()
+            return
+        log.debug("aggregate: %s from %s not forwarded", method, member.name)
+
+    def to_client(self, msg: dict[str, Any]) -> None:
+        agg = self.agg
+        frame = decode(jsonfast.dumps(msg))
+        assert isinstance(frame, Frame)
+        agg.frames_out += 1
+        agg.sink.server_frame(frame)
+        agg.sink.flush()
+
+    # ---- list changes -------------------------------------------------------------------------------
+
+    async def listen(self, frame: Frame, params: dict[str, Any]) -> dict[str, Any] | None:
+        """A modern client's subscriptions/listen: acknowledged at once, open until it is cancelled."""
+        wanted = dict_at(params, "notifications")
+        agreed = {flag: True for flag in LIST_CHANGED.values() if wanted.get(flag)}
+        self.listens[frame.id] = agreed
+        try:
+            self.to_client({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                            "params": {"_meta": {META_SUBSCRIPTION_ID: frame.id}, "notifications": agreed}})
+            await self.agg.closing.wait()
+            return result_msg(frame.id, {"resultType": "complete"})
+        finally:
+            self.listens.pop(frame.id, None)
+
+    def announce_all_lists(self) -> None:
+        """A member joined (or came back): every list may have changed."""
+        if not self.agg.greeted:
+            return
+        for method in LIST_CHANGED:
+            self.list_changed(method)
+
+    def list_changed(self, method: str) -> None:
+        if self.agg.era == LEGACY:
+            self.to_client({"jsonrpc": "2.0", "method": method})
+            return
+        flag = LIST_CHANGED[method]
+        for listen_id, agreed in list(self.listens.items()):
+            if agreed.get(flag):
+                self.to_client({"jsonrpc": "2.0", "method": method,
+                                "params": {"_meta": {META_SUBSCRIPTION_ID: listen_id}}})
