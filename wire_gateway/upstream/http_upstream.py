@@ -58,11 +58,11 @@ from wire_gateway.transport.http_client import (
     Timeout,
     Unreachable,
 )
+from wire_gateway.upstream.answers import Answers, note_request
 from wire_gateway.upstream.handshake import Handshake
-from wire_gateway.upstream.pending import PendingTable, as_asked
+from wire_gateway.upstream.pending import as_asked
 from wire_gateway.upstream.protocol import Sink
 from wire_gateway.upstream.states import REMOTE_TRANSITIONS, RemoteState, check_transition
-from wire_gateway.upstream.supervisor import note_request
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import LEGACY, MODERN, MODERN_VERSIONS, request_version
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
@@ -117,8 +117,9 @@ class HttpUpstream:
         self.process = None                    # no process: a remote server
         self.restarts = 0                      # upstream sessions re-established after a 404
         self.last_exit: str | None = None      # the last failure, for status pages
-        self.pending = PendingTable()
         self.handshake = Handshake()
+        # no request timer of its own: waiting for an answer is bounded by the client's timeout
+        self.pending = Answers(self.name, sink, self.handshake, self._data, log, warn_each=True)
         self.frames_in = 0
         self.frames_out = 0
         self._nursery: trio.Nursery | None = None
@@ -168,7 +169,7 @@ class HttpUpstream:
         note_request(self, frame)
         if self.tap is not None:
             self.tap.frame(G2S, frame)
-        self.pending.add(frame.id, frame.method or "", None)
+        self.pending.owe(frame, None)
         inflight = _Inflight(frame, era, self._oneway_queued)
         self._inflight[frame.id] = inflight
         self._nursery.start_soon(self._run_request, inflight)
@@ -181,10 +182,8 @@ class HttpUpstream:
         if frame.method == "notifications/initialized":
             self.handshake.on_client_notification(frame)
         elif frame.method == "notifications/cancelled":
-            params = frame.params
-            req_id = params.get("requestId") if isinstance(params, dict) else None
+            req_id = self.pending.cancel(frame)
             inflight = self._inflight.get(req_id)
-            self.pending.pop(req_id)
             if inflight is not None:
                 inflight.scope.cancel()
                 if inflight.era == MODERN:
@@ -227,7 +226,7 @@ class HttpUpstream:
             self._closing = True
             self._wake_writers()
             self._set_state(RemoteState.STOPPED)
-            self._fail_all("the gateway is shutting down; {method} to server '{name}' at {url} was not answered")
+            self._fail_all()
             self.sink.flush()
             await self.client.aclose()
             self._stopped.set()
@@ -252,7 +251,7 @@ class HttpUpstream:
         with trio.move_on_after(self.spec.stdin_close_timeout):
             while self.pending or self._oneway_done < self._oneway_queued:  # noqa: ASYNC110 - once, at shutdown: not worth an event per answer
                 await trio.sleep(0.02)
-        self._fail_all("the gateway is shutting down; {method} to server '{name}' at {url} was not answered")
+        self._fail_all()
         self.sink.flush()
         self._junk.close(time.monotonic())
         for inflight in list(self._inflight.values()):
@@ -544,21 +543,14 @@ class HttpUpstream:
         return None
 
     def _answer(self, req_id: Any, code: int, template: str) -> None:
-        """Answer a pending request with a gateway error (once: nothing if it is no longer pending)."""
-        entry = self.pending.pop(req_id)
-        if entry is not None:
-            self._reply_error(req_id, entry.method, code, template)
+        """Answer a pending request with a gateway error ("{method}" in `template` names its
+        method), once: nothing if it is no longer pending."""
+        if self.pending.fail_one(req_id, code, template):
+            self.sink.flush()
 
-    def _fail_all(self, template: str) -> None:
-        for req_id, entry in self.pending.take_all():
-            self._reply_error(req_id, entry.method, errors.UPSTREAM_UNAVAILABLE, template)
-
-    def _reply_error(self, req_id: Any, method: str | None, code: int, template: str) -> None:
-        message = (template.replace("{method}", method or "the request")
-                   .replace("{name}", self.name).replace("{url}", self.url))
-        log.warning("server %s: request %r: %s", self.name, req_id, message)
-        self.sink.gateway_reply(req_id, errors.error_frame(req_id, code, message, self._data(method)))
-        self.sink.flush()
+    def _fail_all(self) -> None:
+        self.pending.fail_all(errors.UPSTREAM_UNAVAILABLE, "the gateway is shutting down; {method} to server "
+                              f"'{self.name}' at {self.url} was not answered")
 
     def _data(self, method: str | None) -> dict[str, Any]:
         data: dict[str, Any] = {"server": self.name, "url": self.url}
@@ -599,12 +591,11 @@ class HttpUpstream:
             self.tap.frame(S2G, frame)
         kind = frame.kind
         if kind is Kind.RESPONSE or kind is Kind.ERROR:
-            entry = self.pending.pop(frame.id)
+            entry = self.pending.settle(frame)
             if entry is None:
                 log.debug("server %s: answer to %r that nobody is waiting for; dropped", self.name, frame.id)
                 return
             frame = as_asked(frame, entry)
-            self.handshake.on_server_reply(frame)
             if kind is Kind.RESPONSE:
                 if entry.method == "initialize":
                     self._note_version(frame)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
@@ -22,15 +22,14 @@ from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.dump.writer import G2S, S2G, Tap
 from wire_gateway.telemetry.throttle import ThrottledLog
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
+from wire_gateway.upstream.answers import Answers, note_request
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.handshake import Handshake
-from wire_gateway.upstream.pending import NEVER, Pending, PendingTable, as_asked
+from wire_gateway.upstream.pending import Pending, as_asked
 from wire_gateway.upstream.process import ServerProcess, describe_status
 from wire_gateway.upstream.protocol import Sink
 from wire_gateway.upstream.states import SUPERVISOR_TRANSITIONS, SupervisorState, check_transition
-from wire_gateway.upstream.timeouts import UNTIMED_METHODS, expire_requests, progress_of, progress_token
 from wire_gateway.wire import errors, jsonfast, scan
-from wire_gateway.wire.era import era_of_request
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
 from wire_gateway.wire.framing import LineFramer, Oversize
 from wire_gateway.wire.ids import SPELLED
@@ -47,27 +46,6 @@ _REFUSING = frozenset({SupervisorState.CRASH_LOOP, SupervisorState.STOPPED})
 _QUEUEING = frozenset({SupervisorState.STARTING, SupervisorState.RESTARTING})
 
 
-class _Books(Protocol):
-    """The part of an upstream that `note_request` keeps up to date."""
-
-    name: str
-    era: str | None
-    handshake: Handshake
-    frames_in: int
-
-
-def note_request(up: _Books, frame: Frame) -> None:
-    """The books every upstream keeps on a client request it accepts: the handshake to
-    replay, the session's era (for logs and /status), the frame counter."""
-    if frame.method == "initialize":
-        up.handshake.on_client_request(frame)
-    if up.era is None:
-        up.era = era_of_request(frame.method, frame.msg)
-        if up.era is not None:
-            log.info("server %s: the client speaks the %s era of MCP", up.name, up.era)
-    up.frames_in += 1
-
-
 class SupervisedServer:
     tap: Tap | None = None     # frame dumps: set after construction when --dump is on
 
@@ -78,8 +56,9 @@ class SupervisedServer:
         self.limits = limits
         self.sink = sink
         self.state = SupervisorState.STARTING     # changed only by _set_state (states.py has the table)
-        self.pending = PendingTable()
         self.handshake = Handshake()
+        self.timeout = spec.timeout                    # seconds without an answer or progress; None: no limit
+        self.pending = Answers(self.name, sink, self.handshake, self._error_data, log, self.timeout)
         self.backoff = Backoff(spec.restart)
         self.restarts = 0
         self.frames_in = 0      # client -> server frames accepted
@@ -102,13 +81,10 @@ class SupervisedServer:
         self._unavailable_reason = ""
         self._last_stderr: list[str] = []
         self._started_at = 0.0
-        # junk lines on stdout, requests timed out: a few logged in full, then counted
+        # junk lines on stdout: a few logged in full, then counted
         self._junk = ThrottledLog(log, "server %s: dropped %d more lines on stdout that are not JSON-RPC messages "
                                   "over the last %.2fs (the first lines of a burst are logged in full, then only "
                                   "counted)", self.name)
-        self.timeout = spec.timeout                    # seconds without an answer or progress; None: no limit
-        self._timeouts_log = ThrottledLog(log, "server %s: %d more requests got no answer within their timeout "
-                                          "over the last %.2fs", self.name)
 
     # ---- called by the session (client -> server) ---------------------------------
 
@@ -123,19 +99,15 @@ class SupervisedServer:
         note_request(self, frame)
         if self.tap is not None:
             self.tap.frame(G2S, frame)
-        if self.timeout is None or frame.method in UNTIMED_METHODS:
-            deadline, token = NEVER, None
-        else:
-            deadline, token = time.monotonic() + self.timeout, progress_token(frame)
         if self._out is not None:
-            self.pending.add(frame.id, frame.method or "", self._generation, deadline, token)
+            self.pending.owe(frame, self._generation)
             self._out.put_line(frame.raw)
             return None
         if len(self._queue) >= self.limits.max_queued_frames:
             return errors.error_frame(frame.id, errors.GATEWAY_OVERLOADED,
                                       f"server '{self.name}' is restarting and {len(self._queue)} frames are "
                                       "already waiting for it; try again shortly", self._error_data(frame.method))
-        self.pending.add(frame.id, frame.method or "", None, deadline, token)
+        self.pending.owe(frame, None)
         self._queue.append((frame.raw, frame.id))
         return None
 
@@ -144,9 +116,7 @@ class SupervisedServer:
         if frame.method == "notifications/initialized":
             self.handshake.on_client_notification(frame)
         elif frame.method == "notifications/cancelled":
-            params = frame.params
-            if isinstance(params, dict):
-                self.pending.pop(params.get("requestId"))
+            self.pending.cancel(frame)
         if self.tap is not None:
             self.tap.frame(G2S, frame)
         self._send_other(frame.raw)
@@ -200,7 +170,7 @@ class SupervisedServer:
         task_status.started()
         async with trio.open_nursery() as timers:
             if self.timeout is not None:
-                timers.start_soon(expire_requests, self.pending, self.timeout, self._time_out)
+                timers.start_soon(self.pending.run_timer, self._time_out)
             try:
                 while not self._closing:
                     await self._run_one()
@@ -210,11 +180,11 @@ class SupervisedServer:
             finally:
                 self._set_state(SupervisorState.STOPPED)
                 self._unavailable_reason = "the gateway is shutting down"
-                self._fail(self.pending.take_all(), errors.UPSTREAM_UNAVAILABLE,
-                           "the gateway is shutting down; request to server '{name}' was not answered")
+                self.pending.fail_all(errors.UPSTREAM_UNAVAILABLE,
+                                      f"the gateway is shutting down; request to server '{self.name}' was not answered")
                 self._queue.clear()
                 self.sink.flush()
-                self._timeouts_log.close(time.monotonic())
+                self.pending.close(time.monotonic())
                 self._stopped.set()
                 timers.cancel_scope.cancel()
 
@@ -269,9 +239,9 @@ class SupervisedServer:
                 trio.current_time() - proc.started)
         lost = self.pending.take_generation(gen)
         if lost:
-            self._fail(lost, errors.UPSTREAM_EXITED,
-                       "server '{name}' " + f"exited ({self.last_exit}) before answering" + " {method}"
-                       + ("" if self._closing else "; it is being restarted, retry the request"))
+            self.pending.fail(lost, errors.UPSTREAM_EXITED,
+                              f"server '{self.name}' exited ({self.last_exit}) before answering " + "{method}"
+                              + ("" if self._closing else "; it is being restarted, retry the request"))
             self.sink.flush()
 
     async def _pause_before_restart(self) -> None:
@@ -288,7 +258,7 @@ class SupervisedServer:
                       f"; last stderr: {' | '.join(self._last_stderr[-5:])}" if self._last_stderr else "")
             lost = self.pending.take_all()
             self._queue.clear()
-            self._fail(lost, errors.UPSTREAM_UNAVAILABLE, self._unavailable_reason + " ({method} not sent)")
+            self.pending.fail(lost, errors.UPSTREAM_UNAVAILABLE, self._unavailable_reason + " ({method} not sent)")
             self.sink.flush()
         else:
             self._set_state(SupervisorState.RESTARTING)
@@ -414,20 +384,18 @@ class SupervisedServer:
                 if self._replay_done is not None:
                     self._replay_done.set()
                 return
-            entry = self.pending.pop(frame.id)
-            if entry is None and frame.id is not None:
-                log.debug("server %s: answer to %r, which nobody waits for any more (timed out or cancelled); "
-                          "dropped", self.name, frame.id)
-                return
-            if entry is not None and (entry.asked is not None or type(frame.id) in SPELLED):
+            entry = self.pending.settle(frame)
+            if entry is None:
+                if frame.id is not None:
+                    log.debug("server %s: answer to %r, which nobody waits for any more (timed out or "
+                              "cancelled); dropped", self.name, frame.id)
+                    return
+            elif entry.asked is not None or type(frame.id) in SPELLED:
                 frame = as_asked(frame, entry)       # the id as the client wrote it (wire.ids)
-            self.handshake.on_server_reply(frame)
         elif kind is Kind.REQUEST:
             frame = self._track_server_request(frame)
         elif frame.method == "notifications/progress" and self.timeout is not None:
-            token = progress_of(frame)
-            if token is not None:
-                self.pending.extend(token, time.monotonic() + self.timeout)
+            self.pending.progress(frame)
         self.frames_out += 1
         self.sink.server_frame(frame)
 
@@ -475,7 +443,6 @@ class SupervisedServer:
         assert self.timeout is not None
         now = time.monotonic()
         for req_id, entry in expired:
-            method = entry.method or "the request"
             if entry.generation is None:        # still queued for a restarting server: just not sent
                 self._queue = [item for item in self._queue if item[1] != req_id]
                 done = "it was not sent (the server was restarting)"
@@ -488,23 +455,12 @@ class SupervisedServer:
                 done = "the gateway cancelled it"
             else:                               # its process is ending: its exit would answer it later
                 done = "its server process is ending"
-            if self._timeouts_log.event(now):
-                log.warning("server %s: request %r (%s) got no answer within %gs (timeout); %s", self.name, req_id,
-                            method, self.timeout, done)
-            self.sink.gateway_reply(req_id, errors.error_frame(
-                req_id, errors.UPSTREAM_UNAVAILABLE,
-                f"server '{self.name}' did not answer {method} within {self.timeout:g}s (its timeout); {done}",
-                {"server": self.name, "method": entry.method, "timeout": self.timeout}))
+            self.pending.timed_out(req_id, entry, done, now)
         if self._out is not None:
             self._out.flush()
         self.sink.flush()
 
     # ---- errors ---------------------------------------------------------------------------
-
-    def _fail(self, lost: list[tuple[Any, Any]], code: int, template: str) -> None:
-        for req_id, entry in lost:
-            message = template.format(name=self.name, method=entry.method or "the request")
-            self.sink.gateway_reply(req_id, errors.error_frame(req_id, code, message, self._error_data(entry.method)))
 
     def _error_data(self, method: str | None) -> dict[str, Any]:
         data: dict[str, Any] = {"server": self.name}
