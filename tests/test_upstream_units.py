@@ -1,5 +1,7 @@
-"""Sans-IO pieces of the upstream layer: backoff pacing, crash-loop detection, handshake replay."""
+"""Sans-IO pieces of the upstream layer: backoff pacing, crash-loop detection, handshake replay,
+the state tables, the books that owe each request one answer (`Answers`)."""
 import json
+import logging
 import random
 
 import orjson
@@ -8,13 +10,17 @@ import pytest
 from wire_gateway.config import RestartPolicy
 from wire_gateway.proxy.batch import BatchCollector
 from wire_gateway.telemetry.masking import Masker
+from wire_gateway.upstream.answers import Answers
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.handshake import Handshake
+from wire_gateway.upstream.pending import NEVER, as_asked
 from wire_gateway.upstream.states import (
     REMOTE_TRANSITIONS,
+    SESSION_TRANSITIONS,
     SUPERVISOR_TRANSITIONS,
     BadTransition,
     RemoteState,
+    SessionState,
     SupervisorState,
     check_transition,
 )
@@ -113,3 +119,78 @@ def test_state_tables_allow_only_the_lifecycle_and_show_plain_strings():
         assert all(stopped in allowed for state, allowed in table.items() if state != stopped)
     assert orjson.loads(orjson.dumps({"state": SupervisorState.CRASH_LOOP})) == {"state": "crash_loop"}
     assert json.dumps(RemoteState.UNREACHABLE) == '"unreachable"' and f"{SupervisorState.RUNNING}" == "running"
+
+
+def test_session_states_leave_lost_only_by_a_new_session_or_a_404() -> None:
+    """A lost legacy session is left by the client's initialize (open or none) or a replay (after a
+    404 for an id such an initialize set); a replay under way is never restarted."""
+    assert check_transition(SESSION_TRANSITIONS, "x", SessionState.OPEN, SessionState.REOPENING) == "reopening"
+    with pytest.raises(BadTransition):
+        check_transition(SESSION_TRANSITIONS, "x", SessionState.NONE, SessionState.LOST)
+    with pytest.raises(BadTransition):
+        check_transition(SESSION_TRANSITIONS, "x", SessionState.REOPENING, SessionState.REOPENING)
+    assert SESSION_TRANSITIONS[SessionState.LOST] >= {SessionState.OPEN, SessionState.NONE}
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.replies: list[tuple[object, dict]] = []
+
+    def server_frame(self, frame: object) -> None:
+        raise AssertionError("the books never deliver a server frame")
+
+    def gateway_reply(self, req_id: object, data: bytes) -> None:
+        self.replies.append((req_id, json.loads(data)))
+
+    def flush(self) -> None:
+        """Nothing buffered."""
+
+    async def wait_writable(self) -> None:
+        """Never full."""
+
+
+def _answers(timeout: float | None = None) -> tuple[Answers, _Sink, Handshake]:
+    sink, handshake = _Sink(), Handshake()
+    return Answers("srv", sink, handshake, lambda method: {"server": "srv", "method": method},
+                   logging.getLogger("test"), timeout), sink, handshake
+
+
+def test_answers_owe_each_request_one_answer() -> None:
+    """The server's answer settles a request once (with the id as the client wrote it, and the
+    handshake told); a gateway error goes only to a request still owed one; cancelling owes nothing."""
+    books, sink, handshake = _answers()
+    init = decode(b'{"jsonrpc":"2.0","id":-0,"method":"initialize","params":{}}')
+    handshake.on_client_request(init)
+    books.owe(init, 1)
+    answer = decode(b'{"jsonrpc":"2.0","id":0,"result":{}}')
+    entry = books.settle(answer)
+    assert entry is not None and entry.method == "initialize" and handshake.completed
+    assert as_asked(answer, entry).raw.startswith(b'{"jsonrpc":"2.0","id":-0,')
+    assert books.settle(answer) is None and not books.fail_one(0, -31002, "late")
+
+    books.owe(decode(b'{"jsonrpc":"2.0","id":2,"method":"tools/call"}'), 1)
+    books.owe(decode(b'{"jsonrpc":"2.0","id":3,"method":"ping"}'), None)
+    books.owe(decode(b'{"jsonrpc":"2.0","id":4,"method":"tools/list"}'), None)
+    assert books.cancel(decode(b'{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":4}}')) == 4
+    assert books.fail_one(2, -31002, "gone before {method}") and not books.fail_one(2, -31002, "twice")
+    books.fail_all(-31001, "stopped: {method}")
+    assert [(req_id, msg["id"], msg["error"]["code"], msg["error"]["message"], msg["error"]["data"]["method"])
+            for req_id, msg in sink.replies] == [(2, 2, -31002, "gone before tools/call", "tools/call"),
+                                                 (3, 3, -31001, "stopped: ping", "ping")]
+    assert len(books) == 0
+
+
+def test_answers_time_requests_out_and_progress_moves_the_deadline() -> None:
+    books, sink, _ = _answers(timeout=5.0)
+    books.owe(decode(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":"t"}}}'), 1)
+    books.owe(decode(b'{"jsonrpc":"2.0","id":2,"method":"subscriptions/listen"}'), 1)
+    first = books.next_deadline()
+    assert first is not None and first != NEVER
+    books.progress(decode(b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t"}}'))
+    moved = books.next_deadline()
+    assert moved is not None and moved >= first
+    expired = books.expire(moved + 1)
+    assert [req_id for req_id, _ in expired] == [1]          # the subscription never times out
+    books.timed_out(1, expired[0][1], "the gateway cancelled it", moved + 1)
+    assert sink.replies[0][1]["error"]["data"]["timeout"] == 5.0
+    assert 2 in books

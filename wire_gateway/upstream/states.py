@@ -56,6 +56,29 @@ REMOTE_TRANSITIONS: Mapping[RemoteState, frozenset[RemoteState]] = {
 }
 
 
+class SessionState(StrEnum):
+    """The upstream MCP session of a legacy client over Streamable HTTP (`http_session.UpstreamSession`).
+    Its id, when it has one, is kept beside the state: a client's new `initialize` may set it
+    while a replay is under way."""
+
+    NONE = "none"                # no upstream session: none opened yet, or a server that keeps none
+    OPEN = "open"                # requests, the GET stream and DELETE carry its Mcp-Session-Id
+    REOPENING = "reopening"      # the upstream ended it (404): the handshake is replayed; legacy requests wait
+    LOST = "lost"                # ended and not reopened: legacy requests fail until the client initializes again
+
+
+SESSION_TRANSITIONS: Mapping[SessionState, frozenset[SessionState]] = {
+    # -> OPEN / NONE: the client's initialize was answered (with a session id or without one), or
+    # a replay succeeded. -> REOPENING / LOST: a 404 for the session, and the handshake can be
+    # replayed or cannot. The gateway's shutdown ends an open session (-> NONE).
+    SessionState.NONE: frozenset({SessionState.NONE, SessionState.OPEN}),
+    SessionState.OPEN: frozenset({SessionState.NONE, SessionState.OPEN, SessionState.REOPENING, SessionState.LOST}),
+    SessionState.REOPENING: frozenset({SessionState.NONE, SessionState.OPEN, SessionState.LOST}),
+    # LOST -> REOPENING / LOST: a 404 for an id a client's initialize set while a replay failed
+    SessionState.LOST: frozenset({SessionState.NONE, SessionState.OPEN, SessionState.REOPENING, SessionState.LOST}),
+}
+
+
 class BadTransition(AssertionError):
     """A state change the table does not allow: a bug in the upstream's code, not in its input."""
 

@@ -5,6 +5,8 @@ A request times out `timeout` seconds after it was accepted, or after the last
 `notifications/progress` the server sent for it (the SDKs' convention: progress means
 work is happening; the progress token in the request's `params._meta` says which request
 it is about). The caller then gets a gateway error and the server `notifications/cancelled`.
+`answers.Answers` keeps the deadlines on its books (`owe`, `progress`) and answers what
+expires (`timed_out`); this module has the timer and reads the request's token.
 
 One task per server does the timing: it sleeps until the earliest deadline in the pending
 table (its first entry: see pending.py) and expires what is due. Per request that costs one
@@ -37,16 +39,6 @@ def progress_token(frame: Frame) -> Any:
             token = meta.get("progressToken")
             if type(token) is str or type(token) is int:
                 return token
-    return None
-
-
-def progress_of(frame: Frame) -> Any:
-    """The progressToken a server's notifications/progress is about, or None."""
-    params = frame.msg.get("params")
-    if type(params) is dict:
-        token = params.get("progressToken")
-        if type(token) is str or type(token) is int:
-            return token
     return None
 
 
