@@ -181,6 +181,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         where = f"redis {safe_url(st.url)} (prefix {st.prefix!r})" if st.backend == "redis" else \
             "memory" + (f" (pins in {st.pins_file})" if st.pins_file else " (pins live only as long as the process)")
         print(f"  store: {where}")
+    auth = config.auth
+    if not auth.present:
+        print("  auth: none (anyone who reaches the gateway may call every tool; `serve` allows this on "
+              "loopback only)")
+    else:
+        where = "redis (shared)" if config.store.backend == "redis" else f"{auth.file}"
+        issuer = f", tokens from {auth.jwt.issuer}" if auth.tokens and auth.jwt is not None else ""
+        print(f"  auth: {auth.mode} (records in {where}{issuer})")
     return 0
 
 
