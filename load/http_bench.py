@@ -99,7 +99,6 @@ READ_SIZE = 65536
 STALL_S = 10.0          # no byte from any connection for this long: the run fails
 START_TIMEOUT_S = 30.0  # a target must be listening within this
 CONNECT_TIMEOUT_S = 10.0
-GATEWAY_LISTENING = re.compile(r"serving MCP over HTTP on http://[^:]+:(\d+)/")
 MAX_EXAMPLES = sb.MAX_EXAMPLES
 
 
@@ -925,7 +924,7 @@ class HttpTarget:
                 config.write_text(json.dumps({"servers": {"echo": {"command": sys.executable,
                                                                    "args": [str(ECHO_FIXTURE)]}}}))
             argv = [sys.executable, "-m", "wire_gateway", "serve", "--config", str(config), "--port", "0",
-                    "--log-file", str(self.log_file)]
+                    "--port-file", str(self.port_file), "--log-file", str(self.log_file)]
             if dump:
                 self.dump_file = Path(tmpdir) / f"{tag}.dump.jsonl"
                 argv += ["--dump", str(self.dump_file)]
@@ -967,9 +966,6 @@ class HttpTarget:
 
     def _port(self):
         try:
-            if self.kind == "gateway":
-                m = GATEWAY_LISTENING.search(self.log_file.read_text(errors="replace"))
-                return int(m.group(1)) if m else None
             text = self.port_file.read_text().strip()
             return int(text) if text else None
         except (OSError, ValueError):

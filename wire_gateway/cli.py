@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to listen on (default: http.port, else 8080; 0 picks one)")
     p.add_argument("--admin-port", type=int, help="serve the control plane (GET /status) on this port")
     p.add_argument("--admin-host", help="address of the control plane (default: http.admin_host, else 127.0.0.1)")
+    p.add_argument("--port-file", metavar="PATH",
+                   help="once listening, write the bound port to PATH (atomically: a reader sees all of it or "
+                        "no file); with --port 0 this is how a starter learns the port")
     p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--dump", metavar="PATH", help="dump every frame at every hop to this JSONL file (docs/dumps.md)")
@@ -263,6 +266,14 @@ def run_trio(main: Any, services: Any) -> None:
         trio.run(main)
 
 
+def write_port_file(path: str, port: int) -> None:
+    """The port, written to a temporary file renamed over `path`: a reader never sees a partial number."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{port}\n")
+    os.replace(tmp, path)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import dataclasses
     import signal
@@ -291,6 +302,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(exc.report(), file=sys.stderr)
         return 1
 
+    port_file_failed: list[OSError] = []
+
     async def serve() -> None:
         shutdown = trio.Event()
 
@@ -313,7 +326,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 await nursery.start(dumper.run)
                 front.dumper = dumper
             try:
-                await front.run(shutdown)
+                async with trio.open_nursery() as serving:
+                    port = await serving.start(front.run, shutdown)
+                    if args.port_file:
+                        try:
+                            write_port_file(args.port_file, port)
+                        except OSError as exc:   # not a listening failure: said plainly, then stop
+                            print(f"wire-gateway serve: cannot write the port file {args.port_file}: "
+                                  f"{exc.strerror or exc}", file=sys.stderr)
+                            port_file_failed.append(exc)
+                            shutdown.set()
             finally:
                 if dumper is not None:
                     await dumper.aclose()
@@ -336,4 +358,4 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"wire-gateway serve: cannot listen (http.port {config.http.port}, http.admin_port "
               f"{config.http.admin_port}): {getattr(first, 'strerror', None) or first}", file=sys.stderr)
         failed = True
-    return 1 if failed else 0
+    return 1 if failed or port_file_failed else 0
