@@ -7,7 +7,7 @@ adding a tool means adding one line to ``SUBCOMMANDS``.
 import argparse
 import sys
 
-from load import bench, dump_cost, fast_echo, http_bench, policy_bench, run, stdio_bench, stdio_ceiling
+from . import bench, dump_cost, fast_echo, http_bench, policy_bench, run, stdio_bench, stdio_ceiling
 
 SUBCOMMANDS = {
     "run": (run, "replay a recorded fixture as concurrent virtual sessions, every answer checked"),
@@ -21,9 +21,9 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m load") -> argparse.ArgumentParser:
     """One sub-parser per tool; the chosen module is stored in ``args.module``."""
-    parser = argparse.ArgumentParser(prog="python -m load", description="Load and benchmark tools for wire-gateway.")
+    parser = argparse.ArgumentParser(prog=prog, description="Load and benchmark tools for wire-gateway.")
     subs = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         sub = subs.add_parser(name, help=help_text, description=help_text)
@@ -32,8 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog: str | None = None) -> int:
+    """``python -m load``, ``wire-gateway load`` and ``wire-gateway-load``."""
+    if prog is None:
+        prog = "python -m load" if __package__ == "load" else "wire-gateway-load"
+    args = build_parser(prog).parse_args(argv)
     return args.module.run(args)
 
 

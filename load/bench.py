@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from load import http_bench, replay, run as load_run
-from load.stdio_bench import BenchError
+from . import assets, http_bench, replay, run as load_run
+from .assets import CHECKOUT, ECHO_SERVER
+from .stdio_bench import BenchError
 
-REPO_ROOT = http_bench.REPO_ROOT
 PY = sys.executable
-ECHO = str(REPO_ROOT / "fixtures" / "servers" / "echo.py")
-HTTP_ECHO = str(http_bench.HTTP_ECHO)
+ECHO = str(ECHO_SERVER)
+HTTP_ECHO = str(assets.HTTP_ECHO)
 MODERN = http_bench.MODERN_VERSION
 LEGACY = http_bench.LEGACY_VERSION
 META = {"io.modelcontextprotocol/protocolVersion": MODERN,
@@ -167,7 +167,7 @@ def feature_missing(needs: str | None, tmpdir: str) -> str | None:
         config = Path(tmpdir) / "cache-probe.json"
         config.write_text(json.dumps({"servers": {"echo": dict(ECHO_SERVER, cache={"tools_list_ttl": 60})}}))
         proc = subprocess.run([PY, "-m", "wire_gateway", "check", "--config", str(config)], capture_output=True,
-                              text=True, timeout=60, cwd=REPO_ROOT)
+                              text=True, timeout=60, cwd=CHECKOUT)
         if proc.returncode != 0:
             first = (proc.stdout + proc.stderr).strip().splitlines()
             return ("the gateway rejects a per-server cache config: "
@@ -175,7 +175,7 @@ def feature_missing(needs: str | None, tmpdir: str) -> str | None:
         return None
     if needs == "dump":
         proc = subprocess.run([PY, "-m", "wire_gateway", "serve", "--help"], capture_output=True, text=True,
-                              timeout=60, cwd=REPO_ROOT)
+                              timeout=60, cwd=CHECKOUT)
         if "--dump" not in proc.stdout:
             return "wire-gateway serve has no --dump option"
         if "dump" not in inspect.signature(http_bench.HttpTarget).parameters:
@@ -398,7 +398,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=int, help="calls per run (default 2000; --quick: 30)")
     parser.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
                         help="comma-separated scenario names")
-    parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "benchmarks.md"),
+    parser.add_argument("--out", default=str((CHECKOUT or Path()) / "docs" / "benchmarks.md"),
                         help="the report file (default docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write --out")
     parser.add_argument("--timeout", type=float, default=300.0, help="hard limit per target process, s")

@@ -27,16 +27,17 @@ import subprocess
 import sys
 import tempfile
 
-from load import stdio_bench as sb
-from load.http_bench import BenchError, dump_figures, start_target
+from . import stdio_bench as sb
+from .assets import CHECKOUT, SESSIONS, tool
+from .http_bench import BenchError, dump_figures, start_target
 
-FIXTURE = sb.REPO_ROOT / "fixtures" / "sessions" / "echo-small-modern.jsonl"
+FIXTURE = SESSIONS / "echo-small-modern.jsonl"
 WARMUP_CALLS = 1500
 
 
 def load_run(url: str, concurrency: int, extra: list) -> list:
     """The argv of one `python -m load run` against url (--json)."""
-    return [sys.executable, "-m", "load", "run", "--target", url, "--fixture", str(FIXTURE),
+    return [*tool("run"), "--target", url, "--fixture", str(FIXTURE),
             "-c", str(concurrency), *extra, "--json"]
 
 
@@ -59,11 +60,11 @@ def one_round(tmpdir: str, concurrency: int, duration: float, control: bool, tar
             targets.append(start_target("auto", "gateway", tmpdir, timeout, target_cpus, dump))
         for target in targets:
             warm = subprocess.run(load_run(str(target.url), concurrency, ["-n", str(WARMUP_CALLS)]),
-                                  capture_output=True, text=True, cwd=sb.REPO_ROOT, timeout=timeout)
+                                  capture_output=True, text=True, cwd=CHECKOUT, timeout=timeout)
             read_run(warm.stdout, "warm-up")
         drivers = [subprocess.Popen(load_run(str(target.url), concurrency, ["--duration", f"{duration}s"]),
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                    cwd=sb.REPO_ROOT) for target in targets]
+                                    cwd=CHECKOUT) for target in targets]
         try:
             outs = [driver.communicate(timeout=timeout)[0] for driver in drivers]
         finally:
@@ -96,7 +97,7 @@ def run_rounds(rounds: int, concurrency: int, duration: float, control: bool) ->
                "min": min(ratios, default=None), "max": max(ratios, default=None)}
     return {
         "config": {"rounds": rounds, "concurrency": concurrency, "duration_s": duration, "control": control,
-                   "fixture": str(FIXTURE.relative_to(sb.REPO_ROOT)), "target_cpus": sorted(target_cpus),
+                   "fixture": FIXTURE.name, "target_cpus": sorted(target_cpus),
                    "driver_cpus": sorted(driver_cpus or ()),
                    "dump_encoder": os.environ.get("WIRE_GATEWAY_DUMP_ENCODER") or "default (C where built)"},
         "rounds": results,

@@ -84,11 +84,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from load import stdio_bench as sb
-from load.stdio_bench import BenchError, CpuSample, DriveResult, Mismatches
+from . import stdio_bench as sb
+from .assets import CHECKOUT, HTTP_ECHO, PACKAGE
+from .stdio_bench import BenchError, CpuSample, DriveResult, Mismatches
 
-REPO_ROOT = sb.REPO_ROOT
-HTTP_ECHO = REPO_ROOT / "fixtures" / "servers" / "http_echo.py"
 ECHO_FIXTURE = sb.ECHO_FIXTURE
 MODERN_VERSION = "2026-07-28"
 LEGACY_VERSION = "2025-11-25"
@@ -916,7 +915,7 @@ class HttpTarget:
             argv = [sys.executable, str(HTTP_ECHO), "--port", "0", "--port-file", str(self.port_file)]
             self.path = "/mcp"
         elif kind == "fast":
-            argv = [sys.executable, "-m", "load.http_bench", "--fast-server", str(self.port_file)]
+            argv = [sys.executable, "-m", f"{PACKAGE}.http_bench", "--fast-server", str(self.port_file)]
             self.path = "/mcp"
         else:
             config = Path(tmpdir) / "http-bench-gateway.json"
@@ -932,7 +931,7 @@ class HttpTarget:
         self.argv = argv
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=self.stderr, cwd=REPO_ROOT, start_new_session=True)
+                                         stderr=self.stderr, cwd=CHECKOUT, start_new_session=True)
         except OSError as exc:
             self.stderr.close()
             raise BenchError(f"cannot start {shlex.join(argv)}: {exc}") from exc
@@ -1148,10 +1147,13 @@ def summarize(rounds: list, names: list) -> dict:
 
 def source_state() -> str:
     """The commit the gateway runs from, and whether wire_gateway/ differs from it."""
+    if CHECKOUT is None:
+        from wire_gateway import __version__
+        return f"installed wire-gateway {__version__}"
     try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+        head = subprocess.run(["git", "-C", str(CHECKOUT), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "wire_gateway"],
+        dirty = subprocess.run(["git", "-C", str(CHECKOUT), "status", "--porcelain", "--", "wire_gateway"],
                                capture_output=True, text=True, timeout=5).stdout.split("\n")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -1481,7 +1483,7 @@ def render(result: dict) -> str:
         f"http-bench: era={cfg['era']} n={cfg['n']} rounds={cfg['rounds']} warmup={cfg['warmup']} "
         f"concurrency={cfg['concurrency']} workers={cfg['workers']} pin={cfg['pin']} spin={cfg['spin']} "
         f"(driver CPUs {cfg['driver_cpus'] or 'any'}, target CPUs {cfg['target_cpus'] or 'any'})",
-        f"  direct : {cfg['direct']}" + (f"  ({HTTP_ECHO.relative_to(REPO_ROOT)})" if cfg["direct"] == "auto" else ""),
+        f"  direct : {cfg['direct']}" + (f"  ({HTTP_ECHO.parent.parent.name}/{HTTP_ECHO.parent.name}/{HTTP_ECHO.name})" if cfg["direct"] == "auto" else ""),
         f"  gateway: {cfg['gateway']}" + ("  (wire_gateway serve over the stdio echo fixture)"
                                           if cfg["gateway"] == "auto" else ""),
         f"  gateway source: {cfg['gateway_source']}",

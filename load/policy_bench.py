@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from load import policy_http
+from . import policy_http
 
 ECHO = [sys.executable, "-m", "wire_gateway.demo.echo"]
 INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "policy-bench", "version": "0"}}

@@ -31,9 +31,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from load import bench
-from load import stdio_bench as sb
-from load.http_bench import BenchError, HttpTarget
+from . import bench
+from . import stdio_bench as sb
+from .assets import CHECKOUT, tool
+from .http_bench import BenchError, HttpTarget
 
 FILTER_SCHEMA = bench.FILTER_SCHEMA
 WARMUP_CALLS = 600
@@ -74,7 +75,7 @@ def pairs(eras: tuple[str, ...]) -> list[Pair]:
 
 
 def _load_run(url: str, fixture: str, concurrency: int, extra: list) -> list:
-    return [sys.executable, "-m", "load", "run", "--target", url, "--fixture", fixture, "-c", str(concurrency),
+    return [*tool("run"), "--target", url, "--fixture", fixture, "-c", str(concurrency),
             *extra, "--json"]
 
 
@@ -101,10 +102,10 @@ def one_round(pair: Pair, tmpdir: str, concurrency: int, duration: float, cpus) 
             warm = fixture if pair.warmup is None else bench.write_fixture(
                 folder / f"warm-{label}.jsonl", pair.era, pair.warmup)
             done = subprocess.run(_load_run(str(target.url), warm, concurrency, ["-n", str(WARMUP_CALLS)]),
-                                  capture_output=True, text=True, cwd=sb.REPO_ROOT, timeout=timeout)
+                                  capture_output=True, text=True, cwd=CHECKOUT, timeout=timeout)
             _read(done.stdout, f"warm-up {label.upper()}")
         drivers = [subprocess.Popen(_load_run(str(t.url), f, concurrency, ["--duration", f"{duration}s"]),
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=sb.REPO_ROOT)
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=CHECKOUT)
                    for t, f in zip(targets, fixtures)]
         try:
             outs = [d.communicate(timeout=timeout)[0] for d in drivers]

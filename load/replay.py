@@ -42,7 +42,7 @@ import orjson
 import outcome
 import trio
 
-from load.http_bench import ProtocolError, Response, Url, parse_response, request_head
+from .http_bench import ProtocolError, Response, Url, parse_response, request_head
 from wire_gateway.dump.fixture import read_fixture
 from wire_gateway.wire.era import META_PROTOCOL_VERSION
 from wire_gateway.wire.headers import NAME_SOURCES, HeaderError, encode_header_value, param_headers_for

@@ -23,12 +23,14 @@ import sys
 import threading
 import time
 from array import array
+from pathlib import Path
 
 import trio
 
-from load import replay
-from load.http_bench import Url, reap_workers
-from load.stdio_bench import BenchError, percentile
+from . import replay
+from .assets import SESSIONS
+from .http_bench import Url, reap_workers
+from .stdio_bench import BenchError, percentile
 
 PERCENTILES = (50, 90, 99)
 
@@ -335,7 +337,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--target", metavar="URL", help="an MCP endpoint over Streamable HTTP (http://...)")
     where.add_argument("--stdio", metavar="CMD", help="a command speaking MCP on stdio; one process per session")
-    parser.add_argument("--fixture", required=True, help="the recorded session to replay (JSONL fixture)")
+    parser.add_argument("--fixture", required=True, type=fixture_path,
+                        help="the recorded session to replay: a JSONL fixture file, or the name of one in the "
+                             f"bundled library ({', '.join(sorted(p.stem for p in SESSIONS.glob('*.jsonl')))})")
     parser.add_argument("-c", "--concurrency", type=int, default=1, help="virtual sessions (default 1)")
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument("-n", "--calls", type=int, help="requests to send in all (default: one round per session)")
@@ -351,6 +355,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one answer (default 30)")
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
     parser.add_argument("--plot", metavar="FILE.png", help="draw throughput and latency over time")
+
+
+def fixture_path(text: str) -> str:
+    """A fixture file, or a bundled one by name (``echo-small-modern``) when no such file exists."""
+    bundled = SESSIONS / f"{text.removesuffix('.jsonl')}.jsonl"
+    return str(bundled) if not Path(text).exists() and bundled.is_file() else text
 
 
 def execute(args) -> dict:

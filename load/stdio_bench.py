@@ -63,8 +63,9 @@ from pathlib import Path
 
 import orjson
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ECHO_FIXTURE = REPO_ROOT / "fixtures" / "servers" / "echo.py"
+from .assets import CHECKOUT, ECHO_SERVER
+
+ECHO_FIXTURE = ECHO_SERVER
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WARMUP_CALLS = 500
 INIT_ID = 0
@@ -337,7 +338,7 @@ class Target:
         try:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                bufsize=0, cwd=REPO_ROOT, start_new_session=True,
+                bufsize=0, cwd=CHECKOUT, start_new_session=True,
             )
         except OSError as exc:
             self.stderr.close()

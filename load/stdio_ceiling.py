@@ -11,9 +11,10 @@ import json
 import shlex
 import sys
 
-from load import stdio_bench
+from . import stdio_bench
+from .assets import tool
 
-FAST_ECHO = [sys.executable, "-m", "load", "fast-echo"]
+FAST_ECHO = tool("fast-echo")
 
 
 def add_arguments(parser) -> None:

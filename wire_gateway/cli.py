@@ -87,10 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     from wire_gateway.dump.tools import add_dump_parser
 
     add_dump_parser(sub)
+
+    sub.add_parser("load", add_help=False, help="the load tool: replay recorded sessions, benchmarks "
+                                                    "(`wire-gateway load --help`; docs/load.md)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["load"]:   # everything after it is the load tool's (argparse would claim its options)
+        return cmd_load(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return cmd_check(args)
@@ -110,6 +116,22 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_dump_command(args)
     return cmd_stdio(args)
+
+
+def cmd_load(argv: list[str]) -> int:
+    """The load tool, imported only when asked for: installed as `wire_gateway_load`, or a checkout's `load/`."""
+    import importlib
+
+    try:   # by name: the tool is outside the type-checked package, and this keeps it so
+        tool = importlib.import_module("wire_gateway_load.__main__")
+    except ImportError:
+        checkout = Path(__file__).resolve().parent.parent
+        if not (checkout / "load" / "__main__.py").is_file():
+            print("wire-gateway load: the load tool is not installed (wire_gateway_load)", file=sys.stderr)
+            return 2
+        sys.path.insert(0, str(checkout))
+        tool = importlib.import_module("load.__main__")
+    return int(tool.main(argv, prog="wire-gateway load"))
 
 
 def _dumper(args: argparse.Namespace, config: Config):  # -> Dumper | None
