@@ -21,12 +21,10 @@ The report goes into ``--out`` (default docs/benchmarks.md) between the
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,8 +34,10 @@ from importlib import metadata
 from pathlib import Path
 
 from . import assets, http_bench, replay, run as load_run
+from .ab import compare_medians
 from .assets import CHECKOUT, ECHO_SERVER
 from .stdio_bench import BenchError
+from .targets import HttpProcess
 
 PY = sys.executable
 ECHO = str(ECHO_SERVER)
@@ -178,8 +178,6 @@ def feature_missing(needs: str | None, tmpdir: str) -> str | None:
                               timeout=60, cwd=CHECKOUT)
         if "--dump" not in proc.stdout:
             return "wire-gateway serve has no --dump option"
-        if "dump" not in inspect.signature(http_bench.HttpTarget).parameters:
-            return "load.http_bench.HttpTarget cannot start a gateway with --dump yet"
         return None
     return f"unknown feature {needs!r}"
 
@@ -210,15 +208,15 @@ def start(scenario: Scenario, slot: str, tmpdir: str, timeout: float) -> Started
                                                               str(config), "--log-level", "warning"])))
     own = tempfile.mkdtemp(dir=tmpdir)
     if slot == "direct" and scenario.baseline == "direct":
-        target = http_bench.HttpTarget("direct", own, timeout)
+        target = HttpProcess("direct", own, timeout)
     else:
         baseline = slot == "direct"
         config = scenario.baseline_config if baseline and scenario.baseline_config is not None \
             else scenario.gateway_config
-        if config is not None:   # HttpTarget uses this file when it exists
+        if config is not None:   # HttpProcess uses this file when it exists
             (Path(own) / "http-bench-gateway.json").write_text(json.dumps(config))
         kwargs = {"dump": True} if scenario.dump and not baseline else {}
-        target = http_bench.HttpTarget("gateway", own, timeout, path=scenario.baseline_path if baseline
+        target = HttpProcess("gateway", own, timeout, path=scenario.baseline_path if baseline
                                        else scenario.path, **kwargs)
     return Started(load_run.Target(str(target.url)), target.stop)
 
@@ -258,17 +256,10 @@ def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir:
 
 
 def figures(runs: dict) -> dict:
-    def med(slot, pick):
-        values = [pick(r) for r in runs[slot] if pick(r) is not None]
-        return statistics.median(values) if values else None
-
-    fig = {}
-    for slot in ("direct", "gateway"):
-        fig[slot] = {"calls_per_s": med(slot, lambda r: r["calls_per_s"]),
-                     "p50_ms": med(slot, lambda r: r["latency"]["all"]["p50_ms"]),
-                     "p99_ms": med(slot, lambda r: r["latency"]["all"]["p99_ms"])}
-    d, g = fig["direct"]["calls_per_s"], fig["gateway"]["calls_per_s"]
-    fig["ratio"] = round(g / d, 2) if d and g else None
+    picks = {k: load_run.FIGURES[k] for k in ("calls_per_s", "p50_ms", "p99_ms")}
+    cmp = compare_medians(runs["direct"], runs["gateway"], picks, digits=2)
+    fig: dict = {slot: {k: row[side] for k, row in cmp.items()} for slot, side in (("direct", "a"), ("gateway", "b"))}
+    fig["ratio"] = cmp["calls_per_s"]["ratio_b_to_a"]
     fig["mismatches"] = sum(r["mismatches"] for slot in runs for r in runs[slot])
     fig["errors"] = sum(sum(r["errors"].values()) + r["session_failures"] for slot in runs for r in runs[slot])
     return fig

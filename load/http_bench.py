@@ -68,25 +68,24 @@ import multiprocessing
 import os
 import re
 import select
-import shlex
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import orjson
 
-from . import stdio_bench as sb
-from .assets import CHECKOUT, HTTP_ECHO, PACKAGE
-from .stdio_bench import BenchError, CpuSample, DriveResult, Mismatches
+from . import BenchError, procfs, stdio_bench as sb
+from .assets import CHECKOUT, HTTP_ECHO
+from .procfs import CpuSample, mem_available_kib, tree_pss_kib, tree_rss_kib
+from .stats import median
+from .stdio_bench import DriveResult, Mismatches
+from .targets import HttpProcess, Url, start_http
 
 ECHO_FIXTURE = sb.ECHO_FIXTURE
 MODERN_VERSION = "2026-07-28"
@@ -129,7 +128,7 @@ def call_tail(call_id: int, modern: bool) -> bytes:
     return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
-def request_head(url: "Url", method: str = "POST", headers: tuple = ()) -> bytes:
+def request_head(url: Url, method: str = "POST", headers: tuple = ()) -> bytes:
     """Request line and headers, up to (not including) Content-Length."""
     lines = [f"{method} {url.path} HTTP/1.1", f"Host: {url.netloc}"]
     if method == "POST":
@@ -153,21 +152,6 @@ def initialize_body() -> bytes:
 INITIALIZED_BODY = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 
 
-class Url:
-    """The parts of an http:// URL the driver needs."""
-
-    def __init__(self, text: str):
-        parts = urlsplit(text)
-        if parts.scheme != "http" or not parts.hostname:
-            raise BenchError(f"not an http:// URL: {text!r}")
-        self.text = text
-        self.host = parts.hostname
-        self.port = parts.port or 80
-        self.netloc = parts.netloc
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-    def __str__(self) -> str:
-        return self.text
 
 
 # --------------------------------------------------------------------------
@@ -224,7 +208,7 @@ def parse_response(buf: bytes, eof: bool = False):
             continue
         break
     connection = headers.get(b"connection", b"").lower()
-    close = b"close" in connection or status_line.startswith(b"HTTP/1.0") and b"keep-alive" not in connection
+    close = b"close" in connection or (status_line.startswith(b"HTTP/1.0") and b"keep-alive" not in connection)
     if status in (204, 304):
         return Response(status, headers, b"", close), body_start
     length = headers.get(b"content-length")
@@ -670,7 +654,7 @@ def reap_workers(procs: list, pipes: list, grace: float = 5.0) -> None:
 
 def _sample(pid, driver_first: bool) -> CpuSample:
     if pid is None:
-        return CpuSample(0, {}, *sb.driver_clocks())
+        return CpuSample(0, {}, *procfs.driver_clocks())
     return CpuSample.take(pid, driver_first)
 
 
@@ -718,11 +702,11 @@ def _worker(pipe, url_text, modern, k, first_id, n, warmup, spin, deadline) -> N
         if not pipe.poll(max(1.0, deadline - time.monotonic())) or pipe.recv() != "go":
             raise BenchError("worker: no 'go' from the driver")
         gc.disable()
-        cpu0, ticks0 = time.process_time_ns(), sb.read_stat(os.getpid()).ticks
+        cpu0, ticks0 = time.process_time_ns(), procfs.read_stat(os.getpid()).ticks
         start = time.perf_counter_ns()
         result = drive(clients, first_id + warmup, n, spin, deadline)
         end = start + result.elapsed_ns
-        cpu1, ticks1 = time.process_time_ns(), sb.read_stat(os.getpid()).ticks
+        cpu1, ticks1 = time.process_time_ns(), procfs.read_stat(os.getpid()).ticks
         gc.enable()
         close_failures = close_clients(clients)
         pipe.send(("result", {
@@ -799,7 +783,7 @@ def _window_workers(url, modern, k, first_id, n, warmup, spin, deadline, pid, wo
     worker_ns = sum(p["cpu_ns"] for p in parts)
     m["driver_cpu_us_per_call"] = round(worker_ns / 1000 / (calls or 1), 2)
     if m["other_load_cpus"] is not None:
-        window_ticks = elapsed / 1e9 * sb.CLK_TCK
+        window_ticks = elapsed / 1e9 * procfs.CLK_TCK
         workers_ticks = sum(p["ticks"] for p in parts)
         m["other_load_cpus"] = round(max(0.0, m["other_load_cpus"] - workers_ticks / window_ticks), 2)
     m["workers"] = workers
@@ -815,259 +799,11 @@ def _window_workers(url, modern, k, first_id, n, warmup, spin, deadline, pid, wo
 # Targets
 # --------------------------------------------------------------------------
 
-def read_rss_kib(pid) -> int | None:
-    """VmRSS of a process in KiB, or None if it is gone (or a kernel thread)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
-def read_pss_kib(pid) -> int | None:
-    """Pss of a process in KiB (its share of the memory it maps), or None."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
-def tree_pss_kib(pid) -> int:
-    """Pss summed over pid and its descendants: what the tree really costs in RAM
-    (RSS counts the interpreter's shared pages once per process)."""
-    pids = [pid, *sb.descendants(sb.scan_processes(), pid)]
-    return sum(read_pss_kib(p) or 0 for p in pids)
 
-
-def tree_rss_kib(pid) -> tuple:
-    """(RSS of pid, RSS of pid and all its descendants, number of descendants), KiB."""
-    own = read_rss_kib(pid)
-    kids = sb.descendants(sb.scan_processes(), pid)
-    total = (own or 0) + sum(read_rss_kib(p) or 0 for p in kids)
-    return own, total, len(kids)
-
-
-def mem_available_kib() -> int:
-    with open("/proc/meminfo", "rb") as f:
-        for line in f:
-            if line.startswith(b"MemAvailable:"):
-                return int(line.split()[1])
-    raise BenchError("no MemAvailable in /proc/meminfo")
-
-
-def pid_listening_on(port: int):
-    """The pid of one of our processes listening on a TCP port, or None."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(f"socket:[{fields[9]}]")
-        except OSError:
-            continue
-    if not inodes:
-        return None
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            for fd in os.listdir(f"/proc/{name}/fd"):
-                if os.readlink(f"/proc/{name}/fd/{fd}") in inodes:
-                    return int(name)
-        except OSError:
-            continue
-    return None
-
-
-class HttpTarget:
-    """A target process we start: listening within START_TIMEOUT_S, dead after ``timeout``.
-
-    ``kind`` is "direct", "gateway" or "fast".  The process gets its own
-    session; a watchdog kills its group (and the descendants we have seen) when
-    ``timeout`` expires, which makes every socket read in the driver fail, so
-    nothing waits past the deadline.  ``stop()`` sends SIGTERM to the target
-    (the gateway then ends its upstream processes the spec's way), waits, then
-    SIGKILLs what is left, including descendants in other process groups.
-    """
-
-    def __init__(self, kind: str, tmpdir: str, timeout: float, cpus=None, path: str = "/mcp/echo",
-                 dump: bool = False):
-        self.kind = kind
-        self.dump_file = None
-        self.timeout = timeout
-        self.expired = False
-        self.known_descendants = {}
-        self.stderr = tempfile.TemporaryFile()
-        tag = f"{kind}-{os.getpid()}-{time.monotonic_ns()}"
-        self.port_file = Path(tmpdir) / f"{tag}.port"
-        self.log_file = Path(tmpdir) / f"{tag}.log"
-        if kind == "direct":
-            argv = [sys.executable, str(HTTP_ECHO), "--port", "0", "--port-file", str(self.port_file)]
-            self.path = "/mcp"
-        elif kind == "fast":
-            argv = [sys.executable, "-m", f"{PACKAGE}.http_bench", "--fast-server", str(self.port_file)]
-            self.path = "/mcp"
-        else:
-            config = Path(tmpdir) / "http-bench-gateway.json"
-            if not config.exists():
-                config.write_text(json.dumps({"servers": {"echo": {"command": sys.executable,
-                                                                   "args": [str(ECHO_FIXTURE)]}}}))
-            argv = [sys.executable, "-m", "wire_gateway", "serve", "--config", str(config), "--port", "0",
-                    "--port-file", str(self.port_file), "--log-file", str(self.log_file)]
-            if dump:
-                self.dump_file = Path(tmpdir) / f"{tag}.dump.jsonl"
-                argv += ["--dump", str(self.dump_file)]
-            self.path = path
-        self.argv = argv
-        try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=self.stderr, cwd=CHECKOUT, start_new_session=True)
-        except OSError as exc:
-            self.stderr.close()
-            raise BenchError(f"cannot start {shlex.join(argv)}: {exc}") from exc
-        self.pid = self.proc.pid
-        if cpus:
-            try:
-                os.sched_setaffinity(self.pid, cpus)
-            except OSError as exc:
-                self._kill_now()
-                raise BenchError(f"cannot pin target to CPUs {sorted(cpus)}: {exc}") from exc
-        self.watchdog = threading.Timer(timeout, self._expire)
-        self.watchdog.daemon = True
-        self.watchdog.start()
-        try:
-            self.port = self._wait_listening()
-        except BenchError:
-            self.stop()
-            raise
-        self.url = Url(f"http://127.0.0.1:{self.port}{self.path}")
-
-    def _wait_listening(self) -> int:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            port = self._port()
-            if port:
-                return port
-            if self.proc.poll() is not None:
-                raise self.failure(f"{self.kind} target exited before listening")
-            time.sleep(0.02)
-        raise self.failure(f"{self.kind} target not listening after {START_TIMEOUT_S:g}s")
-
-    def _port(self):
-        try:
-            text = self.port_file.read_text().strip()
-            return int(text) if text else None
-        except (OSError, ValueError):
-            return None
-
-    def _expire(self) -> None:
-        self.expired = True
-        self._kill_now()
-
-    def _kill_now(self) -> None:
-        try:
-            self.remember_now()   # before the target dies: its children are then reparented
-        except Exception:   # /proc raced with exiting processes: kill what we know of
-            pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for pid, start in list(self.known_descendants.items()):
-            if sb.still_running(pid, start):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def stderr_tail(self, limit: int = 2000) -> str:
-        out = ""
-        for source in (self.stderr, self.log_file):
-            try:
-                if source is self.stderr:
-                    source.flush()
-                    size = source.seek(0, os.SEEK_END)
-                    source.seek(max(0, size - limit))
-                    text = source.read().decode("utf-8", "replace")
-                else:
-                    text = source.read_text(errors="replace")[-limit:]
-            except (OSError, ValueError):
-                continue
-            if text.strip():
-                out += text
-        return out
-
-    def failure(self, what: str) -> BenchError:
-        if self.expired:
-            what = f"timed out after {self.timeout:g}s ({what})"
-        code = self.proc.poll()
-        if code is not None:
-            what += f"; target exited with {code}"
-        tail = self.stderr_tail().strip()
-        return BenchError(what + (f"\n--- target stderr/log (tail) ---\n{tail}" if tail else ""))
-
-    def remember(self, tree: dict) -> None:
-        for pid, stat in tree.items():
-            if pid != self.pid:
-                self.known_descendants[pid] = stat.start
-
-    def remember_now(self) -> None:
-        self.remember(sb.descendants(sb.scan_processes(), self.pid))
-
-    def stop(self, grace: float = 10.0) -> dict:
-        """SIGTERM, bounded wait, SIGKILL; then reap descendants seen during the run."""
-        self.remember_now()
-        how = "already-exited" if self.proc.poll() is not None else "SIGTERM"
-        if how == "SIGTERM":
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                how = "SIGKILL"
-                self._kill_now()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    how = "unkillable"
-        self.watchdog.cancel()
-        if self.expired:
-            how = "watchdog"
-        alive = sb.reap_stragglers(self.known_descendants, self.pid, 3.0)
-        self.stderr.close()
-        return {"stopped_by": how, "exit_code": self.proc.returncode, "stragglers": alive}
-
-
-class ExternalTarget:
-    """A server already running at a URL: never started or stopped by us."""
-
-    def __init__(self, url: str):
-        self.url = Url(url)
-        self.kind = "external"
-        self.pid = pid_listening_on(self.url.port) if self.url.host in ("127.0.0.1", "localhost", "::1") else None
-        self.argv = None
-
-    def remember(self, tree: dict) -> None:
-        pass
-
-    def remember_now(self) -> None:
-        pass
-
-    def stop(self, grace: float = 0.0) -> dict:
-        return {"stopped_by": "external (left running)", "exit_code": None, "stragglers": []}
-
-
-def start_target(spec: str, kind: str, tmpdir: str, timeout: float, cpus=None, dump: bool = False):
-    return HttpTarget(kind, tmpdir, timeout, cpus, dump=dump) if spec == "auto" else ExternalTarget(spec)
 
 
 def dump_figures(path) -> dict:
@@ -1101,7 +837,7 @@ def run_target(spec: str, kind: str, tmpdir: str, n: int, concurrency: list, mod
     run = {"scenarios": {}, "warmup_mismatches": 0}
     target = None
     try:
-        target = start_target(spec, kind, tmpdir, timeout, cpus, dump)
+        target = start_http(spec, kind, tmpdir, timeout, cpus, dump)
         run["url"] = str(target.url)
         run["pid"] = target.pid
         deadline = time.monotonic() + timeout
@@ -1110,7 +846,7 @@ def run_target(spec: str, kind: str, tmpdir: str, n: int, concurrency: list, mod
             try:
                 m = window(target.url, modern, k, call_id, n, warmup, spin, deadline, target.pid, workers)
             except BenchError as exc:
-                if isinstance(target, HttpTarget) and (target.expired or target.proc.poll() is not None):
+                if isinstance(target, HttpProcess) and (target.expired or target.proc.poll() is not None):
                     raise target.failure(str(exc)) from None
                 raise
             call_id += n + warmup
@@ -1139,9 +875,8 @@ def summarize(rounds: list, names: list) -> dict:
     for entry_slot in ("direct", "gateway"):
         runs = [r[entry_slot] for r in rounds]
         for key in EXTRA_FIELDS:
-            values = [r[key] for r in runs if r.get(key) is not None]
             for name in names:
-                summary[name][entry_slot][key] = statistics.median(values) if values else None
+                summary[name][entry_slot][key] = median(r.get(key) for r in runs)
     return summary
 
 
@@ -1166,9 +901,9 @@ def run_bench(direct: str, gateway: str, n: int, concurrency: list, rounds: int,
               workers: int = 1, dump: bool = False) -> dict:
     """All rounds, alternating direct and gateway; returns the full result."""
     modern = era == "modern"
-    driver_cpus, target_cpus = sb.cpu_plan(pin)
+    driver_cpus, target_cpus = procfs.cpu_plan(pin)
     all_rounds = []
-    with tempfile.TemporaryDirectory(prefix="http-bench-") as tmpdir, sb.pinned(driver_cpus):
+    with tempfile.TemporaryDirectory(prefix="http-bench-") as tmpdir, procfs.pinned(driver_cpus):
         for _ in range(rounds):
             # --dump: A is the gateway without dumps (in the "direct" slot), B the gateway with them.
             plan = ((("direct", gateway, "gateway", False), ("gateway", gateway, "gateway", True)) if dump else
@@ -1184,7 +919,7 @@ def run_bench(direct: str, gateway: str, n: int, concurrency: list, rounds: int,
         "config": {
             "direct": direct, "gateway": gateway, "dump": dump, "gateway_source": source_state(), "era": era, "n": n, "concurrency": concurrency,
             "rounds": rounds, "warmup": warmup, "timeout_s": timeout, "workers": workers,
-            "python": sys.version.split()[0], "cpus": os.cpu_count(), "clk_tck": sb.CLK_TCK,
+            "python": sys.version.split()[0], "cpus": os.cpu_count(), "clk_tck": procfs.CLK_TCK,
             "pin": pin, "spin": spin, "driver_cpus": sorted(driver_cpus or ()), "target_cpus": sorted(target_cpus or ()),
         },
         "rounds": all_rounds,
@@ -1210,13 +945,13 @@ def idle_sessions(gateway: str, counts: list, tmpdir: str, timeout: float, reser
     target = None
     clients: list = []
     try:
-        target = start_target(gateway, "gateway", tmpdir, timeout)
+        target = start_http(gateway, "gateway", tmpdir, timeout)
         if target.pid is None:
             raise BenchError(f"cannot find the process listening on {target.url}: no RSS to measure")
         deadline = time.monotonic() + timeout
         pid, url = target.pid, target.url
         time.sleep(1.0)   # let start-up settle
-        baseline_kids = set(sb.descendants(sb.scan_processes(), pid))
+        baseline_kids = set(procfs.descendants(procfs.scan_processes(), pid))
 
         def checkpoint(label):
             own, total, kids = tree_rss_kib(pid)
@@ -1291,7 +1026,7 @@ def idle_sessions(gateway: str, counts: list, tmpdir: str, timeout: float, reser
         # every session's process must be gone; the shared (modern) process stays
         gone_by = time.monotonic() + 30.0
         while True:
-            left = set(sb.descendants(sb.scan_processes(), pid)) - baseline_kids
+            left = set(procfs.descendants(procfs.scan_processes(), pid)) - baseline_kids
             if not left or time.monotonic() > gone_by:
                 break
             time.sleep(0.2)
@@ -1421,11 +1156,11 @@ def fast_server(port_file: str) -> None:
 def run_ceiling(n: int, concurrency: list, rounds: int, warmup: int, timeout: float, pin: str, spin: bool,
                 workers: int) -> dict:
     """The driver against the fast server, both eras; medians over rounds."""
-    driver_cpus, target_cpus = sb.cpu_plan(pin)
+    driver_cpus, target_cpus = procfs.cpu_plan(pin)
     names = [name for name, _ in scenarios(concurrency)]
     out = {"config": {"n": n, "concurrency": concurrency, "rounds": rounds, "pin": pin, "spin": spin,
                       "workers": workers}, "eras": {}, "errors": [], "mismatches": 0}
-    with tempfile.TemporaryDirectory(prefix="http-ceiling-") as tmpdir, sb.pinned(driver_cpus):
+    with tempfile.TemporaryDirectory(prefix="http-ceiling-") as tmpdir, procfs.pinned(driver_cpus):
         for era in ERAS:
             runs = []
             for _ in range(rounds):
@@ -1592,7 +1327,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure frame dumps: the gateway without (A) and with --dump (B), same invocation")
     parser.add_argument("--ceiling", action="store_true",
                         help="measure the driver itself against a minimal in-module echo, both eras, instead")
-    sb.add_pin_argument(parser)
+    procfs.add_pin_argument(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
 
 

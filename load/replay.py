@@ -42,11 +42,13 @@ import orjson
 import outcome
 import trio
 
-from .http_bench import ProtocolError, Response, Url, parse_response, request_head
 from wire_gateway.dump.fixture import read_fixture
 from wire_gateway.wire.era import META_PROTOCOL_VERSION
 from wire_gateway.wire.headers import NAME_SOURCES, HeaderError, encode_header_value, param_headers_for
 from wire_gateway.wire.sse import SSEDecoder
+
+from .http_bench import ProtocolError, Response, parse_response, request_head
+from .targets import Url
 
 ID_STRIDE = 10 ** 9
 _ID_SENTINEL = 918273645506172839
@@ -981,7 +983,7 @@ class StartLine:
     """Sessions start their rounds together, once every session of the process has done its
     handshake (or failed it): spawning 64 processes must not count against the first ones' calls."""
 
-    def __init__(self, count: int, budget: "Budget", duration: float | None):
+    def __init__(self, count: int, budget: Budget, duration: float | None):
         self.left = count
         self.go = trio.Event()
         self.budget, self.duration = budget, duration

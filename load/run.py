@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import re
 import shlex
-import statistics
 import sys
 import threading
 import time
@@ -27,12 +26,17 @@ from pathlib import Path
 
 import trio
 
-from . import replay
+from . import BenchError, replay
+from .ab import compare_medians
 from .assets import SESSIONS
-from .http_bench import Url, reap_workers
-from .stdio_bench import BenchError, percentile
+from .http_bench import reap_workers
+from .stats import percentile
+from .targets import Url
 
 PERCENTILES = (50, 90, 99)
+#: What --compare and `load bench` summarise a run by.
+FIGURES = {"calls_per_s": lambda r: r["calls_per_s"],
+           **{f"p{p}_ms": (lambda r, p=p: r["latency"]["all"][f"p{p}_ms"]) for p in PERCENTILES}}
 
 
 class Target:
@@ -277,18 +281,7 @@ def render_run(run: dict) -> list:
 
 def compare_summary(runs_a: list, runs_b: list) -> dict:
     """Medians over rounds of each target, and B relative to A."""
-    def med(runs, pick):
-        values = [pick(r) for r in runs if pick(r) is not None]
-        return statistics.median(values) if values else None
-
-    out = {}
-    for name, pick in (("calls_per_s", lambda r: r["calls_per_s"]),
-                       ("p50_ms", lambda r: r["latency"]["all"]["p50_ms"]),
-                       ("p90_ms", lambda r: r["latency"]["all"]["p90_ms"]),
-                       ("p99_ms", lambda r: r["latency"]["all"]["p99_ms"])):
-        a, b = med(runs_a, pick), med(runs_b, pick)
-        out[name] = {"a": a, "b": b, "ratio_b_to_a": round(b / a, 3) if a and b is not None else None}
-    return out
+    return compare_medians(runs_a, runs_b, FIGURES)
 
 
 def render_compare(result: dict) -> list:

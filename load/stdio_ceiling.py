@@ -9,7 +9,6 @@ measures its targets, not itself.
 """
 import json
 import shlex
-import sys
 
 from . import stdio_bench
 from .assets import tool

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from load import __main__ as load_main, http_bench, stdio_bench
+from load import __main__ as load_main, http_bench, procfs
 
 FIGURES = {
     "calls", "concurrency", "seconds", "calls_per_s", "p50_us", "p90_us", "p99_us", "max_us",
@@ -76,7 +76,7 @@ WRONG_SERVER = textwrap.dedent('''
 
 
 def children_of_this_process() -> list:
-    return sorted(stdio_bench.descendants(stdio_bench.scan_processes(), os.getpid()))
+    return sorted(procfs.descendants(procfs.scan_processes(), os.getpid()))
 
 
 def run_json(capsys, *argv: str):
