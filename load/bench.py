@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from . import assets, http_bench, replay, run as load_run
+from . import assets, http_bench, http_client, replay, run as load_run
 from .ab import compare_medians
 from .assets import CHECKOUT, ECHO_SERVER
 from .stdio_bench import BenchError
@@ -42,8 +42,8 @@ from .targets import HttpProcess
 PY = sys.executable
 ECHO = str(ECHO_SERVER)
 HTTP_ECHO = str(assets.HTTP_ECHO)
-MODERN = http_bench.MODERN_VERSION
-LEGACY = http_bench.LEGACY_VERSION
+MODERN = http_client.MODERN_VERSION
+LEGACY = http_client.LEGACY_VERSION
 META = {"io.modelcontextprotocol/protocolVersion": MODERN,
         "io.modelcontextprotocol/clientInfo": {"name": "load-bench", "version": "0"},
         "io.modelcontextprotocol/clientCapabilities": {}}
@@ -410,13 +410,3 @@ def run(args) -> int:
         write_report(Path(args.out), section)
     print(json.dumps(result, indent=2, default=str) if args.json else section)
     return 1 if result["mismatches"] or result["errors"] else 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m load bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,6 +29,7 @@ from .ab import ratio_summary, side_by_side
 from .assets import SESSIONS
 from .http_bench import dump_figures
 from .procfs import pinned
+from .report import markdown, times
 from .stdio_bench import positive_int
 from .targets import HttpProcess
 
@@ -73,21 +74,18 @@ def run_rounds(rounds: int, concurrency: int, duration: float, control: bool) ->
 
 def render(result: dict) -> str:
     config = result["config"]
+    rows = [[str(n), f"failed: {r['error']}", "", "", ""] if "error" in r else
+            [str(n), r["a"]["calls_per_s"], r["b"]["calls_per_s"], times(r["ratio"]),
+             r.get("dump", {}).get("records", "-")]
+            for n, r in enumerate(result["rounds"], 1)]
     lines = [f"dump cost: gateway without dumps (A) and {'without' if config['control'] else 'with'} "
              f"--dump (B) at the same time on CPU {config['target_cpus']}, {config['concurrency']} clients "
-             f"each, {config['duration_s']:g} s per round",
-             "", "| round | A calls/s | B calls/s | B/A | dump records |", "|---|---|---|---|---|"]
-    for n, r in enumerate(result["rounds"], 1):
-        if "error" in r:
-            lines.append(f"| {n} | failed: {r['error']} | | | |")
-            continue
-        records = r.get("dump", {}).get("records", "-")
-        lines.append(f"| {n} | {r['a']['calls_per_s']:,.0f} | {r['b']['calls_per_s']:,.0f} | x{r['ratio']:.3f} "
-                     f"| {records} |")
+             f"each, {config['duration_s']:g} s per round", "",
+             *markdown(["round", "A calls/s", "B calls/s", "B/A", "dump records"], rows)]
     kept = result["throughput_kept"]
     if kept["median"] is not None:
         what = "B/A, neither dumping (control)" if config["control"] else "throughput kept with dumps on"
-        lines += ["", f"{what}: x{kept['median']:.3f} (median; x{kept['min']:.3f} .. x{kept['max']:.3f})"]
+        lines += ["", f"{what}: {times(kept['median'])} (median; {times(kept['min'])} .. {times(kept['max'])})"]
     lines.append(f"mismatches {result['mismatches']}, errors {result['errors']}")
     return "\n".join(lines)
 

@@ -81,22 +81,30 @@ from pathlib import Path
 import orjson
 
 from . import BenchError, procfs, stdio_bench as sb
-from .assets import CHECKOUT, HTTP_ECHO
+from .assets import CHECKOUT
+from .http_client import (
+    MODERN_VERSION,
+    READ_SIZE,
+    Client,
+    ProtocolError,
+    Response,
+    close_clients,
+    open_clients,
+    parse_response,
+    sse_messages,
+)
 from .procfs import CpuSample, mem_available_kib, tree_pss_kib, tree_rss_kib
+from .report import table
 from .stats import median
 from .stdio_bench import DriveResult, Mismatches
 from .targets import HttpProcess, Url, start_http
 
 ECHO_FIXTURE = sb.ECHO_FIXTURE
-MODERN_VERSION = "2026-07-28"
-LEGACY_VERSION = "2025-11-25"
 ERAS = ("modern", "legacy")
 WARMUP_CALLS = 500
 FIRST_CALL_ID = 1
-READ_SIZE = 65536
 STALL_S = 10.0          # no byte from any connection for this long: the run fails
 START_TIMEOUT_S = 30.0  # a target must be listening within this
-CONNECT_TIMEOUT_S = 10.0
 MAX_EXAMPLES = sb.MAX_EXAMPLES
 
 
@@ -128,150 +136,9 @@ def call_tail(call_id: int, modern: bool) -> bytes:
     return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
-def request_head(url: Url, method: str = "POST", headers: tuple = ()) -> bytes:
-    """Request line and headers, up to (not including) Content-Length."""
-    lines = [f"{method} {url.path} HTTP/1.1", f"Host: {url.netloc}"]
-    if method == "POST":
-        lines += ["Content-Type: application/json", "Accept: application/json, text/event-stream"]
-    lines += [f"{k}: {v}" for k, v in headers]
-    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
-
-
-def call_headers(modern: bool, session_id: str | None) -> tuple:
-    if modern:
-        return (("MCP-Protocol-Version", MODERN_VERSION), ("Mcp-Method", "tools/call"), ("Mcp-Name", "echo"))
-    return (("MCP-Protocol-Version", LEGACY_VERSION), ("Mcp-Session-Id", session_id))
-
-
-def initialize_body() -> bytes:
-    return orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": LEGACY_VERSION, "capabilities": {},
-        "clientInfo": {"name": "http-bench", "version": "0"}}})
-
-
-INITIALIZED_BODY = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
-
-
-
-
 # --------------------------------------------------------------------------
 # Wire format: responses
 # --------------------------------------------------------------------------
-
-class Response:
-    __slots__ = ("status", "headers", "body", "close")
-
-    def __init__(self, status: int, headers: dict, body: bytes, close: bool):
-        self.status, self.headers, self.body, self.close = status, headers, body, close
-
-    def header(self, name: bytes) -> str | None:
-        value = self.headers.get(name)
-        return None if value is None else value.decode("latin-1")
-
-
-class ProtocolError(Exception):
-    """The bytes are not an HTTP/1.1 response."""
-
-
-def parse_response(buf: bytes, eof: bool = False):
-    """(Response, bytes consumed) if ``buf`` starts with a whole response, else None.
-
-    Bodies framed by Content-Length, chunked, or (``eof``) by the connection's
-    end.  1xx interim responses are skipped.  Header names are lowercased; a
-    repeated header keeps its first value.
-    """
-    start = 0
-    while True:
-        end = buf.find(b"\r\n\r\n", start)
-        if end < 0:
-            if eof and buf[start:]:
-                raise ProtocolError(f"connection closed inside a response head: {buf[start:start + 200]!r}")
-            return None
-        line_end = buf.find(b"\r\n", start)
-        status_line = buf[start:line_end]
-        if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
-            raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:200]!r}")
-        try:
-            status = int(status_line[9:12])
-        except ValueError:
-            raise ProtocolError(f"bad status line: {status_line[:200]!r}") from None
-        headers = {}
-        if line_end < end:
-            for line in buf[line_end + 2:end].split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name not in headers:
-                    headers[name] = value.strip()
-        body_start = end + 4
-        if 100 <= status < 200:
-            start = body_start
-            continue
-        break
-    connection = headers.get(b"connection", b"").lower()
-    close = b"close" in connection or (status_line.startswith(b"HTTP/1.0") and b"keep-alive" not in connection)
-    if status in (204, 304):
-        return Response(status, headers, b"", close), body_start
-    length = headers.get(b"content-length")
-    if length is not None:
-        try:
-            n = int(length)
-        except ValueError:
-            raise ProtocolError(f"bad Content-Length: {length[:50]!r}") from None
-        stop = body_start + n
-        if len(buf) < stop:
-            if eof:
-                raise ProtocolError(f"connection closed after {len(buf) - body_start} of {n} body bytes")
-            return None
-        return Response(status, headers, buf[body_start:stop], close), stop
-    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-        parsed = parse_chunked(buf, body_start)
-        if parsed is None:
-            if eof:
-                raise ProtocolError("connection closed inside a chunked body")
-            return None
-        body, stop = parsed
-        return Response(status, headers, body, close), stop
-    if not eof:
-        return None   # delimited by the end of the connection
-    return Response(status, headers, buf[body_start:], True), len(buf)
-
-
-def parse_chunked(buf: bytes, pos: int):
-    """(body, end) of a chunked body starting at ``pos``, or None if incomplete."""
-    parts = []
-    while True:
-        line_end = buf.find(b"\r\n", pos)
-        if line_end < 0:
-            return None
-        try:
-            size = int(buf[pos:line_end].split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise ProtocolError(f"bad chunk size line: {buf[pos:line_end][:50]!r}") from None
-        pos = line_end + 2
-        if size == 0:
-            break
-        if len(buf) < pos + size + 2:
-            return None
-        parts.append(buf[pos:pos + size])
-        pos += size + 2
-    while True:   # trailers, then the blank line
-        line_end = buf.find(b"\r\n", pos)
-        if line_end < 0:
-            return None
-        if line_end == pos:
-            return b"".join(parts), pos + 2
-        pos = line_end + 2
-
-
-def sse_messages(body: bytes) -> list:
-    """The ``data`` of each event of an SSE body, as bytes (comments and other fields ignored)."""
-    out = []
-    text = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    for block in text.split(b"\n\n"):
-        data = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
-        if data:
-            out.append(b"\n".join(data))
-    return out
 
 
 # --------------------------------------------------------------------------
@@ -328,138 +195,6 @@ def check_answer(resp: Response, call_id: int, modern: bool):
 # --------------------------------------------------------------------------
 # Clients
 # --------------------------------------------------------------------------
-
-class Client:
-    """One virtual client: one keep-alive connection (and, legacy, one session)."""
-
-    def __init__(self, url: Url, modern: bool, timeout: float = CONNECT_TIMEOUT_S):
-        self.url = url
-        self.modern = modern
-        self.timeout = timeout
-        self.session_id = None
-        self.sock = None
-        self.buf = b""
-        self.connects = 0
-        self.connect()
-        self.head = request_head(url, "POST", call_headers(modern, None)) if modern else b""
-
-    def connect(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-        try:
-            sock = socket.create_connection((self.url.host, self.url.port), timeout=self.timeout)
-        except OSError as exc:
-            raise BenchError(f"cannot connect to {self.url}: {exc}") from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock, self.fd, self.buf = sock, sock.fileno(), b""
-        self.connects += 1
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    # -- blocking exchanges (handshakes, DELETE, idle sessions) ---------------
-
-    def exchange(self, data: bytes) -> Response:
-        """Send one whole request, read its whole response (blocking, bounded)."""
-        self.sock.settimeout(self.timeout)
-        try:
-            self.sock.sendall(data)
-            while True:
-                parsed = parse_response(self.buf)
-                if parsed is not None:
-                    break
-                chunk = self.sock.recv(READ_SIZE)
-                if not chunk:
-                    parsed = parse_response(self.buf, eof=True)
-                    if parsed is None:
-                        raise BenchError(f"{self.url}: connection closed before a response")
-                    break
-                self.buf += chunk
-        except ProtocolError as exc:
-            raise BenchError(f"{self.url}: {exc}") from None
-        except OSError as exc:   # includes socket.timeout
-            raise BenchError(f"{self.url}: {exc or type(exc).__name__}") from None
-        resp, used = parsed
-        self.buf = self.buf[used:]
-        if resp.close:
-            self.connect()
-        return resp
-
-    def post(self, body: bytes, headers: tuple = ()) -> Response:
-        head = request_head(self.url, "POST", headers)
-        return self.exchange(head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-
-    def open_session(self) -> str:
-        """Legacy handshake: initialize, then notifications/initialized; returns the session id."""
-        resp = self.post(initialize_body())
-        sid = resp.header(b"mcp-session-id")
-        if resp.status != 200 or not sid:
-            raise BenchError(f"initialize: HTTP {resp.status}, session id {sid!r}: {resp.body[:300]!r}")
-        msg = self._message(resp)
-        if not isinstance(msg, dict) or msg.get("id") != 0 or "result" not in msg:
-            raise BenchError(f"initialize failed: {resp.body[:300]!r}")
-        self.session_id = sid
-        resp = self.post(INITIALIZED_BODY, (("MCP-Protocol-Version", LEGACY_VERSION), ("Mcp-Session-Id", sid)))
-        if resp.status != 202:
-            raise BenchError(f"notifications/initialized: HTTP {resp.status} (expected 202): {resp.body[:300]!r}")
-        self.head = request_head(self.url, "POST", call_headers(False, sid))
-        return sid
-
-    def end_session(self) -> int:
-        """DELETE the session; returns the HTTP status."""
-        if self.session_id is None:
-            return 0
-        head = request_head(self.url, "DELETE", (("Mcp-Session-Id", self.session_id),))
-        resp = self.exchange(head + b"\r\n")
-        self.session_id = None
-        return resp.status
-
-    @staticmethod
-    def _message(resp: Response):
-        data = resp.body
-        if resp.headers.get(b"content-type", b"").startswith(b"text/event-stream"):
-            events = sse_messages(data)
-            data = events[-1] if events else b""
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
-
-
-def open_clients(url: Url, k: int, modern: bool) -> list:
-    clients = []
-    try:
-        for _ in range(k):
-            client = Client(url, modern)
-            clients.append(client)
-            if not modern:
-                client.open_session()
-    except BaseException:
-        close_clients(clients, end_sessions=False)
-        raise
-    return clients
-
-
-def close_clients(clients: list, end_sessions: bool = True) -> list:
-    """End sessions (legacy, DELETE) and close connections; returns the failed DELETEs.
-
-    After a failure the sessions are left alone (``end_sessions=False``): a
-    target that stopped answering would make each DELETE wait for its timeout.
-    """
-    bad = []
-    for client in clients:
-        if end_sessions:
-            try:
-                status = client.end_session()
-                if status not in (0, 200):
-                    bad.append(status)
-            except BenchError as exc:
-                bad.append(str(exc))
-                end_sessions = False
-        client.close()
-    return bad
 
 
 # --------------------------------------------------------------------------
@@ -800,12 +535,6 @@ def _window_workers(url, modern, k, first_id, n, warmup, spin, deadline, pid, wo
 # --------------------------------------------------------------------------
 
 
-
-
-
-
-
-
 def dump_figures(path) -> dict:
     """What a --dump run wrote: records (frames), bytes, frames the dump dropped."""
     records = dropped = 0
@@ -917,10 +646,12 @@ def run_bench(direct: str, gateway: str, n: int, concurrency: list, rounds: int,
     runs = [r[slot] for r in all_rounds for slot in ("direct", "gateway")]
     return {
         "config": {
-            "direct": direct, "gateway": gateway, "dump": dump, "gateway_source": source_state(), "era": era, "n": n, "concurrency": concurrency,
+            "direct": direct, "gateway": gateway, "dump": dump, "gateway_source": source_state(), "era": era,
+            "n": n, "concurrency": concurrency,
             "rounds": rounds, "warmup": warmup, "timeout_s": timeout, "workers": workers,
             "python": sys.version.split()[0], "cpus": os.cpu_count(), "clk_tck": procfs.CLK_TCK,
-            "pin": pin, "spin": spin, "driver_cpus": sorted(driver_cpus or ()), "target_cpus": sorted(target_cpus or ()),
+            "pin": pin, "spin": spin, "driver_cpus": sorted(driver_cpus or ()),
+            "target_cpus": sorted(target_cpus or ()),
         },
         "rounds": all_rounds,
         "summary": summarize(all_rounds, names),
@@ -1019,8 +750,9 @@ def idle_sessions(gateway: str, counts: list, tmpdir: str, timeout: float, reser
         if peak["sessions"]:
             growth = peak["gateway_rss_kib"] - idle["gateway_rss_kib"]
             out["gateway_kib_per_session"] = round(growth / peak["sessions"], 1)
-            out["tree_rss_mib_per_session"] = round((peak["tree_rss_kib"] - idle["tree_rss_kib"]) / 1024 / peak["sessions"], 1)
-            out["tree_pss_mib_per_session"] = round((peak["tree_pss_kib"] - idle["tree_pss_kib"]) / 1024 / peak["sessions"], 2)
+            for key, digits in (("rss", 1), ("pss", 2)):
+                growth_kib = peak[f"tree_{key}_kib"] - idle[f"tree_{key}_kib"]
+                out[f"tree_{key}_mib_per_session"] = round(growth_kib / 1024 / peak["sessions"], digits)
         out["delete_failures"] = _delete_sessions(clients, parallel)
         clients = []
         # every session's process must be gone; the shared (modern) process stays
@@ -1064,7 +796,8 @@ def _delete_sessions(clients: list, parallel: int) -> list:
 _FAST_HEAD_END = b"\r\n\r\n"
 _FAST_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
 _FAST_SESSION = re.compile(rb"\r\nmcp-session-id:[ \t]*([!-~]+)", re.I)
-_FAST_CALL = re.compile(rb'"id":(\d+),"method":"tools/call","params":\{"name":"echo","arguments":\{"text":"([A-Za-z0-9_]*)"\}')
+_FAST_CALL = re.compile(rb'"id":(\d+),"method":"tools/call","params":\{"name":"echo",'
+                        rb'"arguments":\{"text":"([A-Za-z0-9_]*)"\}')
 _FAST_ANSWER = (b'{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"%s"}],"isError":false%s}}')
 
 
@@ -1142,7 +875,8 @@ def fast_server(port_file: str) -> None:
                 elif b'"id"' not in body:
                     status, payload = b"202 Accepted", b""
                 else:
-                    status, payload = b"400 Bad Request", b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"fast server: unsupported"}}'
+                    status, payload = b"400 Bad Request", (b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,'
+                                                           b'"message":"fast server: unsupported"}}')
                 out.append(b"HTTP/1.1 %s\r\ncontent-type: application/json%s\r\ncontent-length: %d\r\n\r\n%s"
                            % (status, sid, len(payload), payload))
             bufs[fd] = buf
@@ -1174,24 +908,15 @@ def run_ceiling(n: int, concurrency: list, rounds: int, warmup: int, timeout: fl
 
 def render_ceiling(result: dict) -> str:
     cfg = result["config"]
-    lines = [f"http-bench driver ceiling against the in-module fast echo (n={cfg['n']}, pin={cfg['pin']}, "
-             f"spin={cfg['spin']}, workers={cfg['workers']}, median of {cfg['rounds']})",
-             f"{'':10}{'scenario':14}{'calls/s':>12}{'p50 us':>9}{'p99 us':>9}{'driver CPU us/call':>20}"
-             f"{'server CPU us/call':>20}"]
-    for era, table in result["eras"].items():
-        for name, m in table.items():
-            lines.append(f"{era:10}{name:14}{sb.fmt(m.get('calls_per_s')):>12}{sb.fmt(m.get('p50_us')):>9}"
-                         f"{sb.fmt(m.get('p99_us')):>9}{sb.fmt(m.get('driver_cpu_us_per_call')):>20}"
-                         f"{sb.fmt(m.get('target_cpu_us_per_call')):>20}")
-    for error in result["errors"]:
-        lines.append(f"ERROR {error}")
-    lines.append(f"mismatches: {result['mismatches']}")
-    return "\n".join(lines)
+    rows = [[era, name, m.get("calls_per_s"), m.get("p50_us"), m.get("p99_us"), m.get("driver_cpu_us_per_call"),
+             m.get("target_cpu_us_per_call")] for era, scenarios in result["eras"].items()
+            for name, m in scenarios.items()]
+    return "\n".join([f"http-bench driver ceiling against the in-module fast echo (n={cfg['n']}, pin={cfg['pin']}, "
+                      f"spin={cfg['spin']}, workers={cfg['workers']}, median of {cfg['rounds']})",
+                      *table(["era", "scenario", "calls/s", "p50 us", "p99 us", "driver CPU us/call",
+                              "server CPU us/call"], rows, indent=0),
+                      *(f"ERROR {error}" for error in result["errors"]), f"mismatches: {result['mismatches']}"])
 
-
-# --------------------------------------------------------------------------
-# Text output
-# --------------------------------------------------------------------------
 
 def mib(kib) -> str:
     return "-" if kib is None else f"{kib / 1024:,.1f}"
@@ -1202,66 +927,41 @@ def render(result: dict) -> str:
     if cfg.get("dump"):
         lines = [f"http-bench --dump: era={cfg['era']} n={cfg['n']} rounds={cfg['rounds']} warmup={cfg['warmup']} "
                  f"concurrency={cfg['concurrency']}",
-                 '  "direct" below = the gateway WITHOUT dumps; "gateway" = the gateway WITH --dump',
-                 f"  gateway source: {cfg['gateway_source']}", ""]
-        for name, entry in result["summary"].items():
-            lines += sb.render_scenario(name, entry, result["rounds"]) + [""]
-        for i, rnd in enumerate(result["rounds"], 1):
-            if "dump" in rnd["gateway"]:
-                lines.append(f"round {i} dump: {rnd['gateway']['dump']}")
-            for slot in ("direct", "gateway"):
-                if "error" in rnd[slot]:
-                    lines.append(f"round {i} {slot}: ERROR {rnd[slot]['error']}")
-        lines.append(f"total mismatches: {result['mismatches']}   errors: {result['errors']}")
-        return "\n".join(lines)
-    lines = [
-        f"http-bench: era={cfg['era']} n={cfg['n']} rounds={cfg['rounds']} warmup={cfg['warmup']} "
-        f"concurrency={cfg['concurrency']} workers={cfg['workers']} pin={cfg['pin']} spin={cfg['spin']} "
-        f"(driver CPUs {cfg['driver_cpus'] or 'any'}, target CPUs {cfg['target_cpus'] or 'any'})",
-        f"  direct : {cfg['direct']}" + (f"  ({HTTP_ECHO.parent.parent.name}/{HTTP_ECHO.parent.name}/{HTTP_ECHO.name})" if cfg["direct"] == "auto" else ""),
-        f"  gateway: {cfg['gateway']}" + ("  (wire_gateway serve over the stdio echo fixture)"
-                                          if cfg["gateway"] == "auto" else ""),
-        f"  gateway source: {cfg['gateway_source']}",
-        "",
-    ]
-    for name, entry in result["summary"].items():
-        lines += sb.render_scenario(name, entry, result["rounds"]) + [""]
+                 '  "direct" below = the gateway WITHOUT dumps; "gateway" = the gateway WITH --dump']
+    else:
+        lines = [f"http-bench: era={cfg['era']} n={cfg['n']} rounds={cfg['rounds']} warmup={cfg['warmup']} "
+                 f"concurrency={cfg['concurrency']} workers={cfg['workers']} pin={cfg['pin']} spin={cfg['spin']} "
+                 f"(driver CPUs {cfg['driver_cpus'] or 'any'}, target CPUs {cfg['target_cpus'] or 'any'})",
+                 f"  direct : {cfg['direct']}" + ("  (the bundled http_echo.py)" if cfg["direct"] == "auto" else ""),
+                 f"  gateway: {cfg['gateway']}" + ("  (wire_gateway serve over the stdio echo fixture)"
+                                                   if cfg["gateway"] == "auto" else "")]
+    lines += [f"  gateway source: {cfg['gateway_source']}", "",
+              *sb.render_runs(result, ("SIGTERM", "external (left running)"))]
     first = next(iter(result["summary"].values()), None)
-    if first is not None:
+    if first is not None and not cfg.get("dump"):
         d, g = first["direct"], first["gateway"]
         lines.append(f"RSS at the end of a run (median), MiB: direct {mib(d.get('rss_kib'))}; gateway "
                      f"{mib(g.get('rss_kib'))} itself, {mib(g.get('tree_rss_kib'))} with its children")
-    for i, rnd in enumerate(result["rounds"], 1):
-        for slot in ("direct", "gateway"):
-            run = rnd[slot]
-            if "error" in run:
-                lines.append(f"round {i} {slot}: ERROR {run['error']}")
-            for s_name, s in run.get("scenarios", {}).items():
-                for example in s["warmup_mismatch_examples"] + s["mismatch_examples"]:
-                    lines.append(f"round {i} {slot} {s_name}: {example}")
-                if s.get("session_close_failures"):
-                    lines.append(f"round {i} {slot} {s_name}: DELETE failures {s['session_close_failures']}")
-            stop = run.get("shutdown", {})
-            if stop.get("stragglers") or stop.get("stopped_by") not in ("SIGTERM", "external (left running)"):
-                lines.append(f"round {i} {slot}: shutdown {stop}")
+    lines += [f"round {i} dump: {rnd['gateway']['dump']}" for i, rnd in enumerate(result["rounds"], 1)
+              if "dump" in rnd["gateway"]]
     if "idle_sessions" in result:
-        lines += [""] + render_idle(result["idle_sessions"])
+        lines += ["", *render_idle(result["idle_sessions"])]
     lines.append(f"total mismatches: {result['mismatches']}   errors: {result['errors']}")
     return "\n".join(lines)
 
 
 def render_idle(idle: dict) -> list:
+    rows = [[p["label"], p["sessions"], mib(p["gateway_rss_kib"]), mib(p["tree_rss_kib"]), mib(p["tree_pss_kib"]),
+             p["processes"], p["mem_available_mib"], p.get("gateway_kib_per_session")]
+            for p in idle.get("checkpoints", [])]
     lines = ["== idle legacy sessions on the gateway (initialize + initialized, then idle)",
-             f"{'':30}{'sessions':>9}{'gateway RSS MiB':>17}{'tree RSS MiB':>14}{'tree PSS MiB':>14}"
-             f"{'processes':>11}{'MemAvailable MiB':>18}{'gw KiB/session':>16}"]
-    for p in idle.get("checkpoints", []):
-        lines.append(f"{p['label']:30}{p['sessions']:>9}{mib(p['gateway_rss_kib']):>17}{mib(p['tree_rss_kib']):>14}"
-                     f"{mib(p['tree_pss_kib']):>14}{p['processes']:>11}{p['mem_available_mib']:>18,}"
-                     f"{sb.fmt(p.get('gateway_kib_per_session')):>16}")
+             *table(["", "sessions", "gateway RSS MiB", "tree RSS MiB", "tree PSS MiB", "processes",
+                     "MemAvailable MiB", "gw KiB/session"], rows, indent=0)]
     if "gateway_kib_per_session" in idle:
         lines.append(f"  per idle session: gateway's own RSS +{idle['gateway_kib_per_session']:.1f} KiB; whole tree "
-                     f"+{idle['tree_rss_mib_per_session']:.1f} MiB RSS, +{idle['tree_pss_mib_per_session']:.2f} MiB PSS "
-                     f"(mostly the upstream process); {idle['peak_sessions']} sessions opened in {idle.get('open_seconds')}s")
+                     f"+{idle['tree_rss_mib_per_session']:.1f} MiB RSS, +{idle['tree_pss_mib_per_session']:.2f} MiB "
+                     f"PSS (mostly the upstream process); {idle['peak_sessions']} sessions opened in "
+                     f"{idle.get('open_seconds')}s")
     if "stopped_early" in idle:
         lines.append(f"  {idle['stopped_early']}")
     if "session_processes_left" in idle:
@@ -1358,15 +1058,7 @@ def run(args) -> int:
     return exit_status(result)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--fast-server"] and len(argv) == 2:
-        fast_server(argv[1])
-        return 0
-    parser = argparse.ArgumentParser(prog="python -m load http-bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":   # `python -m load.http_bench --fast-server PORTFILE`: the canned-answer server
+    if sys.argv[1:2] != ["--fast-server"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m load.http_bench --fast-server PORTFILE")
+    fast_server(sys.argv[2])

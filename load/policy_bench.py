@@ -95,7 +95,8 @@ def compare(a: Target, b: Target, method: str, n: int, rounds: int, warmup: int 
             one(g)
     out: dict = {}
     for g in (a, b):
-        out[g.label] = {**summary(samples[g.label]), "gateway_cpu_us_per_request": round(cpu[g.label] / (n * rounds), 1)}
+        out[g.label] = {**summary(samples[g.label]),
+                        "gateway_cpu_us_per_request": round(cpu[g.label] / (n * rounds), 1)}
     out["ratio_of_medians"] = round(out[b.label]["median_us"] / out[a.label]["median_us"], 3)
     return out
 

@@ -59,8 +59,9 @@ from pathlib import Path
 import orjson
 
 from . import BenchError
-from .assets import ECHO_SERVER
+from .assets import ECHO_SERVER, tool
 from .procfs import CLK_TCK, CpuSample, add_pin_argument, cpu_plan, pinned, ticks_to_us, tree_ticks_between
+from .report import fmt, signed, table, times
 from .stats import median, percentile, ratio
 from .targets import Started
 
@@ -531,46 +532,49 @@ ROWS = (
 )
 
 
-def fmt(value) -> str:
-    """Figures for humans: thousands grouped, one decimal where it matters."""
-    if value is None:
-        return "-"
-    if not isinstance(value, float):
-        return str(value)
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 1 or value == 0:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-def signed(value) -> str:
-    return "-" if value is None else f"{value:+.1f}"
-
-
 def render_scenario(name: str, entry: dict, rounds: list) -> list:
     """Table lines for one scenario: medians, gateway-vs-direct, per round."""
     direct, gateway = entry["direct"], entry["gateway"]
-    lines = [f"== {name} (median over {direct.get('rounds', 0)}/{gateway.get('rounds', 0)} rounds)",
-             f"{'':22}{'direct':>12}{'gateway':>12}{'gw vs direct':>16}"]
+    rows = []
     for label, key, how in ROWS:
         a, b = direct.get(key), gateway.get(key)
         delta = ""
-        if how == "ratio" and a and b is not None:
-            delta = f"x{b / a:.3f}"
+        if how == "ratio":
+            delta = times(ratio(a, b))
         elif how == "added" and a is not None and b is not None:
             delta = signed(b - a)
-        lines.append(f"{label:22}{fmt(a):>12}{fmt(b):>12}{delta:>16}")
+        rows.append([label, a, b, delta])
     cmp = entry["gateway_vs_direct"]
-    ratio = cmp["throughput_ratio"]
-    lines.append(f"  gateway: x{'-' if ratio is None else f'{ratio:.3f}'} throughput, "
-                 f"{signed(cmp['added_p50_us'])} us p50, {signed(cmp['added_p99_us'])} us p99, "
-                 f"own CPU {fmt(cmp['gateway_cpu_us_per_call'])} us/call (children excluded), "
-                 f"{signed(cmp['added_tree_cpu_us_per_call'])} us/call tree CPU")
+    lines = [f"== {name} (median over {direct.get('rounds', 0)}/{gateway.get('rounds', 0)} rounds)",
+             *table(["", "direct", "gateway", "gw vs direct"], rows, indent=0),
+             f"  gateway: {times(cmp['throughput_ratio'])} throughput, {signed(cmp['added_p50_us'])} us p50, "
+             f"{signed(cmp['added_p99_us'])} us p99, own CPU {fmt(cmp['gateway_cpu_us_per_call'])} us/call "
+             f"(children excluded), {signed(cmp['added_tree_cpu_us_per_call'])} us/call tree CPU"]
     for slot in ("direct", "gateway"):
         per_round = [r[slot].get("scenarios", {}).get(name, {}) for r in rounds]
         shown = ", ".join(f"{fmt(m.get('calls_per_s'))}/s p50 {fmt(m.get('p50_us'))}" for m in per_round)
         lines.append(f"  rounds {slot:8} {shown}")
+    return lines
+
+
+def render_runs(result: dict, normal_stops: tuple) -> list:
+    """The scenarios' tables, then what went wrong per round: errors, bad answers, odd shutdowns."""
+    lines = []
+    for name, entry in result["summary"].items():
+        lines += [*render_scenario(name, entry, result["rounds"]), ""]
+    for i, rnd in enumerate(result["rounds"], 1):
+        for slot in ("direct", "gateway"):
+            run = rnd[slot]
+            if "error" in run:
+                lines.append(f"round {i} {slot}: ERROR {run['error']}")
+            for s_name, s in run.get("scenarios", {}).items():
+                for example in s.get("warmup_mismatch_examples", []) + s["mismatch_examples"]:
+                    lines.append(f"round {i} {slot} {s_name}: {example}")
+                if s.get("session_close_failures"):
+                    lines.append(f"round {i} {slot} {s_name}: DELETE failures {s['session_close_failures']}")
+            stop = run.get("shutdown", {})
+            if stop.get("stragglers") or stop.get("stopped_by", normal_stops[0]) not in normal_stops:
+                lines.append(f"round {i} {slot}: shutdown {stop}")
     return lines
 
 
@@ -583,21 +587,9 @@ def render(result: dict) -> str:
         f"  direct : {cfg['direct']}",
         f"  gateway: {cfg['gateway']}",
         "",
+        *render_runs(result, ("stdin-eof",)),
+        f"total mismatches: {result['mismatches']}   errors: {result['errors']}",
     ]
-    for name, entry in result["summary"].items():
-        lines += render_scenario(name, entry, result["rounds"]) + [""]
-    for i, rnd in enumerate(result["rounds"], 1):
-        for slot in ("direct", "gateway"):
-            run = rnd[slot]
-            if "error" in run:
-                lines.append(f"round {i} {slot}: ERROR {run['error']}")
-            for s_name, s in run.get("scenarios", {}).items():
-                for example in s["mismatch_examples"]:
-                    lines.append(f"round {i} {slot} {s_name}: {example}")
-            stop = run.get("shutdown", {})
-            if stop.get("stragglers") or stop.get("stopped_by", "stdin-eof") != "stdin-eof":
-                lines.append(f"round {i} {slot}: shutdown {stop}")
-    lines.append(f"total mismatches: {result['mismatches']}   errors: {result['errors']}")
     return "\n".join(lines)
 
 
@@ -629,7 +621,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=parse_concurrency, default=[1, 16],
                         help="comma-separated in-flight counts; sequential always runs (default 1,16)")
     parser.add_argument("--rounds", type=positive_int, default=3, help="A/B rounds (default 3)")
-    parser.add_argument("--warmup", type=positive_int, default=WARMUP_CALLS, help="warm-up calls per process (default 500)")
+    parser.add_argument("--warmup", type=positive_int, default=WARMUP_CALLS,
+                        help="warm-up calls per process (default 500)")
     parser.add_argument("--timeout", type=float, default=120.0, help="hard limit per target run, seconds (default 120)")
     add_pin_argument(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
@@ -668,7 +661,8 @@ def run_bench(direct: list, gateway: list, n: int, concurrency: list, rounds: in
             "direct": shlex.join(direct), "gateway": shlex.join(gateway), "n": n,
             "concurrency": concurrency, "rounds": rounds, "warmup": warmup, "timeout_s": timeout,
             "python": sys.version.split()[0], "cpus": os.cpu_count(), "clk_tck": CLK_TCK,
-            "pin": pin, "spin": spin, "driver_cpus": sorted(driver_cpus or ()), "target_cpus": sorted(target_cpus or ()),
+            "pin": pin, "spin": spin, "driver_cpus": sorted(driver_cpus or ()),
+            "target_cpus": sorted(target_cpus or ()),
         },
         "rounds": all_rounds,
         "summary": summarize(all_rounds, names),
@@ -694,11 +688,42 @@ def run(args) -> int:
     return exit_status(result)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m load stdio-bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+# --------------------------------------------------------------------------
+# stdio-ceiling: the driver against fast-echo
+# --------------------------------------------------------------------------
+
+def add_ceiling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", type=positive_int, default=100000, help="calls per scenario (default 100000)")
+    parser.add_argument("--concurrency", type=parse_concurrency, default=[1, 16, 64],
+                        help="comma-separated in-flight counts (default 1,16,64)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds (default 3)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="hard limit per run, seconds")
+    add_pin_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run_ceiling(args) -> int:
+    """How fast is this driver? ``fast-echo`` answers a call with one regex match, so the figures are
+    bounded by the driver (and the pipes and the kernel), not by the server: if they are well above
+    what the direct echo server reaches, ``stdio-bench`` measures its targets, not itself."""
+    fast_echo = tool("fast-echo")
+    driver_cpus, target_cpus = cpu_plan(args.pin)
+    with pinned(driver_cpus):
+        runs = [run_target(fast_echo, args.n, args.concurrency, args.timeout, cpus=target_cpus, spin=args.spin)
+                for _ in range(args.rounds)]
+    summary = {name: median_figures(runs, name) for name, _ in scenarios(args.concurrency)}
+    errors = [r["error"] for r in runs if "error" in r]
+    mismatches = sum(run_mismatches(r) for r in runs)
+    if args.json:
+        print(json.dumps({"target": shlex.join(fast_echo), "n": args.n, "pin": args.pin, "spin": args.spin,
+                          "summary": summary, "errors": errors, "mismatches": mismatches}, indent=2))
+    else:
+        print(f"driver ceiling against {shlex.join(fast_echo)} (n={args.n}, pin={args.pin}, spin={args.spin}, "
+              f"median of {args.rounds})")
+        print("\n".join(table(["", "calls/s", "p50 us", "p99 us", "driver CPU us/call", "server CPU us/call"], [
+            [name, m.get("calls_per_s"), m.get("p50_us"), m.get("p99_us"), m.get("driver_cpu_us_per_call"),
+             m.get("target_cpu_us_per_call")] for name, m in summary.items()], indent=0)))
+        for error in errors:
+            print("ERROR", error)
+        print(f"mismatches: {mismatches}")
+    return 2 if errors else (1 if mismatches else 0)
