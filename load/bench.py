@@ -21,12 +21,10 @@ The report goes into ``--out`` (default docs/benchmarks.md) between the
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,15 +33,17 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from load import http_bench, replay, run as load_run
-from load.stdio_bench import BenchError
+from . import assets, http_bench, http_client, replay, run as load_run
+from .ab import compare_medians
+from .assets import CHECKOUT, ECHO_SERVER
+from .stdio_bench import BenchError
+from .targets import HttpProcess
 
-REPO_ROOT = http_bench.REPO_ROOT
 PY = sys.executable
-ECHO = str(REPO_ROOT / "fixtures" / "servers" / "echo.py")
-HTTP_ECHO = str(http_bench.HTTP_ECHO)
-MODERN = http_bench.MODERN_VERSION
-LEGACY = http_bench.LEGACY_VERSION
+ECHO = str(ECHO_SERVER)
+HTTP_ECHO = str(assets.HTTP_ECHO)
+MODERN = http_client.MODERN_VERSION
+LEGACY = http_client.LEGACY_VERSION
 META = {"io.modelcontextprotocol/protocolVersion": MODERN,
         "io.modelcontextprotocol/clientInfo": {"name": "load-bench", "version": "0"},
         "io.modelcontextprotocol/clientCapabilities": {}}
@@ -167,7 +167,7 @@ def feature_missing(needs: str | None, tmpdir: str) -> str | None:
         config = Path(tmpdir) / "cache-probe.json"
         config.write_text(json.dumps({"servers": {"echo": dict(ECHO_SERVER, cache={"tools_list_ttl": 60})}}))
         proc = subprocess.run([PY, "-m", "wire_gateway", "check", "--config", str(config)], capture_output=True,
-                              text=True, timeout=60, cwd=REPO_ROOT)
+                              text=True, timeout=60, cwd=CHECKOUT)
         if proc.returncode != 0:
             first = (proc.stdout + proc.stderr).strip().splitlines()
             return ("the gateway rejects a per-server cache config: "
@@ -175,11 +175,9 @@ def feature_missing(needs: str | None, tmpdir: str) -> str | None:
         return None
     if needs == "dump":
         proc = subprocess.run([PY, "-m", "wire_gateway", "serve", "--help"], capture_output=True, text=True,
-                              timeout=60, cwd=REPO_ROOT)
+                              timeout=60, cwd=CHECKOUT)
         if "--dump" not in proc.stdout:
             return "wire-gateway serve has no --dump option"
-        if "dump" not in inspect.signature(http_bench.HttpTarget).parameters:
-            return "load.http_bench.HttpTarget cannot start a gateway with --dump yet"
         return None
     return f"unknown feature {needs!r}"
 
@@ -210,15 +208,15 @@ def start(scenario: Scenario, slot: str, tmpdir: str, timeout: float) -> Started
                                                               str(config), "--log-level", "warning"])))
     own = tempfile.mkdtemp(dir=tmpdir)
     if slot == "direct" and scenario.baseline == "direct":
-        target = http_bench.HttpTarget("direct", own, timeout)
+        target = HttpProcess("direct", own, timeout)
     else:
         baseline = slot == "direct"
         config = scenario.baseline_config if baseline and scenario.baseline_config is not None \
             else scenario.gateway_config
-        if config is not None:   # HttpTarget uses this file when it exists
+        if config is not None:   # HttpProcess uses this file when it exists
             (Path(own) / "http-bench-gateway.json").write_text(json.dumps(config))
         kwargs = {"dump": True} if scenario.dump and not baseline else {}
-        target = http_bench.HttpTarget("gateway", own, timeout, path=scenario.baseline_path if baseline
+        target = HttpProcess("gateway", own, timeout, path=scenario.baseline_path if baseline
                                        else scenario.path, **kwargs)
     return Started(load_run.Target(str(target.url)), target.stop)
 
@@ -258,17 +256,10 @@ def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir:
 
 
 def figures(runs: dict) -> dict:
-    def med(slot, pick):
-        values = [pick(r) for r in runs[slot] if pick(r) is not None]
-        return statistics.median(values) if values else None
-
-    fig = {}
-    for slot in ("direct", "gateway"):
-        fig[slot] = {"calls_per_s": med(slot, lambda r: r["calls_per_s"]),
-                     "p50_ms": med(slot, lambda r: r["latency"]["all"]["p50_ms"]),
-                     "p99_ms": med(slot, lambda r: r["latency"]["all"]["p99_ms"])}
-    d, g = fig["direct"]["calls_per_s"], fig["gateway"]["calls_per_s"]
-    fig["ratio"] = round(g / d, 2) if d and g else None
+    picks = {k: load_run.FIGURES[k] for k in ("calls_per_s", "p50_ms", "p99_ms")}
+    cmp = compare_medians(runs["direct"], runs["gateway"], picks, digits=2)
+    fig: dict = {slot: {k: row[side] for k, row in cmp.items()} for slot, side in (("direct", "a"), ("gateway", "b"))}
+    fig["ratio"] = cmp["calls_per_s"]["ratio_b_to_a"]
     fig["mismatches"] = sum(r["mismatches"] for slot in runs for r in runs[slot])
     fig["errors"] = sum(sum(r["errors"].values()) + r["session_failures"] for slot in runs for r in runs[slot])
     return fig
@@ -398,7 +389,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=int, help="calls per run (default 2000; --quick: 30)")
     parser.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
                         help="comma-separated scenario names")
-    parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "benchmarks.md"),
+    parser.add_argument("--out", default=str((CHECKOUT or Path()) / "docs" / "benchmarks.md"),
                         help="the report file (default docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write --out")
     parser.add_argument("--timeout", type=float, default=300.0, help="hard limit per target process, s")
@@ -419,13 +410,3 @@ def run(args) -> int:
         write_report(Path(args.out), section)
     print(json.dumps(result, indent=2, default=str) if args.json else section)
     return 1 if result["mismatches"] or result["errors"] else 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m load bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

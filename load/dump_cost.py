@@ -22,58 +22,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
 
-from load import stdio_bench as sb
-from load.http_bench import BenchError, dump_figures, start_target
+from . import BenchError
+from .ab import ratio_summary, side_by_side
+from .assets import SESSIONS
+from .http_bench import dump_figures
+from .procfs import pinned
+from .report import markdown, times
+from .stdio_bench import positive_int
+from .targets import HttpProcess
 
-FIXTURE = sb.REPO_ROOT / "fixtures" / "sessions" / "echo-small-modern.jsonl"
+FIXTURE = SESSIONS / "echo-small-modern.jsonl"
 WARMUP_CALLS = 1500
-
-
-def load_run(url: str, concurrency: int, extra: list) -> list:
-    """The argv of one `python -m load run` against url (--json)."""
-    return [sys.executable, "-m", "load", "run", "--target", url, "--fixture", str(FIXTURE),
-            "-c", str(concurrency), *extra, "--json"]
-
-
-def read_run(out: str, what: str) -> dict:
-    """calls/s, mismatches and errors of one `load run --json`."""
-    try:
-        doc = json.loads(out)
-        return {"calls_per_s": doc["runs"][0]["calls_per_s"], "mismatches": doc["mismatches"],
-                "errors": doc["errors"]}
-    except (ValueError, KeyError, IndexError) as exc:
-        raise BenchError(f"{what}: the load run printed no result ({exc}): {out[-500:]!r}") from None
 
 
 def one_round(tmpdir: str, concurrency: int, duration: float, control: bool, target_cpus) -> dict:
     """Start A and B, warm both, drive both for `duration` at once, stop both."""
-    timeout = duration + 120.0
     targets = []
     try:
         for dump in (False, not control):
-            targets.append(start_target("auto", "gateway", tmpdir, timeout, target_cpus, dump))
-        for target in targets:
-            warm = subprocess.run(load_run(str(target.url), concurrency, ["-n", str(WARMUP_CALLS)]),
-                                  capture_output=True, text=True, cwd=sb.REPO_ROOT, timeout=timeout)
-            read_run(warm.stdout, "warm-up")
-        drivers = [subprocess.Popen(load_run(str(target.url), concurrency, ["--duration", f"{duration}s"]),
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                    cwd=sb.REPO_ROOT) for target in targets]
-        try:
-            outs = [driver.communicate(timeout=timeout)[0] for driver in drivers]
-        finally:
-            for driver in drivers:
-                if driver.poll() is None:
-                    driver.kill()
-                    driver.wait()
-        a, b = (read_run(out, name) for out, name in zip(outs, ("A", "B")))
-        result = {"a": a, "b": b, "ratio": b["calls_per_s"] / a["calls_per_s"] if a["calls_per_s"] else None}
-    except (BenchError, subprocess.SubprocessError, OSError) as exc:
+            targets.append(HttpProcess("gateway", tmpdir, duration + 120.0, target_cpus, dump=dump))
+        result = side_by_side([str(t.url) for t in targets], [str(FIXTURE)] * 2, concurrency, duration,
+                              WARMUP_CALLS)
+    except BenchError as exc:
         result = {"error": str(exc)}
     finally:
         for target in targets:
@@ -85,53 +57,43 @@ def one_round(tmpdir: str, concurrency: int, duration: float, control: bool, tar
 
 def run_rounds(rounds: int, concurrency: int, duration: float, control: bool) -> dict:
     allowed = sorted(os.sched_getaffinity(0))
-    target_cpus = {allowed[-1]}
-    driver_cpus = set(allowed[:-1]) or None
-    results = []
-    with tempfile.TemporaryDirectory(prefix="dump-cost-") as tmpdir, sb.pinned(driver_cpus):
-        for _ in range(rounds):
-            results.append(one_round(tmpdir, concurrency, duration, control, target_cpus))
-    ratios = [r["ratio"] for r in results if r.get("ratio")]
-    summary = {"median": statistics.median(ratios) if ratios else None,
-               "min": min(ratios, default=None), "max": max(ratios, default=None)}
+    target_cpus, driver_cpus = {allowed[-1]}, set(allowed[:-1]) or None
+    with tempfile.TemporaryDirectory(prefix="dump-cost-") as tmpdir, pinned(driver_cpus):
+        results = [one_round(tmpdir, concurrency, duration, control, target_cpus) for _ in range(rounds)]
+    summary = ratio_summary(results)
     return {
         "config": {"rounds": rounds, "concurrency": concurrency, "duration_s": duration, "control": control,
-                   "fixture": str(FIXTURE.relative_to(sb.REPO_ROOT)), "target_cpus": sorted(target_cpus),
+                   "fixture": FIXTURE.name, "target_cpus": sorted(target_cpus),
                    "driver_cpus": sorted(driver_cpus or ()),
                    "dump_encoder": os.environ.get("WIRE_GATEWAY_DUMP_ENCODER") or "default (C where built)"},
         "rounds": results,
-        "throughput_kept": summary,
-        "mismatches": sum(r[s]["mismatches"] for r in results for s in ("a", "b") if s in r),
-        "errors": sum(1 for r in results if "error" in r) + sum(r[s]["errors"] for r in results
-                                                                 for s in ("a", "b") if s in r),
+        "throughput_kept": {k: summary[k] for k in ("median", "min", "max")},
+        "mismatches": summary["mismatches"], "errors": summary["errors"],
     }
 
 
 def render(result: dict) -> str:
     config = result["config"]
+    rows = [[str(n), f"failed: {r['error']}", "", "", ""] if "error" in r else
+            [str(n), r["a"]["calls_per_s"], r["b"]["calls_per_s"], times(r["ratio"]),
+             r.get("dump", {}).get("records", "-")]
+            for n, r in enumerate(result["rounds"], 1)]
     lines = [f"dump cost: gateway without dumps (A) and {'without' if config['control'] else 'with'} "
              f"--dump (B) at the same time on CPU {config['target_cpus']}, {config['concurrency']} clients "
-             f"each, {config['duration_s']:g} s per round",
-             "", "| round | A calls/s | B calls/s | B/A | dump records |", "|---|---|---|---|---|"]
-    for n, r in enumerate(result["rounds"], 1):
-        if "error" in r:
-            lines.append(f"| {n} | failed: {r['error']} | | | |")
-            continue
-        records = r.get("dump", {}).get("records", "-")
-        lines.append(f"| {n} | {r['a']['calls_per_s']:,.0f} | {r['b']['calls_per_s']:,.0f} | x{r['ratio']:.3f} "
-                     f"| {records} |")
+             f"each, {config['duration_s']:g} s per round", "",
+             *markdown(["round", "A calls/s", "B calls/s", "B/A", "dump records"], rows)]
     kept = result["throughput_kept"]
     if kept["median"] is not None:
         what = "B/A, neither dumping (control)" if config["control"] else "throughput kept with dumps on"
-        lines += ["", f"{what}: x{kept['median']:.3f} (median; x{kept['min']:.3f} .. x{kept['max']:.3f})"]
+        lines += ["", f"{what}: {times(kept['median'])} (median; {times(kept['min'])} .. {times(kept['max'])})"]
     lines.append(f"mismatches {result['mismatches']}, errors {result['errors']}")
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rounds", type=sb.positive_int, default=4, help="rounds (default 4)")
+    parser.add_argument("--rounds", type=positive_int, default=4, help="rounds (default 4)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds each round drives (default 8)")
-    parser.add_argument("-c", "--concurrency", type=sb.positive_int, default=16,
+    parser.add_argument("-c", "--concurrency", type=positive_int, default=16,
                         help="virtual sessions per gateway (default 16)")
     parser.add_argument("--control", action="store_true", help="B without dumps too: checks the method (x1.00)")
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of a table")

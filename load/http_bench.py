@@ -68,38 +68,43 @@ import multiprocessing
 import os
 import re
 import select
-import shlex
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import orjson
 
-from load import stdio_bench as sb
-from load.stdio_bench import BenchError, CpuSample, DriveResult, Mismatches
+from . import BenchError, procfs, stdio_bench as sb
+from .assets import CHECKOUT
+from .http_client import (
+    MODERN_VERSION,
+    READ_SIZE,
+    Client,
+    ProtocolError,
+    Response,
+    close_clients,
+    open_clients,
+    parse_response,
+    sse_messages,
+)
+from .procfs import CpuSample, mem_available_kib, tree_pss_kib, tree_rss_kib
+from .report import table
+from .stats import median
+from .stdio_bench import DriveResult, Mismatches
+from .targets import HttpProcess, Url, start_http
 
-REPO_ROOT = sb.REPO_ROOT
-HTTP_ECHO = REPO_ROOT / "fixtures" / "servers" / "http_echo.py"
 ECHO_FIXTURE = sb.ECHO_FIXTURE
-MODERN_VERSION = "2026-07-28"
-LEGACY_VERSION = "2025-11-25"
 ERAS = ("modern", "legacy")
 WARMUP_CALLS = 500
 FIRST_CALL_ID = 1
-READ_SIZE = 65536
 STALL_S = 10.0          # no byte from any connection for this long: the run fails
 START_TIMEOUT_S = 30.0  # a target must be listening within this
-CONNECT_TIMEOUT_S = 10.0
-GATEWAY_LISTENING = re.compile(r"serving MCP over HTTP on http://[^:]+:(\d+)/")
 MAX_EXAMPLES = sb.MAX_EXAMPLES
 
 
@@ -131,165 +136,9 @@ def call_tail(call_id: int, modern: bool) -> bytes:
     return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
-def request_head(url: "Url", method: str = "POST", headers: tuple = ()) -> bytes:
-    """Request line and headers, up to (not including) Content-Length."""
-    lines = [f"{method} {url.path} HTTP/1.1", f"Host: {url.netloc}"]
-    if method == "POST":
-        lines += ["Content-Type: application/json", "Accept: application/json, text/event-stream"]
-    lines += [f"{k}: {v}" for k, v in headers]
-    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
-
-
-def call_headers(modern: bool, session_id: str | None) -> tuple:
-    if modern:
-        return (("MCP-Protocol-Version", MODERN_VERSION), ("Mcp-Method", "tools/call"), ("Mcp-Name", "echo"))
-    return (("MCP-Protocol-Version", LEGACY_VERSION), ("Mcp-Session-Id", session_id))
-
-
-def initialize_body() -> bytes:
-    return orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": LEGACY_VERSION, "capabilities": {},
-        "clientInfo": {"name": "http-bench", "version": "0"}}})
-
-
-INITIALIZED_BODY = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
-
-
-class Url:
-    """The parts of an http:// URL the driver needs."""
-
-    def __init__(self, text: str):
-        parts = urlsplit(text)
-        if parts.scheme != "http" or not parts.hostname:
-            raise BenchError(f"not an http:// URL: {text!r}")
-        self.text = text
-        self.host = parts.hostname
-        self.port = parts.port or 80
-        self.netloc = parts.netloc
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-    def __str__(self) -> str:
-        return self.text
-
-
 # --------------------------------------------------------------------------
 # Wire format: responses
 # --------------------------------------------------------------------------
-
-class Response:
-    __slots__ = ("status", "headers", "body", "close")
-
-    def __init__(self, status: int, headers: dict, body: bytes, close: bool):
-        self.status, self.headers, self.body, self.close = status, headers, body, close
-
-    def header(self, name: bytes) -> str | None:
-        value = self.headers.get(name)
-        return None if value is None else value.decode("latin-1")
-
-
-class ProtocolError(Exception):
-    """The bytes are not an HTTP/1.1 response."""
-
-
-def parse_response(buf: bytes, eof: bool = False):
-    """(Response, bytes consumed) if ``buf`` starts with a whole response, else None.
-
-    Bodies framed by Content-Length, chunked, or (``eof``) by the connection's
-    end.  1xx interim responses are skipped.  Header names are lowercased; a
-    repeated header keeps its first value.
-    """
-    start = 0
-    while True:
-        end = buf.find(b"\r\n\r\n", start)
-        if end < 0:
-            if eof and buf[start:]:
-                raise ProtocolError(f"connection closed inside a response head: {buf[start:start + 200]!r}")
-            return None
-        line_end = buf.find(b"\r\n", start)
-        status_line = buf[start:line_end]
-        if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
-            raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:200]!r}")
-        try:
-            status = int(status_line[9:12])
-        except ValueError:
-            raise ProtocolError(f"bad status line: {status_line[:200]!r}") from None
-        headers = {}
-        if line_end < end:
-            for line in buf[line_end + 2:end].split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name not in headers:
-                    headers[name] = value.strip()
-        body_start = end + 4
-        if 100 <= status < 200:
-            start = body_start
-            continue
-        break
-    connection = headers.get(b"connection", b"").lower()
-    close = b"close" in connection or status_line.startswith(b"HTTP/1.0") and b"keep-alive" not in connection
-    if status in (204, 304):
-        return Response(status, headers, b"", close), body_start
-    length = headers.get(b"content-length")
-    if length is not None:
-        try:
-            n = int(length)
-        except ValueError:
-            raise ProtocolError(f"bad Content-Length: {length[:50]!r}") from None
-        stop = body_start + n
-        if len(buf) < stop:
-            if eof:
-                raise ProtocolError(f"connection closed after {len(buf) - body_start} of {n} body bytes")
-            return None
-        return Response(status, headers, buf[body_start:stop], close), stop
-    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-        parsed = parse_chunked(buf, body_start)
-        if parsed is None:
-            if eof:
-                raise ProtocolError("connection closed inside a chunked body")
-            return None
-        body, stop = parsed
-        return Response(status, headers, body, close), stop
-    if not eof:
-        return None   # delimited by the end of the connection
-    return Response(status, headers, buf[body_start:], True), len(buf)
-
-
-def parse_chunked(buf: bytes, pos: int):
-    """(body, end) of a chunked body starting at ``pos``, or None if incomplete."""
-    parts = []
-    while True:
-        line_end = buf.find(b"\r\n", pos)
-        if line_end < 0:
-            return None
-        try:
-            size = int(buf[pos:line_end].split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise ProtocolError(f"bad chunk size line: {buf[pos:line_end][:50]!r}") from None
-        pos = line_end + 2
-        if size == 0:
-            break
-        if len(buf) < pos + size + 2:
-            return None
-        parts.append(buf[pos:pos + size])
-        pos += size + 2
-    while True:   # trailers, then the blank line
-        line_end = buf.find(b"\r\n", pos)
-        if line_end < 0:
-            return None
-        if line_end == pos:
-            return b"".join(parts), pos + 2
-        pos = line_end + 2
-
-
-def sse_messages(body: bytes) -> list:
-    """The ``data`` of each event of an SSE body, as bytes (comments and other fields ignored)."""
-    out = []
-    text = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    for block in text.split(b"\n\n"):
-        data = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
-        if data:
-            out.append(b"\n".join(data))
-    return out
 
 
 # --------------------------------------------------------------------------
@@ -346,138 +195,6 @@ def check_answer(resp: Response, call_id: int, modern: bool):
 # --------------------------------------------------------------------------
 # Clients
 # --------------------------------------------------------------------------
-
-class Client:
-    """One virtual client: one keep-alive connection (and, legacy, one session)."""
-
-    def __init__(self, url: Url, modern: bool, timeout: float = CONNECT_TIMEOUT_S):
-        self.url = url
-        self.modern = modern
-        self.timeout = timeout
-        self.session_id = None
-        self.sock = None
-        self.buf = b""
-        self.connects = 0
-        self.connect()
-        self.head = request_head(url, "POST", call_headers(modern, None)) if modern else b""
-
-    def connect(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-        try:
-            sock = socket.create_connection((self.url.host, self.url.port), timeout=self.timeout)
-        except OSError as exc:
-            raise BenchError(f"cannot connect to {self.url}: {exc}") from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock, self.fd, self.buf = sock, sock.fileno(), b""
-        self.connects += 1
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    # -- blocking exchanges (handshakes, DELETE, idle sessions) ---------------
-
-    def exchange(self, data: bytes) -> Response:
-        """Send one whole request, read its whole response (blocking, bounded)."""
-        self.sock.settimeout(self.timeout)
-        try:
-            self.sock.sendall(data)
-            while True:
-                parsed = parse_response(self.buf)
-                if parsed is not None:
-                    break
-                chunk = self.sock.recv(READ_SIZE)
-                if not chunk:
-                    parsed = parse_response(self.buf, eof=True)
-                    if parsed is None:
-                        raise BenchError(f"{self.url}: connection closed before a response")
-                    break
-                self.buf += chunk
-        except ProtocolError as exc:
-            raise BenchError(f"{self.url}: {exc}") from None
-        except OSError as exc:   # includes socket.timeout
-            raise BenchError(f"{self.url}: {exc or type(exc).__name__}") from None
-        resp, used = parsed
-        self.buf = self.buf[used:]
-        if resp.close:
-            self.connect()
-        return resp
-
-    def post(self, body: bytes, headers: tuple = ()) -> Response:
-        head = request_head(self.url, "POST", headers)
-        return self.exchange(head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-
-    def open_session(self) -> str:
-        """Legacy handshake: initialize, then notifications/initialized; returns the session id."""
-        resp = self.post(initialize_body())
-        sid = resp.header(b"mcp-session-id")
-        if resp.status != 200 or not sid:
-            raise BenchError(f"initialize: HTTP {resp.status}, session id {sid!r}: {resp.body[:300]!r}")
-        msg = self._message(resp)
-        if not isinstance(msg, dict) or msg.get("id") != 0 or "result" not in msg:
-            raise BenchError(f"initialize failed: {resp.body[:300]!r}")
-        self.session_id = sid
-        resp = self.post(INITIALIZED_BODY, (("MCP-Protocol-Version", LEGACY_VERSION), ("Mcp-Session-Id", sid)))
-        if resp.status != 202:
-            raise BenchError(f"notifications/initialized: HTTP {resp.status} (expected 202): {resp.body[:300]!r}")
-        self.head = request_head(self.url, "POST", call_headers(False, sid))
-        return sid
-
-    def end_session(self) -> int:
-        """DELETE the session; returns the HTTP status."""
-        if self.session_id is None:
-            return 0
-        head = request_head(self.url, "DELETE", (("Mcp-Session-Id", self.session_id),))
-        resp = self.exchange(head + b"\r\n")
-        self.session_id = None
-        return resp.status
-
-    @staticmethod
-    def _message(resp: Response):
-        data = resp.body
-        if resp.headers.get(b"content-type", b"").startswith(b"text/event-stream"):
-            events = sse_messages(data)
-            data = events[-1] if events else b""
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
-
-
-def open_clients(url: Url, k: int, modern: bool) -> list:
-    clients = []
-    try:
-        for _ in range(k):
-            client = Client(url, modern)
-            clients.append(client)
-            if not modern:
-                client.open_session()
-    except BaseException:
-        close_clients(clients, end_sessions=False)
-        raise
-    return clients
-
-
-def close_clients(clients: list, end_sessions: bool = True) -> list:
-    """End sessions (legacy, DELETE) and close connections; returns the failed DELETEs.
-
-    After a failure the sessions are left alone (``end_sessions=False``): a
-    target that stopped answering would make each DELETE wait for its timeout.
-    """
-    bad = []
-    for client in clients:
-        if end_sessions:
-            try:
-                status = client.end_session()
-                if status not in (0, 200):
-                    bad.append(status)
-            except BenchError as exc:
-                bad.append(str(exc))
-                end_sessions = False
-        client.close()
-    return bad
 
 
 # --------------------------------------------------------------------------
@@ -672,7 +389,7 @@ def reap_workers(procs: list, pipes: list, grace: float = 5.0) -> None:
 
 def _sample(pid, driver_first: bool) -> CpuSample:
     if pid is None:
-        return CpuSample(0, {}, *sb.driver_clocks())
+        return CpuSample(0, {}, *procfs.driver_clocks())
     return CpuSample.take(pid, driver_first)
 
 
@@ -720,11 +437,11 @@ def _worker(pipe, url_text, modern, k, first_id, n, warmup, spin, deadline) -> N
         if not pipe.poll(max(1.0, deadline - time.monotonic())) or pipe.recv() != "go":
             raise BenchError("worker: no 'go' from the driver")
         gc.disable()
-        cpu0, ticks0 = time.process_time_ns(), sb.read_stat(os.getpid()).ticks
+        cpu0, ticks0 = time.process_time_ns(), procfs.read_stat(os.getpid()).ticks
         start = time.perf_counter_ns()
         result = drive(clients, first_id + warmup, n, spin, deadline)
         end = start + result.elapsed_ns
-        cpu1, ticks1 = time.process_time_ns(), sb.read_stat(os.getpid()).ticks
+        cpu1, ticks1 = time.process_time_ns(), procfs.read_stat(os.getpid()).ticks
         gc.enable()
         close_failures = close_clients(clients)
         pipe.send(("result", {
@@ -801,7 +518,7 @@ def _window_workers(url, modern, k, first_id, n, warmup, spin, deadline, pid, wo
     worker_ns = sum(p["cpu_ns"] for p in parts)
     m["driver_cpu_us_per_call"] = round(worker_ns / 1000 / (calls or 1), 2)
     if m["other_load_cpus"] is not None:
-        window_ticks = elapsed / 1e9 * sb.CLK_TCK
+        window_ticks = elapsed / 1e9 * procfs.CLK_TCK
         workers_ticks = sum(p["ticks"] for p in parts)
         m["other_load_cpus"] = round(max(0.0, m["other_load_cpus"] - workers_ticks / window_ticks), 2)
     m["workers"] = workers
@@ -816,263 +533,6 @@ def _window_workers(url, modern, k, first_id, n, warmup, spin, deadline, pid, wo
 # --------------------------------------------------------------------------
 # Targets
 # --------------------------------------------------------------------------
-
-def read_rss_kib(pid) -> int | None:
-    """VmRSS of a process in KiB, or None if it is gone (or a kernel thread)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def read_pss_kib(pid) -> int | None:
-    """Pss of a process in KiB (its share of the memory it maps), or None."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def tree_pss_kib(pid) -> int:
-    """Pss summed over pid and its descendants: what the tree really costs in RAM
-    (RSS counts the interpreter's shared pages once per process)."""
-    pids = [pid, *sb.descendants(sb.scan_processes(), pid)]
-    return sum(read_pss_kib(p) or 0 for p in pids)
-
-
-def tree_rss_kib(pid) -> tuple:
-    """(RSS of pid, RSS of pid and all its descendants, number of descendants), KiB."""
-    own = read_rss_kib(pid)
-    kids = sb.descendants(sb.scan_processes(), pid)
-    total = (own or 0) + sum(read_rss_kib(p) or 0 for p in kids)
-    return own, total, len(kids)
-
-
-def mem_available_kib() -> int:
-    with open("/proc/meminfo", "rb") as f:
-        for line in f:
-            if line.startswith(b"MemAvailable:"):
-                return int(line.split()[1])
-    raise BenchError("no MemAvailable in /proc/meminfo")
-
-
-def pid_listening_on(port: int):
-    """The pid of one of our processes listening on a TCP port, or None."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(f"socket:[{fields[9]}]")
-        except OSError:
-            continue
-    if not inodes:
-        return None
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            for fd in os.listdir(f"/proc/{name}/fd"):
-                if os.readlink(f"/proc/{name}/fd/{fd}") in inodes:
-                    return int(name)
-        except OSError:
-            continue
-    return None
-
-
-class HttpTarget:
-    """A target process we start: listening within START_TIMEOUT_S, dead after ``timeout``.
-
-    ``kind`` is "direct", "gateway" or "fast".  The process gets its own
-    session; a watchdog kills its group (and the descendants we have seen) when
-    ``timeout`` expires, which makes every socket read in the driver fail, so
-    nothing waits past the deadline.  ``stop()`` sends SIGTERM to the target
-    (the gateway then ends its upstream processes the spec's way), waits, then
-    SIGKILLs what is left, including descendants in other process groups.
-    """
-
-    def __init__(self, kind: str, tmpdir: str, timeout: float, cpus=None, path: str = "/mcp/echo",
-                 dump: bool = False):
-        self.kind = kind
-        self.dump_file = None
-        self.timeout = timeout
-        self.expired = False
-        self.known_descendants = {}
-        self.stderr = tempfile.TemporaryFile()
-        tag = f"{kind}-{os.getpid()}-{time.monotonic_ns()}"
-        self.port_file = Path(tmpdir) / f"{tag}.port"
-        self.log_file = Path(tmpdir) / f"{tag}.log"
-        if kind == "direct":
-            argv = [sys.executable, str(HTTP_ECHO), "--port", "0", "--port-file", str(self.port_file)]
-            self.path = "/mcp"
-        elif kind == "fast":
-            argv = [sys.executable, "-m", "load.http_bench", "--fast-server", str(self.port_file)]
-            self.path = "/mcp"
-        else:
-            config = Path(tmpdir) / "http-bench-gateway.json"
-            if not config.exists():
-                config.write_text(json.dumps({"servers": {"echo": {"command": sys.executable,
-                                                                   "args": [str(ECHO_FIXTURE)]}}}))
-            argv = [sys.executable, "-m", "wire_gateway", "serve", "--config", str(config), "--port", "0",
-                    "--log-file", str(self.log_file)]
-            if dump:
-                self.dump_file = Path(tmpdir) / f"{tag}.dump.jsonl"
-                argv += ["--dump", str(self.dump_file)]
-            self.path = path
-        self.argv = argv
-        try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=self.stderr, cwd=REPO_ROOT, start_new_session=True)
-        except OSError as exc:
-            self.stderr.close()
-            raise BenchError(f"cannot start {shlex.join(argv)}: {exc}") from exc
-        self.pid = self.proc.pid
-        if cpus:
-            try:
-                os.sched_setaffinity(self.pid, cpus)
-            except OSError as exc:
-                self._kill_now()
-                raise BenchError(f"cannot pin target to CPUs {sorted(cpus)}: {exc}") from exc
-        self.watchdog = threading.Timer(timeout, self._expire)
-        self.watchdog.daemon = True
-        self.watchdog.start()
-        try:
-            self.port = self._wait_listening()
-        except BenchError:
-            self.stop()
-            raise
-        self.url = Url(f"http://127.0.0.1:{self.port}{self.path}")
-
-    def _wait_listening(self) -> int:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            port = self._port()
-            if port:
-                return port
-            if self.proc.poll() is not None:
-                raise self.failure(f"{self.kind} target exited before listening")
-            time.sleep(0.02)
-        raise self.failure(f"{self.kind} target not listening after {START_TIMEOUT_S:g}s")
-
-    def _port(self):
-        try:
-            if self.kind == "gateway":
-                m = GATEWAY_LISTENING.search(self.log_file.read_text(errors="replace"))
-                return int(m.group(1)) if m else None
-            text = self.port_file.read_text().strip()
-            return int(text) if text else None
-        except (OSError, ValueError):
-            return None
-
-    def _expire(self) -> None:
-        self.expired = True
-        self._kill_now()
-
-    def _kill_now(self) -> None:
-        try:
-            self.remember_now()   # before the target dies: its children are then reparented
-        except Exception:   # /proc raced with exiting processes: kill what we know of
-            pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for pid, start in list(self.known_descendants.items()):
-            if sb.still_running(pid, start):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def stderr_tail(self, limit: int = 2000) -> str:
-        out = ""
-        for source in (self.stderr, self.log_file):
-            try:
-                if source is self.stderr:
-                    source.flush()
-                    size = source.seek(0, os.SEEK_END)
-                    source.seek(max(0, size - limit))
-                    text = source.read().decode("utf-8", "replace")
-                else:
-                    text = source.read_text(errors="replace")[-limit:]
-            except (OSError, ValueError):
-                continue
-            if text.strip():
-                out += text
-        return out
-
-    def failure(self, what: str) -> BenchError:
-        if self.expired:
-            what = f"timed out after {self.timeout:g}s ({what})"
-        code = self.proc.poll()
-        if code is not None:
-            what += f"; target exited with {code}"
-        tail = self.stderr_tail().strip()
-        return BenchError(what + (f"\n--- target stderr/log (tail) ---\n{tail}" if tail else ""))
-
-    def remember(self, tree: dict) -> None:
-        for pid, stat in tree.items():
-            if pid != self.pid:
-                self.known_descendants[pid] = stat.start
-
-    def remember_now(self) -> None:
-        self.remember(sb.descendants(sb.scan_processes(), self.pid))
-
-    def stop(self, grace: float = 10.0) -> dict:
-        """SIGTERM, bounded wait, SIGKILL; then reap descendants seen during the run."""
-        self.remember_now()
-        how = "already-exited" if self.proc.poll() is not None else "SIGTERM"
-        if how == "SIGTERM":
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                how = "SIGKILL"
-                self._kill_now()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    how = "unkillable"
-        self.watchdog.cancel()
-        if self.expired:
-            how = "watchdog"
-        alive = sb.reap_stragglers(self.known_descendants, self.pid, 3.0)
-        self.stderr.close()
-        return {"stopped_by": how, "exit_code": self.proc.returncode, "stragglers": alive}
-
-
-class ExternalTarget:
-    """A server already running at a URL: never started or stopped by us."""
-
-    def __init__(self, url: str):
-        self.url = Url(url)
-        self.kind = "external"
-        self.pid = pid_listening_on(self.url.port) if self.url.host in ("127.0.0.1", "localhost", "::1") else None
-        self.argv = None
-
-    def remember(self, tree: dict) -> None:
-        pass
-
-    def remember_now(self) -> None:
-        pass
-
-    def stop(self, grace: float = 0.0) -> dict:
-        return {"stopped_by": "external (left running)", "exit_code": None, "stragglers": []}
-
-
-def start_target(spec: str, kind: str, tmpdir: str, timeout: float, cpus=None, dump: bool = False):
-    return HttpTarget(kind, tmpdir, timeout, cpus, dump=dump) if spec == "auto" else ExternalTarget(spec)
 
 
 def dump_figures(path) -> dict:
@@ -1106,7 +566,7 @@ def run_target(spec: str, kind: str, tmpdir: str, n: int, concurrency: list, mod
     run = {"scenarios": {}, "warmup_mismatches": 0}
     target = None
     try:
-        target = start_target(spec, kind, tmpdir, timeout, cpus, dump)
+        target = start_http(spec, kind, tmpdir, timeout, cpus, dump)
         run["url"] = str(target.url)
         run["pid"] = target.pid
         deadline = time.monotonic() + timeout
@@ -1115,7 +575,7 @@ def run_target(spec: str, kind: str, tmpdir: str, n: int, concurrency: list, mod
             try:
                 m = window(target.url, modern, k, call_id, n, warmup, spin, deadline, target.pid, workers)
             except BenchError as exc:
-                if isinstance(target, HttpTarget) and (target.expired or target.proc.poll() is not None):
+                if isinstance(target, HttpProcess) and (target.expired or target.proc.poll() is not None):
                     raise target.failure(str(exc)) from None
                 raise
             call_id += n + warmup
@@ -1144,18 +604,20 @@ def summarize(rounds: list, names: list) -> dict:
     for entry_slot in ("direct", "gateway"):
         runs = [r[entry_slot] for r in rounds]
         for key in EXTRA_FIELDS:
-            values = [r[key] for r in runs if r.get(key) is not None]
             for name in names:
-                summary[name][entry_slot][key] = statistics.median(values) if values else None
+                summary[name][entry_slot][key] = median(r.get(key) for r in runs)
     return summary
 
 
 def source_state() -> str:
     """The commit the gateway runs from, and whether wire_gateway/ differs from it."""
+    if CHECKOUT is None:
+        from wire_gateway import __version__
+        return f"installed wire-gateway {__version__}"
     try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+        head = subprocess.run(["git", "-C", str(CHECKOUT), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "wire_gateway"],
+        dirty = subprocess.run(["git", "-C", str(CHECKOUT), "status", "--porcelain", "--", "wire_gateway"],
                                capture_output=True, text=True, timeout=5).stdout.split("\n")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -1168,9 +630,9 @@ def run_bench(direct: str, gateway: str, n: int, concurrency: list, rounds: int,
               workers: int = 1, dump: bool = False) -> dict:
     """All rounds, alternating direct and gateway; returns the full result."""
     modern = era == "modern"
-    driver_cpus, target_cpus = sb.cpu_plan(pin)
+    driver_cpus, target_cpus = procfs.cpu_plan(pin)
     all_rounds = []
-    with tempfile.TemporaryDirectory(prefix="http-bench-") as tmpdir, sb.pinned(driver_cpus):
+    with tempfile.TemporaryDirectory(prefix="http-bench-") as tmpdir, procfs.pinned(driver_cpus):
         for _ in range(rounds):
             # --dump: A is the gateway without dumps (in the "direct" slot), B the gateway with them.
             plan = ((("direct", gateway, "gateway", False), ("gateway", gateway, "gateway", True)) if dump else
@@ -1184,10 +646,12 @@ def run_bench(direct: str, gateway: str, n: int, concurrency: list, rounds: int,
     runs = [r[slot] for r in all_rounds for slot in ("direct", "gateway")]
     return {
         "config": {
-            "direct": direct, "gateway": gateway, "dump": dump, "gateway_source": source_state(), "era": era, "n": n, "concurrency": concurrency,
+            "direct": direct, "gateway": gateway, "dump": dump, "gateway_source": source_state(), "era": era,
+            "n": n, "concurrency": concurrency,
             "rounds": rounds, "warmup": warmup, "timeout_s": timeout, "workers": workers,
-            "python": sys.version.split()[0], "cpus": os.cpu_count(), "clk_tck": sb.CLK_TCK,
-            "pin": pin, "spin": spin, "driver_cpus": sorted(driver_cpus or ()), "target_cpus": sorted(target_cpus or ()),
+            "python": sys.version.split()[0], "cpus": os.cpu_count(), "clk_tck": procfs.CLK_TCK,
+            "pin": pin, "spin": spin, "driver_cpus": sorted(driver_cpus or ()),
+            "target_cpus": sorted(target_cpus or ()),
         },
         "rounds": all_rounds,
         "summary": summarize(all_rounds, names),
@@ -1212,13 +676,13 @@ def idle_sessions(gateway: str, counts: list, tmpdir: str, timeout: float, reser
     target = None
     clients: list = []
     try:
-        target = start_target(gateway, "gateway", tmpdir, timeout)
+        target = start_http(gateway, "gateway", tmpdir, timeout)
         if target.pid is None:
             raise BenchError(f"cannot find the process listening on {target.url}: no RSS to measure")
         deadline = time.monotonic() + timeout
         pid, url = target.pid, target.url
         time.sleep(1.0)   # let start-up settle
-        baseline_kids = set(sb.descendants(sb.scan_processes(), pid))
+        baseline_kids = set(procfs.descendants(procfs.scan_processes(), pid))
 
         def checkpoint(label):
             own, total, kids = tree_rss_kib(pid)
@@ -1286,14 +750,15 @@ def idle_sessions(gateway: str, counts: list, tmpdir: str, timeout: float, reser
         if peak["sessions"]:
             growth = peak["gateway_rss_kib"] - idle["gateway_rss_kib"]
             out["gateway_kib_per_session"] = round(growth / peak["sessions"], 1)
-            out["tree_rss_mib_per_session"] = round((peak["tree_rss_kib"] - idle["tree_rss_kib"]) / 1024 / peak["sessions"], 1)
-            out["tree_pss_mib_per_session"] = round((peak["tree_pss_kib"] - idle["tree_pss_kib"]) / 1024 / peak["sessions"], 2)
+            for key, digits in (("rss", 1), ("pss", 2)):
+                growth_kib = peak[f"tree_{key}_kib"] - idle[f"tree_{key}_kib"]
+                out[f"tree_{key}_mib_per_session"] = round(growth_kib / 1024 / peak["sessions"], digits)
         out["delete_failures"] = _delete_sessions(clients, parallel)
         clients = []
         # every session's process must be gone; the shared (modern) process stays
         gone_by = time.monotonic() + 30.0
         while True:
-            left = set(sb.descendants(sb.scan_processes(), pid)) - baseline_kids
+            left = set(procfs.descendants(procfs.scan_processes(), pid)) - baseline_kids
             if not left or time.monotonic() > gone_by:
                 break
             time.sleep(0.2)
@@ -1331,7 +796,8 @@ def _delete_sessions(clients: list, parallel: int) -> list:
 _FAST_HEAD_END = b"\r\n\r\n"
 _FAST_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
 _FAST_SESSION = re.compile(rb"\r\nmcp-session-id:[ \t]*([!-~]+)", re.I)
-_FAST_CALL = re.compile(rb'"id":(\d+),"method":"tools/call","params":\{"name":"echo","arguments":\{"text":"([A-Za-z0-9_]*)"\}')
+_FAST_CALL = re.compile(rb'"id":(\d+),"method":"tools/call","params":\{"name":"echo",'
+                        rb'"arguments":\{"text":"([A-Za-z0-9_]*)"\}')
 _FAST_ANSWER = (b'{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"%s"}],"isError":false%s}}')
 
 
@@ -1409,7 +875,8 @@ def fast_server(port_file: str) -> None:
                 elif b'"id"' not in body:
                     status, payload = b"202 Accepted", b""
                 else:
-                    status, payload = b"400 Bad Request", b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"fast server: unsupported"}}'
+                    status, payload = b"400 Bad Request", (b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,'
+                                                           b'"message":"fast server: unsupported"}}')
                 out.append(b"HTTP/1.1 %s\r\ncontent-type: application/json%s\r\ncontent-length: %d\r\n\r\n%s"
                            % (status, sid, len(payload), payload))
             bufs[fd] = buf
@@ -1423,11 +890,11 @@ def fast_server(port_file: str) -> None:
 def run_ceiling(n: int, concurrency: list, rounds: int, warmup: int, timeout: float, pin: str, spin: bool,
                 workers: int) -> dict:
     """The driver against the fast server, both eras; medians over rounds."""
-    driver_cpus, target_cpus = sb.cpu_plan(pin)
+    driver_cpus, target_cpus = procfs.cpu_plan(pin)
     names = [name for name, _ in scenarios(concurrency)]
     out = {"config": {"n": n, "concurrency": concurrency, "rounds": rounds, "pin": pin, "spin": spin,
                       "workers": workers}, "eras": {}, "errors": [], "mismatches": 0}
-    with tempfile.TemporaryDirectory(prefix="http-ceiling-") as tmpdir, sb.pinned(driver_cpus):
+    with tempfile.TemporaryDirectory(prefix="http-ceiling-") as tmpdir, procfs.pinned(driver_cpus):
         for era in ERAS:
             runs = []
             for _ in range(rounds):
@@ -1441,24 +908,15 @@ def run_ceiling(n: int, concurrency: list, rounds: int, warmup: int, timeout: fl
 
 def render_ceiling(result: dict) -> str:
     cfg = result["config"]
-    lines = [f"http-bench driver ceiling against the in-module fast echo (n={cfg['n']}, pin={cfg['pin']}, "
-             f"spin={cfg['spin']}, workers={cfg['workers']}, median of {cfg['rounds']})",
-             f"{'':10}{'scenario':14}{'calls/s':>12}{'p50 us':>9}{'p99 us':>9}{'driver CPU us/call':>20}"
-             f"{'server CPU us/call':>20}"]
-    for era, table in result["eras"].items():
-        for name, m in table.items():
-            lines.append(f"{era:10}{name:14}{sb.fmt(m.get('calls_per_s')):>12}{sb.fmt(m.get('p50_us')):>9}"
-                         f"{sb.fmt(m.get('p99_us')):>9}{sb.fmt(m.get('driver_cpu_us_per_call')):>20}"
-                         f"{sb.fmt(m.get('target_cpu_us_per_call')):>20}")
-    for error in result["errors"]:
-        lines.append(f"ERROR {error}")
-    lines.append(f"mismatches: {result['mismatches']}")
-    return "\n".join(lines)
+    rows = [[era, name, m.get("calls_per_s"), m.get("p50_us"), m.get("p99_us"), m.get("driver_cpu_us_per_call"),
+             m.get("target_cpu_us_per_call")] for era, scenarios in result["eras"].items()
+            for name, m in scenarios.items()]
+    return "\n".join([f"http-bench driver ceiling against the in-module fast echo (n={cfg['n']}, pin={cfg['pin']}, "
+                      f"spin={cfg['spin']}, workers={cfg['workers']}, median of {cfg['rounds']})",
+                      *table(["era", "scenario", "calls/s", "p50 us", "p99 us", "driver CPU us/call",
+                              "server CPU us/call"], rows, indent=0),
+                      *(f"ERROR {error}" for error in result["errors"]), f"mismatches: {result['mismatches']}"])
 
-
-# --------------------------------------------------------------------------
-# Text output
-# --------------------------------------------------------------------------
 
 def mib(kib) -> str:
     return "-" if kib is None else f"{kib / 1024:,.1f}"
@@ -1469,66 +927,41 @@ def render(result: dict) -> str:
     if cfg.get("dump"):
         lines = [f"http-bench --dump: era={cfg['era']} n={cfg['n']} rounds={cfg['rounds']} warmup={cfg['warmup']} "
                  f"concurrency={cfg['concurrency']}",
-                 '  "direct" below = the gateway WITHOUT dumps; "gateway" = the gateway WITH --dump',
-                 f"  gateway source: {cfg['gateway_source']}", ""]
-        for name, entry in result["summary"].items():
-            lines += sb.render_scenario(name, entry, result["rounds"]) + [""]
-        for i, rnd in enumerate(result["rounds"], 1):
-            if "dump" in rnd["gateway"]:
-                lines.append(f"round {i} dump: {rnd['gateway']['dump']}")
-            for slot in ("direct", "gateway"):
-                if "error" in rnd[slot]:
-                    lines.append(f"round {i} {slot}: ERROR {rnd[slot]['error']}")
-        lines.append(f"total mismatches: {result['mismatches']}   errors: {result['errors']}")
-        return "\n".join(lines)
-    lines = [
-        f"http-bench: era={cfg['era']} n={cfg['n']} rounds={cfg['rounds']} warmup={cfg['warmup']} "
-        f"concurrency={cfg['concurrency']} workers={cfg['workers']} pin={cfg['pin']} spin={cfg['spin']} "
-        f"(driver CPUs {cfg['driver_cpus'] or 'any'}, target CPUs {cfg['target_cpus'] or 'any'})",
-        f"  direct : {cfg['direct']}" + (f"  ({HTTP_ECHO.relative_to(REPO_ROOT)})" if cfg["direct"] == "auto" else ""),
-        f"  gateway: {cfg['gateway']}" + ("  (wire_gateway serve over the stdio echo fixture)"
-                                          if cfg["gateway"] == "auto" else ""),
-        f"  gateway source: {cfg['gateway_source']}",
-        "",
-    ]
-    for name, entry in result["summary"].items():
-        lines += sb.render_scenario(name, entry, result["rounds"]) + [""]
+                 '  "direct" below = the gateway WITHOUT dumps; "gateway" = the gateway WITH --dump']
+    else:
+        lines = [f"http-bench: era={cfg['era']} n={cfg['n']} rounds={cfg['rounds']} warmup={cfg['warmup']} "
+                 f"concurrency={cfg['concurrency']} workers={cfg['workers']} pin={cfg['pin']} spin={cfg['spin']} "
+                 f"(driver CPUs {cfg['driver_cpus'] or 'any'}, target CPUs {cfg['target_cpus'] or 'any'})",
+                 f"  direct : {cfg['direct']}" + ("  (the bundled http_echo.py)" if cfg["direct"] == "auto" else ""),
+                 f"  gateway: {cfg['gateway']}" + ("  (wire_gateway serve over the stdio echo fixture)"
+                                                   if cfg["gateway"] == "auto" else "")]
+    lines += [f"  gateway source: {cfg['gateway_source']}", "",
+              *sb.render_runs(result, ("SIGTERM", "external (left running)"))]
     first = next(iter(result["summary"].values()), None)
-    if first is not None:
+    if first is not None and not cfg.get("dump"):
         d, g = first["direct"], first["gateway"]
         lines.append(f"RSS at the end of a run (median), MiB: direct {mib(d.get('rss_kib'))}; gateway "
                      f"{mib(g.get('rss_kib'))} itself, {mib(g.get('tree_rss_kib'))} with its children")
-    for i, rnd in enumerate(result["rounds"], 1):
-        for slot in ("direct", "gateway"):
-            run = rnd[slot]
-            if "error" in run:
-                lines.append(f"round {i} {slot}: ERROR {run['error']}")
-            for s_name, s in run.get("scenarios", {}).items():
-                for example in s["warmup_mismatch_examples"] + s["mismatch_examples"]:
-                    lines.append(f"round {i} {slot} {s_name}: {example}")
-                if s.get("session_close_failures"):
-                    lines.append(f"round {i} {slot} {s_name}: DELETE failures {s['session_close_failures']}")
-            stop = run.get("shutdown", {})
-            if stop.get("stragglers") or stop.get("stopped_by") not in ("SIGTERM", "external (left running)"):
-                lines.append(f"round {i} {slot}: shutdown {stop}")
+    lines += [f"round {i} dump: {rnd['gateway']['dump']}" for i, rnd in enumerate(result["rounds"], 1)
+              if "dump" in rnd["gateway"]]
     if "idle_sessions" in result:
-        lines += [""] + render_idle(result["idle_sessions"])
+        lines += ["", *render_idle(result["idle_sessions"])]
     lines.append(f"total mismatches: {result['mismatches']}   errors: {result['errors']}")
     return "\n".join(lines)
 
 
 def render_idle(idle: dict) -> list:
+    rows = [[p["label"], p["sessions"], mib(p["gateway_rss_kib"]), mib(p["tree_rss_kib"]), mib(p["tree_pss_kib"]),
+             p["processes"], p["mem_available_mib"], p.get("gateway_kib_per_session")]
+            for p in idle.get("checkpoints", [])]
     lines = ["== idle legacy sessions on the gateway (initialize + initialized, then idle)",
-             f"{'':30}{'sessions':>9}{'gateway RSS MiB':>17}{'tree RSS MiB':>14}{'tree PSS MiB':>14}"
-             f"{'processes':>11}{'MemAvailable MiB':>18}{'gw KiB/session':>16}"]
-    for p in idle.get("checkpoints", []):
-        lines.append(f"{p['label']:30}{p['sessions']:>9}{mib(p['gateway_rss_kib']):>17}{mib(p['tree_rss_kib']):>14}"
-                     f"{mib(p['tree_pss_kib']):>14}{p['processes']:>11}{p['mem_available_mib']:>18,}"
-                     f"{sb.fmt(p.get('gateway_kib_per_session')):>16}")
+             *table(["", "sessions", "gateway RSS MiB", "tree RSS MiB", "tree PSS MiB", "processes",
+                     "MemAvailable MiB", "gw KiB/session"], rows, indent=0)]
     if "gateway_kib_per_session" in idle:
         lines.append(f"  per idle session: gateway's own RSS +{idle['gateway_kib_per_session']:.1f} KiB; whole tree "
-                     f"+{idle['tree_rss_mib_per_session']:.1f} MiB RSS, +{idle['tree_pss_mib_per_session']:.2f} MiB PSS "
-                     f"(mostly the upstream process); {idle['peak_sessions']} sessions opened in {idle.get('open_seconds')}s")
+                     f"+{idle['tree_rss_mib_per_session']:.1f} MiB RSS, +{idle['tree_pss_mib_per_session']:.2f} MiB "
+                     f"PSS (mostly the upstream process); {idle['peak_sessions']} sessions opened in "
+                     f"{idle.get('open_seconds')}s")
     if "stopped_early" in idle:
         lines.append(f"  {idle['stopped_early']}")
     if "session_processes_left" in idle:
@@ -1594,7 +1027,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure frame dumps: the gateway without (A) and with --dump (B), same invocation")
     parser.add_argument("--ceiling", action="store_true",
                         help="measure the driver itself against a minimal in-module echo, both eras, instead")
-    sb.add_pin_argument(parser)
+    procfs.add_pin_argument(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
 
 
@@ -1625,15 +1058,7 @@ def run(args) -> int:
     return exit_status(result)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--fast-server"] and len(argv) == 2:
-        fast_server(argv[1])
-        return 0
-    parser = argparse.ArgumentParser(prog="python -m load http-bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":   # `python -m load.http_bench --fast-server PORTFILE`: the canned-answer server
+    if sys.argv[1:2] != ["--fast-server"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m load.http_bench --fast-server PORTFILE")
+    fast_server(sys.argv[2])

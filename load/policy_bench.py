@@ -30,109 +30,73 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from load import policy_http
+from . import policy_http
+from .procfs import read_stat, ticks_to_us
+from .stats import percentile
+from .stdio_bench import Target
 
 ECHO = [sys.executable, "-m", "wire_gateway.demo.echo"]
-INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "policy-bench", "version": "0"}}
 FIVE = {"tools": {"deny": ["never_*"]}, "pinning": "enforce", "schema": True,
         "cache": {"tools_list_ttl": 300, "results": True}}
 
 
-class Gateway:
-    """One `wire-gateway stdio` process with a one-server config, spoken to line by line."""
+def start_gateway(folder: Path, label: str, policy: dict, store: dict | None = None) -> Target:
+    """One `wire-gateway stdio` process with a one-server config, initialized."""
+    doc: dict = {"servers": {"echo": {"command": ECHO[0], "args": ECHO[1:], **policy}}}
+    if store:
+        doc["store"] = store
+    config = folder / f"{label}.json"
+    config.write_text(json.dumps(doc))
+    gateway = Target([sys.executable, "-m", "wire_gateway", "stdio", "--config", str(config)], timeout=3600)
+    gateway.label, gateway.next_id = label, 0
+    gateway.handshake()
+    return gateway
 
-    def __init__(self, folder: Path, label: str, policy: dict, store: dict | None = None) -> None:
-        doc: dict = {"servers": {"echo": {"command": ECHO[0], "args": ECHO[1:], **policy}}}
-        if store:
-            doc["store"] = store
-        config = folder / f"{label}.json"
-        config.write_text(json.dumps(doc))
-        self.label = label
-        self.stderr = open(folder / f"{label}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "wire_gateway", "stdio", "--config", str(config)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
-        self.out = self.proc.stdout          # buffered: one read per answer, not one per byte
-        self.fd_in = self.proc.stdin.fileno()
-        self.next_id = 0
-        self.call("initialize", INIT)
-        os.write(self.fd_in, b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
 
-    def call(self, method: str, params: dict | None = None) -> dict:
-        self.next_id += 1
-        msg = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
-        if params is not None:
-            msg["params"] = params
-        os.write(self.fd_in, json.dumps(msg).encode() + b"\n")
-        while True:
-            line = self.out.readline()
-            if not line:
-                raise RuntimeError(f"{self.label}: the gateway closed its stdout")
-            answer = json.loads(line)
-            if answer.get("id") == self.next_id and "method" not in answer:
-                if "error" in answer:
-                    raise RuntimeError(f"{self.label}: {method} failed: {answer['error']}")
-                return answer
-
-    def cpu_us(self) -> float:
-        """CPU time (user + system) the gateway process itself has used, in microseconds."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) * 1e6 / os.sysconf("SC_CLK_TCK")
-
-    def timed(self, method: str, n: int) -> list[int]:
-        """n sequential round trips of `method`, in microseconds."""
-        line_prefix = b'{"jsonrpc":"2.0","id":%d,"method":"' + method.encode() + b'"}\n'
-        fd, readline = self.fd_in, self.out.readline
-        out = []
-        for _ in range(n):
-            self.next_id += 1
-            start = time.perf_counter_ns()
-            os.write(fd, line_prefix % self.next_id)
-            line = readline()
-            out.append((time.perf_counter_ns() - start) // 1000)
-            if not line or b'"id":%d' % self.next_id not in line.replace(b" ", b""):
-                raise RuntimeError(f"{self.label}: unexpected answer {line[:200]!r}")
-        return out
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.stderr.close()
+def timed(gateway: Target, method: str, n: int) -> list[int]:
+    """n sequential round trips of `method`, in microseconds."""
+    template = b'{"jsonrpc":"2.0","id":%d,"method":"' + method.encode() + b'"}\n'
+    out = []
+    for _ in range(n):
+        gateway.next_id += 1
+        start = time.perf_counter_ns()
+        gateway.write_all(template % gateway.next_id)
+        answer = gateway.read_message()
+        out.append((time.perf_counter_ns() - start) // 1000)
+        if not isinstance(answer, dict) or answer.get("id") != gateway.next_id or "result" not in answer:
+            raise gateway.failure(f"{gateway.label}: unexpected answer to {method}: {str(answer)[:200]}")
+    return out
 
 
 def summary(samples: list[int]) -> dict:
     ordered = sorted(samples)
-    return {"median_us": statistics.median(ordered), "p90_us": ordered[int(len(ordered) * 0.9)],
+    return {"median_us": statistics.median(ordered), "p90_us": percentile(ordered, 90),
             "mean_us": round(statistics.fmean(ordered), 1), "n": len(ordered)}
 
 
-def compare(a: Gateway, b: Gateway, method: str, n: int, rounds: int, warmup: int = 200) -> dict:
-    a.timed(method, warmup)
-    b.timed(method, warmup)
+def compare(a: Target, b: Target, method: str, n: int, rounds: int, warmup: int = 200) -> dict:
+    timed(a, method, warmup)
+    timed(b, method, warmup)
     samples: dict[str, list[int]] = {a.label: [], b.label: []}
     cpu = {a.label: 0.0, b.label: 0.0}
 
-    def one(g: Gateway) -> None:
-        before = g.cpu_us()
-        samples[g.label] += g.timed(method, n)
-        cpu[g.label] += g.cpu_us() - before
+    def one(g: Target) -> None:
+        before = read_stat(g.pid).ticks
+        samples[g.label] += timed(g, method, n)
+        cpu[g.label] += ticks_to_us(read_stat(g.pid).ticks - before)
 
     for i in range(rounds):       # A B, then B A: neither side always runs first
         for g in ((a, b) if i % 2 == 0 else (b, a)):
             one(g)
     out: dict = {}
     for g in (a, b):
-        out[g.label] = {**summary(samples[g.label]), "gateway_cpu_us_per_request": round(cpu[g.label] / (n * rounds), 1)}
+        out[g.label] = {**summary(samples[g.label]),
+                        "gateway_cpu_us_per_request": round(cpu[g.label] / (n * rounds), 1)}
     out["ratio_of_medians"] = round(out[b.label]["median_us"] / out[a.label]["median_us"], 3)
     return out
 
@@ -200,11 +164,12 @@ def run_stdio(args: argparse.Namespace) -> dict:
                           ("cached_redis", {"pinning": "off", "cache": {"tools_list_ttl": 300}}),
                           {"backend": "redis", "url": args.redis_url, "prefix": f"policy-bench-{os.getpid()}:"}))
         for name, method, (la, pa), (lb, pb), store in pairs:
-            a = Gateway(folder, la, pa)
-            b = Gateway(folder, lb, pb, store)
+            gateways = []
             try:
-                results[name] = compare(a, b, method, args.n, args.rounds)
+                gateways.append(start_gateway(folder, la, pa))
+                gateways.append(start_gateway(folder, lb, pb, store))
+                results[name] = compare(*gateways, method, args.n, args.rounds)
             finally:
-                a.close()
-                b.close()
+                for gateway in gateways:
+                    gateway.stop()
     return results

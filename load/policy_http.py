@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from load import bench
-from load import stdio_bench as sb
-from load.http_bench import BenchError, HttpTarget
+from . import BenchError, bench
+from .ab import ratio_summary, side_by_side
+from .procfs import pinned
+from .targets import HttpProcess
 
 FILTER_SCHEMA = bench.FILTER_SCHEMA
 WARMUP_CALLS = 600
@@ -73,49 +71,20 @@ def pairs(eras: tuple[str, ...]) -> list[Pair]:
     return out
 
 
-def _load_run(url: str, fixture: str, concurrency: int, extra: list) -> list:
-    return [sys.executable, "-m", "load", "run", "--target", url, "--fixture", fixture, "-c", str(concurrency),
-            *extra, "--json"]
-
-
-def _read(out: str, what: str) -> dict:
-    try:
-        doc = json.loads(out)
-        return {"calls_per_s": doc["runs"][0]["calls_per_s"], "mismatches": doc["mismatches"], "errors": doc["errors"]}
-    except (ValueError, KeyError, IndexError) as exc:
-        raise BenchError(f"{what}: the load run printed no result ({exc}): {out[-500:]!r}") from None
-
-
 def one_round(pair: Pair, tmpdir: str, concurrency: int, duration: float, cpus) -> dict:
-    timeout = duration + 120.0
     folder = Path(tempfile.mkdtemp(dir=tmpdir))
-    fixtures, targets = [], []
+    fixtures, warmups, targets = [], [], []
     try:
         for label, side in (("a", pair.a), ("b", pair.b)):
             own = folder / label
             own.mkdir()
             (own / "http-bench-gateway.json").write_text(json.dumps(side.config))
             fixtures.append(bench.write_fixture(own / "calls.jsonl", pair.era, side.calls or pair.calls))
-            targets.append(HttpTarget("gateway", str(own), timeout, cpus, path=side.path))
-        for target, fixture, label in zip(targets, fixtures, "ab"):
-            warm = fixture if pair.warmup is None else bench.write_fixture(
-                folder / f"warm-{label}.jsonl", pair.era, pair.warmup)
-            done = subprocess.run(_load_run(str(target.url), warm, concurrency, ["-n", str(WARMUP_CALLS)]),
-                                  capture_output=True, text=True, cwd=sb.REPO_ROOT, timeout=timeout)
-            _read(done.stdout, f"warm-up {label.upper()}")
-        drivers = [subprocess.Popen(_load_run(str(t.url), f, concurrency, ["--duration", f"{duration}s"]),
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=sb.REPO_ROOT)
-                   for t, f in zip(targets, fixtures)]
-        try:
-            outs = [d.communicate(timeout=timeout)[0] for d in drivers]
-        finally:
-            for d in drivers:
-                if d.poll() is None:
-                    d.kill()
-                    d.wait()
-        a, b = _read(outs[0], "A"), _read(outs[1], "B")
-        return {"a": a, "b": b, "ratio": b["calls_per_s"] / a["calls_per_s"] if a["calls_per_s"] else None}
-    except (BenchError, subprocess.SubprocessError, OSError) as exc:
+            warmups.append(fixtures[-1] if pair.warmup is None else
+                           bench.write_fixture(own / "warm.jsonl", pair.era, pair.warmup))
+            targets.append(HttpProcess("gateway", str(own), duration + 120.0, cpus, path=side.path))
+        return side_by_side([str(t.url) for t in targets], fixtures, concurrency, duration, WARMUP_CALLS, warmups)
+    except BenchError as exc:
         return {"error": str(exc)}
     finally:
         for target in targets:
@@ -125,22 +94,18 @@ def one_round(pair: Pair, tmpdir: str, concurrency: int, duration: float, cpus) 
 def run_pairs(eras: tuple[str, ...], rounds: int, concurrency: int, duration: float,
               only: list[str] | None = None) -> dict:
     allowed = sorted(os.sched_getaffinity(0))
-    target_cpus = {allowed[-1]}
-    driver_cpus = set(allowed[:-1]) or None
+    target_cpus, driver_cpus = {allowed[-1]}, set(allowed[:-1]) or None
     out: dict = {}
-    with tempfile.TemporaryDirectory(prefix="policy-http-") as tmpdir, sb.pinned(driver_cpus):
+    with tempfile.TemporaryDirectory(prefix="policy-http-") as tmpdir, pinned(driver_cpus):
         for pair in pairs(eras):
             if only and pair.name not in only:
                 continue
             results = [one_round(pair, tmpdir, concurrency, duration, target_cpus) for _ in range(rounds)]
-            ratios = [r["ratio"] for r in results if r.get("ratio")]
+            summary = ratio_summary(results)
             out[f"http_{pair.name}_{pair.era}"] = {
-                "rounds": results, "target": pair.target,
-                "ratio_median": statistics.median(ratios) if ratios else None,
-                "ratio_min": min(ratios, default=None), "ratio_max": max(ratios, default=None),
-                "mismatches": sum(r[s]["mismatches"] for r in results for s in ("a", "b") if s in r),
-                "errors": sum(1 for r in results if "error" in r)
-                + sum(r[s]["errors"] for r in results for s in ("a", "b") if s in r)}
+                "rounds": results, "target": pair.target, "ratio_median": summary["median"],
+                "ratio_min": summary["min"], "ratio_max": summary["max"],
+                "mismatches": summary["mismatches"], "errors": summary["errors"]}
     return out
 
 

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import select
 import signal
-import socket
 import subprocess
 import time
 from array import array
@@ -42,11 +40,20 @@ import orjson
 import outcome
 import trio
 
-from load.http_bench import ProtocolError, Response, Url, parse_response, request_head
 from wire_gateway.dump.fixture import read_fixture
 from wire_gateway.wire.era import META_PROTOCOL_VERSION
 from wire_gateway.wire.headers import NAME_SOURCES, HeaderError, encode_header_value, param_headers_for
-from wire_gateway.wire.sse import SSEDecoder
+
+from .http_client import (
+    _CONTENT_LENGTH,
+    _NEEDS_FULL_PARSE,
+    Disconnected,
+    HttpConn,
+    HttpStatus,
+    request_head,
+    sse_messages,
+)
+from .targets import Url
 
 ID_STRIDE = 10 ** 9
 _ID_SENTINEL = 918273645506172839
@@ -91,7 +98,7 @@ class Call:
 
     def prepare(self) -> None:
         """Serialize once with sentinels, keep a bytes template: ``render`` is then one ``%``."""
-        msg, body, _ = tagged_call(self, _ID_SENTINEL, _TAG_SENTINEL)
+        _msg, body, _ = tagged_call(self, _ID_SENTINEL, _TAG_SENTINEL)
         id_bytes, tag_bytes = b"%d" % _ID_SENTINEL, _TAG_SENTINEL.encode()
         if body.count(id_bytes) != 1 or body.count(tag_bytes) != (1 if self.tag_key else 0):
             return   # a sentinel collides with the data: render the slow way
@@ -470,203 +477,6 @@ def _handshake_agrees(method: str, want, got) -> bool:
 # Transports: one connection (or process) per virtual session
 # --------------------------------------------------------------------------
 
-class Disconnected(Exception):
-    """The peer closed the connection (or the process exited) before answering."""
-
-
-class HttpStatus(Exception):
-    def __init__(self, status: int, body: bytes):
-        super().__init__(f"HTTP {status}: {body[:200]!r}")
-        self.status = status
-        self.body = body
-
-
-class HttpConn:
-    """One keep-alive HTTP/1.1 connection, hand-framed on a non-blocking stdlib socket.
-
-    Waits with trio's ``wait_readable`` only when a read would block: one
-    scheduler pass per answer, where trio's socket wrapper costs two or three.
-    """
-
-    def __init__(self, url: Url):
-        self.url = url
-        self.sock = None
-        self.buf = b""
-
-    async def connect(self) -> None:
-        self.close()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            try:
-                sock.connect((self.url.host, self.url.port))
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    raise OSError(err, f"cannot connect to {self.url}: {os.strerror(err)}")
-        except BaseException:
-            sock.close()
-            raise
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock, self.buf = sock, b""
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    async def exchange(self, data: bytes, on_event=None, fast: bool = False):
-        """Send a request, return its Response; SSE events are given to ``on_event`` as they arrive.
-
-        A chunked event stream is decoded incrementally, so a server request
-        inside it can be answered (by ``on_event``) before the stream ends.
-        """
-        if self.sock is None:
-            await self.connect()
-        try:
-            try:
-                sent = self.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent < len(data):
-                await self._send_rest(memoryview(data)[sent:])
-        except OSError as exc:
-            self.close()
-            raise Disconnected(f"{self.url}: {exc}") from None
-        except BaseException:
-            self.close()
-            raise
-        return await self.receive(on_event, fast)
-
-    async def receive(self, on_event=None, fast: bool = False):
-        """Read one response (what is already buffered first); see ``exchange``."""
-        try:
-            buf = self.buf
-            while True:
-                if buf:
-                    parsed = fast_response(buf) if fast else parse_response(buf)
-                    if parsed is not None:
-                        resp, used = parsed
-                        self.buf = buf[used:]
-                        if resp.close:
-                            self.close()
-                        return resp
-                    if on_event is not None and b"\r\n\r\n" in buf and _is_chunked_sse(buf):
-                        return await self._stream(buf, on_event)
-                chunk = await self._recv()
-                if not chunk:
-                    self.close()
-                    raise Disconnected(f"{self.url}: connection closed before the answer")
-                buf += chunk
-        except ProtocolError as exc:
-            self.close()
-            raise Disconnected(f"{self.url}: {exc}") from None
-        except OSError as exc:
-            self.close()
-            raise Disconnected(f"{self.url}: {exc}") from None
-        except BaseException:   # cancelled (timeout) mid-exchange: the connection is out of step
-            self.close()
-            raise
-
-    async def _recv(self) -> bytes:
-        await trio.lowlevel.wait_readable(self.sock)
-        while True:
-            try:
-                return self.sock.recv(65536)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.sock)
-
-    async def exchange_send_only(self, data: bytes) -> None:
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise Disconnected(f"{self.url}: {exc}") from None
-        if sent < len(data):
-            await self._send_rest(memoryview(data)[sent:])
-
-    async def _send_rest(self, view) -> None:
-        while view:
-            await trio.lowlevel.wait_writable(self.sock)
-            try:
-                view = view[self.sock.send(view):]
-            except BlockingIOError:
-                pass
-
-    async def _stream(self, buf: bytes, on_event):
-        """Read a chunked SSE body to its end, handing each event over as it completes."""
-        end = buf.find(b"\r\n\r\n")
-        head_resp = parse_response(buf[:end + 4] + b"0\r\n\r\n")[0]   # the head alone (an empty body)
-        pos, decoder, parts = end + 4, SSEDecoder(), []
-        while True:
-            while True:   # every whole chunk in buf
-                line_end = buf.find(b"\r\n", pos)
-                if line_end < 0:
-                    break
-                try:
-                    size = int(buf[pos:line_end].split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise ProtocolError(f"bad chunk size line: {buf[pos:line_end][:50]!r}") from None
-                if size == 0:
-                    if buf[line_end:line_end + 4] == b"\r\n\r\n":
-                        stop = line_end + 4
-                    else:   # trailers, then a blank line
-                        stop = buf.find(b"\r\n\r\n", line_end)
-                        if stop < 0:
-                            break
-                        stop += 4
-                    self.buf = buf[stop:]
-                    head_resp.body = b"".join(parts)
-                    if head_resp.close:
-                        self.close()
-                    return head_resp
-                if len(buf) < line_end + 2 + size + 2:
-                    break
-                data = buf[line_end + 2:line_end + 2 + size]
-                parts.append(data)
-                pos = line_end + 2 + size + 2
-                for event in decoder.feed(data):
-                    await on_event(event.data)
-            chunk = await self._recv()
-            if not chunk:
-                self.close()
-                raise Disconnected(f"{self.url}: connection closed inside an event stream")
-            buf += chunk
-
-
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.I)
-_CONTENT_TYPE = re.compile(rb"\r\ncontent-type:[ \t]*([^\r]*)\r\n", re.I)
-_NEEDS_FULL_PARSE = re.compile(rb"\r\n(?:connection|transfer-encoding):", re.I)
-
-
-def fast_response(buf: bytes):
-    """``parse_response`` for the common answer (HTTP/1.1, Content-Length, kept alive), at a
-    fraction of its cost: only the headers the replay reads.  Anything else goes the full way."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = buf[:end + 2]
-    length = _CONTENT_LENGTH.search(head)
-    if length is None or not head.startswith(b"HTTP/1.1 ") or head[9:10] == b"1" or _NEEDS_FULL_PARSE.search(head):
-        return parse_response(buf)
-    stop = end + 4 + int(length.group(1))
-    if len(buf) < stop:
-        return None
-    ctype = _CONTENT_TYPE.search(head)
-    headers = {b"content-type": ctype.group(1).strip()} if ctype else {}
-    return Response(int(head[9:12]), headers, buf[end + 4:stop], False), stop
-
-
-def _is_chunked_sse(buf: bytes) -> bool:
-    head = buf[:buf.find(b"\r\n\r\n")].lower()
-    return b"text/event-stream" in head and b"chunked" in head
-
-
-def sse_datas(body: bytes) -> list:
-    return [event.data for event in SSEDecoder().feed(body + b"\n\n") if event.data]
-
 
 class Answer:
     """What came back for one request: the answer message, and what came with it."""
@@ -769,7 +579,7 @@ class HttpSession:
         ctype = resp.headers.get(b"content-type", b"")
         if ctype.startswith(b"text/event-stream"):
             if not answer:   # the stream came whole: its events were not handed over yet
-                for data in sse_datas(resp.body):
+                for data in sse_messages(resp.body):
                     await self._event(data, counts, answer)
             if not answer:
                 raise Disconnected(f"{self.url}: event stream ended without an answer")
@@ -981,7 +791,7 @@ class StartLine:
     """Sessions start their rounds together, once every session of the process has done its
     handshake (or failed it): spawning 64 processes must not count against the first ones' calls."""
 
-    def __init__(self, count: int, budget: "Budget", duration: float | None):
+    def __init__(self, count: int, budget: Budget, duration: float | None):
         self.left = count
         self.go = trio.Event()
         self.budget, self.duration = budget, duration
@@ -1379,7 +1189,6 @@ async def _count_failure(session, exc, label: str, stats: Stats) -> bool:
         return True
     except (Disconnected, OSError, trio.TooSlowError):
         return False
-
 
 
 async def run_sessions(target, script: Script, first_session: int, count: int, calls: int | None,

@@ -18,19 +18,23 @@ import json
 import multiprocessing
 import re
 import shlex
-import statistics
 import sys
-import threading
-import time
 from array import array
+from pathlib import Path
 
 import trio
 
-from load import replay
-from load.http_bench import Url, reap_workers
-from load.stdio_bench import BenchError, percentile
+from . import BenchError, replay, report
+from .ab import compare_medians
+from .assets import SESSIONS
+from .http_bench import reap_workers
+from .stats import percentile
+from .targets import Url
 
 PERCENTILES = (50, 90, 99)
+#: What --compare and `load bench` summarise a run by.
+FIGURES = {"calls_per_s": lambda r: r["calls_per_s"],
+           **{f"p{p}_ms": (lambda r, p=p: r["latency"]["all"][f"p{p}_ms"]) for p in PERCENTILES}}
 
 
 class Target:
@@ -76,15 +80,9 @@ def run_once(target: Target, script: replay.Script, concurrency: int, calls: int
     label = str(target)
     if workers == 1:
         counter = opts.progress
-        bar = ProgressBar(label, calls, duration, lambda: counter[0]) if progress else None
-        try:
-            if bar:
-                bar.start()
+        with report.progress(label, calls, duration, lambda: counter[0], progress):
             gc.collect()
             return trio.run(replay.run_sessions, target, script, 0, concurrency, calls, duration, rate, opts)
-        finally:
-            if bar:
-                bar.stop()
     ctx = multiprocessing.get_context("fork")
     shared = ctx.Array("q", workers, lock=False)
     ks = _split(concurrency, workers)
@@ -101,22 +99,18 @@ def run_once(target: Target, script: replay.Script, concurrency: int, calls: int
         child.close()
         procs.append(proc)
         pipes.append(parent)
-    bar = ProgressBar(label, calls, duration, lambda: sum(shared)) if progress else None
-    if bar:
-        bar.start()
     parts = []
     try:
-        for pipe in pipes:
-            try:
-                tag, payload = pipe.recv()
-            except EOFError:
-                raise BenchError("a worker process died before sending its results") from None
-            if tag == "error":
-                raise BenchError(f"worker: {payload}")
-            parts.append(payload)
+        with report.progress(label, calls, duration, lambda: sum(shared), progress):
+            for pipe in pipes:
+                try:
+                    tag, payload = pipe.recv()
+                except EOFError:
+                    raise BenchError("a worker process died before sending its results") from None
+                if tag == "error":
+                    raise BenchError(f"worker: {payload}")
+                parts.append(payload)
     finally:
-        if bar:
-            bar.stop()
         reap_workers(procs, pipes, grace=10.0)
     stats = replay.Stats()
     stats.start = min(p["start"] for p in parts)
@@ -154,40 +148,6 @@ class _SharedCounter:
         self.shared[self.index] = value
 
 
-class ProgressBar:
-    """A one-line live progress report on stderr, redrawn a few times a second (TTY only)."""
-
-    def __init__(self, label: str, total: int | None, duration: float | None, count):
-        self.label, self.total, self.duration, self.count = label, total, duration, count
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def start(self) -> None:
-        self.t0 = time.monotonic()
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(2)
-        sys.stderr.write("\r\x1b[K")
-        sys.stderr.flush()
-
-    def _loop(self) -> None:
-        last_n, last_t = 0, self.t0
-        while not self.stop_event.wait(0.25):
-            now, n = time.monotonic(), self.count()
-            rate = (n - last_n) / max(1e-9, now - last_t)
-            last_n, last_t = n, now
-            if self.total:
-                frac = min(1.0, n / self.total)
-            elif self.duration:
-                frac = min(1.0, (now - self.t0) / self.duration)
-            else:
-                frac = 0.0
-            bar = "#" * int(frac * 30)
-            sys.stderr.write(f"\r\x1b[K{self.label[:40]} [{bar:<30}] {n:,} calls  {rate:,.0f}/s  "
-                             f"{now - self.t0:5.1f}s")
-            sys.stderr.flush()
 
 
 # --------------------------------------------------------------------------
@@ -243,62 +203,15 @@ def timeline(stats: replay.Stats) -> dict:
     return out
 
 
-def fmt(value, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.2f}{unit}" if value < 100 else f"{value:,.0f}{unit}"
-    return f"{value:,}{unit}"
 
 
-def render_run(run: dict) -> list:
-    lines = [f"== {run['target']}  ({run['transport']}, {run['concurrency']} sessions: {run['sessions']} started, "
-             f"{run['session_failures']} failed)",
-             f"calls {run['calls']:,}  answered right {run['answered_ok']:,}  in {run['seconds']:.2f}s  "
-             f"-> {run['calls_per_s']:,.0f} calls/s",
-             f"  {'method':32}{'count':>9}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}"]
-    for label, lat in run["latency"].items():
-        lines.append(f"  {label[:32]:32}{lat['count']:>9,}{fmt(lat['p50_ms']):>10}{fmt(lat['p90_ms']):>10}"
-                     f"{fmt(lat['p99_ms']):>10}{fmt(lat['max_ms']):>10}")
-    errors = ", ".join(f"{k} {v:,}" for k, v in run["errors"].items()) or "none"
-    kinds = ", ".join(f"{k} {v:,}" for k, v in run["mismatch_kinds"].items())
-    lines.append(f"errors: {errors}")
-    lines.append(f"mismatches: {run['mismatches']:,}" + (f" ({kinds})" if kinds else ""))
-    for example in run["mismatch_examples"]:
-        lines.append(f"  mismatch example: {example}")
-    for example in run["error_examples"]:
-        lines.append(f"  error example: {example}")
-    lines.append(f"server notifications {run['notifications']:,}, server requests answered "
-                 f"{run['server_requests_answered']:,}, requests cancelled as recorded {run['cancelled']:,}")
-    return lines
 
 
 def compare_summary(runs_a: list, runs_b: list) -> dict:
     """Medians over rounds of each target, and B relative to A."""
-    def med(runs, pick):
-        values = [pick(r) for r in runs if pick(r) is not None]
-        return statistics.median(values) if values else None
-
-    out = {}
-    for name, pick in (("calls_per_s", lambda r: r["calls_per_s"]),
-                       ("p50_ms", lambda r: r["latency"]["all"]["p50_ms"]),
-                       ("p90_ms", lambda r: r["latency"]["all"]["p90_ms"]),
-                       ("p99_ms", lambda r: r["latency"]["all"]["p99_ms"])):
-        a, b = med(runs_a, pick), med(runs_b, pick)
-        out[name] = {"a": a, "b": b, "ratio_b_to_a": round(b / a, 3) if a and b is not None else None}
-    return out
+    return compare_medians(runs_a, runs_b, FIGURES)
 
 
-def render_compare(result: dict) -> list:
-    cmp = result["compare"]
-    a, b = result["config"]["target"], result["config"]["compare"]
-    lines = [f"== comparison over {result['config']['rounds']} rounds (A B A B ..., medians)",
-             f"  A = {a}", f"  B = {b}",
-             f"  {'figure':14}{'A':>12}{'B':>12}{'B / A':>10}"]
-    for name, row in cmp.items():
-        ratio = row["ratio_b_to_a"]
-        lines.append(f"  {name:14}{fmt(row['a']):>12}{fmt(row['b']):>12}{('x%.2f' % ratio) if ratio else '-':>10}")
-    return lines
 
 
 def plot(result: dict, path: str) -> None:
@@ -335,7 +248,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--target", metavar="URL", help="an MCP endpoint over Streamable HTTP (http://...)")
     where.add_argument("--stdio", metavar="CMD", help="a command speaking MCP on stdio; one process per session")
-    parser.add_argument("--fixture", required=True, help="the recorded session to replay (JSONL fixture)")
+    parser.add_argument("--fixture", required=True, type=fixture_path,
+                        help="the recorded session to replay: a JSONL fixture file, or the name of one in the "
+                             f"bundled library ({', '.join(sorted(p.stem for p in SESSIONS.glob('*.jsonl')))})")
     parser.add_argument("-c", "--concurrency", type=int, default=1, help="virtual sessions (default 1)")
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument("-n", "--calls", type=int, help="requests to send in all (default: one round per session)")
@@ -351,6 +266,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one answer (default 30)")
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
     parser.add_argument("--plot", metavar="FILE.png", help="draw throughput and latency over time")
+
+
+def fixture_path(text: str) -> str:
+    """A fixture file, or a bundled one by name (``echo-small-modern``) when no such file exists."""
+    bundled = SESSIONS / f"{text.removesuffix('.jsonl')}.jsonl"
+    return str(bundled) if not Path(text).exists() and bundled.is_file() else text
 
 
 def execute(args) -> dict:
@@ -396,12 +317,39 @@ def execute(args) -> dict:
     return result
 
 
+def render_run(run: dict) -> list:
+    lines = [f"== {run['target']}  ({run['transport']}, {run['concurrency']} sessions: {run['sessions']} started, "
+             f"{run['session_failures']} failed)",
+             f"calls {run['calls']:,}  answered right {run['answered_ok']:,}  in {run['seconds']:.2f}s  "
+             f"-> {run['calls_per_s']:,.0f} calls/s"]
+    lines += report.table(["method", "count", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+                          [[label[:40], lat["count"], *(fmt_ms(lat[f"{k}_ms"]) for k in ("p50", "p90", "p99", "max"))]
+                           for label, lat in run["latency"].items()])
+    kinds = ", ".join(f"{k} {v:,}" for k, v in run["mismatch_kinds"].items())
+    lines.append("errors: " + (", ".join(f"{k} {v:,}" for k, v in run["errors"].items()) or "none"))
+    lines.append(f"mismatches: {run['mismatches']:,}" + (f" ({kinds})" if kinds else ""))
+    lines += [f"  mismatch example: {e}" for e in run["mismatch_examples"]]
+    lines += [f"  error example: {e}" for e in run["error_examples"]]
+    lines.append(f"server notifications {run['notifications']:,}, server requests answered "
+                 f"{run['server_requests_answered']:,}, requests cancelled as recorded {run['cancelled']:,}")
+    return lines
+
+
+def fmt_ms(value) -> str:
+    return report.fmt(value, 2 if value is not None and value < 100 else 0)
+
+
 def render(result: dict) -> str:
     lines = []
     for run in result["runs"]:
-        lines += ([f"-- round {run['round']}"] if "round" in run else []) + render_run(run) + [""]
+        lines += [*([f"-- round {run['round']}"] if "round" in run else []), *render_run(run), ""]
     if "compare" in result:
-        lines += render_compare(result) + [""]
+        cfg = result["config"]
+        lines += [f"== comparison over {cfg['rounds']} rounds (A B A B ..., medians)", f"  A = {cfg['target']}",
+                  f"  B = {cfg['compare']}"]
+        lines += [*report.table(["figure", "A", "B", "B / A"], [
+            [name, fmt_ms(row["a"]), fmt_ms(row["b"]), report.times(row["ratio_b_to_a"], 2)]
+            for name, row in result["compare"].items()]), ""]
     lines.append(f"total mismatches: {result['mismatches']:,}   errors: {result['errors']:,}")
     return "\n".join(lines)
 
@@ -421,11 +369,5 @@ def run(args) -> int:
     return 1 if result["mismatches"] or result["errors"] else 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m load run", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -50,32 +50,28 @@ import json
 import os
 import select
 import shlex
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ECHO_FIXTURE = REPO_ROOT / "fixtures" / "servers" / "echo.py"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from . import BenchError
+from .assets import ECHO_SERVER, tool
+from .procfs import CLK_TCK, CpuSample, add_pin_argument, cpu_plan, pinned, ticks_to_us, tree_ticks_between
+from .report import fmt, signed, table, times
+from .stats import median, percentile, ratio
+from .targets import Started
+
+ECHO_FIXTURE = ECHO_SERVER
 WARMUP_CALLS = 500
 INIT_ID = 0
 FIRST_CALL_ID = 1
 PROTOCOL_VERSION = "2025-11-25"
 MAX_EXAMPLES = 5
 READ_SIZE = 65536
-
-
-class BenchError(Exception):
-    """A run could not complete (target died, timed out, broke protocol)."""
 
 
 # --------------------------------------------------------------------------
@@ -115,116 +111,6 @@ INITIALIZED_BYTES = b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n'
 # --------------------------------------------------------------------------
 # /proc accounting
 # --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ProcStat:
-    """The few /proc/PID/stat fields we need (ticks are clock ticks)."""
-
-    ppid: int
-    ticks: int  # utime + stime: this process only, children excluded
-    start: int  # start time, to tell a pid apart from a reused one
-
-
-def read_stat(pid: int):
-    """ProcStat of ``pid``, or None if it is gone.
-
-    Fields are counted from 1 as in proc(5): 4 ppid, 14 utime, 15 stime,
-    22 starttime.  The command name (field 2) may contain spaces and
-    parentheses, so we split after the last ')'.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rfind(b")") + 2:].split()
-    return ProcStat(ppid=int(rest[1]), ticks=int(rest[11]) + int(rest[12]), start=int(rest[19]))
-
-
-def scan_processes() -> dict:
-    """{pid: ProcStat} for every process we can see."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            stat = read_stat(int(name))
-            if stat is not None:
-                table[int(name)] = stat
-    return table
-
-
-def descendants(table: dict, root: int) -> dict:
-    """{pid: ProcStat} of all descendants of ``root`` (not root itself)."""
-    children = {}
-    for pid, stat in table.items():
-        children.setdefault(stat.ppid, []).append(pid)
-    found, todo = {}, list(children.get(root, ()))
-    while todo:
-        pid = todo.pop()
-        found[pid] = table[pid]
-        todo.extend(children.get(pid, ()))
-    return found
-
-
-@dataclass
-class CpuSample:
-    """CPU counters taken at one instant, to be subtracted pairwise."""
-
-    own_ticks: int
-    tree: dict  # {pid: ProcStat} of the target and all its descendants
-    driver_ns: int
-    driver_ticks: int  # the same, in ticks, to compare with the machine's
-    machine_ticks: int  # busy ticks of the whole machine, all CPUs
-
-    @classmethod
-    def take(cls, pid: int, driver_first: bool) -> "CpuSample":
-        """Sample now; the driver's clock is read on the window's side.
-
-        Scanning /proc costs the driver a few milliseconds; reading its clock
-        after the scan when opening the window (and before it when closing)
-        keeps that cost out of the driver's per-call figure.
-        """
-        if driver_first:
-            driver = driver_clocks()
-        table = scan_processes()
-        own = table.get(pid) or read_stat(pid)
-        tree = descendants(table, pid)
-        if own is not None:
-            tree[pid] = own
-        if not driver_first:
-            driver = driver_clocks()
-        return cls(own.ticks if own else 0, tree, *driver)
-
-
-def driver_clocks() -> tuple:
-    """(driver CPU ns, driver ticks, machine busy ticks), read together."""
-    return time.process_time_ns(), read_stat(os.getpid()).ticks, machine_busy_ticks()
-
-
-def machine_busy_ticks() -> int:
-    """Busy ticks of all CPUs so far: user+nice+system+irq+softirq of /proc/stat."""
-    with open("/proc/stat", "rb") as f:
-        fields = f.readline().split()
-    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[1:8])
-    return user + nice + system + irq + softirq
-
-
-def tree_ticks_between(before: dict, after: dict) -> int:
-    """Ticks spent by the tree between two samples.
-
-    A process present in both is counted by difference; one that appeared in
-    between is counted whole.  (One that exited in between is lost: the
-    targets we measure do not churn processes.)
-    """
-    total = 0
-    for pid, stat in after.items():
-        old = before.get(pid)
-        base = old.ticks if old is not None and old.start == stat.start else 0
-        total += stat.ticks - base
-    return total
-
-
-def ticks_to_us(ticks: int) -> float:
-    return ticks * 1e6 / CLK_TCK
 
 
 # --------------------------------------------------------------------------
@@ -316,83 +202,19 @@ class DriveResult:
 # The target process
 # --------------------------------------------------------------------------
 
-class Target:
-    """One server process on pipes, with a watchdog bounding its lifetime.
-
-    The process gets its own session (so its whole group can be signalled);
-    the watchdog kills that group when ``timeout`` expires, which turns any
-    blocked read into EOF and any blocked write into EPIPE, so nothing in the
-    driver can hang past the deadline.
-    """
+class Target(Started):
+    """One server process on pipes (``targets.Started``: its own session, a watchdog), driven by
+    ``drive``: sequential, or pipelined with K requests outstanding on the one pipe."""
 
     def __init__(self, argv: list, timeout: float, cpus=None, spin: bool = False, grace: float = 5.0):
-        self.argv = argv
-        self.spin = spin
-        self.timeout = timeout
-        self.grace = grace
-        self.expired = False
-        self.buf = b""
-        self.known_descendants = {}
-        self.stderr = tempfile.TemporaryFile()
-        try:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                bufsize=0, cwd=REPO_ROOT, start_new_session=True,
-            )
-        except OSError as exc:
-            self.stderr.close()
-            raise BenchError(f"cannot start {shlex.join(argv)}: {exc}") from exc
-        self.pid = self.proc.pid
-        if cpus:
-            # Set right after the fork: the target's own children (the
-            # gateway's upstream) are started much later and inherit it.
-            try:
-                os.sched_setaffinity(self.pid, cpus)
-            except OSError as exc:
-                self.proc.kill()
-                self.proc.wait()
-                self.stderr.close()
-                raise BenchError(f"cannot pin target to CPUs {sorted(cpus)}: {exc}") from exc
+        super().__init__(argv, timeout, cpus, pipes=True)
+        self.spin, self.grace, self.buf = spin, grace, b""
         self.rfd = self.proc.stdout.fileno()
         self.wfd = self.proc.stdin.fileno()
         os.set_blocking(self.wfd, False)
-        self.watchdog = threading.Timer(timeout, self._expire)
-        self.watchdog.daemon = True
-        self.watchdog.start()
 
-    def _expire(self) -> None:
-        self.expired = True
-        self._signal_group(signal.SIGKILL)
-
-    def _signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    # -- failure reporting ------------------------------------------------
-
-    def stderr_tail(self, limit: int = 2000) -> str:
-        try:
-            self.stderr.flush()
-            size = self.stderr.seek(0, os.SEEK_END)
-            self.stderr.seek(max(0, size - limit))
-            return self.stderr.read().decode("utf-8", "replace")
-        except (OSError, ValueError):
-            return ""
-
-    def failure(self, what: str) -> BenchError:
-        """A BenchError explaining why the pipe broke, with stderr's tail."""
-        if self.expired:
-            what = f"timed out after {self.timeout:g}s ({what})"
-        try:
-            code = self.proc.wait(0.5)  # a dying target: give it time to say how
-        except subprocess.TimeoutExpired:
-            code = None
-        if code is not None:
-            what += f"; target exited with {code}"
-        tail = self.stderr_tail().strip()
-        return BenchError(what + (f"\n--- target stderr (tail) ---\n{tail}" if tail else ""))
+    def stop(self, grace: float | None = None) -> dict:
+        return super().stop(self.grace if grace is None else grace)
 
     # -- raw I/O ----------------------------------------------------------
 
@@ -525,126 +347,11 @@ class Target:
         readable, _, _ = select.select([self.rfd], [self.wfd], [])
         return bool(readable)
 
-    # -- shutdown ---------------------------------------------------------
-
-    def remember_descendants(self, sample: CpuSample) -> None:
-        """Keep track of children seen, to make sure they are gone at stop()."""
-        for pid, stat in sample.tree.items():
-            if pid != self.pid:
-                self.known_descendants[pid] = stat.start
-
-    def stop(self) -> dict:
-        """Close stdin and wait; then SIGTERM, then SIGKILL. Returns how it went.
-
-        Also reaps stragglers: descendants seen during the run (matched by
-        pid and start time, so a reused pid is never touched) that outlive
-        the target are reported and killed.
-        """
-        self.remember_descendants(CpuSample.take(self.pid, driver_first=True))
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        how = "stdin-eof"
-        for sig, wait in ((None, self.grace), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-            if sig is not None:
-                how = sig.name
-                self._signal_group(sig)
-            try:
-                self.proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        self.watchdog.cancel()
-        if self.expired and how == "stdin-eof":
-            how = "watchdog"  # it was dead (killed at the deadline) before we asked
-        stragglers = self._reap_stragglers()
-        self.proc.stdout.close()
-        self.stderr.close()
-        return {"stopped_by": how, "exit_code": self.proc.returncode, "stragglers": stragglers}
-
-    def _reap_stragglers(self, patience: float = 2.0) -> list:
-        return reap_stragglers(self.known_descendants, self.pid, patience)
-
-
-def reap_stragglers(known: dict, group: int, patience: float) -> list:
-    """Give a target's descendants `patience` seconds to exit, then SIGKILL them and its group."""
-    deadline = time.monotonic() + patience
-    while True:
-        alive = [pid for pid, start in known.items() if still_running(pid, start)]
-        if not alive or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(group, signal.SIGKILL)   # anything else left in its group
-    except (ProcessLookupError, PermissionError):
-        pass
-    return alive
-
-
-def still_running(pid: int, start: int) -> bool:
-    """The process with this pid is the one that started at `start` (not a reused pid)."""
-    stat = read_stat(pid)
-    return stat is not None and stat.start == start
 
 
 # --------------------------------------------------------------------------
 # CPU placement
 # --------------------------------------------------------------------------
-
-PIN_MODES = ("split", "same", "none")
-
-
-def add_pin_argument(parser) -> None:
-    """--pin and --spin: where the processes run and how the driver waits."""
-    parser.add_argument(
-        "--pin", choices=PIN_MODES, default="split",
-        help="CPU placement: split = driver on one CPU, target tree on the others "
-             "(default; stable figures); same = everything on one CPU; none = let the "
-             "scheduler decide (bimodal on small machines)")
-    parser.add_argument(
-        "--spin", action="store_true",
-        help="busy-poll answers instead of sleeping on the pipe: removes the client's "
-             "wake-up cost (burns the driver's CPU; use with --pin split)")
-
-
-def cpu_plan(mode: str) -> tuple:
-    """(driver CPUs, target CPUs) for a --pin mode; (None, None) = unpinned.
-
-    Why pin at all: on a 2-CPU machine the scheduler sometimes puts the
-    driver and the target on the same CPU (cheap hand-offs: fast sequential,
-    no parallelism: slow pipelined) and sometimes on different ones (the
-    reverse), and it may switch between runs, so unpinned rounds fall into
-    two clusters ~3x apart.  ``split`` keeps the client on its own CPU and
-    gives the server side (the gateway and its upstream, or the direct
-    server) the rest, which is also the fair way to charge the gateway for
-    the CPU it burns.  With a single usable CPU, split degrades to none.
-    """
-    allowed = sorted(os.sched_getaffinity(0))
-    if mode == "same":
-        return {allowed[0]}, {allowed[0]}
-    if mode == "split" and len(allowed) >= 2:
-        return {allowed[0]}, set(allowed[1:])
-    return None, None
-
-
-@contextmanager
-def pinned(cpus):
-    """Run the block with this process on ``cpus``; restore afterwards."""
-    if not cpus:
-        yield
-        return
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, saved)
 
 
 # --------------------------------------------------------------------------
@@ -659,13 +366,6 @@ def scenarios(concurrency: list) -> list:
             out.append(("inflight_%d" % k, k))
     return out
 
-
-def percentile(sorted_values: list, p: float):
-    """Nearest-rank percentile (p in 0..100) of an already sorted list."""
-    if not sorted_values:
-        return None
-    rank = max(1, -(-len(sorted_values) * p // 100))  # ceil without floats
-    return sorted_values[min(len(sorted_values), int(rank)) - 1]
 
 
 def measure(target: Target, first_id: int, n: int, k: int) -> dict:
@@ -682,7 +382,7 @@ def measure(target: Target, first_id: int, n: int, k: int) -> dict:
     finally:
         gc.enable()
     after = CpuSample.take(target.pid, driver_first=True)
-    target.remember_descendants(after)
+    target.remember(after.tree)
     return metrics(result, k, before, after)
 
 
@@ -782,8 +482,8 @@ def median_figures(runs: list, scenario: str) -> dict:
         return {}
     out = {"rounds": len(measured)}
     for key in MEDIAN_FIELDS:
-        values = [m[key] for m in measured if m[key] is not None]
-        out[key] = round(statistics.median(values), 2) if values else None
+        value = median(m[key] for m in measured)
+        out[key] = None if value is None else round(value, 2)
     out["mismatches"] = sum(m["mismatches"] for m in measured)
     return out
 
@@ -791,17 +491,13 @@ def median_figures(runs: list, scenario: str) -> dict:
 def compare(direct: dict, gateway: dict) -> dict:
     """Gateway relative to direct: ratios and added microseconds."""
 
-    def ratio(key):
-        a, b = direct.get(key), gateway.get(key)
-        return round(b / a, 3) if a and b is not None else None
-
     def added(key):
         a, b = direct.get(key), gateway.get(key)
         return round(b - a, 1) if a is not None and b is not None else None
 
     return {
-        "throughput_ratio": ratio("calls_per_s"),
-        "p50_ratio": ratio("p50_us"),
+        "throughput_ratio": ratio(direct.get("calls_per_s"), gateway.get("calls_per_s")),
+        "p50_ratio": ratio(direct.get("p50_us"), gateway.get("p50_us")),
         "added_p50_us": added("p50_us"),
         "added_p99_us": added("p99_us"),
         "gateway_cpu_us_per_call": gateway.get("target_cpu_us_per_call"),
@@ -836,46 +532,49 @@ ROWS = (
 )
 
 
-def fmt(value) -> str:
-    """Figures for humans: thousands grouped, one decimal where it matters."""
-    if value is None:
-        return "-"
-    if not isinstance(value, float):
-        return str(value)
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 1 or value == 0:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-def signed(value) -> str:
-    return "-" if value is None else f"{value:+.1f}"
-
-
 def render_scenario(name: str, entry: dict, rounds: list) -> list:
     """Table lines for one scenario: medians, gateway-vs-direct, per round."""
     direct, gateway = entry["direct"], entry["gateway"]
-    lines = [f"== {name} (median over {direct.get('rounds', 0)}/{gateway.get('rounds', 0)} rounds)",
-             f"{'':22}{'direct':>12}{'gateway':>12}{'gw vs direct':>16}"]
+    rows = []
     for label, key, how in ROWS:
         a, b = direct.get(key), gateway.get(key)
         delta = ""
-        if how == "ratio" and a and b is not None:
-            delta = f"x{b / a:.3f}"
+        if how == "ratio":
+            delta = times(ratio(a, b))
         elif how == "added" and a is not None and b is not None:
             delta = signed(b - a)
-        lines.append(f"{label:22}{fmt(a):>12}{fmt(b):>12}{delta:>16}")
+        rows.append([label, a, b, delta])
     cmp = entry["gateway_vs_direct"]
-    ratio = cmp["throughput_ratio"]
-    lines.append(f"  gateway: x{'-' if ratio is None else f'{ratio:.3f}'} throughput, "
-                 f"{signed(cmp['added_p50_us'])} us p50, {signed(cmp['added_p99_us'])} us p99, "
-                 f"own CPU {fmt(cmp['gateway_cpu_us_per_call'])} us/call (children excluded), "
-                 f"{signed(cmp['added_tree_cpu_us_per_call'])} us/call tree CPU")
+    lines = [f"== {name} (median over {direct.get('rounds', 0)}/{gateway.get('rounds', 0)} rounds)",
+             *table(["", "direct", "gateway", "gw vs direct"], rows, indent=0),
+             f"  gateway: {times(cmp['throughput_ratio'])} throughput, {signed(cmp['added_p50_us'])} us p50, "
+             f"{signed(cmp['added_p99_us'])} us p99, own CPU {fmt(cmp['gateway_cpu_us_per_call'])} us/call "
+             f"(children excluded), {signed(cmp['added_tree_cpu_us_per_call'])} us/call tree CPU"]
     for slot in ("direct", "gateway"):
         per_round = [r[slot].get("scenarios", {}).get(name, {}) for r in rounds]
         shown = ", ".join(f"{fmt(m.get('calls_per_s'))}/s p50 {fmt(m.get('p50_us'))}" for m in per_round)
         lines.append(f"  rounds {slot:8} {shown}")
+    return lines
+
+
+def render_runs(result: dict, normal_stops: tuple) -> list:
+    """The scenarios' tables, then what went wrong per round: errors, bad answers, odd shutdowns."""
+    lines = []
+    for name, entry in result["summary"].items():
+        lines += [*render_scenario(name, entry, result["rounds"]), ""]
+    for i, rnd in enumerate(result["rounds"], 1):
+        for slot in ("direct", "gateway"):
+            run = rnd[slot]
+            if "error" in run:
+                lines.append(f"round {i} {slot}: ERROR {run['error']}")
+            for s_name, s in run.get("scenarios", {}).items():
+                for example in s.get("warmup_mismatch_examples", []) + s["mismatch_examples"]:
+                    lines.append(f"round {i} {slot} {s_name}: {example}")
+                if s.get("session_close_failures"):
+                    lines.append(f"round {i} {slot} {s_name}: DELETE failures {s['session_close_failures']}")
+            stop = run.get("shutdown", {})
+            if stop.get("stragglers") or stop.get("stopped_by", normal_stops[0]) not in normal_stops:
+                lines.append(f"round {i} {slot}: shutdown {stop}")
     return lines
 
 
@@ -888,21 +587,9 @@ def render(result: dict) -> str:
         f"  direct : {cfg['direct']}",
         f"  gateway: {cfg['gateway']}",
         "",
+        *render_runs(result, ("stdin-eof",)),
+        f"total mismatches: {result['mismatches']}   errors: {result['errors']}",
     ]
-    for name, entry in result["summary"].items():
-        lines += render_scenario(name, entry, result["rounds"]) + [""]
-    for i, rnd in enumerate(result["rounds"], 1):
-        for slot in ("direct", "gateway"):
-            run = rnd[slot]
-            if "error" in run:
-                lines.append(f"round {i} {slot}: ERROR {run['error']}")
-            for s_name, s in run.get("scenarios", {}).items():
-                for example in s["mismatch_examples"]:
-                    lines.append(f"round {i} {slot} {s_name}: {example}")
-            stop = run.get("shutdown", {})
-            if stop.get("stragglers") or stop.get("stopped_by", "stdin-eof") != "stdin-eof":
-                lines.append(f"round {i} {slot}: shutdown {stop}")
-    lines.append(f"total mismatches: {result['mismatches']}   errors: {result['errors']}")
     return "\n".join(lines)
 
 
@@ -934,7 +621,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=parse_concurrency, default=[1, 16],
                         help="comma-separated in-flight counts; sequential always runs (default 1,16)")
     parser.add_argument("--rounds", type=positive_int, default=3, help="A/B rounds (default 3)")
-    parser.add_argument("--warmup", type=positive_int, default=WARMUP_CALLS, help="warm-up calls per process (default 500)")
+    parser.add_argument("--warmup", type=positive_int, default=WARMUP_CALLS,
+                        help="warm-up calls per process (default 500)")
     parser.add_argument("--timeout", type=float, default=120.0, help="hard limit per target run, seconds (default 120)")
     add_pin_argument(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
@@ -973,7 +661,8 @@ def run_bench(direct: list, gateway: list, n: int, concurrency: list, rounds: in
             "direct": shlex.join(direct), "gateway": shlex.join(gateway), "n": n,
             "concurrency": concurrency, "rounds": rounds, "warmup": warmup, "timeout_s": timeout,
             "python": sys.version.split()[0], "cpus": os.cpu_count(), "clk_tck": CLK_TCK,
-            "pin": pin, "spin": spin, "driver_cpus": sorted(driver_cpus or ()), "target_cpus": sorted(target_cpus or ()),
+            "pin": pin, "spin": spin, "driver_cpus": sorted(driver_cpus or ()),
+            "target_cpus": sorted(target_cpus or ()),
         },
         "rounds": all_rounds,
         "summary": summarize(all_rounds, names),
@@ -999,11 +688,42 @@ def run(args) -> int:
     return exit_status(result)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m load stdio-bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+# --------------------------------------------------------------------------
+# stdio-ceiling: the driver against fast-echo
+# --------------------------------------------------------------------------
+
+def add_ceiling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", type=positive_int, default=100000, help="calls per scenario (default 100000)")
+    parser.add_argument("--concurrency", type=parse_concurrency, default=[1, 16, 64],
+                        help="comma-separated in-flight counts (default 1,16,64)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds (default 3)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="hard limit per run, seconds")
+    add_pin_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run_ceiling(args) -> int:
+    """How fast is this driver? ``fast-echo`` answers a call with one regex match, so the figures are
+    bounded by the driver (and the pipes and the kernel), not by the server: if they are well above
+    what the direct echo server reaches, ``stdio-bench`` measures its targets, not itself."""
+    fast_echo = tool("fast-echo")
+    driver_cpus, target_cpus = cpu_plan(args.pin)
+    with pinned(driver_cpus):
+        runs = [run_target(fast_echo, args.n, args.concurrency, args.timeout, cpus=target_cpus, spin=args.spin)
+                for _ in range(args.rounds)]
+    summary = {name: median_figures(runs, name) for name, _ in scenarios(args.concurrency)}
+    errors = [r["error"] for r in runs if "error" in r]
+    mismatches = sum(run_mismatches(r) for r in runs)
+    if args.json:
+        print(json.dumps({"target": shlex.join(fast_echo), "n": args.n, "pin": args.pin, "spin": args.spin,
+                          "summary": summary, "errors": errors, "mismatches": mismatches}, indent=2))
+    else:
+        print(f"driver ceiling against {shlex.join(fast_echo)} (n={args.n}, pin={args.pin}, spin={args.spin}, "
+              f"median of {args.rounds})")
+        print("\n".join(table(["", "calls/s", "p50 us", "p99 us", "driver CPU us/call", "server CPU us/call"], [
+            [name, m.get("calls_per_s"), m.get("p50_us"), m.get("p99_us"), m.get("driver_cpu_us_per_call"),
+             m.get("target_cpu_us_per_call")] for name, m in summary.items()], indent=0)))
+        for error in errors:
+            print("ERROR", error)
+        print(f"mismatches: {mismatches}")
+    return 2 if errors else (1 if mismatches else 0)

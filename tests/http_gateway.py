@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -19,9 +18,11 @@ class HttpGateway:
         self.config = tmp_path / "http-gateway.json"
         self.config.write_text(json.dumps({"servers": servers, **top}))
         self.log_path = tmp_path / "http-gateway.log"
+        self.port_file = tmp_path / "http-gateway.port"
+        self.port_file.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wire_gateway", "serve", "--config", str(self.config), "--port", "0",
-             "--log-file", str(self.log_path), *extra_args],
+             "--port-file", str(self.port_file), "--log-file", str(self.log_path), *extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
         self.port = self._wait_for_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -31,9 +32,8 @@ class HttpGateway:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited early: {self.proc.stderr.read().decode()}\n{self.log()}")
-            m = re.search(r"serving MCP over HTTP on http://[^:]+:(\d+)/", self.log())
-            if m:
-                return int(m.group(1))
+            if self.port_file.exists():   # written once listening, atomically (serve --port-file)
+                return int(self.port_file.read_text())
             time.sleep(0.05)
         raise RuntimeError(f"gateway did not start listening:\n{self.log()}")
 

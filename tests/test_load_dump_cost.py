@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import os
 
-from load import __main__ as load_main, dump_cost, stdio_bench
+from load import __main__ as load_main, dump_cost, procfs
 
 
 def children() -> list:
-    return sorted(stdio_bench.descendants(stdio_bench.scan_processes(), os.getpid()))
+    return sorted(procfs.descendants(procfs.scan_processes(), os.getpid()))
 
 
 def run_json(capsys, *argv: str):

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from load import __main__ as load_main, http_bench, stdio_bench
+from load import __main__ as load_main, http_bench, http_client, procfs
 
 FIGURES = {
     "calls", "concurrency", "seconds", "calls_per_s", "p50_us", "p90_us", "p99_us", "max_us",
@@ -76,7 +76,7 @@ WRONG_SERVER = textwrap.dedent('''
 
 
 def children_of_this_process() -> list:
-    return sorted(stdio_bench.descendants(stdio_bench.scan_processes(), os.getpid()))
+    return sorted(procfs.descendants(procfs.scan_processes(), os.getpid()))
 
 
 def run_json(capsys, *argv: str):
@@ -168,7 +168,7 @@ def test_wrong_answers_are_counted_and_reported(capsys, wrong_server):
 
 
 def test_response_parser_framings():
-    parse = http_bench.parse_response
+    parse = http_client.parse_response
     whole = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: 1\r\n\r\nhiHTTP/1.1"
     resp, used = parse(whole)
     assert (resp.status, resp.body, resp.close, whole[used:]) == (200, b"hi", False, b"HTTP/1.1")
@@ -182,6 +182,6 @@ def test_response_parser_framings():
     assert (resp.status, resp.close, used) == (202, True, len(interim))
     until_eof = b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{}"
     assert parse(until_eof) is None and parse(until_eof, eof=True)[0].body == b"{}"
-    with pytest.raises(http_bench.ProtocolError):
+    with pytest.raises(http_client.ProtocolError):
         parse(b"SSH-2.0-OpenSSH\r\n\r\n")
-    assert http_bench.sse_messages(b": c\r\n\r\nevent: m\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n") == [b'{"a":\n1}']
+    assert http_client.sse_messages(b": c\r\n\r\nevent: m\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n") == [b'{"a":\n1}']

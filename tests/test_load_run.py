@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from load import http_bench, replay
+from load import replay, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -44,7 +44,7 @@ def load_json(*args) -> tuple:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     """`wire-gateway serve` over the stdio echo server; its /mcp/echo URL."""
-    target = http_bench.HttpTarget("gateway", str(tmp_path_factory.mktemp("gw")), timeout=600)
+    target = targets.HttpProcess("gateway", str(tmp_path_factory.mktemp("gw")), timeout=600)
     yield str(target.url)
     target.stop()
 
@@ -52,7 +52,7 @@ def gateway(tmp_path_factory):
 @pytest.fixture(scope="module")
 def direct(tmp_path_factory):
     """fixtures/servers/http_echo.py; its /mcp URL."""
-    target = http_bench.HttpTarget("direct", str(tmp_path_factory.mktemp("direct")), timeout=600)
+    target = targets.HttpProcess("direct", str(tmp_path_factory.mktemp("direct")), timeout=600)
     yield str(target.url)
     target.stop()
 

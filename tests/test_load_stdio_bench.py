@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from load import __main__ as load_main, stdio_bench
+from load import __main__ as load_main, procfs, stdio_bench
 
 ECHO = Path(__file__).resolve().parent.parent / "fixtures" / "servers" / "echo.py"
 FIGURES = {
@@ -50,8 +50,8 @@ WRONG_SERVER = textwrap.dedent('''
 
 
 def children_of_this_process() -> list:
-    table = stdio_bench.scan_processes()
-    return sorted(stdio_bench.descendants(table, os.getpid()))
+    table = procfs.scan_processes()
+    return sorted(procfs.descendants(table, os.getpid()))
 
 
 def run_json(capsys, direct: str, gateway: str, *extra: str):

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to listen on (default: http.port, else 8080; 0 picks one)")
     p.add_argument("--admin-port", type=int, help="serve the control plane (GET /status) on this port")
     p.add_argument("--admin-host", help="address of the control plane (default: http.admin_host, else 127.0.0.1)")
+    p.add_argument("--port-file", metavar="PATH",
+                   help="once listening, write the bound port to PATH (atomically: a reader sees all of it or "
+                        "no file); with --port 0 this is how a starter learns the port")
     p.add_argument("--log-file", metavar="PATH", help="write logs here instead of stderr")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--dump", metavar="PATH", help="dump every frame at every hop to this JSONL file (docs/dumps.md)")
@@ -88,10 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     from wire_gateway.dump.tools import add_dump_parser
 
     add_dump_parser(sub)
+
+    sub.add_parser("load", add_help=False, help="the load tool: replay recorded sessions, benchmarks "
+                                                    "(`wire-gateway load --help`; docs/load.md)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["load"]:   # everything after it is the load tool's (argparse would claim its options)
+        return cmd_load(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return cmd_check(args)
@@ -116,6 +125,22 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_dump_command(args)
     return cmd_stdio(args)
+
+
+def cmd_load(argv: list[str]) -> int:
+    """The load tool, imported only when asked for: installed as `wire_gateway_load`, or a checkout's `load/`."""
+    import importlib
+
+    try:   # by name: the tool is outside the type-checked package, and this keeps it so
+        tool = importlib.import_module("wire_gateway_load.__main__")
+    except ImportError:
+        checkout = Path(__file__).resolve().parent.parent
+        if not (checkout / "load" / "__main__.py").is_file():
+            print("wire-gateway load: the load tool is not installed (wire_gateway_load)", file=sys.stderr)
+            return 2
+        sys.path.insert(0, str(checkout))
+        tool = importlib.import_module("load.__main__")
+    return int(tool.main(argv, prog="wire-gateway load"))
 
 
 def _dumper(args: argparse.Namespace, config: Config):  # -> Dumper | None
@@ -291,6 +316,14 @@ def is_loopback(host: str) -> bool:
         return False        # a name other than localhost may resolve to anything
 
 
+def write_port_file(path: str, port: int) -> None:
+    """The port, written to a temporary file renamed over `path`: a reader never sees a partial number."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{port}\n")
+    os.replace(tmp, path)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import dataclasses
     import signal
@@ -325,6 +358,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(exc.report(), file=sys.stderr)
         return 1
 
+    port_file_failed: list[OSError] = []
+
     async def serve() -> None:
         shutdown = trio.Event()
 
@@ -347,7 +382,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 await nursery.start(dumper.run)
                 front.dumper = dumper
             try:
-                await front.run(shutdown)
+                async with trio.open_nursery() as serving:
+                    port = await serving.start(front.run, shutdown)
+                    if args.port_file:
+                        try:
+                            write_port_file(args.port_file, port)
+                        except OSError as exc:   # not a listening failure: said plainly, then stop
+                            print(f"wire-gateway serve: cannot write the port file {args.port_file}: "
+                                  f"{exc.strerror or exc}", file=sys.stderr)
+                            port_file_failed.append(exc)
+                            shutdown.set()
             finally:
                 if dumper is not None:
                     await dumper.aclose()
@@ -370,4 +414,4 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"wire-gateway serve: cannot listen (http.port {config.http.port}, http.admin_port "
               f"{config.http.admin_port}): {getattr(first, 'strerror', None) or first}", file=sys.stderr)
         failed = True
-    return 1 if failed else 0
+    return 1 if failed or port_file_failed else 0

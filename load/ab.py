@@ -1,0 +1,85 @@
+"""The one A/B runner: a baseline (A) against a candidate (B) in the same invocation, as ratios.
+
+On a small shared machine absolute figures move by tens of percent between runs; what holds is
+B against A measured under the same conditions. Two ways to get the same conditions:
+
+* ``alternate``: rounds of A then B (A B A B ...), each on a fresh target; the summary is the
+  median over rounds of each figure, and B's median over A's (``compare_medians``);
+* ``side_by_side``: A and B started together, pinned to the same CPU, and each driven at the same
+  time by its own ``load run`` (answers checked) for a fixed duration: both see the same
+  machine phases and share the CPU, so B's calls/s over A's is what B costs or saves
+  (``ratio_summary`` over rounds).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+
+from . import BenchError
+from .assets import CHECKOUT, tool
+from .stats import median, ratio
+
+
+def alternate(rounds: int, slots: dict[str, Callable[[], dict]]) -> list[dict]:
+    """``rounds`` times every slot in order (A B A B ...): [{slot: its run}] per round."""
+    return [{name: run() for name, run in slots.items()} for _ in range(rounds)]
+
+
+def compare_medians(runs_a: list, runs_b: list, picks: dict[str, Callable[[dict], float | None]],
+                    digits: int = 3) -> dict:
+    """{figure: {"a", "b", "ratio_b_to_a"}}: medians over rounds of each side, and B over A."""
+    out = {}
+    for name, pick in picks.items():
+        a, b = median(pick(r) for r in runs_a), median(pick(r) for r in runs_b)
+        out[name] = {"a": a, "b": b, "ratio_b_to_a": ratio(a, b, digits)}
+    return out
+
+
+def drive_argv(url: str, fixture: str, concurrency: int, extra: list) -> list:
+    """The argv of one ``load run --json`` against ``url``."""
+    return [*tool("run"), "--target", url, "--fixture", fixture, "-c", str(concurrency), *extra, "--json"]
+
+
+def read_run(out: str, what: str) -> dict:
+    """calls/s, mismatches and errors of one ``load run --json``."""
+    try:
+        doc = json.loads(out)
+        return {"calls_per_s": doc["runs"][0]["calls_per_s"], "mismatches": doc["mismatches"],
+                "errors": doc["errors"]}
+    except (ValueError, KeyError, IndexError) as exc:
+        raise BenchError(f"{what}: the load run printed no result ({exc}): {out[-500:]!r}") from None
+
+
+def side_by_side(urls: list, fixtures: list, concurrency: int, duration: float, warmup_calls: int,
+                 warmups: list | None = None) -> dict:
+    """Warm A and B one after the other, then drive both at once for ``duration`` seconds."""
+    timeout = duration + 120.0
+    try:
+        for url, fixture, label in zip(urls, warmups or fixtures, "AB"):
+            warm = subprocess.run(drive_argv(url, fixture, concurrency, ["-n", str(warmup_calls)]),
+                                  capture_output=True, text=True, cwd=CHECKOUT, timeout=timeout)
+            read_run(warm.stdout, f"warm-up {label}")
+        drivers = [subprocess.Popen(drive_argv(url, fixture, concurrency, ["--duration", f"{duration}s"]),
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=CHECKOUT)
+                   for url, fixture in zip(urls, fixtures)]
+        try:
+            outs = [driver.communicate(timeout=timeout)[0] for driver in drivers]
+        finally:
+            for driver in drivers:
+                if driver.poll() is None:
+                    driver.kill()
+                    driver.wait()
+        a, b = read_run(outs[0], "A"), read_run(outs[1], "B")
+        return {"a": a, "b": b, "ratio": b["calls_per_s"] / a["calls_per_s"] if a["calls_per_s"] else None}
+    except (BenchError, subprocess.SubprocessError, OSError) as exc:
+        return {"error": str(exc)}
+
+
+def ratio_summary(results: list) -> dict:
+    """Median, min and max of the rounds' B/A, and the mismatches and errors of every run."""
+    ratios = [r["ratio"] for r in results if r.get("ratio")]
+    return {"median": median(ratios), "min": min(ratios, default=None), "max": max(ratios, default=None),
+            "mismatches": sum(r[s]["mismatches"] for r in results for s in ("a", "b") if s in r),
+            "errors": sum(1 for r in results if "error" in r) + sum(r[s]["errors"] for r in results
+                                                                     for s in ("a", "b") if s in r)}

@@ -1,0 +1,492 @@
+"""The HTTP side of the load tool's MCP client: HTTP/1.1 framed by hand on raw sockets.
+
+Two drivers use it. The benches (``http-bench``) are plain blocking Python, one epoll loop for
+all connections, with ``Client``; ``load run``'s replay is trio, with ``HttpConn``, which waits
+through trio only when a read would block. Both build requests with ``request_head`` and read
+answers with ``parse_response`` (status line, headers, a body framed by Content-Length, chunks,
+or the connection's end), and read event streams with the gateway's own SSE decoder
+(``wire_gateway.wire.sse``); ``fast_response`` is the replay's short cut for the common answer.
+Why by hand: an HTTP library costs more per call than the gateway does, and the driver must
+never be what a bench measures.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+
+import orjson
+import trio
+
+from wire_gateway.wire.sse import SSEDecoder
+
+from . import BenchError
+from .targets import Url
+
+MODERN_VERSION = "2026-07-28"
+LEGACY_VERSION = "2025-11-25"
+READ_SIZE = 65536
+CONNECT_TIMEOUT_S = 10.0
+INITIALIZED_BODY = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+
+
+def request_head(url: Url, method: str = "POST", headers: tuple = ()) -> bytes:
+    """Request line and headers, up to (not including) Content-Length."""
+    lines = [f"{method} {url.path} HTTP/1.1", f"Host: {url.netloc}"]
+    if method == "POST":
+        lines += ["Content-Type: application/json", "Accept: application/json, text/event-stream"]
+    lines += [f"{k}: {v}" for k, v in headers]
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+
+
+def initialize_body() -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": LEGACY_VERSION, "capabilities": {},
+        "clientInfo": {"name": "http-bench", "version": "0"}}})
+
+
+class Response:
+    __slots__ = ("status", "headers", "body", "close")
+
+    def __init__(self, status: int, headers: dict, body: bytes, close: bool):
+        self.status, self.headers, self.body, self.close = status, headers, body, close
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+
+class ProtocolError(Exception):
+    """The bytes are not an HTTP/1.1 response."""
+
+
+def parse_response(buf: bytes, eof: bool = False):
+    """(Response, bytes consumed) if ``buf`` starts with a whole response, else None.
+
+    Bodies framed by Content-Length, chunked, or (``eof``) by the connection's
+    end.  1xx interim responses are skipped.  Header names are lowercased; a
+    repeated header keeps its first value.
+    """
+    start = 0
+    while True:
+        end = buf.find(b"\r\n\r\n", start)
+        if end < 0:
+            if eof and buf[start:]:
+                raise ProtocolError(f"connection closed inside a response head: {buf[start:start + 200]!r}")
+            return None
+        line_end = buf.find(b"\r\n", start)
+        status_line = buf[start:line_end]
+        if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
+            raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:200]!r}")
+        try:
+            status = int(status_line[9:12])
+        except ValueError:
+            raise ProtocolError(f"bad status line: {status_line[:200]!r}") from None
+        headers = {}
+        if line_end < end:
+            for line in buf[line_end + 2:end].split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name not in headers:
+                    headers[name] = value.strip()
+        body_start = end + 4
+        if 100 <= status < 200:
+            start = body_start
+            continue
+        break
+    connection = headers.get(b"connection", b"").lower()
+    close = b"close" in connection or (status_line.startswith(b"HTTP/1.0") and b"keep-alive" not in connection)
+    if status in (204, 304):
+        return Response(status, headers, b"", close), body_start
+    length = headers.get(b"content-length")
+    if length is not None:
+        try:
+            n = int(length)
+        except ValueError:
+            raise ProtocolError(f"bad Content-Length: {length[:50]!r}") from None
+        stop = body_start + n
+        if len(buf) < stop:
+            if eof:
+                raise ProtocolError(f"connection closed after {len(buf) - body_start} of {n} body bytes")
+            return None
+        return Response(status, headers, buf[body_start:stop], close), stop
+    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        parsed = parse_chunked(buf, body_start)
+        if parsed is None:
+            if eof:
+                raise ProtocolError("connection closed inside a chunked body")
+            return None
+        body, stop = parsed
+        return Response(status, headers, body, close), stop
+    if not eof:
+        return None   # delimited by the end of the connection
+    return Response(status, headers, buf[body_start:], True), len(buf)
+
+
+def parse_chunked(buf: bytes, pos: int):
+    """(body, end) of a chunked body starting at ``pos``, or None if incomplete."""
+    parts = []
+    while True:
+        line_end = buf.find(b"\r\n", pos)
+        if line_end < 0:
+            return None
+        try:
+            size = int(buf[pos:line_end].split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise ProtocolError(f"bad chunk size line: {buf[pos:line_end][:50]!r}") from None
+        pos = line_end + 2
+        if size == 0:
+            break
+        if len(buf) < pos + size + 2:
+            return None
+        parts.append(buf[pos:pos + size])
+        pos += size + 2
+    while True:   # trailers, then the blank line
+        line_end = buf.find(b"\r\n", pos)
+        if line_end < 0:
+            return None
+        if line_end == pos:
+            return b"".join(parts), pos + 2
+        pos = line_end + 2
+
+
+def sse_messages(body: bytes) -> list:
+    """The ``data`` of each event of a whole SSE body (comments and other fields ignored)."""
+    return [event.data for event in SSEDecoder().feed(body + b"\n\n") if event.data]
+
+
+class Client:
+    """One virtual client: one keep-alive connection (and, legacy, one session)."""
+
+    def __init__(self, url: Url, modern: bool, timeout: float = CONNECT_TIMEOUT_S):
+        self.url = url
+        self.modern = modern
+        self.timeout = timeout
+        self.session_id = None
+        self.sock = None
+        self.buf = b""
+        self.connects = 0
+        self.connect()
+        self.head = request_head(url, "POST", call_headers(modern, None)) if modern else b""
+
+    def connect(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        try:
+            sock = socket.create_connection((self.url.host, self.url.port), timeout=self.timeout)
+        except OSError as exc:
+            raise BenchError(f"cannot connect to {self.url}: {exc}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock, self.fd, self.buf = sock, sock.fileno(), b""
+        self.connects += 1
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    # -- blocking exchanges (handshakes, DELETE, idle sessions) ---------------
+
+    def exchange(self, data: bytes) -> Response:
+        """Send one whole request, read its whole response (blocking, bounded)."""
+        self.sock.settimeout(self.timeout)
+        try:
+            self.sock.sendall(data)
+            while True:
+                parsed = parse_response(self.buf)
+                if parsed is not None:
+                    break
+                chunk = self.sock.recv(READ_SIZE)
+                if not chunk:
+                    parsed = parse_response(self.buf, eof=True)
+                    if parsed is None:
+                        raise BenchError(f"{self.url}: connection closed before a response")
+                    break
+                self.buf += chunk
+        except ProtocolError as exc:
+            raise BenchError(f"{self.url}: {exc}") from None
+        except OSError as exc:   # includes socket.timeout
+            raise BenchError(f"{self.url}: {exc or type(exc).__name__}") from None
+        resp, used = parsed
+        self.buf = self.buf[used:]
+        if resp.close:
+            self.connect()
+        return resp
+
+    def post(self, body: bytes, headers: tuple = ()) -> Response:
+        head = request_head(self.url, "POST", headers)
+        return self.exchange(head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def open_session(self) -> str:
+        """Legacy handshake: initialize, then notifications/initialized; returns the session id."""
+        resp = self.post(initialize_body())
+        sid = resp.header(b"mcp-session-id")
+        if resp.status != 200 or not sid:
+            raise BenchError(f"initialize: HTTP {resp.status}, session id {sid!r}: {resp.body[:300]!r}")
+        msg = self._message(resp)
+        if not isinstance(msg, dict) or msg.get("id") != 0 or "result" not in msg:
+            raise BenchError(f"initialize failed: {resp.body[:300]!r}")
+        self.session_id = sid
+        resp = self.post(INITIALIZED_BODY, (("MCP-Protocol-Version", LEGACY_VERSION), ("Mcp-Session-Id", sid)))
+        if resp.status != 202:
+            raise BenchError(f"notifications/initialized: HTTP {resp.status} (expected 202): {resp.body[:300]!r}")
+        self.head = request_head(self.url, "POST", call_headers(False, sid))
+        return sid
+
+    def end_session(self) -> int:
+        """DELETE the session; returns the HTTP status."""
+        if self.session_id is None:
+            return 0
+        head = request_head(self.url, "DELETE", (("Mcp-Session-Id", self.session_id),))
+        resp = self.exchange(head + b"\r\n")
+        self.session_id = None
+        return resp.status
+
+    @staticmethod
+    def _message(resp: Response):
+        data = resp.body
+        if resp.headers.get(b"content-type", b"").startswith(b"text/event-stream"):
+            events = sse_messages(data)
+            data = events[-1] if events else b""
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+
+
+def open_clients(url: Url, k: int, modern: bool) -> list:
+    clients = []
+    try:
+        for _ in range(k):
+            client = Client(url, modern)
+            clients.append(client)
+            if not modern:
+                client.open_session()
+    except BaseException:
+        close_clients(clients, end_sessions=False)
+        raise
+    return clients
+
+
+def close_clients(clients: list, end_sessions: bool = True) -> list:
+    """End sessions (legacy, DELETE) and close connections; returns the failed DELETEs.
+
+    After a failure the sessions are left alone (``end_sessions=False``): a
+    target that stopped answering would make each DELETE wait for its timeout.
+    """
+    bad = []
+    for client in clients:
+        if end_sessions:
+            try:
+                status = client.end_session()
+                if status not in (0, 200):
+                    bad.append(status)
+            except BenchError as exc:
+                bad.append(str(exc))
+                end_sessions = False
+        client.close()
+    return bad
+
+
+class Disconnected(Exception):
+    """The peer closed the connection (or the process exited) before answering."""
+
+
+class HttpStatus(Exception):
+    def __init__(self, status: int, body: bytes):
+        super().__init__(f"HTTP {status}: {body[:200]!r}")
+        self.status = status
+        self.body = body
+
+
+class HttpConn:
+    """One keep-alive HTTP/1.1 connection, hand-framed on a non-blocking stdlib socket.
+
+    Waits with trio's ``wait_readable`` only when a read would block: one
+    scheduler pass per answer, where trio's socket wrapper costs two or three.
+    """
+
+    def __init__(self, url: Url):
+        self.url = url
+        self.sock = None
+        self.buf = b""
+
+    async def connect(self) -> None:
+        self.close()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            try:
+                sock.connect((self.url.host, self.url.port))
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, f"cannot connect to {self.url}: {os.strerror(err)}") from None
+        except BaseException:
+            sock.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock, self.buf = sock, b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    async def exchange(self, data: bytes, on_event=None, fast: bool = False):
+        """Send a request, return its Response; SSE events are given to ``on_event`` as they arrive.
+
+        A chunked event stream is decoded incrementally, so a server request
+        inside it can be answered (by ``on_event``) before the stream ends.
+        """
+        if self.sock is None:
+            await self.connect()
+        try:
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                await self._send_rest(memoryview(data)[sent:])
+        except OSError as exc:
+            self.close()
+            raise Disconnected(f"{self.url}: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
+        return await self.receive(on_event, fast)
+
+    async def receive(self, on_event=None, fast: bool = False):
+        """Read one response (what is already buffered first); see ``exchange``."""
+        try:
+            buf = self.buf
+            while True:
+                if buf:
+                    parsed = fast_response(buf) if fast else parse_response(buf)
+                    if parsed is not None:
+                        resp, used = parsed
+                        self.buf = buf[used:]
+                        if resp.close:
+                            self.close()
+                        return resp
+                    if on_event is not None and b"\r\n\r\n" in buf and _is_chunked_sse(buf):
+                        return await self._stream(buf, on_event)
+                chunk = await self._recv()
+                if not chunk:
+                    self.close()
+                    raise Disconnected(f"{self.url}: connection closed before the answer")
+                buf += chunk
+        except ProtocolError as exc:
+            self.close()
+            raise Disconnected(f"{self.url}: {exc}") from None
+        except OSError as exc:
+            self.close()
+            raise Disconnected(f"{self.url}: {exc}") from None
+        except BaseException:   # cancelled (timeout) mid-exchange: the connection is out of step
+            self.close()
+            raise
+
+    async def _recv(self) -> bytes:
+        await trio.lowlevel.wait_readable(self.sock)
+        while True:
+            try:
+                return self.sock.recv(65536)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+
+    async def exchange_send_only(self, data: bytes) -> None:
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise Disconnected(f"{self.url}: {exc}") from None
+        if sent < len(data):
+            await self._send_rest(memoryview(data)[sent:])
+
+    async def _send_rest(self, view) -> None:
+        while view:
+            await trio.lowlevel.wait_writable(self.sock)
+            try:
+                view = view[self.sock.send(view):]
+            except BlockingIOError:
+                pass
+
+    async def _stream(self, buf: bytes, on_event):
+        """Read a chunked SSE body to its end, handing each event over as it completes."""
+        end = buf.find(b"\r\n\r\n")
+        head_resp = parse_response(buf[:end + 4] + b"0\r\n\r\n")[0]   # the head alone (an empty body)
+        pos, decoder, parts = end + 4, SSEDecoder(), []
+        while True:
+            while True:   # every whole chunk in buf
+                line_end = buf.find(b"\r\n", pos)
+                if line_end < 0:
+                    break
+                try:
+                    size = int(buf[pos:line_end].split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise ProtocolError(f"bad chunk size line: {buf[pos:line_end][:50]!r}") from None
+                if size == 0:
+                    if buf[line_end:line_end + 4] == b"\r\n\r\n":
+                        stop = line_end + 4
+                    else:   # trailers, then a blank line
+                        stop = buf.find(b"\r\n\r\n", line_end)
+                        if stop < 0:
+                            break
+                        stop += 4
+                    self.buf = buf[stop:]
+                    head_resp.body = b"".join(parts)
+                    if head_resp.close:
+                        self.close()
+                    return head_resp
+                if len(buf) < line_end + 2 + size + 2:
+                    break
+                data = buf[line_end + 2:line_end + 2 + size]
+                parts.append(data)
+                pos = line_end + 2 + size + 2
+                for event in decoder.feed(data):
+                    await on_event(event.data)
+            chunk = await self._recv()
+            if not chunk:
+                self.close()
+                raise Disconnected(f"{self.url}: connection closed inside an event stream")
+            buf += chunk
+
+
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.I)
+
+
+_CONTENT_TYPE = re.compile(rb"\r\ncontent-type:[ \t]*([^\r]*)\r\n", re.I)
+
+
+_NEEDS_FULL_PARSE = re.compile(rb"\r\n(?:connection|transfer-encoding):", re.I)
+
+
+def fast_response(buf: bytes):
+    """``parse_response`` for the common answer (HTTP/1.1, Content-Length, kept alive), at a
+    fraction of its cost: only the headers the replay reads.  Anything else goes the full way."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buf[:end + 2]
+    length = _CONTENT_LENGTH.search(head)
+    if length is None or not head.startswith(b"HTTP/1.1 ") or head[9:10] == b"1" or _NEEDS_FULL_PARSE.search(head):
+        return parse_response(buf)
+    stop = end + 4 + int(length.group(1))
+    if len(buf) < stop:
+        return None
+    ctype = _CONTENT_TYPE.search(head)
+    headers = {b"content-type": ctype.group(1).strip()} if ctype else {}
+    return Response(int(head[9:12]), headers, buf[end + 4:stop], False), stop
+
+
+def _is_chunked_sse(buf: bytes) -> bool:
+    head = buf[:buf.find(b"\r\n\r\n")].lower()
+    return b"text/event-stream" in head and b"chunked" in head
+
+
+def call_headers(modern: bool, session_id: str | None) -> tuple:
+    if modern:
+        return (("MCP-Protocol-Version", MODERN_VERSION), ("Mcp-Method", "tools/call"), ("Mcp-Name", "echo"))
+    return (("MCP-Protocol-Version", LEGACY_VERSION), ("Mcp-Session-Id", session_id))

@@ -1,0 +1,280 @@
+"""What the load tool reads from /proc, and where it puts processes: one reader for every command.
+
+CPU is counted in clock ticks from ``/proc/PID/stat`` (utime + stime of a process itself, its
+children excluded), per process tree (a gateway and its upstream servers), for the driver, and
+for the whole machine (``/proc/stat``), so that a figure can say how much of the machine was
+someone else's; memory from ``/proc/PID/status`` (RSS) and ``smaps_rollup`` (PSS). Processes are
+told apart by pid *and* start time, so a reused pid is never counted, nor killed, as ours.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from . import BenchError
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The few /proc/PID/stat fields we need (ticks are clock ticks)."""
+
+    ppid: int
+    ticks: int  # utime + stime: this process only, children excluded
+    start: int  # start time, to tell a pid apart from a reused one
+
+
+def read_stat(pid: int):
+    """ProcStat of ``pid``, or None if it is gone.
+
+    Fields are counted from 1 as in proc(5): 4 ppid, 14 utime, 15 stime,
+    22 starttime.  The command name (field 2) may contain spaces and
+    parentheses, so we split after the last ')'.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rfind(b")") + 2:].split()
+    return ProcStat(ppid=int(rest[1]), ticks=int(rest[11]) + int(rest[12]), start=int(rest[19]))
+
+
+def scan_processes() -> dict:
+    """{pid: ProcStat} for every process we can see."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = read_stat(int(name))
+            if stat is not None:
+                table[int(name)] = stat
+    return table
+
+
+def descendants(table: dict, root: int) -> dict:
+    """{pid: ProcStat} of all descendants of ``root`` (not root itself)."""
+    children = {}
+    for pid, stat in table.items():
+        children.setdefault(stat.ppid, []).append(pid)
+    found, todo = {}, list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        found[pid] = table[pid]
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+@dataclass
+class CpuSample:
+    """CPU counters taken at one instant, to be subtracted pairwise."""
+
+    own_ticks: int
+    tree: dict  # {pid: ProcStat} of the target and all its descendants
+    driver_ns: int
+    driver_ticks: int  # the same, in ticks, to compare with the machine's
+    machine_ticks: int  # busy ticks of the whole machine, all CPUs
+
+    @classmethod
+    def take(cls, pid: int, driver_first: bool) -> CpuSample:
+        """Sample now; the driver's clock is read on the window's side.
+
+        Scanning /proc costs the driver a few milliseconds; reading its clock
+        after the scan when opening the window (and before it when closing)
+        keeps that cost out of the driver's per-call figure.
+        """
+        if driver_first:
+            driver = driver_clocks()
+        table = scan_processes()
+        own = table.get(pid) or read_stat(pid)
+        tree = descendants(table, pid)
+        if own is not None:
+            tree[pid] = own
+        if not driver_first:
+            driver = driver_clocks()
+        return cls(own.ticks if own else 0, tree, *driver)
+
+
+def driver_clocks() -> tuple:
+    """(driver CPU ns, driver ticks, machine busy ticks), read together."""
+    return time.process_time_ns(), read_stat(os.getpid()).ticks, machine_busy_ticks()
+
+
+def machine_busy_ticks() -> int:
+    """Busy ticks of all CPUs so far: user+nice+system+irq+softirq of /proc/stat."""
+    with open("/proc/stat", "rb") as f:
+        fields = f.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[1:8])
+    return user + nice + system + irq + softirq
+
+
+def tree_ticks_between(before: dict, after: dict) -> int:
+    """Ticks spent by the tree between two samples.
+
+    A process present in both is counted by difference; one that appeared in
+    between is counted whole.  (One that exited in between is lost: the
+    targets we measure do not churn processes.)
+    """
+    total = 0
+    for pid, stat in after.items():
+        old = before.get(pid)
+        base = old.ticks if old is not None and old.start == stat.start else 0
+        total += stat.ticks - base
+    return total
+
+
+def ticks_to_us(ticks: int) -> float:
+    return ticks * 1e6 / CLK_TCK
+
+
+def reap_stragglers(known: dict, group: int, patience: float) -> list:
+    """Give a target's descendants `patience` seconds to exit, then SIGKILL them and its group."""
+    deadline = time.monotonic() + patience
+    while True:
+        alive = [pid for pid, start in known.items() if still_running(pid, start)]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(group, signal.SIGKILL)   # anything else left in its group
+    except (ProcessLookupError, PermissionError):
+        pass
+    return alive
+
+
+def still_running(pid: int, start: int) -> bool:
+    """The process with this pid is the one that started at `start` (not a reused pid)."""
+    stat = read_stat(pid)
+    return stat is not None and stat.start == start
+
+
+PIN_MODES = ("split", "same", "none")
+
+
+def add_pin_argument(parser) -> None:
+    """--pin and --spin: where the processes run and how the driver waits."""
+    parser.add_argument(
+        "--pin", choices=PIN_MODES, default="split",
+        help="CPU placement: split = driver on one CPU, target tree on the others "
+             "(default; stable figures); same = everything on one CPU; none = let the "
+             "scheduler decide (bimodal on small machines)")
+    parser.add_argument(
+        "--spin", action="store_true",
+        help="busy-poll answers instead of sleeping on the pipe: removes the client's "
+             "wake-up cost (burns the driver's CPU; use with --pin split)")
+
+
+def cpu_plan(mode: str) -> tuple:
+    """(driver CPUs, target CPUs) for a --pin mode; (None, None) = unpinned.
+
+    Why pin at all: on a 2-CPU machine the scheduler sometimes puts the
+    driver and the target on the same CPU (cheap hand-offs: fast sequential,
+    no parallelism: slow pipelined) and sometimes on different ones (the
+    reverse), and it may switch between runs, so unpinned rounds fall into
+    two clusters ~3x apart.  ``split`` keeps the client on its own CPU and
+    gives the server side (the gateway and its upstream, or the direct
+    server) the rest, which is also the fair way to charge the gateway for
+    the CPU it burns.  With a single usable CPU, split degrades to none.
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    if mode == "same":
+        return {allowed[0]}, {allowed[0]}
+    if mode == "split" and len(allowed) >= 2:
+        return {allowed[0]}, set(allowed[1:])
+    return None, None
+
+
+@contextmanager
+def pinned(cpus):
+    """Run the block with this process on ``cpus``; restore afterwards."""
+    if not cpus:
+        yield
+        return
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+def read_rss_kib(pid) -> int | None:
+    """VmRSS of a process in KiB, or None if it is gone (or a kernel thread)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def read_pss_kib(pid) -> int | None:
+    """Pss of a process in KiB (its share of the memory it maps), or None."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def tree_pss_kib(pid) -> int:
+    """Pss summed over pid and its descendants: what the tree really costs in RAM
+    (RSS counts the interpreter's shared pages once per process)."""
+    pids = [pid, *descendants(scan_processes(), pid)]
+    return sum(read_pss_kib(p) or 0 for p in pids)
+
+
+def tree_rss_kib(pid) -> tuple:
+    """(RSS of pid, RSS of pid and all its descendants, number of descendants), KiB."""
+    own = read_rss_kib(pid)
+    kids = descendants(scan_processes(), pid)
+    total = (own or 0) + sum(read_rss_kib(p) or 0 for p in kids)
+    return own, total, len(kids)
+
+
+def mem_available_kib() -> int:
+    with open("/proc/meminfo", "rb") as f:
+        for line in f:
+            if line.startswith(b"MemAvailable:"):
+                return int(line.split()[1])
+    raise BenchError("no MemAvailable in /proc/meminfo")
+
+
+def pid_listening_on(port: int):
+    """The pid of one of our processes listening on a TCP port, or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{fields[9]}]")
+        except OSError:
+            continue
+    if not inodes:
+        return None
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{name}/fd"):
+                if os.readlink(f"/proc/{name}/fd/{fd}") in inodes:
+                    return int(name)
+        except OSError:
+            continue
+    return None

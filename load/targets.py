@@ -1,0 +1,260 @@
+"""The one target starter: a server, or the gateway in front of one, started, watched and stopped.
+
+Every command measures processes it starts itself, and must never leave one behind nor wait on
+one forever. A target gets its own session (so its whole group can be signalled), its stderr goes
+to a temporary file (its tail explains a failure), and a watchdog kills the group when the run's
+time limit expires, which turns every blocked read of the driver into an end of file: nothing
+waits past the deadline. Descendants seen while it ran (the gateway's upstream servers) are
+remembered by pid and start time, and ``stop`` makes sure they are gone too.
+
+``StdioProcess`` is a target on pipes (the stdio benches drive it); ``HttpProcess`` listens on a
+port it reports through a port file (``wire-gateway serve --port-file``, ``http_echo.py
+--port-file``); ``ExternalTarget`` is a server someone else runs, measured where visible and
+never stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import BenchError
+from .assets import CHECKOUT, ECHO_SERVER, HTTP_ECHO, PACKAGE
+from .procfs import descendants, pid_listening_on, reap_stragglers, scan_processes, still_running
+
+START_TIMEOUT_S = 30.0   # an HTTP target must be listening within this
+
+
+class Url:
+    """The parts of an http:// URL the clients need."""
+
+    def __init__(self, text: str):
+        parts = urlsplit(text)
+        if parts.scheme != "http" or not parts.hostname:
+            raise BenchError(f"not an http:// URL: {text!r}")
+        self.text = text
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.netloc = parts.netloc
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Started:
+    """A process we started, in its own session, bounded by a watchdog."""
+
+    def __init__(self, argv: list, timeout: float, cpus=None, pipes: bool = False, log_file: Path | None = None):
+        self.argv, self.timeout, self.log_file = argv, timeout, log_file
+        self.expired = False
+        self.known_descendants: dict = {}
+        self.stderr = tempfile.TemporaryFile()   # noqa: SIM115 - lives as long as the target; closed in stop()
+        pipe = subprocess.PIPE if pipes else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(argv, stdin=pipe, stdout=pipe, stderr=self.stderr, bufsize=0,
+                                         cwd=CHECKOUT, start_new_session=True)
+        except OSError as exc:
+            self.stderr.close()
+            raise BenchError(f"cannot start {shlex.join(argv)}: {exc}") from exc
+        self.pid = self.proc.pid
+        if cpus:
+            # Right after the fork: the target's own children (the gateway's upstream servers) are
+            # started later and inherit it.
+            try:
+                os.sched_setaffinity(self.pid, cpus)
+            except OSError as exc:
+                self._kill_now()
+                self.proc.wait()
+                self.stderr.close()
+                raise BenchError(f"cannot pin target to CPUs {sorted(cpus)}: {exc}") from exc
+        self.watchdog = threading.Timer(timeout, self._expire)
+        self.watchdog.daemon = True
+        self.watchdog.start()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._kill_now()
+
+    def _kill_now(self) -> None:
+        try:
+            self.remember_now()   # before the target dies: its children are then reparented
+        except Exception:   # /proc raced with exiting processes: kill what we know of
+            pass
+        self._signal_group(signal.SIGKILL)
+        for pid, start in list(self.known_descendants.items()):
+            if still_running(pid, start):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def remember(self, tree: dict) -> None:
+        """Keep track of descendants seen, to make sure they are gone at ``stop``."""
+        for pid, stat in tree.items():
+            if pid != self.pid:
+                self.known_descendants[pid] = stat.start
+
+    def remember_now(self) -> None:
+        self.remember(descendants(scan_processes(), self.pid))
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        out = ""
+        try:
+            self.stderr.flush()
+            size = self.stderr.seek(0, os.SEEK_END)
+            self.stderr.seek(max(0, size - limit))
+            out = self.stderr.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            pass
+        try:
+            if self.log_file is not None:
+                out += self.log_file.read_text(errors="replace")[-limit:]
+        except OSError:
+            pass
+        return out
+
+    def failure(self, what: str) -> BenchError:
+        """A BenchError saying why the run broke, with the target's stderr (and log) tail."""
+        if self.expired:
+            what = f"timed out after {self.timeout:g}s ({what})"
+        try:
+            code = self.proc.wait(0.5)   # a dying target: give it time to say how
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is not None:
+            what += f"; target exited with {code}"
+        tail = self.stderr_tail().strip()
+        return BenchError(what + (f"\n--- target stderr/log (tail) ---\n{tail}" if tail else ""))
+
+    def stop(self, grace: float = 10.0) -> dict:
+        """End it the way its clients would, then harder; reap the descendants seen during the run.
+
+        On pipes: close its stdin (the spec's way to end a stdio server), then SIGTERM and SIGKILL
+        its group. Listening: SIGTERM to the process alone (the gateway then ends its upstream
+        servers the spec's way), then SIGKILL to everything.
+        """
+        self.remember_now()
+        how = "already-exited" if self.proc.poll() is not None else None
+        if self.proc.stdin is not None:
+            steps = (("stdin-eof", self.proc.stdin.close, grace), ("SIGTERM", lambda: self._signal_group(
+                signal.SIGTERM), 3.0), ("SIGKILL", lambda: self._signal_group(signal.SIGKILL), 3.0))
+        else:
+            steps = (("SIGTERM", lambda: self.proc.send_signal(signal.SIGTERM), grace),
+                     ("SIGKILL", self._kill_now, 5.0))
+        if how is None:
+            for name, act, wait in steps:
+                try:
+                    act()
+                    self.proc.wait(wait)
+                    how = name
+                    break
+                except OSError:
+                    continue
+                except subprocess.TimeoutExpired:
+                    how = "unkillable"
+        self.watchdog.cancel()
+        if self.expired:
+            how = "watchdog"   # killed at the deadline before we asked
+        stragglers = reap_stragglers(self.known_descendants, self.pid, 3.0)
+        for stream in (self.proc.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
+        return {"stopped_by": how, "exit_code": self.proc.returncode, "stragglers": stragglers}
+
+
+def gateway_config(folder: Path, name: str = "gateway.json", config: dict | None = None) -> Path:
+    """A gateway config in ``folder`` (kept if already there): ``config``, else the echo server as "echo"."""
+    path = folder / name
+    if not path.exists():
+        path.write_text(json.dumps(config or {"servers": {"echo": {"command": sys.executable,
+                                                                   "args": [str(ECHO_SERVER)]}}}))
+    return path
+
+
+class HttpProcess(Started):
+    """An HTTP target we start: ``direct`` (the HTTP echo server), ``gateway`` (``wire-gateway serve``
+    over the stdio echo server, or the config found in ``tmpdir``), ``fast`` (the canned-answer server).
+    Its URL is known once its port file appears."""
+
+    def __init__(self, kind: str, tmpdir: str, timeout: float, cpus=None, path: str = "/mcp/echo",
+                 dump: bool = False):
+        self.kind = kind
+        self.dump_file = None
+        tag = f"{kind}-{os.getpid()}-{time.monotonic_ns()}"
+        folder = Path(tmpdir)
+        port_file = folder / f"{tag}.port"
+        log_file = None
+        if kind == "direct":
+            argv, path = [sys.executable, str(HTTP_ECHO), "--port", "0", "--port-file", str(port_file)], "/mcp"
+        elif kind == "fast":
+            argv, path = [sys.executable, "-m", f"{PACKAGE}.http_bench", "--fast-server", str(port_file)], "/mcp"
+        else:
+            log_file = folder / f"{tag}.log"
+            argv = [sys.executable, "-m", "wire_gateway", "serve", "--config",
+                    str(gateway_config(folder, "http-bench-gateway.json")), "--port", "0", "--port-file",
+                    str(port_file), "--log-file", str(log_file)]
+            if dump:
+                self.dump_file = folder / f"{tag}.dump.jsonl"
+                argv += ["--dump", str(self.dump_file)]
+        super().__init__(argv, timeout, cpus, log_file=log_file)
+        try:
+            self.port = self._wait_listening(port_file)
+        except BenchError:
+            self.stop()
+            raise
+        self.url = Url(f"http://127.0.0.1:{self.port}{path}")
+
+    def _wait_listening(self, port_file: Path) -> int:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                text = port_file.read_text().strip()
+                if text:
+                    return int(text)
+            except (OSError, ValueError):
+                pass
+            if self.proc.poll() is not None:
+                raise self.failure(f"{self.kind} target exited before listening")
+            time.sleep(0.02)
+        raise self.failure(f"{self.kind} target not listening after {START_TIMEOUT_S:g}s")
+
+
+class ExternalTarget:
+    """A server already running at a URL: measured through the process listening on its port when
+    that is ours to see, never started or stopped by us."""
+
+    def __init__(self, url: str):
+        self.url = Url(url)
+        self.kind = "external"
+        self.pid = pid_listening_on(self.url.port) if self.url.host in ("127.0.0.1", "localhost", "::1") else None
+        self.argv = None
+        self.dump_file = None
+
+    def remember(self, tree: dict) -> None:
+        pass
+
+    def remember_now(self) -> None:
+        pass
+
+    def stop(self, grace: float = 0.0) -> dict:
+        return {"stopped_by": "external (left running)", "exit_code": None, "stragglers": []}
+
+
+def start_http(spec: str, kind: str, tmpdir: str, timeout: float, cpus=None, dump: bool = False):
+    """``auto``: start the target of that kind; a URL: the server running there."""
+    return HttpProcess(kind, tmpdir, timeout, cpus, dump=dump) if spec == "auto" else ExternalTarget(spec)
