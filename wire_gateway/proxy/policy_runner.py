@@ -103,6 +103,9 @@ class PolicyRunner:
         self.sink = sink
         self.chain = chain
         self.auth_context = auth_context
+        # A server whose only interceptor is the auth slot (auth on, no policy of its own): a caller
+        # whose project sets no tool rule for it goes straight through, as if there were no runner.
+        self._auth_only = chain.names == ["auth"]
         self.inner = make_upstream(spec, limits, _InnerSink(self))
         self._calls: dict[Any, _InChain] = {}     # every tool request not yet answered
         self._watch: dict[Any, _InChain] = {}     # those forwarded, awaiting the inner upstream's answer
@@ -169,6 +172,10 @@ class PolicyRunner:
     def request(self, frame: Frame) -> bytes | None:
         if frame.method not in TOOL_METHODS:
             return self.inner.request(frame)
+        if self._auth_only:
+            caller = CALLER.get()
+            if caller is None or self.name not in caller.project.tools:
+                return self.inner.request(frame)
         refused = repeated_params(frame)      # the chain must read the params the server will
         if refused is not None:
             return refused
