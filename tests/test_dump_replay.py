@@ -20,8 +20,8 @@ from mcp.client.streamable_http import streamable_http_client
 from test_dump_e2e import ECHO, MODES, ROOT, SECRETS, session
 
 from wire_gateway.dump.fixture import read_fixture
+from wire_gateway.dump.tap import C2G, G2C
 from wire_gateway.dump.tools import iter_records
-from wire_gateway.dump.writer import C2G, G2C
 
 PY = sys.executable
 

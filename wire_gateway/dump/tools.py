@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from wire_gateway.dump.fixture import RECV, SEND, FixtureHeader, write_fixture
-from wire_gateway.dump.writer import C2G, G2C, G2S, S2G
+from wire_gateway.dump.tap import C2G, G2C, G2S, S2G
 
 ARROWS = {C2G: "C ─▶ G    ", G2S: "    G ─▶ S", S2G: "    G ◀─ S", G2C: "C ◀─ G    "}
 _PARTNER = {G2C: C2G, C2G: G2C, S2G: G2S, G2S: S2G}
