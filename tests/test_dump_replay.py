@@ -27,7 +27,8 @@ PY = sys.executable
 
 
 def to_fixture(dump: Path, session_id: str, out: Path) -> None:
-    proc = subprocess.run([PY, "-m", "wire_gateway", "dump", "fixture", str(dump), "--session", session_id,
+    # --session=ID: a session id may start with "-", which argparse would take for an option
+    proc = subprocess.run([PY, "-m", "wire_gateway", "dump", "fixture", str(dump), f"--session={session_id}",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert not any(s in out.read_text() for s in SECRETS)

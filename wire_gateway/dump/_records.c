@@ -8,12 +8,21 @@
  *
  * It only does the usual: wherever a record is anything else (a frame the gateway wrote, a
  * frame that is not UTF-8, a time outside the given second, a malformed tuple) it stops, and
- * returns how far it got; writer.py encodes from there on in Python. Decisions that need
- * Python (masking, an unknown method's JSON, an unusual id, a policy) are made by writer.py,
+ * returns how far it got; encode.py encodes from there on in Python. Decisions that need
+ * Python (masking, an unknown method's JSON, an unusual id, a policy) are made by encode.py,
  * before the call (`overrides`: the masked frames' JSON texts) or through its callables.
  * suspects() is the masking pre-check's word test (mask.py), one frame at a time; with
  * `word_test` encode() runs the same test itself, in its one pass over each frame, and stops at
- * a suspect (writer.py masks that frame and calls again with its text in `overrides`).
+ * a suspect (encode.py masks that frame and calls again with its text in `overrides`). The
+ * test's names and schemes come from telemetry/secret_rules.py (set_secret_rules, below).
+ * TapCore is the hooks of tap.py's Tap.
+ *
+ * Why one file of this size: it is one extension module, and its parts share static state and
+ * inline helpers that must stay in one translation unit to stay inline (the byte classes and
+ * digit pairs, the word test's tables, which escape_json runs in its pass, the Buf writer). Split
+ * across files they would need a header and exported symbols, and the build (pyproject's one
+ * ext-module, .ci/sanitize's two builds) a list of sources, for no reader's gain: the sections
+ * below (output buffer, numbers, UTF-8 and escaping, word test, encode, hooks) read in order.
  *
  * encode(batch, start, sec_text, second_at, overrides, kinds, methods, method_json, to_json,
  *        tail_of, word_test) -> (bytes, opened, stop, suspect)
@@ -985,12 +994,12 @@ fail:
     return NULL;
 }
 
-/* ---- the hooks (writer.py's Tap.frame and Tap.put) ---------------------------------------------
+/* ---- the hooks (tap.py's Tap.frame and Tap.put) ------------------------------------------------
  *
  * A hook runs on the proxy's hot path for every frame at every hop. In Python it cost about as
  * much as encoding the record later (a bound-method call and some forty bytecodes); here it is one
  * C call: the monotonic clock, the hop, one tuple appended to the dumper's queue. The same rules
- * as writer.py's _PyTapCore: when the queue is full the frame is only counted (`dumper.dropped`);
+ * as tap.py's _PyTapCore: when the queue is full the frame is only counted (`dumper.dropped`);
  * the frame that makes the queue non-empty calls `dumper.wake_up()`. */
 
 typedef struct {
@@ -1188,7 +1197,7 @@ tap_put(TapCore *self, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef tapcore_methods[] = {
     {"frame", (PyCFunction)(void (*)(void))tap_frame, METH_FASTCALL,
-     "frame(direction, frame, policy=None): queue a decoded frame seen at this tap (see writer.Tap)."},
+     "frame(direction, frame, policy=None): queue a decoded frame seen at this tap (see tap.Tap)."},
     {"put", (PyCFunction)(void (*)(void))tap_put, METH_FASTCALL,
      "put(direction, raw, kind=None, method=None, msg_id=None, policy=None): queue a frame's parts "
      "(kind None: the writer decodes raw)."},
@@ -1208,7 +1217,7 @@ static PyTypeObject TapCoreType = {
     .tp_name = "wire_gateway.dump._records.TapCore",
     .tp_basicsize = sizeof(TapCore),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The hooks of a dump tap in C: frame() and put() (writer.py's Tap is built on it).",
+    .tp_doc = "The hooks of a dump tap in C: frame() and put() (tap.py's Tap is built on it).",
     .tp_traverse = (traverseproc)tapcore_traverse,
     .tp_clear = (inquiry)tapcore_clear,
     .tp_dealloc = (destructor)tapcore_dealloc,
@@ -1220,7 +1229,7 @@ static PyTypeObject TapCoreType = {
 static PyMethodDef records_methods[] = {
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
      "encode(batch, start, sec_text, second_at, overrides, kinds, methods, method_json, to_json, "
-     "tail_of) -> (bytes, opened, stop): the usual records of a dump chunk (see writer.py)."},
+     "tail_of) -> (bytes, opened, stop): the usual records of a dump chunk (see encode.py)."},
     {"set_secret_rules", (PyCFunction)(void (*)(void))set_secret_rules, METH_FASTCALL,
      "set_secret_rules(spellings, separators, schemes, folds): the word test's table (mask.py hands over "
      "telemetry/secret_rules.py's)."},
@@ -1232,7 +1241,7 @@ static PyMethodDef records_methods[] = {
 static struct PyModuleDef records_module = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_records",
-    .m_doc = "The dump's record encoder in C (optional: writer.py has the same in Python).",
+    .m_doc = "The dump's record encoder in C (optional: encode.py has the same in Python).",
     .m_size = -1,
     .m_methods = records_methods,
 };
