@@ -6,6 +6,10 @@ dump tools and fixtures can read it. Only frames that might hold something to ma
 are parsed and re-serialised (`FrameMasker.suspects` is a cheap test on a batch of JSON
 frames, `might_hold_secret` a broader one on any bytes); every other frame is dumped as
 the exact bytes that travelled.
+
+What counts as a secret (key names, credential schemes) is `telemetry.secret_rules`' table, which
+the log masker reads too; this module derives its regexes and pre-check words from it, and hands
+it to the C word test (`_records.set_secret_rules`) when it is imported.
 """
 from __future__ import annotations
 
