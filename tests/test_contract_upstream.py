@@ -28,7 +28,7 @@ import trio
 from gateway import MODERN_META, PY, SERVERS
 
 from wire_gateway.config import Config, parse_config
-from wire_gateway.dump.writer import G2S, S2G
+from wire_gateway.dump.tap import G2S, S2G
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import Aggregate
 from wire_gateway.proxy.route import member_factory, open_upstream

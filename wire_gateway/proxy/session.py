@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from wire_gateway.dump.writer import C2G, G2C, Tap
+from wire_gateway.dump.tap import C2G, G2C, Tap
 from wire_gateway.proxy.batch import BatchCollector
 from wire_gateway.transport.outbuffer import OutBuffer
 from wire_gateway.upstream.protocol import Upstream
