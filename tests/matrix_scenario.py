@@ -323,7 +323,7 @@ def records_of(cell: Cell) -> list[dict[str, Any]]:
 
 
 def check_dump(cell: Cell) -> None:
-    from wire_gateway.dump.writer import C2G, G2C, G2S, S2G
+    from wire_gateway.dump.tap import C2G, G2C, G2S, S2G
 
     records = records_of(cell)
     hello = [r for r in records if HELLO in (r.get("frame") or "")]

@@ -33,7 +33,7 @@ from wire_gateway.auth.context import CALLER
 from wire_gateway.auth.directory import Principal
 from wire_gateway.auth.model import Project, ToolRule
 from wire_gateway.config import Config, parse_config
-from wire_gateway.dump.writer import G2S, S2G
+from wire_gateway.dump.tap import G2S, S2G
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import Aggregate
 from wire_gateway.proxy.route import member_factory, open_upstream

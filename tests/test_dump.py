@@ -18,10 +18,12 @@ import pytest
 import trio
 from gateway import LineClient, write_config
 
+from wire_gateway.dump import encode
 from wire_gateway.dump.fixture import FixtureError, read_fixture
 from wire_gateway.dump.mask import FrameMasker
+from wire_gateway.dump.tap import C2G, DIRECTIONS as DIRECTIONS_ALL, G2C, Tap
 from wire_gateway.dump.tools import iter_records, percentile
-from wire_gateway.dump.writer import C2G, DIRECTIONS as DIRECTIONS_ALL, G2C, UNWRITTEN_BATCHES, Dumper, DumpSettings
+from wire_gateway.dump.writer import UNWRITTEN_BATCHES, Dumper, DumpSettings
 from wire_gateway.wire.frame import decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,11 +171,10 @@ def word_test(request: pytest.FixtureRequest) -> str:
 def encoder_flags(raw: bytes) -> bool:
     """Whether the C record encoder's own word test (the one it runs while escaping a frame, when
     no patterns are configured) stops at this frame as a suspect."""
-    from wire_gateway.dump import writer
     tap = Dumper(DumpSettings(path=os.devnull)).tap("s", "echo", "http", era="modern")
     record = (1.5, tap.hops[C2G], raw, FRAME.kind, "tools/call", 1, None)
-    data, _, stop, suspect = writer._native.encode([record], 0, b"2026-11-21T00:00:00", 1.0, None, writer._KIND_ORDER,
-                                                   {}, writer._method_json, writer._json, writer._tail, True)
+    data, _, stop, suspect = encode.BUILT.encode([record], 0, b"2026-11-21T00:00:00", 1.0, None, encode._KIND_ORDER,
+                                                   {}, encode._method_json, encode.to_json, encode._tail, True)
     assert (stop, bool(data)) == ((0, False) if suspect else (1, True)), raw
     return bool(suspect)
 
@@ -279,19 +280,18 @@ def test_the_c_and_python_hooks_queue_the_same_tuples() -> None:
     """The hooks in C (`_records.TapCore`) follow the Python ones' rules: the same tuple per frame
     (a policy given, else the frame's note; put()'s defaults; a hop made for a new direction),
     the writer woken by the frame that makes the queue non-empty, drops counted when full."""
-    from wire_gateway.dump import writer
-    if writer._native is None:
+    if encode.BUILT is None:
         pytest.skip(NO_C_ENCODER)
     noted = decode(b'{"jsonrpc":"2.0","id":2,"result":{"tools":[]}}')
     noted.note = "filter"
     seen = []
-    for native in (writer._native, None):
+    for native in (encode.BUILT, None):
         dumper = Dumper(DumpSettings(path=os.devnull, queue=6))
         dumper.native = native
         woken: list[int] = []
         dumper.wake_up = lambda woken=woken, dumper=dumper: woken.append(len(dumper.queue))
         tap = dumper.tap("s", "echo", "stdio", era="legacy")
-        assert isinstance(tap, writer.Tap)
+        assert isinstance(tap, Tap)
         before = time.monotonic()
         tap.frame(C2G, FRAME)
         tap.frame(G2C, noted)
@@ -450,9 +450,9 @@ def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """Dumpers made in the test use this encoder: the C one (where built) or the Python one."""
     import wire_gateway.dump.writer as writer
     if request.param == "C":
-        if writer._native is None:
+        if encode.BUILT is None:
             pytest.skip(NO_C_ENCODER)
-        monkeypatch.setattr(writer, "NATIVE", writer._native)
+        monkeypatch.setattr(writer, "NATIVE", encode.BUILT)
     else:
         monkeypatch.setattr(writer, "NATIVE", None)
     return request.param
@@ -463,7 +463,7 @@ def test_records_follow_the_documented_format(tmp_path: Path, encoder: str) -> N
     right pair of hops, an era read from the upstream when written, masking, base64."""
     from datetime import datetime
 
-    from wire_gateway.dump.writer import G2S, S2G
+    from wire_gateway.dump.tap import G2S, S2G
     path = tmp_path / "format.jsonl"
 
     class Upstream:
@@ -525,7 +525,7 @@ def test_the_encoder_takes_the_slow_way_for_what_is_unusual(tmp_path: Path, monk
     from datetime import datetime
 
     import wire_gateway.dump.writer as writer
-    from wire_gateway.dump.writer import G2S, S2G
+    from wire_gateway.dump.tap import G2S, S2G
     dumper = Dumper(DumpSettings(path=str(tmp_path / "unused.jsonl")))
     tap = dumper.tap("s1", "echo", "stdio", era="legacy")
     kinds = {"request": FRAME.kind, "response": decode(b'{"jsonrpc":"2.0","id":1,"result":{}}').kind}
@@ -566,10 +566,10 @@ def test_the_encoder_takes_the_slow_way_for_what_is_unusual(tmp_path: Path, monk
 def test_the_c_encoder_is_built_where_ci_requires_it() -> None:
     """CI has a compiler: there a missing C encoder is a broken build, not a slower dump."""
     import wire_gateway.dump.writer as writer
-    if writer._native is None:
+    if encode.BUILT is None:
         assert not os.environ.get("WIRE_GATEWAY_REQUIRE_C_ENCODER"), "the C record encoder did not build"
         pytest.skip(NO_C_ENCODER)
-    assert writer.NATIVE is writer._native or os.environ.get("WIRE_GATEWAY_DUMP_ENCODER") == "python"
+    assert writer.NATIVE is encode.BUILT or os.environ.get("WIRE_GATEWAY_DUMP_ENCODER") == "python"
 
 
 def _random_batch(rng: random.Random, taps: list, kinds: dict, start: float) -> list[list[tuple]]:
@@ -615,8 +615,7 @@ def test_the_c_escaping_matches_orjson_at_every_alignment() -> None:
     UTF-8 at any offset stop it (Python's encoder writes those as base64)."""
     import orjson
 
-    from wire_gateway.dump import writer
-    if writer._native is None:
+    if encode.BUILT is None:
         pytest.skip(NO_C_ENCODER)
     tap = Dumper(DumpSettings(path=os.devnull)).tap("s", "echo", "http", era="modern")
     pieces = ["a", "xyz", "\u00e9", "\u20ac", "\U0001f600", '"', "\\", "\n", "\x01", "\x1f", "\x7f", "b", "/"]
@@ -629,8 +628,8 @@ def test_the_c_escaping_matches_orjson_at_every_alignment() -> None:
             at = rng.randrange(len(raw))
             raw = raw[:at] + b"\xff" + raw[at + 1:]
         record = (1.5, tap.hops[C2G], raw, FRAME.kind, "tools/call", 1, None)
-        data, _, stop, _ = writer._native.encode([record], 0, b"2026-11-21T00:00:00", 1.0, None, writer._KIND_ORDER,
-                                                 {}, writer._method_json, writer._json, writer._tail, False)
+        data, _, stop, _ = encode.BUILT.encode([record], 0, b"2026-11-21T00:00:00", 1.0, None, encode._KIND_ORDER,
+                                                 {}, encode._method_json, encode.to_json, encode._tail, False)
         if broken:
             assert (stop, data) == (0, b""), raw
         else:
@@ -644,15 +643,14 @@ def test_the_c_and_python_encoders_write_the_same_bytes(tmp_path: Path, monkeypa
     Python among them, frames to mask among them) it writes exactly what the Python encoder
     writes, and leaves the same open requests behind. Without configured patterns the C encoder
     runs the masking word test itself; with them, writer.py tests every frame first."""
-    import wire_gateway.dump.writer as writer
-    if writer._native is None:
+    if encode.BUILT is None:
         pytest.skip(NO_C_ENCODER)
-    monkeypatch.setattr(writer, "_clock_offset", lambda: 1_700_000_000.25)
+    monkeypatch.setattr(encode, "_clock_offset", lambda: 1_700_000_000.25)
     kinds = {"request": FRAME.kind, "notification": decode(b'{"jsonrpc":"2.0","method":"n"}').kind,
              "response": decode(b'{"jsonrpc":"2.0","id":1,"result":{}}').kind,
              "error": decode(b'{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"m"}}').kind}
     dumpers = [Dumper(DumpSettings(path=str(tmp_path / f"{n}.jsonl"), mask_patterns=patterns)) for n in range(2)]
-    dumpers[0].native, dumpers[1].native = writer._native, None
+    dumpers[0].native, dumpers[1].native = encode.BUILT, None
     taps = [d.tap("s\u00e9", "echo", "http", era="modern") for d in dumpers]
     rng = random.Random(5)
     mono = 123_456.75

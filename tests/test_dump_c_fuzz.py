@@ -19,11 +19,12 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from wire_gateway.dump import writer
-from wire_gateway.dump.writer import DIRECTIONS, Dumper, DumpSettings
+from wire_gateway.dump import encode
+from wire_gateway.dump.tap import DIRECTIONS
+from wire_gateway.dump.writer import Dumper, DumpSettings
 from wire_gateway.wire.frame import Kind
 
-if writer._native is None:   # CI requires it (WIRE_GATEWAY_REQUIRE_C_ENCODER, test_dump.py)
+if encode.BUILT is None:   # CI requires it (WIRE_GATEWAY_REQUIRE_C_ENCODER, test_dump.py)
     pytest.skip("the C record encoder is not built (no C compiler at install time)", allow_module_level=True)
 # Set by .ci/sanitize: the sanitized build must be the one under test, not an installed one.
 SANITIZED = os.environ.get("WIRE_GATEWAY_SANITIZED_ENCODER")
@@ -120,13 +121,13 @@ def test_the_c_encoder_writes_what_the_python_encoder_writes(masking: str, chunk
     their requests): C and Python write the same bytes (or raise the same error), keep the same
     requests open, and the C word test flags exactly the frames the Python one does."""
     if SANITIZED:
-        assert os.path.samefile(writer._native.__file__, SANITIZED), writer._native.__file__
+        assert os.path.samefile(encode.BUILT.__file__, SANITIZED), encode.BUILT.__file__
     c_dumper, py_dumper = Dumper(MASKING[masking]), Dumper(MASKING[masking])
-    c_dumper.native, py_dumper.native = writer._native, None
+    c_dumper.native, py_dumper.native = encode.BUILT, None
     py_dumper.masker.word_suspects = None
     taps = [d.tap("s\u00e9", "echo", "http", era="modern") for d in (c_dumper, py_dumper)]
     mono = start
-    with mock.patch.object(writer, "_clock_offset", lambda: 1_700_000_000.25):
+    with mock.patch.object(encode, "_clock_offset", lambda: 1_700_000_000.25):
         for chunk in chunks:
             pair: list[list[tuple]] = [[], []]
             for step, direction, raw, kind, method, msg_id, policy in chunk:
@@ -147,4 +148,4 @@ def test_the_c_encoder_writes_what_the_python_encoder_writes(masking: str, chunk
                 event("raised")
             raws = [record[2] for record in pair[0]]
             per_frame = {n for n, raw in enumerate(raws) if py_dumper.masker._word_suspects([raw])}
-            assert set(writer._native.suspects(raws)) == per_frame
+            assert set(encode.BUILT.suspects(raws)) == per_frame

@@ -15,8 +15,8 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from wire_gateway.dump.fixture import read_fixture
+from wire_gateway.dump.tap import C2G, G2C, G2S, S2G
 from wire_gateway.dump.tools import iter_records, make_fixture
-from wire_gateway.dump.writer import C2G, G2C, G2S, S2G
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = {"command": sys.executable, "args": ["-m", "wire_gateway.demo.echo"], "cwd": str(ROOT)}

@@ -20,14 +20,15 @@ from mcp.client.streamable_http import streamable_http_client
 from test_dump_e2e import ECHO, MODES, ROOT, SECRETS, session
 
 from wire_gateway.dump.fixture import read_fixture
+from wire_gateway.dump.tap import C2G, G2C
 from wire_gateway.dump.tools import iter_records
-from wire_gateway.dump.writer import C2G, G2C
 
 PY = sys.executable
 
 
 def to_fixture(dump: Path, session_id: str, out: Path) -> None:
-    proc = subprocess.run([PY, "-m", "wire_gateway", "dump", "fixture", str(dump), "--session", session_id,
+    # --session=ID: a session id may start with "-", which argparse would take for an option
+    proc = subprocess.run([PY, "-m", "wire_gateway", "dump", "fixture", str(dump), f"--session={session_id}",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert not any(s in out.read_text() for s in SECRETS)

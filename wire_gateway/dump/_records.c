@@ -8,12 +8,21 @@
  *
  * It only does the usual: wherever a record is anything else (a frame the gateway wrote, a
  * frame that is not UTF-8, a time outside the given second, a malformed tuple) it stops, and
- * returns how far it got; writer.py encodes from there on in Python. Decisions that need
- * Python (masking, an unknown method's JSON, an unusual id, a policy) are made by writer.py,
+ * returns how far it got; encode.py encodes from there on in Python. Decisions that need
+ * Python (masking, an unknown method's JSON, an unusual id, a policy) are made by encode.py,
  * before the call (`overrides`: the masked frames' JSON texts) or through its callables.
  * suspects() is the masking pre-check's word test (mask.py), one frame at a time; with
  * `word_test` encode() runs the same test itself, in its one pass over each frame, and stops at
- * a suspect (writer.py masks that frame and calls again with its text in `overrides`).
+ * a suspect (encode.py masks that frame and calls again with its text in `overrides`). The
+ * test's names and schemes come from telemetry/secret_rules.py (set_secret_rules, below).
+ * TapCore is the hooks of tap.py's Tap.
+ *
+ * Why one file of this size: it is one extension module, and its parts share static state and
+ * inline helpers that must stay in one translation unit to stay inline (the byte classes and
+ * digit pairs, the word test's tables, which escape_json runs in its pass, the Buf writer). Split
+ * across files they would need a header and exported symbols, and the build (pyproject's one
+ * ext-module, .ci/sanitize's two builds) a list of sources, for no reader's gain: the sections
+ * below (output buffer, numbers, UTF-8 and escaping, word test, encode, hooks) read in order.
  *
  * encode(batch, start, sec_text, second_at, overrides, kinds, methods, method_json, to_json,
  *        tail_of, word_test) -> (bytes, opened, stop, suspect)
@@ -176,7 +185,8 @@ put_fixed(Buf *b, double x, int digits)
 }
 
 /* 0: copied as it is; 1: an ASCII byte JSON escapes; 2: the lead of a multi-byte character;
- * 3: 'b' or 'B', copied as it is (where a credential scheme word may start: the word test). */
+ * 3: the schemes' first letter in either case, copied as it is (where a credential scheme word
+ * may start: the word test; set_byte_classes). */
 static unsigned char byte_class[256];
 static const char hex_digits[] = "0123456789abcdef";
 
@@ -188,7 +198,17 @@ init_tables(void)
         digit_pairs[2 * d + 1] = (char)('0' + d % 10);
     }
     for (int c = 0; c < 256; c++)
-        byte_class[c] = c < 0x20 || c == '"' || c == '\\' ? 1 : c >= 0x80 ? 2 : c == 'b' || c == 'B' ? 3 : 0;
+        byte_class[c] = c < 0x20 || c == '"' || c == '\\' ? 1 : c >= 0x80 ? 2 : 0;
+}
+
+/* Class 3 for `letter` (lower case) and its upper case, and for no other byte. */
+static void
+set_byte_classes(unsigned char letter)
+{
+    for (int c = 0; c < 256; c++)
+        if (byte_class[c] == 3)
+            byte_class[c] = 0;
+    byte_class[letter] = byte_class[letter - 32] = 3;
 }
 
 /* The length of the UTF-8 character at s (at most n bytes left), or 0 when it is not one
@@ -237,12 +257,31 @@ all_ascii(const unsigned char *s, Py_ssize_t n)
 /* ---- the masking pre-check's word test (mask.py: json_triggers, json_find) ------------------
  *
  * A frame (a JSON text) is a suspect when it holds a backslash, the end of a key that SECRET_KEY
- * could match ("token", "key", ... right before a closing quote, with the right thing before the
- * word), or a credential scheme word ("bearer", "basic") where a string could hold whitespace
- * after it (a space or control byte in the frame, or any non-ASCII byte); a non-ASCII frame
- * also when it holds a letter that IGNORECASE folds to an ASCII one. The same rules as mask.py's,
- * per frame, found by memchr: a look back from each quote, a look ahead from each 'b'.
- * escape_json() runs the same rules in its escaping pass (encode()'s `word_test`). */
+ * matches (a spelling of a secret key name right before a closing quote, with the opening quote
+ * or a separator before it), or a credential scheme word ("bearer", "basic") where a string could
+ * hold whitespace after it (a space or control byte in the frame, or any non-ASCII byte); a
+ * non-ASCII frame also when it holds a letter that IGNORECASE folds to an ASCII one. The same
+ * rules as mask.py's, per frame, found by memchr: a look back from each quote, a look ahead from
+ * each scheme's first letter. escape_json() runs the same rules in its escaping pass (encode()'s
+ * `word_test`).
+ *
+ * The names, schemes and folds are not written here: they are telemetry/secret_rules.py's, the
+ * table the log masker and mask.py read too, handed over once at import by mask.py
+ * (set_secret_rules) and turned into lookup tables. Why at start-up rather than generated at
+ * build time: the build is setuptools' own, from pyproject.toml's ext-module (pip, and
+ * .ci/sanitize's two builds, declare no generator step), and a generated header would be a
+ * second copy to keep in step. The tables keep the per-byte work what the hand-written tests
+ * had: a quote costs one bit lookup by the two bytes before it (end_pairs), the rare quote that
+ * passes walks a suffix trie of the spellings back from it (out of line), and the SIMD pass
+ * compares one letter, the schemes' shared first one, as it compared 'b'. Measured against the
+ * hand-written test (2026-12-07, echo-like frames with a progressToken): +2% time per record
+ * in the C encoder alone, most of it the trie walk for near misses. */
+
+#if defined(__GNUC__)
+#define NOINLINE __attribute__((noinline))
+#else
+#define NOINLINE
+#endif
 
 static inline unsigned char
 lower(unsigned char c)
@@ -250,83 +289,94 @@ lower(unsigned char c)
     return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
 }
 
-/* Whether s[0:end] ends with word (n bytes, lower case), case-insensitively. */
+/* The secret rules (set_secret_rules). Keys: a suffix trie of the spellings, read backward from a
+ * closing quote (node 0 is the root; child and sibling 0 mean none), and for each pair of bytes
+ * that ends a spelling (either case), the bit before << 8 | last of end_pairs (8 KiB: one load
+ * by the two bytes as they are). */
+#define MAX_KEY_NODES 4096
+#define MAX_SPELLING 64
+#define MAX_SCHEMES 8
+#define MAX_SCHEME 32
+#define MAX_FOLDS 8
+#define MAX_FOLD 8
+typedef struct {
+    unsigned char c, terminal;        /* the letter; whether a spelling starts at it */
+    int16_t child, sibling;
+} KeyNode;
+typedef struct {
+    KeyNode nodes[MAX_KEY_NODES];
+    int node_count;
+    uint8_t end_pairs[8192];
+    unsigned char key_starts[256];    /* the opening quote and the separators */
+    char schemes[MAX_SCHEMES][MAX_SCHEME];
+    Py_ssize_t scheme_len[MAX_SCHEMES];
+    int scheme_count;
+    unsigned char scheme_letter;      /* the schemes' first letter, lower case */
+    char folds[MAX_FOLDS][MAX_FOLD];
+    Py_ssize_t fold_len[MAX_FOLDS];
+    int fold_count;
+} Rules;
+static Rules rules;
+static int rules_set;                 /* set_secret_rules has been called */
+
 static int
-ends_with(const unsigned char *s, Py_ssize_t end, const char *word, Py_ssize_t n)
+check_rules(void)
 {
-    if (end < n)
-        return 0;
-    for (Py_ssize_t k = 0; k < n; k++)
-        if (lower(s[end - n + k]) != (unsigned char)word[k])
-            return 0;
-    return 1;
+    if (!rules_set)
+        PyErr_SetString(PyExc_RuntimeError, "the word test runs after set_secret_rules() (dump/mask.py calls it)");
+    return rules_set;
 }
 
-#define ENDS_WITH(s, end, lit) ends_with((s), (end), (lit), (Py_ssize_t)sizeof(lit) - 1)
-
-static int
-quote_or_sep_before(const unsigned char *s, Py_ssize_t at)
-{
-    return at > 0 && (s[at - 1] == '"' || s[at - 1] == '_' || s[at - 1] == '-');
-}
-
-/* Whether the quote at s[q] closes a key SECRET_KEY could match (mask.py's _KEY_WORDS), by the
- * letter before it. */
-static int
+/* Whether the quote at s[q] closes a key SECRET_KEY matches: a spelling ends at q, and before it
+ * is the key's opening quote or a separator. Rare (after may_end_secret_key), so kept out of line:
+ * inlined into escape_json's loop, it made that loop larger and a record about 1% slower. */
+static NOINLINE int
 secret_key_ends(const unsigned char *s, Py_ssize_t q)
 {
-    if (q < 1)
-        return 0;
-    switch (lower(s[q - 1])) {
-    case 'n':
-        if (ENDS_WITH(s, q, "token")) {
-            Py_ssize_t at = q - 5;
-            return quote_or_sep_before(s, at) || ENDS_WITH(s, at, "access") || ENDS_WITH(s, at, "refresh") ||
-                   ENDS_WITH(s, at, "id") || ENDS_WITH(s, at, "auth") || ENDS_WITH(s, at, "bearer") ||
-                   ENDS_WITH(s, at, "session");
-        }
-        return ENDS_WITH(s, q, "authorization") && quote_or_sep_before(s, q - 13);
-    case 'y':
-        return ENDS_WITH(s, q, "key") &&
-               (ENDS_WITH(s, q - 3, "api") || ENDS_WITH(s, q - 3, "api_") || ENDS_WITH(s, q - 3, "api-"));
-    case 't':
-        return ENDS_WITH(s, q, "secret") && (quote_or_sep_before(s, q - 6) || ENDS_WITH(s, q - 6, "client"));
-    case 'e':
-        return ENDS_WITH(s, q, "cookie") && quote_or_sep_before(s, q - 6);
-    case 'd':
-        return (ENDS_WITH(s, q, "password") && quote_or_sep_before(s, q - 8)) ||
-               (ENDS_WITH(s, q, "passwd") && quote_or_sep_before(s, q - 6));
+    int node = 0;
+    for (Py_ssize_t i = q - 1; i >= 0; i--) {
+        unsigned char c = lower(s[i]);
+        int k = rules.nodes[node].child;
+        while (k && rules.nodes[k].c != c)
+            k = rules.nodes[k].sibling;
+        if (!k)
+            return 0;
+        node = k;
+        if (rules.nodes[node].terminal && i > 0 && rules.key_starts[s[i - 1]])
+            return 1;
     }
     return 0;
 }
 
-/* Whether the quote at s[q] may close such a key, by the two letters before it ("..en", "..on",
- * "..ey", "..et", "..ie", "..rd", "..wd"; b | 0x20 folds only the letters' cases onto these): most
- * quotes end no such word, and this is all they cost. */
+/* Whether the quote at s[q] may close such a key, by the two bytes before it: most quotes end no
+ * spelling, and this is all they cost. */
 static inline int
 may_end_secret_key(const unsigned char *s, Py_ssize_t q)
 {
-    if (q < 3)
+    if (q < 2)
         return 0;
-    unsigned char last = s[q - 1] | 0x20, before = s[q - 2] | 0x20;
-    switch (last) {
-    case 'n': return before == 'e' || before == 'o';
-    case 'y': case 't': return before == 'e';
-    case 'e': return before == 'i';
-    case 'd': return before == 'r' || before == 'w';
+    unsigned pair = (unsigned)s[q - 2] << 8 | s[q - 1];
+    return (rules.end_pairs[pair >> 3] >> (pair & 7)) & 1;
+}
+
+/* Whether a scheme word starts at s[at] (a byte equal to the schemes' first letter, either case). */
+static NOINLINE int
+scheme_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t at)
+{
+    for (int k = 0; k < rules.scheme_count; k++) {
+        Py_ssize_t len = rules.scheme_len[k];
+        if (n - at < len)
+            continue;
+        Py_ssize_t j = 1;             /* the first letter is known to match */
+        while (j < len && lower(s[at + j]) == (unsigned char)rules.schemes[k][j])
+            j++;
+        if (j == len)
+            return 1;
     }
     return 0;
 }
 
-/* Whether a scheme word ("bearer", "basic") starts at s[at] (a 'b' or 'B'). */
-static inline int
-scheme_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t at)
-{
-    at++;                            /* the word's rest, "earer" or "asic", ends at at + len */
-    return (n - at >= 5 && ENDS_WITH(s, at + 5, "earer")) || (n - at >= 4 && ENDS_WITH(s, at + 4, "asic"));
-}
-
-/* Whether a scheme word starts at some `first` byte ('b' or 'B') of s. */
+/* Whether a scheme word starts at some `first` byte of s. */
 static int
 scheme_from(const unsigned char *s, Py_ssize_t n, unsigned char first)
 {
@@ -339,14 +389,13 @@ scheme_from(const unsigned char *s, Py_ssize_t n, unsigned char first)
     return 0;
 }
 
-/* Whether s holds a non-ASCII letter that IGNORECASE folds to an ASCII one of the words: KELVIN
- * SIGN, LONG S, I WITH DOT ABOVE, DOTLESS I (mask.py's _FOLDS). */
+/* Whether s holds a non-ASCII letter that IGNORECASE folds to an ASCII one of the words
+ * (secret_rules.CASE_FOLDS, UTF-8). */
 static int
 has_fold(const unsigned char *s, Py_ssize_t n)
 {
-    static const char *const folds[] = {"\xe2\x84\xaa", "\xc5\xbf", "\xc4\xb0", "\xc4\xb1", NULL};
-    for (int k = 0; folds[k]; k++)
-        if (memmem(s, n, folds[k], strlen(folds[k])) != NULL)
+    for (int k = 0; k < rules.fold_count; k++)
+        if (memmem(s, n, rules.folds[k], rules.fold_len[k]) != NULL)
             return 1;
     return 0;
 }
@@ -355,7 +404,7 @@ static int
 space_or_control(const unsigned char *s, Py_ssize_t n)
 {
     for (Py_ssize_t i = 0; i < n; i++)
-        if (s[i] <= ' ')
+        if (s[i] - 1u < (unsigned)' ')     /* 0x01 to 0x20: not NUL, mask.py's batch separator */
             return 1;
     return 0;
 }
@@ -367,14 +416,16 @@ suspect(const unsigned char *s, Py_ssize_t n)
         return 1;
     const unsigned char *q = s, *end = s + n;
     while ((q = memchr(q, '"', end - q)) != NULL) {
-        if (secret_key_ends(s, q - s))
+        if (may_end_secret_key(s, q - s) && secret_key_ends(s, q - s))
             return 1;
         q++;
     }
     int ascii = all_ascii(s, n);
     /* A scheme word needs whitespace after it, in a string: in an ASCII text without escapes
      * that is a space (raw control characters are not JSON, but count them anyway). */
-    if ((scheme_from(s, n, 'b') || scheme_from(s, n, 'B')) && (!ascii || space_or_control(s, n)))
+    unsigned char first = rules.scheme_letter;
+    if ((scheme_from(s, n, first) || scheme_from(s, n, (unsigned char)(first - 32))) &&
+        (!ascii || space_or_control(s, n)))
         return 1;
     return !ascii && has_fold(s, n);
 }
@@ -393,12 +444,13 @@ special_bytes(uint64_t w)
            (ones * 0x80);
 }
 
-/* 'b' or 'B' among the 8 bytes of w (flagged like special_bytes: exact up to the first). */
+/* The schemes' first letter, either case, among the 8 bytes of w (flagged like special_bytes:
+ * exact up to the first); `letters` is that letter in every byte. */
 static inline uint64_t
-b_bytes(uint64_t w)
+scheme_letter_bytes(uint64_t w, uint64_t letters)
 {
     const uint64_t ones = 0x0101010101010101ULL;
-    uint64_t x = (w | ones * 0x20) ^ (ones * 'b');      /* zero where the byte is 'b' or 'B' */
+    uint64_t x = (w | ones * 0x20) ^ letters;            /* zero where the byte is the letter */
     return (x - ones) & ~x & (ones * 0x80);
 }
 #endif
@@ -424,7 +476,7 @@ escape_byte(const unsigned char *s, Py_ssize_t n, Py_ssize_t *pi, char **po, int
         *o++ = (char)c;
         i++;
         break;
-    case 3:                    /* 'b' or 'B': does "bearer" or "basic" start here? */
+    case 3:                    /* the schemes' first letter: does one of them start here? */
         if (test && !*scheme && scheme_at(s, n, i))
             *scheme = 1;
         *o++ = (char)c;
@@ -468,14 +520,16 @@ escape_byte(const unsigned char *s, Py_ssize_t n, Py_ssize_t *pi, char **po, int
 
 #ifdef __SSE2__
 /* The bytes of a 16-byte block escape_json must look at, as a bit mask: below 0x20 or not ASCII
- * (one signed comparison), '"', '\\', and with the word test 'b' or 'B'. */
+ * (one signed comparison), '"', '\\', and with the word test the schemes' first letter (`letter`,
+ * in every byte: read once per frame, as the compiler cannot keep a global in a register across
+ * the output's stores). */
 static inline unsigned
-specials16(__m128i v, int test)
+specials16(__m128i v, int test, __m128i letter)
 {
     __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)),
                              _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))));
     if (test)
-        m = _mm_or_si128(m, _mm_cmpeq_epi8(_mm_or_si128(v, _mm_set1_epi8(0x20)), _mm_set1_epi8('b')));
+        m = _mm_or_si128(m, _mm_cmpeq_epi8(_mm_or_si128(v, _mm_set1_epi8(0x20)), letter));
     return (unsigned)_mm_movemask_epi8(m);
 }
 #endif
@@ -491,13 +545,19 @@ specials16(__m128i v, int test)
  * output bytes remain as input bytes.
  *
  * With `test`, the masking pre-check's word test (suspect(), above) runs in the same pass: it
- * looks at the bytes the escaping stops at anyway (quotes, backslashes, non-ASCII) and at 'b's.
+ * looks at the bytes the escaping stops at anyway (quotes, backslashes, non-ASCII) and at the
+ * schemes' first letter.
  * Returns ESCAPED, NOT_UTF8 or SUSPECT; after the last two the output is to be dropped. */
 static int
 escape_json(char *o, const unsigned char *s, Py_ssize_t n, int test, char **end)
 {
     Py_ssize_t i = 0;
     int scheme = 0, ascii = 1, r;
+#if defined(__SSE2__)
+    const __m128i letter = _mm_set1_epi8((char)rules.scheme_letter);
+#elif defined(WORDS)
+    const uint64_t letters = 0x0101010101010101ULL * rules.scheme_letter;
+#endif
     *o++ = '"';
     while (i < n) {
 #if defined(__SSE2__)
@@ -505,7 +565,7 @@ escape_json(char *o, const unsigned char *s, Py_ssize_t n, int test, char **end)
             Py_ssize_t base = i;
             __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
             _mm_storeu_si128((__m128i *)o, v);
-            unsigned m = specials16(v, test);
+            unsigned m = specials16(v, test, letter);
             if (!m) {
                 o += 16;
                 i += 16;
@@ -533,7 +593,7 @@ escape_json(char *o, const unsigned char *s, Py_ssize_t n, int test, char **end)
         if (n - i >= 8) {          /* 8 bytes at a time up to the first one to look at */
             uint64_t w, special;
             memcpy(&w, s + i, 8);
-            special = special_bytes(w) | (test ? b_bytes(w) : 0);
+            special = special_bytes(w) | (test ? scheme_letter_bytes(w, letters) : 0);
             memcpy(o, &w, 8);
             if (!special) {
                 o += 8;
@@ -600,7 +660,7 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     double second_at = PyFloat_AsDouble(args[3]);
     int word_test = PyObject_IsTrue(args[10]);
-    if (word_test < 0 || PyErr_Occurred())
+    if (word_test < 0 || PyErr_Occurred() || (word_test && !check_rules()))
         return NULL;
     if (!PyList_CheckExact(batch) || !PyBytes_Check(sec_text) || !PyDict_CheckExact(methods) ||
         !PyTuple_CheckExact(kinds) || PyTuple_GET_SIZE(kinds) != 4 ||
@@ -791,10 +851,137 @@ fail:
     return NULL;
 }
 
+/* The bytes of item k of a sequence (borrowed), 1 to `max` long, else NULL with ValueError. */
+static const char *
+rule_bytes(PyObject *seq, Py_ssize_t k, Py_ssize_t max, Py_ssize_t *len, const char *what)
+{
+    PyObject *item = PySequence_Fast_GET_ITEM(seq, k);
+    if (!PyBytes_Check(item) || PyBytes_GET_SIZE(item) < 1 || PyBytes_GET_SIZE(item) > max) {
+        PyErr_Format(PyExc_ValueError, "set_secret_rules(): each of %s must be bytes, 1 to %zd long", what, max);
+        return NULL;
+    }
+    *len = PyBytes_GET_SIZE(item);
+    return PyBytes_AS_STRING(item);
+}
+
+/* Add a spelling (lower-cased) to the suffix trie: 0, or -1 when the trie is full. */
+static int
+add_spelling(Rules *r, const char *word, Py_ssize_t len)
+{
+    int node = 0;
+    for (Py_ssize_t i = len - 1; i >= 0; i--) {
+        unsigned char c = lower((unsigned char)word[i]);
+        int k = r->nodes[node].child;
+        while (k && r->nodes[k].c != c)
+            k = r->nodes[k].sibling;
+        if (!k) {
+            if (r->node_count >= MAX_KEY_NODES)
+                return -1;
+            k = r->node_count++;
+            r->nodes[k] = (KeyNode){c, 0, 0, r->nodes[node].child};
+            r->nodes[node].child = (int16_t)k;
+        }
+        node = k;
+    }
+    r->nodes[node].terminal = 1;
+    unsigned char last = lower((unsigned char)word[len - 1]), before = lower((unsigned char)word[len - 2]);
+    for (int k = 0; k < 4; k++) {     /* each letter in either case */
+        unsigned a = k & 1 && before >= 'a' && before <= 'z' ? before - 32u : before;
+        unsigned b = k & 2 && last >= 'a' && last <= 'z' ? last - 32u : last;
+        unsigned pair = a << 8 | b;
+        r->end_pairs[pair >> 3] |= (uint8_t)(1 << (pair & 7));
+    }
+    return 0;
+}
+
+/* set_secret_rules(spellings, separators, schemes, folds): the table of telemetry/secret_rules.py
+ * (see the word test, above), checked and turned into lookup tables; until it is called the
+ * word test refuses to run. Called again, it replaces them. */
+static PyObject *
+set_secret_rules(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "set_secret_rules() takes spellings, separators, schemes and folds");
+        return NULL;
+    }
+    static Rules r;                   /* static: the trie alone is 24 KiB */
+    memset(&r, 0, sizeof r);
+    r.node_count = 1;
+    PyObject *seqs[4] = {NULL, NULL, NULL, NULL};
+    PyObject *result = NULL;
+    for (int k = 0; k < 4; k++)
+        if (k != 1 && (seqs[k] = PySequence_Fast(args[k], "set_secret_rules() takes sequences of bytes")) == NULL)
+            goto done;
+    Py_ssize_t len;
+    for (Py_ssize_t k = 0; k < PySequence_Fast_GET_SIZE(seqs[0]); k++) {
+        const char *word = rule_bytes(seqs[0], k, MAX_SPELLING, &len, "the spellings");
+        if (word == NULL)
+            goto done;
+        if (len < 2 || !all_ascii((const unsigned char *)word, len) || memchr(word, '"', len) || memchr(word, '\\', len)) {
+            PyErr_SetString(PyExc_ValueError, "set_secret_rules(): a spelling is 2 or more ASCII bytes, no quote or backslash");
+            goto done;
+        }
+        if (add_spelling(&r, word, len) < 0) {
+            PyErr_SetString(PyExc_ValueError, "set_secret_rules(): too many spellings for the tables");
+            goto done;
+        }
+    }
+    if (!PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "set_secret_rules(): separators must be bytes");
+        goto done;
+    }
+    r.key_starts['"'] = 1;
+    for (Py_ssize_t k = 0; k < PyBytes_GET_SIZE(args[1]); k++)
+        r.key_starts[(unsigned char)PyBytes_AS_STRING(args[1])[k]] = 1;
+    r.scheme_count = (int)PySequence_Fast_GET_SIZE(seqs[2]);
+    if (r.scheme_count < 1 || r.scheme_count > MAX_SCHEMES) {
+        PyErr_Format(PyExc_ValueError, "set_secret_rules(): 1 to %d schemes", MAX_SCHEMES);
+        goto done;
+    }
+    for (int k = 0; k < r.scheme_count; k++) {
+        const char *word = rule_bytes(seqs[2], k, MAX_SCHEME - 1, &len, "the schemes");
+        if (word == NULL)
+            goto done;
+        for (Py_ssize_t j = 0; j < len; j++)
+            r.schemes[k][j] = (char)lower((unsigned char)word[j]);
+        r.scheme_len[k] = len;
+        /* one first letter, a letter: the SIMD pass folds case by setting bit 0x20 */
+        unsigned char first = (unsigned char)r.schemes[k][0];
+        if (first < 'a' || first > 'z' || (k > 0 && first != r.scheme_letter)) {
+            PyErr_SetString(PyExc_ValueError, "set_secret_rules(): the schemes must start with one same ASCII letter");
+            goto done;
+        }
+        r.scheme_letter = first;
+    }
+    r.fold_count = (int)PySequence_Fast_GET_SIZE(seqs[3]);
+    if (r.fold_count > MAX_FOLDS) {
+        PyErr_Format(PyExc_ValueError, "set_secret_rules(): at most %d folds", MAX_FOLDS);
+        goto done;
+    }
+    for (int k = 0; k < r.fold_count; k++) {
+        const char *fold = rule_bytes(seqs[3], k, MAX_FOLD, &len, "the folds");
+        if (fold == NULL)
+            goto done;
+        memcpy(r.folds[k], fold, len);
+        r.fold_len[k] = len;
+    }
+    memcpy(&rules, &r, sizeof r);
+    set_byte_classes(rules.scheme_letter);
+    rules_set = 1;
+    result = Py_NewRef(Py_None);
+done:
+    for (int k = 0; k < 4; k++)
+        Py_XDECREF(seqs[k]);
+    return result;
+}
+
 static PyObject *
 suspects(PyObject *module, PyObject *raws)
 {
     (void)module;
+    if (!check_rules())
+        return NULL;
     PyObject *seq = PySequence_Fast(raws, "suspects() takes a sequence of bytes");
     if (seq == NULL)
         return NULL;
@@ -827,12 +1014,12 @@ fail:
     return NULL;
 }
 
-/* ---- the hooks (writer.py's Tap.frame and Tap.put) ---------------------------------------------
+/* ---- the hooks (tap.py's Tap.frame and Tap.put) ------------------------------------------------
  *
  * A hook runs on the proxy's hot path for every frame at every hop. In Python it cost about as
  * much as encoding the record later (a bound-method call and some forty bytecodes); here it is one
  * C call: the monotonic clock, the hop, one tuple appended to the dumper's queue. The same rules
- * as writer.py's _PyTapCore: when the queue is full the frame is only counted (`dumper.dropped`);
+ * as tap.py's _PyTapCore: when the queue is full the frame is only counted (`dumper.dropped`);
  * the frame that makes the queue non-empty calls `dumper.wake_up()`. */
 
 typedef struct {
@@ -1030,7 +1217,7 @@ tap_put(TapCore *self, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef tapcore_methods[] = {
     {"frame", (PyCFunction)(void (*)(void))tap_frame, METH_FASTCALL,
-     "frame(direction, frame, policy=None): queue a decoded frame seen at this tap (see writer.Tap)."},
+     "frame(direction, frame, policy=None): queue a decoded frame seen at this tap (see tap.Tap)."},
     {"put", (PyCFunction)(void (*)(void))tap_put, METH_FASTCALL,
      "put(direction, raw, kind=None, method=None, msg_id=None, policy=None): queue a frame's parts "
      "(kind None: the writer decodes raw)."},
@@ -1050,7 +1237,7 @@ static PyTypeObject TapCoreType = {
     .tp_name = "wire_gateway.dump._records.TapCore",
     .tp_basicsize = sizeof(TapCore),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The hooks of a dump tap in C: frame() and put() (writer.py's Tap is built on it).",
+    .tp_doc = "The hooks of a dump tap in C: frame() and put() (tap.py's Tap is built on it).",
     .tp_traverse = (traverseproc)tapcore_traverse,
     .tp_clear = (inquiry)tapcore_clear,
     .tp_dealloc = (destructor)tapcore_dealloc,
@@ -1062,7 +1249,10 @@ static PyTypeObject TapCoreType = {
 static PyMethodDef records_methods[] = {
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
      "encode(batch, start, sec_text, second_at, overrides, kinds, methods, method_json, to_json, "
-     "tail_of) -> (bytes, opened, stop): the usual records of a dump chunk (see writer.py)."},
+     "tail_of) -> (bytes, opened, stop): the usual records of a dump chunk (see encode.py)."},
+    {"set_secret_rules", (PyCFunction)(void (*)(void))set_secret_rules, METH_FASTCALL,
+     "set_secret_rules(spellings, separators, schemes, folds): the word test's table (mask.py hands over "
+     "telemetry/secret_rules.py's)."},
     {"suspects", suspects, METH_O,
      "suspects(raws) -> [index]: the JSON frames the masking pre-check's words flag (see mask.py)."},
     {NULL, NULL, 0, NULL},
@@ -1071,7 +1261,7 @@ static PyMethodDef records_methods[] = {
 static struct PyModuleDef records_module = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_records",
-    .m_doc = "The dump's record encoder in C (optional: writer.py has the same in Python).",
+    .m_doc = "The dump's record encoder in C (optional: encode.py has the same in Python).",
     .m_size = -1,
     .m_methods = records_methods,
 };

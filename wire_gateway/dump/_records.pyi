@@ -5,10 +5,10 @@ from typing import Any
 from wire_gateway.wire.frame import Frame, Kind
 
 class TapCore:
-    """The hooks of a dump tap in C (writer.py's Tap is built on it)."""
+    """The hooks of a dump tap in C (tap.py's Tap is built on it)."""
 
     queue: list[tuple[Any, ...]]
-    hops: Any          # writer._Hops
+    hops: Any          # tap._Hops
     dumper: Any        # writer.Dumper
     limit: int
 
@@ -21,3 +21,5 @@ def encode(batch: Sequence[tuple[Any, ...]], start: int, sec_text: bytes, second
            method_json: Callable[[Any], bytes], to_json: Callable[[Any], bytes],
            tail_of: Callable[[str | None, bool], bytes], word_test: bool, /) -> tuple[bytes, int, int, int]: ...
 def suspects(raws: Iterable[bytes], /) -> list[int]: ...
+def set_secret_rules(spellings: Sequence[bytes], separators: bytes, schemes: Sequence[bytes],
+                     folds: Sequence[bytes], /) -> None: ...

@@ -6,6 +6,10 @@ dump tools and fixtures can read it. Only frames that might hold something to ma
 are parsed and re-serialised (`FrameMasker.suspects` is a cheap test on a batch of JSON
 frames, `might_hold_secret` a broader one on any bytes); every other frame is dumped as
 the exact bytes that travelled.
+
+What counts as a secret (key names, credential schemes) is `telemetry.secret_rules`' table, which
+the log masker reads too; this module derives its regexes and pre-check words from it, and hands
+it to the C word test (`_records.set_secret_rules`) when it is imported.
 """
 from __future__ import annotations
 
@@ -16,63 +20,74 @@ from typing import Any
 
 import orjson
 
+from wire_gateway.telemetry import secret_rules
 from wire_gateway.telemetry.masking import Masker
 from wire_gateway.wire import jsonfast
 
 _c_word_suspects: Callable[[Iterable[bytes]], list[int]] | None
 try:   # the word test in C (an optional part of the build): one pass per frame
-    from wire_gateway.dump._records import suspects as _c_word_suspects
+    from wire_gateway.dump import _records
 except ImportError:
     _c_word_suspects = None
+else:  # it reads the same table as the rest of this module (see _records.c: set_secret_rules)
+    _records.set_secret_rules([s.encode() for s in secret_rules.KEY_SPELLINGS], secret_rules.SEPARATORS.encode(),
+                              [s.encode() for s in secret_rules.SCHEMES], [f.encode() for f in secret_rules.CASE_FOLDS])
+    _c_word_suspects = _records.suspects
 
 MASK = "***"
 _KEY_MEMO_SIZE = 4096      # key names whose SECRET_KEY verdict is remembered, at most
 _KEY_MEMO_LENGTH = 128     # and only names this short
 
-# Whole key names (case-insensitive), optionally after a "something_" / "something-" prefix
-# ("github_token", "x-api-key"). camelCase compounds such as progressToken are NOT secrets.
-SECRET_KEY = re.compile(
-    r"(?:.*[_-])?(?:authorization|cookie|set-cookie|password|passwd|(?:client[_-]?)?secret|"
-    r"token|(?:access|refresh|id|auth|bearer|session)[_-]?token|api[_-]?key)",
-    re.IGNORECASE)
-BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+# A whole key name is secret when SECRET_KEY matches it in full: one of secret_rules' names,
+# optionally after a "something_" / "something-" prefix ("github_token", "x-api-key").
+SECRET_KEY = re.compile(r"(?:.*[_-])?" + secret_rules.KEY_PATTERN, re.IGNORECASE)
+BEARER = re.compile(r"\b(" + "|".join(secret_rules.SCHEMES) + r")\s+[" + secret_rules.CREDENTIAL_CHARS + "]+",
+                    re.IGNORECASE)
 # Anything that could make the exact-bytes shortcut unsafe: a secret-ish word, a credential
 # scheme, or any escape (a key spelled with \u escapes must not slip past the word test).
 # Matched on the lower-cased bytes, as substring tests in C: several times faster than a
 # case-insensitive regex. This broad test is for any text (a frame that is not JSON is masked
 # as text, by rules that look for these words anywhere); JSON texts take the narrower test below.
-# Non-ASCII letters that re.IGNORECASE matches to an ASCII letter of the words above (KELVIN
-# SIGN -> k, LONG S -> s, dotted and dotless I -> i), UTF-8 encoded: `bytes.lower()` leaves them
-# as they are, so a key such as "api_\u212aey" written unescaped would pass a plain word test.
-_FOLDS = ("\u212a".encode(), "\u017f".encode(), "\u0130".encode(), "\u0131".encode())
-_WORDS = (b"auth", b"token", b"key", b"secret", b"passw", b"cookie", b"bearer", b"basic")
+# Non-ASCII letters that re.IGNORECASE matches to an ASCII letter of the words (secret_rules'
+# CASE_FOLDS), UTF-8 encoded: `bytes.lower()` leaves them as they are, so a key such as
+# "api_\u212aey" written unescaped would pass a plain word test.
+_FOLDS = tuple(f.encode() for f in secret_rules.CASE_FOLDS)
+_WORDS = tuple(w.encode() for w in (*secret_rules.KEY_WORDS, *secret_rules.SCHEMES))
 
 # The narrow test, for JSON texts only (frames that parsed). A key that SECRET_KEY matches in
-# full ends with one of these words, and in JSON its closing quote follows the last letter at
-# once; what may come before the word is just as fixed (the key's opening quote, a "_" or "-",
-# or one of the prefixes SECRET_KEY allows without one), which a hit is checked against, so that
-# progressToken or "key" do not send a frame the slow way. An escape anywhere is a backslash,
-# a trigger of its own. BEARER needs its scheme word, anywhere in a string.
-_QUOTE_OR_SEP = (b'"', b"_", b"-")
-_KEY_WORDS = {
-    b'token"': (*_QUOTE_OR_SEP, b"access", b"refresh", b"id", b"auth", b"bearer", b"session"),
-    b'key"': (b"api", b"api_", b"api-"),
-    b'cookie"': _QUOTE_OR_SEP,
-    b'authorization"': _QUOTE_OR_SEP,
-    b'password"': _QUOTE_OR_SEP,
-    b'passwd"': _QUOTE_OR_SEP,
-    b'secret"': (*_QUOTE_OR_SEP, b"client"),
-}
+# full ends with one of its names' last words, and in JSON its closing quote follows the last
+# letter at once; what may come before the word is just as fixed (the rest of a spelling of the
+# name, after the key's opening quote or a separator), which a hit is checked against, so that
+# progressToken or "key" do not send a frame the slow way. The C word test is the same rule.
+# An escape anywhere is a backslash, a trigger of its own. BEARER needs its scheme word,
+# anywhere in a string.
+_KEY_WORDS: dict[bytes, tuple[bytes, ...]] = {}   # 'token"' -> (what may come before it, ...)
+_STARTS = (b'"', *(bytes([c]) for c in secret_rules.SEPARATORS.encode()))
+for _spelling in secret_rules.KEY_SPELLINGS:
+    _word = next(w for w in secret_rules.KEY_WORDS if _spelling.endswith(w)).encode() + b'"'
+    _KEY_WORDS[_word] = (*_KEY_WORDS.get(_word, ()),
+                         *(start + _spelling.encode()[:len(_spelling) + 1 - len(_word)] for start in _STARTS))
 # Each group of words comes with a letter they all contain that is rare in protocol frames: a
 # one-byte search (memchr) for it decides whether the words' own, much slower, searches are
-# worth running at all.
-_JSON_WORDS = ((b"k", (b'token"', b'key"', b'cookie"')), (b"z", (b'authorization"',)),
-               (b"w", (b'password"', b'passwd"')))
-_JSON_ALWAYS = (b'secret"', b"\\")   # no rare letter in "secret"; a backslash is one byte anyway
+# worth running at all (a word with none of these letters is searched for always).
+_RARE_LETTERS = b"zqjxkwv"
+
+
+def _rare_letter(word: bytes) -> bytes | None:
+    return next((bytes([c]) for c in _RARE_LETTERS if c in word), None)
+
+
+_JSON_WORDS = tuple((rare, tuple(w for w in _KEY_WORDS if _rare_letter(w) == rare))
+                    for rare in dict.fromkeys(_rare_letter(w) for w in _KEY_WORDS) if rare is not None)
+_JSON_ALWAYS = (*(w for w in _KEY_WORDS if _rare_letter(w) is None), b"\\")   # and a backslash (1 byte anyway)
 # BEARER needs whitespace after the scheme. Inside a JSON string in ASCII text, whitespace is a
 # space or an escape (JSON forbids raw control characters): compact frames, with no space at
 # all, skip the scheme words.
-_SCHEMES = (b"bearer", b"basic")
+_SCHEMES = tuple(s.encode() for s in secret_rules.SCHEMES)
+# A space, or a raw control byte (not JSON, but `\s` matches some: counted as whitespace, as the C
+# test does); not NUL, which joins the frames of a batch.
+_SPACE_OR_CONTROL = re.compile(rb"[\x01-\x20]")
+_SCHEME_LETTERS = tuple(dict.fromkeys(s[:1] for s in _SCHEMES))
 
 
 def _has_word(low: bytes) -> bool:
@@ -86,12 +101,12 @@ def json_triggers(low: bytes, backslash: bool = True) -> list[bytes]:
     from the configured patterns, which are checked separately. backslash=False: without the
     backslash, for a text whose escapes do not matter (then an escaped tab may be the whitespace
     after a scheme)."""
-    words = list(_JSON_ALWAYS) if backslash else [b'secret"']
+    words = list(_JSON_ALWAYS) if backslash else list(_JSON_ALWAYS[:-1])
     for rare, group in _JSON_WORDS:
         if rare in low:
             words += group
     if low.isascii():
-        if b"b" in low and (b" " in low or not backslash):
+        if (not backslash or _SPACE_OR_CONTROL.search(low)) and any(letter in low for letter in _SCHEME_LETTERS):
             words += _SCHEMES
     else:                    # non-ASCII whitespace, and letters that IGNORECASE folds to ASCII ones
         words += _SCHEMES

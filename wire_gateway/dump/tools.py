@@ -3,6 +3,11 @@
 The dump is the record; these tools only read it. `show` is for a person following
 a conversation, `stats` for a quick profile of a run, `fixture` turns one recorded
 session into a replayable load fixture (see fixture.py for that format).
+
+Slightly over the house's 400 lines, kept as one file on purpose: the three commands are thin
+(about 60 lines each) over the same reading layer (`iter_records`/`follow_records`, `frame_msg`,
+the request/answer pairing) and share one argument parser; split per command, each module
+would be a screenful importing the rest back.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from wire_gateway.dump.fixture import RECV, SEND, FixtureHeader, write_fixture
-from wire_gateway.dump.writer import C2G, G2C, G2S, S2G
+from wire_gateway.dump.tap import C2G, G2C, G2S, S2G
 
 ARROWS = {C2G: "C ─▶ G    ", G2S: "    G ─▶ S", S2G: "    G ◀─ S", G2C: "C ◀─ G    "}
 _PARTNER = {G2C: C2G, C2G: G2C, S2G: G2S, G2S: S2G}

@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Config, HttpSettings, ServerSpec
-from wire_gateway.dump.writer import C2G, G2C, Tap
+from wire_gateway.dump.tap import C2G, G2C, Tap
 from wire_gateway.proxy.exchange import Backlog, Exchange, Replay, parse_event_id
 from wire_gateway.proxy.http_answer import JSON, SSE_HEADERS, first_answer
 from wire_gateway.proxy.route import open_upstream

@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Config, ServerSpec
-from wire_gateway.dump.writer import C2G, G2C, Tap
+from wire_gateway.dump.tap import C2G, G2C, Tap
 from wire_gateway.proxy.exchange import Backlog, Exchange
 from wire_gateway.proxy.http_answer import JSON, answer
 from wire_gateway.proxy.route import open_upstream

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from wire_gateway.dump.writer import C2G, G2C, Tap
+from wire_gateway.dump.tap import C2G, G2C, Tap
 from wire_gateway.proxy.batch import BatchCollector
 from wire_gateway.transport.outbuffer import OutBuffer
 from wire_gateway.upstream.protocol import Upstream

@@ -2,8 +2,9 @@
 (Dumps mask frames with `dump.mask`, which takes the same configured patterns and secret values.)
 
 Two kinds of secret:
-- by shape (`_RULES`): `key=value` and `"key": "value"` for secret-looking keys, credentials in
-  a URL's userinfo, `Bearer`/`Basic` credentials, and the configured `mask_patterns`;
+- by shape (`_RULES`): `key=value` and `"key": "value"` for secret keys and `Bearer`/`Basic`
+  credentials (the rules of `secret_rules`, which the dump's maskers share), credentials in a
+  URL's userinfo, and the configured `mask_patterns`;
 - by value (`SECRETS`): the values of configured secrets, whatever surrounds them. The config's
   `env` values that came from `${VAR}` expansion and every `headers` value of a url server are
   registered when the config is loaded (`config.loader.register_secrets`); a server that prints
@@ -24,6 +25,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from wire_gateway.telemetry import secret_rules
 from wire_gateway.wire import errors
 
 MASK = "***"
@@ -31,22 +33,27 @@ MIN_SECRET_LENGTH = 6
 """Registered values shorter than this are ignored: masking `dev`, `1` or `true` everywhere would
 mask half the log and protect nothing (such a value is guessable anyway)."""
 
-_SECRET_KEYS = r"(?:authorization|proxy-authorization|token|access_token|refresh_token|id_token|api[_-]?key|apikey|password|passwd|secret|client_secret|cookie|set-cookie|x-api-key)"  # noqa: E501 - one alternation
+_CREDENTIAL = "[" + secret_rules.CREDENTIAL_CHARS + "]"
+_SCHEMES = "(" + "|".join(secret_rules.SCHEMES) + ")"
+# A secret key name (secret_rules): one of the names, after any `word_` / `word-` prefix.
+_KEY = r"(?:[\w-]*[_-])?" + secret_rules.KEY_PATTERN
+_JSON_KEY = r'(?:[^"\\\n]*[_-])?' + secret_rules.KEY_PATTERN   # inside a JSON string: any character
 
 _RULES: list[tuple[re.Pattern[str], str]] = [
     # "key": "value" in JSON text
-    (re.compile(r'("[A-Za-z0-9_-]*' + _SECRET_KEYS + r'"\s*:\s*")((?:[^"\\]|\\.)*)(")', re.IGNORECASE), r"\1***\3"),
+    (re.compile(r'("' + _JSON_KEY + r'"\s*:\s*")((?:[^"\\]|\\.)*)(")', re.IGNORECASE), r"\1***\3"),
     # the password in a URL's userinfo (redis://:secret@host, https://user:secret@host)
     (re.compile(r"\b([a-z][a-z0-9+.-]*://[^\s/:@]*:)([^\s/@]+)(@)", re.IGNORECASE), r"\1***\3"),
     # Bearer / Basic credentials anywhere
-    (re.compile(r"\b(Bearer|Basic)\s+([A-Za-z0-9._~+/=-]{4})[A-Za-z0-9._~+/=-]*", re.IGNORECASE), r"\1 \2***"),
+    (re.compile(r"\b" + _SCHEMES + r"\s+(" + _CREDENTIAL + "{4})" + _CREDENTIAL + "*", re.IGNORECASE), r"\1 \2***"),
     # key=value or key: value in plain text (headers, env dumps, argv)
-    (re.compile(r"\b([A-Za-z0-9_-]*" + _SECRET_KEYS + r")(\s*[=:]\s*)(?!Bearer\b|Basic\b|\*\*\*)([^\s,;\"'&]+)", re.IGNORECASE), r"\1\2***"),  # noqa: E501 - one rule a line
+    (re.compile(r"\b(" + _KEY + r")(\s*[=:]\s*)(?!" + "|".join(s + r"\b" for s in secret_rules.SCHEMES)
+                + r"|\*\*\*)([^\s,;\"'&]+)", re.IGNORECASE), r"\1\2***"),
 ]
-# Lower-cased ASCII text holding none of these cannot match a rule: every key of _SECRET_KEYS
-# contains one of the words, a URL's userinfo needs "@", and the schemes are words of their own.
+# Lower-cased ASCII text holding none of these cannot match a rule: every secret key contains one of
+# the key words, a credential follows a scheme word, a URL's userinfo needs "@".
 # (Non-ASCII text always takes the rules: IGNORECASE folds some non-ASCII letters to ASCII ones.)
-_TRIGGERS = ("auth", "token", "api", "passw", "secret", "cookie", "bearer", "basic", "@")
+_TRIGGERS = (*secret_rules.KEY_WORDS, *secret_rules.SCHEMES, "@")
 
 
 def _may_match(low: str) -> bool:

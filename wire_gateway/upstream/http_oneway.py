@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from wire_gateway.dump.writer import G2S
+from wire_gateway.dump.tap import G2S
 from wire_gateway.transport.http_client import HttpClientError, HttpStatus
 from wire_gateway.wire.era import LEGACY, MODERN, MODERN_VERSIONS, request_version
 from wire_gateway.wire.frame import Frame

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from wire_gateway.dump.writer import S2G
+from wire_gateway.dump.tap import S2G
 from wire_gateway.transport.http_client import HttpClientError, HttpStatus, SSEStream
 from wire_gateway.upstream.states import SESSION_TRANSITIONS, SessionState, check_transition
 from wire_gateway.wire.frame import Frame, Kind, decode

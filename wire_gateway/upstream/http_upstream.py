@@ -39,7 +39,7 @@ import trio
 
 from wire_gateway.auth.upstream_oauth import credentials_for
 from wire_gateway.config import Limits, ServerSpec
-from wire_gateway.dump.writer import G2S, S2G, Tap
+from wire_gateway.dump.tap import G2S, S2G, Tap
 from wire_gateway.telemetry.throttle import ThrottledLog
 from wire_gateway.transport.http_client import StreamableHttpClient
 from wire_gateway.upstream.answers import Answers, note_request

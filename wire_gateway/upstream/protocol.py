@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from wire_gateway.dump.writer import Tap
+from wire_gateway.dump.tap import Tap
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.wire.frame import Frame

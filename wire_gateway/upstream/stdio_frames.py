@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Limits, ServerSpec
-from wire_gateway.dump.writer import G2S, S2G, Tap
+from wire_gateway.dump.tap import G2S, S2G, Tap
 from wire_gateway.telemetry.throttle import ThrottledLog
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.upstream.answers import Answers, note_request

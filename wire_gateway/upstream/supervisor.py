@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Limits, ServerSpec
-from wire_gateway.dump.writer import G2S
+from wire_gateway.dump.tap import G2S
 from wire_gateway.transport.outbuffer import OutBuffer
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.process import ServerProcess, describe_status
