@@ -188,3 +188,12 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     assert rows and not any(key in r[0] or rotated["key"] in r[0] for r in rows)
     shown = json.loads(cli("projects", "show", "team", "--json", config=config).stdout)
     assert shown["project"]["tools"] == {"echo": {"allow": [], "deny": ["danger*"]}} and len(shown["keys"]) == 2
+
+
+def test_the_log_masker_hides_a_keys_secret_and_keeps_its_name() -> None:
+    from wire_gateway.telemetry.masking import mask
+
+    key_id, key = keys.new_key()
+    masked = mask(f"client sent {key} twice: {key}")
+    assert key not in masked and masked.count(f"wg_{key_id}_***") == 2
+    assert mask("wg_short_value") == "wg_short_value"      # not a key's shape: left alone

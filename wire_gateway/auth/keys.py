@@ -15,8 +15,10 @@ import hmac
 import re
 import secrets
 
-PREFIX = "wg_"
-_SHAPE = re.compile(r"wg_([a-z2-7]{12})_([A-Za-z0-9_-]{43})\Z")
+from wire_gateway.telemetry.secret_rules import GATEWAY_KEY_ID, GATEWAY_KEY_PREFIX, GATEWAY_KEY_SECRET
+
+PREFIX = GATEWAY_KEY_PREFIX       # the log masker knows the shape too (telemetry/secret_rules.py)
+_SHAPE = re.compile(f"{PREFIX}({GATEWAY_KEY_ID})_({GATEWAY_KEY_SECRET})\\Z")
 
 
 def new_key() -> tuple[str, str]:
