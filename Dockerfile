@@ -3,6 +3,9 @@
 #   docker run --rm -p 8080:8080 -v $PWD/gw.json:/etc/wire-gateway.json \
 #       -e WIRE_GATEWAY_CONFIG=/etc/wire-gateway.json wire-gateway
 # Inside the container the gateway listens on 0.0.0.0 (the port mapping is the boundary).
+# `serve` refuses a non-loopback address without an "auth" section: the image's default config
+# (the echo demo) says "auth": {"mode": "none"} on purpose; a config of your own should set up
+# keys or JWTs (docs/auth.md).
 # Requests must still name an allowed Host: loopback names work through a local port
 # mapping; behind a load balancer put its public name in http.allowed_hosts.
 # The stdio front works too: docker run -i --rm wire-gateway stdio
@@ -19,7 +22,10 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/wire-gateway
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels && useradd --system --uid 10001 gateway
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels && useradd --system --uid 10001 gateway \
+    && printf '%s\n' '{"servers": {"echo": {"command": "python", "args": ["-m", "wire_gateway.demo.echo"]}},' \
+       '"auth": {"mode": "none"}}' > /opt/wire-gateway/demo.json
+ENV WIRE_GATEWAY_CONFIG=/opt/wire-gateway/demo.json
 USER gateway
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s \

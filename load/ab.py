@@ -52,17 +52,19 @@ def read_run(out: str, what: str) -> dict:
 
 
 def side_by_side(urls: list, fixtures: list, concurrency: int, duration: float, warmup_calls: int,
-                 warmups: list | None = None) -> dict:
-    """Warm A and B one after the other, then drive both at once for ``duration`` seconds."""
+                 warmups: list | None = None, extras: list | None = None) -> dict:
+    """Warm A and B one after the other, then drive both at once for ``duration`` seconds.
+    ``extras``: more ``load run`` arguments for each side (e.g. B's API key header)."""
     timeout = duration + 120.0
+    extras = extras or [[], []]
     try:
-        for url, fixture, label in zip(urls, warmups or fixtures, "AB"):
-            warm = subprocess.run(drive_argv(url, fixture, concurrency, ["-n", str(warmup_calls)]),
+        for url, fixture, label, extra in zip(urls, warmups or fixtures, "AB", extras):
+            warm = subprocess.run(drive_argv(url, fixture, concurrency, ["-n", str(warmup_calls), *extra]),
                                   capture_output=True, text=True, cwd=CHECKOUT, timeout=timeout)
             read_run(warm.stdout, f"warm-up {label}")
-        drivers = [subprocess.Popen(drive_argv(url, fixture, concurrency, ["--duration", f"{duration}s"]),
+        drivers = [subprocess.Popen(drive_argv(url, fixture, concurrency, ["--duration", f"{duration}s", *extra]),
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=CHECKOUT)
-                   for url, fixture in zip(urls, fixtures)]
+                   for url, fixture, extra in zip(urls, fixtures, extras)]
         try:
             outs = [driver.communicate(timeout=timeout)[0] for driver in drivers]
         finally:

@@ -30,12 +30,16 @@ CONNECT_TIMEOUT_S = 10.0
 INITIALIZED_BODY = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 
 
+# Headers every request of this process carries (`load run --header`, e.g. an API key).
+EXTRA_HEADERS: tuple[tuple[str, str], ...] = ()
+
+
 def request_head(url: Url, method: str = "POST", headers: tuple = ()) -> bytes:
     """Request line and headers, up to (not including) Content-Length."""
     lines = [f"{method} {url.path} HTTP/1.1", f"Host: {url.netloc}"]
     if method == "POST":
         lines += ["Content-Type: application/json", "Accept: application/json, text/event-stream"]
-    lines += [f"{k}: {v}" for k, v in headers]
+    lines += [f"{k}: {v}" for k, v in (*EXTRA_HEADERS, *headers)]
     return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 

@@ -19,6 +19,9 @@ with its own server process):
   the tools, so every call is validated). Target: B/A >= 0.9.
 - ``aggregate`` (modern): the echo tool at ``/mcp/echo`` (A) and as ``echo__echo`` through
   the aggregate at ``/mcp`` (B), same config. Target: B/A >= 0.8.
+- ``auth``: the echo tool, A without auth, B with API keys (``"auth": {"mode": "keys"}``, a
+  project, a user and a key made in B's store; B's driver sends the key in every request's
+  Authorization header). Target: B/A >= 0.95.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class Side:
     config: dict
     path: str = "/mcp/echo"
     calls: list | None = None        # the fixture's calls (default: the pair's)
+    auth: bool = False               # API keys on: a key is made in its store and sent by its driver
 
 
 @dataclass
@@ -64,6 +68,8 @@ def pairs(eras: tuple[str, ...]) -> list[Pair]:
                         Side(bench.echo_server("--ttl-ms", "60000", cache={"tools_list_ttl": 60})), target=1.5))
         out.append(Pair("tools_call", era, echo, Side(bench.echo_server()), Side(bench.echo_server(**FILTER_SCHEMA)),
                         warmup=[("tools/list", {}, None), *bench.echo_calls(1)], target=0.9))
+        out.append(Pair("auth", era, echo, Side(bench.echo_server()),
+                        Side({**bench.echo_server(), "auth": {"mode": "keys"}}, auth=True), target=0.95))
     if "modern" in eras:
         renamed = [("tools/call", {**params, "name": "echo__echo"}, result) for _, params, result in echo]
         out.append(Pair("aggregate", "modern", echo, Side(bench.echo_server()),
@@ -73,22 +79,35 @@ def pairs(eras: tuple[str, ...]) -> list[Pair]:
 
 def one_round(pair: Pair, tmpdir: str, concurrency: int, duration: float, cpus) -> dict:
     folder = Path(tempfile.mkdtemp(dir=tmpdir))
-    fixtures, warmups, targets = [], [], []
+    fixtures, warmups, targets, extras = [], [], [], []
     try:
         for label, side in (("a", pair.a), ("b", pair.b)):
             own = folder / label
             own.mkdir()
             (own / "http-bench-gateway.json").write_text(json.dumps(side.config))
+            extras.append(["--header", f"Authorization: Bearer {make_key(own)}"] if side.auth else [])
             fixtures.append(bench.write_fixture(own / "calls.jsonl", pair.era, side.calls or pair.calls))
             warmups.append(fixtures[-1] if pair.warmup is None else
                            bench.write_fixture(own / "warm.jsonl", pair.era, pair.warmup))
             targets.append(HttpProcess("gateway", str(own), duration + 120.0, cpus, path=side.path))
-        return side_by_side([str(t.url) for t in targets], fixtures, concurrency, duration, WARMUP_CALLS, warmups)
+        return side_by_side([str(t.url) for t in targets], fixtures, concurrency, duration, WARMUP_CALLS, warmups,
+                            extras)
     except BenchError as exc:
         return {"error": str(exc)}
     finally:
         for target in targets:
             target.stop()
+
+
+def make_key(folder: Path) -> str:
+    """A project, a user and a key in the auth store beside the side's config, as the CLI makes them."""
+    from wire_gateway.auth.backends import SqliteBackend
+    from wire_gateway.auth.tenancy import Tenancy
+
+    tenancy = Tenancy(SqliteBackend(str(folder / "auth.sqlite3")), ["echo"])
+    tenancy.create_project("bench", ["*"])
+    tenancy.create_user("bench")
+    return tenancy.create_key("bench", "bench")[1]
 
 
 def run_pairs(eras: tuple[str, ...], rounds: int, concurrency: int, duration: float,

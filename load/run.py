@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from . import BenchError, replay, report
+from . import BenchError, http_client, replay, report
 from .ab import compare_medians
 from .assets import SESSIONS
 from .http_bench import reap_workers
@@ -264,6 +264,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per target with --compare (default 3)")
     parser.add_argument("--workers", type=int, default=1, help="processes the sessions are split over (default 1)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one answer (default 30)")
+    parser.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="send this header with every HTTP request (repeatable), e.g. 'Authorization: Bearer KEY'")
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
     parser.add_argument("--plot", metavar="FILE.png", help="draw throughput and latency over time")
 
@@ -339,6 +341,13 @@ def fmt_ms(value) -> str:
     return report.fmt(value, 2 if value is not None and value < 100 else 0)
 
 
+def parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or any(c in text for c in "\r\n"):
+        raise BenchError(f"--header {text!r}: write 'NAME: VALUE' on one line")
+    return name.strip(), value.strip()
+
+
 def render(result: dict) -> str:
     lines = []
     for run in result["runs"]:
@@ -356,6 +365,7 @@ def render(result: dict) -> str:
 
 def run(args) -> int:
     try:
+        http_client.EXTRA_HEADERS = tuple(parse_header(h) for h in args.header)
         result = execute(args)
         if args.plot:
             plot(result, args.plot)

@@ -27,3 +27,11 @@ def url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The `node` binary with the TypeScript SDK client installed (test_ts_sdk.find_node)."""
+    from test_ts_sdk import find_node
+
+    return find_node()

@@ -1,6 +1,6 @@
 """The combination matrix's one canonical scenario, and the clients it drives each front with.
 
-A cell is (front, policy, upstream kind, dumps). Its gateway serves two servers: `s`, the one
+A cell is (front, policy, upstream kind, dumps, auth). Its gateway serves two servers: `s`, the one
 under test (a `command` echo server or a `url` one, with the cell's policy), and `p`, a plain
 echo server with no policy and no request timeout, so that the aggregate always combines a guarded member with a
 plain one. The scenario: handshake; `tools/list` (every page) with exactly the expected names;
@@ -8,7 +8,10 @@ a call that works; a call the policy refuses (policies that refuse nothing: none
 unknown method passed through (its answer is the server's own, for a single-server front); a
 hostile request that names its id twice, refused under its first id without reaching the server;
 four hops of the working call in the dump when dumps are on; and a log in which every member
-connected and nothing failed inside the gateway.
+connected and nothing failed inside the gateway. With auth (`keys`) the client sends an API key
+(a header, or WIRE_GATEWAY_KEY on stdio) of a project that hides the tool `wait`: it is gone
+from the list and a call to it is an unknown tool; over HTTP a request without the key gets
+401; the key appears in no log and no dump.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ FRONTS = ("stdio", "stdio-aggregate", "http-legacy", "http-modern", "http-aggreg
 POLICIES = ("none", "filter", "pinning", "schema", "cache")
 UPSTREAMS = ("command", "url")
 DUMPS = ("off", "on")
-AXES = (FRONTS, POLICIES, UPSTREAMS, DUMPS)
+AUTHS = ("off", "keys")
+AXES = (FRONTS, POLICIES, UPSTREAMS, DUMPS, AUTHS)
 
 SEP = "__"
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -72,13 +76,24 @@ class Cell:
     dumps: str
     tmp: Path
     url_server: str = ""           # the url upstream's endpoint, when upstream == "url"
+    auth: str = "off"
     dump_path: Path | None = None
     log_path: Path = field(init=False)
+    key: str | None = None         # with auth: the client's API key (made before the gateway starts)
 
     def __post_init__(self) -> None:
         self.log_path = self.tmp / "gateway.log"
         if self.dumps == "on":
             self.dump_path = self.tmp / "frames.jsonl"
+        if self.auth == "keys":     # the store beside the config, as `wire-gateway keys create` makes it
+            from wire_gateway.auth.backends import SqliteBackend
+            from wire_gateway.auth.model import ToolRule
+            from wire_gateway.auth.tenancy import Tenancy
+
+            t = Tenancy(SqliteBackend(str(self.tmp / "auth.sqlite3")), ["s", "p"])
+            t.create_project("m", ["*"], {"s": ToolRule(deny=("wait",))})
+            t.create_user("u")
+            self.key = t.create_key("m", "u")[1]
 
     @property
     def aggregate(self) -> bool:
@@ -105,12 +120,16 @@ class Cell:
             s["cache"] = {"tools_list_ttl": 60}
         # `p` waits for its answers with no time limit (`timeout: null`): the aggregate meets both kinds
         servers = {"s": s, "p": {"command": PY, "args": [str(SERVERS / "echo.py")], "timeout": None}}
+        if self.auth == "keys":
+            top["auth"] = {"mode": "keys"}
         return {"servers": servers, "aggregate": {"separator": SEP}, **top}
 
     def expected_names(self) -> set[str]:
         own = set(URL_TOOLS if self.upstream == "url" else COMMAND_TOOLS)
         if self.policy in ("filter", "pinning"):
             own.discard("pid")
+        if self.auth == "keys":
+            own.discard("wait")
         if not self.aggregate:
             return own
         return {f"s{SEP}{n}" for n in own} | {f"p{SEP}{n}" for n in COMMAND_TOOLS}
@@ -130,7 +149,8 @@ class StdioFront:
             argv += ["--server", "s"]
         if cell.dump_path is not None:
             argv += ["--dump", str(cell.dump_path)]
-        self.client = LineClient(argv, log_path=cell.log_path)
+        self.client = LineClient(argv, log_path=cell.log_path,
+                                 env={"WIRE_GATEWAY_KEY": cell.key} if cell.key else None)
         self.client.other = []
 
     def body(self, req_id: Any, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -164,7 +184,7 @@ class HttpFront:
                               **{k: v for k, v in cell.config().items() if k != "servers"})
         cell.log_path = self.gw.log_path
         self.url = f"{self.gw.base}/mcp" if cell.aggregate else self.gw.url("s")
-        self.http = httpx.Client(timeout=20)
+        self.http = httpx.Client(timeout=20, headers={"authorization": f"Bearer {cell.key}"} if cell.key else None)
         self.sid: str | None = None
 
     def handshake(self) -> None:
@@ -263,9 +283,24 @@ def run_cell(cell: Cell) -> None:
         body = body.replace('"id": "dup-first",', '"id": "dup-first", "id": "call-ok",', 1)
         status, dup = front.send_raw("dup-first", body.encode())
         assert dup.get("id") == "dup-first" and dup["error"]["code"] == -32600, dup
+
+        if cell.auth == "keys":
+            # the project hides `wait`: an unknown tool, exactly like one that does not exist
+            status, hidden = front.request("call-hidden", "tools/call", {"name": cell.tool("wait"),
+                                                                         "arguments": {"seconds": 0}})
+            assert hidden.get("error", {}).get("code") == -32602 and "Unknown tool" in hidden["error"]["message"], \
+                hidden
+            if isinstance(front, HttpFront):      # and without the key, nothing at all
+                bare = httpx.post(front.url, headers=front._headers("tools/list"), timeout=20,
+                                  content=json.dumps(front.body("bare", "tools/list")).encode())
+                assert bare.status_code == 401 and "resource_metadata=" in bare.headers["www-authenticate"], bare
     finally:
         front.close()
     check_log(cell)
+    if cell.key is not None:
+        assert cell.key not in cell.log_path.read_text(errors="replace")
+        if cell.dump_path is not None:
+            assert cell.key not in cell.dump_path.read_text(errors="replace")
     if cell.dump_path is not None:
         check_dump(cell)
         assert not [r for r in records_of(cell) if r["dir"] == "gateway->server" and "dup-" + HELLO in r["frame"]]
@@ -305,10 +340,10 @@ def check_dump(cell: Cell) -> None:
 class UrlServer:
     """The HTTP echo fixture on a free port, for `url` cells (one per test module)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *extra: str) -> None:
         port_file = tmp / "http-echo.port"
         self.proc = subprocess.Popen([sys.executable, str(SERVERS / "http_echo.py"), "--port", "0",
-                                      "--port-file", str(port_file)], stdin=subprocess.DEVNULL)
+                                      "--port-file", str(port_file), *extra], stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not (port_file.exists() and port_file.read_text().strip()):
             assert time.monotonic() < deadline and self.proc.poll() is None, "http_echo did not start"

@@ -2,7 +2,9 @@
 passes trio.testing's stream checks.
 
 Implementations: the supervised process (`command` server), the HTTP upstream (`url` server), the
-policy runner around each, and the aggregate with a member of each kind. They run in this test's
+policy runner around each, and the aggregate with a member of each kind; with auth, the policy
+runner whose auth slot serves a caller's project (`auth-command`), and an HTTP upstream that
+presents the gateway's own OAuth client credentials (`oauth-url`, against a local issuer). They run in this test's
 own trio loop with a recording Sink standing in for the session; only the MCP servers behind them
 are real (the bundled echo server as a subprocess, the HTTP echo fixture on a free port).
 
@@ -27,6 +29,9 @@ import pytest
 import trio
 from gateway import MODERN_META, PY, SERVERS
 
+from wire_gateway.auth.context import CALLER
+from wire_gateway.auth.directory import Principal
+from wire_gateway.auth.model import Project, ToolRule
 from wire_gateway.config import Config, parse_config
 from wire_gateway.dump.tap import G2S, S2G
 from wire_gateway.policy.services import Services
@@ -36,7 +41,28 @@ from wire_gateway.upstream.protocol import Upstream
 from wire_gateway.wire import jsonfast
 from wire_gateway.wire.frame import Frame, Kind, decode
 
-KINDS = ("command", "url", "policy-command", "policy-url", "aggregate-command", "aggregate-url")
+KINDS = ("command", "url", "policy-command", "policy-url", "aggregate-command", "aggregate-url", "auth-command",
+         "oauth-url")
+_ISSUER: Any = None      # the local OAuth issuer of the oauth-url kind, started on first use
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_issuer() -> Any:
+    yield
+    global _ISSUER
+    if _ISSUER is not None:
+        _ISSUER.stop()
+        _ISSUER = None
+
+
+def issuer() -> Any:
+    global _ISSUER
+    if _ISSUER is None:
+        from oauth_server import OAuthServer
+
+        _ISSUER = OAuthServer()
+        _ISSUER.add_client("gw", "contract-secret", "mcp")
+    return _ISSUER
 ANSWER_TIMEOUT = 15.0
 
 
@@ -102,7 +128,12 @@ class Subject:
             server["timeout"] = timeout
         if kind.startswith("policy"):
             server = {**server, "tools": {"deny": ["add"]}}
+        if kind == "oauth-url":
+            server["oauth"] = {"token_url": issuer().issuer + "/token", "client_id": "gw",
+                               "client_secret": "contract-secret", "scope": "mcp"}
         doc: dict[str, Any] = {"servers": {"s": server}}
+        if kind == "auth-command":
+            doc["auth"] = {"mode": "keys"}
         if kind.startswith("aggregate"):
             doc = {"servers": {"s": {**server, "tools": {"deny": ["add"]}}, "p": command},
                    "aggregate": {"separator": "__"}}
@@ -140,6 +171,8 @@ def send(up: Upstream, sink: RecordingSink, f: Frame) -> None:
 
 def run(kind: str, url: str, body: Callable[[Subject, RecordingSink], Any], timeout: float | None = None) -> None:
     async def main() -> None:
+        if kind == "auth-command":     # the caller the fronts would have proven: its project hides `add`
+            CALLER.set(Principal("wg_contract", "u", Project("m", ("*",), {"s": ToolRule(deny=("add",))})))
         sink = RecordingSink()
         subject = Subject(kind, url, sink, timeout)
         with trio.fail_after(60):
@@ -169,8 +202,10 @@ def test_every_request_gets_exactly_one_answer(kind: str, url_server: str) -> No
             await sink.answer(req_id)
         assert sink.answers["call"][0]["result"]["content"][0]["text"] == "hi"
         assert "error" in sink.answers["unknown"][0]
-        if kind != "command" and kind != "url":     # a policy member hides `add`
+        if kind not in ("command", "url", "oauth-url"):     # a policy member (or the caller's project) hides `add`
             assert sink.answers["hidden"][0]["error"]["code"] == -32602
+        if kind == "oauth-url":                       # the server was reached with the gateway's own token
+            assert issuer().issued
         await trio.sleep(0.3)                         # nothing more arrives for any of them
 
     run(kind, url_server, body)

@@ -1,4 +1,4 @@
-"""The combination matrix: front x policy x upstream kind x dumps, one canonical scenario per cell
+"""The combination matrix: front x policy x upstream kind x dumps x auth, one canonical scenario per cell
 (tests/matrix_scenario.py). Every pair of axis values runs by default; the whole product runs under
 the `slow` marker, which .ci/run runs too. A new feature adds its axis here."""
 from __future__ import annotations
@@ -15,8 +15,8 @@ REST = [cell for cell in itertools.product(*AXES) if cell not in PAIRWISE]
 
 
 def _run(cell: tuple[str, ...], tmp_path: Path, url_server: str) -> None:
-    front, policy, upstream, dumps = cell
-    run_cell(Cell(front, policy, upstream, dumps, tmp_path, url_server=url_server))
+    front, policy, upstream, dumps, auth = cell
+    run_cell(Cell(front, policy, upstream, dumps, tmp_path, url_server=url_server, auth=auth))
 
 
 @pytest.mark.parametrize("cell", PAIRWISE, ids=["-".join(c) for c in PAIRWISE])

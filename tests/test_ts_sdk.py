@@ -47,9 +47,9 @@ def _installed_sdk_version() -> str | None:
         return None
 
 
-@pytest.fixture(scope="session")
-def node() -> str:
-    """The `node` binary, with tests/ts_client/node_modules installed (npm ci once)."""
+def find_node() -> str:
+    """The `node` binary, with tests/ts_client/node_modules installed (npm ci if needed): the
+    session-wide `node` fixture (conftest.py), which the auth tests use too."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not on PATH: the TypeScript SDK client cannot run (install node >= 20)")
@@ -70,8 +70,8 @@ def node() -> str:
     return node
 
 
-def run_client(node: str, kind: str, target: str) -> dict[str, Any]:
-    env = {**os.environ, "TS_CLIENT_TIMEOUT_MS": str(CLIENT_TIMEOUT_MS)}
+def run_client(node: str, kind: str, target: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    env = {**os.environ, "TS_CLIENT_TIMEOUT_MS": str(CLIENT_TIMEOUT_MS), "TS_CLIENT_HEADERS": json.dumps(headers or {})}
     try:
         done = subprocess.run([node, str(CLIENT), kind, target], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=RUN_TIMEOUT)

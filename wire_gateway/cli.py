@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(q)
     q.add_argument("--server", metavar="NAME")
 
+    from wire_gateway.cli_auth import add_auth_parsers
+
+    add_auth_parsers(sub, add_config)
+
     p = sub.add_parser("init", help="write a starter config file")
     p.add_argument("path", nargs="?", default="wire-gateway.json", metavar="PATH")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -111,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         if config is None:
             return 1
         return cmd_cache(args, config) if args.command == "cache" else cmd_tools(args, config)
+    if args.command in ("projects", "users", "keys"):
+        from wire_gateway.cli_auth import run_auth_command
+
+        config = _load(args)
+        return 1 if config is None else run_auth_command(args, config)
     if args.command == "dump":
         from wire_gateway.dump.tools import run_dump_command
 
@@ -197,6 +206,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         where = f"redis {safe_url(st.url)} (prefix {st.prefix!r})" if st.backend == "redis" else \
             "memory" + (f" (pins in {st.pins_file})" if st.pins_file else " (pins live only as long as the process)")
         print(f"  store: {where}")
+    auth = config.auth
+    if not auth.present:
+        print("  auth: none (anyone who reaches the gateway may call every tool; `serve` allows this on "
+              "loopback only)")
+    else:
+        where = "redis (shared)" if config.store.backend == "redis" else f"{auth.file}"
+        issuer = f", tokens from {auth.jwt.issuer}" if auth.tokens and auth.jwt is not None else ""
+        print(f"  auth: {auth.mode} (records in {where}{issuer})")
     return 0
 
 
@@ -288,6 +305,17 @@ def run_trio(main: Any, services: Any) -> None:
         trio.run(main)
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False        # a name other than localhost may resolve to anything
+
+
 def write_port_file(path: str, port: int) -> None:
     """The port, written to a temporary file renamed over `path`: a reader never sees a partial number."""
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -318,6 +346,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.admin_host is not None:
         http = dataclasses.replace(http, admin_host=args.admin_host)
     config = dataclasses.replace(config, http=http)
+    if not config.auth.present and not is_loopback(http.host):
+        print(f"wire-gateway serve: refusing to listen on {http.host} without auth: anyone who can reach "
+              "it could call every tool of every server. Add an \"auth\" section to the config (\"mode\": "
+              "\"keys\" or \"jwt\"; docs/auth.md), or write \"auth\": {\"mode\": \"none\"} to serve it "
+              "open on purpose.", file=sys.stderr)
+        return 1
     try:   # resolves each server (a missing ${VAR} is a config error) and registers its secrets
         register_secrets(config.servers.values())
     except ConfigError as exc:

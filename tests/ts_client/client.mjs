@@ -45,7 +45,9 @@ const watchdog = setTimeout(() => fail(`timed out after ${TOTAL_TIMEOUT_MS} ms`,
 
 function makeTransport(kind, target) {
   if (kind === 'http') {
-    return new StreamableHTTPClientTransport(new URL(target));
+    // TS_CLIENT_HEADERS: extra request headers as JSON, e.g. an Authorization header for auth tests.
+    const headers = JSON.parse(process.env.TS_CLIENT_HEADERS || '{}');
+    return new StreamableHTTPClientTransport(new URL(target), { requestInit: { headers } });
   }
   if (kind === 'stdio') {
     const spec = JSON.parse(target);

@@ -1,6 +1,7 @@
 """Configuration: the JSON Schema shipped in the package, loading, validation, defaults."""
 from wire_gateway.config.loader import (  # noqa: F401
     AggregateSettings,
+    AuthSettings,
     Config,
     ConfigError,
     HttpSettings,

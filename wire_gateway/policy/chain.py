@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from wire_gateway.auth.directory import Principal
 from wire_gateway.policy.tools import ToolIndex
 from wire_gateway.wire import errors, jsonfast
 from wire_gateway.wire.frame import Frame, Kind
@@ -21,8 +22,8 @@ log = logging.getLogger("wire_gateway.policy")
 TOOL_METHODS = frozenset({"tools/list", "tools/call"})
 LIST_CHANGED = "notifications/tools/list_changed"
 
-# The order of the chain, by slot. auth and guardrails belong to later issues: their slots
-# are here so the order is fixed now, but nothing runs in them yet.
+# The order of the chain, by slot. Guardrails belong to a later issue: their slot ("schema"
+# shares it) is here so the order is fixed now.
 ORDER = ("auth", "filter", "pinning", "schema", "list_cache", "result_cache")
 
 
@@ -35,6 +36,7 @@ class Call:
     auth: str = ""                  # the caller's auth context; "" is anonymous
     version: str = "unknown"        # protocol era/version: result shapes differ between them
     state: dict[str, Any] = field(default_factory=dict)   # interceptors' notes between request and answer
+    caller: Principal | None = None  # who is asking, when auth is on (auth.context.CALLER)
 
     @property
     def method(self) -> str | None:

@@ -17,6 +17,7 @@ from wire_gateway.policy.cache import Generations, ListCache, ResultCache, inval
 from wire_gateway.policy.chain import Chain, Interceptor
 from wire_gateway.policy.filter import ToolFilter
 from wire_gateway.policy.pinning import PinBook, Pinning
+from wire_gateway.policy.project_tools import ProjectTools
 from wire_gateway.policy.schema import SchemaGuard
 from wire_gateway.policy.tools import ToolIndex
 from wire_gateway.store.base import Store
@@ -62,13 +63,17 @@ class Services:
 
     def _build(self, spec: ServerSpec) -> Chain | None:
         policy = spec.policy
-        names = policy.interceptors()
+        # With auth on every server runs the auth slot: projects may narrow any server's tools,
+        # and their rules change while the gateway runs.
+        names = (["auth"] if self.config.auth.enforced else []) + policy.interceptors()
         if not names:
             return None
         index = ToolIndex()
         chain: list[Interceptor] = []
         for name in names:
-            if name == "filter":
+            if name == "auth":
+                chain.append(ProjectTools(spec.name))
+            elif name == "filter":
                 chain.append(ToolFilter(policy.allow, policy.deny))
             elif name == "pinning":
                 chain.append(Pinning(spec.name, self.pins, policy.pinning))

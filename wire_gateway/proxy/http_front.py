@@ -14,6 +14,7 @@ legacy request without its session (400).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -22,10 +23,14 @@ from typing import Any
 
 import trio
 
+from wire_gateway.auth.context import CALLER
+from wire_gateway.auth.directory import Principal, Refusal
+from wire_gateway.auth.gate import Gate, credential_of, gate_for
 from wire_gateway.config import Config, Limits, ServerSpec
 from wire_gateway.dump.writer import Dumper
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
+from wire_gateway.proxy.http_auth import WELL_KNOWN, ResourceMetadata, refusal_response
 from wire_gateway.proxy.http_edge import EdgeCheck
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
@@ -73,6 +78,12 @@ class HttpFront:
         self.port: int | None = None
         self._nursery: trio.Nursery | None = None
         self.edge = EdgeCheck(config.http)
+        # Auth (docs/auth.md): with it on, each project gets its own modern aggregate, made of the
+        # servers it may use, when its first caller arrives.
+        self.gate: Gate | None = gate_for(config) if config.auth.enforced else None
+        self.resource: ResourceMetadata | None = None
+        self.project_pools: dict[str, ModernPool] = {}
+        self._project_servers: dict[str, tuple[str, ...]] = {}
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -89,7 +100,14 @@ class HttpFront:
                 agg = self.aggregate_pool
                 agg.tap = agg.upstream.tap = self.dumper.tap(f"modern:{AGGREGATE_NAME}", AGGREGATE_NAME, "http",
                                                              era="modern")
-            await nursery.start(self.aggregate_pool.upstream.run)
+            if self.gate is None:
+                await nursery.start(self.aggregate_pool.upstream.run)
+            else:   # the shared aggregate serves no one: each project has its own
+                self.services.store.subscribe(self.gate.on_store_event)
+                take_token = getattr(self.services.store, "take_token", None)   # Redis: shared budgets
+                if take_token is not None:
+                    self.gate.shared_bucket = take_token
+                await nursery.start(self.gate.run)
             nursery.start_soon(self._expire_sessions)
             limits = HttpLimits(max_body_bytes=s.max_body_bytes)
             drained = trio.Event()
@@ -102,6 +120,14 @@ class HttpFront:
                     drained.set()
 
             self.port = await nursery.start(serve)
+            if self.gate is not None:
+                auth = self.config.auth
+                base = (auth.resource or f"http://{url_host(s.host)}:{self.port}").rstrip("/")
+                issuers = [auth.jwt.issuer] if auth.jwt is not None and auth.tokens else []
+                self.resource = ResourceMetadata(base, issuers, list(auth.jwt.required_scopes)
+                                                 if auth.jwt is not None and auth.tokens else None)
+                if auth.tokens:
+                    self.gate.enable_tokens(base, list(self.config.servers))
             log.info("serving MCP over HTTP on http://%s:%d/mcp/{%s}", url_host(s.host), self.port,
                      ",".join(self.config.servers))
             if s.admin_port is not None:
@@ -117,16 +143,20 @@ class HttpFront:
             # then are sessions and upstreams stopped.
             for session in self.sessions.values():
                 session.end_streams()
-            for pool in [*self.pools.values(), self.aggregate_pool]:
+            for pool in self._all_pools():
                 pool.end_subscriptions()
             with trio.CancelScope(shield=True), trio.move_on_after(s.drain_timeout + 10):
                 await drained.wait()
                 async with trio.open_nursery() as closer:
                     for session in list(self.sessions.values()):
                         closer.start_soon(self._end_session, session)
-                    for pool in [*self.pools.values(), self.aggregate_pool]:
+                    for pool in self._all_pools():
                         closer.start_soon(pool.upstream.shutdown)
             nursery.cancel_scope.cancel()
+
+    def _all_pools(self) -> list[ModernPool]:
+        return [*self.pools.values(), *([self.aggregate_pool] if self.gate is None else []),
+                *self.project_pools.values()]
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for the control plane: servers, their processes, sessions, counters."""
@@ -182,7 +212,11 @@ class HttpFront:
             await responder.send(status, JSON, errors.error_frame(None, errors.INVALID_REQUEST, message))
             return
         path = request.path.rstrip("/") or "/"
-        if path == "/healthz":
+        if self.resource is not None and path.startswith(WELL_KNOWN):
+            doc = self.resource.document(path)
+            await responder.send(200 if doc else 404, JSON, doc or errors.error_frame(
+                None, errors.INVALID_REQUEST, f"no protected resource metadata at {request.path}"))
+        elif path == "/healthz":
             await responder.send(200, JSON, b'{"status":"ok"}')
         elif path == "/readyz":
             await self._readyz(responder)
@@ -191,10 +225,11 @@ class HttpFront:
         elif path == "/mcp":
             await self._mcp(AGGREGATE_NAME, request, responder)
         else:
+            configured = "" if self.gate is not None else f" (configured: {', '.join(self.config.servers)})"
             await responder.send(404, JSON, errors.error_frame(
                 None, errors.INVALID_REQUEST,
-                f"no such route: {request.path}; MCP endpoints are /mcp (all servers) and /mcp/{{server}} "
-                f"(configured: {', '.join(self.config.servers)})"))
+                f"no such route: {request.path}; MCP endpoints are /mcp (all servers) and /mcp/{{server}}"
+                + configured))
 
     async def _readyz(self, responder: Responder) -> None:
         states = {name: pool.upstream.state for name, pool in self.pools.items()}
@@ -203,11 +238,27 @@ class HttpFront:
         await responder.send(200 if ready else 503, JSON, body)
 
     async def _mcp(self, server: str, request: Request, responder: Responder) -> None:
-        pool = self.aggregate_pool if server == AGGREGATE_NAME else self.pools.get(server)
+        principal = None
+        if self.gate is not None:
+            credential = credential_of(request.headers)
+            fast = self.gate.proven(credential) if credential is not None else None   # the usual case: no await
+            got: Principal | Refusal
+            if fast is not None and (server == AGGREGATE_NAME or fast.project.may_use(server)):
+                got = fast
+            else:
+                got = await self._authenticate(server, request, credential)
+            if isinstance(got, Refusal):
+                await responder.send(*refusal_response(got, self._meta(), self._mcp_path(server)))
+                return
+            principal = got
+            CALLER.set(principal)      # for the policy chain, below in this task (auth/context.py)
+        pool = self.pools.get(server) if server != AGGREGATE_NAME else \
+            self.aggregate_pool if principal is None else await self._project_pool(principal)
         if pool is None:
+            names = self.config.servers if principal is None else \
+                [n for n in self.config.servers if principal.project.may_use(n)]
             await responder.send(404, JSON, errors.error_frame(
-                None, errors.INVALID_REQUEST,
-                f"no server named {server!r}; configured: {', '.join(self.config.servers)}"))
+                None, errors.INVALID_REQUEST, f"no server named {server!r}; configured: {', '.join(names)}"))
             return
         session_id = request.header("mcp-session-id")
         session = self.sessions.get(session_id) if session_id else None
@@ -215,6 +266,13 @@ class HttpFront:
             await responder.send(404, JSON, errors.error_frame(
                 None, errors.INVALID_REQUEST,
                 "session not found (it expired, was deleted, or never existed); start a new one with initialize"))
+            return
+        if session is not None and principal is not None and session.principal != principal.id:
+            assert self.gate is not None
+            forbidden = self.gate.forbid(principal, server, None, "this session was opened with another "
+                                       "credential; a session is bound to the key or token that opened it",
+                                       self._address(request))
+            await responder.send(*refusal_response(forbidden, self._meta(), self._mcp_path(server)))
             return
         method = request.method
         refusal = (self.edge.post_refusal(request) if method == "POST"
@@ -266,7 +324,7 @@ class HttpFront:
                 None, errors.INVALID_REQUEST, "a batch needs a legacy session (Mcp-Session-Id)"))
             return
         if decoded.kind is Kind.REQUEST and decoded.method == "initialize":
-            await self._open_session(server, decoded, responder)
+            await self._open_session(server, decoded, responder, CALLER.get() if self.gate is not None else None)
             return
         if decoded.kind is Kind.REQUEST and request_version(decoded.msg) is not None:
             headers: dict[str, str] = {}
@@ -286,15 +344,72 @@ class HttpFront:
             "Bad Request: missing Mcp-Session-Id (legacy era: start with initialize; "
             f"modern era: put the protocol version in params._meta[{'io.modelcontextprotocol/protocolVersion'!r}])"))
 
-    def _aggregate(self, client_era: str | None, lazy: bool = False) -> Callable[..., Upstream]:
-        """An upstream factory for sessions of the aggregate; each member gets its server's policy chain."""
-        members = member_factory(self.config, self.services)
+    def _aggregate(self, client_era: str | None, lazy: bool = False,
+                   principal: Principal | None = None) -> Callable[..., Upstream]:
+        """An upstream factory for sessions of the aggregate; each member gets its server's policy
+        chain. With auth, the aggregate is made of the servers the caller's project may use."""
+        config = self.config if principal is None else self._project_config(principal)
+        members = member_factory(config, self.services)
 
         def factory(spec: ServerSpec, limits: Limits, sink: Sink) -> Upstream:
-            return Aggregate(self.config, sink, members, client_era=client_era, lazy=lazy)
+            return Aggregate(config, sink, members, client_era=client_era, lazy=lazy)
         return factory
 
-    async def _open_session(self, server: str, init: Frame, responder: Responder) -> None:
+    def _project_config(self, principal: Principal) -> Config:
+        project = principal.project
+        return dataclasses.replace(self.config, servers={n: s for n, s in self.config.servers.items()
+                                                         if project.may_use(n)})
+
+    async def _project_pool(self, principal: Principal) -> ModernPool:
+        """The modern aggregate of the caller's project, started on its first use. Rebuilt when the
+        project's servers change (the old one is stopped)."""
+        name = principal.project.name
+        servers = tuple(n for n in self.config.servers if principal.project.may_use(n))
+        pool = self.project_pools.get(name)
+        if pool is not None and self._project_servers.get(name) == servers:
+            return pool
+        assert self._nursery is not None
+        if pool is not None:
+            self._nursery.start_soon(pool.upstream.shutdown)
+        pool = ModernPool(AGGREGATE_NAME, AGGREGATE_SPEC, self.config, self.config.http.keepalive_interval,
+                          upstream_factory=self._aggregate(MODERN, lazy=True, principal=principal))
+        self._project_servers[name] = servers      # what it was built from, to notice a change
+        self.project_pools[name] = pool
+        if self.dumper is not None:
+            pool.tap = pool.upstream.tap = self.dumper.tap(f"modern:{AGGREGATE_NAME}:{name}", AGGREGATE_NAME,
+                                                           "http", era="modern")
+        await self._nursery.start(pool.upstream.run)
+        return pool
+
+    @staticmethod
+    def _mcp_path(server: str) -> str:
+        return "/mcp" if server == AGGREGATE_NAME else f"/mcp/{server}"
+
+    @staticmethod
+    def _address(request: Request) -> str:
+        return request.client[0] if request.client else "-"
+
+    def _meta(self) -> ResourceMetadata:
+        assert self.resource is not None
+        return self.resource
+
+    async def _authenticate(self, server: str, request: Request, credential: str | None) -> Principal | Refusal:
+        """Who the request is, and whether its project includes `server` (403 if not)."""
+        assert self.gate is not None
+        address = self._address(request)
+        got = await self.gate.authenticate(credential, address)
+        if isinstance(got, Principal) and got.kind == "jwt" and \
+                not got.serves(self._meta().base, self._meta().base + self._mcp_path(server)):
+            return self.gate.refuse(Refusal(
+                401, f"the token is for another resource ({', '.join(got.audiences)}); ask for one with "
+                f"resource={self._meta().base + self._mcp_path(server)}"), got, address, server)
+        if isinstance(got, Principal) and server != AGGREGATE_NAME and not got.project.may_use(server):
+            return self.gate.forbid(got, server, None, f"project {got.project.name!r} does not include "
+                                    f"server {server!r}", address)
+        return got
+
+    async def _open_session(self, server: str, init: Frame, responder: Responder,
+                            principal: Principal | None = None) -> None:
         if len(self.sessions) >= self.settings.max_sessions:
             await responder.send(503, JSON, errors.error_frame(
                 init.id, errors.GATEWAY_OVERLOADED,
@@ -303,10 +418,11 @@ class HttpFront:
         assert self._nursery is not None
         if server == AGGREGATE_NAME:
             session = LegacySession(server, AGGREGATE_SPEC, self.config, self.settings,
-                                    upstream_factory=self._aggregate(None))
+                                    upstream_factory=self._aggregate(None, principal=principal))
         else:
             session = LegacySession(server, self.config.servers[server].resolved(), self.config,
                                     self.settings, self.services)
+        session.principal = principal.id if principal is not None else None
         self.sessions[session.id] = session
         if self.dumper is not None:   # never the whole Mcp-Session-Id: it is the session's only credential
             session.tap = session.upstream.tap = self.dumper.tap(session.id[:12], server, "http", era="legacy")

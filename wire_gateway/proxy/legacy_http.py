@@ -72,6 +72,7 @@ class LegacySession:
                  services: Any = None, upstream_factory: Callable[..., Upstream] | None = None) -> None:
         self.id = new_session_id()
         self.server = server
+        self.principal: str | None = None    # with auth: the key or token that opened it, the only one it serves
         self.settings = settings
         self.upstream = (upstream_factory(spec, config.limits, self) if upstream_factory is not None
                          else open_upstream(spec, config, self, services))

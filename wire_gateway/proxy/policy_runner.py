@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from wire_gateway.auth.context import CALLER
 from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.policy.chain import LIST_CHANGED, TOOL_METHODS, Call, Chain, Reply, drive
 from wire_gateway.upstream.factory import make_upstream
@@ -102,6 +103,9 @@ class PolicyRunner:
         self.sink = sink
         self.chain = chain
         self.auth_context = auth_context
+        # A server whose only interceptor is the auth slot (auth on, no policy of its own): a caller
+        # whose project sets no tool rule for it goes straight through, as if there were no runner.
+        self._auth_only = chain.names == ["auth"]
         self.inner = make_upstream(spec, limits, _InnerSink(self))
         self._calls: dict[Any, _InChain] = {}     # every tool request not yet answered
         self._watch: dict[Any, _InChain] = {}     # those forwarded, awaiting the inner upstream's answer
@@ -168,6 +172,10 @@ class PolicyRunner:
     def request(self, frame: Frame) -> bytes | None:
         if frame.method not in TOOL_METHODS:
             return self.inner.request(frame)
+        if self._auth_only:
+            caller = CALLER.get()
+            if caller is None or self.name not in caller.project.tools:
+                return self.inner.request(frame)
         refused = repeated_params(frame)      # the chain must read the params the server will
         if refused is not None:
             return refused
@@ -192,7 +200,7 @@ class PolicyRunner:
     def _inline(self, frame: Frame) -> bytes | None:
         """The chain driven synchronously (memory store). Returns the answer when the chain gives
         one at once (cache hit, refusal), else forwards the request and returns None."""
-        call = Call(self.name, frame, self.auth_context, self._version(frame))
+        call = self._call(frame)
         try:
             now = self.chain.down_now(call)
             ok, down = (True, now) if now is not None else drive(self.chain.down(call))
@@ -223,6 +231,13 @@ class PolicyRunner:
         self._calls[frame.id] = entry
         self._nursery.start_soon(self._pass_back, entry, reply)   # type: ignore[union-attr]
         return None
+
+    def _call(self, frame: Frame) -> Call:
+        """The chain's view of a tool request: with auth on, the caller (auth.context) and its
+        project as the context caches are kept in."""
+        caller = CALLER.get()
+        return Call(self.name, frame, caller.context if caller is not None else self.auth_context,
+                    self._version(frame), caller=caller)
 
     def _failed(self, call: Call, exc: Exception) -> Reply:
         log.error("server %s: the policy chain failed on %s %r", self.name, call.frame.method, call.frame.id,
@@ -309,7 +324,7 @@ class PolicyRunner:
         return "unknown"
 
     async def _run_call(self, entry: _InChain) -> None:
-        call = Call(self.name, entry.frame, self.auth_context, self._version(entry.frame))
+        call = self._call(entry.frame)
 
         async def forward(call: Call) -> Reply:
             refused = self.inner.request(call.frame)

@@ -7,6 +7,7 @@ everything else goes through as the exact bytes that arrived.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from wire_gateway.dump.tap import C2G, G2C, Tap
@@ -24,6 +25,8 @@ class PassthroughSession:
     """Implements the upstream Sink: server frames land in the client's OutBuffer."""
 
     tap: Tap | None = None     # frame dumps: set after construction when --dump is on
+    # With auth (stdio): decides each request before it goes anywhere; bytes are the refusal.
+    admit: Callable[[Frame], bytes | None] | None = None
 
     def __init__(self, client_out: OutBuffer, max_frame_bytes: int) -> None:
         self.client_out = client_out
@@ -61,6 +64,10 @@ class PassthroughSession:
             self.tap.frame(C2G, frame)
         kind = frame.kind
         if kind is Kind.REQUEST:
+            if self.admit is not None:
+                refused = self.admit(frame)
+                if refused is not None:
+                    return refused
             return upstream.request(frame)
         if kind is Kind.NOTIFICATION:
             upstream.notify(frame)

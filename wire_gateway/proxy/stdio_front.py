@@ -6,18 +6,22 @@ server is shut down the spec's way and we exit, leaving no process behind.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import signal
 
 import trio
 
+from wire_gateway.auth.directory import Refusal
+from wire_gateway.auth.gate import gate_for
 from wire_gateway.config import Config
 from wire_gateway.dump.writer import Dumper
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
 from wire_gateway.proxy.route import member_factory, open_upstream
 from wire_gateway.proxy.session import PassthroughSession
+from wire_gateway.proxy.stdio_auth import ENV_KEY, StdioAdmission
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.transport.stdio import READ_SIZE, StdioStreams
 from wire_gateway.upstream.protocol import Upstream
@@ -28,10 +32,19 @@ log = logging.getLogger("wire_gateway.stdio")
 
 async def serve_stdio(config: Config, server_name: str | None, streams: StdioStreams,
                       services: Services | None = None, dumper: Dumper | None = None) -> None:
-    """`server_name` None: serve the aggregate of all configured servers."""
-    front = StdioFront(config, server_name, streams, services)
+    """`server_name` None: serve the aggregate of all configured servers (with auth: of the servers
+    the key's project may use)."""
     try:
         async with trio.open_nursery() as nursery:
+            admission = None
+            if config.auth.enforced:
+                admission = await _admission(config, server_name, nursery, services)
+                if admission.principal is not None and server_name is None:
+                    project = admission.principal.project
+                    config = dataclasses.replace(config, servers={n: s for n, s in config.servers.items()
+                                                                  if project.may_use(n)})
+            front = StdioFront(config, server_name, streams, services)
+            front.session.admit = admission
             if dumper is not None:
                 await nursery.start(dumper.run)
                 tap = dumper.tap(secrets.token_hex(4), server_name or AGGREGATE_NAME, "stdio", upstream=front.upstream)
@@ -41,9 +54,25 @@ async def serve_stdio(config: Config, server_name: str | None, streams: StdioStr
             finally:
                 if dumper is not None:
                     await dumper.aclose()
+                nursery.cancel_scope.cancel()     # the gate's refresh task
     finally:
         with trio.CancelScope(shield=True):
             await streams.aclose()   # also puts a terminal back into blocking mode
+
+
+async def _admission(config: Config, server_name: str | None, nursery: trio.Nursery,
+                     services: Services | None) -> StdioAdmission:
+    gate = gate_for(config)
+    if services is not None:
+        services.store.subscribe(gate.on_store_event)
+    await nursery.start(gate.run)
+    admission = StdioAdmission.from_environment(gate, server_name)
+    got = await admission.start()
+    if isinstance(got, Refusal):
+        log.warning("auth: %s; every request will be refused (set %s to a valid key)", got.reason, ENV_KEY)
+    else:
+        log.info("auth: serving %s (project %s)", got.id, got.project.name)
+    return admission
 
 
 class StdioFront:

@@ -34,6 +34,22 @@ T = TypeVar("T")
 FAILURES = (RedisError, OSError, trio.TooSlowError, ConnectionError)
 
 
+# A token bucket kept in a hash (tokens, when), on Redis' own clock so that gateways with skewed
+# clocks agree; the key expires once the bucket would be full again.
+TOKEN_BUCKET = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local v = redis.call('HMGET', KEYS[1], 'tokens', 'when')
+local tokens = math.min(burst, (tonumber(v[1]) or burst) + (now - (tonumber(v[2]) or now)) * rate)
+local wait = 0
+if tokens < 1 then wait = (1 - tokens) / rate else tokens = tokens - 1 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'when', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+
 def safe_url(url: str) -> str:
     """The URL as it may appear in logs and CLI output: never the password."""
     return mask(url)
@@ -58,6 +74,7 @@ class RedisStore:
         self._back = trio.Event()
         self._warned = False
         self.outages = 0
+        self._bucket: Any = None          # the token-bucket script, registered on first use
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -147,6 +164,16 @@ class RedisStore:
             return len(keys)
         local = self.fallback.delete_prefix_now(prefix)
         return await self._op(remote, lambda: local)
+
+    async def take_token(self, key: str, rate: float, burst: int) -> float | None:
+        """One token from the bucket `key` shared by every gateway (Redis' clock, one round trip):
+        0.0 when taken, else the seconds until one is there. None while Redis is unreachable:
+        the caller counts in its own memory instead."""
+        async def remote() -> float | None:
+            if self._bucket is None:
+                self._bucket = self._client.register_script(TOKEN_BUCKET)
+            return float(await self._aio(self._bucket, keys=[self._k(key)], args=[rate, burst]))
+        return await self._op(remote, lambda: None)
 
     async def scan(self, prefix: str) -> list[tuple[str, bytes]]:
         async def remote() -> list[tuple[str, bytes]]:

@@ -46,6 +46,9 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b([a-z][a-z0-9+.-]*://[^\s/:@]*:)([^\s/@]+)(@)", re.IGNORECASE), r"\1***\3"),
     # Bearer / Basic credentials anywhere
     (re.compile(r"\b" + _SCHEMES + r"\s+(" + _CREDENTIAL + "{4})" + _CREDENTIAL + "*", re.IGNORECASE), r"\1 \2***"),
+    # the gateway's own API keys, anywhere: the public `wg_<id>` stays, the secret goes
+    (re.compile(r"\b(" + secret_rules.GATEWAY_KEY_PREFIX + secret_rules.GATEWAY_KEY_ID + ")_"
+                + secret_rules.GATEWAY_KEY_SECRET), r"\1_***"),
     # key=value or key: value in plain text (headers, env dumps, argv)
     (re.compile(r"\b(" + _KEY + r")(\s*[=:]\s*)(?!" + "|".join(s + r"\b" for s in secret_rules.SCHEMES)
                 + r"|\*\*\*)([^\s,;\"'&]+)", re.IGNORECASE), r"\1\2***"),
@@ -53,7 +56,7 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
 # Lower-cased ASCII text holding none of these cannot match a rule: every secret key contains one of
 # the key words, a credential follows a scheme word, a URL's userinfo needs "@".
 # (Non-ASCII text always takes the rules: IGNORECASE folds some non-ASCII letters to ASCII ones.)
-_TRIGGERS = (*secret_rules.KEY_WORDS, *secret_rules.SCHEMES, "@")
+_TRIGGERS = (*secret_rules.KEY_WORDS, *secret_rules.SCHEMES, "@", secret_rules.GATEWAY_KEY_PREFIX)
 
 
 def _may_match(low: str) -> bool:

@@ -37,6 +37,14 @@ every 16 bytes of every frame)."""
 CREDENTIAL_CHARS = "A-Za-z0-9._~+/=-"
 """A credential's characters, as a regex character class body (RFC 6750 token68)."""
 
+GATEWAY_KEY_PREFIX = "wg_"
+"""The gateway's own API keys (auth/keys.py) start with this; the log masker masks a key's secret
+part wherever one appears and keeps `wg_<id>`, the public name keys are listed and audited by."""
+
+GATEWAY_KEY_ID = "[a-z2-7]{12}"
+GATEWAY_KEY_SECRET = "[A-Za-z0-9_-]{43}"
+"""A whole key is PREFIX + ID + `_` + SECRET (regex bodies; auth/keys.py makes and parses them)."""
+
 CASE_FOLDS = ("\u212a", "\u017f", "\u0130", "\u0131")
 """Non-ASCII letters that case-insensitive matching (`re.IGNORECASE`) takes for an ASCII letter of
 KEY_NAMES or SCHEMES: KELVIN SIGN (k), LONG S (s), I WITH DOT ABOVE and DOTLESS I (i). Byte and

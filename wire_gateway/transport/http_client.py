@@ -176,7 +176,8 @@ def display_url(url: str) -> str:
 
 class StreamableHttpClient:
     def __init__(self, url: str, headers: Mapping[str, str] | None = None, timeout: float = 30.0, *,
-                 max_body_bytes: int = 16 * 1024 * 1024, verify: bool | ssl.SSLContext = True) -> None:
+                 max_body_bytes: int = 16 * 1024 * 1024, verify: bool | ssl.SSLContext = True,
+                 auth: httpx.Auth | None = None) -> None:
         self.url = url
         self.shown_url = display_url(url)
         self.timeout = timeout
@@ -187,8 +188,9 @@ class StreamableHttpClient:
         for value in (headers or {}).values():
             self._secrets.add_credential(value)
         http_timeout = httpx.Timeout(timeout, read=None)
+        # `auth`: the gateway's own credentials for this server (auth.upstream_oauth), set per request.
         common: dict[str, Any] = dict(headers=dict(headers or {}), timeout=http_timeout, verify=verify,
-                                      follow_redirects=False)
+                                      follow_redirects=False, auth=auth)
         # POSTs: no connection limit (the caller bounds requests in flight); a few kept alive.
         self._posts = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=16),
                                         **common)

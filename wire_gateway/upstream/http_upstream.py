@@ -37,6 +37,7 @@ from typing import Any
 
 import trio
 
+from wire_gateway.auth.upstream_oauth import credentials_for
 from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.dump.tap import G2S, S2G, Tap
 from wire_gateway.telemetry.throttle import ThrottledLog
@@ -70,8 +71,9 @@ class HttpUpstream:
         self.name = spec.name
         self.limits = limits
         self.sink = sink
+        auth = None if spec.oauth is None else credentials_for(spec.oauth, spec.name, spec.url)
         self.client = StreamableHttpClient(spec.url, spec.headers, self.timeout,
-                                           max_body_bytes=limits.max_frame_bytes)
+                                           max_body_bytes=limits.max_frame_bytes, auth=auth)
         self.url = self.client.shown_url
         self.state = RemoteState.STARTING         # changed only by _set_state (states.py has the table)
         self.era: str | None = None

@@ -43,13 +43,22 @@ class ServerProcess:
 
     @classmethod
     async def spawn(cls, spec: ServerSpec, generation: int) -> ServerProcess:
-        """Start the process; raises OSError if it cannot be started at all."""
+        """Start the process; raises OSError if it cannot be started at all (its token included)."""
+        env = spec.env
+        if spec.oauth is not None and spec.oauth.env:   # the gateway's credentials, handed in the environment
+            from wire_gateway.auth.upstream_oauth import TokenError, credentials_for
+
+            try:
+                token = await credentials_for(spec.oauth, spec.name, None).token()
+            except TokenError as exc:
+                raise OSError(str(exc)) from None
+            env = {**env, spec.oauth.env: token}
         proc = await trio.lowlevel.open_process(
             spec.argv(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=spec.env,
+            env=env,
             cwd=spec.cwd,
             start_new_session=True,
         )

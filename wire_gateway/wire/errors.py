@@ -26,6 +26,8 @@ UPSTREAM_BAD_FRAME = -31003     # the server answered with a frame the gateway c
 GATEWAY_OVERLOADED = -31004     # a gateway limit (in-flight requests, queue) was reached
 ERA_MISMATCH = -31005           # aggregate: a message that cannot cross between the client's and a server's era
 TOOL_QUARANTINED = -31006       # the tool's definition changed since it was pinned; an operator must approve it
+UNAUTHORIZED = -31007           # no valid credentials (HTTP 401), or the caller's project does not include this (403)
+RATE_LIMITED = -31008           # the caller (key, project or address) is over its rate limit (HTTP 429)
 
 SOURCE = "wire-gateway"
 
