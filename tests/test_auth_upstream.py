@@ -35,7 +35,7 @@ def test_upstreams_get_the_gateways_tokens_never_the_clients(tmp_path: Path, mon
     remote = UrlServer(tmp_path, "--auth-log", str(auth_log))
     env_out = tmp_path / "env.json"
     oauth = {"token_url": issuer.issuer + "/token", "client_id": "gateway", "client_secret": "${GW_SECRET}",
-             "scope": "mcp:read", "refresh_before": 4}
+             "scope": "mcp:read", "refresh_before": 4, "revocation_url": issuer.issuer + "/revoke"}
     servers = {"remote": {"url": remote.url, "oauth": oauth},
                "local": {**fixture("envdump"), "args": [str(SERVERS / "envdump.py"), "--out", str(env_out)],
                          "oauth": {**oauth, "env": "API_TOKEN"}}}
@@ -76,6 +76,8 @@ def test_upstreams_get_the_gateways_tokens_never_the_clients(tmp_path: Path, mon
     assert all(c["aud"] == remote.url and c["scope"] == "mcp:read" for c in claims)
     # Renewed ahead of expiry: the next token was in use before the previous one expired.
     assert claims[1]["iat"] < claims[0]["exp"]
+    # and the token it replaced was revoked at the issuer (RFC 7009)
+    assert tokens[0] in issuer.revoked
     env = json.loads(env_out.read_text())
     assert env["API_TOKEN"] in [x["access_token"] for x in issuer.issued]
     log = gateway.log()
