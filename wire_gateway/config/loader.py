@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 
 from wire_gateway.telemetry.masking import SECRETS
-from wire_gateway.wire.authority import AuthorityError, parse_host, parse_origins
+from wire_gateway.wire.authority import AuthorityError, is_loopback_url, parse_host, parse_origins
 from wire_gateway.wire.namespacing import server_name_problem
 
 ENV_VAR = "WIRE_GATEWAY_CONFIG"
@@ -372,7 +372,7 @@ def oauth_problems(servers: dict[str, Any]) -> list[str]:
             continue
         for key in ("token_url", "revocation_url"):
             url = o.get(key)
-            if url and "${" not in url and not url.startswith("https://") and not _loopback_url(url):
+            if url and "${" not in url and not url.startswith("https://") and not is_loopback_url(url):
                 problems.append(f"$.servers.{name}.oauth.{key}: {url} must be https (plain http only on a "
                                 "loopback host): client credentials and tokens must not travel in clear")
         if "command" in s and not o.get("env"):
@@ -381,19 +381,6 @@ def oauth_problems(servers: dict[str, Any]) -> list[str]:
         if bool(o.get("client_cert")) != bool(o.get("client_key")):
             problems.append(f"$.servers.{name}.oauth: client_cert and client_key go together (mutual TLS)")
     return problems
-
-
-def _loopback_url(url: str) -> bool:
-    import ipaddress
-    from urllib.parse import urlsplit
-
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_auth(section: dict[str, Any] | None, base_dir: Path | None, source: str = "config") -> AuthSettings:
