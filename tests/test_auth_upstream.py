@@ -100,3 +100,9 @@ def test_a_token_endpoint_in_clear_is_refused_at_load(tmp_path: Path) -> None:
         raise AssertionError("accepted a token endpoint over plain http")
     assert "oauth.token_url: http://auth.example.com/token must be https" in text
     assert 'name it with "env"' in text
+    try:
+        parse_config({"servers": {"e": {"command": "x"}}, "auth": {"mode": "jwt"}})
+    except ConfigError as exc:
+        assert exc.problems == ['$.auth.jwt: auth.mode "jwt" needs a "jwt" section (at least "issuer")']
+    else:
+        raise AssertionError("accepted auth.mode jwt without an issuer")
