@@ -11,12 +11,13 @@ import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Request
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
@@ -45,6 +46,34 @@ class Client(ClientMixin):
         return grant_type == "client_credentials"
 
 
+class _Request(OAuth2Request):
+    def __init__(self, method: str, uri: str, headers: dict[str, str], form: dict[str, str]) -> None:
+        super().__init__(method, uri, headers=headers)
+        self.payload = BasicOAuth2Payload(form)
+        self._form = form
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self._form
+
+
+class _Issued(dict):
+    """A token the server issued, as the revocation endpoint looks it up."""
+
+    def check_client(self, client: Client) -> bool:
+        return self.get("client_id") == client.client_id
+
+
+class _Revocation(RevocationEndpoint):
+    CLIENT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic", "client_secret_post"]
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> _Issued | None:
+        return next((t for t in self.server.owner.issued if t.get("access_token") == token_string), None)
+
+    def revoke_token(self, token: _Issued, request: Any) -> None:
+        self.server.owner.revoked.append(token["access_token"])
+
+
 class _Tokens(JWTBearerTokenGenerator):
     def __init__(self, owner: OAuthServer) -> None:
         super().__init__(owner.issuer, alg="RS256", expires_generator=lambda client, grant: owner.lifetime)
@@ -66,16 +95,13 @@ class _Server(AuthorizationServer):
         return self.owner.clients.get(client_id)
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
-        self.owner.issued.append(token)
+        self.owner.issued.append(_Issued(token, client_id=request.client.client_id))
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         return None
 
     def create_oauth2_request(self, request: tuple[str, str, dict[str, str], dict[str, str]]) -> OAuth2Request:
-        method, uri, headers, form = request
-        req = OAuth2Request(method, uri, headers=headers)
-        req.payload = BasicOAuth2Payload(form)
-        return req
+        return _Request(*request)
 
     def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> tuple[int, Any, Any]:
         return status, body, headers
@@ -86,6 +112,7 @@ class OAuthServer:
         self.lifetime = lifetime
         self.clients: dict[str, Client] = {}
         self.issued: list[dict[str, Any]] = []
+        self.revoked: list[str] = []         # access tokens revoked at /revoke (RFC 7009)
         self.jwks_fetches = 0
         self.current_resource: str | None = None
         self._lock = threading.Lock()
@@ -96,6 +123,7 @@ class OAuthServer:
         self.server = _Server(self)
         self.server.register_grant(ClientCredentialsGrant)
         self.server.register_token_generator("default", _Tokens(self))
+        self.server.register_endpoint(_Revocation)
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 
@@ -128,7 +156,7 @@ class OAuthServer:
         # authorization_endpoint is announced because the SDK's metadata model requires one; this
         # server grants client credentials only, and /authorize answers 404.
         return {"issuer": self.issuer, "token_endpoint": f"{self.issuer}/token", "jwks_uri": f"{self.issuer}/jwks",
-                "authorization_endpoint": f"{self.issuer}/authorize",
+                "authorization_endpoint": f"{self.issuer}/authorize", "revocation_endpoint": f"{self.issuer}/revoke",
                 "grant_types_supported": ["client_credentials"], "response_types_supported": ["code"],
                 "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"]}
 
@@ -158,16 +186,19 @@ class OAuthServer:
                     self._send(404, {"error": "not_found"})
 
             def do_POST(self) -> None:
-                if self.path != "/token":
+                if self.path not in ("/token", "/revoke"):
                     self._send(404, {"error": "not_found"})
                     return
                 length = int(self.headers.get("Content-Length", "0"))
                 form = dict(parse_qsl(self.rfile.read(length).decode()))
                 headers = {k: v for k, v in self.headers.items()}
+                request = ("POST", owner.issuer + self.path, headers, form)
                 with owner._lock:
-                    owner.current_resource = form.get("resource")
-                    status, body, out = owner.server.create_token_response(
-                        ("POST", owner.issuer + self.path, headers, form))
+                    if self.path == "/revoke":
+                        status, body, out = owner.server.create_endpoint_response("revocation", request)
+                    else:
+                        owner.current_resource = form.get("resource")
+                        status, body, out = owner.server.create_token_response(request)
                 self._send(status, body, out)
 
         return Handler

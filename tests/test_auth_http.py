@@ -138,6 +138,19 @@ def test_refusals_and_metadata(world: World) -> None:
         assert secret not in log
 
 
+def test_a_rotated_key_works_for_its_grace_period_and_not_after(world: World) -> None:
+    assert world.post("/mcp/echo", INIT, world.key).status_code == 200
+    _, new_key, old = world.tenancy.rotate_key(world.key[3:15], grace=2.0)
+    time.sleep(0.6)                                            # a poll of the store: both known
+    assert world.post("/mcp/echo", INIT, world.key).status_code == 200
+    assert world.post("/mcp/echo", INIT, new_key).status_code == 200
+    assert old.expires is not None
+    time.sleep(max(0.0, old.expires - time.time()) + 0.3)
+    late = world.post("/mcp/echo", INIT, world.key)
+    assert late.status_code == 401 and "expired" in late.json()["error"]["message"]
+    assert world.post("/mcp/echo", INIT, new_key).status_code == 200
+
+
 def test_the_project_decides_which_servers_and_tools(world: World) -> None:
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
     sid = world.session("/mcp/echo", world.key)

@@ -35,7 +35,7 @@ def test_upstreams_get_the_gateways_tokens_never_the_clients(tmp_path: Path, mon
     remote = UrlServer(tmp_path, "--auth-log", str(auth_log))
     env_out = tmp_path / "env.json"
     oauth = {"token_url": issuer.issuer + "/token", "client_id": "gateway", "client_secret": "${GW_SECRET}",
-             "scope": "mcp:read", "refresh_before": 4}
+             "scope": "mcp:read", "refresh_before": 4, "revocation_url": issuer.issuer + "/revoke"}
     servers = {"remote": {"url": remote.url, "oauth": oauth},
                "local": {**fixture("envdump"), "args": [str(SERVERS / "envdump.py"), "--out", str(env_out)],
                          "oauth": {**oauth, "env": "API_TOKEN"}}}
@@ -76,6 +76,8 @@ def test_upstreams_get_the_gateways_tokens_never_the_clients(tmp_path: Path, mon
     assert all(c["aud"] == remote.url and c["scope"] == "mcp:read" for c in claims)
     # Renewed ahead of expiry: the next token was in use before the previous one expired.
     assert claims[1]["iat"] < claims[0]["exp"]
+    # and the token it replaced was revoked at the issuer (RFC 7009)
+    assert tokens[0] in issuer.revoked
     env = json.loads(env_out.read_text())
     assert env["API_TOKEN"] in [x["access_token"] for x in issuer.issued]
     log = gateway.log()
@@ -98,3 +100,9 @@ def test_a_token_endpoint_in_clear_is_refused_at_load(tmp_path: Path) -> None:
         raise AssertionError("accepted a token endpoint over plain http")
     assert "oauth.token_url: http://auth.example.com/token must be https" in text
     assert 'name it with "env"' in text
+    try:
+        parse_config({"servers": {"e": {"command": "x"}}, "auth": {"mode": "jwt"}})
+    except ConfigError as exc:
+        assert exc.problems == ['$.auth.jwt: auth.mode "jwt" needs a "jwt" section (at least "issuer")']
+    else:
+        raise AssertionError("accepted auth.mode jwt without an issuer")

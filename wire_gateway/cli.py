@@ -305,17 +305,6 @@ def run_trio(main: Any, services: Any) -> None:
         trio.run(main)
 
 
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host.strip("[]").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False        # a name other than localhost may resolve to anything
-
-
 def write_port_file(path: str, port: int) -> None:
     """The port, written to a temporary file renamed over `path`: a reader never sees a partial number."""
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -346,6 +335,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.admin_host is not None:
         http = dataclasses.replace(http, admin_host=args.admin_host)
     config = dataclasses.replace(config, http=http)
+    from wire_gateway.wire.authority import is_loopback
+
     if not config.auth.present and not is_loopback(http.host):
         print(f"wire-gateway serve: refusing to listen on {http.host} without auth: anyone who can reach "
               "it could call every tool of every server. Add an \"auth\" section to the config (\"mode\": "

@@ -51,6 +51,20 @@ class Refusal:
     who: str | None = None             # the principal's public id, when the credential named a known one
 
 
+_TITLES = {401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
+
+
+def refusal_message(refusal: Refusal, retry: str, where: str = "") -> str:
+    """The message of a refusal's JSON-RPC error: the status' name, the reason, then what to do:
+    `retry` says when to try again (429), `where` where the credential comes from (401)."""
+    text = f"{_TITLES.get(refusal.status, 'Refused')}: {refusal.reason}"
+    if refusal.status == 429:
+        return f"{text}; {retry}"
+    if refusal.status == 401 and where:
+        return f"{text} ({where})"
+    return text
+
+
 NO_CREDENTIALS = Refusal(401, "no credentials: send Authorization: Bearer <key or token> (or X-API-Key)", None)
 UNKNOWN_KEY = Refusal(401, "the API key is not valid")
 

@@ -8,12 +8,13 @@ gateway hammer the issuer.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+from wire_gateway.wire.authority import is_loopback_url
 
 log = logging.getLogger("wire_gateway.auth")
 
@@ -22,18 +23,8 @@ class JwksError(Exception):
     pass
 
 
-def _loopback(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_url(url: str, what: str) -> None:
-    if urlsplit(url).scheme != "https" and not _loopback(url):
+    if urlsplit(url).scheme != "https" and not is_loopback_url(url):
         raise JwksError(f"{what} {url} must be https (plain http only on a loopback host)")
 
 

@@ -25,7 +25,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from wire_gateway.auth.directory import Principal, Refusal, Snapshot
-from wire_gateway.config.loader import JwtSettings
+from wire_gateway.config.auth import JwtSettings
 
 REMEMBERED = 10_000
 

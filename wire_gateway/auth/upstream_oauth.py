@@ -23,7 +23,7 @@ import httpx
 import trio
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
-from wire_gateway.config.loader import OAuthClient
+from wire_gateway.config.auth import OAuthClient
 from wire_gateway.telemetry.masking import SECRETS
 
 log = logging.getLogger("wire_gateway.upstream.oauth")

@@ -19,6 +19,7 @@ from typing import Any
 
 import jsonschema
 
+from wire_gateway.config.auth import AuthSettings, OAuthClient, auth_problems, oauth_problems, parse_auth
 from wire_gateway.telemetry.masking import SECRETS
 from wire_gateway.wire.authority import AuthorityError, parse_host, parse_origins
 from wire_gateway.wire.namespacing import server_name_problem
@@ -125,21 +126,6 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
-class OAuthClient:
-    """A server's `oauth` section: the gateway's own client credentials for it."""
-    token_url: str
-    client_id: str
-    client_secret: str | None = None
-    scope: str | None = None
-    resource: str | None = None
-    refresh_before: float = 300.0
-    revocation_url: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    env: str | None = None
-
-
-@dataclass(frozen=True)
 class ServerSpec:
     name: str
     command: str = ""                      # a process to spawn, or ...
@@ -219,45 +205,6 @@ class AggregateSettings:
 
 
 @dataclass(frozen=True)
-class JwtSettings:
-    issuer: str
-    jwks_url: str | None = None
-    keys: dict[str, Any] | None = None
-    audience: tuple[str, ...] = ()
-    algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
-    leeway: float = 60.0
-    jwks_refresh_min: float = 10.0
-    project_claim: str | None = None
-    default_project: str | None = None
-    required_scopes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class AuthSettings:
-    """The `auth` section; `present` is False when the config has none (today's open behaviour)."""
-    mode: str = "none"
-    present: bool = False
-    file: str | None = None                      # resolved against the config's folder
-    resource: str | None = None
-    audit: str = "failures"
-    rate_limit: tuple[float, int] | None = None  # (rate per second, burst)
-    failed_attempts: tuple[float, int] = (1.0, 20)
-    jwt: JwtSettings | None = None
-
-    @property
-    def keys(self) -> bool:
-        return self.mode in ("keys", "keys+jwt")
-
-    @property
-    def tokens(self) -> bool:
-        return self.mode in ("jwt", "keys+jwt")
-
-    @property
-    def enforced(self) -> bool:
-        return self.mode != "none"
-
-
-@dataclass(frozen=True)
 class Config:
     servers: dict[str, ServerSpec]
     limits: Limits = Limits()
@@ -267,7 +214,7 @@ class Config:
     log_file: str | None = None
     mask_patterns: tuple[str, ...] = ()
     store: StoreSettings = StoreSettings()
-    auth: AuthSettings = AuthSettings()
+    auth: AuthSettings = field(default_factory=AuthSettings)
     source: str = "<built-in default>"
     document: dict[str, Any] = field(default_factory=dict)
 
@@ -362,59 +309,6 @@ def allow_list_problems(http: dict[str, Any]) -> list[str]:
     return problems
 
 
-def oauth_problems(servers: dict[str, Any]) -> list[str]:
-    """An `oauth` section that cannot work: its token would travel in clear, or a command server
-    has nowhere to receive it."""
-    problems = []
-    for name, s in servers.items():
-        o = s.get("oauth")
-        if o is None:
-            continue
-        for key in ("token_url", "revocation_url"):
-            url = o.get(key)
-            if url and "${" not in url and not url.startswith("https://") and not _loopback_url(url):
-                problems.append(f"$.servers.{name}.oauth.{key}: {url} must be https (plain http only on a "
-                                "loopback host): client credentials and tokens must not travel in clear")
-        if "command" in s and not o.get("env"):
-            problems.append(f'$.servers.{name}.oauth: a command server gets its token in an environment '
-                            'variable: name it with "env" (e.g. "env": "API_TOKEN")')
-        if bool(o.get("client_cert")) != bool(o.get("client_key")):
-            problems.append(f"$.servers.{name}.oauth: client_cert and client_key go together (mutual TLS)")
-    return problems
-
-
-def _loopback_url(url: str) -> bool:
-    import ipaddress
-    from urllib.parse import urlsplit
-
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def parse_auth(section: dict[str, Any] | None, base_dir: Path | None, source: str = "config") -> AuthSettings:
-    if section is None:
-        return AuthSettings()
-    file = section.get("file", "auth.sqlite3")
-    if base_dir is not None and not os.path.isabs(file):
-        file = str(base_dir / file)
-    rl, fa = section.get("rate_limit"), section.get("failed_attempts", {"rate": 1.0, "burst": 20})
-    j = section.get("jwt")
-    jwt = None if j is None else JwtSettings(**{**j, **{k: tuple(j[k]) for k in ("audience", "algorithms",
-                                                                              "required_scopes") if k in j}})
-    if section["mode"] in ("jwt", "keys+jwt") and jwt is None:
-        raise ConfigError([f'$.auth.jwt: auth.mode "{section["mode"]}" needs a "jwt" section (at least "issuer")'],
-                          source)
-    return AuthSettings(mode=section["mode"], present=True, file=file, resource=section.get("resource"), jwt=jwt,
-                        audit=section.get("audit", "failures"),
-                        rate_limit=(float(rl["rate"]), int(rl["burst"])) if rl else None,
-                        failed_attempts=(float(fa["rate"]), int(fa["burst"])))
-
-
 def find_config_path(cli_path: str | None, environ: Mapping[str, str] | None = None) -> str | None:
     """--config, else $WIRE_GATEWAY_CONFIG, else None (the built-in default)."""
     if cli_path:
@@ -451,7 +345,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
     clashes += [f"$.servers.{name}.timeout: null (no timeout) is only for a command server; a url server needs "
                 "a number of seconds" for name, s in doc["servers"].items() if "url" in s and
                 "timeout" in s and s["timeout"] is None]
-    clashes += oauth_problems(doc["servers"])
+    clashes += oauth_problems(doc["servers"]) + auth_problems(doc.get("auth"))
     if clashes:
         raise ConfigError(clashes, source)
     allow_list = allow_list_problems(doc.get("http", {}))
@@ -491,7 +385,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
     return Config(
         servers=servers,
         store=StoreSettings(**store),
-        auth=parse_auth(doc.get("auth"), base_dir, source),
+        auth=parse_auth(doc.get("auth"), base_dir),
         limits=Limits(**doc.get("limits", {})),
         http=HttpSettings(**http),
         aggregate=aggregate,

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from wire_gateway.auth.buckets import retry_after_header
-from wire_gateway.auth.directory import Refusal
+from wire_gateway.auth.directory import Refusal, refusal_message
 from wire_gateway.wire import errors
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
@@ -70,14 +70,5 @@ def refusal_response(refusal: Refusal, meta: ResourceMetadata, mcp_path: str,
     data = {"status": refusal.status}
     if refusal.retry_after is not None:
         data["retryAfterSeconds"] = int(retry_after_header(refusal.retry_after))
-    return refusal.status, headers, errors.error_frame(req_id, code, _message(refusal), data)
-
-
-def _message(refusal: Refusal) -> str:
-    if refusal.status == 401:
-        return f"Unauthorized: {refusal.reason}"
-    if refusal.status == 403:
-        return f"Forbidden: {refusal.reason}"
-    if refusal.status == 429:
-        return f"Too Many Requests: {refusal.reason}; retry after the Retry-After header's seconds"
-    return f"Service Unavailable: {refusal.reason}"
+    message = refusal_message(refusal, "retry after the Retry-After header's seconds")
+    return refusal.status, headers, errors.error_frame(req_id, code, message, data)

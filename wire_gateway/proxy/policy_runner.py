@@ -22,6 +22,7 @@ upstream already gave or a shutting-down error. A request the client cancelled
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import trio
@@ -62,10 +63,13 @@ class _InChain:
 class _InnerSink:
     """What the inner upstream sees as its sink: the runner's watch on tool answers."""
 
-    __slots__ = ("runner",)
+    __slots__ = ("runner", "flush", "wait_writable")
 
     def __init__(self, runner: PolicyRunner) -> None:
         self.runner = runner
+        # Pure passthroughs, bound once (the session's sink never changes): no extra call per batch.
+        self.flush: Callable[[], None] = runner.sink.flush
+        self.wait_writable: Callable[[], Coroutine[Any, Any, None]] = runner.sink.wait_writable
 
     def server_frame(self, frame: Frame) -> None:
         runner = self.runner
@@ -89,12 +93,6 @@ class _InnerSink:
             return
         runner._answered(entry, Reply(jsonfast.loads(data), data, gateway=True))
 
-    def flush(self) -> None:
-        self.runner.sink.flush()
-
-    async def wait_writable(self) -> None:
-        await self.runner.sink.wait_writable()
-
 
 class PolicyRunner:
     def __init__(self, spec: ServerSpec, limits: Limits, sink: Sink, chain: Chain, auth_context: str = "") -> None:
@@ -107,6 +105,12 @@ class PolicyRunner:
         # whose project sets no tool rule for it goes straight through, as if there were no runner.
         self._auth_only = chain.names == ["auth"]
         self.inner = make_upstream(spec, limits, _InnerSink(self))
+        # Pure passthroughs to the inner upstream, bound once: a frame that the chain has no business
+        # with pays no extra call through the runner for them.
+        self.reply: Callable[[Frame], None] = self.inner.reply               # type: ignore[method-assign]  # see above
+        self.flush: Callable[[], None] = self.inner.flush                    # type: ignore[method-assign]  # see above
+        self.flush_soon: Callable[[], None] = self.inner.flush_soon          # type: ignore[method-assign]  # see above
+        self.wait_writable: Callable[[], Coroutine[Any, Any, None]] = self.inner.wait_writable  # type: ignore[method-assign]  # see above
         self._calls: dict[Any, _InChain] = {}     # every tool request not yet answered
         self._watch: dict[Any, _InChain] = {}     # those forwarded, awaiting the inner upstream's answer
         self._nursery: trio.Nursery | None = None

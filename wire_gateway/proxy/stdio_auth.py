@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from wire_gateway.auth.context import CALLER
-from wire_gateway.auth.directory import Principal, Refusal
+from wire_gateway.auth.directory import Principal, Refusal, refusal_message
 from wire_gateway.auth.gate import Gate
 from wire_gateway.telemetry.masking import SECRETS
 from wire_gateway.wire import errors
@@ -58,13 +58,7 @@ class StdioAdmission:
 def _message(refusal: Refusal) -> str:
     if refusal.status == 401 and refusal.error is None:
         return f"Unauthorized: no API key; set {ENV_KEY} in the environment the client starts the gateway with"
-    if refusal.status == 401:
-        return f"Unauthorized: {refusal.reason} (the key comes from {ENV_KEY})"
-    if refusal.status == 403:
-        return f"Forbidden: {refusal.reason}"
-    if refusal.status == 429:
-        return f"Too Many Requests: {refusal.reason}; retry in {refusal.retry_after or 1:.1f} s"
-    return f"Service Unavailable: {refusal.reason}"
+    return refusal_message(refusal, f"retry in {refusal.retry_after or 1:.1f} s", f"the key comes from {ENV_KEY}")
 
 
 def _data(refusal: Refusal) -> dict[str, object]:

@@ -208,3 +208,23 @@ def _bad_host_char(text: str, at: int) -> str:
     if c.isspace() or ord(c or " ") < 0x20:
         return "it contains whitespace or control characters"
     return f"the character {show(c)} is not allowed in a host name"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an IP literal, brackets allowed) is this machine's loopback:
+    `localhost` or a loopback address. Any other name may resolve anywhere, so it is not."""
+    import ipaddress
+
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return is_loopback(urlsplit(url).hostname or "")
