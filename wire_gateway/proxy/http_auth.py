@@ -13,10 +13,14 @@ import json
 from typing import Any
 
 from wire_gateway.auth.buckets import retry_after_header
-from wire_gateway.auth.directory import Refusal, refusal_message
+from wire_gateway.auth.directory import Principal, Refusal, refusal_message
+from wire_gateway.auth.gate import credential_of, gate_for
+from wire_gateway.config import Config
+from wire_gateway.transport.http_request import Request
 from wire_gateway.wire import errors
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
+Response = tuple[int, list[tuple[str, str]], bytes]
 JSON = ("content-type", "application/json")
 
 
@@ -59,8 +63,7 @@ class ResourceMetadata:
         return "Bearer " + ", ".join(parts)
 
 
-def refusal_response(refusal: Refusal, meta: ResourceMetadata, mcp_path: str,
-                     req_id: Any = None) -> tuple[int, list[tuple[str, str]], bytes]:
+def refusal_response(refusal: Refusal, meta: ResourceMetadata, mcp_path: str, req_id: Any = None) -> Response:
     headers = [JSON]
     if refusal.status in (401, 403):
         headers.append(("www-authenticate", meta.challenge(refusal, mcp_path)))
@@ -72,3 +75,58 @@ def refusal_response(refusal: Refusal, meta: ResourceMetadata, mcp_path: str,
         data["retryAfterSeconds"] = int(retry_after_header(refusal.retry_after))
     message = refusal_message(refusal, "retry after the Retry-After header's seconds")
     return refusal.status, headers, errors.error_frame(req_id, code, message, data)
+
+
+class HttpAuth:
+    """What the HTTP front does about auth: the gate and its tasks, the metadata, and the check of
+    each request to an MCP endpoint (`mcp_path` is `/mcp` for the aggregate, else `/mcp/NAME`)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.gate = gate_for(config)
+        self.resource: ResourceMetadata | None = None
+
+    async def start(self, nursery: Any, store: Any) -> None:
+        """The gate's refresh task; with Redis, the store's change events and shared budgets."""
+        store.subscribe(self.gate.on_store_event)
+        take_token = getattr(store, "take_token", None)
+        if take_token is not None:
+            self.gate.shared_bucket = take_token
+        await nursery.start(self.gate.run)
+
+    def listening(self, base: str) -> None:
+        """Once the front knows its URL: the metadata, and the audiences tokens may name."""
+        auth = self.config.auth
+        jwt = auth.jwt if auth.tokens else None
+        self.resource = ResourceMetadata(base, [jwt.issuer] if jwt else [], list(jwt.required_scopes) if jwt else None)
+        if jwt is not None:
+            self.gate.enable_tokens(self.resource.base, list(self.config.servers))
+
+    async def check(self, server: str | None, mcp_path: str, request: Request) -> Principal | Response:
+        """The caller, or the response that refuses it. `server` None: the aggregate (any project)."""
+        credential = credential_of(request.headers)
+        fast = self.gate.proven(credential) if credential is not None else None    # the usual case: no await
+        if fast is not None and (server is None or fast.project.may_use(server)):
+            return fast
+        address = request.client[0] if request.client else "-"
+        got = await self.gate.authenticate(credential, address)
+        meta = self.metadata
+        if isinstance(got, Principal) and got.kind == "jwt" and not got.serves(meta.base, meta.base + mcp_path):
+            got = self.gate.refuse(Refusal(
+                401, f"the token is for another resource ({', '.join(got.audiences)}); ask for one with "
+                f"resource={meta.base + mcp_path}"), got, address, server)
+        elif isinstance(got, Principal) and server is not None and not got.project.may_use(server):
+            got = self.gate.forbid(got, server, None, f"project {got.project.name!r} does not include "
+                                   f"server {server!r}", address)
+        return got if isinstance(got, Principal) else refusal_response(got, meta, mcp_path)
+
+    def not_your_session(self, principal: Principal, server: str, mcp_path: str, request: Request) -> Response:
+        refusal = self.gate.forbid(principal, server, None, "this session was opened with another credential; "
+                                   "a session is bound to the key or token that opened it",
+                                   request.client[0] if request.client else "-")
+        return refusal_response(refusal, self.metadata, mcp_path)
+
+    @property
+    def metadata(self) -> ResourceMetadata:
+        assert self.resource is not None, "HttpAuth.listening() runs before any request is served"
+        return self.resource

@@ -24,13 +24,12 @@ from typing import Any
 import trio
 
 from wire_gateway.auth.context import CALLER
-from wire_gateway.auth.directory import Principal, Refusal
-from wire_gateway.auth.gate import Gate, credential_of, gate_for
+from wire_gateway.auth.directory import Principal
 from wire_gateway.config import Config, Limits, ServerSpec
 from wire_gateway.dump.writer import Dumper
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
-from wire_gateway.proxy.http_auth import WELL_KNOWN, ResourceMetadata, refusal_response
+from wire_gateway.proxy.http_auth import WELL_KNOWN, HttpAuth
 from wire_gateway.proxy.http_edge import EdgeCheck
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
@@ -80,8 +79,7 @@ class HttpFront:
         self.edge = EdgeCheck(config.http)
         # Auth (docs/auth.md): with it on, each project gets its own modern aggregate, made of the
         # servers it may use, when its first caller arrives.
-        self.gate: Gate | None = gate_for(config) if config.auth.enforced else None
-        self.resource: ResourceMetadata | None = None
+        self.auth: HttpAuth | None = HttpAuth(config) if config.auth.enforced else None
         self.project_pools: dict[str, ModernPool] = {}
         self._project_servers: dict[str, tuple[str, ...]] = {}
 
@@ -100,14 +98,10 @@ class HttpFront:
                 agg = self.aggregate_pool
                 agg.tap = agg.upstream.tap = self.dumper.tap(f"modern:{AGGREGATE_NAME}", AGGREGATE_NAME, "http",
                                                              era="modern")
-            if self.gate is None:
+            if self.auth is None:
                 await nursery.start(self.aggregate_pool.upstream.run)
             else:   # the shared aggregate serves no one: each project has its own
-                self.services.store.subscribe(self.gate.on_store_event)
-                take_token = getattr(self.services.store, "take_token", None)   # Redis: shared budgets
-                if take_token is not None:
-                    self.gate.shared_bucket = take_token
-                await nursery.start(self.gate.run)
+                await self.auth.start(nursery, self.services.store)
             nursery.start_soon(self._expire_sessions)
             limits = HttpLimits(max_body_bytes=s.max_body_bytes)
             drained = trio.Event()
@@ -120,16 +114,8 @@ class HttpFront:
                     drained.set()
 
             self.port = await nursery.start(serve)
-            if self.gate is not None:
-                auth = self.config.auth
-                base = (auth.resource or f"http://{url_host(s.host)}:{self.port}").rstrip("/")
-                issuers = [auth.jwt.issuer] if auth.jwt is not None and auth.tokens else []
-                self.resource = ResourceMetadata(base, issuers, list(auth.jwt.required_scopes)
-                                                 if auth.jwt is not None and auth.tokens else None)
-                if auth.tokens:
-                    self.gate.enable_tokens(base, list(self.config.servers))
-            log.info("serving MCP over HTTP on http://%s:%d/mcp/{%s}", url_host(s.host), self.port,
-                     ",".join(self.config.servers))
+            if self.auth is not None:
+                self.auth.listening(self.config.auth.resource or f"http://{url_host(s.host)}:{self.port}")
             if s.admin_port is not None:
                 from wire_gateway.admin.app import serve_admin
 
@@ -155,7 +141,7 @@ class HttpFront:
             nursery.cancel_scope.cancel()
 
     def _all_pools(self) -> list[ModernPool]:
-        return [*self.pools.values(), *([self.aggregate_pool] if self.gate is None else []),
+        return [*self.pools.values(), *([self.aggregate_pool] if self.auth is None else []),
                 *self.project_pools.values()]
 
     def status(self) -> dict[str, Any]:
@@ -212,8 +198,8 @@ class HttpFront:
             await responder.send(status, JSON, errors.error_frame(None, errors.INVALID_REQUEST, message))
             return
         path = request.path.rstrip("/") or "/"
-        if self.resource is not None and path.startswith(WELL_KNOWN):
-            doc = self.resource.document(path)
+        if self.auth is not None and path.startswith(WELL_KNOWN):
+            doc = self.auth.metadata.document(path)
             await responder.send(200 if doc else 404, JSON, doc or errors.error_frame(
                 None, errors.INVALID_REQUEST, f"no protected resource metadata at {request.path}"))
         elif path == "/healthz":
@@ -225,7 +211,7 @@ class HttpFront:
         elif path == "/mcp":
             await self._mcp(AGGREGATE_NAME, request, responder)
         else:
-            configured = "" if self.gate is not None else f" (configured: {', '.join(self.config.servers)})"
+            configured = "" if self.auth is not None else f" (configured: {', '.join(self.config.servers)})"
             await responder.send(404, JSON, errors.error_frame(
                 None, errors.INVALID_REQUEST,
                 f"no such route: {request.path}; MCP endpoints are /mcp (all servers) and /mcp/{{server}}"
@@ -239,16 +225,11 @@ class HttpFront:
 
     async def _mcp(self, server: str, request: Request, responder: Responder) -> None:
         principal = None
-        if self.gate is not None:
-            credential = credential_of(request.headers)
-            fast = self.gate.proven(credential) if credential is not None else None   # the usual case: no await
-            got: Principal | Refusal
-            if fast is not None and (server == AGGREGATE_NAME or fast.project.may_use(server)):
-                got = fast
-            else:
-                got = await self._authenticate(server, request, credential)
-            if isinstance(got, Refusal):
-                await responder.send(*refusal_response(got, self._meta(), self._mcp_path(server)))
+        mcp_path = "/mcp" if server == AGGREGATE_NAME else f"/mcp/{server}"
+        if self.auth is not None:
+            got = await self.auth.check(None if server == AGGREGATE_NAME else server, mcp_path, request)
+            if not isinstance(got, Principal):
+                await responder.send(*got)
                 return
             principal = got
             CALLER.set(principal)      # for the policy chain, below in this task (auth/context.py)
@@ -268,11 +249,8 @@ class HttpFront:
                 "session not found (it expired, was deleted, or never existed); start a new one with initialize"))
             return
         if session is not None and principal is not None and session.principal != principal.id:
-            assert self.gate is not None
-            forbidden = self.gate.forbid(principal, server, None, "this session was opened with another "
-                                       "credential; a session is bound to the key or token that opened it",
-                                       self._address(request))
-            await responder.send(*refusal_response(forbidden, self._meta(), self._mcp_path(server)))
+            assert self.auth is not None
+            await responder.send(*self.auth.not_your_session(principal, server, mcp_path, request))
             return
         method = request.method
         refusal = (self.edge.post_refusal(request) if method == "POST"
@@ -324,7 +302,7 @@ class HttpFront:
                 None, errors.INVALID_REQUEST, "a batch needs a legacy session (Mcp-Session-Id)"))
             return
         if decoded.kind is Kind.REQUEST and decoded.method == "initialize":
-            await self._open_session(server, decoded, responder, CALLER.get() if self.gate is not None else None)
+            await self._open_session(server, decoded, responder, CALLER.get() if self.auth is not None else None)
             return
         if decoded.kind is Kind.REQUEST and request_version(decoded.msg) is not None:
             headers: dict[str, str] = {}
@@ -380,33 +358,6 @@ class HttpFront:
                                                            "http", era="modern")
         await self._nursery.start(pool.upstream.run)
         return pool
-
-    @staticmethod
-    def _mcp_path(server: str) -> str:
-        return "/mcp" if server == AGGREGATE_NAME else f"/mcp/{server}"
-
-    @staticmethod
-    def _address(request: Request) -> str:
-        return request.client[0] if request.client else "-"
-
-    def _meta(self) -> ResourceMetadata:
-        assert self.resource is not None
-        return self.resource
-
-    async def _authenticate(self, server: str, request: Request, credential: str | None) -> Principal | Refusal:
-        """Who the request is, and whether its project includes `server` (403 if not)."""
-        assert self.gate is not None
-        address = self._address(request)
-        got = await self.gate.authenticate(credential, address)
-        if isinstance(got, Principal) and got.kind == "jwt" and \
-                not got.serves(self._meta().base, self._meta().base + self._mcp_path(server)):
-            return self.gate.refuse(Refusal(
-                401, f"the token is for another resource ({', '.join(got.audiences)}); ask for one with "
-                f"resource={self._meta().base + self._mcp_path(server)}"), got, address, server)
-        if isinstance(got, Principal) and server != AGGREGATE_NAME and not got.project.may_use(server):
-            return self.gate.forbid(got, server, None, f"project {got.project.name!r} does not include "
-                                    f"server {server!r}", address)
-        return got
 
     async def _open_session(self, server: str, init: Frame, responder: Responder,
                             principal: Principal | None = None) -> None:
