@@ -1,17 +1,7 @@
-"""A minimal, fast echo MCP server: the target used to measure the bench driver.
+"""``load fast-echo``: a stdio echo MCP server that costs (almost) nothing per call, the ceiling's target.
 
-Why it exists: to claim that the stdio bench's client side is not the
-bottleneck, we need a server that costs (almost) nothing per call, so that
-the throughput we observe against it is the driver's own ceiling.  It speaks
-just enough MCP for the bench: ``initialize`` gets a result, notifications
-are ignored, and a ``tools/call`` of ``echo`` serialized exactly the way the
-bench serializes it (see ``stdio_bench.request_bytes``) is answered with one
-regex match and one bytes format, never a JSON parse.  Any other request is
-parsed properly and answered (echo via the slow path, or an error), so the
-server stays correct for hand-written input too.
-
-It reads stdin in 64 KiB chunks and answers a whole chunk with one write,
-which is what lets it keep up with a pipelining client.
+A bench call (serialised as ``stdio_bench.request_bytes`` does) is answered with one regex match and
+one bytes format, a whole 64 KiB chunk with one write; anything else is parsed and answered properly.
 """
 import os
 import re
