@@ -9,15 +9,11 @@ import sys
 
 import orjson
 
-#: The bench's request shape; group 1 is the id, group 2 the text.
-FAST_CALL = re.compile(
-    rb'\{"jsonrpc":"2\.0","id":(\d+),"method":"tools/call",'
-    rb'"params":\{"name":"echo","arguments":\{"text":"([A-Za-z0-9_]*)"\}\}\}'
-)
-FAST_ANSWER = (
-    b'{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"%s"}],'
-    b'"isError":false}}\n'
-)
+#: The benches' request shape (stdio, or HTTP with a modern ``_meta``): the id, the text, the ``_meta``.
+FAST_CALL = re.compile(rb'\{"jsonrpc":"2\.0","id":(\d+),"method":"tools/call","params":\{"name":"echo",'
+                       rb'"arguments":\{"text":"([A-Za-z0-9_]*)"\}(,"_meta":\{.*\})?\}\}')
+FAST_ANSWER = b'{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"%s"}],"isError":false%s}}\n'
+COMPLETE = b',"resultType":"complete"'   # a modern answer's
 INIT_RESULT = {
     "protocolVersion": "2025-11-25",
     "capabilities": {"tools": {}},
@@ -52,7 +48,8 @@ def answer(line: bytes) -> bytes:
     """The response bytes for one request line (empty for notifications)."""
     match = FAST_CALL.fullmatch(line.rstrip(b"\r"))
     if match:
-        return FAST_ANSWER % match.groups()
+        call_id, text, meta = match.groups()
+        return FAST_ANSWER % (call_id, text, COMPLETE if meta else b"")
     if not line.strip():
         return b""
     return slow_answer(line)
