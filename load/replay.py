@@ -570,14 +570,11 @@ class HttpSession:
     async def _reply(self, reply: dict) -> None:
         if self.side is None:
             self.side = HttpConn(self.url)
-        body = orjson.dumps(reply)
-        resp = await self.side.exchange(self.frame(reply, body))
-        if resp.status not in (200, 202):
-            raise HttpStatus(resp.status, resp.body)
+        await self.notify(reply, self.side)
 
-    async def notify(self, msg: dict) -> None:
-        body = orjson.dumps(msg)
-        resp = await self.conn.exchange(self.frame(msg, body))
+    async def notify(self, msg: dict, conn: HttpConn | None = None) -> None:
+        """POST a message that gets no answer (a notification, a reply to the server); 200 or 202."""
+        resp = await (conn or self.conn).exchange(self.frame(msg, orjson.dumps(msg)))
         if resp.status not in (200, 202):
             raise HttpStatus(resp.status, resp.body)
 
@@ -781,11 +778,15 @@ async def _handshake(index, session, script, opts, stats) -> bool:
         return True
     except (ReplayError, Disconnected, HttpStatus, OSError, trio.TooSlowError) as exc:
         stats.session_failures += 1
-        kind = ("timeout" if isinstance(exc, trio.TooSlowError) else
-                f"http_{exc.status}" if isinstance(exc, HttpStatus) else
-                "disconnect" if isinstance(exc, (Disconnected, OSError)) else "handshake")
-        stats.error(kind, f"session {index} handshake: {exc or type(exc).__name__}")
+        stats.error("handshake" if isinstance(exc, ReplayError) else _kind(exc),
+                    f"session {index} handshake: {exc or type(exc).__name__}")
         return False
+
+
+def _kind(exc) -> str:
+    """What a failed exchange is counted as."""
+    return "timeout" if isinstance(exc, trio.TooSlowError) else \
+        f"http_{exc.status}" if isinstance(exc, HttpStatus) else "disconnect"
 
 
 class _Place:
@@ -1097,13 +1098,10 @@ async def _steps(index, session, script, budget, pacer, opts, stats, t0_ns, watc
 
 async def _count_failure(session, exc, label: str, stats: Stats) -> bool:
     """Count a failed exchange by kind; True if the session can go on (after a reconnect)."""
-    if isinstance(exc, trio.TooSlowError):
-        stats.error("timeout", f"{label}: no answer in time")
-    elif isinstance(exc, HttpStatus):
-        stats.error(f"http_{exc.status}", f"{label}: {exc}")
+    kind = _kind(exc)
+    stats.error(kind, f"{label}: " + ("no answer in time" if kind == "timeout" else f"{exc or type(exc).__name__}"))
+    if isinstance(exc, HttpStatus):
         return True   # the connection is fine
-    else:
-        stats.error("disconnect", f"{label}: {exc or type(exc).__name__}")
     try:
         with trio.fail_after(RECONNECT_TIMEOUT):
             await session.reconnect()
