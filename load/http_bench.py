@@ -5,7 +5,8 @@ client, ended with DELETE), every answer checked; optionally the gateway's memor
 session (``--idle-sessions``), what dumps cost (``--dump``) or the driver's own ceiling (``--ceiling``,
 against the canned-answer server ``fast_server``). The driver must not be the limit: raw sockets,
 requests pre-serialised before the window, answers framed by hand, one epoll loop per process, and
-``--workers`` to fork more. See docs/load.md.
+``--workers`` to fork more. See docs/load.md. Over the usual size: its parts (driver, runs, idle
+sessions, fast server) are one command's and are not used elsewhere.
 """
 from __future__ import annotations
 

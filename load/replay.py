@@ -3,7 +3,8 @@
 A fixture becomes a ``Script`` (the handshake, then the body: the client's requests and notifications
 in recorded order, each request with its recorded answer); each session replays the body in rounds
 until the budget is spent, its ids rewritten (``ID_STRIDE``), its echo-like arguments tagged, every
-answer judged (``judge``). docs/load.md says how and why.
+answer judged (``judge``). docs/load.md says how and why. One file, over the usual size: the script,
+the sessions, their transports and the fast lane share one hot path and its state.
 """
 from __future__ import annotations
 

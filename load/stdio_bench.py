@@ -5,7 +5,8 @@ gateway-against-direct tables): ``http_bench`` reports through them. The driver 
 microseconds per call (the direct echo server does ~100k pipelined calls/s): requests are
 pre-serialised bytes, answers are read in 64 KiB chunks, split by hand and parsed once, and one
 thread does both sides of the pipe (stdin non-blocking, a full pipe waited on with ``select`` while
-answers keep being drained). Why ``--pin`` and ``--spin``: see docs/notes/load-design.md.
+answers keep being drained). Why ``--pin`` and ``--spin``: see docs/notes/load-design.md. Over the
+usual size because the window's figures live beside the driver that first needed them.
 """
 import argparse
 import gc
