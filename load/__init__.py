@@ -1,11 +1,6 @@
-"""Load and benchmark tools for wire-gateway.
-
-Run ``python -m load --help`` for the list of subcommands.  The tools drive
-the gateway from the outside, over the same pipes and sockets a real MCP host
-would use, and must never be the bottleneck of what they measure: the benches
-are plain blocking Python (one epoll loop), ``run`` (the fixture replayer,
-``load.replay``) is trio with a fast lane for plain answers; see docs/load.md.
-"""
+"""Load and benchmark tools for wire-gateway (``python -m load --help``; docs/load.md): they drive the
+gateway from outside, over the pipes and sockets a real MCP host uses, and must never be the
+bottleneck of what they measure."""
 
 
 class BenchError(Exception):

@@ -1,11 +1,5 @@
-"""Entry point: ``python -m load COMMAND [options]`` (installed: ``wire-gateway load``,
-``wire-gateway-load``).
-
-Each command is a pair of functions, ``add_arguments(parser)`` and ``run(args) -> int`` (the exit
-status), over the shared pieces: the clients, the target starter (``targets``), the /proc reader
-(``procfs``), the A/B runner (``ab``), the statistics (``stats``) and the report writer
-(``report``).
-"""
+"""``python -m load COMMAND`` (installed: ``wire-gateway load``, ``wire-gateway-load``): each command is
+``add_arguments(parser)`` and ``run(args) -> exit status`` over the shared pieces."""
 from __future__ import annotations
 
 import argparse

@@ -1,23 +1,19 @@
 """The one A/B runner: a baseline (A) against a candidate (B) in the same invocation, as ratios.
 
-On a small shared machine absolute figures move by tens of percent between runs; what holds is
-B against A measured under the same conditions. Two ways to get the same conditions:
-
-* ``alternate``: rounds of A then B (A B A B ...), each on a fresh target; the summary is the
-  median over rounds of each figure, and B's median over A's (``compare_medians``);
-* ``side_by_side``: A and B started together, pinned to the same CPU, and each driven at the same
-  time by its own ``load run`` (answers checked) for a fixed duration: both see the same
-  machine phases and share the CPU, so B's calls/s over A's is what B costs or saves
-  (``ratio_summary`` over rounds).
+``alternate``: rounds of A then B, each on a fresh target, medians compared (``compare_medians``);
+``side_by_side``: A and B together on one CPU, each driven by its own ``load run`` for the same time,
+so both see the same machine phases (``ratio_summary`` over rounds).
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 
 from . import BenchError
 from .assets import CHECKOUT, tool
+from .procfs import pinned
 from .stats import median, ratio
 
 
@@ -51,13 +47,18 @@ def read_run(out: str, what: str) -> dict:
         raise BenchError(f"{what}: the load run printed no result ({exc}): {out[-500:]!r}") from None
 
 
-def side_by_side(urls: list, fixtures: list, concurrency: int, duration: float, warmup_calls: int,
-                 warmups: list | None = None, extras: list | None = None) -> dict:
-    """Warm A and B one after the other, then drive both at once for ``duration`` seconds.
-    ``extras``: more ``load run`` arguments for each side (e.g. B's API key header)."""
+def side_by_side(starters: list, fixtures: list, concurrency: int, duration: float, warmup_calls: int,
+                 warmups: list | None = None, extras: list | None = None) -> tuple[dict, list]:
+    """Start A and B (``starters``: each returns an HTTP target), warm them one after the other, drive both
+    at once for ``duration`` seconds, stop them; (result, the targets). ``extras``: more ``load run``
+    arguments per side (e.g. B's API key header)."""
     timeout = duration + 120.0
     extras = extras or [[], []]
+    targets: list = []
     try:
+        for start in starters:
+            targets.append(start())
+        urls = [str(t.url) for t in targets]
         for url, fixture, label, extra in zip(urls, warmups or fixtures, "AB", extras):
             warm = subprocess.run(drive_argv(url, fixture, concurrency, ["-n", str(warmup_calls), *extra]),
                                   capture_output=True, text=True, cwd=CHECKOUT, timeout=timeout)
@@ -73,9 +74,22 @@ def side_by_side(urls: list, fixtures: list, concurrency: int, duration: float, 
                     driver.kill()
                     driver.wait()
         a, b = read_run(outs[0], "A"), read_run(outs[1], "B")
-        return {"a": a, "b": b, "ratio": b["calls_per_s"] / a["calls_per_s"] if a["calls_per_s"] else None}
+        result = {"a": a, "b": b, "ratio": b["calls_per_s"] / a["calls_per_s"] if a["calls_per_s"] else None}
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
-        return {"error": str(exc)}
+        result = {"error": str(exc)}
+    finally:
+        for target in targets:
+            target.stop()
+    return result, targets
+
+
+def apart(rounds: int, one_round: Callable[[set], dict]) -> tuple[list, set, set | None]:
+    """``rounds`` times ``one_round(target CPUs)``, the targets on the last CPU and this process (and the
+    drivers it starts) on the others; (results, target CPUs, driver CPUs)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    target_cpus, driver_cpus = {allowed[-1]}, set(allowed[:-1]) or None
+    with pinned(driver_cpus):
+        return [one_round(target_cpus) for _ in range(rounds)], target_cpus, driver_cpus
 
 
 def ratio_summary(results: list) -> dict:

@@ -1,13 +1,11 @@
-"""Where the load tool finds what it ships with: the fixture library and its own name.
+"""Where the load tool finds what it ships with: the fixture library, and its own name.
 
-Installed (``pip install``), this package is ``wire_gateway_load`` and carries the fixture
-library (``fixtures/sessions``, ``fixtures/servers``) as package data, found through
-``importlib.resources``. Run from a checkout (``python -m load``), the package is ``load`` and the
-library is the repository's ``fixtures/`` next to it. Child processes the tool starts run the
-same package (``python -m PACKAGE``) with the same interpreter, so either way they find it.
+Installed, the package is ``wire_gateway_load`` with the library as package data; from a checkout,
+``load`` with the repository's ``fixtures/``. Child processes run the same package, same interpreter.
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -33,3 +31,19 @@ CHECKOUT = Path(__file__).resolve().parent.parent if (Path(__file__).resolve().p
 def tool(*argv: str) -> list[str]:
     """The argv of a child run of this tool: ``python -m PACKAGE ARGV...``."""
     return [sys.executable, "-m", PACKAGE, *argv]
+
+
+def source_state() -> str:
+    """The commit the gateway runs from, and whether wire_gateway/ differs from it."""
+    if CHECKOUT is None:
+        from wire_gateway import __version__
+        return f"installed wire-gateway {__version__}"
+    try:
+        head = subprocess.run(["git", "-C", str(CHECKOUT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(CHECKOUT), "status", "--porcelain", "--", "wire_gateway"],
+                               capture_output=True, text=True, timeout=5).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "") if head else "unknown"

@@ -1,22 +1,8 @@
-"""The standard scenarios, gateway vs direct, alternating; writes docs/benchmarks.md.
+"""``load bench``: the standard scenarios, gateway against direct, alternating; writes docs/benchmarks.md.
 
-    python -m load bench [--quick] [--rounds 3] [-n 2000] [--only NAME[,NAME]] [--out docs/benchmarks.md]
-                         [--no-write] [--json]
-
-Each scenario is data (``SCENARIOS``): a fixture made on the fly, the
-concurrency levels, and how to start its direct and its gateway target.  Per
-scenario, level and round, direct and gateway run one after the other (A B A B),
-each on a fresh target process, with ``load run``'s engine (every answer
-checked); the table shows medians over rounds and the gateway/direct ratio.
-
-A scenario whose gateway feature is missing (the tools/list cache, frame
-dumps: built on other branches) is reported as "not available" with the
-reason, found by asking the gateway itself (``wire-gateway check`` on the
-config it needs; ``serve --help``), instead of failing the whole bench.
-
-``--quick`` (for tests): one round, a few calls, concurrency 1 and 2.
-The report goes into ``--out`` (default docs/benchmarks.md) between the
-``<!-- load-bench -->`` markers; the rest of the file is kept.
+Each scenario is data (``SCENARIOS``): a fixture made on the fly, its concurrency levels, and how to
+start its direct (A) and gateway (B) targets; each run is ``load run``'s engine, every answer checked.
+A scenario whose gateway feature is missing is reported as "not available", the gateway asked why.
 """
 from __future__ import annotations
 
@@ -33,10 +19,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from . import assets, http_bench, http_client, replay, run as load_run
+from . import BenchError, assets, http_client, replay, run as load_run
 from .ab import compare_medians
 from .assets import CHECKOUT, ECHO_SERVER
-from .stdio_bench import BenchError
+from .report import markdown
 from .targets import HttpProcess
 
 PY = sys.executable
@@ -50,10 +36,6 @@ META = {"io.modelcontextprotocol/protocolVersion": MODERN,
 BEGIN, END = "<!-- load-bench:begin -->", "<!-- load-bench:end -->"
 ONE_MIB = 1 << 20
 
-
-# --------------------------------------------------------------------------
-# Fixtures made on the fly (the recorded-session format, see load.replay)
-# --------------------------------------------------------------------------
 
 def write_fixture(path: Path, era: str, calls: list) -> str:
     """A fixture of ``calls`` [(method, params, recorded result or None)], legacy with its handshake."""
@@ -82,10 +64,6 @@ def echo_calls(k: int = 8) -> list:
     return [("tools/call", {"name": "echo", "arguments": {"text": f"t{i}"}},
              {"content": [{"type": "text", "text": f"t{i}"}], "isError": False}) for i in range(k)]
 
-
-# --------------------------------------------------------------------------
-# Scenarios as data
-# --------------------------------------------------------------------------
 
 @dataclass
 class Scenario:
@@ -182,30 +160,16 @@ def feature_missing(needs: str | None, tmpdir: str) -> str | None:
     return f"unknown feature {needs!r}"
 
 
-# --------------------------------------------------------------------------
-# Targets
-# --------------------------------------------------------------------------
-
-class Started:
-    """A target for one run: a load_run.Target, and how to stop what was started for it."""
-
-    def __init__(self, target: load_run.Target, stop=None):
-        self.target, self._stop = target, stop
-
-    def stop(self) -> None:
-        if self._stop is not None:
-            self._stop()
-
-
-def start(scenario: Scenario, slot: str, tmpdir: str, timeout: float) -> Started:
-    """Start the direct or gateway target of a scenario (stdio: only a command; sessions spawn it)."""
+def start(scenario: Scenario, slot: str, tmpdir: str, timeout: float) -> tuple:
+    """(the load_run.Target of a scenario's direct or gateway slot, what to stop after the run or None);
+    stdio: only a command (each session spawns its own process)."""
     if scenario.transport == "stdio":
         if slot == "direct":
-            return Started(load_run.Target("stdio:" + shlex.join([PY, ECHO])))
+            return load_run.Target("stdio:" + shlex.join([PY, ECHO])), None
         config = Path(tmpdir) / f"{slot}-stdio.json"
         config.write_text(json.dumps(scenario.gateway_config or {"servers": {"echo": ECHO_SERVER}}))
-        return Started(load_run.Target("stdio:" + shlex.join([PY, "-m", "wire_gateway", "stdio", "--config",
-                                                              str(config), "--log-level", "warning"])))
+        return load_run.Target("stdio:" + shlex.join([PY, "-m", "wire_gateway", "stdio", "--config", str(config),
+                                                      "--log-level", "warning"])), None
     own = tempfile.mkdtemp(dir=tmpdir)
     if slot == "direct" and scenario.baseline == "direct":
         target = HttpProcess("direct", own, timeout)
@@ -218,12 +182,8 @@ def start(scenario: Scenario, slot: str, tmpdir: str, timeout: float) -> Started
         kwargs = {"dump": True} if scenario.dump and not baseline else {}
         target = HttpProcess("gateway", own, timeout, path=scenario.baseline_path if baseline
                                        else scenario.path, **kwargs)
-    return Started(load_run.Target(str(target.url)), target.stop)
+    return load_run.Target(str(target.url)), target
 
-
-# --------------------------------------------------------------------------
-# Running
-# --------------------------------------------------------------------------
 
 def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir: str, timeout: float) -> dict:
     """Every level, ``rounds`` times direct then gateway; medians and ratios."""
@@ -241,16 +201,17 @@ def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir:
         runs = {"direct": [], "gateway": []}
         for _ in range(rounds):
             for slot in ("direct", "gateway"):
-                started = start(scenario, slot, tmpdir, timeout)
+                target, process = start(scenario, slot, tmpdir, timeout)
                 try:
                     if scenario.transport == "http":   # the first requests pay for connections and probes
-                        load_run.run_once(started.target, warmup or scripts[slot], level, max(level, calls // 10),
+                        load_run.run_once(target, warmup or scripts[slot], level, max(level, calls // 10),
                                           None, None, replay.Options(timeout=min(timeout, 60.0)))
                     opts = replay.Options(timeout=min(timeout, 60.0))
-                    stats = load_run.run_once(started.target, scripts[slot], level, calls, None, None, opts)
+                    stats = load_run.run_once(target, scripts[slot], level, calls, None, None, opts)
                 finally:
-                    started.stop()
-                runs[slot].append(load_run.summarize(started.target, stats, level))
+                    if process is not None:
+                        process.stop()
+                runs[slot].append(load_run.summarize(target, stats, level))
         out["levels"][level] = {"runs": runs, **figures(runs)}
     return out
 
@@ -286,7 +247,7 @@ def machine() -> dict:
     except (ValueError, OSError):
         pass
     return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": mem, "python": platform.python_version(),
-            "kernel": platform.release(), "versions": versions, "gateway_source": http_bench.source_state(),
+            "kernel": platform.release(), "versions": versions, "gateway_source": assets.source_state(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average_before": os.getloadavg()[0]}
 
@@ -313,16 +274,6 @@ def bench(quick: bool, rounds: int, n: int, only: list | None, timeout: float) -
     return result
 
 
-# --------------------------------------------------------------------------
-# Report
-# --------------------------------------------------------------------------
-
-def num(value, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
 def render_markdown(result: dict, command: str) -> str:
     m = result["machine"]
     v = m["versions"]
@@ -347,26 +298,21 @@ def render_markdown(result: dict, command: str) -> str:
         "Ratio = gateway calls/s / direct calls/s. "
         "HTTP targets get a warm-up of a tenth of the calls first (not counted).",
         "",
-        "| scenario | sessions | direct calls/s | gateway calls/s | ratio | direct p50 / p99 ms | "
-        "gateway p50 / p99 ms | mismatches | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    notes = []
+    rows = []
     for s in result["scenarios"]:
-        notes.append(f"- **{s['name']}**: {s['note']}")
-        if "not_available" in s:
-            lines.append(f"| {s['name']} | | not available: {s['not_available']} | | | | | | |")
-            continue
-        if "error" in s:
-            lines.append(f"| {s['name']} | | failed: {s['error'][:200]} | | | | | | |")
-            continue
-        for level, f in s["levels"].items():
+        if "not_available" in s or "error" in s:
+            why = f"not available: {s['not_available']}" if "not_available" in s else f"failed: {s['error'][:200]}"
+            rows.append([s["name"], "", why, *[""] * 6])
+        for level, f in s.get("levels", {}).items():
             d, g = f["direct"], f["gateway"]
-            lines.append(f"| {s['name']} | {level} | {num(d['calls_per_s'])} | {num(g['calls_per_s'])} | "
-                         f"{('x%.2f' % f['ratio']) if f['ratio'] else '-'} | {num(d['p50_ms'], 2)} / "
-                         f"{num(d['p99_ms'], 2)} | {num(g['p50_ms'], 2)} / {num(g['p99_ms'], 2)} | "
-                         f"{f['mismatches']} | {f['errors']} |")
-    lines += ["", "Scenarios:", "", *notes, "", END]
+            rows.append([s["name"], str(level), num(d["calls_per_s"]), num(g["calls_per_s"]),
+                         ("x%.2f" % f["ratio"]) if f["ratio"] else "-",
+                         f"{num(d['p50_ms'], 2)} / {num(d['p99_ms'], 2)}",
+                         f"{num(g['p50_ms'], 2)} / {num(g['p99_ms'], 2)}", str(f["mismatches"]), str(f["errors"])])
+    lines += markdown(["scenario", "sessions", "direct calls/s", "gateway calls/s", "ratio", "direct p50 / p99 ms",
+                       "gateway p50 / p99 ms", "mismatches", "errors"], rows)
+    lines += ["", "Scenarios:", "", *(f"- **{s['name']}**: {s['note']}" for s in result["scenarios"]), "", END]
     return "\n".join(lines)
 
 
@@ -410,3 +356,7 @@ def run(args) -> int:
         write_report(Path(args.out), section)
     print(json.dumps(result, indent=2, default=str) if args.json else section)
     return 1 if result["mismatches"] or result["errors"] else 0
+
+
+def num(value, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"

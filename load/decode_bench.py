@@ -1,12 +1,8 @@
 """What `wire.frame.decode` costs, this checkout against another one, in one run.
 
-Usage: python -m load.decode_bench --before /work/main [--rounds 7]
-
-Both checkouts' `wire_gateway` are imported into this process (one after the other, each
-under its own module objects), and their `decode` is timed alternately on the same frames:
-typical small frames (a tools/call request, an echo answer, both with the answer's members
-in either order) and ~1 MB answers (text, as a file read returns it, and a long structured
-list). Each figure is the best of `rounds` runs; the ratio is after / before.
+Usage: python -m load.decode_bench --before /work/main [--rounds 7]. Both checkouts' `wire_gateway`
+are imported side by side and their `decode` timed alternately on the same frames; each figure is the
+best of `rounds` runs; the ratio is after / before.
 """
 from __future__ import annotations
 

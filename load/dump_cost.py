@@ -1,21 +1,9 @@
-"""What frame dumps cost: the gateway without dumps (A) and with them (B), run at the same time.
+"""``load dump-cost``: the gateway without dumps (A) and with them (B), driven at the same time.
 
-    python -m load dump-cost [--rounds 4] [--duration 8] [-c 16] [--control] [--json]
-
-Why at the same time: ``http-bench --dump`` alternates A and B, each run lasting about a
-second; on a machine whose speed changes faster than that (the 2-CPU dev VM: single rounds
-from x0.66 to x1.47 for the same code), even 25 rounds cannot settle a few percent. Here A and
-B are started together, both pinned to the same CPU (the last one; the drivers get the
-others), and each is driven by its own ``python -m load run`` (the recorded echo-small-modern
-session, modern era, answers checked) for the same ``--duration``. Both see the same machine
-phases and they share the CPU they are on, so B's calls/s over A's is what dumps cost:
-the throughput kept with dumps on.
-
-``--control``: B without dumps too. The ratio should then be x1.00 give or take a point; it is
-how to check the method on a new machine. ``WIRE_GATEWAY_DUMP_ENCODER=python`` in the
-environment measures the Python record encoder instead of the C one.
-
-Exit status: 0 all good, 1 some answers mismatched, 2 some run failed.
+Why at the same time: on a machine whose speed changes faster than a round (the 2-CPU dev VM:
+single alternating rounds from x0.66 to x1.47 for the same code), alternating A and B cannot settle a
+few percent. Here both share one CPU and see the same machine phases, so B's calls/s over A's is the
+throughput kept with dumps on. ``--control`` runs B without dumps too (x1.00 expected).
 """
 from __future__ import annotations
 
@@ -24,11 +12,9 @@ import json
 import os
 import tempfile
 
-from . import BenchError
-from .ab import ratio_summary, side_by_side
+from .ab import apart, ratio_summary, side_by_side
 from .assets import SESSIONS
 from .http_bench import dump_figures
-from .procfs import pinned
 from .report import markdown, times
 from .stdio_bench import positive_int
 from .targets import HttpProcess
@@ -39,27 +25,18 @@ WARMUP_CALLS = 1500
 
 def one_round(tmpdir: str, concurrency: int, duration: float, control: bool, target_cpus) -> dict:
     """Start A and B, warm both, drive both for `duration` at once, stop both."""
-    targets = []
-    try:
-        for dump in (False, not control):
-            targets.append(HttpProcess("gateway", tmpdir, duration + 120.0, target_cpus, dump=dump))
-        result = side_by_side([str(t.url) for t in targets], [str(FIXTURE)] * 2, concurrency, duration,
-                              WARMUP_CALLS)
-    except BenchError as exc:
-        result = {"error": str(exc)}
-    finally:
-        for target in targets:
-            target.stop()
+    result, targets = side_by_side([lambda dump=dump: HttpProcess("gateway", tmpdir, duration + 120.0, target_cpus,
+                                                                  dump=dump) for dump in (False, not control)],
+                                   [str(FIXTURE)] * 2, concurrency, duration, WARMUP_CALLS)
     if len(targets) == 2 and targets[1].dump_file is not None and targets[1].dump_file.exists():
         result["dump"] = dump_figures(targets[1].dump_file)
     return result
 
 
 def run_rounds(rounds: int, concurrency: int, duration: float, control: bool) -> dict:
-    allowed = sorted(os.sched_getaffinity(0))
-    target_cpus, driver_cpus = {allowed[-1]}, set(allowed[:-1]) or None
-    with tempfile.TemporaryDirectory(prefix="dump-cost-") as tmpdir, pinned(driver_cpus):
-        results = [one_round(tmpdir, concurrency, duration, control, target_cpus) for _ in range(rounds)]
+    with tempfile.TemporaryDirectory(prefix="dump-cost-") as tmpdir:
+        results, target_cpus, driver_cpus = apart(rounds, lambda cpus: one_round(tmpdir, concurrency, duration,
+                                                                                 control, cpus))
     summary = ratio_summary(results)
     return {
         "config": {"rounds": rounds, "concurrency": concurrency, "duration_s": duration, "control": control,
@@ -70,7 +47,6 @@ def run_rounds(rounds: int, concurrency: int, duration: float, control: bool) ->
         "throughput_kept": {k: summary[k] for k in ("median", "min", "max")},
         "mismatches": summary["mismatches"], "errors": summary["errors"],
     }
-
 
 def render(result: dict) -> str:
     config = result["config"]

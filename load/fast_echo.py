@@ -1,17 +1,7 @@
-"""A minimal, fast echo MCP server: the target used to measure the bench driver.
+"""``load fast-echo``: a stdio echo MCP server that costs (almost) nothing per call, the ceiling's target.
 
-Why it exists: to claim that the stdio bench's client side is not the
-bottleneck, we need a server that costs (almost) nothing per call, so that
-the throughput we observe against it is the driver's own ceiling.  It speaks
-just enough MCP for the bench: ``initialize`` gets a result, notifications
-are ignored, and a ``tools/call`` of ``echo`` serialized exactly the way the
-bench serializes it (see ``stdio_bench.request_bytes``) is answered with one
-regex match and one bytes format, never a JSON parse.  Any other request is
-parsed properly and answered (echo via the slow path, or an error), so the
-server stays correct for hand-written input too.
-
-It reads stdin in 64 KiB chunks and answers a whole chunk with one write,
-which is what lets it keep up with a pipelining client.
+A bench call (serialised as ``stdio_bench.request_bytes`` does) is answered with one regex match and
+one bytes format, a whole 64 KiB chunk with one write; anything else is parsed and answered properly.
 """
 import os
 import re
@@ -19,15 +9,11 @@ import sys
 
 import orjson
 
-#: The bench's request shape; group 1 is the id, group 2 the text.
-FAST_CALL = re.compile(
-    rb'\{"jsonrpc":"2\.0","id":(\d+),"method":"tools/call",'
-    rb'"params":\{"name":"echo","arguments":\{"text":"([A-Za-z0-9_]*)"\}\}\}'
-)
-FAST_ANSWER = (
-    b'{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"%s"}],'
-    b'"isError":false}}\n'
-)
+#: The benches' request shape (stdio, or HTTP with a modern ``_meta``): the id, the text, the ``_meta``.
+FAST_CALL = re.compile(rb'\{"jsonrpc":"2\.0","id":(\d+),"method":"tools/call","params":\{"name":"echo",'
+                       rb'"arguments":\{"text":"([A-Za-z0-9_]*)"\}(,"_meta":\{.*\})?\}\}')
+FAST_ANSWER = b'{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"%s"}],"isError":false%s}}\n'
+COMPLETE = b',"resultType":"complete"'   # a modern answer's
 INIT_RESULT = {
     "protocolVersion": "2025-11-25",
     "capabilities": {"tools": {}},
@@ -62,7 +48,8 @@ def answer(line: bytes) -> bytes:
     """The response bytes for one request line (empty for notifications)."""
     match = FAST_CALL.fullmatch(line.rstrip(b"\r"))
     if match:
-        return FAST_ANSWER % match.groups()
+        call_id, text, meta = match.groups()
+        return FAST_ANSWER % (call_id, text, COMPLETE if meta else b"")
     if not line.strip():
         return b""
     return slow_answer(line)

@@ -1,13 +1,9 @@
-"""The HTTP side of the load tool's MCP client: HTTP/1.1 framed by hand on raw sockets.
+"""HTTP/1.1 framed by hand on raw sockets: an HTTP library costs more per call than the gateway does.
 
-Two drivers use it. The benches (``http-bench``) are plain blocking Python, one epoll loop for
-all connections, with ``Client``; ``load run``'s replay is trio, with ``HttpConn``, which waits
-through trio only when a read would block. Both build requests with ``request_head`` and read
-answers with ``parse_response`` (status line, headers, a body framed by Content-Length, chunks,
-or the connection's end), and read event streams with the gateway's own SSE decoder
-(``wire_gateway.wire.sse``); ``fast_response`` is the replay's short cut for the common answer.
-Why by hand: an HTTP library costs more per call than the gateway does, and the driver must
-never be what a bench measures.
+``Client`` is blocking (``http-bench``'s epoll loop), ``HttpConn`` waits through trio only when a read
+would block (``load run``); both build requests with ``request_head``, read answers with
+``parse_response`` (``fast_response`` for the common answer) and event streams with the gateway's own
+SSE decoder.
 """
 from __future__ import annotations
 
@@ -65,12 +61,9 @@ class ProtocolError(Exception):
 
 
 def parse_response(buf: bytes, eof: bool = False):
-    """(Response, bytes consumed) if ``buf`` starts with a whole response, else None.
-
-    Bodies framed by Content-Length, chunked, or (``eof``) by the connection's
-    end.  1xx interim responses are skipped.  Header names are lowercased; a
-    repeated header keeps its first value.
-    """
+    """(Response, bytes consumed) if ``buf`` starts with a whole response, else None. Bodies framed by
+    Content-Length, chunks or (``eof``) the connection's end; 1xx skipped; header names lowercased, the
+    first of repeated ones kept."""
     start = 0
     while True:
         end = buf.find(b"\r\n\r\n", start)
@@ -127,31 +120,30 @@ def parse_response(buf: bytes, eof: bool = False):
     return Response(status, headers, buf[body_start:], True), len(buf)
 
 
-def parse_chunked(buf: bytes, pos: int):
-    """(body, end) of a chunked body starting at ``pos``, or None if incomplete."""
+def read_chunks(buf: bytes, pos: int):
+    """(whole chunks from ``pos``, the position after them, the body's end or None if not yet seen)."""
     parts = []
     while True:
         line_end = buf.find(b"\r\n", pos)
         if line_end < 0:
-            return None
+            return parts, pos, None
         try:
             size = int(buf[pos:line_end].split(b";", 1)[0].strip(), 16)
         except ValueError:
             raise ProtocolError(f"bad chunk size line: {buf[pos:line_end][:50]!r}") from None
-        pos = line_end + 2
-        if size == 0:
-            break
-        if len(buf) < pos + size + 2:
-            return None
-        parts.append(buf[pos:pos + size])
-        pos += size + 2
-    while True:   # trailers, then the blank line
-        line_end = buf.find(b"\r\n", pos)
-        if line_end < 0:
-            return None
-        if line_end == pos:
-            return b"".join(parts), pos + 2
-        pos = line_end + 2
+        if size == 0:   # trailers, then a blank line
+            stop = buf.find(b"\r\n\r\n", line_end)
+            return parts, pos, stop + 4 if stop >= 0 else None
+        if len(buf) < line_end + 2 + size + 2:
+            return parts, pos, None
+        parts.append(buf[line_end + 2:line_end + 2 + size])
+        pos = line_end + 2 + size + 2
+
+
+def parse_chunked(buf: bytes, pos: int):
+    """(body, end) of a chunked body starting at ``pos``, or None if incomplete."""
+    parts, _, stop = read_chunks(buf, pos)
+    return None if stop is None else (b"".join(parts), stop)
 
 
 def sse_messages(body: bytes) -> list:
@@ -163,13 +155,8 @@ class Client:
     """One virtual client: one keep-alive connection (and, legacy, one session)."""
 
     def __init__(self, url: Url, modern: bool, timeout: float = CONNECT_TIMEOUT_S):
-        self.url = url
-        self.modern = modern
-        self.timeout = timeout
-        self.session_id = None
-        self.sock = None
-        self.buf = b""
-        self.connects = 0
+        self.url, self.modern, self.timeout = url, modern, timeout
+        self.session_id, self.sock, self.buf, self.connects = None, None, b"", 0
         self.connect()
         self.head = request_head(url, "POST", call_headers(modern, None)) if modern else b""
 
@@ -188,8 +175,6 @@ class Client:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-
-    # -- blocking exchanges (handshakes, DELETE, idle sessions) ---------------
 
     def exchange(self, data: bytes) -> Response:
         """Send one whole request, read its whole response (blocking, bounded)."""
@@ -273,11 +258,8 @@ def open_clients(url: Url, k: int, modern: bool) -> list:
 
 
 def close_clients(clients: list, end_sessions: bool = True) -> list:
-    """End sessions (legacy, DELETE) and close connections; returns the failed DELETEs.
-
-    After a failure the sessions are left alone (``end_sessions=False``): a
-    target that stopped answering would make each DELETE wait for its timeout.
-    """
+    """End sessions (legacy, DELETE) and close connections; the failed DELETEs. After one failure the
+    rest are left alone: a target that stopped answering would make each DELETE wait its timeout."""
     bad = []
     for client in clients:
         if end_sessions:
@@ -304,16 +286,11 @@ class HttpStatus(Exception):
 
 
 class HttpConn:
-    """One keep-alive HTTP/1.1 connection, hand-framed on a non-blocking stdlib socket.
-
-    Waits with trio's ``wait_readable`` only when a read would block: one
-    scheduler pass per answer, where trio's socket wrapper costs two or three.
-    """
+    """One keep-alive connection on a non-blocking socket; trio's ``wait_readable`` only when a read
+    would block: one scheduler pass per answer, where trio's socket wrapper costs two or three."""
 
     def __init__(self, url: Url):
-        self.url = url
-        self.sock = None
-        self.buf = b""
+        self.url, self.sock, self.buf = url, None, b""
 
     async def connect(self) -> None:
         self.close()
@@ -339,23 +316,12 @@ class HttpConn:
             self.sock = None
 
     async def exchange(self, data: bytes, on_event=None, fast: bool = False):
-        """Send a request, return its Response; SSE events are given to ``on_event`` as they arrive.
-
-        A chunked event stream is decoded incrementally, so a server request
-        inside it can be answered (by ``on_event``) before the stream ends.
-        """
+        """Send a request, return its Response; the events of a chunked event stream are given to
+        ``on_event`` as they arrive (a server request inside can be answered before the stream ends)."""
         if self.sock is None:
             await self.connect()
         try:
-            try:
-                sent = self.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent < len(data):
-                await self._send_rest(memoryview(data)[sent:])
-        except OSError as exc:
-            self.close()
-            raise Disconnected(f"{self.url}: {exc}") from None
+            await self.send(data)
         except BaseException:
             self.close()
             raise
@@ -399,23 +365,20 @@ class HttpConn:
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
 
-    async def exchange_send_only(self, data: bytes) -> None:
+    async def send(self, data) -> None:
+        """Send all of ``data``, waiting through trio while the socket is full."""
+        view = memoryview(data)
         try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
+            while True:
+                try:
+                    view = view[self.sock.send(view):]
+                except BlockingIOError:
+                    pass
+                if not view:
+                    return
+                await trio.lowlevel.wait_writable(self.sock)
         except OSError as exc:
             raise Disconnected(f"{self.url}: {exc}") from None
-        if sent < len(data):
-            await self._send_rest(memoryview(data)[sent:])
-
-    async def _send_rest(self, view) -> None:
-        while view:
-            await trio.lowlevel.wait_writable(self.sock)
-            try:
-                view = view[self.sock.send(view):]
-            except BlockingIOError:
-                pass
 
     async def _stream(self, buf: bytes, on_event):
         """Read a chunked SSE body to its end, handing each event over as it completes."""
@@ -423,34 +386,17 @@ class HttpConn:
         head_resp = parse_response(buf[:end + 4] + b"0\r\n\r\n")[0]   # the head alone (an empty body)
         pos, decoder, parts = end + 4, SSEDecoder(), []
         while True:
-            while True:   # every whole chunk in buf
-                line_end = buf.find(b"\r\n", pos)
-                if line_end < 0:
-                    break
-                try:
-                    size = int(buf[pos:line_end].split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise ProtocolError(f"bad chunk size line: {buf[pos:line_end][:50]!r}") from None
-                if size == 0:
-                    if buf[line_end:line_end + 4] == b"\r\n\r\n":
-                        stop = line_end + 4
-                    else:   # trailers, then a blank line
-                        stop = buf.find(b"\r\n\r\n", line_end)
-                        if stop < 0:
-                            break
-                        stop += 4
-                    self.buf = buf[stop:]
-                    head_resp.body = b"".join(parts)
-                    if head_resp.close:
-                        self.close()
-                    return head_resp
-                if len(buf) < line_end + 2 + size + 2:
-                    break
-                data = buf[line_end + 2:line_end + 2 + size]
+            new, pos, stop = read_chunks(buf, pos)
+            for data in new:
                 parts.append(data)
-                pos = line_end + 2 + size + 2
                 for event in decoder.feed(data):
                     await on_event(event.data)
+            if stop is not None:
+                self.buf = buf[stop:]
+                head_resp.body = b"".join(parts)
+                if head_resp.close:
+                    self.close()
+                return head_resp
             chunk = await self._recv()
             if not chunk:
                 self.close()
@@ -459,11 +405,7 @@ class HttpConn:
 
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.I)
-
-
 _CONTENT_TYPE = re.compile(rb"\r\ncontent-type:[ \t]*([^\r]*)\r\n", re.I)
-
-
 _NEEDS_FULL_PARSE = re.compile(rb"\r\n(?:connection|transfer-encoding):", re.I)
 
 

@@ -1,28 +1,9 @@
-"""What the policy chain costs and what its cache saves, through `wire-gateway stdio` and over HTTP.
+"""``load policy-bench``: what the policy chain costs and what its cache saves, over stdio and HTTP.
 
-    python -m load policy-bench [-n 500] [--rounds 20] [--redis-url URL] [--transport stdio,http]
-                                [--eras modern,legacy] [--pairs NAME,...] [--http-rounds 3]
-                                [--duration 5] [-c 16] [--json]
-
-Over stdio, two comparisons, each pair of gateways running side by side and
-measured alternately (A B B A A B ...) so that drift on a noisy machine hits both alike:
-
-(a) ``tools/list`` against the bundled echo server: uncached (the chain without the
-    list cache: every list reaches the server) vs cached (the second and later lists
-    are answered by the gateway). Target: cached at least 3x faster.
-(b) ``ping`` with no policy (plain passthrough) vs five interceptors configured
-    (filter, pinning, schema, list cache, result cache): ping must bypass them all.
-    Target: ratio under 1.1.
-
-With --redis-url, (a) is also run with the Redis store for the cached side.
-One request at a time (a client waiting on each answer), timed with perf_counter_ns;
-figures are the median and p90 round trip per side over all rounds, the ratio of medians,
-and the gateway process's own CPU time per request (from /proc; steadier than latency on
-a shared machine, since it does not count time spent waiting for a CPU).
-
-Over HTTP (load/policy_http.py): the cached tools/list, a tools/call through the filter
-and the schema guard, and the aggregate, each against the gateway without policy, both
-gateways driven at the same time on one CPU, in both eras.
+Over stdio, pairs of ``wire-gateway stdio`` processes timed alternately (A B B A ...), one request at a
+time: ``tools/list`` uncached against cached (target: 3x faster), ``ping`` without policy against five
+interceptors (target: a ratio under 1.1); with the gateway's own CPU per request from /proc, steadier
+than latency on a shared machine. Over HTTP: ``policy_http``.
 """
 from __future__ import annotations
 

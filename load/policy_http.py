@@ -1,39 +1,18 @@
-"""`policy-bench` over HTTP: two gateways side by side, driven at the same time.
+"""``policy-bench`` over HTTP: the gateway without policy (A) and with it (B), driven at the same time.
 
-A (the gateway without policy) and B (the same server with a policy, or the aggregate) are
-started together and pinned, with the servers they spawn, to the same CPU (the last one);
-each is driven by its own ``python -m load run`` (16 sessions, answers checked) on the other
-CPUs for the same duration, as ``load dump-cost`` does. Both see the same machine phases and
-share that CPU, so B's calls/s over A's is what B costs, or saves, in gateway and server
-work: the load tool's own CPU is not in it (``load bench`` runs the same pairs one after
-the other, client included, with the noise that brings on a shared machine).
-
-Pairs, each in both eras (modern: stateless POSTs; legacy: a session per virtual client,
-with its own server process):
-
-- ``tools_list``: tools/list, A without policy, B with ``"cache": {"tools_list_ttl": 60}``
-  (pinning and schema at their defaults); the server (echo.py --ttl-ms 60000) lets its lists
-  be cached. Target: B/A >= 1.5 at 16 clients.
-- ``tools_call``: the echo tool, A without policy, B with the filter and the schema guard
-  (``{"tools": {"deny": ["never_*"]}, "pinning": "off", "schema": true}``; the warm-up lists
-  the tools, so every call is validated). Target: B/A >= 0.9.
-- ``aggregate`` (modern): the echo tool at ``/mcp/echo`` (A) and as ``echo__echo`` through
-  the aggregate at ``/mcp`` (B), same config. Target: B/A >= 0.8.
-- ``auth``: the echo tool, A without auth, B with API keys (``"auth": {"mode": "keys"}``, a
-  project, a user and a key made in B's store; B's driver sends the key in every request's
-  Authorization header). Target: B/A >= 0.95.
+As ``load dump-cost`` does: both pinned to one CPU with their servers, each driven by its own ``load
+run`` for the same duration, so B's calls/s over A's is what B costs or saves in gateway and server
+work, the load tool's own CPU not in it. The pairs and their targets are in docs/load.md.
 """
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import BenchError, bench
-from .ab import ratio_summary, side_by_side
-from .procfs import pinned
+from . import bench
+from .ab import apart, ratio_summary, side_by_side
 from .targets import HttpProcess
 
 FILTER_SCHEMA = bench.FILTER_SCHEMA
@@ -79,24 +58,18 @@ def pairs(eras: tuple[str, ...]) -> list[Pair]:
 
 def one_round(pair: Pair, tmpdir: str, concurrency: int, duration: float, cpus) -> dict:
     folder = Path(tempfile.mkdtemp(dir=tmpdir))
-    fixtures, warmups, targets, extras = [], [], [], []
-    try:
-        for label, side in (("a", pair.a), ("b", pair.b)):
-            own = folder / label
-            own.mkdir()
-            (own / "http-bench-gateway.json").write_text(json.dumps(side.config))
-            extras.append(["--header", f"Authorization: Bearer {make_key(own)}"] if side.auth else [])
-            fixtures.append(bench.write_fixture(own / "calls.jsonl", pair.era, side.calls or pair.calls))
-            warmups.append(fixtures[-1] if pair.warmup is None else
-                           bench.write_fixture(own / "warm.jsonl", pair.era, pair.warmup))
-            targets.append(HttpProcess("gateway", str(own), duration + 120.0, cpus, path=side.path))
-        return side_by_side([str(t.url) for t in targets], fixtures, concurrency, duration, WARMUP_CALLS, warmups,
-                            extras)
-    except BenchError as exc:
-        return {"error": str(exc)}
-    finally:
-        for target in targets:
-            target.stop()
+    fixtures, warmups, starters, extras = [], [], [], []
+    for label, side in (("a", pair.a), ("b", pair.b)):
+        own = folder / label
+        own.mkdir()
+        (own / "http-bench-gateway.json").write_text(json.dumps(side.config))
+        extras.append(["--header", f"Authorization: Bearer {make_key(own)}"] if side.auth else [])
+        fixtures.append(bench.write_fixture(own / "calls.jsonl", pair.era, side.calls or pair.calls))
+        warmups.append(fixtures[-1] if pair.warmup is None else
+                       bench.write_fixture(own / "warm.jsonl", pair.era, pair.warmup))
+        starters.append(lambda own=own, side=side: HttpProcess("gateway", str(own), duration + 120.0, cpus,
+                                                               path=side.path))
+    return side_by_side(starters, fixtures, concurrency, duration, WARMUP_CALLS, warmups, extras)[0]
 
 
 def make_key(folder: Path) -> str:
@@ -112,14 +85,12 @@ def make_key(folder: Path) -> str:
 
 def run_pairs(eras: tuple[str, ...], rounds: int, concurrency: int, duration: float,
               only: list[str] | None = None) -> dict:
-    allowed = sorted(os.sched_getaffinity(0))
-    target_cpus, driver_cpus = {allowed[-1]}, set(allowed[:-1]) or None
     out: dict = {}
-    with tempfile.TemporaryDirectory(prefix="policy-http-") as tmpdir, pinned(driver_cpus):
+    with tempfile.TemporaryDirectory(prefix="policy-http-") as tmpdir:
         for pair in pairs(eras):
             if only and pair.name not in only:
                 continue
-            results = [one_round(pair, tmpdir, concurrency, duration, target_cpus) for _ in range(rounds)]
+            results = apart(rounds, lambda cpus, pair=pair: one_round(pair, tmpdir, concurrency, duration, cpus))[0]
             summary = ratio_summary(results)
             out[f"http_{pair.name}_{pair.era}"] = {
                 "rounds": results, "target": pair.target, "ratio_median": summary["median"],

@@ -1,10 +1,8 @@
 """What the load tool reads from /proc, and where it puts processes: one reader for every command.
 
-CPU is counted in clock ticks from ``/proc/PID/stat`` (utime + stime of a process itself, its
-children excluded), per process tree (a gateway and its upstream servers), for the driver, and
-for the whole machine (``/proc/stat``), so that a figure can say how much of the machine was
-someone else's; memory from ``/proc/PID/status`` (RSS) and ``smaps_rollup`` (PSS). Processes are
-told apart by pid *and* start time, so a reused pid is never counted, nor killed, as ours.
+CPU in clock ticks (a process itself, its tree, the driver, the whole machine: how much of it was
+someone else's), memory as RSS and PSS. Processes are told apart by pid *and* start time, so a
+reused pid is never counted, nor killed, as ours.
 """
 from __future__ import annotations
 
@@ -29,12 +27,8 @@ class ProcStat:
 
 
 def read_stat(pid: int):
-    """ProcStat of ``pid``, or None if it is gone.
-
-    Fields are counted from 1 as in proc(5): 4 ppid, 14 utime, 15 stime,
-    22 starttime.  The command name (field 2) may contain spaces and
-    parentheses, so we split after the last ')'.
-    """
+    """ProcStat of ``pid``, or None if it is gone (proc(5) fields 4, 14, 15, 22, counted after the
+    command name's last ')': the name may hold spaces and parentheses)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -80,12 +74,8 @@ class CpuSample:
 
     @classmethod
     def take(cls, pid: int, driver_first: bool) -> CpuSample:
-        """Sample now; the driver's clock is read on the window's side.
-
-        Scanning /proc costs the driver a few milliseconds; reading its clock
-        after the scan when opening the window (and before it when closing)
-        keeps that cost out of the driver's per-call figure.
-        """
+        """Sample now; the driver's clock is read on the window's side of the /proc scan (which costs
+        a few milliseconds), keeping that out of the driver's per-call figure."""
         if driver_first:
             driver = driver_clocks()
         table = scan_processes()
@@ -112,12 +102,8 @@ def machine_busy_ticks() -> int:
 
 
 def tree_ticks_between(before: dict, after: dict) -> int:
-    """Ticks spent by the tree between two samples.
-
-    A process present in both is counted by difference; one that appeared in
-    between is counted whole.  (One that exited in between is lost: the
-    targets we measure do not churn processes.)
-    """
+    """Ticks spent by the tree between two samples: by difference, or whole for a process that appeared
+    in between (one that exited is lost: the targets measured do not churn processes)."""
     total = 0
     for pid, stat in after.items():
         old = before.get(pid)
@@ -173,17 +159,8 @@ def add_pin_argument(parser) -> None:
 
 
 def cpu_plan(mode: str) -> tuple:
-    """(driver CPUs, target CPUs) for a --pin mode; (None, None) = unpinned.
-
-    Why pin at all: on a 2-CPU machine the scheduler sometimes puts the
-    driver and the target on the same CPU (cheap hand-offs: fast sequential,
-    no parallelism: slow pipelined) and sometimes on different ones (the
-    reverse), and it may switch between runs, so unpinned rounds fall into
-    two clusters ~3x apart.  ``split`` keeps the client on its own CPU and
-    gives the server side (the gateway and its upstream, or the direct
-    server) the rest, which is also the fair way to charge the gateway for
-    the CPU it burns.  With a single usable CPU, split degrades to none.
-    """
+    """(driver CPUs, target CPUs) for a --pin mode; (None, None) = unpinned (split with one CPU too).
+    Unpinned rounds fall into two clusters ~3x apart: see docs/notes/load-design.md."""
     allowed = sorted(os.sched_getaffinity(0))
     if mode == "same":
         return {allowed[0]}, {allowed[0]}
@@ -206,35 +183,27 @@ def pinned(cpus):
         os.sched_setaffinity(0, saved)
 
 
+def read_kib(path: str, key: bytes) -> int | None:
+    """A ``key: N kB`` line of a /proc file (VmRSS of ``status``, Pss of ``smaps_rollup``, ...), or None."""
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def read_rss_kib(pid) -> int | None:
-    """VmRSS of a process in KiB, or None if it is gone (or a kernel thread)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def read_pss_kib(pid) -> int | None:
-    """Pss of a process in KiB (its share of the memory it maps), or None."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
+    return read_kib(f"/proc/{pid}/status", b"VmRSS:")
 
 
 def tree_pss_kib(pid) -> int:
     """Pss summed over pid and its descendants: what the tree really costs in RAM
     (RSS counts the interpreter's shared pages once per process)."""
     pids = [pid, *descendants(scan_processes(), pid)]
-    return sum(read_pss_kib(p) or 0 for p in pids)
+    return sum(read_kib(f"/proc/{p}/smaps_rollup", b"Pss:") or 0 for p in pids)
 
 
 def tree_rss_kib(pid) -> tuple:
@@ -246,11 +215,10 @@ def tree_rss_kib(pid) -> tuple:
 
 
 def mem_available_kib() -> int:
-    with open("/proc/meminfo", "rb") as f:
-        for line in f:
-            if line.startswith(b"MemAvailable:"):
-                return int(line.split()[1])
-    raise BenchError("no MemAvailable in /proc/meminfo")
+    kib = read_kib("/proc/meminfo", b"MemAvailable:")
+    if kib is None:
+        raise BenchError("no MemAvailable in /proc/meminfo")
+    return kib
 
 
 def pid_listening_on(port: int):

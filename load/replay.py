@@ -1,29 +1,10 @@
-"""The replay engine of ``python -m load run``: a fixture as many virtual sessions, every answer checked.
+"""The replay engine of ``load run``: a fixture as many virtual sessions, every answer checked.
 
-A fixture (``wire_gateway.dump.fixture`` format: a header line, then
-``{"t", "dir", "msg"}`` lines) becomes a ``Script``: the handshake (legacy:
-``initialize`` + ``notifications/initialized``), then the body: the client's
-requests and notifications in recorded order, each request with the answer
-that was recorded for it.  Server->client requests seen in the recording are
-answered, during replay, with the client's recorded reply (matched by method,
-in order, the live server's id put on it).
-
-Each virtual session replays the body again and again ("rounds") until the
-run's budget (``-n`` calls or ``--duration``) is spent.  Ids are rewritten:
-session ``s`` uses integer ids ``s * 10**9 + 1, + 2, ...``, so no two requests
-of a run (any session, any round) share one.  One request at a time per
-session: a session is one MCP client waiting for each answer.
-
-Checking (always, not only with ``--check``): an answer must carry the id of
-the request that asked, and must be consistent with that request.  A call is
-*echo-like* when one of its string arguments appears verbatim in its recorded
-result (``echo``'s text, say); the replay appends a tag unique to the
-session and call (``_v<session>_<seq>``) to that argument and requires the
-tagged string in the answer.  An answer swapped with another request's thus
-shows, even under the right id.  With ``--check`` the answer must also equal
-the recorded one after ``normalize`` (volatile fields dropped; see
-``VOLATILE_KEYS``; errors compare by code; handshake answers by protocol
-version only, since serverInfo/capabilities describe the implementation).
+A fixture becomes a ``Script`` (the handshake, then the body: the client's requests and notifications
+in recorded order, each request with its recorded answer); each session replays the body in rounds
+until the budget is spent, its ids rewritten (``ID_STRIDE``), its echo-like arguments tagged, every
+answer judged (``judge``). docs/load.md says how and why. One file, over the usual size: the script,
+the sessions, their transports and the fast lane share one hot path and its state.
 """
 from __future__ import annotations
 
@@ -35,6 +16,7 @@ import subprocess
 import time
 from array import array
 from dataclasses import dataclass, field
+from functools import partial
 
 import orjson
 import outcome
@@ -70,10 +52,6 @@ VOLATILE_KEYS = frozenset({"_meta", "sessionId", "pid", "timestamp", "time", "da
 class ReplayError(Exception):
     """The fixture cannot be replayed, or a session cannot start (the handshake failed)."""
 
-
-# --------------------------------------------------------------------------
-# The script: what each session sends and expects
-# --------------------------------------------------------------------------
 
 @dataclass
 class Call:
@@ -258,10 +236,6 @@ def load_script(path) -> Script:
     return build_script(header, entries)
 
 
-# --------------------------------------------------------------------------
-# Results of one process's sessions
-# --------------------------------------------------------------------------
-
 class Stats:
     """Everything a run measures; merged across worker processes with ``merge``."""
 
@@ -295,13 +269,8 @@ class Stats:
             self.examples.append(f"{kind}: {detail[:400]}")
 
     def to_dict(self) -> dict:
-        return {"latency": {k: v.tobytes() for k, v in self.latency.items()}, "done_at": self.done_at.tobytes(),
-                "done_latency": self.done_latency.tobytes(), "errors": self.errors, "mismatches": self.mismatches,
-                "examples": self.examples, "error_examples": self.error_examples, "calls": self.calls,
-                "answered": self.answered, "notifications": self.notifications,
-                "server_requests": self.server_requests, "cancelled": self.cancelled, "sessions": self.sessions,
-                "session_failures": self.session_failures, "start": self.start, "elapsed": self.elapsed,
-                "first_call": self.first_call}
+        return {**vars(self), "latency": {k: v.tobytes() for k, v in self.latency.items()},
+                "done_at": self.done_at.tobytes(), "done_latency": self.done_latency.tobytes()}
 
     def merge(self, part: dict) -> None:
         """Add a worker's ``to_dict`` (its clock offset applied to the timeline)."""
@@ -332,10 +301,6 @@ class Stats:
         return max(1e-9, max(self.done_at) / 1e9 - self.first_call)
 
 
-# --------------------------------------------------------------------------
-# Budget and pacing
-# --------------------------------------------------------------------------
-
 class Budget:
     """Calls left to send (-n) and/or a deadline (--duration); shared by one process's sessions."""
 
@@ -355,12 +320,8 @@ class Budget:
 
 
 class Pacer:
-    """Open-loop pacing (--rate): call k of this process is due at start + k / rate.
-
-    Latency is measured from when a call was due, not when it went out, so a
-    server that falls behind is charged for the queueing it causes
-    (no coordinated omission).
-    """
+    """Open-loop pacing (--rate): call k is due at start + k / rate, its latency measured from then
+    (no coordinated omission)."""
 
     def __init__(self, rate: float | None):
         self.interval = 1.0 / rate if rate else 0.0
@@ -384,13 +345,8 @@ class Options:
     check: bool = False
     pace: str = "none"               # "recorded" | "none"
     timeout: float = 30.0            # per answer
-    fast_lane: bool = True           # HTTP: let FastLane drive plain request/answer steps
     progress: list = field(default_factory=lambda: [0])   # [calls answered], read by the progress bar
 
-
-# --------------------------------------------------------------------------
-# Answer checking
-# --------------------------------------------------------------------------
 
 def show(msg) -> str:
     try:
@@ -473,10 +429,6 @@ def _handshake_agrees(method: str, want, got) -> bool:
     return set(want.get("supportedVersions") or ()) <= set(got.get("supportedVersions") or ())
 
 
-# --------------------------------------------------------------------------
-# Transports: one connection (or process) per virtual session
-# --------------------------------------------------------------------------
-
 
 class Answer:
     """What came back for one request: the answer message, and what came with it."""
@@ -552,35 +504,25 @@ class HttpSession:
         return None
 
     async def request(self, call: Call, live_id: int, body: bytes, key=None) -> Answer:
-        counts = [0, 0]
-        answer = []
+        return await self.receive(call, self.frame(call.msg, body, call.name, key, call.param_headers))
 
-        async def on_event(data: bytes) -> None:
-            await self._event(data, counts, answer)
+    async def receive(self, call: Call, data: bytes | None = None) -> Answer:
+        """Send ``data`` and read its answer; without ``data``, the answer to a request already sent (by
+        the fast lane). Server requests in an event stream are answered as they arrive."""
+        counts, answer = [0, 0], []
 
-        resp = await self.conn.exchange(self.frame(call.msg, body, call.name, key, call.param_headers), on_event,
-                                        fast=call.method != "initialize")
-        return await self._answer(call, resp, counts, answer)
+        async def on_event(event: bytes) -> None:
+            await self._event(event, counts, answer)
 
-    async def receive(self, call: Call) -> Answer:
-        """The answer to a request already sent (by the fast lane), read the full way."""
-        counts = [0, 0]
-        answer = []
-
-        async def on_event(data: bytes) -> None:
-            await self._event(data, counts, answer)
-
-        resp = await self.conn.receive(on_event, fast=True)
-        return await self._answer(call, resp, counts, answer)
-
-    async def _answer(self, call: Call, resp, counts: list, answer: list) -> Answer:
+        fast = call.method != "initialize"
+        resp = await (self.conn.receive(on_event, fast) if data is None else self.conn.exchange(data, on_event, fast))
         if resp.status != 200:
             raise HttpStatus(resp.status, resp.body)
         ctype = resp.headers.get(b"content-type", b"")
         if ctype.startswith(b"text/event-stream"):
             if not answer:   # the stream came whole: its events were not handed over yet
-                for data in sse_messages(resp.body):
-                    await self._event(data, counts, answer)
+                for event in sse_messages(resp.body):
+                    await self._event(event, counts, answer)
             if not answer:
                 raise Disconnected(f"{self.url}: event stream ended without an answer")
             msg_out, raw = answer[0]
@@ -603,7 +545,7 @@ class HttpSession:
         try:
             await conn.connect()
             data = self.frame(call.msg, body, call.name, None, call.param_headers)
-            await conn.exchange_send_only(data)
+            await conn.send(data)
             if self.legacy:
                 await self.notify(cancel)
         finally:
@@ -629,14 +571,11 @@ class HttpSession:
     async def _reply(self, reply: dict) -> None:
         if self.side is None:
             self.side = HttpConn(self.url)
-        body = orjson.dumps(reply)
-        resp = await self.side.exchange(self.frame(reply, body))
-        if resp.status not in (200, 202):
-            raise HttpStatus(resp.status, resp.body)
+        await self.notify(reply, self.side)
 
-    async def notify(self, msg: dict) -> None:
-        body = orjson.dumps(msg)
-        resp = await self.conn.exchange(self.frame(msg, body))
+    async def notify(self, msg: dict, conn: HttpConn | None = None) -> None:
+        """POST a message that gets no answer (a notification, a reply to the server); 200 or 202."""
+        resp = await (conn or self.conn).exchange(self.frame(msg, orjson.dumps(msg)))
         if resp.status not in (200, 202):
             raise HttpStatus(resp.status, resp.body)
 
@@ -748,10 +687,6 @@ class StdioSession:
             await proc.stdout.aclose()
 
 
-# --------------------------------------------------------------------------
-# One virtual session's life
-# --------------------------------------------------------------------------
-
 def tagged_call(call: Call, live_id: int, tag: str | None):
     """(message, body bytes, tagged string) for one live request."""
     msg = dict(call.msg)
@@ -844,11 +779,15 @@ async def _handshake(index, session, script, opts, stats) -> bool:
         return True
     except (ReplayError, Disconnected, HttpStatus, OSError, trio.TooSlowError) as exc:
         stats.session_failures += 1
-        kind = ("timeout" if isinstance(exc, trio.TooSlowError) else
-                f"http_{exc.status}" if isinstance(exc, HttpStatus) else
-                "disconnect" if isinstance(exc, (Disconnected, OSError)) else "handshake")
-        stats.error(kind, f"session {index} handshake: {exc or type(exc).__name__}")
+        stats.error("handshake" if isinstance(exc, ReplayError) else _kind(exc),
+                    f"session {index} handshake: {exc or type(exc).__name__}")
         return False
+
+
+def _kind(exc) -> str:
+    """What a failed exchange is counted as."""
+    return "timeout" if isinstance(exc, trio.TooSlowError) else \
+        f"http_{exc.status}" if isinstance(exc, HttpStatus) else "disconnect"
 
 
 class _Place:
@@ -916,17 +855,9 @@ class _LaneSeat:
 
 
 class FastLane:
-    """Drives HTTP sessions' plain request/answer steps from one epoll, without a task switch.
-
-    Why: a trio task switch per answer is most of what the client costs per
-    call.  While a session's steps are requests answered with plain JSON
-    (Content-Length, status 200), the lane answers its socket's readiness
-    itself: it reads, checks the answer, and sends the session's next request
-    at once, all in one scheduler pass for every ready socket.  Anything else
-    (a notification step, an event stream, an HTTP error, a disconnect, the
-    end of the budget) is handed back to the session's coroutine, which does
-    it the ordinary way.  Used when calls are not paced (no --rate, --pace none).
-    """
+    """Drives HTTP sessions' plain request/answer steps (200, Content-Length, JSON) from one epoll: it
+    reads, checks and sends the next request itself, no task switch per answer; anything else goes back
+    to the session's coroutine. Unpaced runs only; why: docs/notes/load-design.md."""
 
     def __init__(self, script: Script, budget: Budget, stats: Stats, opts: Options, t0_ns: int):
         self.ep = select.epoll()
@@ -1121,52 +1052,44 @@ async def _steps(index, session, script, budget, pacer, opts, stats, t0_ns, watc
             progress[0] += 1
             place.pos += 1
             continue
-        if lane is not None and getattr(session, "conn", None) is not None and session.conn.sock is not None:
-            handed = await lane.drive(session, index, place, watch)
-            if handed is _DONE:
-                return True
-            if handed is _SLOW:
-                continue
-            step, live_id, tagged, sent = handed.step, handed.live_id, handed.tagged, handed.sent
-            try:
+        try:
+            if lane is not None and getattr(session, "conn", None) is not None and session.conn.sock is not None:
+                handed = await lane.drive(session, index, place, watch)
+                if handed is _DONE:
+                    return True
+                if handed is _SLOW:
+                    continue
+                step, live_id, tagged, sent = handed.step, handed.live_id, handed.tagged, handed.sent
                 if handed.error is not None:
                     raise handed.error
                 if handed.tail:
-                    await session.conn._send_rest(memoryview(handed.tail))
+                    await session.conn.send(handed.tail)
                 answer = await session.receive(step)
-            except (Disconnected, HttpStatus, OSError) as exc:
-                watch.since = 0
-                progress[0] += 1
-                place.pos += 1
-                if not await _count_failure(session, exc, step.label, stats):
+            else:
+                if recorded:
+                    await trio.sleep_until(place.round_start + max(0.0, step.t - body_t0))
+                if not budget.take():
                     return True
-                continue
-        else:
-            if recorded:
-                await trio.sleep_until(place.round_start + max(0.0, step.t - body_t0))
-            if not budget.take():
-                return True
-            due = await pacer.slot() if paced else None
-            place.seq = seq = place.seq + 1
-            place.label = step.label
-            live_id = base + seq
-            data, tagged = step.render(live_id, index, seq)
-            stats.calls += 1
-            sent = clock()
-            if stats.first_call is None:
-                stats.first_call = (sent - t0_ns) / 1e9
-            if due is not None:   # charge the wait for a late slot to the latency
-                sent -= int(max(0.0, trio.current_time() - due) * 1e9)
-            watch.since = sent or 1
-            try:
+                due = await pacer.slot() if paced else None
+                place.seq = seq = place.seq + 1
+                place.label = step.label
+                live_id = base + seq
+                data, tagged = step.render(live_id, index, seq)
+                stats.calls += 1
+                sent = clock()
+                if stats.first_call is None:
+                    stats.first_call = (sent - t0_ns) / 1e9
+                if due is not None:   # charge the wait for a late slot to the latency
+                    sent -= int(max(0.0, trio.current_time() - due) * 1e9)
+                watch.since = sent or 1
                 answer = await session.request(step, live_id, data, place.pos)
-            except (Disconnected, HttpStatus, OSError) as exc:
-                watch.since = 0
-                progress[0] += 1
-                place.pos += 1
-                if not await _count_failure(session, exc, step.label, stats):
-                    return True
-                continue
+        except (Disconnected, HttpStatus, OSError) as exc:
+            watch.since = 0
+            progress[0] += 1
+            place.pos += 1
+            if not await _count_failure(session, exc, step.label, stats):
+                return True
+            continue
         now = clock()
         watch.since = 0
         progress[0] += 1
@@ -1176,13 +1099,10 @@ async def _steps(index, session, script, budget, pacer, opts, stats, t0_ns, watc
 
 async def _count_failure(session, exc, label: str, stats: Stats) -> bool:
     """Count a failed exchange by kind; True if the session can go on (after a reconnect)."""
-    if isinstance(exc, trio.TooSlowError):
-        stats.error("timeout", f"{label}: no answer in time")
-    elif isinstance(exc, HttpStatus):
-        stats.error(f"http_{exc.status}", f"{label}: {exc}")
+    kind = _kind(exc)
+    stats.error(kind, f"{label}: " + ("no answer in time" if kind == "timeout" else f"{exc or type(exc).__name__}"))
+    if isinstance(exc, HttpStatus):
         return True   # the connection is fine
-    else:
-        stats.error("disconnect", f"{label}: {exc or type(exc).__name__}")
     try:
         with trio.fail_after(RECONNECT_TIMEOUT):
             await session.reconnect()
@@ -1198,14 +1118,10 @@ async def run_sessions(target, script: Script, first_session: int, count: int, c
     stats.start = time.time()
     t0 = time.perf_counter_ns()
     budget, pacer = Budget(calls, None), Pacer(rate)
-    if target.kind == "http":
-        def make():
-            return HttpSession(target.url, script)
-    else:
-        def make():
-            return StdioSession(target.argv, script)
+    make = partial(HttpSession, target.url, script) if target.kind == "http" else \
+        partial(StdioSession, target.argv, script)
     lane = FastLane(script, budget, stats, opts, t0) if (
-        target.kind == "http" and not rate and opts.pace == "none" and opts.fast_lane) else None
+        target.kind == "http" and not rate and opts.pace == "none") else None
     async with trio.open_nursery() as outer:
         if lane is not None:
             outer.start_soon(lane.run)

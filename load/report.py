@@ -1,9 +1,5 @@
-"""The one report writer: plain-text tables for the terminal, markdown tables for the docs, and
-the live progress bar, all through ``rich`` (no hand-written ANSI or column arithmetic).
-
-Tables are rendered to text without borders or colour, so that a report reads the same in a
-terminal, in a log and in a test's captured output; figures are formatted by ``fmt`` alone.
-"""
+"""The one report writer: tables for the terminal and for markdown, and the live progress bar (``rich``),
+rendered without borders or colour so a report reads the same in a terminal, a log and a test."""
 from __future__ import annotations
 
 import io

@@ -1,14 +1,8 @@
-"""Replay a recorded fixture against a target as C concurrent virtual sessions, every answer checked.
+"""``load run``: replay a fixture against a target as C concurrent virtual sessions, every answer checked.
 
-    python -m load run (--target URL | --stdio "CMD") --fixture FILE [-c 16] [-n CALLS | --duration 30s]
-                       [--rate R] [--pace recorded|none] [--check] [--compare URL|stdio:CMD [--rounds 3]]
-                       [--workers N] [--timeout S] [--json] [--plot FILE.png]
-
-The engine (sessions, id rewriting, checks) is ``load.replay``; this module is
-the command: targets, worker processes, the progress bar, the report, the
-comparison and the plot.  See docs/load.md.
-
-Exit status: 0 every answer right; 1 mismatches or errors; 2 the run could not be made.
+The engine is ``load.replay``; this is the command: targets, worker processes, the progress bar, the
+report, the comparison and the plot (docs/load.md). Exit status: 0 every answer right; 1 mismatches
+or errors; 2 the run could not be made.
 """
 from __future__ import annotations
 
@@ -24,10 +18,9 @@ from pathlib import Path
 
 import trio
 
-from . import BenchError, http_client, replay, report
+from . import BenchError, forks, http_client, replay, report
 from .ab import compare_medians
 from .assets import SESSIONS
-from .http_bench import reap_workers
 from .stats import percentile
 from .targets import Url
 
@@ -64,54 +57,27 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def _split(total: int, parts: int) -> list:
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
-# --------------------------------------------------------------------------
-# Running: in this process, or in forked workers
-# --------------------------------------------------------------------------
-
 def run_once(target: Target, script: replay.Script, concurrency: int, calls: int | None, duration: float | None,
              rate: float | None, opts: replay.Options, workers: int = 1, progress: bool = False) -> replay.Stats:
-    """One run against one target; the merged Stats of all its sessions."""
+    """One run against one target; the merged Stats of all its sessions (``--workers``: forked processes,
+    each with its share of the sessions, of ``-n`` and of ``--rate``, numbered so ids stay unique)."""
     workers = max(1, min(workers, concurrency))
-    label = str(target)
     if workers == 1:
         counter = opts.progress
-        with report.progress(label, calls, duration, lambda: counter[0], progress):
+        with report.progress(str(target), calls, duration, lambda: counter[0], progress):
             gc.collect()
             return trio.run(replay.run_sessions, target, script, 0, concurrency, calls, duration, rate, opts)
-    ctx = multiprocessing.get_context("fork")
-    shared = ctx.Array("q", workers, lock=False)
-    ks = _split(concurrency, workers)
-    ns = _split(calls, workers) if calls is not None else [None] * workers
-    procs, pipes = [], []
-    first = 0
-    for i in range(workers):
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_worker, daemon=True, args=(
-            child, i, shared, target.spec, script, first, ks[i], ns[i], duration,
-            rate / workers if rate else None, opts.check, opts.pace, opts.timeout))
-        first += ks[i]
-        proc.start()
-        child.close()
-        procs.append(proc)
-        pipes.append(parent)
-    parts = []
+    shared = multiprocessing.get_context("fork").Array("q", workers, lock=False)
+    ks = forks.split(concurrency, workers)
+    ns = forks.split(calls, workers) if calls is not None else [None] * workers
+    procs, pipes = forks.start(_worker, [(i, shared, target.spec, script, sum(ks[:i]), ks[i], ns[i], duration,
+                                          rate / workers if rate else None, opts.check, opts.pace, opts.timeout)
+                                         for i in range(workers)])
     try:
-        with report.progress(label, calls, duration, lambda: sum(shared), progress):
-            for pipe in pipes:
-                try:
-                    tag, payload = pipe.recv()
-                except EOFError:
-                    raise BenchError("a worker process died before sending its results") from None
-                if tag == "error":
-                    raise BenchError(f"worker: {payload}")
-                parts.append(payload)
+        with report.progress(str(target), calls, duration, lambda: sum(shared), progress):
+            parts = [forks.receive(pipe, "results") for pipe in pipes]
     finally:
-        reap_workers(procs, pipes, grace=10.0)
+        forks.reap(procs, pipes, grace=10.0)
     stats = replay.Stats()
     stats.start = min(p["start"] for p in parts)
     for part in parts:
@@ -119,20 +85,10 @@ def run_once(target: Target, script: replay.Script, concurrency: int, calls: int
     return stats
 
 
-def _worker(pipe, index, shared, spec, script, first, count, calls, duration, rate, check, pace, timeout) -> None:
-    """A forked worker: its share of the sessions, its results sent back whole."""
-    try:
-        progress = _SharedCounter(shared, index)
-        opts = replay.Options(check=check, pace=pace, timeout=timeout, progress=progress)
-        stats = trio.run(replay.run_sessions, Target(spec), script, first, count, calls, duration, rate, opts)
-        pipe.send(("result", stats.to_dict()))
-    except BaseException as exc:   # report, never leave the parent waiting
-        try:
-            pipe.send(("error", f"{type(exc).__name__}: {exc}"))
-        except OSError:
-            pass
-    finally:
-        pipe.close()
+def _worker(_pipe, index, shared, spec, script, first, count, calls, duration, rate, check, pace, timeout) -> dict:
+    """A forked worker: its share of the sessions; its progress counted in ``shared[index]``."""
+    opts = replay.Options(check=check, pace=pace, timeout=timeout, progress=_SharedCounter(shared, index))
+    return trio.run(replay.run_sessions, Target(spec), script, first, count, calls, duration, rate, opts).to_dict()
 
 
 class _SharedCounter:
@@ -148,23 +104,14 @@ class _SharedCounter:
         self.shared[self.index] = value
 
 
-
-
-# --------------------------------------------------------------------------
-# Report
-# --------------------------------------------------------------------------
-
 def ms(ns) -> float | None:
     return None if ns is None else round(ns / 1e6, 3)
 
 
 def latency_figures(values) -> dict:
     ordered = sorted(values)
-    out = {"count": len(ordered)}
-    for p in PERCENTILES:
-        out[f"p{p}_ms"] = ms(percentile(ordered, p))
-    out["max_ms"] = ms(ordered[-1]) if ordered else None
-    return out
+    return {"count": len(ordered), **{f"p{p}_ms": ms(percentile(ordered, p)) for p in PERCENTILES},
+            "max_ms": ms(ordered[-1]) if ordered else None}
 
 
 def summarize(target: Target, stats: replay.Stats, concurrency: int) -> dict:
@@ -203,17 +150,6 @@ def timeline(stats: replay.Stats) -> dict:
     return out
 
 
-
-
-
-
-def compare_summary(runs_a: list, runs_b: list) -> dict:
-    """Medians over rounds of each target, and B relative to A."""
-    return compare_medians(runs_a, runs_b, FIGURES)
-
-
-
-
 def plot(result: dict, path: str) -> None:
     """Latency percentiles and throughput over time, one line per run (matplotlib, Agg)."""
     try:
@@ -239,10 +175,6 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
-
-# --------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
@@ -314,8 +246,8 @@ def execute(args) -> dict:
         "errors": sum(sum(r["errors"].values()) for r in runs),
     }
     if args.compare:
-        result["compare"] = compare_summary([r for r in runs if r["target"] == str(first)],
-                                            [r for r in runs if r["target"] == args.compare])
+        result["compare"] = compare_medians([r for r in runs if r["target"] == str(first)],
+                                            [r for r in runs if r["target"] == args.compare], FIGURES)
     return result
 
 
@@ -377,7 +309,3 @@ def run(args) -> int:
     else:
         print(render(result))
     return 1 if result["mismatches"] or result["errors"] else 0
-
-
-
-

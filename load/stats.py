@@ -1,10 +1,5 @@
-"""The one percentile rule, and the medians and ratios every comparison reports.
-
-Percentiles are nearest-rank (the smallest value with at least p% of the values at or below it):
-always a latency that was measured, never an interpolation between two. Rounds are summarised
-by their median (robust to the one round a noisy machine spoiled), and B against A by the ratio
-of those medians.
-"""
+"""The one percentile rule (nearest rank: always a latency that was measured), and the medians over
+rounds (robust to the one a noisy machine spoiled) and ratios every comparison reports."""
 from __future__ import annotations
 
 import statistics

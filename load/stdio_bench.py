@@ -1,48 +1,12 @@
-"""Measure a stdio MCP server directly and through the gateway, side by side.
+"""``load stdio-bench``: a stdio MCP server directly against through ``wire-gateway stdio``, side by side.
 
-    python -m load stdio-bench [--direct CMD] [--gateway CMD] [-n 20000]
-                               [--concurrency 1,16] [--rounds 3] [--json]
-
-Each CMD is a shell-like command line (split with ``shlex.split``, not run by
-a shell) starting an MCP server that speaks newline-delimited JSON-RPC on its
-stdin/stdout.  By default the direct slot is the echo fixture and the gateway
-slot is ``python -m wire_gateway stdio`` proxying that same fixture, so the
-difference between the two columns is what the gateway costs.
-
-Per target and per round, one fresh process is started, initialized, warmed
-up (500 calls), then measured in every scenario:
-
-* ``sequential``: one ``tools/call`` at a time, N calls;
-* ``inflight_K`` (each K > 1 of --concurrency): exactly K requests
-  outstanding, pipelined over the one pipe with distinct ids, N calls.
-
-For each: throughput, latency percentiles, CPU of the target process itself
-(utime+stime from /proc/PID/stat, children excluded), CPU of the target's
-whole process tree, and the driver's own CPU.  Every answer is checked (its id
-must be outstanding, its content must be the echo of what was sent) and
-mismatches are counted, never ignored.  Targets alternate A B A B over the
-rounds so that drift on a noisy machine hits both alike; the summary is the
-median over rounds.
-
-Why the driver looks the way it does: the direct echo server does ~8k
-sequential and ~100k pipelined calls/s, so the client must cost a few
-microseconds per call.  Requests are pre-serialized bytes, written with
-os.write (batched when pipelining), answers are read in 64 KiB chunks and
-split by hand, and each answer is parsed once with orjson.  One thread does
-both sides: stdin is non-blocking, so a full pipe is waited on with select()
-while answers keep being drained (no deadlock, no thread handoff).  Use
-``python -m load stdio-ceiling`` to see how fast the driver itself goes.
-
-Where the processes run matters more than anything the driver does: on a
-small VM, waking a process that sleeps on a pipe from another CPU costs tens
-of microseconds on each side, and the scheduler decides per run whether
-driver and target share a CPU.  Hence ``--pin`` (default ``split``: driver
-on one CPU, target and its children on the others, for repeatable figures)
-and ``--spin`` (the driver polls instead of sleeping, which takes the
-client's wake-up cost out of the figures).  The defaults keep a plain
-sleeping client, which is what real MCP hosts are.
-
-Exit status: 0 all good, 1 some answers mismatched, 2 some run failed.
+Also the figures of a measured window every bench shares (``metrics``, medians over rounds, the
+gateway-against-direct tables): ``http_bench`` reports through them. The driver must cost a few
+microseconds per call (the direct echo server does ~100k pipelined calls/s): requests are
+pre-serialised bytes, answers are read in 64 KiB chunks, split by hand and parsed once, and one
+thread does both sides of the pipe (stdin non-blocking, a full pipe waited on with ``select`` while
+answers keep being drained). Why ``--pin`` and ``--spin``: see docs/notes/load-design.md. Over the
+usual size because the window's figures live beside the driver that first needed them.
 """
 import argparse
 import gc
@@ -59,11 +23,12 @@ from pathlib import Path
 import orjson
 
 from . import BenchError
+from .ab import alternate
 from .assets import ECHO_SERVER, tool
 from .procfs import CLK_TCK, CpuSample, add_pin_argument, cpu_plan, pinned, ticks_to_us, tree_ticks_between
 from .report import fmt, signed, table, times
 from .stats import median, percentile, ratio
-from .targets import Started
+from .targets import Started, gateway_config
 
 ECHO_FIXTURE = ECHO_SERVER
 WARMUP_CALLS = 500
@@ -72,50 +37,25 @@ FIRST_CALL_ID = 1
 PROTOCOL_VERSION = "2025-11-25"
 MAX_EXAMPLES = 5
 READ_SIZE = 65536
+INITIALIZED_BYTES = b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n'
 
-
-# --------------------------------------------------------------------------
-# Wire format
-# --------------------------------------------------------------------------
 
 def request_bytes(call_id: int) -> bytes:
-    """One serialized ``tools/call`` of ``echo``; the text is unique per id.
-
-    The text embeds the id so that an answer that is well-formed but belongs
-    to another request (or is stale) fails the content check.
-    """
-    return (
-        b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":'
-        b'{"name":"echo","arguments":{"text":"t%d"}}}\n' % (call_id, call_id)
-    )
+    """One ``tools/call`` of ``echo``; the text embeds the id, so an answer to another request fails."""
+    return (b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":'
+            b'{"name":"echo","arguments":{"text":"t%d"}}}\n' % (call_id, call_id))
 
 
 def expected_content(call_id: int) -> list:
-    """The ``result.content`` an echo of ``request_bytes(call_id)`` must have."""
+    """The ``result.content`` of an echo of call ``call_id`` (stdio and HTTP benches alike)."""
     return [{"type": "text", "text": "t%d" % call_id}]
 
 
 def initialize_bytes() -> bytes:
-    params = {
-        "protocolVersion": PROTOCOL_VERSION,
-        "capabilities": {},
-        "clientInfo": {"name": "bench", "version": "0"},
-    }
-    msg = {"jsonrpc": "2.0", "id": INIT_ID, "method": "initialize", "params": params}
-    return orjson.dumps(msg) + b"\n"
+    return orjson.dumps({"jsonrpc": "2.0", "id": INIT_ID, "method": "initialize", "params": {
+        "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+        "clientInfo": {"name": "bench", "version": "0"}}}) + b"\n"
 
-
-INITIALIZED_BYTES = b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n'
-
-
-# --------------------------------------------------------------------------
-# /proc accounting
-# --------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------
-# Answer checking
-# --------------------------------------------------------------------------
 
 @dataclass
 class Mismatches:
@@ -137,10 +77,9 @@ class Mismatches:
 class Checker:
     """Matches answers to outstanding requests and checks their content.
 
-    ``feed`` returns how many request slots a line frees (0 or 1).  An
-    answer with an unknown id still frees one (the oldest outstanding
-    request is retired in its place): a server that mangles ids is then
-    reported, not waited on until the timeout.
+    ``feed`` returns how many request slots a line frees (0 or 1). An answer with an unknown id
+    still frees one (the oldest outstanding request is retired in its place): a server that mangles
+    ids is then reported, not waited on until the timeout.
     """
 
     def __init__(self):
@@ -179,7 +118,6 @@ class Checker:
         return 1
 
     def _retire_oldest(self, kind: str, line: bytes) -> int:
-        """Count a bad answer; retire the oldest request it presumably answers."""
         self.bad.add(kind, line)
         if not self.pending:
             return 0  # an answer nobody asked for: frees no slot
@@ -198,10 +136,6 @@ class DriveResult:
     notifications: int
 
 
-# --------------------------------------------------------------------------
-# The target process
-# --------------------------------------------------------------------------
-
 class Target(Started):
     """One server process on pipes (``targets.Started``: its own session, a watchdog), driven by
     ``drive``: sequential, or pipelined with K requests outstanding on the one pipe."""
@@ -215,8 +149,6 @@ class Target(Started):
 
     def stop(self, grace: float | None = None) -> dict:
         return super().stop(self.grace if grace is None else grace)
-
-    # -- raw I/O ----------------------------------------------------------
 
     def write_all(self, data: bytes) -> None:
         """Blocking-style write on the non-blocking pipe (handshake only)."""
@@ -256,25 +188,22 @@ class Target(Started):
         self.write_all(INITIALIZED_BYTES)
         return msg["result"]
 
-    # -- the measured loop ------------------------------------------------
-
     def drive(self, first_id: int, n: int, k: int) -> DriveResult:
-        """Run one window (see ``_drive``), with the read side set up for --spin."""
-        if not self.spin:
-            return self._drive(first_id, n, k)
-        os.set_blocking(self.rfd, False)
+        """Send ``n`` calls keeping ``k`` outstanding; every answer is checked by a ``Checker``.
+
+        Answers are consumed as they arrive; the slots they free are refilled with one batched
+        write, so exactly ``k`` requests are outstanding until the tail. With --spin the read side
+        is non-blocking and busy-polled (``_spin_read``).
+        """
+        if self.spin:
+            os.set_blocking(self.rfd, False)
         try:
             return self._drive(first_id, n, k)
         finally:
-            os.set_blocking(self.rfd, True)
+            if self.spin:
+                os.set_blocking(self.rfd, True)
 
     def _drive(self, first_id: int, n: int, k: int) -> DriveResult:
-        """Send ``n`` calls keeping ``k`` outstanding; every answer is checked.
-
-        I/O only: the ``Checker`` judges each line.  Answers are consumed as
-        they arrive; the slots they free are refilled with one batched
-        write, so exactly ``k`` requests are outstanding until the tail.
-        """
         requests = [request_bytes(first_id + i) for i in range(n)]
         rfd, clock, spin = self.rfd, time.perf_counter_ns, self.spin
         check = Checker()
@@ -312,17 +241,8 @@ class Target(Started):
         return DriveResult(answered, now - start, check.latencies, check.bad, check.notifications)
 
     def _spin_read(self) -> bytes:
-        """Busy-poll the answer pipe instead of sleeping on it (--spin).
-
-        Why: a reader asleep on a pipe must be woken by the writer, and on a
-        VM a cross-CPU wake-up (an IPI, i.e. a VM exit) costs tens of
-        microseconds on each side, which caps a sleeping client at roughly
-        one round trip per ~100 us whatever the server does.  Spinning
-        removes the client's half of that cost, at the price of a CPU: only
-        use it with ``--pin split``.  Bounded like everything else: the
-        watchdog closes the pipe, and EOF ends the loop.
-        """
-        rfd = self.rfd  # made non-blocking by drive()
+        """Busy-poll the answer pipe (--spin); bounded: the watchdog closes the pipe, EOF ends it."""
+        rfd = self.rfd
         while True:
             try:
                 return os.read(rfd, READ_SIZE)
@@ -339,41 +259,26 @@ class Target(Started):
             raise self.failure("target closed its stdin") from None
 
     def _wait_readable(self) -> bool:
-        """Block until an answer can be read or the stdin pipe has room.
-
-        Both are watched so that a full stdin pipe never deadlocks against
-        a server blocked on writing answers we are not reading.
-        """
+        """Until an answer can be read or stdin has room: a full stdin never deadlocks against a
+        server blocked on writing answers we are not reading."""
         readable, _, _ = select.select([self.rfd], [self.wfd], [])
         return bool(readable)
 
 
+# -- the figures of a window, medians over rounds, tables (http_bench reports through these too) --
 
-# --------------------------------------------------------------------------
-# CPU placement
-# --------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------
-# Scenarios and runs
-# --------------------------------------------------------------------------
-
-def scenarios(concurrency: list) -> list:
+def scenarios(concurrency: list, many: str = "inflight_%d") -> list:
     """[(name, k)]: sequential first, then each distinct K > 1 in order."""
     out = [("sequential", 1)]
     for k in concurrency:
-        if k > 1 and ("inflight_%d" % k, k) not in out:
-            out.append(("inflight_%d" % k, k))
+        if k > 1 and (many % k, k) not in out:
+            out.append((many % k, k))
     return out
 
 
-
 def measure(target: Target, first_id: int, n: int, k: int) -> dict:
-    """One measured window: drive, with CPU sampled just around it.
-
-    The garbage collector is paused inside the window: the driver allocates
-    one dict per answer and a collection pause would show up as latency.
-    """
+    """One measured window, CPU sampled just around it; no garbage collection inside (a pause would
+    show up as latency)."""
     gc.collect()
     before = CpuSample.take(target.pid, driver_first=False)
     gc.disable()
@@ -395,59 +300,43 @@ def metrics(result: DriveResult, k: int, before: CpuSample, after: CpuSample) ->
         return None if ns is None else round(ns / 1000, 1)
 
     return {
-        "calls": result.calls,
-        "concurrency": k,
-        "seconds": round(result.elapsed_ns / 1e9, 4),
+        "calls": result.calls, "concurrency": k, "seconds": round(result.elapsed_ns / 1e9, 4),
         "calls_per_s": round(result.calls / (result.elapsed_ns / 1e9), 1) if result.elapsed_ns else None,
-        "p50_us": us(percentile(lat, 50)),
-        "p90_us": us(percentile(lat, 90)),
-        "p99_us": us(percentile(lat, 99)),
+        "p50_us": us(percentile(lat, 50)), "p90_us": us(percentile(lat, 90)), "p99_us": us(percentile(lat, 99)),
         "max_us": us(lat[-1] if lat else None),
         "target_cpu_us_per_call": round(ticks_to_us(after.own_ticks - before.own_ticks) / calls, 2),
         "tree_cpu_us_per_call": round(ticks_to_us(tree_ticks_between(before.tree, after.tree)) / calls, 2),
         "tree_processes": len(after.tree),
         "driver_cpu_us_per_call": round((after.driver_ns - before.driver_ns) / 1000 / calls, 2),
         "other_load_cpus": other_load(result, before, after),
-        "mismatches": result.mismatches.total,
-        "mismatch_kinds": dict(result.mismatches.kinds),
-        "mismatch_examples": list(result.mismatches.examples),
-        "notifications": result.notifications,
+        "mismatches": result.mismatches.total, "mismatch_kinds": dict(result.mismatches.kinds),
+        "mismatch_examples": list(result.mismatches.examples), "notifications": result.notifications,
     }
 
 
 def other_load(result: DriveResult, before: CpuSample, after: CpuSample):
-    """CPUs' worth of work done by the rest of the machine during the window.
-
-    Why: on a small shared machine the main source of noise is someone
-    else's work; 0.5 means half a CPU was busy with processes that are
-    neither the driver nor the target.  Tick-grained: a rough indicator.
-    """
+    """CPUs' worth of work done during the window by processes that are neither the driver nor the
+    target (the main noise on a shared machine); tick-grained, a rough indicator."""
     window_ticks = result.elapsed_ns / 1e9 * CLK_TCK
     if window_ticks <= 0:
         return None
     ours = tree_ticks_between(before.tree, after.tree) + after.driver_ticks - before.driver_ticks
-    other = after.machine_ticks - before.machine_ticks - ours
-    return round(max(other, 0) / window_ticks, 2)
+    return round(max(after.machine_ticks - before.machine_ticks - ours, 0) / window_ticks, 2)
 
 
 def run_target(argv: list, n: int, concurrency: list, timeout: float,
                warmup: int = WARMUP_CALLS, cpus=None, spin: bool = False) -> dict:
-    """Start one target, warm it up, measure every scenario, stop it.
-
-    Never raises for a target's misbehaviour: failures are returned as
-    ``{"error": ...}`` next to whatever was measured before, so one bad
-    round does not lose the others.
-    """
+    """Start one target, warm it up, measure every scenario, stop it. A failure is returned as
+    ``{"error": ...}`` next to what was measured, never raised: one bad round loses nothing else."""
     run = {"scenarios": {}, "warmup_mismatches": 0}
     target = None
     try:
         target = Target(argv, timeout, cpus, spin)
         run["init"] = target.handshake()
-        call_id = FIRST_CALL_ID
-        warm = target.drive(call_id, warmup, 1)
+        warm = target.drive(FIRST_CALL_ID, warmup, 1)
         run["warmup_mismatches"] = warm.mismatches.total
         run["warmup_mismatch_examples"] = warm.mismatches.examples
-        call_id += warmup
+        call_id = FIRST_CALL_ID + warmup
         for name, k in scenarios(concurrency):
             run["scenarios"][name] = measure(target, call_id, n, k)
             call_id += n
@@ -460,19 +349,11 @@ def run_target(argv: list, n: int, concurrency: list, timeout: float,
 
 
 def run_mismatches(run: dict) -> int:
-    return run.get("warmup_mismatches", 0) + sum(
-        s["mismatches"] for s in run.get("scenarios", {}).values()
-    )
+    return run.get("warmup_mismatches", 0) + sum(s["mismatches"] for s in run.get("scenarios", {}).values())
 
 
-# --------------------------------------------------------------------------
-# Summary
-# --------------------------------------------------------------------------
-
-MEDIAN_FIELDS = (
-    "calls_per_s", "p50_us", "p90_us", "p99_us", "max_us",
-    "target_cpu_us_per_call", "tree_cpu_us_per_call", "driver_cpu_us_per_call", "other_load_cpus",
-)
+MEDIAN_FIELDS = ("calls_per_s", "p50_us", "p90_us", "p99_us", "max_us", "target_cpu_us_per_call",
+                 "tree_cpu_us_per_call", "driver_cpu_us_per_call", "other_load_cpus")
 
 
 def median_figures(runs: list, scenario: str) -> dict:
@@ -495,41 +376,43 @@ def compare(direct: dict, gateway: dict) -> dict:
         a, b = direct.get(key), gateway.get(key)
         return round(b - a, 1) if a is not None and b is not None else None
 
-    return {
-        "throughput_ratio": ratio(direct.get("calls_per_s"), gateway.get("calls_per_s")),
-        "p50_ratio": ratio(direct.get("p50_us"), gateway.get("p50_us")),
-        "added_p50_us": added("p50_us"),
-        "added_p99_us": added("p99_us"),
-        "gateway_cpu_us_per_call": gateway.get("target_cpu_us_per_call"),
-        "added_tree_cpu_us_per_call": added("tree_cpu_us_per_call"),
-    }
+    return {"throughput_ratio": ratio(direct.get("calls_per_s"), gateway.get("calls_per_s")),
+            "p50_ratio": ratio(direct.get("p50_us"), gateway.get("p50_us")),
+            "added_p50_us": added("p50_us"), "added_p99_us": added("p99_us"),
+            "gateway_cpu_us_per_call": gateway.get("target_cpu_us_per_call"),
+            "added_tree_cpu_us_per_call": added("tree_cpu_us_per_call")}
 
 
-def summarize(rounds: list, scenario_names: list) -> dict:
+def summarize(rounds: list, scenario_names: list, extra: tuple = ()) -> dict:
+    """Per scenario: medians of each side, gateway against direct; ``extra``: run-level figures too."""
     summary = {}
     for name in scenario_names:
-        direct = median_figures([r["direct"] for r in rounds], name)
-        gateway = median_figures([r["gateway"] for r in rounds], name)
-        summary[name] = {"direct": direct, "gateway": gateway, "gateway_vs_direct": compare(direct, gateway)}
+        sides = {}
+        for slot in ("direct", "gateway"):
+            runs = [r[slot] for r in rounds]
+            sides[slot] = {**median_figures(runs, name), **{key: median(r.get(key) for r in runs) for key in extra}}
+        summary[name] = {**sides, "gateway_vs_direct": compare(sides["direct"], sides["gateway"])}
     return summary
 
 
-# --------------------------------------------------------------------------
-# Text output
-# --------------------------------------------------------------------------
+def ab_result(config: dict, run_slot, rounds: int, pin: str, spin: bool, names: list, extra: tuple = ()) -> dict:
+    """Rounds of direct then gateway (``run_slot(slot, target_cpus)``), the driver pinned by ``pin``."""
+    driver_cpus, target_cpus = cpu_plan(pin)
+    with pinned(driver_cpus):
+        all_rounds = alternate(rounds, {slot: lambda s=slot: run_slot(s, target_cpus)
+                                        for slot in ("direct", "gateway")})
+    runs = [r[slot] for r in all_rounds for slot in ("direct", "gateway")]
+    config.update(rounds=rounds, python=sys.version.split()[0], cpus=os.cpu_count(), clk_tck=CLK_TCK, pin=pin,
+                  spin=spin, driver_cpus=sorted(driver_cpus or ()), target_cpus=sorted(target_cpus or ()))
+    return {"config": config, "rounds": all_rounds, "summary": summarize(all_rounds, names, extra),
+            "mismatches": sum(run_mismatches(r) for r in runs), "errors": sum(1 for r in runs if "error" in r)}
 
-ROWS = (
-    ("calls/s", "calls_per_s", "ratio"),
-    ("p50 us", "p50_us", "added"),
-    ("p90 us", "p90_us", "added"),
-    ("p99 us", "p99_us", "added"),
-    ("max us", "max_us", "added"),
-    ("own CPU us/call", "target_cpu_us_per_call", "added"),
-    ("tree CPU us/call", "tree_cpu_us_per_call", "added"),
-    ("driver CPU us/call", "driver_cpu_us_per_call", "added"),
-    ("other load (CPUs)", "other_load_cpus", "added"),
-    ("mismatches", "mismatches", None),
-)
+
+ROWS = (("calls/s", "calls_per_s", "ratio"), ("p50 us", "p50_us", "added"), ("p90 us", "p90_us", "added"),
+        ("p99 us", "p99_us", "added"), ("max us", "max_us", "added"),
+        ("own CPU us/call", "target_cpu_us_per_call", "added"), ("tree CPU us/call", "tree_cpu_us_per_call", "added"),
+        ("driver CPU us/call", "driver_cpu_us_per_call", "added"), ("other load (CPUs)", "other_load_cpus", "added"),
+        ("mismatches", "mismatches", None))
 
 
 def render_scenario(name: str, entry: dict, rounds: list) -> list:
@@ -538,11 +421,8 @@ def render_scenario(name: str, entry: dict, rounds: list) -> list:
     rows = []
     for label, key, how in ROWS:
         a, b = direct.get(key), gateway.get(key)
-        delta = ""
-        if how == "ratio":
-            delta = times(ratio(a, b))
-        elif how == "added" and a is not None and b is not None:
-            delta = signed(b - a)
+        delta = times(ratio(a, b)) if how == "ratio" else \
+            signed(b - a) if how == "added" and a is not None and b is not None else ""
         rows.append([label, a, b, delta])
     cmp = entry["gateway_vs_direct"]
     lines = [f"== {name} (median over {direct.get('rounds', 0)}/{gateway.get('rounds', 0)} rounds)",
@@ -578,24 +458,28 @@ def render_runs(result: dict, normal_stops: tuple) -> list:
     return lines
 
 
+def render_ceiling(title: str, labels: list, rows: list, errors: list, mismatches: int) -> str:
+    """A ceiling's table: per row its labels, then its median figures (a dict)."""
+    keys = ("calls_per_s", "p50_us", "p99_us", "driver_cpu_us_per_call", "target_cpu_us_per_call")
+    heads = [*labels, "calls/s", "p50 us", "p99 us", "driver CPU us/call", "server CPU us/call"]
+    return "\n".join([title, *table(heads,
+                                    [[*row[:-1], *(row[-1].get(k) for k in keys)] for row in rows], indent=0),
+                      *(f"ERROR {error}" for error in errors), f"mismatches: {mismatches}"])
+
+
 def render(result: dict) -> str:
     cfg = result["config"]
-    lines = [
-        f"stdio-bench: n={cfg['n']} rounds={cfg['rounds']} warmup={cfg['warmup']} "
-        f"concurrency={cfg['concurrency']} pin={cfg['pin']} spin={cfg['spin']} "
-        f"(driver CPUs {cfg['driver_cpus'] or 'any'}, target CPUs {cfg['target_cpus'] or 'any'})",
-        f"  direct : {cfg['direct']}",
-        f"  gateway: {cfg['gateway']}",
-        "",
-        *render_runs(result, ("stdin-eof",)),
-        f"total mismatches: {result['mismatches']}   errors: {result['errors']}",
-    ]
-    return "\n".join(lines)
+    return "\n".join([f"stdio-bench: n={cfg['n']} rounds={cfg['rounds']} warmup={cfg['warmup']} "
+                      f"concurrency={cfg['concurrency']} pin={cfg['pin']} spin={cfg['spin']} "
+                      f"(driver CPUs {cfg['driver_cpus'] or 'any'}, target CPUs {cfg['target_cpus'] or 'any'})",
+                      f"  direct : {cfg['direct']}", f"  gateway: {cfg['gateway']}", "",
+                      *render_runs(result, ("stdin-eof",)),
+                      f"total mismatches: {result['mismatches']}   errors: {result['errors']}"])
 
 
-# --------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------
+def exit_status(result: dict) -> int:
+    return 2 if result["errors"] else 1 if result["mismatches"] else 0
+
 
 def parse_concurrency(text: str) -> list:
     try:
@@ -614,98 +498,54 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--direct", help="command for the direct server (default: the echo fixture)")
-    parser.add_argument("--gateway", help="command for the gateway (default: wire_gateway stdio over the echo fixture)")
-    parser.add_argument("-n", type=positive_int, default=20000, help="calls per scenario (default 20000)")
-    parser.add_argument("--concurrency", type=parse_concurrency, default=[1, 16],
-                        help="comma-separated in-flight counts; sequential always runs (default 1,16)")
-    parser.add_argument("--rounds", type=positive_int, default=3, help="A/B rounds (default 3)")
-    parser.add_argument("--warmup", type=positive_int, default=WARMUP_CALLS,
-                        help="warm-up calls per process (default 500)")
+def add_common(parser: argparse.ArgumentParser, n: int, concurrency: str, what: str) -> None:
+    """-n, --concurrency, --rounds, --timeout, --pin/--spin and --json, as every bench has them."""
+    parser.add_argument("-n", type=positive_int, default=n, help=f"calls per scenario (default {n})")
+    parser.add_argument("--concurrency", type=parse_concurrency, default=[int(c) for c in concurrency.split(",")],
+                        help=f"comma-separated {what}; sequential always runs (default {concurrency})")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds (default 3)")
     parser.add_argument("--timeout", type=float, default=120.0, help="hard limit per target run, seconds (default 120)")
     add_pin_argument(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
 
 
-def default_commands(tmpdir: str) -> tuple:
-    """(direct argv, gateway argv): the echo fixture, and the gateway over it.
-
-    The gateway's config is written to ``tmpdir`` so that the default run
-    needs nothing but the repository.
-    """
-    config = {"servers": {"echo": {"command": sys.executable, "args": [str(ECHO_FIXTURE)]}}}
-    config_path = Path(tmpdir) / "stdio-bench-gateway.json"
-    config_path.write_text(json.dumps(config))
-    direct = [sys.executable, str(ECHO_FIXTURE)]
-    gateway = [sys.executable, "-m", "wire_gateway", "stdio", "--server", "echo", "--config", str(config_path)]
-    return direct, gateway
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--direct", help="command for the direct server (default: the echo fixture)")
+    parser.add_argument("--gateway", help="command for the gateway (default: wire_gateway stdio over the echo fixture)")
+    parser.add_argument("--warmup", type=positive_int, default=WARMUP_CALLS,
+                        help="warm-up calls per process (default 500)")
+    add_common(parser, 20000, "1,16", "in-flight counts")
 
 
 def run_bench(direct: list, gateway: list, n: int, concurrency: list, rounds: int,
-              warmup: int = WARMUP_CALLS, timeout: float = 120.0, pin: str = "split",
-              spin: bool = False) -> dict:
+              warmup: int = WARMUP_CALLS, timeout: float = 120.0, pin: str = "split", spin: bool = False) -> dict:
     """All rounds, alternating direct and gateway; returns the full result."""
-    all_rounds = []
-    driver_cpus, target_cpus = cpu_plan(pin)
-    with pinned(driver_cpus):
-        for _ in range(rounds):
-            all_rounds.append({
-                "direct": run_target(direct, n, concurrency, timeout, warmup, target_cpus, spin),
-                "gateway": run_target(gateway, n, concurrency, timeout, warmup, target_cpus, spin),
-            })
-    names = [name for name, _ in scenarios(concurrency)]
-    runs = [r[slot] for r in all_rounds for slot in ("direct", "gateway")]
-    return {
-        "config": {
-            "direct": shlex.join(direct), "gateway": shlex.join(gateway), "n": n,
-            "concurrency": concurrency, "rounds": rounds, "warmup": warmup, "timeout_s": timeout,
-            "python": sys.version.split()[0], "cpus": os.cpu_count(), "clk_tck": CLK_TCK,
-            "pin": pin, "spin": spin, "driver_cpus": sorted(driver_cpus or ()),
-            "target_cpus": sorted(target_cpus or ()),
-        },
-        "rounds": all_rounds,
-        "summary": summarize(all_rounds, names),
-        "mismatches": sum(run_mismatches(r) for r in runs),
-        "errors": sum(1 for r in runs if "error" in r),
-    }
-
-
-def exit_status(result: dict) -> int:
-    if result["errors"]:
-        return 2
-    return 1 if result["mismatches"] else 0
+    argv = {"direct": direct, "gateway": gateway}
+    config = {"direct": shlex.join(direct), "gateway": shlex.join(gateway), "n": n, "concurrency": concurrency,
+              "warmup": warmup, "timeout_s": timeout}
+    return ab_result(config, lambda slot, cpus: run_target(argv[slot], n, concurrency, timeout, warmup, cpus, spin),
+                     rounds, pin, spin, [name for name, _ in scenarios(concurrency)])
 
 
 def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="stdio-bench-") as tmpdir:
-        default_direct, default_gateway = default_commands(tmpdir)
-        direct = shlex.split(args.direct) if args.direct else default_direct
-        gateway = shlex.split(args.gateway) if args.gateway else default_gateway
+        config = gateway_config(Path(tmpdir), "stdio-bench-gateway.json")
+        direct = shlex.split(args.direct) if args.direct else [sys.executable, str(ECHO_FIXTURE)]
+        gateway = shlex.split(args.gateway) if args.gateway else [
+            sys.executable, "-m", "wire_gateway", "stdio", "--server", "echo", "--config", str(config)]
         result = run_bench(direct, gateway, args.n, args.concurrency, args.rounds,
                            args.warmup, args.timeout, args.pin, args.spin)
     print(json.dumps(result, indent=2) if args.json else render(result))
     return exit_status(result)
 
 
-# --------------------------------------------------------------------------
-# stdio-ceiling: the driver against fast-echo
-# --------------------------------------------------------------------------
-
 def add_ceiling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-n", type=positive_int, default=100000, help="calls per scenario (default 100000)")
-    parser.add_argument("--concurrency", type=parse_concurrency, default=[1, 16, 64],
-                        help="comma-separated in-flight counts (default 1,16,64)")
-    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds (default 3)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="hard limit per run, seconds")
-    add_pin_argument(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_common(parser, 100000, "1,16,64", "in-flight counts")
 
 
 def run_ceiling(args) -> int:
-    """How fast is this driver? ``fast-echo`` answers a call with one regex match, so the figures are
-    bounded by the driver (and the pipes and the kernel), not by the server: if they are well above
-    what the direct echo server reaches, ``stdio-bench`` measures its targets, not itself."""
+    """The driver against ``fast-echo`` (one regex match per call): the figures are the driver's own
+    ceiling; well above the direct echo server's, ``stdio-bench`` measures its targets, not itself."""
     fast_echo = tool("fast-echo")
     driver_cpus, target_cpus = cpu_plan(args.pin)
     with pinned(driver_cpus):
@@ -718,12 +558,7 @@ def run_ceiling(args) -> int:
         print(json.dumps({"target": shlex.join(fast_echo), "n": args.n, "pin": args.pin, "spin": args.spin,
                           "summary": summary, "errors": errors, "mismatches": mismatches}, indent=2))
     else:
-        print(f"driver ceiling against {shlex.join(fast_echo)} (n={args.n}, pin={args.pin}, spin={args.spin}, "
-              f"median of {args.rounds})")
-        print("\n".join(table(["", "calls/s", "p50 us", "p99 us", "driver CPU us/call", "server CPU us/call"], [
-            [name, m.get("calls_per_s"), m.get("p50_us"), m.get("p99_us"), m.get("driver_cpu_us_per_call"),
-             m.get("target_cpu_us_per_call")] for name, m in summary.items()], indent=0)))
-        for error in errors:
-            print("ERROR", error)
-        print(f"mismatches: {mismatches}")
+        print(render_ceiling(f"driver ceiling against {shlex.join(fast_echo)} (n={args.n}, pin={args.pin}, "
+                             f"spin={args.spin}, median of {args.rounds})",
+                             [""], [[name, m] for name, m in summary.items()], errors, mismatches))
     return 2 if errors else (1 if mismatches else 0)

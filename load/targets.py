@@ -1,16 +1,10 @@
 """The one target starter: a server, or the gateway in front of one, started, watched and stopped.
 
-Every command measures processes it starts itself, and must never leave one behind nor wait on
-one forever. A target gets its own session (so its whole group can be signalled), its stderr goes
-to a temporary file (its tail explains a failure), and a watchdog kills the group when the run's
-time limit expires, which turns every blocked read of the driver into an end of file: nothing
-waits past the deadline. Descendants seen while it ran (the gateway's upstream servers) are
-remembered by pid and start time, and ``stop`` makes sure they are gone too.
-
-``StdioProcess`` is a target on pipes (the stdio benches drive it); ``HttpProcess`` listens on a
-port it reports through a port file (``wire-gateway serve --port-file``, ``http_echo.py
---port-file``); ``ExternalTarget`` is a server someone else runs, measured where visible and
-never stopped.
+Never one left behind nor waited on forever: a target gets its own session (its group can be
+signalled), its stderr goes to a file (its tail explains a failure), a watchdog kills the group at
+the run's time limit (every blocked read of the driver then ends), and descendants seen while it ran
+are remembered by pid and start time and reaped at ``stop``. ``Started`` is on pipes (``stdio_bench.Target``),
+``HttpProcess`` reports its port through a port file, ``ExternalTarget`` runs elsewhere.
 """
 from __future__ import annotations
 
@@ -40,10 +34,7 @@ class Url:
         parts = urlsplit(text)
         if parts.scheme != "http" or not parts.hostname:
             raise BenchError(f"not an http:// URL: {text!r}")
-        self.text = text
-        self.host = parts.hostname
-        self.port = parts.port or 80
-        self.netloc = parts.netloc
+        self.text, self.host, self.port, self.netloc = text, parts.hostname, parts.port or 80, parts.netloc
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     def __str__(self) -> str:
@@ -66,9 +57,7 @@ class Started:
             self.stderr.close()
             raise BenchError(f"cannot start {shlex.join(argv)}: {exc}") from exc
         self.pid = self.proc.pid
-        if cpus:
-            # Right after the fork: the target's own children (the gateway's upstream servers) are
-            # started later and inherit it.
+        if cpus:   # right after the fork: the target's children (upstream servers) inherit it
             try:
                 os.sched_setaffinity(self.pid, cpus)
             except OSError as exc:
@@ -142,12 +131,9 @@ class Started:
         return BenchError(what + (f"\n--- target stderr/log (tail) ---\n{tail}" if tail else ""))
 
     def stop(self, grace: float = 10.0) -> dict:
-        """End it the way its clients would, then harder; reap the descendants seen during the run.
-
-        On pipes: close its stdin (the spec's way to end a stdio server), then SIGTERM and SIGKILL
-        its group. Listening: SIGTERM to the process alone (the gateway then ends its upstream
-        servers the spec's way), then SIGKILL to everything.
-        """
+        """End it the way its clients would, then harder; reap the descendants seen during the run. On
+        pipes: close stdin (the spec's way), then SIGTERM, SIGKILL its group; listening: SIGTERM to it
+        alone (the gateway ends its upstreams the spec's way), then SIGKILL to everything."""
         self.remember_now()
         how = "already-exited" if self.proc.poll() is not None else None
         if self.proc.stdin is not None:
@@ -193,8 +179,7 @@ class HttpProcess(Started):
 
     def __init__(self, kind: str, tmpdir: str, timeout: float, cpus=None, path: str = "/mcp/echo",
                  dump: bool = False):
-        self.kind = kind
-        self.dump_file = None
+        self.kind, self.dump_file = kind, None
         tag = f"{kind}-{os.getpid()}-{time.monotonic_ns()}"
         folder = Path(tmpdir)
         port_file = folder / f"{tag}.port"
@@ -238,18 +223,16 @@ class ExternalTarget:
     """A server already running at a URL: measured through the process listening on its port when
     that is ours to see, never started or stopped by us."""
 
+    kind, argv, dump_file = "external", None, None
+
     def __init__(self, url: str):
         self.url = Url(url)
-        self.kind = "external"
         self.pid = pid_listening_on(self.url.port) if self.url.host in ("127.0.0.1", "localhost", "::1") else None
-        self.argv = None
-        self.dump_file = None
 
-    def remember(self, tree: dict) -> None:
+    def remember(self, tree: dict | None = None) -> None:
         pass
 
-    def remember_now(self) -> None:
-        pass
+    remember_now = remember
 
     def stop(self, grace: float = 0.0) -> dict:
         return {"stopped_by": "external (left running)", "exit_code": None, "stragglers": []}
