@@ -116,6 +116,8 @@ class HttpFront:
             self.port = await nursery.start(serve)
             if self.auth is not None:
                 self.auth.listening(self.config.auth.resource or f"http://{url_host(s.host)}:{self.port}")
+            log.info("serving MCP over HTTP on http://%s:%d/mcp/{%s}", url_host(s.host), self.port,
+                     ",".join(self.config.servers))
             if s.admin_port is not None:
                 from wire_gateway.admin.app import serve_admin
 
