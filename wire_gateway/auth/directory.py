@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wire_gateway.auth import keys
-from wire_gateway.auth.model import ApiKey, Project, RateLimit, User
+from wire_gateway.auth.model import ApiKey, Project, User
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +21,6 @@ class Principal:
     user: str
     project: Project
     kind: str = "key"                  # "key" | "jwt"
-    rate_limit: RateLimit | None = None
     audiences: tuple[str, ...] = ()    # a token's `aud`: which of the gateway's endpoints it is for
 
     def serves(self, base: str, resource: str) -> bool:
@@ -94,4 +93,4 @@ class Snapshot:
         if project is None:
             return Refusal(401, f"the API key's project {record.project!r} no longer exists",
                            who=keys.shown(record.id))
-        return Principal(keys.shown(record.id), record.user, project, "key", project.rate_limit)
+        return Principal(keys.shown(record.id), record.user, project, "key")

@@ -70,14 +70,13 @@ class Gate:
         self._last_reload = -1e9
         self._failures = Buckets(*settings.failed_attempts)
         self._limits: dict[tuple[float, int], Buckets] = {}
-        self._used: dict[str, float] = {}
+        self._used: set[str] = set()          # keys used since the last flush (their `wg_<id>`)
         self._keys_on = settings.keys
         self._audit_all = settings.audit == "all"
         # Keys proven against the current snapshot (and until when), and each principal's budgets:
         # both rebuilt after every reload, so a revocation or a new limit applies from the next one.
         self._proven: dict[str, tuple[Principal, float | None]] = {}
         self._budget_memo: dict[str, list[tuple[str, float, int, str]]] = {}   # principal + project
-        self.refused = 0
         # With Redis, rate limits are one budget for every gateway: the front sets this to the
         # store's `take_token` (one round trip per request that has a limit).
         self.shared_bucket: Callable[[str, float, int], Awaitable[float | None]] | None = None
@@ -152,7 +151,7 @@ class Gate:
         await self._reload()
 
     async def _flush_last_used(self) -> None:
-        used, self._used = self._used, {}
+        used, self._used = self._used, set()
         if not used or self._backend is None:
             return
         backend = self._backend
@@ -221,7 +220,7 @@ class Gate:
         if got is None or (got[1] is not None and got[1] <= time.time()) or self._budgets(got[0]) \
                 or self._audit_all:
             return None
-        self._used[got[0].id] = 0.0
+        self._used.add(got[0].id)
         return got[0]
 
     async def authenticate(self, credential: str | None, address: str) -> Principal | Refusal:
@@ -296,7 +295,7 @@ class Gate:
             for name, rate, burst, _ in budgets:
                 self._buckets(rate, burst).take(name, now)
         if result.kind == "key":
-            self._used[result.id] = 0.0       # "last used" is the time of the next flush (every 30 s)
+            self._used.add(result.id)         # "last used" is the time of the next flush (every 30 s)
         if self.settings.audit == "all":
             self.audit("allowed", result, None, None, "authenticated", address)
         return result
@@ -312,7 +311,7 @@ class Gate:
             self._budget_memo.clear()
         out: list[tuple[str, float, int, str]] = []
         self._budget_memo[memo_key] = out
-        rl = principal.rate_limit
+        rl = principal.project.rate_limit
         per_key = (rl.rate, rl.burst) if rl is not None else self.settings.rate_limit
         if per_key is not None:
             out.append(("key:" + principal.id, *per_key, principal.id))
@@ -330,7 +329,6 @@ class Gate:
 
     def refuse(self, refusal: Refusal, principal: Principal | None, address: str,
                 server: str | None = None, tool: str | None = None) -> Refusal:
-        self.refused += 1
         self.audit("refused", principal, server, tool, refusal.reason, address, refusal.who)
         return refusal
 

@@ -109,4 +109,4 @@ class TokenVerifier:
         project = snapshot.projects.get(name)
         if project is None:
             return Refusal(403, f"the token's project {name!r} does not exist", "insufficient_scope", who=who)
-        return Principal(who, str(claims["sub"]), project, "jwt", project.rate_limit, tuple(claims["_aud"]))
+        return Principal(who, str(claims["sub"]), project, "jwt", tuple(claims["_aud"]))

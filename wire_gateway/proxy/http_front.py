@@ -227,8 +227,9 @@ class HttpFront:
 
     async def _mcp(self, server: str, request: Request, responder: Responder) -> None:
         principal = None
-        mcp_path = "/mcp" if server == AGGREGATE_NAME else f"/mcp/{server}"
+        mcp_path = ""                  # the endpoint's path, for auth's answers (built only with auth on)
         if self.auth is not None:
+            mcp_path = "/mcp" if server == AGGREGATE_NAME else f"/mcp/{server}"
             got = await self.auth.check(None if server == AGGREGATE_NAME else server, mcp_path, request)
             if not isinstance(got, Principal):
                 await responder.send(*got)
