@@ -1,0 +1,1 @@
+"""Guardrails: input and output protection for tool calls (docs/guardrails.md)."""
