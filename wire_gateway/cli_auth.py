@@ -39,6 +39,11 @@ def add_auth_parsers(sub: Any, add_config: Any) -> None:
     q.add_argument("--burst", type=int, help="burst size per key (with --rate)")
     q.add_argument("--project-rate", type=float, help="requests per second, whole project (with --project-burst)")
     q.add_argument("--project-burst", type=int, help="burst size for the whole project (with --project-rate)")
+    q.add_argument("--guardrails", default="", metavar="POLICY,...",
+                   help="guardrail policies (named in the config) added for this project's callers on every server")
+    q = leaf(g, "guardrails", "set the guardrail policies a project adds for its callers (none: clear them)")
+    q.add_argument("name")
+    q.add_argument("policies", nargs="*", metavar="POLICY")
     leaf(g, "list", "list projects")
     leaf(g, "show", "show one project and its keys").add_argument("name")
     leaf(g, "delete", "delete a project and revoke its keys").add_argument("name")
@@ -82,7 +87,7 @@ def run_auth_command(args: argparse.Namespace, config: Config) -> int:
         print(f"wire-gateway {args.command}: {exc}", file=sys.stderr)
         return 1
     try:
-        tenancy = Tenancy(backend, config.servers)
+        tenancy = Tenancy(backend, config.servers, guardrails=[n for n in config.guardrails if not n.startswith(":")])
         out = _COMMANDS[(args.command, args.action)](tenancy, args)
     except (TenancyError, BackendError) as exc:
         print(f"wire-gateway {args.command} {args.action}: {exc}", file=sys.stderr)
@@ -141,7 +146,12 @@ def _projects_create(t: Tenancy, a: argparse.Namespace) -> Any:
     pl = RateLimit(a.project_rate, a.project_burst) if a.project_rate is not None and a.project_burst is not None \
         else None
     servers = [s.strip() for s in a.servers.split(",") if s.strip()]
-    return {"created": _project_row(t.create_project(a.name, servers, _rules(a.allow, a.deny), rl, pl))}
+    policies = [n.strip() for n in a.guardrails.split(",") if n.strip()]
+    return {"created": _project_row(t.create_project(a.name, servers, _rules(a.allow, a.deny), rl, pl, policies))}
+
+
+def _projects_guardrails(t: Tenancy, a: argparse.Namespace) -> Any:
+    return {"project": _project_row(t.set_guardrails(a.name, a.policies))}
 
 
 def _projects_show(t: Tenancy, a: argparse.Namespace) -> Any:
@@ -168,6 +178,7 @@ def _keys_rotate(t: Tenancy, a: argparse.Namespace) -> Any:
 
 _COMMANDS: dict[tuple[str, str], Any] = {
     ("projects", "create"): _projects_create,
+    ("projects", "guardrails"): _projects_guardrails,
     ("projects", "list"): lambda t, a: {"projects": [_project_row(p) for p in t.projects()]},
     ("projects", "show"): _projects_show,
     ("projects", "delete"): _projects_delete,

@@ -36,6 +36,7 @@ class Project:
     rate_limit: RateLimit | None = None          # per key of this project; None: the config's default
     created: float = 0.0
     project_limit: RateLimit | None = None       # one budget shared by every key of the project
+    guardrails: tuple[str, ...] = ()             # guardrail policies (config) added for its callers
 
     def may_use(self, server: str) -> bool:
         return "*" in self.servers or server in self.servers
@@ -44,7 +45,8 @@ class Project:
         return {"name": self.name, "servers": list(self.servers), "created": self.created,
                 "tools": {s: {"allow": list(r.allow), "deny": list(r.deny)} for s, r in self.tools.items()},
                 "rate_limit": asdict(self.rate_limit) if self.rate_limit else None,
-                "project_limit": asdict(self.project_limit) if self.project_limit else None}
+                "project_limit": asdict(self.project_limit) if self.project_limit else None,
+                "guardrails": list(self.guardrails)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Project:
@@ -53,7 +55,8 @@ class Project:
                    tools={s: ToolRule(tuple(r.get("allow", ())), tuple(r.get("deny", ())))
                           for s, r in d.get("tools", {}).items()},
                    rate_limit=RateLimit(float(rl["rate"]), int(rl["burst"])) if rl else None,
-                   project_limit=RateLimit(float(pl["rate"]), int(pl["burst"])) if pl else None)
+                   project_limit=RateLimit(float(pl["rate"]), int(pl["burst"])) if pl else None,
+                   guardrails=tuple(d.get("guardrails", ())))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from wire_gateway.auth import keys
 from wire_gateway.auth.backends import Backend
@@ -31,15 +32,18 @@ def parse_duration(text: str) -> float:
 
 
 class Tenancy:
-    def __init__(self, backend: Backend, servers: Iterable[str], now: Callable[[], float] = time.time) -> None:
+    def __init__(self, backend: Backend, servers: Iterable[str], now: Callable[[], float] = time.time,
+                 guardrails: Iterable[str] = ()) -> None:
         self.backend = backend
+        self.guardrails = tuple(guardrails)   # the config's named guardrail policies, which projects may add
         self.servers = tuple(servers)      # the configured servers, which projects may name
         self._now = now
 
     # ---- projects ----------------------------------------------------------------------------
 
     def create_project(self, name: str, servers: Iterable[str], tools: dict[str, ToolRule] | None = None,
-                       rate_limit: RateLimit | None = None, project_limit: RateLimit | None = None) -> Project:
+                       rate_limit: RateLimit | None = None, project_limit: RateLimit | None = None,
+                       guardrails: Iterable[str] = ()) -> Project:
         if not NAME.match(name):
             raise TenancyError(f"project name {name!r}: use letters, digits, '_', '.', '-' (at most 64)")
         if self.backend.get("project", name) is not None:
@@ -54,7 +58,24 @@ class Tenancy:
         for rl in (rate_limit, project_limit):
             if rl is not None and (rl.rate <= 0 or rl.burst < 1):
                 raise TenancyError("a rate limit needs a rate above 0 and a burst of at least 1")
-        project = Project(name, wanted, dict(tools or {}), rate_limit, created=self._now(), project_limit=project_limit)
+        policies = self._policies(guardrails)
+        project = Project(name, wanted, dict(tools or {}), rate_limit, created=self._now(), project_limit=project_limit,
+                          guardrails=policies)
+        self.backend.put([("project", name, project.to_json())])
+        return project
+
+    def _policies(self, names: Iterable[str]) -> tuple[str, ...]:
+        wanted = tuple(dict.fromkeys(names))
+        unknown = [n for n in wanted if n not in self.guardrails]
+        if unknown:
+            raise TenancyError(f"unknown guardrail policy(ies) {', '.join(map(repr, unknown))}; the config defines: "
+                               f"{', '.join(self.guardrails) or '(none; add them under the top-level guardrails)'}")
+        return wanted
+
+    def set_guardrails(self, name: str, guardrails: Iterable[str]) -> Project:
+        """Replace the guardrail policies a project adds for its callers (running gateways pick
+        the change up with the next snapshot, as for any record)."""
+        project = replace(self.project(name), guardrails=self._policies(guardrails))
         self.backend.put([("project", name, project.to_json())])
         return project
 

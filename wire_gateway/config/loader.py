@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 
 from wire_gateway.config.auth import AuthSettings, OAuthClient, auth_problems, oauth_problems, parse_auth
+from wire_gateway.config.guardrails import GuardrailPolicy, guardrail_problems, parse_guardrails, server_policies
 from wire_gateway.telemetry.masking import SECRETS
 from wire_gateway.wire.authority import AuthorityError, parse_host, parse_origins
 from wire_gateway.wire.namespacing import server_name_problem
@@ -82,6 +83,7 @@ class PolicySpec:
     tools_list_ttl: float = 60.0
     results: bool = False
     results_ttl: float = 60.0
+    guardrails: tuple[str, ...] = ()  # the guardrail policies it runs, by name (config.guardrails)
 
     @property
     def filtering(self) -> bool:
@@ -96,6 +98,8 @@ class PolicySpec:
             names.append("pinning")
         if self.schema:
             names.append("schema")
+        if self.guardrails:
+            names.append("guardrails")
         if self.tools_list_ttl > 0:
             names.append("list_cache")
         if self.results:
@@ -103,10 +107,10 @@ class PolicySpec:
         return names
 
 
-POLICY_KEYS = ("tools", "pinning", "schema", "cache")
+POLICY_KEYS = ("tools", "pinning", "schema", "cache", "guardrails")
 
 
-def parse_policy(s: dict[str, Any]) -> PolicySpec:
+def parse_policy(name: str, s: dict[str, Any]) -> PolicySpec:
     if not any(k in s for k in POLICY_KEYS):
         return PolicySpec()
     tools = s.get("tools", {})
@@ -114,7 +118,8 @@ def parse_policy(s: dict[str, Any]) -> PolicySpec:
     return PolicySpec(enabled=True, allow=tuple(tools.get("allow", ())), deny=tuple(tools.get("deny", ())),
                       pinning=s.get("pinning", "enforce"), schema=s.get("schema", True),
                       tools_list_ttl=cache.get("tools_list_ttl", 60.0), results=cache.get("results", False),
-                      results_ttl=cache.get("results_ttl", 60.0))
+                      results_ttl=cache.get("results_ttl", 60.0),
+                      guardrails=server_policies(name, s.get("guardrails")))
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,7 @@ class Config:
     mask_patterns: tuple[str, ...] = ()
     store: StoreSettings = StoreSettings()
     auth: AuthSettings = field(default_factory=AuthSettings)
+    guardrails: dict[str, GuardrailPolicy] = field(default_factory=dict)   # every policy by name
     source: str = "<built-in default>"
     document: dict[str, Any] = field(default_factory=dict)
 
@@ -272,8 +278,22 @@ def validation_errors(doc: Any) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
     problems = []
     for err in sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]):
+        err = _within(err)
         problems.append(f"{err.json_path}: {_describe(err)}")
     return problems
+
+
+def _within(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For a value that may take several shapes (a server's `guardrails`: a name, names or a
+    policy), the error inside the shape it has, which names the exact place."""
+    if err.validator == "oneOf" and err.context and "command" not in (
+            err.schema.get("properties", {}) if isinstance(err.schema, Mapping) else {}):
+        wrong_shape = {e.relative_schema_path[0] for e in err.context
+                       if e.validator == "type" and not e.relative_path}
+        inside = [e for e in err.context if e.relative_schema_path[0] not in wrong_shape]
+        if inside:
+            return _within(max(inside, key=lambda e: len(e.absolute_path)))
+    return err
 
 
 def _describe(err: jsonschema.ValidationError) -> str:
@@ -288,6 +308,8 @@ def _describe(err: jsonschema.ValidationError) -> str:
         return ('has both "command" and "url"; a server is either a process to run ("command") or a remote '
                 'server ("url"), not both') if both else \
             'needs "command" (a process to run, with "args") or "url" (a remote Streamable HTTP server)'
+    if err.validator == "propertyNames" and list(err.absolute_path)[:1] == ["guardrails"]:
+        return f"{err.message} (policy names: letters, digits, '_', '.', '-', not starting with a punctuation mark)"
     if err.validator == "propertyNames":
         return f"{err.message} (server names: letters, digits, '_', '.', '-'; at most 64 characters)"
     return err.message
@@ -345,7 +367,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
     clashes += [f"$.servers.{name}.timeout: null (no timeout) is only for a command server; a url server needs "
                 "a number of seconds" for name, s in doc["servers"].items() if "url" in s and
                 "timeout" in s and s["timeout"] is None]
-    clashes += oauth_problems(doc["servers"]) + auth_problems(doc.get("auth"))
+    clashes += oauth_problems(doc["servers"]) + auth_problems(doc.get("auth")) + guardrail_problems(doc)
     if clashes:
         raise ConfigError(clashes, source)
     allow_list = allow_list_problems(doc.get("http", {}))
@@ -372,7 +394,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
             stdin_close_timeout=shutdown.get("stdin_close_timeout", 2.0),
             sigterm_timeout=shutdown.get("sigterm_timeout", 2.0),
             handshake_timeout=s.get("handshake_timeout", 10.0),
-            policy=parse_policy(s),
+            policy=parse_policy(name, s),
         )
     logging_ = doc.get("logging", {})
     http = dict(doc.get("http", {}))
@@ -386,6 +408,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
         servers=servers,
         store=StoreSettings(**store),
         auth=parse_auth(doc.get("auth"), base_dir),
+        guardrails=parse_guardrails(doc),
         limits=Limits(**doc.get("limits", {})),
         http=HttpSettings(**http),
         aggregate=aggregate,

@@ -22,9 +22,8 @@ log = logging.getLogger("wire_gateway.policy")
 TOOL_METHODS = frozenset({"tools/list", "tools/call"})
 LIST_CHANGED = "notifications/tools/list_changed"
 
-# The order of the chain, by slot. Guardrails belong to a later issue: their slot ("schema"
-# shares it) is here so the order is fixed now.
-ORDER = ("auth", "filter", "pinning", "schema", "list_cache", "result_cache")
+# The order of the chain, by slot (docs/policy.md says why).
+ORDER = ("auth", "filter", "pinning", "schema", "guardrails", "list_cache", "result_cache")
 
 
 @dataclass(slots=True)
@@ -108,6 +107,9 @@ class Interceptor:
     # `check(call) -> Reply | None`, the same decision as a plain call: the chain then
     # runs it without a coroutine when every interceptor on the way down has one.
     check: Callable[[Call], Reply | None] | None = None
+    # True for an interceptor that acts only for callers whose project asks it to (the auth slot;
+    # guardrails a server has none of its own): see Chain.project_only.
+    project_only = False
 
     async def on_request(self, call: Call) -> Reply | None:
         return None
@@ -147,16 +149,22 @@ class Chain:
         self.index = index or ToolIndex()
         self._on_invalidate = on_invalidate
         self.sync = sync
+        # The methods the runner sends through the chain: the tool methods, and whatever else an
+        # interceptor asks for (guardrails' scan_server_info: initialize and server/discover).
+        self.methods = TOOL_METHODS.union(*(x.request_methods | x.response_methods for x in interceptors))
+        # Every interceptor acts only for some projects' callers: a caller whose project asks for
+        # none of them goes straight through, as if there were no runner (PolicyRunner.request).
+        self.project_only = all(x.project_only for x in interceptors)
         # per method: (index in the chain, interceptor) of those whose hooks act on it
         self._down = {m: [(i, x) for i, x in enumerate(interceptors) if m in x.request_methods]
-                      for m in TOOL_METHODS}
+                      for m in self.methods}
         self._up = {m: [(i, x) for i, x in reversed(list(enumerate(interceptors))) if m in x.response_methods]
-                    for m in TOOL_METHODS}
+                    for m in self.methods}
         self._checks: dict[str, list[tuple[int, Callable[[Call], Reply | None]]] | None] = {
             m: [(i, cast(Callable[[Call], "Reply | None"], x.check)) for i, x in self._down[m]]
-            if all(x.check is not None for _, x in self._down[m]) else None for m in TOOL_METHODS}
+            if all(x.check is not None for _, x in self._down[m]) else None for m in self.methods}
         # per method: the position of the first interceptor acting on its answers (a list: 0, the index learns)
-        self._up_from = {m: min((i for i, _ in self._up[m]), default=len(interceptors)) for m in TOOL_METHODS}
+        self._up_from = {m: min((i for i, _ in self._up[m]), default=len(interceptors)) for m in self.methods}
         self._up_from["tools/list"] = 0
 
     def passes_up(self, method: str | None, stop: int) -> bool:

@@ -18,6 +18,7 @@ class ProjectTools(Interceptor):
     name = "auth"
     request_methods = frozenset({"tools/call"})
     response_methods = frozenset({"tools/list"})
+    project_only = True
 
     def __init__(self, server: str) -> None:
         self.server = server

@@ -13,9 +13,11 @@ import trio
 
 from wire_gateway.config import Config, ServerSpec, StoreSettings
 from wire_gateway.config.loader import expand
+from wire_gateway.guardrails.engine import Compiled
 from wire_gateway.policy.cache import Generations, ListCache, ResultCache, invalidate
-from wire_gateway.policy.chain import Chain, Interceptor
+from wire_gateway.policy.chain import ORDER, Chain, Interceptor
 from wire_gateway.policy.filter import ToolFilter
+from wire_gateway.policy.guardrails import Guardrails
 from wire_gateway.policy.pinning import PinBook, Pinning
 from wire_gateway.policy.project_tools import ProjectTools
 from wire_gateway.policy.schema import SchemaGuard
@@ -41,6 +43,11 @@ class Services:
         self.pins = PinBook(self.store)
         self.generations = Generations()
         self.chains: dict[str, Chain | None] = {}
+        # Every guardrail policy compiled once (servers share named ones); a server runs the slot
+        # for its own, and with auth on every server does when any named one exists (projects add them).
+        self.guardrails = {name: Compiled.of(p) for name, p in config.guardrails.items()}
+        self._named_guardrails = {n: c for n, c in self.guardrails.items() if not n.startswith(":")}
+        self._nursery: trio.Nursery | None = None
         self.store.subscribe(self._on_event)
 
     def _on_event(self, event: str) -> None:
@@ -52,8 +59,15 @@ class Services:
         return self.store.backend == "redis"
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """The store's background work (Redis pub/sub and reconnection)."""
-        await self.store.run(task_status=task_status)
+        """The store's background work (Redis pub/sub and reconnection), and the nursery that
+        guardrails' parallel remote checks run in."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await nursery.start(self.store.run)
+                task_status.started()
+            finally:
+                self._nursery = None
 
     def chain_for(self, spec: ServerSpec) -> Chain | None:
         """The server's chain, built once; None when it configures no interceptor."""
@@ -66,6 +80,8 @@ class Services:
         # With auth on every server runs the auth slot: projects may narrow any server's tools,
         # and their rules change while the gateway runs.
         names = (["auth"] if self.config.auth.enforced else []) + policy.interceptors()
+        if self.config.auth.enforced and self._named_guardrails and "guardrails" not in names:
+            names = sorted([*names, "guardrails"], key=ORDER.index)
         if not names:
             return None
         index = ToolIndex()
@@ -79,6 +95,9 @@ class Services:
                 chain.append(Pinning(spec.name, self.pins, policy.pinning))
             elif name == "schema":
                 chain.append(SchemaGuard(spec.name, index))
+            elif name == "guardrails":
+                chain.append(Guardrails(spec.name, index, [self.guardrails[n] for n in policy.guardrails],
+                                        self._named_guardrails, lambda: self._nursery))
             elif name == "list_cache":
                 chain.append(ListCache(spec.name, self.store, policy.tools_list_ttl, self.generations))
             elif name == "result_cache":
@@ -89,4 +108,5 @@ class Services:
             dropped = await invalidate(self.store, spec.name, self.generations)
             log.info("server %s: tool list changed; dropped %d cached entries", spec.name, dropped)
 
-        return Chain(spec.name, chain, index, on_invalidate, sync=self.store.backend == "memory")
+        waits = any(isinstance(x, Guardrails) and x.remote for x in chain)    # asks a remote provider
+        return Chain(spec.name, chain, index, on_invalidate, sync=self.store.backend == "memory" and not waits)

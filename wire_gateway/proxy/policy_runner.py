@@ -33,7 +33,7 @@ import trio
 
 from wire_gateway.auth.context import CALLER
 from wire_gateway.config import Limits, ServerSpec
-from wire_gateway.policy.chain import LIST_CHANGED, TOOL_METHODS, Call, Chain, Reply, drive
+from wire_gateway.policy.chain import LIST_CHANGED, Call, Chain, Reply, drive
 from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
@@ -105,9 +105,11 @@ class PolicyRunner:
         self.sink = sink
         self.chain = chain
         self.auth_context = auth_context
-        # A server whose only interceptor is the auth slot (auth on, no policy of its own): a caller
-        # whose project sets no tool rule for it goes straight through, as if there were no runner.
-        self._auth_only = chain.names == ["auth"]
+        # A server whose interceptors act only for some projects (auth on, no policy of its own): a
+        # caller whose project sets no tool rule for it and adds no guardrails goes straight through,
+        # as if there were no runner.
+        self._project_only = chain.project_only
+        self._methods = chain.methods
         self.inner = make_upstream(spec, limits, _InnerSink(self))
         # Pure passthroughs to the inner upstream, bound once: a frame that the chain has no business
         # with pays no extra call through the runner for them.
@@ -178,11 +180,11 @@ class PolicyRunner:
     # ---- client -> server --------------------------------------------------------------------
 
     def request(self, frame: Frame) -> bytes | None:
-        if frame.method not in TOOL_METHODS:
+        if frame.method not in self._methods:
             return self.inner.request(frame)
-        if self._auth_only:
+        if self._project_only:
             caller = CALLER.get()
-            if caller is None or self.name not in caller.project.tools:
+            if caller is None or (self.name not in caller.project.tools and not caller.project.guardrails):
                 return self.inner.request(frame)
         refused = repeated_params(frame)      # the chain must read the params the server will
         if refused is not None:
