@@ -32,7 +32,7 @@ from wire_gateway.demo.echo import build as build_echo
 
 FRONTS = ("stdio", "stdio-aggregate", "http-legacy", "http-modern", "http-aggregate-legacy",
           "http-aggregate-modern")
-POLICIES = ("none", "filter", "pinning", "schema", "cache")
+POLICIES = ("none", "filter", "pinning", "schema", "guardrails", "cache")
 UPSTREAMS = ("command", "url")
 DUMPS = ("off", "on")
 AUTHS = ("off", "keys")
@@ -43,6 +43,10 @@ ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "appl
 COMMAND_TOOLS = frozenset(build_echo("matrix").tools)
 URL_TOOLS = frozenset(t["name"] for t in fixture_module("http_echo").TOOLS)
 HELLO = "matrix-hello-7d1f"          # the working call's text: found again at every hop of the dump
+# guardrails: a synthetic AWS access key id (blocked on input) and an address (redacted on input,
+# restored in the answer)
+AWS_KEY = "AKIA" + "Q7XJ3M2PZK4WN8RT"
+EMAIL = "matrix.user@example.org"
 
 
 def pairwise(axes: tuple[tuple[str, ...], ...]) -> list[tuple[str, ...]]:
@@ -116,6 +120,11 @@ class Cell:
             top["store"] = {"backend": "memory", "pins_file": str(pins)}
         elif self.policy == "schema":
             s["schema"] = True
+        elif self.policy == "guardrails":
+            s["guardrails"] = "matrix"
+            top["guardrails"] = {"matrix": {"input": [{"detectors": ["aws_key"], "action": "block"},
+                                                      {"detectors": ["email"], "action": "redact"}],
+                                            "output": [{"detectors": ["secrets"], "action": "block"}]}}
         elif self.policy == "cache":
             s["cache"] = {"tools_list_ttl": 60}
         # `p` waits for its answers with no time limit (`timeout: null`): the aggregate meets both kinds
@@ -267,6 +276,8 @@ def run_cell(cell: Cell) -> None:
             status, answer = front.request("call-refused", "tools/call", {"name": cell.tool(tool), "arguments": args})
             assert answer.get("id") == "call-refused" and answer.get("error", {}).get("code") == code, answer
             assert words in answer["error"]["message"], answer
+        if cell.policy == "guardrails":
+            check_guardrails(cell, front)
 
         # an unknown method: the server's own answer through a single-server front, the aggregate's own otherwise
         status, unknown = front.request("unknown", "wg/no-such-method", {"x": [1, 2]})
@@ -304,6 +315,28 @@ def run_cell(cell: Cell) -> None:
     if cell.dump_path is not None:
         check_dump(cell)
         assert not [r for r in records_of(cell) if r["dir"] == "gateway->server" and "dup-" + HELLO in r["frame"]]
+        if cell.policy == "guardrails":     # what reached the server: the placeholder, never the address or key
+            to_server = [r["frame"] for r in records_of(cell) if r["dir"] == "gateway->server"]
+            assert not [f for f in to_server if EMAIL in f or AWS_KEY in f], to_server
+            assert [f for f in to_server if "[REDACTED_EMAIL_1]" in f], to_server
+            notes = [r.get("policy") for r in records_of(cell) if r["dir"] == "gateway->client"]
+            assert "guardrails:block:matrix/aws_key" in notes, notes
+
+
+def check_guardrails(cell: Cell, front: Any) -> None:
+    """A key in the arguments is blocked before the server (an error result naming the rule, never
+    the key); an address is replaced by a placeholder on the way in and restored on the way out."""
+    _, blocked = front.request("call-blocked", "tools/call",
+                                    {"name": cell.tool("echo"), "arguments": {"text": f"use {AWS_KEY} now"}})
+    result = blocked.get("result", {})
+    assert blocked.get("id") == "call-blocked" and result.get("isError") is True, blocked
+    assert "aws_key" in result["content"][0]["text"] and AWS_KEY not in json.dumps(blocked), blocked
+    assert result["_meta"]["dev.wire-gateway/guardrails"]["detector"] == "aws_key", blocked
+    if cell.modern:
+        assert result.get("resultType") == "complete", blocked
+    _, redacted = front.request("call-redacted", "tools/call",
+                                     {"name": cell.tool("echo"), "arguments": {"text": f"mail {EMAIL} please"}})
+    assert redacted["result"]["content"][0]["text"] == f"mail {EMAIL} please", redacted
 
 
 def check_log(cell: Cell) -> None:

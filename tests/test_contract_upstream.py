@@ -4,7 +4,8 @@ passes trio.testing's stream checks.
 Implementations: the supervised process (`command` server), the HTTP upstream (`url` server), the
 policy runner around each, and the aggregate with a member of each kind; with auth, the policy
 runner whose auth slot serves a caller's project (`auth-command`), and an HTTP upstream that
-presents the gateway's own OAuth client credentials (`oauth-url`, against a local issuer). They run in this test's
+presents the gateway's own OAuth client credentials (`oauth-url`, against a local issuer); the
+policy runner with guardrails on both sides (`guardrails-command`, `guardrails-url`). They run in this test's
 own trio loop with a recording Sink standing in for the session; only the MCP servers behind them
 are real (the bundled echo server as a subprocess, the HTTP echo fixture on a free port).
 
@@ -42,7 +43,11 @@ from wire_gateway.wire import jsonfast
 from wire_gateway.wire.frame import Frame, Kind, decode
 
 KINDS = ("command", "url", "policy-command", "policy-url", "aggregate-command", "aggregate-url", "auth-command",
-         "oauth-url")
+         "oauth-url", "guardrails-command", "guardrails-url")
+# the guardrails kinds: the filter of the policy kinds, and detectors on both sides that the
+# contract's traffic passes (a redaction rewrites what reaches the server, not who answers)
+GUARDRAILS = {"input": [{"detectors": ["secrets"], "action": "block"}, {"detectors": ["pii"], "action": "redact"}],
+              "output": [{"detectors": ["secrets", "injection"], "action": "redact"}]}
 _ISSUER: Any = None      # the local OAuth issuer of the oauth-url kind, started on first use
 
 
@@ -128,6 +133,8 @@ class Subject:
             server["timeout"] = timeout
         if kind.startswith("policy"):
             server = {**server, "tools": {"deny": ["add"]}}
+        if kind.startswith("guardrails"):
+            server = {**server, "tools": {"deny": ["add"]}, "guardrails": GUARDRAILS}
         if kind == "oauth-url":
             server["oauth"] = {"token_url": issuer().issuer + "/token", "client_id": "gw",
                                "client_secret": "contract-secret", "scope": "mcp"}

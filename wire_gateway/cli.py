@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dump_parser(sub)
 
+    from wire_gateway.cli_guardrails import add_guardrails_parser
+
+    add_guardrails_parser(sub)
+
     sub.add_parser("load", add_help=False, help="the load tool: replay recorded sessions, benchmarks "
                                                     "(`wire-gateway load --help`; docs/load.md)")
     return parser
@@ -120,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
 
         config = _load(args)
         return 1 if config is None else run_auth_command(args, config)
+    if args.command == "guardrails":
+        from wire_gateway.cli_guardrails import run_guardrails_command
+
+        return run_guardrails_command(args)
     if args.command == "dump":
         from wire_gateway.dump.tools import run_dump_command
 

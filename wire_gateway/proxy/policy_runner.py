@@ -233,8 +233,13 @@ class PolicyRunner:
                     return None
                 reply = Reply(jsonfast.loads(refused), refused, gateway=True)
             ok, out = drive(self.chain.up(call, reply, stop))
-            if ok:
+            if ok and not (out.note and out.note.startswith("guardrails")):
                 return out.raw if out.raw is not None else out.frame().raw
+            if ok:   # a guardrails answer goes the way a server's does, so the dump records which rule acted
+                entry = _InChain(frame, call, stop)
+                self._calls[frame.id] = entry
+                self._nursery.start_soon(self._deliver_later, entry, out)   # type: ignore[union-attr]
+                return None
         except Exception as exc:
             return self._failed(call, exc).raw
         entry = _InChain(frame, call, stop)
@@ -293,6 +298,13 @@ class PolicyRunner:
                 except Exception as exc:
                     out = self._failed(entry.call, exc)
                 self._deliver(entry, out)
+        finally:
+            if self._calls.get(entry.frame.id) is entry:
+                del self._calls[entry.frame.id]
+
+    async def _deliver_later(self, entry: _InChain, reply: Reply) -> None:
+        try:
+            self._deliver(entry, reply)
         finally:
             if self._calls.get(entry.frame.id) is entry:
                 del self._calls[entry.frame.id]
