@@ -10,6 +10,7 @@ from wire_gateway.config.loader import (  # noqa: F401
     RestartPolicy,
     ServerSpec,
     StoreSettings,
+    TelemetrySettings,
     default_document,
     find_config_path,
     load_config,

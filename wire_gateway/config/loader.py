@@ -204,6 +204,15 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class TelemetrySettings:
+    """The `telemetry` section (docs/observability.md)."""
+    metrics: bool = True
+    otlp_metrics: bool = False
+    tracing: bool = False
+    trace_passthrough: float = 0.0
+
+
+@dataclass(frozen=True)
 class AggregateSettings:
     separator: str = "__"
     page_size: int | None = None
@@ -218,6 +227,8 @@ class Config:
     log_level: str = "info"
     log_file: str | None = None
     mask_patterns: tuple[str, ...] = ()
+    log_format: str = "text"
+    telemetry: TelemetrySettings = TelemetrySettings()
     store: StoreSettings = StoreSettings()
     auth: AuthSettings = field(default_factory=AuthSettings)
     guardrails: dict[str, GuardrailPolicy] = field(default_factory=dict)   # every policy by name
@@ -415,6 +426,8 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
         log_level=logging_.get("level", "info"),
         log_file=logging_.get("file"),
         mask_patterns=tuple(logging_.get("mask_patterns", ())),
+        log_format=logging_.get("format", "text"),
+        telemetry=TelemetrySettings(**doc.get("telemetry", {})),
         source=source,
         document=doc,
     )
