@@ -24,6 +24,24 @@ from .stdio_bench import Target
 ECHO = [sys.executable, "-m", "wire_gateway.demo.echo"]
 FIVE = {"tools": {"deny": ["never_*"]}, "pinning": "enforce", "schema": True,
         "cache": {"tools_list_ttl": 300, "results": True}}
+# Guardrails: every local detector on input and output. The small call's answer passes unchanged;
+# the 1 MiB result is the labelled corpus repeated (docs/guardrails.md), so what is timed is what
+# `guardrails eval` measures, matches and redactions included (input only logged, so that the
+# server repeats the corpus as it is).
+EVERY = ["pii", "secrets", "injection", "arguments"]
+SMALL_TEXT = "Weather for Berlin tomorrow: 14 C, light rain in the afternoon, wind 12 km/h from the west."
+MIB = 1 << 20
+
+
+def guarded(input_action: str) -> dict:
+    return {"guardrails": {"input": [{"detectors": EVERY, "action": input_action}],
+                           "output": [{"detectors": EVERY, "action": "redact"}]}}
+
+
+def corpus_text() -> str:
+    from wire_gateway.guardrails.quality import load_corpus
+
+    return "\n".join(case["text"] for case in load_corpus())
 
 
 def start_gateway(folder: Path, label: str, policy: dict, store: dict | None = None) -> Target:
@@ -39,9 +57,10 @@ def start_gateway(folder: Path, label: str, policy: dict, store: dict | None = N
     return gateway
 
 
-def timed(gateway: Target, method: str, n: int) -> list[int]:
+def timed(gateway: Target, method: str, n: int, params: dict | None = None) -> list[int]:
     """n sequential round trips of `method`, in microseconds."""
-    template = b'{"jsonrpc":"2.0","id":%d,"method":"' + method.encode() + b'"}\n'
+    tail = b'"}\n' if params is None else b'","params":' + json.dumps(params).replace("%", "%%").encode() + b'}\n'
+    template = b'{"jsonrpc":"2.0","id":%d,"method":"' + method.encode() + tail
     out = []
     for _ in range(n):
         gateway.next_id += 1
@@ -60,15 +79,16 @@ def summary(samples: list[int]) -> dict:
             "mean_us": round(statistics.fmean(ordered), 1), "n": len(ordered)}
 
 
-def compare(a: Target, b: Target, method: str, n: int, rounds: int, warmup: int = 200) -> dict:
-    timed(a, method, warmup)
-    timed(b, method, warmup)
+def compare(a: Target, b: Target, method: str, n: int, rounds: int, warmup: int = 200,
+            params: dict | None = None) -> dict:
+    timed(a, method, warmup, params)
+    timed(b, method, warmup, params)
     samples: dict[str, list[int]] = {a.label: [], b.label: []}
     cpu = {a.label: 0.0, b.label: 0.0}
 
     def one(g: Target) -> None:
         before = read_stat(g.pid).ticks
-        samples[g.label] += timed(g, method, n)
+        samples[g.label] += timed(g, method, n, params)
         cpu[g.label] += ticks_to_us(read_stat(g.pid).ticks - before)
 
     for i in range(rounds):       # A B, then B A: neither side always runs first
@@ -79,6 +99,7 @@ def compare(a: Target, b: Target, method: str, n: int, rounds: int, warmup: int 
         out[g.label] = {**summary(samples[g.label]),
                         "gateway_cpu_us_per_request": round(cpu[g.label] / (n * rounds), 1)}
     out["ratio_of_medians"] = round(out[b.label]["median_us"] / out[a.label]["median_us"], 3)
+    out["added_median_us"] = round(out[b.label]["median_us"] - out[a.label]["median_us"], 1)
     return out
 
 
@@ -89,7 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", default="stdio,http",
                         help="comma-separated: stdio, http (default both)")
     parser.add_argument("--eras", default="modern,legacy", help="HTTP eras (default modern,legacy)")
-    parser.add_argument("--pairs", help="HTTP pairs to run: tools_list, tools_call, aggregate, auth (default all)")
+    parser.add_argument("--pairs", help="pairs to run: over stdio tools_list, ping, guardrails_call, guardrails_1mib; "
+                        "over HTTP tools_list, tools_call, aggregate, auth (default all)")
     parser.add_argument("--http-rounds", type=int, default=3, help="HTTP rounds per pair (default 3)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds each HTTP round drives (default 5)")
     parser.add_argument("-c", "--concurrency", type=int, default=16, help="HTTP sessions per gateway (default 16)")
@@ -112,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(f"policy-bench: {os.cpu_count()} CPUs")
-        if "tools_list" in results:
+        if any(k in results for k in ("tools_list", "ping", "guardrails_call", "guardrails_1mib")):
             print(f"  over stdio: n={args.n} x {args.rounds} rounds per side, sequential")
             for name in ("tools_list", "ping", "tools_list_redis"):
                 if name not in results:
@@ -122,9 +144,19 @@ def run(args: argparse.Namespace) -> int:
                 parts = [f"{side}: median {figures[side]['median_us']:.0f} us, p90 {figures[side]['p90_us']} us, "
                          f"gateway CPU {figures[side]['gateway_cpu_us_per_request']} us/req" for side in sides]
                 print(f"  {name:<17} " + " | ".join(parts) + f" | ratio {figures['ratio_of_medians']}")
-            tl = results["tools_list"]
-            print(f"  => cached tools/list is {1 / tl['ratio_of_medians']:.1f}x faster than uncached (target >= 3x); "
-                  f"ping with five interceptors / without: {results['ping']['ratio_of_medians']} (target < 1.1)")
+            if "tools_list" in results and "ping" in results:
+                tl = results["tools_list"]
+                print(f"  => cached tools/list is {1 / tl['ratio_of_medians']:.1f}x faster than uncached "
+                      f"(target >= 3x); ping with five interceptors / without: "
+                      f"{results['ping']['ratio_of_medians']} (target < 1.1)")
+        for name, target in (("guardrails_call", "200 us"), ("guardrails_1mib", "20,000 us")):
+            if name in results:
+                r = results[name]
+                off, on = (r[k] for k in r if k.endswith(("_off", "_on")))
+                print(f"  {name:<17} off: median {off['median_us']:.0f} us | every detector: median "
+                      f"{on['median_us']:.0f} us (gateway CPU {off['gateway_cpu_us_per_request']} -> "
+                      f"{on['gateway_cpu_us_per_request']} us/req) | added {r['added_median_us']:.0f} us "
+                      f"(target < {target})")
         if http:
             print("\n".join(policy_http.render(http, args.concurrency, args.duration)))
     failed = any(r["errors"] or r["mismatches"] for r in http.values())
@@ -133,12 +165,16 @@ def run(args: argparse.Namespace) -> int:
 
 def run_stdio(args: argparse.Namespace) -> dict:
     results: dict = {}
+    only = [p.strip() for p in args.pairs.split(",")] if args.pairs else None
     with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
         folder = Path(tmp)
         pairs = [("tools_list", "tools/list",
                   ("uncached", {"pinning": "off", "cache": {"tools_list_ttl": 0}}),
                   ("cached", {"pinning": "off", "cache": {"tools_list_ttl": 300}}), None),
                  ("ping", "ping", ("no_policy", {}), ("five_interceptors", FIVE), None)]
+        if not only or "guardrails_call" in only or "guardrails_1mib" in only:
+            results.update(run_guardrails(args, folder, only))
+        pairs = [p for p in pairs if not only or p[0] in only]
         if args.redis_url:
             pairs.append(("tools_list_redis", "tools/list",
                           ("uncached", {"pinning": "off", "cache": {"tools_list_ttl": 0}}),
@@ -153,4 +189,24 @@ def run_stdio(args: argparse.Namespace) -> dict:
             finally:
                 for gateway in gateways:
                     gateway.stop()
+    return results
+
+
+def run_guardrails(args: argparse.Namespace, folder: Path, only: list[str] | None) -> dict:
+    """A small tools/call and a 1 MiB result, without guardrails and with every local detector."""
+    results: dict = {}
+    runs = [("guardrails_call", {"name": "echo", "arguments": {"text": SMALL_TEXT}}, guarded("redact"), 1),
+            ("guardrails_1mib", {"name": "big", "arguments": {"size": MIB, "text": corpus_text()}}, guarded("log"), 25)]
+    for name, params, policy, fewer in runs:
+        if only and name not in only:
+            continue
+        gateways = []
+        try:
+            gateways.append(start_gateway(folder, f"{name}_off", {}))
+            gateways.append(start_gateway(folder, f"{name}_on", policy))
+            results[name] = compare(*gateways, "tools/call", max(10, args.n // fewer), max(4, args.rounds // 2),
+                                    warmup=max(5, 200 // fewer), params=params)
+        finally:
+            for gateway in gateways:
+                gateway.stop()
     return results

@@ -15,12 +15,16 @@ def test_policy_bench_reports_both_comparisons():
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert set(result["tools_list"]) == {"uncached", "cached", "ratio_of_medians"}
-    assert set(result["ping"]) == {"no_policy", "five_interceptors", "ratio_of_medians"}
+    assert set(result["tools_list"]) == {"uncached", "cached", "ratio_of_medians", "added_median_us"}
+    assert set(result["ping"]) == {"no_policy", "five_interceptors", "ratio_of_medians", "added_median_us"}
     for pair in ("tools_list", "ping"):
         for side, figures in result[pair].items():
-            if side != "ratio_of_medians":
+            if side not in ("ratio_of_medians", "added_median_us"):
                 assert figures["n"] == 60 and figures["median_us"] > 0
+    # guardrails: a small call and a 1 MiB result, each without and with every local detector
+    for pair, n in (("guardrails_call", 30 * 4), ("guardrails_1mib", 10 * 4)):
+        assert set(result[pair]) == {f"{pair}_off", f"{pair}_on", "ratio_of_medians", "added_median_us"}
+        assert result[pair][f"{pair}_on"]["n"] == n and result[pair][f"{pair}_on"]["median_us"] > 0
 
 
 def test_policy_bench_over_http_runs_each_pair_in_both_eras():

@@ -65,9 +65,11 @@ def build(name, log=None, ttl_ms=0):
             sent += 1
         return f"notified {sent}"
 
-    @server.tool("big", "Return a text of `size` bytes (for large-frame tests).", {"size": "integer"})
+    @server.tool("big", "Return a text of `size` characters: `text` repeated (default 'x'; for large-frame "
+                 "tests and the guardrails benchmark).", {"size": "integer", "text": "string"}, required=["size"])
     def big(req, args):
-        return "x" * need(args, "size", int)
+        size, text = need(args, "size", int), args.get("text") or "x"
+        return (text * (size // len(text) + 1))[:size]
 
     @server.tool("progress", "Send one progress notification per step, then return 'done'.",
                  {"steps": "integer"})
