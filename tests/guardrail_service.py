@@ -17,6 +17,7 @@ from the tests, and for a user's own webhook. What it says depends on markers in
   FAIL-MALFORMED  200 with a body that is not JSON
   FAIL-SHAPE      200 with JSON of the wrong shape
   FAIL-HUGE       200 with a 2 MiB JSON answer
+  DRIP            the answer one byte every 0.2 s (each read is quick, the whole is slow)
 
 Routes: `POST /guardrails/policy/detect` (enkrypt: the `apikey` header must be --api-key, else
 401 with {"error"}; `X-Enkrypt-Policy` must be present, else 400), `POST /webhook` (webhook:
@@ -141,6 +142,13 @@ def make_app(opts: argparse.Namespace, record: Record) -> Any:
             return await respond(200, {"summary": "all good"} if enkrypt else {"violations": [{"why": "?"}]})
         if "FAIL-HUGE" in text:
             return await respond(200, {"summary": {}, "details": {"padding": "x" * (2 << 20)}})
+        if "DRIP" in text:
+            start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            await send(start)
+            for byte in json.dumps(webhook_answer(text)).encode():
+                await send({"type": "http.response.body", "body": bytes([byte]), "more_body": True})
+                await trio.sleep(0.2)
+            return await send({"type": "http.response.body", "body": b""})
         await respond(200, enkrypt_answer(text) if enkrypt else webhook_answer(text))
 
     return app

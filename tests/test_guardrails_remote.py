@@ -124,6 +124,11 @@ async def test_timeout_in_both_fail_modes(service, on_error):
         assert trio.current_time() - start < 1.5
         assert_clean(verdict, "SLEEP=3 INJECT", "did not answer within 0.3s")
         assert settings.on_error == on_error    # the engine's decision, from the same verdict
+    # an answer that trickles in: every read is within httpx's timeout, the trio deadline ends it
+    start = trio.current_time()
+    verdict = await check(webhook(service.url, timeout=0.5, on_error=on_error), "DRIP INJECT")
+    assert trio.current_time() - start < 1.5
+    assert_clean(verdict, "DRIP INJECT", "did not answer within 0.5s")
 
 
 async def test_provider_failures(service):
@@ -201,8 +206,8 @@ def test_parse_remote_refusals():
         "$.guardrails.remote.policy: the enkrypt provider needs the name of a saved policy",
         "$.guardrails.remote.block: lists no detector, so the provider could never block",
         "$.guardrails.remote.timeout: must be more than 0 seconds"]
-    with pytest.raises(ConfigError, match=r"\$\.policies\.p\.remote\.api_key: references \$\{NOPE\}"):
+    with pytest.raises(ConfigError, match=r"\$\.guardrails\.p\.input\[0\]\.remote\.api_key: references \$\{NOPE\}"):
         parse_remote({"provider": "webhook", "url": "https://h", "api_key": "${NOPE}"}, {},
-                     where="policies.p.remote")
+                     where="$.guardrails.p.input[0].remote")
     with pytest.raises(ConfigError, match="'bad name' is not a detector name"):
         parse_remote({"provider": "webhook", "url": "https://h", "block": ["bad name"]}, {})

@@ -100,8 +100,9 @@ def parse_remote(d: Mapping[str, Any], environ: Mapping[str, str] | None = None,
     key and header values; the key and header values join the process-wide registry of secret
     values, so nothing the gateway writes can show them. Raises ConfigError for what the schema
     cannot say: a plain-http URL off loopback, an enkrypt provider without key, policy or block
-    list, an unset variable."""
+    list, an unset variable. `where` is the object's JSON path, for the messages."""
     env = dict(os.environ if environ is None else environ)
+    where = where.removeprefix("$.")
     provider = d.get("provider", "")
     problems: list[str] = []
     url = expand(str(d.get("url", "")), env, f"{where}.url")
@@ -217,7 +218,7 @@ class Provider(ABC):
                     data = b"".join(chunks)
             except httpx.TimeoutException:
                 return self._error(f"did not answer within {self.settings.timeout:g}s")
-            except httpx.HTTPError as exc:
+            except Exception as exc:    # httpx's errors, and what it lets through (ssl, OSError): all a verdict
                 return self._error(f"is unreachable ({type(exc).__name__}: {self._quote(str(exc), text)})")
         if scope.cancelled_caught:
             return self._error(f"did not answer within {self.settings.timeout:g}s")
