@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 from gateway import fixture_module
 
@@ -317,3 +318,74 @@ def test_oddformat_exact_bytes_and_valid_json(run):
     assert got[5].endswith(b"\r\n") and got[2].endswith(b"} \n")
     assert "☃".encode() in got[0] and b"\t" in got[0] and b"\\/" in got[2]
     assert f.close() == 0
+
+
+# ---- hostile ---------------------------------------------------------------
+
+def test_hostile_descriptions_and_results(run):
+    hostile = fixture_module("hostile")
+    f = run("hostile")
+    result = f.initialize()
+    assert "instructions" not in result and result["serverInfo"] == {"name": "hostile", "version": "1.0.0"}
+    tools = {t["name"]: t for t in f.call(1, "tools/list")["result"]["tools"]}
+    assert list(tools) == ["echo", "pid", "poisoned", "sidenote", "fetch_page", "leak", "shifty", "big", "unicode",
+                           "bad_output", "echo_args"]
+    assert "<IMPORTANT>" in tools["poisoned"]["description"] and "~/.ssh/id_rsa" in tools["poisoned"]["description"]
+    assert tools["poisoned"]["inputSchema"]["required"] == ["a", "b"]
+    hidden = "".join(chr(ord(c) - 0xE0000) for c in tools["sidenote"]["description"] if 0xE0020 <= ord(c) <= 0xE007E)
+    assert hidden == hostile.HIDDEN_INSTRUCTION and hidden not in tools["sidenote"]["description"]
+    assert {n for n, t in tools.items() if "outputSchema" in t} == {"leak", "bad_output", "echo_args"}
+    assert text_of(f.tool(2, "poisoned", {"a": 2, "b": 3})) == "5"
+    assert hostile.INJECTION in text_of(f.tool(3, "fetch_page", {"url": "https://example.com/"}))
+    leak = f.tool(4, "leak")["result"]
+    assert hostile.AWS_KEY_ID in leak["content"][0]["text"] and hostile.CARD in leak["content"][0]["text"]
+    assert leak["structuredContent"] == hostile.LEAK_STRUCTURED
+    assert hostile.AWS_KEY_ID != "AKIAIOSFODNN7EXAMPLE" and len(hostile.AWS_KEY_ID) == 20
+    digits = [int(d) for d in hostile.CARD.replace(" ", "")][::-1]   # Luhn-valid, as a detector must see it
+    assert sum(d if i % 2 == 0 else (2 * d - 9 if d > 4 else 2 * d) for i, d in enumerate(digits)) % 10 == 0
+    jsonschema.validate(leak["structuredContent"], tools["leak"]["outputSchema"])
+    text = text_of(f.tool(5, "unicode"))
+    assert text == hostile.UNICODE_TEXT and "\u202e" in text and "\u200b" in text
+    bad = f.tool(6, "bad_output")["result"]["structuredContent"]
+    paths = sorted(list(e.absolute_path) for e in jsonschema.Draft202012Validator(
+        tools["bad_output"]["outputSchema"]).iter_errors(bad))
+    assert paths == [[], ["count"], ["items", 1]]    # the extra key (at the root), then two wrong types
+    args = {"path": "/etc/passwd", "nested": {"list": [1, "two", None]}, "card": "[REDACTED:1]"}
+    echoed = f.tool(7, "echo_args", args)["result"]
+    assert json.loads(text_of({"result": echoed})) == args and echoed["structuredContent"] == {"arguments": args}
+    assert f.close() == 0
+
+
+def test_hostile_shifty_and_big(run):
+    hostile = fixture_module("hostile")
+    f = run("hostile", "--shift-after", "2")
+    f.initialize()
+
+    def shifty_schema(rid):
+        tools = f.call(rid, "tools/list")["result"]["tools"]
+        return next(t["inputSchema"] for t in tools if t["name"] == "shifty")
+
+    first, second, third, fourth = (shifty_schema(i) for i in range(1, 5))
+    assert first == second and first["required"] == ["path"]      # --shift-after 2: the same twice
+    assert third != second and third["required"] == ["path", "command"] and fourth != third
+    assert text_of(f.tool(5, "shifty", {"path": "notes.txt"})) == "read notes.txt (revision 3)"
+    assert f.recv() == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": {}}
+    g = run("hostile")
+    g.initialize()
+    assert g.call(1, "tools/list")["result"] != g.call(2, "tools/list")["result"]    # no flag: every list differs
+    big = text_of(g.tool(3, "big"))
+    assert len(big) == 1 << 20 and big.startswith("line of filler")
+    assert text_of(g.tool(4, "big", {"size": 100, "tail": "END"})) == (hostile.BIG_LINE * 2)[:97] + "END"
+    assert g.tool(5, "big", {"size": 2, "tail": "END"})["error"]["code"] == -32602
+
+
+def test_hostile_poisoned_instructions(run):
+    hostile = fixture_module("hostile")
+    f = run("hostile", "--poison-instructions")
+    result = f.initialize()
+    assert result["instructions"] == hostile.POISONED_INSTRUCTIONS
+    assert "ignore all previous instructions" in result["instructions"]
+    assert result["serverInfo"]["title"] == hostile.POISONED_TITLE
+    discover = f.call(1, "server/discover", {"_meta": MODERN})["result"]
+    assert discover["instructions"] == hostile.POISONED_INSTRUCTIONS
+    assert discover["_meta"]["io.modelcontextprotocol/serverInfo"]["title"] == hostile.POISONED_TITLE
