@@ -16,6 +16,7 @@ from typing import Any
 
 from wire_gateway.config.guardrails import GuardrailPolicy, GuardrailRule, ScanSettings
 from wire_gateway.guardrails.detectors import DETECTORS, Detect, Span, resolve
+from wire_gateway.guardrails.remote import RemoteSettings, parse_remote
 from wire_gateway.guardrails.walk import rewrite, strings
 
 META_KEY = "dev.wire-gateway/guardrails"
@@ -55,6 +56,18 @@ def flatten_scan(policy: str, scan: ScanSettings) -> Flat:
     return tuple((label(policy), scan.action, n, DETECTORS[n].detect) for n in resolve(scan.detectors))
 
 
+# A remote rule: its action ("block" | "log") and its provider's settings
+Remote = tuple[str, RemoteSettings]
+
+
+def remotes(policy: str, side: str, rules: tuple[GuardrailRule, ...]) -> tuple[Remote, ...]:
+    """The side's remote rules, their settings read now: a bad URL or an unset ${VAR} is a
+    config error at start-up, and the key joins the masked secrets before anything runs."""
+    where = f"servers.{policy[1:]}.guardrails" if policy.startswith(":") else f"guardrails.{policy}"
+    return tuple((r.action, parse_remote(r.remote, where=f"{where}.{side}[{i}].remote"))
+                 for i, r in enumerate(rules) if r.remote is not None)
+
+
 @dataclass(frozen=True)
 class Compiled:
     """One policy, ready to run."""
@@ -64,11 +77,14 @@ class Compiled:
     output: Flat
     scan_tools: Flat
     scan_server_info: Flat
+    remote_input: tuple[Remote, ...] = ()
+    remote_output: tuple[Remote, ...] = ()
 
     @classmethod
     def of(cls, policy: GuardrailPolicy) -> Compiled:
         return cls(policy, flatten(policy.name, policy.input), flatten(policy.name, policy.output),
-                   flatten_scan(policy.name, policy.scan_tools), flatten_scan(policy.name, policy.scan_server_info))
+                   flatten_scan(policy.name, policy.scan_tools), flatten_scan(policy.name, policy.scan_server_info),
+                   remotes(policy.name, "input", policy.input), remotes(policy.name, "output", policy.output))
 
     @property
     def label(self) -> str:

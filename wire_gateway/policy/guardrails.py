@@ -34,6 +34,7 @@ from wire_gateway.guardrails.engine import (
     restore,
     text_of,
 )
+from wire_gateway.guardrails.remote import Provider, RemoteSettings, RemoteVerdict, make_provider
 from wire_gateway.policy.chain import Call, Interceptor, Reply
 from wire_gateway.policy.output_schema import OutputSchemas
 from wire_gateway.policy.schema import canonical
@@ -64,7 +65,7 @@ class Guardrails(Interceptor):
         self.schemas = OutputSchemas(server, index)
         self.project_only = not own           # acts only for callers whose project adds a policy
         everything = [*own, *named.values()]
-        self.remote = any(c.policy.remote for c in everything)
+        self.remote = any(c.remote_input or c.remote_output for c in everything)
         info = any(c.scan_server_info for c in everything)
         self.response_methods = frozenset({"tools/call", "tools/list"} | (INFO_METHODS if info else set()))
         # The input side never waits, unless a provider is asked (then the chain runs in a task).
@@ -75,7 +76,7 @@ class Guardrails(Interceptor):
         self._tool_verdicts: dict[bytes, Hit | None] = {}
         self.poisoned: dict[str, Hit] = {}   # tools a blocking scan_tools removed, by name
         self._said: set[tuple[str, ...]] = set()
-        self._providers: dict[int, Any] = {}
+        self._providers: dict[int, Provider] = {}   # by id of the settings: one client per remote rule
 
     # ---- which policies apply --------------------------------------------------------------------
 
@@ -136,52 +137,57 @@ class Guardrails(Interceptor):
         reply = self._check_input(call) if call.method == "tools/call" else None
         if reply is not None or not self.remote or call.method != "tools/call":
             return reply
+        params = call.params      # as the local rules left them: a provider never sees what they redacted
+        text: str | None = None
         for policy in self.policies(call):
-            for rule in policy.policy.input:
-                if rule.remote is None:
-                    continue
-                provider = self._provider(rule)
-                text = text_of({k: call.params[k] for k in ("arguments", "inputResponses") if k in call.params})
+            for action, settings in policy.remote_input:
+                text = text if text is not None else text_of(
+                    {k: params[k] for k in ("arguments", "inputResponses") if k in params})
+                provider = self._provider(settings)
                 nursery = self._nursery()
-                if rule.remote.get("parallel") and nursery is not None and \
+                if settings.parallel and nursery is not None and \
                         self.index.annotations(call.tool or "").get("readOnlyHint") is True:
                     pending = _Pending()
-                    call.state.setdefault("parallel", []).append((policy, rule, pending))
+                    call.state.setdefault("parallel", []).append((policy, action, settings, pending))
                     nursery.start_soon(pending.run, provider, text, "input", self.server, call.tool)
                     continue
                 answer = await provider.check(text, direction="input", server=self.server, tool=call.tool)
-                reply = self._remote_verdict(call, policy, rule, answer, "input")
+                reply = self._remote_verdict(call, policy, action, settings, answer, "input")
                 if reply is not None:
                     return reply
         return None
 
-    def _provider(self, rule: Any) -> Any:
-        from wire_gateway.guardrails.remote import make_provider, parse_remote
-
-        provider = self._providers.get(id(rule))
+    def _provider(self, settings: RemoteSettings) -> Provider:
+        provider = self._providers.get(id(settings))
         if provider is None:
-            provider = self._providers[id(rule)] = make_provider(parse_remote(rule.remote))
+            provider = self._providers[id(settings)] = make_provider(settings)
         return provider
 
-    def _remote_verdict(self, call: Call, policy: Compiled, rule: Any, answer: Any, direction: str) -> Reply | None:
-        name = f"remote:{rule.remote['provider']}"
+    async def aclose(self) -> None:
+        for provider in self._providers.values():
+            await provider.aclose()
+        self._providers.clear()
+
+    def _remote_verdict(self, call: Call, policy: Compiled, action: str, settings: RemoteSettings,
+                        answer: RemoteVerdict, direction: str) -> Reply | None:
+        name = f"remote:{settings.provider}"
         if answer.error is not None:
-            fail_closed = rule.remote.get("on_error", "block") == "block"
+            fail_closed = settings.on_error == "block"
             log.warning("guardrails: server %s tool %s %s: provider %s failed (%s); %s", self.server, call.tool,
-                        direction, rule.remote["provider"], answer.error,
+                        direction, settings.provider, answer.error,
                         "blocking (on_error: block)" if fail_closed else "passing (on_error: allow)")
             if fail_closed:
                 return self._block(call, Hit(policy.label, name, "block"), direction,
-                                   "the remote guardrail provider could not judge the text "
-                                   "(it failed or timed out), and this policy fails closed, so the "
+                                   "the remote guardrail provider could not judge the text (it failed or timed "
+                                   "out) and this policy fails closed, so the "
                                    + ("arguments" if direction == "input" else "result"))
             return None
         if not answer.violations:
             return None
-        hit = Hit(policy.label, f"{name}/{answer.violations[0]}", rule.action)
+        hit = Hit(policy.label, f"{name}/{answer.violations[0]}", action)
         log.warning("guardrails: server %s tool %s %s: policy %s detector %s: %s", self.server, call.tool,
-                    direction, hit.policy, hit.detector, rule.action)
-        return self._block(call, hit, direction) if rule.action == "block" else None
+                    direction, hit.policy, hit.detector, action)
+        return self._block(call, hit, direction) if action == "block" else None
 
     def _block(self, call: Call, hit: Hit, direction: str, why: str | None = None) -> Reply:
         note = f"guardrails:block:{hit.policy}/{hit.detector}"
@@ -192,12 +198,13 @@ class Guardrails(Interceptor):
     async def on_response(self, call: Call, reply: Reply) -> Reply:
         method = call.method
         if method == "tools/call":
-            for policy, rule, pending in call.state.get("parallel", ()):
+            for policy, action, settings, pending in call.state.get("parallel", ()):
                 answer = await pending.wait()
-                blocked = self._remote_verdict(call, policy, rule, answer, "input")
+                blocked = self._remote_verdict(call, policy, action, settings, answer, "input")
                 if blocked is not None:
                     return blocked
-            return self._result(call, reply)
+            reply = self._result(call, reply)
+            return await self._remote_output(call, reply) if self.remote else reply
         if method == "tools/list":
             return self._tools(call, reply)
         if method in INFO_METHODS:
@@ -236,6 +243,22 @@ class Guardrails(Interceptor):
         if new is value:
             return reply
         return Reply({**reply.msg, side: new}, None, note=verdict.note or reply.note or "guardrails:restore")
+
+    async def _remote_output(self, call: Call, reply: Reply) -> Reply:
+        """Remote output rules, on the result as the local rules left it (masks in, placeholders
+        of the input restored: the client's own data, which the answer is about to carry anyway)."""
+        if reply.gateway or (reply.note is not None and reply.note.startswith("guardrails:block")):
+            return reply
+        text: str | None = None
+        for policy in self.policies(call):
+            for action, settings in policy.remote_output:
+                text = text if text is not None else text_of(reply.msg.get("result", reply.msg.get("error")))
+                answer = await self._provider(settings).check(text, direction="output", server=self.server,
+                                                              tool=call.tool)
+                blocked = self._remote_verdict(call, policy, action, settings, answer, "output")
+                if blocked is not None:
+                    return blocked
+        return reply
 
     def _tools(self, call: Call, reply: Reply) -> Reply:
         result = reply.result_dict
@@ -335,15 +358,15 @@ class _Pending:
 
     def __init__(self) -> None:
         self.event = trio.Event()
-        self.answer: Any = None
+        self.answer = RemoteVerdict(error="the check did not finish")
 
-    async def run(self, provider: Any, text: str, direction: str, server: str, tool: str | None) -> None:
+    async def run(self, provider: Provider, text: str, direction: str, server: str, tool: str | None) -> None:
         try:
             self.answer = await provider.check(text, direction=direction, server=server, tool=tool)
         finally:
             self.event.set()
 
-    async def wait(self) -> Any:
+    async def wait(self) -> RemoteVerdict:
         await self.event.wait()
         return self.answer
 

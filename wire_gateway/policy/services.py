@@ -68,6 +68,11 @@ class Services:
                 task_status.started()
             finally:
                 self._nursery = None
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):   # remote providers' connections
+                    for chain in self.chains.values():
+                        for x in chain.interceptors if chain is not None else ():
+                            if isinstance(x, Guardrails):
+                                await x.aclose()
 
     def chain_for(self, spec: ServerSpec) -> Chain | None:
         """The server's chain, built once; None when it configures no interceptor."""
