@@ -45,6 +45,7 @@ from wire_gateway.wire.frame import Frame, Kind
 log = logging.getLogger("wire_gateway.guardrails")
 
 INFO_METHODS = frozenset({"initialize", "server/discover"})
+MODERN_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 MAX_VERDICTS = 4096
 
 
@@ -315,17 +316,26 @@ class Guardrails(Interceptor):
                        "they are withheld from clients" if hit.action == "redact" else "logged only")
             if hit.action == "redact":
                 del out["instructions"]
-        info = result.get("serverInfo")
-        if isinstance(info, dict):
+        # legacy: result.serverInfo; modern (server/discover): result._meta["io.modelcontextprotocol/serverInfo"]
+        meta = result.get("_meta") if isinstance(result.get("_meta"), dict) else None
+        for holder in (out, meta):
+            key = "serverInfo" if holder is out else MODERN_SERVER_INFO
+            info = holder.get(key) if holder is not None else None
+            if not isinstance(info, dict):
+                continue
             words = {k: info[k] for k in ("name", "title", "description") if k in info}
             verdict = judge(words, tuple((p, "redact" if a == "redact" else "log", n, d) for p, a, n, d in flat),
                             placeholders=False)
             if verdict.hits:
-                self._once(("info-name", *sorted(h.detector for h in verdict.hits)), logging.WARNING,
-                           "guardrails: server %s: its serverInfo matched detector(s) %s",
-                           self.server, ", ".join(sorted({h.detector for h in verdict.hits})))
+                found = sorted({h.detector for h in verdict.hits})
+                self._once(("info-name", *found), logging.WARNING,
+                           "guardrails: server %s: its serverInfo matched detector(s) %s", self.server,
+                           ", ".join(found))
             if verdict.value is not words:
-                out["serverInfo"] = {**info, **verdict.value}
+                if holder is out:
+                    out["serverInfo"] = {**info, **verdict.value}
+                elif meta is not None:
+                    out["_meta"] = {**meta, key: {**info, **verdict.value}}
         if out == result:
             return reply
         return reply.with_result(out, "guardrails:scan_server_info")
