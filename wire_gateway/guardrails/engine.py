@@ -32,6 +32,8 @@ def label(policy: str) -> str:
 
 
 def _custom(rule: GuardrailRule) -> list[tuple[str, Detect]]:
+    if not (rule.keywords or rule.patterns):
+        return []
     from wire_gateway.guardrails.detectors import custom
 
     out = []
