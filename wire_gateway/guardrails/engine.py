@@ -180,11 +180,9 @@ def judge(value: Any, flat: Flat, placeholders: bool) -> Verdict:
         return "".join(parts)
 
     try:
-        verdict.value = rewrite(value, replace)
+        verdict.value = rewrite(value, replace, None, verdict.skipped)
     except Blocked as blocked:
         verdict.block, verdict.value, verdict.restore = blocked.hit, value, {}
-    for _ in strings(value, verdict.skipped):     # what was left out, for the log (binary is rare)
-        pass
     return verdict
 
 

@@ -50,9 +50,9 @@ def strings(value: Any, skipped: list[str] | None = None, key: str | None = None
 Replace = Callable[[str, "str | None"], str]
 
 
-def rewrite(value: Any, replace: Replace, key: str | None = None) -> Any:
+def rewrite(value: Any, replace: Replace, key: str | None = None, skipped: list[str] | None = None) -> Any:
     """`value` with every string s (binary payloads excepted) replaced by replace(s, key);
-    the same object wherever nothing changed."""
+    the same object wherever nothing changed. `skipped` collects binary payloads, as in `strings`."""
     if isinstance(value, str):
         return replace(value, key)
     if isinstance(value, dict):
@@ -60,8 +60,10 @@ def rewrite(value: Any, replace: Replace, key: str | None = None) -> Any:
         out: dict[str, Any] | None = None
         for k, v in value.items():
             if k == binary:
+                if skipped is not None:
+                    skipped.append("blob" if k == "blob" else str(value.get("type")))
                 continue
-            new = rewrite(v, replace, k)
+            new = rewrite(v, replace, k, skipped)
             if new is not v:
                 if out is None:
                     out = dict(value)
@@ -70,7 +72,7 @@ def rewrite(value: Any, replace: Replace, key: str | None = None) -> Any:
     if isinstance(value, list):
         items: list[Any] | None = None
         for i, v in enumerate(value):
-            new = rewrite(v, replace, key)
+            new = rewrite(v, replace, key, skipped)
             if new is not v:
                 if items is None:
                     items = list(value)
