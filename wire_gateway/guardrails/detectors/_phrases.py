@@ -190,6 +190,7 @@ def _after(*words: str) -> str:
     return "(?:" + "|".join(f"(?<={re.escape(w)})" for w in words) + ")"
 
 
+_MODE_LEAD = _rx(r"(?:dan|jailbreak|jailbroken|developer|dev)\s+$")
 _NEW_WHAT = _after(*(w + " instruction" for w in (
     "new", "updated", "revised", "real", "actual", "true", "secret", "hidden", "system", "admin", "developer")))
 
@@ -214,7 +215,8 @@ _FAMILIES: tuple[tuple[str, re.Pattern[str], dict[str, tuple[str, Check]]], ...]
         r"s?\s*(?::|=|-+\s))"
         rf"|(?P<in_changed>{_after('your instruction')}s\s+{_CHANGED}"
         rf"|{_after('your new instruction')}s\s+(?:is|are)\b)"),
-     {"in_new": (IO, _plain), "in_changed": (IO, _plain)}),
+     {"in_new": (IO, _lead(_rx(r"(?:new|updated|revised|real|actual|true|secret|hidden|system|admin|developer)\s+$"))),
+      "in_changed": (IO, _lead(_rx(r"your\s+(?:new\s+)?$")))}),
     ("you", _family("you", rf"(?P<yu_now>\s+must\s+now\s+{_NOW_VERB})"
                     r"|(?P<yu_task>r\s+new\s+(?:instructions|task|goal|objective|directives?|role)\s+(?:is|are)\b"
                     rf"|r\s+(?:task|goal|objective|directives?)\s+{_CHANGED})"
@@ -242,13 +244,13 @@ _FAMILIES: tuple[tuple[str, re.Pattern[str], dict[str, tuple[str, Check]]], ...]
      {"ac_dan": (RP, _plain), "ac": (RP, _lead(_IMPERATIVE))}),
     ("behave", _family("behave", rf"(?P<bh>\s+(?:as|like)\s+{_ACT})"), {"bh": (RP, _lead(_IMPERATIVE))}),
     ("as dan", _family("as dan", rf"(?P<ad>\b{_after('respond as dan', 'answer as dan', 'reply as dan')})"),
-     {"ad": (RP, _plain)}),
+     {"ad": (RP, _lead(_rx(r"(?:respond|answer|reply)\s+$")))}),
     ("do anything now", _family("do anything now", r"(?P<dan>\b)"), {"dan": (RP, _plain)}),
     ("mode", _family("mode", rf"(?P<md>{_after('dan mode', 'jailbreak mode', 'jailbroken mode')})"
                      rf"|(?P<md_dev>{_after('developer mode', 'dev mode')}\s+(?:enabled|output|activated|on)\b)"),
-     {"md": (RP, _plain), "md_dev": (RP, _plain)}),
+     {"md": (RP, _lead(_MODE_LEAD)), "md_dev": (RP, _lead(_MODE_LEAD))}),
     ("character", _family("character", f"(?P<ch>{_after('stay in character', 'staying in character')})"),
-     {"ch": (RP, _plain)}),
+     {"ch": (RP, _lead(_rx(r"(?:stay|staying)\s+in\s+$")))}),
     ("above", _family("above", r"(?P<ab>\b)"), {"ab": (RP, _above)}),
 )
 _FOREIGN_FAMILIES: tuple[tuple[str, re.Pattern[str], dict[str, tuple[str, Check]]], ...] = (

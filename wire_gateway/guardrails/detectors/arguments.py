@@ -16,7 +16,7 @@ import re
 import unicodedata
 from urllib.parse import unquote
 
-from wire_gateway.guardrails.detectors._text import anchored, lowered, merged
+from wire_gateway.guardrails.detectors._text import lowered, merged
 from wire_gateway.guardrails.detectors.base import Detector, Span
 
 _rx = re.compile
@@ -56,8 +56,9 @@ _R_SUBST = _rx(r"\$\(\s*(?:sudo\s+)?(?:curl|wget|whoami|id|uname|cat|nc|ncat|bas
 _R_BACKTICK = _rx(rf"`\s*({_CMD}[^`\n]{{0,200}})`")
 _R_PIPE_SHELL = _rx(r"\|\s*(?:sudo\s+)?(?:sh|bash|zsh|dash|ksh)\b(?!\s*\|)(?!\s*[-\w]*\s*\|)")
 _R_FETCH_SUBST = _rx(r"\$\(\s*(?:curl|wget)\b")
-_R_REDIRECT = _rx(r">{1,2}\s*(?:/etc/|/root/|/var/spool/cron|/boot/|/bin/|/usr/s?bin/|~/\.(?:ssh|bashrc|profile"
-                  r"|bash_profile|zshrc)|/home/[\w.-]+/\.(?:ssh|bashrc|profile)|\S*authorized_keys|/dev/(?:tcp|udp)/)")
+_R_REDIRECT = _rx(r">>?\s*(?:/etc/|/root/|/var/spool/cron|/boot/|/bin/|/usr/s?bin/|~/\.(?:ssh|bashrc|profile"
+                  r"|bash_profile|zshrc)|/home/[\w.-]+/\.(?:ssh|bashrc|profile)|/dev/(?:tcp|udp)/)")
+_R_REDIRECT_KEYS = _rx(r">>?\s*[\w.~/-]{0,80}authorized_keys")
 _R_DEVTCP = _rx(r"/dev/(?:tcp|udp)/[\w.-]+/\d+")
 _SEP_CHARS = ";&|\n\r%$`>/"
 
@@ -99,6 +100,9 @@ def _shell_injection(text: str, key: str | None) -> list[Span]:
     if ">" in low:
         for m in _R_REDIRECT.finditer(low):
             found[m.start()] = m.end()
+        if "authorized_keys" in low:
+            for m in _R_REDIRECT_KEYS.finditer(low):
+                found[m.start()] = m.end()
     if "/dev/" in low:
         for m in _R_DEVTCP.finditer(low):
             found[m.start()] = m.end()
@@ -124,8 +128,8 @@ def _table_cell(low: str, end: int) -> bool:
 # ~/.aws/credentials, C:\Windows\System32): an argument naming them is worth a look whatever
 # the sentence around it says. Source imports in code (`from '../../lib/x'`) are prose-shaped and
 # pass unless they reach a sensitive path.
-_ENCODED = _rx(r"%(?:25)?2e%(?:25)?2e(?:%(?:25)?(?:2f|5c)|[/\\])|\.\.(?:%(?:25)?(?:2f|5c)|%c0%af|%c1%9c|%c0%2f|;/)"
-               r"|%(?:25)?2e\.|\.%(?:25)?2e|%c0%ae%c0%ae|%uff0e%uff0e|\.{3,4}[/\\]{1,2}\.{2,4}[/\\]")
+_ENC_PCT = _rx(r"%(?:(?:25)?2e(?:%(?:25)?2e(?:%(?:25)?(?:2f|5c)|[/\\])|\.)|c0%ae%c0%ae|uff0e%uff0e)")
+_ENC_DOT = _rx(r"\.(?:\.(?:%(?:25)?(?:2f|5c)|%c0%af|%c1%9c|%c0%2f|;/)|%(?:25)?2e|\.{2,3}[/\\]{1,2}\.{2,4}[/\\])")
 _SENSITIVE = (r"(?:etc/(?:passwd|shadow|sudoers|master\.passwd|gshadow)|proc/self/|\.ssh/|\.ssh\b|root/\."
               r"|var/run/secrets/"
               r"|\.aws/credentials|\.docker/config\.json|\.kube/config|\.netrc|\.git-credentials|\.pgpass"
@@ -151,8 +155,11 @@ def _escapes(path: str) -> bool:
 def _path_traversal(text: str, key: str | None) -> list[Span]:
     low = lowered(text)
     found: dict[int, int] = {}
-    if "%" in low or "...." in low or "..;" in low:
-        for m in _ENCODED.finditer(low):
+    if "%" in low:
+        for m in _ENC_PCT.finditer(low):
+            found[m.start()] = m.end()
+    if ".." in low or ".%" in low:
+        for m in _ENC_DOT.finditer(low):
             found[m.start()] = m.end()
     norm = low.replace("\\", "/") if "\\" in low else low
     if _maybe_sensitive(norm):
@@ -237,6 +244,8 @@ def _internal_host(host: str) -> bool:
         return False
     if host in _LOOPBACK_NAMES or host.endswith((".localhost", ".internal")):
         return True
+    if not (host[0].isdigit() or ":" in host or host.endswith((".nip.io", ".sslip.io", ".xip.io"))):
+        return False
     embedded = _R_EMBEDDED_IP.search(host)
     if embedded:
         host = embedded.group(1).replace("-", ".")
@@ -307,17 +316,21 @@ _AFTER_QUOTE = (rf"\s*\)*\s*(?:(?:or|and|\|\||&&|xor)\s+{_COND}|union{_SP}(?:all
                 r"|(?:--|#|/\*)|order\s+by\s+\d|group\s+by\s+\w+\s+having|procedure\s+analyse|into\s+(?:out|dump)file"
                 r"|\+\s*(?:select|sleep|convert)\b|\|\|\s*\(?\s*select\b)")
 _R_QUOTE = {"'": _rx("'" + _AFTER_QUOTE), '"': _rx('"' + _AFTER_QUOTE)}
-_R_TAUTOLOGY = _rx(r"\b(?:or|\|\|)\s+\(?\s*(?P<q>['\"]?)(?P<v>\w*)(?P=q)\s*=\s*(?P=q)(?P=v)(?P=q)?(?!\w)")
+_R_TAUTOLOGY = _rx(r"or(?<!\wor)\s+\(?\s*(?P<q>['\"]?)(?P<v>\w*)(?P=q)\s*=\s*(?P=q)(?P=v)(?P=q)?(?!\w)")
 _R_NUMERIC = _rx(rf"\s*-?\d+\s*\)?\s*(?:(?:or|and)\s+(?:\d+\s*(?:=|<|>)|\(\s*select\b)|union{_SP}(?:all{_SP})?select\b"
                  rf"|;\s*{_STACK})")
 _R_UNION = _rx(rf"union{_SP}(?:all{_SP})?select{_SP}(?:null\b|\d+\s*,|@@|user\(|version\(|database\(|concat"
                r"|group_concat"
                r"|load_file|table_name|column_name|char\(|[\w,\s]*from\s+information_schema)")
-_R_TIME = _rx(r"(?:\b(?:and|or|select|if\s*\()|[,(;=]|\|\||&&)\s*\(?\s*sleep\s*\(\s*\d|\bpg_sleep\s*\("
-              r"|\bwaitfor\s+delay\s+'"
-              r"|\bbenchmark\s*\(\s*\d{5,}|\bdbms_pipe\.receive_message|\bdbms_lock\.sleep|\bexec(?:ute)?\s+(?:master\.\.)?"
-              r"xp_cmdshell")
-_TIME_KEYS = ("sleep", "waitfor", "benchmark", "dbms_", "xp_cmdshell")
+# time-based and command functions: (literal, regex from it, what must come right before or None)
+_R_SLEEP_LEAD = _rx(r"(?:\b(?:and|or|select|if\s*\()|[,(;=]|\|\||&&|pg_)\s*\(?\s*$")
+_TIME: tuple[tuple[str, re.Pattern[str], re.Pattern[str] | None], ...] = (
+    ("sleep", _rx(r"sleep\s*\(\s*\d"), _R_SLEEP_LEAD),
+    ("waitfor", _rx(r"waitfor\s+delay\s+'"), None),
+    ("benchmark", _rx(r"benchmark\s*\(\s*\d{5,}"), None),
+    ("dbms_", _rx(r"dbms_(?:pipe\.receive_message|lock\.sleep)"), None),
+    ("xp_cmdshell", _rx(r"xp_cmdshell"), _rx(r"\bexec(?:ute)?\s+(?:master\.\.)?$")),
+)
 
 
 def _sql_injection(text: str, key: str | None) -> list[Span]:
@@ -332,19 +345,24 @@ def _sql_injection(text: str, key: str | None) -> list[Span]:
                 if _breaks_out(low, m.start(), odd, m.group()):
                     found[m.start()] = m.end()
     if "=" in low:
-        for m in anchored(low, "=", _R_TAUTOLOGY, 40, 40):
+        for m in _R_TAUTOLOGY.finditer(low):
             found[m.start()] = m.end()
-    lead = _R_NUMERIC.match(low)
-    if lead is not None:
-        found[lead.start() + len(lead.group()) - len(lead.group().lstrip())] = lead.end()
+    number = _R_NUMERIC.match(low)
+    if number is not None:
+        found[number.start() + len(number.group()) - len(number.group().lstrip())] = number.end()
     if "union" in low:
-        for m in anchored(low, "union", _R_UNION, 0, 200):
+        for m in _R_UNION.finditer(low):
             found[m.start()] = m.end()
-    for k in _TIME_KEYS:
-        if k in low:
-            for m in anchored(low, k, _R_TIME, 30, 40):
-                found[m.start()] = m.end()
-            break
+    for literal, rx, lead in _TIME:
+        if literal in low:
+            for m in rx.finditer(low):
+                start = m.start()
+                if lead is not None:
+                    before = lead.search(low, max(0, start - 30), start)
+                    if before is None:
+                        continue
+                    start = before.start()
+                found[start] = m.end()
     return merged("sql_injection", found)
 
 

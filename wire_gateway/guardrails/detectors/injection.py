@@ -7,9 +7,9 @@ prompt, characters a reader cannot see, and the markup of tool-poisoning attacks
 talks about these things ("you can ignore the previous warning", "the system prompt is set in
 settings.yaml") is left alone; the lines drawn are written next to each rule.
 
-Each phrase detector finds literal keywords in one lowered copy of the string and runs its
-regexes only on windows around them (`_text.anchored`): this keeps a 100-character string under
-2 us and a 1 MiB string to a few `str.find` passes.
+The two phrase detectors share one scan of the string (`_phrases`, where their rules and the
+lines they draw are written); the other two work on characters and markup and say their lines
+below.
 """
 from __future__ import annotations
 
@@ -42,6 +42,11 @@ def _role_play(text: str, key: str | None) -> list[Span]:
 # an emoji subdivision flag (U+1F3F4 followed by tag letters and U+E007F, England's flag).
 # The right-to-left marks U+200E/U+200F are not flagged: RTL text uses them legitimately.
 _R_INVISIBLE = _rx("[\u200b-\u200d\u2060\ufeff\u202a-\u202e\u2066-\u2069\U000e0000-\U000e007f]+")
+# The same characters in UTF-8, each class behind a literal first byte: on a long string, `re`
+# walking the str with a character class costs ~10 ms/MiB, encoding it and searching the bytes
+# for literal prefixes a fifth of that.
+_B_INVISIBLE = (re.compile(rb"\xe2(?:\x80[\x8b-\x8d\xaa-\xae]|\x81[\xa0\xa6-\xa9])"),
+                re.compile(rb"\xef\xbb\xbf"), re.compile(rb"\xf3\xa0[\x80\x81]"))
 _TAG_FLAG = _rx("\U0001f3f4[\U000e0030-\U000e0039\U000e0061-\U000e007a]{2,7}\U000e007f")
 
 
@@ -59,13 +64,34 @@ def _joiner_ok(text: str, start: int, end: int) -> bool:
             and unicodedata.category(before)[0] in "LM" and unicodedata.category(after)[0] in "LM")
 
 
+def _runs(text: str) -> list[tuple[int, int]]:
+    """The runs of invisible characters, as (start, end) character offsets."""
+    if len(text) < 4096:
+        return [m.span() for m in _R_INVISIBLE.finditer(text)]
+    data = text.encode("utf-8", "surrogatepass")
+    hits = sorted(m.start() for rx in _B_INVISIBLE for m in rx.finditer(data))
+    runs: list[tuple[int, int]] = []
+    char, byte = 0, 0
+    for hit in hits:
+        if hit < byte:
+            continue    # inside the run found last
+        char += len(data[byte:hit].decode("utf-8", "surrogatepass"))
+        m = _R_INVISIBLE.match(text, char)
+        if m is None:
+            byte = hit
+            continue
+        runs.append(m.span())
+        byte = hit + len(m.group().encode("utf-8"))
+        char = m.end()
+    return runs
+
+
 def _invisible_unicode(text: str, key: str | None) -> list[Span]:
     if text.isascii():
         return []
     out = []
     flags: list[tuple[int, int]] | None = None
-    for m in _R_INVISIBLE.finditer(text):
-        start, end = m.span()
+    for start, end in _runs(text):
         if start == 0 and end == 1 and text[0] == "\ufeff":
             continue
         if _joiner_ok(text, start, end):
