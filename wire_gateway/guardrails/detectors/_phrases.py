@@ -211,6 +211,7 @@ _FAMILIES: tuple[tuple[str, re.Pattern[str], dict[str, tuple[str, Check]]], ...]
     ("forget", _family("forget", rf"(?P<fg>(?:ting)?{_CANCEL})|(?P<fg_above>{_ABOVE})"),
      {"fg": (IO, _plain), "fg_above": (IO, _lead(_PERMISSIVE, unless=True))}),
     ("overrid", _family("overrid", rf"(?P<ov>(?:e|ing){_CANCEL})"), {"ov": (IO, _plain)}),
+    ("bypass", _family("bypass", rf"(?P<bp>(?:ing)?{_CANCEL})"), {"bp": (IO, _plain)}),
     ("instruction", _family("instruction", rf"(?P<in_new>{_NEW_WHAT}"
         r"s?\s*(?::|=|-+\s))"
         rf"|(?P<in_changed>{_after('your instruction')}s\s+{_CHANGED}"
@@ -261,27 +262,31 @@ _FOREIGN_FAMILIES: tuple[tuple[str, re.Pattern[str], dict[str, tuple[str, Check]
                     r"(?:инструкции|указания|команды))"), {"ru": (IO, _plain)}),
 )
 
-_last: tuple[str, dict[str, list[Span]]] = ("", {IO: [], RP: []})
+_NONE: tuple[tuple[Span, ...], tuple[Span, ...]] = ((), ())
+_last: tuple[str, tuple[tuple[Span, ...], tuple[Span, ...]]] = ("", _NONE)
 
 
-def phrases(text: str) -> dict[str, list[Span]]:
-    """{"instruction_override": spans, "role_play": spans} for `text` (cached for the last text)."""
+def phrases(text: str) -> tuple[tuple[Span, ...], tuple[Span, ...]]:
+    """(instruction_override spans, role_play spans) in `text` (cached for the last text)."""
     global _last
     last = _last
     if last[0] is text:
         return last[1]
     low = lowered(text)
-    found: dict[str, dict[int, int]] = {IO: {}, RP: {}}
-    big = len(low) > 4096   # on a long text the regex's own literal search replaces the `in` test
     families = _FAMILIES if text.isascii() else _FAMILIES + _FOREIGN_FAMILIES
-    for literal, rx, rules in families:
-        if big or literal in low:
+    if len(low) <= 4096:    # on a long text the regex's own literal search stands in for the `in` test
+        families = tuple(f for f in families if f[0] in low)
+    out = _NONE
+    if families:
+        found: dict[str, dict[int, int]] = {IO: {}, RP: {}}
+        for _, rx, rules in families:
             for m in rx.finditer(low):
                 detector, check = rules[m.lastgroup or ""]
                 hit = check(low, m)
                 if hit is not None:
                     spans = found[detector]
                     spans[hit[0]] = max(spans.get(hit[0], 0), hit[1])
-    out = {IO: merged(IO, found[IO]), RP: merged(RP, found[RP])}
+        if found[IO] or found[RP]:
+            out = (tuple(merged(IO, found[IO])), tuple(merged(RP, found[RP])))
     _last = (text, out)
     return out

@@ -40,7 +40,7 @@ _CMD = (r"(?:sudo\s+)?(?:(?:whoami|uname|ifconfig|ipconfig|printenv|id|hostname)
         rf"|net{_WS}(?:user|localgroup|view)\b|rm{_WS}(?:-[a-z]*[rf]|/)"
         rf"|(?:cat|head|tail|more|less|tac|nl|strings|base64|xxd|od|type){_WS}(?:-\w+\s+)?(?:/|~|\.{{1,2}}[/\\]"
         r"|[a-z]:\\|\$|[\w.-]+\.(?:txt|conf|cfg|ini|log|env|pem|key|sh|py|json|ya?ml|xml|php|db|sql|bak)\b)"
-        rf"|(?:chmod|chown){_WS}[+\w]|(?:sh|bash|zsh|dash|ksh|csh|tcsh)(?=\s*(?:\Z|[;&|)`\n])|\s+-[ci]|\s+/|\s+<)"
+        rf"|tee{_WS}(?:-a\s+)?(?:/etc/|/root/|~/\.|/var/spool/cron|/usr/|/bin/)|(?:chmod|chown){_WS}[+\w]|(?:sh|bash|zsh|dash|ksh|csh|tcsh)(?=\s*(?:\Z|[;&|)`\n])|\s+-[ci]|\s+/|\s+<)"
         rf"|(?:python[23]?|perl|ruby|php|node|lua){_WS}-[cer]\b|sleep{_WS}\d|mkfifo\b|eval\s|exec\s"
         r"|su\s+-|dd\s+if=|kill\s+-|shutdown\b|reboot\b|crontab\s|useradd\s|nohup\s|xterm\b|export\s+\w+=)")
 _R_SEP: dict[str, re.Pattern[str]] = {
@@ -161,8 +161,9 @@ def _path_traversal(text: str, key: str | None) -> list[Span]:
     if ".." in low or ".%" in low:
         for m in _ENC_DOT.finditer(low):
             found[m.start()] = m.end()
-    norm = low.replace("\\", "/") if "\\" in low else low
-    if _maybe_sensitive(norm):
+    backslash = "\\" in low
+    norm = low.replace("\\", "/") if backslash else low
+    if (backslash or "/" in low) and _maybe_sensitive(norm):
         for m in _R_SENSITIVE.finditer(norm):
             start = m.start()
             while start > 0 and m.start() - start < 200 and norm[start - 1] not in _TOKEN_STOP:
@@ -182,7 +183,10 @@ _SENSITIVE_KEYS = ("/etc/", "/proc/", ".ssh", "secrets/", ".aws", ".docker", ".k
 
 
 def _maybe_sensitive(norm: str) -> bool:
-    return any(k in norm for k in _SENSITIVE_KEYS)
+    for k in _SENSITIVE_KEYS:
+        if k in norm:
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +351,7 @@ def _sql_injection(text: str, key: str | None) -> list[Span]:
     if "=" in low:
         for m in _R_TAUTOLOGY.finditer(low):
             found[m.start()] = m.end()
-    number = _R_NUMERIC.match(low)
+    number = _R_NUMERIC.match(low) if low[:1].isdigit() or low[:1] in " -\t\n" else None
     if number is not None:
         found[number.start() + len(number.group()) - len(number.group().lstrip())] = number.end()
     if "union" in low:

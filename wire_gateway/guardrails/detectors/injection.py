@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from wire_gateway.guardrails.detectors._phrases import IO, RP, phrases
+from wire_gateway.guardrails.detectors._phrases import phrases
 from wire_gateway.guardrails.detectors._text import lowered, merged
 from wire_gateway.guardrails.detectors.base import Detector, Span
 
@@ -24,11 +24,11 @@ _rx = re.compile
 
 
 def _instruction_override(text: str, key: str | None) -> list[Span]:
-    return phrases(text)[IO]
+    return list(phrases(text)[0])
 
 
 def _role_play(text: str, key: str | None) -> list[Span]:
-    return phrases(text)[RP]
+    return list(phrases(text)[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ _CHAT = (r"<\|(?:im_start|im_end|im_sep|system|user|assistant|endoftext|eot_id|s
          r"|begin_of_text|end_of_text|fim_prefix|tool_call|eom_id)\|?>|<<\s*/?sys\s*>>|</?start_of_turn>|</?end_of_turn>")
 _R_CHAT = _rx(_CHAT)
 _R_BRACKET = _rx(r"\[/?inst\]|\[/?sys\]|\[system\]\(#[\w-]+\)|\[/?system[_ ]prompt\]")
-_R_PSEUDO = _rx(r"<(important|system|instructions?|sys|secret|hidden|admin|system[-_]?prompt|system[-_]?message"
+_R_PSEUDO = _rx(r"<(important|system(?:[-_][a-z]+)?|instructions?|sys|secret|hidden|admin"
                 r"|assistant[-_]?instructions|tool[-_]?instructions|ai[-_]?instructions|mandatory|critical)(?:\s[^<>]{0,60})?>")
 _R_COMMENT = _rx(r"<!--(.{0,4000}?)-->", re.S)
 _R_DIRECTIVE = _rx(
@@ -132,7 +132,7 @@ _R_DIRECTIVE = _rx(
     r"|\binstructions?\s+for\s+(?:the\s+)?(?:ai|assistant|llm|agent|model)\b|\bexfiltrat")
 _R_HIDDEN_TAG = _rx(r"<([a-z][a-z0-9]*)\b([^<>]{0,400}?)>")
 _R_HIDDEN_STYLE = _rx(r"\bstyle\s*=\s*[\"'][^\"']*(?:display\s*:\s*none|visibility\s*:\s*hidden"
-                      r"|font-size\s*:\s*0(?![.\d])"
+                      r"|font-size\s*:\s*(?:0|1px|1pt)(?![.\d])"
                       r"|opacity\s*:\s*0(?:\.0+)?(?![.\d])|color\s*:\s*transparent|(?:left|top|text-indent)\s*:\s*-\d{3,}"
                       r"|(?:height|width|max-height)\s*:\s*0(?![.\d])[^\"']*overflow\s*:\s*hidden)|\shidden(?:\s|=|/|$)")
 _VOID = frozenset(("img", "input", "br", "hr", "meta", "link", "source", "area", "base", "col", "embed", "track",
