@@ -12,7 +12,7 @@ The lines drawn for each rule are written next to it; injection.py says what the
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from wire_gateway.guardrails.detectors._text import lowered, merged
 from wire_gateway.guardrails.detectors.base import Span
@@ -195,7 +195,8 @@ _NEW_WHAT = _after(*(w + " instruction" for w in (
     "new", "updated", "revised", "real", "actual", "true", "secret", "hidden", "system", "admin", "developer")))
 
 # (literal, regex, {group: (detector, check)}); a regex's top-level named groups are its rules.
-_FAMILIES: tuple[tuple[str, re.Pattern[str], dict[str, tuple[str, Check]]], ...] = (
+Family = tuple[str, re.Pattern[str], dict[str, tuple[str, Check]]]
+_FAMILIES: tuple[Family, ...] = (
     ("ignor", _family("ignor", rf"(?P<ig>(?:e|ing)(?:{_CANCEL}|{_USER}))|(?P<ig_above>e{_ABOVE})"
                       r"|(?P<ig_fr>e[zr]?\s+(?:toutes\s+)?(?:les|tes|vos)\s+(?:instructions|consignes|directives)\s+"
                       r"(?:pr.c.dentes|ant.rieures|ci-dessus))"
@@ -254,7 +255,7 @@ _FAMILIES: tuple[tuple[str, re.Pattern[str], dict[str, tuple[str, Check]]], ...]
      {"ch": (RP, _lead(_rx(r"(?:stay|staying)\s+in\s+$")))}),
     ("above", _family("above", r"(?P<ab>\b)"), {"ab": (RP, _above)}),
 )
-_FOREIGN_FAMILIES: tuple[tuple[str, re.Pattern[str], dict[str, tuple[str, Check]]], ...] = (
+_FOREIGN_FAMILIES: tuple[Family, ...] = (
     ("忽略", _rx(f"忽略(?P<zh>{_CJK_TAIL})"), {"zh": (IO, _plain)}),
     ("无视", _rx(f"无视(?P<zh>{_CJK_TAIL})"), {"zh": (IO, _plain)}),
     ("無視", _rx(r"無視(?P<ja>)"), {"ja": (IO, _lead(_JA_LEAD))}),
@@ -273,9 +274,9 @@ def phrases(text: str) -> tuple[tuple[Span, ...], tuple[Span, ...]]:
     if last[0] is text:
         return last[1]
     low = lowered(text)
-    families = _FAMILIES if text.isascii() else _FAMILIES + _FOREIGN_FAMILIES
+    families: Sequence[Family] = _FAMILIES if text.isascii() else _FAMILIES + _FOREIGN_FAMILIES
     if len(low) <= 4096:    # on a long text the regex's own literal search stands in for the `in` test
-        families = tuple(f for f in families if f[0] in low)
+        families = [f for f in families if f[0] in low]
     out = _NONE
     if families:
         found: dict[str, dict[int, int]] = {IO: {}, RP: {}}
