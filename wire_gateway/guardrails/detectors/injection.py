@@ -140,13 +140,22 @@ _VOID = frozenset(("img", "input", "br", "hr", "meta", "link", "source", "area",
 _R_WORD = _rx(r"[^\W\d_]{2,}")
 
 
-def _prose(low: str, start: int, tag: str) -> bool:
-    """Three words or more in the element opened at `start` (to its closing tag or 300 characters)."""
-    end = low.find("</" + tag, start)
-    body = low[start:end if 0 <= end - start <= 600 else start + 300]
+def _element(low: str, start: int, tag: str) -> int | None:
+    """The end of the element whose opening tag ends at `start` (after its closing tag, or at the
+    end of the paragraph when it is not closed within 2000 characters) if it holds prose: three
+    words or more. The whole element is the span, so masking removes what it hides."""
+    close = low.find("</" + tag, start, start + 2000)
+    if close >= 0:
+        gt = low.find(">", close)
+        end = gt + 1 if gt >= 0 else close + len(tag) + 2
+        body = low[start:close]
+    else:
+        para = low.find("\n\n", start, start + 2000)
+        end = para if para >= 0 else min(len(low), start + 2000)
+        body = low[start:end]
     if "<" in body:
         body = re.sub(r"<[^>]*>", " ", body)
-    return sum(1 for _ in zip(range(3), _R_WORD.finditer(body))) == 3
+    return end if sum(1 for _ in zip(range(3), _R_WORD.finditer(body))) == 3 else None
 
 
 def _hidden_markup(text: str, key: str | None) -> list[Span]:
@@ -162,17 +171,19 @@ def _hidden_markup(text: str, key: str | None) -> list[Span]:
         for m in _R_CHAT.finditer(low):
             found[m.start()] = m.end()
         for m in _R_PSEUDO.finditer(low):
-            if _prose(low, m.end(), m.group(1)):
-                found[m.start()] = m.end()
+            end = _element(low, m.end(), m.group(1))
+            if end is not None:
+                found[m.start()] = max(found.get(m.start(), 0), end)
         if "<!--" in low:
             for m in _R_COMMENT.finditer(low):
                 if _R_DIRECTIVE.search(m.group(1)):
                     found[m.start()] = m.end()
         if "style" in low or "hidden" in low:
             for m in _R_HIDDEN_TAG.finditer(low):
-                if (m.group(1) not in _VOID and _R_HIDDEN_STYLE.search(m.group(2))
-                    and _prose(low, m.end(), m.group(1))):
-                    found[m.start()] = m.end()
+                if m.group(1) not in _VOID and _R_HIDDEN_STYLE.search(m.group(2)):
+                    end = _element(low, m.end(), m.group(1))
+                    if end is not None:
+                        found[m.start()] = max(found.get(m.start(), 0), end)
     return merged("hidden_markup", found)
 
 
