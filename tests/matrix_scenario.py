@@ -45,7 +45,7 @@ URL_TOOLS = frozenset(t["name"] for t in fixture_module("http_echo").TOOLS)
 HELLO = "matrix-hello-7d1f"          # the working call's text: found again at every hop of the dump
 # guardrails: a synthetic AWS access key id (blocked on input) and an address (redacted on input,
 # restored in the answer)
-AWS_KEY = "AKIA" + "Q7XJ3M2PZK4WN8RT"
+AWS_KEY = "AKIA" + "Q7XJ3M2PZK4WN6RT"  # synthetic; base32 like a real id
 EMAIL = "matrix.user@example.org"
 
 

@@ -31,7 +31,7 @@ STRICT = {
 }
 EMAIL = "dana.lee@example.org"
 ORDER = "order 4111 1111 1111 1112 shipped"          # 16 digits, fails Luhn: not a card
-AWS = "AKIA" + "T5RZ2W8QXK4PLM7N"                    # synthetic
+AWS = "AKIA" + "T5RZ2W6QXK4PLM7N"   # synthetic (AWS ids are base32: no 0, 1, 8 or 9)
 
 
 def hostile_server(tmp_path: Path, *extra: str) -> dict[str, Any]:
@@ -56,7 +56,7 @@ async def scenario(client: Client, tool: Any = lambda n: n) -> dict[str, Any]:
                        ("leak", {}), ("bad_output", {}), ("unicode", {}),
                        ("echo_args", {"to": EMAIL, "body": "hi"}), ("echo_args", {"key": f"use {AWS}"}),
                        ("echo_args", {"path": "../../etc/passwd"}), ("echo_args", {"note": ORDER}),
-                       ("big", {"size": 4096, "tail": f" key={AWS}"})):
+                       ("big", {"size": 4096, "leak": True})):
         result = plain(await client.call_tool(tool(name), args))
         seen.setdefault(name, []).append(result)
     return seen
@@ -94,20 +94,17 @@ def check(seen: dict[str, Any], prefix: str = "") -> None:
     mail, key, traversal, order = seen["echo_args"]
     assert mail["structuredContent"] == {"arguments": {"to": EMAIL, "body": "hi"}}, mail
     assert key.get("isError") is True and guardrail_meta(key) == {
-        "action": "block", "direction": "input", "policy": "strict", "detector": "aws_key", "tool": key_tool(seen)}
+        "action": "block", "direction": "input", "policy": "strict", "detector": "aws_key", "tool": "echo_args"}
     assert AWS not in json.dumps(key), key
     assert traversal.get("isError") is True and guardrail_meta(traversal)["detector"] == "path_traversal", traversal
     assert order["structuredContent"] == {"arguments": {"note": ORDER}}, order
     # a key at the very end of a result is still found
     [big] = seen["big"]
-    assert len(text(big)) > 4000 and AWS not in text(big) and text(big).endswith("key=[REDACTED_AWS_KEY]"), big
+    assert len(text(big)) == 4096 - len(hostile.AWS_KEY_ID) + len("[REDACTED_AWS_KEY]"), big
+    assert hostile.AWS_KEY_ID not in text(big) and text(big).endswith("key=[REDACTED_AWS_KEY]"), big
     # poisoned server instructions are dropped; a poisoned title is masked
     assert not seen["instructions"], seen["instructions"]
     assert "<IMPORTANT>" not in json.dumps(seen["server_info"]), seen["server_info"]
-
-
-def key_tool(seen: dict[str, Any]) -> str:
-    return next(n for n in seen["names"] if n.endswith("echo_args"))
 
 
 def check_dump(dump: Path) -> None:
@@ -134,8 +131,9 @@ async def test_stdio_sdk_client(mode: str, tmp_path: Path) -> None:
     check(seen)
     check_dump(dump)
     log = (tmp_path / "gw.log").read_text()
-    assert "tool 'poisoned': its description or schema matched detector hidden_markup" in log, log
-    assert "policy strict detector aws_key: block" in log
+    assert "tool 'poisoned': its description or schema matched detector" in log, log
+    assert "removed from tools/list" in log, log
+    assert "policy strict detector aws_key, action block" in log
     for secret in (AWS, EMAIL, hostile.AWS_KEY_ID, hostile.CARD):
         assert secret not in log, secret
 
@@ -207,5 +205,5 @@ def test_log_action_passes_and_records(tmp_path: Path) -> None:
     finally:
         assert g.close() == 0, g.log_text()
     log = g.log_text()
-    assert "detector aws_key: log" in log and "logged only" in log, log
+    assert "detector aws_key, action log" in log and "logged only" in log, log
     assert hostile.AWS_KEY_ID not in log

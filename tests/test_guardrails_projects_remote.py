@@ -53,7 +53,7 @@ async def test_a_project_adds_a_policy_for_its_callers_only(tmp_path: Path) -> N
     assert hostile.AWS_KEY_ID not in json.dumps(seen["tight"]) and "[REDACTED_AWS_KEY]" in text(seen["tight"])
     assert hostile.AWS_KEY_ID in text(seen["loose"])          # the server sets no guardrails of its own
     log = gw.log()
-    assert "policy no-leaks detector aws_key: redact" in log and hostile.AWS_KEY_ID not in log
+    assert "policy no-leaks detector aws_key, action redact" in log and hostile.AWS_KEY_ID not in log
     for key in (tight, loose):
         assert key not in log
 

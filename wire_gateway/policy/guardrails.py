@@ -107,14 +107,14 @@ class Guardrails(Interceptor):
     def _check_input(self, call: Call) -> Reply | None:
         """on_request's local part, which never waits."""
         tool = call.tool
-        policies = self.policies(call)
-        if not policies:
-            return None
-        missing = self._missing(call)
+        missing = self._missing(call)       # first: a project whose only policy is missing has none to run
         if missing is not None:
             return self._block(call, Hit(missing, "undefined-policy", "block"), "input",
                                f"the caller's project names guardrail policy '{missing}', which this gateway "
                                "does not define, so the call is refused")
+        policies = self.policies(call)
+        if not policies:
+            return None
         if tool is not None and tool in self.poisoned:
             hit = self.poisoned[tool]
             return self._block(call, hit, "input", f"the tool's own description or schema matched detector "
@@ -129,7 +129,8 @@ class Guardrails(Interceptor):
         if verdict.block is not None:
             return self._block(call, verdict.block, "input")
         if verdict.value is not sent:
-            msg = {**call.frame.msg, "params": {**params, **verdict.value}}
+            # the id the upstream is to see (a front may have remapped it in the raw bytes alone)
+            msg = {**call.frame.msg, "id": call.frame.id, "params": {**params, **verdict.value}}
             call.frame = Frame(jsonfast.dumps(msg), Kind.REQUEST, msg, call.frame.method, call.frame.id, verdict.note)
             call.state["restore"] = verdict.restore
         return None
@@ -186,7 +187,7 @@ class Guardrails(Interceptor):
         if not answer.violations:
             return None
         hit = Hit(policy.label, f"{name}/{answer.violations[0]}", action)
-        log.warning("guardrails: server %s tool %s %s: policy %s detector %s: %s", self.server, call.tool,
+        log.warning("guardrails: server %s tool %s %s: policy %s detector %s, action %s", self.server, call.tool,
                     direction, hit.policy, hit.detector, action)
         return self._block(call, hit, direction) if action == "block" else None
 
@@ -345,10 +346,10 @@ class Guardrails(Interceptor):
     def _log(self, call: Call, direction: str, verdict: Verdict) -> None:
         if verdict.block is not None:
             hit = verdict.block
-            log.warning("guardrails: server %s tool %s %s: policy %s detector %s: block", self.server, call.tool,
+            log.warning("guardrails: server %s tool %s %s: policy %s detector %s, action block", self.server, call.tool,
                         direction, hit.policy, hit.detector)
         for hit, n in verdict.hits.items():
-            log.info("guardrails: server %s tool %s %s: policy %s detector %s: %s (%d match%s)", self.server,
+            log.info("guardrails: server %s tool %s %s: policy %s detector %s, action %s (%d match%s)", self.server,
                      call.tool, direction, hit.policy, hit.detector, hit.action, n, "" if n == 1 else "es")
         for kind in set(verdict.skipped):
             self._once(("binary", str(call.tool), direction, kind), logging.INFO,

@@ -66,6 +66,7 @@ class Services:
             try:
                 await nursery.start(self.store.run)
                 task_status.started()
+                await trio.sleep_forever()     # the nursery stays open (a memory store's run returns at once)
             finally:
                 self._nursery = None
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):   # remote providers' connections

@@ -101,8 +101,8 @@ class ModernPool:
         self.by_gw[gw_id] = ex
         if frame.method == "subscriptions/listen":
             self.listens.add(gw_id)
-        raw = self._remap(frame, gw_id, ex)
-        refused = self.upstream.request(Frame(raw, Kind.REQUEST, frame.msg, frame.method, gw_id))
+        raw, msg = self._remap(frame, gw_id, ex)
+        refused = self.upstream.request(Frame(raw, Kind.REQUEST, msg, frame.method, gw_id))
         if refused is not None:
             self.by_gw.pop(gw_id, None)
             refused = scan.replace_id(refused, jsonfast.dumps(frame.id))
@@ -116,21 +116,23 @@ class ModernPool:
             self.upstream.flush()
         return gw_id, ex
 
-    def _remap(self, frame: Frame, gw_id: int, ex: Exchange) -> bytes:
+    def _remap(self, frame: Frame, gw_id: int, ex: Exchange) -> tuple[bytes, dict[str, Any]]:
+        """The bytes to send, and the parsed message as far as an interceptor reads it (its
+        progress token is ours; interceptors take the id from the frame, never from the message)."""
         params = frame.params
         meta = params.get("_meta") if isinstance(params, dict) else None
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         if token is None or not isinstance(params, dict) or not isinstance(meta, dict):   # (a token: both are objects)
-            return scan.replace_id(frame.raw, str(gw_id).encode())
+            return scan.replace_id(frame.raw, str(gw_id).encode()), frame.msg
         ours = f"wg-{gw_id}"
         msg = {**frame.msg, "id": gw_id, "params": {**params, "_meta": {**meta, "progressToken": ours}}}
         try:
             raw = jsonfast.dumps(msg)
         except ValueError:   # a value JSON cannot re-encode (1e400): keep the client's token as is
             self.tokens[str(token)] = (ex, token)
-            return scan.replace_id(frame.raw, str(gw_id).encode())
+            return scan.replace_id(frame.raw, str(gw_id).encode()), frame.msg
         self.tokens[ours] = (ex, token)
-        return raw
+        return raw, msg
 
     def end_subscriptions(self) -> None:
         """The gateway is draining: end each listen stream the spec's graceful way, with a
