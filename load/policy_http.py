@@ -49,6 +49,9 @@ def pairs(eras: tuple[str, ...]) -> list[Pair]:
                         warmup=[("tools/list", {}, None), *bench.echo_calls(1)], target=0.9))
         out.append(Pair("auth", era, echo, Side(bench.echo_server()),
                         Side({**bench.echo_server(), "auth": {"mode": "keys"}}, auth=True), target=0.95))
+        # The same gateway with its metrics off (A) and on (B, the default): what counting costs.
+        out.append(Pair("metrics", era, echo, Side({**bench.echo_server(), "telemetry": {"metrics": False}}),
+                        Side(bench.echo_server()), target=0.97))
     if "modern" in eras:
         renamed = [("tools/call", {**params, "name": "echo__echo"}, result) for _, params, result in echo]
         out.append(Pair("aggregate", "modern", echo, Side(bench.echo_server()),

@@ -20,6 +20,7 @@ from wire_gateway.config import (
 )
 from wire_gateway.telemetry import memtrace
 from wire_gateway.telemetry.logs import setup_logging
+from wire_gateway.telemetry.metrics import METRICS, configure as configure_metrics
 
 log = logging.getLogger("wire_gateway.cli")
 
@@ -250,6 +251,7 @@ def cmd_stdio(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns)
+    configure_metrics(config.telemetry.metrics)
     name = args.server
     if name is not None and args.aggregate:
         print("wire-gateway stdio: --server and --aggregate exclude each other", file=sys.stderr)
@@ -279,25 +281,36 @@ def cmd_stdio(args: argparse.Namespace) -> int:
     dumper = _dumper(args, config)
 
     async def main() -> None:
-        async with running(services):
+        async with running(services, config.telemetry.otlp_metrics):
             await serve_stdio(config, name, streams, services, dumper)
 
     run_trio(main, services)
     return 0
 
 
-def running(services: Any) -> Any:
-    """The process's shared services (the store's background work) around a front."""
+def running(services: Any, otlp_metrics: bool = False) -> Any:
+    """The process's shared services (the store's background work, the OTLP metrics push when
+    `telemetry.otlp_metrics` is on) around a front."""
     import contextlib
 
     import trio
 
     @contextlib.asynccontextmanager
     async def scope() -> Any:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(services.run)
-            yield
-            nursery.cancel_scope.cancel()
+        push = None
+        if otlp_metrics and METRICS.on:
+            from wire_gateway.telemetry import otlp_metrics as otlp
+
+            push = otlp.start(True)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(services.run)
+                yield
+                nursery.cancel_scope.cancel()
+        finally:
+            if push is not None:     # a last export, from a thread: it reads the instruments through trio
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(push.shutdown)
     return scope()
 
 
@@ -333,6 +346,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns)
+    configure_metrics(config.telemetry.metrics)
     http = config.http
     if args.host is not None:
         http = dataclasses.replace(http, host=args.host)
@@ -370,7 +384,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     shutdown.set()
                     return
 
-        async with trio.open_nursery() as nursery, running(services):
+        async with trio.open_nursery() as nursery, running(services, config.telemetry.otlp_metrics):
             nursery.start_soon(on_signals)
             prefix = memtrace.prefix()
             if prefix is not None:   # a debug hook, off unless WIRE_GATEWAY_TRACEMALLOC is set

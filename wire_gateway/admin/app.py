@@ -1,8 +1,10 @@
 """The control plane: a tiny read-only HTTP API, served by hypercorn's trio worker.
 
 Routes: `GET /status` (the gateway's `status()` snapshot as JSON, every string in it through
-the process's secret masker: a last exit or a member's problem can quote a server) and `GET /healthz`.
-Any other path is 404, another method on a known path is 405; every answer is JSON.
+the process's secret masker: a last exit or a member's problem can quote a server), `GET /healthz`
+and, unless `telemetry.metrics` is false, `GET /metrics` (Prometheus' text format,
+telemetry/prometheus.py; its labels are config names and bounded values, never secrets).
+Any other path is 404, another method on a known path is 405; every other answer is JSON.
 Each request is first checked at the edge like the data plane's: a Host that is not a
 loopback name (or the bound address), or an Origin that is present and not loopback,
 gets 403 (DNS-rebinding protection: a web page must not read /status through a
@@ -27,14 +29,16 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from wire_gateway.telemetry import prometheus
 from wire_gateway.telemetry.masking import mask
+from wire_gateway.telemetry.prometheus import CONTENT_TYPE, make_registry
 from wire_gateway.wire.authority import AuthorityError, parse_host, parse_origins
 
 log = logging.getLogger("wire_gateway.admin")
 
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD = frozenset({"", "0.0.0.0", "::"})
-ROUTES = ("/status", "/healthz")
+ROUTES = ("/status", "/healthz", "/metrics")
 GRACEFUL_TIMEOUT = 1.0  # every answer is immediate; this only bounds a stuck client at shutdown
 
 
@@ -67,8 +71,10 @@ def _dumps(doc: Any) -> bytes:
         return json.dumps(doc, default=str).encode()
 
 
-def make_app(status: Callable[[], dict], bound_host: str) -> Callable[..., Any]:
-    """The raw ASGI app: lifespan (hypercorn requires it) and the two GET routes."""
+def make_app(status: Callable[[], dict], bound_host: str,
+             metrics: Callable[[], bytes] | None = None) -> Callable[..., Any]:
+    """The raw ASGI app: lifespan (hypercorn requires it) and the GET routes (`metrics`: the
+    exposition's text, None with metrics off)."""
 
     async def app(scope: dict, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "lifespan":
@@ -82,9 +88,9 @@ def make_app(status: Callable[[], dict], bound_host: str) -> Callable[..., Any]:
         if scope["type"] != "http":
             return  # websockets: hypercorn refuses the handshake when the app returns
 
-        async def respond(code: int, doc: Any, *extra: tuple[bytes, bytes]) -> None:
+        async def respond(code: int, doc: Any, *extra: tuple[bytes, bytes], ctype: bytes = b"application/json") -> None:
             body = doc if isinstance(doc, bytes) else _dumps(doc)
-            headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+            headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(body)),
                        (b"cache-control", b"no-store"), *extra]
             await send({"type": "http.response.start", "status": code, "headers": headers})
             await send({"type": "http.response.body", "body": body})
@@ -94,12 +100,16 @@ def make_app(status: Callable[[], dict], bound_host: str) -> Callable[..., Any]:
         path = scope["path"].rstrip("/") or "/"
         if refusal is not None:
             await respond(403, {"error": refusal})
-        elif path not in ROUTES:
-            await respond(404, {"error": f"no such route: {scope['path']}; try GET /status or GET /healthz"})
+        elif path not in ROUTES or (path == "/metrics" and metrics is None):
+            await respond(404, {"error": f"no such route: {scope['path']}; try GET /status or GET /healthz"
+                                + ("" if metrics is None else " or GET /metrics")})
         elif scope["method"] != "GET":
             await respond(405, {"error": f"method {scope['method']} is not allowed; use GET"}, (b"allow", b"GET"))
         elif path == "/healthz":
             await respond(200, b'{"status":"ok"}')
+        elif path == "/metrics":
+            assert metrics is not None
+            await respond(200, metrics(), ctype=CONTENT_TYPE.encode())
         else:
             try:
                 body = _dumps(mask.data(status()))
@@ -113,8 +123,8 @@ def make_app(status: Callable[[], dict], bound_host: str) -> Callable[..., Any]:
 
 
 async def serve_admin(status: Callable[[], dict], host: str, port: int, shutdown: trio.Event, *,
-                      task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the control plane on host:port until `shutdown` is set.
+                      metrics: bool = False, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the control plane on host:port until `shutdown` is set (`metrics`: with GET /metrics).
 
     task_status.started(bound_port): port 0 picks a free port and reports it.
     """
@@ -128,5 +138,10 @@ async def serve_admin(status: Callable[[], dict], host: str, port: int, shutdown
     config.graceful_timeout = GRACEFUL_TIMEOUT
     config.include_server_header = False
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(serve, make_app(status, host), config, shutdown_trigger=shutdown.wait))
+        exposition = None
+        if metrics:
+            registry = make_registry()
+            exposition = partial(prometheus.exposition, registry)
+        binds = await nursery.start(partial(serve, make_app(status, host, exposition), config,
+                                            shutdown_trigger=shutdown.wait))
         task_status.started(urlsplit(binds[0]).port)

@@ -31,6 +31,7 @@ from wire_gateway.auth.directory import NO_CREDENTIALS, UNKNOWN_KEY, Principal, 
 from wire_gateway.auth.jwks import JwksError, fetch_jwks
 from wire_gateway.auth.tokens import NeedKeys, TokenVerifier
 from wire_gateway.config import AuthSettings, Config
+from wire_gateway.telemetry.metrics import METRICS
 
 log = logging.getLogger("wire_gateway.auth")
 audit_log = logging.getLogger("wire_gateway.audit")
@@ -329,6 +330,8 @@ class Gate:
 
     def refuse(self, refusal: Refusal, principal: Principal | None, address: str,
                 server: str | None = None, tool: str | None = None) -> Refusal:
+        if METRICS.on:
+            _count(refusal, principal)
         self.audit("refused", principal, server, tool, refusal.reason, address, refusal.who)
         return refusal
 
@@ -341,6 +344,20 @@ class Gate:
         audit_log.info("auth %s: principal=%s project=%s server=%s tool=%s reason=%r address=%s", decision,
                        principal.id if principal else who or "-", principal.project.name if principal else "-",
                        server or "-", tool or "-", reason, address)
+
+
+def _count(refusal: Refusal, principal: Principal | None) -> None:
+    """Every refusal passes `Gate.refuse`: counted there by a reason of few values (the refusal's
+    own text names keys and principals), a rate limit by the project it was the limit of."""
+    status = refusal.status
+    if status == 429 and principal is not None:
+        METRICS.rate_limited.inc((principal.project.name,))
+        return
+    if status == 401:
+        reason = "no_credentials" if refusal is NO_CREDENTIALS else "invalid_credentials"
+    else:
+        reason = {403: "forbidden", 429: "address_blocked"}.get(status, "unavailable")
+    METRICS.auth_failures.inc((reason,))
 
 
 def gate_for(config: Config) -> Gate:

@@ -33,6 +33,7 @@ from wire_gateway.dump.encode import BUILT, NATIVE, RecordEncoder, rfc3339
 from wire_gateway.dump.mask import FrameMasker
 from wire_gateway.dump.tap import Tap, tap_class
 from wire_gateway.telemetry.masking import SECRETS
+from wire_gateway.telemetry.metrics import METRICS
 
 log = logging.getLogger("wire_gateway.dump")
 
@@ -70,6 +71,8 @@ class Dumper(RecordEncoder):
         self.dynamic_taps: weakref.WeakSet[Tap] = weakref.WeakSet()   # taps whose era is not fixed
         self.dropped = 0
         self.dropped_total = 0
+        if METRICS.on:
+            METRICS.dump_dropped.watch(self, _dropped)
         self.written = 0
         self.batches = 0
         self.cpu_seconds = 0.0           # the writer's time masking and encoding (no checkpoint in there)
@@ -272,3 +275,7 @@ def settings_from(doc: dict[str, Any] | None, path: str | None,
                         queue=int(doc.get("queue", DumpSettings.queue)),
                         mask_patterns=tuple(doc.get("mask_patterns", ())) + tuple(mask_patterns),
                         secret_values=tuple(secret_values))
+
+
+def _dropped(dumper: Dumper) -> list[tuple[tuple[str, ...], float]]:
+    return [((), dumper.dropped_total + dumper.dropped)]

@@ -22,6 +22,7 @@ from typing import Any
 from wire_gateway.policy.chain import Call, Interceptor, Reply
 from wire_gateway.policy.tools import ToolIndex
 from wire_gateway.store.base import Store, part
+from wire_gateway.telemetry.metrics import METRICS, Cell
 from wire_gateway.wire import jsonfast
 
 log = logging.getLogger("wire_gateway.policy.cache")
@@ -65,6 +66,14 @@ class Generations:
         self._gen[server] = self._gen.get(server, 0) + 1
 
 
+def _cells(server: str, cache: str) -> tuple[Cell, Cell]:
+    """The hit and miss counters of one cache (telemetry/metrics.py); with metrics off, cells no
+    exposition reads (counting into them costs what testing for metrics would)."""
+    if not METRICS.on:
+        return Cell(), Cell()
+    return METRICS.cache.cell(server, cache, "hit"), METRICS.cache.cell(server, cache, "miss")
+
+
 class ListCache(Interceptor):
     name = "list_cache"
     request_methods = frozenset({"tools/list"})
@@ -79,6 +88,7 @@ class ListCache(Interceptor):
         self.clock = clock
         self.hits = 0
         self.misses = 0
+        self._hit, self._miss = _cells(server, "list")
         # key -> (the stored bytes, parsed entry, serialized result): a memory store hands back the
         # same bytes object on every hit, so the entry is parsed and its result serialized once
         # (without its ttlMs, which each hit writes afresh).
@@ -111,6 +121,7 @@ class ListCache(Interceptor):
                 entry, result_raw = self._entry(key, raw)
                 result = entry["result"]
                 self.hits += 1
+                self._hit.value += 1
                 head = b'{"jsonrpc":"2.0","id":' + jsonfast.dumps(call.frame.id) + b',"result":'
                 if "ttlMs" in result:   # tell the client how fresh it still is
                     left = max(0, int((entry["stored"] + entry["ttl"] - self.clock()) * 1000))
@@ -122,6 +133,7 @@ class ListCache(Interceptor):
                 reply.raw = head + result_raw + b"}"
                 return reply
         self.misses += 1
+        self._miss.value += 1
         call.state["list_gen"] = self.gens[self.server]
         return None
 
@@ -155,6 +167,7 @@ class ResultCache(Interceptor):
         self.index = index
         self.gens = generations
         self.hits = 0
+        self._hit, self._miss = _cells(server, "result")
 
     def cacheable(self, call: Call) -> bool:
         tool = call.tool
@@ -178,7 +191,9 @@ class ResultCache(Interceptor):
         raw = await self.store.get(key)
         if raw is not None:
             self.hits += 1
+            self._hit.value += 1
             return Reply.result(call, jsonfast.loads(raw), "cache")
+        self._miss.value += 1
         call.state["result_key"] = key
         call.state["result_gen"] = self.gens[self.server]
         return None

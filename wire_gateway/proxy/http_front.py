@@ -34,6 +34,7 @@ from wire_gateway.proxy.http_edge import EdgeCheck
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
 from wire_gateway.proxy.route import member_factory
+from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.transport.http_server import HttpLimits, Request, Responder, serve_http
 from wire_gateway.upstream.protocol import Sink, Upstream
 from wire_gateway.wire import errors
@@ -82,6 +83,8 @@ class HttpFront:
         self.auth: HttpAuth | None = HttpAuth(config) if config.auth.enforced else None
         self.project_pools: dict[str, ModernPool] = {}
         self._project_servers: dict[str, tuple[str, ...]] = {}
+        if METRICS.on:
+            METRICS.sessions.watch(self, _sessions)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -122,7 +125,7 @@ class HttpFront:
                 from wire_gateway.admin.app import serve_admin
 
                 admin_port = await nursery.start(partial(serve_admin, self.status, s.admin_host, s.admin_port,
-                                                         shutdown))
+                                                         shutdown, metrics=METRICS.on))
                 log.info("serving the control plane on http://%s:%d/status", url_host(s.admin_host), admin_port)
             task_status.started(self.port)
             await shutdown.wait()
@@ -287,6 +290,8 @@ class HttpFront:
 
     async def _post(self, server: str, pool: ModernPool, session: LegacySession | None,
                     request: Request, responder: Responder) -> None:
+        if METRICS.on:     # the request's arrival, for the gateway's time on it (telemetry/metrics.py)
+            METRICS.arrive()
         decoded = decode(request.body)
         if isinstance(decoded, Invalid):
             await responder.send(400, JSON, decoded.error_frame())
@@ -386,3 +391,7 @@ class HttpFront:
         if session.upstream.handshake.init_msg is not None and not session.upstream.handshake.completed:
             log.info("session %s (%s): initialize failed; closed", session.id[:8], server)
             await self._end_session(session)
+
+
+def _sessions(front: HttpFront) -> list[tuple[tuple[str, ...], float]]:
+    return [(("http", "legacy"), len(front.sessions))]

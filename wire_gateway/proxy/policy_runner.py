@@ -34,6 +34,7 @@ import trio
 from wire_gateway.auth.context import CALLER
 from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.policy.chain import LIST_CHANGED, Call, Chain, Reply, drive
+from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
@@ -46,6 +47,7 @@ from wire_gateway.wire.ids import SPELLED
 log = logging.getLogger("wire_gateway.policy.runner")
 
 INVALIDATE_TIMEOUT = 5.0
+_CACHES = frozenset({"list_cache", "result_cache"})     # interceptors whose answers are hits, not blocks
 
 
 class _InChain:
@@ -121,6 +123,7 @@ class PolicyRunner:
         self._watch: dict[Any, _InChain] = {}     # those forwarded, awaiting the inner upstream's answer
         self._nursery: trio.Nursery | None = None
         self._closing = False
+        self._metrics = METRICS.bound()
 
     # ---- what /status and the sessions read: the inner upstream's ------------------------------
 
@@ -188,24 +191,29 @@ class PolicyRunner:
                 return self.inner.request(frame)
         refused = repeated_params(frame)      # the chain must read the params the server will
         if refused is not None:
-            return refused
+            return self._refused(frame, refused)
         if self._closing or self._nursery is None:
-            return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE,
-                                      f"server '{self.name}' is not available (the gateway is shutting down)",
-                                      {"server": self.name, "method": frame.method})
+            return self._refused(frame, errors.error_frame(
+                frame.id, errors.UPSTREAM_UNAVAILABLE, f"server '{self.name}' is not available (the gateway is "
+                "shutting down)", {"server": self.name, "method": frame.method}))
         if frame.id in self._calls:
-            return errors.error_frame(frame.id, errors.INVALID_REQUEST,
-                                      f"Invalid Request: id {frame.id!r} is already in flight; ids must be unique "
-                                      "among a client's outstanding requests")
+            return self._refused(frame, errors.error_frame(
+                frame.id, errors.INVALID_REQUEST, f"Invalid Request: id {frame.id!r} is already in flight; ids must "
+                "be unique among a client's outstanding requests"))
         refused = self.inner.pending.refusal(frame.id, self.name, self.limits.max_in_flight - len(self._calls))
         if refused is not None:
-            return refused
+            return self._refused(frame, refused)
         if self.chain.sync:
             return self._inline(frame)
         entry = _InChain(frame)
         self._calls[frame.id] = entry
         self._nursery.start_soon(self._run_call, entry)
         return None
+
+    def _refused(self, frame: Frame, answer: bytes) -> bytes:
+        if self._metrics is not None:
+            self._metrics.answered_here(self.name, frame.method, "refused")
+        return answer
 
     def _inline(self, frame: Frame) -> bytes | None:
         """The chain driven synchronously (memory store). Returns the answer when the chain gives
@@ -220,6 +228,8 @@ class PolicyRunner:
                 self._nursery.start_soon(self._run_call, entry)   # type: ignore[union-attr]
                 return None
             reply, stop = down
+            if reply is not None and self._metrics is not None:
+                self._answered_down(frame, reply, stop)
             if reply is None and self.chain.passes_up(frame.method, stop):
                 # Nothing on the way back acts on the answer: the inner upstream owes it and
                 # delivers it (or its error, or a shutdown error) like any passthrough answer.
@@ -304,7 +314,7 @@ class PolicyRunner:
 
     async def _deliver_later(self, entry: _InChain, reply: Reply) -> None:
         try:
-            self._deliver(entry, reply)
+            self._deliver(entry, reply, counted=True)
         finally:
             if self._calls.get(entry.frame.id) is entry:
                 del self._calls[entry.frame.id]
@@ -362,21 +372,32 @@ class PolicyRunner:
         try:
             assert entry.scope is not None
             with entry.scope:
-                try:
-                    reply = await self.chain.handle(call, forward)
+                down = False
+                try:    # Chain.handle, with the metrics told who answered on the way down
+                    reply, stop = await self.chain.down(call)
+                    if reply is None:
+                        reply = await forward(call)
+                    else:
+                        down = True
+                        if self._metrics is not None:
+                            self._answered_down(call.frame, reply, stop)
+                    reply = await self.chain.up(call, reply, stop)
                 except Exception as exc:
                     reply = self._failed(call, exc)
-                self._deliver(entry, reply)
+                self._deliver(entry, reply, counted=down)
         finally:
             if self._calls.get(entry.frame.id) is entry:
                 del self._calls[entry.frame.id]
             if self._watch.get(entry.frame.id) is entry:
                 del self._watch[entry.frame.id]
 
-    def _deliver(self, entry: _InChain, reply: Reply, flush: bool = True) -> None:
+    def _deliver(self, entry: _InChain, reply: Reply, flush: bool = True, counted: bool = False) -> None:
+        """`counted`: the chain answered on the way down (its block, if it is one, is counted)."""
         if entry.done:
             return
         entry.done = True
+        if self._metrics is not None and reply.note is not None and not counted:
+            self._blocked_up(reply)
         if reply.gateway and reply.raw is not None:
             self.sink.gateway_reply(entry.frame.id, reply.raw)
         else:
@@ -387,6 +408,27 @@ class PolicyRunner:
             self.sink.server_frame(frame)
         if flush:
             self.sink.flush()
+
+    # ---- metrics (telemetry/metrics.py) ------------------------------------------------------------
+
+    def _answered_down(self, frame: Frame, reply: Reply, stop: int) -> None:
+        """An interceptor answered on the way down: a cache hit, or a refusal (a policy block)."""
+        assert self._metrics is not None
+        by = self.chain.interceptors[stop].name
+        error = reply.msg.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        if by in _CACHES:
+            self._metrics.answered_here(self.name, frame.method, "ok" if error is None else "error", code)
+            return
+        self._metrics.blocks.inc((self.name, by))
+        self._metrics.answered_here(self.name, frame.method, "refused", code)
+
+    def _blocked_up(self, reply: Reply) -> None:
+        """A block on the way back (guardrails on a server's answer, or an input check that ran beside
+        the request), known by its note; one on the way down was counted there (`_answered_down`)."""
+        assert self._metrics is not None and reply.note is not None
+        if reply.note.startswith("guardrails:block"):
+            self._metrics.blocks.inc((self.name, "guardrails"))
 
     def _list_changed(self, frame: Frame) -> None:
         """Invalidate first, then tell the client: a client that re-lists at once must miss."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from wire_gateway.dump.tap import C2G, G2C, Tap
 from wire_gateway.proxy.batch import BatchCollector
+from wire_gateway.telemetry.metrics import METRICS, Cell
 from wire_gateway.transport.outbuffer import OutBuffer
 from wire_gateway.upstream.protocol import Upstream
 from wire_gateway.wire import errors, scan
@@ -33,6 +34,7 @@ class PassthroughSession:
         self.max_frame_bytes = max_frame_bytes
         self.upstream: Upstream | None = None
         self.batches = BatchCollector()
+        self._sent: Cell | None = METRICS.sent_bytes.cell("stdio") if METRICS.on else None
 
     # ---- client -> gateway --------------------------------------------------------------
 
@@ -137,4 +139,6 @@ class PassthroughSession:
         self._to_client(data)
 
     def _to_client(self, data: bytes) -> None:
+        if self._sent is not None:
+            self._sent.value += len(data) + 1      # and its newline
         self.client_out.put_line(data)

@@ -22,6 +22,7 @@ from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
 from wire_gateway.proxy.route import member_factory, open_upstream
 from wire_gateway.proxy.session import PassthroughSession
 from wire_gateway.proxy.stdio_auth import ENV_KEY, StdioAdmission
+from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.transport.stdio import READ_SIZE, StdioStreams
 from wire_gateway.upstream.protocol import Upstream
@@ -95,6 +96,8 @@ class StdioFront:
         self.session.upstream = self.upstream
         self.done = trio.Event()          # set by whichever ending comes first
         self.writer_done = trio.Event()
+        if METRICS.on:
+            METRICS.sessions.watch(self, _session)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -132,8 +135,13 @@ class StdioFront:
         framer = LineFramer(self.config.limits.max_frame_bytes)
         stdin_fd = self.streams.stdin.fileno()
         session, upstream, client_out = self.session, self.upstream, self.client_out
+        metrics = METRICS.bound()
+        received = METRICS.received_bytes.cell("stdio")
         while True:
             chunk = await read_some(stdin_fd, READ_SIZE)
+            if metrics is not None:     # every request in the chunk arrived now
+                metrics.arrive()
+                received.value += len(chunk)
             items = framer.feed(chunk) if chunk else framer.close()
             for item in items:
                 session.on_client_item(item)
@@ -152,3 +160,7 @@ class StdioFront:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 self.done.set()
                 return
+
+
+def _session(front: StdioFront) -> list[tuple[tuple[str, ...], float]]:
+    return [(("stdio", front.upstream.era or "unknown"), 1)]

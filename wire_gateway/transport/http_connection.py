@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from wire_gateway.telemetry.metrics import METRICS
+
 from .http_cycle import (
     CONTINUE_BYTES,
     IDLE,
@@ -62,6 +64,10 @@ LINGER = 1.0            # seconds a refused client gets to read our answer befor
 LINGER_BYTES = 1 << 20  # ... and how much of what it still sends we read and drop meanwhile
 _INF = math.inf
 
+
+# The data plane's bytes on the wire (telemetry/metrics.py): heads and bodies, both ways.
+_RECEIVED = METRICS.received_bytes.cell("http")
+_SENT = METRICS.sent_bytes.cell("http")
 
 class _Wakeup:
     """Where the cycle task parks until the reader has read more (a trio.Event costs more)."""
@@ -174,12 +180,16 @@ class Connection:
                 self.arrived.notify()
                 return
             buf += data
+            if METRICS.on:
+                _RECEIVED.value += len(data)
             self.arrived.notify()
 
     async def send_all(self, data: bytes | memoryview) -> None:
         """Write all of `data`. On plain TCP straight to the socket: a response that fits the
         send buffer (nearly all) costs one write and no scheduler pass, where
         SocketStream.send_all always yields once (~15 us a response here)."""
+        if METRICS.on:
+            _SENT.value += len(data)
         fd = self.fd
         if fd is None:
             await self.stream.send_all(data)
@@ -220,6 +230,8 @@ class Connection:
             data = b""
         if data:
             self.buf += data
+            if METRICS.on:
+                _RECEIVED.value += len(data)
         else:
             self.cycle.eof = True
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from wire_gateway.telemetry.metrics import METRICS
+
 from .http_cycle import CHUNKED, RESPONSE_TRANSITIONS, Cycle, ResponseState, check_transition
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ _JOIN_MAX = 65536       # bodies below this are joined to their head for one wri
 # How a streamed body is framed.
 _NO_BODY, _UNTIL_CLOSE = -1, -3   # negative: never a Content-Length (CHUNKED is -2)
 NEW, STREAMING, DONE = ResponseState
+_SENT = METRICS.sent_bytes.cell("http")     # the same cell as the connection's writes (telemetry/metrics.py)
 
 
 class ClientGone(Exception):
@@ -117,6 +120,8 @@ class Responder:
             return False
         self._state = DONE
         total = len(head) + len(body)
+        if METRICS.on:
+            _SENT.value += sent        # what the socket did not take is counted when `finish` writes it
         if sent < total:
             if len(body) < _JOIN_MAX:
                 self._queue.append(data[sent:])

@@ -15,6 +15,10 @@ table with that duty added, so both upstreams keep these books one way:
 
 The per-frame methods (`owe`, `settle`) do what each upstream did inline before, one call in
 place of the table's own, so sharing them costs the passthrough path nothing.
+
+Being the one place where every request an upstream takes on ends, this is also where the
+request metrics are counted (telemetry/metrics.py): the outcome, the upstream time from `owe` to
+`settle`, the gateway's time before `owe`, and the requests in flight (this table's length).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.telemetry.throttle import ThrottledLog
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import Pending, PendingTable
@@ -30,7 +35,7 @@ from wire_gateway.upstream.protocol import Sink
 from wire_gateway.upstream.timeouts import UNTIMED_METHODS, expire_requests, progress_token
 from wire_gateway.wire import errors
 from wire_gateway.wire.era import era_of_request
-from wire_gateway.wire.frame import Frame
+from wire_gateway.wire.frame import Frame, Kind
 from wire_gateway.wire.ids import SPELLED
 
 log = logging.getLogger("wire_gateway.upstream")
@@ -65,7 +70,8 @@ class Answers(PendingTable):
     With `warn_each`, every gateway answer is logged (an HTTP upstream has no process exit
     to log once for all the requests it cost)."""
 
-    __slots__ = ("name", "sink", "handshake", "timeout", "_data", "_log", "_warn_each", "_timeouts_log")
+    __slots__ = ("name", "sink", "handshake", "timeout", "_data", "_log", "_warn_each", "_timeouts_log", "_metrics",
+                 "__weakref__")
 
     def __init__(self, name: str, sink: Sink, handshake: Handshake, data: Callable[[str | None], dict[str, Any]],
                  log: logging.Logger, timeout: float | None = None, *, warn_each: bool = False) -> None:
@@ -79,6 +85,9 @@ class Answers(PendingTable):
         self._warn_each = warn_each
         self._timeouts_log = ThrottledLog(log, "server %s: %d more requests got no answer within their timeout "
                                           "over the last %.2fs", name)
+        self._metrics = METRICS.bound()
+        if self._metrics is not None:
+            self._metrics.in_flight.watch(self, _in_flight)
 
     # ---- the books (per frame) ------------------------------------------------------------
 
@@ -95,7 +104,15 @@ class Answers(PendingTable):
                 self._tokens[entry.token] = req_id
         if type(req_id) in SPELLED:
             entry.asked = req_id
+        if self._metrics is not None:
+            entry.sent = self._metrics.forwarded(self.name, frame.method)
         self._by_id[req_id] = entry
+
+    def refused(self, method: str | None) -> None:
+        """The upstream answered a request at once with an error (unavailable, overloaded, a
+        duplicate id) instead of taking it on: counted."""
+        if self._metrics is not None:
+            self._metrics.ended(self.name, method, "refused")
 
     def settle(self, frame: Frame) -> Pending | None:
         """The server answered `frame.id`: off the books, and the handshake learns whether an
@@ -108,6 +125,9 @@ class Answers(PendingTable):
         if entry.token is not None:
             self._forget_token(req_id, entry)
         self.handshake.on_server_reply(frame)    # ids compare by value: the spelling does not matter here
+        if self._metrics is not None:
+            self._metrics.answered(self.name, entry.method, entry.sent,
+                                   frame.msg.get("error") if frame.kind is Kind.ERROR else None)
         return entry
 
     def cancel(self, frame: Frame) -> Any:
@@ -115,7 +135,9 @@ class Answers(PendingTable):
         must not invent an error for it, nor a timeout). Returns the request's id."""
         params = frame.msg.get("params")
         req_id = params.get("requestId") if isinstance(params, dict) else None
-        self.pop(req_id)
+        entry = self.pop(req_id)
+        if entry is not None and self._metrics is not None:
+            self._metrics.ended(self.name, entry.method, "cancelled")
         return req_id
 
     def progress(self, frame: Frame) -> None:
@@ -148,6 +170,8 @@ class Answers(PendingTable):
 
     def _error(self, req_id: Any, method: str | None, code: int, template: str) -> None:
         message = template.replace("{method}", method or "the request")
+        if self._metrics is not None:
+            self._metrics.ended(self.name, method, "error", code)
         if self._warn_each:
             self._log.warning("server %s: request %r: %s", self.name, req_id, message)
         self.sink.gateway_reply(req_id, errors.error_frame(req_id, code, message, self._data(method)))
@@ -165,6 +189,8 @@ class Answers(PendingTable):
         the gateway did about it upstream. The caller flushes the sink."""
         assert self.timeout is not None
         method = entry.method or "the request"
+        if self._metrics is not None:
+            self._metrics.ended(self.name, entry.method, "timeout")
         if self._timeouts_log.event(now):
             self._log.warning("server %s: request %r (%s) got no answer within %gs (timeout); %s", self.name,
                               req_id, method, self.timeout, done)
@@ -176,3 +202,7 @@ class Answers(PendingTable):
     def close(self, now: float) -> None:
         """The upstream stopped: the summary of timeouts still unlogged, if any."""
         self._timeouts_log.close(now)
+
+
+def _in_flight(books: Answers) -> list[tuple[tuple[str, ...], float]]:
+    return [((books.name,), len(books))]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from wire_gateway.dump.tap import S2G
+from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.transport.http_client import HttpClientError, HttpStatus, SSEStream
 from wire_gateway.upstream.states import SESSION_TRANSITIONS, SessionState, check_transition
 from wire_gateway.wire.frame import Frame, Kind, decode
@@ -188,6 +189,8 @@ class UpstreamSession:
         finally:
             if ok:
                 up.restarts += 1
+                if METRICS.on:
+                    METRICS.reconnects.inc((up.name,))
                 self._set_state(SessionState.OPEN if self.sid is not None else SessionState.NONE)
                 log.info("server %s: opened a new upstream session (replayed the client's initialize)", up.name)
                 self.start_listener()

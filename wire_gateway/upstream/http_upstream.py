@@ -40,6 +40,7 @@ import trio
 from wire_gateway.auth.upstream_oauth import credentials_for
 from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.dump.tap import G2S, S2G, Tap
+from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.telemetry.throttle import ThrottledLog
 from wire_gateway.transport.http_client import StreamableHttpClient
 from wire_gateway.upstream.answers import Answers, note_request
@@ -104,17 +105,20 @@ class HttpUpstream:
         if self.closing or self.nursery is None:
             stopped = self.closing or self.state == RemoteState.STOPPED
             reason = "the gateway is shutting down" if stopped else "not started"
+            self.pending.refused(frame.method)
             return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE,
                                       f"server '{self.name}' at {self.url} is not available: {reason}",
                                       self._data(frame.method))
         refused = self.pending.refusal(frame.id, self.name, self.limits.max_in_flight)
         if refused is not None:
+            self.pending.refused(frame.method)
             return refused
         era = MODERN if request_version(frame.msg) is not None else LEGACY
         if era == MODERN:
             try:
                 mcp_headers_for(frame.msg)
             except HeaderError as exc:
+                self.pending.refused(frame.method)
                 return errors.error_frame(frame.id, errors.INVALID_PARAMS,
                                           f"Invalid params: cannot send this request to server '{self.name}' over "
                                           f"HTTP: {exc}", self._data(frame.method))
@@ -224,6 +228,8 @@ class HttpUpstream:
     def reachable(self) -> None:
         if self.state == RemoteState.UNREACHABLE:
             self._set_state(RemoteState.RUNNING)
+            if METRICS.on:
+                METRICS.reconnects.inc((self.name,))
             log.info("server %s: %s is reachable again", self.name, self.url)
 
     def unreachable(self) -> None:

@@ -26,6 +26,7 @@ class Pending:
     deadline: float = NEVER         # when it times out (time.monotonic()); NEVER: no timeout
     token: Any = None               # its progressToken, if it has one and a deadline
     asked: Any = None               # the request's id if the client spelled it unusually (wire.ids)
+    sent: float = 0.0               # perf_counter() when it was written (metrics on; telemetry/metrics.py)
 
 
 class PendingTable:

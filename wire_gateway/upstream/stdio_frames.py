@@ -81,10 +81,12 @@ class StdioFrames:
     def request(self, frame: Frame) -> bytes | None:
         """Take a client request. Returns an error frame to answer at once, or None."""
         if self.state in _REFUSING or self._closing:
+            self.pending.refused(frame.method)
             return errors.error_frame(frame.id, errors.UPSTREAM_UNAVAILABLE, self._unavailable_message(),
                                       self._error_data(frame.method))
         refused = self.pending.refusal(frame.id, self.name, self.limits.max_in_flight)
         if refused is not None:
+            self.pending.refused(frame.method)
             return refused
         note_request(self, frame)
         if self.tap is not None:
@@ -94,6 +96,7 @@ class StdioFrames:
             self._out.put_line(frame.raw)
             return None
         if len(self._queue) >= self.limits.max_queued_frames:
+            self.pending.refused(frame.method)
             return errors.error_frame(frame.id, errors.GATEWAY_OVERLOADED,
                                       f"server '{self.name}' is restarting and {len(self._queue)} frames are "
                                       "already waiting for it; try again shortly", self._error_data(frame.method))

@@ -25,6 +25,7 @@ import trio
 
 from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.dump.tap import G2S
+from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.transport.outbuffer import OutBuffer
 from wire_gateway.upstream.backoff import Backoff
 from wire_gateway.upstream.process import ServerProcess, describe_status
@@ -95,7 +96,11 @@ class SupervisedServer(StdioFrames):
             self._last_stderr = []
             self._started_at = trio.current_time()
             log.error("server %s: %s", self.name, self.last_exit)
+            if METRICS.on and not self._closing:
+                METRICS.exits.inc((self.name,))
             return
+        if METRICS.on:
+            METRICS.starts.inc((self.name,))
         self.process = proc
         self._live_generation = gen
         self._started_at = proc.started
@@ -119,6 +124,8 @@ class SupervisedServer(StdioFrames):
         self._last_stderr = list(proc.stderr_tail)
         self.last_exit = describe_status(code)
         level = logging.INFO if self._closing else logging.WARNING
+        if METRICS.on and not self._closing:
+            METRICS.exits.inc((self.name,))
         log.log(level, "server %s: pid %d ended (%s) after %.1fs", self.name, proc.pid, self.last_exit,
                 trio.current_time() - proc.started)
         lost = self.pending.take_generation(gen)
@@ -134,6 +141,8 @@ class SupervisedServer(StdioFrames):
         self.restarts += 1
         if decision.crash_loop:
             self._set_state(SupervisorState.CRASH_LOOP)
+            if METRICS.on:
+                METRICS.crash_loops.inc((self.name,))
             self._unavailable_reason = (
                 f"server '{self.name}' is crash-looping ({decision.exits_in_window} exits within "
                 f"{self.spec.restart.crash_loop_window:g}s, last: {self.last_exit}); the gateway will try "
