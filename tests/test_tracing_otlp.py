@@ -95,13 +95,13 @@ async def test_http_front_spans_parent_propagation_and_json_logs(receiver: OtlpR
                 await client.list_tools()
                 with pytest.raises(MCPError, match="Unknown tool: add"):
                     await client.call_tool("add", {"a": 1, "b": 2})
-        # A modern raw request refused by the filter: the JSON-RPC error code on the span.
-        raw = httpx.post(gateway.url("filtered"), headers={
-            **ACCEPT, "traceparent": TRACEPARENT, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call",
-            "mcp-name": "add"}, json={"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": {
-                "name": "add", "arguments": {"a": 1, "b": 2},
-                "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}}, timeout=20)
-        assert raw.json()["error"]["code"] == -32602, raw.text
+            # A modern raw request refused by the filter: the JSON-RPC error code on the span.
+            raw = await http.post(gateway.url("filtered"), headers={
+                **ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "add"},
+                json={"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": {
+                    "name": "add", "arguments": {"a": 1, "b": 2},
+                    "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}})
+            assert raw.json()["error"]["code"] == -32602, raw.text
 
         spans = receiver.wait_for(lambda s: len(spans_named(s, "tools/call echo", SERVER_KIND)) >= 3
                                   and len(spans_named(s, "tools/call add", SERVER_KIND)) >= 1)
@@ -113,7 +113,8 @@ async def test_http_front_spans_parent_propagation_and_json_logs(receiver: OtlpR
         web.stop()
 
     # The request span: child of the client's span, with the MCP semantic conventions' attributes.
-    served = [s for s in spans_named(spans, "tools/call echo", SERVER_KIND) if s.attributes["wire_gateway.server"] == "echo"]
+    echoed = spans_named(spans, "tools/call echo", SERVER_KIND)
+    served = [s for s in echoed if s.attributes["wire_gateway.server"] == "echo"]
     header_span = next(s for s in served if s.trace_id == CLIENT_TRACE)
     assert header_span.parent_span_id == CLIENT_SPAN
     attrs = header_span.attributes
@@ -138,7 +139,7 @@ async def test_http_front_spans_parent_propagation_and_json_logs(receiver: OtlpR
     assert traceparent_parts(received[1]["traceparent"]) == (META_TRACE, meta_upstream.span_id)
 
     # The HTTP upstream got the context as a header (and in `_meta`, the MCP convention).
-    web_span = next(s for s in spans_named(spans, "tools/call echo", SERVER_KIND) if s.attributes["wire_gateway.server"] == "web")
+    web_span = next(s for s in echoed if s.attributes["wire_gateway.server"] == "web")
     assert web_span.trace_id == CLIENT_TRACE and web_span.attributes["network.transport"] == "tcp"
     web_upstream = next(s for s in spans if s.parent_span_id == web_span.span_id and s.kind == CLIENT_KIND)
     posted = [line for line in trace_log.read_text().splitlines() if '"tools/call"' in line]
@@ -211,7 +212,8 @@ def test_json_logs_hold_no_secret_and_tie_to_span_and_dump(receiver: OtlpReceive
             for server in ("leaky", "echo"):
                 opened = http.post(gateway.url(server), headers=auth, json={
                     "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+                        "protocolVersion": "2025-11-25", "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "1"}}})
                 assert opened.status_code == 200, opened.text
                 session = {**auth, "mcp-session-id": opened.headers["mcp-session-id"],
                            "mcp-protocol-version": "2025-11-25"}
@@ -250,3 +252,34 @@ def test_json_logs_hold_no_secret_and_tie_to_span_and_dump(receiver: OtlpReceive
         records = [json.loads(line) for line in dump.read_text().splitlines()]
         assert any(r.get("session") == session and str(r.get("id")) == req_id and r.get("dir") == "gateway->server"
                    for r in records), entry
+
+
+def test_trace_context_parsing_follows_w3c() -> None:
+    """`_meta` wins over the HTTP header (which becomes a link); what does not parse as a W3C
+    traceparent is no parent at all."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from wire_gateway.telemetry.context import Scope
+    from wire_gateway.telemetry.tracing import Tracing
+
+    tracing = Tracing(TracerProvider(), 0.0)
+
+    def parent_of(meta: Any, header: str | None = None) -> tuple[str | None, list[str]]:
+        ctx, links = tracing.parent(meta, Scope(traceparent=header, tracestate="congo=t61rcWkgMzE"))
+        span = trace.get_current_span(ctx).get_span_context() if ctx is not None else None
+        return (format(span.trace_id, "032x") if span else None), [format(x.context.trace_id, "032x") for x in links]
+
+    assert parent_of({"traceparent": META_TRACEPARENT}, TRACEPARENT) == (META_TRACE, [CLIENT_TRACE])
+    assert parent_of({"traceparent": META_TRACEPARENT}, META_TRACEPARENT) == (META_TRACE, [])
+    assert parent_of({}, TRACEPARENT) == (CLIENT_TRACE, [])
+    assert parent_of({"traceparent": 7}, TRACEPARENT) == (CLIENT_TRACE, [])
+    for bad in (f"00-{'0' * 32}-{CLIENT_SPAN}-01", f"00-{CLIENT_TRACE}-{'0' * 16}-01", TRACEPARENT.upper(),
+                f"ff-{CLIENT_TRACE}-{CLIENT_SPAN}-01", TRACEPARENT + "-extra", "junk", ""):
+        assert parent_of({"traceparent": bad}) == (None, []), bad
+    assert parent_of({"traceparent": f"01-{CLIENT_TRACE}-{CLIENT_SPAN}-01-later"}) == (CLIENT_TRACE, [])
+    ctx, _ = tracing.parent({}, Scope(traceparent=TRACEPARENT, tracestate="congo=t61rcWkgMzE"))
+    span = tracing.start("x", trace.SpanKind.SERVER, ctx, {})
+    carrier = tracing.carrier(span)
+    assert carrier["traceparent"].startswith(f"00-{CLIENT_TRACE}-") and carrier["traceparent"].endswith("-01")
+    assert carrier["tracestate"] == "congo=t61rcWkgMzE"

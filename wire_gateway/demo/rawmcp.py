@@ -16,7 +16,8 @@ Every fixture is a dual-era server:
 
 Common flags: ``--log PATH`` appends one JSON line per received message
 (``{"method", "id"}`` plus ``"tool"`` for tools/call and ``"traceparent"`` when
-``params._meta`` has one, ``{"cancelled": id}`` when an in-flight request is cancelled); ``--name NAME`` sets serverInfo.name.
+``params._meta`` has one, ``{"cancelled": id}`` when an in-flight request is cancelled);
+``--name NAME`` sets serverInfo.name.
 """
 from __future__ import annotations
 

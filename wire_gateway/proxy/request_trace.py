@@ -197,8 +197,8 @@ class Observer:
             token = REQUEST.set(traced.tag)
             try:
                 error = msg.get("error") if isinstance(msg, dict) else None
-                log.debug("%s: %s", traced.name, reason or (f"error {error.get('code')}" if isinstance(error, dict)
-                                                            else "answered") + (f" ({traced.note})" if traced.note else ""))
+                outcome = reason or (f"error {error.get('code')}" if isinstance(error, dict) else "answered")
+                log.debug("%s: %s%s", traced.name, outcome, f" ({traced.note})" if traced.note else "")
             finally:
                 REQUEST.reset(token)
         span = traced.span
@@ -239,9 +239,8 @@ class Observer:
             if out is None:
                 self.upstream[frame.id] = None
             return out
-        span = self.tracing.child(traced.span, traced.name, self._kinds[1], {
-            "mcp.method.name": frame.method or "", "jsonrpc.request.id": str(frame.id),
-            "wire_gateway.server": self.server, "network.transport": self.transport})
+        span = self.tracing.child(traced.span, traced.name, self._kinds[1], {   # the rest is on its parent
+            "mcp.method.name": frame.method or "", "jsonrpc.request.id": str(frame.id)})
         carrier = self.tracing.carrier(span)
         frame = with_meta(frame, carrier)
         token = context.OUTBOUND.set(carrier)

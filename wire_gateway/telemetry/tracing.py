@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import os
 import random
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,12 +31,21 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 from wire_gateway.telemetry import context, masking
 
-_PROPAGATOR = TraceContextTextMapPropagator()
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 SERVER = SpanKind.SERVER
 CLIENT = SpanKind.CLIENT
 INTERNAL = SpanKind.INTERNAL
@@ -102,9 +112,12 @@ class Tracing:
 
     @staticmethod
     def carrier(span: Span) -> dict[str, str]:
-        """The span's W3C trace context, as the headers (or `_meta` keys) that carry it."""
-        carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
+        """The span's W3C trace context, as the headers (or `_meta` keys) that carry it (written here
+        rather than by the propagator, which costs several times more per request)."""
+        ctx = span.get_span_context()
+        carrier = {"traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"}
+        if ctx.trace_state:
+            carrier["tracestate"] = ctx.trace_state.to_header()
         return carrier
 
     @staticmethod
@@ -124,11 +137,18 @@ class Tracing:
 
 
 def _extract(traceparent: Any, tracestate: Any) -> Context | None:
-    carrier = {"traceparent": traceparent}
-    if isinstance(tracestate, str):
-        carrier["tracestate"] = tracestate
-    ctx = _PROPAGATOR.extract(carrier)
-    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+    """A W3C `traceparent` (version 00 as the spec's section 3.2 reads it, a later version by its
+    first four fields), as the parent context; None if it does not parse or names no valid trace.
+    Parsed here: the propagator's regex and carrier getters cost several times more."""
+    match = _TRACEPARENT.fullmatch(traceparent) if isinstance(traceparent, str) else None
+    if match is None or (match.group(1) == "00" and match.group(5)) or match.group(1) == "ff":
+        return None
+    trace_id, span_id = int(match.group(2), 16), int(match.group(3), 16)
+    if not trace_id or not span_id:
+        return None
+    state = TraceState.from_header([tracestate]) if isinstance(tracestate, str) and tracestate else None
+    parent = SpanContext(trace_id, span_id, True, TraceFlags(int(match.group(4), 16) & 1), state)
+    return trace.set_span_in_context(NonRecordingSpan(parent))
 
 
 def setup(passthrough: float = 0.0, exporter: SpanExporter | None = None) -> Tracing:
