@@ -259,15 +259,16 @@ def test_trace_context_parsing_follows_w3c() -> None:
     traceparent is no parent at all."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from wire_gateway.telemetry.context import Scope
     from wire_gateway.telemetry.tracing import Tracing
 
-    tracing = Tracing(TracerProvider(), 0.0)
+    tracing = Tracing(TracerProvider(), 0.0, SimpleSpanProcessor(InMemorySpanExporter()))
 
     def parent_of(meta: Any, header: str | None = None) -> tuple[str | None, list[str]]:
-        ctx, links = tracing.parent(meta, Scope(traceparent=header, tracestate="congo=t61rcWkgMzE"))
-        span = trace.get_current_span(ctx).get_span_context() if ctx is not None else None
+        span, links = tracing.parent(meta, Scope(traceparent=header, tracestate="congo=t61rcWkgMzE"))
         return (format(span.trace_id, "032x") if span else None), [format(x.context.trace_id, "032x") for x in links]
 
     assert parent_of({"traceparent": META_TRACEPARENT}, TRACEPARENT) == (META_TRACE, [CLIENT_TRACE])
@@ -283,3 +284,44 @@ def test_trace_context_parsing_follows_w3c() -> None:
     carrier = tracing.carrier(span)
     assert carrier["traceparent"].startswith(f"00-{CLIENT_TRACE}-") and carrier["traceparent"].endswith("-01")
     assert carrier["tracestate"] == "congo=t61rcWkgMzE"
+
+
+def test_the_fast_encoder_writes_what_the_sdk_encoder_does() -> None:
+    """`telemetry.otlp_encode` against the SDK's encoder, both decoded by `opentelemetry-proto`."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from wire_gateway.telemetry.context import Scope
+    from wire_gateway.telemetry.otlp_encode import Unencodable, encode_request
+    from wire_gateway.telemetry.tracing import Tracing
+
+    memory = InMemorySpanExporter()
+    tracing = Tracing(TracerProvider(resource=Resource.create({"service.name": "wire-gateway", "n": 3})), 0.0,
+                      SimpleSpanProcessor(memory))
+    parent, links = tracing.parent({"traceparent": META_TRACEPARENT, "tracestate": "a=1,b=2"},
+                                   Scope(traceparent=TRACEPARENT))
+    root = tracing.start("tools/call écho", SpanKind.SERVER, parent, {
+        "s": "text ✓", "b": True, "f": False, "i": 42, "neg": -7, "big": 2**62, "x": 1.5, "list": ["a", "b"],
+        "ints": [1, -2], "empty": ""}, links)
+    child = tracing.child(root, "tools/call", SpanKind.CLIENT, {"mcp.method.name": "tools/call"})
+    tracing.failed(child, "-32602", "Unknown tool: add")
+    child.end()
+    tracing.child(root, "wire-gateway policy auth").end()
+    root.end()
+    lone = tracing.start("tools/list", SpanKind.SERVER, None, {})
+    lone.end()
+    spans = memory.get_finished_spans()
+    assert len(spans) == 4
+    ours, sdk = ExportTraceServiceRequest(), ExportTraceServiceRequest()
+    ours.ParseFromString(encode_request(spans))
+    sdk.ParseFromString(encode_spans(spans).SerializeToString())
+    assert ours == sdk, (ours, sdk)
+    bad = tracing.start("x", SpanKind.SERVER, None, {"d": {"nested": 1}})
+    bad.end()
+    with pytest.raises(Unencodable):
+        encode_request(memory.get_finished_spans()[-1:])

@@ -31,10 +31,8 @@ from wire_gateway.wire.era import request_version
 from wire_gateway.wire.frame import Frame, Kind
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
     from wire_gateway.proxy.policy_runner import PolicyRunner
-    from wire_gateway.telemetry.tracing import Tracing
+    from wire_gateway.telemetry.tracing import LightSpan, Tracing
 
 _ANSWER = (Kind.RESPONSE, Kind.ERROR)
 log = logging.getLogger("wire_gateway.requests")
@@ -45,7 +43,7 @@ class Traced:
 
     __slots__ = ("tag", "span", "name", "forwarded", "note", "obs")
 
-    def __init__(self, obs: Observer, tag: Tag, span: Span | None, name: str) -> None:
+    def __init__(self, obs: Observer, tag: Tag, span: LightSpan | None, name: str) -> None:
         self.obs = obs
         self.tag = tag
         self.span = span
@@ -80,7 +78,7 @@ class Observer:
         self.server = runner.name
         self.transport = transport
         self.open: dict[Any, Traced] = {}       # awaiting the answer the session gets
-        self.upstream: dict[Any, Span | None] = {}   # forwarded, awaiting the inner upstream's answer
+        self.upstream: dict[Any, LightSpan | None] = {}   # forwarded, awaiting the inner upstream's answer
         names = runner.chain.names
         self._cached = {"tools/list": "list_cache" in names, "tools/call": "result_cache" in names}
         self._kinds: tuple[Any, Any] = (None, None)
@@ -254,7 +252,7 @@ class Observer:
             self.upstream[frame.id] = span
         return out
 
-    def _end_upstream(self, span: Span | None, msg: Any) -> None:
+    def _end_upstream(self, span: LightSpan | None, msg: Any) -> None:
         if span is None:
             return
         error = msg.get("error") if isinstance(msg, dict) else None
