@@ -325,3 +325,25 @@ def test_the_fast_encoder_writes_what_the_sdk_encoder_does() -> None:
     bad.end()
     with pytest.raises(Unencodable):
         encode_request(memory.get_finished_spans()[-1:])
+
+
+def test_a_sampled_out_parent_is_propagated_not_recorded() -> None:
+    """Parent-based sampling (the SDK's default): a client that sampled its trace out gets no gateway
+    span exported, and the server still gets the context, with the sampled flag off."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from wire_gateway.telemetry.tracing import Tracing
+
+    memory = InMemorySpanExporter()
+    tracing = Tracing(TracerProvider(), 0.0, SimpleSpanProcessor(memory))
+    parent, _ = tracing.parent({"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"}, None)
+    span = tracing.start("tools/call echo", SpanKind.SERVER, parent, {})
+    upstream = tracing.child(span, "tools/call echo", SpanKind.CLIENT)
+    assert tracing.carrier(upstream)["traceparent"].endswith("-00")
+    assert tracing.carrier(upstream)["traceparent"].startswith(f"00-{CLIENT_TRACE}-")
+    upstream.end()
+    span.end()
+    assert memory.get_finished_spans() == ()
