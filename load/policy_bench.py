@@ -111,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated: stdio, http (default both)")
     parser.add_argument("--eras", default="modern,legacy", help="HTTP eras (default modern,legacy)")
     parser.add_argument("--pairs", help="pairs to run: over stdio tools_list, ping, guardrails_call, guardrails_1mib; "
-                        "over HTTP tools_list, tools_call, aggregate, auth, metrics (default all)")
+                        "over HTTP tools_list, tools_call, aggregate, auth, metrics, tracing (default all)")
     parser.add_argument("--http-rounds", type=int, default=3, help="HTTP rounds per pair (default 3)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds each HTTP round drives (default 5)")
     parser.add_argument("-c", "--concurrency", type=int, default=16, help="HTTP sessions per gateway (default 16)")

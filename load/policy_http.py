@@ -6,13 +6,17 @@ work, the load tool's own CPU not in it. The pairs and their targets are in docs
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import bench
 from .ab import apart, ratio_summary, side_by_side
+from .otlp_sink import OtlpSink
 from .targets import HttpProcess
 
 FILTER_SCHEMA = bench.FILTER_SCHEMA
@@ -52,6 +56,9 @@ def pairs(eras: tuple[str, ...]) -> list[Pair]:
         # The same gateway with its metrics off (A) and on (B, the default): what counting costs.
         out.append(Pair("metrics", era, echo, Side({**bench.echo_server(), "telemetry": {"metrics": False}}),
                         Side(bench.echo_server()), target=0.97))
+        # Tracing off vs on (every tools/call a span, exported to the load tool's OTLP sink: run_pairs).
+        out.append(Pair("tracing", era, echo, Side(bench.echo_server()),
+                        Side({**bench.echo_server(), "telemetry": {"tracing": True}}), target=0.9))
     if "modern" in eras:
         renamed = [("tools/call", {**params, "name": "echo__echo"}, result) for _, params, result in echo]
         out.append(Pair("aggregate", "modern", echo, Side(bench.echo_server()),
@@ -89,17 +96,37 @@ def make_key(folder: Path) -> str:
 def run_pairs(eras: tuple[str, ...], rounds: int, concurrency: int, duration: float,
               only: list[str] | None = None) -> dict:
     out: dict = {}
-    with tempfile.TemporaryDirectory(prefix="policy-http-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="policy-http-") as tmpdir, _traces_sink() as sink:
         for pair in pairs(eras):
             if only and pair.name not in only:
                 continue
+            exported = sink.bytes
             results = apart(rounds, lambda cpus, pair=pair: one_round(pair, tmpdir, concurrency, duration, cpus))[0]
             summary = ratio_summary(results)
             out[f"http_{pair.name}_{pair.era}"] = {
                 "rounds": results, "target": pair.target, "ratio_median": summary["median"],
                 "ratio_min": summary["min"], "ratio_max": summary["max"],
                 "mismatches": summary["mismatches"], "errors": summary["errors"]}
+            if pair.name == "tracing":
+                out[f"http_{pair.name}_{pair.era}"]["otlp_bytes"] = sink.bytes - exported
     return out
+
+
+@contextlib.contextmanager
+def _traces_sink() -> Iterator[OtlpSink]:
+    """The OTLP receiver the `tracing` pair's gateways export to (every gateway started meanwhile
+    inherits the endpoint; only those with tracing on use it)."""
+    sink = OtlpSink()
+    before = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
+    try:
+        yield sink
+    finally:
+        if before is None:
+            os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        else:
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = before
+        sink.close()
 
 
 def render(results: dict, concurrency: int, duration: float) -> list[str]:
@@ -109,6 +136,7 @@ def render(results: dict, concurrency: int, duration: float) -> list[str]:
         rounds = ", ".join(f"x{x['ratio']:.2f} ({x['a']['calls_per_s']:,.0f} / {x['b']['calls_per_s']:,.0f})"
                            if x.get("ratio") else f"failed: {x.get('error', '?')}" for x in r["rounds"])
         median = f"x{r['ratio_median']:.2f}" if r["ratio_median"] is not None else "-"
+        exported = f"; OTLP {r['otlp_bytes']:,} bytes received" if "otlp_bytes" in r else ""
         lines.append(f"  {name:<26} B/A {median} (target >= {r['target']:g}); rounds: {rounds}; "
-                     f"mismatches {r['mismatches']}, errors {r['errors']}")
+                     f"mismatches {r['mismatches']}, errors {r['errors']}{exported}")
     return lines

@@ -250,8 +250,11 @@ def cmd_stdio(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 1
-    setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns)
+    setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns,
+                  config.log_format)
     configure_metrics(config.telemetry.metrics)
+    if not start_tracing(config):
+        return 1
     name = args.server
     if name is not None and args.aggregate:
         print("wire-gateway stdio: --server and --aggregate exclude each other", file=sys.stderr)
@@ -286,6 +289,30 @@ def cmd_stdio(args: argparse.Namespace) -> int:
 
     run_trio(main, services)
     return 0
+
+
+def start_tracing(config: Any) -> bool:
+    """Tracing on (`telemetry.tracing` or WIRE_GATEWAY_TRACING=1): set it up before any runner is
+    made. False when the exporter the environment asks for cannot be made (said on stderr)."""
+    from wire_gateway.telemetry.context import TRACER
+
+    if TRACER is not None:
+        return True
+    import os
+
+    switch = os.environ.get("WIRE_GATEWAY_TRACING", "").strip().lower() in ("1", "true", "yes", "on")
+    if not (config.telemetry.tracing or switch):
+        return True
+    from wire_gateway.telemetry import tracing
+
+    try:
+        tracing.setup(config.telemetry.trace_passthrough)
+    except tracing.TracingError as exc:
+        print(f"wire-gateway: cannot trace: {exc}", file=sys.stderr)
+        return False
+    log.info("tracing on: OTLP export (%s)", os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+             or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "the default endpoint")
+    return True
 
 
 def running(services: Any, otlp_metrics: bool = False) -> Any:
@@ -345,8 +372,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 1
-    setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns)
+    setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns,
+                  config.log_format)
     configure_metrics(config.telemetry.metrics)
+    if not start_tracing(config):
+        return 1
     http = config.http
     if args.host is not None:
         http = dataclasses.replace(http, host=args.host)

@@ -15,8 +15,9 @@ Every fixture is a dual-era server:
   first". This is strict on purpose: gateway restart tests rely on it.
 
 Common flags: ``--log PATH`` appends one JSON line per received message
-(``{"method", "id"}`` plus ``"tool"`` for tools/call, ``{"cancelled": id}``
-when an in-flight request is cancelled); ``--name NAME`` sets serverInfo.name.
+(``{"method", "id"}`` plus ``"tool"`` for tools/call and ``"traceparent"`` when
+``params._meta`` has one, ``{"cancelled": id}`` when an in-flight request is cancelled);
+``--name NAME`` sets serverInfo.name.
 """
 from __future__ import annotations
 
@@ -246,9 +247,12 @@ class Server:
         """Called for every parsed message; subclasses hook in here."""
         if self.log_file is not None:
             entry = {"method": msg.get("method"), "id": msg.get("id")}
+            params = msg.get("params")
             if entry["method"] == "tools/call":
-                params = msg.get("params")
                 entry["tool"] = params.get("name") if isinstance(params, dict) else None
+            meta = params.get("_meta") if isinstance(params, dict) else None
+            if isinstance(meta, dict) and "traceparent" in meta:   # W3C trace context that came along
+                entry["traceparent"] = meta["traceparent"]
             self.log(entry)
 
     def on_response(self, msg):

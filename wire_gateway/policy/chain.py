@@ -24,6 +24,9 @@ LIST_CHANGED = "notifications/tools/list_changed"
 
 # The order of the chain, by slot (docs/policy.md says why).
 ORDER = ("auth", "filter", "pinning", "schema", "guardrails", "list_cache", "result_cache")
+# The slots that may wait (the store, a remote check) or cost real time: a traced request gets a span
+# for each of them (docs/observability.md); the others cost microseconds and get none.
+SLOW = frozenset({"auth", "guardrails", "list_cache", "result_cache"})
 
 
 @dataclass(slots=True)
@@ -36,6 +39,8 @@ class Call:
     version: str = "unknown"        # protocol era/version: result shapes differ between them
     state: dict[str, Any] = field(default_factory=dict)   # interceptors' notes between request and answer
     caller: Principal | None = None  # who is asking, when auth is on (auth.context.CALLER)
+    # The request's trace, when it is traced: `trace.step(slot)` is a span for one of the SLOW slots.
+    trace: Any = None
 
     @property
     def method(self) -> str | None:
@@ -188,7 +193,11 @@ class Chain:
         if checks is None:
             return None
         for i, check in checks:
-            reply = check(call)
+            if call.trace is not None and self.interceptors[i].name in SLOW:
+                with call.trace.step(self.interceptors[i].name):
+                    reply = check(call)
+            else:
+                reply = check(call)
             if reply is not None:
                 return reply, i
         return None, len(self.interceptors)
@@ -196,7 +205,11 @@ class Chain:
     async def down(self, call: Call) -> tuple[Reply | None, int]:
         """The request's way down: an answer and the index of who gave it, or (None, len)."""
         for i, interceptor in self._down.get(call.method or "", ()):
-            reply = await interceptor.on_request(call)
+            if call.trace is not None and interceptor.name in SLOW:
+                with call.trace.step(interceptor.name):
+                    reply = await interceptor.on_request(call)
+            else:
+                reply = await interceptor.on_request(call)
             if reply is not None:
                 return reply, i
         return None, len(self.interceptors)
@@ -207,7 +220,11 @@ class Chain:
             self.index.learn(reply.result_dict)
         for i, interceptor in self._up.get(call.method or "", ()):
             if i < stop:
-                reply = await interceptor.on_response(call, reply)
+                if call.trace is not None and interceptor.name in SLOW:
+                    with call.trace.step(interceptor.name):
+                        reply = await interceptor.on_response(call, reply)
+                else:
+                    reply = await interceptor.on_response(call, reply)
         return reply
 
     async def invalidate(self) -> None:

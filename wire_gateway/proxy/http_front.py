@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -34,6 +35,7 @@ from wire_gateway.proxy.http_edge import EdgeCheck
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
 from wire_gateway.proxy.route import member_factory
+from wire_gateway.telemetry import context as telemetry
 from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.transport.http_server import HttpLimits, Request, Responder, serve_http
 from wire_gateway.upstream.protocol import Sink, Upstream
@@ -231,9 +233,14 @@ class HttpFront:
     async def _mcp(self, server: str, request: Request, responder: Responder) -> None:
         principal = None
         mcp_path = ""                  # the endpoint's path, for auth's answers (built only with auth on)
+        auth_start = auth_end = 0      # for the auth span (tracing on)
         if self.auth is not None:
             mcp_path = "/mcp" if server == AGGREGATE_NAME else f"/mcp/{server}"
+            if telemetry.TRACING:
+                auth_start = time.time_ns()
             got = await self.auth.check(None if server == AGGREGATE_NAME else server, mcp_path, request)
+            if telemetry.TRACING:
+                auth_end = time.time_ns()
             if not isinstance(got, Principal):
                 await responder.send(*got)
                 return
@@ -254,6 +261,10 @@ class HttpFront:
                 None, errors.INVALID_REQUEST,
                 "session not found (it expired, was deleted, or never existed); start a new one with initialize"))
             return
+        if telemetry.ACTIVE:   # for the spans and log lines of what this request causes (telemetry/context.py)
+            telemetry.SCOPE.set(telemetry.Scope(
+                session.id[:12] if session is not None else None, server,
+                request.header("traceparent"), request.header("tracestate"), auth_start, auth_end))
         if session is not None and principal is not None and session.principal != principal.id:
             assert self.auth is not None
             await responder.send(*self.auth.not_your_session(principal, server, mcp_path, request))
@@ -323,6 +334,10 @@ class HttpFront:
             if problem is not None:
                 await responder.send(400, JSON, header_mismatch_error(decoded.id, problem))
                 return
+            if telemetry.ACTIVE:
+                scope = telemetry.SCOPE.get()
+                if scope is not None:
+                    scope.session = f"modern:{server}"    # the modern pool's label in dump records
             await pool.post(decoded, responder)
             return
         await responder.send(400, JSON, errors.error_frame(
@@ -383,6 +398,10 @@ class HttpFront:
                                     self.settings, self.services)
         session.principal = principal.id if principal is not None else None
         self.sessions[session.id] = session
+        if telemetry.ACTIVE:
+            scope = telemetry.SCOPE.get()
+            if scope is not None:
+                scope.session = session.id[:12]          # the label its dump records carry
         if self.dumper is not None:   # never the whole Mcp-Session-Id: it is the session's only credential
             session.tap = session.upstream.tap = self.dumper.tap(session.id[:12], server, "http", era="legacy")
         await self._nursery.start(session.upstream.run)

@@ -34,6 +34,8 @@ import trio
 from wire_gateway.auth.context import CALLER
 from wire_gateway.config import Limits, ServerSpec
 from wire_gateway.policy.chain import LIST_CHANGED, Call, Chain, Reply, drive
+from wire_gateway.proxy.request_trace import Answers, Observer, UpstreamAnswers
+from wire_gateway.telemetry import context as telemetry
 from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.upstream.factory import make_upstream
 from wire_gateway.upstream.handshake import Handshake
@@ -112,7 +114,18 @@ class PolicyRunner:
         # as if there were no runner.
         self._project_only = chain.project_only
         self._methods = chain.methods
-        self.inner = make_upstream(spec, limits, _InnerSink(self))
+        # Tracing or JSON logs on: an observer watches the requests (proxy/request_trace.py); off,
+        # each of its sites costs one attribute test.
+        self._obs: Observer | None = None
+        inner_sink: Any = None
+        if telemetry.ACTIVE:
+            self._obs = Observer(self, telemetry.TRACER, "tcp" if spec.url else "pipe")
+            self.sink = Answers(sink, self._obs)
+            inner_sink = UpstreamAnswers(_InnerSink(self), self._obs)
+        self.inner = make_upstream(spec, limits, inner_sink or _InnerSink(self))
+        # How a tool request reaches the inner upstream (the observer's way adds the upstream span).
+        self._forward: Callable[[Frame], bytes | None] = (
+            self._obs.forward if self._obs is not None else self.inner.request)
         # Pure passthroughs to the inner upstream, bound once: a frame that the chain has no business
         # with pays no extra call through the runner for them.
         self.reply: Callable[[Frame], None] = self.inner.reply               # type: ignore[method-assign]  # see above
@@ -184,11 +197,19 @@ class PolicyRunner:
 
     def request(self, frame: Frame) -> bytes | None:
         if frame.method not in self._methods:
+            obs = self._obs
+            if obs is not None and obs.tracing is not None and obs.tracing.sample_passthrough():
+                return obs.request(frame, obs.forward, passthrough=True)
             return self.inner.request(frame)
+        if self._obs is not None:
+            return self._obs.request(frame, self._request)
+        return self._request(frame)
+
+    def _request(self, frame: Frame) -> bytes | None:
         if self._project_only:
             caller = CALLER.get()
             if caller is None or (self.name not in caller.project.tools and not caller.project.guardrails):
-                return self.inner.request(frame)
+                return self._forward(frame)
         refused = repeated_params(frame)      # the chain must read the params the server will
         if refused is not None:
             return self._refused(frame, refused)
@@ -233,9 +254,9 @@ class PolicyRunner:
             if reply is None and self.chain.passes_up(frame.method, stop):
                 # Nothing on the way back acts on the answer: the inner upstream owes it and
                 # delivers it (or its error, or a shutdown error) like any passthrough answer.
-                return self.inner.request(call.frame)
+                return self._forward(call.frame)
             if reply is None:
-                refused = self.inner.request(call.frame)
+                refused = self._forward(call.frame)
                 if refused is None:
                     entry = _InChain(frame, call, stop)
                     self._calls[frame.id] = entry
@@ -243,6 +264,8 @@ class PolicyRunner:
                     return None
                 reply = Reply(jsonfast.loads(refused), refused, gateway=True)
             ok, out = drive(self.chain.up(call, reply, stop))
+            if ok and self._obs is not None:
+                self._obs.decided(frame.id, out.note)
             if ok and not (out.note and out.note.startswith("guardrails")):
                 return out.raw if out.raw is not None else out.frame().raw
             if ok:   # a guardrails answer goes the way a server's does, so the dump records which rule acted
@@ -262,7 +285,8 @@ class PolicyRunner:
         project as the context caches are kept in."""
         caller = CALLER.get()
         return Call(self.name, frame, caller.context if caller is not None else self.auth_context,
-                    self._version(frame), caller=caller)
+                    self._version(frame), caller=caller,
+                    trace=self._obs.trace_of(frame.id) if self._obs is not None else None)
 
     def _failed(self, call: Call, exc: Exception) -> Reply:
         log.error("server %s: the policy chain failed on %s %r", self.name, call.frame.method, call.frame.id,
@@ -320,6 +344,9 @@ class PolicyRunner:
                 del self._calls[entry.frame.id]
 
     def notify(self, frame: Frame) -> None:
+        if self._obs is not None and frame.method == "notifications/cancelled":
+            params = frame.params
+            self._obs.cancelled(params.get("requestId") if isinstance(params, dict) else None)
         if frame.method == "notifications/cancelled" and self._calls:
             params = frame.params
             rid = params.get("requestId") if isinstance(params, dict) else None
@@ -359,7 +386,7 @@ class PolicyRunner:
         call = self._call(entry.frame)
 
         async def forward(call: Call) -> Reply:
-            refused = self.inner.request(call.frame)
+            refused = self._forward(call.frame)
             if refused is not None:
                 return Reply(jsonfast.loads(refused), refused, gateway=True)
             self._watch[call.frame.id] = entry
@@ -398,6 +425,8 @@ class PolicyRunner:
         entry.done = True
         if self._metrics is not None and reply.note is not None and not counted:
             self._blocked_up(reply)
+        if self._obs is not None:
+            self._obs.decided(entry.frame.id, reply.note)
         if reply.gateway and reply.raw is not None:
             self.sink.gateway_reply(entry.frame.id, reply.raw)
         else:
@@ -486,3 +515,5 @@ class PolicyRunner:
                 {"server": self.name, "method": entry.frame.method}))
         self._calls.clear()
         self._watch.clear()
+        if self._obs is not None:
+            self._obs.close()

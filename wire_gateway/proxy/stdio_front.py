@@ -22,6 +22,7 @@ from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
 from wire_gateway.proxy.route import member_factory, open_upstream
 from wire_gateway.proxy.session import PassthroughSession
 from wire_gateway.proxy.stdio_auth import ENV_KEY, StdioAdmission
+from wire_gateway.telemetry import context as telemetry
 from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.transport.stdio import READ_SIZE, StdioStreams
@@ -44,11 +45,14 @@ async def serve_stdio(config: Config, server_name: str | None, streams: StdioStr
                     project = admission.principal.project
                     config = dataclasses.replace(config, servers={n: s for n, s in config.servers.items()
                                                                   if project.may_use(n)})
+            label = secrets.token_hex(4)    # the session's label in dump records, spans and log lines
+            if telemetry.ACTIVE:
+                telemetry.SCOPE.set(telemetry.Scope(label, server_name or AGGREGATE_NAME))
             front = StdioFront(config, server_name, streams, services)
             front.session.admit = admission
             if dumper is not None:
                 await nursery.start(dumper.run)
-                tap = dumper.tap(secrets.token_hex(4), server_name or AGGREGATE_NAME, "stdio", upstream=front.upstream)
+                tap = dumper.tap(label, server_name or AGGREGATE_NAME, "stdio", upstream=front.upstream)
                 front.session.tap = front.upstream.tap = tap
             try:
                 await front.run()

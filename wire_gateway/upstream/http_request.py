@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from wire_gateway.telemetry import context as telemetry
 from wire_gateway.transport.http_client import (
     BadBody,
     HttpClientError,
@@ -178,6 +179,16 @@ class RequestRunner:
             await up.sink.wait_writable()
 
     def _headers(self, inflight: Inflight) -> dict[str, str]:
+        headers = self._protocol_headers(inflight)
+        if telemetry.TRACING:
+            # A traced request's W3C trace context (the policy runner's upstream span), in the task's
+            # context since it was started from the runner's forward (telemetry/context.py).
+            trace = telemetry.OUTBOUND.get()
+            if trace is not None:
+                headers = {**headers, **trace}
+        return headers
+
+    def _protocol_headers(self, inflight: Inflight) -> dict[str, str]:
         frame = inflight.frame
         if inflight.era == MODERN:
             headers = mcp_headers_for(frame.msg)
