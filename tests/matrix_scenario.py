@@ -1,17 +1,20 @@
 """The combination matrix's one canonical scenario, and the clients it drives each front with.
 
-A cell is (front, policy, upstream kind, dumps, auth). Its gateway serves two servers: `s`, the one
+A cell is (front, policy, upstream kind, observe, auth). `observe: on` is what an operator turns on
+to look inside: frame dumps, OpenTelemetry traces (exported to a receiver the cell runs) and JSON
+logs, together (metrics are on in every cell: they are the default). Its gateway serves two servers: `s`, the one
 under test (a `command` echo server or a `url` one, with the cell's policy), and `p`, a plain
 echo server with no policy and no request timeout, so that the aggregate always combines a guarded member with a
 plain one. The scenario: handshake; `tools/list` (every page) with exactly the expected names;
 a call that works; a call the policy refuses (policies that refuse nothing: none, cache); an
 unknown method passed through (its answer is the server's own, for a single-server front); a
 hostile request that names its id twice, refused under its first id without reaching the server;
-four hops of the working call in the dump when dumps are on; and a log in which every member
-connected and nothing failed inside the gateway. With auth (`keys`) the client sends an API key
+four hops of the working call in the dump, and its span (the server's name, the client's
+parent context, the same request id as its log line) when observe is on; and a log in which
+every member connected and nothing failed inside the gateway. With auth (`keys`) the client sends an API key
 (a header, or WIRE_GATEWAY_KEY on stdio) of a project that hides the tool `wait`: it is gone
 from the list and a call to it is an unknown tool; over HTTP a request without the key gets
-401; the key appears in no log and no dump.
+401; the key appears in no log, no dump and no span.
 """
 from __future__ import annotations
 
@@ -34,9 +37,9 @@ FRONTS = ("stdio", "stdio-aggregate", "http-legacy", "http-modern", "http-aggreg
           "http-aggregate-modern")
 POLICIES = ("none", "filter", "pinning", "schema", "guardrails", "cache")
 UPSTREAMS = ("command", "url")
-DUMPS = ("off", "on")
+OBSERVE = ("off", "on")
 AUTHS = ("off", "keys")
-AXES = (FRONTS, POLICIES, UPSTREAMS, DUMPS, AUTHS)
+AXES = (FRONTS, POLICIES, UPSTREAMS, OBSERVE, AUTHS)
 
 SEP = "__"
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -47,6 +50,9 @@ HELLO = "matrix-hello-7d1f"          # the working call's text: found again at e
 # restored in the answer)
 AWS_KEY = "AKIA" + "Q7XJ3M2PZK4WN6RT"  # synthetic; base32 like a real id
 EMAIL = "matrix.user@example.org"
+# observe: the client's trace context on the working call
+TRACE_ID, PARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 
 
 def pairwise(axes: tuple[tuple[str, ...], ...]) -> list[tuple[str, ...]]:
@@ -77,17 +83,18 @@ class Cell:
     front: str
     policy: str
     upstream: str
-    dumps: str
+    observe: str
     tmp: Path
     url_server: str = ""           # the url upstream's endpoint, when upstream == "url"
     auth: str = "off"
     dump_path: Path | None = None
     log_path: Path = field(init=False)
     key: str | None = None         # with auth: the client's API key (made before the gateway starts)
+    receiver: Any = None           # with observe on: the OTLP receiver the gateway's spans go to
 
     def __post_init__(self) -> None:
         self.log_path = self.tmp / "gateway.log"
-        if self.dumps == "on":
+        if self.observe == "on":
             self.dump_path = self.tmp / "frames.jsonl"
         if self.auth == "keys":     # the store beside the config, as `wire-gateway keys create` makes it
             from wire_gateway.auth.backends import SqliteBackend
@@ -131,6 +138,9 @@ class Cell:
         servers = {"s": s, "p": {"command": PY, "args": [str(SERVERS / "echo.py")], "timeout": None}}
         if self.auth == "keys":
             top["auth"] = {"mode": "keys"}
+        if self.observe == "on":
+            top["telemetry"] = {"tracing": True}
+            top["logging"] = {"format": "json"}
         return {"servers": servers, "aggregate": {"separator": SEP}, **top}
 
     def expected_names(self) -> set[str]:
@@ -224,7 +234,7 @@ class HttpFront:
     def body(self, req_id: Any, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         params = dict(params or {})
         if self.modern:
-            params["_meta"] = MODERN_META
+            params["_meta"] = {**MODERN_META, **params.get("_meta", {})}
         return {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params}
 
     def send_raw(self, req_id: Any, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -261,9 +271,10 @@ def run_cell(cell: Cell) -> None:
                     break
             assert sorted(names) == sorted(cell.expected_names()), (names, cell.expected_names())
 
-        # a call that works
+        # a call that works (in a trace the client started: the gateway's span is its child)
         status, called = front.request("call-ok", "tools/call",
-                                       {"name": cell.tool("echo"), "arguments": {"text": HELLO}})
+                                       {"name": cell.tool("echo"), "arguments": {"text": HELLO},
+                                        "_meta": {"traceparent": TRACEPARENT}})
         assert status == 200 and called.get("id") == "call-ok", called
         assert called["result"]["content"][0]["text"] == HELLO, called
 
@@ -312,6 +323,8 @@ def run_cell(cell: Cell) -> None:
         assert cell.key not in cell.log_path.read_text(errors="replace")
         if cell.dump_path is not None:
             assert cell.key not in cell.dump_path.read_text(errors="replace")
+    if cell.receiver is not None:
+        check_trace(cell)
     if cell.dump_path is not None:
         check_dump(cell)
         assert not [r for r in records_of(cell) if r["dir"] == "gateway->server" and "dup-" + HELLO in r["frame"]]
@@ -342,10 +355,32 @@ def check_guardrails(cell: Cell, front: Any) -> None:
 def check_log(cell: Cell) -> None:
     text = cell.log_path.read_text(errors="replace")
     assert "setup failed" not in text and "Traceback" not in text, text
+    if cell.observe == "on":      # JSON lines, every one of them
+        levels = [json.loads(line)["level"] for line in text.splitlines() if line.strip()]
+        assert "ERROR" not in levels and "CRITICAL" not in levels, text
+        text = "\n".join(json.loads(line)["message"] for line in text.splitlines() if line.strip())
     assert not [line for line in text.splitlines() if " ERROR " in line or " CRITICAL " in line], text
     if cell.aggregate:
         for member in ("s", "p"):
             assert f"member {member} connected" in text, text
+
+
+def check_trace(cell: Cell) -> None:
+    """The working call's span: a child of the client's context, naming server `s` (the member,
+    through the aggregate), tied to its log line by the request id; the API key in no span."""
+    def mine(spans: list[Any]) -> list[Any]:
+        return [x for x in spans if x.kind == 2 and x.name == "tools/call echo"
+                and x.trace_id == TRACE_ID and x.parent_span_id == PARENT_ID]
+
+    spans = cell.receiver.wait_for(lambda got: bool(mine(got)))
+    [span] = mine(spans)
+    assert span.attributes["wire_gateway.server"] == "s", span
+    assert span.attributes["gen_ai.tool.name"] == "echo", span
+    request_id = span.attributes["wire_gateway.request_id"]
+    lines = [json.loads(line) for line in cell.log_path.read_text().splitlines() if line.strip()]
+    assert {line.get("request_id") for line in lines if line.get("trace_id") == TRACE_ID} <= {request_id}, lines
+    if cell.key is not None:
+        assert cell.key not in repr([(x.attributes, x.resource) for x in spans]), spans
 
 
 def records_of(cell: Cell) -> list[dict[str, Any]]:

@@ -5,9 +5,11 @@ Implementations: the supervised process (`command` server), the HTTP upstream (`
 policy runner around each, and the aggregate with a member of each kind; with auth, the policy
 runner whose auth slot serves a caller's project (`auth-command`), and an HTTP upstream that
 presents the gateway's own OAuth client credentials (`oauth-url`, against a local issuer); the
-policy runner with guardrails on both sides (`guardrails-command`, `guardrails-url`). They run in this test's
-own trio loop with a recording Sink standing in for the session; only the MCP servers behind them
-are real (the bundled echo server as a subprocess, the HTTP echo fixture on a free port).
+policy runner with guardrails on both sides (`guardrails-command`, `guardrails-url`); with tracing
+on (`traced-command`, `traced-url`: the runner a server without policy gets then, its spans kept in
+memory, one per tool request answered). They run in this test's own trio loop with a recording
+Sink standing in for the session; only the MCP servers behind them are real (the bundled echo
+server as a subprocess, the HTTP echo fixture on a free port).
 
 The contract, as sessions rely on it:
 - every request gets exactly one answer: the bytes `request()` returns, or one frame through the sink;
@@ -43,7 +45,7 @@ from wire_gateway.wire import jsonfast
 from wire_gateway.wire.frame import Frame, Kind, decode
 
 KINDS = ("command", "url", "policy-command", "policy-url", "aggregate-command", "aggregate-url", "auth-command",
-         "oauth-url", "guardrails-command", "guardrails-url")
+         "oauth-url", "guardrails-command", "guardrails-url", "traced-command", "traced-url")
 # the guardrails kinds: the filter of the policy kinds, and detectors on both sides that the
 # contract's traffic passes (a redaction rewrites what reaches the server, not who answers)
 GUARDRAILS = {"input": [{"detectors": ["secrets"], "action": "block"}, {"detectors": ["pii"], "action": "redact"}],
@@ -177,6 +179,10 @@ def send(up: Upstream, sink: RecordingSink, f: Frame) -> None:
 
 
 def run(kind: str, url: str, body: Callable[[Subject, RecordingSink], Any], timeout: float | None = None) -> None:
+    if kind.startswith("traced"):
+        traced(kind, url, body, timeout)
+        return
+
     async def main() -> None:
         if kind == "auth-command":     # the caller the fronts would have proven: its project hides `add`
             CALLER.set(Principal("wg_contract", "u", Project("m", ("*",), {"s": ToolRule(deny=("add",))})))
@@ -196,6 +202,46 @@ def run(kind: str, url: str, body: Callable[[Subject, RecordingSink], Any], time
     trio.run(main)
 
 
+def traced(kind: str, url: str, body: Callable[[Subject, RecordingSink], Any], timeout: float | None) -> None:
+    """The contract with tracing on for this process while the body runs (then off again), and a
+    SERVER span for each tool request that was answered, and for no other request."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from wire_gateway.telemetry import context, tracing
+
+    exporter = InMemorySpanExporter()
+    t = tracing.setup(exporter=exporter)
+    sinks: list[RecordingSink] = []
+    tools: set[str] = set()
+
+    async def recorded(subject: Subject, sink: RecordingSink) -> Any:
+        sinks.append(sink)
+        request = subject.upstream.request
+
+        def noting(f: Frame) -> Any:
+            if (f.method or "").startswith("tools/"):
+                tools.add(str(f.id))
+            return request(f)
+
+        subject.upstream.request = noting      # type: ignore[method-assign]
+        await body(subject, sink)
+
+    try:
+        run(kind.split("-")[1], url, recorded, timeout)
+    finally:
+        t.provider.force_flush()
+        t.provider.shutdown()
+        context.TRACER = None
+        context.TRACING = context.ACTIVE = False
+    [sink] = sinks
+    spans = [x for x in exporter.get_finished_spans() if x.kind.name == "SERVER"]
+    traced_ids = {str((x.attributes or {}).get("jsonrpc.request.id")) for x in spans}
+    answered = {str(i) for i, msgs in sink.answers.items() if msgs} & tools
+    assert answered <= traced_ids <= tools, (answered, traced_ids, tools)
+    for span in spans:
+        assert (span.attributes or {}).get("wire_gateway.server") == "s", span
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_request_gets_exactly_one_answer(kind: str, url_server: str) -> None:
     async def body(subject: Subject, sink: RecordingSink) -> None:
@@ -209,7 +255,7 @@ def test_every_request_gets_exactly_one_answer(kind: str, url_server: str) -> No
             await sink.answer(req_id)
         assert sink.answers["call"][0]["result"]["content"][0]["text"] == "hi"
         assert "error" in sink.answers["unknown"][0]
-        if kind not in ("command", "url", "oauth-url"):     # a policy member (or the caller's project) hides `add`
+        if kind not in ("command", "url", "oauth-url", "traced-command", "traced-url"):   # a policy hides `add`
             assert sink.answers["hidden"][0]["error"]["code"] == -32602
         if kind == "oauth-url":                       # the server was reached with the gateway's own token
             assert issuer().issued

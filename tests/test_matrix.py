@@ -1,6 +1,6 @@
-"""The combination matrix: front x policy x upstream kind x dumps x auth, one canonical scenario per cell
-(tests/matrix_scenario.py). Every pair of axis values runs by default; the whole product runs under
-the `slow` marker, which .ci/run runs too. A new feature adds its axis here."""
+"""The combination matrix: front x policy x upstream kind x observe (dumps, traces, JSON logs) x auth,
+one canonical scenario per cell (tests/matrix_scenario.py). Every pair of axis values runs by
+default; the whole product runs under the `slow` marker, which .ci/run runs too. A new feature adds its axis here."""
 from __future__ import annotations
 
 import itertools
@@ -8,23 +8,37 @@ from pathlib import Path
 
 import pytest
 from matrix_scenario import AXES, Cell, pairwise, run_cell
+from otlp_receiver import OtlpReceiver
 
 PAIRWISE = pairwise(AXES)
 REST = [cell for cell in itertools.product(*AXES) if cell not in PAIRWISE]
 
 
 
-def _run(cell: tuple[str, ...], tmp_path: Path, url_server: str) -> None:
-    front, policy, upstream, dumps, auth = cell
-    run_cell(Cell(front, policy, upstream, dumps, tmp_path, url_server=url_server, auth=auth))
+def _run(cell: tuple[str, ...], tmp_path: Path, url_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    front, policy, upstream, observe, auth = cell
+    c = Cell(front, policy, upstream, observe, tmp_path, url_server=url_server, auth=auth)
+    if observe != "on":
+        run_cell(c)
+        return
+    c.receiver = OtlpReceiver()        # the gateway's spans, exported as in production (OTLP/HTTP, batched)
+    for name, value in (("OTEL_EXPORTER_OTLP_ENDPOINT", c.receiver.endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "50")):
+        monkeypatch.setenv(name, value)
+    for name in ("OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        run_cell(c)
+    finally:
+        c.receiver.stop()
 
 
 @pytest.mark.parametrize("cell", PAIRWISE, ids=["-".join(c) for c in PAIRWISE])
-def test_pairwise(cell: tuple[str, ...], tmp_path: Path, url_server: str) -> None:
-    _run(cell, tmp_path, url_server)
+def test_pairwise(cell: tuple[str, ...], tmp_path: Path, url_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(cell, tmp_path, url_server, monkeypatch)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", REST, ids=["-".join(c) for c in REST])
-def test_rest_of_the_matrix(cell: tuple[str, ...], tmp_path: Path, url_server: str) -> None:
-    _run(cell, tmp_path, url_server)
+def test_rest_of_the_matrix(cell: tuple[str, ...], tmp_path: Path, url_server: str,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(cell, tmp_path, url_server, monkeypatch)
