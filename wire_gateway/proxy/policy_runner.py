@@ -1,9 +1,10 @@
 """The policy runner: an upstream that runs the server's policy chain on tools/list and
 tools/call, and is a plain passthrough for everything else.
 
-(Just over 400 lines, on purpose: the inline path, the task path and the pass-back share the
+(About 500 lines, on purpose: the inline path, the task path and the pass-back share the
 one-answer-per-request bookkeeping below, and splitting them apart would put that invariant in
-two files.)
+two files. The metrics and trace hooks sit where each fact is known; the span logic itself is in
+`request_trace`, the instruments in `telemetry.metrics`.)
 
 Towards the session it is an Upstream; towards the real upstream (a process or an HTTP
 client, made by make_upstream) it is the Sink, through a small adapter because both
