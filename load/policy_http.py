@@ -56,8 +56,9 @@ def pairs(eras: tuple[str, ...]) -> list[Pair]:
         # The same gateway with its metrics off (A) and on (B, the default): what counting costs.
         out.append(Pair("metrics", era, echo, Side({**bench.echo_server(), "telemetry": {"metrics": False}}),
                         Side(bench.echo_server()), target=0.97))
-        # Tracing off vs on (every tools/call a span, exported to the load tool's OTLP sink: run_pairs).
-        out.append(Pair("tracing", era, echo, Side(bench.echo_server()),
+        # Observability all off (A) vs metrics and tracing on (B: every tools/call a span, exported
+        # to the load tool's OTLP sink, run_pairs).
+        out.append(Pair("tracing", era, echo, Side({**bench.echo_server(), "telemetry": {"metrics": False}}),
                         Side({**bench.echo_server(), "telemetry": {"tracing": True}}), target=0.9))
     if "modern" in eras:
         renamed = [("tools/call", {**params, "name": "echo__echo"}, result) for _, params, result in echo]
