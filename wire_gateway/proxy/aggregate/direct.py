@@ -163,7 +163,7 @@ class DirectCalls:
                 agg.frames_out += 1
                 agg.sink.server_frame(Frame(raw, frame.kind, {**msg, "id": client_id}, None, client_id, frame.note))
                 return                  # the member's reader flushes the sink after its batch
-        agg.deliver(client_id, "tools/call", msg)
+        agg.deliver(client_id, "tools/call", msg, frame.note if frame is not None else None)
 
     def _unchanged(self, msg: dict[str, Any]) -> bool:
         """Whether Aggregate.deliver would send this answer as it is, but for its id."""

@@ -22,7 +22,7 @@ import trio
 from wire_gateway.config import Config
 from wire_gateway.proxy.aggregate.direct import DirectCalls
 from wire_gateway.proxy.aggregate.directory import LIST_TIMEOUT, LISTS, Directory, RouteError
-from wire_gateway.proxy.aggregate.members import Member, UpstreamFactory
+from wire_gateway.proxy.aggregate.members import NOTES, Member, UpstreamFactory
 from wire_gateway.proxy.aggregate.messages import (
     META_SERVER_INFO,
     SERVER_INFO,
@@ -242,6 +242,8 @@ class Aggregate:
     async def _serve(self, frame: Frame, scope: trio.CancelScope) -> None:
         req_id = frame.id
         answer: dict[str, Any] | None = None
+        notes: list[str] = []
+        NOTES.set(notes)                  # this task's own context (trio gives each task a copy)
         try:
             with scope:
                 try:
@@ -258,7 +260,8 @@ class Aggregate:
             if owed:                      # not owed: the client cancelled it
                 self.deliver(req_id, frame.method, answer if answer is not None else error_msg(
                     req_id, errors.UPSTREAM_UNAVAILABLE,
-                    f"the gateway is shutting down; {frame.method} was not answered"))
+                    f"the gateway is shutting down; {frame.method} was not answered"),
+                    notes[-1] if answer is not None and notes else None)
 
     async def _dispatch(self, frame: Frame) -> dict[str, Any] | None:
         method = frame.method or ""
@@ -319,8 +322,9 @@ class Aggregate:
             return ns.with_modern_meta(params, modern_envelope(self.era, self.client_init))
         return ns.strip_modern_meta(params)
 
-    def deliver(self, req_id: Any, method: str | None, answer: dict[str, Any]) -> None:
-        """A member's answer (or the aggregate's own) reaches the client under its id, in its era."""
+    def deliver(self, req_id: Any, method: str | None, answer: dict[str, Any], note: str | None = None) -> None:
+        """A member's answer (or the aggregate's own) reaches the client under its id, in its era.
+        `note`: what a member's policy did to it (a guardrail block), kept for the dump."""
         if "result" in answer:
             result = answer["result"]
             if self.era == LEGACY:
@@ -340,6 +344,7 @@ class Aggregate:
         frame = decode(raw)
         self.frames_out += 1
         if isinstance(frame, Frame):
+            frame.note = note
             self.sink.server_frame(frame)
         else:
             self.sink.gateway_reply(req_id, raw)

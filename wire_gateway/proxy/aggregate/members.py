@@ -18,6 +18,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -42,12 +43,18 @@ UpstreamFactory = Callable[[ServerSpec, Limits, Sink], Upstream]
 RETRY_MAX = 30.0                # longest pause between attempts to (re)connect a failed member
 
 
+NOTES: ContextVar[list[str] | None] = ContextVar("wire_gateway_aggregate_notes", default=None)
+"""Set by the task serving a client request: what the members' policies did to the answers it
+waited for (a guardrail block), so its dump record can say so."""
+
+
 class _Call:
-    __slots__ = ("done", "msg")
+    __slots__ = ("done", "msg", "note")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.msg: dict[str, Any] | None = None
+        self.note: str | None = None
 
 
 class Member:
@@ -194,6 +201,9 @@ class Member:
                                  f"server '{self.name}' did not answer {method} within {timeout:g}s",
                                  {"server": self.name, "method": method})
             assert call.msg is not None
+            notes = NOTES.get() if call.note is not None else None
+            if notes is not None and call.note is not None:
+                notes.append(call.note)
             return call.msg
         except trio.Cancelled:
             if not call.done.is_set():
@@ -224,7 +234,7 @@ class Member:
                     return
             call = self.calls.get(frame.id)
             if call is not None and not call.done.is_set():
-                call.msg = frame.msg
+                call.msg, call.note = frame.msg, frame.note
                 call.done.set()
             else:
                 log.debug("aggregate: %s answered %r, which nobody waits for any more", self.name, frame.id)
