@@ -56,7 +56,9 @@ async def scenario(client: Client, tool: Any = lambda n: n) -> dict[str, Any]:
                        ("leak", {}), ("bad_output", {}), ("unicode", {}),
                        ("echo_args", {"to": EMAIL, "body": "hi"}), ("echo_args", {"key": f"use {AWS}"}),
                        ("echo_args", {"path": "../../etc/passwd"}), ("echo_args", {"note": ORDER}),
-                       ("big", {"size": 4096, "leak": True})):
+                       ("big", {"size": 4096, "leak": True}),
+                       # over policy.guardrails.OFF_LOOP_BYTES: judged in a worker thread, the same
+                       ("big", {"size": 300_000, "leak": True})):
         result = plain(await client.call_tool(tool(name), args))
         seen.setdefault(name, []).append(result)
     return seen
@@ -99,9 +101,9 @@ def check(seen: dict[str, Any], prefix: str = "") -> None:
     assert traversal.get("isError") is True and guardrail_meta(traversal)["detector"] == "path_traversal", traversal
     assert order["structuredContent"] == {"arguments": {"note": ORDER}}, order
     # a key at the very end of a result is still found
-    [big] = seen["big"]
-    assert len(text(big)) == 4096 - len(hostile.AWS_KEY_ID) + len("[REDACTED_AWS_KEY]"), big
-    assert hostile.AWS_KEY_ID not in text(big) and text(big).endswith("key=[REDACTED_AWS_KEY]"), big
+    for big, size in zip(seen["big"], (4096, 300_000)):
+        assert len(text(big)) == size - len(hostile.AWS_KEY_ID) + len("[REDACTED_AWS_KEY]"), text(big)[-200:]
+        assert hostile.AWS_KEY_ID not in text(big) and text(big).endswith("key=[REDACTED_AWS_KEY]")
     # poisoned server instructions are dropped; a poisoned title is masked
     assert not seen["instructions"], seen["instructions"]
     assert "<IMPORTANT>" not in json.dumps(seen["server_info"]), seen["server_info"]

@@ -100,6 +100,10 @@ class Reply:
         return Frame(raw, kind, self.msg, None, self.msg.get("id"), self.note)
 
 
+
+DEFER = Reply({}, None, note="defer")
+"""A `check`'s answer for "not without waiting": see Interceptor.check."""
+
 class Interceptor:
     """Base: pass everything. Subclasses override what they need, and say for which methods
     their hooks do anything (the chain skips them for the others: a tools/call answer through
@@ -110,7 +114,9 @@ class Interceptor:
     response_methods: frozenset[str] = TOOL_METHODS
     # An interceptor whose on_request never waits (it reads no store) also defines
     # `check(call) -> Reply | None`, the same decision as a plain call: the chain then
-    # runs it without a coroutine when every interceptor on the way down has one.
+    # runs it without a coroutine when every interceptor on the way down has one. A check
+    # that must wait for this one call (guardrails judging a large frame in a worker thread)
+    # returns DEFER: the chain then runs as coroutines, in a task.
     check: Callable[[Call], Reply | None] | None = None
     # True for an interceptor that acts only for callers whose project asks it to (the auth slot;
     # guardrails a server has none of its own): see Chain.project_only.
@@ -188,7 +194,8 @@ class Chain:
         return await self.up(call, reply, stop)
 
     def down_now(self, call: Call) -> tuple[Reply | None, int] | None:
-        """`down` without a coroutine, when every interceptor on the way has a `check`; else None."""
+        """`down` without a coroutine, when every interceptor on the way has a `check` and none
+        defers; else None (the caller then runs `down`)."""
         checks = self._checks.get(call.method or "")
         if checks is None:
             return None
@@ -198,6 +205,8 @@ class Chain:
                     reply = check(call)
             else:
                 reply = check(call)
+            if reply is DEFER:
+                return None
             if reply is not None:
                 return reply, i
         return None, len(self.interceptors)

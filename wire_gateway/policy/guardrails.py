@@ -35,7 +35,7 @@ from wire_gateway.guardrails.engine import (
     text_of,
 )
 from wire_gateway.guardrails.remote import Provider, RemoteSettings, RemoteVerdict, make_provider
-from wire_gateway.policy.chain import Call, Interceptor, Reply
+from wire_gateway.policy.chain import DEFER, Call, Interceptor, Reply
 from wire_gateway.policy.output_schema import OutputSchemas
 from wire_gateway.policy.schema import canonical
 from wire_gateway.policy.tools import ToolIndex
@@ -51,6 +51,10 @@ MAX_VERDICTS = 4096
 
 def _modern(call: Call) -> bool:
     return not call.version.startswith("legacy-") and call.version != "unknown"
+
+
+OFF_LOOP_BYTES = 64 * 1024
+"""Frames this large are judged in a worker thread (about 1 ms of detection and more)."""
 
 
 class Guardrails(Interceptor):
@@ -105,7 +109,13 @@ class Guardrails(Interceptor):
     # ---- down --------------------------------------------------------------------------------------
 
     def _check_input(self, call: Call) -> Reply | None:
-        """on_request's local part, which never waits."""
+        """`check`: on_request's local part, which never waits; a large frame is judged in a
+        worker thread (DEFER: the chain runs as coroutines, and on_request does)."""
+        if len(call.frame.raw) >= OFF_LOOP_BYTES:
+            return DEFER
+        return self._input(call)
+
+    def _input(self, call: Call) -> Reply | None:
         tool = call.tool
         missing = self._missing(call)       # first: a project whose only policy is missing has none to run
         if missing is not None:
@@ -136,7 +146,7 @@ class Guardrails(Interceptor):
         return None
 
     async def on_request(self, call: Call) -> Reply | None:
-        reply = self._check_input(call) if call.method == "tools/call" else None
+        reply = await self._off_loop(call.frame.raw, self._input, call) if call.method == "tools/call" else None
         if reply is not None or not self.remote or call.method != "tools/call":
             return reply
         params = call.params      # as the local rules left them: a provider never sees what they redacted
@@ -205,13 +215,26 @@ class Guardrails(Interceptor):
                 blocked = self._remote_verdict(call, policy, action, settings, answer, "input")
                 if blocked is not None:
                     return blocked
-            reply = self._result(call, reply)
+            reply = await self._off_loop(reply.raw, self._result, call, reply)
             return await self._remote_output(call, reply) if self.remote else reply
         if method == "tools/list":
             return self._tools(call, reply)
         if method in INFO_METHODS:
             return self._server_info(call, reply)
         return reply
+
+    @staticmethod
+    async def _off_loop(raw: bytes | None, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)`, in a worker thread when the frame is large: judging 1 MiB takes tens to
+        hundreds of milliseconds, which the event loop (every other client) must not wait for.
+        The first await is a plain checkpoint, so that `chain.drive`, which runs the chain
+        inline and gives up at its first suspension, stops there and not inside the thread
+        hand-off; the runner then runs the chain again in a task. The detectors' memos are
+        safe across threads (each is one tuple, read once)."""
+        if raw is None or len(raw) < OFF_LOOP_BYTES:
+            return fn(*args)
+        await trio.lowlevel.checkpoint()
+        return await trio.to_thread.run_sync(fn, *args)
 
     def _result(self, call: Call, reply: Reply) -> Reply:
         mapping = call.state.get("restore")
