@@ -12,9 +12,8 @@ import logging
 from typing import Any
 
 import jsonschema
-from jsonschema.exceptions import SchemaError
 
-from wire_gateway.policy.schema import canonical
+from wire_gateway.policy.schema import canonical, make_validator
 from wire_gateway.policy.tools import ToolIndex
 
 log = logging.getLogger("wire_gateway.policy.output_schema")
@@ -32,15 +31,7 @@ class OutputSchemas:
             if cached[0] is not schema:
                 self._validators[tool] = (schema, cached[1])
             return cached[1]
-        validator = None
-        if isinstance(schema, dict):
-            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-            try:
-                cls.check_schema(schema)
-                validator = cls(schema)
-            except SchemaError as exc:
-                log.warning("server %s: tool %r has an invalid outputSchema (%s); its results are not validated",
-                            self.server, tool, exc.message)
+        validator = make_validator(schema, "outputSchema", log, self.server, tool)
         self._validators[tool] = (schema, validator)
         return validator
 

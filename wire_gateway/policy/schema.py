@@ -29,6 +29,22 @@ def canonical(schema: Any) -> bytes | None:
         return None
 
 
+def make_validator(schema: Any, which: str, logger: logging.Logger, server: str, tool: str) -> Any:
+    """A jsonschema validator of a tool's `which` (inputSchema, outputSchema), by the schema's own
+    `$schema` (2020-12 when it names none); None when the schema is not an object, or is invalid
+    (said once, here: its tool is then not judged against it)."""
+    if not isinstance(schema, dict):
+        return None
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        logger.warning("server %s: tool %r has an invalid %s (%s); its %s are not validated", server, tool, which,
+                       exc.message, "arguments" if which == "inputSchema" else "results")
+        return None
+    return cls(schema)
+
+
 class SchemaGuard(Interceptor):
     name = "schema"
     request_methods = frozenset({"tools/call"})
@@ -52,15 +68,7 @@ class SchemaGuard(Interceptor):
             if same is not None and same == canonical(schema):
                 self._validators[tool] = (schema, cached[1], cached[2])
                 return cached[1], cached[2]
-        validator = None
-        if isinstance(schema, dict):
-            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-            try:
-                cls.check_schema(schema)
-                validator = cls(schema)
-            except SchemaError as exc:
-                log.warning("server %s: tool %r has an invalid inputSchema (%s); its arguments are not "
-                            "validated", self.server, tool, exc.message)
+        validator = make_validator(schema, "inputSchema", log, self.server, tool)
         fast = compile_check(schema) if validator is not None else None
         self._validators[tool] = (schema, validator, fast)
         return validator, fast
