@@ -111,9 +111,14 @@ class Guardrails(Interceptor):
     def _check_input(self, call: Call) -> Reply | None:
         """`check`: on_request's local part, which never waits; a large frame is judged in a
         worker thread (DEFER: the chain runs as coroutines, and on_request does)."""
-        if len(call.frame.raw) >= OFF_LOOP_BYTES:
+        if len(call.frame.raw) >= OFF_LOOP_BYTES and self._judges(call):
             return DEFER
         return self._input(call)
+
+    def _judges(self, call: Call) -> bool:
+        """Whether the input side has anything to do for this caller (a caller without policies
+        on a server whose guardrails only projects add: a large frame needs no thread then)."""
+        return bool(self.policies(call)) or self._missing(call) is not None
 
     def _input(self, call: Call) -> Reply | None:
         tool = call.tool
@@ -146,7 +151,8 @@ class Guardrails(Interceptor):
         return None
 
     async def on_request(self, call: Call) -> Reply | None:
-        reply = await self._off_loop(call.frame.raw, self._input, call) if call.method == "tools/call" else None
+        reply = await self._off_loop(call.frame.raw if self._judges(call) else None, self._input, call) \
+            if call.method == "tools/call" else None
         if reply is not None or not self.remote or call.method != "tools/call":
             return reply
         params = call.params      # as the local rules left them: a provider never sees what they redacted
@@ -215,7 +221,8 @@ class Guardrails(Interceptor):
                 blocked = self._remote_verdict(call, policy, action, settings, answer, "input")
                 if blocked is not None:
                     return blocked
-            reply = await self._off_loop(reply.raw, self._result, call, reply)
+            judged = self.policies(call) or call.state.get("restore")
+            reply = await self._off_loop(reply.raw if judged else None, self._result, call, reply)
             return await self._remote_output(call, reply) if self.remote else reply
         if method == "tools/list":
             return self._tools(call, reply)
