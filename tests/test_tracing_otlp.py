@@ -262,10 +262,10 @@ def test_trace_context_parsing_follows_w3c() -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from wire_gateway.telemetry.context import Scope
-    from wire_gateway.telemetry.tracing import Tracing
+    from wire_gateway.telemetry.context import NO_ATTRS, Scope
+    from wire_gateway.telemetry.tracing import AsReadable, Tracing
 
-    tracing = Tracing(TracerProvider(), 0.0, SimpleSpanProcessor(InMemorySpanExporter()))
+    tracing = Tracing(TracerProvider(), 0.0, SimpleSpanProcessor(AsReadable(InMemorySpanExporter())))
 
     def parent_of(meta: Any, header: str | None = None) -> tuple[str | None, list[str]]:
         span, links = tracing.parent(meta, Scope(traceparent=header, tracestate="congo=t61rcWkgMzE"))
@@ -280,51 +280,66 @@ def test_trace_context_parsing_follows_w3c() -> None:
         assert parent_of({"traceparent": bad}) == (None, []), bad
     assert parent_of({"traceparent": f"01-{CLIENT_TRACE}-{CLIENT_SPAN}-01-later"}) == (CLIENT_TRACE, [])
     ctx, _ = tracing.parent({}, Scope(traceparent=TRACEPARENT, tracestate="congo=t61rcWkgMzE"))
-    span = tracing.start("x", trace.SpanKind.SERVER, ctx, {})
+    span = tracing.start("x", trace.SpanKind.SERVER, ctx, NO_ATTRS, {})
     carrier = tracing.carrier(span)
     assert carrier["traceparent"].startswith(f"00-{CLIENT_TRACE}-") and carrier["traceparent"].endswith("-01")
     assert carrier["tracestate"] == "congo=t61rcWkgMzE"
 
 
 def test_the_fast_encoder_writes_what_the_sdk_encoder_does() -> None:
-    """`telemetry.otlp_encode` against the SDK's encoder, both decoded by `opentelemetry-proto`."""
+    """`telemetry.otlp_encode` against the SDK's encoder, both decoded by `opentelemetry-proto`: from
+    the gateway's own spans as the export thread gets them (shared attributes encoded once, then
+    reused), and from the SDK's `ReadableSpan`s that any other exporter gets."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
     from opentelemetry.trace import SpanKind
 
-    from wire_gateway.telemetry.context import Scope
+    from wire_gateway.telemetry.context import NO_ATTRS, Attrs, Scope
     from wire_gateway.telemetry.otlp_encode import Unencodable, encode_request
-    from wire_gateway.telemetry.tracing import Tracing
+    from wire_gateway.telemetry.tracing import LightSpan, Tracing
 
-    memory = InMemorySpanExporter()
+    class Keep(SpanExporter):
+        takes_light_spans = True
+
+        def __init__(self) -> None:
+            self.spans: list[Any] = []
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.spans.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    kept = Keep()
     tracing = Tracing(TracerProvider(resource=Resource.create({"service.name": "wire-gateway", "n": 3})), 0.0,
-                      SimpleSpanProcessor(memory))
+                      SimpleSpanProcessor(kept))
     parent, links = tracing.parent({"traceparent": META_TRACEPARENT, "tracestate": "a=1,b=2"},
                                    Scope(traceparent=TRACEPARENT))
-    root = tracing.start("tools/call écho", SpanKind.SERVER, parent, {
-        "s": "text ✓", "b": True, "f": False, "i": 42, "neg": -7, "big": 2**62, "x": 1.5, "list": ["a", "b"],
-        "ints": [1, -2], "empty": ""}, links)
-    child = tracing.child(root, "tools/call", SpanKind.CLIENT, {"mcp.method.name": "tools/call"})
-    tracing.failed(child, "-32602", "Unknown tool: add")
-    child.end()
-    tracing.child(root, "wire-gateway policy auth").end()
-    root.end()
-    lone = tracing.start("tools/list", SpanKind.SERVER, None, {})
+    shared = Attrs({"s": "text ✓", "b": True, "list": ["a", "b"]})
+    for n in range(2):
+        root = tracing.start("tools/call écho", SpanKind.SERVER, parent, shared, {
+            "f": False, "i": 42 + n, "neg": -7, "big": 2**62, "x": 1.5, "ints": [1, -2], "empty": ""}, links)
+        child = tracing.child(root, "tools/call", SpanKind.CLIENT, Attrs({"mcp.method.name": "tools/call"}))
+        tracing.failed(child, "-32602", "Unknown tool: add")
+        child.end()
+        tracing.child(root, "wire-gateway policy auth").end()
+        root.end()
+    lone = tracing.start("tools/list", SpanKind.SERVER, None, NO_ATTRS, {})
     lone.end()
-    spans = memory.get_finished_spans()
-    assert len(spans) == 4
-    ours, sdk = ExportTraceServiceRequest(), ExportTraceServiceRequest()
-    ours.ParseFromString(encode_request(spans))
-    sdk.ParseFromString(encode_spans(spans).SerializeToString())
-    assert ours == sdk, (ours, sdk)
-    bad = tracing.start("x", SpanKind.SERVER, None, {"d": {"nested": 1}})
+    spans = kept.spans
+    assert len(spans) == 7 and all(type(s) is LightSpan for s in spans)
+    readable = [s.readable() for s in spans]
+    sdk = ExportTraceServiceRequest()
+    sdk.ParseFromString(encode_spans(readable).SerializeToString())
+    for body in (encode_request(spans), encode_request(spans), encode_request(readable)):
+        ours = ExportTraceServiceRequest()
+        ours.ParseFromString(body)
+        assert ours == sdk, (ours, sdk)
+    bad = tracing.start("x", SpanKind.SERVER, None, NO_ATTRS, {"d": {"nested": 1}})
     bad.end()
     with pytest.raises(Unencodable):
-        encode_request(memory.get_finished_spans()[-1:])
+        encode_request(kept.spans[-1:])
 
 
 def test_a_sampled_out_parent_is_propagated_not_recorded() -> None:
@@ -335,12 +350,13 @@ def test_a_sampled_out_parent_is_propagated_not_recorded() -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import SpanKind
 
-    from wire_gateway.telemetry.tracing import Tracing
+    from wire_gateway.telemetry.context import NO_ATTRS
+    from wire_gateway.telemetry.tracing import AsReadable, Tracing
 
     memory = InMemorySpanExporter()
-    tracing = Tracing(TracerProvider(), 0.0, SimpleSpanProcessor(memory))
+    tracing = Tracing(TracerProvider(), 0.0, SimpleSpanProcessor(AsReadable(memory)))
     parent, _ = tracing.parent({"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"}, None)
-    span = tracing.start("tools/call echo", SpanKind.SERVER, parent, {})
+    span = tracing.start("tools/call echo", SpanKind.SERVER, parent, NO_ATTRS, {})
     upstream = tracing.child(span, "tools/call echo", SpanKind.CLIENT)
     assert tracing.carrier(upstream)["traceparent"].endswith("-00")
     assert tracing.carrier(upstream)["traceparent"].startswith(f"00-{CLIENT_TRACE}-")

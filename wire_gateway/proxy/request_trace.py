@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from wire_gateway.auth.context import CALLER
 from wire_gateway.telemetry import context
-from wire_gateway.telemetry.context import REQUEST, Tag
+from wire_gateway.telemetry.context import REQUEST, Attrs, Tag
 from wire_gateway.upstream.protocol import Sink
 from wire_gateway.wire import jsonfast
 from wire_gateway.wire.era import request_version
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from wire_gateway.telemetry.tracing import LightSpan, Tracing
 
 _ANSWER = (Kind.RESPONSE, Kind.ERROR)
+_STATICS_MAX = 1024
+_AUTH = Attrs({"wire_gateway.slot": "auth"})
 log = logging.getLogger("wire_gateway.requests")
 
 
@@ -82,6 +84,8 @@ class Observer:
         names = runner.chain.names
         self._cached = {"tools/list": "list_cache" in names, "tools/call": "result_cache" in names}
         self._kinds: tuple[Any, Any] = (None, None)
+        self._statics: dict[tuple[Any, ...], Attrs] = {}
+        self._upstream_statics: dict[str, Attrs] = {}
         if tracing is not None:
             from wire_gateway.telemetry.tracing import CLIENT, SERVER
 
@@ -117,14 +121,17 @@ class Observer:
     def _begin(self, frame: Frame, passthrough: bool) -> Traced:
         scope = context.SCOPE.get()
         session = scope.session if scope is not None else None
-        tag = Tag(self.server, session, context.request_id(session, frame.id))
+        rid = context.request_id(session, frame.id)
+        tag = Tag(self.server, session, rid)
         params = frame.params if isinstance(frame.params, dict) else {}
         tool = params.get("name") if frame.method == "tools/call" else None
         name = f"{frame.method} {tool}" if isinstance(tool, str) else str(frame.method)
         tracing = self.tracing
         if tracing is None:
             return Traced(self, tag, None, name)
-        attrs = self._attributes(frame, tool, session)
+        attrs: dict[str, Any] = {"jsonrpc.request.id": str(frame.id), "wire_gateway.request_id": rid}
+        if session is not None:
+            attrs["mcp.session.id"] = session
         caller = CALLER.get()
         if caller is not None:
             attrs["wire_gateway.principal"] = caller.id
@@ -133,37 +140,40 @@ class Observer:
             attrs["wire_gateway.passthrough"] = True
         parent, links = tracing.parent(params.get("_meta"), scope)
         start = scope.auth_start if scope is not None and scope.auth_start else None
-        span = tracing.start(name, self._kinds[0], parent, attrs, links, start)
-        if scope is not None and scope.auth_start:
-            tracing.child(span, "wire-gateway auth", attributes={"wire_gateway.slot": "auth"},
-                          start_time=scope.auth_start).end(scope.auth_end or None)
-        tag.trace_id, tag.span_id = tracing.ids(span)
+        span = tracing.start(name, self._kinds[0], parent, self._static(frame, tool), attrs, links, start)
+        if scope is not None and start:
+            tracing.child(span, "wire-gateway auth", static=_AUTH, start_time=start).end(scope.auth_end or None)
+        ctx = span.context
+        tag.trace_id, tag.span_id = ctx.trace_id, ctx.span_id
         return Traced(self, tag, span, name)
 
-    def _attributes(self, frame: Frame, tool: Any, session: str | None) -> dict[str, Any]:
-        attrs: dict[str, Any] = {
-            "mcp.method.name": frame.method or "",
-            "jsonrpc.request.id": str(frame.id),
-            "wire_gateway.server": self.server,
-            "wire_gateway.request_id": context.request_id(session, frame.id),
-            "network.transport": self.transport,
-        }
-        if isinstance(tool, str):
-            attrs["gen_ai.tool.name"] = tool
-            attrs["gen_ai.operation.name"] = "execute_tool"
+    def _static(self, frame: Frame, tool: Any) -> Attrs:
+        """The attributes every span of this method, tool and protocol version shares, made once
+        (a bounded number of them: tool names come from clients)."""
         version = request_version(frame.msg)
-        if version is not None:
-            attrs["mcp.protocol.version"] = version
-            attrs["wire_gateway.era"] = "modern"
-        else:
+        era = "modern"
+        if version is None:
+            era = "legacy"
             init = self.runner.inner.handshake.init_msg
             params = init.get("params") if init is not None else None
             if isinstance(params, dict) and isinstance(params.get("protocolVersion"), str):
-                attrs["mcp.protocol.version"] = params["protocolVersion"]
-            attrs["wire_gateway.era"] = "legacy"
-        if session is not None:
-            attrs["mcp.session.id"] = session
-        return attrs
+                version = params["protocolVersion"]
+        key = (frame.method, tool if isinstance(tool, str) else None, version, era)
+        static = self._statics.get(key)
+        if static is not None:
+            return static
+        values: dict[str, Any] = {"mcp.method.name": frame.method or "", "wire_gateway.server": self.server,
+                                  "network.transport": self.transport}
+        if isinstance(tool, str):
+            values["gen_ai.tool.name"] = tool
+            values["gen_ai.operation.name"] = "execute_tool"
+        if version is not None:
+            values["mcp.protocol.version"] = version
+        values["wire_gateway.era"] = era
+        static = Attrs(values)
+        if len(self._statics) < _STATICS_MAX:
+            self._statics[key] = static
+        return static
 
     def decided(self, req_id: Any, note: str | None) -> None:
         """The chain's answer to a request carries the policy that made or changed it."""
@@ -237,8 +247,14 @@ class Observer:
             if out is None:
                 self.upstream[frame.id] = None
             return out
-        span = self.tracing.child(traced.span, traced.name, self._kinds[1], {   # the rest is on its parent
-            "mcp.method.name": frame.method or "", "jsonrpc.request.id": str(frame.id)})
+        method = frame.method or ""
+        static = self._upstream_statics.get(method)
+        if static is None:
+            static = Attrs({"mcp.method.name": method})     # the rest is on its parent
+            if len(self._upstream_statics) < _STATICS_MAX:
+                self._upstream_statics[method] = static
+        span = self.tracing.child(traced.span, traced.name, self._kinds[1], static,
+                                  {"jsonrpc.request.id": str(frame.id)})
         carrier = self.tracing.carrier(span)
         frame = with_meta(frame, carrier)
         token = context.OUTBOUND.set(carrier)

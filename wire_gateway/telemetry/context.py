@@ -52,8 +52,22 @@ class Tag:
     server: str
     session: str | None
     request_id: str
-    trace_id: str | None = None
-    span_id: str | None = None
+    trace_id: int = 0              # of its span, when it is traced (formatted only when a line is written)
+    span_id: int = 0
+
+
+class Attrs:
+    """Attributes that many spans share (a server's method, tool, era...), made once and encoded
+    once (`telemetry.otlp_encode`); a span keeps a reference and its own few (ids, outcome) beside it."""
+
+    __slots__ = ("values", "encoded")
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.encoded: bytes | None = None       # written by the export thread, the only encoder
+
+
+NO_ATTRS = Attrs({})
 
 
 SCOPE: ContextVar[Scope | None] = ContextVar("wire_gateway_scope", default=None)

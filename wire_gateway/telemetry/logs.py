@@ -52,9 +52,9 @@ class JsonFormatter(logging.Formatter):
             if tag.session is not None:
                 doc["session"] = mask(tag.session)
             doc["request_id"] = mask(tag.request_id)
-            if tag.trace_id is not None:
-                doc["trace_id"] = tag.trace_id
-                doc["span_id"] = tag.span_id
+            if tag.trace_id:
+                doc["trace_id"] = format(tag.trace_id, "032x")
+                doc["span_id"] = format(tag.span_id, "016x")
         else:
             scope = context.SCOPE.get()
             if scope is not None:

@@ -22,6 +22,9 @@ from typing import Any
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.trace import StatusCode
+
+from wire_gateway.telemetry.tracing import LightSpan
 
 _KIND = {0: 1, 1: 2, 2: 3, 3: 4, 4: 5}     # SDK SpanKind value -> OTLP Span.SpanKind
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
@@ -85,6 +88,27 @@ def _attributes(tag: int, attrs: Any) -> bytes:
     return b"".join(out)
 
 
+def _own_attributes(attrs: dict[str, Any]) -> bytes:
+    """A gateway span's own attributes (`Span.attributes`, field 9): ids and outcomes, whose values
+    seldom repeat (so no memo of them), under keys that do."""
+    out = []
+    for key, value in attrs.items():
+        head = _KEYS.get(key)
+        if head is None:
+            if len(_KEYS) >= _KEY_VALUES_MAX:
+                _KEYS.clear()
+            head = _KEYS[key] = _str(1, key)
+        if type(value) is str:
+            data = value.encode("utf-8")
+            any_value = b"\x0a" + _varint(len(data)) + data
+        else:
+            any_value = _any_value(value)
+        pair = head + b"\x12" + _varint(len(any_value)) + any_value
+        out.append(b"\x4a" + _varint(len(pair)) + pair)
+    return b"".join(out)
+
+
+_KEYS: dict[str, bytes] = {}
 # Encoded (field, key, short string value) attributes, as they repeat; bounded (cleared when full:
 # ids make some values unique, and they must not make it grow without end).
 _KEY_VALUES: dict[tuple[int, str, str], bytes] = {}
@@ -100,36 +124,66 @@ def _trace_state(state: Any) -> str | None:
     return ",".join(f"{key}={value}" for key, value in state.items()) if state is not None else None
 
 
-def _span(span: ReadableSpan) -> bytes:
+def _span(span: Any) -> bytes:
+    """One `Span` message. A gateway span (`tracing.LightSpan`) is read from its slots, with its shared
+    attributes encoded once; any other through the SDK's properties (each a call)."""
+    if type(span) is LightSpan:
+        light: LightSpan = span
+        static = light.static
+        if static.encoded is None:
+            static.encoded = _attributes(9, static.values)
+        return _encode(light.context, light.parent, light.name, light.kind, light.start_time, light.end_time,
+                       static.encoded + _own_attributes(light.attributes), light.links, light.status, 0, 0)
     if span.events:
         raise Unencodable("events")
-    ctx = span.context
-    assert ctx is not None
-    out = [_ld(1, ctx.trace_id.to_bytes(16, "big")), _ld(2, ctx.span_id.to_bytes(8, "big")),
-           _str(3, _trace_state(ctx.trace_state))]
-    parent = span.parent
+    assert span.context is not None
+    return _encode(span.context, span.parent, span.name, span.kind, span.start_time, span.end_time,
+                   _attributes(9, span.attributes), span.links, span.status, span.dropped_attributes,
+                   span.dropped_links)
+
+
+def _encode(ctx: Any, parent: Any, name: str, kind: Any, start: int | None, end: int | None, attributes: bytes,
+            links: Any, status: Any, dropped_attributes: int, dropped_links: int) -> bytes:
+    """The parts that repeat from span to span (name and kind, short attribute values, an unset
+    status, the flags) come from memos; the rest is a few byte joins."""
+    out = [b"\x0a\x10", ctx.trace_id.to_bytes(16, "big"), b"\x12\x08", ctx.span_id.to_bytes(8, "big")]
+    if ctx.trace_state:
+        out.append(_str(3, _trace_state(ctx.trace_state)))
     if parent is not None:
-        out.append(_ld(4, parent.span_id.to_bytes(8, "big")))
-    out.append(_str(5, span.name))
-    kind = _KIND[span.kind.value]
-    out.append(b"\x30" + _varint(kind))
-    out.append(b"\x39" + _pack_fixed64(span.start_time or 0) + b"\x41" + _pack_fixed64(span.end_time or 0))
-    out.append(_attributes(9, span.attributes))
-    if span.dropped_attributes:
-        out.append(b"\x50" + _varint(span.dropped_attributes))
-    if span.dropped_links:
-        out.append(b"\x70" + _varint(span.dropped_links))
-    for link in span.links:
+        out.append(b"\x22\x08")
+        out.append(parent.span_id.to_bytes(8, "big"))
+    name_kind = _NAME_KIND.get((name, kind))
+    if name_kind is None:
+        if len(_NAME_KIND) >= _KEY_VALUES_MAX:
+            _NAME_KIND.clear()
+        name_kind = _NAME_KIND[(name, kind)] = _str(5, name) + b"\x30" + _varint(_KIND[kind.value])
+    out.append(name_kind)
+    out.append(_TIMES(0x39, start or 0, 0x41, end or 0))
+    out.append(attributes)
+    if dropped_attributes:
+        out.append(b"\x50" + _varint(dropped_attributes))
+    if dropped_links:
+        out.append(b"\x70" + _varint(dropped_links))
+    for link in links:
         if link.dropped_attributes:
             raise Unencodable("a link's dropped attributes")
         out.append(_ld(13, _ld(1, link.context.trace_id.to_bytes(16, "big"))
                        + _ld(2, link.context.span_id.to_bytes(8, "big"))
                        + _attributes(4, link.attributes) + _flags(b"\x35", link.context)))   # Link.flags: 6
-    status = span.status
-    code = status.status_code.value
-    out.append(_ld(15, _str(2, status.description) + (b"\x18" + _varint(code) if code else b"")))
-    out.append(_flags(b"\x85\x01", parent))      # Span.flags: 16
-    return b"".join(out)
+    if status.status_code is StatusCode.UNSET and not status.description:
+        out.append(b"\x7a\x00")                # an empty Status (field 15)
+    else:
+        code = status.status_code.value
+        out.append(_ld(15, _str(2, status.description) + (b"\x18" + _varint(code) if code else b"")))
+    out.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)   # Span.flags: 16
+    body = b"".join(out)
+    return b"\x12" + _varint(len(body)) + body         # ScopeSpans.spans (field 2)
+
+
+_TIMES = struct.Struct("<BQBQ").pack       # start (field 7) and end (8), fixed64 each
+_NAME_KIND: dict[tuple[str, Any], bytes] = {}
+_LOCAL_PARENT = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
+_REMOTE_PARENT = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
 
 
 def _scope(scope: Any) -> bytes:
@@ -138,19 +192,24 @@ def _scope(scope: Any) -> bytes:
     return _ld(1, _str(1, scope.name) + _str(2, scope.version) + _attributes(3, scope.attributes))
 
 
-def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
-    """The `ExportTraceServiceRequest` for `spans`, grouped by resource, then by scope, as the SDK
-    groups them. Raises Unencodable for a span it does not write."""
+def encode_request(spans: Sequence[Any]) -> bytes:
+    """The `ExportTraceServiceRequest` for `spans` (the SDK's `ReadableSpan`s, or the gateway's own
+    `LightSpan`s), grouped by resource, then by scope, as the SDK groups them. Raises Unencodable
+    for a span it does not write."""
     groups: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}   # by the resource's identity: hashing
     for span in spans:                                            # one serialises its attributes
-        resource = span.resource
+        scope: Any
+        if type(span) is LightSpan:
+            resource, scope = span.tracing.resource, span.tracing.scope
+        else:
+            resource, scope = span.resource, span.instrumentation_scope or None
         scopes = groups.setdefault(id(resource), (resource, {}))[1]
-        scopes.setdefault(span.instrumentation_scope or None, []).append(_span(span))
+        scopes.setdefault(scope, []).append(_span(span))
     out = []
     for resource, scopes in groups.values():
         body = [_ld(1, _attributes(1, resource.attributes))]
         for scope, encoded in scopes.items():
-            body.append(_ld(2, _scope(scope) + b"".join(_ld(2, s) for s in encoded)
+            body.append(_ld(2, _scope(scope) + b"".join(encoded)
                             + _str(3, scope.schema_url if scope is not None else None)))
         body.append(_str(3, resource.schema_url))
         out.append(_ld(1, b"".join(body)))
@@ -158,15 +217,23 @@ def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
 
 
 class FastOtlpSpanExporter(OTLPSpanExporter):
-    """The SDK's OTLP/HTTP span exporter, posting bodies written by `encode_request`."""
+    """The SDK's OTLP/HTTP span exporter, posting bodies written by `encode_request`. It takes the
+    gateway's `LightSpan`s as they are (`takes_light_spans`: `tracing.setup` puts no `AsReadable`
+    before it)."""
+
+    takes_light_spans = True
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         client = getattr(self, "_client", None)
         if self._shutdown or client is None or not hasattr(client, "export"):
-            return super().export(spans)
+            return super().export(_readable(spans))
         try:
             body = encode_request(spans)
         except Unencodable:
-            return super().export(spans)
+            return super().export(_readable(spans))
         result = client.export(body)
         return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+
+
+def _readable(spans: Sequence[Any]) -> list[ReadableSpan]:
+    return [s.readable() if type(s) is LightSpan else s for s in spans]

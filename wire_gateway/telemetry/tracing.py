@@ -25,15 +25,15 @@ import atexit
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from time import time_ns
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
@@ -47,8 +47,11 @@ from opentelemetry.trace import (
 )
 
 from wire_gateway.telemetry import context, masking
+from wire_gateway.telemetry.context import NO_ATTRS, Attrs
 
 _UNSET = Status(StatusCode.UNSET)
+_SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(0)
+_DEFAULT_SAMPLER = ParentBased(ALWAYS_ON).get_description()
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 SERVER = SpanKind.SERVER
 CLIENT = SpanKind.CLIENT
@@ -76,26 +79,32 @@ def make_exporter(environ: Mapping[str, str] = os.environ) -> SpanExporter:
     raise TracingError(f"OTEL_EXPORTER_OTLP_PROTOCOL {protocol!r} is not supported; use http/protobuf or grpc")
 
 
-class LightSpan:
-    """A span as the gateway records it: a few slots filled on the way, turned into the SDK's
-    `ReadableSpan` when it ends and handed to the provider's processor (the batch processor, then
-    the OTLP exporter). Why not the SDK's own `Span`: it validates every attribute, takes a lock per
-    change and goes through the sampler and the processors twice; for two spans a request that
-    cost more than the gateway's own work (docs/observability.md, "What it costs"). The gateway's
-    attributes are of known types, set in one place, and its spans end once."""
 
-    __slots__ = ("tracing", "name", "kind", "context", "parent", "attributes", "links", "start_time", "status")
+
+class LightSpan:
+    """A span as the gateway records it: a few slots filled on the way, queued as it is when it ends
+    (the batch processor reads only its `context`), and encoded by the export thread, directly
+    (`otlp_encode`) or through the SDK's `ReadableSpan` for any other exporter (`AsReadable`). Why
+    not the SDK's own `Span`: it validates every attribute, takes a lock per change and goes through
+    the sampler and the processors twice; for two spans a request that cost more than the gateway's
+    own work (docs/observability.md, "What it costs"). The gateway's attributes are of known types,
+    set in one place, and its spans end once."""
+
+    __slots__ = ("tracing", "name", "kind", "context", "parent", "static", "attributes", "links", "start_time",
+                 "end_time", "status")
 
     def __init__(self, tracing: Tracing, name: str, kind: SpanKind, ctx: SpanContext, parent: SpanContext | None,
-                 attributes: dict[str, Any], links: list[Link], start_time: int | None) -> None:
+                 static: Attrs, attributes: dict[str, Any], links: list[Link], start_time: int | None) -> None:
         self.tracing = tracing
         self.name = name
         self.kind = kind
         self.context = ctx
         self.parent = parent
+        self.static = static
         self.attributes = attributes
         self.links = links
         self.start_time = start_time or time_ns()
+        self.end_time = 0
         self.status = _UNSET
 
     def get_span_context(self) -> SpanContext:
@@ -109,15 +118,40 @@ class LightSpan:
 
     def end(self, end_time: int | None = None) -> None:
         if self.context.trace_flags.sampled:
-            self.tracing.processor.on_end(ReadableSpan(
-                self.name, self.context, self.parent, self.tracing.resource, self.attributes, (), self.links,
-                self.kind, None, self.status, self.start_time, end_time or time_ns(), self.tracing.scope))
+            self.end_time = end_time or time_ns()
+            # The processor (the SDK's batch or simple one) reads `context` and hands the span to the
+            # exporter, which is ours: FastOtlpSpanExporter, or AsReadable around any other.
+            self.tracing.processor.on_end(cast(ReadableSpan, self))
+
+    def readable(self) -> ReadableSpan:
+        """The SDK's form of this span, for exporters other than ours."""
+        tracing = self.tracing
+        return ReadableSpan(self.name, self.context, self.parent, tracing.resource,
+                            {**self.static.values, **self.attributes}, (), self.links, self.kind, None, self.status,
+                            self.start_time, self.end_time, tracing.scope)
 
     def __enter__(self) -> LightSpan:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.end()
+
+
+class AsReadable(SpanExporter):
+    """Any SDK exporter, given the gateway's spans as the SDK's `ReadableSpan`s (made here, in the
+    export thread)."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.exporter.export([s.readable() if isinstance(s, LightSpan) else s for s in spans])
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
 
 
 class Tracing:
@@ -133,6 +167,9 @@ class Tracing:
         self.scope = InstrumentationScope("wire_gateway")
         self.passthrough = passthrough
         self._random = random.random
+        # The SDK's default sampler (parent-based, always on) decided here, without its call: the
+        # same decision and trace state, for a tenth of the cost.
+        self.default_sampler = self.sampler.get_description() == _DEFAULT_SAMPLER
 
     def sample_passthrough(self) -> bool:
         """Whether this passthrough request gets a span (`telemetry.trace_passthrough`)."""
@@ -152,23 +189,32 @@ class Tracing:
             return from_meta, [Link(from_http)]
         return from_meta, []
 
-    def start(self, name: str, kind: SpanKind, parent: SpanContext | None, attributes: dict[str, Any],
-              links: list[Link] | None = None, start_time: int | None = None) -> LightSpan:
+    def start(self, name: str, kind: SpanKind, parent: SpanContext | None, static: Attrs,
+              attributes: dict[str, Any], links: list[Link] | None = None, start_time: int | None = None) -> LightSpan:
         """A root or remote-parented span, sampled as the provider's sampler says (parent-based by
         default: a client's sampled-out context gets no span recorded, only propagated)."""
-        trace_id = parent.trace_id if parent is not None else self.ids_from.generate_trace_id()
-        parent_ctx = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
-        decision = self.sampler.should_sample(parent_ctx, trace_id, name, kind, attributes, links)
-        flags = TraceFlags(TraceFlags.SAMPLED if decision.decision == Decision.RECORD_AND_SAMPLE else 0)
-        ctx = SpanContext(trace_id, self.ids_from.generate_span_id(), False, flags, decision.trace_state)
-        return LightSpan(self, name, kind, ctx, parent, attributes, links or [], start_time)
+        if self.default_sampler:
+            if parent is None:
+                trace_id, flags, state = self.ids_from.generate_trace_id(), _SAMPLED, None
+            else:
+                trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
+        else:
+            trace_id = parent.trace_id if parent is not None else self.ids_from.generate_trace_id()
+            parent_ctx = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
+            decision = self.sampler.should_sample(parent_ctx, trace_id, name, kind,
+                                                  {**static.values, **attributes}, links)
+            flags = _SAMPLED if decision.decision == Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
+            state = decision.trace_state
+        ctx = SpanContext(trace_id, self.ids_from.generate_span_id(), False, flags, state)
+        return LightSpan(self, name, kind, ctx, parent, static, attributes, links or [], start_time)
 
-    def child(self, span: LightSpan, name: str, kind: SpanKind = INTERNAL, attributes: dict[str, Any] | None = None,
-              start_time: int | None = None) -> LightSpan:
+    def child(self, span: LightSpan, name: str, kind: SpanKind = INTERNAL, static: Attrs = NO_ATTRS,
+              attributes: dict[str, Any] | None = None, start_time: int | None = None) -> LightSpan:
         """A span inside `span`: same trace, same sampling decision."""
         up = span.context
         ctx = SpanContext(up.trace_id, self.ids_from.generate_span_id(), False, up.trace_flags, up.trace_state)
-        return LightSpan(self, name, kind, ctx, up, attributes or {}, [], start_time)
+        return LightSpan(self, name, kind, ctx, up, static, attributes if attributes is not None else {}, [],
+                         start_time)
 
     @staticmethod
     def carrier(span: LightSpan) -> dict[str, str]:
@@ -179,11 +225,6 @@ class Tracing:
         if ctx.trace_state:
             carrier["tracestate"] = ctx.trace_state.to_header()
         return carrier
-
-    @staticmethod
-    def ids(span: LightSpan) -> tuple[str, str]:
-        ctx = span.context
-        return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
     @staticmethod
     def failed(span: LightSpan, error_type: str, message: str | None) -> None:
@@ -218,7 +259,10 @@ def setup(passthrough: float = 0.0, exporter: SpanExporter | None = None) -> Tra
     else:
         resource = Resource.create()
     provider = TracerProvider(resource=resource)
-    processor = BatchSpanProcessor(exporter if exporter is not None else make_exporter())
+    exporter = exporter if exporter is not None else make_exporter()
+    if not getattr(exporter, "takes_light_spans", False):
+        exporter = AsReadable(exporter)
+    processor = BatchSpanProcessor(exporter)
     provider.add_span_processor(processor)
     tracing = Tracing(provider, passthrough, processor)
     context.TRACER = tracing
