@@ -30,9 +30,7 @@ ECHO = str(ECHO_SERVER)
 HTTP_ECHO = str(assets.HTTP_ECHO)
 MODERN = http_client.MODERN_VERSION
 LEGACY = http_client.LEGACY_VERSION
-META = {"io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientInfo": {"name": "load-bench", "version": "0"},
-        "io.modelcontextprotocol/clientCapabilities": {}}
+META = http_client.modern_meta("load-bench")
 BEGIN, END = "<!-- load-bench:begin -->", "<!-- load-bench:end -->"
 ONE_MIB = 1 << 20
 
@@ -44,8 +42,7 @@ def write_fixture(path: Path, era: str, calls: list) -> str:
               "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "description": "load bench scenario"}
     frames, t = [], 0.0
     if era == "legacy":
-        frames += [{"t": 0.0, "dir": "send", "msg": {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "load-bench", "version": "0"}}}},
+        frames += [{"t": 0.0, "dir": "send", "msg": http_client.initialize_message("load-bench")},
             {"t": 0.0, "dir": "recv", "msg": {"jsonrpc": "2.0", "id": 0, "result": {"protocolVersion": LEGACY}}},
             {"t": 0.0, "dir": "send", "msg": {"jsonrpc": "2.0", "method": "notifications/initialized"}}]
     for i, (method, params, result) in enumerate(calls, start=1):

@@ -30,28 +30,27 @@ import orjson
 from . import BenchError, fast_echo, forks, procfs, stdio_bench as sb
 from .assets import source_state
 from .http_client import (
-    MODERN_VERSION,
     READ_SIZE,
     Client,
     ProtocolError,
     Response,
     close_clients,
+    modern_meta,
     open_clients,
     parse_response,
     sse_messages,
 )
 from .procfs import CpuSample, mem_available_kib, tree_pss_kib, tree_rss_kib
 from .report import table
-from .stdio_bench import DriveResult, Mismatches, expected_content
+from .stats import MAX_EXAMPLES, Counts
+from .stdio_bench import DriveResult, expected_content
 from .targets import HttpProcess, Url, start_http
 
 ERAS = ("modern", "legacy")
 WARMUP_CALLS = 500
 FIRST_CALL_ID = 1
 STALL_S = 10.0          # no byte from any connection for this long: the run fails
-META = (b'"_meta":{"io.modelcontextprotocol/protocolVersion":"' + MODERN_VERSION.encode() +
-        b'","io.modelcontextprotocol/clientInfo":{"name":"http-bench","version":"0"},'
-        b'"io.modelcontextprotocol/clientCapabilities":{}}')
+META = b'"_meta":' + orjson.dumps(modern_meta("http-bench"))
 
 
 def call_tail(call_id: int, modern: bool) -> bytes:
@@ -109,90 +108,31 @@ def check_answer(resp: Response, call_id: int, modern: bool):
 
 
 def drive(clients: list, first_id: int, n: int, spin: bool = False, deadline: float | None = None) -> DriveResult:
-    """Send ``n`` calls (ids ``first_id ..``, in send order) over the clients, one outstanding per client."""
+    """Send ``n`` calls (ids ``first_id ..``, in send order) over the clients, one outstanding per client.
+    One client (without --spin) waits in its blocking socket's ``recv``, the lowest-latency loop for the
+    sequential scenario; several (or --spin) are non-blocking sockets under one epoll."""
     modern = clients[0].modern
     tails = [call_tail(first_id + i, modern) for i in range(n)]
     if deadline is None:
         deadline = time.monotonic() + 3600
-    if len(clients) == 1 and not spin:
-        return _drive_one(clients[0], first_id, tails, deadline)
-    return _drive_many(clients, first_id, tails, spin, deadline)
-
-
-class _Tally:
-    """Latencies and mismatches of one window."""
-
-    __slots__ = ("latencies", "bad", "notifications")
-
-    def __init__(self):
-        self.latencies = array("q")
-        self.bad = Mismatches()
-        self.notifications = 0
-
-    def answer(self, resp: Response, call_id: int, modern: bool, latency: int) -> None:
-        kind, sample, notes = check_answer(resp, call_id, modern)
-        self.notifications += notes
-        if kind is None:
-            self.latencies.append(latency)
-        else:
-            self.bad.add(kind, sample if sample is not None else b"")
-
-
-def _drive_one(client: Client, first_id: int, tails: list, deadline: float) -> DriveResult:
-    """One client, blocking socket: the lowest-latency loop for the sequential scenario."""
-    clock, tally, n = time.perf_counter_ns, _Tally(), len(tails)
-    modern, stall = client.modern, min(STALL_S, max(0.1, deadline - time.monotonic()))
-    sock = client.sock
-    sock.settimeout(stall)
-    recv, parse, answer = sock.recv, parse_response, tally.answer
-    start = now = clock()
-    i = 0
-    try:
-        while i < n:
-            head = client.head
-            sent_at = clock()
-            sock.sendall(head + tails[i])
-            buf = client.buf
-            while True:
-                data = recv(READ_SIZE)
-                now = clock()
-                buf = buf + data if buf else data
-                parsed = parse(buf, eof=not data)
-                if parsed is not None:
-                    break
-                if not data:
-                    raise BenchError(f"{client.url}: connection closed after {i} answers")
-            resp, used = parsed
-            client.buf = buf[used:]
-            answer(resp, first_id + i, modern, now - sent_at)
-            i += 1
-            if resp.close:
-                client.connect()
-                sock = client.sock
-                sock.settimeout(stall)
-                recv = sock.recv
-            if i & 1023 == 0 and time.monotonic() > deadline:
-                raise BenchError(f"{client.url}: time limit reached after {i} of {n} answers")
-    except ProtocolError as exc:
-        raise BenchError(f"{client.url}: {exc} (after {i} answers)") from None
-    except OSError as exc:
-        raise BenchError(f"{client.url}: {exc or type(exc).__name__} after {i} of {n} answers") from None
-    finally:
-        client.sock.settimeout(client.timeout)
-    return DriveResult(i, now - start, list(tally.latencies), tally.bad, tally.notifications)
-
-
-def _drive_many(clients: list, first_id: int, tails: list, spin: bool, deadline: float) -> DriveResult:
-    """Several clients (or --spin): non-blocking sockets, one epoll for all."""
-    clock, tally, n = time.perf_counter_ns, _Tally(), len(tails)
-    modern = clients[0].modern
+    clock, latencies, bad, notifications = time.perf_counter_ns, array("q"), Counts(), 0
+    blocking = len(clients) == 1 and not spin
+    stall = min(STALL_S, max(0.1, deadline - time.monotonic()))
     ep = select.epoll()
     by_fd, call_of, sent_at = {}, {}, {}
-    for c in clients:
-        c.sock.setblocking(False)
-        ep.register(c.fd, select.EPOLLIN)
+
+    def attach(c: Client) -> None:
         by_fd[c.fd] = c
-    parse, answer, poll = parse_response, tally.answer, ep.poll
+        if blocking:
+            c.sock.settimeout(stall)
+        else:
+            c.sock.setblocking(False)
+            ep.register(c.fd, select.EPOLLIN)
+
+    for c in clients:
+        attach(c)
+    parse = parse_response
+    poll = (lambda _wait: ((clients[0].fd, 0),)) if blocking else ep.poll
     wait = 0 if spin else min(STALL_S, 1.0)
     sent = answered = 0
     start = now = clock()
@@ -206,10 +146,10 @@ def _drive_many(clients: list, first_id: int, tails: list, spin: bool, deadline:
         sent += 1
         done = c.sock.send(data)
         if done < len(data):   # never for a few hundred bytes into an idle socket, but be exact
-            c.sock.setblocking(True)
+            timeout = c.sock.gettimeout()
             c.sock.settimeout(STALL_S)
             c.sock.sendall(data[done:])
-            c.sock.setblocking(False)
+            c.sock.settimeout(timeout)
 
     try:
         for c in clients[:min(len(clients), n)]:
@@ -229,6 +169,8 @@ def _drive_many(clients: list, first_id: int, tails: list, spin: bool, deadline:
                     data = c.sock.recv(READ_SIZE)
                 except BlockingIOError:
                     continue
+                if blocking:
+                    now = clock()
                 buf = c.buf + data if c.buf else data
                 parsed = parse(buf, eof=not data)
                 if parsed is None:
@@ -238,15 +180,20 @@ def _drive_many(clients: list, first_id: int, tails: list, spin: bool, deadline:
                     continue
                 resp, used = parsed
                 c.buf = buf[used:]
-                answer(resp, first_id + call_of.pop(fd), modern, now - sent_at.pop(fd))
+                kind, sample, notes = check_answer(resp, first_id + call_of.pop(fd), modern)
+                notifications += notes
+                if kind is None:
+                    latencies.append(now - sent_at.pop(fd))
+                else:
+                    del sent_at[fd]
+                    bad.add(kind, sample if sample is not None else b"")
                 answered += 1
                 if resp.close:
-                    ep.unregister(fd)
+                    if not blocking:
+                        ep.unregister(fd)
                     del by_fd[fd]
                     c.connect()
-                    c.sock.setblocking(False)
-                    ep.register(c.fd, select.EPOLLIN)
-                    by_fd[c.fd] = c
+                    attach(c)
                 if sent < n:
                     send(c)
             last_progress = time.monotonic()
@@ -260,10 +207,8 @@ def _drive_many(clients: list, first_id: int, tails: list, spin: bool, deadline:
         ep.close()
         for c in clients:
             if c.sock is not None:
-                c.sock.setblocking(True)
                 c.sock.settimeout(c.timeout)
-    return DriveResult(answered, now - start, list(tally.latencies), tally.bad, tally.notifications)
-
+    return DriveResult(answered, now - start, list(latencies), bad, notifications)
 
 
 def _window_part(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, spin: bool, deadline: float,
@@ -337,12 +282,10 @@ def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, s
             samples.append(_sample(pid, True))
         finally:
             forks.reap(procs, pipes)
-        bad, latencies = Mismatches(), []
+        bad, latencies = Counts(), []
         for part in parts:
             latencies += part["result"].latencies_ns
-            for kind, count in part["result"].mismatches.kinds.items():
-                bad.kinds[kind] = bad.kinds.get(kind, 0) + count
-            bad.examples += part["result"].mismatches.examples[:sb.MAX_EXAMPLES - len(bad.examples)]
+            bad.merge(part["result"].mismatches)
         elapsed = max(p["start"] + p["result"].elapsed_ns for p in parts) - min(p["start"] for p in parts)
         result = DriveResult(sum(p["result"].calls for p in parts), elapsed, latencies, bad,
                              sum(p["result"].notifications for p in parts))
@@ -358,7 +301,7 @@ def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, s
                                              / window_ticks), 2)
         m["workers"] = workers
     m["warmup_mismatches"] = sum(p["warmup_mismatches"] for p in parts)
-    m["warmup_mismatch_examples"] = [e for p in parts for e in p["warmup_mismatch_examples"]][:sb.MAX_EXAMPLES]
+    m["warmup_mismatch_examples"] = [e for p in parts for e in p["warmup_mismatch_examples"]][:MAX_EXAMPLES]
     m["reconnects"] = sum(p["reconnects"] for p in parts)
     m["session_close_failures"] = [f for p in parts for f in p["session_close_failures"]]
     m["tree_after"] = after.tree

@@ -17,7 +17,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -25,19 +25,16 @@ import orjson
 from . import BenchError
 from .ab import alternate
 from .assets import ECHO_SERVER, tool
+from .http_client import INITIALIZED_BODY, initialize_message
 from .procfs import CLK_TCK, CpuSample, add_pin_argument, cpu_plan, pinned, ticks_to_us, tree_ticks_between
 from .report import fmt, signed, table, times
-from .stats import median, percentile, ratio
+from .stats import Counts, median, percentile, ratio
 from .targets import Started, gateway_config
 
 ECHO_FIXTURE = ECHO_SERVER
 WARMUP_CALLS = 500
-INIT_ID = 0
 FIRST_CALL_ID = 1
-PROTOCOL_VERSION = "2025-11-25"
-MAX_EXAMPLES = 5
 READ_SIZE = 65536
-INITIALIZED_BYTES = b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n'
 
 
 def request_bytes(call_id: int) -> bytes:
@@ -51,29 +48,6 @@ def expected_content(call_id: int) -> list:
     return [{"type": "text", "text": "t%d" % call_id}]
 
 
-def initialize_bytes() -> bytes:
-    return orjson.dumps({"jsonrpc": "2.0", "id": INIT_ID, "method": "initialize", "params": {
-        "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
-        "clientInfo": {"name": "bench", "version": "0"}}}) + b"\n"
-
-
-@dataclass
-class Mismatches:
-    """Counts of bad answers by kind, with a few examples to show."""
-
-    kinds: dict = field(default_factory=dict)
-    examples: list = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return sum(self.kinds.values())
-
-    def add(self, kind: str, line: bytes) -> None:
-        self.kinds[kind] = self.kinds.get(kind, 0) + 1
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(f"{kind}: {line[:200].decode('utf-8', 'replace')}")
-
-
 class Checker:
     """Matches answers to outstanding requests and checks their content.
 
@@ -85,7 +59,7 @@ class Checker:
     def __init__(self):
         self.pending = {}  # id -> send time (ns); dicts keep insertion order
         self.latencies = []  # ns, only of answers that passed the check
-        self.bad = Mismatches()
+        self.bad = Counts()
         self.notifications = 0
 
     def expect(self, call_id: int, sent_at: int) -> None:
@@ -132,7 +106,7 @@ class DriveResult:
     calls: int
     elapsed_ns: int
     latencies_ns: list  # only of answers that passed the check
-    mismatches: Mismatches
+    mismatches: Counts
     notifications: int
 
 
@@ -178,14 +152,14 @@ class Target(Started):
 
     def handshake(self) -> dict:
         """initialize + notifications/initialized; returns the init result."""
-        self.write_all(initialize_bytes())
+        self.write_all(orjson.dumps(initialize_message("bench")) + b"\n")
         while True:
             msg = self.read_message()
-            if isinstance(msg, dict) and msg.get("id") == INIT_ID and "method" not in msg:
+            if isinstance(msg, dict) and msg.get("id") == 0 and "method" not in msg:
                 break
         if "result" not in msg:
             raise self.failure(f"initialize failed: {msg}")
-        self.write_all(INITIALIZED_BYTES)
+        self.write_all(INITIALIZED_BODY + b"\n")
         return msg["result"]
 
     def drive(self, first_id: int, n: int, k: int) -> DriveResult:
