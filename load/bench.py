@@ -22,7 +22,7 @@ from pathlib import Path
 from . import BenchError, assets, http_client, replay, run as load_run
 from .ab import compare_medians
 from .assets import CHECKOUT, ECHO_SERVER
-from .report import markdown
+from .report import fmt, markdown
 from .targets import HttpProcess
 
 PY = sys.executable
@@ -303,10 +303,10 @@ def render_markdown(result: dict, command: str) -> str:
             rows.append([s["name"], "", why, *[""] * 6])
         for level, f in s.get("levels", {}).items():
             d, g = f["direct"], f["gateway"]
-            rows.append([s["name"], str(level), num(d["calls_per_s"]), num(g["calls_per_s"]),
+            rows.append([s["name"], str(level), fmt(d["calls_per_s"], 0), fmt(g["calls_per_s"], 0),
                          ("x%.2f" % f["ratio"]) if f["ratio"] else "-",
-                         f"{num(d['p50_ms'], 2)} / {num(d['p99_ms'], 2)}",
-                         f"{num(g['p50_ms'], 2)} / {num(g['p99_ms'], 2)}", str(f["mismatches"]), str(f["errors"])])
+                         f"{fmt(d['p50_ms'], 2)} / {fmt(d['p99_ms'], 2)}",
+                         f"{fmt(g['p50_ms'], 2)} / {fmt(g['p99_ms'], 2)}", str(f["mismatches"]), str(f["errors"])])
     lines += markdown(["scenario", "sessions", "direct calls/s", "gateway calls/s", "ratio", "direct p50 / p99 ms",
                        "gateway p50 / p99 ms", "mismatches", "errors"], rows)
     lines += ["", "Scenarios:", "", *(f"- **{s['name']}**: {s['note']}" for s in result["scenarios"]), "", END]
@@ -353,7 +353,3 @@ def run(args) -> int:
         write_report(Path(args.out), section)
     print(json.dumps(result, indent=2, default=str) if args.json else section)
     return 1 if result["mismatches"] or result["errors"] else 0
-
-
-def num(value, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"

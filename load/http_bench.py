@@ -41,7 +41,7 @@ from .http_client import (
     sse_messages,
 )
 from .procfs import CpuSample, mem_available_kib, tree_pss_kib, tree_rss_kib
-from .report import table
+from .report import emit, table
 from .stats import MAX_EXAMPLES, Counts
 from .stdio_bench import DriveResult, expected_content
 from .targets import HttpProcess, Url, start_http
@@ -217,14 +217,7 @@ def _window_part(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: 
     clients = open_clients(url, k, modern)
     try:
         warm = drive(clients, first_id, warmup, spin, deadline) if warmup else None
-        gc.collect()
-        opened()
-        gc.disable()
-        try:
-            result = drive(clients, first_id + warmup, n, spin, deadline)
-        finally:
-            gc.enable()
-        closed()
+        result = sb.in_window(lambda: drive(clients, first_id + warmup, n, spin, deadline), opened, closed)
     except BaseException:
         close_clients(clients, end_sessions=False)
         raise
@@ -561,16 +554,16 @@ def fast_server(port_file: str) -> None:
 def run_ceiling(args) -> dict:
     """The driver against the fast server, both eras; medians over rounds."""
     driver_cpus, target_cpus = procfs.cpu_plan(args.pin)
-    names = [name for name, _ in sb.scenarios(args.concurrency, "clients_%d")]
     out = {"config": {"n": args.n, "concurrency": args.concurrency, "rounds": args.rounds, "pin": args.pin,
                       "spin": args.spin, "workers": args.workers}, "eras": {}, "errors": [], "mismatches": 0}
     with tempfile.TemporaryDirectory(prefix="http-ceiling-") as tmpdir, procfs.pinned(driver_cpus):
         for era in ERAS:
-            runs = [run_target("auto", "fast", tmpdir, args.n, args.concurrency, era == "modern", args.warmup,
-                               args.timeout, target_cpus, args.spin, args.workers) for _ in range(args.rounds)]
-            out["eras"][era] = {name: sb.median_figures(runs, name) for name in names}
-            out["errors"] += [r["error"] for r in runs if "error" in r]
-            out["mismatches"] += sum(sb.run_mismatches(r) for r in runs)
+            out["eras"][era], errors, mismatches = sb.ceiling_rounds(
+                args.rounds, sb.scenarios(args.concurrency, "clients_%d"), lambda era=era: run_target(
+                    "auto", "fast", tmpdir, args.n, args.concurrency, era == "modern", args.warmup, args.timeout,
+                    target_cpus, args.spin, args.workers))
+            out["errors"] += errors
+            out["mismatches"] += mismatches
     return out
 
 
@@ -679,14 +672,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sb.add_common(parser, 10000, "1,16", "client counts")
 
 
-def exit_status(result: dict) -> int:
-    errors = result["errors"] if isinstance(result["errors"], int) else len(result["errors"])
-    idle = result.get("idle_sessions") or {}
-    if errors or "error" in idle or idle.get("session_processes_left") or idle.get("delete_failures"):
-        return 2
-    return 1 if result["mismatches"] else 0
-
-
 def run(args) -> int:
     if args.ceiling:
         result = run_ceiling(args)
@@ -700,8 +685,9 @@ def run(args) -> int:
         with tempfile.TemporaryDirectory(prefix="http-bench-idle-") as tmpdir:
             result["idle_sessions"] = idle_sessions(args.gateway, args.idle_sessions, tmpdir, args.idle_timeout,
                                                     args.mem_reserve)
-    print(json.dumps(result, indent=2) if args.json else render(result))
-    return exit_status(result)
+    idle = result.get("idle_sessions") or {}
+    return emit(result, args.json, render, "error" in idle or bool(idle.get("session_processes_left")
+                                                                  or idle.get("delete_failures")))
 
 
 if __name__ == "__main__":   # `python -m load.http_bench --fast-server PORTFILE`: the canned-answer server

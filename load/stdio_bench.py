@@ -10,7 +10,6 @@ usual size because the window's figures live beside the driver that first needed
 """
 import argparse
 import gc
-import json
 import os
 import select
 import shlex
@@ -27,7 +26,7 @@ from .ab import alternate
 from .assets import ECHO_SERVER, tool
 from .http_client import INITIALIZED_BODY, initialize_message
 from .procfs import CLK_TCK, CpuSample, add_pin_argument, cpu_plan, pinned, ticks_to_us, tree_ticks_between
-from .report import fmt, signed, table, times
+from .report import emit, fmt, signed, table, times
 from .stats import Counts, median, percentile, ratio
 from .targets import Started, gateway_config
 
@@ -250,19 +249,27 @@ def scenarios(concurrency: list, many: str = "inflight_%d") -> list:
     return out
 
 
-def measure(target: Target, first_id: int, n: int, k: int) -> dict:
-    """One measured window, CPU sampled just around it; no garbage collection inside (a pause would
-    show up as latency)."""
+def in_window(drive, opened, closed):
+    """The one measured window of every bench: ``drive()`` between ``opened()`` and ``closed()`` (where CPU
+    is sampled), the garbage collector paused in between (a collection would show up as latency)."""
     gc.collect()
-    before = CpuSample.take(target.pid, driver_first=False)
+    opened()
     gc.disable()
     try:
-        result = target.drive(first_id, n, k)
+        result = drive()
     finally:
         gc.enable()
-    after = CpuSample.take(target.pid, driver_first=True)
-    target.remember(after.tree)
-    return metrics(result, k, before, after)
+    closed()
+    return result
+
+
+def measure(target: Target, first_id: int, n: int, k: int) -> dict:
+    """One measured window against a target on pipes, its CPU sampled just around it."""
+    samples: list = []
+    result = in_window(lambda: target.drive(first_id, n, k), lambda: samples.append(CpuSample.take(target.pid, False)),
+                       lambda: samples.append(CpuSample.take(target.pid, True)))
+    target.remember(samples[1].tree)
+    return metrics(result, k, *samples)
 
 
 def metrics(result: DriveResult, k: int, before: CpuSample, after: CpuSample) -> dict:
@@ -432,6 +439,13 @@ def render_runs(result: dict, normal_stops: tuple) -> list:
     return lines
 
 
+def ceiling_rounds(rounds: int, named: list, run_once) -> tuple:
+    """``rounds`` runs of the driver against a ceiling target: (median figures per scenario, errors, mismatches)."""
+    runs = [run_once() for _ in range(rounds)]
+    return ({name: median_figures(runs, name) for name, _ in named}, [r["error"] for r in runs if "error" in r],
+            sum(run_mismatches(r) for r in runs))
+
+
 def render_ceiling(title: str, labels: list, rows: list, errors: list, mismatches: int) -> str:
     """A ceiling's table: per row its labels, then its median figures (a dict)."""
     keys = ("calls_per_s", "p50_us", "p99_us", "driver_cpu_us_per_call", "target_cpu_us_per_call")
@@ -449,10 +463,6 @@ def render(result: dict) -> str:
                       f"  direct : {cfg['direct']}", f"  gateway: {cfg['gateway']}", "",
                       *render_runs(result, ("stdin-eof",)),
                       f"total mismatches: {result['mismatches']}   errors: {result['errors']}"])
-
-
-def exit_status(result: dict) -> int:
-    return 2 if result["errors"] else 1 if result["mismatches"] else 0
 
 
 def parse_concurrency(text: str) -> list:
@@ -509,8 +519,7 @@ def run(args) -> int:
             sys.executable, "-m", "wire_gateway", "stdio", "--server", "echo", "--config", str(config)]
         result = run_bench(direct, gateway, args.n, args.concurrency, args.rounds,
                            args.warmup, args.timeout, args.pin, args.spin)
-    print(json.dumps(result, indent=2) if args.json else render(result))
-    return exit_status(result)
+    return emit(result, args.json, render)
 
 
 def add_ceiling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -523,16 +532,10 @@ def run_ceiling(args) -> int:
     fast_echo = tool("fast-echo")
     driver_cpus, target_cpus = cpu_plan(args.pin)
     with pinned(driver_cpus):
-        runs = [run_target(fast_echo, args.n, args.concurrency, args.timeout, cpus=target_cpus, spin=args.spin)
-                for _ in range(args.rounds)]
-    summary = {name: median_figures(runs, name) for name, _ in scenarios(args.concurrency)}
-    errors = [r["error"] for r in runs if "error" in r]
-    mismatches = sum(run_mismatches(r) for r in runs)
-    if args.json:
-        print(json.dumps({"target": shlex.join(fast_echo), "n": args.n, "pin": args.pin, "spin": args.spin,
-                          "summary": summary, "errors": errors, "mismatches": mismatches}, indent=2))
-    else:
-        print(render_ceiling(f"driver ceiling against {shlex.join(fast_echo)} (n={args.n}, pin={args.pin}, "
-                             f"spin={args.spin}, median of {args.rounds})",
-                             [""], [[name, m] for name, m in summary.items()], errors, mismatches))
-    return 2 if errors else (1 if mismatches else 0)
+        summary, errors, mismatches = ceiling_rounds(args.rounds, scenarios(args.concurrency), lambda: run_target(
+            fast_echo, args.n, args.concurrency, args.timeout, cpus=target_cpus, spin=args.spin))
+    title = (f"driver ceiling against {shlex.join(fast_echo)} (n={args.n}, pin={args.pin}, spin={args.spin}, "
+             f"median of {args.rounds})")
+    return emit({"target": shlex.join(fast_echo), "n": args.n, "pin": args.pin, "spin": args.spin, "summary": summary,
+                 "errors": errors, "mismatches": mismatches}, args.json,
+                lambda _: render_ceiling(title, [""], [[name, m] for name, m in summary.items()], errors, mismatches))

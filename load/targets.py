@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from . import BenchError
 from .assets import CHECKOUT, ECHO_SERVER, HTTP_ECHO, PACKAGE
-from .procfs import descendants, pid_listening_on, reap_stragglers, scan_processes, still_running
+from .procfs import descendants, pid_listening_on, reap_stragglers, scan_processes
 
 START_TIMEOUT_S = 30.0   # an HTTP target must be listening within this
 
@@ -78,13 +78,7 @@ class Started:
             self.remember_now()   # before the target dies: its children are then reparented
         except Exception:   # /proc raced with exiting processes: kill what we know of
             pass
-        self._signal_group(signal.SIGKILL)
-        for pid, start in list(self.known_descendants.items()):
-            if still_running(pid, start):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        reap_stragglers(dict(self.known_descendants), self.pid, 0.0)   # no patience: SIGKILL them and the group
 
     def _signal_group(self, sig: int) -> None:
         try:
