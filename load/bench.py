@@ -16,11 +16,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
 from . import BenchError, assets, http_client, replay, run as load_run
-from .ab import compare_medians
+from .ab import alternate, compare_medians
 from .assets import CHECKOUT, ECHO_SERVER
 from .report import fmt, markdown
 from .targets import HttpProcess
@@ -193,22 +194,24 @@ def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir:
     scripts["gateway"] = script("-gateway", scenario.gateway_calls) if scenario.gateway_calls else scripts["direct"]
     warmup = script("-warmup", scenario.warmup_calls) if scenario.warmup_calls else None
     out = {"name": scenario.name, "note": scenario.note, "levels": {}}
+
+    def one(slot: str, level: int, calls: int) -> dict:
+        target, process = start(scenario, slot, tmpdir, timeout)
+        try:
+            if scenario.transport == "http":   # the first requests pay for connections and probes
+                load_run.run_once(target, warmup or scripts[slot], level, max(level, calls // 10),
+                                  None, None, replay.Options(timeout=min(timeout, 60.0)))
+            opts = replay.Options(timeout=min(timeout, 60.0))
+            stats = load_run.run_once(target, scripts[slot], level, calls, None, None, opts)
+        finally:
+            if process is not None:
+                process.stop()
+        return load_run.summarize(target, stats, level)
+
     for level in levels:
         calls = max(level, int(n * scenario.calls_factor))
-        runs = {"direct": [], "gateway": []}
-        for _ in range(rounds):
-            for slot in ("direct", "gateway"):
-                target, process = start(scenario, slot, tmpdir, timeout)
-                try:
-                    if scenario.transport == "http":   # the first requests pay for connections and probes
-                        load_run.run_once(target, warmup or scripts[slot], level, max(level, calls // 10),
-                                          None, None, replay.Options(timeout=min(timeout, 60.0)))
-                    opts = replay.Options(timeout=min(timeout, 60.0))
-                    stats = load_run.run_once(target, scripts[slot], level, calls, None, None, opts)
-                finally:
-                    if process is not None:
-                        process.stop()
-                runs[slot].append(load_run.summarize(target, stats, level))
+        per_round = alternate(rounds, {slot: partial(one, slot, level, calls) for slot in ("direct", "gateway")})
+        runs = {slot: [r[slot] for r in per_round] for slot in ("direct", "gateway")}
         out["levels"][level] = {"runs": runs, **figures(runs)}
     return out
 

@@ -438,8 +438,7 @@ def idle_sessions(gateway: str, counts: list, tmpdir: str, timeout: float, reser
         peak = out["checkpoints"][-1]
         out["peak_sessions"] = peak["sessions"]
         if peak["sessions"]:
-            out["gateway_kib_per_session"] = round((peak["gateway_rss_kib"] - idle["gateway_rss_kib"])
-                                                   / peak["sessions"], 1)
+            out["gateway_kib_per_session"] = peak["gateway_kib_per_session"]   # its checkpoint's, against idle
             for key, digits in (("rss", 1), ("pss", 2)):
                 growth_kib = peak[f"tree_{key}_kib"] - idle[f"tree_{key}_kib"]
                 out[f"tree_{key}_mib_per_session"] = round(growth_kib / 1024 / peak["sessions"], digits)

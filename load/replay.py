@@ -449,6 +449,18 @@ class Replier:
         return {"jsonrpc": "2.0", "id": request["id"],
                 "error": {"code": -32601, "message": f"load run: no recorded reply to {method}"}}
 
+    async def from_server(self, msg, counts: list, send) -> bool:
+        """True if ``msg`` is the server's own message: a notification (counted in ``counts[0]``) or a
+        request (``counts[1]``), answered at once through ``send(reply)``."""
+        if not isinstance(msg, dict) or "method" not in msg:
+            return False
+        if "id" in msg:
+            counts[1] += 1
+            await send(self.reply_for(msg))
+        else:
+            counts[0] += 1
+        return True
+
 
 class HttpSession:
     """A virtual session over Streamable HTTP: one keep-alive connection (plus one for replies)."""
@@ -551,13 +563,7 @@ class HttpSession:
         except orjson.JSONDecodeError:
             answer.append((data.decode("utf-8", "replace"), data))
             return
-        if isinstance(msg, dict) and "method" in msg:
-            if "id" in msg:
-                counts[1] += 1
-                await self._reply(self.replier.reply_for(msg))
-            else:
-                counts[0] += 1
-        elif not answer:
+        if not await self.replier.from_server(msg, counts, self._reply) and not answer:
             answer.append((msg, data))
 
     async def _reply(self, reply: dict) -> None:
@@ -612,24 +618,19 @@ class StdioSession:
     async def request(self, call: Call, live_id: int, body: bytes, key=None) -> Answer:
         await self._write(body + b"\n")
         want = live_id
-        notes = asks = 0
+        counts = [0, 0]
         while True:
             line = await self._line()
             try:
                 got = orjson.loads(line)
             except orjson.JSONDecodeError:
-                return Answer(line.decode("utf-8", "replace"), line, notes, asks)
-            if isinstance(got, dict) and "method" in got:
-                if "id" in got:
-                    asks += 1
-                    await self._write(orjson.dumps(self.replier.reply_for(got)) + b"\n")
-                else:
-                    notes += 1
+                return Answer(line.decode("utf-8", "replace"), line, *counts)
+            if await self.replier.from_server(got, counts, self.notify):
                 continue
             if isinstance(got, dict) and got.get("id") != want and type(got.get("id")) is int and \
                     got.get("id") < want and got.get("id") // ID_STRIDE == want // ID_STRIDE:
                 continue   # a late answer to an earlier request of ours that timed out
-            return Answer(got, line, notes, asks)
+            return Answer(got, line, *counts)
 
     async def cancelled(self, call: Call, live_id: int, body: bytes, cancel: dict) -> None:
         """Send the request and its recorded cancellation; a late answer is skipped by ``request``."""
