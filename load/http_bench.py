@@ -244,10 +244,6 @@ def _worker(pipe, url_text, modern, k, first_id, n, warmup, spin, deadline) -> d
     return {**part, "start": start, "cpu_ns": cpu1 - cpu0, "ticks": ticks1 - ticks0}
 
 
-def _sample(pid, driver_first: bool) -> CpuSample:
-    return CpuSample(0, {}, *procfs.driver_clocks()) if pid is None else CpuSample.take(pid, driver_first)
-
-
 def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, spin: bool,
            deadline: float, pid, workers: int) -> dict:
     """Open K clients, warm up, measure N calls with CPU sampled around them, close; in this process or
@@ -256,7 +252,8 @@ def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, s
     samples: list = []
     if workers == 1:
         parts = [_window_part(url, modern, k, first_id, n, warmup, spin, deadline,
-                              lambda: samples.append(_sample(pid, False)), lambda: samples.append(_sample(pid, True)))]
+                              lambda: samples.append(CpuSample.take(pid, False)),
+                              lambda: samples.append(CpuSample.take(pid, True)))]
         result = parts[0]["result"]
     else:
         ks, ns, ws, ids = forks.split(k, workers), forks.split(n, workers), forks.split(warmup, workers), [first_id]
@@ -268,11 +265,11 @@ def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, s
             for pipe in pipes:
                 forks.receive(pipe, "ready", max(0.5, deadline - time.monotonic()))
             gc.collect()
-            samples.append(_sample(pid, False))
+            samples.append(CpuSample.take(pid, False))
             for pipe in pipes:
                 pipe.send("go")
             parts = [forks.receive(pipe, "result", max(0.5, deadline - time.monotonic())) for pipe in pipes]
-            samples.append(_sample(pid, True))
+            samples.append(CpuSample.take(pid, True))
         finally:
             forks.reap(procs, pipes)
         bad, latencies = Counts(), []

@@ -73,9 +73,12 @@ class CpuSample:
     machine_ticks: int  # busy ticks of the whole machine, all CPUs
 
     @classmethod
-    def take(cls, pid: int, driver_first: bool) -> CpuSample:
+    def take(cls, pid: int | None, driver_first: bool) -> CpuSample:
         """Sample now; the driver's clock is read on the window's side of the /proc scan (which costs
-        a few milliseconds), keeping that out of the driver's per-call figure."""
+        a few milliseconds), keeping that out of the driver's per-call figure. No ``pid`` (a target
+        whose process is not ours to see): the driver's and the machine's clocks only."""
+        if pid is None:
+            return cls(0, {}, *driver_clocks())
         if driver_first:
             driver = driver_clocks()
         table = scan_processes()
