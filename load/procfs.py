@@ -132,11 +132,17 @@ def reap_stragglers(known: dict, group: int, patience: float) -> list:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    try:
-        os.killpg(group, signal.SIGKILL)   # anything else left in its group
-    except (ProcessLookupError, PermissionError):
-        pass
+    signal_group(group)   # anything else left in its group
     return alive
+
+
+def signal_group(group: int, sig: int = signal.SIGKILL) -> bool:
+    """Signal a process group (a target started in its own session); False if it is gone or not ours."""
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def still_running(pid: int, start: int) -> bool:

@@ -9,9 +9,7 @@ the sessions, their transports and the fast lane share one hot path and its stat
 from __future__ import annotations
 
 import json
-import os
 import select
-import signal
 import subprocess
 import time
 from array import array
@@ -35,6 +33,7 @@ from .http_client import (
     request_head,
     sse_messages,
 )
+from .procfs import signal_group
 from .stats import Counts
 from .targets import Url
 
@@ -668,15 +667,10 @@ class StdioSession:
             with trio.move_on_after(3):
                 await proc.wait()
             if proc.returncode is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
+                if not signal_group(proc.pid):
                     proc.kill()
                 await proc.wait()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)   # anything it left in its group
-            except (ProcessLookupError, PermissionError):
-                pass
+            signal_group(proc.pid)   # anything it left in its group
             await proc.stdout.aclose()
 
 
