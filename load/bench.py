@@ -16,13 +16,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
 from . import BenchError, assets, http_client, replay, run as load_run
-from .ab import compare_medians
+from .ab import alternate, compare_medians
 from .assets import CHECKOUT, ECHO_SERVER
-from .report import markdown
+from .report import fmt, markdown
 from .targets import HttpProcess
 
 PY = sys.executable
@@ -30,9 +31,7 @@ ECHO = str(ECHO_SERVER)
 HTTP_ECHO = str(assets.HTTP_ECHO)
 MODERN = http_client.MODERN_VERSION
 LEGACY = http_client.LEGACY_VERSION
-META = {"io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientInfo": {"name": "load-bench", "version": "0"},
-        "io.modelcontextprotocol/clientCapabilities": {}}
+META = http_client.modern_meta("load-bench")
 BEGIN, END = "<!-- load-bench:begin -->", "<!-- load-bench:end -->"
 ONE_MIB = 1 << 20
 
@@ -44,8 +43,7 @@ def write_fixture(path: Path, era: str, calls: list) -> str:
               "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "description": "load bench scenario"}
     frames, t = [], 0.0
     if era == "legacy":
-        frames += [{"t": 0.0, "dir": "send", "msg": {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "load-bench", "version": "0"}}}},
+        frames += [{"t": 0.0, "dir": "send", "msg": http_client.initialize_message("load-bench")},
             {"t": 0.0, "dir": "recv", "msg": {"jsonrpc": "2.0", "id": 0, "result": {"protocolVersion": LEGACY}}},
             {"t": 0.0, "dir": "send", "msg": {"jsonrpc": "2.0", "method": "notifications/initialized"}}]
     for i, (method, params, result) in enumerate(calls, start=1):
@@ -196,22 +194,24 @@ def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir:
     scripts["gateway"] = script("-gateway", scenario.gateway_calls) if scenario.gateway_calls else scripts["direct"]
     warmup = script("-warmup", scenario.warmup_calls) if scenario.warmup_calls else None
     out = {"name": scenario.name, "note": scenario.note, "levels": {}}
+
+    def one(slot: str, level: int, calls: int) -> dict:
+        target, process = start(scenario, slot, tmpdir, timeout)
+        try:
+            if scenario.transport == "http":   # the first requests pay for connections and probes
+                load_run.run_once(target, warmup or scripts[slot], level, max(level, calls // 10),
+                                  None, None, replay.Options(timeout=min(timeout, 60.0)))
+            opts = replay.Options(timeout=min(timeout, 60.0))
+            stats = load_run.run_once(target, scripts[slot], level, calls, None, None, opts)
+        finally:
+            if process is not None:
+                process.stop()
+        return load_run.summarize(target, stats, level)
+
     for level in levels:
         calls = max(level, int(n * scenario.calls_factor))
-        runs = {"direct": [], "gateway": []}
-        for _ in range(rounds):
-            for slot in ("direct", "gateway"):
-                target, process = start(scenario, slot, tmpdir, timeout)
-                try:
-                    if scenario.transport == "http":   # the first requests pay for connections and probes
-                        load_run.run_once(target, warmup or scripts[slot], level, max(level, calls // 10),
-                                          None, None, replay.Options(timeout=min(timeout, 60.0)))
-                    opts = replay.Options(timeout=min(timeout, 60.0))
-                    stats = load_run.run_once(target, scripts[slot], level, calls, None, None, opts)
-                finally:
-                    if process is not None:
-                        process.stop()
-                runs[slot].append(load_run.summarize(target, stats, level))
+        per_round = alternate(rounds, {slot: partial(one, slot, level, calls) for slot in ("direct", "gateway")})
+        runs = {slot: [r[slot] for r in per_round] for slot in ("direct", "gateway")}
         out["levels"][level] = {"runs": runs, **figures(runs)}
     return out
 
@@ -306,10 +306,10 @@ def render_markdown(result: dict, command: str) -> str:
             rows.append([s["name"], "", why, *[""] * 6])
         for level, f in s.get("levels", {}).items():
             d, g = f["direct"], f["gateway"]
-            rows.append([s["name"], str(level), num(d["calls_per_s"]), num(g["calls_per_s"]),
+            rows.append([s["name"], str(level), fmt(d["calls_per_s"], 0), fmt(g["calls_per_s"], 0),
                          ("x%.2f" % f["ratio"]) if f["ratio"] else "-",
-                         f"{num(d['p50_ms'], 2)} / {num(d['p99_ms'], 2)}",
-                         f"{num(g['p50_ms'], 2)} / {num(g['p99_ms'], 2)}", str(f["mismatches"]), str(f["errors"])])
+                         f"{fmt(d['p50_ms'], 2)} / {fmt(d['p99_ms'], 2)}",
+                         f"{fmt(g['p50_ms'], 2)} / {fmt(g['p99_ms'], 2)}", str(f["mismatches"]), str(f["errors"])])
     lines += markdown(["scenario", "sessions", "direct calls/s", "gateway calls/s", "ratio", "direct p50 / p99 ms",
                        "gateway p50 / p99 ms", "mismatches", "errors"], rows)
     lines += ["", "Scenarios:", "", *(f"- **{s['name']}**: {s['note']}" for s in result["scenarios"]), "", END]
@@ -356,7 +356,3 @@ def run(args) -> int:
         write_report(Path(args.out), section)
     print(json.dumps(result, indent=2, default=str) if args.json else section)
     return 1 if result["mismatches"] or result["errors"] else 0
-
-
-def num(value, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"

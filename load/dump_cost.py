@@ -8,14 +8,13 @@ throughput kept with dumps on. ``--control`` runs B without dumps too (x1.00 exp
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 
 from .ab import apart, ratio_summary, side_by_side
 from .assets import SESSIONS
 from .http_bench import dump_figures
-from .report import markdown, times
+from .report import emit, markdown, times
 from .stdio_bench import positive_int
 from .targets import HttpProcess
 
@@ -77,7 +76,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     result = run_rounds(args.rounds, args.concurrency, args.duration, args.control)
-    print(json.dumps(result, indent=2) if args.json else render(result))
-    if result["errors"]:
-        return 2
-    return 1 if result["mismatches"] else 0
+    return emit(result, args.json, render)

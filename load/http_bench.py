@@ -30,28 +30,27 @@ import orjson
 from . import BenchError, fast_echo, forks, procfs, stdio_bench as sb
 from .assets import source_state
 from .http_client import (
-    MODERN_VERSION,
     READ_SIZE,
     Client,
     ProtocolError,
     Response,
     close_clients,
+    modern_meta,
     open_clients,
     parse_response,
     sse_messages,
 )
 from .procfs import CpuSample, mem_available_kib, tree_pss_kib, tree_rss_kib
-from .report import table
-from .stdio_bench import DriveResult, Mismatches, expected_content
+from .report import emit, table
+from .stats import MAX_EXAMPLES, Counts
+from .stdio_bench import DriveResult, expected_content
 from .targets import HttpProcess, Url, start_http
 
 ERAS = ("modern", "legacy")
 WARMUP_CALLS = 500
 FIRST_CALL_ID = 1
 STALL_S = 10.0          # no byte from any connection for this long: the run fails
-META = (b'"_meta":{"io.modelcontextprotocol/protocolVersion":"' + MODERN_VERSION.encode() +
-        b'","io.modelcontextprotocol/clientInfo":{"name":"http-bench","version":"0"},'
-        b'"io.modelcontextprotocol/clientCapabilities":{}}')
+META = b'"_meta":' + orjson.dumps(modern_meta("http-bench"))
 
 
 def call_tail(call_id: int, modern: bool) -> bytes:
@@ -109,90 +108,31 @@ def check_answer(resp: Response, call_id: int, modern: bool):
 
 
 def drive(clients: list, first_id: int, n: int, spin: bool = False, deadline: float | None = None) -> DriveResult:
-    """Send ``n`` calls (ids ``first_id ..``, in send order) over the clients, one outstanding per client."""
+    """Send ``n`` calls (ids ``first_id ..``, in send order) over the clients, one outstanding per client.
+    One client (without --spin) waits in its blocking socket's ``recv``, the lowest-latency loop for the
+    sequential scenario; several (or --spin) are non-blocking sockets under one epoll."""
     modern = clients[0].modern
     tails = [call_tail(first_id + i, modern) for i in range(n)]
     if deadline is None:
         deadline = time.monotonic() + 3600
-    if len(clients) == 1 and not spin:
-        return _drive_one(clients[0], first_id, tails, deadline)
-    return _drive_many(clients, first_id, tails, spin, deadline)
-
-
-class _Tally:
-    """Latencies and mismatches of one window."""
-
-    __slots__ = ("latencies", "bad", "notifications")
-
-    def __init__(self):
-        self.latencies = array("q")
-        self.bad = Mismatches()
-        self.notifications = 0
-
-    def answer(self, resp: Response, call_id: int, modern: bool, latency: int) -> None:
-        kind, sample, notes = check_answer(resp, call_id, modern)
-        self.notifications += notes
-        if kind is None:
-            self.latencies.append(latency)
-        else:
-            self.bad.add(kind, sample if sample is not None else b"")
-
-
-def _drive_one(client: Client, first_id: int, tails: list, deadline: float) -> DriveResult:
-    """One client, blocking socket: the lowest-latency loop for the sequential scenario."""
-    clock, tally, n = time.perf_counter_ns, _Tally(), len(tails)
-    modern, stall = client.modern, min(STALL_S, max(0.1, deadline - time.monotonic()))
-    sock = client.sock
-    sock.settimeout(stall)
-    recv, parse, answer = sock.recv, parse_response, tally.answer
-    start = now = clock()
-    i = 0
-    try:
-        while i < n:
-            head = client.head
-            sent_at = clock()
-            sock.sendall(head + tails[i])
-            buf = client.buf
-            while True:
-                data = recv(READ_SIZE)
-                now = clock()
-                buf = buf + data if buf else data
-                parsed = parse(buf, eof=not data)
-                if parsed is not None:
-                    break
-                if not data:
-                    raise BenchError(f"{client.url}: connection closed after {i} answers")
-            resp, used = parsed
-            client.buf = buf[used:]
-            answer(resp, first_id + i, modern, now - sent_at)
-            i += 1
-            if resp.close:
-                client.connect()
-                sock = client.sock
-                sock.settimeout(stall)
-                recv = sock.recv
-            if i & 1023 == 0 and time.monotonic() > deadline:
-                raise BenchError(f"{client.url}: time limit reached after {i} of {n} answers")
-    except ProtocolError as exc:
-        raise BenchError(f"{client.url}: {exc} (after {i} answers)") from None
-    except OSError as exc:
-        raise BenchError(f"{client.url}: {exc or type(exc).__name__} after {i} of {n} answers") from None
-    finally:
-        client.sock.settimeout(client.timeout)
-    return DriveResult(i, now - start, list(tally.latencies), tally.bad, tally.notifications)
-
-
-def _drive_many(clients: list, first_id: int, tails: list, spin: bool, deadline: float) -> DriveResult:
-    """Several clients (or --spin): non-blocking sockets, one epoll for all."""
-    clock, tally, n = time.perf_counter_ns, _Tally(), len(tails)
-    modern = clients[0].modern
+    clock, latencies, bad, notifications = time.perf_counter_ns, array("q"), Counts(), 0
+    blocking = len(clients) == 1 and not spin
+    stall = min(STALL_S, max(0.1, deadline - time.monotonic()))
     ep = select.epoll()
     by_fd, call_of, sent_at = {}, {}, {}
-    for c in clients:
-        c.sock.setblocking(False)
-        ep.register(c.fd, select.EPOLLIN)
+
+    def attach(c: Client) -> None:
         by_fd[c.fd] = c
-    parse, answer, poll = parse_response, tally.answer, ep.poll
+        if blocking:
+            c.sock.settimeout(stall)
+        else:
+            c.sock.setblocking(False)
+            ep.register(c.fd, select.EPOLLIN)
+
+    for c in clients:
+        attach(c)
+    parse = parse_response
+    poll = (lambda _wait: ((clients[0].fd, 0),)) if blocking else ep.poll
     wait = 0 if spin else min(STALL_S, 1.0)
     sent = answered = 0
     start = now = clock()
@@ -206,10 +146,10 @@ def _drive_many(clients: list, first_id: int, tails: list, spin: bool, deadline:
         sent += 1
         done = c.sock.send(data)
         if done < len(data):   # never for a few hundred bytes into an idle socket, but be exact
-            c.sock.setblocking(True)
+            timeout = c.sock.gettimeout()
             c.sock.settimeout(STALL_S)
             c.sock.sendall(data[done:])
-            c.sock.setblocking(False)
+            c.sock.settimeout(timeout)
 
     try:
         for c in clients[:min(len(clients), n)]:
@@ -229,6 +169,8 @@ def _drive_many(clients: list, first_id: int, tails: list, spin: bool, deadline:
                     data = c.sock.recv(READ_SIZE)
                 except BlockingIOError:
                     continue
+                if blocking:
+                    now = clock()
                 buf = c.buf + data if c.buf else data
                 parsed = parse(buf, eof=not data)
                 if parsed is None:
@@ -238,15 +180,20 @@ def _drive_many(clients: list, first_id: int, tails: list, spin: bool, deadline:
                     continue
                 resp, used = parsed
                 c.buf = buf[used:]
-                answer(resp, first_id + call_of.pop(fd), modern, now - sent_at.pop(fd))
+                kind, sample, notes = check_answer(resp, first_id + call_of.pop(fd), modern)
+                notifications += notes
+                if kind is None:
+                    latencies.append(now - sent_at.pop(fd))
+                else:
+                    del sent_at[fd]
+                    bad.add(kind, sample if sample is not None else b"")
                 answered += 1
                 if resp.close:
-                    ep.unregister(fd)
+                    if not blocking:
+                        ep.unregister(fd)
                     del by_fd[fd]
                     c.connect()
-                    c.sock.setblocking(False)
-                    ep.register(c.fd, select.EPOLLIN)
-                    by_fd[c.fd] = c
+                    attach(c)
                 if sent < n:
                     send(c)
             last_progress = time.monotonic()
@@ -260,10 +207,8 @@ def _drive_many(clients: list, first_id: int, tails: list, spin: bool, deadline:
         ep.close()
         for c in clients:
             if c.sock is not None:
-                c.sock.setblocking(True)
                 c.sock.settimeout(c.timeout)
-    return DriveResult(answered, now - start, list(tally.latencies), tally.bad, tally.notifications)
-
+    return DriveResult(answered, now - start, list(latencies), bad, notifications)
 
 
 def _window_part(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, spin: bool, deadline: float,
@@ -272,14 +217,7 @@ def _window_part(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: 
     clients = open_clients(url, k, modern)
     try:
         warm = drive(clients, first_id, warmup, spin, deadline) if warmup else None
-        gc.collect()
-        opened()
-        gc.disable()
-        try:
-            result = drive(clients, first_id + warmup, n, spin, deadline)
-        finally:
-            gc.enable()
-        closed()
+        result = sb.in_window(lambda: drive(clients, first_id + warmup, n, spin, deadline), opened, closed)
     except BaseException:
         close_clients(clients, end_sessions=False)
         raise
@@ -306,10 +244,6 @@ def _worker(pipe, url_text, modern, k, first_id, n, warmup, spin, deadline) -> d
     return {**part, "start": start, "cpu_ns": cpu1 - cpu0, "ticks": ticks1 - ticks0}
 
 
-def _sample(pid, driver_first: bool) -> CpuSample:
-    return CpuSample(0, {}, *procfs.driver_clocks()) if pid is None else CpuSample.take(pid, driver_first)
-
-
 def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, spin: bool,
            deadline: float, pid, workers: int) -> dict:
     """Open K clients, warm up, measure N calls with CPU sampled around them, close; in this process or
@@ -318,7 +252,8 @@ def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, s
     samples: list = []
     if workers == 1:
         parts = [_window_part(url, modern, k, first_id, n, warmup, spin, deadline,
-                              lambda: samples.append(_sample(pid, False)), lambda: samples.append(_sample(pid, True)))]
+                              lambda: samples.append(CpuSample.take(pid, False)),
+                              lambda: samples.append(CpuSample.take(pid, True)))]
         result = parts[0]["result"]
     else:
         ks, ns, ws, ids = forks.split(k, workers), forks.split(n, workers), forks.split(warmup, workers), [first_id]
@@ -330,19 +265,17 @@ def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, s
             for pipe in pipes:
                 forks.receive(pipe, "ready", max(0.5, deadline - time.monotonic()))
             gc.collect()
-            samples.append(_sample(pid, False))
+            samples.append(CpuSample.take(pid, False))
             for pipe in pipes:
                 pipe.send("go")
             parts = [forks.receive(pipe, "result", max(0.5, deadline - time.monotonic())) for pipe in pipes]
-            samples.append(_sample(pid, True))
+            samples.append(CpuSample.take(pid, True))
         finally:
             forks.reap(procs, pipes)
-        bad, latencies = Mismatches(), []
+        bad, latencies = Counts(), []
         for part in parts:
             latencies += part["result"].latencies_ns
-            for kind, count in part["result"].mismatches.kinds.items():
-                bad.kinds[kind] = bad.kinds.get(kind, 0) + count
-            bad.examples += part["result"].mismatches.examples[:sb.MAX_EXAMPLES - len(bad.examples)]
+            bad.merge(part["result"].mismatches)
         elapsed = max(p["start"] + p["result"].elapsed_ns for p in parts) - min(p["start"] for p in parts)
         result = DriveResult(sum(p["result"].calls for p in parts), elapsed, latencies, bad,
                              sum(p["result"].notifications for p in parts))
@@ -358,7 +291,7 @@ def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, s
                                              / window_ticks), 2)
         m["workers"] = workers
     m["warmup_mismatches"] = sum(p["warmup_mismatches"] for p in parts)
-    m["warmup_mismatch_examples"] = [e for p in parts for e in p["warmup_mismatch_examples"]][:sb.MAX_EXAMPLES]
+    m["warmup_mismatch_examples"] = [e for p in parts for e in p["warmup_mismatch_examples"]][:MAX_EXAMPLES]
     m["reconnects"] = sum(p["reconnects"] for p in parts)
     m["session_close_failures"] = [f for p in parts for f in p["session_close_failures"]]
     m["tree_after"] = after.tree
@@ -502,8 +435,7 @@ def idle_sessions(gateway: str, counts: list, tmpdir: str, timeout: float, reser
         peak = out["checkpoints"][-1]
         out["peak_sessions"] = peak["sessions"]
         if peak["sessions"]:
-            out["gateway_kib_per_session"] = round((peak["gateway_rss_kib"] - idle["gateway_rss_kib"])
-                                                   / peak["sessions"], 1)
+            out["gateway_kib_per_session"] = peak["gateway_kib_per_session"]   # its checkpoint's, against idle
             for key, digits in (("rss", 1), ("pss", 2)):
                 growth_kib = peak[f"tree_{key}_kib"] - idle[f"tree_{key}_kib"]
                 out[f"tree_{key}_mib_per_session"] = round(growth_kib / 1024 / peak["sessions"], digits)
@@ -618,16 +550,16 @@ def fast_server(port_file: str) -> None:
 def run_ceiling(args) -> dict:
     """The driver against the fast server, both eras; medians over rounds."""
     driver_cpus, target_cpus = procfs.cpu_plan(args.pin)
-    names = [name for name, _ in sb.scenarios(args.concurrency, "clients_%d")]
     out = {"config": {"n": args.n, "concurrency": args.concurrency, "rounds": args.rounds, "pin": args.pin,
                       "spin": args.spin, "workers": args.workers}, "eras": {}, "errors": [], "mismatches": 0}
     with tempfile.TemporaryDirectory(prefix="http-ceiling-") as tmpdir, procfs.pinned(driver_cpus):
         for era in ERAS:
-            runs = [run_target("auto", "fast", tmpdir, args.n, args.concurrency, era == "modern", args.warmup,
-                               args.timeout, target_cpus, args.spin, args.workers) for _ in range(args.rounds)]
-            out["eras"][era] = {name: sb.median_figures(runs, name) for name in names}
-            out["errors"] += [r["error"] for r in runs if "error" in r]
-            out["mismatches"] += sum(sb.run_mismatches(r) for r in runs)
+            out["eras"][era], errors, mismatches = sb.ceiling_rounds(
+                args.rounds, sb.scenarios(args.concurrency, "clients_%d"), lambda era=era: run_target(
+                    "auto", "fast", tmpdir, args.n, args.concurrency, era == "modern", args.warmup, args.timeout,
+                    target_cpus, args.spin, args.workers))
+            out["errors"] += errors
+            out["mismatches"] += mismatches
     return out
 
 
@@ -736,14 +668,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sb.add_common(parser, 10000, "1,16", "client counts")
 
 
-def exit_status(result: dict) -> int:
-    errors = result["errors"] if isinstance(result["errors"], int) else len(result["errors"])
-    idle = result.get("idle_sessions") or {}
-    if errors or "error" in idle or idle.get("session_processes_left") or idle.get("delete_failures"):
-        return 2
-    return 1 if result["mismatches"] else 0
-
-
 def run(args) -> int:
     if args.ceiling:
         result = run_ceiling(args)
@@ -757,8 +681,9 @@ def run(args) -> int:
         with tempfile.TemporaryDirectory(prefix="http-bench-idle-") as tmpdir:
             result["idle_sessions"] = idle_sessions(args.gateway, args.idle_sessions, tmpdir, args.idle_timeout,
                                                     args.mem_reserve)
-    print(json.dumps(result, indent=2) if args.json else render(result))
-    return exit_status(result)
+    idle = result.get("idle_sessions") or {}
+    return emit(result, args.json, render, "error" in idle or bool(idle.get("session_processes_left")
+                                                                  or idle.get("delete_failures")))
 
 
 if __name__ == "__main__":   # `python -m load.http_bench --fast-server PORTFILE`: the canned-answer server

@@ -39,10 +39,17 @@ def request_head(url: Url, method: str = "POST", headers: tuple = ()) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
-def initialize_body() -> bytes:
-    return orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": LEGACY_VERSION, "capabilities": {},
-        "clientInfo": {"name": "http-bench", "version": "0"}}})
+def initialize_message(client: str) -> dict:
+    """A legacy ``initialize`` (id 0) from the client named ``client``: every tool's handshake."""
+    return {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": {"name": client, "version": "0"}}}
+
+
+def modern_meta(client: str) -> dict:
+    """The ``_meta`` a modern request carries from the client named ``client``."""
+    return {"io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+            "io.modelcontextprotocol/clientInfo": {"name": client, "version": "0"},
+            "io.modelcontextprotocol/clientCapabilities": {}}
 
 
 class Response:
@@ -208,7 +215,7 @@ class Client:
 
     def open_session(self) -> str:
         """Legacy handshake: initialize, then notifications/initialized; returns the session id."""
-        resp = self.post(initialize_body())
+        resp = self.post(orjson.dumps(initialize_message("http-bench")))
         sid = resp.header(b"mcp-session-id")
         if resp.status != 200 or not sid:
             raise BenchError(f"initialize: HTTP {resp.status}, session id {sid!r}: {resp.body[:300]!r}")

@@ -79,27 +79,30 @@ def summary(samples: list[int]) -> dict:
             "mean_us": round(statistics.fmean(ordered), 1), "n": len(ordered)}
 
 
-def compare(a: Target, b: Target, method: str, n: int, rounds: int, warmup: int = 200,
+def compare(folder: Path, a: tuple, b: tuple, method: str, n: int, rounds: int, warmup: int = 200,
             params: dict | None = None) -> dict:
-    timed(a, method, warmup, params)
-    timed(b, method, warmup, params)
-    samples: dict[str, list[int]] = {a.label: [], b.label: []}
-    cpu = {a.label: 0.0, b.label: 0.0}
-
-    def one(g: Target) -> None:
-        before = read_stat(g.pid).ticks
-        samples[g.label] += timed(g, method, n, params)
-        cpu[g.label] += ticks_to_us(read_stat(g.pid).ticks - before)
-
-    for i in range(rounds):       # A B, then B A: neither side always runs first
-        for g in ((a, b) if i % 2 == 0 else (b, a)):
-            one(g)
-    out: dict = {}
-    for g in (a, b):
-        out[g.label] = {**summary(samples[g.label]),
-                        "gateway_cpu_us_per_request": round(cpu[g.label] / (n * rounds), 1)}
-    out["ratio_of_medians"] = round(out[b.label]["median_us"] / out[a.label]["median_us"], 3)
-    out["added_median_us"] = round(out[b.label]["median_us"] - out[a.label]["median_us"], 1)
+    """Start gateways A and B (``(label, policy[, store])``), warm both up, time them alternately, stop them."""
+    gateways: list[Target] = []
+    try:
+        for side in (a, b):
+            gateways.append(start_gateway(folder, *side))
+        for g in gateways:
+            timed(g, method, warmup, params)
+        samples: dict[str, list[int]] = {g.label: [] for g in gateways}
+        cpu = {g.label: 0.0 for g in gateways}
+        for i in range(rounds):       # A B, then B A: neither side always runs first
+            for g in (gateways if i % 2 == 0 else gateways[::-1]):
+                before = read_stat(g.pid).ticks
+                samples[g.label] += timed(g, method, n, params)
+                cpu[g.label] += ticks_to_us(read_stat(g.pid).ticks - before)
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+    out: dict = {label: {**summary(samples[label]), "gateway_cpu_us_per_request": round(cpu[label] / (n * rounds), 1)}
+                 for label in samples}
+    la, lb = a[0], b[0]
+    out["ratio_of_medians"] = round(out[lb]["median_us"] / out[la]["median_us"], 3)
+    out["added_median_us"] = round(out[lb]["median_us"] - out[la]["median_us"], 1)
     return out
 
 
@@ -164,49 +167,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_stdio(args: argparse.Namespace) -> dict:
+    """Guardrails on a small tools/call and a 1 MiB result (without, then with every local detector),
+    tools/list uncached against cached (and with Redis), ping without policy against five interceptors."""
     results: dict = {}
     only = [p.strip() for p in args.pairs.split(",")] if args.pairs else None
+    uncached = ("uncached", {"pinning": "off", "cache": {"tools_list_ttl": 0}})
+    cached = {"pinning": "off", "cache": {"tools_list_ttl": 300}}
     with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
         folder = Path(tmp)
-        pairs = [("tools_list", "tools/list",
-                  ("uncached", {"pinning": "off", "cache": {"tools_list_ttl": 0}}),
-                  ("cached", {"pinning": "off", "cache": {"tools_list_ttl": 300}}), None),
-                 ("ping", "ping", ("no_policy", {}), ("five_interceptors", FIVE), None)]
-        if not only or "guardrails_call" in only or "guardrails_1mib" in only:
-            results.update(run_guardrails(args, folder, only))
+        for name, action, fewer in (("guardrails_call", "redact", 1), ("guardrails_1mib", "log", 25)):
+            if only and name not in only:
+                continue
+            params = {"name": "echo", "arguments": {"text": SMALL_TEXT}} if fewer == 1 else \
+                {"name": "big", "arguments": {"size": MIB, "text": corpus_text()}}
+            results[name] = compare(folder, (f"{name}_off", {}), (f"{name}_on", guarded(action)), "tools/call",
+                                    max(10, args.n // fewer), max(4, args.rounds // 2), max(5, 200 // fewer), params)
+        pairs = [("tools_list", "tools/list", uncached, ("cached", cached)),
+                 ("ping", "ping", ("no_policy", {}), ("five_interceptors", FIVE))]
         pairs = [p for p in pairs if not only or p[0] in only]
         if args.redis_url:
-            pairs.append(("tools_list_redis", "tools/list",
-                          ("uncached", {"pinning": "off", "cache": {"tools_list_ttl": 0}}),
-                          ("cached_redis", {"pinning": "off", "cache": {"tools_list_ttl": 300}}),
-                          {"backend": "redis", "url": args.redis_url, "prefix": f"policy-bench-{os.getpid()}:"}))
-        for name, method, (la, pa), (lb, pb), store in pairs:
-            gateways = []
-            try:
-                gateways.append(start_gateway(folder, la, pa))
-                gateways.append(start_gateway(folder, lb, pb, store))
-                results[name] = compare(*gateways, method, args.n, args.rounds)
-            finally:
-                for gateway in gateways:
-                    gateway.stop()
-    return results
-
-
-def run_guardrails(args: argparse.Namespace, folder: Path, only: list[str] | None) -> dict:
-    """A small tools/call and a 1 MiB result, without guardrails and with every local detector."""
-    results: dict = {}
-    runs = [("guardrails_call", {"name": "echo", "arguments": {"text": SMALL_TEXT}}, guarded("redact"), 1),
-            ("guardrails_1mib", {"name": "big", "arguments": {"size": MIB, "text": corpus_text()}}, guarded("log"), 25)]
-    for name, params, policy, fewer in runs:
-        if only and name not in only:
-            continue
-        gateways = []
-        try:
-            gateways.append(start_gateway(folder, f"{name}_off", {}))
-            gateways.append(start_gateway(folder, f"{name}_on", policy))
-            results[name] = compare(*gateways, "tools/call", max(10, args.n // fewer), max(4, args.rounds // 2),
-                                    warmup=max(5, 200 // fewer), params=params)
-        finally:
-            for gateway in gateways:
-                gateway.stop()
+            pairs.append(("tools_list_redis", "tools/list", uncached, ("cached_redis", cached, {
+                "backend": "redis", "url": args.redis_url, "prefix": f"policy-bench-{os.getpid()}:"})))
+        for name, method, a, b in pairs:
+            results[name] = compare(folder, a, b, method, args.n, args.rounds)
     return results

@@ -73,9 +73,12 @@ class CpuSample:
     machine_ticks: int  # busy ticks of the whole machine, all CPUs
 
     @classmethod
-    def take(cls, pid: int, driver_first: bool) -> CpuSample:
+    def take(cls, pid: int | None, driver_first: bool) -> CpuSample:
         """Sample now; the driver's clock is read on the window's side of the /proc scan (which costs
-        a few milliseconds), keeping that out of the driver's per-call figure."""
+        a few milliseconds), keeping that out of the driver's per-call figure. No ``pid`` (a target
+        whose process is not ours to see): the driver's and the machine's clocks only."""
+        if pid is None:
+            return cls(0, {}, *driver_clocks())
         if driver_first:
             driver = driver_clocks()
         table = scan_processes()
@@ -129,11 +132,17 @@ def reap_stragglers(known: dict, group: int, patience: float) -> list:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    try:
-        os.killpg(group, signal.SIGKILL)   # anything else left in its group
-    except (ProcessLookupError, PermissionError):
-        pass
+    signal_group(group)   # anything else left in its group
     return alive
+
+
+def signal_group(group: int, sig: int = signal.SIGKILL) -> bool:
+    """Signal a process group (a target started in its own session); False if it is gone or not ours."""
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def still_running(pid: int, start: int) -> bool:

@@ -9,9 +9,7 @@ the sessions, their transports and the fast lane share one hot path and its stat
 from __future__ import annotations
 
 import json
-import os
 import select
-import signal
 import subprocess
 import time
 from array import array
@@ -35,13 +33,14 @@ from .http_client import (
     request_head,
     sse_messages,
 )
+from .procfs import signal_group
+from .stats import Counts
 from .targets import Url
 
 ID_STRIDE = 10 ** 9
 _ID_SENTINEL = 918273645506172839
 _TAG_SENTINEL = "~~load-run-tag~~"
 RECONNECT_TIMEOUT = 10.0
-MAX_EXAMPLES = 5
 HANDSHAKE_METHODS = ("initialize", "server/discover")
 #: Keys dropped at any depth before --check compares an answer with the recording:
 #: they name a moment, a process or a session, not what was answered.
@@ -243,10 +242,8 @@ class Stats:
         self.latency: dict = {}          # label -> array('q') of ns
         self.done_at = array("q")        # ns since the run's start (t0_ns), per answered call
         self.done_latency = array("q")   # ns, same order
-        self.errors: dict = {}           # kind -> count
-        self.mismatches: dict = {}       # kind -> count
-        self.examples: list = []
-        self.error_examples: list = []
+        self.errors = Counts(300)
+        self.mismatches = Counts(400)
         self.calls = 0                   # requests sent (body calls)
         self.answered = 0                # with a correct answer
         self.notifications = 0           # server -> client notifications seen
@@ -257,16 +254,6 @@ class Stats:
         self.start = 0.0                 # time.time() at the start (t0_ns is the same moment)
         self.first_call = None           # seconds after start when the first call went out
         self.elapsed = 0.0
-
-    def error(self, kind: str, detail: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
-        if len(self.error_examples) < MAX_EXAMPLES:
-            self.error_examples.append(f"{kind}: {detail[:300]}")
-
-    def mismatch(self, kind: str, detail: str) -> None:
-        self.mismatches[kind] = self.mismatches.get(kind, 0) + 1
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(f"{kind}: {detail[:400]}")
 
     def to_dict(self) -> dict:
         return {**vars(self), "latency": {k: v.tobytes() for k, v in self.latency.items()},
@@ -280,11 +267,8 @@ class Stats:
         shift = int(offset * 1e9)
         self.done_at.extend(t + shift for t in array("q", part["done_at"]))
         self.done_latency.frombytes(part["done_latency"])
-        for src, dst in ((part["errors"], self.errors), (part["mismatches"], self.mismatches)):
-            for kind, count in src.items():
-                dst[kind] = dst.get(kind, 0) + count
-        self.examples += part["examples"][:MAX_EXAMPLES - len(self.examples)]
-        self.error_examples += part["error_examples"][:MAX_EXAMPLES - len(self.error_examples)]
+        self.errors.merge(part["errors"])
+        self.mismatches.merge(part["mismatches"])
         for name in ("calls", "answered", "notifications", "server_requests", "cancelled", "sessions",
                      "session_failures"):
             setattr(self, name, getattr(self, name) + part[name])
@@ -292,6 +276,13 @@ class Stats:
         if part["first_call"] is not None:
             first = part["first_call"] + offset
             self.first_call = first if self.first_call is None else min(self.first_call, first)
+
+    def sent_at(self, t0_ns: int) -> int:
+        """Now, as a request goes out (the first one of the run is remembered)."""
+        sent = time.perf_counter_ns()
+        if self.first_call is None:
+            self.first_call = (sent - t0_ns) / 1e9
+        return sent
 
     @property
     def window(self) -> float:
@@ -359,10 +350,10 @@ def judge(call: Call, live_id: int, tagged: str | None, answer, check: bool, sta
           raw: bytes | None = None) -> bool:
     """Count what is wrong with ``answer`` to ``call`` (sent as ``live_id``); True if it is right."""
     if not isinstance(answer, dict) or ("result" in answer) == ("error" in answer):
-        stats.mismatch("malformed", show(answer))
+        stats.mismatches.add("malformed", show(answer))
         return False
     if answer.get("id") != live_id or type(answer.get("id")) is not int:
-        stats.mismatch("wrong_id", f"sent id {live_id} ({call.label}), got {show(answer)}")
+        stats.mismatches.add("wrong_id", f"sent id {live_id} ({call.label}), got {show(answer)}")
         return False
     expected = call.expected
     if "error" in answer:
@@ -370,16 +361,16 @@ def judge(call: Call, live_id: int, tagged: str | None, answer, check: bool, sta
         code = error.get("code")
         if expected is not None and isinstance(expected.get("error"), dict) and expected["error"].get("code") == code:
             return True   # the recording has the same error: the expected answer
-        stats.error(f"rpc_{code}", f"{call.label}: {show(answer)}")
+        stats.errors.add(f"rpc_{code}", f"{call.label}: {show(answer)}")
         return False
     result = answer["result"]
     if tagged is not None and not _carries(raw, tagged, call, result):
-        stats.mismatch("not_this_request", f"sent {call.tag_key}={tagged!r} ({call.label}, id {live_id}), "
+        stats.mismatches.add("not_this_request", f"sent {call.tag_key}={tagged!r} ({call.label}, id {live_id}), "
                                            f"got {show(answer)}")
         return False
     if check and expected is not None:
         if "result" not in expected:
-            stats.mismatch("check_differs", f"{call.label}: recorded {show(expected)}, got {show(answer)}")
+            stats.mismatches.add("check_differs", f"{call.label}: recorded {show(expected)}, got {show(answer)}")
             return False
         want = expected["result"]
         if tagged is not None:
@@ -390,7 +381,7 @@ def judge(call: Call, live_id: int, tagged: str | None, answer, check: bool, sta
             ok = normalize(want) == normalize(result)
         if not ok:
             where = first_difference(normalize(want), normalize(result))
-            stats.mismatch("check_differs", f"{call.label}: {where}")
+            stats.mismatches.add("check_differs", f"{call.label}: {where}")
             return False
     return True
 
@@ -456,6 +447,18 @@ class Replier:
             return reply
         return {"jsonrpc": "2.0", "id": request["id"],
                 "error": {"code": -32601, "message": f"load run: no recorded reply to {method}"}}
+
+    async def from_server(self, msg, counts: list, send) -> bool:
+        """True if ``msg`` is the server's own message: a notification (counted in ``counts[0]``) or a
+        request (``counts[1]``), answered at once through ``send(reply)``."""
+        if not isinstance(msg, dict) or "method" not in msg:
+            return False
+        if "id" in msg:
+            counts[1] += 1
+            await send(self.reply_for(msg))
+        else:
+            counts[0] += 1
+        return True
 
 
 class HttpSession:
@@ -559,13 +562,7 @@ class HttpSession:
         except orjson.JSONDecodeError:
             answer.append((data.decode("utf-8", "replace"), data))
             return
-        if isinstance(msg, dict) and "method" in msg:
-            if "id" in msg:
-                counts[1] += 1
-                await self._reply(self.replier.reply_for(msg))
-            else:
-                counts[0] += 1
-        elif not answer:
+        if not await self.replier.from_server(msg, counts, self._reply) and not answer:
             answer.append((msg, data))
 
     async def _reply(self, reply: dict) -> None:
@@ -620,24 +617,19 @@ class StdioSession:
     async def request(self, call: Call, live_id: int, body: bytes, key=None) -> Answer:
         await self._write(body + b"\n")
         want = live_id
-        notes = asks = 0
+        counts = [0, 0]
         while True:
             line = await self._line()
             try:
                 got = orjson.loads(line)
             except orjson.JSONDecodeError:
-                return Answer(line.decode("utf-8", "replace"), line, notes, asks)
-            if isinstance(got, dict) and "method" in got:
-                if "id" in got:
-                    asks += 1
-                    await self._write(orjson.dumps(self.replier.reply_for(got)) + b"\n")
-                else:
-                    notes += 1
+                return Answer(line.decode("utf-8", "replace"), line, *counts)
+            if await self.replier.from_server(got, counts, self.notify):
                 continue
             if isinstance(got, dict) and got.get("id") != want and type(got.get("id")) is int and \
                     got.get("id") < want and got.get("id") // ID_STRIDE == want // ID_STRIDE:
                 continue   # a late answer to an earlier request of ours that timed out
-            return Answer(got, line, notes, asks)
+            return Answer(got, line, *counts)
 
     async def cancelled(self, call: Call, live_id: int, body: bytes, cancel: dict) -> None:
         """Send the request and its recorded cancellation; a late answer is skipped by ``request``."""
@@ -675,15 +667,10 @@ class StdioSession:
             with trio.move_on_after(3):
                 await proc.wait()
             if proc.returncode is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
+                if not signal_group(proc.pid):
                     proc.kill()
                 await proc.wait()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)   # anything it left in its group
-            except (ProcessLookupError, PermissionError):
-                pass
+            signal_group(proc.pid)   # anything it left in its group
             await proc.stdout.aclose()
 
 
@@ -779,7 +766,7 @@ async def _handshake(index, session, script, opts, stats) -> bool:
         return True
     except (ReplayError, Disconnected, HttpStatus, OSError, trio.TooSlowError) as exc:
         stats.session_failures += 1
-        stats.error("handshake" if isinstance(exc, ReplayError) else _kind(exc),
+        stats.errors.add("handshake" if isinstance(exc, ReplayError) else _kind(exc),
                     f"session {index} handshake: {exc or type(exc).__name__}")
         return False
 
@@ -796,6 +783,22 @@ class _Place:
 
     def __init__(self, seq: int):
         self.pos, self.seq, self.round_start, self.label = 0, seq, None, "?"
+
+    def step(self, body: list):
+        """The step at ``pos``; past the body's end (or at the start) a new round begins."""
+        if self.pos >= len(body) or self.round_start is None:
+            self.pos = 0
+            self.round_start = trio.current_time()
+        return body[self.pos]
+
+    def next_call(self, step: Call, index: int, stats: Stats) -> tuple:
+        """Number the next live request of session ``index`` and count it: (live id, body, tagged string)."""
+        self.seq = seq = self.seq + 1
+        self.label = step.label
+        live_id = index * ID_STRIDE + seq
+        data, tagged = step.render(live_id, index, seq)
+        stats.calls += 1
+        return live_id, data, tagged
 
 
 async def _replay(index, session, script, budget, pacer, opts, stats, t0_ns, watch, lane) -> None:
@@ -911,30 +914,18 @@ class FastLane:
 
     def _send_next(self, seat: _LaneSeat) -> bool:
         """Send the step at place.pos if it is a plain request within budget; else set seat.result."""
-        place, body = seat.place, self.body
-        if place.pos >= len(body) or place.round_start is None:
-            place.pos = 0
-            place.round_start = trio.current_time()
-        step = body[place.pos]
+        place = seat.place
+        step = place.step(self.body)
         if type(step) is not Call or step.cancel is not None:
             seat.result = _SLOW
             return False
         if not self.budget.take():
             seat.result = _DONE
             return False
-        place.seq = seq = place.seq + 1
-        place.label = step.label
-        index = seat.index
-        live_id = index * ID_STRIDE + seq
-        data, tagged = step.render(live_id, index, seq)
+        live_id, data, tagged = place.next_call(step, seat.index, self.stats)
         session = seat.session
         frame = session.frame(step.msg, data, step.name, place.pos, step.param_headers)
-        stats = self.stats
-        stats.calls += 1
-        sent = time.perf_counter_ns()
-        if stats.first_call is None:
-            stats.first_call = (sent - self.t0_ns) / 1e9
-        seat.watch.since = sent
+        seat.watch.since = sent = self.stats.sent_at(self.t0_ns)
         conn = session.conn
         try:
             n = conn.sock.send(frame)
@@ -1005,20 +996,15 @@ class FastLane:
 
 async def _steps(index, session, script, budget, pacer, opts, stats, t0_ns, watch, place, lane=None) -> bool:
     """The hot loop: one step after another from ``place``; returns when the budget is spent."""
-    base = index * ID_STRIDE
     clock = time.perf_counter_ns
     recorded = opts.pace == "recorded"
     paced = bool(pacer.interval)
     progress = opts.progress
     body = script.body
-    nsteps = len(body)
     body_t0 = next(step.t for step in body if isinstance(step, Call))
     check = opts.check
     while True:
-        if place.pos >= nsteps or place.round_start is None:
-            place.pos = 0
-            place.round_start = trio.current_time()
-        step = body[place.pos]
+        step = place.step(body)
         if type(step) is not Call:
             if budget.deadline is not None and trio.current_time() >= budget.deadline:
                 return True
@@ -1035,15 +1021,12 @@ async def _steps(index, session, script, budget, pacer, opts, stats, t0_ns, watc
         if step.cancel is not None:
             if not budget.take():
                 return True
-            place.seq = seq = place.seq + 1
-            place.label = step.label
-            data, _ = step.render(base + seq, index, seq)
-            stats.calls += 1
+            live_id, data, _ = place.next_call(step, index, stats)
             cancel = dict(step.cancel)
-            cancel["params"] = dict(cancel.get("params") or {}, requestId=base + seq)
+            cancel["params"] = dict(cancel.get("params") or {}, requestId=live_id)
             watch.since = clock()
             try:
-                await session.cancelled(step, base + seq, data, cancel)
+                await session.cancelled(step, live_id, data, cancel)
                 stats.cancelled += 1
             except (Disconnected, HttpStatus, OSError) as exc:
                 if not await _count_failure(session, exc, step.label, stats):
@@ -1071,14 +1054,8 @@ async def _steps(index, session, script, budget, pacer, opts, stats, t0_ns, watc
                 if not budget.take():
                     return True
                 due = await pacer.slot() if paced else None
-                place.seq = seq = place.seq + 1
-                place.label = step.label
-                live_id = base + seq
-                data, tagged = step.render(live_id, index, seq)
-                stats.calls += 1
-                sent = clock()
-                if stats.first_call is None:
-                    stats.first_call = (sent - t0_ns) / 1e9
+                live_id, data, tagged = place.next_call(step, index, stats)
+                sent = stats.sent_at(t0_ns)
                 if due is not None:   # charge the wait for a late slot to the latency
                     sent -= int(max(0.0, trio.current_time() - due) * 1e9)
                 watch.since = sent or 1
@@ -1100,7 +1077,7 @@ async def _steps(index, session, script, budget, pacer, opts, stats, t0_ns, watc
 async def _count_failure(session, exc, label: str, stats: Stats) -> bool:
     """Count a failed exchange by kind; True if the session can go on (after a reconnect)."""
     kind = _kind(exc)
-    stats.error(kind, f"{label}: " + ("no answer in time" if kind == "timeout" else f"{exc or type(exc).__name__}"))
+    stats.errors.add(kind, f"{label}: {'no answer in time' if kind == 'timeout' else exc or type(exc).__name__}")
     if isinstance(exc, HttpStatus):
         return True   # the connection is fine
     try:

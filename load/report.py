@@ -3,6 +3,7 @@ rendered without borders or colour so a report reads the same in a terminal, a l
 from __future__ import annotations
 
 import io
+import json
 import sys
 import threading
 import time
@@ -54,6 +55,13 @@ def markdown(headers: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
     """A markdown table (for docs/benchmarks.md and pasted reports)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return lines + ["| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in row) + " |" for row in rows]
+
+
+def emit(result: dict, as_json: bool, render: Callable[[dict], str], failed: bool = False) -> int:
+    """Print a bench's result (JSON, or ``render``'s text); its exit status: 2 a run failed (its ``errors``,
+    or ``failed``), 1 mismatches, 0 all good."""
+    print(json.dumps(result, indent=2) if as_json else render(result))
+    return 2 if result["errors"] or failed else 1 if result["mismatches"] else 0
 
 
 @contextmanager

@@ -10,14 +10,13 @@ usual size because the window's figures live beside the driver that first needed
 """
 import argparse
 import gc
-import json
 import os
 import select
 import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -25,19 +24,16 @@ import orjson
 from . import BenchError
 from .ab import alternate
 from .assets import ECHO_SERVER, tool
+from .http_client import INITIALIZED_BODY, initialize_message
 from .procfs import CLK_TCK, CpuSample, add_pin_argument, cpu_plan, pinned, ticks_to_us, tree_ticks_between
-from .report import fmt, signed, table, times
-from .stats import median, percentile, ratio
+from .report import emit, fmt, signed, table, times
+from .stats import Counts, median, percentile, ratio
 from .targets import Started, gateway_config
 
 ECHO_FIXTURE = ECHO_SERVER
 WARMUP_CALLS = 500
-INIT_ID = 0
 FIRST_CALL_ID = 1
-PROTOCOL_VERSION = "2025-11-25"
-MAX_EXAMPLES = 5
 READ_SIZE = 65536
-INITIALIZED_BYTES = b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n'
 
 
 def request_bytes(call_id: int) -> bytes:
@@ -51,29 +47,6 @@ def expected_content(call_id: int) -> list:
     return [{"type": "text", "text": "t%d" % call_id}]
 
 
-def initialize_bytes() -> bytes:
-    return orjson.dumps({"jsonrpc": "2.0", "id": INIT_ID, "method": "initialize", "params": {
-        "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
-        "clientInfo": {"name": "bench", "version": "0"}}}) + b"\n"
-
-
-@dataclass
-class Mismatches:
-    """Counts of bad answers by kind, with a few examples to show."""
-
-    kinds: dict = field(default_factory=dict)
-    examples: list = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return sum(self.kinds.values())
-
-    def add(self, kind: str, line: bytes) -> None:
-        self.kinds[kind] = self.kinds.get(kind, 0) + 1
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(f"{kind}: {line[:200].decode('utf-8', 'replace')}")
-
-
 class Checker:
     """Matches answers to outstanding requests and checks their content.
 
@@ -85,7 +58,7 @@ class Checker:
     def __init__(self):
         self.pending = {}  # id -> send time (ns); dicts keep insertion order
         self.latencies = []  # ns, only of answers that passed the check
-        self.bad = Mismatches()
+        self.bad = Counts()
         self.notifications = 0
 
     def expect(self, call_id: int, sent_at: int) -> None:
@@ -132,7 +105,7 @@ class DriveResult:
     calls: int
     elapsed_ns: int
     latencies_ns: list  # only of answers that passed the check
-    mismatches: Mismatches
+    mismatches: Counts
     notifications: int
 
 
@@ -178,14 +151,14 @@ class Target(Started):
 
     def handshake(self) -> dict:
         """initialize + notifications/initialized; returns the init result."""
-        self.write_all(initialize_bytes())
+        self.write_all(orjson.dumps(initialize_message("bench")) + b"\n")
         while True:
             msg = self.read_message()
-            if isinstance(msg, dict) and msg.get("id") == INIT_ID and "method" not in msg:
+            if isinstance(msg, dict) and msg.get("id") == 0 and "method" not in msg:
                 break
         if "result" not in msg:
             raise self.failure(f"initialize failed: {msg}")
-        self.write_all(INITIALIZED_BYTES)
+        self.write_all(INITIALIZED_BODY + b"\n")
         return msg["result"]
 
     def drive(self, first_id: int, n: int, k: int) -> DriveResult:
@@ -276,19 +249,27 @@ def scenarios(concurrency: list, many: str = "inflight_%d") -> list:
     return out
 
 
-def measure(target: Target, first_id: int, n: int, k: int) -> dict:
-    """One measured window, CPU sampled just around it; no garbage collection inside (a pause would
-    show up as latency)."""
+def in_window(drive, opened, closed):
+    """The one measured window of every bench: ``drive()`` between ``opened()`` and ``closed()`` (where CPU
+    is sampled), the garbage collector paused in between (a collection would show up as latency)."""
     gc.collect()
-    before = CpuSample.take(target.pid, driver_first=False)
+    opened()
     gc.disable()
     try:
-        result = target.drive(first_id, n, k)
+        result = drive()
     finally:
         gc.enable()
-    after = CpuSample.take(target.pid, driver_first=True)
-    target.remember(after.tree)
-    return metrics(result, k, before, after)
+    closed()
+    return result
+
+
+def measure(target: Target, first_id: int, n: int, k: int) -> dict:
+    """One measured window against a target on pipes, its CPU sampled just around it."""
+    samples: list = []
+    result = in_window(lambda: target.drive(first_id, n, k), lambda: samples.append(CpuSample.take(target.pid, False)),
+                       lambda: samples.append(CpuSample.take(target.pid, True)))
+    target.remember(samples[1].tree)
+    return metrics(result, k, *samples)
 
 
 def metrics(result: DriveResult, k: int, before: CpuSample, after: CpuSample) -> dict:
@@ -458,6 +439,13 @@ def render_runs(result: dict, normal_stops: tuple) -> list:
     return lines
 
 
+def ceiling_rounds(rounds: int, named: list, run_once) -> tuple:
+    """``rounds`` runs of the driver against a ceiling target: (median figures per scenario, errors, mismatches)."""
+    runs = [run_once() for _ in range(rounds)]
+    return ({name: median_figures(runs, name) for name, _ in named}, [r["error"] for r in runs if "error" in r],
+            sum(run_mismatches(r) for r in runs))
+
+
 def render_ceiling(title: str, labels: list, rows: list, errors: list, mismatches: int) -> str:
     """A ceiling's table: per row its labels, then its median figures (a dict)."""
     keys = ("calls_per_s", "p50_us", "p99_us", "driver_cpu_us_per_call", "target_cpu_us_per_call")
@@ -475,10 +463,6 @@ def render(result: dict) -> str:
                       f"  direct : {cfg['direct']}", f"  gateway: {cfg['gateway']}", "",
                       *render_runs(result, ("stdin-eof",)),
                       f"total mismatches: {result['mismatches']}   errors: {result['errors']}"])
-
-
-def exit_status(result: dict) -> int:
-    return 2 if result["errors"] else 1 if result["mismatches"] else 0
 
 
 def parse_concurrency(text: str) -> list:
@@ -535,8 +519,7 @@ def run(args) -> int:
             sys.executable, "-m", "wire_gateway", "stdio", "--server", "echo", "--config", str(config)]
         result = run_bench(direct, gateway, args.n, args.concurrency, args.rounds,
                            args.warmup, args.timeout, args.pin, args.spin)
-    print(json.dumps(result, indent=2) if args.json else render(result))
-    return exit_status(result)
+    return emit(result, args.json, render)
 
 
 def add_ceiling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -549,16 +532,10 @@ def run_ceiling(args) -> int:
     fast_echo = tool("fast-echo")
     driver_cpus, target_cpus = cpu_plan(args.pin)
     with pinned(driver_cpus):
-        runs = [run_target(fast_echo, args.n, args.concurrency, args.timeout, cpus=target_cpus, spin=args.spin)
-                for _ in range(args.rounds)]
-    summary = {name: median_figures(runs, name) for name, _ in scenarios(args.concurrency)}
-    errors = [r["error"] for r in runs if "error" in r]
-    mismatches = sum(run_mismatches(r) for r in runs)
-    if args.json:
-        print(json.dumps({"target": shlex.join(fast_echo), "n": args.n, "pin": args.pin, "spin": args.spin,
-                          "summary": summary, "errors": errors, "mismatches": mismatches}, indent=2))
-    else:
-        print(render_ceiling(f"driver ceiling against {shlex.join(fast_echo)} (n={args.n}, pin={args.pin}, "
-                             f"spin={args.spin}, median of {args.rounds})",
-                             [""], [[name, m] for name, m in summary.items()], errors, mismatches))
-    return 2 if errors else (1 if mismatches else 0)
+        summary, errors, mismatches = ceiling_rounds(args.rounds, scenarios(args.concurrency), lambda: run_target(
+            fast_echo, args.n, args.concurrency, args.timeout, cpus=target_cpus, spin=args.spin))
+    title = (f"driver ceiling against {shlex.join(fast_echo)} (n={args.n}, pin={args.pin}, spin={args.spin}, "
+             f"median of {args.rounds})")
+    return emit({"target": shlex.join(fast_echo), "n": args.n, "pin": args.pin, "spin": args.spin, "summary": summary,
+                 "errors": errors, "mismatches": mismatches}, args.json,
+                lambda _: render_ceiling(title, [""], [[name, m] for name, m in summary.items()], errors, mismatches))

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from . import BenchError
 from .assets import CHECKOUT, ECHO_SERVER, HTTP_ECHO, PACKAGE
-from .procfs import descendants, pid_listening_on, reap_stragglers, scan_processes, still_running
+from .procfs import descendants, pid_listening_on, reap_stragglers, scan_processes, signal_group
 
 START_TIMEOUT_S = 30.0   # an HTTP target must be listening within this
 
@@ -78,19 +78,7 @@ class Started:
             self.remember_now()   # before the target dies: its children are then reparented
         except Exception:   # /proc raced with exiting processes: kill what we know of
             pass
-        self._signal_group(signal.SIGKILL)
-        for pid, start in list(self.known_descendants.items()):
-            if still_running(pid, start):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def _signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        reap_stragglers(dict(self.known_descendants), self.pid, 0.0)   # no patience: SIGKILL them and the group
 
     def remember(self, tree: dict) -> None:
         """Keep track of descendants seen, to make sure they are gone at ``stop``."""
@@ -137,8 +125,9 @@ class Started:
         self.remember_now()
         how = "already-exited" if self.proc.poll() is not None else None
         if self.proc.stdin is not None:
-            steps = (("stdin-eof", self.proc.stdin.close, grace), ("SIGTERM", lambda: self._signal_group(
-                signal.SIGTERM), 3.0), ("SIGKILL", lambda: self._signal_group(signal.SIGKILL), 3.0))
+            steps = (("stdin-eof", self.proc.stdin.close, grace),
+                     ("SIGTERM", lambda: signal_group(self.pid, signal.SIGTERM), 3.0),
+                     ("SIGKILL", lambda: signal_group(self.pid), 3.0))
         else:
             steps = (("SIGTERM", lambda: self.proc.send_signal(signal.SIGTERM), grace),
                      ("SIGKILL", self._kill_now, 5.0))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from load import replay, targets
+from load import replay, stats, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -139,7 +139,7 @@ def test_swapping_stdio_server_is_caught_across_rounds():
     assert code == 1
     assert run["mismatch_kinds"] == {"not_this_request": 8}
     assert run["answered_ok"] == 32
-    assert len(run["mismatch_examples"]) == replay.MAX_EXAMPLES
+    assert len(run["mismatch_examples"]) == stats.MAX_EXAMPLES
 
 
 def test_check_compares_with_the_recording(tmp_path, direct):
