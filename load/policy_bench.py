@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
                 if name not in results:
                     continue
                 figures = results[name]
-                sides = [k for k in figures if k != "ratio_of_medians"]
+                sides = [k for k in figures if k not in ("ratio_of_medians", "added_median_us")]
                 parts = [f"{side}: median {figures[side]['median_us']:.0f} us, p90 {figures[side]['p90_us']} us, "
                          f"gateway CPU {figures[side]['gateway_cpu_us_per_request']} us/req" for side in sides]
                 print(f"  {name:<17} " + " | ".join(parts) + f" | ratio {figures['ratio_of_medians']}")

@@ -27,6 +27,16 @@ def test_policy_bench_reports_both_comparisons():
         assert result[pair][f"{pair}_on"]["n"] == n and result[pair][f"{pair}_on"]["median_us"] > 0
 
 
+def test_policy_bench_text_report_over_stdio():
+    """The table a person reads (no --json) prints every pair's sides and ratio."""
+    out = subprocess.run([sys.executable, "-m", "load", "policy-bench", "-n", "20", "--rounds", "1",
+                          "--transport", "stdio", "--pairs", "tools_list,ping"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "no_policy: median" in out.stdout and "five_interceptors: median" in out.stdout
+    assert "cached tools/list is" in out.stdout and "added_median_us" not in out.stdout
+
+
 def test_policy_bench_over_http_runs_each_pair_in_both_eras():
     out = subprocess.run([sys.executable, "-m", "load", "policy-bench", "--transport", "http", "--eras",
                           "modern,legacy", "--pairs", "tools_list,tools_call,aggregate", "--http-rounds", "1",

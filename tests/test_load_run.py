@@ -94,6 +94,20 @@ def test_gateway_http_replay_is_clean_with_check(gateway, fixture):
     assert "tools/call echo" in run["latency"]
 
 
+BUNDLED = sorted(p.stem for p in (ROOT / "fixtures" / "sessions").glob("*.jsonl"))
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_every_bundled_fixture_replays_clean_through_the_gateway(gateway, name):
+    """The library a user replays by name (README, docs/load.md) still matches the bundled echo
+    server it was recorded from: re-record it (fixtures/sessions/record.py) when the server changes."""
+    code, doc = load_json("--target", gateway, "--fixture", name, "-c", "2", "--check")
+    run = doc["runs"][0]
+    assert run["mismatches"] == 0, run["mismatch_examples"]
+    assert run["errors"] == {}, run["error_examples"]
+    assert code == 0 and run["calls"] > 0
+
+
 @pytest.mark.parametrize("fixture", [LEGACY, MODERN], ids=["legacy", "modern"])
 def test_direct_http_replay_is_clean_with_check(direct, fixture):
     code, doc = load_json("--target", direct, "--fixture", fixture, "-c", "3", "-n", "45", "--check")
