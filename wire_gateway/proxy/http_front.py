@@ -262,9 +262,11 @@ class HttpFront:
                 "session not found (it expired, was deleted, or never existed); start a new one with initialize"))
             return
         if telemetry.ACTIVE:   # for the spans and log lines of what this request causes (telemetry/context.py)
-            telemetry.SCOPE.set(telemetry.Scope(
-                session.id[:12] if session is not None else None, server,
-                request.header("traceparent"), request.header("tracestate"), auth_start, auth_end))
+            parent = state = None
+            if telemetry.TRACING:
+                parent, state = request.header("traceparent"), request.header("tracestate")
+            telemetry.SCOPE.set(telemetry.Scope(session.id[:12] if session is not None else None, server, parent,
+                                                state, auth_start, auth_end))
         if session is not None and principal is not None and session.principal != principal.id:
             assert self.auth is not None
             await responder.send(*self.auth.not_your_session(principal, server, mcp_path, request))

@@ -98,7 +98,7 @@ class Observer:
             return handle(frame)
         traced = self._begin(frame, passthrough)
         self.open[frame.id] = traced
-        token = REQUEST.set(traced.tag)
+        token = REQUEST.set(traced.tag) if context.JSON_LOGS else None
         try:
             out = handle(frame)
         except BaseException:
@@ -106,7 +106,8 @@ class Observer:
             self._end(traced, None, "exception")
             raise
         finally:
-            REQUEST.reset(token)
+            if token is not None:
+                REQUEST.reset(token)
         if out is not None:
             if self.open.get(frame.id) is traced:
                 del self.open[frame.id]
@@ -345,7 +346,7 @@ class UpstreamAnswers:
     def server_frame(self, frame: Frame) -> None:
         if frame.kind in _ANSWER and self.obs.upstream:
             tag = self.obs.upstream_answered(frame.id, frame.msg)
-            if tag is not None:
+            if tag is not None and context.JSON_LOGS:
                 token = REQUEST.set(tag)
                 try:
                     self.sink.server_frame(frame)

@@ -30,7 +30,10 @@ ACTIVE = False
 """Tracing or JSON logs are on (`telemetry.tracing.setup`, `telemetry.logs.setup_logging`): the
 fronts fill `SCOPE`."""
 TRACING = False
-"""Tracing is on: the HTTP upstream reads `OUTBOUND`."""
+"""Tracing is on: the HTTP upstream reads `OUTBOUND`, the HTTP front the `traceparent` header."""
+JSON_LOGS = False
+"""Log lines are JSON (`telemetry.logs.setup_logging`): the only reader of `REQUEST`, which is set
+only then."""
 
 
 @dataclass(slots=True)

@@ -80,6 +80,7 @@ def setup_logging(level: str = "info", file: str | None = None, mask_patterns: I
     handler = logging.FileHandler(file, encoding="utf-8") if file else logging.StreamHandler(sys.stderr)
     if fmt == "json":
         context.ACTIVE = True      # the fronts and runners fill in the request's server, session and id
+        context.JSON_LOGS = True
         handler.setFormatter(JsonFormatter(masking.mask))
     else:
         handler.setFormatter(MaskingFormatter(masking.mask))
