@@ -327,8 +327,15 @@ def test_the_fast_encoder_writes_what_the_sdk_encoder_does() -> None:
         root.end()
     lone = tracing.start("tools/list", SpanKind.SERVER, None, NO_ATTRS, {})
     lone.end()
+    plain_parent, _ = tracing.parent({"traceparent": META_TRACEPARENT}, None)     # remote, no tracestate
+    for n in range(2):
+        usual = tracing.start("tools/call echo", SpanKind.SERVER, plain_parent, shared,
+                              {"jsonrpc.request.id": str(n), "long": "x" * (200 * n), "n": n})
+        tracing.child(usual, "tools/call echo", SpanKind.CLIENT, Attrs({"mcp.method.name": "tools/call"}),
+                      {"jsonrpc.request.id": str(n)}).end()
+        usual.end()
     spans = kept.spans
-    assert len(spans) == 7 and all(type(s) is LightSpan for s in spans)
+    assert len(spans) == 11 and all(type(s) is LightSpan for s in spans)
     readable = [s.readable() for s in spans]
     sdk = ExportTraceServiceRequest()
     sdk.ParseFromString(encode_spans(readable).SerializeToString())
@@ -363,3 +370,35 @@ def test_a_sampled_out_parent_is_propagated_not_recorded() -> None:
     upstream.end()
     span.end()
     assert memory.get_finished_spans() == ()
+
+
+def test_a_configured_sampler_decides_and_the_default_one_is_decided_inline() -> None:
+    """`OTEL_TRACES_SAMPLER` (any sampler but the SDK's default) is asked for every span; the default
+    (parent-based, always on) is decided without the call, to the same effect."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+    from opentelemetry.trace import SpanKind
+
+    from wire_gateway.telemetry.context import NO_ATTRS
+    from wire_gateway.telemetry.tracing import AsReadable, Tracing
+
+    def traced(sampler: Any, traceparent: str | None) -> tuple[bool, str, int]:
+        """Whether decided inline, the propagated flags, how many spans were recorded."""
+        memory = InMemorySpanExporter()
+        tracing = Tracing(TracerProvider(sampler=sampler), 0.0, SimpleSpanProcessor(AsReadable(memory)))
+        parent, _ = tracing.parent({"traceparent": traceparent} if traceparent else {}, None)
+        span = tracing.start("tools/call echo", SpanKind.SERVER, parent, NO_ATTRS, {})
+        flags = tracing.carrier(span)["traceparent"][-2:]
+        span.end()
+        return tracing.default_sampler, flags, len(memory.get_finished_spans())
+
+    sampled_out = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"
+    assert traced(ParentBased(ALWAYS_ON), None) == (True, "01", 1)
+    assert traced(ParentBased(ALWAYS_ON), TRACEPARENT) == (True, "01", 1)
+    assert traced(ParentBased(ALWAYS_ON), sampled_out) == (True, "00", 0)
+    assert traced(ALWAYS_OFF, None) == (False, "00", 0)
+    assert traced(ParentBased(ALWAYS_OFF), None) == (False, "00", 0)
+    assert traced(ParentBased(ALWAYS_OFF), TRACEPARENT) == (False, "01", 1)
+    assert traced(ALWAYS_ON, sampled_out) == (False, "01", 1)     # not parent-based: records regardless

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import StatusCode
 
-from wire_gateway.telemetry.tracing import LightSpan
+from wire_gateway.telemetry.tracing import UNSET, LightSpan
 
 _KIND = {0: 1, 1: 2, 2: 3, 3: 4, 4: 5}     # SDK SpanKind value -> OTLP Span.SpanKind
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
@@ -90,24 +90,29 @@ def _attributes(tag: int, attrs: Any) -> bytes:
 
 def _own_attributes(attrs: dict[str, Any]) -> bytes:
     """A gateway span's own attributes (`Span.attributes`, field 9): ids and outcomes, whose values
-    seldom repeat (so no memo of them), under keys that do."""
+    seldom repeat (so no memo of them), under keys that do. Lengths under 128 are one byte."""
     out = []
     for key, value in attrs.items():
         head = _KEYS.get(key)
         if head is None:
             if len(_KEYS) >= _KEY_VALUES_MAX:
                 _KEYS.clear()
-            head = _KEYS[key] = _str(1, key)
+            head = _KEYS[key] = _str(1, key) + b"\x12"
         if type(value) is str:
             data = value.encode("utf-8")
-            any_value = b"\x0a" + _varint(len(data)) + data
+            n = len(data)
+            if n < 126 and len(head) + n < 124:
+                out.append(_BYTE[len(head) + n + 3] + head + _BYTE[n + 2] + b"\x0a" + _BYTE[n] + data)
+                continue
+            any_value = b"\x0a" + _varint(n) + data
         else:
             any_value = _any_value(value)
-        pair = head + b"\x12" + _varint(len(any_value)) + any_value
-        out.append(b"\x4a" + _varint(len(pair)) + pair)
-    return b"".join(out)
+        pair = head + _varint(len(any_value)) + any_value
+        out.append(_varint(len(pair)) + pair)
+    return b"\x4a".join([b"", *out])        # each pair under field 9
 
 
+_BYTE = [bytes((n,)) for n in range(128)]
 _KEYS: dict[str, bytes] = {}
 # Encoded (field, key, short string value) attributes, as they repeat; bounded (cleared when full:
 # ids make some values unique, and they must not make it grow without end).
@@ -132,8 +137,19 @@ def _span(span: Any) -> bytes:
         static = light.static
         if static.encoded is None:
             static.encoded = _attributes(9, static.values)
-        return _encode(light.context, light.parent, light.name, light.kind, light.start_time, light.end_time,
-                       static.encoded + _own_attributes(light.attributes), light.links, light.status, 0, 0)
+        ctx, parent, status = light.context, light.parent, light.status
+        if light.links or ctx.trace_state or status is not UNSET:
+            return _encode(ctx, parent, light.name, light.kind, light.start_time, light.end_time,
+                           static.encoded + _own_attributes(light.attributes), light.links, status, 0, 0)
+        # The usual span, in one join (protobuf fields may come in any order).
+        name_kind = _NAME_KIND.get((light.name, light.kind)) or _name_kind(light.name, light.kind)
+        body = b"".join((
+            b"\x0a\x10", ctx.trace_id.to_bytes(16, "big"), b"\x12\x08", ctx.span_id.to_bytes(8, "big"),
+            b"" if parent is None else b"\x22\x08" + parent.span_id.to_bytes(8, "big"),
+            name_kind, _TIMES(0x39, light.start_time, 0x41, light.end_time), static.encoded,
+            _own_attributes(light.attributes), b"\x7a\x00",
+            _REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT))
+        return b"\x12" + _varint(len(body)) + body
     if span.events:
         raise Unencodable("events")
     assert span.context is not None
@@ -152,12 +168,7 @@ def _encode(ctx: Any, parent: Any, name: str, kind: Any, start: int | None, end:
     if parent is not None:
         out.append(b"\x22\x08")
         out.append(parent.span_id.to_bytes(8, "big"))
-    name_kind = _NAME_KIND.get((name, kind))
-    if name_kind is None:
-        if len(_NAME_KIND) >= _KEY_VALUES_MAX:
-            _NAME_KIND.clear()
-        name_kind = _NAME_KIND[(name, kind)] = _str(5, name) + b"\x30" + _varint(_KIND[kind.value])
-    out.append(name_kind)
+    out.append(_NAME_KIND.get((name, kind)) or _name_kind(name, kind))
     out.append(_TIMES(0x39, start or 0, 0x41, end or 0))
     out.append(attributes)
     if dropped_attributes:
@@ -180,6 +191,14 @@ def _encode(ctx: Any, parent: Any, name: str, kind: Any, start: int | None, end:
     return b"\x12" + _varint(len(body)) + body         # ScopeSpans.spans (field 2)
 
 
+def _name_kind(name: str, kind: Any) -> bytes:
+    """The span's name (field 5) and kind (6), remembered (a bounded number)."""
+    if len(_NAME_KIND) >= _KEY_VALUES_MAX:
+        _NAME_KIND.clear()
+    encoded = _NAME_KIND[(name, kind)] = _str(5, name) + b"\x30" + _varint(_KIND[kind.value])
+    return encoded
+
+
 _TIMES = struct.Struct("<BQBQ").pack       # start (field 7) and end (8), fixed64 each
 _NAME_KIND: dict[tuple[str, Any], bytes] = {}
 _LOCAL_PARENT = b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE)
@@ -196,19 +215,24 @@ def encode_request(spans: Sequence[Any]) -> bytes:
     """The `ExportTraceServiceRequest` for `spans` (the SDK's `ReadableSpan`s, or the gateway's own
     `LightSpan`s), grouped by resource, then by scope, as the SDK groups them. Raises Unencodable
     for a span it does not write."""
-    groups: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}   # by the resource's identity: hashing
-    for span in spans:                                            # one serialises its attributes
+    # Grouped by the resource's identity (hashing one serialises its attributes), then by the scope's
+    # (the gateway's spans share one; equal scopes that are distinct objects are merged below).
+    groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
+    for span in spans:
         scope: Any
         if type(span) is LightSpan:
             resource, scope = span.tracing.resource, span.tracing.scope
         else:
             resource, scope = span.resource, span.instrumentation_scope or None
         scopes = groups.setdefault(id(resource), (resource, {}))[1]
-        scopes.setdefault(scope, []).append(_span(span))
+        scopes.setdefault(id(scope), (scope, []))[1].append(_span(span))
     out = []
-    for resource, scopes in groups.values():
+    for resource, by_id in groups.values():
         body = [_ld(1, _attributes(1, resource.attributes))]
-        for scope, encoded in scopes.items():
+        scopes_merged: dict[Any, list[bytes]] = {}
+        for scope, encoded in by_id.values():
+            scopes_merged.setdefault(scope, []).extend(encoded)
+        for scope, encoded in scopes_merged.items():
             body.append(_ld(2, _scope(scope) + b"".join(encoded)
                             + _str(3, scope.schema_url if scope is not None else None)))
         body.append(_str(3, resource.schema_url))

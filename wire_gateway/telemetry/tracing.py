@@ -49,7 +49,7 @@ from opentelemetry.trace import (
 from wire_gateway.telemetry import context, masking
 from wire_gateway.telemetry.context import NO_ATTRS, Attrs
 
-_UNSET = Status(StatusCode.UNSET)
+UNSET = Status(StatusCode.UNSET)
 _SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(0)
 _DEFAULT_SAMPLER = ParentBased(ALWAYS_ON).get_description()
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -105,7 +105,7 @@ class LightSpan:
         self.links = links
         self.start_time = start_time or time_ns()
         self.end_time = 0
-        self.status = _UNSET
+        self.status = UNSET
 
     def get_span_context(self) -> SpanContext:
         return self.context
