@@ -114,6 +114,9 @@ class PolicyRunner:
         # caller whose project sets no tool rule for it and adds no guardrails goes straight through,
         # as if there were no runner.
         self._project_only = chain.project_only
+        # No interceptor at all (a runner made for tracing alone): tool requests go straight to the
+        # inner upstream (which checks ids and limits as it would without a runner), observed.
+        self._empty = not chain.interceptors
         self._methods = chain.methods
         # Tracing or JSON logs on: an observer watches the requests (proxy/request_trace.py); off,
         # each of its sites costs one attribute test.
@@ -207,6 +210,8 @@ class PolicyRunner:
         return self._request(frame)
 
     def _request(self, frame: Frame) -> bytes | None:
+        if self._empty:
+            return self._forward(frame)
         if self._project_only:
             caller = CALLER.get()
             if caller is None or (self.name not in caller.project.tools and not caller.project.guardrails):
