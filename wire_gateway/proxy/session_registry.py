@@ -101,13 +101,15 @@ class SessionRecord:
 
 
 class _Held:
-    __slots__ = ("session", "record", "refreshed", "outages")
+    __slots__ = ("session", "record", "refreshed", "outages", "stored")
 
-    def __init__(self, session: LegacySession, record: SessionRecord, refreshed: float, outages: int) -> None:
+    def __init__(self, session: LegacySession, record: SessionRecord, refreshed: float, outages: int,
+                 stored: bool = True) -> None:
         self.session = session
         self.record = record
-        self.refreshed = refreshed      # trio time of the last write of the record
-        self.outages = outages          # the store's outage count at that write
+        self.refreshed = refreshed      # trio time of the last write (or read) of the record
+        self.outages = outages          # the store's outage count then
+        self.stored = stored            # False: that write did not reach Redis (the record may be missing)
 
 
 class SessionRegistry:
@@ -123,6 +125,8 @@ class SessionRegistry:
         self._ended_send, self._ended = trio.open_memory_channel[str](math.inf)
         self._unreachable = ThrottledLog(log, "session registry: %d more requests for sessions this instance "
                                          "does not hold found Redis unreachable over the last %.2fs")
+        self._unwritten = ThrottledLog(log, "session registry: %d more sessions could not be recorded over the "
+                                       "last %.2fs (Redis unreachable)")
         store.subscribe(self._on_event)
 
     # ---- this instance's sessions ---------------------------------------------------------------
@@ -156,17 +160,18 @@ class SessionRegistry:
             del self.held[key]
 
     async def _write(self, session: LegacySession, record: SessionRecord, *, only_new: bool = False,
-                     only_existing: bool = False) -> bool:
-        key = digest(session.id)
-        self.held[key] = _Held(session, record, trio.current_time(), self.store.outages)
+                     only_existing: bool = False) -> None:
+        held = self.held[digest(session.id)] = _Held(session, record, trio.current_time(), self.store.outages)
         record.last_used = time.time()
         try:
-            return await self.store.set_shared(KEY + key, record.encode(), self.ttl, only_new=only_new,
-                                               only_existing=only_existing)
+            held.stored = await self.store.set_shared(KEY + digest(session.id), record.encode(), self.ttl,
+                                                      only_new=only_new, only_existing=only_existing)
         except StoreUnreachable:
-            log.warning("session %s (%s): the session registry is unreachable; the session is served by "
-                        "this instance only until its record is written again", session.id[:8], session.server)
-            return False
+            held.stored = False
+            if self._unwritten.event(trio.current_time()):
+                log.warning("session %s (%s): the session registry is unreachable; the session is served by "
+                            "this instance only until its record is written again (next refresh after a use)",
+                            session.id[:8], session.server)
 
     # ---- other instances' sessions --------------------------------------------------------------
 
@@ -230,8 +235,10 @@ class SessionRegistry:
         for held in due:
             if self.held.get(digest(held.session.id)) is not held or held.session.closed:
                 continue
-            lost = self.store.outages != held.outages   # Redis was away since: it may have lost the record
-            held.refreshed, held.outages = trio.current_time(), self.store.outages
+            # Redis was away since the last write, or that write did not reach it: a missing record
+            # may have been lost rather than deleted, and is written again.
+            lost = self.store.outages != held.outages or not held.stored
+            outages, started = self.store.outages, trio.current_time()
             held.record.last_used = time.time()
             key = KEY + digest(held.session.id)
             try:
@@ -239,7 +246,8 @@ class SessionRegistry:
                 if not there and lost:
                     there = await self.store.set_shared(key, held.record.encode(), self.ttl, only_new=True)
             except StoreUnreachable:
-                continue            # serve it from here; try again next period
+                continue            # serve it from here; due again next period
+            held.refreshed, held.outages, held.stored = started, outages, there
             if not there:
                 self.held.pop(digest(held.session.id), None)
                 await self.drop(held.session, "its record is gone from the session registry (ended elsewhere)")
