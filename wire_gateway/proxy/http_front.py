@@ -356,9 +356,11 @@ class HttpFront:
                     None, errors.INVALID_REQUEST, f"unsupported MCP-Protocol-Version {version!r}; "
                     f"supported: {', '.join(sorted(KNOWN_VERSIONS))}"))
                 return
-            if self.registry is not None and isinstance(decoded, Frame) and decoded.kind is Kind.NOTIFICATION \
-                    and decoded.method == "notifications/initialized":   # once a session: the record keeps it
-                await self.registry.initialized(session, decoded)
+            if self.registry is not None:       # notifications/initialized, once a session: the record keeps it
+                for item in decoded.items if isinstance(decoded, Batch) else (decoded,):
+                    if isinstance(item, Frame) and item.kind is Kind.NOTIFICATION \
+                            and item.method == "notifications/initialized":
+                        await self.registry.initialized(session, item)
             await session.post(decoded, responder)
             return
         if isinstance(decoded, Batch):
