@@ -11,6 +11,14 @@ Era dispatch for a POST: a `Mcp-Session-Id` header means a legacy session (404 i
 unknown or expired); an `initialize` request opens one; a request carrying the
 modern `_meta` protocol version is modern and stateless; anything else is a
 legacy request without its session (400).
+
+With the Redis store, legacy sessions are recorded in the shared session registry
+(session_registry.py): a session this instance does not hold is adopted from its record
+(session_adoption.py).
+
+Over ~400 lines: this is where a request's route, its session and its caller's pools meet
+(dispatch, the sessions' lifecycle, the per-project aggregates); what can stand alone is
+elsewhere (edge checks, auth answers, the registry, adoption).
 """
 from __future__ import annotations
 
@@ -35,6 +43,9 @@ from wire_gateway.proxy.http_edge import EdgeCheck
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.modern_http import ModernPool
 from wire_gateway.proxy.route import member_factory
+from wire_gateway.proxy.session_adoption import Adoption, Answered
+from wire_gateway.proxy.session_registry import SessionRegistry
+from wire_gateway.store.redis import RedisStore
 from wire_gateway.telemetry import context as telemetry
 from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.transport.http_server import HttpLimits, Request, Responder, serve_http
@@ -77,6 +88,11 @@ class HttpFront:
                                          config.http.keepalive_interval,
                                          upstream_factory=self._aggregate(MODERN, lazy=True))
         self.sessions: dict[str, LegacySession] = {}
+        # Legacy sessions any instance can serve (docs/scaling.md): only with the Redis store.
+        store = self.services.store
+        self.registry = SessionRegistry(store, config.http.session_idle_timeout, self._dropped) \
+            if isinstance(store, RedisStore) else None
+        self.adoption = Adoption(self, self.registry) if self.registry is not None else None
         self.port: int | None = None
         self._nursery: trio.Nursery | None = None
         self.edge = EdgeCheck(config.http)
@@ -108,6 +124,8 @@ class HttpFront:
             else:   # the shared aggregate serves no one: each project has its own
                 await self.auth.start(nursery, self.services.store)
             nursery.start_soon(self._expire_sessions)
+            if self.registry is not None:
+                await nursery.start(self.registry.run)
             limits = HttpLimits(max_body_bytes=s.max_body_bytes)
             drained = trio.Event()
 
@@ -146,6 +164,11 @@ class HttpFront:
                     for pool in self._all_pools():
                         closer.start_soon(pool.upstream.shutdown)
             nursery.cancel_scope.cancel()
+
+    @property
+    def nursery(self) -> trio.Nursery | None:
+        """Where sessions' upstreams run, while `run` serves."""
+        return self._nursery
 
     def _all_pools(self) -> list[ModernPool]:
         return [*self.pools.values(), *([self.aggregate_pool] if self.auth is None else []),
@@ -192,9 +215,23 @@ class HttpFront:
                 log.info("session %s (%s): idle for %.0fs; expired", session.id[:8], session.server, timeout)
                 await self._end_session(session)
 
-    async def _end_session(self, session: LegacySession) -> None:
-        self.sessions.pop(session.id, None)
+    async def _end_session(self, session: LegacySession, everywhere: bool = False) -> None:
+        """End this instance's copy of a session; `everywhere` (DELETE, a failed initialize):
+        its record in the session registry too, so no instance serves it any more."""
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+        if self.registry is not None:
+            if everywhere:
+                await self.registry.end(session.id)
+            else:
+                self.registry.forget(session)
         await session.close()
+
+    async def _dropped(self, session: LegacySession, why: str) -> None:
+        """The registry says the session ended elsewhere."""
+        if self.sessions.get(session.id) is session:
+            log.info("session %s (%s): %s; closed here", session.id[:8], session.server, why)
+            await self._end_session(session)
 
     # ---- requests ------------------------------------------------------------------------------
 
@@ -256,6 +293,11 @@ class HttpFront:
             return
         session_id = request.header("mcp-session-id")
         session = self.sessions.get(session_id) if session_id else None
+        if session_id and session is None and self.adoption is not None:
+            adopted = await self.adoption.adopt(session_id, server, principal, mcp_path, request, responder)
+            if isinstance(adopted, Answered):      # refused, or a DELETE
+                return
+            session = adopted
         if session_id and (session is None or session.server != server):
             await responder.send(404, JSON, errors.error_frame(
                 None, errors.INVALID_REQUEST,
@@ -295,7 +337,7 @@ class HttpFront:
                 await responder.send(400, JSON, errors.error_frame(
                     None, errors.INVALID_REQUEST, "DELETE ends a legacy session: it needs Mcp-Session-Id"))
                 return
-            await self._end_session(session)
+            await self._end_session(session, everywhere=True)
             await responder.send(200, [])
         else:
             await responder.send(405, [("allow", "GET, POST, DELETE"), *JSON], errors.error_frame(
@@ -316,6 +358,11 @@ class HttpFront:
                     None, errors.INVALID_REQUEST, f"unsupported MCP-Protocol-Version {version!r}; "
                     f"supported: {', '.join(sorted(KNOWN_VERSIONS))}"))
                 return
+            if self.registry is not None:       # notifications/initialized, once a session: the record keeps it
+                for item in decoded.items if isinstance(decoded, Batch) else (decoded,):
+                    if isinstance(item, Frame) and item.kind is Kind.NOTIFICATION \
+                            and item.method == "notifications/initialized":
+                        await self.registry.initialized(session, item)
             await session.post(decoded, responder)
             return
         if isinstance(decoded, Batch):
@@ -392,14 +439,10 @@ class HttpFront:
                 f"too many sessions ({self.settings.max_sessions}, http.max_sessions); try again later"))
             return
         assert self._nursery is not None
-        if server == AGGREGATE_NAME:
-            session = LegacySession(server, AGGREGATE_SPEC, self.config, self.settings,
-                                    upstream_factory=self._aggregate(None, principal=principal))
-        else:
-            session = LegacySession(server, self.config.servers[server].resolved(), self.config,
-                                    self.settings, self.services)
-        session.principal = principal.id if principal is not None else None
+        session = self.new_session(server, principal)
         self.sessions[session.id] = session
+        if self.registry is not None:
+            await self.registry.opened(session, init, principal.project.name if principal is not None else None)
         if telemetry.ACTIVE:
             scope = telemetry.SCOPE.get()
             if scope is not None:
@@ -411,7 +454,18 @@ class HttpFront:
         await session.post(init, responder)
         if session.upstream.handshake.init_msg is not None and not session.upstream.handshake.completed:
             log.info("session %s (%s): initialize failed; closed", session.id[:8], server)
-            await self._end_session(session)
+            await self._end_session(session, everywhere=True)
+
+    def new_session(self, server: str, principal: Principal | None, session_id: str | None = None) -> LegacySession:
+        """A legacy session of the route (not started); `session_id`: adopted (session_adoption)."""
+        if server == AGGREGATE_NAME:
+            session = LegacySession(server, AGGREGATE_SPEC, self.config, self.settings,
+                                    upstream_factory=self._aggregate(None, principal=principal), session_id=session_id)
+        else:
+            session = LegacySession(server, self.config.servers[server].resolved(), self.config,
+                                    self.settings, self.services, session_id=session_id)
+        session.principal = principal.id if principal is not None else None
+        return session
 
 
 def _sessions(front: HttpFront) -> list[tuple[tuple[str, ...], float]]:

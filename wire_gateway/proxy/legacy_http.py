@@ -69,8 +69,9 @@ class LegacySession:
     tap: Tap | None = None     # frame dumps: set after construction when --dump is on
 
     def __init__(self, server: str, spec: ServerSpec, config: Config, settings: HttpSettings,
-                 services: Any = None, upstream_factory: Callable[..., Upstream] | None = None) -> None:
-        self.id = new_session_id()
+                 services: Any = None, upstream_factory: Callable[..., Upstream] | None = None,
+                 session_id: str | None = None) -> None:
+        self.id = session_id if session_id is not None else new_session_id()   # given: adopted (session_registry)
         self.server = server
         self.principal: str | None = None    # with auth: the key or token that opened it, the only one it serves
         self.settings = settings

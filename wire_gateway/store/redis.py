@@ -8,6 +8,10 @@ When Redis goes away the gateway keeps serving: every operation falls back to th
 process's memory, ONE warning is logged, a background task pings until Redis is back
 (logged too). On return the shared cache entries are dropped (invalidations made while
 we were apart were not seen by the others) and pins learnt meanwhile are copied over.
+
+The `*_shared` operations have no fallback: they raise `StoreUnreachable` instead, for a
+caller to whom this process's memory is no answer (the session registry: a session
+another instance opened is not found in our memory, and must not be taken as ended).
 """
 from __future__ import annotations
 
@@ -48,6 +52,10 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'when', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return tostring(wait)
 """
+
+
+class StoreUnreachable(Exception):
+    """Redis did not answer a `*_shared` operation (or is known to be away)."""
 
 
 def safe_url(url: str) -> str:
@@ -102,6 +110,14 @@ class RedisStore:
                 self._went_down(exc)
         return local()
 
+    async def _shared(self, remote: Callable[[], Awaitable[T]]) -> T:
+        if self.up:
+            try:
+                return await remote()
+            except FAILURES as exc:
+                self._went_down(exc)
+        raise StoreUnreachable(f"Redis at {self.safe_url} is unreachable")
+
     def _k(self, key: str) -> str:
         return self.prefix + key
 
@@ -145,6 +161,25 @@ class RedisStore:
     async def delete(self, key: str) -> int:
         return await self._op(lambda: self._aio(self._client.delete, self._k(key)),
                               lambda: self.fallback.delete_now(key))
+
+    async def get_shared(self, key: str) -> bytes | None:
+        """As `get`, from Redis only: StoreUnreachable rather than this process's memory."""
+        return await self._shared(lambda: self._aio(self._client.get, self._k(key)))
+
+    async def set_shared(self, key: str, value: bytes, ttl: float, only_new: bool = False,
+                         only_existing: bool = False) -> bool:
+        """As `set`, in Redis only (StoreUnreachable otherwise); `only_existing`: False when the
+        key is not there (SET XX), so an entry someone deleted is not brought back."""
+        px = max(1, int(ttl * 1000))
+
+        async def remote() -> bool:
+            return bool(await self._aio(self._client.set, self._k(key), value, px=px, nx=only_new,
+                                        xx=only_existing))
+        return await self._shared(remote)
+
+    async def delete_shared(self, key: str) -> int:
+        """As `delete`, in Redis only (StoreUnreachable otherwise)."""
+        return await self._shared(lambda: self._aio(self._client.delete, self._k(key)))
 
     async def _keys(self, prefix: str) -> list[bytes]:
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self._k(prefix)) + "*"

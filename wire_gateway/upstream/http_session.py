@@ -12,7 +12,9 @@ when the upstream ends the session.
 * lose and replay: a 404 for the session means the upstream ended it. The requests sent in it
   get -31002; if the client's `initialize` had succeeded, the gateway replays it (as it does for
   a restarted process) under its own id, then `notifications/initialized`, so later requests
-  work; legacy requests wait for the replay (`usable`).
+  work; legacy requests wait for the replay (`usable`). A handshake restored from a record (a
+  client session another gateway instance opened, adopted here) is replayed the same way when
+  the upstream starts (`replay_restored`).
 
 The states and their transitions are `states.SessionState`.
 """
@@ -150,8 +152,17 @@ class UpstreamSession:
         else:
             self._set_state(SessionState.LOST)
 
-    async def _reopen(self) -> None:
-        """Replay the client's initialize (under our own id) and initialized: a new upstream session."""
+    def replay_restored(self) -> None:
+        """The handshake was restored from a record: open our upstream session by replaying it,
+        as after a lost one; legacy requests wait for it."""
+        assert self.up.nursery is not None
+        self._set_state(SessionState.REOPENING)
+        self.ready = trio.Event()
+        self.up.nursery.start_soon(self._reopen, True)
+
+    async def _reopen(self, restored: bool = False) -> None:
+        """Replay the client's initialize (under our own id) and initialized: a new upstream session.
+        `restored`: the first one this upstream opens (an adopted session), not a reconnection."""
         up = self.up
         replay_id = f"wire-gateway/replay/{up.restarts + 1}"
         init, initialized = up.handshake.replay(replay_id)
@@ -188,11 +199,13 @@ class UpstreamSession:
             log.exception("server %s: unexpected error while opening a new session", up.name)
         finally:
             if ok:
-                up.restarts += 1
-                if METRICS.on:
-                    METRICS.reconnects.inc((up.name,))
+                if not restored:
+                    up.restarts += 1
+                    if METRICS.on:
+                        METRICS.reconnects.inc((up.name,))
                 self._set_state(SessionState.OPEN if self.sid is not None else SessionState.NONE)
-                log.info("server %s: opened a new upstream session (replayed the client's initialize)", up.name)
+                log.info("server %s: opened a%s upstream session (replayed the client's initialize)", up.name,
+                         "n" if restored else " new")
                 self.start_listener()
             else:
                 self._set_state(SessionState.LOST)

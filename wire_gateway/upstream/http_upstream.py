@@ -168,6 +168,8 @@ class HttpUpstream:
                 self.nursery = nursery
                 self._set_state(RemoteState.RUNNING)
                 nursery.start_soon(self.oneway.run)
+                if self.handshake.restored:     # an adopted session: open ours by replaying the record's
+                    self.session.replay_restored()
                 task_status.started()
                 log.info("server %s: remote MCP server at %s (Streamable HTTP)", self.name, self.url)
                 await self._wake.wait()

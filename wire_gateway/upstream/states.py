@@ -70,8 +70,9 @@ class SessionState(StrEnum):
 SESSION_TRANSITIONS: Mapping[SessionState, frozenset[SessionState]] = {
     # -> OPEN / NONE: the client's initialize was answered (with a session id or without one), or
     # a replay succeeded. -> REOPENING / LOST: a 404 for the session, and the handshake can be
-    # replayed or cannot. The gateway's shutdown ends an open session (-> NONE).
-    SessionState.NONE: frozenset({SessionState.NONE, SessionState.OPEN}),
+    # replayed or cannot. The gateway's shutdown ends an open session (-> NONE). NONE -> REOPENING:
+    # a handshake restored from a record (an adopted session) is replayed at the start.
+    SessionState.NONE: frozenset({SessionState.NONE, SessionState.OPEN, SessionState.REOPENING}),
     SessionState.OPEN: frozenset({SessionState.NONE, SessionState.OPEN, SessionState.REOPENING, SessionState.LOST}),
     SessionState.REOPENING: frozenset({SessionState.NONE, SessionState.OPEN, SessionState.LOST}),
     # LOST -> REOPENING / LOST: a 404 for an id a client's initialize set while a replay failed

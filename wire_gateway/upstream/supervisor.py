@@ -176,10 +176,11 @@ class SupervisedServer(StdioFrames):
 
     async def _replay_and_flush(self, proc: ServerProcess, out: OutBuffer) -> None:
         """Replay the legacy handshake if the session had one, then let queued frames through.
+        The first process replays only a handshake restored from a record (an adopted session).
 
         Queued frames are flushed even during shutdown: a client that wrote a request and
         closed its stdin expects the answer, as it would from the server itself."""
-        if self.handshake.needs_replay and proc.generation > 1:
+        if self.handshake.needs_replay and (proc.generation > 1 or self.handshake.restored):
             self._replay_id = f"wire-gateway/replay/{proc.generation}"
             self._replay_done = trio.Event()
             self._replay_ok = False

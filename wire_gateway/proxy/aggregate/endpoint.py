@@ -172,6 +172,8 @@ class Aggregate:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run every member upstream and connect to each (in the background: a slow or broken
         member must not hold the others back)."""
+        if self.handshake.restored:       # a session adopted from another instance (proxy/session_registry.py)
+            self._restore_greeting()
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -207,6 +209,15 @@ class Aggregate:
                     f"the gateway is shutting down; {entry.method or 'the request'} was not answered"))
             self.sink.flush()
             self._stopped.set()
+
+    def _restore_greeting(self) -> None:
+        """The aggregate answers the client's handshake itself, so replaying a recorded one is
+        taking back what its answer left behind: the client's params, its era, greeted."""
+        init = self.handshake.init_msg
+        params = init.get("params") if init is not None else None
+        self.client_init = params if isinstance(params, dict) else {}
+        self.era = LEGACY
+        self.greeted = True
 
     async def shutdown(self) -> None:
         self.closing.set()
@@ -275,8 +286,9 @@ class Aggregate:
             self.greeted = True
             self.handshake.completed = True      # the gateway itself accepted it (the HTTP front checks)
             requested = params.get("protocolVersion")
+            self.handshake.version = requested if requested in LEGACY_VERSIONS else LEGACY_VERSIONS[0]
             return result_msg(frame.id, {
-                "protocolVersion": requested if requested in LEGACY_VERSIONS else LEGACY_VERSIONS[0],
+                "protocolVersion": self.handshake.version,
                 "capabilities": self._capabilities(), "serverInfo": SERVER_INFO,
                 **self._instructions()})
         if method == "server/discover":
