@@ -116,6 +116,13 @@ class Histogram:
         self.cells: dict[tuple[str, ...], list[Any]] = {}
         self._empty = [0] * (len(bounds) + 1) + [0.0]
 
+    def cell(self, *key: str) -> list[Any]:
+        """The series for these label values (made if new), for a site that keeps it."""
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = self._empty[:]
+        return cell
+
     def observe(self, key: tuple[str, ...], value: float) -> None:
         cell = self.cells.get(key)
         if cell is None:
@@ -232,25 +239,9 @@ class Metrics:
         """A front took in client frames: their requests arrived now (ARRIVED)."""
         ARRIVED.set(time.perf_counter())
 
-    def forwarded(self, server: str, method: str | None) -> float:
-        """A request is being written to `server`: the gateway's time on it so far is observed (if a
-        front stamped its arrival). Returns now, the start of its upstream time."""
-        now = time.perf_counter()
-        arrived = ARRIVED.get()
-        if arrived:
-            self.gateway_seconds.observe((server, method_label(method)), now - arrived)
-        return now
-
-    def answered(self, server: str, method: str | None, sent: float, error: Any) -> None:
-        """The server answered: `error` is the answer's error member (None for a result)."""
-        label = method_label(method)
-        if sent:
-            self.upstream_seconds.observe((server, label), time.perf_counter() - sent)
-        if error is None:
-            self.requests.inc((server, label, "ok", ""))
-        else:
-            self.requests.inc((server, label, "error",
-                               code_label(error.get("code") if type(error) is dict else None)))
+    def series(self, server: str, method: str | None) -> Series:
+        """The instruments of `server`'s requests of `method`, for the upstream's books to keep."""
+        return Series(self, server, method_label(method))
 
     def ended(self, server: str, method: str | None, outcome: str, code: int | None = None) -> None:
         """A request that got no answer from the server: `outcome` is error (a gateway error, with
@@ -264,6 +255,48 @@ class Metrics:
         if arrived:
             self.gateway_seconds.observe((server, method_label(method)), time.perf_counter() - arrived)
         self.ended(server, method, outcome, code)
+
+
+class Series:
+    """The per-request instruments of one server and method, found once (an upstream keeps one per
+    method label): accounting for a request is then a few list and attribute updates, no lookup."""
+
+    __slots__ = ("metrics", "server", "method", "gateway", "gateway_bounds", "upstream", "bounds", "ok")
+
+    def __init__(self, metrics: Metrics, server: str, method: str) -> None:
+        self.metrics = metrics
+        self.server = server
+        self.method = method
+        self.gateway = metrics.gateway_seconds.cell(server, method)
+        self.gateway_bounds = metrics.gateway_seconds.bounds
+        self.upstream = metrics.upstream_seconds.cell(server, method)
+        self.bounds = metrics.upstream_seconds.bounds
+        self.ok = metrics.requests.cell(server, method, "ok", "")
+
+    def forwarded(self) -> float:
+        """A request is being written to the server: the gateway's time on it so far is observed (if a
+        front stamped its arrival). Returns now, the start of its upstream time."""
+        now = time.perf_counter()
+        arrived = ARRIVED.get()
+        if arrived:
+            took = now - arrived
+            cell = self.gateway
+            cell[bisect_left(self.gateway_bounds, took)] += 1    # le: a value equal to a bound is in its bucket
+            cell[-1] += took
+        return now
+
+    def answered(self, sent: float, error: Any) -> None:
+        """The server answered: `error` is the answer's error member (None for a result)."""
+        if sent:
+            took = time.perf_counter() - sent
+            cell = self.upstream
+            cell[bisect_left(self.bounds, took)] += 1
+            cell[-1] += took
+        if error is None:
+            self.ok.value += 1
+        else:
+            self.metrics.requests.inc((self.server, self.method, "error",
+                                       code_label(error.get("code") if type(error) is dict else None)))
 
 
 METRICS = Metrics()

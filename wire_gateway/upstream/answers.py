@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from wire_gateway.telemetry.metrics import METRICS
+from wire_gateway.telemetry.metrics import MCP_METHODS, METRICS, Series
 from wire_gateway.telemetry.throttle import ThrottledLog
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import Pending, PendingTable
@@ -71,7 +71,7 @@ class Answers(PendingTable):
     to log once for all the requests it cost)."""
 
     __slots__ = ("name", "sink", "handshake", "timeout", "_data", "_log", "_warn_each", "_timeouts_log", "_metrics",
-                 "__weakref__")
+                 "_series", "__weakref__")
 
     def __init__(self, name: str, sink: Sink, handshake: Handshake, data: Callable[[str | None], dict[str, Any]],
                  log: logging.Logger, timeout: float | None = None, *, warn_each: bool = False) -> None:
@@ -86,6 +86,7 @@ class Answers(PendingTable):
         self._timeouts_log = ThrottledLog(log, "server %s: %d more requests got no answer within their timeout "
                                           "over the last %.2fs", name)
         self._metrics = METRICS.bound()
+        self._series: dict[str | None, Series] = {}
         if self._metrics is not None:
             self._metrics.in_flight.watch(self, _in_flight)
 
@@ -105,7 +106,12 @@ class Answers(PendingTable):
         if type(req_id) in SPELLED:
             entry.asked = req_id
         if self._metrics is not None:
-            entry.sent = self._metrics.forwarded(self.name, frame.method)
+            label = frame.method if frame.method in MCP_METHODS else None    # a bounded number of series
+            series = self._series.get(label)
+            if series is None:
+                series = self._series[label] = self._metrics.series(self.name, label)
+            entry.series = series
+            entry.sent = series.forwarded()
         self._by_id[req_id] = entry
 
     def refused(self, method: str | None) -> None:
@@ -125,9 +131,8 @@ class Answers(PendingTable):
         if entry.token is not None:
             self._forget_token(req_id, entry)
         self.handshake.on_server_reply(frame)    # ids compare by value: the spelling does not matter here
-        if self._metrics is not None:
-            self._metrics.answered(self.name, entry.method, entry.sent,
-                                   frame.msg.get("error") if frame.kind is Kind.ERROR else None)
+        if entry.series is not None:
+            entry.series.answered(entry.sent, frame.msg.get("error") if frame.kind is Kind.ERROR else None)
         return entry
 
     def cancel(self, frame: Frame) -> Any:

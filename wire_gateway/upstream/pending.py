@@ -27,6 +27,7 @@ class Pending:
     token: Any = None               # its progressToken, if it has one and a deadline
     asked: Any = None               # the request's id if the client spelled it unusually (wire.ids)
     sent: float = 0.0               # perf_counter() when it was written (metrics on; telemetry/metrics.py)
+    series: Any = None              # its server's and method's instruments (metrics on: metrics.Series)
 
 
 class PendingTable:
