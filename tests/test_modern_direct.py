@@ -7,6 +7,8 @@ as told, spec-breaking answers included:
 
 * a modern request without `params._meta`, or whose `_meta` lacks the protocol version or the
   client capabilities: 400 with -32602, saying what is missing (basic/index, per-request fields);
+* an HTTP upstream's status for an error answer reaches the client (through a policy chain too);
+* `initialize` carrying the modern `_meta` is not a method of that era: 404 with -32601;
 """
 from __future__ import annotations
 
@@ -176,3 +178,23 @@ def test_client_info_is_optional_and_a_legacy_request_still_needs_its_session(pe
                         json={"jsonrpc": "2.0", "id": 5, "method": "tools/list"})
     assert legacy.status_code == 400 and legacy.json()["error"]["code"] == -32600
     assert "Mcp-Session-Id" in legacy.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_initialize_with_the_modern_meta_is_not_a_method(peers, route):
+    resp = modern_post(peers, route, 500, "initialize", {"_meta": MODERN_META})
+    assert resp.status_code == 404, resp.text
+    assert resp.json()["id"] == 500 and resp.json()["error"]["code"] == -32601, resp.text
+    assert "mcp-session-id" not in resp.headers
+    if route != "sdk":    # the gateway's own answer says what to do instead
+        assert "without the modern _meta" in resp.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("route", ["odd", "oddchain"])
+def test_an_http_upstreams_status_for_an_error_reaches_the_client(peers, route):
+    resp = modern_post(peers, route, 7, "tools/call", {"name": "bad_args", "arguments": {}, "_meta": MODERN_META})
+    assert resp.status_code == 400, resp.text
+    assert resp.json() == {"jsonrpc": "2.0", "id": 7, "error": {"code": -32602, "message": "bad arguments"}}
+    # An error answer with no status of its own still gets the one its code implies.
+    unknown = modern_post(peers, "sdk", 8, "no/such/method", {"_meta": MODERN_META})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == -32601

@@ -8,10 +8,12 @@ Accept and Content-Type; body size is the HTTP server's job) before its body is 
 decoded.
 
 Era dispatch for a POST: a `Mcp-Session-Id` header means a legacy session (404 if
-unknown or expired); an `initialize` request opens one; a request carrying the modern
-`_meta` protocol version, or the modern `MCP-Protocol-Version` header, is modern and
-stateless (400 with -32602 when its `_meta` lacks the fields every modern request
-carries); anything else is a legacy request without its session (400).
+unknown or expired); an `initialize` request without the modern `_meta` opens one; a
+request carrying the modern `_meta` protocol version, or the modern
+`MCP-Protocol-Version` header, is modern and stateless (400 with -32602 when its `_meta`
+lacks the fields every modern request carries); anything else is a legacy request
+without its session (400). An `initialize` that carries the modern `_meta` is a modern
+request like any other: that era has no such method, and the pool answers so.
 """
 from __future__ import annotations
 
@@ -330,7 +332,7 @@ class HttpFront:
                 None, errors.INVALID_REQUEST, "a batch needs a legacy session (Mcp-Session-Id)"))
             return
         version = request_version(decoded.msg) if decoded.kind is Kind.REQUEST else None
-        if decoded.kind is Kind.REQUEST and decoded.method == "initialize":
+        if decoded.kind is Kind.REQUEST and decoded.method == "initialize" and version is None:
             await self._open_session(server, decoded, responder, CALLER.get() if self.auth is not None else None)
             return
         if decoded.kind is Kind.REQUEST and (version is not None

@@ -269,6 +269,12 @@ class Aggregate:
         # During start-up a request waits (bounded) for every member's first connection attempt,
         # so it sees every server that can come up; afterwards this returns at once.
         await self._members_tried()
+        if method == "initialize" and self.era == MODERN:
+            raise RouteError(errors.METHOD_NOT_FOUND,
+                             f"Method not found: initialize is not a method of MCP {MODERN_VERSIONS[0]}, whose "
+                             "requests need no handshake (each carries its protocol version in params._meta); to "
+                             f"open a legacy session ({LEGACY_VERSIONS[0]} or earlier), send initialize without "
+                             "the modern _meta")
         if method == "initialize":
             self.client_init = params
             self.handshake.on_client_request(frame)
