@@ -9,11 +9,15 @@ as told, spec-breaking answers included:
   client capabilities: 400 with -32602, saying what is missing (basic/index, per-request fields);
 * an HTTP upstream's status for an error answer reaches the client (through a policy chain too);
 * `initialize` carrying the modern `_meta` is not a method of that era: 404 with -32601;
+* a `subscriptions/listen` stream's acknowledgement reaches the client at once, the stream open;
+* an upstream that streams several messages in one `application/json` body gets a clear error
+  at once, not after its timeout.
 """
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -198,3 +202,43 @@ def test_an_http_upstreams_status_for_an_error_reaches_the_client(peers, route):
     # An error answer with no status of its own still gets the one its code implies.
     unknown = modern_post(peers, "sdk", 8, "no/such/method", {"_meta": MODERN_META})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == -32601
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_listen_streams_its_acknowledgement_at_once_and_stays_open(peers, route):
+    body = {"jsonrpc": "2.0", "id": 1765000000123, "method": "subscriptions/listen",
+            "params": {"_meta": MODERN_META, "notifications": {"toolsListChanged": True}}}
+    h = {**ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "subscriptions/listen"}
+    events: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with httpx.Client(timeout=httpx.Timeout(10, read=3)) as client, \
+            client.stream("POST", url(peers, route), content=json.dumps(body), headers=h) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"] == "text/event-stream"
+        lines = resp.iter_lines()
+        for line in lines:
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                break
+        acked = time.monotonic() - started
+        for line in lines:   # then only keep-alive comments: the stream stays open
+            assert not line.startswith("data:"), line
+            if line.startswith(":"):
+                break
+    assert acked < 3, acked
+    assert events[0]["method"] == "notifications/subscriptions/acknowledged"
+    assert events[0]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == 1765000000123
+
+
+@pytest.mark.parametrize(("method", "params", "says"), [
+    ("subscriptions/listen", {"notifications": {"toolsListChanged": True}}, "as its application/json body"),
+    ("tools/call", {"name": "stream_two", "arguments": {}}, "several JSON messages in one application/json body"),
+    ("tools/call", {"name": "twice", "arguments": {}}, "several JSON messages in one application/json body"),
+], ids=["listen-in-json", "streamed-json-lines", "two-in-one-body"])
+def test_an_upstream_streaming_messages_in_a_json_body_gets_a_clear_error_at_once(peers, method, params, says):
+    started = time.monotonic()
+    resp = modern_post(peers, "odd", 9, method, {**params, "_meta": MODERN_META}, timeout=ODD_TIMEOUT + 10)
+    took = time.monotonic() - started
+    error = resp.json()["error"]
+    assert resp.json()["id"] == 9
+    assert error["code"] == -31003 and says in error["message"] and "'odd'" in error["message"], error
+    assert took < 5, took

@@ -23,6 +23,7 @@ import trio
 
 from wire_gateway.telemetry import context as telemetry
 from wire_gateway.transport.http_client import (
+    SEVERAL_MESSAGES,
     BadBody,
     HttpClientError,
     HttpStatus,
@@ -142,6 +143,9 @@ class RequestRunner:
                 bad = up.deliver(resp.body)
                 up.sink.flush()
                 if bad is not None and req_id in up.pending:
+                    first = scan.first_value(resp.body)
+                    if first is not None and first[1]:
+                        raise BadBody(SEVERAL_MESSAGES, up.url)
                     raise BadBody(f"answered with a body that is not a JSON-RPC message ({bad})", up.url)
             elif resp.events is not None:
                 stream = resp.events
