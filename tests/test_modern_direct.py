@@ -8,7 +8,9 @@ as told, spec-breaking answers included:
 * a modern request without `params._meta`, or whose `_meta` lacks the protocol version or the
   client capabilities: 400 with -32602, saying what is missing (basic/index, per-request fields);
 * an HTTP upstream's status for an error answer reaches the client (through a policy chain too);
-* `initialize` carrying the modern `_meta` is not a method of that era: 404 with -32601;
+* `initialize` carrying the modern `_meta` is not a method of that era: 404 with -32601; the
+  aggregate, the gateway's own modern server, also refuses the other methods that era removed
+  and a protocol version it does not speak (400, -32022);
 * a `subscriptions/listen` stream's acknowledgement reaches the client at once, the stream open;
 * an upstream that streams several messages in one `application/json` body gets a clear error
   at once, not after its timeout.
@@ -192,6 +194,25 @@ def test_initialize_with_the_modern_meta_is_not_a_method(peers, route):
     assert "mcp-session-id" not in resp.headers
     if route != "sdk":    # the gateway's own answer says what to do instead
         assert "without the modern _meta" in resp.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("method", ["logging/setLevel", "resources/subscribe", "resources/unsubscribe"])
+def test_the_aggregate_refuses_what_the_modern_era_removed(peers, method):
+    resp = modern_post(peers, "aggregate", 600, method, {"_meta": MODERN_META})
+    assert resp.status_code == 404, resp.text
+    assert resp.json()["id"] == 600 and resp.json()["error"]["code"] == -32601, resp.text
+
+
+def test_the_aggregate_answers_an_unsupported_version_as_a_modern_server_must(peers):
+    meta = {**MODERN_META, VERSION_KEY: "v999.0.0"}
+    resp = modern_post(peers, "aggregate", 301, "server/discover", {"_meta": meta},
+                       headers={"mcp-protocol-version": "v999.0.0"})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert resp.json()["id"] == 301 and error["code"] == -32022
+    discovered = modern_post(peers, "aggregate", 302, "server/discover", {"_meta": MODERN_META}).json()
+    assert error["data"]["requested"] == "v999.0.0"
+    assert error["data"]["supported"] == discovered["result"]["supportedVersions"]
 
 
 @pytest.mark.parametrize("route", ["odd", "oddchain"])
