@@ -232,7 +232,7 @@ def test_a_listen_streams_its_acknowledgement_at_once_and_stays_open(peers, rout
     h = {**ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "subscriptions/listen"}
     events: list[dict[str, Any]] = []
     started = time.monotonic()
-    with httpx.Client(timeout=httpx.Timeout(10, read=3)) as client, \
+    with httpx.Client(timeout=httpx.Timeout(10, read=8)) as client, \
             client.stream("POST", url(peers, route), content=json.dumps(body), headers=h) as resp:
         assert resp.status_code == 200 and resp.headers["content-type"] == "text/event-stream"
         lines = resp.iter_lines()
@@ -245,7 +245,7 @@ def test_a_listen_streams_its_acknowledgement_at_once_and_stays_open(peers, rout
             assert not line.startswith("data:"), line
             if line.startswith(":"):
                 break
-    assert acked < 3, acked
+    assert acked < 5, acked
     assert events[0]["method"] == "notifications/subscriptions/acknowledged"
     assert events[0]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == 1765000000123
 
