@@ -48,6 +48,7 @@ ERROR_BODY_LIMIT = 64 * 1024      # bytes of a non-2xx body kept for the error m
 EXCERPT_CHARS = 200
 READ_CHUNK = 65536
 ONE_MESSAGE_CHECK_BYTES = 65536   # how much of an unbounded JSON body is looked at for a second message
+ONE_MESSAGE_CHECKS = 16           # and how many times at most
 SEVERAL_MESSAGES = ("sent several JSON messages in one application/json body, which holds one: the answer "
                     "(messages before the answer belong in a text/event-stream response)")
 
@@ -349,14 +350,18 @@ class StreamableHttpClient:
         an answer (it has a method), raises BadBody as soon as it arrives (checked while what came
         is small: that is where a server streaming messages in a JSON body shows)."""
         parts: list[bytes] = []
-        size = 0
+        size = checks = 0
         timed_out = True
         with trio.move_on_at(deadline):
             try:
                 async for chunk in response.aiter_bytes():
                     parts.append(chunk)
                     size += len(chunk)
-                    if one_message and size <= ONE_MESSAGE_CHECK_BYTES:
+                    # Only where a message may have just ended, a bounded number of times: a server
+                    # trickling its body a byte at a time must not cost a parse per byte.
+                    if (one_message and size <= ONE_MESSAGE_CHECK_BYTES and checks < ONE_MESSAGE_CHECKS
+                            and chunk.rstrip()[-1:] in (b"}", b"]")):
+                        checks += 1
                         self._check_one_message(b"".join(parts))
                     if size > limit:
                         if strict:
