@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from gateway import SERVERS, fixture, fixture_module
+from gateway import MODERN_META, SERVERS, fixture, fixture_module
 from http_gateway import HttpGateway
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -100,7 +100,7 @@ async def test_http_front_spans_parent_propagation_and_json_logs(receiver: OtlpR
                 **ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "add"},
                 json={"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": {
                     "name": "add", "arguments": {"a": 1, "b": 2},
-                    "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}})
+                    "_meta": MODERN_META}})
             assert raw.json()["error"]["code"] == -32602, raw.text
 
         spans = receiver.wait_for(lambda s: len(spans_named(s, "tools/call echo", SERVER_KIND)) >= 3

@@ -66,10 +66,11 @@ class Reply:
     raw: bytes | None
     gateway: bool = False
     note: str | None = None
+    status: int | None = None     # the HTTP status an upstream gave an error answer (Frame.status)
 
     @classmethod
     def of(cls, frame: Frame) -> Reply:
-        return cls(frame.msg, frame.raw)
+        return cls(frame.msg, frame.raw, status=frame.status)
 
     @classmethod
     def result(cls, call: Call, result: Any, note: str) -> Reply:
@@ -97,7 +98,8 @@ class Reply:
     def frame(self) -> Frame:
         raw = self.raw if self.raw is not None else jsonfast.dumps(self.msg)
         kind = Kind.RESPONSE if "result" in self.msg else Kind.ERROR
-        return Frame(raw, kind, self.msg, None, self.msg.get("id"), self.note)
+        return Frame(raw, kind, self.msg, None, self.msg.get("id"), self.note,
+                     self.status if kind is Kind.ERROR else None)
 
 
 

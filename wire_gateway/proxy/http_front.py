@@ -8,9 +8,12 @@ Accept and Content-Type; body size is the HTTP server's job) before its body is 
 decoded.
 
 Era dispatch for a POST: a `Mcp-Session-Id` header means a legacy session (404 if
-unknown or expired); an `initialize` request opens one; a request carrying the
-modern `_meta` protocol version is modern and stateless; anything else is a
-legacy request without its session (400).
+unknown or expired); an `initialize` request without the modern `_meta` opens one; a
+request carrying the modern `_meta` protocol version, or the modern
+`MCP-Protocol-Version` header, is modern and stateless (400 with -32602 when its `_meta`
+lacks the fields every modern request carries); anything else is a legacy request
+without its session (400). An `initialize` that carries the modern `_meta` is a modern
+request like any other: that era has no such method, and the pool answers so.
 
 With the Redis store, legacy sessions are recorded in the shared session registry
 (session_registry.py): a session this instance does not hold is adopted from its record
@@ -51,7 +54,15 @@ from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.transport.http_server import HttpLimits, Request, Responder, serve_http
 from wire_gateway.upstream.protocol import Sink, Upstream
 from wire_gateway.wire import errors
-from wire_gateway.wire.era import LEGACY_VERSIONS, MODERN, MODERN_VERSIONS, request_version
+from wire_gateway.wire.era import (
+    LEGACY_VERSIONS,
+    META_CLIENT_CAPABILITIES,
+    META_PROTOCOL_VERSION,
+    MODERN,
+    MODERN_VERSIONS,
+    missing_meta,
+    request_version,
+)
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
 from wire_gateway.wire.headers import HeaderProblem, check_request_headers, header_mismatch_error
 
@@ -369,10 +380,16 @@ class HttpFront:
             await responder.send(400, JSON, errors.error_frame(
                 None, errors.INVALID_REQUEST, "a batch needs a legacy session (Mcp-Session-Id)"))
             return
-        if decoded.kind is Kind.REQUEST and decoded.method == "initialize":
+        version = request_version(decoded.msg) if decoded.kind is Kind.REQUEST else None
+        if decoded.kind is Kind.REQUEST and decoded.method == "initialize" and version is None:
             await self._open_session(server, decoded, responder, CALLER.get() if self.auth is not None else None)
             return
-        if decoded.kind is Kind.REQUEST and request_version(decoded.msg) is not None:
+        if decoded.kind is Kind.REQUEST and (version is not None
+                                             or request.header("mcp-protocol-version") in MODERN_VERSIONS):
+            missing = missing_meta(decoded.msg)
+            if missing:
+                await responder.send(400, JSON, _missing_meta_error(decoded.id, missing))
+                return
             headers: dict[str, str] = {}
             problem = None
             for name, value in request.headers:
@@ -466,6 +483,18 @@ class HttpFront:
                                     self.settings, self.services, session_id=session_id)
         session.principal = principal.id if principal is not None else None
         return session
+
+
+def _missing_meta_error(req_id: Any, missing: list[str]) -> bytes:
+    """The answer to a modern request without the `_meta` fields every 2026-07-28 request carries
+    (basic/index, per-request protocol fields: -32602, HTTP 400), saying what to add."""
+    return errors.error_frame(
+        req_id, errors.INVALID_PARAMS,
+        f"Invalid params: a {MODERN_VERSIONS[0]} request must carry params._meta with "
+        f"{META_PROTOCOL_VERSION!r} (the protocol version, as in the MCP-Protocol-Version header) and "
+        f"{META_CLIENT_CAPABILITIES!r} (an object; {{}} for none); missing: {', '.join(missing)}. "
+        f"A legacy client ({LEGACY_VERSIONS[0]} and earlier) opens a session with initialize instead",
+        {"missing": missing})
 
 
 def _sessions(front: HttpFront) -> list[tuple[tuple[str, ...], float]]:

@@ -14,6 +14,12 @@ The first modern request probes the server with `server/discover`. A server that
 only speaks the legacy era gets no modern requests: the client is told so with a
 400 carrying a non-modern error, which is what makes a dual-era client fall back
 to `initialize`, as it would against such a server directly.
+
+An error answer goes out with the HTTP status an HTTP upstream gave it (`Frame.status`), else
+with the one its code has in this era (-32601: 404; -32020, -32021, -32022: 400). `initialize`
+is no method of this era: a request carrying the modern `_meta` that names it gets -32601 and
+404 from the upstream, except a server process's, which the pool answers itself (the process is
+shared, and an `initialize` could turn it to the legacy era for every client).
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from wire_gateway.proxy.route import open_upstream
 from wire_gateway.transport.http_server import Responder
 from wire_gateway.upstream.protocol import Upstream
 from wire_gateway.wire import errors, jsonfast, scan
-from wire_gateway.wire.era import META_PROTOCOL_VERSION, META_SUBSCRIPTION_ID, MODERN_VERSIONS
+from wire_gateway.wire.era import LEGACY_VERSIONS, META_PROTOCOL_VERSION, META_SUBSCRIPTION_ID, MODERN_VERSIONS
 from wire_gateway.wire.frame import Frame, Kind, decode
 
 log = logging.getLogger("wire_gateway.http.modern")
@@ -53,6 +59,10 @@ class ModernPool:
         self.keepalive = keepalive
         self.upstream = (upstream_factory(spec, config.limits, self) if upstream_factory is not None
                          else open_upstream(spec, config, self, services))
+        # A modern `initialize` is answered here for a server process: sent on, it could switch the
+        # process every modern client shares to the legacy era. An HTTP server answers its own (each
+        # request stands alone there), and so does the aggregate.
+        self.answers_initialize = upstream_factory is None and spec.url is None
         self.backlog = Backlog()
         # Unpredictable per server (a client must not guess another client's gateway id), and below
         # 2**53 for the next 2**52 requests, so a JavaScript server keeps every id exact.
@@ -84,6 +94,17 @@ class ModernPool:
             if self.tap is not None:
                 self.tap.gateway(G2C, refusal)
             await responder.send(400, [("content-type", "application/json")], refusal)
+            return
+        if frame.method == "initialize" and self.answers_initialize:
+            refusal = errors.error_frame(
+                frame.id, errors.METHOD_NOT_FOUND,
+                f"Method not found: initialize is not a method of MCP {MODERN_VERSIONS[0]}, whose requests need "
+                "no handshake (each carries its protocol version in params._meta); to open a legacy session "
+                f"({LEGACY_VERSIONS[0]} or earlier), send initialize without the modern _meta",
+                {"server": self.server})
+            if self.tap is not None:
+                self.tap.gateway(G2C, refusal)
+            await responder.send(404, [JSON], refusal)
             return
         gw_id, ex = self._send(frame)
         try:
@@ -219,8 +240,8 @@ class ModernPool:
             status = 200
             if kind is Kind.RESPONSE:
                 self._learn_tools(frame.msg.get("result"))
-            if kind is Kind.ERROR:
-                status = _STATUS_FOR_CODE.get(frame.msg["error"].get("code"), 200)
+            if kind is Kind.ERROR:   # an HTTP upstream's own status for it, else the one its code implies
+                status = frame.status or _STATUS_FOR_CODE.get(frame.msg["error"].get("code"), 200)
             raw = scan.replace_id(frame.raw, jsonfast.dumps(ex.client_id))
             if self.tap is not None and ex is not self._probe_ex:
                 self.tap.put(G2C, raw, kind, None, ex.client_id, frame.note)

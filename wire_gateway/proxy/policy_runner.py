@@ -439,7 +439,7 @@ class PolicyRunner:
             frame = reply.frame()
             if type(entry.frame.id) in SPELLED and frame.raw is not reply.raw:   # rewritten: the id too
                 frame = Frame(scan.replace_id(frame.raw, jsonfast.dumps(entry.frame.id)), frame.kind,
-                              frame.msg, None, entry.frame.id, frame.note)
+                              frame.msg, None, entry.frame.id, frame.note, frame.status)
             self.sink.server_frame(frame)
         if flush:
             self.sink.flush()

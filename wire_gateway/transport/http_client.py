@@ -16,6 +16,10 @@ occupy the connections that POSTs need (four open streams in a pool of four made
 the fifth request fail in a measurement). POSTs share a pool without a
 connection limit: the caller bounds how many requests are in flight.
 
+A JSON answer is one message: a body that turns out to hold several (or a message that
+is not an answer) is refused as soon as that shows, not when the body ends, which a
+server streaming messages in it may never do.
+
 Errors are mapped to the exceptions below; their text names the URL (without
 userinfo or query string) and never a header: configured header values, and what the
 process-wide masker masks (telemetry.masking), are masked in anything quoted from the peer.
@@ -33,6 +37,7 @@ import httpx
 import trio
 
 from wire_gateway.telemetry.masking import SecretValues, mask
+from wire_gateway.wire import jsonfast, scan
 from wire_gateway.wire.sse import Event, SSEDecoder, SSEError
 
 ACCEPT_POST = "application/json, text/event-stream"
@@ -42,6 +47,10 @@ SSE_TYPE = "text/event-stream"
 ERROR_BODY_LIMIT = 64 * 1024      # bytes of a non-2xx body kept for the error message
 EXCERPT_CHARS = 200
 READ_CHUNK = 65536
+ONE_MESSAGE_CHECK_BYTES = 65536   # how much of an unbounded JSON body is looked at for a second message
+ONE_MESSAGE_CHECKS = 16           # and how many times at most
+SEVERAL_MESSAGES = ("sent several JSON messages in one application/json body, which holds one: the answer "
+                    "(messages before the answer belong in a text/event-stream response)")
 
 
 # ---- errors ---------------------------------------------------------------------------
@@ -229,7 +238,10 @@ class StreamableHttpClient:
                 yield PostResponse(response.status_code, response.headers,
                                    events=SSEStream(response, self.shown_url, self.max_body_bytes, self.redact))
             elif ctype == JSON_TYPE or ctype.endswith("+json"):
-                data = await self._read_body(response, deadline, self.max_body_bytes, strict=True)
+                # Without a Content-Length the body ends when the server says so, which a server
+                # streaming messages in it may never do: each part is looked at as it comes.
+                data = await self._read_body(response, deadline, self.max_body_bytes, strict=True,
+                                             one_message="content-length" not in response.headers)
                 if data.strip():
                     yield PostResponse(response.status_code, response.headers, body=data)
                 else:
@@ -330,17 +342,27 @@ class StreamableHttpClient:
                 phrase += f": {excerpt}"
         raise HttpStatus(phrase, self.shown_url, status, reason, _content_type(response), data, response.headers)
 
-    async def _read_body(self, response: httpx.Response, deadline: float, limit: int, *, strict: bool) -> bytes:
+    async def _read_body(self, response: httpx.Response, deadline: float, limit: int, *, strict: bool,
+                         one_message: bool = False) -> bytes:
         """Up to `limit` bytes of the body before `deadline`. strict: over the limit, a timeout or a
-        broken connection raise; otherwise what arrived is returned (it only feeds a message)."""
+        broken connection raise; otherwise what arrived is returned (it only feeds a message).
+        one_message: the body is a JSON answer, so a second message in it, or a message that is not
+        an answer (it has a method), raises BadBody as soon as it arrives (checked while what came
+        is small: that is where a server streaming messages in a JSON body shows)."""
         parts: list[bytes] = []
-        size = 0
+        size = checks = 0
         timed_out = True
         with trio.move_on_at(deadline):
             try:
                 async for chunk in response.aiter_bytes():
                     parts.append(chunk)
                     size += len(chunk)
+                    # Only where a message may have just ended, a bounded number of times: a server
+                    # trickling its body a byte at a time must not cost a parse per byte.
+                    if (one_message and size <= ONE_MESSAGE_CHECK_BYTES and checks < ONE_MESSAGE_CHECKS
+                            and chunk.rstrip()[-1:] in (b"}", b"]")):
+                        checks += 1
+                        self._check_one_message(b"".join(parts))
                     if size > limit:
                         if strict:
                             raise BadBody(f"sent a JSON body over the gateway's {limit}-byte limit "
@@ -354,6 +376,19 @@ class StreamableHttpClient:
         if timed_out and strict:
             raise Timeout(f"did not finish sending its answer within {self.timeout:g}s", self.shown_url)
         return b"".join(parts)[:limit]
+
+    def _check_one_message(self, data: bytes) -> None:
+        first = scan.first_value(data)
+        if first is None:
+            return
+        value, rest = first
+        if rest:
+            raise BadBody(f"{SEVERAL_MESSAGES}: {self._excerpt(data)}", self.shown_url)
+        if isinstance(value, dict) and "method" in value:
+            raise BadBody(f"answered with a JSON-RPC {'request' if 'id' in value else 'notification'} "
+                          f"({self._excerpt(jsonfast.dumps(value.get('method')))}) as its application/json "
+                          "body, which must be the answer itself (messages before the answer belong in a "
+                          "text/event-stream response)", self.shown_url)
 
     def _excerpt(self, data: bytes) -> str:
         text = " ".join(data[:4 * EXCERPT_CHARS].decode("utf-8", "replace").split())

@@ -10,7 +10,8 @@ The task owes its request exactly one answer: the server's, or a gateway error n
 and its URL: -31002 for unreachable, TLS, timeout, 5xx, a dropped stream, an ended session;
 -31003 for garbage. A 4xx whose body is a JSON-RPC error (modern errors: 400 with -32020/-32022,
 404 with -32601) is delivered as that error (its id set to the request's if the server left it
-null). When the task ends with its request still owed, it answers it.
+null), and keeps its HTTP status (`Frame.status`), which the modern front answers with. When
+the task ends with its request still owed, it answers it.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import trio
 
 from wire_gateway.telemetry import context as telemetry
 from wire_gateway.transport.http_client import (
+    SEVERAL_MESSAGES,
     BadBody,
     HttpClientError,
     HttpStatus,
@@ -141,6 +143,9 @@ class RequestRunner:
                 bad = up.deliver(resp.body)
                 up.sink.flush()
                 if bad is not None and req_id in up.pending:
+                    first = scan.first_value(resp.body)
+                    if first is not None and first[1]:
+                        raise BadBody(SEVERAL_MESSAGES, up.url)
                     raise BadBody(f"answered with a body that is not a JSON-RPC message ({bad})", up.url)
             elif resp.events is not None:
                 stream = resp.events
@@ -225,7 +230,7 @@ class RequestRunner:
                 up.session.lose(inflight.sid, "HTTP 404 for the session")
                 if req_id not in up.pending:
                     return
-            if 400 <= exc.status < 500 and self._deliver_error_body(exc.body, req_id):
+            if 400 <= exc.status < 500 and self._deliver_error_body(exc.body, exc.status, req_id):
                 return
         if isinstance(exc, Unreachable):
             up.unreachable()
@@ -233,8 +238,9 @@ class RequestRunner:
         code = errors.UPSTREAM_BAD_FRAME if isinstance(exc, BadBody) else errors.UPSTREAM_UNAVAILABLE
         up.answer(req_id, code, f"server '{up.name}' at {up.url} {exc.phrase}; " + "{method} was not answered")
 
-    def _deliver_error_body(self, body: bytes, req_id: Any) -> bool:
-        """A 4xx carrying a JSON-RPC error: deliver it as the answer (with the request's id)."""
+    def _deliver_error_body(self, body: bytes, status: int, req_id: Any) -> bool:
+        """A 4xx carrying a JSON-RPC error: deliver it as the answer (with the request's id), and
+        its status with it (the modern front relays it)."""
         decoded = decode(body.translate(NEWLINES)) if body.strip() else None
         if not isinstance(decoded, Frame) or decoded.kind is not Kind.ERROR:
             return False
@@ -247,6 +253,7 @@ class RequestRunner:
             if not isinstance(fixed, Frame):
                 return False
             decoded = fixed
+        decoded.status = status
         self.up.on_frame(decoded)
         self.up.sink.flush()
         return True

@@ -138,4 +138,4 @@ def as_asked(frame: Frame, entry: Pending | None) -> Frame:
         return frame
     asked = entry.asked if entry.asked is not None else plain(frame.id)
     raw = scan.replace_id(frame.raw, jsonfast.dumps(asked))
-    return Frame(raw, frame.kind, frame.msg, frame.method, asked, frame.note)
+    return Frame(raw, frame.kind, frame.msg, frame.method, asked, frame.note, frame.status)

@@ -11,6 +11,7 @@ LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 MODERN_VERSIONS = ("2026-07-28",)
 META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 
 LEGACY = "legacy"
 MODERN = "modern"
@@ -35,3 +36,19 @@ def era_of_request(method: str | None, msg: dict[str, Any]) -> str | None:
     if request_version(msg) is not None:
         return MODERN
     return None
+
+
+def missing_meta(msg: dict[str, Any]) -> list[str]:
+    """What a modern request lacks of the `_meta` fields 2026-07-28 requires on every request
+    (basic/index: the protocol version, a string, and the client capabilities, an object; a
+    request missing one is malformed: -32602, on HTTP 400). Empty when it has them."""
+    params = msg.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict):
+        return ["params._meta"]
+    missing = []
+    if not isinstance(meta.get(META_PROTOCOL_VERSION), str):
+        missing.append(f"params._meta[{META_PROTOCOL_VERSION!r}]")
+    if not isinstance(meta.get(META_CLIENT_CAPABILITIES), dict):
+        missing.append(f"params._meta[{META_CLIENT_CAPABILITIES!r}]")
+    return missing

@@ -31,6 +31,9 @@ class Frame:
     id: Any = None
     # Set by a policy that rewrote this frame (e.g. "filter"), so dumps and logs can say so.
     note: str | None = None
+    # An error answer's HTTP status, when an HTTP upstream gave it one (400, 404, ...): the modern
+    # front answers with it, as the server would have.
+    status: int | None = None
 
     @property
     def params(self) -> Any:

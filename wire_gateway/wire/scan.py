@@ -6,6 +6,10 @@
    broken), so the error we answer with reaches the request that caused it.
 3. Replace the top-level "id" of a frame in place (a pooled upstream needs ids
    remapped), leaving every other byte as it arrived.
+4. Find the first whole JSON text at the start of a body and what follows it: an
+   `application/json` body is one JSON text, and a server that streams several
+   messages in one (say, a line each) must be caught before its body ends, since
+   it may never end.
 
 Strings are matched whole by the regex (C speed); only structure is walked in Python.
 """
@@ -149,3 +153,18 @@ def id_span(raw: bytes) -> tuple[int, int] | None:
     return None
 
 
+
+
+_FIRST = json.JSONDecoder()
+
+
+def first_value(raw: bytes) -> tuple[Any, bytes] | None:
+    """The first whole JSON value at the start of `raw` and the bytes after it (whitespace
+    stripped); None while `raw` holds no whole value yet (or is not JSON at all)."""
+    try:
+        text = raw.decode("utf-8")
+        start = len(text) - len(text.lstrip(" \t\r\n"))
+        value, end = _FIRST.raw_decode(text, start)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value, text[end:].strip(" \t\r\n").encode("utf-8")

@@ -37,13 +37,20 @@ from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.protocol import Sink
 from wire_gateway.upstream.states import check_transition
 from wire_gateway.wire import errors, jsonfast, namespacing as ns
-from wire_gateway.wire.era import LEGACY, LEGACY_VERSIONS, MODERN, MODERN_VERSIONS, era_of_request
+from wire_gateway.wire.era import LEGACY, LEGACY_VERSIONS, MODERN, MODERN_VERSIONS, era_of_request, request_version
 from wire_gateway.wire.frame import Frame, decode, repeated_params, valid_id
 
 log = logging.getLogger("wire_gateway.aggregate")
 
 AGGREGATE_NAME = "*"            # what sessions and /status call the aggregate (no server can be named so)
 SHUTDOWN_GRACE = 5.0           # how long requests in flight may still finish once the client has gone
+UNSUPPORTED_VERSION = -32022   # 2026-07-28 UnsupportedProtocolVersionError
+# Methods 2026-07-28 removed, and what replaced each (changelog).
+REMOVED_IN_MODERN = {
+    "logging/setLevel": "a request asks for log messages with _meta['io.modelcontextprotocol/logLevel']",
+    "resources/subscribe": "subscriptions/listen with notifications.resourceSubscriptions replaces it",
+    "resources/unsubscribe": "closing the subscriptions/listen stream replaces it",
+}
 # Modern results that must say how long they may be cached (2026-07-28 CacheableResult).
 CACHEABLE = frozenset({"server/discover", "tools/list", "prompts/list", "resources/list",
                        "resources/templates/list", "resources/read"})
@@ -280,6 +287,8 @@ class Aggregate:
         # During start-up a request waits (bounded) for every member's first connection attempt,
         # so it sees every server that can come up; afterwards this returns at once.
         await self._members_tried()
+        if self.era == MODERN:
+            self._modern_rules(frame)
         if method == "initialize":
             self.client_init = params
             self.handshake.on_client_request(frame)
@@ -318,6 +327,26 @@ class Aggregate:
         raise RouteError(errors.METHOD_NOT_FOUND,
                          f"Method not found: the aggregate endpoint does not route {method!r}; "
                          "use /mcp/{server} (or --server) to reach one server directly")
+
+    def _modern_rules(self, frame: Frame) -> None:
+        """What the aggregate, a modern server to a modern client, refuses (2026-07-28): a protocol
+        version it does not speak (UnsupportedProtocolVersionError: -32022 with the versions it
+        does), and the methods that era removed (-32601). `ping` is still answered (see request)."""
+        version = request_version(frame.msg)
+        if version is not None and version not in MODERN_VERSIONS:
+            raise RouteError(UNSUPPORTED_VERSION, f"Unsupported protocol version {version!r}; the aggregate "
+                             f"speaks {', '.join([*MODERN_VERSIONS, *LEGACY_VERSIONS])}",
+                             {"supported": [*MODERN_VERSIONS, *LEGACY_VERSIONS], "requested": version})
+        if frame.method == "initialize":
+            raise RouteError(errors.METHOD_NOT_FOUND,
+                             f"Method not found: initialize is not a method of MCP {MODERN_VERSIONS[0]}, whose "
+                             "requests need no handshake (each carries its protocol version in params._meta); to "
+                             f"open a legacy session ({LEGACY_VERSIONS[0]} or earlier), send initialize without "
+                             "the modern _meta")
+        if frame.method in REMOVED_IN_MODERN:
+            raise RouteError(errors.METHOD_NOT_FOUND,
+                             f"Method not found: {frame.method} is not a method of MCP {MODERN_VERSIONS[0]} "
+                             f"({REMOVED_IN_MODERN[frame.method]})")
 
     def _capabilities(self) -> dict[str, Any]:
         return ns.merge_capabilities([m.capabilities for m in self.ready()])
