@@ -103,3 +103,19 @@ def test_a_server_is_a_command_or_a_url():
     spec = parse_config({"servers": {"r": {"url": "https://h/mcp", "headers": {"Authorization": "Bearer ${T}"}}}})
     resolved = spec.servers["r"].resolved({"T": "tok"})
     assert resolved.url == "https://h/mcp" and resolved.headers == {"Authorization": "Bearer tok"}
+
+
+def test_store_url_may_be_a_variable_and_must_expand_to_redis():
+    """`store.url` as `${VAR}` (a deployment's secret URL) is accepted; what it expands to is checked."""
+    from wire_gateway.config.loader import store_url
+
+    config = parse_config({"servers": {"a": {"command": "x"}}, "store": {"backend": "redis", "url": "${REDIS_URL}"}})
+    assert store_url(config.store.url, {"REDIS_URL": "redis://cache:6379/0"}) == "redis://cache:6379/0"
+    with pytest.raises(ConfigError) as info:
+        store_url(config.store.url, {"REDIS_URL": "http://cache:6379"})
+    assert "not redis:// or rediss://" in info.value.problems[0]
+    with pytest.raises(ConfigError) as info:
+        store_url(config.store.url, {})
+    assert "REDIS_URL" in info.value.problems[0]
+    assert problems_of({"servers": {"a": {"command": "x"}}, "store": {"url": "http://cache"}})[0].startswith(
+        "$.store.url:")

@@ -194,10 +194,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             problems += exc.problems
     if config.store.backend == "redis":
-        from wire_gateway.config.loader import expand
+        from wire_gateway.config.loader import store_url
 
         try:
-            expand(config.store.url, dict(os.environ), "store.url")
+            store_url(config.store.url, dict(os.environ))
         except ConfigError as exc:
             problems += exc.problems
     if problems:

@@ -251,6 +251,14 @@ def expand(value: str, environ: dict[str, str], where: str) -> str:
     return _VAR.sub(sub, value)
 
 
+def store_url(url: str, environ: dict[str, str]) -> str:
+    """`store.url` with its ${VAR}s expanded, which must then be a Redis URL."""
+    expanded = expand(url, environ, "store.url")
+    if not expanded.startswith(("redis://", "rediss://")):
+        raise ConfigError([f"$.store.url: {url!r} expands to a URL that is not redis:// or rediss://"])
+    return expanded
+
+
 def register_secrets(specs: Iterable[ServerSpec], environ: dict[str, str] | None = None) -> None:
     """Resolve each server (raising ConfigError as `resolved` does) and put the values of its
     configured secrets in the process-wide registry, which masks them in everything the gateway

@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Config, ServerSpec, StoreSettings
-from wire_gateway.config.loader import expand
+from wire_gateway.config.loader import store_url
 from wire_gateway.guardrails.engine import Compiled
 from wire_gateway.policy.cache import Generations, ListCache, ResultCache, invalidate
 from wire_gateway.policy.chain import ORDER, Chain, Interceptor
@@ -32,7 +32,7 @@ def make_store(settings: StoreSettings) -> Store:
     if settings.backend == "redis":
         from wire_gateway.store.redis import RedisStore
 
-        return RedisStore(expand(settings.url, dict(os.environ), "store.url"), settings.prefix)
+        return RedisStore(store_url(settings.url, dict(os.environ)), settings.prefix)
     return MemoryStore(settings.pins_file)
 
 
