@@ -221,3 +221,32 @@ def test_rolling_restart_under_load_fails_no_request(topology: tuple[HAProxy, li
     for slot in slots:       # the replacements served sessions opened before they started
         assert "adopted from the session registry" in slot.gateway.log(), slot.gateway.log()
     print(f"rolling restart: {run['calls']} calls, {run['calls_per_s']:.0f} calls/s, none failed")
+
+
+def test_the_reference_files_are_valid_and_agree() -> None:
+    """deploy/haproxy.cfg as shipped passes HAProxy's own check (its servers' names resolve only
+    in Docker: init-addr none lets it start without them); the gateways' configs (deploy/gateway.json,
+    the ConfigMap in deploy/kubernetes.yaml) are usable, use the Redis store, and have a drain grace
+    longer than HAProxy's checks take to notice (fall 2 x inter 1 s); and the time each orchestrator
+    gives a stopping instance covers its grace, its drain and its servers' shutdown."""
+    import textwrap
+
+    from wire_gateway.config import load_config, parse_config
+
+    if not os.path.exists(HAPROXY):
+        pytest.fail("haproxy is not installed; install it (e.g. `apt-get install haproxy`, as .ci/run does)")
+    checked = subprocess.run([HAPROXY, "-c", "-f", str(DEPLOY_CFG)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    compose = (ROOT / "deploy" / "docker-compose.yml").read_text()
+    kubernetes = (ROOT / "deploy" / "kubernetes.yaml").read_text()
+    configmap = re.search(r"gateway\.json: \|\n(.*?)\n---", kubernetes, re.S)
+    assert configmap is not None
+    stops = {"compose": (load_config(str(ROOT / "deploy" / "gateway.json")),
+                         re.search(r"stop_grace_period: (\d+)s", compose)),
+             "kubernetes": (parse_config(json.loads(textwrap.dedent(configmap.group(1)))),
+                            re.search(r"terminationGracePeriodSeconds: (\d+)", kubernetes))}
+    for where, (config, stop) in stops.items():
+        assert config.store.backend == "redis" and config.auth.enforced, where
+        assert config.http.drain_grace > 2, where
+        shutdown = max(s.stdin_close_timeout + s.sigterm_timeout for s in config.servers.values())
+        assert stop is not None and int(stop.group(1)) > config.http.drain_grace + config.http.drain_timeout + shutdown
