@@ -35,7 +35,7 @@ from test_policy_redis import RedisProcess, free_port
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 DEPLOY_CFG = ROOT / "deploy" / "haproxy.cfg"
 ECHO = {"command": sys.executable, "args": ["-m", "wire_gateway.demo.echo"]}    # the bundled echo server
-GRACE = 1.5          # http.drain_grace: HAProxy's checks (every 0.2 s, 2 failures) notice well within it
+GRACE = 2.5          # http.drain_grace: HAProxy's checks (every 0.2 s, 2 failures) notice well within it
 CHECKS = "    default-server check inter 200ms fall 2 rise 1"
 SESSION_LINE = re.compile(r"session ([0-9A-Za-z_-]{8}) \(echo\): (opened|adopted)")
 
@@ -196,7 +196,7 @@ def test_legacy_sessions_round_robin_over_three_instances(topology: tuple[HAProx
 
 def test_rolling_restart_under_load_fails_no_request(topology: tuple[HAProxy, list[Slot]]) -> None:
     haproxy, slots = topology
-    duration = 25
+    duration = 30
     load = subprocess.Popen(load_run(haproxy.target, "-c", "16", "--duration", f"{duration}s", "--timeout", "20"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
