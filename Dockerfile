@@ -7,7 +7,8 @@
 # (the echo demo) says "auth": {"mode": "none"} on purpose; a config of your own should set up
 # keys or JWTs (docs/auth.md).
 # Requests must still name an allowed Host: loopback names work through a local port
-# mapping; behind a load balancer put its public name in http.allowed_hosts.
+# mapping; behind a load balancer put its public name in http.allowed_hosts (deploy/ has a
+# reference deployment: three instances, Redis and HAProxy; docs/scaling.md).
 # The stdio front works too: docker run -i --rm wire-gateway stdio
 # The wheel is built where a C compiler is (the dump's record encoder); the image has none.
 FROM python:3.11 AS build

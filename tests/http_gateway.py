@@ -1,4 +1,4 @@
-"""Test helper: run `wire-gateway serve` as a real subprocess on a free port."""
+"""Test helper: run `wire-gateway serve` as a real subprocess on a free port (or the one given)."""
 from __future__ import annotations
 
 import json
@@ -14,14 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class HttpGateway:
     def __init__(self, tmp_path: Path, servers: dict[str, Any], *, extra_args: tuple[str, ...] | list[str] = (),
-                 **top: Any) -> None:
+                 port: int = 0, **top: Any) -> None:
         self.config = tmp_path / "http-gateway.json"
         self.config.write_text(json.dumps({"servers": servers, **top}))
         self.log_path = tmp_path / "http-gateway.log"
         self.port_file = tmp_path / "http-gateway.port"
         self.port_file.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wire_gateway", "serve", "--config", str(self.config), "--port", "0",
+            [sys.executable, "-m", "wire_gateway", "serve", "--config", str(self.config), "--port", str(port),
              "--port-file", str(self.port_file), "--log-file", str(self.log_path), *extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
         self.port = self._wait_for_port()

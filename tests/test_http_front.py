@@ -308,6 +308,41 @@ def test_mcp_param_headers_are_checked_once_the_tool_is_known(gw):
     assert missing.status_code == 400 and "Mcp-Param-Region" in missing.json()["error"]["message"]
 
 
+def test_sigterm_with_a_drain_grace_turns_readyz_off_and_serves_on_until_the_grace_ends(tmp_path):
+    """http.drain_grace: /readyz answers 503 at once, requests are still served, the gateway stops
+    when the grace is over; a second SIGTERM ends the grace at once."""
+    import signal
+
+    def leaving(gateway):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            ready = httpx.get(gateway.base + "/readyz", timeout=5)
+            if ready.status_code == 503:
+                return ready.json()
+            time.sleep(0.02)
+        raise AssertionError(gateway.log())
+
+    gateway = HttpGateway(tmp_path, {"echo": fixture("echo")}, http={"drain_grace": 1.5})
+    assert httpx.get(gateway.base + "/readyz").json()["leaving"] is False
+    started = time.monotonic()
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert leaving(gateway) == {"ready": False, "leaving": True, "servers": {"echo": "running"}}
+    opened = post(gateway, "echo", INIT)                     # still served
+    assert opened.status_code == 200 and opened.json()["result"]["serverInfo"]["name"] == "echo"
+    assert gateway.proc.wait(15) == 0, gateway.log()
+    assert time.monotonic() - started >= 1.5
+    assert "serving 1.5s more (http.drain_grace)" in gateway.log()
+
+    (tmp_path / "again").mkdir()
+    again = HttpGateway(tmp_path / "again", {"echo": fixture("echo")}, http={"drain_grace": 60})
+    started = time.monotonic()
+    again.proc.send_signal(signal.SIGTERM)
+    leaving(again)
+    again.proc.send_signal(signal.SIGTERM)
+    assert again.proc.wait(15) == 0, again.log()
+    assert time.monotonic() - started < 15 and "received SIGTERM during the grace" in again.log()
+
+
 def test_sigterm_drains_in_flight_requests_then_stops(tmp_path):
     import concurrent.futures
 

@@ -405,12 +405,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         shutdown = trio.Event()
+        front = HttpFront(config, services)
 
         async def on_signals() -> None:
+            """SIGTERM: /readyz answers 503 at once, requests are served for http.drain_grace more
+            (a load balancer's health checks see it and stop sending), then the drain. SIGINT, or
+            a second SIGTERM, drains at once."""
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
-                    log.info("received %s; draining (up to %.0fs) and shutting down",
-                             signal.Signals(signum).name, config.http.drain_timeout)
+                    front.leaving = True
+                    grace = http.drain_grace if signum == signal.SIGTERM else 0.0
+                    if grace > 0:
+                        log.info("received SIGTERM; /readyz answers 503 from now; serving %.1fs more "
+                                 "(http.drain_grace), then draining (up to %.0fs) and shutting down",
+                                 grace, http.drain_timeout)
+                        with trio.move_on_after(grace):
+                            again = await signals.__anext__()
+                            log.info("received %s during the grace", signal.Signals(again).name)
+                        log.info("draining (up to %.0fs) and shutting down", http.drain_timeout)
+                    else:
+                        log.info("received %s; draining (up to %.0fs) and shutting down",
+                                 signal.Signals(signum).name, http.drain_timeout)
                     shutdown.set()
                     return
 
@@ -420,7 +435,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if prefix is not None:   # a debug hook, off unless WIRE_GATEWAY_TRACEMALLOC is set
                 memtrace.start()
                 nursery.start_soon(memtrace.serve_snapshots, prefix)
-            front = HttpFront(config, services)
             if dumper is not None:
                 await nursery.start(dumper.run)
                 front.dumper = dumper

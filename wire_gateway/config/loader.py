@@ -197,6 +197,7 @@ class HttpSettings:
     max_sessions: int = 10000
     max_body_bytes: int = 4 * 1024 * 1024
     drain_timeout: float = 10.0
+    drain_grace: float = 0.0
     stream_buffer_frames: int = 1000
     admin_port: int | None = None
     admin_host: str = "127.0.0.1"

@@ -2,7 +2,8 @@
 
 Routes: `POST|GET|DELETE /mcp/{server}` (MCP, both eras), `POST|GET|DELETE /mcp` (the
 aggregate of all servers, docs/aggregate.md), `GET /healthz` (alive),
-`GET /readyz` (every server able to serve). Each request is checked at the edge
+`GET /readyz` (every server able to serve, and the gateway not leaving: 503 from SIGTERM on,
+through `http.drain_grace`, so a load balancer stops sending before the drain). Each request is checked at the edge
 (http_edge: Host, target and Origin against allow-lists for DNS-rebinding protection;
 Accept and Content-Type; body size is the HTTP server's job) before its body is even
 decoded.
@@ -105,6 +106,7 @@ class HttpFront:
             if isinstance(store, RedisStore) else None
         self.adoption = Adoption(self, self.registry) if self.registry is not None else None
         self.port: int | None = None
+        self.leaving = False     # set on SIGTERM (cli.py): /readyz answers 503 while requests are still served
         self._nursery: trio.Nursery | None = None
         self.edge = EdgeCheck(config.http)
         # Auth (docs/auth.md): with it on, each project gets its own modern aggregate, made of the
@@ -208,6 +210,7 @@ class HttpFront:
         assert isinstance(agg, Aggregate)
         return {
             "listen": {"host": self.settings.host, "port": self.port},
+            "leaving": self.leaving,
             "servers": servers,
             "aggregate": {"route": "/mcp", "state": agg.state, **agg.status(),
                           "legacySessions": sum(1 for s in self.sessions.values() if s.server == AGGREGATE_NAME)},
@@ -274,8 +277,8 @@ class HttpFront:
 
     async def _readyz(self, responder: Responder) -> None:
         states = {name: pool.upstream.state for name, pool in self.pools.items()}
-        ready = all(state == "running" for state in states.values())
-        body = json.dumps({"ready": ready, "servers": states}).encode()
+        ready = not self.leaving and all(state == "running" for state in states.values())
+        body = json.dumps({"ready": ready, "leaving": self.leaving, "servers": states}).encode()
         await responder.send(200 if ready else 503, JSON, body)
 
     async def _mcp(self, server: str, request: Request, responder: Responder) -> None:

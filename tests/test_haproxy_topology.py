@@ -1,0 +1,252 @@
+"""The scale-out topology for real: three `wire-gateway serve` instances sharing a redis-server,
+behind a real HAProxy that balances round robin with no stickiness (deploy/haproxy.cfg, with only
+its addresses and check timings changed), the bundled echo server behind each instance.
+
+- 50 legacy sessions make 40 calls each through HAProxy (`load run --check`): every answer is
+  right, and every session was served by more than one instance (the instances' logs: opened on
+  one, adopted from the session registry by others).
+- A rolling restart under load: while `load run --duration` goes through HAProxy, each instance
+  in turn gets SIGTERM, leaves HAProxy's rotation during its `http.drain_grace` (its /readyz
+  answers 503 while it still serves), drains and exits, and a replacement takes its port. Not
+  one request fails.
+
+redis-server and haproxy must be installed (.ci/run installs both): without them these FAIL.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from http_gateway import ROOT, HttpGateway
+from test_policy_redis import RedisProcess, free_port
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+DEPLOY_CFG = ROOT / "deploy" / "haproxy.cfg"
+ECHO = {"command": sys.executable, "args": ["-m", "wire_gateway.demo.echo"]}    # the bundled echo server
+GRACE = 2.5          # http.drain_grace: HAProxy's checks (every 0.2 s, 2 failures) notice well within it
+CHECKS = "    default-server check inter 200ms fall 2 rise 1"
+SESSION_LINE = re.compile(r"session ([0-9A-Za-z_-]{8}) \(echo\): (opened|adopted)")
+
+
+def haproxy_config(port: int, stats_port: int, servers: dict[str, int]) -> str:
+    """deploy/haproxy.cfg on 127.0.0.1: its binds, its servers and their check timings replaced, and
+    fewer connections (the file descriptors they need may be over this machine's limit)."""
+    out: list[str] = []
+    for line in DEPLOY_CFG.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["maxconn"]:
+            line = "    maxconn 1000"
+        elif words[:2] == ["bind", ":8080"]:
+            line = f"    bind 127.0.0.1:{port}"
+        elif words[:2] == ["bind", ":8404"]:
+            line = f"    bind 127.0.0.1:{stats_port}"
+        elif words[:1] == ["default-server"]:
+            line = CHECKS
+        elif words[:1] == ["server"]:
+            if words[1] != "gw1":
+                continue
+            out.extend(f"    server {name} 127.0.0.1:{p}" for name, p in servers.items())
+            continue
+        out.append(line)
+    text = "\n".join(out) + "\n"
+    assert CHECKS in text and f"127.0.0.1:{port}" in text and "127.0.0.1:" + str(servers["gw1"]) in text, text
+    return text
+
+
+class Slot:
+    """One instance's place behind HAProxy: a fixed port, and whichever instance serves it now."""
+
+    def __init__(self, name: str, tmp_path: Path, store: dict[str, str]) -> None:
+        self.name = name
+        self.port = free_port()
+        self.tmp_path = tmp_path
+        self.store = store
+        self.instances: list[HttpGateway] = []    # every generation, for their logs
+
+    @property
+    def gateway(self) -> HttpGateway:
+        return self.instances[-1]
+
+    def start(self) -> HttpGateway:
+        folder = self.tmp_path / f"{self.name}-{len(self.instances)}"
+        folder.mkdir()
+        self.instances.append(HttpGateway(folder, {"echo": ECHO}, port=self.port, store=self.store,
+                                          http={"drain_grace": GRACE, "session_idle_timeout": 300}))
+        return self.gateway
+
+
+class HAProxy:
+    def __init__(self, tmp_path: Path, slots: list[Slot]) -> None:
+        if not os.path.exists(HAPROXY):
+            pytest.fail("haproxy is not installed; install it (e.g. `apt-get install haproxy`, as .ci/run "
+                        "does) to run the HAProxy topology test")
+        self.port, self.stats_port = free_port(), free_port()
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(haproxy_config(self.port, self.stats_port, {s.name: s.port for s in slots}))
+        self.log_path = tmp_path / "haproxy.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        self.target = f"http://127.0.0.1:{self.port}/mcp/echo"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def states(self) -> dict[str, str]:
+        """Each gateway's state as HAProxy sees it: UP, DOWN, or "UP 1/2" on the way down."""
+        text = httpx.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5).text
+        rows = csv.DictReader(text.lstrip("# ").splitlines())
+        return {row["svname"]: row["status"] for row in rows
+                if row["pxname"] == "gateways" and row["svname"] not in ("FRONTEND", "BACKEND")}
+
+    def wait_for(self, name: str, state: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"haproxy exited ({self.proc.returncode}):\n{self.log()}")
+            try:
+                if self.states().get(name) == state:
+                    return
+            except httpx.TransportError:      # not listening yet
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"HAProxy never saw {name} {state}: {self.states()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def topology(tmp_path: Path) -> Iterator[tuple[HAProxy, list[Slot]]]:
+    redis_server = RedisProcess()
+    store = {"backend": "redis", "url": redis_server.url, "prefix": "wg-haproxy:"}
+    slots = [Slot(f"gw{i}", tmp_path, store) for i in (1, 2, 3)]
+    haproxy: HAProxy | None = None
+    try:
+        for slot in slots:
+            slot.start()
+        haproxy = HAProxy(tmp_path, slots)
+        for slot in slots:
+            haproxy.wait_for(slot.name, "UP")
+        yield haproxy, slots
+    finally:
+        if haproxy is not None:
+            haproxy.stop()
+        running = [gw for slot in slots for gw in slot.instances if gw.proc.poll() is None]
+        for gw in running:              # all at once: each keeps serving for its grace
+            gw.proc.send_signal(signal.SIGTERM)
+        for gw in running:
+            gw.stop()
+        redis_server.kill()
+
+
+def load_run(target: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "load", "run", "--target", target, "--fixture", "echo-small-legacy",
+            "--check", "--json", *args]
+
+
+def checked(out: str, err: str) -> dict[str, Any]:
+    """`load run --json`'s one run, after asserting that every answer was right."""
+    result = json.loads(out)
+    run = result["runs"][0]
+    assert result["errors"] == 0 and result["mismatches"] == 0, json.dumps(
+        {k: run[k] for k in ("errors", "error_examples", "mismatch_kinds", "mismatch_examples")}, indent=1) + err
+    assert run["session_failures"] == 0 and run["answered_ok"] == run["calls"], run
+    return dict(run)
+
+
+def served_by(slots: list[Slot]) -> dict[str, set[str]]:
+    """Session (first 8 characters of its id) -> the instances that opened or adopted it."""
+    sessions: dict[str, set[str]] = {}
+    for slot in slots:
+        for i, gw in enumerate(slot.instances):
+            for sid, _ in SESSION_LINE.findall(gw.log()):
+                sessions.setdefault(sid, set()).add(f"{slot.name}-{i}")
+    return sessions
+
+
+def test_legacy_sessions_round_robin_over_three_instances(topology: tuple[HAProxy, list[Slot]]) -> None:
+    haproxy, slots = topology
+    done = subprocess.run(load_run(haproxy.target, "-c", "50", "-n", "2000"), cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    run = checked(done.stdout, done.stderr)
+    assert run["calls"] == 2000 and run["sessions"] == 50
+    sessions = served_by(slots)
+    assert len(sessions) == 50, sessions
+    assert all(len(instances) > 1 for instances in sessions.values()), sessions
+    for slot in slots:       # each instance opened some sessions and adopted others'
+        assert "adopted from the session registry" in slot.gateway.log(), slot.gateway.log()
+    print(f"through HAProxy: {run['calls_per_s']:.0f} calls/s, p50 {run['latency']['all']['p50_ms']} ms")
+
+
+def test_rolling_restart_under_load_fails_no_request(topology: tuple[HAProxy, list[Slot]]) -> None:
+    haproxy, slots = topology
+    duration = 30
+    load = subprocess.Popen(load_run(haproxy.target, "-c", "16", "--duration", f"{duration}s", "--timeout", "20"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        for slot in slots:
+            old = slot.gateway
+            old.proc.send_signal(signal.SIGTERM)
+            haproxy.wait_for(slot.name, "DOWN", timeout=GRACE + 5)
+            assert old.proc.poll() is None, "the instance stopped before HAProxy took it out of rotation"
+            assert old.proc.wait(30) == 0, old.log()
+            assert f"serving {GRACE:.1f}s more (http.drain_grace)" in old.log()
+            slot.start()
+            haproxy.wait_for(slot.name, "UP")
+            assert load.poll() is None, "the load ended before the rolling restart did: raise its duration"
+        out, err = load.communicate(timeout=duration + 60)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+    run = checked(out, err)
+    assert run["calls"] > 500, run
+    for slot in slots:       # the replacements served sessions opened before they started
+        assert "adopted from the session registry" in slot.gateway.log(), slot.gateway.log()
+    print(f"rolling restart: {run['calls']} calls, {run['calls_per_s']:.0f} calls/s, none failed")
+
+
+def test_the_reference_files_are_valid_and_agree() -> None:
+    """deploy/haproxy.cfg as shipped passes HAProxy's own check (its servers' names resolve only
+    in Docker: init-addr none lets it start without them); the gateways' configs (deploy/gateway.json,
+    the ConfigMap in deploy/kubernetes.yaml) are usable, use the Redis store, and have a drain grace
+    longer than HAProxy's checks take to notice (fall 2 x inter 1 s); and the time each orchestrator
+    gives a stopping instance covers its grace, its drain and its servers' shutdown."""
+    import textwrap
+
+    from wire_gateway.config import load_config, parse_config
+
+    if not os.path.exists(HAPROXY):
+        pytest.fail("haproxy is not installed; install it (e.g. `apt-get install haproxy`, as .ci/run does)")
+    checked = subprocess.run([HAPROXY, "-c", "-f", str(DEPLOY_CFG)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    compose = (ROOT / "deploy" / "docker-compose.yml").read_text()
+    kubernetes = (ROOT / "deploy" / "kubernetes.yaml").read_text()
+    configmap = re.search(r"gateway\.json: \|\n(.*?)\n---", kubernetes, re.S)
+    assert configmap is not None
+    stops = {"compose": (load_config(str(ROOT / "deploy" / "gateway.json")),
+                         re.search(r"stop_grace_period: (\d+)s", compose)),
+             "kubernetes": (parse_config(json.loads(textwrap.dedent(configmap.group(1)))),
+                            re.search(r"terminationGracePeriodSeconds: (\d+)", kubernetes))}
+    for where, (config, stop) in stops.items():
+        assert config.store.backend == "redis" and config.auth.enforced, where
+        assert config.http.drain_grace > 2, where
+        shutdown = max(s.stdin_close_timeout + s.sigterm_timeout for s in config.servers.values())
+        assert stop is not None and int(stop.group(1)) > config.http.drain_grace + config.http.drain_timeout + shutdown
