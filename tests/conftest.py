@@ -29,6 +29,18 @@ def url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture
+def redis_server() -> Iterator[object]:
+    """A real redis-server of this test's own, on a free port (test_policy_redis.RedisProcess)."""
+    from test_policy_redis import RedisProcess
+
+    server = RedisProcess()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
 @pytest.fixture(scope="session")
 def node() -> str:
     """The `node` binary with the TypeScript SDK client installed (test_ts_sdk.find_node)."""

@@ -13,7 +13,6 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -96,15 +95,6 @@ class Pair:
         for gw in self.gateways:
             gw.stop()
         self.redis.close()
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisProcess]:
-    server = RedisProcess()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
