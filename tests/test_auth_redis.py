@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from gateway import fixture
 from http_gateway import HttpGateway
 from test_auth_http import INIT
@@ -24,29 +22,20 @@ from wire_gateway.auth.model import RateLimit
 from wire_gateway.auth.tenancy import Tenancy
 
 
-@pytest.fixture
-def redis_proc() -> Iterator[RedisProcess]:
-    server = RedisProcess()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
 def post(gw: HttpGateway, key: str) -> httpx.Response:
     return httpx.post(gw.url("echo"), json=INIT, headers={**ACCEPT, "authorization": f"Bearer {key}"}, timeout=20)
 
 
-def test_two_gateways_share_keys_revocation_and_budgets(tmp_path: Path, redis_proc: RedisProcess) -> None:
+def test_two_gateways_share_keys_revocation_and_budgets(tmp_path: Path, redis_server: RedisProcess) -> None:
     prefix = f"wg{os.urandom(3).hex()}:"
     servers = {"echo": fixture("echo")}
-    tenancy = Tenancy(RedisBackend(redis_proc.url, prefix, "redis"), servers)
+    tenancy = Tenancy(RedisBackend(redis_server.url, prefix, "redis"), servers)
     tenancy.create_project("team", ["echo"])
     tenancy.create_project("metered", ["echo"], rate_limit=RateLimit(0.01, 3))
     tenancy.create_user("alice")
     key = tenancy.create_key("team", "alice")[1]
     metered = tenancy.create_key("metered", "alice")[1]
-    store = {"backend": "redis", "url": redis_proc.url, "prefix": prefix}
+    store = {"backend": "redis", "url": redis_server.url, "prefix": prefix}
     gateways = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()

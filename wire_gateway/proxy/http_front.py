@@ -178,11 +178,6 @@ class HttpFront:
                         closer.start_soon(pool.upstream.shutdown)
             nursery.cancel_scope.cancel()
 
-    @property
-    def nursery(self) -> trio.Nursery | None:
-        """Where sessions' upstreams run, while `run` serves."""
-        return self._nursery
-
     def _all_pools(self) -> list[ModernPool]:
         return [*self.pools.values(), *([self.aggregate_pool] if self.auth is None else []),
                 *self.project_pools.values()]
@@ -453,12 +448,8 @@ class HttpFront:
 
     async def _open_session(self, server: str, init: Frame, responder: Responder,
                             principal: Principal | None = None) -> None:
-        if len(self.sessions) >= self.settings.max_sessions:
-            await responder.send(503, JSON, errors.error_frame(
-                init.id, errors.GATEWAY_OVERLOADED,
-                f"too many sessions ({self.settings.max_sessions}, http.max_sessions); try again later"))
+        if await self.refused_as_full(init.id, responder):
             return
-        assert self._nursery is not None
         session = self.new_session(server, principal)
         self.sessions[session.id] = session
         if self.registry is not None:
@@ -467,14 +458,31 @@ class HttpFront:
             scope = telemetry.SCOPE.get()
             if scope is not None:
                 scope.session = session.id[:12]          # the label its dump records carry
-        if self.dumper is not None:   # never the whole Mcp-Session-Id: it is the session's only credential
-            session.tap = session.upstream.tap = self.dumper.tap(session.id[:12], server, "http", era="legacy")
-        await self._nursery.start(session.upstream.run)
+        await self.start_session(session)
         log.info("session %s (%s): opened", session.id[:8], server)
         await session.post(init, responder)
         if session.upstream.handshake.init_msg is not None and not session.upstream.handshake.completed:
             log.info("session %s (%s): initialize failed; closed", session.id[:8], server)
             await self._end_session(session, everywhere=True)
+
+    async def refused_as_full(self, req_id: Any, responder: Responder) -> bool:
+        """With `http.max_sessions` legacy sessions held (opened here or adopted), a new one is
+        refused with 503; True when it was."""
+        if len(self.sessions) < self.settings.max_sessions:
+            return False
+        await responder.send(503, JSON, errors.error_frame(
+            req_id, errors.GATEWAY_OVERLOADED,
+            f"too many sessions ({self.settings.max_sessions}, http.max_sessions); try again later"))
+        return True
+
+    async def start_session(self, session: LegacySession) -> None:
+        """Start a registered session's upstream, its dump tap first (labelled by the id's first 12
+        characters, never the whole `Mcp-Session-Id`: it is the session's only credential)."""
+        assert self._nursery is not None
+        if self.dumper is not None:
+            session.tap = session.upstream.tap = self.dumper.tap(session.id[:12], session.server, "http",
+                                                                 era="legacy")
+        await self._nursery.start(session.upstream.run)
 
     def new_session(self, server: str, principal: Principal | None, session_id: str | None = None) -> LegacySession:
         """A legacy session of the route (not started); `session_id`: adopted (session_adoption)."""

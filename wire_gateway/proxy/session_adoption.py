@@ -26,14 +26,11 @@ from wire_gateway.auth.directory import Principal
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.session_registry import SessionRecord, SessionRegistry
 from wire_gateway.transport.http_server import Request, Responder
-from wire_gateway.wire import errors
 
 if TYPE_CHECKING:
     from wire_gateway.proxy.http_front import HttpFront
 
 log = logging.getLogger("wire_gateway.http")
-
-JSON = [("content-type", "application/json")]
 
 
 class Answered:
@@ -81,27 +78,20 @@ class Adoption:
             log.info("session %s (%s): ended by DELETE (held by another instance)", session_id[:8], server)
             await responder.send(200, [])
             return ANSWERED
-        if len(front.sessions) >= front.settings.max_sessions:
-            await responder.send(503, JSON, errors.error_frame(
-                None, errors.GATEWAY_OVERLOADED,
-                f"too many sessions ({front.settings.max_sessions}, http.max_sessions); try again later"))
+        if await front.refused_as_full(None, responder):
             return ANSWERED
         return await self._start(session_id, server, principal, record)
 
     async def _start(self, session_id: str, server: str, principal: Principal | None,
                      record: SessionRecord) -> LegacySession:
         front = self.front
-        nursery = front.nursery
-        assert nursery is not None
         session = front.new_session(server, principal, session_id)
         session.upstream.handshake.restore(record.init, record.initialized, record.version)
         params = record.init.get("params")
         session.client_info = params.get("clientInfo") if isinstance(params, dict) else None
         front.sessions[session.id] = session
         self.registry.adopted(session, record)
-        if front.dumper is not None:   # never the whole Mcp-Session-Id: it is the session's only credential
-            session.tap = session.upstream.tap = front.dumper.tap(session.id[:12], server, "http", era="legacy")
-        await nursery.start(session.upstream.run)
+        await front.start_session(session)
         log.info("session %s (%s): adopted from the session registry (opened %.0fs ago elsewhere); "
                  "replaying its handshake", session.id[:8], server, time.time() - record.created)
         return session

@@ -153,8 +153,6 @@ def id_span(raw: bytes) -> tuple[int, int] | None:
     return None
 
 
-
-
 _FIRST = json.JSONDecoder()
 
 
