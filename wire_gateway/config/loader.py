@@ -23,6 +23,7 @@ from wire_gateway.config.auth import AuthSettings, OAuthClient, auth_problems, o
 from wire_gateway.config.guardrails import GuardrailPolicy, guardrail_problems, parse_guardrails, server_policies
 from wire_gateway.telemetry.masking import SECRETS
 from wire_gateway.wire.authority import AuthorityError, parse_host, parse_origins
+from wire_gateway.wire.forwarded import parse_networks
 from wire_gateway.wire.namespacing import server_name_problem
 
 ENV_VAR = "WIRE_GATEWAY_CONFIG"
@@ -193,6 +194,7 @@ class HttpSettings:
     port: int = 8080
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
     session_idle_timeout: float = 1800.0
     max_sessions: int = 10000
     max_body_bytes: int = 4 * 1024 * 1024
@@ -348,6 +350,11 @@ def allow_list_problems(http: dict[str, Any]) -> list[str]:
                 parse(entry)
             except AuthorityError as exc:
                 problems.append(f"$.http.{key}[{i}]: {entry!r} is not {shape}: {exc}")
+    for i, entry in enumerate(http.get("trusted_proxies", ())):
+        try:
+            parse_networks([entry])
+        except ValueError as exc:
+            problems.append(f"$.http.trusted_proxies[{i}]: {exc}")
     return problems
 
 
@@ -418,7 +425,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
         )
     logging_ = doc.get("logging", {})
     http = dict(doc.get("http", {}))
-    for key in ("allowed_hosts", "allowed_origins"):
+    for key in ("allowed_hosts", "allowed_origins", "trusted_proxies"):
         if key in http:
             http[key] = tuple(http[key])
     store = dict(doc.get("store", {}))

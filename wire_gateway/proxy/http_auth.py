@@ -18,6 +18,7 @@ from wire_gateway.auth.gate import credential_of, gate_for
 from wire_gateway.config import Config
 from wire_gateway.transport.http_request import Request
 from wire_gateway.wire import errors
+from wire_gateway.wire.forwarded import TrustedProxies, parse_networks
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 Response = tuple[int, list[tuple[str, str]], bytes]
@@ -84,6 +85,7 @@ class HttpAuth:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.gate = gate_for(config)
+        self.proxies = TrustedProxies(parse_networks(config.http.trusted_proxies))
         self.resource: ResourceMetadata | None = None
 
     async def start(self, nursery: Any, store: Any) -> None:
@@ -108,7 +110,7 @@ class HttpAuth:
         fast = self.gate.proven(credential) if credential is not None else None    # the usual case: no await
         if fast is not None and (server is None or fast.project.may_use(server)):
             return fast
-        address = request.client[0] if request.client else "-"
+        address = self.address(request)
         got = await self.gate.authenticate(credential, address)
         meta = self.metadata
         if isinstance(got, Principal) and got.kind == "jwt" and not got.serves(meta.base, meta.base + mcp_path):
@@ -123,8 +125,12 @@ class HttpAuth:
     def not_your_session(self, principal: Principal, server: str, mcp_path: str, request: Request) -> Response:
         refusal = self.gate.forbid(principal, server, None, "this session was opened with another credential; "
                                    "a session is bound to the key or token that opened it",
-                                   request.client[0] if request.client else "-")
+                                   self.address(request))
         return refusal_response(refusal, self.metadata, mcp_path)
+
+    def address(self, request: Request) -> str:
+        """The caller's address for the audit log: behind a trusted proxy, the one it forwarded."""
+        return self.proxies.client(request.client, request.header_all("x-forwarded-for"))
 
     @property
     def metadata(self) -> ResourceMetadata:
