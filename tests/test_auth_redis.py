@@ -1,7 +1,7 @@
 """Auth shared through Redis: two gateways, one set of keys and one rate-limit budget.
 
 Keys are made in Redis (as `wire-gateway keys create` does with a Redis store); both gateways
-accept them, both refuse a revoked key at once (the change is announced on the store's
+accept them, both refuse a revoked key within a second (the change is announced on the store's
 channel), and a project's limit is one budget however the requests are spread.
 """
 from __future__ import annotations
@@ -51,11 +51,15 @@ def test_two_gateways_share_keys_revocation_and_budgets(tmp_path: Path, redis_se
         limited = post(a, metered)
         assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
         assert post(a, key).status_code == 200                 # another caller is unaffected
+        # Revoked through the store (as `keys revoke` does): refused by both within a second (the
+        # issue's bound), since the change is announced on the store's channel, not polled for.
         tenancy.revoke_key(key[3:15])
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and (post(a, key).status_code, post(b, key).status_code) != (401, 401):
-            time.sleep(0.05)
+        revoked = time.monotonic()
+        while time.monotonic() < revoked + 3.0 and (post(a, key).status_code, post(b, key).status_code) != (401, 401):
+            time.sleep(0.02)
+        took = time.monotonic() - revoked
         assert post(a, key).status_code == 401 and post(b, key).status_code == 401
+        assert took < 1.0, f"revocation took {took:.2f} s to reach both gateways"
     finally:
         for gw in gateways:
             gw.stop()
