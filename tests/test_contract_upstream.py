@@ -7,7 +7,8 @@ runner whose auth slot serves a caller's project (`auth-command`), and an HTTP u
 presents the gateway's own OAuth client credentials (`oauth-url`, against a local issuer); the
 policy runner with guardrails on both sides (`guardrails-command`, `guardrails-url`); with tracing
 on (`traced-command`, `traced-url`: the runner a server without policy gets then, its spans kept in
-memory, one per tool request answered). They run in this test's own trio loop with a recording
+memory, one per tool request answered); a pool of three copies of a command server, each behind its
+policy runner (`pool-command`). They run in this test's own trio loop with a recording
 Sink standing in for the session; only the MCP servers behind them are real (the bundled echo
 server as a subprocess, the HTTP echo fixture on a free port).
 
@@ -40,12 +41,13 @@ from wire_gateway.dump.tap import G2S, S2G
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import Aggregate
 from wire_gateway.proxy.route import member_factory, open_upstream
+from wire_gateway.upstream.pool import PooledUpstream
 from wire_gateway.upstream.protocol import Upstream
 from wire_gateway.wire import jsonfast
 from wire_gateway.wire.frame import Frame, Kind, decode
 
 KINDS = ("command", "url", "policy-command", "policy-url", "aggregate-command", "aggregate-url", "auth-command",
-         "oauth-url", "guardrails-command", "guardrails-url", "traced-command", "traced-url")
+         "oauth-url", "guardrails-command", "guardrails-url", "traced-command", "traced-url", "pool-command")
 # the guardrails kinds: the filter of the policy kinds, and detectors on both sides that the
 # contract's traffic passes (a redaction rewrites what reaches the server, not who answers)
 GUARDRAILS = {"input": [{"detectors": ["secrets"], "action": "block"}, {"detectors": ["pii"], "action": "redact"}],
@@ -133,7 +135,7 @@ class Subject:
         server: dict[str, Any] = {"url": url} if kind.endswith("url") else dict(command)
         if timeout is not None:
             server["timeout"] = timeout
-        if kind.startswith("policy"):
+        if kind.startswith(("policy", "pool")):
             server = {**server, "tools": {"deny": ["add"]}}
         if kind.startswith("guardrails"):
             server = {**server, "tools": {"deny": ["add"]}, "guardrails": GUARDRAILS}
@@ -150,6 +152,10 @@ class Subject:
         self.services = Services(self.config)
         if kind.startswith("aggregate"):
             self.upstream: Upstream = Aggregate(self.config, sink, member_factory(self.config, self.services))
+        elif kind == "pool-command":      # three copies, each behind its policy runner
+            spec = self.config.servers["s"].resolved()
+            self.upstream = PooledUpstream(
+                "s", 3, lambda copy_sink: open_upstream(spec, self.config, copy_sink, self.services), sink)
         else:
             self.upstream = open_upstream(self.config.servers["s"].resolved(), self.config, sink, self.services)
 

@@ -149,6 +149,7 @@ class ServerSpec:
     sigterm_timeout: float = 2.0
     handshake_timeout: float = 10.0
     policy: PolicySpec = PolicySpec()
+    pool_size: int = 1                     # copies of a command server for modern requests (upstream.pool)
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
@@ -178,6 +179,7 @@ class ServerSpec:
             sigterm_timeout=self.sigterm_timeout,
             handshake_timeout=self.handshake_timeout,
             policy=self.policy,
+            pool_size=self.pool_size,
         )
 
 
@@ -394,6 +396,9 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
     clashes += [f"$.servers.{name}.timeout: null (no timeout) is only for a command server; a url server needs "
                 "a number of seconds" for name, s in doc["servers"].items() if "url" in s and
                 "timeout" in s and s["timeout"] is None]
+    clashes += [f"$.servers.{name}.pool: a url server is one endpoint, and balancing its copies is its own "
+                "business; pool only command servers" for name, s in doc["servers"].items()
+                if "url" in s and "pool" in s]
     clashes += oauth_problems(doc["servers"]) + auth_problems(doc.get("auth")) + guardrail_problems(doc)
     if clashes:
         raise ConfigError(clashes, source)
@@ -422,6 +427,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
             sigterm_timeout=shutdown.get("sigterm_timeout", 2.0),
             handshake_timeout=s.get("handshake_timeout", 10.0),
             policy=parse_policy(name, s),
+            pool_size=s.get("pool", {}).get("size", 1),
         )
     logging_ = doc.get("logging", {})
     http = dict(doc.get("http", {}))

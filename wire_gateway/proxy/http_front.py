@@ -53,6 +53,7 @@ from wire_gateway.store.redis import RedisStore
 from wire_gateway.telemetry import context as telemetry
 from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.transport.http_server import HttpLimits, Request, Responder, serve_http
+from wire_gateway.upstream.pool import PooledUpstream
 from wire_gateway.upstream.protocol import Sink, Upstream
 from wire_gateway.wire import errors
 from wire_gateway.wire.era import (
@@ -196,6 +197,8 @@ class HttpFront:
                    "inFlight": len(up.pending), "framesIn": up.frames_in, "framesOut": up.frames_out}
             if isinstance(up, Aggregate):     # an aggregate session: its member processes are its own
                 out["members"] = up.status()["members"]
+            elif isinstance(up, PooledUpstream):
+                out["copies"] = up.status()
             return out
 
         servers = {name: {"shared": upstream_status(pool.upstream), "modernEra": pool.era,

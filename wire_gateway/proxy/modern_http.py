@@ -1,5 +1,6 @@
 """Modern-era (2026-07-28) requests over HTTP: stateless, so every POST stands
-alone and all of them share one supervised process per server.
+alone and all of them share one supervised process per server (or the server's `pool` of
+copies, upstream.pool).
 
 Ids are remapped so concurrent clients never see each other's answers: the
 gateway gives each request its own integer id on the way up (counting from a
@@ -37,6 +38,7 @@ from wire_gateway.proxy.exchange import Backlog, Exchange
 from wire_gateway.proxy.http_answer import JSON, answer
 from wire_gateway.proxy.route import open_upstream
 from wire_gateway.transport.http_server import Responder
+from wire_gateway.upstream.pool import PooledUpstream
 from wire_gateway.upstream.protocol import Upstream
 from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import LEGACY_VERSIONS, META_PROTOCOL_VERSION, META_SUBSCRIPTION_ID, MODERN_VERSIONS
@@ -57,8 +59,13 @@ class ModernPool:
                  services: Any = None, upstream_factory: Callable[..., Upstream] | None = None) -> None:
         self.server = server
         self.keepalive = keepalive
-        self.upstream = (upstream_factory(spec, config.limits, self) if upstream_factory is not None
-                         else open_upstream(spec, config, self, services))
+        if upstream_factory is not None:
+            self.upstream: Upstream = upstream_factory(spec, config.limits, self)
+        elif spec.pool_size > 1 and spec.url is None:    # several copies, least busy first (upstream.pool)
+            self.upstream = PooledUpstream(server, spec.pool_size,
+                                           lambda sink: open_upstream(spec, config, sink, services), self)
+        else:
+            self.upstream = open_upstream(spec, config, self, services)
         # A modern `initialize` is answered here for a server process: sent on, it could switch the
         # process every modern client shares to the legacy era. An HTTP server answers its own (each
         # request stands alone there), and so does the aggregate.

@@ -69,6 +69,11 @@ class PendingTable:
         if entry is not None:
             entry.generation = generation
 
+    def generation_of(self, req_id: Any) -> int | None:
+        """The process a request in flight was written to (None: unknown id, or queued)."""
+        entry = self._by_id.get(req_id)
+        return entry.generation if entry is not None else None
+
     def pop(self, req_id: Any) -> Pending | None:
         entry = self._by_id.pop(req_id, None)
         if entry is not None and entry.token is not None:
