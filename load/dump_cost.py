@@ -13,9 +13,9 @@ import tempfile
 
 from .ab import apart, ratio_summary, side_by_side
 from .assets import SESSIONS
+from .figures import positive_int
 from .http_bench import dump_figures
 from .report import emit, markdown, times
-from .stdio_bench import positive_int
 from .targets import HttpProcess
 
 FIXTURE = SESSIONS / "echo-small-modern.jsonl"

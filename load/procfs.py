@@ -151,22 +151,6 @@ def still_running(pid: int, start: int) -> bool:
     return stat is not None and stat.start == start
 
 
-PIN_MODES = ("split", "same", "none")
-
-
-def add_pin_argument(parser) -> None:
-    """--pin and --spin: where the processes run and how the driver waits."""
-    parser.add_argument(
-        "--pin", choices=PIN_MODES, default="split",
-        help="CPU placement: split = driver on one CPU, target tree on the others "
-             "(default; stable figures); same = everything on one CPU; none = let the "
-             "scheduler decide (bimodal on small machines)")
-    parser.add_argument(
-        "--spin", action="store_true",
-        help="busy-poll answers instead of sleeping on the pipe: removes the client's "
-             "wake-up cost (burns the driver's CPU; use with --pin split)")
-
-
 def cpu_plan(mode: str) -> tuple:
     """(driver CPUs, target CPUs) for a --pin mode; (None, None) = unpinned (split with one CPU too).
     Unpinned rounds fall into two clusters ~3x apart: see docs/notes/load-design.md."""
