@@ -346,11 +346,14 @@ def idle_sessions(gateway: str, counts: list, tmpdir: str, timeout: float, reser
             return point
 
         def open_one(_):
-            client = hc.Client(target.url, modern=False, timeout=60.0)
             try:
-                client.open_session()
-            finally:
-                client.close()   # the session lives on; the connection is not needed
+                client = hc.Client(target.url, modern=False, timeout=60.0)
+                try:
+                    client.open_session()
+                finally:
+                    client.close()   # the session lives on; the connection is not needed
+            except BenchError as exc:
+                return str(exc)
             return client
 
         idle = checkpoint("idle")
@@ -370,12 +373,9 @@ def idle_sessions(gateway: str, counts: list, tmpdir: str, timeout: float, reser
                             f"{'measured so far' if clients else 'a first guess'}) and {reserve_mib} MiB is kept "
                             "in reserve")
                         break
-                    failures = []
-                    for future in [pool.submit(open_one, i) for i in range(step)]:
-                        try:
-                            clients.append(future.result())
-                        except BenchError as exc:
-                            failures.append(str(exc))
+                    opened = list(pool.map(open_one, range(step)))
+                    clients += [c for c in opened if not isinstance(c, str)]
+                    failures = [c for c in opened if isinstance(c, str)]
                     if failures:
                         raise BenchError(f"{len(failures)} of {step} sessions failed to open "
                                          f"(with {len(clients)} open): {failures[0]}")
@@ -398,10 +398,8 @@ def idle_sessions(gateway: str, counts: list, tmpdir: str, timeout: float, reser
                 out[f"tree_{key}_mib_per_session"] = round(growth_kib / 1024 / peak["sessions"], digits)
         out["delete_failures"], clients = _delete_sessions(clients, parallel), []
         gone_by = time.monotonic() + 30.0   # every session's process must be gone; a shared one stays
-        while True:
-            left = set(procfs.descendants(procfs.scan_processes(), pid)) - baseline_kids
-            if not left or time.monotonic() > gone_by:
-                break
+        while (left := set(procfs.descendants(procfs.scan_processes(), pid)) - baseline_kids) and \
+                time.monotonic() <= gone_by:
             time.sleep(0.2)
         out["session_processes_left"] = sorted(left)
         checkpoint("after DELETE of all sessions")

@@ -168,12 +168,30 @@ def fast_response(buf: bytes):
     return Response(int(head[9:12]), headers, buf[end + 4:stop], False), stop
 
 
+def json_or_text(raw: bytes):
+    """An answer's body parsed, or as text when it is not JSON (then judged malformed, and shown)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
+
+
 def sse_messages(body: bytes) -> list:
     """The ``data`` of each event of a whole SSE body (comments and other fields ignored)."""
     return [event.data for event in SSEDecoder().feed(body + b"\n\n") if event.data]
 
 
-class Client:
+class _Socket:
+    """What both connections share: their socket, closed once."""
+    sock: socket.socket | None = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class Client(_Socket):
     """One virtual client of ``http-bench``: one blocking keep-alive connection (and, legacy, one session)."""
 
     def __init__(self, url: Url, modern: bool, timeout: float = CONNECT_TIMEOUT_S):
@@ -192,11 +210,6 @@ class Client:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.fd, self.buf = sock, sock.fileno(), b""
         self.connects += 1
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
 
     def exchange(self, data: bytes) -> Response:
         """Send one whole request, read its whole response (blocking, bounded)."""
@@ -287,7 +300,7 @@ def close_clients(clients: list, end_sessions: bool = True) -> list:
     return bad
 
 
-class HttpConn:
+class HttpConn(_Socket):
     """One keep-alive connection of ``load run`` on a non-blocking socket; trio's ``wait_readable`` only
     when a read would block: one scheduler pass per answer, where trio's socket wrapper costs two or three."""
 
@@ -311,11 +324,6 @@ class HttpConn:
             raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.buf = sock, b""
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
 
     async def exchange(self, data: bytes, on_event=None, fast: bool = False) -> Response:
         """Send a request, return its Response; the events of a chunked event stream are given to

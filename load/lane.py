@@ -11,11 +11,10 @@ from __future__ import annotations
 import select
 import time
 
-import orjson
 import outcome
 import trio
 
-from .http_client import _CONTENT_LENGTH, _NEEDS_FULL_PARSE, Disconnected
+from .http_client import _CONTENT_LENGTH, _NEEDS_FULL_PARSE, Disconnected, json_or_text
 from .replay import Call, Script
 from .sessions import Answer
 
@@ -129,11 +128,7 @@ class FastLane:
         raw, conn.buf = buf[end + 4:stop], buf[stop:]
         now = time.perf_counter_ns()
         watch.since = 0
-        try:
-            msg = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            msg = raw.decode("utf-8", "replace")
-        self.stats.record(place.call, place.live_id, place.tagged, Answer(msg, raw), place.sent, now,
+        self.stats.record(place.call, place.live_id, place.tagged, Answer(json_or_text(raw), raw), place.sent, now,
                           self.opts.check, self.t0_ns)
         self.opts.progress[0] += 1
         place.pos += 1

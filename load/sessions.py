@@ -15,7 +15,7 @@ import trio
 from wire_gateway.wire.era import META_PROTOCOL_VERSION
 from wire_gateway.wire.headers import encode_header_value
 
-from .http_client import Disconnected, HttpConn, HttpStatus, request_head, sse_messages
+from .http_client import Disconnected, HttpConn, HttpStatus, json_or_text, request_head, sse_messages
 from .procfs import signal_group
 from .replay import ID_STRIDE, Call, Script
 
@@ -111,10 +111,7 @@ class HttpSession(Session):
             msg, raw = answer[0]
         else:
             raw = resp.body
-            try:
-                msg = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                msg = raw.decode("utf-8", "replace")
+            msg = json_or_text(raw)
         if self.legacy and call.method == "initialize":
             self.session_id = resp.header(b"mcp-session-id")
             self.heads.clear()
@@ -123,11 +120,7 @@ class HttpSession(Session):
     async def _event(self, data: bytes, counts: list, answer: list) -> None:
         if not data.strip():
             return   # the legacy era's priming event (empty data) carries no message
-        try:
-            msg = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            answer.append((data.decode("utf-8", "replace"), data))
-            return
+        msg = json_or_text(data)
         if not await self.from_server(msg, counts, self._reply) and not answer:
             answer.append((msg, data))
 
@@ -195,10 +188,7 @@ class StdioSession(Session):
         counts = [0, 0]
         while True:
             line = await self._line()
-            try:
-                got = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                return Answer(line.decode("utf-8", "replace"), line, *counts)
+            got = json_or_text(line)
             if await self.from_server(got, counts, self.notify):
                 continue
             rid = got.get("id") if isinstance(got, dict) else None
