@@ -44,26 +44,22 @@ class Stats:
         self.first_call = None           # seconds after start when the first call went out
         self.elapsed = 0.0
 
-    def to_dict(self) -> dict:
-        return {**vars(self), "latency": {k: v.tobytes() for k, v in self.latency.items()},
-                "done_at": self.done_at.tobytes(), "done_latency": self.done_latency.tobytes()}
-
-    def merge(self, part: dict) -> None:
-        """Add a worker's ``to_dict`` (its clock offset applied to the timeline)."""
-        for label, raw in part["latency"].items():
-            self.latency.setdefault(label, array("q")).frombytes(raw)
-        offset = part["start"] - self.start
+    def merge(self, part: Stats) -> None:
+        """Add a worker's Stats (its clock offset applied to the timeline)."""
+        for label, values in part.latency.items():
+            self.latency.setdefault(label, array("q")).extend(values)
+        offset = part.start - self.start
         shift = int(offset * 1e9)
-        self.done_at.extend(t + shift for t in array("q", part["done_at"]))
-        self.done_latency.frombytes(part["done_latency"])
-        self.errors.merge(part["errors"])
-        self.mismatches.merge(part["mismatches"])
+        self.done_at.extend(t + shift for t in part.done_at)
+        self.done_latency.extend(part.done_latency)
+        self.errors.merge(part.errors)
+        self.mismatches.merge(part.mismatches)
         for name in ("calls", "answered", "notifications", "server_requests", "cancelled", "sessions",
                      "session_failures"):
-            setattr(self, name, getattr(self, name) + part[name])
-        self.elapsed = max(self.elapsed, part["elapsed"] + offset)
-        if part["first_call"] is not None:
-            first = part["first_call"] + offset
+            setattr(self, name, getattr(self, name) + getattr(part, name))
+        self.elapsed = max(self.elapsed, part.elapsed + offset)
+        if part.first_call is not None:
+            first = part.first_call + offset
             self.first_call = first if self.first_call is None else min(self.first_call, first)
 
     def sent_at(self, t0_ns: int) -> int:

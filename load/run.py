@@ -78,15 +78,15 @@ def run_once(target: Target, script: replay.Script, concurrency: int, calls: int
     finally:
         forks.reap(procs, pipes, grace=10.0)
     stats = engine.Stats()
-    stats.start = min(p["start"] for p in parts)
+    stats.start = min(p.start for p in parts)
     for part in parts:
         stats.merge(part)
     return stats
 
 
-def _worker(_pipe, spec, script, first, count, calls, duration, rate, opts) -> dict:
+def _worker(_pipe, spec, script, first, count, calls, duration, rate, opts) -> engine.Stats:
     """A forked worker: its share of the sessions."""
-    return trio.run(engine.run_sessions, Target(spec), script, first, count, calls, duration, rate, opts).to_dict()
+    return trio.run(engine.run_sessions, Target(spec), script, first, count, calls, duration, rate, opts)
 
 
 def ms(ns) -> float | None:
