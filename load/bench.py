@@ -26,7 +26,6 @@ from .targets import HttpProcess
 
 PY = sys.executable
 ECHO = str(ECHO_SERVER)
-HTTP_ECHO = str(assets.HTTP_ECHO)
 MODERN = http_client.MODERN_VERSION
 LEGACY = http_client.LEGACY_VERSION
 META = http_client.modern_meta("load-bench")
