@@ -1,10 +1,9 @@
 """``load http-bench``: an MCP server over Streamable HTTP directly against through ``wire-gateway serve``.
 
-Either era, every answer checked; optionally the gateway's memory per idle legacy session, what dumps
-cost, or the driver's own ceiling against the canned-answer ``fast_server`` (docs/load.md). The driver
-must not be the limit: requests pre-serialised before the window, answers framed by hand, one epoll
-loop per process (why not ``load run``'s client: docs/notes/load-design.md). Over the usual size: its
-parts (driver, runs, idle sessions, fast server) are one command's and are not used elsewhere.
+Either era, every answer checked; optionally the gateway's memory per idle legacy session (``idle``),
+what dumps cost, or the driver's own ceiling against ``fast_echo``'s canned-answer HTTP server
+(docs/load.md). The driver must not be the limit: requests pre-serialised before the window, answers
+framed by hand, one epoll loop per process (why not ``load run``'s client: docs/notes/load-design.md).
 """
 from __future__ import annotations
 
@@ -12,22 +11,17 @@ import argparse
 import gc
 import json
 import os
-import re
 import select
-import signal
-import socket
 import sys
 import tempfile
 import time
 from array import array
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import orjson
 
-from . import BenchError, fast_echo, figures as fig, forks, http_client as hc, procfs
+from . import BenchError, fast_echo, figures as fig, forks, http_client as hc, idle, procfs
 from .assets import source_state
-from .report import emit, table
+from .report import emit
 from .stats import MAX_EXAMPLES, Counts
 from .targets import HttpProcess, Url, start_http
 
@@ -318,187 +312,6 @@ def dump_figures(path) -> dict:
     return {"records": records, "bytes": os.path.getsize(path), "dropped": dropped}
 
 
-def idle_sessions(gateway: str, counts: list, tmpdir: str, timeout: float, reserve_mib: int = 2048,
-                  parallel: int = 8, batch: int = 50) -> dict:
-    """Open legacy sessions up to each count, recording the gateway's RSS, then DELETE them all and check
-    that their processes are gone. Stops early (``stopped_early`` says why) when MemAvailable would drop
-    under ``reserve_mib`` for the next batch, at the per-session cost measured so far."""
-    out: dict = {"counts": counts, "checkpoints": [], "reserve_mib": reserve_mib}
-    target = None
-    clients: list = []
-    try:
-        target = start_http(gateway, "gateway", tmpdir, timeout)
-        if target.pid is None:
-            raise BenchError(f"cannot find the process listening on {target.url}: no RSS to measure")
-        deadline, pid = time.monotonic() + timeout, target.pid
-        time.sleep(1.0)   # let start-up settle
-        baseline_kids = set(procfs.descendants(procfs.scan_processes(), pid))
-
-        def checkpoint(label):
-            own, total, kids = procfs.tree_rss_kib(pid)
-            point = {"sessions": len(clients), "label": label, "gateway_rss_kib": own, "tree_rss_kib": total,
-                     "tree_pss_kib": procfs.tree_pss_kib(pid), "processes": kids + 1,
-                     "mem_available_mib": procfs.mem_available_kib() // 1024}
-            if point["sessions"]:
-                point["gateway_kib_per_session"] = round(
-                    (own - out["checkpoints"][0]["gateway_rss_kib"]) / point["sessions"], 1)
-            out["checkpoints"].append(point)
-            return point
-
-        def open_one(_):
-            try:
-                client = hc.Client(target.url, modern=False, timeout=60.0)
-                try:
-                    client.open_session()
-                finally:
-                    client.close()   # the session lives on; the connection is not needed
-            except BenchError as exc:
-                return str(exc)
-            return client
-
-        idle = checkpoint("idle")
-        per_session_mib = 15.0   # a guess until measured
-        opened_at = time.monotonic()
-        with ThreadPoolExecutor(parallel) as pool:
-            for goal in sorted(counts):
-                while len(clients) < goal and "stopped_early" not in out:
-                    if time.monotonic() > deadline:
-                        raise BenchError(f"time limit reached with {len(clients)} sessions open")
-                    step = min(batch, goal - len(clients))
-                    avail, need = procfs.mem_available_kib() / 1024, step * per_session_mib
-                    if avail - need < reserve_mib:
-                        out["stopped_early"] = (
-                            f"stopped at {len(clients)} sessions (goal {goal}): {avail:,.0f} MiB available, "
-                            f"the next {step} sessions need about {need:,.0f} MiB ({per_session_mib:.1f} MiB each, "
-                            f"{'measured so far' if clients else 'a first guess'}) and {reserve_mib} MiB is kept "
-                            "in reserve")
-                        break
-                    opened = list(pool.map(open_one, range(step)))
-                    clients += [c for c in opened if not isinstance(c, str)]
-                    failures = [c for c in opened if isinstance(c, str)]
-                    if failures:
-                        raise BenchError(f"{len(failures)} of {step} sessions failed to open "
-                                         f"(with {len(clients)} open): {failures[0]}")
-                    target.remember_now()
-                    # what a session really costs: its share of RAM (Pss), or what MemAvailable lost
-                    pss = (procfs.tree_pss_kib(pid) - idle["tree_pss_kib"]) / 1024 / len(clients)
-                    lost = (idle["mem_available_mib"] - procfs.mem_available_kib() / 1024) / len(clients)
-                    per_session_mib = max(1.0, pss, lost)
-                if "stopped_early" in out:
-                    break
-                time.sleep(1.0)   # let the new processes settle
-                checkpoint(f"{goal} idle sessions")
-        out["open_seconds"] = round(time.monotonic() - opened_at, 1)
-        peak = out["checkpoints"][-1]
-        out["peak_sessions"] = peak["sessions"]
-        if peak["sessions"]:
-            out["gateway_kib_per_session"] = peak["gateway_kib_per_session"]   # its checkpoint's, against idle
-            for key, digits in (("rss", 1), ("pss", 2)):
-                growth_kib = peak[f"tree_{key}_kib"] - idle[f"tree_{key}_kib"]
-                out[f"tree_{key}_mib_per_session"] = round(growth_kib / 1024 / peak["sessions"], digits)
-        out["delete_failures"], clients = _delete_sessions(clients, parallel), []
-        gone_by = time.monotonic() + 30.0   # every session's process must be gone; a shared one stays
-        while (left := set(procfs.descendants(procfs.scan_processes(), pid)) - baseline_kids) and \
-                time.monotonic() <= gone_by:
-            time.sleep(0.2)
-        out["session_processes_left"] = sorted(left)
-        checkpoint("after DELETE of all sessions")
-    except BenchError as exc:
-        out["error"] = str(exc)
-    finally:
-        if clients:
-            out["delete_failures"] = _delete_sessions(clients, parallel)
-        if target is not None:
-            out["shutdown"] = target.stop(grace=60.0)
-    return out
-
-
-def _delete_sessions(clients: list, parallel: int) -> list:
-    def delete(client):
-        try:
-            client.connect()
-            status = client.end_session()
-            return None if status == 200 else status
-        except BenchError as exc:
-            return str(exc)
-        finally:
-            client.close()
-
-    with ThreadPoolExecutor(parallel) as pool:
-        return [r for r in pool.map(delete, clients) if r is not None]
-
-
-_FAST_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
-_FAST_SESSION = re.compile(rb"\r\nmcp-session-id:[ \t]*([!-~]+)", re.I)
-
-
-def fast_server(port_file: str) -> None:
-    """Just enough Streamable HTTP to show how fast the driver goes: ``fast_echo``'s answers (one regex
-    match for a bench call), a fresh session for ``initialize``, 202 for a notification, 200 for DELETE;
-    one epoll loop. Not a real server; ``python -m load.http_bench --fast-server PORTFILE``."""
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1024)
-    listener.setblocking(False)
-    Path(port_file + ".tmp").write_text(f"{listener.getsockname()[1]}\n")
-    os.replace(port_file + ".tmp", port_file)
-    ep = select.epoll()
-    ep.register(listener.fileno(), select.EPOLLIN)
-    conns, bufs, sessions = {}, {}, 0
-    while True:
-        for fd, _ in ep.poll():
-            if fd == listener.fileno():
-                try:
-                    sock, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conns[sock.fileno()], bufs[sock.fileno()] = sock, b""
-                ep.register(sock.fileno(), select.EPOLLIN)
-                continue
-            sock = conns[fd]
-            try:
-                data = sock.recv(hc.READ_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                ep.unregister(fd)
-                del conns[fd], bufs[fd]
-                sock.close()
-                continue
-            buf, out = bufs[fd] + data if bufs[fd] else data, []
-            while (end := buf.find(b"\r\n\r\n")) >= 0:
-                m = _FAST_LENGTH.search(buf, 0, end + 2)
-                stop = end + 4 + (int(m.group(1)) if m else 0)
-                if len(buf) < stop:
-                    break
-                head, body, buf = buf[:end + 2], buf[end + 4:stop], buf[stop:]
-                sm = _FAST_SESSION.search(head)
-                sid = b"\r\nmcp-session-id: " + sm.group(1) if sm else b""
-                delete = head.startswith(b"DELETE ")
-                payload = b"" if delete else fast_echo.answer(body).rstrip(b"\n")
-                if b'"method":"initialize"' in body:
-                    sessions += 1
-                    sid = b"\r\nmcp-session-id: fast-%d" % sessions
-                out.append(b"HTTP/1.1 %s\r\ncontent-type: application/json%s\r\ncontent-length: %d\r\n\r\n%s"
-                           % (b"200 OK" if payload or delete else b"202 Accepted", sid, len(payload), payload))
-            bufs[fd] = buf
-            if out:
-                try:
-                    sock.sendall(b"".join(out))   # small: fits the empty send buffer
-                except OSError:
-                    pass
-
-
-def mib(kib) -> str:
-    return "-" if kib is None else f"{kib / 1024:,.1f}"
-
-
 def render(result: dict) -> str:
     cfg = result["config"]
     if "eras" in result:   # --ceiling
@@ -523,34 +336,12 @@ def render(result: dict) -> str:
     first = next(iter(result["summary"].values()), None)
     if first is not None and not cfg.get("dump"):
         d, g = first["direct"], first["gateway"]
-        lines.append(f"RSS at the end of a run (median), MiB: direct {mib(d.get('rss_kib'))}; gateway "
-                     f"{mib(g.get('rss_kib'))} itself, {mib(g.get('tree_rss_kib'))} with its children")
+        lines.append(f"RSS at the end of a run (median), MiB: direct {idle.mib(d.get('rss_kib'))}; gateway "
+                     f"{idle.mib(g.get('rss_kib'))} itself, {idle.mib(g.get('tree_rss_kib'))} with its children")
     lines += [f"round {i} dump: {rnd['gateway']['dump']}" for i, rnd in enumerate(result["rounds"], 1)
               if "dump" in rnd["gateway"]]
-    idle = result.get("idle_sessions")
-    if idle is not None:
-        lines += ["", "== idle legacy sessions on the gateway (initialize + initialized, then idle)",
-                  *table(["", "sessions", "gateway RSS MiB", "tree RSS MiB", "tree PSS MiB", "processes",
-                          "MemAvailable MiB", "gw KiB/session"],
-                         [[p["label"], p["sessions"], mib(p["gateway_rss_kib"]), mib(p["tree_rss_kib"]),
-                           mib(p["tree_pss_kib"]), p["processes"], p["mem_available_mib"],
-                           p.get("gateway_kib_per_session")] for p in idle.get("checkpoints", [])], indent=0)]
-        if "gateway_kib_per_session" in idle:
-            lines.append(f"  per idle session: gateway's own RSS +{idle['gateway_kib_per_session']:.1f} KiB; "
-                         f"whole tree +{idle['tree_rss_mib_per_session']:.1f} MiB RSS, "
-                         f"+{idle['tree_pss_mib_per_session']:.2f} MiB PSS (mostly the upstream process); "
-                         f"{idle['peak_sessions']} sessions opened in {idle.get('open_seconds')}s")
-        if "stopped_early" in idle:
-            lines.append(f"  {idle['stopped_early']}")
-        if "session_processes_left" in idle:
-            left = idle["session_processes_left"]
-            lines.append(f"  after DELETE: {len(left)} session processes left {left if left else ''}; "
-                         f"DELETE failures: {len(idle.get('delete_failures', []))}")
-        if "error" in idle:
-            lines.append(f"  ERROR {idle['error']}")
-        stop = idle.get("shutdown", {})
-        if stop.get("stragglers") or stop.get("stopped_by") not in ("SIGTERM", "external (left running)", None):
-            lines.append(f"  shutdown {stop}")
+    if "idle_sessions" in result:
+        lines += ["", *idle.render(result["idle_sessions"])]
     lines.append(f"total mismatches: {result['mismatches']}   errors: {result['errors']}")
     return "\n".join(lines)
 
@@ -617,14 +408,14 @@ def run(args) -> int:
             plan = {"direct": slot(args.direct, "direct"), "gateway": slot(args.gateway, "gateway")}
         result = fig.ab_result(config, plan, args.rounds, args.pin, args.spin, names, ("rss_kib", "tree_rss_kib"))
         if args.idle_sessions:
-            result["idle_sessions"] = idle_sessions(args.gateway, args.idle_sessions, tmpdir, args.idle_timeout,
-                                                    args.mem_reserve)
-    idle = result.get("idle_sessions") or {}
-    return emit(result, args.json, render, "error" in idle or bool(idle.get("session_processes_left")
-                                                                  or idle.get("delete_failures")))
+            result["idle_sessions"] = idle.measure(args.gateway, args.idle_sessions, tmpdir, args.idle_timeout,
+                                                   args.mem_reserve)
+    idled = result.get("idle_sessions") or {}
+    return emit(result, args.json, render, "error" in idled or bool(idled.get("session_processes_left")
+                                                                   or idled.get("delete_failures")))
 
 
-if __name__ == "__main__":   # `python -m load.http_bench --fast-server PORTFILE`: the canned-answer server
+if __name__ == "__main__":   # `python -m load.http_bench --fast-server PORTFILE`: fast_echo's HTTP server
     if sys.argv[1:2] != ["--fast-server"] or len(sys.argv) != 3:
         sys.exit("usage: python -m load.http_bench --fast-server PORTFILE")
-    fast_server(sys.argv[2])
+    fast_echo.serve_http(sys.argv[2])
