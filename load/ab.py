@@ -2,7 +2,7 @@
 
 ``alternate``: rounds of A then B, each on a fresh target, medians compared (``compare_medians``);
 ``side_by_side``: A and B together on one CPU, each driven by its own ``load run`` for the same time,
-so both see the same machine phases (``ratio_summary`` over rounds).
+so both see the same machine phases (``apart`` for the rounds, ``ratio_summary`` over them).
 """
 from __future__ import annotations
 
@@ -32,11 +32,6 @@ def compare_medians(runs_a: list, runs_b: list, picks: dict[str, Callable[[dict]
     return out
 
 
-def drive_argv(url: str, fixture: str, concurrency: int, extra: list) -> list:
-    """The argv of one ``load run --json`` against ``url``."""
-    return [*tool("run"), "--target", url, "--fixture", fixture, "-c", str(concurrency), *extra, "--json"]
-
-
 def read_run(out: str, what: str) -> dict:
     """calls/s, mismatches and errors of one ``load run --json``."""
     try:
@@ -55,15 +50,19 @@ def side_by_side(starters: list, fixtures: list, concurrency: int, duration: flo
     timeout = duration + 120.0
     extras = extras or [[], []]
     targets: list = []
+
+    def load_run(url: str, fixture: str, *extra: str) -> list:
+        return [*tool("run"), "--target", url, "--fixture", fixture, "-c", str(concurrency), *extra, "--json"]
+
     try:
         for start in starters:
             targets.append(start())
         urls = [str(t.url) for t in targets]
         for url, fixture, label, extra in zip(urls, warmups or fixtures, "AB", extras):
-            warm = subprocess.run(drive_argv(url, fixture, concurrency, ["-n", str(warmup_calls), *extra]),
+            warm = subprocess.run(load_run(url, fixture, "-n", str(warmup_calls), *extra),
                                   capture_output=True, text=True, cwd=CHECKOUT, timeout=timeout)
             read_run(warm.stdout, f"warm-up {label}")
-        drivers = [subprocess.Popen(drive_argv(url, fixture, concurrency, ["--duration", f"{duration}s", *extra]),
+        drivers = [subprocess.Popen(load_run(url, fixture, "--duration", f"{duration}s", *extra),
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=CHECKOUT)
                    for url, fixture, extra in zip(urls, fixtures, extras)]
         try:
@@ -95,7 +94,7 @@ def apart(rounds: int, one_round: Callable[[set], dict]) -> tuple[list, set, set
 def ratio_summary(results: list) -> dict:
     """Median, min and max of the rounds' B/A, and the mismatches and errors of every run."""
     ratios = [r["ratio"] for r in results if r.get("ratio")]
+    sides = [r[s] for r in results for s in ("a", "b") if s in r]
     return {"median": median(ratios), "min": min(ratios, default=None), "max": max(ratios, default=None),
-            "mismatches": sum(r[s]["mismatches"] for r in results for s in ("a", "b") if s in r),
-            "errors": sum(1 for r in results if "error" in r) + sum(r[s]["errors"] for r in results
-                                                                     for s in ("a", "b") if s in r)}
+            "mismatches": sum(s["mismatches"] for s in sides),
+            "errors": sum(1 for r in results if "error" in r) + sum(s["errors"] for s in sides)}

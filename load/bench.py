@@ -2,7 +2,6 @@
 
 Each scenario is data (``SCENARIOS``): a fixture made on the fly, its concurrency levels, and how to
 start its direct (A) and gateway (B) targets; each run is ``load run``'s engine, every answer checked.
-A scenario whose gateway feature is missing is reported as "not available", the gateway asked why.
 """
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +18,7 @@ from functools import partial
 from importlib import metadata
 from pathlib import Path
 
-from . import BenchError, assets, http_client, replay, run as load_run
+from . import BenchError, assets, engine, http_client, replay, run as load_run
 from .ab import alternate, compare_medians
 from .assets import CHECKOUT, ECHO_SERVER
 from .report import fmt, markdown
@@ -28,7 +26,6 @@ from .targets import HttpProcess
 
 PY = sys.executable
 ECHO = str(ECHO_SERVER)
-HTTP_ECHO = str(assets.HTTP_ECHO)
 MODERN = http_client.MODERN_VERSION
 LEGACY = http_client.LEGACY_VERSION
 META = http_client.modern_meta("load-bench")
@@ -72,7 +69,6 @@ class Scenario:
     levels: tuple                   # concurrency levels
     gateway_config: dict | None = None
     dump: bool = False
-    needs: str | None = None        # a gateway feature: "cache" | "dump"
     note: str = ""
     quick_levels: tuple = (1, 2)
     calls_factor: float = 1.0       # scales -n (big answers: fewer calls)
@@ -91,7 +87,6 @@ def echo_server(*args: str, **policy) -> dict:
     return {"servers": {"echo": {"command": PY, "args": [ECHO, *args], **policy}}}
 
 
-ECHO_SERVER = {"command": PY, "args": [ECHO]}
 # The echo server says its lists may be cached for a minute (a modern result's ttlMs; it says 0 by
 # default, and a gateway honours that by not caching): both tools/list scenarios run it so.
 LISTABLE = echo_server("--ttl-ms", "60000")
@@ -106,7 +101,7 @@ SCENARIOS = [
     Scenario("tools/list", "http", "modern", [("tools/list", {}, None)] * 8, (1, 16), gateway_config=LISTABLE,
              note="modern; the gateway without a cache: every call goes to the server (echo.py --ttl-ms 60000)"),
     Scenario("tools/list cached", "http", "modern", [("tools/list", {}, None)] * 8, (1, 16),
-             gateway_config=echo_server("--ttl-ms", "60000", cache={"tools_list_ttl": 60}), needs="cache",
+             gateway_config=echo_server("--ttl-ms", "60000", cache={"tools_list_ttl": 60}),
              baseline="gateway", baseline_config=LISTABLE,
              note='A/B of the gateway itself: the "direct" columns are the gateway without policy, the "gateway" '
                   'columns config "cache": {"tools_list_ttl": 60} (with the default pinning and schema); the '
@@ -127,59 +122,34 @@ SCENARIOS = [
                   'the aggregate'),
     Scenario("1 MiB result", "stdio", "legacy", [("tools/call", {"name": "big", "arguments": {"size": ONE_MIB}}, None)],
              (1, 4), calls_factor=0.02, note="tools/call big {size: 1048576}; stdio (http_echo.py has no big tool)"),
-    Scenario("http echo dump on", "http", "modern", echo_calls(), (1, 16), dump=True, needs="dump",
-             baseline="gateway",
+    Scenario("http echo dump on", "http", "modern", echo_calls(), (1, 16), dump=True, baseline="gateway",
              note="A/B of the gateway itself: the \"direct\" columns are the gateway with dumps off, the "
                   "\"gateway\" columns serve --dump PATH (every frame at every hop recorded); ratio = the "
                   "throughput kept with dumps on"),
 ]
 
 
-def feature_missing(needs: str | None, tmpdir: str) -> str | None:
-    """Why the gateway cannot run a scenario needing ``needs``, or None if it can."""
-    if needs is None:
-        return None
-    if needs == "cache":
-        config = Path(tmpdir) / "cache-probe.json"
-        config.write_text(json.dumps({"servers": {"echo": dict(ECHO_SERVER, cache={"tools_list_ttl": 60})}}))
-        proc = subprocess.run([PY, "-m", "wire_gateway", "check", "--config", str(config)], capture_output=True,
-                              text=True, timeout=60, cwd=CHECKOUT)
-        if proc.returncode != 0:
-            first = (proc.stdout + proc.stderr).strip().splitlines()
-            return ("the gateway rejects a per-server cache config: "
-                    + (first[-1].strip(" -") if first else f"exit {proc.returncode}"))
-        return None
-    if needs == "dump":
-        proc = subprocess.run([PY, "-m", "wire_gateway", "serve", "--help"], capture_output=True, text=True,
-                              timeout=60, cwd=CHECKOUT)
-        if "--dump" not in proc.stdout:
-            return "wire-gateway serve has no --dump option"
-        return None
-    return f"unknown feature {needs!r}"
-
-
 def start(scenario: Scenario, slot: str, tmpdir: str, timeout: float) -> tuple:
     """(the load_run.Target of a scenario's direct or gateway slot, what to stop after the run or None);
     stdio: only a command (each session spawns its own process)."""
+    baseline = slot == "direct"
+    config = scenario.baseline_config if baseline and scenario.baseline_config is not None \
+        else scenario.gateway_config
     if scenario.transport == "stdio":
-        if slot == "direct":
+        if baseline:
             return load_run.Target("stdio:" + shlex.join([PY, ECHO])), None
-        config = Path(tmpdir) / f"{slot}-stdio.json"
-        config.write_text(json.dumps(scenario.gateway_config or {"servers": {"echo": ECHO_SERVER}}))
-        return load_run.Target("stdio:" + shlex.join([PY, "-m", "wire_gateway", "stdio", "--config", str(config),
+        path = Path(tmpdir) / f"{slot}-stdio.json"
+        path.write_text(json.dumps(config or echo_server()))
+        return load_run.Target("stdio:" + shlex.join([PY, "-m", "wire_gateway", "stdio", "--config", str(path),
                                                       "--log-level", "warning"])), None
     own = tempfile.mkdtemp(dir=tmpdir)
-    if slot == "direct" and scenario.baseline == "direct":
+    if baseline and scenario.baseline == "direct":
         target = HttpProcess("direct", own, timeout)
     else:
-        baseline = slot == "direct"
-        config = scenario.baseline_config if baseline and scenario.baseline_config is not None \
-            else scenario.gateway_config
         if config is not None:   # HttpProcess uses this file when it exists
             (Path(own) / "http-bench-gateway.json").write_text(json.dumps(config))
-        kwargs = {"dump": True} if scenario.dump and not baseline else {}
-        target = HttpProcess("gateway", own, timeout, path=scenario.baseline_path if baseline
-                                       else scenario.path, **kwargs)
+        target = HttpProcess("gateway", own, timeout, path=scenario.baseline_path if baseline else scenario.path,
+                             dump=scenario.dump and not baseline)
     return load_run.Target(str(target.url)), target
 
 
@@ -200,9 +170,9 @@ def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir:
         try:
             if scenario.transport == "http":   # the first requests pay for connections and probes
                 load_run.run_once(target, warmup or scripts[slot], level, max(level, calls // 10),
-                                  None, None, replay.Options(timeout=min(timeout, 60.0)))
-            opts = replay.Options(timeout=min(timeout, 60.0))
-            stats = load_run.run_once(target, scripts[slot], level, calls, None, None, opts)
+                                  None, None, engine.Options(timeout=min(timeout, 60.0)))
+            stats = load_run.run_once(target, scripts[slot], level, calls, None, None,
+                                      engine.Options(timeout=min(timeout, 60.0)))
         finally:
             if process is not None:
                 process.stop()
@@ -212,43 +182,31 @@ def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir:
         calls = max(level, int(n * scenario.calls_factor))
         per_round = alternate(rounds, {slot: partial(one, slot, level, calls) for slot in ("direct", "gateway")})
         runs = {slot: [r[slot] for r in per_round] for slot in ("direct", "gateway")}
-        out["levels"][level] = {"runs": runs, **figures(runs)}
+        picks = {k: load_run.FIGURES[k] for k in ("calls_per_s", "p50_ms", "p99_ms")}
+        cmp = compare_medians(runs["direct"], runs["gateway"], picks, digits=2)
+        out["levels"][level] = {
+            "runs": runs, **{slot: {k: row[side] for k, row in cmp.items()} for slot, side in (("direct", "a"),
+                                                                                              ("gateway", "b"))},
+            "ratio": cmp["calls_per_s"]["ratio_b_to_a"],
+            "mismatches": sum(r["mismatches"] for slot in runs for r in runs[slot]),
+            "errors": sum(sum(r["errors"].values()) + r["session_failures"] for slot in runs for r in runs[slot])}
     return out
 
 
-def figures(runs: dict) -> dict:
-    picks = {k: load_run.FIGURES[k] for k in ("calls_per_s", "p50_ms", "p99_ms")}
-    cmp = compare_medians(runs["direct"], runs["gateway"], picks, digits=2)
-    fig: dict = {slot: {k: row[side] for k, row in cmp.items()} for slot, side in (("direct", "a"), ("gateway", "b"))}
-    fig["ratio"] = cmp["calls_per_s"]["ratio_b_to_a"]
-    fig["mismatches"] = sum(r["mismatches"] for slot in runs for r in runs[slot])
-    fig["errors"] = sum(sum(r["errors"].values()) + r["session_failures"] for slot in runs for r in runs[slot])
-    return fig
-
-
 def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 "unknown")
     versions = {}
     for name in ("trio", "orjson", "h11", "wire-gateway"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    mem = None
-    try:
-        mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
-    except (ValueError, OSError):
-        pass
-    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": mem, "python": platform.python_version(),
-            "kernel": platform.release(), "versions": versions, "gateway_source": assets.source_state(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    return {"cpus": os.cpu_count(), "cpu_model": model,
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1),
+            "python": platform.python_version(), "kernel": platform.release(), "versions": versions,
+            "gateway_source": assets.source_state(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average_before": os.getloadavg()[0]}
 
 
@@ -257,11 +215,6 @@ def bench(quick: bool, rounds: int, n: int, only: list | None, timeout: float) -
     with tempfile.TemporaryDirectory(prefix="load-bench-") as tmpdir:
         for scenario in SCENARIOS:
             if only and scenario.name not in only:
-                continue
-            missing = feature_missing(scenario.needs, tmpdir)
-            if missing:
-                result["scenarios"].append({"name": scenario.name, "note": scenario.note,
-                                            "not_available": missing})
                 continue
             levels = scenario.quick_levels if quick else scenario.levels
             try:
@@ -301,9 +254,8 @@ def render_markdown(result: dict, command: str) -> str:
     ]
     rows = []
     for s in result["scenarios"]:
-        if "not_available" in s or "error" in s:
-            why = f"not available: {s['not_available']}" if "not_available" in s else f"failed: {s['error'][:200]}"
-            rows.append([s["name"], "", why, *[""] * 6])
+        if "error" in s:
+            rows.append([s["name"], "", f"failed: {s['error'][:200]}", *[""] * 6])
         for level, f in s.get("levels", {}).items():
             d, g = f["direct"], f["gateway"]
             rows.append([s["name"], str(level), fmt(d["calls_per_s"], 0), fmt(g["calls_per_s"], 0),

@@ -13,29 +13,28 @@ import tempfile
 
 from .ab import apart, ratio_summary, side_by_side
 from .assets import SESSIONS
+from .figures import positive_int
 from .http_bench import dump_figures
 from .report import emit, markdown, times
-from .stdio_bench import positive_int
 from .targets import HttpProcess
 
 FIXTURE = SESSIONS / "echo-small-modern.jsonl"
 WARMUP_CALLS = 1500
 
 
-def one_round(tmpdir: str, concurrency: int, duration: float, control: bool, target_cpus) -> dict:
-    """Start A and B, warm both, drive both for `duration` at once, stop both."""
-    result, targets = side_by_side([lambda dump=dump: HttpProcess("gateway", tmpdir, duration + 120.0, target_cpus,
-                                                                  dump=dump) for dump in (False, not control)],
-                                   [str(FIXTURE)] * 2, concurrency, duration, WARMUP_CALLS)
-    if len(targets) == 2 and targets[1].dump_file is not None and targets[1].dump_file.exists():
-        result["dump"] = dump_figures(targets[1].dump_file)
-    return result
-
-
 def run_rounds(rounds: int, concurrency: int, duration: float, control: bool) -> dict:
+    """Per round: start A and B, warm both, drive both for ``duration`` at once, stop both."""
+    def one_round(target_cpus) -> dict:
+        result, targets = side_by_side([lambda dump=dump: HttpProcess("gateway", tmpdir, duration + 120.0,
+                                                                      target_cpus, dump=dump)
+                                        for dump in (False, not control)],
+                                       [str(FIXTURE)] * 2, concurrency, duration, WARMUP_CALLS)
+        if len(targets) == 2 and targets[1].dump_file is not None and targets[1].dump_file.exists():
+            result["dump"] = dump_figures(targets[1].dump_file)
+        return result
+
     with tempfile.TemporaryDirectory(prefix="dump-cost-") as tmpdir:
-        results, target_cpus, driver_cpus = apart(rounds, lambda cpus: one_round(tmpdir, concurrency, duration,
-                                                                                 control, cpus))
+        results, target_cpus, driver_cpus = apart(rounds, one_round)
     summary = ratio_summary(results)
     return {
         "config": {"rounds": rounds, "concurrency": concurrency, "duration_s": duration, "control": control,
@@ -46,6 +45,7 @@ def run_rounds(rounds: int, concurrency: int, duration: float, control: bool) ->
         "throughput_kept": {k: summary[k] for k in ("median", "min", "max")},
         "mismatches": summary["mismatches"], "errors": summary["errors"],
     }
+
 
 def render(result: dict) -> str:
     config = result["config"]
@@ -75,5 +75,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    result = run_rounds(args.rounds, args.concurrency, args.duration, args.control)
-    return emit(result, args.json, render)
+    return emit(run_rounds(args.rounds, args.concurrency, args.duration, args.control), args.json, render)

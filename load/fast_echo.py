@@ -1,11 +1,17 @@
-"""``load fast-echo``: a stdio echo MCP server that costs (almost) nothing per call, the ceiling's target.
+"""``load fast-echo``: an echo MCP server that costs (almost) nothing per call, the ceilings' target.
 
 A bench call (serialised as ``stdio_bench.request_bytes`` does) is answered with one regex match and
 one bytes format, a whole 64 KiB chunk with one write; anything else is parsed and answered properly.
+Over stdio (``serve``, ``stdio-ceiling``'s target) or, with just enough Streamable HTTP around the same
+answers, over HTTP (``serve_http``, ``http-bench --ceiling``'s).
 """
 import os
 import re
+import select
+import signal
+import socket
 import sys
+from pathlib import Path
 
 import orjson
 
@@ -89,6 +95,73 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+_FAST_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
+_FAST_SESSION = re.compile(rb"\r\nmcp-session-id:[ \t]*([!-~]+)", re.I)
+
+
+def serve_http(port_file: str) -> None:
+    """Just enough Streamable HTTP to show how fast the driver goes: ``answer`` (one regex match for a
+    bench call), a fresh session for ``initialize``, 202 for a notification, 200 for DELETE;
+    one epoll loop. Not a real server; ``python -m load.http_bench --fast-server PORTFILE``."""
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    listener.setblocking(False)
+    Path(port_file + ".tmp").write_text(f"{listener.getsockname()[1]}\n")
+    os.replace(port_file + ".tmp", port_file)
+    ep = select.epoll()
+    ep.register(listener.fileno(), select.EPOLLIN)
+    conns, bufs, sessions = {}, {}, 0
+    while True:
+        for fd, _ in ep.poll():
+            if fd == listener.fileno():
+                try:
+                    sock, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conns[sock.fileno()], bufs[sock.fileno()] = sock, b""
+                ep.register(sock.fileno(), select.EPOLLIN)
+                continue
+            sock = conns[fd]
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                ep.unregister(fd)
+                del conns[fd], bufs[fd]
+                sock.close()
+                continue
+            buf, out = bufs[fd] + data if bufs[fd] else data, []
+            while (end := buf.find(b"\r\n\r\n")) >= 0:
+                m = _FAST_LENGTH.search(buf, 0, end + 2)
+                stop = end + 4 + (int(m.group(1)) if m else 0)
+                if len(buf) < stop:
+                    break
+                head, body, buf = buf[:end + 2], buf[end + 4:stop], buf[stop:]
+                sm = _FAST_SESSION.search(head)
+                sid = b"\r\nmcp-session-id: " + sm.group(1) if sm else b""
+                delete = head.startswith(b"DELETE ")
+                payload = b"" if delete else answer(body).rstrip(b"\n")
+                if b'"method":"initialize"' in body:
+                    sessions += 1
+                    sid = b"\r\nmcp-session-id: fast-%d" % sessions
+                out.append(b"HTTP/1.1 %s\r\ncontent-type: application/json%s\r\ncontent-length: %d\r\n\r\n%s"
+                           % (b"200 OK" if payload or delete else b"202 Accepted", sid, len(payload), payload))
+            bufs[fd] = buf
+            if out:
+                try:
+                    sock.sendall(b"".join(out))   # small: fits the empty send buffer
+                except OSError:
+                    pass
 
 
 if __name__ == "__main__":

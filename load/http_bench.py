@@ -1,12 +1,9 @@
 """``load http-bench``: an MCP server over Streamable HTTP directly against through ``wire-gateway serve``.
 
-Either era (modern: stateless POSTs with the headers and ``_meta``; legacy: a session per virtual
-client, ended with DELETE), every answer checked; optionally the gateway's memory per idle legacy
-session (``--idle-sessions``), what dumps cost (``--dump``) or the driver's own ceiling (``--ceiling``,
-against the canned-answer server ``fast_server``). The driver must not be the limit: raw sockets,
-requests pre-serialised before the window, answers framed by hand, one epoll loop per process, and
-``--workers`` to fork more. See docs/load.md. Over the usual size: its parts (driver, runs, idle
-sessions, fast server) are one command's and are not used elsewhere.
+Either era, every answer checked; optionally the gateway's memory per idle legacy session (``idle``),
+what dumps cost, or the driver's own ceiling against ``fast_echo``'s canned-answer HTTP server
+(docs/load.md). The driver must not be the limit: requests pre-serialised before the window, answers
+framed by hand, one epoll loop per process (why not ``load run``'s client: docs/notes/load-design.md).
 """
 from __future__ import annotations
 
@@ -14,43 +11,23 @@ import argparse
 import gc
 import json
 import os
-import re
 import select
-import signal
-import socket
 import sys
 import tempfile
 import time
 from array import array
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import orjson
 
-from . import BenchError, fast_echo, forks, procfs, stdio_bench as sb
+from . import BenchError, fast_echo, figures as fig, forks, http_client as hc, idle, procfs
 from .assets import source_state
-from .http_client import (
-    READ_SIZE,
-    Client,
-    ProtocolError,
-    Response,
-    close_clients,
-    modern_meta,
-    open_clients,
-    parse_response,
-    sse_messages,
-)
-from .procfs import CpuSample, mem_available_kib, tree_pss_kib, tree_rss_kib
-from .report import emit, table
+from .report import emit
 from .stats import MAX_EXAMPLES, Counts
-from .stdio_bench import DriveResult, expected_content
 from .targets import HttpProcess, Url, start_http
 
 ERAS = ("modern", "legacy")
-WARMUP_CALLS = 500
-FIRST_CALL_ID = 1
 STALL_S = 10.0          # no byte from any connection for this long: the run fails
-META = b'"_meta":' + orjson.dumps(modern_meta("http-bench"))
+META = b'"_meta":' + orjson.dumps(hc.modern_meta("http-bench"))
 
 
 def call_tail(call_id: int, modern: bool) -> bytes:
@@ -60,31 +37,29 @@ def call_tail(call_id: int, modern: bool) -> bytes:
     return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
-def check_answer(resp: Response, call_id: int, modern: bool):
+def check_answer(resp: hc.Response, call_id: int, modern: bool):
     """(kind, sample bytes, notifications) of a bad answer, or (None, None, notifications)."""
-    body = resp.body
-    notes = 0
+    body, notes = resp.body, 0
+    ctype = resp.headers.get(b"content-type", b"")
     if resp.status != 200:
         return "http_%d" % resp.status, body, 0
-    ctype = resp.headers.get(b"content-type", b"")
     if ctype.startswith(b"text/event-stream"):
-        answer = None
-        for data in sse_messages(body):
+        msg = None
+        for data in hc.sse_messages(body):
             try:
-                msg = orjson.loads(data)
+                event = orjson.loads(data)
             except orjson.JSONDecodeError:
                 return "unparseable_event", data, notes
-            if type(msg) is dict and "method" in msg:
-                if "id" in msg:
+            if type(event) is dict and "method" in event:
+                if "id" in event:
                     return "server_request", data, notes   # not allowed on a modern stream; unexpected here
                 notes += 1
-            elif answer is None:
-                answer, body = msg, data
+            elif msg is None:
+                msg, body = event, data
             else:
                 return "extra_answer", data, notes
-        if answer is None:
+        if msg is None:
             return "no_answer_in_stream", body, notes
-        msg = answer
     elif ctype.startswith(b"application/json"):
         try:
             msg = orjson.loads(body)
@@ -94,34 +69,32 @@ def check_answer(resp: Response, call_id: int, modern: bool):
         return "content_type", ctype + b" " + body[:100], 0
     if type(msg) is not dict:
         return "malformed", body, notes
-    rid = msg.get("id")
+    rid, result = msg.get("id"), msg.get("result")
     if type(rid) is not int or rid != call_id:
         return "wrong_id", body, notes
-    result = msg.get("result")
     if type(result) is not dict:
         return ("error" if "error" in msg else "malformed"), body, notes
-    if result.get("content") != expected_content(call_id) or result.get("isError"):
+    if result.get("content") != fig.expected_content(call_id) or result.get("isError"):
         return "wrong_content", body, notes
     if modern and result.get("resultType") != "complete":
         return "wrong_result_type", body, notes
     return None, None, notes
 
 
-def drive(clients: list, first_id: int, n: int, spin: bool = False, deadline: float | None = None) -> DriveResult:
+def drive(clients: list, first_id: int, n: int, spin: bool = False, deadline: float | None = None) -> fig.DriveResult:
     """Send ``n`` calls (ids ``first_id ..``, in send order) over the clients, one outstanding per client.
     One client (without --spin) waits in its blocking socket's ``recv``, the lowest-latency loop for the
     sequential scenario; several (or --spin) are non-blocking sockets under one epoll."""
     modern = clients[0].modern
     tails = [call_tail(first_id + i, modern) for i in range(n)]
-    if deadline is None:
-        deadline = time.monotonic() + 3600
+    deadline = time.monotonic() + 3600 if deadline is None else deadline
     clock, latencies, bad, notifications = time.perf_counter_ns, array("q"), Counts(), 0
     blocking = len(clients) == 1 and not spin
     stall = min(STALL_S, max(0.1, deadline - time.monotonic()))
     ep = select.epoll()
     by_fd, call_of, sent_at = {}, {}, {}
 
-    def attach(c: Client) -> None:
+    def attach(c: hc.Client) -> None:
         by_fd[c.fd] = c
         if blocking:
             c.sock.settimeout(stall)
@@ -129,19 +102,9 @@ def drive(clients: list, first_id: int, n: int, spin: bool = False, deadline: fl
             c.sock.setblocking(False)
             ep.register(c.fd, select.EPOLLIN)
 
-    for c in clients:
-        attach(c)
-    parse = parse_response
-    poll = (lambda _wait: ((clients[0].fd, 0),)) if blocking else ep.poll
-    wait = 0 if spin else min(STALL_S, 1.0)
-    sent = answered = 0
-    start = now = clock()
-    last_progress = time.monotonic()
-
-    def send(c: Client) -> None:
+    def send(c: hc.Client) -> None:
         nonlocal sent
-        call_of[c.fd] = sent
-        sent_at[c.fd] = clock()
+        call_of[c.fd], sent_at[c.fd] = sent, clock()
         data = c.head + tails[sent]
         sent += 1
         done = c.sock.send(data)
@@ -151,6 +114,13 @@ def drive(clients: list, first_id: int, n: int, spin: bool = False, deadline: fl
             c.sock.sendall(data[done:])
             c.sock.settimeout(timeout)
 
+    for c in clients:
+        attach(c)
+    poll = (lambda _wait: ((clients[0].fd, 0),)) if blocking else ep.poll
+    wait = 0 if spin else min(STALL_S, 1.0)
+    sent = answered = 0
+    start = now = clock()
+    last_progress = time.monotonic()
     try:
         for c in clients[:min(len(clients), n)]:
             send(c)
@@ -166,13 +136,13 @@ def drive(clients: list, first_id: int, n: int, spin: bool = False, deadline: fl
             for fd, _ in events:
                 c = by_fd[fd]
                 try:
-                    data = c.sock.recv(READ_SIZE)
+                    data = c.sock.recv(hc.READ_SIZE)
                 except BlockingIOError:
                     continue
                 if blocking:
                     now = clock()
                 buf = c.buf + data if c.buf else data
-                parsed = parse(buf, eof=not data)
+                parsed = hc.parse_response(buf, eof=not data)
                 if parsed is None:
                     if not data:
                         raise BenchError(f"{c.url}: connection closed after {answered} answers")
@@ -182,10 +152,10 @@ def drive(clients: list, first_id: int, n: int, spin: bool = False, deadline: fl
                 c.buf = buf[used:]
                 kind, sample, notes = check_answer(resp, first_id + call_of.pop(fd), modern)
                 notifications += notes
+                took = now - sent_at.pop(fd)
                 if kind is None:
-                    latencies.append(now - sent_at.pop(fd))
+                    latencies.append(took)
                 else:
-                    del sent_at[fd]
                     bad.add(kind, sample if sample is not None else b"")
                 answered += 1
                 if resp.close:
@@ -199,7 +169,7 @@ def drive(clients: list, first_id: int, n: int, spin: bool = False, deadline: fl
             last_progress = time.monotonic()
             if last_progress > deadline:
                 raise BenchError(f"{clients[0].url}: time limit reached; {answered} of {n} answered")
-    except ProtocolError as exc:
+    except hc.ProtocolError as exc:
         raise BenchError(f"{clients[0].url}: {exc} (after {answered} answers)") from None
     except OSError as exc:
         raise BenchError(f"{clients[0].url}: {exc or type(exc).__name__} after {answered} of {n} answers") from None
@@ -208,22 +178,22 @@ def drive(clients: list, first_id: int, n: int, spin: bool = False, deadline: fl
         for c in clients:
             if c.sock is not None:
                 c.sock.settimeout(c.timeout)
-    return DriveResult(answered, now - start, list(latencies), bad, notifications)
+    return fig.DriveResult(answered, now - start, list(latencies), bad, notifications)
 
 
 def _window_part(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, spin: bool, deadline: float,
                  opened, closed) -> dict:
     """Open K clients, warm up, then one window of N calls between ``opened()`` and ``closed()``."""
-    clients = open_clients(url, k, modern)
+    clients = hc.open_clients(url, k, modern)
     try:
         warm = drive(clients, first_id, warmup, spin, deadline) if warmup else None
-        result = sb.in_window(lambda: drive(clients, first_id + warmup, n, spin, deadline), opened, closed)
+        result = fig.in_window(lambda: drive(clients, first_id + warmup, n, spin, deadline), opened, closed)
     except BaseException:
-        close_clients(clients, end_sessions=False)
+        hc.close_clients(clients, end_sessions=False)
         raise
     return {"result": result, "warmup_mismatches": warm.mismatches.total if warm else 0,
             "warmup_mismatch_examples": list(warm.mismatches.examples) if warm else [],
-            "session_close_failures": close_clients(clients), "reconnects": sum(c.connects - 1 for c in clients)}
+            "session_close_failures": hc.close_clients(clients), "reconnects": sum(c.connects - 1 for c in clients)}
 
 
 def _worker(pipe, url_text, modern, k, first_id, n, warmup, spin, deadline) -> dict:
@@ -236,10 +206,8 @@ def _worker(pipe, url_text, modern, k, first_id, n, warmup, spin, deadline) -> d
             raise BenchError("worker: no 'go' from the driver")
         marks.append((time.process_time_ns(), procfs.read_stat(os.getpid()).ticks, time.perf_counter_ns()))
 
-    def closed() -> None:
-        marks.append((time.process_time_ns(), procfs.read_stat(os.getpid()).ticks, 0))
-
-    part = _window_part(Url(url_text), modern, k, first_id, n, warmup, spin, deadline, opened, closed)
+    part = _window_part(Url(url_text), modern, k, first_id, n, warmup, spin, deadline, opened,
+                        lambda: marks.append((time.process_time_ns(), procfs.read_stat(os.getpid()).ticks, 0)))
     (cpu0, ticks0, start), (cpu1, ticks1, _) = marks
     return {**part, "start": start, "cpu_ns": cpu1 - cpu0, "ticks": ticks1 - ticks0}
 
@@ -252,8 +220,8 @@ def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, s
     samples: list = []
     if workers == 1:
         parts = [_window_part(url, modern, k, first_id, n, warmup, spin, deadline,
-                              lambda: samples.append(CpuSample.take(pid, False)),
-                              lambda: samples.append(CpuSample.take(pid, True)))]
+                              lambda: samples.append(procfs.CpuSample.take(pid, False)),
+                              lambda: samples.append(procfs.CpuSample.take(pid, True)))]
         result = parts[0]["result"]
     else:
         ks, ns, ws, ids = forks.split(k, workers), forks.split(n, workers), forks.split(warmup, workers), [first_id]
@@ -265,11 +233,11 @@ def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, s
             for pipe in pipes:
                 forks.receive(pipe, "ready", max(0.5, deadline - time.monotonic()))
             gc.collect()
-            samples.append(CpuSample.take(pid, False))
+            samples.append(procfs.CpuSample.take(pid, False))
             for pipe in pipes:
                 pipe.send("go")
             parts = [forks.receive(pipe, "result", max(0.5, deadline - time.monotonic())) for pipe in pipes]
-            samples.append(CpuSample.take(pid, True))
+            samples.append(procfs.CpuSample.take(pid, True))
         finally:
             forks.reap(procs, pipes)
         bad, latencies = Counts(), []
@@ -277,10 +245,9 @@ def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, s
             latencies += part["result"].latencies_ns
             bad.merge(part["result"].mismatches)
         elapsed = max(p["start"] + p["result"].elapsed_ns for p in parts) - min(p["start"] for p in parts)
-        result = DriveResult(sum(p["result"].calls for p in parts), elapsed, latencies, bad,
-                             sum(p["result"].notifications for p in parts))
-    before, after = samples
-    m = sb.metrics(result, k, before, after)
+        result = fig.DriveResult(sum(p["result"].calls for p in parts), elapsed, latencies, bad,
+                                sum(p["result"].notifications for p in parts))
+    m = fig.metrics(result, k, *samples)
     if pid is None:
         m["target_cpu_us_per_call"] = m["tree_cpu_us_per_call"] = m["tree_processes"] = None
     if workers > 1:
@@ -294,21 +261,21 @@ def window(url: Url, modern: bool, k: int, first_id: int, n: int, warmup: int, s
     m["warmup_mismatch_examples"] = [e for p in parts for e in p["warmup_mismatch_examples"]][:MAX_EXAMPLES]
     m["reconnects"] = sum(p["reconnects"] for p in parts)
     m["session_close_failures"] = [f for p in parts for f in p["session_close_failures"]]
-    m["tree_after"] = after.tree
+    m["tree_after"] = samples[1].tree
     return m
 
 
 def run_target(spec: str, kind: str, tmpdir: str, n: int, concurrency: list, modern: bool, warmup: int,
                timeout: float, cpus=None, spin: bool = False, workers: int = 1, dump: bool = False) -> dict:
     """Start (or attach to) one target, measure every scenario, stop it; never raises BenchError."""
-    run = {"scenarios": {}, "warmup_mismatches": 0}
+    run: dict = {"scenarios": {}, "warmup_mismatches": 0}
     target = None
     try:
         target = start_http(spec, kind, tmpdir, timeout, cpus, dump)
         run["url"], run["pid"] = str(target.url), target.pid
         deadline = time.monotonic() + timeout
-        call_id = FIRST_CALL_ID
-        for name, k in sb.scenarios(concurrency, "clients_%d"):
+        call_id = 1
+        for name, k in fig.scenarios(concurrency, "clients_%d"):
             try:
                 m = window(target.url, modern, k, call_id, n, warmup, spin, deadline, target.pid, workers)
             except BenchError as exc:
@@ -321,7 +288,7 @@ def run_target(spec: str, kind: str, tmpdir: str, n: int, concurrency: list, mod
             run["scenarios"][name] = m
         if target.pid is not None:
             time.sleep(0.2)   # let sessions' processes finish exiting before the RSS reading
-            own, total, kids = tree_rss_kib(target.pid)
+            own, total, kids = procfs.tree_rss_kib(target.pid)
             run["rss_kib"], run["tree_rss_kib"], run["tree_processes_end"] = own, total, kids + 1
     except BenchError as exc:
         run["error"] = str(exc)
@@ -345,232 +312,10 @@ def dump_figures(path) -> dict:
     return {"records": records, "bytes": os.path.getsize(path), "dropped": dropped}
 
 
-def run_bench(direct: str, gateway: str, n: int, concurrency: list, rounds: int, era: str = "modern",
-              warmup: int = WARMUP_CALLS, timeout: float = 120.0, pin: str = "split", spin: bool = False,
-              workers: int = 1, dump: bool = False) -> dict:
-    """All rounds, alternating direct and gateway (--dump: the gateway without, then with dumps)."""
-    plan = {"direct": (gateway, "gateway", False), "gateway": (gateway, "gateway", True)} if dump else \
-        {"direct": (direct, "direct", False), "gateway": (gateway, "gateway", False)}
-    config = {"direct": direct, "gateway": gateway, "dump": dump, "gateway_source": source_state(), "era": era,
-              "n": n, "concurrency": concurrency, "warmup": warmup, "timeout_s": timeout, "workers": workers}
-    with tempfile.TemporaryDirectory(prefix="http-bench-") as tmpdir:
-        return sb.ab_result(config, lambda slot, cpus: run_target(
-            *plan[slot][:2], tmpdir, n, concurrency, era == "modern", warmup, timeout, cpus, spin, workers,
-            plan[slot][2]), rounds, pin, spin, [name for name, _ in sb.scenarios(concurrency, "clients_%d")],
-            ("rss_kib", "tree_rss_kib"))
-
-
-def idle_sessions(gateway: str, counts: list, tmpdir: str, timeout: float, reserve_mib: int = 2048,
-                  parallel: int = 8, batch: int = 50) -> dict:
-    """Open legacy sessions up to each count, recording the gateway's RSS, then DELETE them all and check
-    that their processes are gone. Stops early (``stopped_early`` says why) when MemAvailable would drop
-    under ``reserve_mib`` for the next batch, at the per-session cost measured so far."""
-    out = {"counts": counts, "checkpoints": [], "reserve_mib": reserve_mib}
-    target = None
-    clients: list = []
-    try:
-        target = start_http(gateway, "gateway", tmpdir, timeout)
-        if target.pid is None:
-            raise BenchError(f"cannot find the process listening on {target.url}: no RSS to measure")
-        deadline = time.monotonic() + timeout
-        pid, url = target.pid, target.url
-        time.sleep(1.0)   # let start-up settle
-        baseline_kids = set(procfs.descendants(procfs.scan_processes(), pid))
-
-        def checkpoint(label):
-            own, total, kids = tree_rss_kib(pid)
-            point = {"sessions": len(clients), "label": label, "gateway_rss_kib": own, "tree_rss_kib": total,
-                     "tree_pss_kib": tree_pss_kib(pid), "processes": kids + 1,
-                     "mem_available_mib": mem_available_kib() // 1024}
-            if point["sessions"]:
-                point["gateway_kib_per_session"] = round(
-                    (own - out["checkpoints"][0]["gateway_rss_kib"]) / point["sessions"], 1)
-            out["checkpoints"].append(point)
-            return point
-
-        def open_one(_):
-            client = Client(url, modern=False, timeout=60.0)
-            try:
-                client.open_session()
-            finally:
-                client.close()   # the session lives on; the connection is not needed
-            return client
-
-        idle = checkpoint("idle")
-        per_session_mib = 15.0   # a guess until measured
-        opened_at = time.monotonic()
-        with ThreadPoolExecutor(parallel) as pool:
-            for goal in sorted(counts):
-                while len(clients) < goal and "stopped_early" not in out:
-                    if time.monotonic() > deadline:
-                        raise BenchError(f"time limit reached with {len(clients)} sessions open")
-                    step = min(batch, goal - len(clients))
-                    avail, need = mem_available_kib() / 1024, step * per_session_mib
-                    if avail - need < reserve_mib:
-                        out["stopped_early"] = (
-                            f"stopped at {len(clients)} sessions (goal {goal}): {avail:,.0f} MiB available, "
-                            f"the next {step} sessions need about {need:,.0f} MiB ({per_session_mib:.1f} MiB each, "
-                            f"{'measured so far' if clients else 'a first guess'}) and {reserve_mib} MiB is kept "
-                            "in reserve")
-                        break
-                    failures = []
-                    for future in [pool.submit(open_one, i) for i in range(step)]:
-                        try:
-                            clients.append(future.result())
-                        except BenchError as exc:
-                            failures.append(str(exc))
-                    if failures:
-                        raise BenchError(f"{len(failures)} of {step} sessions failed to open "
-                                         f"(with {len(clients)} open): {failures[0]}")
-                    target.remember_now()
-                    # what a session really costs: its share of RAM (Pss), or what MemAvailable lost
-                    pss = (tree_pss_kib(pid) - idle["tree_pss_kib"]) / 1024 / len(clients)
-                    lost = (idle["mem_available_mib"] - mem_available_kib() / 1024) / len(clients)
-                    per_session_mib = max(1.0, pss, lost)
-                if "stopped_early" in out:
-                    break
-                time.sleep(1.0)   # let the new processes settle
-                checkpoint(f"{goal} idle sessions")
-        out["open_seconds"] = round(time.monotonic() - opened_at, 1)
-        peak = out["checkpoints"][-1]
-        out["peak_sessions"] = peak["sessions"]
-        if peak["sessions"]:
-            out["gateway_kib_per_session"] = peak["gateway_kib_per_session"]   # its checkpoint's, against idle
-            for key, digits in (("rss", 1), ("pss", 2)):
-                growth_kib = peak[f"tree_{key}_kib"] - idle[f"tree_{key}_kib"]
-                out[f"tree_{key}_mib_per_session"] = round(growth_kib / 1024 / peak["sessions"], digits)
-        out["delete_failures"] = _delete_sessions(clients, parallel)
-        clients = []
-        gone_by = time.monotonic() + 30.0   # every session's process must be gone; a shared one stays
-        while True:
-            left = set(procfs.descendants(procfs.scan_processes(), pid)) - baseline_kids
-            if not left or time.monotonic() > gone_by:
-                break
-            time.sleep(0.2)
-        out["session_processes_left"] = sorted(left)
-        checkpoint("after DELETE of all sessions")
-    except BenchError as exc:
-        out["error"] = str(exc)
-    finally:
-        if clients:
-            out["delete_failures"] = _delete_sessions(clients, parallel)
-        if target is not None:
-            out["shutdown"] = target.stop(grace=60.0)
-    return out
-
-
-def _delete_sessions(clients: list, parallel: int) -> list:
-    def delete(client):
-        try:
-            client.connect()
-            status = client.end_session()
-            return None if status == 200 else status
-        except BenchError as exc:
-            return str(exc)
-        finally:
-            client.close()
-
-    with ThreadPoolExecutor(parallel) as pool:
-        return [r for r in pool.map(delete, clients) if r is not None]
-
-
-_FAST_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
-_FAST_SESSION = re.compile(rb"\r\nmcp-session-id:[ \t]*([!-~]+)", re.I)
-
-
-def fast_answer(head: bytes, body: bytes, sessions: list) -> bytes:
-    """The fast server's answer to one request: ``fast_echo``'s (one regex match for a bench call), with
-    a fresh session for ``initialize``, 202 for a notification, 200 for DELETE."""
-    sm = _FAST_SESSION.search(head)
-    sid = b"\r\nmcp-session-id: " + sm.group(1) if sm else b""
-    delete = head.startswith(b"DELETE ")
-    payload = b"" if delete else fast_echo.answer(body).rstrip(b"\n")
-    if b'"method":"initialize"' in body:
-        sessions[0] += 1
-        sid = b"\r\nmcp-session-id: fast-%d" % sessions[0]
-    return (b"HTTP/1.1 %s\r\ncontent-type: application/json%s\r\ncontent-length: %d\r\n\r\n%s"
-            % (b"200 OK" if payload or delete else b"202 Accepted", sid, len(payload), payload))
-
-
-def fast_server(port_file: str) -> None:
-    """Just enough Streamable HTTP to show how fast the driver goes: canned answers, one epoll loop.
-    Not a real server; ``python -m load.http_bench --fast-server PORTFILE``."""
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1024)
-    listener.setblocking(False)
-    Path(port_file + ".tmp").write_text(f"{listener.getsockname()[1]}\n")
-    os.replace(port_file + ".tmp", port_file)
-    ep = select.epoll()
-    ep.register(listener.fileno(), select.EPOLLIN)
-    conns, bufs, sessions = {}, {}, [0]
-    while True:
-        for fd, _ in ep.poll():
-            if fd == listener.fileno():
-                try:
-                    sock, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conns[sock.fileno()], bufs[sock.fileno()] = sock, b""
-                ep.register(sock.fileno(), select.EPOLLIN)
-                continue
-            sock = conns[fd]
-            try:
-                data = sock.recv(READ_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                ep.unregister(fd)
-                del conns[fd], bufs[fd]
-                sock.close()
-                continue
-            buf = bufs[fd] + data if bufs[fd] else data
-            out = []
-            while (end := buf.find(b"\r\n\r\n")) >= 0:
-                m = _FAST_LENGTH.search(buf, 0, end + 2)
-                stop = end + 4 + (int(m.group(1)) if m else 0)
-                if len(buf) < stop:
-                    break
-                out.append(fast_answer(buf[:end + 2], buf[end + 4:stop], sessions))
-                buf = buf[stop:]
-            bufs[fd] = buf
-            if out:
-                try:
-                    sock.sendall(b"".join(out))   # small: fits the empty send buffer
-                except OSError:
-                    pass
-
-
-def run_ceiling(args) -> dict:
-    """The driver against the fast server, both eras; medians over rounds."""
-    driver_cpus, target_cpus = procfs.cpu_plan(args.pin)
-    out = {"config": {"n": args.n, "concurrency": args.concurrency, "rounds": args.rounds, "pin": args.pin,
-                      "spin": args.spin, "workers": args.workers}, "eras": {}, "errors": [], "mismatches": 0}
-    with tempfile.TemporaryDirectory(prefix="http-ceiling-") as tmpdir, procfs.pinned(driver_cpus):
-        for era in ERAS:
-            out["eras"][era], errors, mismatches = sb.ceiling_rounds(
-                args.rounds, sb.scenarios(args.concurrency, "clients_%d"), lambda era=era: run_target(
-                    "auto", "fast", tmpdir, args.n, args.concurrency, era == "modern", args.warmup, args.timeout,
-                    target_cpus, args.spin, args.workers))
-            out["errors"] += errors
-            out["mismatches"] += mismatches
-    return out
-
-
-def mib(kib) -> str:
-    return "-" if kib is None else f"{kib / 1024:,.1f}"
-
-
 def render(result: dict) -> str:
     cfg = result["config"]
     if "eras" in result:   # --ceiling
-        return sb.render_ceiling(
+        return fig.render_ceiling(
             f"http-bench driver ceiling against the in-module fast echo (n={cfg['n']}, pin={cfg['pin']}, "
             f"spin={cfg['spin']}, workers={cfg['workers']}, median of {cfg['rounds']})", ["era", "scenario"],
             [[era, name, m] for era, scenarios in result["eras"].items() for name, m in scenarios.items()],
@@ -587,51 +332,18 @@ def render(result: dict) -> str:
                  f"  gateway: {cfg['gateway']}" + ("  (wire_gateway serve over the stdio echo fixture)"
                                                    if cfg["gateway"] == "auto" else "")]
     lines += [f"  gateway source: {cfg['gateway_source']}", "",
-              *sb.render_runs(result, ("SIGTERM", "external (left running)"))]
+              *fig.render_runs(result, ("SIGTERM", "external (left running)"))]
     first = next(iter(result["summary"].values()), None)
     if first is not None and not cfg.get("dump"):
         d, g = first["direct"], first["gateway"]
-        lines.append(f"RSS at the end of a run (median), MiB: direct {mib(d.get('rss_kib'))}; gateway "
-                     f"{mib(g.get('rss_kib'))} itself, {mib(g.get('tree_rss_kib'))} with its children")
+        lines.append(f"RSS at the end of a run (median), MiB: direct {idle.mib(d.get('rss_kib'))}; gateway "
+                     f"{idle.mib(g.get('rss_kib'))} itself, {idle.mib(g.get('tree_rss_kib'))} with its children")
     lines += [f"round {i} dump: {rnd['gateway']['dump']}" for i, rnd in enumerate(result["rounds"], 1)
               if "dump" in rnd["gateway"]]
     if "idle_sessions" in result:
-        lines += ["", *render_idle(result["idle_sessions"])]
+        lines += ["", *idle.render(result["idle_sessions"])]
     lines.append(f"total mismatches: {result['mismatches']}   errors: {result['errors']}")
     return "\n".join(lines)
-
-
-def render_idle(idle: dict) -> list:
-    rows = [[p["label"], p["sessions"], mib(p["gateway_rss_kib"]), mib(p["tree_rss_kib"]), mib(p["tree_pss_kib"]),
-             p["processes"], p["mem_available_mib"], p.get("gateway_kib_per_session")]
-            for p in idle.get("checkpoints", [])]
-    lines = ["== idle legacy sessions on the gateway (initialize + initialized, then idle)",
-             *table(["", "sessions", "gateway RSS MiB", "tree RSS MiB", "tree PSS MiB", "processes",
-                     "MemAvailable MiB", "gw KiB/session"], rows, indent=0)]
-    if "gateway_kib_per_session" in idle:
-        lines.append(f"  per idle session: gateway's own RSS +{idle['gateway_kib_per_session']:.1f} KiB; whole tree "
-                     f"+{idle['tree_rss_mib_per_session']:.1f} MiB RSS, +{idle['tree_pss_mib_per_session']:.2f} MiB "
-                     f"PSS (mostly the upstream process); {idle['peak_sessions']} sessions opened in "
-                     f"{idle.get('open_seconds')}s")
-    if "stopped_early" in idle:
-        lines.append(f"  {idle['stopped_early']}")
-    if "session_processes_left" in idle:
-        left = idle["session_processes_left"]
-        lines.append(f"  after DELETE: {len(left)} session processes left {left if left else ''}; "
-                     f"DELETE failures: {len(idle.get('delete_failures', []))}")
-    if "error" in idle:
-        lines.append(f"  ERROR {idle['error']}")
-    stop = idle.get("shutdown", {})
-    if stop.get("stragglers") or stop.get("stopped_by") not in ("SIGTERM", "external (left running)", None):
-        lines.append(f"  shutdown {stop}")
-    return lines
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
-    return value
 
 
 def target_spec(text: str) -> str:
@@ -650,11 +362,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="URL of the gateway's MCP endpoint, or auto (default: start wire_gateway serve "
                              "over the stdio echo fixture)")
     parser.add_argument("--era", choices=ERAS, default="modern", help="protocol era of the calls (default modern)")
-    parser.add_argument("--warmup", type=non_negative_int, default=WARMUP_CALLS,
-                        help="warm-up calls per scenario, same clients (default 500)")
-    parser.add_argument("--workers", type=sb.positive_int, default=1,
+    parser.add_argument("--workers", type=fig.positive_int, default=1,
                         help="driver processes the clients are split over (default 1)")
-    parser.add_argument("--idle-sessions", type=lambda text: sorted(set(sb.parse_concurrency(text))),
+    parser.add_argument("--idle-sessions", type=lambda text: sorted(set(fig.parse_concurrency(text))),
                         metavar="N[,N...]",
                         help="after the runs, open this many idle legacy sessions on the gateway and report its RSS")
     parser.add_argument("--idle-timeout", type=float, default=900.0,
@@ -665,28 +375,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure frame dumps: the gateway without (A) and with --dump (B), same invocation")
     parser.add_argument("--ceiling", action="store_true",
                         help="measure the driver itself against a minimal in-module echo, both eras, instead")
-    sb.add_common(parser, 10000, "1,16", "client counts")
+    fig.add_common(parser, 10000, "1,16", "client counts", warmup_min=0)
 
 
 def run(args) -> int:
-    if args.ceiling:
-        result = run_ceiling(args)
-    elif args.dump and args.gateway != "auto":
-        print("http-bench --dump starts its own gateways: leave --gateway at auto", file=sys.stderr)
-        return 2
-    else:
-        result = run_bench(args.direct, args.gateway, args.n, args.concurrency, args.rounds, args.era, args.warmup,
-                           args.timeout, args.pin, args.spin, args.workers, args.dump)
-    if args.idle_sessions and not args.ceiling:
-        with tempfile.TemporaryDirectory(prefix="http-bench-idle-") as tmpdir:
-            result["idle_sessions"] = idle_sessions(args.gateway, args.idle_sessions, tmpdir, args.idle_timeout,
-                                                    args.mem_reserve)
-    idle = result.get("idle_sessions") or {}
-    return emit(result, args.json, render, "error" in idle or bool(idle.get("session_processes_left")
-                                                                  or idle.get("delete_failures")))
+    def slot(spec: str, kind: str, era: str = args.era, dump: bool = False):
+        return lambda cpus: run_target(spec, kind, tmpdir, args.n, args.concurrency, era == "modern", args.warmup,
+                                       args.timeout, cpus, args.spin, args.workers, dump)
+
+    names = [name for name, _ in fig.scenarios(args.concurrency, "clients_%d")]
+    config = {"n": args.n, "concurrency": args.concurrency, "rounds": args.rounds, "pin": args.pin,
+              "spin": args.spin, "workers": args.workers}
+    with tempfile.TemporaryDirectory(prefix="http-bench-") as tmpdir:
+        if args.ceiling:   # the driver against the fast server, both eras; medians over rounds
+            result: dict = {"config": config, "eras": {}, "errors": [], "mismatches": 0}
+            driver_cpus, target_cpus = procfs.cpu_plan(args.pin)
+            with procfs.pinned(driver_cpus):
+                for era in ERAS:
+                    result["eras"][era], errors, mismatches = fig.ceiling_rounds(
+                        args.rounds, names, lambda era=era: slot("auto", "fast", era)(target_cpus))
+                    result["errors"] += errors
+                    result["mismatches"] += mismatches
+            return emit(result, args.json, render)
+        if args.dump and args.gateway != "auto":
+            print("http-bench --dump starts its own gateways: leave --gateway at auto", file=sys.stderr)
+            return 2
+        config.update(direct=args.direct, gateway=args.gateway, dump=args.dump, gateway_source=source_state(),
+                      era=args.era, warmup=args.warmup, timeout_s=args.timeout)
+        if args.dump:   # A: the gateway without dumps, B: with them
+            plan = {"direct": slot(args.gateway, "gateway"), "gateway": slot(args.gateway, "gateway", dump=True)}
+        else:
+            plan = {"direct": slot(args.direct, "direct"), "gateway": slot(args.gateway, "gateway")}
+        result = fig.ab_result(config, plan, args.rounds, args.pin, args.spin, names, ("rss_kib", "tree_rss_kib"))
+        if args.idle_sessions:
+            result["idle_sessions"] = idle.measure(args.gateway, args.idle_sessions, tmpdir, args.idle_timeout,
+                                                   args.mem_reserve)
+    idled = result.get("idle_sessions") or {}
+    return emit(result, args.json, render, "error" in idled or bool(idled.get("session_processes_left")
+                                                                   or idled.get("delete_failures")))
 
 
-if __name__ == "__main__":   # `python -m load.http_bench --fast-server PORTFILE`: the canned-answer server
+if __name__ == "__main__":   # `python -m load.http_bench --fast-server PORTFILE`: fast_echo's HTTP server
     if sys.argv[1:2] != ["--fast-server"] or len(sys.argv) != 3:
         sys.exit("usage: python -m load.http_bench --fast-server PORTFILE")
-    fast_server(sys.argv[2])
+    fast_echo.serve_http(sys.argv[2])

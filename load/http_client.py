@@ -24,13 +24,15 @@ LEGACY_VERSION = "2025-11-25"
 READ_SIZE = 65536
 CONNECT_TIMEOUT_S = 10.0
 INITIALIZED_BODY = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
-
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.I)
+_CONTENT_TYPE = re.compile(rb"\r\ncontent-type:[ \t]*([^\r]*)\r\n", re.I)
+_NEEDS_FULL_PARSE = re.compile(rb"\r\n(?:connection|transfer-encoding):", re.I)
 
 # Headers every request of this process carries (`load run --header`, e.g. an API key).
 EXTRA_HEADERS: tuple[tuple[str, str], ...] = ()
 
 
-def request_head(url: Url, method: str = "POST", headers: tuple = ()) -> bytes:
+def request_head(url: Url, method: str = "POST", headers: tuple | list = ()) -> bytes:
     """Request line and headers, up to (not including) Content-Length."""
     lines = [f"{method} {url.path} HTTP/1.1", f"Host: {url.netloc}"]
     if method == "POST":
@@ -67,12 +69,22 @@ class ProtocolError(Exception):
     """The bytes are not an HTTP/1.1 response."""
 
 
+class Disconnected(Exception):
+    """The peer closed the connection (or the process exited) before answering."""
+
+
+class HttpStatus(Exception):
+    def __init__(self, status: int, body: bytes):
+        super().__init__(f"HTTP {status}: {body[:200]!r}")
+        self.status, self.body = status, body
+
+
 def parse_response(buf: bytes, eof: bool = False):
     """(Response, bytes consumed) if ``buf`` starts with a whole response, else None. Bodies framed by
     Content-Length, chunks or (``eof``) the connection's end; 1xx skipped; header names lowercased, the
     first of repeated ones kept."""
-    start = 0
-    while True:
+    start, status = 0, 100
+    while 100 <= status < 200:
         end = buf.find(b"\r\n\r\n", start)
         if end < 0:
             if eof and buf[start:]:
@@ -86,45 +98,36 @@ def parse_response(buf: bytes, eof: bool = False):
             status = int(status_line[9:12])
         except ValueError:
             raise ProtocolError(f"bad status line: {status_line[:200]!r}") from None
-        headers = {}
-        if line_end < end:
-            for line in buf[line_end + 2:end].split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name not in headers:
-                    headers[name] = value.strip()
-        body_start = end + 4
-        if 100 <= status < 200:
-            start = body_start
-            continue
-        break
+        headers: dict = {}
+        for line in buf[line_end + 2:end].split(b"\r\n") if line_end < end else ():
+            name, _, value = line.partition(b":")
+            headers.setdefault(name.strip().lower(), value.strip())
+        start = end + 4
     connection = headers.get(b"connection", b"").lower()
     close = b"close" in connection or (status_line.startswith(b"HTTP/1.0") and b"keep-alive" not in connection)
-    if status in (204, 304):
-        return Response(status, headers, b"", close), body_start
     length = headers.get(b"content-length")
+    if status in (204, 304):
+        return Response(status, headers, b"", close), start
     if length is not None:
         try:
-            n = int(length)
+            stop = start + int(length)
         except ValueError:
             raise ProtocolError(f"bad Content-Length: {length[:50]!r}") from None
-        stop = body_start + n
         if len(buf) < stop:
             if eof:
-                raise ProtocolError(f"connection closed after {len(buf) - body_start} of {n} body bytes")
+                raise ProtocolError(f"connection closed after {len(buf) - start} of {int(length)} body bytes")
             return None
-        return Response(status, headers, buf[body_start:stop], close), stop
+        return Response(status, headers, buf[start:stop], close), stop
     if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-        parsed = parse_chunked(buf, body_start)
-        if parsed is None:
+        parts, _, stop = read_chunks(buf, start)
+        if stop is None:
             if eof:
                 raise ProtocolError("connection closed inside a chunked body")
             return None
-        body, stop = parsed
-        return Response(status, headers, body, close), stop
+        return Response(status, headers, b"".join(parts), close), stop
     if not eof:
         return None   # delimited by the end of the connection
-    return Response(status, headers, buf[body_start:], True), len(buf)
+    return Response(status, headers, buf[start:], True), len(buf)
 
 
 def read_chunks(buf: bytes, pos: int):
@@ -147,10 +150,30 @@ def read_chunks(buf: bytes, pos: int):
         pos = line_end + 2 + size + 2
 
 
-def parse_chunked(buf: bytes, pos: int):
-    """(body, end) of a chunked body starting at ``pos``, or None if incomplete."""
-    parts, _, stop = read_chunks(buf, pos)
-    return None if stop is None else (b"".join(parts), stop)
+def fast_response(buf: bytes):
+    """``parse_response`` for the common answer (HTTP/1.1, Content-Length, kept alive), at a
+    fraction of its cost: only the headers the replay reads.  Anything else goes the full way."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buf[:end + 2]
+    length = _CONTENT_LENGTH.search(head)
+    if length is None or not head.startswith(b"HTTP/1.1 ") or head[9:10] == b"1" or _NEEDS_FULL_PARSE.search(head):
+        return parse_response(buf)
+    stop = end + 4 + int(length.group(1))
+    if len(buf) < stop:
+        return None
+    ctype = _CONTENT_TYPE.search(head)
+    headers = {b"content-type": ctype.group(1).strip()} if ctype else {}
+    return Response(int(head[9:12]), headers, buf[end + 4:stop], False), stop
+
+
+def json_or_text(raw: bytes):
+    """An answer's body parsed, or as text when it is not JSON (then judged malformed, and shown)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
 
 
 def sse_messages(body: bytes) -> list:
@@ -158,18 +181,28 @@ def sse_messages(body: bytes) -> list:
     return [event.data for event in SSEDecoder().feed(body + b"\n\n") if event.data]
 
 
-class Client:
-    """One virtual client: one keep-alive connection (and, legacy, one session)."""
+class _Socket:
+    """What both connections share: their socket, closed once."""
+    sock: socket.socket | None = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class Client(_Socket):
+    """One virtual client of ``http-bench``: one blocking keep-alive connection (and, legacy, one session)."""
 
     def __init__(self, url: Url, modern: bool, timeout: float = CONNECT_TIMEOUT_S):
         self.url, self.modern, self.timeout = url, modern, timeout
         self.session_id, self.sock, self.buf, self.connects = None, None, b"", 0
         self.connect()
-        self.head = request_head(url, "POST", call_headers(modern, None)) if modern else b""
+        self.head = request_head(url, "POST", (("MCP-Protocol-Version", MODERN_VERSION), ("Mcp-Method", "tools/call"),
+                                               ("Mcp-Name", "echo"))) if modern else b""
 
     def connect(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
+        self.close()
         try:
             sock = socket.create_connection((self.url.host, self.url.port), timeout=self.timeout)
         except OSError as exc:
@@ -178,20 +211,12 @@ class Client:
         self.sock, self.fd, self.buf = sock, sock.fileno(), b""
         self.connects += 1
 
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
     def exchange(self, data: bytes) -> Response:
         """Send one whole request, read its whole response (blocking, bounded)."""
         self.sock.settimeout(self.timeout)
         try:
             self.sock.sendall(data)
-            while True:
-                parsed = parse_response(self.buf)
-                if parsed is not None:
-                    break
+            while (parsed := parse_response(self.buf)) is None:
                 chunk = self.sock.recv(READ_SIZE)
                 if not chunk:
                     parsed = parse_response(self.buf, eof=True)
@@ -210,8 +235,8 @@ class Client:
         return resp
 
     def post(self, body: bytes, headers: tuple = ()) -> Response:
-        head = request_head(self.url, "POST", headers)
-        return self.exchange(head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        return self.exchange(request_head(self.url, "POST", headers) + b"Content-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
 
     def open_session(self) -> str:
         """Legacy handshake: initialize, then notifications/initialized; returns the session id."""
@@ -219,45 +244,39 @@ class Client:
         sid = resp.header(b"mcp-session-id")
         if resp.status != 200 or not sid:
             raise BenchError(f"initialize: HTTP {resp.status}, session id {sid!r}: {resp.body[:300]!r}")
-        msg = self._message(resp)
+        data = resp.body
+        if resp.headers.get(b"content-type", b"").startswith(b"text/event-stream"):
+            data = (sse_messages(data) or [b""])[-1]
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            msg = None
         if not isinstance(msg, dict) or msg.get("id") != 0 or "result" not in msg:
             raise BenchError(f"initialize failed: {resp.body[:300]!r}")
         self.session_id = sid
-        resp = self.post(INITIALIZED_BODY, (("MCP-Protocol-Version", LEGACY_VERSION), ("Mcp-Session-Id", sid)))
+        headers = (("MCP-Protocol-Version", LEGACY_VERSION), ("Mcp-Session-Id", sid))
+        resp = self.post(INITIALIZED_BODY, headers)
         if resp.status != 202:
             raise BenchError(f"notifications/initialized: HTTP {resp.status} (expected 202): {resp.body[:300]!r}")
-        self.head = request_head(self.url, "POST", call_headers(False, sid))
+        self.head = request_head(self.url, "POST", headers)
         return sid
 
     def end_session(self) -> int:
         """DELETE the session; returns the HTTP status."""
         if self.session_id is None:
             return 0
-        head = request_head(self.url, "DELETE", (("Mcp-Session-Id", self.session_id),))
-        resp = self.exchange(head + b"\r\n")
+        resp = self.exchange(request_head(self.url, "DELETE", (("Mcp-Session-Id", self.session_id),)) + b"\r\n")
         self.session_id = None
         return resp.status
 
-    @staticmethod
-    def _message(resp: Response):
-        data = resp.body
-        if resp.headers.get(b"content-type", b"").startswith(b"text/event-stream"):
-            events = sse_messages(data)
-            data = events[-1] if events else b""
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
-
 
 def open_clients(url: Url, k: int, modern: bool) -> list:
-    clients = []
+    clients: list = []
     try:
         for _ in range(k):
-            client = Client(url, modern)
-            clients.append(client)
+            clients.append(Client(url, modern))
             if not modern:
-                client.open_session()
+                clients[-1].open_session()
     except BaseException:
         close_clients(clients, end_sessions=False)
         raise
@@ -267,7 +286,7 @@ def open_clients(url: Url, k: int, modern: bool) -> list:
 def close_clients(clients: list, end_sessions: bool = True) -> list:
     """End sessions (legacy, DELETE) and close connections; the failed DELETEs. After one failure the
     rest are left alone: a target that stopped answering would make each DELETE wait its timeout."""
-    bad = []
+    bad: list = []
     for client in clients:
         if end_sessions:
             try:
@@ -281,20 +300,9 @@ def close_clients(clients: list, end_sessions: bool = True) -> list:
     return bad
 
 
-class Disconnected(Exception):
-    """The peer closed the connection (or the process exited) before answering."""
-
-
-class HttpStatus(Exception):
-    def __init__(self, status: int, body: bytes):
-        super().__init__(f"HTTP {status}: {body[:200]!r}")
-        self.status = status
-        self.body = body
-
-
-class HttpConn:
-    """One keep-alive connection on a non-blocking socket; trio's ``wait_readable`` only when a read
-    would block: one scheduler pass per answer, where trio's socket wrapper costs two or three."""
+class HttpConn(_Socket):
+    """One keep-alive connection of ``load run`` on a non-blocking socket; trio's ``wait_readable`` only
+    when a read would block: one scheduler pass per answer, where trio's socket wrapper costs two or three."""
 
     def __init__(self, url: Url):
         self.url, self.sock, self.buf = url, None, b""
@@ -317,12 +325,7 @@ class HttpConn:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.buf = sock, b""
 
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    async def exchange(self, data: bytes, on_event=None, fast: bool = False):
+    async def exchange(self, data: bytes, on_event=None, fast: bool = False) -> Response:
         """Send a request, return its Response; the events of a chunked event stream are given to
         ``on_event`` as they arrive (a server request inside can be answered before the stream ends)."""
         if self.sock is None:
@@ -334,7 +337,7 @@ class HttpConn:
             raise
         return await self.receive(on_event, fast)
 
-    async def receive(self, on_event=None, fast: bool = False):
+    async def receive(self, on_event=None, fast: bool = False) -> Response:
         """Read one response (what is already buffered first); see ``exchange``."""
         try:
             buf = self.buf
@@ -347,30 +350,29 @@ class HttpConn:
                         if resp.close:
                             self.close()
                         return resp
-                    if on_event is not None and b"\r\n\r\n" in buf and _is_chunked_sse(buf):
-                        return await self._stream(buf, on_event)
-                chunk = await self._recv()
-                if not chunk:
-                    self.close()
-                    raise Disconnected(f"{self.url}: connection closed before the answer")
-                buf += chunk
-        except ProtocolError as exc:
+                    if on_event is not None and (end := buf.find(b"\r\n\r\n")) >= 0:
+                        head = buf[:end].lower()
+                        if b"text/event-stream" in head and b"chunked" in head:
+                            return await self._stream(buf, on_event)
+                buf += await self._recv("before the answer")
+        except (ProtocolError, OSError) as exc:
             self.close()
             raise Disconnected(f"{self.url}: {exc}") from None
-        except OSError as exc:
-            self.close()
-            raise Disconnected(f"{self.url}: {exc}") from None
-        except BaseException:   # cancelled (timeout) mid-exchange: the connection is out of step
+        except BaseException:   # cancelled (timeout) mid-exchange, or disconnected: the connection is out of step
             self.close()
             raise
 
-    async def _recv(self) -> bytes:
+    async def _recv(self, where: str) -> bytes:
         await trio.lowlevel.wait_readable(self.sock)
         while True:
             try:
-                return self.sock.recv(65536)
+                chunk = self.sock.recv(READ_SIZE)
+                break
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
+        if not chunk:
+            raise Disconnected(f"{self.url}: connection closed {where}")
+        return chunk
 
     async def send(self, data) -> None:
         """Send all of ``data``, waiting through trio while the socket is full."""
@@ -387,10 +389,10 @@ class HttpConn:
         except OSError as exc:
             raise Disconnected(f"{self.url}: {exc}") from None
 
-    async def _stream(self, buf: bytes, on_event):
+    async def _stream(self, buf: bytes, on_event) -> Response:
         """Read a chunked SSE body to its end, handing each event over as it completes."""
         end = buf.find(b"\r\n\r\n")
-        head_resp = parse_response(buf[:end + 4] + b"0\r\n\r\n")[0]   # the head alone (an empty body)
+        resp = parse_response(buf[:end + 4] + b"0\r\n\r\n")[0]   # the head alone (an empty body)
         pos, decoder, parts = end + 4, SSEDecoder(), []
         while True:
             new, pos, stop = read_chunks(buf, pos)
@@ -399,47 +401,8 @@ class HttpConn:
                 for event in decoder.feed(data):
                     await on_event(event.data)
             if stop is not None:
-                self.buf = buf[stop:]
-                head_resp.body = b"".join(parts)
-                if head_resp.close:
+                self.buf, resp.body = buf[stop:], b"".join(parts)
+                if resp.close:
                     self.close()
-                return head_resp
-            chunk = await self._recv()
-            if not chunk:
-                self.close()
-                raise Disconnected(f"{self.url}: connection closed inside an event stream")
-            buf += chunk
-
-
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.I)
-_CONTENT_TYPE = re.compile(rb"\r\ncontent-type:[ \t]*([^\r]*)\r\n", re.I)
-_NEEDS_FULL_PARSE = re.compile(rb"\r\n(?:connection|transfer-encoding):", re.I)
-
-
-def fast_response(buf: bytes):
-    """``parse_response`` for the common answer (HTTP/1.1, Content-Length, kept alive), at a
-    fraction of its cost: only the headers the replay reads.  Anything else goes the full way."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = buf[:end + 2]
-    length = _CONTENT_LENGTH.search(head)
-    if length is None or not head.startswith(b"HTTP/1.1 ") or head[9:10] == b"1" or _NEEDS_FULL_PARSE.search(head):
-        return parse_response(buf)
-    stop = end + 4 + int(length.group(1))
-    if len(buf) < stop:
-        return None
-    ctype = _CONTENT_TYPE.search(head)
-    headers = {b"content-type": ctype.group(1).strip()} if ctype else {}
-    return Response(int(head[9:12]), headers, buf[end + 4:stop], False), stop
-
-
-def _is_chunked_sse(buf: bytes) -> bool:
-    head = buf[:buf.find(b"\r\n\r\n")].lower()
-    return b"text/event-stream" in head and b"chunked" in head
-
-
-def call_headers(modern: bool, session_id: str | None) -> tuple:
-    if modern:
-        return (("MCP-Protocol-Version", MODERN_VERSION), ("Mcp-Method", "tools/call"), ("Mcp-Name", "echo"))
-    return (("MCP-Protocol-Version", LEGACY_VERSION), ("Mcp-Session-Id", session_id))
+                return resp
+            buf += await self._recv("inside an event stream")

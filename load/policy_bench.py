@@ -1,9 +1,10 @@
 """``load policy-bench``: what the policy chain costs and what its cache saves, over stdio and HTTP.
 
 Over stdio, pairs of ``wire-gateway stdio`` processes timed alternately (A B B A ...), one request at a
-time: ``tools/list`` uncached against cached (target: 3x faster), ``ping`` without policy against five
-interceptors (target: a ratio under 1.1); with the gateway's own CPU per request from /proc, steadier
-than latency on a shared machine. Over HTTP: ``policy_http``.
+time, with the gateway's own CPU per request from /proc, steadier than latency on a shared machine.
+Over HTTP, as ``load dump-cost`` does: the gateway without policy (A) and with it (B) pinned to one
+CPU with their servers, each driven by its own ``load run`` for the same duration, so B's calls/s over
+A's is what B costs or saves in gateway and server work. The pairs and their targets: docs/load.md.
 """
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import policy_http
+from . import bench
+from .ab import apart, ratio_summary, side_by_side
+from .otlp_sink import OtlpSink
 from .procfs import read_stat, ticks_to_us
 from .stats import percentile
 from .stdio_bench import Target
+from .targets import HttpProcess
 
-ECHO = [sys.executable, "-m", "wire_gateway.demo.echo"]
 FIVE = {"tools": {"deny": ["never_*"]}, "pinning": "enforce", "schema": True,
         "cache": {"tools_list_ttl": 300, "results": True}}
 # Guardrails: every local detector on input and output. The small call's answer passes unchanged;
@@ -30,31 +34,13 @@ FIVE = {"tools": {"deny": ["never_*"]}, "pinning": "enforce", "schema": True,
 # server repeats the corpus as it is).
 EVERY = ["pii", "secrets", "injection", "arguments"]
 SMALL_TEXT = "Weather for Berlin tomorrow: 14 C, light rain in the afternoon, wind 12 km/h from the west."
-MIB = 1 << 20
+HTTP_WARMUP_CALLS = 600
+STDIO_PAIRS = ("tools_list", "ping", "guardrails_call", "guardrails_1mib")
 
 
 def guarded(input_action: str) -> dict:
     return {"guardrails": {"input": [{"detectors": EVERY, "action": input_action}],
                            "output": [{"detectors": EVERY, "action": "redact"}]}}
-
-
-def corpus_text() -> str:
-    from wire_gateway.guardrails.quality import load_corpus
-
-    return "\n".join(case["text"] for case in load_corpus())
-
-
-def start_gateway(folder: Path, label: str, policy: dict, store: dict | None = None) -> Target:
-    """One `wire-gateway stdio` process with a one-server config, initialized."""
-    doc: dict = {"servers": {"echo": {"command": ECHO[0], "args": ECHO[1:], **policy}}}
-    if store:
-        doc["store"] = store
-    config = folder / f"{label}.json"
-    config.write_text(json.dumps(doc))
-    gateway = Target([sys.executable, "-m", "wire_gateway", "stdio", "--config", str(config)], timeout=3600)
-    gateway.label, gateway.next_id = label, 0
-    gateway.handshake()
-    return gateway
 
 
 def timed(gateway: Target, method: str, n: int, params: dict | None = None) -> list[int]:
@@ -73,19 +59,20 @@ def timed(gateway: Target, method: str, n: int, params: dict | None = None) -> l
     return out
 
 
-def summary(samples: list[int]) -> dict:
-    ordered = sorted(samples)
-    return {"median_us": statistics.median(ordered), "p90_us": percentile(ordered, 90),
-            "mean_us": round(statistics.fmean(ordered), 1), "n": len(ordered)}
-
-
 def compare(folder: Path, a: tuple, b: tuple, method: str, n: int, rounds: int, warmup: int = 200,
             params: dict | None = None) -> dict:
-    """Start gateways A and B (``(label, policy[, store])``), warm both up, time them alternately, stop them."""
+    """Start gateways A and B (``(label, policy[, store])``: a `wire-gateway stdio` each, with the echo
+    server and that policy), warm both up, time them alternately, stop them."""
     gateways: list[Target] = []
     try:
-        for side in (a, b):
-            gateways.append(start_gateway(folder, *side))
+        for label, policy, *store in (a, b):
+            doc: dict = {"servers": {"echo": {"command": sys.executable, "args": ["-m", "wire_gateway.demo.echo"],
+                                              **policy}}, **({"store": store[0]} if store else {})}
+            (folder / f"{label}.json").write_text(json.dumps(doc))
+            gateways.append(Target([sys.executable, "-m", "wire_gateway", "stdio", "--config",
+                                    str(folder / f"{label}.json")], timeout=3600))
+            gateways[-1].label, gateways[-1].next_id = label, 0
+            gateways[-1].handshake()
         for g in gateways:
             timed(g, method, warmup, params)
         samples: dict[str, list[int]] = {g.label: [] for g in gateways}
@@ -98,79 +85,24 @@ def compare(folder: Path, a: tuple, b: tuple, method: str, n: int, rounds: int, 
     finally:
         for gateway in gateways:
             gateway.stop()
-    out: dict = {label: {**summary(samples[label]), "gateway_cpu_us_per_request": round(cpu[label] / (n * rounds), 1)}
-                 for label in samples}
+    out: dict = {}
+    for label, values in samples.items():
+        ordered = sorted(values)
+        out[label] = {"median_us": statistics.median(ordered), "p90_us": percentile(ordered, 90),
+                      "mean_us": round(statistics.fmean(ordered), 1), "n": len(ordered),
+                      "gateway_cpu_us_per_request": round(cpu[label] / (n * rounds), 1)}
     la, lb = a[0], b[0]
     out["ratio_of_medians"] = round(out[lb]["median_us"] / out[la]["median_us"], 3)
     out["added_median_us"] = round(out[lb]["median_us"] - out[la]["median_us"], 1)
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-n", type=int, default=500, help="round trips per side per round (default 500)")
-    parser.add_argument("--rounds", type=int, default=20, help="alternating rounds (default 20)")
-    parser.add_argument("--redis-url", help="also measure the cached tools/list with the Redis store")
-    parser.add_argument("--transport", default="stdio,http",
-                        help="comma-separated: stdio, http (default both)")
-    parser.add_argument("--eras", default="modern,legacy", help="HTTP eras (default modern,legacy)")
-    parser.add_argument("--pairs", help="pairs to run: over stdio tools_list, ping, guardrails_call, guardrails_1mib; "
-                        "over HTTP tools_list, tools_call, aggregate, auth, metrics, tracing (default all)")
-    parser.add_argument("--http-rounds", type=int, default=3, help="HTTP rounds per pair (default 3)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds each HTTP round drives (default 5)")
-    parser.add_argument("-c", "--concurrency", type=int, default=16, help="HTTP sessions per gateway (default 16)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    transports = {t.strip() for t in args.transport.split(",") if t.strip()}
-    results: dict = {"config": {"n": args.n, "rounds": args.rounds, "cpus": os.cpu_count()}}
-    if "stdio" in transports:
-        results.update(run_stdio(args))
-    http: dict = {}
-    if "http" in transports:
-        eras = tuple(e.strip() for e in args.eras.split(",") if e.strip())
-        only = [p.strip() for p in args.pairs.split(",")] if args.pairs else None
-        results["config"].update(http_rounds=args.http_rounds, duration_s=args.duration, concurrency=args.concurrency)
-        http = policy_http.run_pairs(eras, args.http_rounds, args.concurrency, args.duration, only)
-        results.update(http)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print(f"policy-bench: {os.cpu_count()} CPUs")
-        if any(k in results for k in ("tools_list", "ping", "guardrails_call", "guardrails_1mib")):
-            print(f"  over stdio: n={args.n} x {args.rounds} rounds per side, sequential")
-            for name in ("tools_list", "ping", "tools_list_redis"):
-                if name not in results:
-                    continue
-                figures = results[name]
-                sides = [k for k in figures if k not in ("ratio_of_medians", "added_median_us")]
-                parts = [f"{side}: median {figures[side]['median_us']:.0f} us, p90 {figures[side]['p90_us']} us, "
-                         f"gateway CPU {figures[side]['gateway_cpu_us_per_request']} us/req" for side in sides]
-                print(f"  {name:<17} " + " | ".join(parts) + f" | ratio {figures['ratio_of_medians']}")
-            if "tools_list" in results and "ping" in results:
-                tl = results["tools_list"]
-                print(f"  => cached tools/list is {1 / tl['ratio_of_medians']:.1f}x faster than uncached "
-                      f"(target >= 3x); ping with five interceptors / without: "
-                      f"{results['ping']['ratio_of_medians']} (target < 1.1)")
-        for name, target in (("guardrails_call", "200 us"), ("guardrails_1mib", "20,000 us")):
-            if name in results:
-                r = results[name]
-                off, on = (r[k] for k in r if k.endswith(("_off", "_on")))
-                print(f"  {name:<17} off: median {off['median_us']:.0f} us | every detector: median "
-                      f"{on['median_us']:.0f} us (gateway CPU {off['gateway_cpu_us_per_request']} -> "
-                      f"{on['gateway_cpu_us_per_request']} us/req) | added {r['added_median_us']:.0f} us "
-                      f"(target < {target})")
-        if http:
-            print("\n".join(policy_http.render(http, args.concurrency, args.duration)))
-    failed = any(r["errors"] or r["mismatches"] for r in http.values())
-    return 1 if failed else 0
-
-
-def run_stdio(args: argparse.Namespace) -> dict:
+def run_stdio(args: argparse.Namespace, only: list | None) -> dict:
     """Guardrails on a small tools/call and a 1 MiB result (without, then with every local detector),
     tools/list uncached against cached (and with Redis), ping without policy against five interceptors."""
+    from wire_gateway.guardrails.quality import load_corpus
+
     results: dict = {}
-    only = [p.strip() for p in args.pairs.split(",")] if args.pairs else None
     uncached = ("uncached", {"pinning": "off", "cache": {"tools_list_ttl": 0}})
     cached = {"pinning": "off", "cache": {"tools_list_ttl": 300}}
     with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
@@ -178,8 +110,8 @@ def run_stdio(args: argparse.Namespace) -> dict:
         for name, action, fewer in (("guardrails_call", "redact", 1), ("guardrails_1mib", "log", 25)):
             if only and name not in only:
                 continue
-            params = {"name": "echo", "arguments": {"text": SMALL_TEXT}} if fewer == 1 else \
-                {"name": "big", "arguments": {"size": MIB, "text": corpus_text()}}
+            params = {"name": "echo", "arguments": {"text": SMALL_TEXT}} if fewer == 1 else {
+                "name": "big", "arguments": {"size": 1 << 20, "text": "\n".join(c["text"] for c in load_corpus())}}
             results[name] = compare(folder, (f"{name}_off", {}), (f"{name}_on", guarded(action)), "tools/call",
                                     max(10, args.n // fewer), max(4, args.rounds // 2), max(5, 200 // fewer), params)
         pairs = [("tools_list", "tools/list", uncached, ("cached", cached)),
@@ -191,3 +123,162 @@ def run_stdio(args: argparse.Namespace) -> dict:
         for name, method, a, b in pairs:
             results[name] = compare(folder, a, b, method, args.n, args.rounds)
     return results
+
+
+@dataclass
+class Side:
+    config: dict
+    path: str = "/mcp/echo"
+    calls: list | None = None        # the fixture's calls (default: the pair's)
+    auth: bool = False               # API keys on: a key is made in its store and sent by its driver
+
+
+@dataclass
+class Pair:
+    name: str
+    era: str
+    calls: list
+    a: Side
+    b: Side
+    warmup: list | None = None
+    target: float = 0.0              # B/A at least this (0: none)
+
+
+def http_pairs(eras: list[str]) -> list[Pair]:
+    lists, echo, plain = [("tools/list", {}, None)] * 8, bench.echo_calls(), bench.echo_server()
+    out = []
+    for era in eras:
+        out += [Pair("tools_list", era, lists, Side(bench.LISTABLE),
+                     Side(bench.echo_server("--ttl-ms", "60000", cache={"tools_list_ttl": 60})), target=1.5),
+                Pair("tools_call", era, echo, Side(plain), Side(bench.echo_server(**bench.FILTER_SCHEMA)),
+                     warmup=[("tools/list", {}, None), *bench.echo_calls(1)], target=0.9),
+                Pair("auth", era, echo, Side(plain), Side({**plain, "auth": {"mode": "keys"}}, auth=True), target=0.95),
+                # The same gateway with its metrics off (A) and on (B, the default): what counting costs.
+                Pair("metrics", era, echo, Side({**plain, "telemetry": {"metrics": False}}), Side(plain), target=0.97),
+                # Observability all off (A) vs metrics and tracing on (B: every tools/call a span, exported
+                # to the load tool's OTLP sink, run_http).
+                Pair("tracing", era, echo, Side({**plain, "telemetry": {"metrics": False}}),
+                     Side({**plain, "telemetry": {"tracing": True}}), target=0.9)]
+    if "modern" in eras:
+        renamed = [("tools/call", {**params, "name": "echo__echo"}, result) for _, params, result in echo]
+        out.append(Pair("aggregate", "modern", echo, Side(plain), Side(plain, path="/mcp", calls=renamed), target=0.8))
+    return out
+
+
+def http_round(pair: Pair, tmpdir: str, concurrency: int, duration: float, cpus) -> dict:
+    from wire_gateway.auth.backends import SqliteBackend
+    from wire_gateway.auth.tenancy import Tenancy
+
+    folder = Path(tempfile.mkdtemp(dir=tmpdir))
+    fixtures, warmups, starters, extras = [], [], [], []
+    for label, side in (("a", pair.a), ("b", pair.b)):
+        own = folder / label
+        own.mkdir()
+        (own / "http-bench-gateway.json").write_text(json.dumps(side.config))
+        if side.auth:   # a project, a user and a key in the auth store beside the config, as the CLI makes them
+            tenancy = Tenancy(SqliteBackend(str(own / "auth.sqlite3")), ["echo"])
+            tenancy.create_project("bench", ["*"])
+            tenancy.create_user("bench")
+            extras.append(["--header", f"Authorization: Bearer {tenancy.create_key('bench', 'bench')[1]}"])
+        else:
+            extras.append([])
+        fixtures.append(bench.write_fixture(own / "calls.jsonl", pair.era, side.calls or pair.calls))
+        warmups.append(fixtures[-1] if pair.warmup is None else
+                       bench.write_fixture(own / "warm.jsonl", pair.era, pair.warmup))
+        starters.append(lambda own=own, side=side: HttpProcess("gateway", str(own), duration + 120.0, cpus,
+                                                               path=side.path))
+    return side_by_side(starters, fixtures, concurrency, duration, HTTP_WARMUP_CALLS, warmups, extras)[0]
+
+
+def run_http(eras: list[str], rounds: int, concurrency: int, duration: float, only: list[str] | None) -> dict:
+    """Each pair, ``rounds`` times side by side; with the OTLP receiver the `tracing` pair's gateways export
+    to (every gateway started meanwhile inherits the endpoint; only those with tracing on use it)."""
+    out: dict = {}
+    sink, before = OtlpSink(), os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
+    try:
+        with tempfile.TemporaryDirectory(prefix="policy-http-") as tmpdir:
+            for pair in http_pairs(eras):
+                if only and pair.name not in only:
+                    continue
+                exported = sink.bytes
+                results = apart(rounds, lambda cpus, pair=pair: http_round(pair, tmpdir, concurrency, duration,
+                                                                           cpus))[0]
+                summary = ratio_summary(results)
+                out[f"http_{pair.name}_{pair.era}"] = {
+                    "rounds": results, "target": pair.target, "ratio_median": summary["median"],
+                    "ratio_min": summary["min"], "ratio_max": summary["max"],
+                    "mismatches": summary["mismatches"], "errors": summary["errors"],
+                    **({"otlp_bytes": sink.bytes - exported} if pair.name == "tracing" else {})}
+    finally:
+        if before is None:
+            os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        else:
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = before
+        sink.close()
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", type=int, default=500, help="round trips per side per round (default 500)")
+    parser.add_argument("--rounds", type=int, default=20, help="alternating rounds (default 20)")
+    parser.add_argument("--redis-url", help="also measure the cached tools/list with the Redis store")
+    parser.add_argument("--transport", default="stdio,http", type=comma_list,
+                        help="comma-separated: stdio, http (default both)")
+    parser.add_argument("--eras", default="modern,legacy", type=comma_list, help="HTTP eras (default modern,legacy)")
+    parser.add_argument("--pairs", type=comma_list,
+                        help="pairs to run: over stdio tools_list, ping, guardrails_call, guardrails_1mib; "
+                        "over HTTP tools_list, tools_call, aggregate, auth, metrics, tracing (default all)")
+    parser.add_argument("--http-rounds", type=int, default=3, help="HTTP rounds per pair (default 3)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds each HTTP round drives (default 5)")
+    parser.add_argument("-c", "--concurrency", type=int, default=16, help="HTTP sessions per gateway (default 16)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+def comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    results: dict = {"config": {"n": args.n, "rounds": args.rounds, "cpus": os.cpu_count()}}
+    if "stdio" in args.transport:
+        results.update(run_stdio(args, args.pairs))
+    http: dict = {}
+    if "http" in args.transport:
+        results["config"].update(http_rounds=args.http_rounds, duration_s=args.duration, concurrency=args.concurrency)
+        http = run_http(args.eras, args.http_rounds, args.concurrency, args.duration, args.pairs)
+        results.update(http)
+    lines = [f"policy-bench: {os.cpu_count()} CPUs"]
+    if any(k in results for k in STDIO_PAIRS):
+        lines.append(f"  over stdio: n={args.n} x {args.rounds} rounds per side, sequential")
+    for name in (k for k in ("tools_list", "ping", "tools_list_redis") if k in results):
+        figures = results[name]
+        sides = [k for k in figures if k not in ("ratio_of_medians", "added_median_us")]
+        lines.append(f"  {name:<17} " + " | ".join(
+            f"{side}: median {figures[side]['median_us']:.0f} us, p90 {figures[side]['p90_us']} us, "
+            f"gateway CPU {figures[side]['gateway_cpu_us_per_request']} us/req" for side in sides)
+            + f" | ratio {figures['ratio_of_medians']}")
+    if "tools_list" in results and "ping" in results:
+        lines.append(f"  => cached tools/list is {1 / results['tools_list']['ratio_of_medians']:.1f}x faster than "
+                     f"uncached (target >= 3x); ping with five interceptors / without: "
+                     f"{results['ping']['ratio_of_medians']} (target < 1.1)")
+    for name, target in (("guardrails_call", "200 us"), ("guardrails_1mib", "20,000 us")):
+        if name in results:
+            r = results[name]
+            off, on = r[f"{name}_off"], r[f"{name}_on"]
+            lines.append(f"  {name:<17} off: median {off['median_us']:.0f} us | every detector: median "
+                         f"{on['median_us']:.0f} us (gateway CPU {off['gateway_cpu_us_per_request']} -> "
+                         f"{on['gateway_cpu_us_per_request']} us/req) | added {r['added_median_us']:.0f} us "
+                         f"(target < {target})")
+    if http:
+        lines.append(f"  over HTTP: A and B side by side on one CPU, {args.concurrency} clients each, "
+                     f"{args.duration:g} s per round (B/A = calls/s of B over A's)")
+    for name, r in http.items():
+        rounds = ", ".join(f"x{x['ratio']:.2f} ({x['a']['calls_per_s']:,.0f} / {x['b']['calls_per_s']:,.0f})"
+                           if x.get("ratio") else f"failed: {x.get('error', '?')}" for x in r["rounds"])
+        median = f"x{r['ratio_median']:.2f}" if r["ratio_median"] is not None else "-"
+        exported = f"; OTLP {r['otlp_bytes']:,} bytes received" if "otlp_bytes" in r else ""
+        lines.append(f"  {name:<26} B/A {median} (target >= {r['target']:g}); rounds: {rounds}; "
+                     f"mismatches {r['mismatches']}, errors {r['errors']}{exported}")
+    print(json.dumps(results, indent=2) if args.json else "\n".join(lines))
+    return 1 if any(r["errors"] or r["mismatches"] for r in http.values()) else 0

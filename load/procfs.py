@@ -11,22 +11,21 @@ import signal
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import BenchError
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass(frozen=True)
-class ProcStat:
+class ProcStat(NamedTuple):
     """The few /proc/PID/stat fields we need (ticks are clock ticks)."""
-
     ppid: int
     ticks: int  # utime + stime: this process only, children excluded
     start: int  # start time, to tell a pid apart from a reused one
 
 
-def read_stat(pid: int):
+def read_stat(pid: int) -> ProcStat | None:
     """ProcStat of ``pid``, or None if it is gone (proc(5) fields 4, 14, 15, 22, counted after the
     command name's last ')': the name may hold spaces and parentheses)."""
     try:
@@ -40,18 +39,13 @@ def read_stat(pid: int):
 
 def scan_processes() -> dict:
     """{pid: ProcStat} for every process we can see."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            stat = read_stat(int(name))
-            if stat is not None:
-                table[int(name)] = stat
-    return table
+    stats = {int(name): read_stat(int(name)) for name in os.listdir("/proc") if name.isdigit()}
+    return {pid: stat for pid, stat in stats.items() if stat is not None}
 
 
 def descendants(table: dict, root: int) -> dict:
     """{pid: ProcStat} of all descendants of ``root`` (not root itself)."""
-    children = {}
+    children: dict = {}
     for pid, stat in table.items():
         children.setdefault(stat.ppid, []).append(pid)
     found, todo = {}, list(children.get(root, ()))
@@ -65,43 +59,31 @@ def descendants(table: dict, root: int) -> dict:
 @dataclass
 class CpuSample:
     """CPU counters taken at one instant, to be subtracted pairwise."""
-
     own_ticks: int
     tree: dict  # {pid: ProcStat} of the target and all its descendants
     driver_ns: int
     driver_ticks: int  # the same, in ticks, to compare with the machine's
-    machine_ticks: int  # busy ticks of the whole machine, all CPUs
+    machine_ticks: int  # busy ticks of the whole machine, all CPUs (user+nice+system+irq+softirq)
 
     @classmethod
     def take(cls, pid: int | None, driver_first: bool) -> CpuSample:
         """Sample now; the driver's clock is read on the window's side of the /proc scan (which costs
         a few milliseconds), keeping that out of the driver's per-call figure. No ``pid`` (a target
         whose process is not ours to see): the driver's and the machine's clocks only."""
+        def driver() -> tuple:
+            with open("/proc/stat", "rb") as f:
+                user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+            return time.process_time_ns(), read_stat(os.getpid()).ticks, user + nice + system + irq + softirq
+
         if pid is None:
-            return cls(0, {}, *driver_clocks())
-        if driver_first:
-            driver = driver_clocks()
+            return cls(0, {}, *driver())
+        first = driver() if driver_first else None
         table = scan_processes()
         own = table.get(pid) or read_stat(pid)
         tree = descendants(table, pid)
         if own is not None:
             tree[pid] = own
-        if not driver_first:
-            driver = driver_clocks()
-        return cls(own.ticks if own else 0, tree, *driver)
-
-
-def driver_clocks() -> tuple:
-    """(driver CPU ns, driver ticks, machine busy ticks), read together."""
-    return time.process_time_ns(), read_stat(os.getpid()).ticks, machine_busy_ticks()
-
-
-def machine_busy_ticks() -> int:
-    """Busy ticks of all CPUs so far: user+nice+system+irq+softirq of /proc/stat."""
-    with open("/proc/stat", "rb") as f:
-        fields = f.readline().split()
-    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[1:8])
-    return user + nice + system + irq + softirq
+        return cls(own.ticks if own else 0, tree, *(first or driver()))
 
 
 def tree_ticks_between(before: dict, after: dict) -> int:
@@ -110,8 +92,7 @@ def tree_ticks_between(before: dict, after: dict) -> int:
     total = 0
     for pid, stat in after.items():
         old = before.get(pid)
-        base = old.ticks if old is not None and old.start == stat.start else 0
-        total += stat.ticks - base
+        total += stat.ticks - (old.ticks if old is not None and old.start == stat.start else 0)
     return total
 
 
@@ -120,10 +101,11 @@ def ticks_to_us(ticks: int) -> float:
 
 
 def reap_stragglers(known: dict, group: int, patience: float) -> list:
-    """Give a target's descendants `patience` seconds to exit, then SIGKILL them and its group."""
+    """Give a target's descendants (``known``: {pid: start time}) ``patience`` seconds to exit, then
+    SIGKILL them and its group."""
     deadline = time.monotonic() + patience
     while True:
-        alive = [pid for pid, start in known.items() if still_running(pid, start)]
+        alive = [pid for pid, start in known.items() if getattr(read_stat(pid), "start", None) == start]
         if not alive or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -145,28 +127,6 @@ def signal_group(group: int, sig: int = signal.SIGKILL) -> bool:
     return True
 
 
-def still_running(pid: int, start: int) -> bool:
-    """The process with this pid is the one that started at `start` (not a reused pid)."""
-    stat = read_stat(pid)
-    return stat is not None and stat.start == start
-
-
-PIN_MODES = ("split", "same", "none")
-
-
-def add_pin_argument(parser) -> None:
-    """--pin and --spin: where the processes run and how the driver waits."""
-    parser.add_argument(
-        "--pin", choices=PIN_MODES, default="split",
-        help="CPU placement: split = driver on one CPU, target tree on the others "
-             "(default; stable figures); same = everything on one CPU; none = let the "
-             "scheduler decide (bimodal on small machines)")
-    parser.add_argument(
-        "--spin", action="store_true",
-        help="busy-poll answers instead of sleeping on the pipe: removes the client's "
-             "wake-up cost (burns the driver's CPU; use with --pin split)")
-
-
 def cpu_plan(mode: str) -> tuple:
     """(driver CPUs, target CPUs) for a --pin mode; (None, None) = unpinned (split with one CPU too).
     Unpinned rounds fall into two clusters ~3x apart: see docs/notes/load-design.md."""
@@ -181,46 +141,35 @@ def cpu_plan(mode: str) -> tuple:
 @contextmanager
 def pinned(cpus):
     """Run the block with this process on ``cpus``; restore afterwards."""
-    if not cpus:
-        yield
-        return
     saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     try:
         yield
     finally:
-        os.sched_setaffinity(0, saved)
+        if cpus:
+            os.sched_setaffinity(0, saved)
 
 
 def read_kib(path: str, key: bytes) -> int | None:
     """A ``key: N kB`` line of a /proc file (VmRSS of ``status``, Pss of ``smaps_rollup``, ...), or None."""
     try:
         with open(path, "rb") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
+            return next((int(line.split()[1]) for line in f if line.startswith(key)), None)
     except (OSError, ValueError):
         return None
-    return None
-
-
-def read_rss_kib(pid) -> int | None:
-    return read_kib(f"/proc/{pid}/status", b"VmRSS:")
 
 
 def tree_pss_kib(pid) -> int:
     """Pss summed over pid and its descendants: what the tree really costs in RAM
     (RSS counts the interpreter's shared pages once per process)."""
-    pids = [pid, *descendants(scan_processes(), pid)]
-    return sum(read_kib(f"/proc/{p}/smaps_rollup", b"Pss:") or 0 for p in pids)
+    return sum(read_kib(f"/proc/{p}/smaps_rollup", b"Pss:") or 0 for p in [pid, *descendants(scan_processes(), pid)])
 
 
 def tree_rss_kib(pid) -> tuple:
     """(RSS of pid, RSS of pid and all its descendants, number of descendants), KiB."""
-    own = read_rss_kib(pid)
-    kids = descendants(scan_processes(), pid)
-    total = (own or 0) + sum(read_rss_kib(p) or 0 for p in kids)
-    return own, total, len(kids)
+    own, kids = read_kib(f"/proc/{pid}/status", b"VmRSS:"), descendants(scan_processes(), pid)
+    return own, (own or 0) + sum(read_kib(f"/proc/{p}/status", b"VmRSS:") or 0 for p in kids), len(kids)
 
 
 def mem_available_kib() -> int:
@@ -236,22 +185,15 @@ def pid_listening_on(port: int):
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(f"socket:[{fields[9]}]")
+                rows = [line.split() for line in f][1:]
         except OSError:
             continue
-    if not inodes:
-        return None
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+        inodes |= {f"socket:[{row[9]}]" for row in rows if row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port}
+    for name in os.listdir("/proc") if inodes else ():
         try:
-            for fd in os.listdir(f"/proc/{name}/fd"):
-                if os.readlink(f"/proc/{name}/fd/{fd}") in inodes:
-                    return int(name)
+            if name.isdigit() and any(os.readlink(f"/proc/{name}/fd/{fd}") in inodes
+                                      for fd in os.listdir(f"/proc/{name}/fd")):
+                return int(name)
         except OSError:
             continue
     return None

@@ -1,6 +1,6 @@
 """``load run``: replay a fixture against a target as C concurrent virtual sessions, every answer checked.
 
-The engine is ``load.replay``; this is the command: targets, worker processes, the progress bar, the
+The engine is ``load.engine``; this is the command: targets, worker processes, the progress bar, the
 report, the comparison and the plot (docs/load.md). Exit status: 0 every answer right; 1 mismatches
 or errors; 2 the run could not be made.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from . import BenchError, forks, http_client, replay, report
+from . import BenchError, engine, forks, http_client, replay, report
 from .ab import compare_medians
 from .assets import SESSIONS
 from .stats import percentile
@@ -34,13 +34,11 @@ class Target:
     """Where a run goes: ``http`` (a URL) or ``stdio`` (a command; one process per session)."""
 
     def __init__(self, spec: str):
-        self.spec = spec
-        if spec.startswith("stdio:"):
-            self.kind, self.argv, self.url = "stdio", shlex.split(spec[len("stdio:"):]), None
-            if not self.argv:
-                raise BenchError(f"empty stdio command: {spec!r}")
-        else:
-            self.kind, self.argv, self.url = "http", None, Url(spec)
+        self.spec, self.kind = spec, "stdio" if spec.startswith("stdio:") else "http"
+        self.argv = shlex.split(spec[len("stdio:"):]) if self.kind == "stdio" else None
+        self.url = Url(spec) if self.kind == "http" else None
+        if self.kind == "stdio" and not self.argv:
+            raise BenchError(f"empty stdio command: {spec!r}")
 
     def __str__(self) -> str:
         return self.spec
@@ -58,50 +56,37 @@ def parse_duration(text: str) -> float:
 
 
 def run_once(target: Target, script: replay.Script, concurrency: int, calls: int | None, duration: float | None,
-             rate: float | None, opts: replay.Options, workers: int = 1, progress: bool = False) -> replay.Stats:
+             rate: float | None, opts: engine.Options, workers: int = 1, progress: bool = False) -> engine.Stats:
     """One run against one target; the merged Stats of all its sessions (``--workers``: forked processes,
-    each with its share of the sessions, of ``-n`` and of ``--rate``, numbered so ids stay unique)."""
+    each with its share of the sessions, of ``-n`` and of ``--rate``, numbered so ids stay unique, and
+    its progress counted in a shared array the parent's bar reads)."""
     workers = max(1, min(workers, concurrency))
     if workers == 1:
-        counter = opts.progress
-        with report.progress(str(target), calls, duration, lambda: counter[0], progress):
+        with report.progress(str(target), calls, duration, lambda: opts.progress[0], progress):
             gc.collect()
-            return trio.run(replay.run_sessions, target, script, 0, concurrency, calls, duration, rate, opts)
-    shared = multiprocessing.get_context("fork").Array("q", workers, lock=False)
+            return trio.run(engine.run_sessions, target, script, 0, concurrency, calls, duration, rate, opts)
+    counters = [multiprocessing.get_context("fork").RawArray("q", 1) for _ in range(workers)]
     ks = forks.split(concurrency, workers)
     ns = forks.split(calls, workers) if calls is not None else [None] * workers
-    procs, pipes = forks.start(_worker, [(i, shared, target.spec, script, sum(ks[:i]), ks[i], ns[i], duration,
-                                          rate / workers if rate else None, opts.check, opts.pace, opts.timeout)
+    procs, pipes = forks.start(_worker, [(target.spec, script, sum(ks[:i]), ks[i], ns[i], duration,
+                                          rate / workers if rate else None,
+                                          engine.Options(opts.check, opts.pace, opts.timeout, counters[i]))
                                          for i in range(workers)])
     try:
-        with report.progress(str(target), calls, duration, lambda: sum(shared), progress):
+        with report.progress(str(target), calls, duration, lambda: sum(c[0] for c in counters), progress):
             parts = [forks.receive(pipe, "results") for pipe in pipes]
     finally:
         forks.reap(procs, pipes, grace=10.0)
-    stats = replay.Stats()
-    stats.start = min(p["start"] for p in parts)
+    stats = engine.Stats()
+    stats.start = min(p.start for p in parts)
     for part in parts:
         stats.merge(part)
     return stats
 
 
-def _worker(_pipe, index, shared, spec, script, first, count, calls, duration, rate, check, pace, timeout) -> dict:
-    """A forked worker: its share of the sessions; its progress counted in ``shared[index]``."""
-    opts = replay.Options(check=check, pace=pace, timeout=timeout, progress=_SharedCounter(shared, index))
-    return trio.run(replay.run_sessions, Target(spec), script, first, count, calls, duration, rate, opts).to_dict()
-
-
-class _SharedCounter:
-    """Looks like ``[count]`` to the sessions; the parent's progress bar reads it across processes."""
-
-    def __init__(self, shared, index):
-        self.shared, self.index = shared, index
-
-    def __getitem__(self, _):
-        return self.shared[self.index]
-
-    def __setitem__(self, _, value):
-        self.shared[self.index] = value
+def _worker(_pipe, spec, script, first, count, calls, duration, rate, opts) -> engine.Stats:
+    """A forked worker: its share of the sessions."""
+    return trio.run(engine.run_sessions, Target(spec), script, first, count, calls, duration, rate, opts)
 
 
 def ms(ns) -> float | None:
@@ -114,7 +99,7 @@ def latency_figures(values) -> dict:
             "max_ms": ms(ordered[-1]) if ordered else None}
 
 
-def summarize(target: Target, stats: replay.Stats, concurrency: int) -> dict:
+def summarize(target: Target, stats: engine.Stats, concurrency: int) -> dict:
     """The machine-readable result of one run (the --json schema's ``runs[]`` entry)."""
     window = stats.window
     every = array("q")
@@ -135,19 +120,15 @@ def summarize(target: Target, stats: replay.Stats, concurrency: int) -> dict:
     }
 
 
-def timeline(stats: replay.Stats) -> dict:
+def timeline(stats: engine.Stats) -> dict:
     """Per-second buckets of throughput and latency percentiles, for the plot."""
     buckets: dict = {}
     for t, lat in zip(stats.done_at, stats.done_latency):
         buckets.setdefault(t // 1_000_000_000, []).append(lat)
-    out = {"t": [], "calls_per_s": [], "p50_ms": [], "p90_ms": [], "p99_ms": []}
-    for second in sorted(buckets):
-        values = sorted(buckets[second])
-        out["t"].append(second)
-        out["calls_per_s"].append(len(values))
-        for p in PERCENTILES:
-            out[f"p{p}_ms"].append(ms(percentile(values, p)))
-    return out
+    seconds = sorted(buckets)
+    ordered = [sorted(buckets[second]) for second in seconds]
+    return {"t": seconds, "calls_per_s": [len(values) for values in ordered],
+            **{f"p{p}_ms": [ms(percentile(values, p)) for values in ordered] for p in PERCENTILES}}
 
 
 def plot(result: dict, path: str) -> None:
@@ -215,29 +196,24 @@ def execute(args) -> dict:
     if args.rate is not None and args.rate <= 0:
         raise BenchError("--rate must be > 0")
     script = replay.load_script(args.fixture)
-    first = Target(f"stdio:{args.stdio}" if args.stdio else args.target)
-    targets = [first]
+    targets = [Target(f"stdio:{args.stdio}" if args.stdio else args.target)]
     if args.compare:
         targets.append(Target(args.compare))
     calls = args.calls
     if calls is None and args.duration is None:
         calls = script.calls_per_round * args.concurrency
     rounds = args.rounds if args.compare else 1
-    progress = sys.stderr.isatty() and not args.json
     runs = []
     for rnd in range(1, rounds + 1):
         for target in targets:
-            opts = replay.Options(check=args.check, pace=args.pace, timeout=args.timeout)
-            stats = run_once(target, script, args.concurrency, calls, args.duration, args.rate, opts,
-                             args.workers, progress)
-            run = summarize(target, stats, args.concurrency)
-            run["timeline"] = timeline(stats)
-            if args.compare:
-                run["round"] = rnd
-            runs.append(run)
+            stats = run_once(target, script, args.concurrency, calls, args.duration, args.rate,
+                             engine.Options(args.check, args.pace, args.timeout), args.workers,
+                             sys.stderr.isatty() and not args.json)
+            runs.append({**summarize(target, stats, args.concurrency), "timeline": timeline(stats),
+                         **({"round": rnd} if args.compare else {})})
     result = {
         "tool": "load run", "schema": 1,
-        "config": {"target": str(first), "compare": args.compare, "fixture": args.fixture, "era": script.era,
+        "config": {"target": str(targets[0]), "compare": args.compare, "fixture": args.fixture, "era": script.era,
                    "concurrency": args.concurrency, "calls": calls, "duration_s": args.duration, "rate": args.rate,
                    "pace": args.pace, "check": args.check, "workers": args.workers, "rounds": rounds,
                    "timeout_s": args.timeout, "calls_per_round": script.calls_per_round},
@@ -246,31 +222,9 @@ def execute(args) -> dict:
         "errors": sum(sum(r["errors"].values()) for r in runs),
     }
     if args.compare:
-        result["compare"] = compare_medians([r for r in runs if r["target"] == str(first)],
+        result["compare"] = compare_medians([r for r in runs if r["target"] == str(targets[0])],
                                             [r for r in runs if r["target"] == args.compare], FIGURES)
     return result
-
-
-def render_run(run: dict) -> list:
-    lines = [f"== {run['target']}  ({run['transport']}, {run['concurrency']} sessions: {run['sessions']} started, "
-             f"{run['session_failures']} failed)",
-             f"calls {run['calls']:,}  answered right {run['answered_ok']:,}  in {run['seconds']:.2f}s  "
-             f"-> {run['calls_per_s']:,.0f} calls/s"]
-    lines += report.table(["method", "count", "p50 ms", "p90 ms", "p99 ms", "max ms"],
-                          [[label[:40], lat["count"], *(fmt_ms(lat[f"{k}_ms"]) for k in ("p50", "p90", "p99", "max"))]
-                           for label, lat in run["latency"].items()])
-    kinds = ", ".join(f"{k} {v:,}" for k, v in run["mismatch_kinds"].items())
-    lines.append("errors: " + (", ".join(f"{k} {v:,}" for k, v in run["errors"].items()) or "none"))
-    lines.append(f"mismatches: {run['mismatches']:,}" + (f" ({kinds})" if kinds else ""))
-    lines += [f"  mismatch example: {e}" for e in run["mismatch_examples"]]
-    lines += [f"  error example: {e}" for e in run["error_examples"]]
-    lines.append(f"server notifications {run['notifications']:,}, server requests answered "
-                 f"{run['server_requests_answered']:,}, requests cancelled as recorded {run['cancelled']:,}")
-    return lines
-
-
-def fmt_ms(value) -> str:
-    return report.fmt(value, 2 if value is not None and value < 100 else 0)
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -280,17 +234,36 @@ def parse_header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def fmt_ms(value) -> str:
+    return report.fmt(value, 2 if value is not None and value < 100 else 0)
+
+
 def render(result: dict) -> str:
     lines = []
     for run in result["runs"]:
-        lines += [*([f"-- round {run['round']}"] if "round" in run else []), *render_run(run), ""]
+        kinds = ", ".join(f"{k} {v:,}" for k, v in run["mismatch_kinds"].items())
+        lines += [
+            *([f"-- round {run['round']}"] if "round" in run else []),
+            f"== {run['target']}  ({run['transport']}, {run['concurrency']} sessions: {run['sessions']} started, "
+            f"{run['session_failures']} failed)",
+            f"calls {run['calls']:,}  answered right {run['answered_ok']:,}  in {run['seconds']:.2f}s  "
+            f"-> {run['calls_per_s']:,.0f} calls/s",
+            *report.table(["method", "count", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+                          [[label[:40], lat["count"], *(fmt_ms(lat[f"{k}_ms"]) for k in ("p50", "p90", "p99", "max"))]
+                           for label, lat in run["latency"].items()]),
+            "errors: " + (", ".join(f"{k} {v:,}" for k, v in run["errors"].items()) or "none"),
+            f"mismatches: {run['mismatches']:,}" + (f" ({kinds})" if kinds else ""),
+            *(f"  mismatch example: {e}" for e in run["mismatch_examples"]),
+            *(f"  error example: {e}" for e in run["error_examples"]),
+            f"server notifications {run['notifications']:,}, server requests answered "
+            f"{run['server_requests_answered']:,}, requests cancelled as recorded {run['cancelled']:,}", ""]
     if "compare" in result:
         cfg = result["config"]
         lines += [f"== comparison over {cfg['rounds']} rounds (A B A B ..., medians)", f"  A = {cfg['target']}",
-                  f"  B = {cfg['compare']}"]
-        lines += [*report.table(["figure", "A", "B", "B / A"], [
-            [name, fmt_ms(row["a"]), fmt_ms(row["b"]), report.times(row["ratio_b_to_a"], 2)]
-            for name, row in result["compare"].items()]), ""]
+                  f"  B = {cfg['compare']}",
+                  *report.table(["figure", "A", "B", "B / A"], [
+                      [name, fmt_ms(row["a"]), fmt_ms(row["b"]), report.times(row["ratio_b_to_a"], 2)]
+                      for name, row in result["compare"].items()]), ""]
     lines.append(f"total mismatches: {result['mismatches']:,}   errors: {result['errors']:,}")
     return "\n".join(lines)
 
@@ -304,8 +277,5 @@ def run(args) -> int:
     except (BenchError, replay.ReplayError) as exc:
         print(f"load run: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(render(result))
+    print(json.dumps(result, indent=2) if args.json else render(result))
     return 1 if result["mismatches"] or result["errors"] else 0

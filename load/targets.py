@@ -82,40 +82,29 @@ class Started:
 
     def remember(self, tree: dict) -> None:
         """Keep track of descendants seen, to make sure they are gone at ``stop``."""
-        for pid, stat in tree.items():
-            if pid != self.pid:
-                self.known_descendants[pid] = stat.start
+        self.known_descendants.update((pid, stat.start) for pid, stat in tree.items() if pid != self.pid)
 
     def remember_now(self) -> None:
         self.remember(descendants(scan_processes(), self.pid))
-
-    def stderr_tail(self, limit: int = 2000) -> str:
-        out = ""
-        try:
-            self.stderr.flush()
-            size = self.stderr.seek(0, os.SEEK_END)
-            self.stderr.seek(max(0, size - limit))
-            out = self.stderr.read().decode("utf-8", "replace")
-        except (OSError, ValueError):
-            pass
-        try:
-            if self.log_file is not None:
-                out += self.log_file.read_text(errors="replace")[-limit:]
-        except OSError:
-            pass
-        return out
 
     def failure(self, what: str) -> BenchError:
         """A BenchError saying why the run broke, with the target's stderr (and log) tail."""
         if self.expired:
             what = f"timed out after {self.timeout:g}s ({what})"
         try:
-            code = self.proc.wait(0.5)   # a dying target: give it time to say how
+            what += f"; target exited with {self.proc.wait(0.5)}"   # a dying target: give it time to say how
         except subprocess.TimeoutExpired:
-            code = None
-        if code is not None:
-            what += f"; target exited with {code}"
-        tail = self.stderr_tail().strip()
+            pass
+        tail = ""
+        try:
+            self.stderr.flush()
+            self.stderr.seek(max(0, self.stderr.seek(0, os.SEEK_END) - 2000))
+            tail = self.stderr.read().decode("utf-8", "replace")
+            if self.log_file is not None:
+                tail += self.log_file.read_text(errors="replace")[-2000:]
+        except (OSError, ValueError):
+            pass
+        tail = tail.strip()
         return BenchError(what + (f"\n--- target stderr/log (tail) ---\n{tail}" if tail else ""))
 
     def stop(self, grace: float = 10.0) -> dict:
@@ -131,17 +120,16 @@ class Started:
         else:
             steps = (("SIGTERM", lambda: self.proc.send_signal(signal.SIGTERM), grace),
                      ("SIGKILL", self._kill_now, 5.0))
-        if how is None:
-            for name, act, wait in steps:
-                try:
-                    act()
-                    self.proc.wait(wait)
-                    how = name
-                    break
-                except OSError:
-                    continue
-                except subprocess.TimeoutExpired:
-                    how = "unkillable"
+        for name, act, wait in steps if how is None else ():
+            try:
+                act()
+                self.proc.wait(wait)
+                how = name
+                break
+            except OSError:
+                continue
+            except subprocess.TimeoutExpired:
+                how = "unkillable"
         self.watchdog.cancel()
         if self.expired:
             how = "watchdog"   # killed at the deadline before we asked
@@ -152,12 +140,11 @@ class Started:
         return {"stopped_by": how, "exit_code": self.proc.returncode, "stragglers": stragglers}
 
 
-def gateway_config(folder: Path, name: str = "gateway.json", config: dict | None = None) -> Path:
-    """A gateway config in ``folder`` (kept if already there): ``config``, else the echo server as "echo"."""
+def gateway_config(folder: Path, name: str = "gateway.json") -> Path:
+    """A gateway config in ``folder`` (kept if already there), else the echo server as "echo"."""
     path = folder / name
     if not path.exists():
-        path.write_text(json.dumps(config or {"servers": {"echo": {"command": sys.executable,
-                                                                   "args": [str(ECHO_SERVER)]}}}))
+        path.write_text(json.dumps({"servers": {"echo": {"command": sys.executable, "args": [str(ECHO_SERVER)]}}}))
     return path
 
 
@@ -171,8 +158,7 @@ class HttpProcess(Started):
         self.kind, self.dump_file = kind, None
         tag = f"{kind}-{os.getpid()}-{time.monotonic_ns()}"
         folder = Path(tmpdir)
-        port_file = folder / f"{tag}.port"
-        log_file = None
+        port_file, log_file = folder / f"{tag}.port", None
         if kind == "direct":
             argv, path = [sys.executable, str(HTTP_ECHO), "--port", "0", "--port-file", str(port_file)], "/mcp"
         elif kind == "fast":
@@ -186,26 +172,20 @@ class HttpProcess(Started):
                 self.dump_file = folder / f"{tag}.dump.jsonl"
                 argv += ["--dump", str(self.dump_file)]
         super().__init__(argv, timeout, cpus, log_file=log_file)
-        try:
-            self.port = self._wait_listening(port_file)
-        except BenchError:
-            self.stop()
-            raise
-        self.url = Url(f"http://127.0.0.1:{self.port}{path}")
-
-    def _wait_listening(self, port_file: Path) -> int:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
+        while True:
             try:
-                text = port_file.read_text().strip()
-                if text:
-                    return int(text)
+                self.port = int(port_file.read_text())
+                break
             except (OSError, ValueError):
                 pass
-            if self.proc.poll() is not None:
-                raise self.failure(f"{self.kind} target exited before listening")
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                failure = self.failure(f"{kind} target " + ("exited before listening" if self.proc.poll() is not None
+                                                            else f"not listening after {START_TIMEOUT_S:g}s"))
+                self.stop()
+                raise failure
             time.sleep(0.02)
-        raise self.failure(f"{self.kind} target not listening after {START_TIMEOUT_S:g}s")
+        self.url = Url(f"http://127.0.0.1:{self.port}{path}")
 
 
 class ExternalTarget:
