@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, dump_cost, fast_echo, http_bench, policy_bench, run, stdio_bench
+from . import bench, dump_cost, fast_echo, http_bench, policy_bench, run, stdio_bench, topology
 
 COMMANDS = {
     "run": (run.add_arguments, run.run,
@@ -22,6 +22,8 @@ COMMANDS = {
                   "what frame dumps cost: the gateway without and with --dump, at the same time"),
     "policy-bench": (policy_bench.add_arguments, policy_bench.run,
                      "what the policy chain costs (ping) and what its tools/list cache saves"),
+    "topology": (topology.add_arguments, topology.run,
+                 "Redis, N gateways and HAProxy on 127.0.0.1: the balancer's cost and Redis round trips"),
     "fast-echo": (fast_echo.add_arguments, fast_echo.run, "a minimal, fast echo MCP server (the ceiling's target)"),
 }
 
