@@ -128,19 +128,23 @@ class Replay:
     connection broke can resume with Last-Event-ID (legacy era). An event is recorded
     before it is written, so whatever the client may have missed is here."""
 
-    __slots__ = ("stream_id", "seq", "sent")
+    __slots__ = ("stream_id", "seq", "sent", "log")
 
-    def __init__(self, stream_id: str, max_events: int) -> None:
+    def __init__(self, stream_id: str, max_events: int,
+                 log: Callable[[int, bytes, bool], None] | None = None) -> None:
         self.stream_id = stream_id
         self.seq = 0
         self.sent: deque[tuple[int, bytes]] = deque(maxlen=max_events)
+        self.log = log        # also told each event (seq, data, final): shared_streams' Recorder
 
     def event_id(self, seq: int) -> str:
         return f"{self.stream_id}-{seq}"
 
-    def record(self, raw: bytes) -> str:
+    def record(self, raw: bytes, final: bool = False) -> str:
         self.seq += 1
         self.sent.append((self.seq, raw))
+        if self.log is not None:
+            self.log(self.seq, raw, final)
         return self.event_id(self.seq)
 
     def after(self, seq: int) -> list[tuple[str, bytes]]:

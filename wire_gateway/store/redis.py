@@ -26,7 +26,7 @@ import trio
 import trio_asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from wire_gateway.store.base import Listener
 from wire_gateway.store.memory import PERSISTED, MemoryStore
@@ -177,9 +177,53 @@ class RedisStore:
                                         xx=only_existing))
         return await self._shared(remote)
 
+    async def keep_alive(self, key: str, ttl: float) -> None:
+        """A heartbeat: `key` exists for `ttl` more seconds (PSETEX, a command of its own, so that
+        Redis' statistics tell heartbeats from the rest); StoreUnreachable otherwise."""
+        await self._shared(lambda: self._aio(self._client.psetex, self._k(key), max(1, int(ttl * 1000)), b"1"))
+
     async def delete_shared(self, key: str) -> int:
         """As `delete`, in Redis only (StoreUnreachable otherwise)."""
         return await self._shared(lambda: self._aio(self._client.delete, self._k(key)))
+
+    async def append_events(self, entries: list[tuple[str, str, dict[str, bytes]]], maxlen: int,
+                            ttl: float) -> None:
+        """XADD each (key, entry id, fields) in one pipelined round trip, each stream trimmed to about
+        `maxlen` entries (MAXLEN ~) and expiring `ttl` after its last write; StoreUnreachable
+        otherwise. An entry whose id is not past its stream's last is refused by Redis, and skipped."""
+        px = max(1, int(ttl * 1000))
+
+        async def remote() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for key, entry_id, fields in entries:
+                pipe.xadd(self._k(key), fields, id=entry_id, maxlen=maxlen, approximate=True)
+            for key in {key for key, _, _ in entries}:
+                pipe.pexpire(self._k(key), px)
+            await self._aio(pipe.execute, raise_on_error=False)
+        await self._shared(remote)
+
+    async def add_event(self, key: str, entry_id: str, fields: dict[str, bytes], ttl: float) -> bool:
+        """One XADD with an explicit id: False when the stream already has that id or a later one
+        (another writer came first); StoreUnreachable when Redis is away."""
+        async def remote() -> bool:
+            try:
+                await self._aio(self._client.xadd, self._k(key), fields, id=entry_id)
+            except ResponseError:       # "The ID specified in XADD is equal or smaller than ..."
+                return False
+            await self._aio(self._client.pexpire, self._k(key), max(1, int(ttl * 1000)))
+            return True
+        return await self._shared(remote)
+
+    async def read_events(self, key: str, after: str = "-", block: float | None = None
+                          ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The entries of a stream (XRANGE, or past `after` with `block`: XREAD BLOCK, waiting that
+        many seconds for one to come); StoreUnreachable when Redis is away."""
+        async def remote() -> list[tuple[bytes, dict[bytes, bytes]]]:
+            if block is None:
+                return list(await self._aio(self._client.xrange, self._k(key), min=after))
+            got = await self._aio(self._client.xread, {self._k(key): after}, block=max(1, int(block * 1000)))
+            return [entry for _, entries in got or () for entry in entries]
+        return await self._shared(remote)
 
     async def _keys(self, prefix: str) -> list[bytes]:
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self._k(prefix)) + "*"
