@@ -32,7 +32,7 @@ import trio
 
 from wire_gateway.config import Config, HttpSettings, ServerSpec
 from wire_gateway.dump.tap import C2G, G2C, Tap
-from wire_gateway.proxy.exchange import Backlog, Exchange, Replay, parse_event_id
+from wire_gateway.proxy.exchange import Backlog, Exchange, Replay, Resumable, parse_event_id
 from wire_gateway.proxy.http_answer import JSON, SSE_HEADERS, first_answer
 from wire_gateway.proxy.route import open_upstream
 from wire_gateway.transport.http_server import ClientGone, Responder
@@ -48,18 +48,6 @@ log = logging.getLogger("wire_gateway.http.legacy")
 
 MAX_RESUMABLE = 64            # broken POST streams kept per session for Last-Event-ID
 MAX_DETACHED_BYTES = 1 << 20  # a broken stream nobody resumes may not hold more than this
-
-
-class _Resumable:
-    __slots__ = ("frame", "ex", "replay", "finished", "recording", "recorded")
-
-    def __init__(self, frame: Frame, ex: Exchange, replay: Replay) -> None:
-        self.frame = frame
-        self.ex = ex
-        self.replay = replay
-        self.finished = False     # the answer has been recorded (and written, if the client was there)
-        self.recording: trio.CancelScope | None = None   # shared streams: recording it while it is broken
-        self.recorded = trio.Event()                       # set when that recording is over
 
 
 def new_session_id() -> str:
@@ -92,7 +80,7 @@ class LegacySession:
         self.progress: dict[Any, Exchange] = {}
         self.get_buffer: deque[bytes] = deque()
         self.get_replay = Replay("g", settings.stream_buffer_frames)
-        self.resumable: dict[str, _Resumable] = {}
+        self.resumable: dict[str, Resumable] = {}
         self._stream_ids = 0
         self.get_event = trio.Event()
         self.get_generation = 0          # a newer GET stream ends the older one
@@ -181,7 +169,7 @@ class LegacySession:
             self.upstream.flush_soon()
         else:
             self.upstream.flush()
-        entry: _Resumable | None = None
+        entry: Resumable | None = None
         try:
             first = await first_answer(ex, responder, [JSON, *self.headers])
             if first is None:
@@ -208,7 +196,7 @@ class LegacySession:
                          self.id[:8], frame.id, entry.replay.stream_id)
                 self._keep_recording(entry)
 
-    def _resumable(self, frame: Frame, ex: Exchange) -> _Resumable:
+    def _resumable(self, frame: Frame, ex: Exchange) -> Resumable:
         self._stream_ids += 1
         stream_id = f"p{self._stream_ids}"
         if self.shared is None:
@@ -217,7 +205,7 @@ class LegacySession:
             stream_id = self.shared.stream_id(stream_id)
             replay = Replay(stream_id, self.settings.stream_buffer_frames,
                             self.shared.recorder(self.id, stream_id, frame.id))
-        entry = _Resumable(frame, ex, replay)
+        entry = Resumable(frame, ex, replay)
         self.resumable[entry.replay.stream_id] = entry
         while len(self.resumable) > MAX_RESUMABLE:
             oldest = next(iter(self.resumable.values()))
@@ -226,7 +214,7 @@ class LegacySession:
             self._drop_resumable(oldest, "too many broken streams")
         return entry
 
-    async def _follow(self, entry: _Resumable, responder: Responder) -> None:
+    async def _follow(self, entry: Resumable, responder: Responder) -> None:
         """Write the stream's events as they come, each recorded before it is written."""
         final = entry.finished
         while not final:
@@ -236,38 +224,18 @@ class LegacySession:
             await responder.send_chunk(encode_event(raw, event_id))
         await responder.end_stream()
 
-    def _keep_recording(self, entry: _Resumable) -> None:
+    def _keep_recording(self, entry: Resumable) -> None:
         """Shared streams: a stream whose client left goes on being recorded (here and in Redis) as
-        its events come, so that a resume on any instance finds them. A resume here stops this first."""
-        if self.shared is not None and not entry.finished and not self.closed:
-            entry.recording = trio.CancelScope()
-            entry.recorded = trio.Event()
-            self.shared.spawn(self._record_broken, entry, entry.recording)
+        its events come, so that a resume on any instance finds them."""
+        if self.shared is not None and not self.closed:
+            entry.keep_recording(self.shared.spawn)
 
-    async def _record_broken(self, entry: _Resumable, scope: trio.CancelScope) -> None:
-        try:
-            with scope:
-                await trio.lowlevel.checkpoint()      # stopped before it started: takes nothing
-                while not entry.finished:
-                    raw, final, _ = await entry.ex.next()
-                    entry.replay.record(raw, final)
-                    entry.finished = final
-        finally:
-            entry.recording = None
-            entry.recorded.set()
-
-    async def _stop_recording(self, entry: _Resumable) -> None:
-        if entry.recording is not None:
-            entry.recording.cancel()
-            await entry.recorded.wait()      # what it took from the exchange is in the replay
-
-    def _forget(self, entry: _Resumable | None) -> None:
+    def _forget(self, entry: Resumable | None) -> None:
         if entry is not None and self.resumable.get(entry.replay.stream_id) is entry:
             del self.resumable[entry.replay.stream_id]
-            if entry.recording is not None:
-                entry.recording.cancel()
+            entry.stop_recording()
 
-    def _drop_resumable(self, entry: _Resumable, why: str) -> None:
+    def _drop_resumable(self, entry: Resumable, why: str) -> None:
         log.info("session %s: dropped broken stream %s (%s)", self.id[:8], entry.replay.stream_id, why)
         self._forget(entry)
         self._close(entry.frame, entry.ex)
@@ -291,7 +259,7 @@ class LegacySession:
         entry.ex.attached = True
         self.streams_open += 1
         try:
-            await self._stop_recording(entry)
+            await entry.recorded()
             await responder.start_stream(200, [*SSE_HEADERS, *self.headers])
             for event_id, raw in entry.replay.after(parsed[1]):
                 await responder.send_chunk(encode_event(raw, event_id))
@@ -389,8 +357,7 @@ class LegacySession:
         self.closed = True
         self.get_event.set()
         for entry in self.resumable.values():
-            if entry.recording is not None:
-                entry.recording.cancel()
+            entry.stop_recording()
         await self.upstream.shutdown()
 
     # ---- Sink: server -> client -----------------------------------------------------

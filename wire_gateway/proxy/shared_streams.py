@@ -132,9 +132,13 @@ class SharedStreams:
             await self._progress.wait()
 
     def spawn(self, fn: Any, *args: Any) -> None:
-        """Run a background task for a stream (legacy_http: recording a broken stream's events)."""
-        assert self._nursery is not None
-        self._nursery.start_soon(fn, *args)
+        """Run a background task for a stream (recording a broken stream's events: exchange.py);
+        not once the instance is stopping."""
+        if self._nursery is not None:
+            try:
+                self._nursery.start_soon(fn, *args)
+            except RuntimeError:        # the nursery is closing: the instance is stopping
+                pass
 
     def _lose(self, n: int, why: str) -> None:
         self.lost += n
@@ -152,6 +156,7 @@ class SharedStreams:
                 task_status.started()
                 await self._write()
         finally:
+            self._nursery = None
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 try:
                     await self.store.delete_shared(INSTANCE + self.instance)
