@@ -52,8 +52,11 @@ def first_events(gw: HttpGateway, sid: str, body: dict[str, Any], n: int = 1) ->
     return seen
 
 
-def resume(gw: HttpGateway, sid: str, last_id: str, timeout: float = 20) -> tuple[int, list[tuple[str | None, Any]]]:
-    got = httpx.get(gw.url("echo"), headers={**headers(sid), "last-event-id": last_id}, timeout=timeout)
+def resume(gw: HttpGateway | str, sid: str, last_id: str,
+           timeout: float = 20) -> tuple[int, list[tuple[str | None, Any]]]:
+    """GET with Last-Event-ID, on an instance (or a URL: a balancer); the status and the events."""
+    url = gw if isinstance(gw, str) else gw.url("echo")
+    got = httpx.get(url, headers={**headers(sid), "last-event-id": last_id}, timeout=timeout)
     if got.status_code != 200:
         return got.status_code, [(None, got.json())]
     return 200, [(i, json.loads(d)) for i, d in sse_events(got.text.splitlines())]
