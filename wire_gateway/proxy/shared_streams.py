@@ -21,11 +21,13 @@ an explicit entry id refuses a second writer of the same event. A list (`RPUSH` 
 would need the sequence number in each value and a scan to find n.
 
 Cost. Recording is synchronous and makes no round trip: events queue, and one task writes
-everything queued in one pipelined round trip (the XADDs, one PEXPIRE per stream touched), so
-under load a round trip carries many events (docs/scaling.md has the figures). One wait on the
-hot path, once per POST stream: its first event is written before the stream's first byte
-goes out, so a client never holds an id of a stream no other instance knows (`flushed`). The
-streams expire with the session record's TTL after their last write.
+what gathered (for 2 ms, or less when a stream waits for it) in one round trip: one script
+(`RedisStore.append_events`: the XADDs, one PEXPIRE per stream touched), since a pipeline of
+XADDs costs this process several times the CPU (a reply to parse per entry). Under load a round
+trip carries tens to hundreds of events (docs/scaling.md has the figures). One wait on the hot
+path, once per POST stream: its first event is written before the stream's first byte goes
+out, so a client never holds an id of a stream no other instance knows (`flushed`). The streams
+expire with the session record's TTL after their last write.
 
 Liveness. Each instance keeps `instance:<id>` (a TTL of a few heartbeats) while it runs and
 deletes it when it stops. A reader following a stream whose final answer has not come checks
@@ -64,6 +66,7 @@ ALIVE_TTL = 3.0            # its TTL: three missed heartbeats and it is gone
 MAX_BATCH = 512            # entries per pipelined write
 MAX_QUEUED = 50_000        # entries waiting for Redis before new ones are not recorded there
 FOLLOW_BLOCK = 0.4         # seconds per XREAD BLOCK (under the store's socket timeout)
+GATHER = 0.002             # seconds the writer lets events gather before a round trip, unless one is awaited
 
 
 class Event:
@@ -96,6 +99,7 @@ class SharedStreams:
         self._written = 0         # of those, entries whose write is over (done or failed)
         self._wake = trio.Event()
         self._progress = trio.Event()
+        self._awaited = 0         # tasks in `flushed`: the writer does not let events gather then
         self._nursery: trio.Nursery | None = None
         self.events = 0           # entries written to Redis
         self.batches = 0          # round trips that wrote them
@@ -128,8 +132,15 @@ class SharedStreams:
     async def flushed(self) -> None:
         """Return once every event recorded so far has been written (or could not be)."""
         target = self._queued
-        while self._written < target:
-            await self._progress.wait()
+        if self._written >= target:
+            return
+        self._awaited += 1
+        self._wake.set()
+        try:
+            while self._written < target:
+                await self._progress.wait()
+        finally:
+            self._awaited -= 1
 
     def spawn(self, fn: Any, *args: Any) -> None:
         """Run a background task for a stream (recording a broken stream's events: exchange.py);
@@ -166,6 +177,11 @@ class SharedStreams:
     async def _write(self) -> None:
         while True:
             await self._wake.wait()
+            if not self._awaited:       # a round trip costs this process far more than an event: batch
+                with trio.move_on_after(GATHER):
+                    while not self._awaited:
+                        self._wake = trio.Event()
+                        await self._wake.wait()
             self._wake = trio.Event()
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]

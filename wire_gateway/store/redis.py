@@ -54,6 +54,22 @@ return tostring(wait)
 """
 
 
+# Entries appended to streams (shared_streams.py): ARGV = maxlen, ttl in ms, then per entry the
+# index of its key in KEYS, its id, its number of fields, and the fields (name, value, ...).
+APPEND_EVENTS = """
+local maxlen, px, i = ARGV[1], ARGV[2], 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 2])
+  local args = {KEYS[tonumber(ARGV[i])], 'MAXLEN', '~', maxlen, ARGV[i + 1]}
+  for j = 1, 2 * n do args[5 + j] = ARGV[i + 2 + j] end
+  redis.pcall('XADD', unpack(args))
+  i = i + 3 + 2 * n
+end
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, px) end
+return 0
+"""
+
+
 class StoreUnreachable(Exception):
     """Redis did not answer a `*_shared` operation (or is known to be away)."""
 
@@ -83,6 +99,7 @@ class RedisStore:
         self._warned = False
         self.outages = 0
         self._bucket: Any = None          # the token-bucket script, registered on first use
+        self._append: Any = None          # the event-appending script, likewise
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -188,18 +205,25 @@ class RedisStore:
 
     async def append_events(self, entries: list[tuple[str, str, dict[str, bytes]]], maxlen: int,
                             ttl: float) -> None:
-        """XADD each (key, entry id, fields) in one pipelined round trip, each stream trimmed to about
-        `maxlen` entries (MAXLEN ~) and expiring `ttl` after its last write; StoreUnreachable
-        otherwise. An entry whose id is not past its stream's last is refused by Redis, and skipped."""
-        px = max(1, int(ttl * 1000))
+        """XADD each (key, entry id, fields) in one round trip (one script: a pipeline of XADDs
+        costs this process several times the CPU, a reply to parse per entry), each stream trimmed
+        to about `maxlen` entries (MAXLEN ~) and expiring `ttl` after its last write;
+        StoreUnreachable otherwise. An entry whose id is not past its stream's last is refused by
+        Redis, and skipped."""
+        keys: dict[str, bytes] = {}
+        args: list[bytes] = [b"%d" % maxlen, b"%d" % max(1, int(ttl * 1000))]
+        for key, entry_id, fields in entries:       # bytes already: redis-py's encoder passes them as they are
+            index = keys.get(key)
+            if index is None:
+                index = keys[key] = b"%d" % (len(keys) + 1)
+            args += [index, entry_id.encode(), b"%d" % len(fields)]
+            for name, value in fields.items():
+                args += [name.encode(), value]
 
         async def remote() -> None:
-            pipe = self._client.pipeline(transaction=False)
-            for key, entry_id, fields in entries:
-                pipe.xadd(self._k(key), fields, id=entry_id, maxlen=maxlen, approximate=True)
-            for key in {key for key, _, _ in entries}:
-                pipe.pexpire(self._k(key), px)
-            await self._aio(pipe.execute, raise_on_error=False)
+            if self._append is None:
+                self._append = self._client.register_script(APPEND_EVENTS)
+            await self._aio(self._append, keys=[self._k(key) for key in keys], args=args)
         await self._shared(remote)
 
     async def add_event(self, key: str, entry_id: str, fields: dict[str, bytes], ttl: float) -> bool:
