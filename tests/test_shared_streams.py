@@ -215,3 +215,24 @@ def test_while_redis_is_away_a_session_held_elsewhere_gets_503_not_404(
         assert resume(pair.b, sid, seen[0][0])[0] == 503
     finally:
         pair.stop()
+
+
+def test_a_stream_its_instance_gives_up_on_ends_with_an_error_everywhere(
+        redis_server: RedisProcess, tmp_path: Path) -> None:
+    pair = Pair(tmp_path, redis_server, {"echo": fixture("echo")}, idle=2.0)
+    try:
+        sid = pair.open(pair.a, "/mcp/echo")
+        pending = first_events(pair.a, sid, streamed_call(2, WAIT, seconds=60))
+        # A's copy of the session idles out (its broken stream does not keep it), while the client
+        # goes on with B: the stream's last event, in Redis, is an error for its request.
+        assert text(pair.post(pair.b, "/mcp/echo", call(3, "echo", text="b"), sid)) == "b"
+        deadline = time.monotonic() + 10
+        while "idle for 2s; expired" not in pair.a.log() and time.monotonic() < deadline:
+            assert text(pair.post(pair.b, "/mcp/echo", call(4, "echo", text="b"), sid)) == "b"
+            time.sleep(0.3)
+        status, missed = resume(pair.b, sid, pending[0][0])
+        assert status == 200 and seqs(pending + missed) == [1, 2], missed
+        assert missed[0][1]["id"] == 2 and missed[0][1]["error"]["code"] == -31010
+        assert "ended its copy of the session" in missed[0][1]["error"]["message"]
+    finally:
+        pair.stop()

@@ -182,11 +182,20 @@ class Resumable:
                 await trio.lowlevel.checkpoint()      # stopped before it started: takes nothing
                 while not self.finished:
                     raw, final, _ = await self.ex.next()
+                    if self.finished:         # abandoned while this task was being woken with `raw`
+                        break
                     self.replay.record(raw, final)
                     self.finished = final
         finally:
             self._recording = None
             self._recorded.set()
+
+    def abandon(self, error: bytes) -> None:
+        """No answer will be recorded: `error` (for the request) is the stream's last event."""
+        self.stop_recording()
+        if not self.finished:
+            self.finished = True
+            self.replay.record(error, True)
 
     def stop_recording(self) -> None:
         if self._recording is not None:

@@ -237,8 +237,15 @@ class LegacySession:
 
     def _drop_resumable(self, entry: Resumable, why: str) -> None:
         log.info("session %s: dropped broken stream %s (%s)", self.id[:8], entry.replay.stream_id, why)
+        self._abandon(entry, errors.GATEWAY_OVERLOADED, f"the stream answering this request was dropped ({why})")
         self._forget(entry)
         self._close(entry.frame, entry.ex)
+
+    def _abandon(self, entry: Resumable, code: int, message: str) -> None:
+        """Shared streams: a broken stream that will get no answer here ends, in Redis too, with an
+        error for its request, so that a client following it on another instance is told."""
+        if self.shared is not None and not entry.ex.attached:
+            entry.abandon(errors.error_frame(entry.frame.id, code, message))
 
     async def resume(self, last_event_id: str, responder: Responder) -> None:
         """GET with Last-Event-ID: replay what was missed on that stream, then follow it."""
@@ -357,6 +364,8 @@ class LegacySession:
         self.closed = True
         self.get_event.set()
         for entry in self.resumable.values():
+            self._abandon(entry, errors.INSTANCE_LOST, "the gateway instance that held this request ended its copy "
+                          "of the session (idle, or the instance stopped) before the answer came")
             entry.stop_recording()
         await self.upstream.shutdown()
 
