@@ -12,7 +12,9 @@ its addresses and check timings changed), the bundled echo server behind each in
 - SIGKILL of one instance under load: the requests it was answering fail at once (HAProxy's
   502), none waits out its timeout, every session goes on on the two others, and SSE streams it
   was writing resume through HAProxy with `Last-Event-ID` on another instance: a recorded answer
-  exactly after the last event seen, a request still in flight a JSON-RPC error (-31010).
+  exactly after the last event seen, a request still in flight a JSON-RPC error (-31010); the
+  official SDK client, whose `wait` call the victim was streaming, resumes by itself and gets
+  that error, and its session goes on.
 - Redis restarted under load: the sessions each instance holds go on without one failure; a
   session one instance opened while Redis was away gets 503 (-31009, `Retry-After`) on the
   others, never 404, until Redis is back and its record written again; the instances reconnect
@@ -308,12 +310,58 @@ def stop_callers(callers: list[Caller], stop: threading.Event) -> None:
         caller.client.close()
 
 
+def sdk_client(target: str, victim_port: int, waiting: threading.Event, out: dict[str, Any]) -> None:
+    """The official SDK client, its session through HAProxy, but its `wait` call's POST sent straight
+    to the victim (so that the victim writes that stream); the SDK resumes the stream by itself
+    (GET with Last-Event-ID, through HAProxy) when the victim dies. `out`: what it got."""
+    import anyio
+    import httpx2
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.exceptions import MCPError
+
+    class Pin(httpx2.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx2.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            if request.method == "POST" and b'"wait"' in request.content:
+                request.url = request.url.copy_with(port=victim_port)
+            return await self.inner.handle_async_request(request)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    async def main() -> None:
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            waiting.set()
+
+        http = httpx2.AsyncClient(transport=Pin(), timeout=30)
+        async with http, Client(streamable_http_client(target, http_client=http), mode="legacy") as client:
+            try:
+                await client.call_tool("wait", {"seconds": 60}, progress_callback=progress)
+                out["wait"] = "answered"
+            except MCPError as exc:
+                out["wait"] = exc.code
+            out["ended"] = time.monotonic()
+            out["echo"] = (await client.call_tool("echo", {"text": "after"})).content[0].text
+    try:
+        anyio.run(main)
+    except BaseException as exc:        # reported by the test
+        out["failed"] = repr(exc)
+        waiting.set()
+
+
 def test_sigkill_of_one_instance_under_load(topology: Topology) -> None:
     haproxy, slots = topology.haproxy, topology.slots
     victim = slots[0].gateway
     callers, stop = start_callers(haproxy.target, 12)
+    sdk_waiting, sdk_out = threading.Event(), {}
+    sdk = threading.Thread(target=sdk_client, args=(haproxy.target, victim.port, sdk_waiting, sdk_out), daemon=True)
     try:
+        sdk.start()
         time.sleep(2)
+        assert sdk_waiting.wait(15) and "failed" not in sdk_out, sdk_out
         # Two SSE streams the victim writes (straight to it, so that it is the one): one answered
         # while its client was away, one still waiting for its answer when the victim dies.
         sid = callers[0].sid
@@ -345,7 +393,11 @@ def test_sigkill_of_one_instance_under_load(topology: Topology) -> None:
         assert status == 200 and seqs(pending + missed) == [1, 2], missed
         assert all(stream_of(str(i)) == stream_of(pending[0][0]) for i, _ in missed)
         assert missed[0][1]["id"] == 9002 and missed[0][1]["error"]["code"] == -31010, missed
-        time.sleep(2)            # the load goes on on the survivors
+        # The SDK client resumed its stream by itself, got the same error, and its session goes on.
+        sdk.join(30)
+        assert sdk_out.get("wait") == -31010 and sdk_out.get("echo") == "after", sdk_out
+        assert sdk_out["ended"] - killed < 10
+        time.sleep(1)            # the load goes on on the survivors
     finally:
         stop_callers(callers, stop)
     calls = [(c.n, *call) for c in callers for call in c.calls]
