@@ -304,36 +304,38 @@ class SharedStreams:
                         continue
                 except StoreUnreachable:
                     continue
-                got = await self.store.read_events(key, f"1-{last}", block=None)
-                if not any(e is not None and e.seq == last + 1 for e in (_event(i, f) for i, f in got)):
-                    await self._give_up(key, stream_id, last, req_id, responder, errors.INSTANCE_LOST,
-                                        f"the gateway instance that held this request ({owner}) stopped before "
-                                        "answering it; the request may or may not have taken effect")
-                    return
+                await self._give_up(key, stream_id, last, req_id, responder, errors.INSTANCE_LOST,
+                                    f"the gateway instance that held this request ({owner}) stopped before "
+                                    "answering it; the request may or may not have taken effect")
+                return
 
     async def _give_up(self, key: str | None, stream_id: str, last: int, req_id: bytes | None,
                        responder: Responder, code: int, message: str) -> None:
         """The stream's last event: an error for the request it answers. With `key`, it is written
-        into the stream first (unless its writer came first), so every resume ends the same way."""
+        into the stream first, so every resume ends the same way; if its writer (or another reader)
+        wrote that event first, what it wrote is sent instead, up to a final one."""
         raw = errors.error_frame(jsonfast.loads(req_id) if req_id is not None else None, code, message)
-        seq = last + 1
-        if key is None:      # not in Redis: without an id, so the client may resume from `last` later
-            log.info("stream %s: %s", stream_id, message)
-            await responder.send_chunk(encode_event(raw))
-            return
         fields = {"d": raw, "f": b"1", **({"i": req_id} if req_id is not None else {})}
-        try:
-            if not await self.store.add_event(key, f"1-{seq}", fields, self.ttl):
+        while key is not None:
+            try:
+                if await self.store.add_event(key, f"1-{last + 1}", fields, self.ttl):
+                    log.info("stream %s: %s", stream_id, message)
+                    await responder.send_chunk(encode_event(raw, f"{stream_id}-{last + 1}"))
+                    return
                 came = [e for e in (_event(i, f) for i, f in await self.store.read_events(key))
                         if e is not None and e.seq > last]
-                for e in came:      # its writer (or another reader) came first: what it wrote
-                    await responder.send_chunk(encode_event(e.raw, f"{stream_id}-{e.seq}"))
-                return
-        except StoreUnreachable:
-            await responder.send_chunk(encode_event(raw))
-            return
+            except StoreUnreachable:
+                break
+            if not came:        # only entries this code did not write: do not write over them
+                break
+            for e in came:
+                await responder.send_chunk(encode_event(e.raw, f"{stream_id}-{e.seq}"))
+                last = e.seq
+                if e.final:
+                    return
+        # Not in Redis: sent without an id, so that the client may resume from `last` later.
         log.info("stream %s: %s", stream_id, message)
-        await responder.send_chunk(encode_event(raw, f"{stream_id}-{seq}"))
+        await responder.send_chunk(encode_event(raw))
 
     def status(self) -> dict[str, Any]:
         return {"instance": self.instance, "events": self.events, "batches": self.batches, "lost": self.lost,
