@@ -243,6 +243,8 @@ class SharedStreams:
                 f"cannot resume Last-Event-ID {stream_id}-{after}: no such stream in this session, or the "
                 "events after it fell out of the bounded replay window"))
             return
+        log.info("session %s: resuming stream %s from Redis after event %d (%d events to replay)",
+                 session.id[:8], stream_id, after, len(missed))
         if local == "g":
             await session.get_stream(responder, prelude=[(f"{stream_id}-{e.seq}", e.raw) for e in missed])
             return
@@ -265,7 +267,6 @@ class SharedStreams:
         finally:
             session.streams_open -= 1
             session.last_active = trio.current_time()
-        log.info("session %s: resumed stream %s from Redis after event %d", session.id[:8], stream_id, after)
 
     async def _follow(self, session: LegacySession, key: str, stream_id: str, owner: str, last: int,
                       req_id: bytes | None, responder: Responder) -> None:
