@@ -9,6 +9,16 @@ its addresses and check timings changed), the bundled echo server behind each in
   in turn gets SIGTERM, leaves HAProxy's rotation during its `http.drain_grace` (its /readyz
   answers 503 while it still serves), drains and exits, and a replacement takes its port. Not
   one request fails.
+- SIGKILL of one instance under load: the requests it was answering fail at once (HAProxy's
+  502), none waits out its timeout, every session goes on on the two others, and SSE streams it
+  was writing resume through HAProxy with `Last-Event-ID` on another instance: a recorded answer
+  exactly after the last event seen, a request still in flight a JSON-RPC error (-31010); the
+  official SDK client, whose `wait` call the victim was streaming, resumes by itself and gets
+  that error, and its session goes on.
+- Redis restarted under load: the sessions each instance holds go on without one failure; a
+  session one instance opened while Redis was away gets 503 (-31009, `Retry-After`) on the
+  others, never 404, until Redis is back and its record written again; the instances reconnect
+  by themselves.
 
 redis-server and haproxy must be installed (.ci/run installs both): without them these FAIL.
 """
@@ -22,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +41,11 @@ from typing import Any
 import httpx
 import pytest
 from http_gateway import ROOT, HttpGateway
+from test_http_front import ACCEPT
+from test_policy_e2e import wait_for
 from test_policy_redis import RedisProcess, free_port
+from test_session_registry import INIT, INITIALIZED, call
+from test_shared_streams import first_events, resume, seqs, sse_events, stream_of, streamed_call
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 DEPLOY_CFG = ROOT / "deploy" / "haproxy.cfg"
@@ -68,11 +83,12 @@ def haproxy_config(port: int, stats_port: int, servers: dict[str, int]) -> str:
 class Slot:
     """One instance's place behind HAProxy: a fixed port, and whichever instance serves it now."""
 
-    def __init__(self, name: str, tmp_path: Path, store: dict[str, str]) -> None:
+    def __init__(self, name: str, tmp_path: Path, store: dict[str, str], http: dict[str, Any]) -> None:
         self.name = name
         self.port = free_port()
         self.tmp_path = tmp_path
         self.store = store
+        self.http = http
         self.instances: list[HttpGateway] = []    # every generation, for their logs
 
     @property
@@ -83,7 +99,7 @@ class Slot:
         folder = self.tmp_path / f"{self.name}-{len(self.instances)}"
         folder.mkdir()
         self.instances.append(HttpGateway(folder, {"echo": ECHO}, port=self.port, store=self.store,
-                                          http={"drain_grace": GRACE, "session_idle_timeout": 300}))
+                                          http=self.http))
         return self.gateway
 
 
@@ -131,19 +147,29 @@ class HAProxy:
             self.proc.wait(10)
 
 
+class Topology:
+    def __init__(self, redis_server: RedisProcess, slots: list[Slot]) -> None:
+        self.redis = redis_server       # a test that restarts Redis puts the new process here
+        self.slots = slots
+        self.haproxy: HAProxy
+
+
 @pytest.fixture
-def topology(tmp_path: Path) -> Iterator[tuple[HAProxy, list[Slot]]]:
+def topology(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Topology]:
+    """Redis, three instances, HAProxy; `http` settings over the defaults by indirect parametrization."""
     redis_server = RedisProcess()
     store = {"backend": "redis", "url": redis_server.url, "prefix": "wg-haproxy:"}
-    slots = [Slot(f"gw{i}", tmp_path, store) for i in (1, 2, 3)]
+    http = {"drain_grace": GRACE, "session_idle_timeout": 300, **getattr(request, "param", {})}
+    slots = [Slot(f"gw{i}", tmp_path, store, http) for i in (1, 2, 3)]
+    top = Topology(redis_server, slots)
     haproxy: HAProxy | None = None
     try:
         for slot in slots:
             slot.start()
-        haproxy = HAProxy(tmp_path, slots)
+        haproxy = top.haproxy = HAProxy(tmp_path, slots)
         for slot in slots:
             haproxy.wait_for(slot.name, "UP")
-        yield haproxy, slots
+        yield top
     finally:
         if haproxy is not None:
             haproxy.stop()
@@ -152,7 +178,7 @@ def topology(tmp_path: Path) -> Iterator[tuple[HAProxy, list[Slot]]]:
             gw.proc.send_signal(signal.SIGTERM)
         for gw in running:
             gw.stop()
-        redis_server.kill()
+        top.redis.kill()
 
 
 def load_run(target: str, *args: str) -> list[str]:
@@ -180,8 +206,8 @@ def served_by(slots: list[Slot]) -> dict[str, set[str]]:
     return sessions
 
 
-def test_legacy_sessions_round_robin_over_three_instances(topology: tuple[HAProxy, list[Slot]]) -> None:
-    haproxy, slots = topology
+def test_legacy_sessions_round_robin_over_three_instances(topology: Topology) -> None:
+    haproxy, slots = topology.haproxy, topology.slots
     done = subprocess.run(load_run(haproxy.target, "-c", "50", "-n", "2000"), cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     run = checked(done.stdout, done.stderr)
@@ -194,8 +220,8 @@ def test_legacy_sessions_round_robin_over_three_instances(topology: tuple[HAProx
     print(f"through HAProxy: {run['calls_per_s']:.0f} calls/s, p50 {run['latency']['all']['p50_ms']} ms")
 
 
-def test_rolling_restart_under_load_fails_no_request(topology: tuple[HAProxy, list[Slot]]) -> None:
-    haproxy, slots = topology
+def test_rolling_restart_under_load_fails_no_request(topology: Topology) -> None:
+    haproxy, slots = topology.haproxy, topology.slots
     duration = 30
     load = subprocess.Popen(load_run(haproxy.target, "-c", "16", "--duration", f"{duration}s", "--timeout", "20"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -221,6 +247,208 @@ def test_rolling_restart_under_load_fails_no_request(topology: tuple[HAProxy, li
     for slot in slots:       # the replacements served sessions opened before they started
         assert "adopted from the session registry" in slot.gateway.log(), slot.gateway.log()
     print(f"rolling restart: {run['calls']} calls, {run['calls_per_s']:.0f} calls/s, none failed")
+
+
+class Caller(threading.Thread):
+    """One legacy session through HAProxy calling echo in a loop until `stop`; each call's start,
+    end (time.monotonic) and outcome ("ok", or the status and body, or the transport error)."""
+
+    TIMEOUT = 10.0
+
+    def __init__(self, target: str, n: int, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.target, self.n, self.stop = target, n, stop
+        self.client = httpx.Client(timeout=self.TIMEOUT)
+        self.calls: list[tuple[float, float, str]] = []
+        self.sent = 0
+        opened = self.post(INIT)
+        assert opened.status_code == 200, opened.text
+        self.sid = opened.headers["mcp-session-id"]
+        for _ in range(10):      # through the balancer: another instance may not be able to adopt it yet
+            if self.post(INITIALIZED).status_code == 202:
+                break
+        else:
+            pytest.fail("notifications/initialized was never accepted")
+
+    def post(self, body: dict[str, Any]) -> httpx.Response:
+        headers = dict(ACCEPT)
+        if hasattr(self, "sid"):
+            headers.update({"mcp-session-id": self.sid, "mcp-protocol-version": "2025-11-25"})
+        return self.client.post(self.target, json=body, headers=headers)
+
+    def call_once(self) -> str:
+        self.sent += 1
+        want = f"{self.n}:{self.sent}"
+        start = time.monotonic()
+        try:
+            answer = self.post(call(self.sent, "echo", text=want))
+            outcome = "ok" if answer.status_code == 200 and \
+                answer.json()["result"]["content"][0]["text"] == want else f"{answer.status_code} {answer.text[:300]}"
+        except httpx.HTTPError as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        self.calls.append((start, time.monotonic(), outcome))
+        return outcome
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.call_once()
+            time.sleep(0.02)
+
+
+def start_callers(target: str, n: int) -> tuple[list[Caller], threading.Event]:
+    stop = threading.Event()
+    callers = [Caller(target, i, stop) for i in range(n)]
+    for caller in callers:
+        caller.start()
+    return callers, stop
+
+
+def stop_callers(callers: list[Caller], stop: threading.Event) -> None:
+    stop.set()
+    for caller in callers:
+        caller.join(Caller.TIMEOUT + 5)
+        caller.client.close()
+
+
+def sdk_client(target: str, victim_port: int, waiting: threading.Event, out: dict[str, Any]) -> None:
+    """The official SDK client, its session through HAProxy, but its `wait` call's POST sent straight
+    to the victim (so that the victim writes that stream); the SDK resumes the stream by itself
+    (GET with Last-Event-ID, through HAProxy) when the victim dies. `out`: what it got."""
+    import anyio
+    import httpx2
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.exceptions import MCPError
+
+    class Pin(httpx2.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx2.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            if request.method == "POST" and b'"wait"' in request.content:
+                request.url = request.url.copy_with(port=victim_port)
+            return await self.inner.handle_async_request(request)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    async def main() -> None:
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            waiting.set()
+
+        http = httpx2.AsyncClient(transport=Pin(), timeout=30)
+        async with http, Client(streamable_http_client(target, http_client=http), mode="legacy") as client:
+            try:
+                await client.call_tool("wait", {"seconds": 60}, progress_callback=progress)
+                out["wait"] = "answered"
+            except MCPError as exc:
+                out["wait"] = exc.code
+            out["ended"] = time.monotonic()
+            out["echo"] = (await client.call_tool("echo", {"text": "after"})).content[0].text
+    try:
+        anyio.run(main)
+    except BaseException as exc:        # reported by the test
+        out["failed"] = repr(exc)
+        waiting.set()
+
+
+def test_sigkill_of_one_instance_under_load(topology: Topology) -> None:
+    haproxy, slots = topology.haproxy, topology.slots
+    victim = slots[0].gateway
+    callers, stop = start_callers(haproxy.target, 12)
+    sdk_waiting, sdk_out = threading.Event(), {}
+    sdk = threading.Thread(target=sdk_client, args=(haproxy.target, victim.port, sdk_waiting, sdk_out), daemon=True)
+    try:
+        sdk.start()
+        time.sleep(2)
+        assert sdk_waiting.wait(15) and "failed" not in sdk_out, sdk_out
+        # Two SSE streams the victim writes (straight to it, so that it is the one): one answered
+        # while its client was away, one still waiting for its answer when the victim dies.
+        sid = callers[0].sid
+        done = first_events(victim, sid, streamed_call(9001, "wait", seconds=0.2))
+        time.sleep(0.5)
+        h = {**ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
+        body = json.dumps(streamed_call(9002, "wait", seconds=60))
+        with httpx.Client(timeout=20) as client, client.stream("POST", victim.url("echo"), content=body,
+                                                               headers=h) as resp:
+            events = sse_events(resp.iter_lines())
+            pending = [(i, json.loads(d)) for i, d in [next(events)]]
+            killed = time.monotonic()
+            victim.proc.send_signal(signal.SIGKILL)
+            try:
+                rest = list(events)
+            except httpx.HTTPError:
+                rest = []
+            assert rest == []                                   # its client had nothing more from it
+        assert victim.proc.wait(10) == -signal.SIGKILL
+        haproxy.wait_for(slots[0].name, "DOWN", timeout=5)
+        down = time.monotonic()
+
+        # Resumed through HAProxy, on a survivor: the recorded answer, exactly after the last event seen...
+        status, missed = resume(haproxy.target, sid, done[0][0])
+        assert status == 200 and seqs(done + missed) == [1, 2], missed
+        assert missed[0][1]["id"] == 9001 and missed[0][1]["result"]["content"][0]["text"] == "waited 0.2s"
+        # ... and for the request in flight, an error saying so, once the victim's liveness key is gone.
+        status, missed = resume(haproxy.target, sid, pending[0][0])
+        assert status == 200 and seqs(pending + missed) == [1, 2], missed
+        assert all(stream_of(str(i)) == stream_of(pending[0][0]) for i, _ in missed)
+        assert missed[0][1]["id"] == 9002 and missed[0][1]["error"]["code"] == -31010, missed
+        # The SDK client resumed its stream by itself, got the same error, and its session goes on.
+        sdk.join(30)
+        assert sdk_out.get("wait") == -31010 and sdk_out.get("echo") == "after", sdk_out
+        assert sdk_out["ended"] - killed < 10
+        time.sleep(1)            # the load goes on on the survivors
+    finally:
+        stop_callers(callers, stop)
+    calls = [(c.n, *call) for c in callers for call in c.calls]
+    assert all(end - start < Caller.TIMEOUT - 1 for _, start, end, _ in calls)    # none waited out its timeout
+    failed = [x for x in calls if x[3] != "ok"]
+    # Only requests sent before HAProxy took the victim out could fail, at once: HAProxy answers 502,
+    # or closes the client's connection without an answer, for those it had sent to the victim.
+    assert all(killed - 1 < start < down and ("502" in outcome or "RemoteProtocolError" in outcome)
+               for _, start, _, outcome in failed), (killed, down, failed)
+    for caller in callers:      # every session went on, on the survivors, without another failure
+        after = [outcome for start, _, outcome in caller.calls if start > down]
+        assert len(after) >= 5 and set(after) == {"ok"}, (caller.n, after[:5])
+    assert all(slot.gateway.proc.poll() is None for slot in slots[1:])
+    print(f"SIGKILL under load: {len(calls)} calls, {len(failed)} failed (in flight at the kill), "
+          f"HAProxy took the instance out {down - killed:.2f}s after it")
+
+
+@pytest.mark.parametrize("topology", [{"session_idle_timeout": 8}], indirect=True)     # refreshed every 2 s
+def test_redis_restarted_under_load(topology: Topology) -> None:
+    haproxy, slots = topology.haproxy, topology.slots
+    callers, stop = start_callers(haproxy.target, 9)
+    late: Caller | None = None
+    try:
+        # Every session held by all three instances: none of them needs Redis to be served.
+        assert wait_for(lambda: all(len(served_by(slots).get(c.sid[:8], ())) == 3 for c in callers), 30)
+        port = topology.redis.port
+        topology.redis.kill()
+        # A session opened while Redis is away: its instance serves it, the others cannot adopt it and
+        # say so (503, -31009, Retry-After), never 404.
+        late = Caller(haproxy.target, 99, threading.Event())
+        outcomes = [late.call_once() for _ in range(9)]
+        assert "ok" in outcomes and any(o.startswith("503") for o in outcomes), outcomes
+        assert all(o == "ok" or (o.startswith("503 ") and '"code":-31009' in o.replace(" ", "")) for o in outcomes)
+        time.sleep(2)
+        topology.redis = RedisProcess(port)          # back, empty (no persistence)
+        assert wait_for(lambda: all("is reachable again" in slot.gateway.log() for slot in slots), 20), \
+            [slot.gateway.log()[-2000:] for slot in slots]
+        # The late session's record is written again by its holder (its next refresh after a use);
+        # then any instance serves it.
+        assert wait_for(lambda: [late.call_once() for _ in range(3)] == ["ok"] * 3, 20), late.calls[-6:]
+        time.sleep(1)
+    finally:
+        stop_callers(callers, stop)
+        if late is not None:
+            late.client.close()
+    calls = [call for c in callers for call in c.calls]
+    assert len(calls) > 300 and {outcome for _, _, outcome in calls} == {"ok"}, \
+        [c for c in calls if c[2] != "ok"][:5]
+    refused = sum(o.startswith("503") for _, _, o in late.calls)
+    print(f"Redis restarted under load: {len(calls)} calls of the sessions held, none failed; a session opened "
+          f"meanwhile: {refused} answers 503 until its record was written again")
 
 
 def test_the_reference_files_are_valid_and_agree() -> None:

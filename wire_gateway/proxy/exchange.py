@@ -3,15 +3,19 @@
 The upstream reader pushes frames without awaiting (it must never block on one
 slow client); the HTTP handler pulls them. Memory is bounded by `Backlog`: the
 upstream reader waits in `Backlog.wait_below()` once too much is queued for
-clients that read slowly.
+clients that read slowly. A legacy request answered by a stream keeps what it wrote
+(`Replay`, `Resumable`) for a client that resumes it with Last-Event-ID.
 """
 from __future__ import annotations
 
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import trio
+
+from wire_gateway.wire.frame import Frame
 
 log = logging.getLogger("wire_gateway.http")
 
@@ -128,23 +132,81 @@ class Replay:
     connection broke can resume with Last-Event-ID (legacy era). An event is recorded
     before it is written, so whatever the client may have missed is here."""
 
-    __slots__ = ("stream_id", "seq", "sent")
+    __slots__ = ("stream_id", "seq", "sent", "log")
 
-    def __init__(self, stream_id: str, max_events: int) -> None:
+    def __init__(self, stream_id: str, max_events: int,
+                 log: Callable[[int, bytes, bool], None] | None = None) -> None:
         self.stream_id = stream_id
         self.seq = 0
         self.sent: deque[tuple[int, bytes]] = deque(maxlen=max_events)
+        self.log = log        # also told each event (seq, data, final): shared_streams' Recorder
 
     def event_id(self, seq: int) -> str:
         return f"{self.stream_id}-{seq}"
 
-    def record(self, raw: bytes) -> str:
+    def record(self, raw: bytes, final: bool = False) -> str:
         self.seq += 1
         self.sent.append((self.seq, raw))
+        if self.log is not None:
+            self.log(self.seq, raw, final)
         return self.event_id(self.seq)
 
     def after(self, seq: int) -> list[tuple[str, bytes]]:
         return [(self.event_id(n), raw) for n, raw in self.sent if n > seq]
+
+
+class Resumable:
+    """A legacy request's SSE stream, kept (with its Replay) while its client may come back."""
+
+    __slots__ = ("frame", "ex", "replay", "finished", "_recording", "_recorded")
+
+    def __init__(self, frame: Frame, ex: Exchange, replay: Replay) -> None:
+        self.frame = frame
+        self.ex = ex
+        self.replay = replay
+        self.finished = False     # the answer has been recorded (and written, if the client was there)
+        self._recording: trio.CancelScope | None = None
+        self._recorded = trio.Event()
+
+    def keep_recording(self, spawn: Callable[..., Any]) -> None:
+        """The client left: record the events as they come (in a task `spawn` starts), so they are
+        there (also in Redis, the Replay's log) for a client resuming on any instance."""
+        if not self.finished:
+            self._recording = trio.CancelScope()
+            self._recorded = trio.Event()
+            spawn(self._record, self._recording)
+
+    async def _record(self, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                await trio.lowlevel.checkpoint()      # stopped before it started: takes nothing
+                while not self.finished:
+                    raw, final, _ = await self.ex.next()
+                    if self.finished:         # abandoned while this task was being woken with `raw`
+                        break
+                    self.replay.record(raw, final)
+                    self.finished = final
+        finally:
+            self._recording = None
+            self._recorded.set()
+
+    def abandon(self, error: bytes) -> None:
+        """No answer will be recorded: `error` (for the request) is the stream's last event."""
+        self.stop_recording()
+        if not self.finished:
+            self.finished = True
+            self.replay.record(error, True)
+
+    def stop_recording(self) -> None:
+        if self._recording is not None:
+            self._recording.cancel()
+
+    async def recorded(self) -> None:
+        """Stop recording, and return once whatever the recording took from the exchange is in
+        the replay: a client resuming here is served from the replay, then from the exchange."""
+        if self._recording is not None:
+            self._recording.cancel()
+            await self._recorded.wait()
 
 
 def parse_event_id(value: str) -> tuple[str, int] | None:

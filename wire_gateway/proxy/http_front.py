@@ -18,7 +18,7 @@ request like any other: that era has no such method, and the pool answers so.
 
 With the Redis store, legacy sessions are recorded in the shared session registry
 (session_registry.py): a session this instance does not hold is adopted from its record
-(session_adoption.py).
+(session_adoption.py), and their resumable events are kept in Redis (shared_streams.py).
 
 Over ~400 lines: this is where a request's route, its session and its caller's pools meet
 (dispatch, the sessions' lifecycle, the per-project aggregates); what can stand alone is
@@ -49,6 +49,7 @@ from wire_gateway.proxy.modern_http import ModernPool
 from wire_gateway.proxy.route import member_factory
 from wire_gateway.proxy.session_adoption import Adoption, Answered
 from wire_gateway.proxy.session_registry import SessionRegistry
+from wire_gateway.proxy.shared_streams import SharedStreams
 from wire_gateway.store.redis import RedisStore
 from wire_gateway.telemetry import context as telemetry
 from wire_gateway.telemetry.metrics import METRICS
@@ -106,6 +107,8 @@ class HttpFront:
         self.registry = SessionRegistry(store, config.http.session_idle_timeout, self._dropped) \
             if isinstance(store, RedisStore) else None
         self.adoption = Adoption(self, self.registry) if self.registry is not None else None
+        self.streams = SharedStreams(store, config.http.stream_buffer_frames, self.registry.ttl) \
+            if isinstance(store, RedisStore) and self.registry is not None else None
         self.port: int | None = None
         self.leaving = False     # set on SIGTERM (cli.py): /readyz answers 503 while requests are still served
         self._nursery: trio.Nursery | None = None
@@ -140,6 +143,8 @@ class HttpFront:
             nursery.start_soon(self._expire_sessions)
             if self.registry is not None:
                 await nursery.start(self.registry.run)
+            if self.streams is not None:
+                await nursery.start(self.streams.run)
             limits = HttpLimits(max_body_bytes=s.max_body_bytes)
             drained = trio.Event()
 
@@ -177,6 +182,8 @@ class HttpFront:
                         closer.start_soon(self._end_session, session)
                     for pool in self._all_pools():
                         closer.start_soon(pool.upstream.shutdown)
+                if self.streams is not None:       # the last answers, in Redis before the instance is gone
+                    await self.streams.flushed()
             nursery.cancel_scope.cancel()
 
     def _all_pools(self) -> list[ModernPool]:
@@ -216,6 +223,7 @@ class HttpFront:
                           "idleSeconds": round(s.idle_for(now), 3), "inFlight": len(s.exchanges),
                           "streamsOpen": s.streams_open, "process": upstream_status(s.upstream)}
                          for s in self.sessions.values()],
+            **({"sharedStreams": self.streams.status()} if self.streams is not None else {}),
         }
 
     async def _expire_sessions(self) -> None:
@@ -496,6 +504,8 @@ class HttpFront:
             session = LegacySession(server, self.config.servers[server].resolved(), self.config,
                                     self.settings, self.services, session_id=session_id)
         session.principal = principal.id if principal is not None else None
+        if self.streams is not None:
+            session.share(self.streams)
         return session
 
 

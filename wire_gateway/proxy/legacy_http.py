@@ -14,20 +14,25 @@ Resumption: every SSE event carries an id `<stream>-<n>`. A POST stream whose
 client vanished is kept (bounded) with the events already written; a GET with
 `Last-Event-ID` replays exactly the events after that id and then follows the
 stream live until its answer. A disconnect is not a cancellation in this era.
+
+With the Redis store (shared_streams.py) stream ids start with the instance's id, every event
+is also written to Redis, a broken stream's events go on being recorded as they come (so that
+another instance can replay them), and a `Last-Event-ID` of a stream this instance does not
+have in memory is resumed from Redis.
 """
 from __future__ import annotations
 
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from wire_gateway.config import Config, HttpSettings, ServerSpec
 from wire_gateway.dump.tap import C2G, G2C, Tap
-from wire_gateway.proxy.exchange import Backlog, Exchange, Replay, parse_event_id
+from wire_gateway.proxy.exchange import Backlog, Exchange, Replay, Resumable, parse_event_id
 from wire_gateway.proxy.http_answer import JSON, SSE_HEADERS, first_answer
 from wire_gateway.proxy.route import open_upstream
 from wire_gateway.transport.http_server import ClientGone, Responder
@@ -36,20 +41,13 @@ from wire_gateway.wire import errors
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind
 from wire_gateway.wire.sse import encode_event
 
+if TYPE_CHECKING:
+    from wire_gateway.proxy.shared_streams import SharedStreams
+
 log = logging.getLogger("wire_gateway.http.legacy")
 
 MAX_RESUMABLE = 64            # broken POST streams kept per session for Last-Event-ID
 MAX_DETACHED_BYTES = 1 << 20  # a broken stream nobody resumes may not hold more than this
-
-
-class _Resumable:
-    __slots__ = ("frame", "ex", "replay", "finished")
-
-    def __init__(self, frame: Frame, ex: Exchange, replay: Replay) -> None:
-        self.frame = frame
-        self.ex = ex
-        self.replay = replay
-        self.finished = False     # the answer has been recorded (and written, if the client was there)
 
 
 def new_session_id() -> str:
@@ -82,7 +80,7 @@ class LegacySession:
         self.progress: dict[Any, Exchange] = {}
         self.get_buffer: deque[bytes] = deque()
         self.get_replay = Replay("g", settings.stream_buffer_frames)
-        self.resumable: dict[str, _Resumable] = {}
+        self.resumable: dict[str, Resumable] = {}
         self._stream_ids = 0
         self.get_event = trio.Event()
         self.get_generation = 0          # a newer GET stream ends the older one
@@ -91,6 +89,13 @@ class LegacySession:
         self.closed = False
         self.draining = False
         self.client_info: Any = None
+        self.shared: SharedStreams | None = None
+
+    def share(self, shared: SharedStreams) -> None:
+        """Record this session's streams in Redis too (shared_streams), before anything streams."""
+        self.shared = shared
+        stream_id = shared.stream_id("g")
+        self.get_replay = Replay(stream_id, self.settings.stream_buffer_frames, shared.recorder(self.id, stream_id))
 
     @property
     def headers(self) -> list[tuple[str, str]]:
@@ -164,7 +169,7 @@ class LegacySession:
             self.upstream.flush_soon()
         else:
             self.upstream.flush()
-        entry: _Resumable | None = None
+        entry: Resumable | None = None
         try:
             first = await first_answer(ex, responder, [JSON, *self.headers])
             if first is None:
@@ -174,9 +179,13 @@ class LegacySession:
                 await responder.send(status, [JSON, *self.headers], raw)
                 return
             entry = self._resumable(frame, ex)
+            first_id = entry.replay.record(raw)
+            if self.shared is not None:      # no client holds an id of a stream the other instances do not know
+                await self.shared.flushed()
             await responder.start_stream(200, [*SSE_HEADERS, *self.headers])
             await responder.send_chunk(encode_event(b"", entry.replay.event_id(0)))  # primes Last-Event-ID
-            await self._follow(entry, responder, first=(raw, final))
+            await responder.send_chunk(encode_event(raw, first_id))
+            await self._follow(entry, responder)
         finally:
             if entry is None or entry.finished:
                 self._forget(entry)
@@ -185,10 +194,18 @@ class LegacySession:
                 ex.attached = False
                 log.info("session %s: client lost the stream for request %r; kept for resumption as %s",
                          self.id[:8], frame.id, entry.replay.stream_id)
+                self._keep_recording(entry)
 
-    def _resumable(self, frame: Frame, ex: Exchange) -> _Resumable:
+    def _resumable(self, frame: Frame, ex: Exchange) -> Resumable:
         self._stream_ids += 1
-        entry = _Resumable(frame, ex, Replay(f"p{self._stream_ids}", self.settings.stream_buffer_frames))
+        stream_id = f"p{self._stream_ids}"
+        if self.shared is None:
+            replay = Replay(stream_id, self.settings.stream_buffer_frames)
+        else:
+            stream_id = self.shared.stream_id(stream_id)
+            replay = Replay(stream_id, self.settings.stream_buffer_frames,
+                            self.shared.recorder(self.id, stream_id, frame.id))
+        entry = Resumable(frame, ex, replay)
         self.resumable[entry.replay.stream_id] = entry
         while len(self.resumable) > MAX_RESUMABLE:
             oldest = next(iter(self.resumable.values()))
@@ -197,30 +214,38 @@ class LegacySession:
             self._drop_resumable(oldest, "too many broken streams")
         return entry
 
-    async def _follow(self, entry: _Resumable, responder: Responder,
-                      first: tuple[bytes, bool] | None = None) -> None:
+    async def _follow(self, entry: Resumable, responder: Responder) -> None:
         """Write the stream's events as they come, each recorded before it is written."""
-        if first is not None:
-            raw, final = first
-        else:
+        final = entry.finished
+        while not final:
             raw, final, _ = await entry.ex.next()
-        while True:
-            event_id = entry.replay.record(raw)
+            event_id = entry.replay.record(raw, final)
             entry.finished = final
             await responder.send_chunk(encode_event(raw, event_id))
-            if final:
-                break
-            raw, final, _ = await entry.ex.next()
         await responder.end_stream()
 
-    def _forget(self, entry: _Resumable | None) -> None:
+    def _keep_recording(self, entry: Resumable) -> None:
+        """Shared streams: a stream whose client left goes on being recorded (here and in Redis) as
+        its events come, so that a resume on any instance finds them."""
+        if self.shared is not None and not self.closed:
+            entry.keep_recording(self.shared.spawn)
+
+    def _forget(self, entry: Resumable | None) -> None:
         if entry is not None and self.resumable.get(entry.replay.stream_id) is entry:
             del self.resumable[entry.replay.stream_id]
+            entry.stop_recording()
 
-    def _drop_resumable(self, entry: _Resumable, why: str) -> None:
+    def _drop_resumable(self, entry: Resumable, why: str) -> None:
         log.info("session %s: dropped broken stream %s (%s)", self.id[:8], entry.replay.stream_id, why)
+        self._abandon(entry, errors.GATEWAY_OVERLOADED, f"the stream answering this request was dropped ({why})")
         self._forget(entry)
         self._close(entry.frame, entry.ex)
+
+    def _abandon(self, entry: Resumable, code: int, message: str) -> None:
+        """Shared streams: a broken stream that will get no answer here ends, in Redis too, with an
+        error for its request, so that a client following it on another instance is told."""
+        if self.shared is not None and not entry.ex.attached:
+            entry.abandon(errors.error_frame(entry.frame.id, code, message))
 
     async def resume(self, last_event_id: str, responder: Responder) -> None:
         """GET with Last-Event-ID: replay what was missed on that stream, then follow it."""
@@ -229,6 +254,9 @@ class LegacySession:
             await self.get_stream(responder, after=parsed[1])
             return
         entry = self.resumable.get(parsed[0]) if parsed is not None else None
+        if parsed is not None and entry is None and self.shared is not None:
+            await self.shared.resume(self, parsed[0], parsed[1], responder)
+            return
         if parsed is None or entry is None or entry.ex.attached:
             await responder.send(404, [JSON, *self.headers], errors.error_frame(
                 None, errors.INVALID_REQUEST,
@@ -238,6 +266,7 @@ class LegacySession:
         entry.ex.attached = True
         self.streams_open += 1
         try:
+            await entry.recorded()
             await responder.start_stream(200, [*SSE_HEADERS, *self.headers])
             for event_id, raw in entry.replay.after(parsed[1]):
                 await responder.send_chunk(encode_event(raw, event_id))
@@ -253,6 +282,7 @@ class LegacySession:
                 self._close(entry.frame, entry.ex)
             else:
                 entry.ex.attached = False
+                self._keep_recording(entry)
 
     async def _post_batch(self, batch: Batch, responder: Responder) -> None:
         opened: list[tuple[Frame, Exchange]] = []
@@ -284,10 +314,13 @@ class LegacySession:
         else:
             await responder.send(202, self.headers)
 
-    async def get_stream(self, responder: Responder, after: int | None = None) -> None:
+    async def get_stream(self, responder: Responder, after: int | None = None,
+                         prelude: Sequence[tuple[str, bytes]] = ()) -> None:
         """The stream for messages not tied to a request; a newer GET replaces an older one.
 
-        `after`: resume from that event (Last-Event-ID), replaying what was written since."""
+        `after`: resume from that event (Last-Event-ID), replaying what was written since.
+        `prelude`: events (id, data) to write first: another instance's GET stream, resumed here
+        from Redis (shared_streams) before this one's."""
         self.get_generation += 1
         mine = self.get_generation
         self.get_event.set()             # wake an older stream so it sees it has been replaced
@@ -296,6 +329,8 @@ class LegacySession:
         replay = self.get_replay
         try:
             await responder.start_stream(200, [*SSE_HEADERS, *self.headers])
+            for event_id, raw in prelude:
+                await responder.send_chunk(encode_event(raw, event_id))
             await responder.send_chunk(encode_event(b"", replay.event_id(replay.seq if after is None else after)))
             if after is not None:
                 for event_id, raw in replay.after(after):
@@ -328,6 +363,10 @@ class LegacySession:
             return
         self.closed = True
         self.get_event.set()
+        for entry in self.resumable.values():
+            self._abandon(entry, errors.INSTANCE_LOST, "the gateway instance that held this request ended its copy "
+                          "of the session (idle, or the instance stopped) before the answer came")
+            entry.stop_recording()
         await self.upstream.shutdown()
 
     # ---- Sink: server -> client -----------------------------------------------------

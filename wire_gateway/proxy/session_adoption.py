@@ -9,10 +9,11 @@ that upstream (which replays it at its start, by the code that replays it after 
 on the instance that opened it. docs/scaling.md says why adoption rather than forwarding.
 
 Refusals are the front's usual answers: no record, or one for another route, is the caller's
-404; another principal's session gets the 403 of a foreign session, before anything starts;
-`http.max_sessions` counts adopted sessions (503). A DELETE needs no upstream: the record is
-deleted and the instances holding the session drop it. Concurrent requests for one session wait
-for its one adoption.
+404; Redis unreachable is 503 (-31009: the session may exist, the client should retry, not open
+a new one); another principal's session gets the 403 of a foreign session, before anything
+starts; `http.max_sessions` counts adopted sessions (503). A DELETE needs no upstream: the
+record is deleted and the instances holding the session drop it. Concurrent requests for one
+session wait for its one adoption.
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ import trio
 from wire_gateway.auth.directory import Principal
 from wire_gateway.proxy.legacy_http import LegacySession
 from wire_gateway.proxy.session_registry import SessionRecord, SessionRegistry
+from wire_gateway.store.redis import StoreUnreachable
 from wire_gateway.transport.http_server import Request, Responder
+from wire_gateway.wire import errors
 
 if TYPE_CHECKING:
     from wire_gateway.proxy.http_front import HttpFront
@@ -63,7 +66,15 @@ class Adoption:
     async def _adopt(self, session_id: str, server: str, principal: Principal | None, mcp_path: str,
                      request: Request, responder: Responder) -> LegacySession | Answered | None:
         front = self.front
-        record = await self.registry.lookup(session_id)
+        try:
+            record = await self.registry.lookup(session_id)
+        except StoreUnreachable:
+            await responder.send(503, [("content-type", "application/json"), ("retry-after", "1")],
+                                 errors.error_frame(None, errors.STORE_UNREACHABLE, (
+                                     "this gateway instance does not hold the session, and the session registry "
+                                     "(Redis) is unreachable, so it cannot take the session over; retry (another "
+                                     "instance may hold it), and do not start a new session for this")))
+            return ANSWERED
         if record is None or record.server != server:
             return None
         if principal is not None and record.principal != principal.id:

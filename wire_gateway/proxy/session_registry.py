@@ -26,7 +26,8 @@ can adopt the session as soon as its client has the answer) and again with the c
 `notifications/initialized` (before its 202).
 
 When Redis is unreachable the instance serves the sessions it holds; a session it does not
-hold gets the usual 404, and a (throttled) log line says the registry could not be asked.
+hold gets 503 (it may exist: a client should retry, not open a new one), and a (throttled) log
+line says the registry could not be asked.
 A record that Redis lost while it was away (a restart without persistence) is written again
 by the next refresh rather than taken as a deletion.
 """
@@ -176,14 +177,15 @@ class SessionRegistry:
     # ---- other instances' sessions --------------------------------------------------------------
 
     async def lookup(self, session_id: str) -> SessionRecord | None:
-        """The record of a session this instance does not hold: one round trip."""
+        """The record of a session this instance does not hold: one round trip. StoreUnreachable
+        when Redis is away (the session may well exist: the caller answers 503, not 404)."""
         try:
             raw = await self.store.get_shared(KEY + digest(session_id))
         except StoreUnreachable as exc:
             if self._unreachable.event(trio.current_time()):
                 log.warning("session %r: not held by this instance, and the session registry is unreachable "
-                            "(%s); answered 404", session_id[:8], exc)
-            return None
+                            "(%s); answered 503", session_id[:8], exc)
+            raise
         if raw is None:
             return None
         record = SessionRecord.decode(raw)

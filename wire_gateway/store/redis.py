@@ -26,7 +26,7 @@ import trio
 import trio_asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from wire_gateway.store.base import Listener
 from wire_gateway.store.memory import PERSISTED, MemoryStore
@@ -51,6 +51,22 @@ if tokens < 1 then wait = (1 - tokens) / rate else tokens = tokens - 1 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'when', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return tostring(wait)
+"""
+
+
+# Entries appended to streams (shared_streams.py): ARGV = maxlen, ttl in ms, then per entry the
+# index of its key in KEYS, its id, its number of fields, and the fields (name, value, ...).
+APPEND_EVENTS = """
+local maxlen, px, i = ARGV[1], ARGV[2], 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 2])
+  local args = {KEYS[tonumber(ARGV[i])], 'MAXLEN', '~', maxlen, ARGV[i + 1]}
+  for j = 1, 2 * n do args[5 + j] = ARGV[i + 2 + j] end
+  redis.pcall('XADD', unpack(args))
+  i = i + 3 + 2 * n
+end
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, px) end
+return 0
 """
 
 
@@ -83,6 +99,7 @@ class RedisStore:
         self._warned = False
         self.outages = 0
         self._bucket: Any = None          # the token-bucket script, registered on first use
+        self._append: Any = None          # the event-appending script, likewise
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -177,9 +194,60 @@ class RedisStore:
                                         xx=only_existing))
         return await self._shared(remote)
 
+    async def keep_alive(self, key: str, ttl: float) -> None:
+        """A heartbeat: `key` exists for `ttl` more seconds (PSETEX, a command of its own, so that
+        Redis' statistics tell heartbeats from the rest); StoreUnreachable otherwise."""
+        await self._shared(lambda: self._aio(self._client.psetex, self._k(key), max(1, int(ttl * 1000)), b"1"))
+
     async def delete_shared(self, key: str) -> int:
         """As `delete`, in Redis only (StoreUnreachable otherwise)."""
         return await self._shared(lambda: self._aio(self._client.delete, self._k(key)))
+
+    async def append_events(self, entries: list[tuple[str, str, dict[str, bytes]]], maxlen: int,
+                            ttl: float) -> None:
+        """XADD each (key, entry id, fields) in one round trip (one script: a pipeline of XADDs
+        costs this process several times the CPU, a reply to parse per entry), each stream trimmed
+        to about `maxlen` entries (MAXLEN ~) and expiring `ttl` after its last write;
+        StoreUnreachable otherwise. An entry whose id is not past its stream's last is refused by
+        Redis, and skipped."""
+        keys: dict[str, bytes] = {}
+        args: list[bytes] = [b"%d" % maxlen, b"%d" % max(1, int(ttl * 1000))]
+        for key, entry_id, fields in entries:       # bytes already: redis-py's encoder passes them as they are
+            index = keys.get(key)
+            if index is None:
+                index = keys[key] = b"%d" % (len(keys) + 1)
+            args += [index, entry_id.encode(), b"%d" % len(fields)]
+            for name, value in fields.items():
+                args += [name.encode(), value]
+
+        async def remote() -> None:
+            if self._append is None:
+                self._append = self._client.register_script(APPEND_EVENTS)
+            await self._aio(self._append, keys=[self._k(key) for key in keys], args=args)
+        await self._shared(remote)
+
+    async def add_event(self, key: str, entry_id: str, fields: dict[str, bytes], ttl: float) -> bool:
+        """One XADD with an explicit id: False when the stream already has that id or a later one
+        (another writer came first); StoreUnreachable when Redis is away."""
+        async def remote() -> bool:
+            try:
+                await self._aio(self._client.xadd, self._k(key), fields, id=entry_id)
+            except ResponseError:       # "The ID specified in XADD is equal or smaller than ..."
+                return False
+            await self._aio(self._client.pexpire, self._k(key), max(1, int(ttl * 1000)))
+            return True
+        return await self._shared(remote)
+
+    async def read_events(self, key: str, after: str = "-", block: float | None = None
+                          ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The entries of a stream (XRANGE, or past `after` with `block`: XREAD BLOCK, waiting that
+        many seconds for one to come); StoreUnreachable when Redis is away."""
+        async def remote() -> list[tuple[bytes, dict[bytes, bytes]]]:
+            if block is None:
+                return list(await self._aio(self._client.xrange, self._k(key), min=after))
+            got = await self._aio(self._client.xread, {self._k(key): after}, block=max(1, int(block * 1000)))
+            return [entry for _, entries in got or () for entry in entries]
+        return await self._shared(remote)
 
     async def _keys(self, prefix: str) -> list[bytes]:
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self._k(prefix)) + "*"

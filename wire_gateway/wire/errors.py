@@ -28,6 +28,8 @@ ERA_MISMATCH = -31005           # aggregate: a message that cannot cross between
 TOOL_QUARANTINED = -31006       # the tool's definition changed since it was pinned; an operator must approve it
 UNAUTHORIZED = -31007           # no valid credentials (HTTP 401), or the caller's project does not include this (403)
 RATE_LIMITED = -31008           # the caller (key, project or address) is over its rate limit (HTTP 429)
+STORE_UNREACHABLE = -31009      # the request needs the shared store (Redis), which is unreachable (HTTP 503)
+INSTANCE_LOST = -31010          # the gateway instance that held the request stopped before answering it
 
 SOURCE = "wire-gateway"
 
