@@ -84,13 +84,16 @@ KNOWN_AGGREGATE_MODERN = {
     },
 }
 
-# (route under /mcp: "/NAME" or "" for the aggregate, revision, known failures).
-# The modern client -> legacy server bridge (issue 16) adds ("/legacy", "2026-07-28", {}).
+# (route, revision, known failures). Routes: "legacy" and "modern" are the single-server
+# routes /mcp/legacy and /mcp/modern, "aggregate" is /mcp, "direct" the modern fixture
+# itself, without the gateway (the baseline the routes are compared with).
+# The modern client -> legacy server bridge (issue 16) adds ("legacy", "2026-07-28", {}).
 CASES = [
-    pytest.param("/legacy", "2025-11-25", {}, id="legacy-stdio-2025-11-25"),
-    pytest.param("/modern", "2026-07-28", {}, id="modern-http-2026-07-28"),
-    pytest.param("", "2025-11-25", KNOWN_AGGREGATE_LEGACY, id="aggregate-2025-11-25"),
-    pytest.param("", "2026-07-28", KNOWN_AGGREGATE_MODERN, id="aggregate-2026-07-28"),
+    pytest.param("legacy", "2025-11-25", {}, id="legacy-stdio-2025-11-25"),
+    pytest.param("modern", "2026-07-28", {}, id="modern-http-2026-07-28"),
+    pytest.param("aggregate", "2025-11-25", KNOWN_AGGREGATE_LEGACY, id="aggregate-2025-11-25"),
+    pytest.param("aggregate", "2026-07-28", KNOWN_AGGREGATE_MODERN, id="aggregate-2026-07-28"),
+    pytest.param("direct", "2026-07-28", {}, id="direct-modern-fixture-2026-07-28"),
 ]
 
 
@@ -125,7 +128,8 @@ def suite() -> Path:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory):
-    """One gateway, two members: the legacy stdio variant and the modern HTTP one (a url server)."""
+    """One gateway, two members: the legacy stdio variant and the modern HTTP one (a url server);
+    yields it with the URL of each route."""
     tmp = tmp_path_factory.mktemp("conformance")
     port_file = tmp / "modern.port"
     modern = subprocess.Popen([sys.executable, str(FIXTURE), "--era", "modern", "--port-file", str(port_file)],
@@ -140,7 +144,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory):
         url = f"http://127.0.0.1:{int(port_file.read_text())}/mcp"
         gw = HttpGateway(tmp, {"legacy": {"command": sys.executable, "args": [str(FIXTURE), "--era", "legacy"]},
                                "modern": {"url": url}})
-        yield gw
+        yield gw, {"legacy": gw.url("legacy"), "modern": gw.url("modern"), "aggregate": f"{gw.base}/mcp",
+                   "direct": url}
     finally:
         if gw is not None:
             gw.stop()
@@ -173,11 +178,12 @@ def run_suite(suite: Path, url: str, revision: str, out: Path) -> dict[str, dict
 
 @pytest.mark.slow   # ~5-10 s a case: the suite's ~30-40 scenarios, each over fresh connections
 @pytest.mark.parametrize(("route", "revision", "known"), CASES)
-def test_conformance_suite(suite: Path, gateway: HttpGateway, tmp_path: Path, route: str, revision: str,
-                           known: dict[str, dict[str, str]]) -> None:
+def test_conformance_suite(suite: Path, gateway: tuple[HttpGateway, dict[str, str]], tmp_path: Path, route: str,
+                           revision: str, known: dict[str, dict[str, str]]) -> None:
+    gw, urls = gateway
     required = required_scenarios(suite, revision)
     assert len(required) > 25, required
-    results = run_suite(suite, f"{gateway.base}/mcp{route}", revision, tmp_path)
+    results = run_suite(suite, urls[route], revision, tmp_path)
     missing = [scenario for scenario in required if scenario not in results]
     assert not missing, f"required scenarios without results: {missing}"
     failing = {scenario: sorted(check for check, status in results[scenario].items() if status in FAILED)
@@ -187,5 +193,5 @@ def test_conformance_suite(suite: Path, gateway: HttpGateway, tmp_path: Path, ro
     assert not unexpected, (
         f"failing checks differ from the known ones (scenario: failing now; known: {known}):\n"
         + "\n".join(f"  {scenario}: {checks}" for scenario, checks in unexpected.items())
-        + f"\ngateway log:\n{gateway.log()[-3000:]}")
+        + f"\ngateway log:\n{gw.log()[-3000:]}")
     assert set(known) <= set(required), f"known failures of scenarios not required: {set(known) - set(required)}"
