@@ -22,6 +22,7 @@ Needs `npm` and the npm registry on the first run (`npm ci` in tests/conformance
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import shutil
@@ -110,7 +111,15 @@ def installed_version() -> str | None:
 
 @pytest.fixture(scope="module")
 def suite() -> Path:
-    """The suite's entry point, installed with `npm ci` in tests/conformance if it is not (or another version is)."""
+    """The suite's entry point, installed with `npm ci` in tests/conformance if it is not (or another version is).
+    The install holds a lock: pytest-xdist workers may get here together."""
+    with open(SUITE_DIR / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        install_if_needed()
+    return SUITE_JS
+
+
+def install_if_needed() -> None:
     if installed_version() != pinned_version() or not NODE.exists():
         npm = shutil.which("npm")
         if npm is None:
@@ -123,7 +132,6 @@ def suite() -> Path:
         if done.returncode != 0:
             pytest.fail(f"npm ci in {SUITE_DIR} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     assert installed_version() == pinned_version()
-    return SUITE_JS
 
 
 @pytest.fixture(scope="module")
