@@ -53,7 +53,8 @@ NAMESPACED = "the aggregate namespaces tool and prompt names (<server>__<name>);
 NAMESPACED_DIAGNOSTIC = NAMESPACED + " (its diagnostic tools are not found, so the check is not testable)"
 # A modern `ping` (with the 2026-07-28 _meta) must be refused with 404 and -32601: the method
 # is gone from that revision. The aggregate answers it with 200 and an empty result
-# (wire_gateway/proxy/aggregate, left to the era-bridge work of issue 16).
+# before it looks at the era (Aggregate.request in wire_gateway/proxy/aggregate/endpoint.py; left to the
+# era-bridge work of issue 16, which owns that code now).
 AGGREGATE_PING = "the aggregate answers a 2026-07-28 ping (removed method) with 200 instead of 404/-32601"
 
 KNOWN_AGGREGATE_LEGACY = {
