@@ -21,6 +21,7 @@ from http_gateway import HttpGateway
 from test_http_front import ACCEPT, INIT, modern, sse_events
 
 from wire_gateway.upstream.pending import NEVER, PendingTable
+from wire_gateway.upstream.timeouts import UNTIMED_METHODS
 
 UPSTREAM_UNAVAILABLE = -31002
 # Short enough to keep the tests quick, long enough that a server starting up or a plain call on
@@ -90,6 +91,18 @@ def test_a_reused_progress_token_stays_with_the_newer_request() -> None:
     table.add(2, "tools/call", 1, deadline=6.0, token="t")
     table.pop(1)
     assert table.extend("t", 9.0) == 2
+
+
+def test_an_open_subscription_is_not_an_answer_to_wait_for_at_shutdown() -> None:
+    """An HTTP upstream's shutdown drains the requests in flight, but not subscriptions/listen
+    streams: they end only when cancelled (waiting held every aggregate session's end 2 s)."""
+    table = PendingTable()
+    table.add("sub", "subscriptions/listen", 1)
+    assert not table.awaiting_answers(UNTIMED_METHODS)
+    table.add(1, "tools/call", 1, deadline=5.0)
+    assert table.awaiting_answers(UNTIMED_METHODS)
+    table.pop(1)
+    assert not table.awaiting_answers(UNTIMED_METHODS) and len(table) == 1
 
 
 # ---- stdio -----------------------------------------------------------------------------------------------

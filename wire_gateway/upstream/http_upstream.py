@@ -51,6 +51,7 @@ from wire_gateway.upstream.http_session import NEWLINES, UpstreamSession
 from wire_gateway.upstream.pending import as_asked
 from wire_gateway.upstream.protocol import Sink
 from wire_gateway.upstream.states import REMOTE_TRANSITIONS, RemoteState, check_transition
+from wire_gateway.upstream.timeouts import UNTIMED_METHODS
 from wire_gateway.wire import errors
 from wire_gateway.wire.era import LEGACY, MODERN, request_version
 from wire_gateway.wire.frame import Batch, Frame, Invalid, Kind, decode
@@ -198,8 +199,10 @@ class HttpUpstream:
         await self._stopped.wait()
 
     async def _drain(self) -> None:
+        # Open subscriptions/listen streams are not waited for: they end only when cancelled, so
+        # waiting would hold every shutdown (an aggregate session's end) for the whole timeout.
         with trio.move_on_after(self.spec.stdin_close_timeout):
-            while self.pending or self.oneway.unsent:  # noqa: ASYNC110 - once, at shutdown: not worth an event per answer
+            while self.pending.awaiting_answers(UNTIMED_METHODS) or self.oneway.unsent:  # noqa: ASYNC110 - once, at shutdown: not worth an event per answer
                 await trio.sleep(0.02)
         self._fail_all()
         self.sink.flush()

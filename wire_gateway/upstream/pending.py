@@ -93,6 +93,11 @@ class PendingTable:
                 self._forget_token(k, v)
         return lost
 
+    def awaiting_answers(self, open_ended: frozenset[str]) -> bool:
+        """Whether a request that will end by itself is in flight: one whose method is not in
+        `open_ended` (a subscriptions/listen stream ends only when it is cancelled)."""
+        return any(entry.method not in open_ended for entry in self._by_id.values())
+
     def take_all(self) -> list[tuple[Any, Pending]]:
         lost = list(self._by_id.items())
         self._by_id.clear()
