@@ -5,10 +5,13 @@ the bundled echo server behind each) and two HAProxies, round robin with no stic
 ``/readyz`` health checks as in deploy/haproxy.cfg: one in front of the first instance alone, one
 in front of all N. Then, per fixture, rounds of ``load run`` in turn against the first instance
 directly, HAProxy to one, and HAProxy to N; medians of throughput and latency, each path's ratio to
-the direct one, and what Redis did: commands per call (``INFO commandstats``, less what it does
-with no load: heartbeats and refreshes, measured for 2 s before the runs), and for HAProxy to
-N the legacy sessions adopted (the instances' logs) and the Redis commands each adoption cost
-beyond the same run through HAProxy to one. redis-server and haproxy must be installed.
+the direct one, the CPU per call of the gateways (their servers excluded) and of the balancer (on a
+machine with few cores the balancer's CPU is taken from the gateway's, which the throughput
+ratio shows and the gateways' CPU per call does not), and what Redis did: commands per call
+(``INFO commandstats``, less what it does with no load: heartbeats and refreshes, measured for
+2 s before the runs), and for HAProxy to N the legacy sessions adopted (the instances' logs)
+and the Redis commands each adoption cost beyond the same run through HAProxy to one.
+redis-server and haproxy must be installed.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from . import BenchError
 from .assets import ECHO_SERVER, tool
+from .procfs import read_stat, ticks_to_us
 from .report import emit, fmt, table, times
 from .run import parse_duration
 from .stats import median
@@ -34,6 +38,7 @@ ADOPTED = re.compile(rb"session [0-9A-Za-z_-]{8} \(echo\): adopted")
 PATHS = ("direct", "haproxy-1", "haproxy-n")
 HAPROXY_CFG = """global
     maxconn 2000
+    nbthread 1
 defaults
     mode http
     timeout connect 3s
@@ -118,12 +123,13 @@ class Topology:
             self.started += self.gateways
             haproxy = _need("haproxy")
             self.urls = {"direct": str(self.gateways[0].url)}
+            self.balancers: dict = {}
             for path, members in (("haproxy-1", self.gateways[:1]), ("haproxy-n", self.gateways)):
                 port = free_port()
                 servers = "\n".join(f"    server gw{i} 127.0.0.1:{g.port}" for i, g in enumerate(members))
                 cfg = folder / f"{path}.cfg"
                 cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
-                self._start([haproxy, "-db", "-q", "-f", str(cfg)], timeout)
+                self.balancers[path] = self._start([haproxy, "-db", "-q", "-f", str(cfg)], timeout)
                 _wait_ready(f"http://127.0.0.1:{port}/readyz")
                 self.urls[path] = f"http://127.0.0.1:{port}/mcp/echo"
             # What Redis does with no load (heartbeats, refreshes), taken out of each run's count.
@@ -148,6 +154,12 @@ class Topology:
     def redis_commands(self) -> int:
         return sum(v["calls"] for v in self.client.info("commandstats").values())
 
+    def ticks(self, path: str) -> tuple[int, int]:
+        """CPU ticks so far of the gateway processes (their servers excluded) and of the path's balancer."""
+        own = [read_stat(g.pid) for g in self.gateways]
+        balancer = read_stat(self.balancers[path].pid) if path in self.balancers else None
+        return sum(s.ticks for s in own if s is not None), balancer.ticks if balancer is not None else 0
+
     def adoptions(self) -> int:
         return sum(len(ADOPTED.findall(g.log_file.read_bytes())) for g in self.gateways if g.log_file.exists())
 
@@ -157,7 +169,7 @@ class Topology:
 
 
 def _one_run(topo: Topology, path: str, fixture: str, concurrency: int, duration: float) -> dict:
-    before, adopted, start = topo.redis_commands(), topo.adoptions(), time.monotonic()
+    before, adopted, start, ticks = topo.redis_commands(), topo.adoptions(), time.monotonic(), topo.ticks(path)
     out = subprocess.run([*tool("run"), "--target", topo.urls[path], "--fixture", fixture, "-c", str(concurrency),
                           "--duration", f"{duration}s", "--json"], capture_output=True, text=True,
                          timeout=duration + 120)
@@ -167,10 +179,13 @@ def _one_run(topo: Topology, path: str, fixture: str, concurrency: int, duration
     except (ValueError, KeyError, IndexError):
         raise BenchError(f"{path}: the load run printed no result: {(out.stdout + out.stderr)[-500:]!r}") from None
     commands = max(0, round(topo.redis_commands() - before - topo.background * (time.monotonic() - start)))
+    gateway_ticks, balancer_ticks = (b - a for a, b in zip(ticks, topo.ticks(path)))
+    calls = run["calls"] or 1
     return {"calls": run["calls"], "calls_per_s": run["calls_per_s"], "p50_ms": run["latency"]["all"]["p50_ms"],
             "p99_ms": run["latency"]["all"]["p99_ms"], "errors": doc["errors"], "mismatches": doc["mismatches"],
             "redis_commands": commands, "redis_per_call": commands / run["calls"] if run["calls"] else None,
-            "adoptions": topo.adoptions() - adopted}
+            "adoptions": topo.adoptions() - adopted, "gateway_cpu_us_per_call": ticks_to_us(gateway_ticks) / calls,
+            "balancer_cpu_us_per_call": ticks_to_us(balancer_ticks) / calls}
 
 
 def execute(args) -> dict:
@@ -206,6 +221,8 @@ def summarize(runs: list, fixtures: list) -> list:
             row = {"fixture": fixture, "path": path, "calls_per_s": median(r["calls_per_s"] for r in rs),
                    "p50_ms": median(r["p50_ms"] for r in rs), "p99_ms": median(r["p99_ms"] for r in rs),
                    "redis_per_call": median(r["redis_per_call"] for r in rs),
+                   "gateway_cpu_us": median(r["gateway_cpu_us_per_call"] for r in rs),
+                   "balancer_cpu_us": median(r["balancer_cpu_us_per_call"] for r in rs),
                    "adoptions": median(r["adoptions"] for r in rs)}
             row["ratio_to_direct"] = row["calls_per_s"] / direct if direct else None
             if path == "haproxy-n":   # beyond the same round through HAProxy to one instance
@@ -221,10 +238,11 @@ def render(result: dict) -> str:
     lines = [f"load topology: {cfg['instances']} instances, -c {cfg['concurrency']}, {cfg['duration_s']:g}s x "
              f"{cfg['rounds']} rounds per path (medians); errors {result['errors']}, mismatches {result['mismatches']}"]
     rows = [[r["fixture"], r["path"], fmt(r["calls_per_s"]), times(r["ratio_to_direct"]), fmt(r["p50_ms"], 1),
-             fmt(r["p99_ms"], 1), fmt(r["redis_per_call"], 4), fmt(r["adoptions"]),
-             fmt(r.get("redis_per_adoption"), 1)] for r in result["summary"]]
-    lines += table(["fixture", "path", "calls/s", "vs direct", "p50 ms", "p99 ms", "redis/call", "adoptions",
-                    "redis/adoption"], rows)
+             fmt(r["p99_ms"], 1), fmt(r["gateway_cpu_us"], 0), fmt(r["balancer_cpu_us"], 0),
+             fmt(r["redis_per_call"], 4), fmt(r["adoptions"]), fmt(r.get("redis_per_adoption"), 1)]
+            for r in result["summary"]]
+    lines += table(["fixture", "path", "calls/s", "vs direct", "p50 ms", "p99 ms", "gateways µs/call",
+                    "haproxy µs/call", "redis/call", "adoptions", "redis/adoption"], rows)
     return "\n".join(lines)
 
 
