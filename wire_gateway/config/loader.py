@@ -148,6 +148,7 @@ class ServerSpec:
     sigterm_timeout: float = 2.0
     handshake_timeout: float = 10.0
     policy: PolicySpec = PolicySpec()
+    era: str = "auto"                      # what the single-server routes assume: auto (probe), legacy, modern
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
@@ -177,6 +178,7 @@ class ServerSpec:
             sigterm_timeout=self.sigterm_timeout,
             handshake_timeout=self.handshake_timeout,
             policy=self.policy,
+            era=self.era,
         )
 
 
@@ -415,6 +417,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
             sigterm_timeout=shutdown.get("sigterm_timeout", 2.0),
             handshake_timeout=s.get("handshake_timeout", 10.0),
             policy=parse_policy(name, s),
+            era=s.get("era", "auto"),
         )
     logging_ = doc.get("logging", {})
     http = dict(doc.get("http", {}))

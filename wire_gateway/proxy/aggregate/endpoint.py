@@ -45,6 +45,7 @@ log = logging.getLogger("wire_gateway.aggregate")
 AGGREGATE_NAME = "*"            # what sessions and /status call the aggregate (no server can be named so)
 SHUTDOWN_GRACE = 5.0           # how long requests in flight may still finish once the client has gone
 UNSUPPORTED_VERSION = -32022   # 2026-07-28 UnsupportedProtocolVersionError
+RESOURCE_NOT_FOUND = -32002    # legacy; 2026-07-28 says -32602 (changelog)
 # Methods 2026-07-28 removed, and what replaced each (changelog).
 REMOVED_IN_MODERN = {
     "logging/setLevel": "a request asks for log messages with _meta['io.modelcontextprotocol/logLevel']",
@@ -60,13 +61,22 @@ class Aggregate:
     """The virtual server: an Upstream for one session, a client of every configured server."""
 
     def __init__(self, config: Config, sink: Sink, factory: UpstreamFactory, client_era: str | None = None,
-                 lazy: bool = False) -> None:
+                 lazy: bool = False, single: bool = False, adopted: bool = False,
+                 member_era: str | None = None) -> None:
         """`lazy`: start the members only when the first request arrives (the HTTP front's shared
-        aggregate: a gateway nobody asks for /mcp runs no extra processes)."""
+        aggregate: a gateway nobody asks for /mcp runs no extra processes).
+
+        The era bridge (proxy/era_bridge.py) makes a one-server aggregate with `single`: the
+        server's own names, cursors, identity and capabilities, every request forwarded as it is;
+        `adopted`: the member's upstream is already running and is another's to stop (the route's
+        shared process); `member_era`: the server's era is known, so the member does not probe it."""
         self.config = config
         self.lazy = lazy
         self.sink = sink
-        self.name = AGGREGATE_NAME
+        self.single = single
+        self.adopted = adopted
+        self.member_era = member_era
+        self.name = next(iter(config.servers)) if single else AGGREGATE_NAME
         self._tap: Any = None
         self.settings = config.aggregate
         self.sep = self.settings.separator
@@ -103,7 +113,7 @@ class Aggregate:
         """Frame dumps: the client-side hops are the session's; each member records its own
         server-side hops under its server's name."""
         self._tap = tap
-        for member in self.members.values():
+        for member in self.members.values() if not self.adopted else ():   # an adopted upstream has its own
             member.upstream.tap = tap.for_server(member.name, member.upstream) if tap is not None else None
 
     # ---- Upstream: client -> aggregate ---------------------------------------------------------
@@ -188,7 +198,7 @@ class Aggregate:
                     task_status.started()
                     await self._activated.wait()
                 if not self.closing.is_set():
-                    for member in self.members.values():
+                    for member in self.members.values() if not self.adopted else ():
                         await nursery.start(member.upstream.run)
                     self._members_running = True
                     for member in self.members.values():
@@ -205,7 +215,8 @@ class Aggregate:
                     scope.cancel()
                 with trio.CancelScope(shield=True):
                     async with trio.open_nursery() as closer:
-                        for member in self.members.values() if self._members_running else ():
+                        for member in self.members.values() if self._members_running and not self.adopted \
+                                else ():
                             closer.start_soon(member.upstream.shutdown)
                 nursery.cancel_scope.cancel()
         finally:
@@ -302,9 +313,19 @@ class Aggregate:
                 **self._instructions()})
         if method == "server/discover":
             self.greeted = True
+            if self.single:
+                return self._discover_one(frame)
             return result_msg(frame.id, {
                 "supportedVersions": [*MODERN_VERSIONS, *LEGACY_VERSIONS], "capabilities": self._capabilities(),
                 "_meta": {META_SERVER_INFO: SERVER_INFO}, **self._instructions()})
+        if method == "subscriptions/listen":
+            return await self.relay.listen(frame, params)
+        if self.single:                   # one server: its own names, URIs and cursors, nothing to route
+            member = self.members[self.name]
+            if not member.ok:
+                raise RouteError(errors.UPSTREAM_UNAVAILABLE, f"server '{member.name}' is unavailable: "
+                                 f"{member.problem}", {"server": member.name})
+            return await self.relay.forward(frame, member, params)
         if method in LISTS:
             return await self.directory.page(frame, method, params)
         if method in ("tools/call", "prompts/get"):
@@ -322,8 +343,6 @@ class Aggregate:
                 if isinstance(member.capabilities.get("logging"), dict):
                     await member.call("logging/setLevel", ns.strip_modern_meta(params), LIST_TIMEOUT)
             return result_msg(frame.id, {})
-        if method == "subscriptions/listen":
-            return await self.relay.listen(frame, params)
         raise RouteError(errors.METHOD_NOT_FOUND,
                          f"Method not found: the aggregate endpoint does not route {method!r}; "
                          "use /mcp/{server} (or --server) to reach one server directly")
@@ -347,6 +366,19 @@ class Aggregate:
             raise RouteError(errors.METHOD_NOT_FOUND,
                              f"Method not found: {frame.method} is not a method of MCP {MODERN_VERSIONS[0]} "
                              f"({REMOVED_IN_MODERN[frame.method]})")
+
+    def _discover_one(self, frame: Frame) -> dict[str, Any]:
+        """The bridge's `server/discover`: the server's own `initialize` answer, in the modern shape."""
+        member = self.members[self.name]
+        if not member.ok:
+            raise RouteError(errors.UPSTREAM_UNAVAILABLE, f"server '{member.name}' is unavailable: {member.problem}",
+                             {"server": member.name})
+        result: dict[str, Any] = {"supportedVersions": [*MODERN_VERSIONS, *LEGACY_VERSIONS],
+                                  "capabilities": member.capabilities,
+                                  "_meta": {META_SERVER_INFO: member.server_info or SERVER_INFO}}
+        if isinstance(member.instructions, str):
+            result["instructions"] = member.instructions
+        return result_msg(frame.id, result)
 
     def _capabilities(self) -> dict[str, Any]:
         return ns.merge_capabilities([m.capabilities for m in self.ready()])
@@ -380,6 +412,10 @@ class Aggregate:
                 answer = {"jsonrpc": "2.0", "id": req_id,
                           "result": ns.result_for_modern(result, cacheable=method in CACHEABLE)}
         else:
+            error = answer.get("error")
+            if self.single and self.era == MODERN and isinstance(error, dict) \
+                    and error.get("code") == RESOURCE_NOT_FOUND:
+                answer = {**answer, "error": {**error, "code": errors.INVALID_PARAMS}}   # 2026-07-28: -32602
             answer = {**answer, "id": req_id}
         raw = jsonfast.dumps(answer)
         frame = decode(raw)
