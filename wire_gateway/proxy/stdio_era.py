@@ -29,7 +29,7 @@ from wire_gateway.proxy.route import open_upstream
 from wire_gateway.proxy.session import PassthroughSession
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
-from wire_gateway.upstream.protocol import Upstream
+from wire_gateway.upstream.protocol import Sink, Upstream
 from wire_gateway.wire import jsonfast
 from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN, MODERN_VERSIONS, request_version
 from wire_gateway.wire.frame import Frame, Kind, decode
@@ -48,7 +48,8 @@ class EraChoice:
     flush_soon: Callable[[], None]
     wait_writable: Callable[[], Coroutine[Any, Any, None]]
 
-    def __init__(self, spec: ServerSpec, config: Config, session: PassthroughSession, services: Any) -> None:
+    def __init__(self, spec: ServerSpec, config: Config, session: Sink, services: Any) -> None:
+        """`session`: a PassthroughSession, whose `upstream` becomes the chosen one."""
         self.spec = spec
         self.name = spec.name
         self.config = config
@@ -121,6 +122,8 @@ class EraChoice:
     # ---- the client's frames -----------------------------------------------------------------------
 
     def request(self, frame: Frame) -> bytes | None:
+        if self.chosen:
+            return self.current.request(frame)
         if self.held is not None:
             self.held.append(frame)
             return None
@@ -147,7 +150,8 @@ class EraChoice:
 
     def _choose(self, upstream: Upstream) -> None:
         self.chosen = True
-        self.session.upstream = upstream
+        if isinstance(self.session, PassthroughSession):
+            self.session.upstream = upstream
         self._bind(upstream)
 
     async def _choose_for_modern(self) -> None:
