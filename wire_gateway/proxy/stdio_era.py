@@ -62,6 +62,7 @@ class EraChoice:
         self.held: list[Frame] | None = None       # the client's frames while the choice is being made
         self._probe: dict[str, Any] | None = None
         self._probed = trio.Event()
+        self._decided = trio.Event()               # the held frames went to the chosen upstream
         self._tap: Any = None
         self.nursery: trio.Nursery | None = None
         self._bind(self.real)
@@ -156,6 +157,12 @@ class EraChoice:
 
     async def _choose_for_modern(self) -> None:
         """A modern client: probe the server (unless its era is pinned), then pass through or bridge."""
+        try:
+            await self._choose_and_replay()
+        finally:
+            self._decided.set()
+
+    async def _choose_and_replay(self) -> None:
         legacy = self.spec.era == LEGACY or not await self._speaks_modern()
         if not legacy:
             self.switch.point_at(self.session)
@@ -216,6 +223,9 @@ class EraChoice:
             task_status.started()
 
     async def shutdown(self) -> None:
+        if self.held is not None:      # a client that wrote and closed stdin while we chose still gets answers
+            with trio.move_on_after(PROBE_TIMEOUT + 1.0):
+                await self._decided.wait()
         if self.bridge is not None:
             await self.bridge.shutdown()
         await self.real.shutdown()
