@@ -57,6 +57,17 @@ def test_a_modern_client_of_a_legacy_server_is_bridged(tmp_path: Path, pinned: b
         assert "Ada" in got["result"]["messages"][0]["content"]["text"]
         removed, _ = call(client, 7, "initialize", {**LEGACY_INIT, "_meta": MODERN_META})
         assert removed["error"]["code"] == -32601
+        # the server's list changes reach a listen stream that asked for them, under its id
+        client.send({"jsonrpc": "2.0", "id": "sub", "method": "subscriptions/listen",
+                     "params": {"notifications": {"toolsListChanged": True}, "_meta": MODERN_META}})
+        ack = client.recv(10)
+        assert ack["method"] == "notifications/subscriptions/acknowledged"
+        assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "sub"
+        touched, others = call(client, 8, "tools/call", {"name": "touch_tools", "arguments": {}, "_meta": MODERN_META})
+        assert text(touched) == "notified 1"
+        changed = [m for m in others if m.get("method") == "notifications/tools/list_changed"]
+        assert changed and changed[0]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "sub"
+        client.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "sub"}})
     finally:
         log = close(client, tmp_path)
     assert "served through the era bridge" in log
