@@ -1,4 +1,5 @@
-"""The era bridge's `requestState` (wire/request_state.py), sans-IO: what verifies and what does not."""
+"""The era bridge's pieces that need no peer: its `requestState` (wire/request_state.py), what verifies
+and what does not; a server's `era` key in the config."""
 from __future__ import annotations
 
 import pytest
@@ -53,3 +54,14 @@ def test_every_altered_character_is_noticed():
             continue
         altered = good[:at] + ("A" if good[at] != "A" else "B") + good[at + 1:]
         assert not isinstance(rs.verify(SECRET, altered, 999.0, "tools/call", DIGEST, "wg_abc"), rs.Verified), at
+
+
+def test_a_servers_era_is_auto_unless_pinned_and_nothing_else():
+    from wire_gateway.config import ConfigError, parse_config
+
+    config = parse_config({"servers": {"a": {"command": "x"}, "b": {"command": "x", "era": "legacy"},
+                                       "c": {"url": "http://127.0.0.1:1/mcp", "era": "modern"}}})
+    assert [config.servers[n].resolved().era for n in "abc"] == ["auto", "legacy", "modern"]
+    with pytest.raises(ConfigError) as info:
+        parse_config({"servers": {"a": {"command": "x", "era": "2026-07-28"}}})
+    assert "era" in str(info.value)
