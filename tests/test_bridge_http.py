@@ -23,7 +23,7 @@ from http_gateway import HttpGateway
 from mcp import types
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
-from test_http_upstream import HTTP_ECHO, Upstream
+from test_http_upstream import HTTP_ECHO, Upstream, closed_port
 
 CAPS_KEY = "io.modelcontextprotocol/clientCapabilities"
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -43,7 +43,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory):
         gateway = HttpGateway(tmp_path, {
             "old": fixture("legacy_echo", "--log", str(tmp_path / "old.jsonl")),
             "pinned": {**fixture("legacy_echo"), "era": "legacy"},
-            "oldhttp": {"url": remote.url}, "echo": fixture("echo")}, http={"keepalive_interval": 0.5})
+            "oldhttp": {"url": remote.url}, "echo": fixture("echo"),
+            "down": {"url": f"http://127.0.0.1:{closed_port()}/mcp", "timeout": 2}},
+            http={"keepalive_interval": 0.5})
         SERVER_LOG.append(tmp_path / "old.jsonl")
         yield gateway
     finally:
@@ -310,3 +312,12 @@ def test_a_modern_request_without_its_meta_is_still_400_invalid_params(gw, route
     assert resp.status_code == 400 and resp.json()["error"]["code"] == -32602
     resp = post(gw, route, 51, "initialize", {"_meta": MODERN_META})
     assert resp.status_code == 404 and resp.json()["error"]["code"] == -32601
+
+
+def test_a_server_the_probe_cannot_reach_is_not_taken_for_a_legacy_one(gw):
+    for attempt in (60, 61):        # each request probes again, and gets the failure itself
+        resp = post(gw, "down", attempt, "tools/list", {"_meta": MODERN_META})
+        error = resp.json()["error"]
+        assert resp.json()["id"] == attempt and error["code"] == -31002, error
+    assert "server down: could not tell its era" in gw.log()
+    assert "server down: modern clients are served through the era bridge" not in gw.log()

@@ -231,17 +231,29 @@ class ModernPool:
         ex.discard()
 
     async def _speaks_modern(self) -> bool:
+        """Whether modern requests pass through. A probe that says nothing about the server (the gateway
+        could not reach it, or it answered garbage) is not taken for the legacy era: the request passes
+        through, to get that failure as its answer, and the next one probes again."""
         if self.era is None:
-            if self._probed is None:
-                self._probed = trio.Event()
+            probed = self._probed
+            if probed is None:
+                probed = self._probed = trio.Event()
+                era = "unknown"
                 try:
-                    self.era = await self._probe()
+                    era = await self._probe()
                 finally:
-                    self._probed.set()
-                log.info("server %s: speaks the %s era", self.server, self.era)
+                    if era == "unknown":
+                        self._probed = None
+                    else:
+                        self.era = era
+                    probed.set()
+                if era == "unknown":
+                    log.info("server %s: could not tell its era (the probe failed); passed through", self.server)
+                else:
+                    log.info("server %s: speaks the %s era", self.server, self.era)
             else:
-                await self._probed.wait()
-        return self.era == "modern"
+                await probed.wait()
+        return self.era != LEGACY if self.bridge is not None else self.era == MODERN
 
     async def _probe(self) -> str:
         gw_id = next(self._ids)
@@ -272,8 +284,13 @@ class ModernPool:
             result = answer_.msg.get("result")
             if isinstance(result, dict) and MODERN_VERSIONS[0] in (result.get("supportedVersions") or ()):
                 return "modern"
-        if isinstance(answer_, Frame) and answer_.kind is Kind.ERROR and answer_.msg["error"].get("code") == -32022:
-            return "modern"
+        if isinstance(answer_, Frame) and answer_.kind is Kind.ERROR:
+            error = answer_.msg["error"]
+            if error.get("code") == -32022:
+                return "modern"
+            data = error.get("data")
+            if isinstance(data, dict) and data.get("source") == errors.SOURCE:
+                return "unknown"          # the gateway's error, not the server's answer
         return "legacy"
 
     # ---- Sink: server -> clients ---------------------------------------------------------

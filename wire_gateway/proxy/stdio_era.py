@@ -8,7 +8,10 @@ modern one when the server's `era` is `modern`. Otherwise a modern client needs 
 server speaks: with `era: legacy` it is taken as said, with `auto` the server is probed with
 `server/discover` first, the client's frames held meanwhile (a dual-era client sends that very
 request first, so it waits one round trip more). A modern server is then passed through; a legacy
-one is handed to the bridge (era_bridge.py), which serves the rest of the session.
+one is handed to the bridge (era_bridge.py), which serves the rest of the session. A probe that
+says nothing of the server (it is not running, or the gateway's error came back instead of its
+answer) is not taken for the legacy era: the session is passed through, so the client gets that
+failure as the server gave it.
 
 Until the choice, this object is the session's upstream and the front's; after it, the session
 talks to the chosen upstream directly, and the front's per-chunk calls (`flush`, `wait_writable`)
@@ -30,7 +33,7 @@ from wire_gateway.proxy.session import PassthroughSession
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.protocol import Sink, Upstream
-from wire_gateway.wire import jsonfast
+from wire_gateway.wire import errors, jsonfast
 from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN, MODERN_VERSIONS, request_version
 from wire_gateway.wire.frame import Frame, Kind, decode
 
@@ -198,13 +201,18 @@ class EraChoice:
         frame = decode(jsonfast.dumps(probe))
         assert isinstance(frame, Frame)
         if self.real.request(frame) is not None:
-            return False
+            log.info("server %s: could not probe its era (it is not running); passed through", self.spec.name)
+            return True
         self.real.flush()
         with trio.move_on_after(PROBE_TIMEOUT):
             await self._probed.wait()
         answer = self._probe or {}
         result = answer.get("result")
         error = answer.get("error")
+        if isinstance(error, dict) and isinstance(error.get("data"), dict) \
+                and error["data"].get("source") == errors.SOURCE:
+            log.info("server %s: could not tell its era (%s); passed through", self.spec.name, error.get("message"))
+            return True       # the gateway's error, not the server's answer: the client gets the same failure
         modern = (isinstance(result, dict) and MODERN_VERSIONS[0] in (result.get("supportedVersions") or ())) or \
             (isinstance(error, dict) and error.get("code") == UNSUPPORTED_VERSION)
         log.info("server %s: speaks the %s era", self.spec.name, MODERN if modern else LEGACY)

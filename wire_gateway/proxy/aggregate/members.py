@@ -157,6 +157,8 @@ class Member:
         if not isinstance(result, dict):
             err = dict_at(init, "error")
             probe_err = dict_at(probe, "error")
+            if not probe:                  # not probed: the server is known to be legacy
+                return f"initialize failed ({err.get('message', 'no result')})"
             return (f"server/discover failed ({probe_err.get('message', 'no usable answer')}) and so did "
                     f"initialize ({err.get('message', 'no result')})")
         self.era = LEGACY
