@@ -20,12 +20,11 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Config
+from wire_gateway.proxy.aggregate import greeting
 from wire_gateway.proxy.aggregate.direct import DirectCalls
 from wire_gateway.proxy.aggregate.directory import LIST_TIMEOUT, LISTS, Directory, RouteError
 from wire_gateway.proxy.aggregate.members import NOTES, Member, UpstreamFactory
 from wire_gateway.proxy.aggregate.messages import (
-    META_SERVER_INFO,
-    SERVER_INFO,
     error_msg,
     modern_envelope,
     result_msg,
@@ -37,21 +36,14 @@ from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.protocol import Sink
 from wire_gateway.upstream.states import check_transition
 from wire_gateway.wire import errors, jsonfast, namespacing as ns
-from wire_gateway.wire.era import LEGACY, LEGACY_VERSIONS, MODERN, MODERN_VERSIONS, era_of_request, request_version
+from wire_gateway.wire.era import LEGACY, LEGACY_VERSIONS, MODERN, era_of_request
 from wire_gateway.wire.frame import Frame, decode, repeated_params, valid_id
 
 log = logging.getLogger("wire_gateway.aggregate")
 
 AGGREGATE_NAME = "*"            # what sessions and /status call the aggregate (no server can be named so)
 SHUTDOWN_GRACE = 5.0           # how long requests in flight may still finish once the client has gone
-UNSUPPORTED_VERSION = -32022   # 2026-07-28 UnsupportedProtocolVersionError
 RESOURCE_NOT_FOUND = -32002    # legacy; 2026-07-28 says -32602 (changelog)
-# Methods 2026-07-28 removed, and what replaced each (changelog).
-REMOVED_IN_MODERN = {
-    "logging/setLevel": "a request asks for log messages with _meta['io.modelcontextprotocol/logLevel']",
-    "resources/subscribe": "subscriptions/listen with notifications.resourceSubscriptions replaces it",
-    "resources/unsubscribe": "closing the subscriptions/listen stream replaces it",
-}
 # Modern results that must say how long they may be cached (2026-07-28 CacheableResult).
 CACHEABLE = frozenset({"server/discover", "tools/list", "prompts/list", "resources/list",
                        "resources/templates/list", "resources/read"})
@@ -299,7 +291,7 @@ class Aggregate:
         # so it sees every server that can come up; afterwards this returns at once.
         await self._members_tried()
         if self.era == MODERN:
-            self._modern_rules(frame)
+            greeting.modern_rules(frame)
         if method == "initialize":
             self.client_init = params
             self.handshake.on_client_request(frame)
@@ -307,17 +299,10 @@ class Aggregate:
             self.handshake.completed = True      # the gateway itself accepted it (the HTTP front checks)
             requested = params.get("protocolVersion")
             self.handshake.version = requested if requested in LEGACY_VERSIONS else LEGACY_VERSIONS[0]
-            return result_msg(frame.id, {
-                "protocolVersion": self.handshake.version,
-                "capabilities": self._capabilities(), "serverInfo": SERVER_INFO,
-                **self._instructions()})
+            return result_msg(frame.id, greeting.initialize_result(self))
         if method == "server/discover":
             self.greeted = True
-            if self.single:
-                return self._discover_one(frame)
-            return result_msg(frame.id, {
-                "supportedVersions": [*MODERN_VERSIONS, *LEGACY_VERSIONS], "capabilities": self._capabilities(),
-                "_meta": {META_SERVER_INFO: SERVER_INFO}, **self._instructions()})
+            return result_msg(frame.id, greeting.discover_result(self))
         if method == "subscriptions/listen":
             return await self.relay.listen(frame, params)
         if self.single:                   # one server: its own names, URIs and cursors, nothing to route
@@ -346,50 +331,6 @@ class Aggregate:
         raise RouteError(errors.METHOD_NOT_FOUND,
                          f"Method not found: the aggregate endpoint does not route {method!r}; "
                          "use /mcp/{server} (or --server) to reach one server directly")
-
-    def _modern_rules(self, frame: Frame) -> None:
-        """What the aggregate, a modern server to a modern client, refuses (2026-07-28): a protocol
-        version it does not speak (UnsupportedProtocolVersionError: -32022 with the versions it
-        does), and the methods that era removed (-32601). `ping` is still answered (see request)."""
-        version = request_version(frame.msg)
-        if version is not None and version not in MODERN_VERSIONS:
-            raise RouteError(UNSUPPORTED_VERSION, f"Unsupported protocol version {version!r}; the aggregate "
-                             f"speaks {', '.join([*MODERN_VERSIONS, *LEGACY_VERSIONS])}",
-                             {"supported": [*MODERN_VERSIONS, *LEGACY_VERSIONS], "requested": version})
-        if frame.method == "initialize":
-            raise RouteError(errors.METHOD_NOT_FOUND,
-                             f"Method not found: initialize is not a method of MCP {MODERN_VERSIONS[0]}, whose "
-                             "requests need no handshake (each carries its protocol version in params._meta); to "
-                             f"open a legacy session ({LEGACY_VERSIONS[0]} or earlier), send initialize without "
-                             "the modern _meta")
-        if frame.method in REMOVED_IN_MODERN:
-            raise RouteError(errors.METHOD_NOT_FOUND,
-                             f"Method not found: {frame.method} is not a method of MCP {MODERN_VERSIONS[0]} "
-                             f"({REMOVED_IN_MODERN[frame.method]})")
-
-    def _discover_one(self, frame: Frame) -> dict[str, Any]:
-        """The bridge's `server/discover`: the server's own `initialize` answer, in the modern shape."""
-        member = self.members[self.name]
-        if not member.ok:
-            raise RouteError(errors.UPSTREAM_UNAVAILABLE, f"server '{member.name}' is unavailable: {member.problem}",
-                             {"server": member.name})
-        caps = member.capabilities
-        resources = caps.get("resources")
-        if isinstance(resources, dict) and "subscribe" in resources:   # not carried to listen streams (yet)
-            caps = {**caps, "resources": {k: v for k, v in resources.items() if k != "subscribe"}}
-        result: dict[str, Any] = {"supportedVersions": [*MODERN_VERSIONS, *LEGACY_VERSIONS],
-                                  "capabilities": caps,
-                                  "_meta": {META_SERVER_INFO: member.server_info or SERVER_INFO}}
-        if isinstance(member.instructions, str):
-            result["instructions"] = member.instructions
-        return result_msg(frame.id, result)
-
-    def _capabilities(self) -> dict[str, Any]:
-        return ns.merge_capabilities([m.capabilities for m in self.ready()])
-
-    def _instructions(self) -> dict[str, Any]:
-        parts = [f"{m.name}: {m.instructions}" for m in self.ready() if isinstance(m.instructions, str)]
-        return {"instructions": "\n".join(parts)} if parts else {}
 
     # ---- eras: what the members get, what the client gets ---------------------------------------------
 
