@@ -90,12 +90,11 @@ class Asks:
         """Answer one request: the member's answer, or an input-required result. `client_params` as
         the client sent them (routed), `member_params` as the member gets them."""
         method = frame.method or ""
-        digest = request_state.params_digest(method, client_params)
         caller = CALLER.get()
         principal = caller.id if caller is not None else None
         if "requestState" in client_params:
             checked = request_state.verify(self.secret, client_params["requestState"], time.time(), method,
-                                           digest, principal)
+                                           request_state.params_digest(method, client_params), principal)
             parked = self.parked.pop(checked.key, None) if isinstance(checked, request_state.Verified) else None
             if parked is None or parked.member is not member:
                 why = checked if isinstance(checked, str) else \
@@ -108,7 +107,7 @@ class Asks:
             if token is not None:
                 self._follow_progress(token, frame, client_params)
             if missing:               # 2026-07-28: ask again for what is missing, rather than fail
-                return self._park(frame.id, member, our_id, call, missing, token, method, digest, principal)
+                return self._park(frame.id, member, our_id, call, missing, token, method, client_params, principal)
         else:
             our_id, call, refused = member.begin(method, member_params, accepted(client_params))
             if refused is not None:
@@ -122,7 +121,7 @@ class Asks:
             call.shown = len(call.asks)
             keys = {f"input-{next(self._keys)}": ask for ask in fresh}
             parked_again = True
-            return self._park(frame.id, member, our_id, call, keys, token, method, digest, principal)
+            return self._park(frame.id, member, our_id, call, keys, token, method, client_params, principal)
         finally:
             if not parked_again:
                 member.calls.pop(our_id, None)
@@ -130,13 +129,14 @@ class Asks:
                 self.agg.relay.tokens.pop(token, None)
 
     def _park(self, client_id: Any, member: Member, our_id: str, call: Call, keys: dict[str, Frame],
-              token: str | None, method: str, digest: str, principal: str | None) -> dict[str, Any]:
+              token: str | None, method: str, client_params: dict[str, Any], principal: str | None) -> dict[str, Any]:
         key = f"{next(self._keys)}"
         parked = Parked(member, our_id, call, keys, token)
         self.parked[key] = parked
         agg = self.agg
         if agg.nursery is not None:
             agg.nursery.start_soon(self._expire, key, parked)
+        digest = request_state.params_digest(method, client_params)    # only now: most calls never ask
         state = request_state.mint(self.secret, key, time.time() + STATE_TTL, method, digest, principal)
         requests = {}
         for name, ask in keys.items():
@@ -190,14 +190,14 @@ class Asks:
         """A legacy member's request while the client is modern: given to the call it belongs to
         (None), or why it cannot be (the relay answers the member with that)."""
         calls = [c for c in member.calls.values() if c.accepts is not None and not c.done.is_set()]
-        if len(calls) != 1:
+        inflight = len(calls) + len(member.direct)     # the fast path's calls (direct.py) count too
+        if inflight != 1:
             return (f"{frame.method} cannot be delivered: the gateway cannot tell which of "
-                    f"{len(calls)} calls in flight it belongs to" if calls else
+                    f"{inflight} calls in flight it belongs to" if inflight else
                     f"{frame.method} cannot be delivered: no request of a modern client that could carry it "
                     "(tools/call, prompts/get, resources/read) is in flight")
-        call = calls[0]
-        assert call.accepts is not None
-        if frame.method not in call.accepts:
+        call = calls[0] if calls else None      # else a fast-path call: its client declared no capability
+        if call is None or call.accepts is None or frame.method not in call.accepts:
             cap = CAPABILITY.get(frame.method or "", frame.method)
             return (f"the client reached '{member.name}' through the wire-gateway in the modern era and did not "
                     f"declare the {cap} capability; {frame.method} cannot be delivered")
