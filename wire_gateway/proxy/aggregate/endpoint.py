@@ -37,7 +37,7 @@ from wire_gateway.upstream.protocol import Sink
 from wire_gateway.upstream.states import check_transition
 from wire_gateway.wire import errors, jsonfast, namespacing as ns
 from wire_gateway.wire.era import LEGACY, LEGACY_VERSIONS, MODERN, era_of_request
-from wire_gateway.wire.frame import Frame, decode, repeated_params, valid_id
+from wire_gateway.wire.frame import Frame, Kind, repeated_params, valid_id
 
 log = logging.getLogger("wire_gateway.aggregate")
 
@@ -362,14 +362,10 @@ class Aggregate:
                     and error.get("code") == RESOURCE_NOT_FOUND:
                 answer = {**answer, "error": {**error, "code": errors.INVALID_PARAMS}}   # 2026-07-28: -32602
             answer = {**answer, "id": req_id}
-        raw = jsonfast.dumps(answer)
-        frame = decode(raw)
+        # Written from the message the gateway holds: parsing its own bytes again would tell nothing new.
+        kind = Kind.RESPONSE if "result" in answer else Kind.ERROR
         self.frames_out += 1
-        if isinstance(frame, Frame):
-            frame.note = note
-            self.sink.server_frame(frame)
-        else:
-            self.sink.gateway_reply(req_id, raw)
+        self.sink.server_frame(Frame(jsonfast.dumps(answer), kind, answer, None, req_id, note))
         self.sink.flush()
 
     def _result_bytes(self, req_id: Any, result: dict[str, Any]) -> bytes:
