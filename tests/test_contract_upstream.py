@@ -2,7 +2,8 @@
 passes trio.testing's stream checks.
 
 Implementations: the supervised process (`command` server), the HTTP upstream (`url` server), the
-policy runner around each, and the aggregate with a member of each kind; with auth, the policy
+policy runner around each, and the aggregate with a member of each kind; the era bridge (a
+legacy-only server behind the stdio front's choice, `bridge-command`); with auth, the policy
 runner whose auth slot serves a caller's project (`auth-command`), and an HTTP upstream that
 presents the gateway's own OAuth client credentials (`oauth-url`, against a local issuer); the
 policy runner with guardrails on both sides (`guardrails-command`, `guardrails-url`); with tracing
@@ -41,13 +42,15 @@ from wire_gateway.dump.tap import G2S, S2G
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import Aggregate
 from wire_gateway.proxy.route import member_factory, open_upstream
+from wire_gateway.proxy.stdio_era import EraChoice
 from wire_gateway.upstream.pool import PooledUpstream
 from wire_gateway.upstream.protocol import Upstream
 from wire_gateway.wire import jsonfast
 from wire_gateway.wire.frame import Frame, Kind, decode
 
 KINDS = ("command", "url", "policy-command", "policy-url", "aggregate-command", "aggregate-url", "auth-command",
-         "oauth-url", "guardrails-command", "guardrails-url", "traced-command", "traced-url", "pool-command")
+         "oauth-url", "guardrails-command", "guardrails-url", "traced-command", "traced-url", "pool-command",
+         "bridge-command")
 # the guardrails kinds: the filter of the policy kinds, and detectors on both sides that the
 # contract's traffic passes (a redaction rewrites what reaches the server, not who answers)
 GUARDRAILS = {"input": [{"detectors": ["secrets"], "action": "block"}, {"detectors": ["pii"], "action": "redact"}],
@@ -145,6 +148,8 @@ class Subject:
         doc: dict[str, Any] = {"servers": {"s": server}}
         if kind == "auth-command":
             doc["auth"] = {"mode": "keys"}
+        if kind == "bridge-command":       # a legacy-only server, modern requests: the era bridge (stdio_era.py)
+            doc = {"servers": {"s": {**server, "args": [str(SERVERS / "legacy_echo.py")], "era": "legacy"}}}
         if kind.startswith("aggregate"):
             doc = {"servers": {"s": {**server, "tools": {"deny": ["add"]}}, "p": command},
                    "aggregate": {"separator": "__"}}
@@ -156,6 +161,8 @@ class Subject:
             spec = self.config.servers["s"].resolved()
             self.upstream = PooledUpstream(
                 "s", 3, lambda copy_sink: open_upstream(spec, self.config, copy_sink, self.services), sink)
+        elif kind == "bridge-command":
+            self.upstream = EraChoice(self.config.servers["s"].resolved(), self.config, sink, self.services)
         else:
             self.upstream = open_upstream(self.config.servers["s"].resolved(), self.config, sink, self.services)
 
@@ -261,7 +268,8 @@ def test_every_request_gets_exactly_one_answer(kind: str, url_server: str) -> No
             await sink.answer(req_id)
         assert sink.answers["call"][0]["result"]["content"][0]["text"] == "hi"
         assert "error" in sink.answers["unknown"][0]
-        if kind not in ("command", "url", "oauth-url", "traced-command", "traced-url"):   # a policy hides `add`
+        if kind not in ("command", "url", "oauth-url", "traced-command", "traced-url", "bridge-command"):
+            # a policy hides `add`
             assert sink.answers["hidden"][0]["error"]["code"] == -32602
         if kind == "oauth-url":                       # the server was reached with the gateway's own token
             assert issuer().issued

@@ -389,7 +389,11 @@ def odd_server():
 def test_garbage_and_http_errors_are_answered(odd_server: OddServer, tmp_path: Path) -> None:
     cases = {"html": UPSTREAM_BAD_FRAME, "notjson": UPSTREAM_BAD_FRAME, "error500": UPSTREAM_UNAVAILABLE,
              "rpcerror": None}
-    gateways = {path: stdio_gateway(remote_config(tmp_path, odd_server.url(path), name=path), tmp_path, name=path)
+    # rpcerror refuses server/discover as a legacy-only server would: pinned modern, its own error passes
+    # through (with era auto the bridge would take it for a legacy server, and find it refuses initialize too)
+    gateways = {path: stdio_gateway(remote_config(tmp_path, odd_server.url(path), name=path,
+                                                  **({"era": "modern"} if path == "rpcerror" else {})),
+                                    tmp_path, name=path)
                 for path in cases}
     try:
         for path, code in cases.items():

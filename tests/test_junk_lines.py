@@ -209,7 +209,8 @@ def junk_server():
 
 
 def test_an_http_upstreams_junk_messages_are_summarised(junk_server: JunkServer, tmp_path: Path) -> None:
-    gw = stdio_gateway(remote_config(tmp_path, junk_server.url()), tmp_path)
+    # pinned modern: its server/discover answer lists no versions, which the era probe would read as legacy
+    gw = stdio_gateway(remote_config(tmp_path, junk_server.url(), era="modern"), tmp_path)
     try:
         answer = gw.request("tools/list", {"_meta": MODERN_META}, req_id="l", timeout=30)
         assert answer["result"]["tools"] == []

@@ -140,6 +140,9 @@ def test_config(tmp_path: Path) -> None:
     path.write_text(json.dumps({"servers": {"e": {"url": "http://127.0.0.1:1/mcp", "pool": {"size": 2}}}}))
     with pytest.raises(ConfigError, match=r"servers\.e\.pool: a url server is one endpoint"):
         load_config(str(path))
+    path.write_text(json.dumps({"servers": {"e": {"command": "x", "pool": {"size": 2}, "era": "legacy"}}}))
+    with pytest.raises(ConfigError, match=r"servers\.e\.pool: copies serve requests that stand alone"):
+        load_config(str(path))
     path.write_text(json.dumps({"servers": {"e": {"command": "x", "pool": {"size": 0}}}}))
     with pytest.raises(ConfigError, match=r"pool\.size"):
         load_config(str(path))

@@ -150,6 +150,7 @@ class ServerSpec:
     handshake_timeout: float = 10.0
     policy: PolicySpec = PolicySpec()
     pool_size: int = 1                     # copies of a command server for modern requests (upstream.pool)
+    era: str = "auto"                      # what the single-server routes assume: auto (probe), legacy, modern
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
@@ -180,6 +181,7 @@ class ServerSpec:
             handshake_timeout=self.handshake_timeout,
             policy=self.policy,
             pool_size=self.pool_size,
+            era=self.era,
         )
 
 
@@ -399,6 +401,9 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
     clashes += [f"$.servers.{name}.pool: a url server is one endpoint, and balancing its copies is its own "
                 "business; pool only command servers" for name, s in doc["servers"].items()
                 if "url" in s and "pool" in s]
+    clashes += [f'$.servers.{name}.pool: copies serve requests that stand alone, which a legacy server\'s do not '
+                '(its sessions hold state); drop the pool or the "era": "legacy"' for name, s in doc["servers"].items()
+                if "pool" in s and s.get("era") == "legacy"]
     clashes += oauth_problems(doc["servers"]) + auth_problems(doc.get("auth")) + guardrail_problems(doc)
     if clashes:
         raise ConfigError(clashes, source)
@@ -428,6 +433,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
             handshake_timeout=s.get("handshake_timeout", 10.0),
             policy=parse_policy(name, s),
             pool_size=s.get("pool", {}).get("size", 1),
+            era=s.get("era", "auto"),
         )
     logging_ = doc.get("logging", {})
     http = dict(doc.get("http", {}))

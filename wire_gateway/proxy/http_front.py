@@ -132,6 +132,10 @@ class HttpFront:
                 if self.dumper is not None:
                     pool.tap = pool.upstream.tap = self.dumper.tap(f"modern:{name}", name, "http", era="modern")
                 await nursery.start(pool.upstream.run)
+                if pool.bridge is not None:     # era_bridge.py: lazy, it starts with its first request
+                    if self.dumper is not None:
+                        pool.bridge.tap = pool.bridge.upstream.tap = pool.tap
+                    await nursery.start(pool.bridge.upstream.run)
             if self.dumper is not None:
                 agg = self.aggregate_pool
                 agg.tap = agg.upstream.tap = self.dumper.tap(f"modern:{AGGREGATE_NAME}", AGGREGATE_NAME, "http",
@@ -187,8 +191,8 @@ class HttpFront:
             nursery.cancel_scope.cancel()
 
     def _all_pools(self) -> list[ModernPool]:
-        return [*self.pools.values(), *([self.aggregate_pool] if self.auth is None else []),
-                *self.project_pools.values()]
+        return [*self.pools.values(), *(p.bridge for p in self.pools.values() if p.bridge is not None),
+                *([self.aggregate_pool] if self.auth is None else []), *self.project_pools.values()]
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for the control plane: servers, their processes, sessions, counters."""
@@ -209,6 +213,8 @@ class HttpFront:
             return out
 
         servers = {name: {"shared": upstream_status(pool.upstream), "modernEra": pool.era,
+                          "bridge": pool.bridge.upstream.status() if pool.bridge is not None
+                          and isinstance(pool.bridge.upstream, Aggregate) and pool.era == "legacy" else None,
                           "legacySessions": sum(1 for s in self.sessions.values() if s.server == name)}
                    for name, pool in self.pools.items()}
         agg = self.aggregate_pool.upstream

@@ -11,10 +11,11 @@ it arrived. A progress token is remapped the same way, since two
 clients may both use "1". Closing the response stream cancels the request: the
 server gets `notifications/cancelled`.
 
-The first modern request probes the server with `server/discover`. A server that
-only speaks the legacy era gets no modern requests: the client is told so with a
-400 carrying a non-modern error, which is what makes a dual-era client fall back
-to `initialize`, as it would against such a server directly.
+The first modern request probes the server with `server/discover` (unless the server's
+`era` is pinned in the config). A server that only speaks the legacy era gets no modern
+requests passed through: they go to the era bridge (`bridge`, era_bridge.py), which
+takes the pool's upstream over as its one shared legacy session and serves modern
+clients through it. The pool of the aggregate, which speaks both eras itself, has none.
 
 An error answer goes out with the HTTP status an HTTP upstream gave it (`Frame.status`), else
 with the one its code has in this era (-32601: 404; -32020, -32021, -32022: 400). `initialize`
@@ -34,6 +35,8 @@ import trio
 
 from wire_gateway.config import Config, ServerSpec
 from wire_gateway.dump.tap import C2G, G2C, Tap
+from wire_gateway.proxy.aggregate.members import Member
+from wire_gateway.proxy.era_bridge import SinkSwitch, make_bridge
 from wire_gateway.proxy.exchange import Backlog, Exchange
 from wire_gateway.proxy.http_answer import JSON, answer
 from wire_gateway.proxy.route import open_upstream
@@ -41,7 +44,14 @@ from wire_gateway.transport.http_server import Responder
 from wire_gateway.upstream.pool import PooledUpstream
 from wire_gateway.upstream.protocol import Upstream
 from wire_gateway.wire import errors, jsonfast, scan
-from wire_gateway.wire.era import LEGACY_VERSIONS, META_PROTOCOL_VERSION, META_SUBSCRIPTION_ID, MODERN_VERSIONS
+from wire_gateway.wire.era import (
+    LEGACY,
+    LEGACY_VERSIONS,
+    META_PROTOCOL_VERSION,
+    META_SUBSCRIPTION_ID,
+    MODERN,
+    MODERN_VERSIONS,
+)
 from wire_gateway.wire.frame import Frame, Kind, decode
 
 log = logging.getLogger("wire_gateway.http.modern")
@@ -55,17 +65,13 @@ class ModernPool:
     tap: Tap | None = None     # frame dumps: set after construction when --dump is on
     _probe_ex: Exchange | None = None   # the server/discover probe's exchange: no client sees it
 
+    bridge: ModernPool | None = None    # modern clients of a legacy server (era_bridge.py)
+    taps_arrivals = True                # False for a bridge: the pool in front recorded the request
+
     def __init__(self, server: str, spec: ServerSpec, config: Config, keepalive: float = 15.0,
                  services: Any = None, upstream_factory: Callable[..., Upstream] | None = None) -> None:
         self.server = server
         self.keepalive = keepalive
-        if upstream_factory is not None:
-            self.upstream: Upstream = upstream_factory(spec, config.limits, self)
-        elif spec.pool_size > 1 and spec.url is None:    # several copies, least busy first (upstream.pool)
-            self.upstream = PooledUpstream(server, spec.pool_size,
-                                           lambda sink: open_upstream(spec, config, sink, services), self)
-        else:
-            self.upstream = open_upstream(spec, config, self, services)
         # A modern `initialize` is answered here for a server process: sent on, it could switch the
         # process every modern client shares to the legacy era. An HTTP server answers its own (each
         # request stands alone there), and so does the aggregate.
@@ -76,17 +82,44 @@ class ModernPool:
         self._ids = itertools.count(secrets.randbits(48) + 1)
         self.by_gw: dict[int, Exchange] = {}
         self.tokens: dict[str, tuple[Exchange, Any]] = {}   # gateway token -> (exchange, client's token)
-        self.era: str | None = None                        # "modern" / "legacy" once probed
         self.tools: dict[str, dict] = {}                   # tool name -> definition, from tools/list answers
         self.listens: set[int] = set()                     # gateway ids of open subscriptions/listen
         self._probed: trio.Event | None = None
+        self.era: str | None = None                        # "modern" / "legacy" once probed (or pinned)
+        self._switch: SinkSwitch | None = None
+        self._bridge_member: Member | None = None      # whom the switch is handed to, until it is
+        if upstream_factory is not None:
+            self.upstream = upstream_factory(spec, config.limits, self)
+        elif spec.pool_size > 1 and spec.url is None:
+            # Copies of a server serve requests that stand alone: the modern era (upstream.pool).
+            self.upstream = PooledUpstream(server, spec.pool_size,
+                                           lambda sink: open_upstream(spec, config, sink, services), self)
+            self.era = MODERN
+        elif spec.era == MODERN:
+            self.upstream = open_upstream(spec, config, self, services)
+            self.era = MODERN
+        else:      # it may be legacy: an upstream the bridge can take over, and the bridge
+            self._switch = SinkSwitch(self)
+            self.upstream = open_upstream(spec, config, self._switch, services)
+            self.era = LEGACY if spec.era == LEGACY else None
+
+            def bridge(spec: ServerSpec, limits: Any, sink: Any) -> Upstream:
+                agg, self._bridge_member = make_bridge(config, server, sink, self.upstream, lazy=True)
+                return agg
+            self.bridge = ModernPool(server, spec, config, keepalive, upstream_factory=bridge)
+            self.bridge.era = MODERN          # the bridge speaks it: no probe
+            self.bridge.taps_arrivals = False
+            self.bridge.tools = self.tools
 
     # ---- HTTP side ------------------------------------------------------------------
 
     async def post(self, frame: Frame, responder: Responder) -> None:
-        if self.tap is not None:
+        if self.tap is not None and self.taps_arrivals:
             self.tap.frame(C2G, frame)
         if frame.kind is not Kind.REQUEST:
+            if self.era == LEGACY and self.bridge is not None:
+                await self._bridged(frame, responder)
+                return
             # 2026-07-28 defines no client notifications over HTTP; accept and forward them.
             if frame.kind is Kind.NOTIFICATION:
                 self.upstream.notify(frame)
@@ -94,6 +127,9 @@ class ModernPool:
             await responder.send(202, [])
             return
         if not await self._speaks_modern():
+            if self.bridge is not None:
+                await self._bridged(frame, responder)
+                return
             refusal = errors.error_frame(
                 frame.id, errors.INVALID_REQUEST,
                 f"server '{self.server}' does not speak the modern era of MCP ({MODERN_VERSIONS[0]}); "
@@ -122,6 +158,18 @@ class ModernPool:
                 await answer(ex, responder, [], self.keepalive)
         finally:
             self._finish(gw_id, ex)
+
+    async def _bridged(self, frame: Frame, responder: Responder) -> None:
+        """A modern client of a legacy server: the bridge serves it, with the pool's upstream as its
+        legacy session from the first such request on (the probe, if any, is over by then)."""
+        bridge, switch = self.bridge, self._switch
+        assert bridge is not None and switch is not None
+        if self._bridge_member is not None:
+            switch.point_at(self._bridge_member)
+            self._bridge_member = None
+            log.info("server %s: modern clients are served through the era bridge (one shared legacy session)",
+                     self.server)
+        await bridge.post(frame, responder)
 
     def _send(self, frame: Frame) -> tuple[int, Exchange]:
         gw_id = next(self._ids)
@@ -190,17 +238,29 @@ class ModernPool:
         ex.discard()
 
     async def _speaks_modern(self) -> bool:
+        """Whether modern requests pass through. A probe that says nothing about the server (the gateway
+        could not reach it, or it answered garbage) is not taken for the legacy era: the request passes
+        through, to get that failure as its answer, and the next one probes again."""
         if self.era is None:
-            if self._probed is None:
-                self._probed = trio.Event()
+            probed = self._probed
+            if probed is None:
+                probed = self._probed = trio.Event()
+                era = "unknown"
                 try:
-                    self.era = await self._probe()
+                    era = await self._probe()
                 finally:
-                    self._probed.set()
-                log.info("server %s: speaks the %s era", self.server, self.era)
+                    if era == "unknown":
+                        self._probed = None
+                    else:
+                        self.era = era
+                    probed.set()
+                if era == "unknown":
+                    log.info("server %s: could not tell its era (the probe failed); passed through", self.server)
+                else:
+                    log.info("server %s: speaks the %s era", self.server, self.era)
             else:
-                await self._probed.wait()
-        return self.era == "modern"
+                await probed.wait()
+        return self.era != LEGACY if self.bridge is not None else self.era == MODERN
 
     async def _probe(self) -> str:
         gw_id = next(self._ids)
@@ -231,8 +291,13 @@ class ModernPool:
             result = answer_.msg.get("result")
             if isinstance(result, dict) and MODERN_VERSIONS[0] in (result.get("supportedVersions") or ()):
                 return "modern"
-        if isinstance(answer_, Frame) and answer_.kind is Kind.ERROR and answer_.msg["error"].get("code") == -32022:
-            return "modern"
+        if isinstance(answer_, Frame) and answer_.kind is Kind.ERROR:
+            error = answer_.msg["error"]
+            if error.get("code") == -32022:
+                return "modern"
+            data = error.get("data")
+            if isinstance(data, dict) and data.get("source") == errors.SOURCE:
+                return "unknown"          # the gateway's error, not the server's answer
         return "legacy"
 
     # ---- Sink: server -> clients ---------------------------------------------------------

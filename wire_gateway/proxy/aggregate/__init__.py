@@ -6,7 +6,9 @@ each can be read (and changed) without the others:
 - `endpoint`: `Aggregate`, the Upstream surface sessions call and the dispatch of each request;
 - `members`: `Member`, one server inside the aggregate, and its era handshake;
 - `directory`: which member a tool or prompt name, a resource URI or a list cursor belongs to;
+- `greeting`: what it answers itself: `initialize`, `server/discover`, the modern era's refusals;
 - `relay`: progress, cancellations, the members' requests to the client, list changes;
+- `asks`: a legacy member's requests to a modern client, as input-required results;
 - `direct`: the task-free fast path for `tools/call`;
 - `states`: the member and aggregate states and their transitions; `messages`: shared helpers.
 """

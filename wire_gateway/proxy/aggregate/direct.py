@@ -7,7 +7,10 @@ client's era needs nothing else changed. The general path (a task per request,
 `Aggregate._serve` in endpoint.py) costs a task start, an event and two wake-ups per call, more than
 the routing itself; it still serves everything this path declines: a name it cannot
 route (its error comes from there), a progress token (remapped there), `_meta` the
-member's era needs adapted, a member or client whose era differs, start-up.
+member's era needs adapted, a member or client whose era differs, start-up. One difference of
+eras is taken here: a modern client's call to a legacy member (the era bridge's every call), its
+modern `_meta` keys stripped, when the client declared no capability a member's request could
+need (else asks.py must be able to park it) and it is no retry of an input-required result.
 
 What the general path guarantees holds here too:
 - exactly one answer per request, settled by the aggregate's `pending` table: whoever
@@ -24,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from wire_gateway.proxy.aggregate.asks import accepted
 from wire_gateway.proxy.aggregate.messages import META_CLIENT_CAPS, META_CLIENT_INFO
-from wire_gateway.wire import errors, jsonfast, scan
+from wire_gateway.wire import errors, jsonfast, namespacing as ns, scan
 from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN
 from wire_gateway.wire.frame import Frame, Kind
 
@@ -81,7 +85,11 @@ class DirectCalls:
         if routed is None:
             return False         # the general path answers why it cannot route it
         member, original = routed
-        if member.era != agg.era or not self._meta_fits(agg.era, params):
+        if member.era == LEGACY and agg.era == MODERN:
+            if not self._bridgeable(params):
+                return False
+            params = ns.strip_modern_meta(params)
+        elif member.era != agg.era or not self._meta_fits(agg.era, params):
             return False
         our_id = f"agg-{next(member.ids)}"
         msg = {"jsonrpc": "2.0", "id": our_id, "method": "tools/call", "params": {**params, "name": original}}
@@ -119,6 +127,14 @@ class DirectCalls:
             return isinstance(meta, dict) and bool(meta) and "progressToken" not in meta \
                 and not any(k.startswith(META_PREFIX) for k in meta)
         return False
+
+    @staticmethod
+    def _bridgeable(params: dict[str, Any]) -> bool:
+        """Whether a modern client's call may go to a legacy member from here: a well-formed modern
+        request, no progress token, no retry, and nothing the member could ask the client for."""
+        meta = params.get("_meta")
+        return isinstance(meta, dict) and "progressToken" not in meta and all(k in meta for k in ENVELOPE) \
+            and "requestState" not in params and "inputResponses" not in params and not accepted(params)
 
     def flush(self, soon: bool) -> None:
         """Write what the calls just made queued for their members (the front calls this once

@@ -60,7 +60,11 @@ class Directory:
     # ---- names ------------------------------------------------------------------------------------
 
     def route_tool(self, public: str) -> tuple[Member, str] | None:
-        """Where a tools/call goes, as `by_name` says; None where it would refuse."""
+        """Where a tools/call goes, as `by_name` says (the one server, by the tool's own name, for the
+        era bridge's aggregate); None where it would refuse."""
+        if self.agg.single:
+            member = self.members[self.agg.name]
+            return (member, public) if member.ok else None
         try:
             return self.by_name("tools", public)
         except RouteError:

@@ -20,12 +20,11 @@ from typing import Any
 import trio
 
 from wire_gateway.config import Config
+from wire_gateway.proxy.aggregate import greeting
 from wire_gateway.proxy.aggregate.direct import DirectCalls
 from wire_gateway.proxy.aggregate.directory import LIST_TIMEOUT, LISTS, Directory, RouteError
 from wire_gateway.proxy.aggregate.members import NOTES, Member, UpstreamFactory
 from wire_gateway.proxy.aggregate.messages import (
-    META_SERVER_INFO,
-    SERVER_INFO,
     error_msg,
     modern_envelope,
     result_msg,
@@ -37,20 +36,14 @@ from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.protocol import Sink
 from wire_gateway.upstream.states import check_transition
 from wire_gateway.wire import errors, jsonfast, namespacing as ns
-from wire_gateway.wire.era import LEGACY, LEGACY_VERSIONS, MODERN, MODERN_VERSIONS, era_of_request, request_version
-from wire_gateway.wire.frame import Frame, decode, repeated_params, valid_id
+from wire_gateway.wire.era import LEGACY, LEGACY_VERSIONS, MODERN, era_of_request
+from wire_gateway.wire.frame import Frame, Kind, repeated_params, valid_id
 
 log = logging.getLogger("wire_gateway.aggregate")
 
 AGGREGATE_NAME = "*"            # what sessions and /status call the aggregate (no server can be named so)
 SHUTDOWN_GRACE = 5.0           # how long requests in flight may still finish once the client has gone
-UNSUPPORTED_VERSION = -32022   # 2026-07-28 UnsupportedProtocolVersionError
-# Methods 2026-07-28 removed, and what replaced each (changelog).
-REMOVED_IN_MODERN = {
-    "logging/setLevel": "a request asks for log messages with _meta['io.modelcontextprotocol/logLevel']",
-    "resources/subscribe": "subscriptions/listen with notifications.resourceSubscriptions replaces it",
-    "resources/unsubscribe": "closing the subscriptions/listen stream replaces it",
-}
+RESOURCE_NOT_FOUND = -32002    # legacy; 2026-07-28 says -32602 (changelog)
 # Modern results that must say how long they may be cached (2026-07-28 CacheableResult).
 CACHEABLE = frozenset({"server/discover", "tools/list", "prompts/list", "resources/list",
                        "resources/templates/list", "resources/read"})
@@ -60,13 +53,22 @@ class Aggregate:
     """The virtual server: an Upstream for one session, a client of every configured server."""
 
     def __init__(self, config: Config, sink: Sink, factory: UpstreamFactory, client_era: str | None = None,
-                 lazy: bool = False) -> None:
+                 lazy: bool = False, single: bool = False, adopted: bool = False,
+                 member_era: str | None = None) -> None:
         """`lazy`: start the members only when the first request arrives (the HTTP front's shared
-        aggregate: a gateway nobody asks for /mcp runs no extra processes)."""
+        aggregate: a gateway nobody asks for /mcp runs no extra processes).
+
+        The era bridge (proxy/era_bridge.py) makes a one-server aggregate with `single`: the
+        server's own names, cursors, identity and capabilities, every request forwarded as it is;
+        `adopted`: the member's upstream is already running and is another's to stop (the route's
+        shared process); `member_era`: the server's era is known, so the member does not probe it."""
         self.config = config
         self.lazy = lazy
         self.sink = sink
-        self.name = AGGREGATE_NAME
+        self.single = single
+        self.adopted = adopted
+        self.member_era = member_era
+        self.name = next(iter(config.servers)) if single else AGGREGATE_NAME
         self._tap: Any = None
         self.settings = config.aggregate
         self.sep = self.settings.separator
@@ -103,7 +105,7 @@ class Aggregate:
         """Frame dumps: the client-side hops are the session's; each member records its own
         server-side hops under its server's name."""
         self._tap = tap
-        for member in self.members.values():
+        for member in self.members.values() if not self.adopted else ():   # an adopted upstream has its own
             member.upstream.tap = tap.for_server(member.name, member.upstream) if tap is not None else None
 
     # ---- Upstream: client -> aggregate ---------------------------------------------------------
@@ -188,7 +190,7 @@ class Aggregate:
                     task_status.started()
                     await self._activated.wait()
                 if not self.closing.is_set():
-                    for member in self.members.values():
+                    for member in self.members.values() if not self.adopted else ():
                         await nursery.start(member.upstream.run)
                     self._members_running = True
                     for member in self.members.values():
@@ -205,7 +207,8 @@ class Aggregate:
                     scope.cancel()
                 with trio.CancelScope(shield=True):
                     async with trio.open_nursery() as closer:
-                        for member in self.members.values() if self._members_running else ():
+                        for member in self.members.values() if self._members_running and not self.adopted \
+                                else ():
                             closer.start_soon(member.upstream.shutdown)
                 nursery.cancel_scope.cancel()
         finally:
@@ -288,7 +291,7 @@ class Aggregate:
         # so it sees every server that can come up; afterwards this returns at once.
         await self._members_tried()
         if self.era == MODERN:
-            self._modern_rules(frame)
+            greeting.modern_rules(frame)
         if method == "initialize":
             self.client_init = params
             self.handshake.on_client_request(frame)
@@ -296,15 +299,18 @@ class Aggregate:
             self.handshake.completed = True      # the gateway itself accepted it (the HTTP front checks)
             requested = params.get("protocolVersion")
             self.handshake.version = requested if requested in LEGACY_VERSIONS else LEGACY_VERSIONS[0]
-            return result_msg(frame.id, {
-                "protocolVersion": self.handshake.version,
-                "capabilities": self._capabilities(), "serverInfo": SERVER_INFO,
-                **self._instructions()})
+            return result_msg(frame.id, greeting.initialize_result(self))
         if method == "server/discover":
             self.greeted = True
-            return result_msg(frame.id, {
-                "supportedVersions": [*MODERN_VERSIONS, *LEGACY_VERSIONS], "capabilities": self._capabilities(),
-                "_meta": {META_SERVER_INFO: SERVER_INFO}, **self._instructions()})
+            return result_msg(frame.id, greeting.discover_result(self))
+        if method == "subscriptions/listen":
+            return await self.relay.listen(frame, params)
+        if self.single:                   # one server: its own names, URIs and cursors, nothing to route
+            member = self.members[self.name]
+            if not member.ok:
+                raise RouteError(errors.UPSTREAM_UNAVAILABLE, f"server '{member.name}' is unavailable: "
+                                 f"{member.problem}", {"server": member.name})
+            return await self.relay.forward(frame, member, params)
         if method in LISTS:
             return await self.directory.page(frame, method, params)
         if method in ("tools/call", "prompts/get"):
@@ -322,38 +328,9 @@ class Aggregate:
                 if isinstance(member.capabilities.get("logging"), dict):
                     await member.call("logging/setLevel", ns.strip_modern_meta(params), LIST_TIMEOUT)
             return result_msg(frame.id, {})
-        if method == "subscriptions/listen":
-            return await self.relay.listen(frame, params)
         raise RouteError(errors.METHOD_NOT_FOUND,
                          f"Method not found: the aggregate endpoint does not route {method!r}; "
                          "use /mcp/{server} (or --server) to reach one server directly")
-
-    def _modern_rules(self, frame: Frame) -> None:
-        """What the aggregate, a modern server to a modern client, refuses (2026-07-28): a protocol
-        version it does not speak (UnsupportedProtocolVersionError: -32022 with the versions it
-        does), and the methods that era removed (-32601). `ping` is still answered (see request)."""
-        version = request_version(frame.msg)
-        if version is not None and version not in MODERN_VERSIONS:
-            raise RouteError(UNSUPPORTED_VERSION, f"Unsupported protocol version {version!r}; the aggregate "
-                             f"speaks {', '.join([*MODERN_VERSIONS, *LEGACY_VERSIONS])}",
-                             {"supported": [*MODERN_VERSIONS, *LEGACY_VERSIONS], "requested": version})
-        if frame.method == "initialize":
-            raise RouteError(errors.METHOD_NOT_FOUND,
-                             f"Method not found: initialize is not a method of MCP {MODERN_VERSIONS[0]}, whose "
-                             "requests need no handshake (each carries its protocol version in params._meta); to "
-                             f"open a legacy session ({LEGACY_VERSIONS[0]} or earlier), send initialize without "
-                             "the modern _meta")
-        if frame.method in REMOVED_IN_MODERN:
-            raise RouteError(errors.METHOD_NOT_FOUND,
-                             f"Method not found: {frame.method} is not a method of MCP {MODERN_VERSIONS[0]} "
-                             f"({REMOVED_IN_MODERN[frame.method]})")
-
-    def _capabilities(self) -> dict[str, Any]:
-        return ns.merge_capabilities([m.capabilities for m in self.ready()])
-
-    def _instructions(self) -> dict[str, Any]:
-        parts = [f"{m.name}: {m.instructions}" for m in self.ready() if isinstance(m.instructions, str)]
-        return {"instructions": "\n".join(parts)} if parts else {}
 
     # ---- eras: what the members get, what the client gets ---------------------------------------------
 
@@ -380,15 +357,15 @@ class Aggregate:
                 answer = {"jsonrpc": "2.0", "id": req_id,
                           "result": ns.result_for_modern(result, cacheable=method in CACHEABLE)}
         else:
+            error = answer.get("error")
+            if self.single and self.era == MODERN and isinstance(error, dict) \
+                    and error.get("code") == RESOURCE_NOT_FOUND:
+                answer = {**answer, "error": {**error, "code": errors.INVALID_PARAMS}}   # 2026-07-28: -32602
             answer = {**answer, "id": req_id}
-        raw = jsonfast.dumps(answer)
-        frame = decode(raw)
+        # Written from the message the gateway holds: parsing its own bytes again would tell nothing new.
+        kind = Kind.RESPONSE if "result" in answer else Kind.ERROR
         self.frames_out += 1
-        if isinstance(frame, Frame):
-            frame.note = note
-            self.sink.server_frame(frame)
-        else:
-            self.sink.gateway_reply(req_id, raw)
+        self.sink.server_frame(Frame(jsonfast.dumps(answer), kind, answer, None, req_id, note))
         self.sink.flush()
 
     def _result_bytes(self, req_id: Any, result: dict[str, Any]) -> bytes:

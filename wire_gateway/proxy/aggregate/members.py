@@ -48,13 +48,26 @@ NOTES: ContextVar[list[str] | None] = ContextVar("wire_gateway_aggregate_notes",
 waited for (a guardrail block), so its dump record can say so."""
 
 
-class _Call:
-    __slots__ = ("done", "msg", "note")
+class Call:
+    """One request to a member, waiting for its answer. A call the era bridge serves (`accepts`: the
+    requests the modern client can take as an input-required result) also collects the requests the
+    member sends the client meanwhile (`asks`), which wake its waiter too (relay.py, asks.py)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("done", "wake", "msg", "note", "accepts", "asks", "shown")
+
+    def __init__(self, accepts: frozenset[str] | None = None) -> None:
         self.done = trio.Event()
+        self.wake = trio.Event()           # the answer, or a new ask
         self.msg: dict[str, Any] | None = None
         self.note: str | None = None
+        self.accepts = accepts
+        self.asks: list[Frame] = []
+        self.shown = 0                     # asks already put to the client
+
+    def answered(self, msg: dict[str, Any], note: str | None) -> None:
+        self.msg, self.note = msg, note
+        self.done.set()
+        self.wake.set()
 
 
 class Member:
@@ -73,8 +86,9 @@ class Member:
         self.tried = trio.Event()         # the first setup attempt has ended (either way)
         self.capabilities: dict[str, Any] = {}
         self.instructions: str | None = None
+        self.server_info: dict[str, Any] | None = None   # who the server says it is (its initialize answer)
         self.problem = "not started yet (a lazy aggregate starts with its first request)"
-        self.calls: dict[str, _Call] = {}
+        self.calls: dict[str, Call] = {}
         self.direct: dict[str, Direct] = {}     # tools/calls forwarded without a task (direct.py)
         self.ids = itertools.count(1)
 
@@ -121,7 +135,9 @@ class Member:
     async def _setup(self) -> str | None:
         """One attempt: None when the member is connected, else what went wrong."""
         timeout = self.spec.handshake_timeout
-        probe = await self.call("server/discover", {"_meta": modern_envelope(None, {})}, timeout)
+        probe: dict[str, Any] = {}
+        if self.agg.member_era != LEGACY:      # known legacy (the era bridge): no probe
+            probe = await self.call("server/discover", {"_meta": modern_envelope(None, {})}, timeout)
         discovered = dict_at(probe, "result")
         versions = discovered.get("supportedVersions")
         if isinstance(versions, list) and MODERN_VERSIONS[0] in versions:
@@ -141,12 +157,16 @@ class Member:
         if not isinstance(result, dict):
             err = dict_at(init, "error")
             probe_err = dict_at(probe, "error")
+            if not probe:                  # not probed: the server is known to be legacy
+                return f"initialize failed ({err.get('message', 'no result')})"
             return (f"server/discover failed ({probe_err.get('message', 'no usable answer')}) and so did "
                     f"initialize ({err.get('message', 'no result')})")
         self.era = LEGACY
         self.upstream.era = LEGACY
         self.capabilities = dict_at(result, "capabilities")
         self.instructions = result.get("instructions")
+        info = result.get("serverInfo")
+        self.server_info = info if isinstance(info, dict) else None
         self.send_notification("notifications/initialized", None)
         return None
 
@@ -181,36 +201,59 @@ class Member:
         """Send one request to the member and wait for its answer (a result or error message).
 
         Cancelled (the client gave up): the member gets `notifications/cancelled`."""
+        our_id, call, refused = self.begin(method, params)
+        if refused is not None:
+            return refused
+        try:
+            answer = await self.wait(our_id, call, method, timeout)
+            assert answer is not None
+            return answer
+        finally:
+            self.calls.pop(our_id, None)
+
+    def begin(self, method: str, params: Any,
+              accepts: frozenset[str] | None = None) -> tuple[str, Call, dict[str, Any] | None]:
+        """Send one request: its id, its call, and the gateway's refusal if it could not be sent.
+        The call stays in `calls` until the caller pops it."""
         our_id = f"agg-{next(self.ids)}"
         msg: dict[str, Any] = {"jsonrpc": "2.0", "id": our_id, "method": method}
         if params is not None:
             msg["params"] = params
         raw = jsonfast.dumps(msg)
-        call = _Call()
+        call = Call(accepts)
         self.calls[our_id] = call
+        refused = self.upstream.request(Frame(raw, Kind.REQUEST, msg, method, our_id))
+        self.upstream.flush()
+        if refused is not None:
+            self.calls.pop(our_id, None)
+            return our_id, call, jsonfast.loads(refused)
+        return our_id, call, None
+
+    async def wait(self, our_id: str, call: Call, method: str, timeout: float,
+                   asks: bool = False) -> dict[str, Any] | None:
+        """The answer to a call `begin` made; with `asks`, None as soon as the member has asked the
+        client something not yet shown. No answer within `timeout`: the member is told to stop and
+        the caller gets an error; cancelled, the member is told too."""
         try:
-            refused = self.upstream.request(Frame(raw, Kind.REQUEST, msg, method, our_id))
-            self.upstream.flush()
-            if refused is not None:
-                return jsonfast.loads(refused)
             with trio.move_on_after(timeout) as scope:
-                await call.done.wait()
-            if scope.cancelled_caught:
-                self.cancel(our_id, f"no answer within {timeout:g}s")
-                return error_msg(our_id, errors.UPSTREAM_UNAVAILABLE,
-                                 f"server '{self.name}' did not answer {method} within {timeout:g}s",
-                                 {"server": self.name, "method": method})
-            assert call.msg is not None
-            notes = NOTES.get() if call.note is not None else None
-            if notes is not None and call.note is not None:
-                notes.append(call.note)
-            return call.msg
+                while call.msg is None and not (asks and len(call.asks) > call.shown):
+                    await call.wake.wait()
+                    call.wake = trio.Event()
         except trio.Cancelled:
             if not call.done.is_set():
                 self.cancel(our_id, "the client cancelled the request")
             raise
-        finally:
-            self.calls.pop(our_id, None)
+        if call.msg is None and scope.cancelled_caught:
+            self.cancel(our_id, f"no answer within {timeout:g}s")
+            return error_msg(our_id, errors.UPSTREAM_UNAVAILABLE,
+                             f"server '{self.name}' did not answer {method} within {timeout:g}s",
+                             {"server": self.name, "method": method})
+        if call.msg is None:
+            return None
+        notes = NOTES.get() if call.note is not None else None
+        if notes is not None and call.note is not None:
+            notes.append(call.note)
+        return call.msg
 
     def send_notification(self, method: str, params: Any) -> None:
         msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
@@ -234,8 +277,7 @@ class Member:
                     return
             call = self.calls.get(frame.id)
             if call is not None and not call.done.is_set():
-                call.msg, call.note = frame.msg, frame.note
-                call.done.set()
+                call.answered(frame.msg, frame.note)
             else:
                 log.debug("aggregate: %s answered %r, which nobody waits for any more", self.name, frame.id)
             return
@@ -252,8 +294,7 @@ class Member:
                 return
         call = self.calls.get(req_id)
         if call is not None and not call.done.is_set():
-            call.msg = jsonfast.loads(data)
-            call.done.set()
+            call.answered(jsonfast.loads(data), None)
 
     def flush(self) -> None:
         self.agg.sink.flush()

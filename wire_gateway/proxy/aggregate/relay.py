@@ -5,8 +5,9 @@ Every member numbers its requests and progress tokens on its own, and the client
 nothing can cross as it is: a progress token the client chose is replaced by one of the
 aggregate's for the member (and put back on each progress notification), and a request a member
 sends the client (sampling, elicitation, roots) gets an id of the aggregate's, mapped back to the
-member's own when the client answers, or when the member cancels it. A modern client cannot take
-requests from a server at all; the member gets an error instead. List changes are announced the
+member's own when the client answers, or when the member cancels it. A modern client takes no
+requests from a server: a legacy member's request during one of its calls becomes an input-required
+result (asks.py), and anything else gets the member an error. List changes are announced the
 way the client's era hears them: as plain notifications to a legacy client, on each
 `subscriptions/listen` stream that asked for them to a modern one.
 """
@@ -16,6 +17,7 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any
 
+from wire_gateway.proxy.aggregate.asks import Asks
 from wire_gateway.proxy.aggregate.messages import dict_at, error_msg, result_msg
 from wire_gateway.wire import errors, jsonfast
 from wire_gateway.wire.era import LEGACY, META_SUBSCRIPTION_ID
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wire_gateway.aggregate")
 
+RETRY_PARAMS = ("inputResponses", "requestState")     # a modern retry's: no legacy server knows them
 LIST_CHANGED = {"notifications/tools/list_changed": "toolsListChanged",
                 "notifications/prompts/list_changed": "promptsListChanged",
                 "notifications/resources/list_changed": "resourcesListChanged"}
@@ -40,6 +43,7 @@ class Relay:
         self.tokens: dict[str, tuple[Any, Any]] = {}                   # our progress token -> (client id, token)
         self.server_requests: dict[str, tuple[Member, Any]] = {}       # client-facing id -> (member, its id)
         self.listens: dict[Any, dict[str, Any]] = {}                   # client's listen id -> its filter
+        self.asks = Asks(agg)                                          # input-required results (modern clients)
         self._tokens = itertools.count(1)
         self._asks = itertools.count(1)
 
@@ -48,7 +52,11 @@ class Relay:
     async def forward(self, frame: Frame, member: Member, params: dict[str, Any]) -> dict[str, Any]:
         """One request to one member, with its progress token and `_meta` adapted; the answer comes back
         with the client's id (set by Aggregate.deliver)."""
+        client_params = params
         params = dict(params)
+        if member.era == LEGACY:
+            for key in RETRY_PARAMS:
+                params.pop(key, None)
         meta = params.get("_meta")
         if isinstance(meta, dict) and "progressToken" in meta:
             ours = f"agg-p{next(self._tokens)}"
@@ -57,6 +65,8 @@ class Relay:
         else:
             ours = None
         try:
+            if self.asks.wanted(member, frame.method):
+                return await self.asks.serve(frame, member, client_params, self.agg.params_for(member, params), ours)
             return await member.call(frame.method or "", self.agg.params_for(member, params), member.timeout)
         finally:
             if ours is not None:
@@ -80,10 +90,12 @@ class Relay:
         of the aggregate's own, unless the client's era cannot take a server request."""
         agg = self.agg
         if agg.era != LEGACY:
-            msg = error_msg(frame.id, errors.ERA_MISMATCH,
-                            f"the client reached '{member.name}' through the wire-gateway aggregate in the modern "
-                            f"era, which has no server-to-client requests; {frame.method} cannot be delivered",
-                            {"reason": "era", "method": frame.method})
+            why = self.asks.on_member_request(member, frame) if member.era == LEGACY else \
+                (f"the client reached '{member.name}' through the wire-gateway aggregate in the modern era, which "
+                 f"has no server-to-client requests; {frame.method} cannot be delivered")
+            if why is None:
+                return                    # it becomes the input-required result of the call it belongs to
+            msg = error_msg(frame.id, errors.ERA_MISMATCH, why, {"reason": "era", "method": frame.method})
             member.upstream.reply(Frame(jsonfast.dumps(msg), Kind.ERROR, msg, None, frame.id))
             member.upstream.flush()
             log.warning("aggregate: %s sent %s, which cannot cross to a %s client; answered with an error",

@@ -1,0 +1,206 @@
+"""A legacy member's requests to a modern client, carried as input-required results (2026-07-28 MRTR).
+
+A legacy server asks its client things in the middle of a call (`elicitation/create`,
+`sampling/createMessage`, `roots/list`) and waits for the answer; a modern client takes no requests
+from a server, but answers an input-required result (`inputRequests`, `requestState`) by sending the
+same request again with `inputResponses`. So when a member asks during a `tools/call`,
+`prompts/get` or `resources/read` of a modern client, the member's call is kept waiting (parked),
+the client gets an input-required result whose `inputRequests` are the member's requests, and its
+retry answers them under the member's own ids and waits on for the same call, which may end, or
+ask again (another round).
+
+Which call asks: a legacy session cannot say which request a server's request belongs to (stdio
+has no field for it), and the bridge's session is shared by every modern client. A request is
+therefore given to the one input-capable call of that member in flight; with none, or with
+several, it is refused (-31005): a guess could put one client's question to another. Nor is it
+shown to a client that did not declare the capability it needs (2026-07-28: a server must not).
+
+The `requestState` is an HMAC-protected token (wire.request_state) naming the parked call, bound to
+the method, the original params, the caller (with auth) and an expiry (`STATE_TTL`); a state that
+fails any check gets -32602. A parked call the client does not come back for is cancelled at its
+expiry, and the member's requests are answered with an error. The member's own `timeout` still
+bounds each wait for the server, as for any call.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from wire_gateway.auth.context import CALLER
+from wire_gateway.proxy.aggregate.messages import META_CLIENT_CAPS, error_msg, result_msg
+from wire_gateway.wire import errors, jsonfast, request_state
+from wire_gateway.wire.era import LEGACY, MODERN
+from wire_gateway.wire.frame import Frame, Kind
+
+if TYPE_CHECKING:
+    from wire_gateway.proxy.aggregate.endpoint import Aggregate
+    from wire_gateway.proxy.aggregate.members import Call, Member
+
+log = logging.getLogger("wire_gateway.aggregate")
+
+INPUT_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})   # 2026-07-28: may be input_required
+CAPABILITY = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
+STATE_TTL = 300.0        # seconds a client has to retry with its input
+
+
+def accepted(params: dict[str, Any]) -> frozenset[str]:
+    """The member requests a modern client can be shown: those whose capability it declared."""
+    meta = params.get("_meta")
+    caps = meta.get(META_CLIENT_CAPS) if isinstance(meta, dict) else None
+    if not isinstance(caps, dict):
+        return frozenset()
+    return frozenset(method for method, cap in CAPABILITY.items() if isinstance(caps.get(cap), dict))
+
+
+class Parked:
+    """A member call waiting for the client's input."""
+
+    __slots__ = ("member", "our_id", "call", "keys", "token", "expiry")
+
+    def __init__(self, member: Member, our_id: str, call: Call, keys: dict[str, Frame], token: str | None) -> None:
+        self.member = member
+        self.our_id = our_id
+        self.call = call
+        self.keys = keys                  # inputRequests key -> the member's request
+        self.token = token                # the progress token the member was given, if any
+        self.expiry = trio.CancelScope()
+
+
+class Asks:
+    """The parked calls of one aggregate, and the secret their states are signed with."""
+
+    def __init__(self, agg: Aggregate) -> None:
+        self.agg = agg
+        self.secret = request_state.new_secret()
+        self.parked: dict[str, Parked] = {}
+        self._keys = itertools.count(1)
+
+    def wanted(self, member: Member, method: str | None) -> bool:
+        """Whether a request is served here: a modern client's input-capable request to a legacy member."""
+        return self.agg.era == MODERN and member.era == LEGACY and method in INPUT_METHODS
+
+    # ---- client -> member ----------------------------------------------------------------------
+
+    async def serve(self, frame: Frame, member: Member, client_params: dict[str, Any],
+                    member_params: dict[str, Any], token: str | None) -> dict[str, Any]:
+        """Answer one request: the member's answer, or an input-required result. `client_params` as
+        the client sent them (routed), `member_params` as the member gets them."""
+        method = frame.method or ""
+        caller = CALLER.get()
+        principal = caller.id if caller is not None else None
+        if "requestState" in client_params:
+            checked = request_state.verify(self.secret, client_params["requestState"], time.time(), method,
+                                           request_state.params_digest(method, client_params), principal)
+            parked = self.parked.pop(checked.key, None) if isinstance(checked, request_state.Verified) else None
+            if parked is None or parked.member is not member:
+                why = checked if isinstance(checked, str) else \
+                    "requestState names no waiting request (answered already, expired, or the gateway restarted)"
+                return error_msg(frame.id, errors.INVALID_PARAMS, f"Invalid params: {why}", {"reason": "requestState"})
+            parked.expiry.cancel()
+            missing = self._answer(parked, client_params.get("inputResponses"))
+            our_id, call = parked.our_id, parked.call
+            token = parked.token
+            if token is not None:
+                self._follow_progress(token, frame, client_params)
+            if missing:               # 2026-07-28: ask again for what is missing, rather than fail
+                return self._park(frame.id, member, our_id, call, missing, token, method, client_params, principal)
+        else:
+            our_id, call, refused = member.begin(method, member_params, accepted(client_params))
+            if refused is not None:
+                return refused
+        parked_again = False
+        try:
+            answer = await member.wait(our_id, call, method, member.timeout, asks=True)
+            if answer is not None:
+                return answer
+            fresh = call.asks[call.shown:]
+            call.shown = len(call.asks)
+            keys = {f"input-{next(self._keys)}": ask for ask in fresh}
+            parked_again = True
+            return self._park(frame.id, member, our_id, call, keys, token, method, client_params, principal)
+        finally:
+            if not parked_again:
+                member.calls.pop(our_id, None)
+            if token is not None and client_params.get("requestState") is not None:
+                self.agg.relay.tokens.pop(token, None)
+
+    def _park(self, client_id: Any, member: Member, our_id: str, call: Call, keys: dict[str, Frame],
+              token: str | None, method: str, client_params: dict[str, Any], principal: str | None) -> dict[str, Any]:
+        key = f"{next(self._keys)}"
+        parked = Parked(member, our_id, call, keys, token)
+        self.parked[key] = parked
+        agg = self.agg
+        if agg.nursery is not None:
+            agg.nursery.start_soon(self._expire, key, parked)
+        digest = request_state.params_digest(method, client_params)    # only now: most calls never ask
+        state = request_state.mint(self.secret, key, time.time() + STATE_TTL, method, digest, principal)
+        requests = {}
+        for name, ask in keys.items():
+            request: dict[str, Any] = {"method": ask.method}
+            if ask.params is not None:
+                request["params"] = ask.params
+            requests[name] = request
+        log.info("aggregate: %s asked the client %s during %s; answered input_required",
+                 member.name, ", ".join(sorted({a.method or "?" for a in keys.values()})), method)
+        return result_msg(client_id, {"resultType": "input_required", "inputRequests": requests,
+                                      "requestState": state})
+
+    def _answer(self, parked: Parked, responses: Any) -> dict[str, Frame]:
+        """Answer the member's requests the client answered; the ones it did not."""
+        responses = responses if isinstance(responses, dict) else {}
+        missing = {}
+        for key, ask in parked.keys.items():
+            value = responses.get(key)
+            if isinstance(value, dict):
+                self._reply(parked.member, {"jsonrpc": "2.0", "id": ask.id, "result": value}, Kind.RESPONSE)
+            else:
+                missing[key] = ask
+        return missing
+
+    def _follow_progress(self, token: str, frame: Frame, client_params: dict[str, Any]) -> None:
+        """The member's progress on a resumed call goes to the retry, under the retry's own token."""
+        meta = client_params.get("_meta")
+        if isinstance(meta, dict) and "progressToken" in meta:
+            self.agg.relay.tokens[token] = (frame.id, meta["progressToken"])
+
+    @staticmethod
+    def _reply(member: Member, msg: dict[str, Any], kind: Kind) -> None:
+        member.upstream.reply(Frame(jsonfast.dumps(msg), kind, msg, None, msg["id"]))
+        member.upstream.flush()
+
+    async def _expire(self, key: str, parked: Parked) -> None:
+        with parked.expiry:
+            await trio.sleep(STATE_TTL)
+            if self.parked.pop(key, None) is None:
+                return
+            member = parked.member
+            for ask in parked.keys.values():
+                self._reply(member, error_msg(ask.id, errors.ERA_MISMATCH, f"the client did not answer {ask.method} "
+                                              f"within {STATE_TTL:g}s"), Kind.ERROR)
+            member.cancel(parked.our_id, f"the client did not come back with its input within {STATE_TTL:g}s")
+            member.calls.pop(parked.our_id, None)
+
+    # ---- member -> client -----------------------------------------------------------------------
+
+    def on_member_request(self, member: Member, frame: Frame) -> str | None:
+        """A legacy member's request while the client is modern: given to the call it belongs to
+        (None), or why it cannot be (the relay answers the member with that)."""
+        calls = [c for c in member.calls.values() if c.accepts is not None and not c.done.is_set()]
+        inflight = len(calls) + len(member.direct)     # the fast path's calls (direct.py) count too
+        if inflight != 1:
+            return (f"{frame.method} cannot be delivered: the gateway cannot tell which of "
+                    f"{inflight} calls in flight it belongs to" if inflight else
+                    f"{frame.method} cannot be delivered: no request of a modern client that could carry it "
+                    "(tools/call, prompts/get, resources/read) is in flight")
+        call = calls[0] if calls else None      # else a fast-path call: its client declared no capability
+        if call is None or call.accepts is None or frame.method not in call.accepts:
+            cap = CAPABILITY.get(frame.method or "", frame.method)
+            return (f"the client reached '{member.name}' through the wire-gateway in the modern era and did not "
+                    f"declare the {cap} capability; {frame.method} cannot be delivered")
+        call.asks.append(frame)
+        call.wake.set()
+        return None

@@ -1,0 +1,261 @@
+"""The stdio front with one server (`stdio --server NAME`): passthrough or the era bridge, chosen at
+the client's first request (docs/bridge.md).
+
+The server is started at once, as always, with a `SinkSwitch` in front of the session. The client's
+first request says its era: a legacy one (or any request without the modern `_meta`) is passed
+through from then on, the session talking to the server directly, as before the bridge; so is a
+modern one when the server's `era` is `modern`. Otherwise a modern client needs to know what the
+server speaks: with `era: legacy` it is taken as said, with `auto` the server is probed with
+`server/discover` first, the client's frames held meanwhile (a dual-era client sends that very
+request first, so it waits one round trip more). A modern server is then passed through; a legacy
+one is handed to the bridge (era_bridge.py), which serves the rest of the session. A probe that
+says nothing of the server (it is not running, or the gateway's error came back instead of its
+answer) is not taken for the legacy era: the session is passed through, so the client gets that
+failure as the server gave it.
+
+Until the choice, this object is the session's upstream and the front's; after it, the session
+talks to the chosen upstream directly, and the front's per-chunk calls (`flush`, `wait_writable`)
+are the chosen upstream's own bound methods.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import trio
+
+from wire_gateway.config import Config, ServerSpec
+from wire_gateway.proxy.aggregate import Aggregate
+from wire_gateway.proxy.era_bridge import SinkSwitch, make_bridge
+from wire_gateway.proxy.route import open_upstream
+from wire_gateway.proxy.session import PassthroughSession
+from wire_gateway.upstream.handshake import Handshake
+from wire_gateway.upstream.pending import PendingTable
+from wire_gateway.upstream.protocol import Sink, Upstream
+from wire_gateway.wire import errors, jsonfast
+from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN, MODERN_VERSIONS, request_version
+from wire_gateway.wire.frame import Frame, Kind, decode
+
+log = logging.getLogger("wire_gateway.stdio")
+
+PROBE_ID = "wire-gateway-era-probe"
+PROBE_TIMEOUT = 10.0
+UNSUPPORTED_VERSION = -32022      # a server that answers so speaks the modern era (of another version)
+
+
+class EraChoice:
+    """The upstream of a stdio session with one server, until the client's first request chooses."""
+
+    flush: Callable[[], None]
+    flush_soon: Callable[[], None]
+    wait_writable: Callable[[], Coroutine[Any, Any, None]]
+
+    def __init__(self, spec: ServerSpec, config: Config, session: Sink, services: Any) -> None:
+        """`session`: a PassthroughSession, whose `upstream` becomes the chosen one."""
+        self.spec = spec
+        self.name = spec.name
+        self.config = config
+        self.session = session
+        self.switch = SinkSwitch(session)
+        self.real = open_upstream(spec, config, self.switch, services)
+        self.current: Upstream = self.real
+        self.bridge: Aggregate | None = None
+        self.chosen = False
+        self.held: list[Frame] | None = None       # the client's frames while the choice is being made
+        self._probe: dict[str, Any] | None = None
+        self._probed = trio.Event()
+        self._decided = trio.Event()               # the held frames went to the chosen upstream
+        self._tap: Any = None
+        self.nursery: trio.Nursery | None = None
+        self._bind(self.real)
+
+    def _bind(self, upstream: Upstream) -> None:
+        self.current = upstream
+        self.flush = upstream.flush
+        self.flush_soon = upstream.flush_soon
+        self.wait_writable = upstream.wait_writable
+
+    # ---- Upstream: what the session and the front read ----------------------------------------------
+
+    @property
+    def era(self) -> str | None:
+        return self.current.era
+
+    @era.setter
+    def era(self, era: str | None) -> None:
+        self.current.era = era
+
+    @property
+    def tap(self) -> Any:
+        return self._tap
+
+    @tap.setter
+    def tap(self, tap: Any) -> None:
+        self._tap = tap
+        self.real.tap = tap
+
+    @property
+    def state(self) -> str:
+        return self.real.state
+
+    @property
+    def restarts(self) -> int:
+        return self.real.restarts
+
+    @property
+    def last_exit(self) -> str | None:
+        return self.real.last_exit
+
+    @property
+    def pending(self) -> PendingTable:
+        return self.current.pending
+
+    @property
+    def handshake(self) -> Handshake:
+        return self.real.handshake
+
+    @property
+    def frames_in(self) -> int:
+        return self.current.frames_in
+
+    @property
+    def frames_out(self) -> int:
+        return self.current.frames_out
+
+    # ---- the client's frames -----------------------------------------------------------------------
+
+    def request(self, frame: Frame) -> bytes | None:
+        if self.chosen:
+            return self.current.request(frame)
+        if self.held is not None:
+            self.held.append(frame)
+            return None
+        modern = frame.method == "server/discover" or request_version(frame.msg) is not None
+        if not modern or self.spec.era == MODERN:
+            self._choose(self.real)
+            return self.real.request(frame)
+        self.held = [frame]
+        assert self.nursery is not None
+        self.nursery.start_soon(self._choose_for_modern)
+        return None
+
+    def notify(self, frame: Frame) -> None:
+        if self.held is not None:
+            self.held.append(frame)
+        else:
+            self.current.notify(frame)
+
+    def reply(self, frame: Frame) -> None:
+        if self.held is not None:
+            self.held.append(frame)
+        else:
+            self.current.reply(frame)
+
+    def _choose(self, upstream: Upstream) -> None:
+        self.chosen = True
+        if isinstance(self.session, PassthroughSession):
+            self.session.upstream = upstream
+        self._bind(upstream)
+
+    async def _choose_for_modern(self) -> None:
+        """A modern client: probe the server (unless its era is pinned), then pass through or bridge."""
+        try:
+            await self._choose_and_replay()
+        finally:
+            self._decided.set()
+
+    async def _choose_and_replay(self) -> None:
+        legacy = self.spec.era == LEGACY or not await self._speaks_modern()
+        if not legacy:
+            self.switch.point_at(self.session)
+            self._choose(self.real)
+        else:
+            assert self.nursery is not None
+            self.bridge, member = make_bridge(self.config, self.spec.name, self.session, self.real, lazy=False)
+            self.bridge.tap = self._tap
+            self.switch.point_at(member)
+            await self.nursery.start(self.bridge.run)
+            self._choose(self.bridge)
+            log.info("server %s: the client speaks the modern era, the server the legacy one: served through "
+                     "the era bridge", self.spec.name)
+        held, self.held = self.held or [], None
+        for frame in held:
+            if frame.kind is Kind.REQUEST:
+                refused = self.current.request(frame)
+                if refused is not None:
+                    self.session.gateway_reply(frame.id, refused)
+            elif frame.kind is Kind.NOTIFICATION:
+                self.current.notify(frame)
+            else:
+                self.current.reply(frame)
+        self.current.flush()
+        self.session.flush()
+
+    async def _speaks_modern(self) -> bool:
+        self.switch.point_at(_ProbeSink(self))    # the probe's answer is the gateway's, not the client's
+        probe = {"jsonrpc": "2.0", "id": PROBE_ID, "method": "server/discover",
+                 "params": {"_meta": {META_PROTOCOL_VERSION: MODERN_VERSIONS[0],
+                                      "io.modelcontextprotocol/clientInfo": {"name": "wire-gateway", "version": "0"},
+                                      "io.modelcontextprotocol/clientCapabilities": {}}}}
+        frame = decode(jsonfast.dumps(probe))
+        assert isinstance(frame, Frame)
+        if self.real.request(frame) is not None:
+            log.info("server %s: could not probe its era (it is not running); passed through", self.spec.name)
+            return True
+        self.real.flush()
+        with trio.move_on_after(PROBE_TIMEOUT):
+            await self._probed.wait()
+        answer = self._probe or {}
+        result = answer.get("result")
+        error = answer.get("error")
+        if isinstance(error, dict) and isinstance(error.get("data"), dict) \
+                and error["data"].get("source") == errors.SOURCE:
+            log.info("server %s: could not tell its era (%s); passed through", self.spec.name, error.get("message"))
+            return True       # the gateway's error, not the server's answer: the client gets the same failure
+        modern = (isinstance(result, dict) and MODERN_VERSIONS[0] in (result.get("supportedVersions") or ())) or \
+            (isinstance(error, dict) and error.get("code") == UNSUPPORTED_VERSION)
+        log.info("server %s: speaks the %s era", self.spec.name, MODERN if modern else LEGACY)
+        return modern
+
+    def probed(self, answer: dict[str, Any]) -> None:
+        self._probe = answer
+        self._probed.set()
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            await nursery.start(self.real.run)
+            task_status.started()
+
+    async def shutdown(self) -> None:
+        if self.held is not None:      # a client that wrote and closed stdin while we chose still gets answers
+            with trio.move_on_after(PROBE_TIMEOUT + 1.0):
+                await self._decided.wait()
+        if self.bridge is not None:
+            await self.bridge.shutdown()
+        await self.real.shutdown()
+
+
+class _ProbeSink:
+    """The server's sink while it is probed: the probe's answer is the gateway's, anything else the client's."""
+
+    def __init__(self, choice: EraChoice) -> None:
+        self.choice = choice
+        session = choice.session
+        self.flush = session.flush
+        self.wait_writable = session.wait_writable
+
+    def server_frame(self, frame: Frame) -> None:
+        if frame.id == PROBE_ID and frame.kind in (Kind.RESPONSE, Kind.ERROR):
+            self.choice.probed(frame.msg)
+        else:
+            self.choice.session.server_frame(frame)
+
+    def gateway_reply(self, req_id: Any, data: bytes) -> None:
+        if req_id == PROBE_ID:
+            self.choice.probed(jsonfast.loads(data))
+        else:
+            self.choice.session.gateway_reply(req_id, data)
