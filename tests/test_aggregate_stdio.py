@@ -212,8 +212,10 @@ def test_modern_client_cannot_be_asked_by_a_legacy_member(tmp_path: Path) -> Non
         changed = [m for m in others if m.get("method") == "notifications/tools/list_changed"]
         assert changed[0]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "sub"
         client.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "sub"}})
-        pong, _ = call(client, 6, "ping", {"_meta": MODERN_META})
-        assert pong["result"]["resultType"] == "complete"
+        pong, _ = call(client, 6, "ping", {"_meta": MODERN_META})       # 2026-07-28 removed ping
+        assert pong["error"]["code"] == -32601 and "stands alone" in pong["error"]["message"]
+        listed, _ = call(client, 7, "tools/list", {"_meta": MODERN_META})  # the session goes on
+        assert listed["result"]["resultType"] == "complete"
     finally:
         close(client, tmp_path)
 

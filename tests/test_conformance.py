@@ -51,12 +51,6 @@ NAMESPACED = "the aggregate namespaces tool and prompt names (<server>__<name>);
 # The 2026-07-28 diagnostics of server-stateless are tools too (test_missing_capability,
 # test_streaming_elicitation, test_logging_tool): "not testable" through the aggregate.
 NAMESPACED_DIAGNOSTIC = NAMESPACED + " (its diagnostic tools are not found, so the check is not testable)"
-# A modern `ping` (with the 2026-07-28 _meta) must be refused with 404 and -32601: the method
-# is gone from that revision. The aggregate answers it with 200 and an empty result
-# before it looks at the era (Aggregate.request in wire_gateway/proxy/aggregate/endpoint.py; left to the
-# era-bridge work of issue 16, which owns that code now).
-AGGREGATE_PING = "the aggregate answers a 2026-07-28 ping (removed method) with 200 instead of 404/-32601"
-
 KNOWN_AGGREGATE_LEGACY = {
     **{scenario: {scenario: NAMESPACED} for scenario in (
         "completion-complete", "prompts-get-embedded-resource", "prompts-get-simple", "prompts-get-with-args",
@@ -78,7 +72,6 @@ KNOWN_AGGREGATE_MODERN = {
         ("non-tool-request", "non-tool-incomplete"), ("request-state", "request-state-incomplete"),
         ("result-type", "result-type-included"), ("tampered-state", "reject-tampered-state"))},
     "server-stateless": {
-        "sep-2575-http-server-method-not-found-404-ping": AGGREGATE_PING,
         "sep-2575-http-server-no-independent-requests-on-stream": NAMESPACED_DIAGNOSTIC,
         "sep-2575-missing-capability-http-400": NAMESPACED_DIAGNOSTIC,
         "sep-2575-server-no-log-without-loglevel": NAMESPACED_DIAGNOSTIC,
@@ -86,12 +79,38 @@ KNOWN_AGGREGATE_MODERN = {
     },
 }
 
+# Through the era bridge (a modern client, the legacy-only stdio fixture). The diagnostics of
+# server-stateless are modern-only tools of the fixture (a legacy server has no -32021 to give, no
+# per-request log level): "not testable" on its legacy variant.
+LEGACY_DIAGNOSTIC = "the fixture's server-stateless diagnostic tools exist only in its modern variant"
+# A legacy server's request to the client has no key of its own: the bridge names the input
+# requests it turns them into `input-1`, ... (docs/bridge.md), and the suite looks for the
+# reference server's keys (`user_name`, ...).
+BRIDGE_KEYS = "the bridge names input requests input-N; the suite expects the reference server's own keys"
+# The suite leaves each input-required call unanswered (it never retries), so the legacy server's
+# question stays pending on the one shared session; while it does, the bridge refuses the next
+# call's questions rather than guess whose they are (docs/bridge.md, "one shared session").
+BRIDGE_PENDING = "an earlier call's unanswered question holds the shared session; the bridge refuses to guess"
+KNOWN_BRIDGE = {
+    "server-stateless": {check: LEGACY_DIAGNOSTIC for check in (
+        "sep-2575-http-server-no-independent-requests-on-stream", "sep-2575-missing-capability-http-400",
+        "sep-2575-server-no-log-without-loglevel", "sep-2575-server-rejects-undeclared-capability")},
+    "input-required-result-basic-elicitation": {"sep-2322-elicitation-incomplete": BRIDGE_KEYS},
+    **{f"input-required-result-{scenario}": {f"sep-2322-{check}": BRIDGE_PENDING} for scenario, check in (
+        ("basic-sampling", "sampling-incomplete"), ("basic-list-roots", "list-roots-incomplete"),
+        ("request-state", "request-state-incomplete"), ("multiple-input-requests", "multiple-inputs-incomplete"),
+        ("multi-round", "multi-round-r1"), ("non-tool-request", "non-tool-incomplete"),
+        ("result-type", "result-type-included"), ("tampered-state", "reject-tampered-state"),
+        ("capability-check", "respect-client-capabilities"))},
+}
+
 # (route, revision, known failures). Routes: "legacy" and "modern" are the single-server
 # routes /mcp/legacy and /mcp/modern, "aggregate" is /mcp, "direct" the modern fixture
 # itself, without the gateway (the baseline the routes are compared with).
-# The modern client -> legacy server bridge (issue 16) adds ("legacy", "2026-07-28", {}).
+# "legacy" at 2026-07-28 is a modern client of the legacy-only stdio fixture: the era bridge.
 CASES = [
     pytest.param("legacy", "2025-11-25", {}, id="legacy-stdio-2025-11-25"),
+    pytest.param("legacy", "2026-07-28", KNOWN_BRIDGE, id="bridge-legacy-stdio-2026-07-28"),
     pytest.param("modern", "2026-07-28", {}, id="modern-http-2026-07-28"),
     pytest.param("aggregate", "2025-11-25", KNOWN_AGGREGATE_LEGACY, id="aggregate-2025-11-25"),
     pytest.param("aggregate", "2026-07-28", KNOWN_AGGREGATE_MODERN, id="aggregate-2026-07-28"),

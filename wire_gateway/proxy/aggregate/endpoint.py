@@ -36,7 +36,7 @@ from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.protocol import Sink
 from wire_gateway.upstream.states import check_transition
 from wire_gateway.wire import errors, jsonfast, namespacing as ns
-from wire_gateway.wire.era import LEGACY, LEGACY_VERSIONS, MODERN, era_of_request
+from wire_gateway.wire.era import LEGACY, LEGACY_VERSIONS, MODERN, era_of_request, request_version
 from wire_gateway.wire.frame import Frame, Kind, repeated_params, valid_id
 
 log = logging.getLogger("wire_gateway.aggregate")
@@ -116,7 +116,7 @@ class Aggregate:
         if self.era is None:
             self.era = era_of_request(frame.method, frame.msg) or (
                 MODERN if frame.method == "server/discover" else None)
-        if frame.method == "ping":
+        if frame.method == "ping" and request_version(frame.msg) is None:   # a modern ping: -32601 (greeting)
             return self._result_bytes(frame.id, {})
         refused = repeated_params(frame)      # routing (by tool name, URI) must read what the member would
         if refused is not None:

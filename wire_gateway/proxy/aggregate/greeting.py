@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 UNSUPPORTED_VERSION = -32022   # 2026-07-28 UnsupportedProtocolVersionError
 # Methods 2026-07-28 removed, and what replaced each (changelog).
 REMOVED_IN_MODERN = {
+    "ping": "each request stands alone; there is no session to keep alive",
     "logging/setLevel": "a request asks for log messages with _meta['io.modelcontextprotocol/logLevel']",
     "resources/subscribe": "subscriptions/listen with notifications.resourceSubscriptions replaces it",
     "resources/unsubscribe": "closing the subscriptions/listen stream replaces it",
@@ -31,7 +32,8 @@ REMOVED_IN_MODERN = {
 def modern_rules(frame: Frame) -> None:
     """What the aggregate, a modern server to a modern client, refuses (2026-07-28): a protocol
     version it does not speak (UnsupportedProtocolVersionError: -32022 with the versions it
-    does), and the methods that era removed (-32601). `ping` is still answered (Aggregate.request)."""
+    does), and the methods that era removed (-32601), `ping` among them (a legacy `ping`, without the
+    modern `_meta`, is answered at once by Aggregate.request)."""
     version = request_version(frame.msg)
     if version is not None and version not in MODERN_VERSIONS:
         raise RouteError(UNSUPPORTED_VERSION, f"Unsupported protocol version {version!r}; the aggregate "
