@@ -47,10 +47,10 @@ from wire_gateway.wire import errors, jsonfast, scan
 from wire_gateway.wire.era import (
     LEGACY,
     LEGACY_VERSIONS,
-    META_PROTOCOL_VERSION,
     META_SUBSCRIPTION_ID,
     MODERN,
     MODERN_VERSIONS,
+    discover_probe,
 )
 from wire_gateway.wire.frame import Frame, Kind, decode
 
@@ -267,11 +267,7 @@ class ModernPool:
         ex = Exchange("probe", self.backlog)
         self._probe_ex = ex
         self.by_gw[gw_id] = ex
-        probe = {"jsonrpc": "2.0", "id": gw_id, "method": "server/discover",
-                 "params": {"_meta": {META_PROTOCOL_VERSION: MODERN_VERSIONS[0],
-                                      "io.modelcontextprotocol/clientInfo": {"name": "wire-gateway", "version": "0"},
-                                      "io.modelcontextprotocol/clientCapabilities": {}}}}
-        frame = decode(jsonfast.dumps(probe))
+        frame = decode(jsonfast.dumps(discover_probe(gw_id)))
         assert isinstance(frame, Frame)
         refused = self.upstream.request(frame)
         self.upstream.flush_soon()

@@ -34,7 +34,13 @@ from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
 from wire_gateway.upstream.protocol import Sink, Upstream
 from wire_gateway.wire import errors, jsonfast
-from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN, MODERN_VERSIONS, request_version
+from wire_gateway.wire.era import (
+    LEGACY,
+    MODERN,
+    MODERN_VERSIONS,
+    discover_probe,
+    request_version,
+)
 from wire_gateway.wire.frame import Frame, Kind, decode
 
 log = logging.getLogger("wire_gateway.stdio")
@@ -194,11 +200,7 @@ class EraChoice:
 
     async def _speaks_modern(self) -> bool:
         self.switch.point_at(_ProbeSink(self))    # the probe's answer is the gateway's, not the client's
-        probe = {"jsonrpc": "2.0", "id": PROBE_ID, "method": "server/discover",
-                 "params": {"_meta": {META_PROTOCOL_VERSION: MODERN_VERSIONS[0],
-                                      "io.modelcontextprotocol/clientInfo": {"name": "wire-gateway", "version": "0"},
-                                      "io.modelcontextprotocol/clientCapabilities": {}}}}
-        frame = decode(jsonfast.dumps(probe))
+        frame = decode(jsonfast.dumps(discover_probe(PROBE_ID)))
         assert isinstance(frame, Frame)
         if self.real.request(frame) is not None:
             log.info("server %s: could not probe its era (it is not running); passed through", self.spec.name)

@@ -17,6 +17,15 @@ LEGACY = "legacy"
 MODERN = "modern"
 
 
+def discover_probe(req_id: Any) -> dict[str, Any]:
+    """The `server/discover` the gateway sends to learn a server's era: a modern server answers it,
+    a legacy-only one refuses it (or answers with no `supportedVersions`)."""
+    return {"jsonrpc": "2.0", "id": req_id, "method": "server/discover",
+            "params": {"_meta": {META_PROTOCOL_VERSION: MODERN_VERSIONS[0],
+                                 "io.modelcontextprotocol/clientInfo": {"name": "wire-gateway", "version": "0"},
+                                 META_CLIENT_CAPABILITIES: {}}}}
+
+
 def request_version(msg: dict[str, Any]) -> str | None:
     """The modern per-request protocol version, if the request carries one."""
     params = msg.get("params")
