@@ -119,8 +119,8 @@ async def running(nursery: trio.Nursery, timeout: float = 30) -> tuple[Aggregate
     client = Client()
     agg = Aggregate(config, client, factory, client_era="modern")
     await nursery.start(agg.run)
-    with trio.fail_after(5):
-        while not agg.members["echo"].ok:
+    with trio.fail_after(5):     # the member connected, and the fast path's watchdog running (a task of run())
+        while not agg.members["echo"].ok or agg.direct._watch is None:
             await trio.sleep(0.01)
     return agg, client, members
 
