@@ -231,6 +231,9 @@ def test_json_logs_hold_no_secret_and_tie_to_span_and_dump(receiver: OtlpReceive
         raise
     finally:
         assert gateway.stop() == 0
+    # Every span now: a log line may name a request whose span was still in the batch above (the
+    # gateway's shutdown flushed it).
+    spans = receiver.wait_for(lambda s: True)
     text = gateway.log()
     entries = [json.loads(line) for line in text.splitlines()]
     key_secret = key.split("_", 2)[2]     # wg_<id>_<secret>; the secret (urlsafe base64) may hold "_" itself
