@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 from test_http_front import ACCEPT
-from test_http_upstream import HTTP_ECHO, PY, REPO_ROOT, Upstream
+from test_http_upstream import HTTP_ECHO, PY, REPO_ROOT, Upstream, closed_port
 
 from wire_gateway.auth.backends import SqliteBackend
 from wire_gateway.auth.tenancy import Tenancy
@@ -407,3 +409,36 @@ def test_a_configured_sampler_decides_and_the_default_one_is_decided_inline() ->
     assert traced(ParentBased(ALWAYS_OFF), None) == (False, "00", 0)
     assert traced(ParentBased(ALWAYS_OFF), TRACEPARENT) == (False, "01", 1)
     assert traced(ALWAYS_ON, sampled_out) == (False, "01", 1)     # not parent-based: records regardless
+
+
+def test_a_library_warning_is_a_json_line_too(tmp_path: Path) -> None:
+    """The OTLP exporter, failing to reach its receiver, logs its retries through the gateway's own
+    handler: JSON lines on stderr like every other, masked, none written bare by Python's fallback."""
+    config = tmp_path / "gateway.json"
+    config.write_text(json.dumps({"servers": {"echo": fixture("echo")}, "logging": {"format": "json"},
+                                  "telemetry": {"tracing": True}}))
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
+           "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1, "b": 2}}}
+    frames = [{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"}, call]
+    proc = subprocess.Popen([sys.executable, "-m", "wire_gateway", "stdio", "--config", str(config), "--server", "echo"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=str(REPO_ROOT))
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
+        proc.stdin.flush()
+        answers = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        assert answers[1]["id"] == 2 and "result" in answers[1], answers
+        time.sleep(2.0)            # the batch (50 ms) fails to export, and is retried, meanwhile
+        _, err = proc.communicate(timeout=30)     # closes stdin: the session ends, the gateway exits
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = err.decode().splitlines()
+    entries = [json.loads(line) for line in lines]        # every line, the library's included
+    exporter = [e for e in entries if e["logger"].startswith("opentelemetry")]
+    assert exporter and all(e["level"] in ("WARNING", "ERROR") for e in exporter), lines

@@ -7,6 +7,10 @@ then what is known of the request being handled (`telemetry.context`): `server`,
 `trace_id`/`span_id` when the request is traced; `exception` with the traceback. Both go through
 the one masker: the text line whole, the JSON object field by field before it is serialised (a
 secret JSON-escaped inside a serialised line would no longer match its registered value).
+
+The libraries' loggers (the OpenTelemetry exporter's retries, redis, hypercorn) write through the same
+handler, from WARNING up: left to Python's last-resort handler they would print bare lines to stderr,
+outside `--log-file`, unmasked, and break a pipeline that reads the JSON format line by line.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Any
 from wire_gateway.telemetry import context, masking
 from wire_gateway.telemetry.masking import Masker
 
+_LIBRARIES: logging.Handler | None = None      # the handler the root logger got from setup_logging
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -84,7 +89,14 @@ def setup_logging(level: str = "info", file: str | None = None, mask_patterns: I
         handler.setFormatter(JsonFormatter(masking.mask))
     else:
         handler.setFormatter(MaskingFormatter(masking.mask))
-    root = logging.getLogger("wire_gateway")
-    root.handlers[:] = [handler]
-    root.setLevel(LEVELS.get(level, logging.INFO))
-    root.propagate = False
+    ours = logging.getLogger("wire_gateway")
+    ours.handlers[:] = [handler]
+    ours.setLevel(LEVELS.get(level, logging.INFO))
+    ours.propagate = False
+    global _LIBRARIES
+    libraries = logging.getLogger()
+    if _LIBRARIES is not None:
+        libraries.removeHandler(_LIBRARIES)      # set up again (tests do): one handler, the new one
+    libraries.addHandler(handler)
+    libraries.setLevel(max(logging.WARNING, LEVELS.get(level, logging.INFO)))
+    _LIBRARIES = handler
