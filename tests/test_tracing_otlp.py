@@ -423,8 +423,8 @@ def test_a_library_warning_is_a_json_line_too(tmp_path: Path) -> None:
     frames = [{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
         {"jsonrpc": "2.0", "method": "notifications/initialized"}, call]
-    proc = subprocess.Popen([sys.executable, "-m", "wire_gateway", "stdio", "--config", str(config), "--server", "echo"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    command = [sys.executable, "-m", "wire_gateway", "stdio", "--config", str(config), "--server", "echo"]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             cwd=str(REPO_ROOT))
     try:
         assert proc.stdin is not None and proc.stdout is not None
