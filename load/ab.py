@@ -32,14 +32,18 @@ def compare_medians(runs_a: list, runs_b: list, picks: dict[str, Callable[[dict]
     return out
 
 
-def read_run(out: str, what: str) -> dict:
-    """calls/s, mismatches and errors of one ``load run --json``."""
+def load_run(url: str, fixture: str, concurrency: int, *extra: str) -> list:
+    """The argv of a child ``load run --json`` against ``url``."""
+    return [*tool("run"), "--target", url, "--fixture", fixture, "-c", str(concurrency), *extra, "--json"]
+
+
+def read_run(out: str, what: str, err: str = "") -> dict:
+    """The run of one ``load run --json`` (``out``; ``err``: its stderr), with its total mismatches and errors."""
     try:
         doc = json.loads(out)
-        return {"calls_per_s": doc["runs"][0]["calls_per_s"], "mismatches": doc["mismatches"],
-                "errors": doc["errors"]}
+        return {**doc["runs"][0], "mismatches": doc["mismatches"], "errors": doc["errors"]}
     except (ValueError, KeyError, IndexError) as exc:
-        raise BenchError(f"{what}: the load run printed no result ({exc}): {out[-500:]!r}") from None
+        raise BenchError(f"{what}: the load run printed no result ({exc}): {(out + err)[-500:]!r}") from None
 
 
 def side_by_side(starters: list, fixtures: list, concurrency: int, duration: float, warmup_calls: int,
@@ -50,19 +54,15 @@ def side_by_side(starters: list, fixtures: list, concurrency: int, duration: flo
     timeout = duration + 120.0
     extras = extras or [[], []]
     targets: list = []
-
-    def load_run(url: str, fixture: str, *extra: str) -> list:
-        return [*tool("run"), "--target", url, "--fixture", fixture, "-c", str(concurrency), *extra, "--json"]
-
     try:
         for start in starters:
             targets.append(start())
         urls = [str(t.url) for t in targets]
         for url, fixture, label, extra in zip(urls, warmups or fixtures, "AB", extras):
-            warm = subprocess.run(load_run(url, fixture, "-n", str(warmup_calls), *extra),
+            warm = subprocess.run(load_run(url, fixture, concurrency, "-n", str(warmup_calls), *extra),
                                   capture_output=True, text=True, cwd=CHECKOUT, timeout=timeout)
             read_run(warm.stdout, f"warm-up {label}")
-        drivers = [subprocess.Popen(load_run(url, fixture, "--duration", f"{duration}s", *extra),
+        drivers = [subprocess.Popen(load_run(url, fixture, concurrency, "--duration", f"{duration}s", *extra),
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=CHECKOUT)
                    for url, fixture, extra in zip(urls, fixtures, extras)]
         try:
@@ -72,7 +72,8 @@ def side_by_side(starters: list, fixtures: list, concurrency: int, duration: flo
                 if driver.poll() is None:
                     driver.kill()
                     driver.wait()
-        a, b = read_run(outs[0], "A"), read_run(outs[1], "B")
+        a, b = ({k: read_run(out, what)[k] for k in ("calls_per_s", "mismatches", "errors")}
+                for out, what in zip(outs, "AB"))
         result = {"a": a, "b": b, "ratio": b["calls_per_s"] / a["calls_per_s"] if a["calls_per_s"] else None}
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         result = {"error": str(exc)}

@@ -22,7 +22,7 @@ from . import BenchError, assets, engine, http_client, replay, run as load_run
 from .ab import alternate, compare_medians
 from .assets import CHECKOUT, ECHO_SERVER
 from .report import fmt, markdown
-from .targets import HttpProcess
+from .targets import HttpProcess, echo_config, write_config
 
 PY = sys.executable
 ECHO = str(ECHO_SERVER)
@@ -60,37 +60,48 @@ def echo_calls(k: int = 8) -> list:
              {"content": [{"type": "text", "text": f"t{i}"}], "isError": False}) for i in range(k)]
 
 
+@dataclass(frozen=True)
+class Side:
+    """One side of an A/B scenario: the server itself (``direct``: the echo server, over stdio or HTTP), or
+    the gateway with ``config`` (default: over the echo server) at ``path``."""
+    kind: str = "gateway"
+    config: dict | None = None
+    path: str = "/mcp/echo"
+    calls: list | None = None        # its own fixture's calls when it names things differently (the aggregate)
+    dump: bool = False               # serve --dump PATH
+    auth: bool = False               # API keys on: a key is made in its store and sent by its driver
+
+
+DIRECT = Side("direct")
+
+
 @dataclass
 class Scenario:
+    """An A/B comparison as data: the fixture's calls (see ``write_fixture``), the "direct" (A) and
+    "gateway" (B) sides; ``load bench`` runs it at its concurrency ``levels``, ``policy-bench`` side by
+    side against its ``target`` ratio."""
     name: str
     transport: str                  # "stdio" | "http"
     era: str
-    calls: list                     # fixture content, see write_fixture
-    levels: tuple                   # concurrency levels
-    gateway_config: dict | None = None
-    dump: bool = False
+    calls: list
+    levels: tuple = ()
+    a: Side = DIRECT
+    b: Side = Side()
     note: str = ""
     quick_levels: tuple = (1, 2)
     calls_factor: float = 1.0       # scales -n (big answers: fewer calls)
-    # What runs in the "direct" (A) slot: "direct" (the server itself), or "gateway": the gateway
-    # too, with `baseline_config` (default: `gateway_config`, without dumps) at `baseline_path`.
-    baseline: str = "direct"
-    baseline_config: dict | None = None
-    baseline_path: str = "/mcp/echo"
-    path: str = "/mcp/echo"         # the gateway (B) slot's endpoint
-    gateway_calls: list | None = None   # the B slot's fixture when it names things differently (aggregate)
     warmup_calls: list | None = None    # the warm-up's fixture (default: the scenario's own)
-
-
-def echo_server(*args: str, **policy) -> dict:
-    """A gateway config of the bundled echo server under the name "echo", with `policy` keys."""
-    return {"servers": {"echo": {"command": PY, "args": [ECHO, *args], **policy}}}
+    target: float = 0.0             # B/A at least this (0: none)
 
 
 # The echo server says its lists may be cached for a minute (a modern result's ttlMs; it says 0 by
 # default, and a gateway honours that by not caching): both tools/list scenarios run it so.
-LISTABLE = echo_server("--ttl-ms", "60000")
+LISTABLE = echo_config("--ttl-ms", "60000")
+CACHED = echo_config("--ttl-ms", "60000", cache={"tools_list_ttl": 60})
 FILTER_SCHEMA = {"tools": {"deny": ["never_*"]}, "pinning": "off", "schema": True}
+LISTS = [("tools/list", {}, None)] * 8
+LIST_FIRST = [("tools/list", {}, None), *echo_calls(1)]
+RENAMED = [("tools/call", {**params, "name": "echo__echo"}, result) for _, params, result in echo_calls()]
 SCENARIOS = [
     Scenario("stdio echo", "stdio", "legacy", echo_calls(), (1, 16, 64),
              note="legacy; each session is its own process (direct: echo.py; gateway: wire-gateway stdio over it)"),
@@ -98,31 +109,27 @@ SCENARIOS = [
              note="modern; direct: fixtures/servers/http_echo.py; gateway: serve over the stdio echo server"),
     Scenario("http echo legacy sessions", "http", "legacy", echo_calls(), (1, 16),
              note="each legacy session: initialize, its own upstream process behind the gateway, DELETE"),
-    Scenario("tools/list", "http", "modern", [("tools/list", {}, None)] * 8, (1, 16), gateway_config=LISTABLE,
+    Scenario("tools/list", "http", "modern", LISTS, (1, 16), b=Side(config=LISTABLE),
              note="modern; the gateway without a cache: every call goes to the server (echo.py --ttl-ms 60000)"),
-    Scenario("tools/list cached", "http", "modern", [("tools/list", {}, None)] * 8, (1, 16),
-             gateway_config=echo_server("--ttl-ms", "60000", cache={"tools_list_ttl": 60}),
-             baseline="gateway", baseline_config=LISTABLE,
+    Scenario("tools/list cached", "http", "modern", LISTS, (1, 16), a=Side(config=LISTABLE), b=Side(config=CACHED),
              note='A/B of the gateway itself: the "direct" columns are the gateway without policy, the "gateway" '
                   'columns config "cache": {"tools_list_ttl": 60} (with the default pinning and schema); the '
                   'server is echo.py --ttl-ms 60000 in both, so only the first tools/list reaches it; '
                   'ratio = what the cache gains over HTTP'),
     Scenario("tools/call filter+schema", "http", "modern", echo_calls(), (1, 16),
-             gateway_config=echo_server(**FILTER_SCHEMA), baseline="gateway",
-             warmup_calls=[("tools/list", {}, None), *echo_calls(1)],
+             a=Side(config=echo_config(**FILTER_SCHEMA)), b=Side(config=echo_config(**FILTER_SCHEMA)),
+             warmup_calls=LIST_FIRST,
              note='A/B of the gateway itself: the "direct" columns are the gateway without policy, the "gateway" '
                   f'columns the same server with {json.dumps(FILTER_SCHEMA)} (the warm-up lists the tools, so '
                   'every call is checked against the filter and validated against echo\'s inputSchema); '
                   'ratio = the throughput kept with the policy on'),
-    Scenario("aggregate echo", "http", "modern", echo_calls(), (1, 16), baseline="gateway", path="/mcp",
-             gateway_calls=[("tools/call", {**params, "name": "echo__echo"}, result)
-                            for _, params, result in echo_calls()],
+    Scenario("aggregate echo", "http", "modern", echo_calls(), (1, 16), a=Side(), b=Side(path="/mcp", calls=RENAMED),
              note='A/B on the same gateway config: the "direct" columns call tool echo at /mcp/echo, the "gateway" '
                   'columns tool echo__echo through the aggregate at /mcp; ratio = the throughput kept through '
                   'the aggregate'),
     Scenario("1 MiB result", "stdio", "legacy", [("tools/call", {"name": "big", "arguments": {"size": ONE_MIB}}, None)],
              (1, 4), calls_factor=0.02, note="tools/call big {size: 1048576}; stdio (http_echo.py has no big tool)"),
-    Scenario("http echo dump on", "http", "modern", echo_calls(), (1, 16), dump=True, baseline="gateway",
+    Scenario("http echo dump on", "http", "modern", echo_calls(), (1, 16), a=Side(), b=Side(dump=True),
              note="A/B of the gateway itself: the \"direct\" columns are the gateway with dumps off, the "
                   "\"gateway\" columns serve --dump PATH (every frame at every hop recorded); ratio = the "
                   "throughput kept with dumps on"),
@@ -132,25 +139,15 @@ SCENARIOS = [
 def start(scenario: Scenario, slot: str, tmpdir: str, timeout: float) -> tuple:
     """(the load_run.Target of a scenario's direct or gateway slot, what to stop after the run or None);
     stdio: only a command (each session spawns its own process)."""
-    baseline = slot == "direct"
-    config = scenario.baseline_config if baseline and scenario.baseline_config is not None \
-        else scenario.gateway_config
-    if scenario.transport == "stdio":
-        if baseline:
-            return load_run.Target("stdio:" + shlex.join([PY, ECHO])), None
-        path = Path(tmpdir) / f"{slot}-stdio.json"
-        path.write_text(json.dumps(config or echo_server()))
-        return load_run.Target("stdio:" + shlex.join([PY, "-m", "wire_gateway", "stdio", "--config", str(path),
-                                                      "--log-level", "warning"])), None
-    own = tempfile.mkdtemp(dir=tmpdir)
-    if baseline and scenario.baseline == "direct":
-        target = HttpProcess("direct", own, timeout)
-    else:
-        if config is not None:   # HttpProcess uses this file when it exists
-            (Path(own) / "http-bench-gateway.json").write_text(json.dumps(config))
-        target = HttpProcess("gateway", own, timeout, path=scenario.baseline_path if baseline else scenario.path,
-                             dump=scenario.dump and not baseline)
-    return load_run.Target(str(target.url)), target
+    side = scenario.a if slot == "direct" else scenario.b
+    if scenario.transport == "http":
+        target = HttpProcess(side.kind, tmpdir, timeout, path=side.path, dump=side.dump, config=side.config)
+        return load_run.Target(str(target.url)), target
+    if side.kind == "direct":
+        return load_run.Target("stdio:" + shlex.join([PY, ECHO])), None
+    path = write_config(Path(tmpdir) / f"{slot}-stdio.json", side.config)
+    return load_run.Target("stdio:" + shlex.join([PY, "-m", "wire_gateway", "stdio", "--config", str(path),
+                                                  "--log-level", "warning"])), None
 
 
 def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir: str, timeout: float) -> dict:
@@ -160,8 +157,8 @@ def run_scenario(scenario: Scenario, levels: tuple, n: int, rounds: int, tmpdir:
     def script(suffix: str, calls: list):
         return replay.load_script(write_fixture(Path(tmpdir) / f"{stem}{suffix}.jsonl", scenario.era, calls))
 
-    scripts = {"direct": script("", scenario.calls)}
-    scripts["gateway"] = script("-gateway", scenario.gateway_calls) if scenario.gateway_calls else scripts["direct"]
+    scripts = {"direct": script("", scenario.a.calls or scenario.calls)}
+    scripts["gateway"] = script("-gateway", scenario.b.calls) if scenario.b.calls else scripts["direct"]
     warmup = script("-warmup", scenario.warmup_calls) if scenario.warmup_calls else None
     out = {"name": scenario.name, "note": scenario.note, "levels": {}}
 

@@ -174,9 +174,12 @@ def render_runs(result: dict, normal_stops: tuple) -> list:
     return lines
 
 
-def ceiling_rounds(rounds: int, names: list, run_once) -> tuple:
-    """``rounds`` runs of the driver against a ceiling target: (median figures per scenario, errors, mismatches)."""
-    runs = [run_once() for _ in range(rounds)]
+def ceiling_rounds(rounds: int, names: list, pin: str, run_once) -> tuple:
+    """``rounds`` runs of the driver (placed by ``pin``) against a ceiling target (``run_once(target CPUs)``):
+    (median figures per scenario, errors, mismatches)."""
+    driver_cpus, target_cpus = cpu_plan(pin)
+    with pinned(driver_cpus):
+        runs = [run_once(target_cpus) for _ in range(rounds)]
     return ({name: median_figures(runs, name) for name in names}, [r["error"] for r in runs if "error" in r],
             sum(run_mismatches(r) for r in runs))
 

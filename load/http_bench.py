@@ -389,13 +389,11 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="http-bench-") as tmpdir:
         if args.ceiling:   # the driver against the fast server, both eras; medians over rounds
             result: dict = {"config": config, "eras": {}, "errors": [], "mismatches": 0}
-            driver_cpus, target_cpus = procfs.cpu_plan(args.pin)
-            with procfs.pinned(driver_cpus):
-                for era in ERAS:
-                    result["eras"][era], errors, mismatches = fig.ceiling_rounds(
-                        args.rounds, names, lambda era=era: slot("auto", "fast", era)(target_cpus))
-                    result["errors"] += errors
-                    result["mismatches"] += mismatches
+            for era in ERAS:
+                result["eras"][era], errors, mismatches = fig.ceiling_rounds(args.rounds, names, args.pin,
+                                                                             slot("auto", "fast", era))
+                result["errors"] += errors
+                result["mismatches"] += mismatches
             return emit(result, args.json, render)
         if args.dump and args.gateway != "auto":
             print("http-bench --dump starts its own gateways: leave --gateway at auto", file=sys.stderr)

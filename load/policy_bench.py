@@ -15,16 +15,16 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import bench
 from .ab import apart, ratio_summary, side_by_side
+from .bench import Scenario, Side
 from .otlp_sink import OtlpSink
 from .procfs import read_stat, ticks_to_us
 from .stats import percentile
 from .stdio_bench import Target
-from .targets import HttpProcess
+from .targets import HttpProcess, echo_config, write_config
 
 FIVE = {"tools": {"deny": ["never_*"]}, "pinning": "enforce", "schema": True,
         "cache": {"tools_list_ttl": 300, "results": True}}
@@ -66,11 +66,9 @@ def compare(folder: Path, a: tuple, b: tuple, method: str, n: int, rounds: int, 
     gateways: list[Target] = []
     try:
         for label, policy, *store in (a, b):
-            doc: dict = {"servers": {"echo": {"command": sys.executable, "args": ["-m", "wire_gateway.demo.echo"],
-                                              **policy}}, **({"store": store[0]} if store else {})}
-            (folder / f"{label}.json").write_text(json.dumps(doc))
+            doc = {**echo_config(**policy), **({"store": store[0]} if store else {})}
             gateways.append(Target([sys.executable, "-m", "wire_gateway", "stdio", "--config",
-                                    str(folder / f"{label}.json")], timeout=3600))
+                                    str(write_config(folder / f"{label}.json", doc))], timeout=3600))
             gateways[-1].label, gateways[-1].next_id = label, 0
             gateways[-1].handshake()
         for g in gateways:
@@ -125,47 +123,31 @@ def run_stdio(args: argparse.Namespace, only: list | None) -> dict:
     return results
 
 
-@dataclass
-class Side:
-    config: dict
-    path: str = "/mcp/echo"
-    calls: list | None = None        # the fixture's calls (default: the pair's)
-    auth: bool = False               # API keys on: a key is made in its store and sent by its driver
-
-
-@dataclass
-class Pair:
-    name: str
-    era: str
-    calls: list
-    a: Side
-    b: Side
-    warmup: list | None = None
-    target: float = 0.0              # B/A at least this (0: none)
-
-
-def http_pairs(eras: list[str]) -> list[Pair]:
-    lists, echo, plain = [("tools/list", {}, None)] * 8, bench.echo_calls(), bench.echo_server()
+def http_pairs(eras: list[str]) -> list[Scenario]:
+    """The HTTP pairs as ``load bench`` scenarios, both sides the gateway; each with the B/A it should reach."""
+    echo, plain, gateway = bench.echo_calls(), echo_config(), Side()
     out = []
     for era in eras:
-        out += [Pair("tools_list", era, lists, Side(bench.LISTABLE),
-                     Side(bench.echo_server("--ttl-ms", "60000", cache={"tools_list_ttl": 60})), target=1.5),
-                Pair("tools_call", era, echo, Side(plain), Side(bench.echo_server(**bench.FILTER_SCHEMA)),
-                     warmup=[("tools/list", {}, None), *bench.echo_calls(1)], target=0.9),
-                Pair("auth", era, echo, Side(plain), Side({**plain, "auth": {"mode": "keys"}}, auth=True), target=0.95),
+        out += [Scenario("tools_list", "http", era, bench.LISTS, a=Side(config=bench.LISTABLE),
+                         b=Side(config=bench.CACHED), target=1.5),
+                Scenario("tools_call", "http", era, echo, a=gateway, b=Side(config=echo_config(**bench.FILTER_SCHEMA)),
+                         warmup_calls=bench.LIST_FIRST, target=0.9),
+                Scenario("auth", "http", era, echo, a=gateway, b=Side(config={**plain, "auth": {"mode": "keys"}},
+                                                                    auth=True), target=0.95),
                 # The same gateway with its metrics off (A) and on (B, the default): what counting costs.
-                Pair("metrics", era, echo, Side({**plain, "telemetry": {"metrics": False}}), Side(plain), target=0.97),
+                Scenario("metrics", "http", era, echo, a=Side(config={**plain, "telemetry": {"metrics": False}}),
+                         b=gateway, target=0.97),
                 # Observability all off (A) vs metrics and tracing on (B: every tools/call a span, exported
                 # to the load tool's OTLP sink, run_http).
-                Pair("tracing", era, echo, Side({**plain, "telemetry": {"metrics": False}}),
-                     Side({**plain, "telemetry": {"tracing": True}}), target=0.9)]
+                Scenario("tracing", "http", era, echo, a=Side(config={**plain, "telemetry": {"metrics": False}}),
+                         b=Side(config={**plain, "telemetry": {"tracing": True}}), target=0.9)]
     if "modern" in eras:
-        renamed = [("tools/call", {**params, "name": "echo__echo"}, result) for _, params, result in echo]
-        out.append(Pair("aggregate", "modern", echo, Side(plain), Side(plain, path="/mcp", calls=renamed), target=0.8))
+        out.append(Scenario("aggregate", "http", "modern", echo, a=gateway, b=Side(path="/mcp", calls=bench.RENAMED),
+                            target=0.8))
     return out
 
 
-def http_round(pair: Pair, tmpdir: str, concurrency: int, duration: float, cpus) -> dict:
+def http_round(pair: Scenario, tmpdir: str, concurrency: int, duration: float, cpus) -> dict:
     from wire_gateway.auth.backends import SqliteBackend
     from wire_gateway.auth.tenancy import Tenancy
 
@@ -174,7 +156,6 @@ def http_round(pair: Pair, tmpdir: str, concurrency: int, duration: float, cpus)
     for label, side in (("a", pair.a), ("b", pair.b)):
         own = folder / label
         own.mkdir()
-        (own / "http-bench-gateway.json").write_text(json.dumps(side.config))
         if side.auth:   # a project, a user and a key in the auth store beside the config, as the CLI makes them
             tenancy = Tenancy(SqliteBackend(str(own / "auth.sqlite3")), ["echo"])
             tenancy.create_project("bench", ["*"])
@@ -183,10 +164,10 @@ def http_round(pair: Pair, tmpdir: str, concurrency: int, duration: float, cpus)
         else:
             extras.append([])
         fixtures.append(bench.write_fixture(own / "calls.jsonl", pair.era, side.calls or pair.calls))
-        warmups.append(fixtures[-1] if pair.warmup is None else
-                       bench.write_fixture(own / "warm.jsonl", pair.era, pair.warmup))
-        starters.append(lambda own=own, side=side: HttpProcess("gateway", str(own), duration + 120.0, cpus,
-                                                               path=side.path))
+        warmups.append(fixtures[-1] if pair.warmup_calls is None else
+                       bench.write_fixture(own / "warm.jsonl", pair.era, pair.warmup_calls))
+        starters.append(lambda own=own, side=side: HttpProcess(side.kind, str(own), duration + 120.0, cpus,
+                                                               path=side.path, config=side.config))
     return side_by_side(starters, fixtures, concurrency, duration, HTTP_WARMUP_CALLS, warmups, extras)[0]
 
 

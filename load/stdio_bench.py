@@ -19,10 +19,10 @@ import orjson
 from . import BenchError, figures as fig
 from .assets import ECHO_SERVER, tool
 from .http_client import INITIALIZED_BODY, initialize_message
-from .procfs import CpuSample, cpu_plan, pinned
+from .procfs import CpuSample
 from .report import emit
 from .stats import Counts
-from .targets import Started, gateway_config
+from .targets import Started, write_config
 
 READ_SIZE = 65536
 
@@ -233,7 +233,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="stdio-bench-") as tmpdir:
-        config = gateway_config(Path(tmpdir), "stdio-bench-gateway.json")
+        config = write_config(Path(tmpdir) / "stdio-bench-gateway.json")
         argv = {"direct": shlex.split(args.direct) if args.direct else [sys.executable, str(ECHO_SERVER)],
                 "gateway": shlex.split(args.gateway) if args.gateway else [
                     sys.executable, "-m", "wire_gateway", "stdio", "--server", "echo", "--config", str(config)]}
@@ -260,11 +260,9 @@ def run_ceiling(args) -> int:
     """The driver against ``fast-echo`` (one regex match per call): the figures are the driver's own
     ceiling; well above the direct echo server's, ``stdio-bench`` measures its targets, not itself."""
     fast_echo = tool("fast-echo")
-    driver_cpus, target_cpus = cpu_plan(args.pin)
-    with pinned(driver_cpus):
-        summary, errors, mismatches = fig.ceiling_rounds(
-            args.rounds, [name for name, _ in fig.scenarios(args.concurrency)],
-            lambda: run_target(fast_echo, args.n, args.concurrency, args.timeout, cpus=target_cpus, spin=args.spin))
+    summary, errors, mismatches = fig.ceiling_rounds(
+        args.rounds, [name for name, _ in fig.scenarios(args.concurrency)], args.pin,
+        lambda cpus: run_target(fast_echo, args.n, args.concurrency, args.timeout, cpus=cpus, spin=args.spin))
     title = (f"driver ceiling against {shlex.join(fast_echo)} (n={args.n}, pin={args.pin}, spin={args.spin}, "
              f"median of {args.rounds})")
     return emit({"target": shlex.join(fast_echo), "n": args.n, "pin": args.pin, "spin": args.spin, "summary": summary,

@@ -140,21 +140,24 @@ class Started:
         return {"stopped_by": how, "exit_code": self.proc.returncode, "stragglers": stragglers}
 
 
-def gateway_config(folder: Path, name: str = "gateway.json") -> Path:
-    """A gateway config in ``folder`` (kept if already there), else the echo server as "echo"."""
-    path = folder / name
-    if not path.exists():
-        path.write_text(json.dumps({"servers": {"echo": {"command": sys.executable, "args": [str(ECHO_SERVER)]}}}))
+def echo_config(*args: str, **policy) -> dict:
+    """A gateway config of the bundled echo server (with ``args``) under the name "echo", with ``policy`` keys."""
+    return {"servers": {"echo": {"command": sys.executable, "args": [str(ECHO_SERVER), *args], **policy}}}
+
+
+def write_config(path: Path, config: dict | None = None) -> Path:
+    """``config`` (default: the echo server alone) written to ``path``, for ``--config``."""
+    path.write_text(json.dumps(echo_config() if config is None else config))
     return path
 
 
 class HttpProcess(Started):
-    """An HTTP target we start: ``direct`` (the HTTP echo server), ``gateway`` (``wire-gateway serve``
-    over the stdio echo server, or the config found in ``tmpdir``), ``fast`` (the canned-answer server).
-    Its URL is known once its port file appears."""
+    """An HTTP target we start: ``direct`` (the HTTP echo server), ``gateway`` (``wire-gateway serve`` with
+    ``config``, by default over the stdio echo server), ``fast`` (the canned-answer server). Its files go
+    in ``tmpdir``; its URL is known once its port file appears."""
 
     def __init__(self, kind: str, tmpdir: str, timeout: float, cpus=None, path: str = "/mcp/echo",
-                 dump: bool = False):
+                 dump: bool = False, config: dict | None = None):
         self.kind, self.dump_file = kind, None
         tag = f"{kind}-{os.getpid()}-{time.monotonic_ns()}"
         folder = Path(tmpdir)
@@ -166,8 +169,8 @@ class HttpProcess(Started):
         else:
             log_file = folder / f"{tag}.log"
             argv = [sys.executable, "-m", "wire_gateway", "serve", "--config",
-                    str(gateway_config(folder, "http-bench-gateway.json")), "--port", "0", "--port-file",
-                    str(port_file), "--log-file", str(log_file)]
+                    str(write_config(folder / f"{tag}.json", config)), "--port", "0", "--port-file", str(port_file),
+                    "--log-file", str(log_file)]
             if dump:
                 self.dump_file = folder / f"{tag}.dump.jsonl"
                 argv += ["--dump", str(self.dump_file)]

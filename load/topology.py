@@ -1,21 +1,15 @@
-"""``load topology``: the scale-out topology on 127.0.0.1, measured (docs/scaling.md).
+"""``load topology``: the scale-out topology on 127.0.0.1, measured (docs/scaling.md; what it starts and
+reports: docs/load.md).
 
-It starts a redis-server, N ``wire-gateway serve`` instances sharing it (``store.backend: "redis"``,
-the bundled echo server behind each) and two HAProxies, round robin with no stickiness and
-``/readyz`` health checks as in deploy/haproxy.cfg: one in front of the first instance alone, one
-in front of all N. Then, per fixture, rounds of ``load run`` in turn against the first instance
-directly, HAProxy to one, and HAProxy to N; medians of throughput and latency, each path's ratio to
-the direct one, the CPU per call of the gateways (their servers excluded) and of the balancer (on a
-machine with few cores the balancer's CPU is taken from the gateway's, which the throughput
-ratio shows and the gateways' CPU per call does not), and what Redis did: commands per call
-(``INFO commandstats``, less what it does with no load: heartbeats and refreshes, measured for
-2 s before the runs), and for HAProxy to N the legacy sessions adopted (the instances' logs)
-and the Redis commands each adoption cost beyond the same run through HAProxy to one.
-redis-server and haproxy must be installed.
+A redis-server, N ``wire-gateway serve`` instances sharing it, and two HAProxies as in
+deploy/haproxy.cfg (one in front of the first instance alone, one in front of all N); rounds of
+``load run`` through each path in turn. The balancer's CPU per call is reported beside the gateways':
+on a machine with few cores it is taken from the gateway's, which the throughput ratio shows and the
+gateways' CPU per call does not. Redis commands are counted less what Redis does with no load
+(heartbeats and refreshes, measured for 2 s first).
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import socket
@@ -27,12 +21,12 @@ import urllib.request
 from pathlib import Path
 
 from . import BenchError
-from .assets import ECHO_SERVER, tool
+from .ab import load_run, read_run
 from .procfs import read_stat, ticks_to_us
 from .report import emit, fmt, table, times
 from .run import parse_duration
 from .stats import median
-from .targets import HttpProcess, Started
+from .targets import HttpProcess, Started, echo_config
 
 ADOPTED = re.compile(rb"session [0-9A-Za-z_-]{8} \(echo\): adopted")
 PATHS = ("direct", "haproxy-1", "haproxy-n")
@@ -85,18 +79,21 @@ def _need(program: str) -> str:
     return found
 
 
-def _wait_ready(url: str, timeout: float = 30.0) -> None:
+def _until(ready, timeout: float, what: str) -> None:
+    """Poll ``ready()`` until it is true; past ``timeout``, say ``what`` did not happen."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
+    while not ready():
         if time.monotonic() > deadline:
-            raise BenchError(f"{url} did not answer 200 within {timeout:g}s")
-        time.sleep(0.1)
+            raise BenchError(f"{what} within {timeout:g}s")
+        time.sleep(0.05)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
 
 
 class Topology:
@@ -111,15 +108,10 @@ class Topology:
             import redis
 
             self.client = redis.Redis(port=redis_port, socket_timeout=5)
-            deadline = time.monotonic() + 10
-            while not self._ping():
-                if time.monotonic() > deadline:
-                    raise BenchError("redis-server did not answer within 10s")
-                time.sleep(0.05)
-            (folder / "http-bench-gateway.json").write_text(json.dumps({
-                "servers": {"echo": {"command": sys.executable, "args": [str(ECHO_SERVER)]}},
-                "store": {"backend": "redis", "url": f"redis://127.0.0.1:{redis_port}/0", "prefix": "topology:"}}))
-            self.gateways = [HttpProcess("gateway", str(folder), timeout) for _ in range(instances)]
+            _until(self._ping, 10.0, "redis-server did not answer")
+            config = {**echo_config(), "store": {"backend": "redis", "url": f"redis://127.0.0.1:{redis_port}/0",
+                                                 "prefix": "topology:"}}
+            self.gateways = [HttpProcess("gateway", str(folder), timeout, config=config) for _ in range(instances)]
             self.started += self.gateways
             haproxy = _need("haproxy")
             self.urls = {"direct": str(self.gateways[0].url)}
@@ -130,7 +122,8 @@ class Topology:
                 cfg = folder / f"{path}.cfg"
                 cfg.write_text(HAPROXY_CFG.format(port=port, servers=servers))
                 self.balancers[path] = self._start([haproxy, "-db", "-q", "-f", str(cfg)], timeout)
-                _wait_ready(f"http://127.0.0.1:{port}/readyz")
+                _until(lambda port=port: _answers(f"http://127.0.0.1:{port}/readyz"), 30.0,
+                       f"HAProxy on port {port} did not answer 200 on /readyz")
                 self.urls[path] = f"http://127.0.0.1:{port}/mcp/echo"
             # What Redis does with no load (heartbeats, refreshes), taken out of each run's count.
             before, start = self.redis_commands(), time.monotonic()
@@ -170,19 +163,14 @@ class Topology:
 
 def _one_run(topo: Topology, path: str, fixture: str, concurrency: int, duration: float) -> dict:
     before, adopted, start, ticks = topo.redis_commands(), topo.adoptions(), time.monotonic(), topo.ticks(path)
-    out = subprocess.run([*tool("run"), "--target", topo.urls[path], "--fixture", fixture, "-c", str(concurrency),
-                          "--duration", f"{duration}s", "--json"], capture_output=True, text=True,
-                         timeout=duration + 120)
-    try:
-        doc = json.loads(out.stdout)
-        run = doc["runs"][0]
-    except (ValueError, KeyError, IndexError):
-        raise BenchError(f"{path}: the load run printed no result: {(out.stdout + out.stderr)[-500:]!r}") from None
+    out = subprocess.run(load_run(topo.urls[path], fixture, concurrency, "--duration", f"{duration}s"),
+                         capture_output=True, text=True, timeout=duration + 120)
+    run = read_run(out.stdout, path, out.stderr)
     commands = max(0, round(topo.redis_commands() - before - topo.background * (time.monotonic() - start)))
     gateway_ticks, balancer_ticks = (b - a for a, b in zip(ticks, topo.ticks(path)))
     calls = run["calls"] or 1
     return {"calls": run["calls"], "calls_per_s": run["calls_per_s"], "p50_ms": run["latency"]["all"]["p50_ms"],
-            "p99_ms": run["latency"]["all"]["p99_ms"], "errors": doc["errors"], "mismatches": doc["mismatches"],
+            "p99_ms": run["latency"]["all"]["p99_ms"], "errors": run["errors"], "mismatches": run["mismatches"],
             "redis_commands": commands, "redis_per_call": commands / run["calls"] if run["calls"] else None,
             "adoptions": topo.adoptions() - adopted, "gateway_cpu_us_per_call": ticks_to_us(gateway_ticks) / calls,
             "balancer_cpu_us_per_call": ticks_to_us(balancer_ticks) / calls}

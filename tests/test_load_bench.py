@@ -65,7 +65,7 @@ def test_the_cached_tools_list_scenario_is_answered_by_the_cache(tmp_path):
 
     scenario = next(s for s in bench.SCENARIOS if s.name == "tools/list cached")
     server_log = tmp_path / "echo.jsonl"
-    servers = json.loads(json.dumps(scenario.gateway_config["servers"]))
+    servers = json.loads(json.dumps(scenario.b.config["servers"]))
     servers["echo"]["args"] += ["--log", str(server_log)]
     gateway = HttpGateway(tmp_path, servers)
     try:
