@@ -117,7 +117,7 @@ SCENARIOS = [
                   'server is echo.py --ttl-ms 60000 in both, so only the first tools/list reaches it; '
                   'ratio = what the cache gains over HTTP'),
     Scenario("tools/call filter+schema", "http", "modern", echo_calls(), (1, 16),
-             a=Side(config=echo_config(**FILTER_SCHEMA)), b=Side(config=echo_config(**FILTER_SCHEMA)),
+             a=Side(), b=Side(config=echo_config(**FILTER_SCHEMA)),
              warmup_calls=LIST_FIRST,
              note='A/B of the gateway itself: the "direct" columns are the gateway without policy, the "gateway" '
                   f'columns the same server with {json.dumps(FILTER_SCHEMA)} (the warm-up lists the tools, so '
