@@ -241,6 +241,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _observe(args: argparse.Namespace, config: Config) -> bool:
+    """Logs, metrics and traces as the config (and the command line) say; False if tracing cannot start."""
+    setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns,
+                  config.log_format)
+    configure_metrics(config.telemetry.metrics)
+    return start_tracing(config)
+
+
 def cmd_stdio(args: argparse.Namespace) -> int:
     from wire_gateway.proxy.stdio_front import serve_stdio
     from wire_gateway.transport.stdio import claim_stdio
@@ -250,10 +258,7 @@ def cmd_stdio(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 1
-    setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns,
-                  config.log_format)
-    configure_metrics(config.telemetry.metrics)
-    if not start_tracing(config):
+    if not _observe(args, config):
         return 1
     name = args.server
     if name is not None and args.aggregate:
@@ -372,10 +377,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 1
-    setup_logging(args.log_level or config.log_level, args.log_file or config.log_file, config.mask_patterns,
-                  config.log_format)
-    configure_metrics(config.telemetry.metrics)
-    if not start_tracing(config):
+    if not _observe(args, config):
         return 1
     http = config.http
     if args.host is not None:
