@@ -42,6 +42,7 @@ from wire_gateway.config import Config, Limits, ServerSpec
 from wire_gateway.dump.writer import Dumper
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
+from wire_gateway.proxy.era_bridge import legacy_bridge, modern_only
 from wire_gateway.proxy.http_auth import WELL_KNOWN, HttpAuth
 from wire_gateway.proxy.http_edge import EdgeCheck
 from wire_gateway.proxy.legacy_http import LegacySession
@@ -467,6 +468,9 @@ class HttpFront:
                             principal: Principal | None = None) -> None:
         if await self.refused_as_full(init.id, responder):
             return
+        pool = self.pools.get(server)
+        if pool is not None and self.config.servers[server].era == "auto":
+            await pool.probe_versions()       # once per route: does the server speak the legacy era at all?
         session = self.new_session(server, principal)
         self.sessions[session.id] = session
         if self.registry is not None:
@@ -481,6 +485,13 @@ class HttpFront:
         if session.upstream.handshake.init_msg is not None and not session.upstream.handshake.completed:
             log.info("session %s (%s): initialize failed; closed", session.id[:8], server)
             await self._end_session(session, everywhere=True)
+
+    def legacy_bridged(self, server: str) -> bool:
+        """Whether a legacy client of `server` goes through the era bridge: the server is pinned
+        modern (`era: modern`), or its `server/discover` (probed by the route) lists no legacy version."""
+        era = self.config.servers[server].era
+        pool = self.pools.get(server)
+        return era == MODERN or (era == "auto" and pool is not None and modern_only(pool.versions))
 
     async def refused_as_full(self, req_id: Any, responder: Responder) -> bool:
         """With `http.max_sessions` legacy sessions held (opened here or adopted), a new one is
@@ -506,6 +517,14 @@ class HttpFront:
         if server == AGGREGATE_NAME:
             session = LegacySession(server, AGGREGATE_SPEC, self.config, self.settings,
                                     upstream_factory=self._aggregate(None, principal=principal), session_id=session_id)
+        elif self.legacy_bridged(server):     # a modern-only server: the era bridge (era_bridge.py)
+            spec = self.config.servers[server].resolved()
+            members = member_factory(self.config, self.services)
+
+            def bridge(spec: ServerSpec, limits: Limits, sink: Sink) -> Upstream:
+                return legacy_bridge(self.config, server, sink, members)
+            session = LegacySession(server, spec, self.config, self.settings, upstream_factory=bridge,
+                                    session_id=session_id)
         else:
             session = LegacySession(server, self.config.servers[server].resolved(), self.config,
                                     self.settings, self.services, session_id=session_id)

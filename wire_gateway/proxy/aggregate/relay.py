@@ -18,9 +18,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from wire_gateway.proxy.aggregate.asks import Asks
+from wire_gateway.proxy.aggregate.asks_legacy import LegacyAsks
 from wire_gateway.proxy.aggregate.messages import dict_at, error_msg, result_msg
-from wire_gateway.wire import errors, jsonfast
-from wire_gateway.wire.era import LEGACY, META_SUBSCRIPTION_ID
+from wire_gateway.wire import errors, jsonfast, namespacing as ns
+from wire_gateway.wire.era import LEGACY, META_SUBSCRIPTION_ID, MODERN
 from wire_gateway.wire.frame import Frame, Kind, decode
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class Relay:
         self.server_requests: dict[str, tuple[Member, Any]] = {}       # client-facing id -> (member, its id)
         self.listens: dict[Any, dict[str, Any]] = {}                   # client's listen id -> its filter
         self.asks = Asks(agg)                                          # input-required results (modern clients)
+        self.legacy_asks = LegacyAsks(agg)                             # input-required results (legacy clients)
         self._tokens = itertools.count(1)
         self._asks = itertools.count(1)
 
@@ -67,13 +69,18 @@ class Relay:
         try:
             if self.asks.wanted(member, frame.method):
                 return await self.asks.serve(frame, member, client_params, self.agg.params_for(member, params), ours)
+            if self.legacy_asks.wanted(member, frame.method):
+                return await self.legacy_asks.serve(frame, member, self.agg.params_for(member, params))
             return await member.call(frame.method or "", self.agg.params_for(member, params), member.timeout)
         finally:
             if ours is not None:
                 self.tokens.pop(ours, None)
 
     def client_answered(self, frame: Frame) -> None:
-        """The client's answer to a member's request (sampling, elicitation, roots)."""
+        """The client's answer to a member's request (sampling, elicitation, roots), or to a modern
+        member's input request (asks_legacy.py)."""
+        if self.legacy_asks.asked and self.legacy_asks.answered(frame):
+            return
         asked = self.server_requests.pop(frame.id, None) if isinstance(frame.id, str) else None
         if asked is None:
             log.info("aggregate: the client answered %r, which no member asked; dropped", frame.id)
@@ -118,7 +125,8 @@ class Relay:
             self.list_changed(method)
             return
         if method == "notifications/subscriptions/acknowledged":
-            return                         # the ack of the aggregate's own listen stream
+            member.listen_acked.set()      # the ack of the aggregate's own listen stream
+            return
         if method == "notifications/progress":
             token = params.get("progressToken")
             entry = self.tokens.get(token) if isinstance(token, str) else None
@@ -136,6 +144,9 @@ class Relay:
             return
         if method == "notifications/resources/updated" or method == "notifications/message":
             agg = self.agg
+            if agg.era == LEGACY and member.era == MODERN and isinstance(params.get("_meta"), dict):
+                self.to_client({**frame.msg, "params": ns.strip_modern_meta(params)})   # no subscription id
+                return
             agg.frames_out += 1
             agg.sink.server_frame(frame)
             agg.sink.flush()
