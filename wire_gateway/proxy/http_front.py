@@ -525,6 +525,8 @@ class HttpFront:
                 return legacy_bridge(self.config, server, sink, members)
             session = LegacySession(server, spec, self.config, self.settings, upstream_factory=bridge,
                                     session_id=session_id)
+            log.info("session %s (%s): the client speaks the legacy era, the server only the modern one: served "
+                     "through the era bridge", session.id[:8], server)
         else:
             session = LegacySession(server, self.config.servers[server].resolved(), self.config,
                                     self.settings, self.services, session_id=session_id)
