@@ -87,6 +87,7 @@ class ModernPool:
         self._probed: trio.Event | None = None
         self.era: str | None = None                        # "modern" / "legacy" once probed (or pinned)
         self.versions: Any = None                          # the probe's supportedVersions, if it gave any
+        self.refuses_legacy: bool | None = None            # a legacy client's initialize was refused (http_front)
         self._switch: SinkSwitch | None = None
         self._bridge_member: Member | None = None      # whom the switch is handed to, until it is
         if upstream_factory is not None:
