@@ -38,14 +38,15 @@ def text(answer: Any) -> str:
     return answer["result"]["content"][0]["text"]
 
 
-def answer_asks(client: LineClient, req_id: Any, answers: dict[str, Any], timeout: float = 10.0) -> Any:
+def answer_asks(client: LineClient, req_id: Any, answers: dict[str, Any], timeout: float = 10.0,
+                server: str = "one") -> Any:
     """Wait for the answer to `req_id`, answering the gateway's requests meanwhile by method."""
     while True:
         frame = client.recv(timeout)
         if frame.get("id") == req_id and "method" not in frame:
             return frame
         if "method" in frame and "id" in frame:
-            assert frame["id"].startswith("wire-gateway/one/in-"), frame
+            assert frame["id"].startswith(f"wire-gateway/{server}/in-"), frame
             client.send({"jsonrpc": "2.0", "id": frame["id"], "result": answers[frame["method"]]})
         else:
             client.other.append(frame)
@@ -223,3 +224,23 @@ def test_the_sdk_client_in_the_legacy_mode_over_stdio(tmp_path: Path) -> None:
     anyio.run(main)
     assert asked == ["What is your name?"]
     assert updates == ["echo://info"]
+
+
+def test_the_aggregate_asks_a_legacy_client_for_a_modern_member(tmp_path: Path) -> None:
+    """The same code serves the multi-server aggregate: a legacy client of `/mcp` (here `stdio`
+    without `--server`) is asked for a modern member's input, and subscribes to its resources."""
+    config = write_config(tmp_path, {"new": fixture("modern_only"), "old": fixture("legacy_echo")})
+    client = LineClient([PY, "-m", "wire_gateway", "stdio", "--config", str(config), "--log-level", "debug"],
+                        log_path=tmp_path / "gateway.log")
+    try:
+        assert "serverInfo" in client.request("initialize", ASKING_INIT, req_id=0, timeout=20)["result"]
+        client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        client.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                     "params": {"name": "new__ask_name", "arguments": {}}})
+        asked = answer_asks(client, 1, {"elicitation/create": {"action": "accept", "content": {"name": "Ada"}}},
+                            server="new")
+        assert text(asked) == "hello Ada"
+        assert client.request("resources/subscribe", {"uri": "echo://info"}, req_id=2)["result"] == {}
+        assert text(client.call("new__touch_resource", {"uri": "echo://info"}, req_id=3)) == "notified 1"
+    finally:
+        close(client, tmp_path)

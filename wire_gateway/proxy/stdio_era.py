@@ -13,6 +13,12 @@ says nothing of the server (it is not running, or the gateway's error came back 
 answer) is not taken for the legacy era: the session is passed through, so the client gets that
 failure as the server gave it.
 
+A legacy client's `initialize` is bridged too when the server speaks only the modern era: at once
+with `era: modern`; with `auto` only once the server has refused it (its answer is watched, an
+`_InitWatch` in the switch until it comes) and then listed no legacy version in `server/discover`.
+A server that accepts it costs nothing more than before: no probe, and the watch ends with that
+answer.
+
 Until the choice, this object is the session's upstream and the front's; after it, the session
 talks to the chosen upstream directly, and the front's per-chunk calls (`flush`, `wait_writable`)
 are the chosen upstream's own bound methods.

@@ -314,7 +314,7 @@ class Aggregate:
                 raise RouteError(errors.UPSTREAM_UNAVAILABLE, f"server '{member.name}' is unavailable: "
                                  f"{member.problem}", {"server": member.name})
             if member.era == MODERN and method in ("resources/subscribe", "resources/unsubscribe"):
-                return await self._subscribe(frame, member, params)
+                return await self.relay.subscribe(frame, member, params)
             return await self.relay.forward(frame, member, params)
         if method in LISTS:
             return await self.directory.page(frame, method, params)
@@ -325,7 +325,7 @@ class Aggregate:
         if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
             member = await self.directory.by_uri(params.get("uri"))
             if member.era == MODERN and method != "resources/read":
-                return await self._subscribe(frame, member, params)
+                return await self.relay.subscribe(frame, member, params)
             return await self.relay.forward(frame, member, params)
         if method == "completion/complete":
             member, params = await self.directory.completion_target(params)
@@ -346,23 +346,6 @@ class Aggregate:
                 answer = await member.call("logging/setLevel", ns.strip_modern_meta(params), LIST_TIMEOUT)
                 if self.single and "error" in answer:
                     return answer
-        return result_msg(frame.id, {})
-
-    async def _subscribe(self, frame: Frame, member: Member, params: dict[str, Any]) -> dict[str, Any]:
-        """A legacy client's `resources/subscribe` or `unsubscribe` of a modern member's resource: the
-        member's `subscriptions/listen` stream is re-opened with the new set of URIs (members.py), and
-        its `notifications/resources/updated` reach the client (relay.py)."""
-        uri = params.get("uri")
-        if not isinstance(uri, str):
-            raise RouteError(errors.INVALID_PARAMS, f"Invalid params: {frame.method} needs a string uri")
-        before = set(member.resource_uris)
-        if frame.method == "resources/subscribe":
-            member.resource_uris.add(uri)
-        else:
-            member.resource_uris.discard(uri)
-        if member.resource_uris != before and not await member.relisten(LIST_TIMEOUT):
-            log.warning("aggregate: %s did not acknowledge its subscriptions/listen stream with %d resource "
-                        "subscriptions within %gs", member.name, len(member.resource_uris), LIST_TIMEOUT)
         return result_msg(frame.id, {})
 
     # ---- eras: what the members get, what the client gets ---------------------------------------------

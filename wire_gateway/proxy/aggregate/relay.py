@@ -7,9 +7,11 @@ aggregate's for the member (and put back on each progress notification), and a r
 sends the client (sampling, elicitation, roots) gets an id of the aggregate's, mapped back to the
 member's own when the client answers, or when the member cancels it. A modern client takes no
 requests from a server: a legacy member's request during one of its calls becomes an input-required
-result (asks.py), and anything else gets the member an error. List changes are announced the
-way the client's era hears them: as plain notifications to a legacy client, on each
-`subscriptions/listen` stream that asked for them to a modern one.
+result (asks.py), and anything else gets the member an error. The other way round, a modern
+member's input-required result becomes requests to a legacy client (asks_legacy.py). List changes
+are announced the way the client's era hears them: as plain notifications to a legacy client, on
+each `subscriptions/listen` stream that asked for them to a modern one; a legacy client's resource
+subscriptions of a modern member ride on the member's own listen stream.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from wire_gateway.proxy.aggregate.asks import Asks
 from wire_gateway.proxy.aggregate.asks_legacy import LegacyAsks
+from wire_gateway.proxy.aggregate.directory import LIST_TIMEOUT
 from wire_gateway.proxy.aggregate.messages import dict_at, error_msg, result_msg
 from wire_gateway.wire import errors, jsonfast, namespacing as ns
 from wire_gateway.wire.era import LEGACY, META_SUBSCRIPTION_ID, MODERN
@@ -161,7 +164,7 @@ class Relay:
         agg.sink.server_frame(frame)
         agg.sink.flush()
 
-    # ---- list changes -------------------------------------------------------------------------------
+    # ---- list changes and resource subscriptions ----------------------------------------------------
 
     async def listen(self, frame: Frame, params: dict[str, Any]) -> dict[str, Any] | None:
         """A modern client's subscriptions/listen: acknowledged at once, open until it is cancelled."""
@@ -192,3 +195,20 @@ class Relay:
             if agreed.get(flag):
                 self.to_client({"jsonrpc": "2.0", "method": method,
                                 "params": {"_meta": {META_SUBSCRIPTION_ID: listen_id}}})
+
+    async def subscribe(self, frame: Frame, member: Member, params: dict[str, Any]) -> dict[str, Any]:
+        """A legacy client's `resources/subscribe` or `unsubscribe` of a modern member's resource: the
+        member's `subscriptions/listen` stream is re-opened with the new set of URIs (members.py), and
+        its `notifications/resources/updated` reach the client (on_member_notification)."""
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            return error_msg(frame.id, errors.INVALID_PARAMS, f"Invalid params: {frame.method} needs a string uri")
+        before = set(member.resource_uris)
+        if frame.method == "resources/subscribe":
+            member.resource_uris.add(uri)
+        else:
+            member.resource_uris.discard(uri)
+        if member.resource_uris != before and not await member.relisten(LIST_TIMEOUT):
+            log.warning("aggregate: %s did not acknowledge its subscriptions/listen stream with %d resource "
+                        "subscriptions within %gs", member.name, len(member.resource_uris), LIST_TIMEOUT)
+        return result_msg(frame.id, {})
