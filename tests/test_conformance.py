@@ -107,11 +107,13 @@ KNOWN_BRIDGE = {
 # (route, revision, known failures). Routes: "legacy" and "modern" are the single-server
 # routes /mcp/legacy and /mcp/modern, "aggregate" is /mcp, "direct" the modern fixture
 # itself, without the gateway (the baseline the routes are compared with).
-# "legacy" at 2026-07-28 is a modern client of the legacy-only stdio fixture: the era bridge.
+# "legacy" at 2026-07-28 is a modern client of the legacy-only stdio fixture: the era bridge;
+# "modern" at 2025-11-25 a legacy client of the modern-only HTTP fixture: its other half.
 CASES = [
     pytest.param("legacy", "2025-11-25", {}, id="legacy-stdio-2025-11-25"),
     pytest.param("legacy", "2026-07-28", KNOWN_BRIDGE, id="bridge-legacy-stdio-2026-07-28"),
     pytest.param("modern", "2026-07-28", {}, id="modern-http-2026-07-28"),
+    pytest.param("modern", "2025-11-25", {}, id="bridge-modern-http-2025-11-25"),
     pytest.param("aggregate", "2025-11-25", KNOWN_AGGREGATE_LEGACY, id="aggregate-2025-11-25"),
     pytest.param("aggregate", "2026-07-28", KNOWN_AGGREGATE_MODERN, id="aggregate-2026-07-28"),
     pytest.param("direct", "2026-07-28", {}, id="direct-modern-fixture-2026-07-28"),

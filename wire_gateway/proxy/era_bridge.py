@@ -1,5 +1,6 @@
 """The era bridge: a modern (2026-07-28) client served by a server that speaks only the legacy era,
-on the single-server routes (`/mcp/{server}`, `stdio --server`). docs/bridge.md says what crosses.
+and a legacy client served by a server that speaks only the modern one, on the single-server routes
+(`/mcp/{server}`, `stdio --server`). docs/bridge.md says what crosses.
 
 Why it is a one-server aggregate and not a translator of its own: the aggregate (proxy/aggregate/)
 already terminates both eras. It answers `server/discover`, holds the legacy handshake with a
@@ -21,6 +22,12 @@ of the route; legacy clients still get a session each, passed through as before.
 sink's own bound methods, rebound once to the bridge's member when the bridge takes over. Until
 then (and for good, when eras match) a frame costs exactly what it cost before: the switch adds no
 call, only a different attribute to read it from.
+
+The other half, a legacy client of a modern-only server, is the same one-server aggregate with the
+eras swapped (`legacy_bridge`): it answers `initialize` from the server's `server/discover`, keeps
+the legacy session itself and sends each request stateless with the modern `_meta`. Such a session
+has an upstream of its own (a process, or a connection to a remote server), as every legacy
+session of the route always had, so nothing is adopted: the aggregate starts and stops it.
 """
 from __future__ import annotations
 
@@ -30,9 +37,9 @@ from typing import Any
 
 from wire_gateway.config import Config, Limits, ServerSpec
 from wire_gateway.proxy.aggregate import Aggregate
-from wire_gateway.proxy.aggregate.members import Member
+from wire_gateway.proxy.aggregate.members import Member, UpstreamFactory
 from wire_gateway.upstream.protocol import Sink, Upstream
-from wire_gateway.wire.era import LEGACY, MODERN
+from wire_gateway.wire.era import LEGACY, LEGACY_VERSIONS, MODERN, MODERN_VERSIONS
 from wire_gateway.wire.frame import Frame
 
 ERAS = ("auto", "legacy", "modern")     # a server's `era` (config): what the single-server routes assume
@@ -58,9 +65,9 @@ class SinkSwitch:
 
 def make_bridge(config: Config, name: str, sink: Sink, upstream: Upstream,
                 lazy: bool) -> tuple[Aggregate, Member]:
-    """The bridge for server `name`: a one-server aggregate whose member talks to `upstream` (already
-    running, and another's to stop). The caller points the upstream's `SinkSwitch` at the member
-    returned when it hands the upstream over."""
+    """The bridge for modern clients of server `name`: a one-server aggregate whose member talks to
+    `upstream` (already running, and another's to stop). The caller points the upstream's
+    `SinkSwitch` at the member returned when it hands the upstream over."""
     one = dataclasses.replace(config, servers={name: config.servers[name]})
 
     def adopt(spec: ServerSpec, limits: Limits, member: Sink) -> Upstream:
@@ -68,3 +75,19 @@ def make_bridge(config: Config, name: str, sink: Sink, upstream: Upstream,
 
     agg = Aggregate(one, sink, adopt, client_era=MODERN, lazy=lazy, single=True, adopted=True, member_era=LEGACY)
     return agg, agg.members[name]
+
+
+def legacy_bridge(config: Config, name: str, sink: Sink, factory: UpstreamFactory, adopted: bool = False) -> Aggregate:
+    """The bridge for one legacy client of server `name`, a modern-only server: a one-server
+    aggregate whose member's upstream `factory` makes (the route's, with the server's policy chain);
+    `adopted`: that upstream is already running and another's to stop (the stdio front's process,
+    which the legacy client found to refuse `initialize`)."""
+    one = dataclasses.replace(config, servers={name: config.servers[name]})
+    return Aggregate(one, sink, factory, client_era=LEGACY, single=True, adopted=adopted, member_era=MODERN)
+
+
+def modern_only(versions: Any) -> bool:
+    """Whether a `server/discover` answer's `supportedVersions` says the server speaks the modern era
+    and no legacy version: the servers a legacy client reaches through the bridge."""
+    return isinstance(versions, list) and MODERN_VERSIONS[0] in versions \
+        and not any(v in LEGACY_VERSIONS for v in versions)

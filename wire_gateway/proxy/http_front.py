@@ -42,6 +42,8 @@ from wire_gateway.config import Config, Limits, ServerSpec
 from wire_gateway.dump.writer import Dumper
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
+from wire_gateway.proxy.era_bridge import legacy_bridge, modern_only
+from wire_gateway.proxy.held_answer import HeldAnswer
 from wire_gateway.proxy.http_auth import WELL_KNOWN, HttpAuth
 from wire_gateway.proxy.http_edge import EdgeCheck
 from wire_gateway.proxy.legacy_http import LegacySession
@@ -467,6 +469,27 @@ class HttpFront:
                             principal: Principal | None = None) -> None:
         if await self.refused_as_full(init.id, responder):
             return
+        pool = self.pools.get(server)
+        trial: HeldAnswer | None = None
+        if pool is not None and self.config.servers[server].era == "auto" and pool.refuses_legacy is None:
+            await pool.probe_versions()       # once per route: may the server speak only the modern era?
+            if modern_only(pool.versions):    # then the first legacy initialize tells (held_answer.py)
+                trial = HeldAnswer(responder)
+        session = await self._start_legacy(server, init, principal, trial or responder)
+        if trial is None or pool is None:
+            return
+        pool.refuses_legacy = trial.refused_by_server()
+        if not pool.refuses_legacy:
+            await trial.release()
+            return
+        log.info("server %s: refused a legacy client's initialize and lists no legacy version in server/discover: "
+                 "legacy clients are served through the era bridge", server)
+        if session.id in self.sessions:
+            await self._end_session(session, everywhere=True)
+        await self._start_legacy(server, init, principal, responder)
+
+    async def _start_legacy(self, server: str, init: Frame, principal: Principal | None,
+                            responder: Responder | HeldAnswer) -> LegacySession:
         session = self.new_session(server, principal)
         self.sessions[session.id] = session
         if self.registry is not None:
@@ -477,10 +500,20 @@ class HttpFront:
                 scope.session = session.id[:12]          # the label its dump records carry
         await self.start_session(session)
         log.info("session %s (%s): opened", session.id[:8], server)
-        await session.post(init, responder)
+        await session.post(init, responder)      # type: ignore[arg-type]   # HeldAnswer: a Responder's surface
         if session.upstream.handshake.init_msg is not None and not session.upstream.handshake.completed:
             log.info("session %s (%s): initialize failed; closed", session.id[:8], server)
             await self._end_session(session, everywhere=True)
+        return session
+
+    def legacy_bridged(self, server: str) -> bool:
+        """Whether a legacy client of `server` goes through the era bridge: the server is pinned
+        modern (`era: modern`), or it refused a legacy client's `initialize` and its `server/discover`
+        lists no legacy version (held_answer.py)."""
+        era = self.config.servers[server].era
+        pool = self.pools.get(server)
+        return era == MODERN or (era == "auto" and pool is not None and bool(pool.refuses_legacy)
+                                 and modern_only(pool.versions))
 
     async def refused_as_full(self, req_id: Any, responder: Responder) -> bool:
         """With `http.max_sessions` legacy sessions held (opened here or adopted), a new one is
@@ -506,6 +539,16 @@ class HttpFront:
         if server == AGGREGATE_NAME:
             session = LegacySession(server, AGGREGATE_SPEC, self.config, self.settings,
                                     upstream_factory=self._aggregate(None, principal=principal), session_id=session_id)
+        elif self.legacy_bridged(server):     # a modern-only server: the era bridge (era_bridge.py)
+            spec = self.config.servers[server].resolved()
+            members = member_factory(self.config, self.services)
+
+            def bridge(spec: ServerSpec, limits: Limits, sink: Sink) -> Upstream:
+                return legacy_bridge(self.config, server, sink, members)
+            session = LegacySession(server, spec, self.config, self.settings, upstream_factory=bridge,
+                                    session_id=session_id)
+            log.info("session %s (%s): the client speaks the legacy era, the server only the modern one: served "
+                     "through the era bridge", session.id[:8], server)
         else:
             session = LegacySession(server, self.config.servers[server].resolved(), self.config,
                                     self.settings, self.services, session_id=session_id)

@@ -86,6 +86,8 @@ class ModernPool:
         self.listens: set[int] = set()                     # gateway ids of open subscriptions/listen
         self._probed: trio.Event | None = None
         self.era: str | None = None                        # "modern" / "legacy" once probed (or pinned)
+        self.versions: Any = None                          # the probe's supportedVersions, if it gave any
+        self.refuses_legacy: bool | None = None            # a legacy client's initialize was refused (http_front)
         self._switch: SinkSwitch | None = None
         self._bridge_member: Member | None = None      # whom the switch is handed to, until it is
         if upstream_factory is not None:
@@ -262,6 +264,12 @@ class ModernPool:
                 await probed.wait()
         return self.era != LEGACY if self.bridge is not None else self.era == MODERN
 
+    async def probe_versions(self) -> None:
+        """Probe the server's era (as the first modern request would) unless that is known already:
+        a legacy client needs to know whether the server speaks the legacy era at all (`versions`)."""
+        if self.era is None and self.bridge is not None:
+            await self._speaks_modern()
+
     async def _probe(self) -> str:
         gw_id = next(self._ids)
         ex = Exchange("probe", self.backlog)
@@ -285,6 +293,7 @@ class ModernPool:
             self._finish(gw_id, ex)   # cancels the probe upstream if it timed out
         if isinstance(answer_, Frame) and answer_.kind is Kind.RESPONSE:
             result = answer_.msg.get("result")
+            self.versions = result.get("supportedVersions") if isinstance(result, dict) else None
             if isinstance(result, dict) and MODERN_VERSIONS[0] in (result.get("supportedVersions") or ()):
                 return "modern"
         if isinstance(answer_, Frame) and answer_.kind is Kind.ERROR:

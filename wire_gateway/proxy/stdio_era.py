@@ -13,6 +13,12 @@ says nothing of the server (it is not running, or the gateway's error came back 
 answer) is not taken for the legacy era: the session is passed through, so the client gets that
 failure as the server gave it.
 
+A legacy client's `initialize` is bridged too when the server speaks only the modern era: at once
+with `era: modern`; with `auto` only once the server has refused it (its answer is watched, an
+`_InitWatch` in the switch until it comes) and then listed no legacy version in `server/discover`.
+A server that accepts it costs nothing more than before: no probe, and the watch ends with that
+answer.
+
 Until the choice, this object is the session's upstream and the front's; after it, the session
 talks to the chosen upstream directly, and the front's per-chunk calls (`flush`, `wait_writable`)
 are the chosen upstream's own bound methods.
@@ -27,7 +33,7 @@ import trio
 
 from wire_gateway.config import Config, ServerSpec
 from wire_gateway.proxy.aggregate import Aggregate
-from wire_gateway.proxy.era_bridge import SinkSwitch, make_bridge
+from wire_gateway.proxy.era_bridge import SinkSwitch, legacy_bridge, make_bridge, modern_only
 from wire_gateway.proxy.route import open_upstream
 from wire_gateway.proxy.session import PassthroughSession
 from wire_gateway.upstream.handshake import Handshake
@@ -74,6 +80,7 @@ class EraChoice:
         self._decided = trio.Event()               # the held frames went to the chosen upstream
         self._tap: Any = None
         self.nursery: trio.Nursery | None = None
+        self._init: Frame | None = None            # a legacy client's initialize, until the server accepts it
         self._bind(self.real)
 
     def _bind(self, upstream: Upstream) -> None:
@@ -138,11 +145,23 @@ class EraChoice:
             self.held.append(frame)
             return None
         modern = frame.method == "server/discover" or request_version(frame.msg) is not None
+        assert self.nursery is not None
+        if not modern and frame.method == "initialize" and self.spec.era != LEGACY:
+            if self.spec.era == MODERN:        # pinned modern-only: bridged from the handshake on
+                self.held = [frame]
+                self.nursery.start_soon(self._bridge_legacy_client)
+                return None
+            self._choose(self.real)            # auto: passed through, unless the server refuses it
+            self._init = frame
+            self.switch.point_at(_InitWatch(self, frame.id))
+            refused = self.real.request(frame)
+            if refused is not None:
+                self.switch.point_at(self.session)
+            return refused
         if not modern or self.spec.era == MODERN:
             self._choose(self.real)
             return self.real.request(frame)
         self.held = [frame]
-        assert self.nursery is not None
         self.nursery.start_soon(self._choose_for_modern)
         return None
 
@@ -179,12 +198,74 @@ class EraChoice:
         else:
             assert self.nursery is not None
             self.bridge, member = make_bridge(self.config, self.spec.name, self.session, self.real, lazy=False)
-            self.bridge.tap = self._tap
-            self.switch.point_at(member)
-            await self.nursery.start(self.bridge.run)
-            self._choose(self.bridge)
+            await self._start_bridge(member)
             log.info("server %s: the client speaks the modern era, the server the legacy one: served through "
                      "the era bridge", self.spec.name)
+        self._replay()
+
+    async def _start_bridge(self, member: Sink) -> None:
+        assert self.nursery is not None and self.bridge is not None
+        self.bridge.tap = self._tap
+        self.switch.point_at(member)
+        await self.nursery.start(self.bridge.run)
+        self._choose(self.bridge)
+
+    # ---- a legacy client of a modern-only server ----------------------------------------------------
+
+    def init_answered(self, frame: Frame) -> None:
+        """The server's answer to a legacy client's `initialize` (era `auto`). Accepted: passthrough
+        for good. Refused by the server itself: it may speak only the modern era, which its
+        `server/discover` tells; the client's frames are held meanwhile."""
+        init, self._init = self._init, None
+        error = frame.msg.get("error") if frame.kind is Kind.ERROR else None
+        data = error.get("data") if isinstance(error, dict) else None
+        if init is None or error is None or (isinstance(data, dict) and data.get("source") == errors.SOURCE):
+            self.switch.point_at(self.session)
+            self.session.server_frame(frame)
+            return
+        self.chosen = False
+        self.held = [init]
+        if isinstance(self.session, PassthroughSession):
+            self.session.upstream = self
+        assert self.nursery is not None
+        self.nursery.start_soon(self._bridge_if_modern_only, frame)
+
+    async def _bridge_if_modern_only(self, refusal: Frame) -> None:
+        try:
+            self._reset_probe()
+            frame = decode(jsonfast.dumps(discover_probe(PROBE_ID)))
+            assert isinstance(frame, Frame)
+            if self.real.request(frame) is None:
+                self.real.flush()
+                with trio.move_on_after(PROBE_TIMEOUT):
+                    await self._probed.wait()
+            result = (self._probe or {}).get("result")
+            if not (isinstance(result, dict) and modern_only(result.get("supportedVersions"))):
+                log.info("server %s: refused a legacy client's initialize, and does not speak only the modern "
+                         "era; its refusal passed through", self.spec.name)
+                self.switch.point_at(self.session)
+                self.session.server_frame(refusal)
+                self.held = (self.held or [])[1:]      # the initialize is answered (refused)
+                self._choose(self.real)
+                self._replay()
+                return
+            await self._bridge_legacy_client()
+        finally:
+            self._decided.set()
+
+    async def _bridge_legacy_client(self) -> None:
+        """Serve the rest of the session through the bridge, the initialize held first among them."""
+        try:
+            real = self.real
+            self.bridge = legacy_bridge(self.config, self.spec.name, self.session, lambda *_: real, adopted=True)
+            await self._start_bridge(self.bridge.members[self.spec.name])
+            log.info("server %s: the client speaks the legacy era, the server only the modern one: served "
+                     "through the era bridge", self.spec.name)
+            self._replay()
+        finally:
+            self._decided.set()
+
+    def _replay(self) -> None:
         held, self.held = self.held or [], None
         for frame in held:
             if frame.kind is Kind.REQUEST:
@@ -220,6 +301,9 @@ class EraChoice:
         log.info("server %s: speaks the %s era", self.spec.name, MODERN if modern else LEGACY)
         return modern
 
+    def _reset_probe(self) -> None:
+        self._probe, self._probed = None, trio.Event()
+
     def probed(self, answer: dict[str, Any]) -> None:
         self._probe = answer
         self._probed.set()
@@ -239,6 +323,36 @@ class EraChoice:
         if self.bridge is not None:
             await self.bridge.shutdown()
         await self.real.shutdown()
+
+
+class _InitWatch:
+    """The server's sink while a legacy client's `initialize` waits for its answer (era `auto`):
+    the answer goes to the choice, which passes it on or takes the refusal for a modern-only server;
+    so does the answer to the discover probe that may follow. Anything else is the client's."""
+
+    def __init__(self, choice: EraChoice, init_id: Any) -> None:
+        self.choice = choice
+        self.init_id = init_id
+        session = choice.session
+        self.flush = session.flush
+        self.wait_writable = session.wait_writable
+
+    def server_frame(self, frame: Frame) -> None:
+        if frame.kind in (Kind.RESPONSE, Kind.ERROR) and frame.id == self.init_id and self.choice._init is not None:
+            self.choice.init_answered(frame)
+        elif frame.kind in (Kind.RESPONSE, Kind.ERROR) and frame.id == PROBE_ID:
+            self.choice.probed(frame.msg)
+        else:
+            self.choice.session.server_frame(frame)
+
+    def gateway_reply(self, req_id: Any, data: bytes) -> None:
+        if req_id == PROBE_ID:
+            self.choice.probed(jsonfast.loads(data))
+            return
+        if req_id == self.init_id and self.choice._init is not None:   # the gateway's own error: passed on
+            self.choice._init = None
+            self.choice.switch.point_at(self.choice.session)
+        self.choice.session.gateway_reply(req_id, data)
 
 
 class _ProbeSink:

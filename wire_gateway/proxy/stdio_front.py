@@ -19,7 +19,7 @@ from wire_gateway.config import Config
 from wire_gateway.dump.writer import Dumper
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
-from wire_gateway.proxy.route import member_factory, open_upstream
+from wire_gateway.proxy.route import member_factory
 from wire_gateway.proxy.session import PassthroughSession
 from wire_gateway.proxy.stdio_auth import ENV_KEY, StdioAdmission
 from wire_gateway.proxy.stdio_era import EraChoice
@@ -28,7 +28,6 @@ from wire_gateway.telemetry.metrics import METRICS
 from wire_gateway.transport.outbuffer import OutBuffer, read_some
 from wire_gateway.transport.stdio import READ_SIZE, StdioStreams
 from wire_gateway.upstream.protocol import Upstream
-from wire_gateway.wire.era import MODERN
 from wire_gateway.wire.framing import LineFramer
 
 log = logging.getLogger("wire_gateway.stdio")
@@ -98,10 +97,8 @@ class StdioFront:
         else:
             self.spec = config.servers[server_name].resolved()
             self.shutdown_budget = self.spec.stdin_close_timeout + self.spec.sigterm_timeout + 5.0
-            if self.spec.era == MODERN:      # nothing to choose: modern clients pass through, legacy ones too
-                self.upstream = open_upstream(self.spec, config, self.session, self.services)
-            else:                            # a modern client may need the era bridge (stdio_era.py)
-                self.upstream = EraChoice(self.spec, config, self.session, self.services)
+            # The client's era and the server's choose passthrough or the era bridge (stdio_era.py).
+            self.upstream = EraChoice(self.spec, config, self.session, self.services)
         self.session.upstream = self.upstream
         self.done = trio.Event()          # set by whichever ending comes first
         self.writer_done = trio.Event()

@@ -85,6 +85,7 @@ class Aggregate:
                         for name, spec in config.servers.items()}
         self.order = list(self.members)
         self.client_init: dict[str, Any] = {}          # the legacy client's initialize params
+        self.log_level: str | None = None              # its logging/setLevel, sent per request to modern members
         self.tasks: dict[Any, trio.CancelScope] = {}                  # client request id -> its task
         self.greeted = False                                           # the client's handshake is answered
         self.directory = Directory(self)                               # names, URIs and list pages
@@ -305,11 +306,15 @@ class Aggregate:
             return result_msg(frame.id, greeting.discover_result(self))
         if method == "subscriptions/listen":
             return await self.relay.listen(frame, params)
+        if method == "logging/setLevel":
+            return await self._set_level(frame, params)
         if self.single:                   # one server: its own names, URIs and cursors, nothing to route
             member = self.members[self.name]
             if not member.ok:
                 raise RouteError(errors.UPSTREAM_UNAVAILABLE, f"server '{member.name}' is unavailable: "
                                  f"{member.problem}", {"server": member.name})
+            if member.era == MODERN and method in ("resources/subscribe", "resources/unsubscribe"):
+                return await self.relay.subscribe(frame, member, params)
             return await self.relay.forward(frame, member, params)
         if method in LISTS:
             return await self.directory.page(frame, method, params)
@@ -319,25 +324,36 @@ class Aggregate:
             return await self.relay.forward(frame, member, {**params, "name": original})
         if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
             member = await self.directory.by_uri(params.get("uri"))
+            if member.era == MODERN and method != "resources/read":
+                return await self.relay.subscribe(frame, member, params)
             return await self.relay.forward(frame, member, params)
         if method == "completion/complete":
             member, params = await self.directory.completion_target(params)
             return await self.relay.forward(frame, member, params)
-        if method == "logging/setLevel":
-            for member in self.ready(LEGACY):
-                if isinstance(member.capabilities.get("logging"), dict):
-                    await member.call("logging/setLevel", ns.strip_modern_meta(params), LIST_TIMEOUT)
-            return result_msg(frame.id, {})
         raise RouteError(errors.METHOD_NOT_FOUND,
                          f"Method not found: the aggregate endpoint does not route {method!r}; "
                          "use /mcp/{server} (or --server) to reach one server directly")
+
+    async def _set_level(self, frame: Frame, params: dict[str, Any]) -> dict[str, Any]:
+        """A legacy client's `logging/setLevel`: sent on to the legacy members that log; the modern ones
+        get the level in every request's `_meta` from now on (2026-07-28 asks for logs per request)."""
+        level = params.get("level")
+        if not isinstance(level, str):
+            raise RouteError(errors.INVALID_PARAMS, "Invalid params: logging/setLevel needs a string level")
+        self.log_level = level
+        for member in self.ready(LEGACY):
+            if isinstance(member.capabilities.get("logging"), dict):
+                answer = await member.call("logging/setLevel", ns.strip_modern_meta(params), LIST_TIMEOUT)
+                if self.single and "error" in answer:
+                    return answer
+        return result_msg(frame.id, {})
 
     # ---- eras: what the members get, what the client gets ---------------------------------------------
 
     def params_for(self, member: Member, params: dict[str, Any]) -> dict[str, Any]:
         """The client's params in the member's era."""
         if member.era == MODERN:
-            return ns.with_modern_meta(params, modern_envelope(self.era, self.client_init))
+            return ns.with_modern_meta(params, modern_envelope(self.era, self.client_init, self.log_level))
         return ns.strip_modern_meta(params)
 
     def deliver(self, req_id: Any, method: str | None, answer: dict[str, Any], note: str | None = None) -> None:

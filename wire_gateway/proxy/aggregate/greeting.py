@@ -3,7 +3,8 @@
 A legacy client's `initialize` and a modern client's `server/discover` are answered with what the
 members offer together (merged capabilities, each member's instructions, the aggregate's own
 `serverInfo`), or, for the era bridge's one-server aggregate (`single`), with the server's own
-`initialize` answer in the modern shape. To a modern client the aggregate is a 2026-07-28 server,
+`initialize` answer in the modern shape (and, the other way round, the server's own
+`server/discover` answer in the legacy shape). To a modern client the aggregate is a 2026-07-28 server,
 which refuses a protocol version it does not speak and the methods that era removed.
 """
 from __future__ import annotations
@@ -53,6 +54,8 @@ def modern_rules(frame: Frame) -> None:
 
 def initialize_result(agg: Aggregate) -> dict[str, Any]:
     """The answer to a legacy client's `initialize` (its version already chosen in the handshake)."""
+    if agg.single:
+        return _initialize_one(agg)
     return {"protocolVersion": agg.handshake.version, "capabilities": _capabilities(agg),
             "serverInfo": SERVER_INFO, **_instructions(agg)}
 
@@ -76,6 +79,20 @@ def _discover_one(agg: Aggregate) -> dict[str, Any]:
         caps = {**caps, "resources": {k: v for k, v in resources.items() if k != "subscribe"}}
     result: dict[str, Any] = {"supportedVersions": [*MODERN_VERSIONS, *LEGACY_VERSIONS], "capabilities": caps,
                               "_meta": {META_SERVER_INFO: member.server_info or SERVER_INFO}}
+    if isinstance(member.instructions, str):
+        result["instructions"] = member.instructions
+    return result
+
+
+def _initialize_one(agg: Aggregate) -> dict[str, Any]:
+    """The bridge's `initialize` for a legacy client of a modern server: the server's own
+    `server/discover` answer (capabilities, `serverInfo`, instructions), in the legacy shape."""
+    member = agg.members[agg.name]
+    if not member.ok:
+        raise RouteError(errors.UPSTREAM_UNAVAILABLE, f"server '{member.name}' is unavailable: {member.problem}",
+                         {"server": member.name})
+    result: dict[str, Any] = {"protocolVersion": agg.handshake.version, "capabilities": member.capabilities,
+                              "serverInfo": member.server_info or SERVER_INFO}
     if isinstance(member.instructions, str):
         result["instructions"] = member.instructions
     return result

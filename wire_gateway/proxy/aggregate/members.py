@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from wire_gateway.config import Limits, ServerSpec
-from wire_gateway.proxy.aggregate.messages import CLIENT_INFO, dict_at, error_msg, modern_envelope
+from wire_gateway.proxy.aggregate.messages import (
+    CLIENT_INFO,
+    META_SERVER_INFO,
+    dict_at,
+    error_msg,
+    modern_envelope,
+)
 from wire_gateway.proxy.aggregate.states import MEMBER_TRANSITIONS, MemberState
 from wire_gateway.upstream.protocol import Sink, Upstream
 from wire_gateway.upstream.states import check_transition
@@ -90,6 +96,11 @@ class Member:
         self.problem = "not started yet (a lazy aggregate starts with its first request)"
         self.calls: dict[str, Call] = {}
         self.direct: dict[str, Direct] = {}     # tools/calls forwarded without a task (direct.py)
+        # A modern member's listen stream: the resources a legacy client subscribed to ride on it too.
+        self.resource_uris: set[str] = set()
+        self.listen_acked = trio.Event()
+        self._listen_scope: trio.CancelScope | None = None
+        self._listening = False
         self.ids = itertools.count(1)
 
     @property
@@ -145,6 +156,8 @@ class Member:
             self.upstream.era = MODERN
             self.capabilities = dict_at(discovered, "capabilities")
             self.instructions = discovered.get("instructions")
+            info = dict_at(discovered, "_meta").get(META_SERVER_INFO)
+            self.server_info = info if isinstance(info, dict) else None
             self._start_listen()
             return None
         # Anything else (an error, a 4xx from an HTTP server that has no modern endpoint, no answer)
@@ -170,30 +183,62 @@ class Member:
         self.send_notification("notifications/initialized", None)
         return None
 
-    def _start_listen(self) -> None:
-        """Modern members announce list changes only on a subscriptions/listen stream: keep one open."""
-        agg = self.agg
+    def _listen_filter(self) -> dict[str, Any]:
+        """What the aggregate's listen stream asks for: the list changes the member announces, and
+        the resources a legacy client subscribed to (`resources/subscribe`, endpoint.py)."""
         caps = self.capabilities
-        wanted = {flag: True for key, flag in (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
-                                               ("resources", "resourcesListChanged"))
-                  if isinstance(caps.get(key), dict) and caps[key].get("listChanged")}
-        if not wanted or agg.nursery is None:
+        wanted: dict[str, Any] = {flag: True for key, flag in (
+            ("tools", "toolsListChanged"), ("prompts", "promptsListChanged"), ("resources", "resourcesListChanged"))
+            if isinstance(caps.get(key), dict) and caps[key].get("listChanged")}
+        if self.resource_uris:
+            wanted["resourceSubscriptions"] = sorted(self.resource_uris)
+        return wanted
+
+    def _start_listen(self) -> None:
+        """Modern members announce list changes (and resource updates) only on a subscriptions/listen
+        stream: keep one open, re-opened after a restart, and with a new filter when it changes."""
+        agg = self.agg
+        if self._listening or not self._listen_filter() or agg.nursery is None:
             return
+        self._listening = True
 
         async def listen() -> None:
-            while not agg.closing.is_set():
-                answer = await self.call("subscriptions/listen",
-                                         {"notifications": wanted, "_meta": modern_envelope(None, {})})
-                error = answer.get("error") if isinstance(answer.get("error"), dict) else None
-                log.info("aggregate: member %s ended its subscriptions/listen stream: %s", self.name,
-                         error.get("message") if error else "completed")
-                if error is None or not isinstance(error.get("data"), dict) \
-                        or error["data"].get("source") != errors.SOURCE:
-                    return                 # the server's own answer: it will not take one
-                with trio.move_on_after(1.0):   # the member restarted: listen again once it is back
-                    await agg.closing.wait()
+            try:
+                while not agg.closing.is_set():
+                    wanted = self._listen_filter()
+                    if not wanted:
+                        return
+                    with trio.CancelScope() as scope:
+                        self._listen_scope = scope
+                        answer = await self.call("subscriptions/listen",
+                                                 {"notifications": wanted, "_meta": modern_envelope(None, {})})
+                    self._listen_scope = None
+                    if scope.cancelled_caught:
+                        continue           # relisten: the same stream with the new filter
+                    error = answer.get("error") if isinstance(answer.get("error"), dict) else None
+                    log.info("aggregate: member %s ended its subscriptions/listen stream: %s", self.name,
+                             error.get("message") if error else "completed")
+                    if error is None or not isinstance(error.get("data"), dict) \
+                            or error["data"].get("source") != errors.SOURCE:
+                        return             # the server's own answer: it will not take one
+                    with trio.move_on_after(1.0):   # the member restarted: listen again once it is back
+                        await agg.closing.wait()
+            finally:
+                self._listening = False
+                self._listen_scope = None
 
         agg.nursery.start_soon(listen)
+
+    async def relisten(self, timeout: float) -> bool:
+        """Re-open the listen stream with the current filter; whether the member acknowledged it in time."""
+        self.listen_acked = trio.Event()
+        if self._listen_scope is not None:
+            self._listen_scope.cancel()
+        else:
+            self._start_listen()
+        with trio.move_on_after(timeout):
+            await self.listen_acked.wait()
+        return self.listen_acked.is_set()
 
     # ---- calls to the member --------------------------------------------------------------
 

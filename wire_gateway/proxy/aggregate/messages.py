@@ -17,6 +17,7 @@ CLIENT_INFO = {"name": "wire-gateway", "version": __version__}
 META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
 META_CLIENT_CAPS = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 
 
 def dict_at(msg: dict[str, Any], key: str) -> dict[str, Any]:
@@ -34,10 +35,17 @@ def result_msg(req_id: Any, result: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": req_id, "result": result}
 
 
-def modern_envelope(for_client_era: str | None, client_init: dict[str, Any]) -> dict[str, Any]:
+def modern_envelope(for_client_era: str | None, client_init: dict[str, Any],
+                    log_level: str | None = None) -> dict[str, Any]:
     """The modern `_meta` keys a request to a modern member must carry. A legacy client's identity
-    (from its `initialize` params) is passed on, but not its capabilities: it could not answer an
-    input_required result."""
-    info = client_init.get("clientInfo") if for_client_era == LEGACY else None
-    return {META_PROTOCOL_VERSION: MODERN_VERSIONS[0], META_CLIENT_INFO: info or CLIENT_INFO,
-            META_CLIENT_CAPS: {}}
+    and capabilities (from its `initialize` params) are passed on: the server's input requests are
+    put to it as requests of the gateway's own (asks_legacy.py). `log_level`: what the legacy client
+    asked for with `logging/setLevel`, which the modern era asks for per request."""
+    legacy = for_client_era == LEGACY
+    info = client_init.get("clientInfo") if legacy else None
+    caps = client_init.get("capabilities") if legacy else None
+    envelope = {META_PROTOCOL_VERSION: MODERN_VERSIONS[0], META_CLIENT_INFO: info or CLIENT_INFO,
+                META_CLIENT_CAPS: caps if isinstance(caps, dict) else {}}
+    if log_level is not None:
+        envelope[META_LOG_LEVEL] = log_level
+    return envelope

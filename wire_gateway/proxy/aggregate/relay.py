@@ -7,9 +7,11 @@ aggregate's for the member (and put back on each progress notification), and a r
 sends the client (sampling, elicitation, roots) gets an id of the aggregate's, mapped back to the
 member's own when the client answers, or when the member cancels it. A modern client takes no
 requests from a server: a legacy member's request during one of its calls becomes an input-required
-result (asks.py), and anything else gets the member an error. List changes are announced the
-way the client's era hears them: as plain notifications to a legacy client, on each
-`subscriptions/listen` stream that asked for them to a modern one.
+result (asks.py), and anything else gets the member an error. The other way round, a modern
+member's input-required result becomes requests to a legacy client (asks_legacy.py). List changes
+are announced the way the client's era hears them: as plain notifications to a legacy client, on
+each `subscriptions/listen` stream that asked for them to a modern one; a legacy client's resource
+subscriptions of a modern member ride on the member's own listen stream.
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from wire_gateway.proxy.aggregate.asks import Asks
+from wire_gateway.proxy.aggregate.asks_legacy import LegacyAsks
+from wire_gateway.proxy.aggregate.directory import LIST_TIMEOUT
 from wire_gateway.proxy.aggregate.messages import dict_at, error_msg, result_msg
-from wire_gateway.wire import errors, jsonfast
-from wire_gateway.wire.era import LEGACY, META_SUBSCRIPTION_ID
+from wire_gateway.wire import errors, jsonfast, namespacing as ns
+from wire_gateway.wire.era import LEGACY, META_SUBSCRIPTION_ID, MODERN
 from wire_gateway.wire.frame import Frame, Kind, decode
 
 if TYPE_CHECKING:
@@ -44,6 +48,7 @@ class Relay:
         self.server_requests: dict[str, tuple[Member, Any]] = {}       # client-facing id -> (member, its id)
         self.listens: dict[Any, dict[str, Any]] = {}                   # client's listen id -> its filter
         self.asks = Asks(agg)                                          # input-required results (modern clients)
+        self.legacy_asks = LegacyAsks(agg)                             # input-required results (legacy clients)
         self._tokens = itertools.count(1)
         self._asks = itertools.count(1)
 
@@ -67,13 +72,18 @@ class Relay:
         try:
             if self.asks.wanted(member, frame.method):
                 return await self.asks.serve(frame, member, client_params, self.agg.params_for(member, params), ours)
+            if self.legacy_asks.wanted(member, frame.method):
+                return await self.legacy_asks.serve(frame, member, self.agg.params_for(member, params))
             return await member.call(frame.method or "", self.agg.params_for(member, params), member.timeout)
         finally:
             if ours is not None:
                 self.tokens.pop(ours, None)
 
     def client_answered(self, frame: Frame) -> None:
-        """The client's answer to a member's request (sampling, elicitation, roots)."""
+        """The client's answer to a member's request (sampling, elicitation, roots), or to a modern
+        member's input request (asks_legacy.py)."""
+        if self.legacy_asks.asked and self.legacy_asks.answered(frame):
+            return
         asked = self.server_requests.pop(frame.id, None) if isinstance(frame.id, str) else None
         if asked is None:
             log.info("aggregate: the client answered %r, which no member asked; dropped", frame.id)
@@ -118,7 +128,8 @@ class Relay:
             self.list_changed(method)
             return
         if method == "notifications/subscriptions/acknowledged":
-            return                         # the ack of the aggregate's own listen stream
+            member.listen_acked.set()      # the ack of the aggregate's own listen stream
+            return
         if method == "notifications/progress":
             token = params.get("progressToken")
             entry = self.tokens.get(token) if isinstance(token, str) else None
@@ -136,6 +147,9 @@ class Relay:
             return
         if method == "notifications/resources/updated" or method == "notifications/message":
             agg = self.agg
+            if agg.era == LEGACY and member.era == MODERN and isinstance(params.get("_meta"), dict):
+                self.to_client({**frame.msg, "params": ns.strip_modern_meta(params)})   # no subscription id
+                return
             agg.frames_out += 1
             agg.sink.server_frame(frame)
             agg.sink.flush()
@@ -150,7 +164,7 @@ class Relay:
         agg.sink.server_frame(frame)
         agg.sink.flush()
 
-    # ---- list changes -------------------------------------------------------------------------------
+    # ---- list changes and resource subscriptions ----------------------------------------------------
 
     async def listen(self, frame: Frame, params: dict[str, Any]) -> dict[str, Any] | None:
         """A modern client's subscriptions/listen: acknowledged at once, open until it is cancelled."""
@@ -181,3 +195,20 @@ class Relay:
             if agreed.get(flag):
                 self.to_client({"jsonrpc": "2.0", "method": method,
                                 "params": {"_meta": {META_SUBSCRIPTION_ID: listen_id}}})
+
+    async def subscribe(self, frame: Frame, member: Member, params: dict[str, Any]) -> dict[str, Any]:
+        """A legacy client's `resources/subscribe` or `unsubscribe` of a modern member's resource: the
+        member's `subscriptions/listen` stream is re-opened with the new set of URIs (members.py), and
+        its `notifications/resources/updated` reach the client (on_member_notification)."""
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            return error_msg(frame.id, errors.INVALID_PARAMS, f"Invalid params: {frame.method} needs a string uri")
+        before = set(member.resource_uris)
+        if frame.method == "resources/subscribe":
+            member.resource_uris.add(uri)
+        else:
+            member.resource_uris.discard(uri)
+        if member.resource_uris != before and not await member.relisten(LIST_TIMEOUT):
+            log.warning("aggregate: %s did not acknowledge its subscriptions/listen stream with %d resource "
+                        "subscriptions within %gs", member.name, len(member.resource_uris), LIST_TIMEOUT)
+        return result_msg(frame.id, {})
