@@ -1,5 +1,6 @@
 """The era bridge on `/mcp/{server}`: modern (2026-07-28) clients of servers that speak only the
-legacy era, served through one shared legacy session (proxy/era_bridge.py, docs/bridge.md).
+legacy era, served through a shared legacy session, and a session of its own for each call the
+server could ask something (proxy/era_bridge.py, proxy/aggregate/sessions.py, docs/bridge.md).
 
 Real peers on 127.0.0.1: `wire-gateway serve` in front of the legacy-only echo fixture over stdio
 (probed, `era` auto, and pinned, `era: legacy`), the HTTP echo fixture with `--legacy-only`, and the
@@ -43,6 +44,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory):
         gateway = HttpGateway(tmp_path, {
             "old": fixture("legacy_echo", "--log", str(tmp_path / "old.jsonl")),
             "pinned": {**fixture("legacy_echo"), "era": "legacy"},
+            "shared": {**fixture("legacy_echo"), "era": "legacy", "bridge_sessions": 0},
             "oldhttp": {"url": remote.url}, "echo": fixture("echo"),
             "down": {"url": f"http://127.0.0.1:{closed_port()}/mcp", "timeout": 2}},
             http={"keepalive_interval": 0.5})
@@ -188,9 +190,48 @@ def test_closing_the_stream_cancels_the_call_on_the_server(gw):
 # ---- input-required: the server's requests during a call ------------------------------------
 
 def ask(gw: HttpGateway, req_id: Any, message: str = "who are you?", meta: dict | None = None,
-        **retry: Any) -> httpx.Response:
-    return post(gw, "old", req_id, "tools/call", {"name": "ask", "arguments": {"message": message},
+        route: str = "old", **retry: Any) -> httpx.Response:
+    return post(gw, route, req_id, "tools/call", {"name": "ask", "arguments": {"message": message},
                                                   "_meta": meta or ELICIT_META, **retry})
+
+
+def test_each_asking_call_has_a_session_of_its_own(gw):
+    """Two clients' calls waiting for their input at once: each is asked its own question and each
+    retry ends its own call (a shared session could not tell whose question was whose)."""
+    first = result(ask(gw, 60, "first?"))
+    second = result(ask(gw, 61, "second?"))       # the first still waits for its input meanwhile
+    for res, message in ((first, "first?"), (second, "second?")):
+        assert res["resultType"] == "input_required", res
+        (request,) = res["inputRequests"].values()
+        assert request["params"]["message"] == message
+    for res, name, req_id in ((second, "Bob", 62), (first, "Ann", 63)):
+        (key,) = res["inputRequests"]
+        done = result(ask(gw, req_id, "first?" if name == "Ann" else "second?", requestState=res["requestState"],
+                          inputResponses={key: {"action": "accept", "content": {"name": name}}}))
+        assert text(done) == f'accept: {{"name": "{name}"}}'
+    # roots are a session's state: that session is closed, not given to the next call
+    roots = result(post(gw, "old", 64, "tools/call", {"name": "roots", "arguments": {},
+                                                       "_meta": {**MODERN_META, CAPS_KEY: {"roots": {}}}}))
+    (key,) = roots["inputRequests"]
+    done = result(post(gw, "old", 65, "tools/call", {
+        "name": "roots", "arguments": {}, "_meta": {**MODERN_META, CAPS_KEY: {"roots": {}}},
+        "requestState": roots["requestState"], "inputResponses": {key: {"roots": [{"uri": "file:///a"}]}}}))
+    assert text(done) == "file:///a"
+    assert "opened legacy session 2 of 16 with old" in gw.log()
+
+
+def test_without_sessions_of_their_own_a_second_asking_call_is_refused(gw):
+    """`bridge_sessions: 0`: every call shares the route's session, and a question arriving while two
+    calls could be asked is refused rather than guessed (the shared session's rule)."""
+    first = result(ask(gw, 70, "first?", route="shared"))
+    assert first["resultType"] == "input_required"
+    second = result(ask(gw, 71, "second?", route="shared"))
+    assert second["resultType"] == "complete" and second["isError"]
+    assert "cannot tell which of 2 calls" in text(second)
+    (key,) = first["inputRequests"]
+    done = result(ask(gw, 72, "first?", route="shared", requestState=first["requestState"],
+                      inputResponses={key: {"action": "decline"}}))
+    assert text(done) == "decline: null"
 
 
 def test_an_elicitation_becomes_input_required_and_the_retry_continues_the_call(gw):

@@ -433,8 +433,11 @@ class HttpFront:
         config = self.config if principal is None else self._project_config(principal)
         members = member_factory(config, self.services)
 
+        # The modern aggregate is shared by every modern client: their asking calls get sessions of their own.
+        sessions = members if client_era == MODERN else None
+
         def factory(spec: ServerSpec, limits: Limits, sink: Sink) -> Upstream:
-            return Aggregate(config, sink, members, client_era=client_era, lazy=lazy)
+            return Aggregate(config, sink, members, client_era=client_era, lazy=lazy, session_factory=sessions)
         return factory
 
     def _project_config(self, principal: Principal) -> Config:

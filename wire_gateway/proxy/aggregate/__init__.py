@@ -9,6 +9,7 @@ each can be read (and changed) without the others:
 - `greeting`: what it answers itself: `initialize`, `server/discover`, the modern era's refusals;
 - `relay`: progress, cancellations, the members' requests to the client, list changes;
 - `asks`: a legacy member's requests to a modern client, as input-required results;
+- `sessions`: the legacy sessions of its own a call that could be asked runs on (HTTP);
 - `direct`: the task-free fast path for `tools/call`;
 - `states`: the member and aggregate states and their transitions; `messages`: shared helpers.
 """
