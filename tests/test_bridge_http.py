@@ -97,7 +97,7 @@ def test_discover_is_the_servers_own_initialize_answer(gw, route):
     assert res["resultType"] == "complete"
     assert res["supportedVersions"][0] == "2026-07-28" and "2025-11-25" in res["supportedVersions"]
     assert res["_meta"]["io.modelcontextprotocol/serverInfo"] == {"name": "legacy-echo", "version": "1.0.0"}
-    assert res["capabilities"] == {"tools": {"listChanged": True}, "resources": {}, "prompts": {},
+    assert res["capabilities"] == {"tools": {"listChanged": True}, "resources": {"subscribe": True}, "prompts": {},
                                    "logging": {}, "completions": {}}
     assert res["instructions"].startswith("A legacy-only echo server")
     assert res["ttlMs"] == 0 and res["cacheScope"] == "private"     # the cache hints every discover has
@@ -314,6 +314,62 @@ def test_the_sdk_client_in_the_modern_mode_answers_the_elicitation(gw):
 
     anyio.run(main)
     assert asked == ["your name?"]
+
+
+# ---- resource subscriptions: subscriptions/listen -> resources/subscribe ---------------------
+
+def test_resource_subscriptions_are_carried_to_the_legacy_session(gw):
+    """Two listen streams name the same URI: one resources/subscribe on the shared session, each
+    stream gets the server's update with its own subscriptionId, and the last one to close
+    unsubscribes; what is no URI is left out of the acknowledgement."""
+    h = {**ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "subscriptions/listen"}
+
+    def listen(req_id: int, uris: list[str]) -> tuple[Any, Any, Any]:
+        body = {"jsonrpc": "2.0", "id": req_id, "method": "subscriptions/listen",
+                "params": {"notifications": {"resourceSubscriptions": uris}, "_meta": MODERN_META}}
+        client = httpx.Client(timeout=10)
+        cm = client.stream("POST", gw.url("old"), content=json.dumps(body), headers=h)
+        resp = cm.__enter__()
+        return client, cm, resp.iter_lines()
+
+    def next_message(lines: Any) -> dict[str, Any]:
+        for line in lines:
+            if line.startswith("data:"):
+                return json.loads(line[5:])
+        raise AssertionError("the stream ended")
+
+    log = SERVER_LOG[-1]
+    streams = [listen(90, ["echo://info"]), listen(91, ["echo://info", 42])]
+    try:
+        for (_, _, lines), req_id in zip(streams, (90, 91), strict=True):
+            ack = next_message(lines)
+            assert ack["method"] == "notifications/subscriptions/acknowledged", ack
+            assert ack["params"]["notifications"] == {"resourceSubscriptions": ["echo://info"]}
+            assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == req_id
+        subscribes = [json.loads(x) for x in log.read_text().splitlines() if '"subscribe"' in x]
+        assert subscribes == [{"subscribe": "echo://info"}]
+        touched = result(post(gw, "old", 92, "tools/call", {"name": "touch_resource", "arguments": {
+            "uri": "echo://info"}, "_meta": MODERN_META}))
+        assert text(touched) == "touched"
+        for (_, _, lines), req_id in zip(streams, (90, 91), strict=True):
+            update = next_message(lines)
+            assert update["method"] == "notifications/resources/updated" and update["params"]["uri"] == "echo://info"
+            assert update["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == req_id
+        client, cm, _ = streams.pop(0)
+        cm.__exit__(None, None, None)
+        client.close()
+        time.sleep(0.3)
+        assert '"unsubscribe"' not in log.read_text()     # the other stream still wants it
+    finally:
+        for client, cm, _ in streams:
+            cm.__exit__(None, None, None)
+            client.close()
+    for _ in range(100):
+        if '"unsubscribe"' in log.read_text():
+            break
+        time.sleep(0.05)
+    assert [json.loads(x) for x in log.read_text().splitlines() if '"unsubscribe"' in x] == \
+        [{"unsubscribe": "echo://info"}]
 
 
 # ---- what must not change ---------------------------------------------------------------------

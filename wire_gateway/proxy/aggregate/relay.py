@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from wire_gateway.proxy.aggregate.asks import Asks
 from wire_gateway.proxy.aggregate.messages import dict_at, error_msg, result_msg
+from wire_gateway.proxy.aggregate.subscriptions import ResourceSubscriptions
 from wire_gateway.wire import errors, jsonfast
 from wire_gateway.wire.era import LEGACY, META_SUBSCRIPTION_ID
 from wire_gateway.wire.frame import Frame, Kind, decode
@@ -44,6 +45,7 @@ class Relay:
         self.server_requests: dict[str, tuple[Member, Any]] = {}       # client-facing id -> (member, its id)
         self.listens: dict[Any, dict[str, Any]] = {}                   # client's listen id -> its filter
         self.asks = Asks(agg)                                          # input-required results (modern clients)
+        self.subscriptions = ResourceSubscriptions(agg)                # resourceSubscriptions of listen streams
         self._tokens = itertools.count(1)
         self._asks = itertools.count(1)
 
@@ -134,6 +136,9 @@ class Relay:
                 self.server_requests.pop(cid, None)
                 self.to_client({**frame.msg, "params": {**params, "requestId": cid}})
             return
+        if method == "notifications/resources/updated" and self.agg.era != LEGACY:
+            self.subscriptions.updated(member, params)     # to the listen streams that named its URI
+            return
         if method == "notifications/resources/updated" or method == "notifications/message":
             agg = self.agg
             agg.frames_out += 1
@@ -155,15 +160,19 @@ class Relay:
     async def listen(self, frame: Frame, params: dict[str, Any]) -> dict[str, Any] | None:
         """A modern client's subscriptions/listen: acknowledged at once, open until it is cancelled."""
         wanted = dict_at(params, "notifications")
-        agreed = {flag: True for flag in LIST_CHANGED.values() if wanted.get(flag)}
-        self.listens[frame.id] = agreed
+        agreed: dict[str, Any] = {flag: True for flag in LIST_CHANGED.values() if wanted.get(flag)}
         try:
+            uris = await self.subscriptions.open(frame.id, wanted.get("resourceSubscriptions"))
+            if uris:
+                agreed["resourceSubscriptions"] = uris
+            self.listens[frame.id] = agreed
             self.to_client({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
                             "params": {"_meta": {META_SUBSCRIPTION_ID: frame.id}, "notifications": agreed}})
             await self.agg.closing.wait()
             return result_msg(frame.id, {"resultType": "complete"})
         finally:
             self.listens.pop(frame.id, None)
+            self.subscriptions.close(frame.id)
 
     def announce_all_lists(self) -> None:
         """A member joined (or came back): every list may have changed."""
