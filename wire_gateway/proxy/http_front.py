@@ -421,6 +421,9 @@ class HttpFront:
                     scope.session = f"modern:{server}"    # the modern pool's label in dump records
             await pool.post(decoded, responder)
             return
+        if decoded.kind is Kind.NOTIFICATION and request_version(decoded.msg) in MODERN_VERSIONS:
+            await pool.post(decoded, responder)     # a modern client's notification: 202 (modern_http.py)
+            return
         await responder.send(400, JSON, errors.error_frame(
             decoded.id, errors.INVALID_REQUEST,
             "Bad Request: missing Mcp-Session-Id (legacy era: start with initialize; "

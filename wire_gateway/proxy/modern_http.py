@@ -122,8 +122,11 @@ class ModernPool:
             if self.era == LEGACY and self.bridge is not None:
                 await self._bridged(frame, responder)
                 return
-            # 2026-07-28 defines no client notifications over HTTP; accept and forward them.
-            if frame.kind is Kind.NOTIFICATION:
+            # 2026-07-28 defines no client notifications over HTTP; accept and forward them, but for
+            # a `notifications/cancelled` (the TS SDK sends one when it closes a listen stream): in this
+            # era closing the response stream cancels, and the id it names is the client's, which the
+            # server never saw (_finish sends the server its own).
+            if frame.kind is Kind.NOTIFICATION and frame.method != "notifications/cancelled":
                 self.upstream.notify(frame)
                 self.upstream.flush_soon()
             await responder.send(202, [])
