@@ -45,6 +45,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory):
             "old": fixture("legacy_echo", "--log", str(tmp_path / "old.jsonl")),
             "pinned": {**fixture("legacy_echo"), "era": "legacy"},
             "shared": {**fixture("legacy_echo"), "era": "legacy", "bridge_sessions": 0},
+            "one": {**fixture("legacy_echo"), "era": "legacy", "bridge_sessions": 1},
             "oldhttp": {"url": remote.url}, "echo": fixture("echo"),
             "down": {"url": f"http://127.0.0.1:{closed_port()}/mcp", "timeout": 2}},
             http={"keepalive_interval": 0.5})
@@ -218,6 +219,55 @@ def test_each_asking_call_has_a_session_of_its_own(gw):
         "requestState": roots["requestState"], "inputResponses": {key: {"roots": [{"uri": "file:///a"}]}}}))
     assert text(done) == "file:///a"
     assert "opened legacy session 2 of 16 with old" in gw.log()
+
+
+def test_the_pool_reuses_a_session_closes_it_after_roots_and_shares_beyond_its_bound(gw):
+    """`bridge_sessions: 1`: the first asking call takes the one session; the next runs on the shared
+    session (asked there, as the only asking call on it); a third is refused (two on the shared
+    session). The session is reused by the next call, and closed after one that was asked for roots."""
+    opened = "opened legacy session 1 of 1 with one"
+    a = result(ask(gw, 80, "a?", route="one"))
+    assert gw.log().count(opened) == 1
+    b = result(ask(gw, 81, "b?", route="one"))
+    c = result(ask(gw, 82, "c?", route="one"))
+    assert a["resultType"] == "input_required" and b["resultType"] == "input_required", (a, b)
+    assert c["resultType"] == "complete" and "cannot tell which of 2 calls" in text(c)
+    for res, req_id, message in ((a, 83, "a?"), (b, 84, "b?")):
+        (key,) = res["inputRequests"]
+        done = result(ask(gw, req_id, message, route="one", requestState=res["requestState"],
+                          inputResponses={key: {"action": "decline"}}))
+        assert text(done) == "decline: null"
+    roots_meta = {**MODERN_META, CAPS_KEY: {"roots": {}}}
+    roots = result(post(gw, "one", 85, "tools/call", {"name": "roots", "arguments": {}, "_meta": roots_meta}))
+    (key,) = roots["inputRequests"]
+    result(post(gw, "one", 86, "tools/call", {"name": "roots", "arguments": {}, "_meta": roots_meta,
+                                              "requestState": roots["requestState"],
+                                              "inputResponses": {key: {"roots": []}}}))
+    assert gw.log().count(opened) == 1          # a's session, reused
+    d = result(ask(gw, 87, "d?", route="one"))
+    assert d["resultType"] == "input_required"
+    assert gw.log().count(opened) == 2          # the roots call's session was closed: a new one
+    (key,) = d["inputRequests"]
+    result(ask(gw, 88, "d?", route="one", requestState=d["requestState"], inputResponses={key: {"action": "decline"}}))
+
+
+def test_the_aggregate_gives_asking_calls_sessions_of_their_own_too(gw):
+    """/mcp, the modern aggregate every modern client shares: a legacy member's questions during two
+    calls in flight at once each reach their own call."""
+    def call(req_id: int, message: str, **retry: Any) -> dict[str, Any]:
+        body = {"jsonrpc": "2.0", "id": req_id, "method": "tools/call",
+                "params": {"name": "old__ask", "arguments": {"message": message}, "_meta": ELICIT_META, **retry}}
+        h = {**ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "old__ask"}
+        return result(httpx.post(f"{gw.base}/mcp", content=json.dumps(body), headers=h, timeout=20))
+
+    first, second = call(100, "one?"), call(101, "two?")
+    for res, message, req_id in ((second, "two?", 102), (first, "one?", 103)):
+        assert res["resultType"] == "input_required", res
+        (key, request), = res["inputRequests"].items()
+        assert request["params"]["message"] == message
+        done = call(req_id, message, requestState=res["requestState"],
+                    inputResponses={key: {"action": "accept", "content": {"name": message}}})
+        assert text(done) == f'accept: {{"name": "{message}"}}'
 
 
 def test_without_sessions_of_their_own_a_second_asking_call_is_refused(gw):
