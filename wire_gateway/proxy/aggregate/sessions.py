@@ -60,6 +60,7 @@ class SessionPool:
         self.bound = bound
         self.idle: list[Member] = []
         self.open = 0                      # sessions in use, idle or starting
+        self.running: set[Member] = set()  # the sessions whose upstream runs (to shut down at the end)
 
     async def take(self) -> Member | None:
         """A session of its own for one call, or None: the call runs on the shared session."""
@@ -77,6 +78,7 @@ class SessionPool:
             if self.agg.tap is not None:
                 session.upstream.tap = self.agg.tap.for_server(self.owner.name, session.upstream)
             await self.agg.nursery.start(session.upstream.run)
+            self.running.add(session)
             problem = await session.setup_session(self.owner)
         except BaseException:
             self._close(session)
@@ -102,7 +104,8 @@ class SessionPool:
         self.open -= 1
         session.ok = False
         nursery = self.agg.nursery
-        if nursery is not None:
+        if nursery is not None and session in self.running:
+            self.running.discard(session)
             nursery.start_soon(self._shutdown, session)
 
     @staticmethod
@@ -111,8 +114,10 @@ class SessionPool:
             await session.upstream.shutdown()
 
     async def close_all(self) -> None:
-        """At the aggregate's shutdown: the idle sessions (those in use end with their calls)."""
-        idle, self.idle = self.idle, []
-        for session in idle:
-            self.open -= 1
-            await self._shutdown(session)
+        """At the aggregate's shutdown: every session, idle or still held by a call (one waiting for
+        its client's input, say), the usual way, together."""
+        running, self.running, self.idle = self.running, set(), []
+        async with trio.open_nursery() as nursery:
+            for session in running:
+                session.ok = False
+                nursery.start_soon(self._shutdown, session)
