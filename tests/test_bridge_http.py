@@ -251,6 +251,15 @@ def test_the_pool_reuses_a_session_closes_it_after_roots_and_shares_beyond_its_b
     result(ask(gw, 88, "d?", route="one", requestState=d["requestState"], inputResponses={key: {"action": "decline"}}))
 
 
+def test_a_url_server_gives_an_asking_call_a_session_of_its_own(gw):
+    """A url server's extra session is another Mcp-Session-Id, opened with the same initialize."""
+    for req_id in (110, 111):     # the second reuses the first's session
+        res = result(post(gw, "oldhttp", req_id, "tools/call",
+                          {"name": "echo", "arguments": {"text": "own"}, "_meta": ELICIT_META}))
+        assert text(res) == "own" and res["resultType"] == "complete"
+    assert gw.log().count("opened legacy session 1 of 16 with oldhttp") == 1
+
+
 def test_the_aggregate_gives_asking_calls_sessions_of_their_own_too(gw):
     """/mcp, the modern aggregate every modern client shares: a legacy member's questions during two
     calls in flight at once each reach their own call."""
