@@ -12,9 +12,10 @@ Era dispatch for a POST: a `Mcp-Session-Id` header means a legacy session (404 i
 unknown or expired); an `initialize` request without the modern `_meta` opens one; a
 request carrying the modern `_meta` protocol version, or the modern
 `MCP-Protocol-Version` header, is modern and stateless (400 with -32602 when its `_meta`
-lacks the fields every modern request carries); anything else is a legacy request
-without its session (400). An `initialize` that carries the modern `_meta` is a modern
-request like any other: that era has no such method, and the pool answers so.
+lacks the fields every modern request carries); a notification carrying the modern `_meta`
+goes to the pool too (202); anything else is a legacy request without its session (400). An
+`initialize` that carries the modern `_meta` is a modern request like any other: that era has
+no such method, and the pool answers so.
 
 With the Redis store, legacy sessions are recorded in the shared session registry
 (session_registry.py): a session this instance does not hold is adopted from its record
