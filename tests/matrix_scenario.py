@@ -1,20 +1,21 @@
 """The combination matrix's one canonical scenario, and the clients it drives each front with.
 
-A cell is (front, policy, upstream kind, observe, auth). `observe: on` is what an operator turns on
-to look inside: frame dumps, OpenTelemetry traces (exported to a receiver the cell runs) and JSON
-logs, together (metrics are on in every cell: they are the default). Its gateway serves two servers: `s`, the one
-under test (a `command` echo server or a `url` one, with the cell's policy), and `p`, a plain
-echo server with no policy and no request timeout, so that the aggregate always combines a guarded member with a
-plain one. The scenario: handshake; `tools/list` (every page) with exactly the expected names;
-a call that works; a call the policy refuses (policies that refuse nothing: none, cache); an
-unknown method passed through (its answer is the server's own, for a single-server front); a
-hostile request that names its id twice, refused under its first id without reaching the server;
-four hops of the working call in the dump, and its span (the server's name, the client's
-parent context, the same request id as its log line) when observe is on; and a log in which
-every member connected and nothing failed inside the gateway. With auth (`keys`) the client sends an API key
-(a header, or WIRE_GATEWAY_KEY on stdio) of a project that hides the tool `wait`: it is gone
-from the list and a call to it is an unknown tool; over HTTP a request without the key gets
-401; the key appears in no log, no dump and no span.
+A cell is (front, policy, upstream kind, observe, auth); the `http-bridge` front is a modern client
+of a legacy-only server (legacy_echo, or http_echo --legacy-only) on its single-server route.
+`observe: on` is what an operator turns on to look inside: frame dumps, OpenTelemetry traces
+(exported to a receiver the cell runs) and JSON logs, together (metrics are on in every cell: they
+are the default). Its gateway serves two servers: `s`, the one under test (a `command` echo server
+or a `url` one, with the cell's policy), and `p`, a plain echo server with no policy and no request
+timeout, so that the aggregate always combines a guarded member with a plain one. The scenario:
+handshake; `tools/list` (every page) with exactly the expected names; a call that works; a call the
+policy refuses (policies that refuse nothing: none, cache); an unknown method passed through (its
+answer is the server's own, for a single-server front); a hostile request that names its id twice,
+refused under its first id without reaching the server; four hops of the working call in the dump,
+and its span (the server's name, the client's parent context, the same request id as its log line)
+when observe is on; and a log in which every member connected and nothing failed inside the gateway.
+With auth (`keys`) the client sends an API key (a header, or WIRE_GATEWAY_KEY on stdio) of a project
+that hides the tool `wait`: it is gone from the list and a call to it is an unknown tool; over HTTP
+a request without the key gets 401; the key appears in no log, no dump and no span.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ from test_aggregate_http import body_of
 
 from wire_gateway.demo.echo import build as build_echo
 
+# http-bridge: a modern client of a legacy-only `s` on /mcp/s, through the era bridge (docs/bridge.md)
 FRONTS = ("stdio", "stdio-aggregate", "http-legacy", "http-modern", "http-aggregate-legacy",
-          "http-aggregate-modern")
+          "http-aggregate-modern", "http-bridge")
 POLICIES = ("none", "filter", "pinning", "schema", "guardrails", "cache")
 UPSTREAMS = ("command", "url")
 OBSERVE = ("off", "on")
@@ -45,6 +47,7 @@ SEP = "__"
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 COMMAND_TOOLS = frozenset(build_echo("matrix").tools)
 URL_TOOLS = frozenset(t["name"] for t in fixture_module("http_echo").TOOLS)
+LEGACY_COMMAND_TOOLS = COMMAND_TOOLS | {"ask", "roots", "meta", "touch_resource"}    # fixtures/servers/legacy_echo.py
 HELLO = "matrix-hello-7d1f"          # the working call's text: found again at every hop of the dump
 # guardrails: a synthetic AWS access key id (blocked on input) and an address (redacted on input,
 # restored in the answer)
@@ -86,6 +89,7 @@ class Cell:
     observe: str
     tmp: Path
     url_server: str = ""           # the url upstream's endpoint, when upstream == "url"
+    legacy_url_server: str = ""    # the same, legacy-only (http_echo --legacy-only): the http-bridge front's
     auth: str = "off"
     dump_path: Path | None = None
     log_path: Path = field(init=False)
@@ -111,12 +115,20 @@ class Cell:
         return "aggregate" in self.front
 
     @property
+    def bridge(self) -> bool:
+        return self.front == "http-bridge"
+
+    @property
     def modern(self) -> bool:
-        return self.front.endswith("modern")
+        return self.front.endswith("modern") or self.bridge
 
     def config(self) -> dict[str, Any]:
-        s: dict[str, Any] = ({"url": self.url_server} if self.upstream == "url"
-                             else {"command": PY, "args": [str(SERVERS / "echo.py")]})
+        if self.bridge:         # a server that speaks only the legacy era (its era probed: `auto`)
+            s: dict[str, Any] = ({"url": self.legacy_url_server} if self.upstream == "url"
+                                 else {"command": PY, "args": [str(SERVERS / "legacy_echo.py")]})
+        else:
+            s = ({"url": self.url_server} if self.upstream == "url"
+                 else {"command": PY, "args": [str(SERVERS / "echo.py")]})
         top: dict[str, Any] = {}
         if self.policy == "filter":
             s["tools"] = {"deny": ["pid"]}
@@ -144,7 +156,7 @@ class Cell:
         return {"servers": servers, "aggregate": {"separator": SEP}, **top}
 
     def expected_names(self) -> set[str]:
-        own = set(URL_TOOLS if self.upstream == "url" else COMMAND_TOOLS)
+        own = set(URL_TOOLS if self.upstream == "url" else LEGACY_COMMAND_TOOLS if self.bridge else COMMAND_TOOLS)
         if self.policy in ("filter", "pinning"):
             own.discard("pid")
         if self.auth == "keys":

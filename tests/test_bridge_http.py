@@ -1,5 +1,6 @@
 """The era bridge on `/mcp/{server}`: modern (2026-07-28) clients of servers that speak only the
-legacy era, served through one shared legacy session (proxy/era_bridge.py, docs/bridge.md).
+legacy era, served through a shared legacy session, and a session of its own for each call the
+server could ask something (proxy/era_bridge.py, proxy/aggregate/sessions.py, docs/bridge.md).
 
 Real peers on 127.0.0.1: `wire-gateway serve` in front of the legacy-only echo fixture over stdio
 (probed, `era` auto, and pinned, `era: legacy`), the HTTP echo fixture with `--legacy-only`, and the
@@ -43,6 +44,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory):
         gateway = HttpGateway(tmp_path, {
             "old": fixture("legacy_echo", "--log", str(tmp_path / "old.jsonl")),
             "pinned": {**fixture("legacy_echo"), "era": "legacy"},
+            "shared": {**fixture("legacy_echo"), "era": "legacy", "bridge_sessions": 0},
+            "one": {**fixture("legacy_echo"), "era": "legacy", "bridge_sessions": 1},
             "oldhttp": {"url": remote.url}, "echo": fixture("echo"),
             "down": {"url": f"http://127.0.0.1:{closed_port()}/mcp", "timeout": 2}},
             http={"keepalive_interval": 0.5})
@@ -95,7 +98,7 @@ def test_discover_is_the_servers_own_initialize_answer(gw, route):
     assert res["resultType"] == "complete"
     assert res["supportedVersions"][0] == "2026-07-28" and "2025-11-25" in res["supportedVersions"]
     assert res["_meta"]["io.modelcontextprotocol/serverInfo"] == {"name": "legacy-echo", "version": "1.0.0"}
-    assert res["capabilities"] == {"tools": {"listChanged": True}, "resources": {}, "prompts": {},
+    assert res["capabilities"] == {"tools": {"listChanged": True}, "resources": {"subscribe": True}, "prompts": {},
                                    "logging": {}, "completions": {}}
     assert res["instructions"].startswith("A legacy-only echo server")
     assert res["ttlMs"] == 0 and res["cacheScope"] == "private"     # the cache hints every discover has
@@ -188,9 +191,106 @@ def test_closing_the_stream_cancels_the_call_on_the_server(gw):
 # ---- input-required: the server's requests during a call ------------------------------------
 
 def ask(gw: HttpGateway, req_id: Any, message: str = "who are you?", meta: dict | None = None,
-        **retry: Any) -> httpx.Response:
-    return post(gw, "old", req_id, "tools/call", {"name": "ask", "arguments": {"message": message},
+        route: str = "old", **retry: Any) -> httpx.Response:
+    return post(gw, route, req_id, "tools/call", {"name": "ask", "arguments": {"message": message},
                                                   "_meta": meta or ELICIT_META, **retry})
+
+
+def test_each_asking_call_has_a_session_of_its_own(gw):
+    """Two clients' calls waiting for their input at once: each is asked its own question and each
+    retry ends its own call (a shared session could not tell whose question was whose)."""
+    first = result(ask(gw, 60, "first?"))
+    second = result(ask(gw, 61, "second?"))       # the first still waits for its input meanwhile
+    for res, message in ((first, "first?"), (second, "second?")):
+        assert res["resultType"] == "input_required", res
+        (request,) = res["inputRequests"].values()
+        assert request["params"]["message"] == message
+    for res, name, req_id in ((second, "Bob", 62), (first, "Ann", 63)):
+        (key,) = res["inputRequests"]
+        done = result(ask(gw, req_id, "first?" if name == "Ann" else "second?", requestState=res["requestState"],
+                          inputResponses={key: {"action": "accept", "content": {"name": name}}}))
+        assert text(done) == f'accept: {{"name": "{name}"}}'
+    # roots are a session's state: that session is closed, not given to the next call
+    roots = result(post(gw, "old", 64, "tools/call", {"name": "roots", "arguments": {},
+                                                       "_meta": {**MODERN_META, CAPS_KEY: {"roots": {}}}}))
+    (key,) = roots["inputRequests"]
+    done = result(post(gw, "old", 65, "tools/call", {
+        "name": "roots", "arguments": {}, "_meta": {**MODERN_META, CAPS_KEY: {"roots": {}}},
+        "requestState": roots["requestState"], "inputResponses": {key: {"roots": [{"uri": "file:///a"}]}}}))
+    assert text(done) == "file:///a"
+    assert "opened legacy session 2 of 16 with old" in gw.log()
+
+
+def test_the_pool_reuses_a_session_closes_it_after_roots_and_shares_beyond_its_bound(gw):
+    """`bridge_sessions: 1`: the first asking call takes the one session; the next runs on the shared
+    session (asked there, as the only asking call on it); a third is refused (two on the shared
+    session). The session is reused by the next call, and closed after one that was asked for roots."""
+    opened = "opened legacy session 1 of 1 with one"
+    a = result(ask(gw, 80, "a?", route="one"))
+    assert gw.log().count(opened) == 1
+    b = result(ask(gw, 81, "b?", route="one"))
+    c = result(ask(gw, 82, "c?", route="one"))
+    assert a["resultType"] == "input_required" and b["resultType"] == "input_required", (a, b)
+    assert c["resultType"] == "complete" and "cannot tell which of 2 calls" in text(c)
+    for res, req_id, message in ((a, 83, "a?"), (b, 84, "b?")):
+        (key,) = res["inputRequests"]
+        done = result(ask(gw, req_id, message, route="one", requestState=res["requestState"],
+                          inputResponses={key: {"action": "decline"}}))
+        assert text(done) == "decline: null"
+    roots_meta = {**MODERN_META, CAPS_KEY: {"roots": {}}}
+    roots = result(post(gw, "one", 85, "tools/call", {"name": "roots", "arguments": {}, "_meta": roots_meta}))
+    (key,) = roots["inputRequests"]
+    result(post(gw, "one", 86, "tools/call", {"name": "roots", "arguments": {}, "_meta": roots_meta,
+                                              "requestState": roots["requestState"],
+                                              "inputResponses": {key: {"roots": []}}}))
+    assert gw.log().count(opened) == 1          # a's session, reused
+    d = result(ask(gw, 87, "d?", route="one"))
+    assert d["resultType"] == "input_required"
+    assert gw.log().count(opened) == 2          # the roots call's session was closed: a new one
+    (key,) = d["inputRequests"]
+    result(ask(gw, 88, "d?", route="one", requestState=d["requestState"], inputResponses={key: {"action": "decline"}}))
+
+
+def test_a_url_server_gives_an_asking_call_a_session_of_its_own(gw):
+    """A url server's extra session is another Mcp-Session-Id, opened with the same initialize."""
+    for req_id in (110, 111):     # the second reuses the first's session
+        res = result(post(gw, "oldhttp", req_id, "tools/call",
+                          {"name": "echo", "arguments": {"text": "own"}, "_meta": ELICIT_META}))
+        assert text(res) == "own" and res["resultType"] == "complete"
+    assert gw.log().count("opened legacy session 1 of 16 with oldhttp") == 1
+
+
+def test_the_aggregate_gives_asking_calls_sessions_of_their_own_too(gw):
+    """/mcp, the modern aggregate every modern client shares: a legacy member's questions during two
+    calls in flight at once each reach their own call."""
+    def call(req_id: int, message: str, **retry: Any) -> dict[str, Any]:
+        body = {"jsonrpc": "2.0", "id": req_id, "method": "tools/call",
+                "params": {"name": "old__ask", "arguments": {"message": message}, "_meta": ELICIT_META, **retry}}
+        h = {**ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "old__ask"}
+        return result(httpx.post(f"{gw.base}/mcp", content=json.dumps(body), headers=h, timeout=20))
+
+    first, second = call(100, "one?"), call(101, "two?")
+    for res, message, req_id in ((second, "two?", 102), (first, "one?", 103)):
+        assert res["resultType"] == "input_required", res
+        (key, request), = res["inputRequests"].items()
+        assert request["params"]["message"] == message
+        done = call(req_id, message, requestState=res["requestState"],
+                    inputResponses={key: {"action": "accept", "content": {"name": message}}})
+        assert text(done) == f'accept: {{"name": "{message}"}}'
+
+
+def test_without_sessions_of_their_own_a_second_asking_call_is_refused(gw):
+    """`bridge_sessions: 0`: every call shares the route's session, and a question arriving while two
+    calls could be asked is refused rather than guessed (the shared session's rule)."""
+    first = result(ask(gw, 70, "first?", route="shared"))
+    assert first["resultType"] == "input_required"
+    second = result(ask(gw, 71, "second?", route="shared"))
+    assert second["resultType"] == "complete" and second["isError"]
+    assert "cannot tell which of 2 calls" in text(second)
+    (key,) = first["inputRequests"]
+    done = result(ask(gw, 72, "first?", route="shared", requestState=first["requestState"],
+                      inputResponses={key: {"action": "decline"}}))
+    assert text(done) == "decline: null"
 
 
 def test_an_elicitation_becomes_input_required_and_the_retry_continues_the_call(gw):
@@ -273,6 +373,62 @@ def test_the_sdk_client_in_the_modern_mode_answers_the_elicitation(gw):
 
     anyio.run(main)
     assert asked == ["your name?"]
+
+
+# ---- resource subscriptions: subscriptions/listen -> resources/subscribe ---------------------
+
+def test_resource_subscriptions_are_carried_to_the_legacy_session(gw):
+    """Two listen streams name the same URI: one resources/subscribe on the shared session, each
+    stream gets the server's update with its own subscriptionId, and the last one to close
+    unsubscribes; what is no URI is left out of the acknowledgement."""
+    h = {**ACCEPT, "mcp-protocol-version": "2026-07-28", "mcp-method": "subscriptions/listen"}
+
+    def listen(req_id: int, uris: list[str]) -> tuple[Any, Any, Any]:
+        body = {"jsonrpc": "2.0", "id": req_id, "method": "subscriptions/listen",
+                "params": {"notifications": {"resourceSubscriptions": uris}, "_meta": MODERN_META}}
+        client = httpx.Client(timeout=10)
+        cm = client.stream("POST", gw.url("old"), content=json.dumps(body), headers=h)
+        resp = cm.__enter__()
+        return client, cm, resp.iter_lines()
+
+    def next_message(lines: Any) -> dict[str, Any]:
+        for line in lines:
+            if line.startswith("data:"):
+                return json.loads(line[5:])
+        raise AssertionError("the stream ended")
+
+    log = SERVER_LOG[-1]
+    streams = [listen(90, ["echo://info"]), listen(91, ["echo://info", 42])]
+    try:
+        for (_, _, lines), req_id in zip(streams, (90, 91), strict=True):
+            ack = next_message(lines)
+            assert ack["method"] == "notifications/subscriptions/acknowledged", ack
+            assert ack["params"]["notifications"] == {"resourceSubscriptions": ["echo://info"]}
+            assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == req_id
+        subscribes = [json.loads(x) for x in log.read_text().splitlines() if '"subscribe"' in x]
+        assert subscribes == [{"subscribe": "echo://info"}]
+        touched = result(post(gw, "old", 92, "tools/call", {"name": "touch_resource", "arguments": {
+            "uri": "echo://info"}, "_meta": MODERN_META}))
+        assert text(touched) == "touched"
+        for (_, _, lines), req_id in zip(streams, (90, 91), strict=True):
+            update = next_message(lines)
+            assert update["method"] == "notifications/resources/updated" and update["params"]["uri"] == "echo://info"
+            assert update["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == req_id
+        client, cm, _ = streams.pop(0)
+        cm.__exit__(None, None, None)
+        client.close()
+        time.sleep(0.3)
+        assert '"unsubscribe"' not in log.read_text()     # the other stream still wants it
+    finally:
+        for client, cm, _ in streams:
+            cm.__exit__(None, None, None)
+            client.close()
+    for _ in range(100):
+        if '"unsubscribe"' in log.read_text():
+            break
+        time.sleep(0.05)
+    assert [json.loads(x) for x in log.read_text().splitlines() if '"unsubscribe"' in x] == \
+        [{"unsubscribe": "echo://info"}]
 
 
 # ---- what must not change ---------------------------------------------------------------------

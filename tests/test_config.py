@@ -25,7 +25,8 @@ def test_errors_name_the_json_path_and_what_was_expected():
 
 def test_unknown_keys_are_named_with_the_allowed_ones():
     (problem,) = problems_of({"servers": {"a": {"command": "x", "comand": "y"}}})
-    assert problem.startswith("$.servers.a: unknown key(s) 'comand'; expected one of: args, cache, command")
+    assert problem.startswith("$.servers.a: unknown key(s) 'comand'; expected one of: "
+                              "args, bridge_sessions, cache, command")
 
 
 def test_missing_and_empty():

@@ -87,21 +87,11 @@ LEGACY_DIAGNOSTIC = "the fixture's server-stateless diagnostic tools exist only 
 # requests it turns them into `input-1`, ... (docs/bridge.md), and the suite looks for the
 # reference server's keys (`user_name`, ...).
 BRIDGE_KEYS = "the bridge names input requests input-N; the suite expects the reference server's own keys"
-# The suite leaves each input-required call unanswered (it never retries), so the legacy server's
-# question stays pending on the one shared session; while it does, the bridge refuses the next
-# call's questions rather than guess whose they are (docs/bridge.md, "one shared session").
-BRIDGE_PENDING = "an earlier call's unanswered question holds the shared session; the bridge refuses to guess"
 KNOWN_BRIDGE = {
     "server-stateless": {check: LEGACY_DIAGNOSTIC for check in (
         "sep-2575-http-server-no-independent-requests-on-stream", "sep-2575-missing-capability-http-400",
         "sep-2575-server-no-log-without-loglevel", "sep-2575-server-rejects-undeclared-capability")},
     "input-required-result-basic-elicitation": {"sep-2322-elicitation-incomplete": BRIDGE_KEYS},
-    **{f"input-required-result-{scenario}": {f"sep-2322-{check}": BRIDGE_PENDING} for scenario, check in (
-        ("basic-sampling", "sampling-incomplete"), ("basic-list-roots", "list-roots-incomplete"),
-        ("request-state", "request-state-incomplete"), ("multiple-input-requests", "multiple-inputs-incomplete"),
-        ("multi-round", "multi-round-r1"), ("non-tool-request", "non-tool-incomplete"),
-        ("result-type", "result-type-included"), ("tampered-state", "reject-tampered-state"),
-        ("capability-check", "respect-client-capabilities"))},
 }
 
 # (route, revision, known failures). Routes: "legacy" and "modern" are the single-server

@@ -1,23 +1,40 @@
-"""The combination matrix: front x policy x upstream kind x observe (dumps, traces, JSON logs) x auth,
+"""The combination matrix: front (the era bridge among them) x policy x upstream kind x observe (dumps,
+traces, JSON logs) x auth,
 one canonical scenario per cell (tests/matrix_scenario.py). Every pair of axis values runs by
 default; the whole product runs under the `slow` marker, which .ci/run runs too. A new feature adds its axis here."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from matrix_scenario import AXES, Cell, pairwise, run_cell
+from matrix_scenario import AXES, Cell, UrlServer, pairwise, run_cell
 from otlp_receiver import OtlpReceiver
 
-PAIRWISE = pairwise(AXES)
+# The era bridge's cells run with everything observable on (dumps, traces, JSON logs): where the
+# bridge's frames go is what they check beside the policy.
+PAIRWISE = list(dict.fromkeys(cell if cell[0] != "http-bridge" else (*cell[:3], "on", cell[4])
+                              for cell in pairwise(AXES)))
 REST = [cell for cell in itertools.product(*AXES) if cell not in PAIRWISE]
 
 
 
-def _run(cell: tuple[str, ...], tmp_path: Path, url_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def legacy_url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The HTTP echo fixture speaking only the legacy era: the http-bridge front's url upstream."""
+    server = UrlServer(tmp_path_factory.mktemp("legacy-url-upstream"), "--legacy-only")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _run(cell: tuple[str, ...], tmp_path: Path, url_server: str, legacy_url_server: str,
+         monkeypatch: pytest.MonkeyPatch) -> None:
     front, policy, upstream, observe, auth = cell
-    c = Cell(front, policy, upstream, observe, tmp_path, url_server=url_server, auth=auth)
+    c = Cell(front, policy, upstream, observe, tmp_path, url_server=url_server, auth=auth,
+             legacy_url_server=legacy_url_server)
     if observe != "on":
         run_cell(c)
         return
@@ -33,12 +50,13 @@ def _run(cell: tuple[str, ...], tmp_path: Path, url_server: str, monkeypatch: py
 
 
 @pytest.mark.parametrize("cell", PAIRWISE, ids=["-".join(c) for c in PAIRWISE])
-def test_pairwise(cell: tuple[str, ...], tmp_path: Path, url_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    _run(cell, tmp_path, url_server, monkeypatch)
+def test_pairwise(cell: tuple[str, ...], tmp_path: Path, url_server: str, legacy_url_server: str,
+                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(cell, tmp_path, url_server, legacy_url_server, monkeypatch)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", REST, ids=["-".join(c) for c in REST])
-def test_rest_of_the_matrix(cell: tuple[str, ...], tmp_path: Path, url_server: str,
+def test_rest_of_the_matrix(cell: tuple[str, ...], tmp_path: Path, url_server: str, legacy_url_server: str,
                             monkeypatch: pytest.MonkeyPatch) -> None:
-    _run(cell, tmp_path, url_server, monkeypatch)
+    _run(cell, tmp_path, url_server, legacy_url_server, monkeypatch)

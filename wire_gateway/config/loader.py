@@ -151,6 +151,7 @@ class ServerSpec:
     policy: PolicySpec = PolicySpec()
     pool_size: int = 1                     # copies of a command server for modern requests (upstream.pool)
     era: str = "auto"                      # what the single-server routes assume: auto (probe), legacy, modern
+    bridge_sessions: int = 16              # legacy sessions of its own for modern calls that may be asked (0: none)
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
@@ -182,6 +183,7 @@ class ServerSpec:
             policy=self.policy,
             pool_size=self.pool_size,
             era=self.era,
+            bridge_sessions=self.bridge_sessions,
         )
 
 
@@ -434,6 +436,7 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
             policy=parse_policy(name, s),
             pool_size=s.get("pool", {}).get("size", 1),
             era=s.get("era", "auto"),
+            bridge_sessions=s.get("bridge_sessions", 16),
         )
     logging_ = doc.get("logging", {})
     http = dict(doc.get("http", {}))

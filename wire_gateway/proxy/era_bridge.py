@@ -17,7 +17,9 @@ server's requests to the client during a call become input-required results ther
 The bridge adopts the route's existing upstream rather than starting its own: the shared process
 (or the remote server's connection) the route already runs for modern clients, which has nothing
 else to do when the server is legacy. It becomes one legacy session, shared by every modern client
-of the route; legacy clients still get a session each, passed through as before. The hand-over is a
+of the route, for every call the server cannot ask anything; over HTTP a call it could ask gets a
+session of its own (aggregate/sessions.py). Legacy clients still get a session each, passed
+through as before. The hand-over is a
 `SinkSwitch`: the upstream is made with one in front of its real sink, whose methods are that
 sink's own bound methods, rebound once to the bridge's member when the bridge takes over. Until
 then (and for good, when eras match) a frame costs exactly what it cost before: the switch adds no
@@ -63,17 +65,20 @@ class SinkSwitch:
         self.wait_writable = target.wait_writable
 
 
-def make_bridge(config: Config, name: str, sink: Sink, upstream: Upstream,
-                lazy: bool) -> tuple[Aggregate, Member]:
+def make_bridge(config: Config, name: str, sink: Sink, upstream: Upstream, lazy: bool,
+                session_factory: UpstreamFactory | None = None) -> tuple[Aggregate, Member]:
     """The bridge for modern clients of server `name`: a one-server aggregate whose member talks to
     `upstream` (already running, and another's to stop). The caller points the upstream's
-    `SinkSwitch` at the member returned when it hands the upstream over."""
+    `SinkSwitch` at the member returned when it hands the upstream over. `session_factory`: the
+    route serves many clients, so a call the server could ask something gets a legacy session of its
+    own (aggregate/sessions.py)."""
     one = dataclasses.replace(config, servers={name: config.servers[name]})
 
     def adopt(spec: ServerSpec, limits: Limits, member: Sink) -> Upstream:
         return upstream
 
-    agg = Aggregate(one, sink, adopt, client_era=MODERN, lazy=lazy, single=True, adopted=True, member_era=LEGACY)
+    agg = Aggregate(one, sink, adopt, client_era=MODERN, lazy=lazy, single=True, adopted=True, member_era=LEGACY,
+                    session_factory=session_factory)
     return agg, agg.members[name]
 
 

@@ -12,9 +12,10 @@ Era dispatch for a POST: a `Mcp-Session-Id` header means a legacy session (404 i
 unknown or expired); an `initialize` request without the modern `_meta` opens one; a
 request carrying the modern `_meta` protocol version, or the modern
 `MCP-Protocol-Version` header, is modern and stateless (400 with -32602 when its `_meta`
-lacks the fields every modern request carries); anything else is a legacy request
-without its session (400). An `initialize` that carries the modern `_meta` is a modern
-request like any other: that era has no such method, and the pool answers so.
+lacks the fields every modern request carries); a notification carrying the modern `_meta`
+goes to the pool too (202); anything else is a legacy request without its session (400). An
+`initialize` that carries the modern `_meta` is a modern request like any other: that era has
+no such method, and the pool answers so.
 
 With the Redis store, legacy sessions are recorded in the shared session registry
 (session_registry.py): a session this instance does not hold is adopted from its record
@@ -423,6 +424,9 @@ class HttpFront:
                     scope.session = f"modern:{server}"    # the modern pool's label in dump records
             await pool.post(decoded, responder)
             return
+        if decoded.kind is Kind.NOTIFICATION and request_version(decoded.msg) in MODERN_VERSIONS:
+            await pool.post(decoded, responder)     # a modern client's notification: 202 (modern_http.py)
+            return
         await responder.send(400, JSON, errors.error_frame(
             decoded.id, errors.INVALID_REQUEST,
             "Bad Request: missing Mcp-Session-Id (legacy era: start with initialize; "
@@ -435,8 +439,11 @@ class HttpFront:
         config = self.config if principal is None else self._project_config(principal)
         members = member_factory(config, self.services)
 
+        # The modern aggregate is shared by every modern client: their asking calls get sessions of their own.
+        sessions = members if client_era == MODERN else None
+
         def factory(spec: ServerSpec, limits: Limits, sink: Sink) -> Upstream:
-            return Aggregate(config, sink, members, client_era=client_era, lazy=lazy)
+            return Aggregate(config, sink, members, client_era=client_era, lazy=lazy, session_factory=sessions)
         return factory
 
     def _project_config(self, principal: Principal) -> Config:

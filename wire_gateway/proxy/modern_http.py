@@ -14,8 +14,9 @@ server gets `notifications/cancelled`.
 The first modern request probes the server with `server/discover` (unless the server's
 `era` is pinned in the config). A server that only speaks the legacy era gets no modern
 requests passed through: they go to the era bridge (`bridge`, era_bridge.py), which
-takes the pool's upstream over as its one shared legacy session and serves modern
-clients through it. The pool of the aggregate, which speaks both eras itself, has none.
+takes the pool's upstream over as its shared legacy session and serves modern
+clients through it (with a session of their own for calls the server could ask
+something). The pool of the aggregate, which speaks both eras itself, has none.
 
 An error answer goes out with the HTTP status an HTTP upstream gave it (`Frame.status`), else
 with the one its code has in this era (-32601: 404; -32020, -32021, -32022: 400). `initialize`
@@ -39,7 +40,7 @@ from wire_gateway.proxy.aggregate.members import Member
 from wire_gateway.proxy.era_bridge import SinkSwitch, make_bridge
 from wire_gateway.proxy.exchange import Backlog, Exchange
 from wire_gateway.proxy.http_answer import JSON, answer
-from wire_gateway.proxy.route import open_upstream
+from wire_gateway.proxy.route import member_factory, open_upstream
 from wire_gateway.transport.http_server import Responder
 from wire_gateway.upstream.pool import PooledUpstream
 from wire_gateway.upstream.protocol import Upstream
@@ -106,7 +107,8 @@ class ModernPool:
             self.era = LEGACY if spec.era == LEGACY else None
 
             def bridge(spec: ServerSpec, limits: Any, sink: Any) -> Upstream:
-                agg, self._bridge_member = make_bridge(config, server, sink, self.upstream, lazy=True)
+                agg, self._bridge_member = make_bridge(config, server, sink, self.upstream, lazy=True,
+                                                       session_factory=member_factory(config, services))
                 return agg
             self.bridge = ModernPool(server, spec, config, keepalive, upstream_factory=bridge)
             self.bridge.era = MODERN          # the bridge speaks it: no probe
@@ -122,8 +124,11 @@ class ModernPool:
             if self.era == LEGACY and self.bridge is not None:
                 await self._bridged(frame, responder)
                 return
-            # 2026-07-28 defines no client notifications over HTTP; accept and forward them.
-            if frame.kind is Kind.NOTIFICATION:
+            # 2026-07-28 defines no client notifications over HTTP; accept and forward them, but for
+            # a `notifications/cancelled` (the TS SDK sends one when it closes a listen stream): in this
+            # era closing the response stream cancels, and the id it names is the client's, which the
+            # server never saw (_finish sends the server its own).
+            if frame.kind is Kind.NOTIFICATION and frame.method != "notifications/cancelled":
                 self.upstream.notify(frame)
                 self.upstream.flush_soon()
             await responder.send(202, [])
@@ -169,7 +174,7 @@ class ModernPool:
         if self._bridge_member is not None:
             switch.point_at(self._bridge_member)
             self._bridge_member = None
-            log.info("server %s: modern clients are served through the era bridge (one shared legacy session)",
+            log.info("server %s: modern clients are served through the era bridge (a shared legacy session)",
                      self.server)
         await bridge.post(frame, responder)
 

@@ -10,8 +10,10 @@ retry answers them under the member's own ids and waits on for the same call, wh
 ask again (another round).
 
 Which call asks: a legacy session cannot say which request a server's request belongs to (stdio
-has no field for it), and the bridge's session is shared by every modern client. A request is
-therefore given to the one input-capable call of that member in flight; with none, or with
+has no field for it). Where one aggregate serves many clients (the HTTP routes), a call that could
+be asked something runs on a legacy session of its own (sessions.py), so a request arriving there
+is that call's. On a shared session (the stdio fronts, a pool at its bound, `bridge_sessions: 0`)
+a request is given to the one input-capable call of that session in flight; with none, or with
 several, it is refused (-31005): a guess could put one client's question to another. Nor is it
 shown to a client that did not declare the capability it needs (2026-07-28: a server must not).
 
@@ -45,6 +47,7 @@ log = logging.getLogger("wire_gateway.aggregate")
 INPUT_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})   # 2026-07-28: may be input_required
 CAPABILITY = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
 STATE_TTL = 300.0        # seconds a client has to retry with its input
+ASK_SETTLE = 0.03        # a server's requests this close together are put to the client in one round
 
 
 def accepted(params: dict[str, Any]) -> frozenset[str]:
@@ -59,10 +62,12 @@ def accepted(params: dict[str, Any]) -> frozenset[str]:
 class Parked:
     """A member call waiting for the client's input."""
 
-    __slots__ = ("member", "our_id", "call", "keys", "token", "expiry")
+    __slots__ = ("member", "session", "our_id", "call", "keys", "token", "expiry")
 
-    def __init__(self, member: Member, our_id: str, call: Call, keys: dict[str, Frame], token: str | None) -> None:
+    def __init__(self, member: Member, session: Member, our_id: str, call: Call, keys: dict[str, Frame],
+                 token: str | None) -> None:
         self.member = member
+        self.session = session            # the legacy session the call runs on: the member's own, or one of its pool's
         self.our_id = our_id
         self.call = call
         self.keys = keys                  # inputRequests key -> the member's request
@@ -102,36 +107,62 @@ class Asks:
                 return error_msg(frame.id, errors.INVALID_PARAMS, f"Invalid params: {why}", {"reason": "requestState"})
             parked.expiry.cancel()
             missing = self._answer(parked, client_params.get("inputResponses"))
-            our_id, call = parked.our_id, parked.call
+            our_id, call, session = parked.our_id, parked.call, parked.session
             token = parked.token
             if token is not None:
                 self._follow_progress(token, frame, client_params)
             if missing:               # 2026-07-28: ask again for what is missing, rather than fail
-                return self._park(frame.id, member, our_id, call, missing, token, method, client_params, principal)
+                return self._park(frame.id, member, session, our_id, call, missing, token, method, client_params,
+                                  principal)
         else:
-            our_id, call, refused = member.begin(method, member_params, accepted(client_params))
+            wants = accepted(client_params)
+            pool = self.agg.sessions.get(member.name) if wants else None
+            session = (await pool.take() or member) if pool is not None else member
+            our_id, call, refused = session.begin(method, member_params, wants)
             if refused is not None:
+                self._release(member, session, call)
                 return refused
         parked_again = False
         try:
-            answer = await member.wait(our_id, call, method, member.timeout, asks=True)
+            answer = await session.wait(our_id, call, method, member.timeout, asks=True)
+            if answer is None:
+                await self._settle(call)
+                answer = await session.wait(our_id, call, method, member.timeout) if call.msg is not None else None
             if answer is not None:
                 return answer
             fresh = call.asks[call.shown:]
             call.shown = len(call.asks)
             keys = {f"input-{next(self._keys)}": ask for ask in fresh}
             parked_again = True
-            return self._park(frame.id, member, our_id, call, keys, token, method, client_params, principal)
+            return self._park(frame.id, member, session, our_id, call, keys, token, method, client_params, principal)
         finally:
             if not parked_again:
-                member.calls.pop(our_id, None)
+                session.calls.pop(our_id, None)
+                self._release(member, session, call)
             if token is not None and client_params.get("requestState") is not None:
                 self.agg.relay.tokens.pop(token, None)
 
-    def _park(self, client_id: Any, member: Member, our_id: str, call: Call, keys: dict[str, Frame],
-              token: str | None, method: str, client_params: dict[str, Any], principal: str | None) -> dict[str, Any]:
+    @staticmethod
+    async def _settle(call: Call) -> None:
+        """The server asked something: wait until it has asked all it asks at once (a server may send
+        several requests together), so one input-required result carries them all."""
+        seen = -1
+        while len(call.asks) != seen and call.msg is None:
+            seen = len(call.asks)
+            await trio.sleep(ASK_SETTLE)
+
+    def _release(self, member: Member, session: Member, call: Call) -> None:
+        """A call on a session of its own ended: the session goes back to its pool, or is closed when
+        the server did not answer the call, or asked it for roots (sessions.py says why)."""
+        if session is not member:
+            reusable = call.done.is_set() and not any(ask.method == "roots/list" for ask in call.asks)
+            self.agg.sessions[member.name].give_back(session, reusable)
+
+    def _park(self, client_id: Any, member: Member, session: Member, our_id: str, call: Call,
+              keys: dict[str, Frame], token: str | None, method: str, client_params: dict[str, Any],
+              principal: str | None) -> dict[str, Any]:
         key = f"{next(self._keys)}"
-        parked = Parked(member, our_id, call, keys, token)
+        parked = Parked(member, session, our_id, call, keys, token)
         self.parked[key] = parked
         agg = self.agg
         if agg.nursery is not None:
@@ -156,7 +187,7 @@ class Asks:
         for key, ask in parked.keys.items():
             value = responses.get(key)
             if isinstance(value, dict):
-                self._reply(parked.member, {"jsonrpc": "2.0", "id": ask.id, "result": value}, Kind.RESPONSE)
+                self._reply(parked.session, {"jsonrpc": "2.0", "id": ask.id, "result": value}, Kind.RESPONSE)
             else:
                 missing[key] = ask
         return missing
@@ -177,12 +208,13 @@ class Asks:
             await trio.sleep(STATE_TTL)
             if self.parked.pop(key, None) is None:
                 return
-            member = parked.member
+            session = parked.session
             for ask in parked.keys.values():
-                self._reply(member, error_msg(ask.id, errors.ERA_MISMATCH, f"the client did not answer {ask.method} "
-                                              f"within {STATE_TTL:g}s"), Kind.ERROR)
-            member.cancel(parked.our_id, f"the client did not come back with its input within {STATE_TTL:g}s")
-            member.calls.pop(parked.our_id, None)
+                self._reply(session, error_msg(ask.id, errors.ERA_MISMATCH, f"the client did not answer {ask.method} "
+                                               f"within {STATE_TTL:g}s"), Kind.ERROR)
+            session.cancel(parked.our_id, f"the client did not come back with its input within {STATE_TTL:g}s")
+            session.calls.pop(parked.our_id, None)
+            self._release(parked.member, session, parked.call)
 
     # ---- member -> client -----------------------------------------------------------------------
 
@@ -191,6 +223,7 @@ class Asks:
         (None), or why it cannot be (the relay answers the member with that)."""
         calls = [c for c in member.calls.values() if c.accepts is not None and not c.done.is_set()]
         inflight = len(calls) + len(member.direct)     # the fast path's calls (direct.py) count too
+        # (a session of a call's own, sessions.py, carries that call only: its requests are that call's)
         if inflight != 1:
             return (f"{frame.method} cannot be delivered: the gateway cannot tell which of "
                     f"{inflight} calls in flight it belongs to" if inflight else

@@ -30,6 +30,7 @@ from wire_gateway.proxy.aggregate.messages import (
     result_msg,
 )
 from wire_gateway.proxy.aggregate.relay import Relay
+from wire_gateway.proxy.aggregate.sessions import SessionPool
 from wire_gateway.proxy.aggregate.states import AGGREGATE_TRANSITIONS, AggregateState
 from wire_gateway.upstream.handshake import Handshake
 from wire_gateway.upstream.pending import PendingTable
@@ -54,14 +55,18 @@ class Aggregate:
 
     def __init__(self, config: Config, sink: Sink, factory: UpstreamFactory, client_era: str | None = None,
                  lazy: bool = False, single: bool = False, adopted: bool = False,
-                 member_era: str | None = None) -> None:
+                 member_era: str | None = None, session_factory: UpstreamFactory | None = None) -> None:
         """`lazy`: start the members only when the first request arrives (the HTTP front's shared
         aggregate: a gateway nobody asks for /mcp runs no extra processes).
 
         The era bridge (proxy/era_bridge.py) makes a one-server aggregate with `single`: the
         server's own names, cursors, identity and capabilities, every request forwarded as it is;
         `adopted`: the member's upstream is already running and is another's to stop (the route's
-        shared process); `member_era`: the server's era is known, so the member does not probe it."""
+        shared process); `member_era`: the server's era is known, so the member does not probe it.
+
+        `session_factory`: several clients share this aggregate (the HTTP routes), so a modern
+        client's call that a legacy member could ask something gets a legacy session of its own,
+        made with this factory, up to the server's `bridge_sessions` (sessions.py)."""
         self.config = config
         self.lazy = lazy
         self.sink = sink
@@ -84,6 +89,9 @@ class Aggregate:
         self.members = {name: Member(self, spec.resolved(), config.limits, factory)
                         for name, spec in config.servers.items()}
         self.order = list(self.members)
+        self.sessions = {name: SessionPool(self, member, session_factory, member.spec.bridge_sessions)
+                         for name, member in self.members.items()
+                         if session_factory is not None and member.spec.bridge_sessions > 0}
         self.client_init: dict[str, Any] = {}          # the legacy client's initialize params
         self.log_level: str | None = None              # its logging/setLevel, sent per request to modern members
         self.tasks: dict[Any, trio.CancelScope] = {}                  # client request id -> its task
@@ -211,6 +219,8 @@ class Aggregate:
                         for member in self.members.values() if self._members_running and not self.adopted \
                                 else ():
                             closer.start_soon(member.upstream.shutdown)
+                        for pool in self.sessions.values():
+                            closer.start_soon(pool.close_all)
                 nursery.cancel_scope.cancel()
         finally:
             self._become(AggregateState.STOPPED)
@@ -237,7 +247,9 @@ class Aggregate:
 
     def status(self) -> dict[str, Any]:
         return {"separator": self.sep, "clientEra": self.era,
-                "members": {name: m.status() for name, m in self.members.items()}}
+                "members": {name: {**m.status(), **({"sessions": self.sessions[name].open}
+                                                      if name in self.sessions else {})}
+                            for name, m in self.members.items()}}
 
     def _become(self, state: AggregateState) -> None:
         self.state = check_transition(AGGREGATE_TRANSITIONS, self.name, self.state, state)

@@ -73,10 +73,7 @@ def _discover_one(agg: Aggregate) -> dict[str, Any]:
     if not member.ok:
         raise RouteError(errors.UPSTREAM_UNAVAILABLE, f"server '{member.name}' is unavailable: {member.problem}",
                          {"server": member.name})
-    caps = member.capabilities
-    resources = caps.get("resources")
-    if isinstance(resources, dict) and "subscribe" in resources:   # not carried to listen streams (yet)
-        caps = {**caps, "resources": {k: v for k, v in resources.items() if k != "subscribe"}}
+    caps = member.capabilities      # resources.subscribe: carried to listen streams (subscriptions.py)
     result: dict[str, Any] = {"supportedVersions": [*MODERN_VERSIONS, *LEGACY_VERSIONS], "capabilities": caps,
                               "_meta": {META_SERVER_INFO: member.server_info or SERVER_INFO}}
     if isinstance(member.instructions, str):

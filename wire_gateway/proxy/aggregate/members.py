@@ -162,10 +162,7 @@ class Member:
             return None
         # Anything else (an error, a 4xx from an HTTP server that has no modern endpoint, no answer)
         # may be a legacy-only server: try the legacy handshake; it fails fast if the member is down.
-        init = await self.call("initialize", {
-            "protocolVersion": LEGACY_VERSIONS[0],
-            "capabilities": {"sampling": {}, "elicitation": {}, "roots": {"listChanged": True}},
-            "clientInfo": CLIENT_INFO}, timeout)
+        init = await self._initialize(timeout)
         result = init.get("result")
         if not isinstance(result, dict):
             err = dict_at(init, "error")
@@ -174,6 +171,28 @@ class Member:
                 return f"initialize failed ({err.get('message', 'no result')})"
             return (f"server/discover failed ({probe_err.get('message', 'no usable answer')}) and so did "
                     f"initialize ({err.get('message', 'no result')})")
+        self._legacy(result)
+        return None
+
+    async def setup_session(self, owner: Member) -> str | None:
+        """The handshake of another legacy session with `owner`'s server (sessions.py): None when done,
+        else what went wrong. The server's era is known, so there is no probe and no retry."""
+        init = await self._initialize(owner.spec.handshake_timeout)
+        result = init.get("result")
+        if not isinstance(result, dict):
+            return f"initialize failed ({dict_at(init, 'error').get('message', 'no result')})"
+        self._legacy(result)
+        self._become(MemberState.CONNECTED)
+        return None
+
+    async def _initialize(self, timeout: float) -> dict[str, Any]:
+        return await self.call("initialize", {
+            "protocolVersion": LEGACY_VERSIONS[0],
+            "capabilities": {"sampling": {}, "elicitation": {}, "roots": {"listChanged": True}},
+            "clientInfo": CLIENT_INFO}, timeout)
+
+    def _legacy(self, result: dict[str, Any]) -> None:
+        """The legacy handshake's answer: the member's era, capabilities and identity; initialized."""
         self.era = LEGACY
         self.upstream.era = LEGACY
         self.capabilities = dict_at(result, "capabilities")
@@ -181,7 +200,6 @@ class Member:
         info = result.get("serverInfo")
         self.server_info = info if isinstance(info, dict) else None
         self.send_notification("notifications/initialized", None)
-        return None
 
     def _listen_filter(self) -> dict[str, Any]:
         """What the aggregate's listen stream asks for: the list changes the member announces, and

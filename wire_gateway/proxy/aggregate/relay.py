@@ -23,6 +23,7 @@ from wire_gateway.proxy.aggregate.asks import Asks
 from wire_gateway.proxy.aggregate.asks_legacy import LegacyAsks
 from wire_gateway.proxy.aggregate.directory import LIST_TIMEOUT
 from wire_gateway.proxy.aggregate.messages import dict_at, error_msg, result_msg
+from wire_gateway.proxy.aggregate.subscriptions import ResourceSubscriptions
 from wire_gateway.wire import errors, jsonfast, namespacing as ns
 from wire_gateway.wire.era import LEGACY, META_SUBSCRIPTION_ID, MODERN
 from wire_gateway.wire.frame import Frame, Kind, decode
@@ -49,6 +50,7 @@ class Relay:
         self.listens: dict[Any, dict[str, Any]] = {}                   # client's listen id -> its filter
         self.asks = Asks(agg)                                          # input-required results (modern clients)
         self.legacy_asks = LegacyAsks(agg)                             # input-required results (legacy clients)
+        self.subscriptions = ResourceSubscriptions(agg)                # resourceSubscriptions of listen streams
         self._tokens = itertools.count(1)
         self._asks = itertools.count(1)
 
@@ -145,6 +147,9 @@ class Relay:
                 self.server_requests.pop(cid, None)
                 self.to_client({**frame.msg, "params": {**params, "requestId": cid}})
             return
+        if method == "notifications/resources/updated" and self.agg.era != LEGACY:
+            self.subscriptions.updated(member, params)     # to the listen streams that named its URI
+            return
         if method == "notifications/resources/updated" or method == "notifications/message":
             agg = self.agg
             if agg.era == LEGACY and member.era == MODERN and isinstance(params.get("_meta"), dict):
@@ -169,15 +174,19 @@ class Relay:
     async def listen(self, frame: Frame, params: dict[str, Any]) -> dict[str, Any] | None:
         """A modern client's subscriptions/listen: acknowledged at once, open until it is cancelled."""
         wanted = dict_at(params, "notifications")
-        agreed = {flag: True for flag in LIST_CHANGED.values() if wanted.get(flag)}
-        self.listens[frame.id] = agreed
+        agreed: dict[str, Any] = {flag: True for flag in LIST_CHANGED.values() if wanted.get(flag)}
         try:
+            uris = await self.subscriptions.open(frame.id, wanted.get("resourceSubscriptions"))
+            if uris:
+                agreed["resourceSubscriptions"] = uris
+            self.listens[frame.id] = agreed
             self.to_client({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
                             "params": {"_meta": {META_SUBSCRIPTION_ID: frame.id}, "notifications": agreed}})
             await self.agg.closing.wait()
             return result_msg(frame.id, {"resultType": "complete"})
         finally:
             self.listens.pop(frame.id, None)
+            self.subscriptions.close(frame.id)
 
     def announce_all_lists(self) -> None:
         """A member joined (or came back): every list may have changed."""

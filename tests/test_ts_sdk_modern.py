@@ -1,0 +1,115 @@
+"""The official TypeScript MCP SDK v2 (npm @modelcontextprotocol/client, pinned in
+tests/ts_client_modern/package.json) in its 2026-07-28 mode (`versionNegotiation: {mode: {pin:
+"2026-07-28"}}`) through the era bridge: `/mcp/NAME` in front of a legacy-only stdio server
+(fixtures/servers/legacy_echo.py), the SDK never sending `initialize`.
+
+One scenario (tests/ts_client_modern/client.mjs): discover, tools, resources, prompts, progress,
+an elicitation during a tool call (the bridge's input-required result, which the SDK fulfils from
+its `elicitation/create` handler and retries), and a `subscriptions/listen` stream that hears a
+tool-list change and a resource update (`resourceSubscriptions`, carried as `resources/subscribe`).
+
+Needs `node` (>= 20). The first run does `npm ci` in tests/ts_client_modern (network to the npm
+registry), under a lock (xdist workers may get here together); .ci/run installs it beforehand.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gateway import fixture
+from http_gateway import HttpGateway
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT_DIR = ROOT / "tests" / "ts_client_modern"
+CLIENT = CLIENT_DIR / "client.mjs"
+PACKAGE = "@modelcontextprotocol/client"
+NPM_CI_TIMEOUT = 300.0
+RUN_TIMEOUT = 45.0         # ours; the client's own watchdog is 30 s
+
+
+def pinned() -> str:
+    return json.loads((CLIENT_DIR / "package.json").read_text())["dependencies"][PACKAGE]
+
+
+def installed() -> str | None:
+    try:
+        return json.loads((CLIENT_DIR / "node_modules" / PACKAGE / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def node_modern() -> str:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH: the TypeScript SDK client cannot run (install node >= 20)")
+    with open(CLIENT_DIR / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if installed() != pinned():
+            npm = shutil.which("npm")
+            if npm is None:
+                pytest.fail(f"npm is not on PATH: cannot install {CLIENT_DIR}/node_modules")
+            done = subprocess.run([npm, "ci", "--prefix", str(CLIENT_DIR), "--no-audit", "--no-fund"], cwd=ROOT,
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=NPM_CI_TIMEOUT)
+            if done.returncode != 0:
+                pytest.fail(f"npm ci in {CLIENT_DIR} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    assert installed() == pinned()
+    return node
+
+
+@pytest.fixture(scope="module")
+def results(node_modern: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("ts-modern")
+    gw = HttpGateway(tmp, {"old": fixture("legacy_echo", "--log", str(tmp / "old.jsonl"))})
+    try:
+        try:
+            done = subprocess.run([node_modern, str(CLIENT), gw.url("old")], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                  env={**os.environ, "TS_CLIENT_TIMEOUT_MS": "30000"}, capture_output=True,
+                                  text=True, timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError(f"the TypeScript client hung past {RUN_TIMEOUT}s:\n{e.stdout}\n{e.stderr}") from None
+        assert done.returncode == 0, f"the TypeScript client exited {done.returncode}:\n{done.stderr}\n{gw.log()}"
+        received = [json.loads(line) for line in (tmp / "old.jsonl").read_text().splitlines()]
+        return {**json.loads(done.stdout.strip().splitlines()[-1]), "server_received": received}
+    finally:
+        assert gw.stop() == 0, gw.log()
+        assert "Traceback" not in gw.log() and " ERROR " not in gw.log(), gw.log()
+
+
+def test_the_sdk_speaks_the_modern_era_to_a_legacy_server_through_the_bridge(results):
+    r = results
+    assert r["sdkVersion"] == pinned()
+    assert (r["era"], r["version"]) == ("modern", "2026-07-28")
+    assert r["server"] == {"name": "legacy-echo", "version": "1.0.0"}     # the server's own, from its initialize
+    assert r["errors"] == []
+    methods = [m.get("method") for m in r["server_received"] if isinstance(m, dict)]
+    assert methods.count("server/discover") == 1   # the gateway's one probe (era auto); the bridge answers the SDK's
+    assert "initialize" in methods and "resources/subscribe" in methods
+
+
+def test_tools_resources_prompts_and_progress(results):
+    r = results
+    assert {"echo", "ask", "progress", "touch_tools", "touch_resource"} <= set(r["tools"])
+    assert r["echo"] == "hello"
+    assert r["resources"] == ["echo://info"] and r["read"].startswith("legacy-echo fixture server")
+    assert r["prompts"] == ["greet"] and "Ada" in r["prompt"]
+    assert r["progress"] == {"result": "done", "seen": [1, 2, 3]}
+
+
+def test_an_elicitation_during_a_tool_call(results):
+    assert results["asked"] == ["your name?"]
+    assert results["elicited"] == 'accept: {"name": "Grace"}'
+
+
+def test_list_changes_and_resource_updates_on_a_listen_stream(results):
+    r = results
+    assert r["subscribe"] is True
+    assert r["honored"] == {"toolsListChanged": True, "resourceSubscriptions": ["echo://info"]}
+    assert r["toolsListChanged"] >= 1
+    assert r["touched"] == "touched" and r["updated"] == ["echo://info"]
