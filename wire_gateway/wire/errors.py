@@ -18,6 +18,7 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+MISSING_CLIENT_CAPABILITY = -32021   # 2026-07-28 MissingRequiredClientCapabilityError (HTTP 400)
 
 # Gateway-local codes (documented in docs/errors.md).
 UPSTREAM_EXITED = -31001        # the server process ended before answering

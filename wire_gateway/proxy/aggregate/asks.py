@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from wire_gateway.auth.context import CALLER
-from wire_gateway.proxy.aggregate.messages import META_CLIENT_CAPS, error_msg, result_msg
+from wire_gateway.proxy.aggregate.messages import META_CLIENT_CAPS, client_log_level, error_msg, result_msg
 from wire_gateway.wire import errors, jsonfast, request_state
 from wire_gateway.wire.era import LEGACY, MODERN
 from wire_gateway.wire.frame import Frame, Kind
@@ -118,7 +118,7 @@ class Asks:
             wants = accepted(client_params)
             pool = self.agg.sessions.get(member.name) if wants else None
             session = (await pool.take() or member) if pool is not None else member
-            our_id, call, refused = session.begin(method, member_params, wants)
+            our_id, call, refused = session.begin(method, member_params, wants, client_log_level(client_params))
             if refused is not None:
                 self._release(member, session, call)
                 return refused
@@ -220,8 +220,11 @@ class Asks:
 
     def on_member_request(self, member: Member, frame: Frame) -> str | None:
         """A legacy member's request while the client is modern: given to the call it belongs to
-        (None), or why it cannot be (the relay answers the member with that)."""
-        calls = [c for c in member.calls.values() if c.accepts is not None and not c.done.is_set()]
+        (None), or why it cannot be (the relay answers the member with that). A call whose client
+        declared none of the capabilities a server could ask for is answered -32021 in its place;
+        one that declared another than the request needs is left running (the server is refused
+        this request and may go on with what the client can answer)."""
+        calls = [(our_id, c) for our_id, c in member.calls.items() if c.accepts is not None and not c.done.is_set()]
         inflight = len(calls) + len(member.direct)     # the fast path's calls (direct.py) count too
         # (a session of a call's own, sessions.py, carries that call only: its requests are that call's)
         if inflight != 1:
@@ -229,11 +232,39 @@ class Asks:
                     f"{inflight} calls in flight it belongs to" if inflight else
                     f"{frame.method} cannot be delivered: no request of a modern client that could carry it "
                     "(tools/call, prompts/get, resources/read) is in flight")
-        call = calls[0] if calls else None      # else a fast-path call: its client declared no capability
-        if call is None or call.accepts is None or frame.method not in call.accepts:
+        accepts = calls[0][1].accepts if calls else None
+        if accepts and frame.method in accepts:
+            call = calls[0][1]
+            call.asks.append(frame)
+            call.wake.set()
+            return None
+        if accepts:    # it declared another one: the server may do without this (and asks what it can)
             cap = CAPABILITY.get(frame.method or "", frame.method)
             return (f"the client reached '{member.name}' through the wire-gateway in the modern era and did not "
                     f"declare the {cap} capability; {frame.method} cannot be delivered")
-        call.asks.append(frame)
-        call.wake.set()
-        return None
+        return self._missing_capability(member, frame, calls[0] if calls else None)
+
+    def _missing_capability(self, member: Member, frame: Frame, asking: tuple[str, Call] | None) -> str:
+        """The server needs a capability the client did not declare: the client's call is answered
+        -32021 (MissingRequiredClientCapabilityError, naming it), and the server's call is cancelled,
+        so that neither waits; what the relay answers the server's request with."""
+        cap = CAPABILITY.get(frame.method or "", frame.method or "?")
+        message = (f"Missing required client capability: '{member.name}' needs {cap} ({frame.method}) for this "
+                   f"request, which the client did not declare in {META_CLIENT_CAPS}")
+        data: dict[str, Any] = {"requiredCapabilities": {cap: {}}}
+        agg = self.agg
+        if asking is None:               # a fast-path call (direct.py): its client declared no capability
+            entry = next(iter(member.direct.values()))
+            our_id = entry.our_id
+            member.direct.pop(our_id, None)
+            agg.direct.answered(entry, error_msg(our_id, errors.MISSING_CLIENT_CAPABILITY, message, data), None)
+        else:
+            our_id, call = asking
+            member.calls.pop(our_id, None)
+            call.refused(error_msg(our_id, errors.MISSING_CLIENT_CAPABILITY, message, data))
+        member.cancel(our_id, f"the client did not declare the {cap} capability")
+        log.info("aggregate: %s asked for %s, which the modern client did not declare; its call was answered "
+                 "-32021 and cancelled", member.name, frame.method)
+        return (f"the client reached '{member.name}' through the wire-gateway in the modern era and did not "
+                f"declare the {cap} capability; {frame.method} cannot be delivered (its request was answered "
+                "-32021, and this call cancelled)")

@@ -10,7 +10,9 @@ route (its error comes from there), a progress token (remapped there), `_meta` t
 member's era needs adapted, a member or client whose era differs, start-up. One difference of
 eras is taken here: a modern client's call to a legacy member (the era bridge's every call), its
 modern `_meta` keys stripped, when the client declared no capability a member's request could
-need (else asks.py must be able to park it) and it is no retry of an input-required result.
+need (else asks.py must be able to park it), asked for no log messages (the general path's call
+carries its level, which relay.py filters the member's logs by) and it is no retry of an
+input-required result.
 
 What the general path guarantees holds here too:
 - exactly one answer per request, settled by the aggregate's `pending` table: whoever
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from wire_gateway.proxy.aggregate.asks import accepted
-from wire_gateway.proxy.aggregate.messages import META_CLIENT_CAPS, META_CLIENT_INFO
+from wire_gateway.proxy.aggregate.messages import META_CLIENT_CAPS, META_CLIENT_INFO, META_LOG_LEVEL
 from wire_gateway.wire import errors, jsonfast, namespacing as ns, scan
 from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN
 from wire_gateway.wire.frame import Frame, Kind
@@ -131,10 +133,12 @@ class DirectCalls:
     @staticmethod
     def _bridgeable(params: dict[str, Any]) -> bool:
         """Whether a modern client's call may go to a legacy member from here: a well-formed modern
-        request, no progress token, no retry, and nothing the member could ask the client for."""
+        request, no progress token, no log level, no retry, and nothing the member could ask the
+        client for."""
         meta = params.get("_meta")
         return isinstance(meta, dict) and "progressToken" not in meta and all(k in meta for k in ENVELOPE) \
-            and "requestState" not in params and "inputResponses" not in params and not accepted(params)
+            and META_LOG_LEVEL not in meta and "requestState" not in params and "inputResponses" not in params \
+            and not accepted(params)
 
     def flush(self, soon: bool) -> None:
         """Write what the calls just made queued for their members (the front calls this once

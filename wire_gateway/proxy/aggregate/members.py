@@ -59,9 +59,9 @@ class Call:
     requests the modern client can take as an input-required result) also collects the requests the
     member sends the client meanwhile (`asks`), which wake its waiter too (relay.py, asks.py)."""
 
-    __slots__ = ("done", "wake", "msg", "note", "accepts", "asks", "shown")
+    __slots__ = ("done", "wake", "msg", "note", "accepts", "asks", "shown", "log_level")
 
-    def __init__(self, accepts: frozenset[str] | None = None) -> None:
+    def __init__(self, accepts: frozenset[str] | None = None, log_level: str | None = None) -> None:
         self.done = trio.Event()
         self.wake = trio.Event()           # the answer, or a new ask
         self.msg: dict[str, Any] | None = None
@@ -69,10 +69,17 @@ class Call:
         self.accepts = accepts
         self.asks: list[Frame] = []
         self.shown = 0                     # asks already put to the client
+        self.log_level = log_level         # a modern client's `logLevel` for the call (relay.py filters logs)
 
     def answered(self, msg: dict[str, Any], note: str | None) -> None:
         self.msg, self.note = msg, note
         self.done.set()
+        self.wake.set()
+
+    def refused(self, msg: dict[str, Any]) -> None:
+        """The gateway answers the call itself while the server still works on it (it was told to
+        stop): `done` stays unset, so a session of the call's own is not reused (sessions.py)."""
+        self.msg = msg
         self.wake.set()
 
 
@@ -260,11 +267,12 @@ class Member:
 
     # ---- calls to the member --------------------------------------------------------------
 
-    async def call(self, method: str, params: Any, timeout: float = math.inf) -> dict[str, Any]:
+    async def call(self, method: str, params: Any, timeout: float = math.inf,
+                   log_level: str | None = None) -> dict[str, Any]:
         """Send one request to the member and wait for its answer (a result or error message).
 
         Cancelled (the client gave up): the member gets `notifications/cancelled`."""
-        our_id, call, refused = self.begin(method, params)
+        our_id, call, refused = self.begin(method, params, log_level=log_level)
         if refused is not None:
             return refused
         try:
@@ -274,8 +282,8 @@ class Member:
         finally:
             self.calls.pop(our_id, None)
 
-    def begin(self, method: str, params: Any,
-              accepts: frozenset[str] | None = None) -> tuple[str, Call, dict[str, Any] | None]:
+    def begin(self, method: str, params: Any, accepts: frozenset[str] | None = None,
+              log_level: str | None = None) -> tuple[str, Call, dict[str, Any] | None]:
         """Send one request: its id, its call, and the gateway's refusal if it could not be sent.
         The call stays in `calls` until the caller pops it."""
         our_id = f"agg-{next(self.ids)}"
@@ -283,7 +291,7 @@ class Member:
         if params is not None:
             msg["params"] = params
         raw = jsonfast.dumps(msg)
-        call = Call(accepts)
+        call = Call(accepts, log_level)
         self.calls[our_id] = call
         refused = self.upstream.request(Frame(raw, Kind.REQUEST, msg, method, our_id))
         self.upstream.flush()

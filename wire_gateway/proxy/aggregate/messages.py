@@ -19,6 +19,9 @@ META_CLIENT_CAPS = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 
+# 2026-07-28 LoggingLevel, least severe first (RFC 5424's order)
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
 
 def dict_at(msg: dict[str, Any], key: str) -> dict[str, Any]:
     """The object at `key` of a peer's message, or {} when it is anything else."""
@@ -49,3 +52,10 @@ def modern_envelope(for_client_era: str | None, client_init: dict[str, Any],
     if log_level is not None:
         envelope[META_LOG_LEVEL] = log_level
     return envelope
+
+
+def client_log_level(params: dict[str, Any]) -> str | None:
+    """The log level a modern client's request asked for (`_meta` logLevel), if it is a known one."""
+    meta = params.get("_meta")
+    level = meta.get(META_LOG_LEVEL) if isinstance(meta, dict) else None
+    return level if level in LOG_LEVELS else None

@@ -7,7 +7,8 @@ aggregate's for the member (and put back on each progress notification), and a r
 sends the client (sampling, elicitation, roots) gets an id of the aggregate's, mapped back to the
 member's own when the client answers, or when the member cancels it. A modern client takes no
 requests from a server: a legacy member's request during one of its calls becomes an input-required
-result (asks.py), and anything else gets the member an error. The other way round, a modern
+result (asks.py), and anything else gets the member an error; its log messages reach the modern
+client only for the call that asked for them with a `logLevel`. The other way round, a modern
 member's input-required result becomes requests to a legacy client (asks_legacy.py). List changes
 are announced the way the client's era hears them: as plain notifications to a legacy client, on
 each `subscriptions/listen` stream that asked for them to a modern one; a legacy client's resource
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from wire_gateway.proxy.aggregate.asks import Asks
 from wire_gateway.proxy.aggregate.asks_legacy import LegacyAsks
 from wire_gateway.proxy.aggregate.directory import LIST_TIMEOUT
-from wire_gateway.proxy.aggregate.messages import dict_at, error_msg, result_msg
+from wire_gateway.proxy.aggregate.messages import LOG_LEVELS, client_log_level, dict_at, error_msg, result_msg
 from wire_gateway.proxy.aggregate.subscriptions import ResourceSubscriptions
 from wire_gateway.wire import errors, jsonfast, namespacing as ns
 from wire_gateway.wire.era import LEGACY, META_SUBSCRIPTION_ID, MODERN
@@ -76,7 +77,8 @@ class Relay:
                 return await self.asks.serve(frame, member, client_params, self.agg.params_for(member, params), ours)
             if self.legacy_asks.wanted(member, frame.method):
                 return await self.legacy_asks.serve(frame, member, self.agg.params_for(member, params))
-            return await member.call(frame.method or "", self.agg.params_for(member, params), member.timeout)
+            return await member.call(frame.method or "", self.agg.params_for(member, params), member.timeout,
+                                     client_log_level(client_params))
         finally:
             if ours is not None:
                 self.tokens.pop(ours, None)
@@ -152,6 +154,10 @@ class Relay:
             return
         if method == "notifications/resources/updated" or method == "notifications/message":
             agg = self.agg
+            if method == "notifications/message" and agg.era == MODERN and member.era == LEGACY \
+                    and not self._log_wanted(member, params):
+                log.debug("aggregate: a log message from %s that no request asked for; dropped", member.name)
+                return
             if agg.era == LEGACY and member.era == MODERN and isinstance(params.get("_meta"), dict):
                 self.to_client({**frame.msg, "params": ns.strip_modern_meta(params)})   # no subscription id
                 return
@@ -160,6 +166,18 @@ class Relay:
             agg.sink.flush()
             return
         log.debug("aggregate: %s from %s not forwarded", method, member.name)
+
+    @staticmethod
+    def _log_wanted(member: Member, params: dict[str, Any]) -> bool:
+        """Whether a legacy member's log message may reach a modern client (2026-07-28: only for a
+        request whose `_meta` set a logLevel, at or above it). A legacy session's log names no
+        request: it is the one call's in flight on that session (a session of a call's own carries
+        only that call, sessions.py); with several, or none, it is nobody's and is dropped."""
+        calls = [call for call in member.calls.values() if not call.done.is_set()]
+        if len(calls) != 1 or member.direct:
+            return False
+        wanted, level = calls[0].log_level, params.get("level")
+        return wanted is not None and level in LOG_LEVELS and LOG_LEVELS.index(level) >= LOG_LEVELS.index(wanted)
 
     def to_client(self, msg: dict[str, Any]) -> None:
         agg = self.agg
