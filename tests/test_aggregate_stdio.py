@@ -186,9 +186,11 @@ def test_modern_client_cannot_be_asked_by_a_legacy_member(tmp_path: Path) -> Non
         assert "2026-07-28" in disc["result"]["supportedVersions"] and disc["result"]["resultType"] == "complete"
         tools, _ = call(client, 2, "tools/list", {"_meta": MODERN_META})
         assert tools["result"]["resultType"] == "complete"
-        # the legacy member's sampling request cannot reach a modern client: it gets a clear error
+        # the legacy member's sampling request cannot reach a modern client that did not declare the
+        # capability: the call is answered -32021 (MissingRequiredClientCapabilityError) naming it
         asked, others = call(client, 3, "tools/call", {"name": "old__ask", "arguments": {}, "_meta": MODERN_META})
-        assert "cannot be delivered" in text(asked) and "modern" in text(asked)
+        assert asked["error"]["code"] == -32021, asked
+        assert asked["error"]["data"]["requiredCapabilities"] == {"sampling": {}}
         assert not [m for m in others if m.get("method") == "sampling/createMessage"]
         # progress from a modern member comes back under the client's own token
         prog, others = call(client, 4, "tools/call", {"name": "echo__progress", "arguments": {"steps": 2},

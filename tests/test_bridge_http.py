@@ -346,9 +346,12 @@ def test_a_tampered_request_state_is_refused(gw, tamper):
 
 
 def test_a_client_without_the_capability_is_not_asked(gw):
-    res = result(ask(gw, 40, meta=MODERN_META))
-    assert res["resultType"] == "complete" and res["isError"]
-    assert "did not declare the elicitation capability" in text(res)
+    """It gets -32021 (MissingRequiredClientCapabilityError, HTTP 400) instead (test_bridge_stateless.py)."""
+    resp = ask(gw, 40, meta=MODERN_META)
+    assert resp.status_code == 400, resp.text
+    assert not [m for m in events(resp) if m.get("method") == "elicitation/create"]
+    error = events(resp)[-1]["error"]
+    assert error["code"] == -32021 and error["data"]["requiredCapabilities"] == {"elicitation": {}}
 
 
 def test_the_sdk_client_in_the_modern_mode_answers_the_elicitation(gw):
