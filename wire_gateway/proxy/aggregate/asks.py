@@ -16,6 +16,10 @@ is that call's. On a shared session (the stdio fronts, a pool at its bound, `bri
 a request is given to the one input-capable call of that session in flight; with none, or with
 several, it is refused (-31005): a guess could put one client's question to another. Nor is it
 shown to a client that did not declare the capability it needs (2026-07-28: a server must not).
+When that client declared none of them, the gateway, as the modern server, answers its call with
+MissingRequiredClientCapabilityError (-32021, which the modern HTTP front sends with status 400)
+and cancels the server's call; a client that declared another may still be asked that one, so only
+the server's request is refused and the server goes on.
 
 The `requestState` is an HMAC-protected token (wire.request_state) naming the parked call, bound to
 the method, the original params, the caller (with auth) and an expiry (`STATE_TTL`); a state that
