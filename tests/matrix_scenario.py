@@ -47,7 +47,8 @@ SEP = "__"
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 COMMAND_TOOLS = frozenset(build_echo("matrix").tools)
 URL_TOOLS = frozenset(t["name"] for t in fixture_module("http_echo").TOOLS)
-LEGACY_COMMAND_TOOLS = COMMAND_TOOLS | {"ask", "roots", "meta", "touch_resource", "log"}    # fixtures/servers/legacy_echo.py
+# fixtures/servers/legacy_echo.py
+LEGACY_COMMAND_TOOLS = COMMAND_TOOLS | {"ask", "roots", "meta", "touch_resource", "log"}
 HELLO = "matrix-hello-7d1f"          # the working call's text: found again at every hop of the dump
 # guardrails: a synthetic AWS access key id (blocked on input) and an address (redacted on input,
 # restored in the answer)
