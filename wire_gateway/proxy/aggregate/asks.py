@@ -242,7 +242,9 @@ class Asks:
             call.asks.append(frame)
             call.wake.set()
             return None
-        if accepts:    # it declared another one: the server may do without this (and asks what it can)
+        # it declared another one: the server may do without this (and asks what it can); or a
+        # request no capability covers (a `ping`): refused alone, the call goes on
+        if accepts or frame.method not in CAPABILITY:
             cap = CAPABILITY.get(frame.method or "", frame.method)
             return (f"the client reached '{member.name}' through the wire-gateway in the modern era and did not "
                     f"declare the {cap} capability; {frame.method} cannot be delivered")
