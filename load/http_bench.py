@@ -4,6 +4,8 @@ Either era, every answer checked; optionally the gateway's memory per idle legac
 what dumps cost, or the driver's own ceiling against ``fast_echo``'s canned-answer HTTP server
 (docs/load.md). The driver must not be the limit: requests pre-serialised before the window, answers
 framed by hand, one epoll loop per process (why not ``load run``'s client: docs/notes/load-design.md).
+Over 400 lines because the driver and its run (rounds, ceilings, idle sessions) share their
+per-process state; split, each half would pass it back and forth.
 """
 from __future__ import annotations
 

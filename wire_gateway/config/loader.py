@@ -3,6 +3,10 @@
 Validation is done by jsonschema against the schema shipped beside this file;
 every error names the JSON path of the bad field and what was expected, because
 the person reading it is usually editing a desktop client's config at the time.
+
+Over 400 lines because each section's reading (servers, http, policy, auth, telemetry, store) is a
+few checks the schema cannot state, beside the dataclasses they fill; one file keeps them in the
+order of the schema.
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ Every client request is served by one task in the aggregate's nursery, so the ro
 straight-line code; every one ends in exactly one answer, or in none when the client cancelled it.
 A `tools/call` that needs nothing adapted but its id and tool name takes the fast path instead
 (`direct`), with no task. This module owns the lifetimes (the nursery, start-up, the bounded
-shutdown) and the era of the answers the client gets.
+shutdown) and the era of the answers the client gets. (Just over 400 lines: the dispatch of every
+method is one table of branches, best read whole.)
 """
 from __future__ import annotations
 
