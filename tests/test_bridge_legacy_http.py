@@ -24,6 +24,7 @@ from mcp import types
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from test_http_upstream import Upstream
+from test_sdk_e2e import SDK_SERVER
 from test_ts_sdk import ROOT, check_results, run_client
 
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -244,3 +245,23 @@ def test_a_legacy_client_of_a_dual_era_server_is_still_passed_through(gw):
     finally:
         s.close()
     assert "(dual): the client speaks the legacy era" not in gw.log()
+
+
+def test_a_malformed_initialize_decides_nothing_for_the_route(tmp_path: Path):
+    """The SDK's server lists only 2026-07-28 in server/discover yet takes a legacy initialize. A
+    client whose initialize it refuses for being malformed must not make the route bridge every
+    later legacy client: it gets the server's own refusal, and the next client is passed through."""
+    gateway = HttpGateway(tmp_path, {"sdk": {"command": sys.executable, "args": [str(SDK_SERVER)]}})
+    try:
+        bad = httpx.post(gateway.url("sdk"), headers=ACCEPT, timeout=30, json={
+            "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": 7}})
+        assert Session.messages(bad)[-1]["error"]["code"] == -32602, bad.text
+        s = Session(gateway, "sdk", {})
+        try:
+            assert s.init["result"]["serverInfo"]["name"] == "sdk-fixture"
+            assert s.request(1, "tools/list", {})["result"]["tools"]
+        finally:
+            s.close()
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+    assert "through the era bridge" not in gateway.log(), gateway.log()

@@ -16,21 +16,9 @@ from gateway import LEGACY_INIT, PY, LineClient, fixture, write_config
 from mcp import types
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from test_bridge_stdio import close, start
 
 ASKING_INIT = {**LEGACY_INIT, "capabilities": {"elicitation": {}, "sampling": {}}}
-
-
-def start(tmp_path: Path, server: dict[str, Any]) -> LineClient:
-    config = write_config(tmp_path, {"one": server})
-    return LineClient([PY, "-m", "wire_gateway", "stdio", "--config", str(config), "--server", "one",
-                       "--log-level", "debug"], log_path=tmp_path / "gateway.log")
-
-
-def close(client: LineClient, tmp_path: Path) -> str:
-    assert client.close() == 0
-    log = (tmp_path / "gateway.log").read_text()
-    assert "Traceback" not in log and " ERROR " not in log, log
-    return log
 
 
 def text(answer: Any) -> str:

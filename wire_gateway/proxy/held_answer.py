@@ -8,6 +8,11 @@ passed-through session, with this responder in front of the client's: a plain JS
 (a stream goes to the client as it comes: the server is talking, it speaks the era). When the
 server itself refused it, the front takes the route for modern-only, ends that session and opens a
 bridged one for the same `initialize`; otherwise the held answer goes to the client unchanged.
+
+Only a well-formed `initialize` is tried so (`decides`): the route's choice holds for every later
+client, and a server refuses a malformed one whatever its era, so one client's bad handshake would
+otherwise send every legacy client of that route through the bridge. A malformed one is passed
+through and gets the server's own answer; the next well-formed one decides.
 """
 from __future__ import annotations
 
@@ -17,6 +22,16 @@ import trio
 
 from wire_gateway.transport.http_server import Responder
 from wire_gateway.wire import errors, jsonfast
+from wire_gateway.wire.frame import Frame
+
+
+def decides(init: Frame) -> bool:
+    """Whether a server's refusal of this `initialize` may say the server refuses the legacy era: its
+    params are what every legacy `initialize` carries (a version string, capabilities and clientInfo
+    objects)."""
+    params = init.params
+    return isinstance(params, dict) and isinstance(params.get("protocolVersion"), str) \
+        and isinstance(params.get("capabilities"), dict) and isinstance(params.get("clientInfo"), dict)
 
 
 class HeldAnswer:

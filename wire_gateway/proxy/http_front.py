@@ -44,7 +44,7 @@ from wire_gateway.dump.writer import Dumper
 from wire_gateway.policy.services import Services
 from wire_gateway.proxy.aggregate import AGGREGATE_NAME, Aggregate
 from wire_gateway.proxy.era_bridge import legacy_bridge, modern_only
-from wire_gateway.proxy.held_answer import HeldAnswer
+from wire_gateway.proxy.held_answer import HeldAnswer, decides
 from wire_gateway.proxy.http_auth import WELL_KNOWN, HttpAuth
 from wire_gateway.proxy.http_edge import EdgeCheck
 from wire_gateway.proxy.legacy_http import LegacySession
@@ -478,7 +478,8 @@ class HttpFront:
             return
         pool = self.pools.get(server)
         trial: HeldAnswer | None = None
-        if pool is not None and self.config.servers[server].era == "auto" and pool.refuses_legacy is None:
+        if pool is not None and self.config.servers[server].era == "auto" and pool.refuses_legacy is None \
+                and decides(init):
             await pool.probe_versions()       # once per route: may the server speak only the modern era?
             if modern_only(pool.versions):    # then the first legacy initialize tells (held_answer.py)
                 trial = HeldAnswer(responder)
