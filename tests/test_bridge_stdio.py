@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -15,6 +15,9 @@ from mcp import types
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from test_aggregate_stdio import call, text
+
+from wire_gateway.proxy.aggregate.asks import Asks
+from wire_gateway.wire.frame import Frame, Kind
 
 ELICIT_META = {**MODERN_META, "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}
 
@@ -84,6 +87,7 @@ def test_an_elicitation_through_input_required_over_stdio(tmp_path: Path) -> Non
         assert res["resultType"] == "input_required"
         (key, request), = res["inputRequests"].items()
         assert request["method"] == "elicitation/create"
+        assert key.startswith("srv-"), key          # the server's own id for its request
         forged = res["requestState"][:-2] + ("AA" if not res["requestState"].endswith("AA") else "BB")
         refused, _ = call(client, 2, "tools/call", {**params, "requestState": forged, "inputResponses": {}})
         assert refused["error"]["code"] == -32602 and "verification" in refused["error"]["message"]
@@ -100,6 +104,16 @@ def test_an_elicitation_through_input_required_over_stdio(tmp_path: Path) -> Non
         assert text(after) == "on" and not [m for m in others if m.get("id") == 4]
     finally:
         close(client, tmp_path)
+
+
+def test_input_request_keys_are_the_servers_request_ids() -> None:
+    def ask(rid: Any) -> Frame:
+        msg = {"jsonrpc": "2.0", "id": rid, "method": "roots/list"}
+        return Frame(b"", Kind.REQUEST, msg, "roots/list", rid)
+    asks = Asks(cast(Any, None))
+    named = asks._name([ask("user_name"), ask(7), ask("7"), ask("x" * 65), ask("")])
+    assert [(key, frame.id) for key, frame in named.items()] == [
+        ("user_name", "user_name"), ("7", 7), ("input-1", "7"), ("input-2", "x" * 65), ("input-3", "")]
 
 
 def test_a_legacy_client_is_passed_through_byte_for_byte(tmp_path: Path) -> None:

@@ -83,13 +83,10 @@ KNOWN_AGGREGATE_MODERN = {
 # variant has server-stateless's diagnostic tools the legacy way (it asks for sampling, elicits,
 # logs), and the bridge answers for it as the modern server: -32021 for an undeclared capability,
 # an input-required result, no log the request did not ask for (docs/bridge.md).
-# A legacy server's request to the client has no key of its own: the bridge names the input
-# requests it turns them into `input-1`, ... (docs/bridge.md), and the suite looks for the
-# reference server's keys (`user_name`, ...).
-BRIDGE_KEYS = "the bridge names input requests input-N; the suite expects the reference server's own keys"
-KNOWN_BRIDGE = {
-    "input-required-result-basic-elicitation": {"sep-2322-elicitation-incomplete": BRIDGE_KEYS},
-}
+# A legacy server's request has no key of its own: the bridge gives the client the request's
+# JSON-RPC id as its key, and the fixture's legacy variant names its requests (`user_name`, ...)
+# as the modern variant, and the reference server, name their input requests.
+KNOWN_BRIDGE: dict[str, dict[str, str]] = {}
 
 # (route, revision, known failures). Routes: "legacy" and "modern" are the single-server
 # routes /mcp/legacy and /mcp/modern, "aggregate" is /mcp, "direct" the modern fixture

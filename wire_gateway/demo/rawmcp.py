@@ -197,13 +197,15 @@ class Server:
     def notify(self, method, params):
         self.send({"jsonrpc": "2.0", "method": method, "params": params})
 
-    def request(self, method, params, timeout=30.0):
+    def request(self, method, params, timeout=30.0, rid=None):
         """Send a server-to-client request and block until its response
-        (call from a threaded tool only). Returns the response message."""
+        (call from a threaded tool only). Returns the response message.
+        `rid` names the request (its JSON-RPC id) when no open one has that name."""
         slot: list[Any] = [threading.Event(), None]    # the event, then the response
         with self._state_lock:
             self._next_id += 1
-            rid = f"srv-{self._next_id}"
+            if rid is None or rid in self._pending:
+                rid = f"srv-{self._next_id}"
             self._pending[rid] = slot
         self.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
         if not slot[0].wait(timeout):

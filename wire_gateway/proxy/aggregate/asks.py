@@ -51,6 +51,7 @@ log = logging.getLogger("wire_gateway.aggregate")
 INPUT_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})   # 2026-07-28: may be input_required
 CAPABILITY = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
 STATE_TTL = 300.0        # seconds a client has to retry with its input
+KEY_MAX = 64            # longest server request id used as an inputRequests key as it is
 ASK_SETTLE = 0.03        # a server's requests this close together are put to the client in one round
 
 
@@ -136,7 +137,7 @@ class Asks:
                 return answer
             fresh = call.asks[call.shown:]
             call.shown = len(call.asks)
-            keys = {f"input-{next(self._keys)}": ask for ask in fresh}
+            keys = self._name(fresh)
             parked_again = True
             return self._park(frame.id, member, session, our_id, call, keys, token, method, client_params, principal)
         finally:
@@ -145,6 +146,18 @@ class Asks:
                 self._release(member, session, call)
             if token is not None and client_params.get("requestState") is not None:
                 self.agg.relay.tokens.pop(token, None)
+
+    def _name(self, fresh: list[Frame]) -> dict[str, Frame]:
+        """The `inputRequests` keys of a round: each request's own JSON-RPC id, the one name its
+        server gave it (unique among its open requests, so within a round), or `input-N` where that
+        would not do (an id too long to echo, or `1` beside `"1"`)."""
+        keys: dict[str, Frame] = {}
+        for ask in fresh:
+            key = ask.id if isinstance(ask.id, str) else str(ask.id)
+            if not 0 < len(key) <= KEY_MAX or key in keys:
+                key = f"input-{next(self._keys)}"
+            keys[key] = ask
+        return keys
 
     @staticmethod
     async def _settle(call: Call) -> None:
