@@ -473,6 +473,19 @@ def test_a_modern_request_without_its_meta_is_still_400_invalid_params(gw, route
     assert resp.status_code == 404 and resp.json()["error"]["code"] == -32601
 
 
+@pytest.mark.parametrize("route", ROUTES)
+def test_an_unsupported_version_is_refused_for_the_legacy_server(gw, route):
+    """The legacy server cannot say so itself: the bridge, as the modern server, refuses it (-32022),
+    for a call of the fast path too (the second, once the route is warm)."""
+    meta = {**MODERN_META, "io.modelcontextprotocol/protocolVersion": "2099-01-01"}
+    for attempt in (70, 71):
+        resp = post(gw, route, attempt, "tools/call", {"name": "echo", "arguments": {"text": "x"}, "_meta": meta},
+                    headers={"mcp-protocol-version": "2099-01-01"})
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == -32022 and "2026-07-28" in error["data"]["supported"], error
+
+
 def test_a_server_the_probe_cannot_reach_is_not_taken_for_a_legacy_one(gw):
     for attempt in (60, 61):        # each request probes again, and gets the failure itself
         resp = post(gw, "down", attempt, "tools/list", {"_meta": MODERN_META})

@@ -6,7 +6,9 @@
    broken), so the error we answer with reaches the request that caused it.
 3. Replace the top-level "id" of a frame in place (a pooled upstream needs ids
    remapped), leaving every other byte as it arrived.
-4. Find the first whole JSON text at the start of a body and what follows it: an
+4. Open the top-level "result" object of an answer written the usual way, to add a member
+   to it and change its id in one copy (the era bridge's `resultType`), every other byte kept.
+5. Find the first whole JSON text at the start of a body and what follows it: an
    `application/json` body is one JSON text, and a server that streams several
    messages in one (say, a line each) must be caught before its body ends, since
    it may never end.
@@ -50,6 +52,28 @@ _HEAD_ID = re.compile(
     rb'(-?[0-9][0-9.eE+\-]*|"[^"\\]*(?:\\.[^"\\]*)*"|null)(?=\s*[,}])',
     re.DOTALL,
 )
+
+# An answer's head written the usual way, up to the "{" opening its result: {"jsonrpc":"2.0","id":<id>,
+# "result":{ (jsonrpc before or after the id, or absent). Every member before "result" is then a
+# top-level scalar, so that "{" is the top-level result's own.
+_JSONRPC = rb'(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?'
+_HEAD_RESULT = re.compile(
+    rb'\s*\{\s*' + _JSONRPC + rb'"id"\s*:\s*(-?[0-9][0-9.eE+\-]*|"[^"\\]*(?:\\.[^"\\]*)*")\s*,\s*'
+    + _JSONRPC + rb'"result"\s*:\s*\{(\s*\})?',
+    re.DOTALL,
+)
+
+
+def with_result_member(raw: bytes, new_id: bytes, member: bytes) -> bytes | None:
+    """`raw`, an answer whose result is an object, with `new_id` (JSON text) for its id and
+    `member` (`"key":value`, a key the result lacks) first in its result; None when its head is
+    not written the usual way (the caller re-encodes the message instead)."""
+    head = _HEAD_RESULT.match(raw)
+    if head is None:
+        return None
+    at = head.end(0) if head.group(2) is None else head.start(2)
+    return b"".join((raw[:head.start(1)], new_id, raw[head.end(1):at], member,
+                     b"," if head.group(2) is None else b"", raw[at:]))
 
 
 def split_array(raw: bytes) -> list[bytes]:

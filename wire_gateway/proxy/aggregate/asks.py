@@ -50,6 +50,7 @@ log = logging.getLogger("wire_gateway.aggregate")
 
 INPUT_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})   # 2026-07-28: may be input_required
 CAPABILITY = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
+NOTHING: frozenset[str] = frozenset()
 STATE_TTL = 300.0        # seconds a client has to retry with its input
 KEY_MAX = 64            # longest server request id used as an inputRequests key as it is
 ASK_SETTLE = 0.03        # a server's requests this close together are put to the client in one round
@@ -59,8 +60,8 @@ def accepted(params: dict[str, Any]) -> frozenset[str]:
     """The member requests a modern client can be shown: those whose capability it declared."""
     meta = params.get("_meta")
     caps = meta.get(META_CLIENT_CAPS) if isinstance(meta, dict) else None
-    if not isinstance(caps, dict):
-        return frozenset()
+    if not isinstance(caps, dict) or not caps:
+        return NOTHING
     return frozenset(method for method, cap in CAPABILITY.items() if isinstance(caps.get(cap), dict))
 
 

@@ -32,7 +32,7 @@ import trio
 from wire_gateway.proxy.aggregate.asks import accepted
 from wire_gateway.proxy.aggregate.messages import META_CLIENT_CAPS, META_CLIENT_INFO, META_LOG_LEVEL
 from wire_gateway.wire import errors, jsonfast, namespacing as ns, scan
-from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN
+from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN, MODERN_VERSIONS
 from wire_gateway.wire.frame import Frame, Kind
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ META_PREFIX = "io.modelcontextprotocol/"
 ENVELOPE = (META_PROTOCOL_VERSION, META_CLIENT_INFO, META_CLIENT_CAPS)
 # Keys a legacy client's result loses (namespacing.result_for_legacy): an answer with any of them is remade.
 MODERN_RESULT_KEYS = ("resultType", "ttlMs", "cacheScope")
+COMPLETE = b'"resultType":"complete"'      # what a modern client's tools/call result says (result_for_modern)
 
 
 class Direct:
@@ -113,7 +114,8 @@ class DirectCalls:
             return jsonfast.dumps({**jsonfast.loads(refused), "id": frame.id})
         self._unflushed.add(member)
         watch = self._watch
-        watch.deadline = min(watch.deadline, deadline)
+        if deadline < watch.deadline:      # (rarely: calls expire in the order they are made; setting costs)
+            watch.deadline = deadline
         return None
 
     @staticmethod
@@ -133,11 +135,12 @@ class DirectCalls:
     @staticmethod
     def _bridgeable(params: dict[str, Any]) -> bool:
         """Whether a modern client's call may go to a legacy member from here: a well-formed modern
-        request, no progress token, no log level, no retry, and nothing the member could ask the
+        request of a version the gateway speaks (the member cannot refuse one it does not: the
+        general path answers -32022 for it), no progress token, no log level, no retry, and nothing the member could ask the
         client for."""
         meta = params.get("_meta")
         return isinstance(meta, dict) and "progressToken" not in meta and all(k in meta for k in ENVELOPE) \
-            and META_LOG_LEVEL not in meta and "requestState" not in params and "inputResponses" not in params \
+            and meta[META_PROTOCOL_VERSION] in MODERN_VERSIONS and META_LOG_LEVEL not in meta and "requestState" not in params and "inputResponses" not in params \
             and not accepted(params)
 
     def flush(self, soon: bool) -> None:
@@ -174,16 +177,29 @@ class DirectCalls:
         if agg.pending.pop(entry.client_id) is None:
             return                      # cancelled, timed out or answered at shutdown already
         client_id = entry.client_id
-        if frame is not None and self._unchanged(msg):
-            try:
-                raw = scan.replace_id(frame.raw, jsonfast.dumps(client_id))
-            except ValueError:
-                raw = None
-            if raw is not None:
+        if frame is not None:
+            out = self._as_sent(frame, msg, client_id)
+            if out is not None:
                 agg.frames_out += 1
-                agg.sink.server_frame(Frame(raw, frame.kind, {**msg, "id": client_id}, None, client_id, frame.note))
+                agg.sink.server_frame(Frame(out[0], frame.kind, out[1], None, client_id, frame.note))
                 return                  # the member's reader flushes the sink after its batch
         agg.deliver(client_id, "tools/call", msg, frame.note if frame is not None else None)
+
+    def _as_sent(self, frame: Frame, msg: dict[str, Any], client_id: Any) -> tuple[bytes, dict[str, Any]] | None:
+        """The member's answer as the client gets it, made from the member's own bytes: only its id
+        changed, and for a modern client of a legacy member (the era bridge) `resultType` added
+        too; None where Aggregate.deliver must remake it."""
+        try:
+            new_id = jsonfast.dumps(client_id)
+            if self._unchanged(msg):
+                return scan.replace_id(frame.raw, new_id), {**msg, "id": client_id}
+        except ValueError:
+            return None
+        result = msg.get("result")
+        if self.agg.era != MODERN or not isinstance(result, dict):
+            return None
+        raw = scan.with_result_member(frame.raw, new_id, COMPLETE)       # (it has no resultType: not _unchanged)
+        return None if raw is None else (raw, {**msg, "id": client_id, "result": {"resultType": "complete", **result}})
 
     def _unchanged(self, msg: dict[str, Any]) -> bool:
         """Whether Aggregate.deliver would send this answer as it is, but for its id."""
