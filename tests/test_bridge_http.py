@@ -121,6 +121,17 @@ def test_tools_with_their_own_names_and_modern_results(gw, route):
     assert text(called) == "across eras" and called["resultType"] == "complete"
 
 
+@pytest.mark.parametrize("method", ["tools/list", "prompts/list", "resources/list", "resources/templates/list"])
+def test_every_list_carries_the_modern_fields_warm_or_not(gw, method):
+    """The first requests of a route take the general path, the later ones the fast one (direct.py):
+    the client cannot tell them apart."""
+    key = method.split("/")[0] if method != "resources/templates/list" else "resourceTemplates"
+    answers = [result(post(gw, "pinned", f"l{i}", method, {"_meta": MODERN_META})) for i in range(3)]
+    for res in answers:
+        assert (res["resultType"], res["ttlMs"], res["cacheScope"]) == ("complete", 0, "private"), res
+        assert res[key] == answers[0][key]
+
+
 def test_the_legacy_server_gets_no_modern_meta(gw):
     res = result(post(gw, "old", 4, "tools/call", {"name": "meta", "arguments": {},
                                                     "_meta": {**MODERN_META, "custom/key": 1}}))

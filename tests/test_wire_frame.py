@@ -108,6 +108,23 @@ def test_replace_id_touches_only_the_id(raw, new, expected):
     assert scan.replace_id(raw, new) == expected
 
 
+@pytest.mark.parametrize("raw, expected", [
+    (b'{"jsonrpc":"2.0","id":"agg-1","result":{"content":[],"isError":false}}',
+     b'{"jsonrpc":"2.0","id":9,"result":{"k":1,"content":[],"isError":false}}'),
+    (b'{"id": "a\\"b", "jsonrpc": "2.0", "result": { } }\n', b'{"id": 9, "jsonrpc": "2.0", "result": {"k":1 } }\n'),
+    (b'{"jsonrpc":"2.0","id":3,"result":{"result":{"x":1}}}', b'{"jsonrpc":"2.0","id":9,"result":{"k":1,"result":{"x":1}}}'),
+    # not the usual head: the caller re-encodes the message
+    (b'{"result":{"a":1},"jsonrpc":"2.0","id":3}', None),
+    (b'{"jsonrpc":"2.0","extra":{"result":{}},"id":3,"result":{"a":1}}', None),
+    (b'{"jsonrpc":"2.0","id":3,"result":[1]}', None),
+])
+def test_with_result_member_adds_to_the_top_level_result_only(raw, expected):
+    out = scan.with_result_member(raw, b"9", b'"k":1')
+    assert out == expected
+    if out is not None:
+        assert json.loads(out)["result"]["k"] == 1
+
+
 def test_replace_id_refuses_a_frame_without_one():
     with pytest.raises(ValueError):
         scan.replace_id(b'{"jsonrpc":"2.0","method":"n","params":{"id":1}}', b"2")

@@ -1,4 +1,4 @@
-"""The aggregate's fast path for `tools/call`: no task per request.
+"""The aggregate's fast path for `tools/call` (and, for the era bridge, its lists): no task per request.
 
 A call the aggregate can pass on as it is, except for its id and the tool's name, is
 forwarded from `Aggregate.request` itself, and the member's answer goes back to the
@@ -12,7 +12,8 @@ eras is taken here: a modern client's call to a legacy member (the era bridge's 
 modern `_meta` keys stripped, when the client declared no capability a member's request could
 need (else asks.py must be able to park it), asked for no log messages (the general path's call
 carries its level, which relay.py filters the member's logs by) and it is no retry of an
-input-required result.
+input-required result. The era bridge's one-server aggregate also sends the lists (`tools/list`,
+...) of such a client this way: its member's own pages, the modern result fields added.
 
 What the general path guarantees holds here too:
 - exactly one answer per request, settled by the aggregate's `pending` table: whoever
@@ -43,19 +44,26 @@ META_PREFIX = "io.modelcontextprotocol/"
 ENVELOPE = (META_PROTOCOL_VERSION, META_CLIENT_INFO, META_CLIENT_CAPS)
 # Keys a legacy client's result loses (namespacing.result_for_legacy): an answer with any of them is remade.
 MODERN_RESULT_KEYS = ("resultType", "ttlMs", "cacheScope")
-COMPLETE = b'"resultType":"complete"'      # what a modern client's tools/call result says (result_for_modern)
+# What a modern client's result says besides the legacy member's (namespacing.result_for_modern):
+COMPLETE_FIELD = {"resultType": "complete"}
+COMPLETE = b'"resultType":"complete"'
+LISTED_FIELDS = {"resultType": "complete", "ttlMs": 0, "cacheScope": "private"}   # a list's too (cacheable)
+LISTED = b'"resultType":"complete","ttlMs":0,"cacheScope":"private"'
+# The lists a modern client of the era bridge's one legacy member gets from here (its own pages).
+BRIDGED_LISTS = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list"})
 
 
 class Direct:
     """One forwarded call: the client's id, and the member and id it went to."""
 
-    __slots__ = ("client_id", "deadline", "member", "our_id")
+    __slots__ = ("client_id", "deadline", "member", "method", "our_id")
 
-    def __init__(self, client_id: Any, member: Member, our_id: str, deadline: float) -> None:
+    def __init__(self, client_id: Any, member: Member, our_id: str, deadline: float, method: str) -> None:
         self.client_id = client_id
         self.member = member
         self.our_id = our_id
         self.deadline = deadline
+        self.method = method
 
 
 class DirectCalls:
@@ -72,8 +80,8 @@ class DirectCalls:
     # ---- client -> member ---------------------------------------------------------------------------
 
     def start(self, frame: Frame) -> bytes | bool | None:
-        """Forward a tools/call at once: None (forwarded), bytes (the answer now), or False
-        when the general path must serve it."""
+        """Forward a tools/call (or a bridged list, BRIDGED_LISTS) at once: None (forwarded), bytes
+        (the answer now), or False when the general path must serve it."""
         agg = self.agg
         if self._watch is None or agg.closing.is_set():
             return False
@@ -82,31 +90,40 @@ class DirectCalls:
             if not self.ready:
                 return False
         params = frame.params
-        if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+        method = frame.method or ""
+        if not isinstance(params, dict):
             return False
-        routed = self.route_tool(params["name"])
-        if routed is None:
-            return False         # the general path answers why it cannot route it
-        member, original = routed
+        if method == "tools/call":
+            if not isinstance(params.get("name"), str):
+                return False
+            routed = self.route_tool(params["name"])
+            if routed is None:
+                return False         # the general path answers why it cannot route it
+            member, original = routed
+        else:                        # a bridged list (Aggregate.request sends no other here)
+            member, original = agg.members[agg.name], None
+            if not member.ok:
+                return False
         if member.era == LEGACY and agg.era == MODERN:
             if not self._bridgeable(params):
                 return False
             params = ns.strip_modern_meta(params)
-        elif member.era != agg.era or not self._meta_fits(agg.era, params):
+        elif member.era != agg.era or not self._meta_fits(agg.era, params) or original is None:
             return False
         our_id = f"agg-{next(member.ids)}"
-        msg = {"jsonrpc": "2.0", "id": our_id, "method": "tools/call", "params": {**params, "name": original}}
+        msg = {"jsonrpc": "2.0", "id": our_id, "method": method,
+               "params": {**params, "name": original} if original is not None else params}
         try:
             raw = jsonfast.dumps(msg)
         except ValueError:
             return False
         timeout = member.timeout
         deadline = trio.current_time() + timeout if timeout != math.inf else math.inf
-        entry = Direct(frame.id, member, our_id, deadline)
-        agg.pending.add(frame.id, "tools/call", None)
+        entry = Direct(frame.id, member, our_id, deadline, method)
+        agg.pending.add(frame.id, method, None)
         member.direct[our_id] = entry
         self.by_client[frame.id] = entry
-        refused = member.upstream.request(Frame(raw, Kind.REQUEST, msg, "tools/call", our_id))
+        refused = member.upstream.request(Frame(raw, Kind.REQUEST, msg, method, our_id))
         if refused is not None:
             self._forget(entry)
             agg.pending.pop(frame.id)
@@ -136,12 +153,12 @@ class DirectCalls:
     def _bridgeable(params: dict[str, Any]) -> bool:
         """Whether a modern client's call may go to a legacy member from here: a well-formed modern
         request of a version the gateway speaks (the member cannot refuse one it does not: the
-        general path answers -32022 for it), no progress token, no log level, no retry, and nothing the member could ask the
-        client for."""
+        general path answers -32022 for it), no progress token, no log level, no retry, and nothing
+        the member could ask the client for."""
         meta = params.get("_meta")
         return isinstance(meta, dict) and "progressToken" not in meta and all(k in meta for k in ENVELOPE) \
-            and meta[META_PROTOCOL_VERSION] in MODERN_VERSIONS and META_LOG_LEVEL not in meta and "requestState" not in params and "inputResponses" not in params \
-            and not accepted(params)
+            and meta[META_PROTOCOL_VERSION] in MODERN_VERSIONS and META_LOG_LEVEL not in meta \
+            and "requestState" not in params and "inputResponses" not in params and not accepted(params)
 
     def flush(self, soon: bool) -> None:
         """Write what the calls just made queued for their members (the front calls this once
@@ -178,28 +195,34 @@ class DirectCalls:
             return                      # cancelled, timed out or answered at shutdown already
         client_id = entry.client_id
         if frame is not None:
-            out = self._as_sent(frame, msg, client_id)
+            out = self._as_sent(frame, msg, client_id, entry.method)
             if out is not None:
                 agg.frames_out += 1
                 agg.sink.server_frame(Frame(out[0], frame.kind, out[1], None, client_id, frame.note))
                 return                  # the member's reader flushes the sink after its batch
-        agg.deliver(client_id, "tools/call", msg, frame.note if frame is not None else None)
+        agg.deliver(client_id, entry.method, msg, frame.note if frame is not None else None)
 
-    def _as_sent(self, frame: Frame, msg: dict[str, Any], client_id: Any) -> tuple[bytes, dict[str, Any]] | None:
+    def _as_sent(self, frame: Frame, msg: dict[str, Any], client_id: Any,
+                 method: str) -> tuple[bytes, dict[str, Any]] | None:
         """The member's answer as the client gets it, made from the member's own bytes: only its id
-        changed, and for a modern client of a legacy member (the era bridge) `resultType` added
-        too; None where Aggregate.deliver must remake it."""
+        changed, and for a modern client of a legacy member (the era bridge) the modern result
+        fields added too (`resultType`; a list's cache hints); None where Aggregate.deliver must
+        remake it."""
+        listed = method != "tools/call"
         try:
             new_id = jsonfast.dumps(client_id)
-            if self._unchanged(msg):
+            if not listed and self._unchanged(msg):
                 return scan.replace_id(frame.raw, new_id), {**msg, "id": client_id}
         except ValueError:
             return None
-        result = msg.get("result")
-        if self.agg.era != MODERN or not isinstance(result, dict):
+        result = msg.get("result")      # (a list's error: deliver says it in the modern era's words)
+        if self.agg.era != MODERN or not isinstance(result, dict) or any(k in result for k in MODERN_RESULT_KEYS):
             return None
-        raw = scan.with_result_member(frame.raw, new_id, COMPLETE)       # (it has no resultType: not _unchanged)
-        return None if raw is None else (raw, {**msg, "id": client_id, "result": {"resultType": "complete", **result}})
+        added = LISTED if listed else COMPLETE
+        raw = scan.with_result_member(frame.raw, new_id, added)
+        if raw is None:
+            return None
+        return raw, {**msg, "id": client_id, "result": {**(LISTED_FIELDS if listed else COMPLETE_FIELD), **result}}
 
     def _unchanged(self, msg: dict[str, Any]) -> bool:
         """Whether Aggregate.deliver would send this answer as it is, but for its id."""
@@ -249,5 +272,5 @@ class DirectCalls:
                 member.cancel(entry.our_id, f"no answer within {timeout:g}s")
                 self.answered(entry, jsonfast.loads(errors.error_frame(
                     entry.our_id, errors.UPSTREAM_UNAVAILABLE,
-                    f"server '{member.name}' did not answer tools/call within {timeout:g}s",
-                    {"server": member.name, "method": "tools/call"})), None)
+                    f"server '{member.name}' did not answer {entry.method} within {timeout:g}s",
+                    {"server": member.name, "method": entry.method})), None)

@@ -22,7 +22,7 @@ import trio
 
 from wire_gateway.config import Config
 from wire_gateway.proxy.aggregate import greeting
-from wire_gateway.proxy.aggregate.direct import DirectCalls
+from wire_gateway.proxy.aggregate.direct import BRIDGED_LISTS, DirectCalls
 from wire_gateway.proxy.aggregate.directory import LIST_TIMEOUT, LISTS, Directory, RouteError
 from wire_gateway.proxy.aggregate.members import NOTES, Member, UpstreamFactory
 from wire_gateway.proxy.aggregate.messages import (
@@ -138,7 +138,7 @@ class Aggregate:
         refused = self.pending.refusal(frame.id, "aggregate", self.limits.max_in_flight)
         if refused is not None:
             return refused
-        if frame.method == "tools/call":
+        if frame.method == "tools/call" or (self.single and frame.method in BRIDGED_LISTS):
             direct = self.direct.start(frame)
             if direct is not False:
                 return direct        # type: ignore[return-value]
