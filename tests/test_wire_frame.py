@@ -112,7 +112,8 @@ def test_replace_id_touches_only_the_id(raw, new, expected):
     (b'{"jsonrpc":"2.0","id":"agg-1","result":{"content":[],"isError":false}}',
      b'{"jsonrpc":"2.0","id":9,"result":{"k":1,"content":[],"isError":false}}'),
     (b'{"id": "a\\"b", "jsonrpc": "2.0", "result": { } }\n', b'{"id": 9, "jsonrpc": "2.0", "result": {"k":1 } }\n'),
-    (b'{"jsonrpc":"2.0","id":3,"result":{"result":{"x":1}}}', b'{"jsonrpc":"2.0","id":9,"result":{"k":1,"result":{"x":1}}}'),
+    (b'{"jsonrpc":"2.0","id":3,"result":{"result":{"x":1}}}',
+     b'{"jsonrpc":"2.0","id":9,"result":{"k":1,"result":{"x":1}}}'),
     # not the usual head: the caller re-encodes the message
     (b'{"result":{"a":1},"jsonrpc":"2.0","id":3}', None),
     (b'{"jsonrpc":"2.0","extra":{"result":{}},"id":3,"result":{"a":1}}', None),

@@ -68,6 +68,9 @@ class ModernPool:
 
     bridge: ModernPool | None = None    # modern clients of a legacy server (era_bridge.py)
     taps_arrivals = True                # False for a bridge: the pool in front recorded the request
+    # False for a bridge: the one-server aggregate behind it encodes each request anew (it reads the
+    # client's bytes only to check them for repeated keys), so they keep the client's id.
+    ids_in_bytes = True
 
     def __init__(self, server: str, spec: ServerSpec, config: Config, keepalive: float = 15.0,
                  services: Any = None, upstream_factory: Callable[..., Upstream] | None = None) -> None:
@@ -113,6 +116,7 @@ class ModernPool:
             self.bridge = ModernPool(server, spec, config, keepalive, upstream_factory=bridge)
             self.bridge.era = MODERN          # the bridge speaks it: no probe
             self.bridge.taps_arrivals = False
+            self.bridge.ids_in_bytes = False
             self.bridge.tools = self.tools
 
     # ---- HTTP side ------------------------------------------------------------------
@@ -120,6 +124,9 @@ class ModernPool:
     async def post(self, frame: Frame, responder: Responder) -> None:
         if self.tap is not None and self.taps_arrivals:
             self.tap.frame(C2G, frame)
+        if self.era == LEGACY and self._bridge_member is None and self.bridge is not None:
+            await self.bridge.post(frame, responder)     # bridged from now on (_bridged handed the upstream over)
+            return
         if frame.kind is not Kind.REQUEST:
             if self.era == LEGACY and self.bridge is not None:
                 await self._bridged(frame, responder)
@@ -206,7 +213,7 @@ class ModernPool:
         meta = params.get("_meta") if isinstance(params, dict) else None
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         if token is None or not isinstance(params, dict) or not isinstance(meta, dict):   # (a token: both are objects)
-            return scan.replace_id(frame.raw, str(gw_id).encode()), frame.msg
+            return scan.replace_id(frame.raw, str(gw_id).encode()) if self.ids_in_bytes else frame.raw, frame.msg
         ours = f"wg-{gw_id}"
         msg = {**frame.msg, "id": gw_id, "params": {**params, "_meta": {**meta, "progressToken": ours}}}
         try:

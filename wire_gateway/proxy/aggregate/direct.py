@@ -107,7 +107,11 @@ class DirectCalls:
         if member.era == LEGACY and agg.era == MODERN:
             if not self._bridgeable(params):
                 return False
-            params = ns.strip_modern_meta(params)
+            if len(params["_meta"]) == len(ENVELOPE):      # the envelope alone (most requests): no _meta left
+                params = params.copy()
+                del params["_meta"]
+            else:
+                params = ns.strip_modern_meta(params)
         elif member.era != agg.era or not self._meta_fits(agg.era, params) or original is None:
             return False
         our_id = f"agg-{next(member.ids)}"
@@ -156,9 +160,10 @@ class DirectCalls:
         general path answers -32022 for it), no progress token, no log level, no retry, and nothing
         the member could ask the client for."""
         meta = params.get("_meta")
-        return isinstance(meta, dict) and "progressToken" not in meta and all(k in meta for k in ENVELOPE) \
-            and meta[META_PROTOCOL_VERSION] in MODERN_VERSIONS and META_LOG_LEVEL not in meta \
-            and "requestState" not in params and "inputResponses" not in params and not accepted(params)
+        return isinstance(meta, dict) and "progressToken" not in meta and META_CLIENT_INFO in meta \
+            and META_CLIENT_CAPS in meta and meta.get(META_PROTOCOL_VERSION) in MODERN_VERSIONS \
+            and META_LOG_LEVEL not in meta and "requestState" not in params and "inputResponses" not in params \
+            and not accepted(params)
 
     def flush(self, soon: bool) -> None:
         """Write what the calls just made queued for their members (the front calls this once
