@@ -1,7 +1,9 @@
 """The combination matrix's one canonical scenario, and the clients it drives each front with.
 
 A cell is (front, policy, upstream kind, observe, auth); the `http-bridge` front is a modern client
-of a legacy-only server (legacy_echo, or http_echo --legacy-only) on its single-server route.
+of a legacy-only server (legacy_echo, or http_echo --legacy-only) on its single-server route, and the
+`*-legacy-bridge` fronts the other way round: a legacy client of a modern-only server (modern_only,
+or http_echo --modern-only).
 `observe: on` is what an operator turns on to look inside: frame dumps, OpenTelemetry traces
 (exported to a receiver the cell runs) and JSON logs, together (metrics are on in every cell: they
 are the default). Its gateway serves two servers: `s`, the one under test (a `command` echo server
@@ -34,9 +36,10 @@ from test_aggregate_http import body_of
 
 from wire_gateway.demo.echo import build as build_echo
 
-# http-bridge: a modern client of a legacy-only `s` on /mcp/s, through the era bridge (docs/bridge.md)
+# http-bridge: a modern client of a legacy-only `s` on /mcp/s, through the era bridge (docs/bridge.md);
+# *-legacy-bridge: a legacy client of a modern-only `s` (--server s, /mcp/s), the bridge's other half
 FRONTS = ("stdio", "stdio-aggregate", "http-legacy", "http-modern", "http-aggregate-legacy",
-          "http-aggregate-modern", "http-bridge")
+          "http-aggregate-modern", "http-bridge", "stdio-legacy-bridge", "http-legacy-bridge")
 POLICIES = ("none", "filter", "pinning", "schema", "guardrails", "cache")
 UPSTREAMS = ("command", "url")
 OBSERVE = ("off", "on")
@@ -49,6 +52,7 @@ COMMAND_TOOLS = frozenset(build_echo("matrix").tools)
 URL_TOOLS = frozenset(t["name"] for t in fixture_module("http_echo").TOOLS)
 # fixtures/servers/legacy_echo.py
 LEGACY_COMMAND_TOOLS = COMMAND_TOOLS | {"ask", "roots", "meta", "touch_resource", "log"}
+MODERN_COMMAND_TOOLS = frozenset(fixture_module("modern_only").build("matrix").tools)
 HELLO = "matrix-hello-7d1f"          # the working call's text: found again at every hop of the dump
 # guardrails: a synthetic AWS access key id (blocked on input) and an address (redacted on input,
 # restored in the answer)
@@ -91,6 +95,7 @@ class Cell:
     tmp: Path
     url_server: str = ""           # the url upstream's endpoint, when upstream == "url"
     legacy_url_server: str = ""    # the same, legacy-only (http_echo --legacy-only): the http-bridge front's
+    modern_url_server: str = ""    # and modern-only (--modern-only): the legacy-bridge fronts'
     auth: str = "off"
     dump_path: Path | None = None
     log_path: Path = field(init=False)
@@ -120,6 +125,10 @@ class Cell:
         return self.front == "http-bridge"
 
     @property
+    def legacy_bridge(self) -> bool:
+        return self.front.endswith("legacy-bridge")
+
+    @property
     def modern(self) -> bool:
         return self.front.endswith("modern") or self.bridge
 
@@ -127,6 +136,9 @@ class Cell:
         if self.bridge:         # a server that speaks only the legacy era (its era probed: `auto`)
             s: dict[str, Any] = ({"url": self.legacy_url_server} if self.upstream == "url"
                                  else {"command": PY, "args": [str(SERVERS / "legacy_echo.py")]})
+        elif self.legacy_bridge:  # one that speaks only the modern era (probed too)
+            s = ({"url": self.modern_url_server} if self.upstream == "url"
+                 else {"command": PY, "args": [str(SERVERS / "modern_only.py")]})
         else:
             s = ({"url": self.url_server} if self.upstream == "url"
                  else {"command": PY, "args": [str(SERVERS / "echo.py")]})
@@ -157,7 +169,8 @@ class Cell:
         return {"servers": servers, "aggregate": {"separator": SEP}, **top}
 
     def expected_names(self) -> set[str]:
-        own = set(URL_TOOLS if self.upstream == "url" else LEGACY_COMMAND_TOOLS if self.bridge else COMMAND_TOOLS)
+        own = set(URL_TOOLS if self.upstream == "url" else LEGACY_COMMAND_TOOLS if self.bridge
+                  else MODERN_COMMAND_TOOLS if self.legacy_bridge else COMMAND_TOOLS)
         if self.policy in ("filter", "pinning"):
             own.discard("pid")
         if self.auth == "keys":

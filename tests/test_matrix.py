@@ -14,7 +14,7 @@ from otlp_receiver import OtlpReceiver
 
 # The era bridge's cells run with everything observable on (dumps, traces, JSON logs): where the
 # bridge's frames go is what they check beside the policy.
-PAIRWISE = list(dict.fromkeys(cell if cell[0] != "http-bridge" else (*cell[:3], "on", cell[4])
+PAIRWISE = list(dict.fromkeys(cell if "bridge" not in cell[0] else (*cell[:3], "on", cell[4])
                               for cell in pairwise(AXES)))
 REST = [cell for cell in itertools.product(*AXES) if cell not in PAIRWISE]
 
@@ -30,11 +30,21 @@ def legacy_url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         server.stop()
 
 
-def _run(cell: tuple[str, ...], tmp_path: Path, url_server: str, legacy_url_server: str,
+@pytest.fixture(scope="module")
+def modern_url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The HTTP echo fixture speaking only the modern era: the legacy-bridge fronts' url upstream."""
+    server = UrlServer(tmp_path_factory.mktemp("modern-url-upstream"), "--modern-only")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _run(cell: tuple[str, ...], tmp_path: Path, url_server: str, legacy_url_server: str, modern_url_server: str,
          monkeypatch: pytest.MonkeyPatch) -> None:
     front, policy, upstream, observe, auth = cell
     c = Cell(front, policy, upstream, observe, tmp_path, url_server=url_server, auth=auth,
-             legacy_url_server=legacy_url_server)
+             legacy_url_server=legacy_url_server, modern_url_server=modern_url_server)
     if observe != "on":
         run_cell(c)
         return
@@ -51,12 +61,12 @@ def _run(cell: tuple[str, ...], tmp_path: Path, url_server: str, legacy_url_serv
 
 @pytest.mark.parametrize("cell", PAIRWISE, ids=["-".join(c) for c in PAIRWISE])
 def test_pairwise(cell: tuple[str, ...], tmp_path: Path, url_server: str, legacy_url_server: str,
-                  monkeypatch: pytest.MonkeyPatch) -> None:
-    _run(cell, tmp_path, url_server, legacy_url_server, monkeypatch)
+                  modern_url_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(cell, tmp_path, url_server, legacy_url_server, modern_url_server, monkeypatch)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", REST, ids=["-".join(c) for c in REST])
 def test_rest_of_the_matrix(cell: tuple[str, ...], tmp_path: Path, url_server: str, legacy_url_server: str,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
-    _run(cell, tmp_path, url_server, legacy_url_server, monkeypatch)
+                            modern_url_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(cell, tmp_path, url_server, legacy_url_server, modern_url_server, monkeypatch)
