@@ -389,6 +389,50 @@ def test_the_sdk_client_in_the_modern_mode_answers_the_elicitation(gw):
     assert asked == ["your name?"]
 
 
+def test_the_sdk_client_in_the_modern_mode_samples_completes_follows_progress_and_cancels(gw):
+    """The rest of what a modern client does with a legacy server, through the bridge with the SDK:
+    a sampling request during a tool call (an input-required result the SDK answers), completion,
+    progress under the SDK's own token, and a call cancelled by the SDK (the server is told)."""
+    sampled: list[str] = []
+    progress: list[float] = []
+
+    async def on_sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        sampled.append(params.messages[0].content.text)
+        return types.CreateMessageResult(role="assistant", model="fixture-llm",
+                                         content=types.TextContent(type="text", text="sampled by the sdk"))
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async def main() -> None:
+        with anyio.fail_after(30):
+            async with Client(streamable_http_client(gw.url("old")), mode="2026-07-28",
+                              sampling_callback=on_sample) as client:
+                answer = await client.call_tool("sample", {"prompt": "say something"})
+                assert answer.content[0].text == "sampled by the sdk", answer
+                done = await client.complete(types.PromptReference(type="ref/prompt", name="greet"),
+                                             {"name": "name", "value": "A"})
+                assert done.completion.values == ["Ada", "Alan"], done
+                stepped = await client.call_tool("progress", {"steps": 3}, progress_callback=on_progress)
+                assert stepped.content[0].text == "done" and progress == [1, 2, 3], progress
+                with anyio.move_on_after(1):          # the SDK gives up on a long call: its stream closes
+                    await client.call_tool("wait", {"seconds": 30})
+                echoed = await client.call_tool("echo", {"text": "after the cancel"})
+                assert echoed.content[0].text == "after the cancel"
+
+    def cancels() -> int:
+        return SERVER_LOG[-1].read_text().count('"cancelled"') if SERVER_LOG[-1].exists() else 0
+
+    before = cancels()
+    anyio.run(main)
+    assert sampled == ["say something"]
+    for _ in range(100):      # the server was told the call is off
+        if cancels() > before:
+            break
+        time.sleep(0.05)
+    assert cancels() > before
+
+
 # ---- resource subscriptions: subscriptions/listen -> resources/subscribe ---------------------
 
 def test_resource_subscriptions_are_carried_to_the_legacy_session(gw):

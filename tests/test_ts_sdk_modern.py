@@ -3,9 +3,10 @@ tests/ts_client_modern/package.json) in its 2026-07-28 mode (`versionNegotiation
 "2026-07-28"}}`) through the era bridge: `/mcp/NAME` in front of a legacy-only stdio server
 (fixtures/servers/legacy_echo.py), the SDK never sending `initialize`.
 
-One scenario (tests/ts_client_modern/client.mjs): discover, tools, resources, prompts, progress,
-an elicitation during a tool call (the bridge's input-required result, which the SDK fulfils from
-its `elicitation/create` handler and retries), and a `subscriptions/listen` stream that hears a
+One scenario (tests/ts_client_modern/client.mjs): discover, tools, resources, prompts, completion,
+progress, an elicitation and a sampling request during tool calls (the bridge's input-required
+results, which the SDK fulfils from its handlers and retries), a call the SDK aborts (the server is
+told), and a `subscriptions/listen` stream that hears a
 tool-list change and a resource update (`resourceSubscriptions`, carried as `resources/subscribe`).
 
 Needs `node` (>= 20). The first run does `npm ci` in tests/ts_client_modern (network to the npm
@@ -105,6 +106,17 @@ def test_tools_resources_prompts_and_progress(results):
 def test_an_elicitation_during_a_tool_call(results):
     assert results["asked"] == ["your name?"]
     assert results["elicited"] == 'accept: {"name": "Grace"}'
+
+
+def test_a_sampling_request_during_a_tool_call_and_completion(results):
+    assert results["sampled"] == ["say it"] and results["sampledAnswer"] == "sampled by ts"
+    assert results["completion"] == ["Ada", "Alan"]
+
+
+def test_an_aborted_call_is_cancelled_on_the_server(results):
+    assert results["aborted"] == "aborted" and results["afterAbort"] == "after"
+    cancelled = [m for m in results["server_received"] if isinstance(m, dict) and "cancelled" in m]
+    assert cancelled and str(cancelled[-1]["cancelled"]).startswith("agg-"), results["server_received"]
 
 
 def test_list_changes_and_resource_updates_on_a_listen_stream(results):

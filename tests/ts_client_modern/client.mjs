@@ -5,9 +5,10 @@
 // Usage: node client.mjs URL        e.g. http://127.0.0.1:PORT/mcp/old
 //
 // Runs a fixed scenario: connect in the modern era (no initialize: server/discover), list and
-// call tools, list and read resources, list and get prompts, a call with progress, a call
-// during which the server asks for input (an elicitation: the bridge answers input_required and
-// the SDK retries with the handler's answer), and a subscriptions/listen stream that hears a
+// call tools, list and read resources, list and get prompts, completion, a call with progress,
+// calls during which the server asks for input (an elicitation, a sampling request: the bridge
+// answers input_required and the SDK retries with the handler's answer), a call the client
+// cancels (aborts), and a subscriptions/listen stream that hears a
 // tool-list change and a resource update (made by a second client). Prints ONE JSON line with the results on stdout and
 // exits 0; any error: a message on stderr, exit 1. Bounded by TS_CLIENT_TIMEOUT_MS (default
 // 30 s): exit 2 when it expires.
@@ -41,16 +42,21 @@ function waitFor(list, what) {
 async function main(url) {
   const errors = [];
   const asked = [];
+  const sampled = [];
   const toolChanges = [];
   const updates = [];
   const client = new Client({ name: 'wire-gateway-ts-modern-test', version: '1.0.0' }, {
-    capabilities: { elicitation: {} },
+    capabilities: { elicitation: {}, sampling: {} },
     versionNegotiation: { mode: { pin: '2026-07-28' } },
   });
   client.onerror = (err) => errors.push(String(err?.message ?? err));
   client.setRequestHandler('elicitation/create', async (request) => {
     asked.push(request.params.message);
     return { action: 'accept', content: { name: 'Grace' } };
+  });
+  client.setRequestHandler('sampling/createMessage', async (request) => {
+    sampled.push(request.params.messages[0].content.text);
+    return { role: 'assistant', model: 'fixture-llm', content: { type: 'text', text: 'sampled by ts' } };
   });
   client.setNotificationHandler('notifications/tools/list_changed', () => { toolChanges.push(true); });
   client.setNotificationHandler('notifications/resources/updated', (n) => { updates.push(n.params.uri); });
@@ -77,6 +83,21 @@ async function main(url) {
 
   r.elicited = (await client.callTool({ name: 'ask', arguments: { message: 'your name?' } })).content[0].text;
   r.asked = asked;
+  r.sampledAnswer = (await client.callTool({ name: 'sample', arguments: { prompt: 'say it' } })).content[0].text;
+  r.sampled = sampled;
+  r.completion = (await client.complete({ ref: { type: 'ref/prompt', name: 'greet' },
+    argument: { name: 'name', value: 'A' } })).completion.values;
+
+  // a call the client gives up on: aborted (its stream closed); the next call is served as ever
+  const abort = new AbortController();
+  setTimeout(() => abort.abort(), 500);
+  try {
+    await client.callTool({ name: 'wait', arguments: { seconds: 30 } }, { signal: abort.signal });
+    r.aborted = 'answered';
+  } catch (err) {
+    r.aborted = abort.signal.aborted ? 'aborted' : String(err?.message ?? err);
+  }
+  r.afterAbort = (await client.callTool({ name: 'echo', arguments: { text: 'after' } })).content[0].text;
 
   const sub = await client.listen({ toolsListChanged: true, resourceSubscriptions: ['echo://info'] });
   r.honored = sub.honoredFilter;
