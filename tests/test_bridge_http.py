@@ -290,6 +290,50 @@ def test_the_aggregate_gives_asking_calls_sessions_of_their_own_too(gw):
         assert text(done) == f'accept: {{"name": "{message}"}}'
 
 
+def test_the_sdk_client_in_the_modern_mode_through_the_aggregate(gw):
+    """/mcp with the SDK in its 2026-07-28 mode: the legacy members' tools under their prefixes,
+    their questions (an elicitation, a sampling request) as input-required results the SDK answers,
+    progress under the SDK's token, a dual-era member beside them."""
+    asked: list[str] = []
+    progress: list[float] = []
+
+    async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"name": "Edsger"})
+
+    async def on_sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        asked.append(params.messages[0].content.text)
+        return types.CreateMessageResult(role="assistant", model="fixture-llm",
+                                         content=types.TextContent(type="text", text="sampled"))
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async def main() -> None:
+        with anyio.fail_after(30):
+            async with Client(streamable_http_client(f"{gw.base}/mcp"), mode="2026-07-28",
+                              elicitation_callback=on_elicit, sampling_callback=on_sample) as client:
+                names: set[str] = set()
+                cursor = None
+                for _ in range(20):           # every page (the aggregate pages by member)
+                    page = await client.list_tools(cursor=cursor)
+                    names |= {t.name for t in page.tools}
+                    cursor = page.next_cursor
+                    if not cursor:
+                        break
+                assert {"old__ask", "old__sample", "pinned__echo", "echo__echo"} <= names, names
+                asked_answer = await client.call_tool("old__ask", {"message": "who?"})
+                assert asked_answer.content[0].text == 'accept: {"name": "Edsger"}', asked_answer
+                sampled = await client.call_tool("pinned__sample", {"prompt": "hum"})
+                assert sampled.content[0].text == "sampled", sampled
+                stepped = await client.call_tool("old__progress", {"steps": 2}, progress_callback=on_progress)
+                assert stepped.content[0].text == "done" and progress == [1, 2], progress
+                assert (await client.call_tool("echo__echo", {"text": "dual"})).content[0].text == "dual"
+
+    anyio.run(main)
+    assert asked == ["who?", "hum"]
+
+
 def test_without_sessions_of_their_own_a_second_asking_call_is_refused(gw):
     """`bridge_sessions: 0`: every call shares the route's session, and a question arriving while two
     calls could be asked is refused rather than guessed (the shared session's rule)."""
