@@ -158,6 +158,35 @@ def test_input_required_hostile_paths(tmp_path: Path) -> None:
         close(client, tmp_path)
 
 
+def test_a_client_that_can_be_asked_nothing(tmp_path: Path) -> None:
+    """A legacy client that declared no capability: its calls and lists take the aggregate's fast
+    path (direct.py), warm or not, in its own era; a member's question is refused as asks_legacy.py
+    refuses it; a call with a progress token still gets its progress."""
+    client = start(tmp_path, fixture("modern_only"))
+    try:
+        client.request("initialize", {**LEGACY_INIT, "capabilities": {}}, req_id=0)
+        client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        for i in range(3):
+            echoed = client.call("echo", {"text": f"plain {i}"}, req_id=f"e{i}")
+            assert echoed["result"]["content"][0]["text"] == f"plain {i}", echoed
+            assert "resultType" not in echoed["result"], echoed
+            listed = client.request("tools/list", {}, req_id=f"l{i}")
+            assert "echo" in [t["name"] for t in listed["result"]["tools"]], listed
+            assert not {"resultType", "ttlMs", "cacheScope"} & set(listed["result"]), listed
+        asked = client.call("ask_name", {}, req_id="a")
+        assert asked["error"]["code"] == -31005 and "elicitation capability" in asked["error"]["message"], asked
+        bad = client.call("malformed", {}, req_id="m")
+        assert bad["error"]["code"] == -31005 and "malformed" in bad["error"]["message"], bad
+        client.send({"jsonrpc": "2.0", "id": "p", "method": "tools/call",
+                     "params": {"name": "progress", "arguments": {"steps": 2}, "_meta": {"progressToken": "tok"}}})
+        seen = [client.recv(10) for _ in range(3)]
+        assert [f["params"]["progressToken"] for f in seen if f.get("method") == "notifications/progress"] == \
+            ["tok", "tok"], seen
+        assert seen[-1]["id"] == "p" and seen[-1]["result"]["content"][0]["text"] == "done", seen
+    finally:
+        close(client, tmp_path)
+
+
 def test_a_dual_era_server_stays_passed_through(tmp_path: Path) -> None:
     client = start(tmp_path, fixture("echo"))
     try:

@@ -71,7 +71,7 @@ class LegacyAsks:
             result = answer.get("result")
             if not isinstance(result, dict) or result.get("resultType") != "input_required":
                 return answer
-            requests, state, problem = self._check(member, result)
+            requests, state, problem = self.check(member, result)
             if problem is not None:
                 log.warning("aggregate: %s answered %s with an input_required result the client cannot be "
                             "asked: %s", member.name, method, problem)
@@ -87,7 +87,7 @@ class LegacyAsks:
                          f"server '{member.name}' asked for client input {MAX_ROUNDS} times during {method} "
                          "without answering it; the gateway gave up", {"reason": "input_required"})
 
-    def _check(self, member: Member, result: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
+    def check(self, member: Member, result: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
         """The member's input requests and state, or why they cannot be put to this client."""
         requests = result.get("inputRequests", {})
         state = result.get("requestState")

@@ -12,8 +12,12 @@ eras is taken here: a modern client's call to a legacy member (the era bridge's 
 modern `_meta` keys stripped, when the client declared no capability a member's request could
 need (else asks.py must be able to park it), asked for no log messages (the general path's call
 carries its level, which relay.py filters the member's logs by) and it is no retry of an
-input-required result. The era bridge's one-server aggregate also sends the lists (`tools/list`,
-...) of such a client this way: its member's own pages, the modern result fields added.
+input-required result. The other difference of eras is taken too: a legacy client's call to a
+modern member, the modern `_meta` envelope added (Aggregate.params_for), when the client declared
+none of those capabilities (else asks_legacy.py must be able to put the member's input requests to
+it; such a client can only be told no, as asks_legacy.py tells it) and set no log level. The era
+bridge's one-server aggregate also sends the lists (`tools/list`, ...) this way: its member's own
+pages, in the client's era.
 
 What the general path guarantees holds here too:
 - exactly one answer per request, settled by the aggregate's `pending` table: whoever
@@ -25,13 +29,14 @@ What the general path guarantees holds here too:
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from wire_gateway.proxy.aggregate.asks import accepted
-from wire_gateway.proxy.aggregate.messages import META_CLIENT_CAPS, META_CLIENT_INFO, META_LOG_LEVEL
+from wire_gateway.proxy.aggregate.asks import CAPABILITY, INPUT_METHODS, accepted
+from wire_gateway.proxy.aggregate.messages import META_CLIENT_CAPS, META_CLIENT_INFO, META_LOG_LEVEL, error_msg
 from wire_gateway.wire import errors, jsonfast, namespacing as ns, scan
 from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN, MODERN_VERSIONS
 from wire_gateway.wire.frame import Frame, Kind
@@ -39,6 +44,8 @@ from wire_gateway.wire.frame import Frame, Kind
 if TYPE_CHECKING:
     from wire_gateway.proxy.aggregate.endpoint import Aggregate
     from wire_gateway.proxy.aggregate.members import Member
+
+log = logging.getLogger("wire_gateway.aggregate")
 
 META_PREFIX = "io.modelcontextprotocol/"
 ENVELOPE = (META_PROTOCOL_VERSION, META_CLIENT_INFO, META_CLIENT_CAPS)
@@ -112,6 +119,10 @@ class DirectCalls:
                 del params["_meta"]
             else:
                 params = ns.strip_modern_meta(params)
+        elif member.era == MODERN and agg.era == LEGACY:
+            if not self._askless(params):
+                return False
+            params = agg.params_for(member, params)
         elif member.era != agg.era or not self._meta_fits(agg.era, params) or original is None:
             return False
         our_id = f"agg-{next(member.ids)}"
@@ -165,6 +176,17 @@ class DirectCalls:
             and META_LOG_LEVEL not in meta and "requestState" not in params and "inputResponses" not in params \
             and not accepted(params)
 
+    def _askless(self, params: dict[str, Any]) -> bool:
+        """Whether a legacy client's request may go to a modern member from here: no progress token
+        (the general path remaps it), no log level (its call carries it), and a client that declared
+        none of the capabilities a member's input request needs."""
+        agg = self.agg
+        meta = params.get("_meta")
+        if agg.log_level is not None or (meta is not None and (not isinstance(meta, dict) or "progressToken" in meta)):
+            return False
+        caps = agg.client_init.get("capabilities")
+        return not isinstance(caps, dict) or not any(isinstance(caps.get(cap), dict) for cap in CAPABILITY.values())
+
     def flush(self, soon: bool) -> None:
         """Write what the calls just made queued for their members (the front calls this once
         per batch of client input, as for any upstream)."""
@@ -205,7 +227,24 @@ class DirectCalls:
                 agg.frames_out += 1
                 agg.sink.server_frame(Frame(out[0], frame.kind, out[1], None, client_id, frame.note))
                 return                  # the member's reader flushes the sink after its batch
+        if agg.era == LEGACY and entry.member.era == MODERN and entry.method in INPUT_METHODS:
+            msg = self._input_refused(entry, msg)
         agg.deliver(client_id, entry.method, msg, frame.note if frame is not None else None)
+
+    def _input_refused(self, entry: Direct, msg: dict[str, Any]) -> dict[str, Any]:
+        """A modern member's input-required result for a legacy client that declared no capability to
+        answer it with: the error asks_legacy.py answers such a client with (the member is told the
+        client's capabilities, so a well-behaved one does not ask)."""
+        result = msg.get("result")
+        if not isinstance(result, dict) or result.get("resultType") != "input_required":
+            return msg
+        member = entry.member
+        problem = self.agg.relay.legacy_asks.check(member, result)[2] or (
+            f"server '{member.name}' asked for client input during {entry.method}, and the client declared none "
+            "of the capabilities to give it")
+        log.warning("aggregate: %s answered %s with an input_required result the client cannot be asked: %s",
+                    member.name, entry.method, problem)
+        return error_msg(entry.our_id, errors.ERA_MISMATCH, problem, {"reason": "input_required"})
 
     def _as_sent(self, frame: Frame, msg: dict[str, Any], client_id: Any,
                  method: str) -> tuple[bytes, dict[str, Any]] | None:
