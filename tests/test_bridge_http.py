@@ -290,29 +290,37 @@ def test_the_aggregate_gives_asking_calls_sessions_of_their_own_too(gw):
         assert text(done) == f'accept: {{"name": "{message}"}}'
 
 
+class SdkPeer:
+    """What the SDK's client answers a server's questions with, and what it saw."""
+
+    def __init__(self, name: str = "Edsger", sampled: str = "sampled") -> None:
+        self.name, self.sampled = name, sampled
+        self.asked: list[str] = []
+        self.progress: list[float] = []
+
+    async def on_elicit(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        self.asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"name": self.name})
+
+    async def on_sample(self, context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        self.asked.append(params.messages[0].content.text)
+        return types.CreateMessageResult(role="assistant", model="fixture-llm",
+                                         content=types.TextContent(type="text", text=self.sampled))
+
+    async def on_progress(self, done: float, total: float | None, message: str | None) -> None:
+        self.progress.append(done)
+
+
 def test_the_sdk_client_in_the_modern_mode_through_the_aggregate(gw):
     """/mcp with the SDK in its 2026-07-28 mode: the legacy members' tools under their prefixes,
     their questions (an elicitation, a sampling request) as input-required results the SDK answers,
     progress under the SDK's token, a dual-era member beside them."""
-    asked: list[str] = []
-    progress: list[float] = []
-
-    async def on_elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-        asked.append(params.message)
-        return types.ElicitResult(action="accept", content={"name": "Edsger"})
-
-    async def on_sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-        asked.append(params.messages[0].content.text)
-        return types.CreateMessageResult(role="assistant", model="fixture-llm",
-                                         content=types.TextContent(type="text", text="sampled"))
-
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(done)
+    peer = SdkPeer()
 
     async def main() -> None:
         with anyio.fail_after(30):
             async with Client(streamable_http_client(f"{gw.base}/mcp"), mode="2026-07-28",
-                              elicitation_callback=on_elicit, sampling_callback=on_sample) as client:
+                              elicitation_callback=peer.on_elicit, sampling_callback=peer.on_sample) as client:
                 names: set[str] = set()
                 cursor = None
                 for _ in range(20):           # every page (the aggregate pages by member)
@@ -326,12 +334,12 @@ def test_the_sdk_client_in_the_modern_mode_through_the_aggregate(gw):
                 assert asked_answer.content[0].text == 'accept: {"name": "Edsger"}', asked_answer
                 sampled = await client.call_tool("pinned__sample", {"prompt": "hum"})
                 assert sampled.content[0].text == "sampled", sampled
-                stepped = await client.call_tool("old__progress", {"steps": 2}, progress_callback=on_progress)
-                assert stepped.content[0].text == "done" and progress == [1, 2], progress
+                stepped = await client.call_tool("old__progress", {"steps": 2}, progress_callback=peer.on_progress)
+                assert stepped.content[0].text == "done" and peer.progress == [1, 2], peer.progress
                 assert (await client.call_tool("echo__echo", {"text": "dual"})).content[0].text == "dual"
 
     anyio.run(main)
-    assert asked == ["who?", "hum"]
+    assert peer.asked == ["who?", "hum"]
 
 
 def test_without_sessions_of_their_own_a_second_asking_call_is_refused(gw):
@@ -437,28 +445,19 @@ def test_the_sdk_client_in_the_modern_mode_samples_completes_follows_progress_an
     """The rest of what a modern client does with a legacy server, through the bridge with the SDK:
     a sampling request during a tool call (an input-required result the SDK answers), completion,
     progress under the SDK's own token, and a call cancelled by the SDK (the server is told)."""
-    sampled: list[str] = []
-    progress: list[float] = []
-
-    async def on_sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-        sampled.append(params.messages[0].content.text)
-        return types.CreateMessageResult(role="assistant", model="fixture-llm",
-                                         content=types.TextContent(type="text", text="sampled by the sdk"))
-
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(done)
+    peer = SdkPeer(sampled="sampled by the sdk")
 
     async def main() -> None:
         with anyio.fail_after(30):
             async with Client(streamable_http_client(gw.url("old")), mode="2026-07-28",
-                              sampling_callback=on_sample) as client:
+                              sampling_callback=peer.on_sample) as client:
                 answer = await client.call_tool("sample", {"prompt": "say something"})
                 assert answer.content[0].text == "sampled by the sdk", answer
                 done = await client.complete(types.PromptReference(type="ref/prompt", name="greet"),
                                              {"name": "name", "value": "A"})
                 assert done.completion.values == ["Ada", "Alan"], done
-                stepped = await client.call_tool("progress", {"steps": 3}, progress_callback=on_progress)
-                assert stepped.content[0].text == "done" and progress == [1, 2, 3], progress
+                stepped = await client.call_tool("progress", {"steps": 3}, progress_callback=peer.on_progress)
+                assert stepped.content[0].text == "done" and peer.progress == [1, 2, 3], peer.progress
                 with anyio.move_on_after(1):          # the SDK gives up on a long call: its stream closes
                     await client.call_tool("wait", {"seconds": 30})
                 echoed = await client.call_tool("echo", {"text": "after the cancel"})
@@ -469,7 +468,7 @@ def test_the_sdk_client_in_the_modern_mode_samples_completes_follows_progress_an
 
     before = cancels()
     anyio.run(main)
-    assert sampled == ["say something"]
+    assert peer.asked == ["say something"]
     for _ in range(100):      # the server was told the call is off
         if cancels() > before:
             break

@@ -20,24 +20,24 @@ REST = [cell for cell in itertools.product(*AXES) if cell not in PAIRWISE]
 
 
 
-@pytest.fixture(scope="module")
-def legacy_url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The HTTP echo fixture speaking only the legacy era: the http-bridge front's url upstream."""
-    server = UrlServer(tmp_path_factory.mktemp("legacy-url-upstream"), "--legacy-only")
+def _url_server(tmp_path_factory: pytest.TempPathFactory, flag: str) -> Iterator[str]:
+    server = UrlServer(tmp_path_factory.mktemp(f"url-upstream{flag}"), flag)
     try:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def legacy_url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The HTTP echo fixture speaking only the legacy era: the http-bridge front's url upstream."""
+    yield from _url_server(tmp_path_factory, "--legacy-only")
 
 
 @pytest.fixture(scope="module")
 def modern_url_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The HTTP echo fixture speaking only the modern era: the legacy-bridge fronts' url upstream."""
-    server = UrlServer(tmp_path_factory.mktemp("modern-url-upstream"), "--modern-only")
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield from _url_server(tmp_path_factory, "--modern-only")
 
 
 def _run(cell: tuple[str, ...], tmp_path: Path, url_server: str, legacy_url_server: str, modern_url_server: str,
