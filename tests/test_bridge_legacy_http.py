@@ -141,7 +141,13 @@ def test_the_sdk_client_in_the_legacy_mode(gw):
         run_sdk(gw.url(route))
 
 
-def run_sdk(url: str) -> None:
+def test_the_sdk_client_in_the_legacy_mode_through_the_aggregate(gw):
+    run_sdk(f"{gw.base}/mcp", "modern__")
+
+
+def run_sdk(url: str, prefix: str = "") -> None:
+    """The SDK's client in its legacy mode against `url`; `prefix`: the aggregate's name prefix of
+    the server's tools and prompts (`modern__`)."""
     asked: list[str] = []
     seen: list[Any] = []
 
@@ -160,28 +166,28 @@ def run_sdk(url: str) -> None:
         with anyio.fail_after(60):
             async with Client(streamable_http_client(url), mode="legacy", elicitation_callback=on_elicit,
                               sampling_callback=on_sample, message_handler=on_message) as client:
-                assert (await client.call_tool("ask_name", {})).content[0].text == "hello Grace"
-                assert (await client.call_tool("ask_sample", {})).content[0].text == "sampled: hello"
-                assert (await client.call_tool("two_rounds", {})).content[0].text == "Grace Grace"
-                assert "echo" in [t.name for t in (await client.list_tools()).tools]
+                assert (await client.call_tool(f"{prefix}ask_name", {})).content[0].text == "hello Grace"
+                assert (await client.call_tool(f"{prefix}ask_sample", {})).content[0].text == "sampled: hello"
+                assert (await client.call_tool(f"{prefix}two_rounds", {})).content[0].text == "Grace Grace"
+                assert f"{prefix}echo" in [t.name for t in (await client.list_tools()).tools]
                 progress: list[float] = []
 
                 async def on_progress(value: float, total: float | None, message: str | None) -> None:
                     progress.append(value)
-                done = await client.call_tool("progress", {"steps": 3}, progress_callback=on_progress)
+                done = await client.call_tool(f"{prefix}progress", {"steps": 3}, progress_callback=on_progress)
                 assert done.content[0].text == "done" and progress == [1, 2, 3]
                 read = await client.read_resource("echo://info")
                 assert "modern-only" in read.contents[0].text
-                prompt = await client.get_prompt("greet", {"name": "Ada"})
+                prompt = await client.get_prompt(f"{prefix}greet", {"name": "Ada"})
                 assert "Ada" in prompt.messages[0].content.text
-                completed = await client.complete(types.PromptReference(type="ref/prompt", name="greet"),
+                completed = await client.complete(types.PromptReference(type="ref/prompt", name=f"{prefix}greet"),
                                                   {"name": "name", "value": "a"})
                 assert completed.completion.values == ["alpha", "beta"]
                 await client.set_logging_level("info")
-                assert (await client.call_tool("log", {})).content[0].text == "info"
+                assert (await client.call_tool(f"{prefix}log", {})).content[0].text == "info"
                 await client.subscribe_resource("echo://info")
-                await client.call_tool("touch_resource", {"uri": "echo://info"})
-                await client.call_tool("touch_tools", {})
+                await client.call_tool(f"{prefix}touch_resource", {"uri": "echo://info"})
+                await client.call_tool(f"{prefix}touch_tools", {})
                 with anyio.fail_after(10):
                     while not {type(m) for m in seen} >= {types.ResourceUpdatedNotification,
                                                           types.ToolListChangedNotification}:
