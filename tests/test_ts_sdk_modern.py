@@ -64,13 +64,14 @@ def node_modern() -> str:
     return node
 
 
-@pytest.fixture(scope="module")
-def results(node_modern: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("ts-modern")
+def run_client(node: str, tmp: Path, route: str, prefix: str = "") -> dict[str, Any]:
+    """The scenario through a gateway in front of the legacy fixture, on `route` ("old", or "" for
+    the aggregate `/mcp`, whose names carry `prefix`); its results and what the server received."""
     gw = HttpGateway(tmp, {"old": fixture("legacy_echo", "--log", str(tmp / "old.jsonl"))})
     try:
+        url = gw.url(route) if route else f"{gw.base}/mcp"
         try:
-            done = subprocess.run([node_modern, str(CLIENT), gw.url("old")], cwd=ROOT, stdin=subprocess.DEVNULL,
+            done = subprocess.run([node, str(CLIENT), url, prefix], cwd=ROOT, stdin=subprocess.DEVNULL,
                                   env={**os.environ, "TS_CLIENT_TIMEOUT_MS": "30000"}, capture_output=True,
                                   text=True, timeout=RUN_TIMEOUT)
         except subprocess.TimeoutExpired as e:
@@ -81,6 +82,11 @@ def results(node_modern: str, tmp_path_factory: pytest.TempPathFactory) -> dict[
     finally:
         assert gw.stop() == 0, gw.log()
         assert "Traceback" not in gw.log() and " ERROR " not in gw.log(), gw.log()
+
+
+@pytest.fixture(scope="module")
+def results(node_modern: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_client(node_modern, tmp_path_factory.mktemp("ts-modern"), "old")
 
 
 def test_the_sdk_speaks_the_modern_era_to_a_legacy_server_through_the_bridge(results):
@@ -117,6 +123,17 @@ def test_an_aborted_call_is_cancelled_on_the_server(results):
     assert results["aborted"] == "aborted" and results["afterAbort"] == "after"
     cancelled = [m for m in results["server_received"] if isinstance(m, dict) and "cancelled" in m]
     assert cancelled and str(cancelled[-1]["cancelled"]).startswith("agg-"), results["server_received"]
+
+
+def test_the_same_scenario_through_the_aggregate(node_modern: str, tmp_path: Path) -> None:
+    """/mcp, the legacy server a member of the modern aggregate: its names prefixed, the rest alike."""
+    r = run_client(node_modern, tmp_path, "", "old__")
+    assert r["errors"] == [] and (r["era"], r["version"]) == ("modern", "2026-07-28")
+    assert {"old__echo", "old__ask", "old__sample"} <= set(r["tools"]) and r["prompts"] == ["old__greet"]
+    assert (r["echo"], r["elicited"], r["sampledAnswer"]) == ("hello", 'accept: {"name": "Grace"}', "sampled by ts")
+    assert r["completion"] == ["Ada", "Alan"] and r["progress"] == {"result": "done", "seen": [1, 2, 3]}
+    assert (r["aborted"], r["afterAbort"]) == ("aborted", "after")
+    assert r["toolsListChanged"] >= 1 and r["updated"] == ["echo://info"]
 
 
 def test_list_changes_and_resource_updates_on_a_listen_stream(results):

@@ -2,7 +2,8 @@
 // (@modelcontextprotocol/client) pinned to protocol revision 2026-07-28, talking through
 // wire-gateway's era bridge to a legacy-only server (fixtures/servers/legacy_echo.py).
 //
-// Usage: node client.mjs URL        e.g. http://127.0.0.1:PORT/mcp/old
+// Usage: node client.mjs URL [PREFIX]   e.g. http://127.0.0.1:PORT/mcp/old, or .../mcp old__
+// (PREFIX: the aggregate's name prefix of the server's tools and prompts)
 //
 // Runs a fixed scenario: connect in the modern era (no initialize: server/discover), list and
 // call tools, list and read resources, list and get prompts, completion, a call with progress,
@@ -39,7 +40,8 @@ function waitFor(list, what) {
   });
 }
 
-async function main(url) {
+async function main(url, prefix = '') {
+  const tool = (name) => prefix + name;
   const errors = [];
   const asked = [];
   const sampled = [];
@@ -70,38 +72,38 @@ async function main(url) {
     subscribe: client.getServerCapabilities()?.resources?.subscribe ?? false,
   };
   r.tools = (await client.listTools()).tools.map((t) => t.name).sort();
-  r.echo = (await client.callTool({ name: 'echo', arguments: { text: 'hello' } })).content[0].text;
+  r.echo = (await client.callTool({ name: tool('echo'), arguments: { text: 'hello' } })).content[0].text;
   r.resources = (await client.listResources()).resources.map((x) => x.uri);
   r.read = (await client.readResource({ uri: 'echo://info' })).contents[0].text;
   r.prompts = (await client.listPrompts()).prompts.map((p) => p.name);
-  r.prompt = (await client.getPrompt({ name: 'greet', arguments: { name: 'Ada' } })).messages[0].content.text;
+  r.prompt = (await client.getPrompt({ name: tool('greet'), arguments: { name: 'Ada' } })).messages[0].content.text;
 
   const progress = [];
-  const progressed = await client.callTool({ name: 'progress', arguments: { steps: 3 } },
+  const progressed = await client.callTool({ name: tool('progress'), arguments: { steps: 3 } },
     { onprogress: (p) => progress.push(p.progress) });
   r.progress = { result: progressed.content[0].text, seen: progress };
 
-  r.elicited = (await client.callTool({ name: 'ask', arguments: { message: 'your name?' } })).content[0].text;
+  r.elicited = (await client.callTool({ name: tool('ask'), arguments: { message: 'your name?' } })).content[0].text;
   r.asked = asked;
-  r.sampledAnswer = (await client.callTool({ name: 'sample', arguments: { prompt: 'say it' } })).content[0].text;
+  r.sampledAnswer = (await client.callTool({ name: tool('sample'), arguments: { prompt: 'say it' } })).content[0].text;
   r.sampled = sampled;
-  r.completion = (await client.complete({ ref: { type: 'ref/prompt', name: 'greet' },
+  r.completion = (await client.complete({ ref: { type: 'ref/prompt', name: tool('greet') },
     argument: { name: 'name', value: 'A' } })).completion.values;
 
   // a call the client gives up on: aborted (its stream closed); the next call is served as ever
   const abort = new AbortController();
   setTimeout(() => abort.abort(), 500);
   try {
-    await client.callTool({ name: 'wait', arguments: { seconds: 30 } }, { signal: abort.signal });
+    await client.callTool({ name: tool('wait'), arguments: { seconds: 30 } }, { signal: abort.signal });
     r.aborted = 'answered';
   } catch (err) {
     r.aborted = abort.signal.aborted ? 'aborted' : String(err?.message ?? err);
   }
-  r.afterAbort = (await client.callTool({ name: 'echo', arguments: { text: 'after' } })).content[0].text;
+  r.afterAbort = (await client.callTool({ name: tool('echo'), arguments: { text: 'after' } })).content[0].text;
 
   const sub = await client.listen({ toolsListChanged: true, resourceSubscriptions: ['echo://info'] });
   r.honored = sub.honoredFilter;
-  await client.callTool({ name: 'touch_tools', arguments: {} });
+  await client.callTool({ name: tool('touch_tools'), arguments: {} });
   await waitFor(toolChanges, 'tools/list_changed');
   r.toolsListChanged = toolChanges.length;
   // The change comes from another client, one that declared no capability: its calls run on the
@@ -110,7 +112,7 @@ async function main(url) {
   const other = new Client({ name: 'wire-gateway-ts-modern-other', version: '1.0.0' },
     { versionNegotiation: { mode: { pin: '2026-07-28' } } });
   await other.connect(new StreamableHTTPClientTransport(new URL(url)));
-  r.touched = (await other.callTool({ name: 'touch_resource', arguments: { uri: 'echo://info' } })).content[0].text;
+  r.touched = (await other.callTool({ name: tool('touch_resource'), arguments: { uri: 'echo://info' } })).content[0].text;
   await other.close();
   await waitFor(updates, 'resources/updated');
   r.updated = updates;
@@ -120,7 +122,7 @@ async function main(url) {
   return r;
 }
 
-main(process.argv[2]).then((r) => {
+main(process.argv[2], process.argv[3] || '').then((r) => {
   clearTimeout(watchdog);
   process.stdout.write(JSON.stringify(r) + '\n');
   process.exit(0);
