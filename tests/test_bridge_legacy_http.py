@@ -25,7 +25,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from test_http_upstream import Upstream
 from test_sdk_e2e import SDK_SERVER
-from test_ts_sdk import ROOT, check_results, run_client
+from test_ts_sdk import ROOT, SAMPLING_ANSWER, check_results, run_client
 
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 CONFORMANCE = ROOT / "fixtures" / "servers" / "conformance_server.py"
@@ -226,6 +226,17 @@ def test_the_typescript_sdk_through_the_bridge_over_http(gw, node):
     results = run_client(node, "http", gw.url("echo"))
     check_results(results)
     assert results["era"] == "legacy" and results["sessionIdAssigned"] is True
+
+
+def test_the_typescript_sdk_through_the_aggregate(gw, node):
+    """/mcp in the legacy era, the modern-only `modern` one of its members (the first: the first page of
+    each list is its own): its names prefixed."""
+    r = run_client(node, "http", f"{gw.base}/mcp", prefix="modern__")
+    assert r["errors"] == [] and r["era"] == "legacy" and r["sessionIdAssigned"] is True, r
+    assert {"modern__echo", "modern__add", "modern__sample"} <= set(r["tools"]) and "modern__greet" in r["prompts"]
+    assert (r["echo"], r["add"], r["promptText"]) == ("hello from TypeScript", "5", "Hello, TypeScript!")
+    assert r["progressResult"] == "done" and [p["progress"] for p in r["progress"]] == [1, 2, 3]
+    assert r["sample"] == SAMPLING_ANSWER and r["samplingRequests"] == [["Say hi to the gateway"]]
 
 
 def test_the_typescript_sdk_through_the_bridge_over_stdio(node, tmp_path: Path):

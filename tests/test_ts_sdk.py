@@ -70,8 +70,11 @@ def find_node() -> str:
     return node
 
 
-def run_client(node: str, kind: str, target: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    env = {**os.environ, "TS_CLIENT_TIMEOUT_MS": str(CLIENT_TIMEOUT_MS), "TS_CLIENT_HEADERS": json.dumps(headers or {})}
+def run_client(node: str, kind: str, target: str, headers: dict[str, str] | None = None,
+               prefix: str = "") -> dict[str, Any]:
+    """The scenario's results; `prefix`: the aggregate's prefix of the server's tool and prompt names."""
+    env = {**os.environ, "TS_CLIENT_TIMEOUT_MS": str(CLIENT_TIMEOUT_MS), "TS_CLIENT_HEADERS": json.dumps(headers or {}),
+           "TS_CLIENT_PREFIX": prefix}
     try:
         done = subprocess.run([node, str(CLIENT), kind, target], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=RUN_TIMEOUT)

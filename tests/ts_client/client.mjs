@@ -12,7 +12,8 @@
 // (errors the SDK only reports through Client.onerror also count: the results
 // line, with an "errors" list, is still printed first).
 // The whole run is bounded by a timeout (env TS_CLIENT_TIMEOUT_MS, default 30 s):
-// exit 2 if it expires.
+// exit 2 if it expires. Env TS_CLIENT_PREFIX: a prefix of every tool and prompt name (the
+// aggregate's, `echo__`, for a server reached through /mcp).
 //
 // SDK workaround (v1.x, typescript-sdk issue #2580): Protocol dispatches a
 // response synchronously but a notification one microtask later, so when a
@@ -28,6 +29,8 @@ import { StdioClientTransport, getDefaultEnvironment } from '@modelcontextprotoc
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 import { readFileSync } from 'node:fs';
+
+const PREFIX = process.env.TS_CLIENT_PREFIX || '';
 
 const SAMPLING_ANSWER = 'sampled by the TypeScript SDK client';
 const TOTAL_TIMEOUT_MS = Number(process.env.TS_CLIENT_TIMEOUT_MS || 30000);
@@ -134,10 +137,10 @@ async function run(kind, target) {
   const tools = await client.listTools({}, opts);
   out.tools = tools.tools.map((t) => t.name).sort();
 
-  out.echo = toolText(await client.callTool({ name: 'echo', arguments: { text: 'hello from TypeScript' } },
+  out.echo = toolText(await client.callTool({ name: PREFIX + 'echo', arguments: { text: 'hello from TypeScript' } },
                                             undefined, opts), 'echo');
-  out.add = toolText(await client.callTool({ name: 'add', arguments: { a: 2, b: 3 } }, undefined, opts), 'add');
-  out.pid = toolText(await client.callTool({ name: 'pid', arguments: {} }, undefined, opts), 'pid');
+  out.add = toolText(await client.callTool({ name: PREFIX + 'add', arguments: { a: 2, b: 3 } }, undefined, opts), 'add');
+  out.pid = toolText(await client.callTool({ name: PREFIX + 'pid', arguments: {} }, undefined, opts), 'pid');
 
   const resources = await client.listResources({}, opts);
   out.resources = resources.resources.map((r) => r.uri).sort();
@@ -146,19 +149,19 @@ async function run(kind, target) {
 
   const prompts = await client.listPrompts({}, opts);
   out.prompts = prompts.prompts.map((p) => p.name).sort();
-  const prompt = await client.getPrompt({ name: 'greet', arguments: { name: 'TypeScript' } }, opts);
+  const prompt = await client.getPrompt({ name: PREFIX + 'greet', arguments: { name: 'TypeScript' } }, opts);
   out.promptText = prompt.messages.map((m) => m.content?.text ?? '').join('');
 
   const progress = [];
   const progressResult = await client.callTool(
-    { name: 'progress', arguments: { steps: 3 } }, undefined,
+    { name: PREFIX + 'progress', arguments: { steps: 3 } }, undefined,
     { ...opts, onprogress: (p) => progress.push({ progress: p.progress, total: p.total, message: p.message }) });
   out.progressResult = toolText(progressResult, 'progress');
   out.progressCount = progress.length;
   out.progress = progress;
 
   if (era === 'legacy') {
-    out.sample = toolText(await client.callTool({ name: 'sample', arguments: { prompt: 'Say hi to the gateway' } },
+    out.sample = toolText(await client.callTool({ name: PREFIX + 'sample', arguments: { prompt: 'Say hi to the gateway' } },
                                                 undefined, opts), 'sample');
     out.samplingRequests = samplingRequests;
   } else {
