@@ -3,7 +3,8 @@
 A cell is (front, policy, upstream kind, observe, auth); the `http-bridge` front is a modern client
 of a legacy-only server (legacy_echo, or http_echo --legacy-only) on its single-server route, and the
 `*-legacy-bridge` fronts the other way round: a legacy client of a modern-only server (modern_only,
-or http_echo --modern-only).
+or http_echo --modern-only); over HTTP that client declares no capability, so its requests take the
+aggregate's fast path (direct.py), over stdio it declares sampling, so they take the general one.
 `observe: on` is what an operator turns on to look inside: frame dumps, OpenTelemetry traces
 (exported to a receiver the cell runs) and JSON logs, together (metrics are on in every cell: they
 are the default). Its gateway serves two servers: `s`, the one under test (a `command` echo server
@@ -224,6 +225,7 @@ class StdioFront:
 class HttpFront:
     def __init__(self, cell: Cell) -> None:
         self.modern = cell.modern
+        self.init = {**LEGACY_INIT, "capabilities": {}} if cell.legacy_bridge else LEGACY_INIT
         extra = ["--dump", str(cell.dump_path)] if cell.dump_path is not None else []
         self.gw = HttpGateway(cell.tmp, cell.config()["servers"], extra_args=extra,
                               **{k: v for k, v in cell.config().items() if k != "servers"})
@@ -236,7 +238,7 @@ class HttpFront:
         if self.modern:
             return
         opened = self.http.post(self.url, headers=ACCEPT,
-                                json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": LEGACY_INIT})
+                                json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": self.init})
         assert opened.status_code == 200, opened.text
         assert "result" in body_of(opened)
         self.sid = opened.headers["mcp-session-id"]

@@ -67,10 +67,10 @@ class ModernPool:
     _probe_ex: Exchange | None = None   # the server/discover probe's exchange: no client sees it
 
     bridge: ModernPool | None = None    # modern clients of a legacy server (era_bridge.py)
-    taps_arrivals = True                # False for a bridge: the pool in front recorded the request
-    # False for a bridge: the one-server aggregate behind it encodes each request anew (it reads the
-    # client's bytes only to check them for repeated keys), so they keep the client's id.
-    ids_in_bytes = True
+    # True for a bridge: the pool in front recorded the request, and the one-server aggregate behind
+    # it encodes each request anew (it reads the client's bytes only to check them for repeated
+    # keys), so they keep the client's id.
+    fronted = False
 
     def __init__(self, server: str, spec: ServerSpec, config: Config, keepalive: float = 15.0,
                  services: Any = None, upstream_factory: Callable[..., Upstream] | None = None) -> None:
@@ -115,22 +115,18 @@ class ModernPool:
                 return agg
             self.bridge = ModernPool(server, spec, config, keepalive, upstream_factory=bridge)
             self.bridge.era = MODERN          # the bridge speaks it: no probe
-            self.bridge.taps_arrivals = False
-            self.bridge.ids_in_bytes = False
+            self.bridge.fronted = True
             self.bridge.tools = self.tools
 
     # ---- HTTP side ------------------------------------------------------------------
 
     async def post(self, frame: Frame, responder: Responder) -> None:
-        if self.tap is not None and self.taps_arrivals:
+        if self.tap is not None and not self.fronted:
             self.tap.frame(C2G, frame)
-        if self.era == LEGACY and self._bridge_member is None and self.bridge is not None:
-            await self.bridge.post(frame, responder)     # bridged from now on (_bridged handed the upstream over)
+        if self.era == LEGACY and self.bridge is not None:     # known legacy (probed or pinned): bridged
+            await self._bridged(frame, responder)
             return
         if frame.kind is not Kind.REQUEST:
-            if self.era == LEGACY and self.bridge is not None:
-                await self._bridged(frame, responder)
-                return
             # 2026-07-28 defines no client notifications over HTTP; accept and forward them, but for
             # a `notifications/cancelled` (the TS SDK sends one when it closes a listen stream): in this
             # era closing the response stream cancels, and the id it names is the client's, which the
@@ -213,7 +209,7 @@ class ModernPool:
         meta = params.get("_meta") if isinstance(params, dict) else None
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         if token is None or not isinstance(params, dict) or not isinstance(meta, dict):   # (a token: both are objects)
-            return scan.replace_id(frame.raw, str(gw_id).encode()) if self.ids_in_bytes else frame.raw, frame.msg
+            return frame.raw if self.fronted else scan.replace_id(frame.raw, str(gw_id).encode()), frame.msg
         ours = f"wg-{gw_id}"
         msg = {**frame.msg, "id": gw_id, "params": {**params, "_meta": {**meta, "progressToken": ours}}}
         try:

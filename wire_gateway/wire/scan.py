@@ -39,27 +39,23 @@ _NEXT_TOKEN = re.compile(rb'[ \t\r\n]*(' + _TOKEN.pattern + rb')', re.DOTALL)
 _MISSING = object()
 ID_WALK_LIMIT = 65536
 
+# A scalar id's text (a number or a string), and an optional `"jsonrpc":"2.0",` before a member.
+_ID_TEXT = rb'-?[0-9][0-9.eE+\-]*|"[^"\\]*(?:\\.[^"\\]*)*"'
+_JSONRPC = rb'(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?'
+
 # `,"id":<id>}` ending a valid frame: the "}" that ends the text closes the top-level object, so the
 # member just before it is a top-level member (a nested object would need another "}" after it).
-_TAIL_ID = re.compile(
-    rb',\s*"id"\s*:\s*(-?[0-9][0-9.eE+\-]*|"[^"\\]*(?:\\.[^"\\]*)*")\s*\}\s*\Z',
-    re.DOTALL,
-)
+_TAIL_ID = re.compile(rb',\s*"id"\s*:\s*(' + _ID_TEXT + rb')\s*\}\s*\Z', re.DOTALL)
 
 # The head nearly every implementation writes: {"jsonrpc":"2.0","id":<id>, ... or {"id":<id>, ...
-_HEAD_ID = re.compile(
-    rb'\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*'
-    rb'(-?[0-9][0-9.eE+\-]*|"[^"\\]*(?:\\.[^"\\]*)*"|null)(?=\s*[,}])',
-    re.DOTALL,
-)
+_HEAD_ID = re.compile(rb'\s*\{\s*' + _JSONRPC + rb'"id"\s*:\s*(' + _ID_TEXT + rb'|null)(?=\s*[,}])', re.DOTALL)
 
 # An answer's head written the usual way, up to the "{" opening its result: {"jsonrpc":"2.0","id":<id>,
 # "result":{ (jsonrpc before or after the id, or absent). Every member before "result" is then a
 # top-level scalar, so that "{" is the top-level result's own.
-_JSONRPC = rb'(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?'
 _HEAD_RESULT = re.compile(
-    rb'\s*\{\s*' + _JSONRPC + rb'"id"\s*:\s*(-?[0-9][0-9.eE+\-]*|"[^"\\]*(?:\\.[^"\\]*)*")\s*,\s*'
-    + _JSONRPC + rb'"result"\s*:\s*\{(\s*\})?',
+    rb'\s*\{\s*' + _JSONRPC + rb'"id"\s*:\s*(' + _ID_TEXT + rb')\s*,\s*' + _JSONRPC
+    + rb'"result"\s*:\s*\{(\s*\})?',
     re.DOTALL,
 )
 

@@ -73,9 +73,7 @@ class LegacyAsks:
                 return answer
             requests, state, problem = self.check(member, result)
             if problem is not None:
-                log.warning("aggregate: %s answered %s with an input_required result the client cannot be "
-                            "asked: %s", member.name, method, problem)
-                return error_msg(frame.id, errors.ERA_MISMATCH, problem, {"reason": "input_required"})
+                return self.refusal(frame.id, member, method, problem)
             responses, failed = await self._ask(member, method, requests)
             if failed is not None:
                 return failed
@@ -108,6 +106,14 @@ class LegacyAsks:
                 return {}, None, (f"server '{member.name}' asked for {kind}, but the client did not declare the "
                                   f"{CAPABILITY[kind]} capability in initialize; it cannot be asked")
         return requests, state, None
+
+    @staticmethod
+    def refusal(req_id: Any, member: Member, method: str, problem: str) -> dict[str, Any]:
+        """The answer to a request whose member asked for input the client cannot be asked (`problem`
+        says why): logged, and -31005 to the client."""
+        log.warning("aggregate: %s answered %s with an input_required result the client cannot be asked: %s",
+                    member.name, method, problem)
+        return error_msg(req_id, errors.ERA_MISMATCH, problem, {"reason": "input_required"})
 
     async def _ask(self, member: Member, method: str,
                    requests: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:

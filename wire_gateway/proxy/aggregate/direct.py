@@ -29,14 +29,13 @@ What the general path guarantees holds here too:
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from wire_gateway.proxy.aggregate.asks import CAPABILITY, INPUT_METHODS, accepted
-from wire_gateway.proxy.aggregate.messages import META_CLIENT_CAPS, META_CLIENT_INFO, META_LOG_LEVEL, error_msg
+from wire_gateway.proxy.aggregate.messages import META_CLIENT_CAPS, META_CLIENT_INFO, META_LOG_LEVEL
 from wire_gateway.wire import errors, jsonfast, namespacing as ns, scan
 from wire_gateway.wire.era import LEGACY, META_PROTOCOL_VERSION, MODERN, MODERN_VERSIONS
 from wire_gateway.wire.frame import Frame, Kind
@@ -45,17 +44,15 @@ if TYPE_CHECKING:
     from wire_gateway.proxy.aggregate.endpoint import Aggregate
     from wire_gateway.proxy.aggregate.members import Member
 
-log = logging.getLogger("wire_gateway.aggregate")
-
 META_PREFIX = "io.modelcontextprotocol/"
 ENVELOPE = (META_PROTOCOL_VERSION, META_CLIENT_INFO, META_CLIENT_CAPS)
 # Keys a legacy client's result loses (namespacing.result_for_legacy): an answer with any of them is remade.
 MODERN_RESULT_KEYS = ("resultType", "ttlMs", "cacheScope")
-# What a modern client's result says besides the legacy member's (namespacing.result_for_modern):
+# What a modern client's result says besides the legacy member's (namespacing.result_for_modern), and
+# those members' bytes, written into the member's answer:
 COMPLETE_FIELD = {"resultType": "complete"}
-COMPLETE = b'"resultType":"complete"'
-LISTED_FIELDS = {"resultType": "complete", "ttlMs": 0, "cacheScope": "private"}   # a list's too (cacheable)
-LISTED = b'"resultType":"complete","ttlMs":0,"cacheScope":"private"'
+LISTED_FIELDS = {**COMPLETE_FIELD, "ttlMs": 0, "cacheScope": "private"}   # a list's too (cacheable)
+COMPLETE, LISTED = (jsonfast.dumps(fields)[1:-1] for fields in (COMPLETE_FIELD, LISTED_FIELDS))
 # The lists a modern client of the era bridge's one legacy member gets from here (its own pages).
 BRIDGED_LISTS = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list"})
 
@@ -239,12 +236,11 @@ class DirectCalls:
         if not isinstance(result, dict) or result.get("resultType") != "input_required":
             return msg
         member = entry.member
-        problem = self.agg.relay.legacy_asks.check(member, result)[2] or (
+        legacy_asks = self.agg.relay.legacy_asks
+        problem = legacy_asks.check(member, result)[2] or (
             f"server '{member.name}' asked for client input during {entry.method}, and the client declared none "
             "of the capabilities to give it")
-        log.warning("aggregate: %s answered %s with an input_required result the client cannot be asked: %s",
-                    member.name, entry.method, problem)
-        return error_msg(entry.our_id, errors.ERA_MISMATCH, problem, {"reason": "input_required"})
+        return legacy_asks.refusal(entry.our_id, member, entry.method, problem)
 
     def _as_sent(self, frame: Frame, msg: dict[str, Any], client_id: Any,
                  method: str) -> tuple[bytes, dict[str, Any]] | None:
